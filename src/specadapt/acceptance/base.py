@@ -1,0 +1,58 @@
+"""The acceptance interface: *what to accept*.
+
+An acceptance rule is a batched function of the drafted tokens, the draft and
+target distributions and per-request random generators. It returns how many
+draft tokens each row accepts and the token emitted after them (a correction
+on rejection, a bonus token when everything was accepted).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..sampling import SamplingParams
+
+
+@dataclass
+class Proposal:
+    """One round's drafted tokens and what verification computed for them."""
+
+    draft_tokens: torch.Tensor  # [b, K] (K may be 0); entries past a row's length are padding
+    draft_lens: torch.Tensor  # [b] long, tokens each row actually drafted (<= K)
+    draft_probs: torch.Tensor | None  # [b, K, V] processed q each token was sampled from (None when greedy)
+    target_logits: torch.Tensor  # [b, K + 1, V] raw target logits
+    target_probs: torch.Tensor | None  # [b, K + 1, V] processed p (None when greedy)
+    params: SamplingParams
+    generators: list[torch.Generator]  # one per row
+
+
+@dataclass
+class Verdict:
+    num_accepted: torch.Tensor  # [b] long
+    next_token: torch.Tensor  # [b] long, emitted after the accepted tokens
+    accepted_mask: torch.Tensor  # [b, K] bool
+
+
+class AcceptanceRule(ABC):
+    name: ClassVar[str]
+    lossless: ClassVar[bool]
+
+    @abstractmethod
+    def __call__(self, proposal: Proposal) -> Verdict: ...
+
+    def settings(self) -> dict:
+        from dataclasses import asdict, is_dataclass
+
+        return asdict(self) if is_dataclass(self) else {}
+
+
+def first_rejection(accept: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Given per-token decisions [b, K] and row lengths [b], return (accepted count, mask of the accepted prefix)."""
+    K = accept.shape[1]
+    in_range = torch.arange(K, device=accept.device)[None, :] < lens[:, None]
+    prefix = (accept & in_range).long().cumprod(dim=1).bool()
+    return prefix.sum(dim=1), prefix

@@ -1,0 +1,82 @@
+"""A model plus its KV cache, fed a few tokens at a time, with rollback.
+
+The cache holds one slot per fed token and row. ``mask`` marks the slots that
+belong to each row's sequence: left padding, and draft tokens the target
+rejected, are holes (0) that attention skips. Positions come from the mask, so
+holes do not shift positions. Rejected slots at the end of every row are
+cropped, so with batch size 1 the cache never has holes.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+
+class ModelRunner:
+    def __init__(self, model: PreTrainedModel, want_hidden: bool = False) -> None:
+        self.model = model
+        self.want_hidden = want_hidden
+        self.device = model.device
+        self.cache: DynamicCache | None = None
+        self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
+
+    def reset(self, batch_size: int) -> None:
+        self.cache = DynamicCache(config=self.model.config)
+        self.mask = torch.zeros((batch_size, 0), dtype=torch.long, device=self.device)
+
+    @property
+    def length(self) -> int:
+        return self.mask.shape[1]
+
+    @torch.inference_mode()
+    def forward(
+        self, tokens: torch.Tensor, valid: torch.Tensor | None = None, keep: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Append ``tokens`` [b, n] (``valid`` marks real ones) and return logits for the last ``keep``
+        positions [b, keep, V] (fp32) and, if wanted, the last hidden states there [b, keep, H]."""
+        if valid is None:
+            valid = torch.ones_like(tokens)
+        self.mask = torch.cat([self.mask, valid.long()], dim=1)
+        positions = (self.mask.cumsum(1) - 1).clamp_min(0)[:, -tokens.shape[1] :]
+        # An all-ones mask lets attention take its unmasked fast path.
+        attention_mask = None if bool(self.mask.all()) else self.mask
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=keep,
+            output_hidden_states=self.want_hidden,
+        )
+        hidden = out.hidden_states[-1][:, -keep:] if self.want_hidden else None
+        return out.logits.float(), hidden
+
+    def keep_tail(self, n_new: int, keep: torch.Tensor) -> None:
+        """Of the last ``n_new`` slots, row i keeps its first ``keep[i]``; the rest become holes.
+
+        Trailing slots that are holes in every row are removed from the cache."""
+        if n_new == 0:
+            return
+        idx = torch.arange(n_new, device=self.device)[None, :]
+        tail = self.mask[:, -n_new:] * (idx < keep[:, None]).long()
+        self.mask = torch.cat([self.mask[:, :-n_new], tail], dim=1)
+        drop = n_new - int(keep.max()) if keep.numel() else n_new
+        if drop > 0:
+            self.cache.crop(-drop)
+            self.mask = self.mask[:, :-drop]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (finished requests leave the batch), then drop leading all-hole columns."""
+        self.mask = self.mask[rows]
+        if self.cache is not None and self.cache.get_seq_length() > 0:
+            self.cache.batch_select_indices(rows)
+        if self.mask.numel() == 0:
+            return
+        first = int(self.mask.any(0).long().argmax())
+        if first > 0:
+            self.mask = self.mask[:, first:]
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[..., first:, :]
+                layer.values = layer.values[..., first:, :]

@@ -1,0 +1,13 @@
+"""Draft-length policies, one file each. Importing this package registers them all:
+adding a method means adding a module here that uses ``@register_method``."""
+
+import importlib
+import pkgutil
+
+from .base import DraftLengthPolicy, DraftStep, RoundOutcome
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["DraftLengthPolicy", "DraftStep", "RoundOutcome"]

@@ -1,0 +1,32 @@
+"""Confidence stopping: stop drafting once the draft's probability of its own token is low."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..methods import register_method
+from .base import DraftLengthPolicy, DraftStep
+
+
+@register_method("confidence", summary="stop when the draft's probability of its token < threshold")
+@dataclass
+class ConfidenceStop(DraftLengthPolicy):
+    threshold: float = 0.4
+    max_k: int = 10
+
+    name = "confidence"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError("threshold must be in [0, 1]")
+        if self.max_k < 1:
+            raise ValueError("max_k must be >= 1")
+
+    def max_length(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(rows, self.max_k)
+
+    def should_stop(self, step: DraftStep) -> torch.Tensor:
+        confidence = step.probs.gather(1, step.tokens[:, None]).squeeze(1)
+        return confidence < self.threshold
