@@ -1,0 +1,104 @@
+"""The Python API: load a target/draft pair once, then generate.
+
+>>> from specadapt import SpecDecoder
+>>> dec = SpecDecoder.from_pretrained()                      # built-in Qwen2.5-Coder 1.5B / 0.5B pair
+>>> out = dec.generate("def fib(n):", method="fixed:4", max_new_tokens=64)
+>>> out.text, out.stats.mean_accepted_length
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, overload
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .engine import GenerationConfig, GenerationResult, SpeculativeEngine
+from .errors import SpecAdaptError
+from .methods import Method, make_method
+from .models import loading, zoo
+
+DEFAULT_METHOD = "fixed:4"
+
+
+class SpecDecoder:
+    """A target model, an optional draft model sharing its tokenizer, and the engine that runs them."""
+
+    def __init__(
+        self,
+        target: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        draft: PreTrainedModel | None = None,
+        names: tuple[str, str | None] = ("target", "draft"),
+    ) -> None:
+        self.target, self.draft, self.tokenizer, self.names = target, draft, tokenizer, names
+        if draft is not None:
+            tv = target.get_output_embeddings().weight.shape[0]
+            dv = draft.get_output_embeddings().weight.shape[0]
+            if tv != dv:
+                raise SpecAdaptError(
+                    f"draft {names[1]!r} has {dv} output logits but target {names[0]!r} has {tv}: "
+                    "speculative decoding needs the same vocabulary; pick a draft of the target's family."
+                )
+        self.engine = SpeculativeEngine(target, draft, tokenizer, loading.eos_token_ids(target, tokenizer))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        target: str = zoo.DEFAULT_TARGET,
+        draft: str | None = zoo.DEFAULT_DRAFT,
+        *,
+        dtype: str | torch.dtype = "bfloat16",
+        device: str | torch.device = "auto",
+    ) -> "SpecDecoder":
+        """Load by built-in name, local folder, .gguf file or Hub id. ``draft=None`` loads the target only."""
+        tokenizer = loading.load_tokenizer(target)
+        if draft is not None:
+            loading.check_same_tokenizer(tokenizer, loading.load_tokenizer(draft), (target, draft))
+        target_model = loading.load_model(target, dtype, device)
+        draft_model = loading.load_model(draft, dtype, target_model.device) if draft is not None else None
+        return cls(target_model, tokenizer, draft_model, (target, draft))
+
+    def encode(self, prompt: str, chat: bool = False) -> list[int]:
+        """Tokenise a prompt; with ``chat`` wrap it as a user turn with the model's chat template."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise SpecAdaptError("the prompt is empty; give some text to continue.")
+        if chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise SpecAdaptError(f"model {self.names[0]!r} has no chat template; drop --chat.")
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+            )
+            if hasattr(ids, "keys"):  # some versions return a BatchEncoding
+                ids = ids["input_ids"]
+            return list(ids)
+        return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+
+    @overload
+    def generate(self, prompt: str, **kwargs) -> GenerationResult: ...
+    @overload
+    def generate(self, prompt: Sequence[str], **kwargs) -> list[GenerationResult]: ...
+
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        method: str | Method = DEFAULT_METHOD,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        chat: bool = False,
+        on_tokens: Callable[[int, list[int]], None] | None = None,
+    ) -> GenerationResult | list[GenerationResult]:
+        """Generate for one prompt (returns one result) or a batch of prompts (returns a list)."""
+        config = GenerationConfig(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        if not prompts:
+            raise SpecAdaptError("no prompts given.")
+        ids = [self.encode(p, chat) for p in prompts]
+        results = self.engine.generate(ids, make_method(method), config, on_tokens)
+        return results[0] if single else results

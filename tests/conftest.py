@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny randomly initialised models (built here) and a minimal tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from specadapt.engine import SpeculativeEngine
+
+
+def tiny_llama(seed: int, vocab: int = 64, layers: int = 2, init_range: float = 0.02) -> LlamaForCausalLM:
+    """A 2-layer Llama in fp32; larger ``init_range`` gives peakier, more varied distributions."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=init_range,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def perturbed_copy(model: LlamaForCausalLM, scale: float, seed: int = 123) -> LlamaForCausalLM:
+    """A draft that agrees with ``model`` often but not always: its weights plus Gaussian noise."""
+    draft = tiny_llama(0, model.config.vocab_size, model.config.num_hidden_layers, model.config.initializer_range)
+    draft.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale * p.abs().mean())
+    return draft
+
+
+class IdTokenizer:
+    """Decodes token ids as space-separated numbers (enough for stop-string tests)."""
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return " ".join(str(i) for i in ids)
+
+
+@pytest.fixture(scope="session")
+def target() -> LlamaForCausalLM:
+    return tiny_llama(0)
+
+
+@pytest.fixture(scope="session")
+def random_draft() -> LlamaForCausalLM:
+    return tiny_llama(1)
+
+
+@pytest.fixture(scope="session")
+def close_draft(target) -> LlamaForCausalLM:
+    return perturbed_copy(target, 0.2)
+
+
+def make_engine(target, draft, eos=()) -> SpeculativeEngine:
+    return SpeculativeEngine(target, draft, IdTokenizer(), list(eos))
+
+
+def hf_greedy(model, prompt: list[int], n: int, eos: int | None = None) -> list[int]:
+    """The target's own greedy output via transformers' generate."""
+    out = model.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=0,
+    )
+    return out[0, len(prompt) :].tolist()

@@ -1,0 +1,125 @@
+"""Greedy equivalence (fp32): speculative output is token-identical to the target's own greedy output."""
+
+import pytest
+import torch
+
+from specadapt.engine import GenerationConfig
+from specadapt.methods import make_method
+
+from conftest import hf_greedy, make_engine
+
+POLICIES = ["autoregressive", "fixed:1", "fixed:4", "fixed:7", "heuristic", "confidence:threshold=0.05", "confidence:threshold=0.9"]
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [42]]
+
+
+@pytest.mark.parametrize("method", POLICIES)
+@pytest.mark.parametrize("draft_name", ["close_draft", "random_draft", "target"])
+def test_greedy_equals_target_generate(method, draft_name, target, request):
+    draft = request.getfixturevalue(draft_name)
+    engine = make_engine(target, draft)
+    results = engine.generate(PROMPTS, make_method(method), GenerationConfig(max_new_tokens=24))
+    for prompt, result in zip(PROMPTS, results):
+        assert result.token_ids == hf_greedy(target, prompt, 24)
+        assert result.finish_reason == "length"
+        assert result.stats.generated_tokens == 24
+
+
+def test_partially_agreeing_pair_rejects_and_accepts(target, close_draft):
+    result = make_engine(target, close_draft).generate(PROMPTS, make_method("fixed:4"), GenerationConfig(max_new_tokens=40))
+    rates = [r.stats.acceptance_rate for r in result]
+    assert all(0.0 < r < 1.0 for r in rates), rates
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_draft_equal_target_accepts_everything(k, target):
+    n_rounds = 4
+    results = make_engine(target, target).generate(
+        PROMPTS, make_method(f"fixed:{k}"), GenerationConfig(max_new_tokens=(k + 1) * n_rounds)
+    )
+    for r in results:
+        assert r.stats.acceptance_rate == 1.0
+        assert r.stats.mean_accepted_length == k + 1
+        assert r.stats.rounds == n_rounds
+        assert r.stats.per_position_acceptance == [1.0] * k
+
+
+def test_random_draft_rejects_most(target, random_draft):
+    r = make_engine(target, random_draft).generate([PROMPTS[0]], make_method("fixed:4"), GenerationConfig(max_new_tokens=30))[0]
+    assert r.stats.acceptance_rate < 0.5
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 9])
+@pytest.mark.parametrize("draft_name", ["target", "close_draft"])
+def test_max_new_tokens_is_exact(n, draft_name, target, request):
+    engine = make_engine(target, request.getfixturevalue(draft_name))
+    for r, prompt in zip(engine.generate(PROMPTS, make_method("fixed:4"), GenerationConfig(max_new_tokens=n)), PROMPTS):
+        assert r.token_ids == hf_greedy(target, prompt, n)
+        assert r.stats.generated_tokens == n == r.stats.accepted + r.stats.rounds
+
+
+def test_eos_inside_drafted_block(target):
+    # With draft == target every round accepts 4 drafts, so an EOS at output position 6
+    # sits inside a drafted block; nothing after it may be emitted.
+    prompt = PROMPTS[2]
+    reference = hf_greedy(target, prompt, 30)
+    # rounds emit output positions 0-4, 5-9, ...; positions 6-8 are drafted tokens mid-block
+    eos = next(t for t in reference if reference.index(t) in (6, 7, 8))
+    cut = reference.index(eos)
+    engine = make_engine(target, target, eos=[eos])
+    r = engine.generate([prompt], make_method("fixed:4"), GenerationConfig(max_new_tokens=30))[0]
+    assert r.token_ids == reference[: cut + 1] == hf_greedy(target, prompt, 30, eos=eos)
+    assert r.finish_reason == "eos"
+    assert r.stats.generated_tokens == cut + 1 == r.stats.accepted + r.stats.rounds
+
+
+def test_stop_string_inside_drafted_block(target):
+    prompt = PROMPTS[2]
+    reference = hf_greedy(target, prompt, 30)
+    stop = f"{reference[6]} {reference[7]}"
+    r = make_engine(target, target).generate(
+        [prompt], make_method("fixed:5"), GenerationConfig(max_new_tokens=30, stop_strings=[stop])
+    )[0]
+    first = " ".join(map(str, reference)).index(stop)
+    # generation ends with the token that completes the first occurrence of the stop string
+    assert r.finish_reason == "stop"
+    assert " ".join(map(str, r.token_ids)).endswith(stop)
+    assert r.token_ids == reference[: len(r.token_ids)]
+    assert len(" ".join(map(str, r.token_ids))) == first + len(stop)
+
+
+def test_batch_equals_single_with_finished_rows_leaving(target, close_draft):
+    engine = make_engine(target, close_draft, eos=[hf_greedy(target, PROMPTS[1], 8)[3]])
+    config = GenerationConfig(max_new_tokens=20)
+    batch = engine.generate(PROMPTS, make_method("heuristic"), config)
+    assert batch[1].finish_reason == "eos"  # a row finishing early leaves the batch
+    for prompt, r in zip(PROMPTS, batch):
+        single = engine.generate([prompt], make_method("heuristic"), config)[0]
+        assert single.token_ids == r.token_ids
+        assert single.stats.rounds == r.stats.rounds
+
+
+def test_batch_equals_single_when_sampling(target, close_draft):
+    engine = make_engine(target, close_draft)
+    batch = engine.generate(PROMPTS, make_method("fixed:3"), GenerationConfig(max_new_tokens=16, temperature=0.9, seed=11))
+    for i, (prompt, r) in enumerate(zip(PROMPTS, batch)):
+        single = engine.generate([prompt], make_method("fixed:3"), GenerationConfig(max_new_tokens=16, temperature=0.9, seed=11 + i))[0]
+        assert single.token_ids == r.token_ids
+        assert r.seed == 11 + i
+
+
+def test_seeded_sampling_is_reproducible(target, close_draft):
+    engine = make_engine(target, close_draft)
+    config = GenerationConfig(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=5)
+    a = engine.generate(PROMPTS, make_method("heuristic"), config)
+    b = engine.generate(PROMPTS, make_method("heuristic"), config)
+    c = engine.generate(PROMPTS, make_method("heuristic"), GenerationConfig(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=6))
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert [r.token_ids for r in a] != [r.token_ids for r in c]
+
+
+def test_streaming_callback_sees_every_token(target, close_draft):
+    seen: dict[int, list[int]] = {}
+    results = make_engine(target, close_draft).generate(
+        PROMPTS, make_method("fixed:4"), GenerationConfig(max_new_tokens=12), on_tokens=lambda i, ids: seen.setdefault(i, []).extend(ids)
+    )
+    assert [seen[i] for i in range(len(PROMPTS))] == [r.token_ids for r in results]

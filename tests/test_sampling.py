@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from specadapt.errors import SpecAdaptError
+from specadapt.sampling import SamplingParams, entropy, js_distance, process_logits
+
+
+def test_greedy_is_one_hot_argmax():
+    probs = process_logits(torch.tensor([[0.1, 2.0, -1.0]]), SamplingParams(0.0))
+    assert probs.tolist() == [[0.0, 1.0, 0.0]]
+
+
+def test_top_k_and_top_p_support():
+    logits = torch.log(torch.tensor([0.4, 0.3, 0.2, 0.1]))
+    top_k = process_logits(logits, SamplingParams(1.0, top_k=2))
+    assert (top_k > 0).tolist() == [True, True, False, False]
+    assert torch.allclose(top_k[:2], torch.tensor([4 / 7, 3 / 7]))
+    # top-p 0.75: 0.4 + 0.3 = 0.7 < 0.75, so the third token is needed too.
+    top_p = process_logits(logits, SamplingParams(1.0, top_p=0.75))
+    assert (top_p > 0).tolist() == [True, True, True, False]
+    # top-p 0.7 exactly: mass before the third token reaches it, so two tokens remain.
+    assert (process_logits(logits, SamplingParams(1.0, top_p=0.7)) > 0).sum() == 2
+    # the most likely token always survives
+    assert process_logits(logits, SamplingParams(1.0, top_p=0.01)).tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_temperature_scales_logits():
+    logits = torch.tensor([1.0, 0.0])
+    assert torch.allclose(process_logits(logits, SamplingParams(0.5)), torch.softmax(logits / 0.5, -1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": -0.1}, "temperature must be >= 0"),
+        ({"temperature": float("nan")}, "temperature must be >= 0"),
+        ({"top_p": 0.0}, "top_p must be in (0, 1]"),
+        ({"top_p": 1.5}, "top_p must be in (0, 1]"),
+        ({"top_k": -1}, "top_k must be an integer >= 0"),
+    ],
+)
+def test_bad_sampling_parameters(kwargs, message):
+    with pytest.raises(SpecAdaptError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        SamplingParams(**kwargs)
+
+
+def test_entropy_and_js_distance():
+    u = torch.full((4,), 0.25)
+    assert torch.isclose(entropy(u), torch.log(torch.tensor(4.0)))
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert torch.isclose(js_distance(a, b), torch.tensor(1.0))
+    assert js_distance(u, u) == 0
