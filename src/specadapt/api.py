@@ -17,8 +17,14 @@ from .engine import GenerationConfig, GenerationResult, SpeculativeEngine
 from .errors import SpecAdaptError
 from .methods import Method, make_method
 from .models import loading, zoo
+from .models.draft_vocab import restrict_vocabulary
 
 DEFAULT_METHOD = "fixed:4"
+
+
+def _logits_width(model: PreTrainedModel) -> int:
+    head = model.get_output_embeddings()
+    return getattr(head, "vocab_size", head.weight.shape[0])  # a SubsetHead still emits full-width logits
 
 
 class SpecDecoder:
@@ -33,8 +39,7 @@ class SpecDecoder:
     ) -> None:
         self.target, self.draft, self.tokenizer, self.names = target, draft, tokenizer, names
         if draft is not None:
-            tv = target.get_output_embeddings().weight.shape[0]
-            dv = draft.get_output_embeddings().weight.shape[0]
+            tv, dv = _logits_width(target), _logits_width(draft)
             if tv != dv:
                 raise SpecAdaptError(
                     f"draft {names[1]!r} has {dv} output logits but target {names[0]!r} has {tv}: "
@@ -50,13 +55,21 @@ class SpecDecoder:
         *,
         dtype: str | torch.dtype = "bfloat16",
         device: str | torch.device = "auto",
+        draft_vocab: int | None = None,
     ) -> "SpecDecoder":
-        """Load by built-in name, local folder, .gguf file or Hub id. ``draft=None`` loads the target only."""
+        """Load by built-in name, local folder, .gguf file or Hub id. ``draft=None`` loads the target only.
+
+        ``draft_vocab``: restrict the draft's output head to that many lowest token ids plus the
+        special tokens (see :mod:`specadapt.models.draft_vocab`); None keeps the full vocabulary."""
         tokenizer = loading.load_tokenizer(target)
         if draft is not None:
             loading.check_same_tokenizer(tokenizer, loading.load_tokenizer(draft), (target, draft))
         target_model = loading.load_model(target, dtype, device)
         draft_model = loading.load_model(draft, dtype, target_model.device) if draft is not None else None
+        if draft_model is not None and draft_vocab is not None:
+            if draft_vocab < 1:
+                raise SpecAdaptError(f"draft_vocab must be >= 1 (or None for the full vocabulary), got {draft_vocab}.")
+            restrict_vocabulary(draft_model, tokenizer, draft_vocab)
         return cls(target_model, tokenizer, draft_model, (target, draft))
 
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
@@ -75,13 +88,13 @@ class SpecDecoder:
         return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
     @overload
-    def generate(self, prompt: str, **kwargs) -> GenerationResult: ...
+    def generate(self, prompt: str | Sequence[int], **kwargs) -> GenerationResult: ...
     @overload
-    def generate(self, prompt: Sequence[str], **kwargs) -> list[GenerationResult]: ...
+    def generate(self, prompt: Sequence[str] | Sequence[Sequence[int]], **kwargs) -> list[GenerationResult]: ...
 
     def generate(
         self,
-        prompt: str | Sequence[str],
+        prompt: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]],
         *,
         method: str | Method = DEFAULT_METHOD,
         max_new_tokens: int = 128,
@@ -93,12 +106,14 @@ class SpecDecoder:
         chat: bool = False,
         on_tokens: Callable[[int, list[int]], None] | None = None,
     ) -> GenerationResult | list[GenerationResult]:
-        """Generate for one prompt (returns one result) or a batch of prompts (returns a list)."""
+        """Generate for one prompt (returns one result) or a batch of prompts (returns a list).
+
+        A prompt is text (tokenised here; ``chat`` applies the chat template) or a list of token ids."""
         config = GenerationConfig(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
-        single = isinstance(prompt, str)
+        single = isinstance(prompt, str) or (len(prompt) > 0 and all(isinstance(t, int) for t in prompt))
         prompts = [prompt] if single else list(prompt)
         if not prompts:
             raise SpecAdaptError("no prompts given.")
-        ids = [self.encode(p, chat) for p in prompts]
+        ids = [self.encode(p, chat) if isinstance(p, str) else list(p) for p in prompts]
         results = self.engine.generate(ids, make_method(method), config, on_tokens)
         return results[0] if single else results

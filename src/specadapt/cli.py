@@ -71,6 +71,7 @@ def generate(
     target: Optional[str] = typer.Option(None, help="Target model: built-in name, folder, .gguf file or Hub id."),
     draft: Optional[str] = typer.Option(None, help="Draft model (same tokenizer as the target)."),
     method: str = typer.Option("fixed:4", help="Decoding method, e.g. autoregressive, fixed:4, heuristic (see `specadapt methods`)."),
+    head: Optional[str] = typer.Option(None, help="Acceptance-head folder for --method specdecpp."),
     max_new_tokens: int = typer.Option(128, help="Exact maximum number of generated tokens."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass in (0, 1]."),
@@ -80,6 +81,7 @@ def generate(
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt with the model's chat template."),
     dtype: str = typer.Option("bfloat16", help="bfloat16, float32 or float16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    draft_vocab: Optional[int] = typer.Option(None, help="Restrict the draft's output head to this many most common token ids (faster drafting, still lossless)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:
     """Generate a completion with speculative decoding, streaming it to the terminal."""
@@ -89,13 +91,13 @@ def generate(
     from .models import zoo
 
     GenerationConfig(max_new_tokens, temperature, top_k, top_p, seed)  # fail fast on bad settings
-    chosen = make_method(method)
+    chosen = make_method(method, **({"head": head} if head else {}))
     if not prompt.strip():
         raise SpecAdaptError("the prompt is empty; give some text to continue.")
     target = target or zoo.DEFAULT_TARGET
     draft_name = (draft or zoo.DEFAULT_DRAFT) if chosen.needs_draft else None
     with err.status(f"loading {target}" + (f" + {draft_name}" if draft_name else "")):
-        decoder = SpecDecoder.from_pretrained(target, draft_name, dtype=dtype, device=device)
+        decoder = SpecDecoder.from_pretrained(target, draft_name, dtype=dtype, device=device, draft_vocab=draft_vocab)
 
     streamed: list[int] = []
     shown = ""

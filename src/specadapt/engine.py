@@ -4,15 +4,16 @@ It knows nothing about any specific method: a :class:`~specadapt.methods.Method`
 supplies the draft-length policy and the acceptance rule. Target-only decoding
 is the same loop with a policy that drafts nothing.
 
-Invariants between rounds, per request (row):
-- the target's cache holds the sequence except its last token (``last``), which
-  the next verification pass feeds first;
-- the draft's cache holds the sequence except ``pending`` (one token, or two
-  after a round in which everything was accepted), fed at the next round's start.
+Invariants between rounds, per request (row): each model's cache holds the
+sequence except the tokens it has not been fed yet. For the target that is the
+token emitted last round (the whole prompt before the first round); for the
+draft, ``pending``: the same token, preceded by the last draft token when the
+whole block was accepted. Pending tokens go first into the next forward pass.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -124,7 +125,7 @@ class SpeculativeEngine:
             device=self.device,
         )
         B = len(prompts)
-        base_seed = config.seed if config.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        base_seed = config.seed if config.seed is not None else secrets.randbelow(2**31 - B)
         generators = [torch.Generator(device=self.device).manual_seed(base_seed + i) for i in range(B)]
         stats = [RequestStats(prompt_tokens=len(p)) for p in prompts]
         outputs: list[list[int]] = [[] for _ in range(B)]
@@ -138,20 +139,11 @@ class SpeculativeEngine:
         draft = ModelRunner(self.draft, want_hidden=policy.needs_hidden) if use_draft else None
         if draft is not None:
             draft.reset(B)
-        heads = [list(p[:-1]) for p in prompts]
-        if any(heads):
-            ids, valid = _left_pad(heads, self.device)
-            target.forward(ids, valid)
-            if draft is not None:
-                draft.forward(ids, valid)
-        _sync(self.device)
-        prefill = time.perf_counter() - start
-        for s in stats:
-            s.prefill_time_s = prefill
-
         rows = torch.arange(B, device=self.device)
-        last = torch.tensor([p[-1] for p in prompts], dtype=torch.long, device=self.device)
-        pending: list[list[int]] = [[p[-1]] for p in prompts]
+        # Tokens each model has not seen yet: the whole prompt at first, so the first
+        # round's forward passes double as prefill (no separate prompt pass).
+        target_pending: list[list[int]] = [list(p) for p in prompts]
+        pending: list[list[int]] = [list(p) for p in prompts]
 
         while rows.numel():
             b = rows.numel()
@@ -200,8 +192,12 @@ class SpeculativeEngine:
             _sync(self.device)
             t1 = time.perf_counter()
 
-            # Verify: one target pass over the last committed token and the drafts.
-            target_logits, _ = target.forward(torch.cat([last[:, None], draft_tokens], 1), keep=K + 1)
+            # Verify: one target pass over the tokens it has not seen and the drafts.
+            tp_ids, tp_valid = _left_pad(target_pending, self.device)
+            fed_target = tp_ids.shape[1]
+            target_logits, _ = target.forward(
+                torch.cat([tp_ids, draft_tokens], 1), torch.cat([tp_valid, torch.ones_like(draft_tokens)], 1), keep=K + 1
+            )
             _sync(self.device)
             t2 = time.perf_counter()
             target_probs = None if params.greedy else process_logits(target_logits, params)
@@ -232,7 +228,7 @@ class SpeculativeEngine:
                 )
 
             # Commit accepted tokens + the emitted token; roll back the rest.
-            target.keep_tail(K + 1, 1 + n)
+            target.keep_tail(fed_target + K, fed_target + n)
             if fed_pending:
                 draft.keep_tail(fed_pending + K - 1, fed_pending + n.clamp_max(K - 1))
             n_list, next_list, lens_list = n.tolist(), verdict.next_token.tolist(), lens.tolist()
@@ -249,6 +245,7 @@ class SpeculativeEngine:
                     on_tokens(i, new)
                 if reason is None:
                     keep_rows.append(j)
+                    target_pending[j] = [next_list[j]]
                     if fed_pending:
                         pending[j] = ([drafted_rows[j][K - 1]] if n_list[j] == K else []) + [next_list[j]]
                     else:
@@ -256,11 +253,11 @@ class SpeculativeEngine:
                 else:
                     finish[i] = reason
                     stats[i].total_time_s = time.perf_counter() - start
-            last = verdict.next_token
             if len(keep_rows) < b:
                 keep = torch.tensor(keep_rows, dtype=torch.long, device=self.device)
-                rows, last = rows[keep], last[keep]
+                rows = rows[keep]
                 pending = [pending[j] for j in keep_rows]
+                target_pending = [target_pending[j] for j in keep_rows]
                 target.select_rows(keep)
                 if draft is not None:
                     draft.select_rows(keep)

@@ -3,6 +3,11 @@
 Identities (tested): generated_tokens = accepted + rounds, so the mean accepted
 length (tokens per target call, bonus included) = 1 + accepted / rounds, and
 acceptance rate = accepted / drafted. Target-only decoding gives 1.0.
+
+Timings are wall-clock: the first round includes the prompt (prefill). In a
+batch, a request's draft and target times are those of the batched passes it
+took part in, and ``total_time_s`` runs from the start of the batch to the
+round in which the request finished (its latency).
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ class RequestStats:
     # position_accepted[k]: rounds in which token k+1 was accepted.
     position_reached: list[int] = field(default_factory=list)
     position_accepted: list[int] = field(default_factory=list)
-    prefill_time_s: float = 0.0
     draft_time_s: float = 0.0
     target_time_s: float = 0.0
     total_time_s: float = 0.0
@@ -84,7 +88,6 @@ class RequestStats:
             "per_position_acceptance": self.per_position_acceptance,
             "verification_rate": self.verification_rate,
             "discard_rate": self.discard_rate,
-            "prefill_time_s": self.prefill_time_s,
             "draft_time_s": self.draft_time_s,
             "target_time_s": self.target_time_s,
             "total_time_s": self.total_time_s,

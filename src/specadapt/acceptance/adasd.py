@@ -1,0 +1,111 @@
+"""AdaSD's JS-distance acceptance rule (lossy), paired with :class:`specadapt.policies.adasd.AdaSD`.
+
+Per drafted token x_i with target distribution p_i and draft distribution q_i:
+
+- standard test: u_i * q_i(x_i) < p_i(x_i) with u_i uniform from the request's
+  generator (sampling), or x_i == argmax p_i (greedy);
+- JS test: d_i = JS distance(p_i, q_i) (base 2) < T_V, where T_V comes from the
+  policy's statistics for this request (or the shared statistics); never passes
+  while the statistics are cold (T_V = -inf) or when p_i(x_i) = 0 (support guard);
+- ``combine = "or"``: accept if either test passes; ``"replace"``: only the JS test
+  once warm (the standard test while cold).
+
+At the first rejected position j the emitted token is a sample of the standard
+residual norm(max(0, p_j - q_j)) (greedy: argmax p_j); if every token is accepted
+the bonus token is a sample of p_{K+1} (greedy: its argmax).
+
+Distributions. Sampling: p and q are the processed distributions (temperature,
+top-k, top-p), the same the lossless rule uses; the support guard is p_i(x_i) > 0.
+Greedy: the JS distance uses the soft distributions (softmax of raw target logits,
+and the draft's softmax kept by the policy while drafting), the same ones the
+policy's statistics use; the support guard uses the softmax of the raw target
+logits restricted by the user's top-k / top-p (at temperature 1), so with neither
+set every token is in the support.
+
+The rule is lossy: ``lossless = False``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..sampling import SamplingParams, js_distance, process_logits, sample
+from .base import AcceptanceRule, Proposal, Verdict, first_rejection
+from .speculative import residual
+
+COMBINE_MODES = ("or", "replace")
+
+
+class AdaSDAcceptance(AcceptanceRule):
+    name = "adasd-js"
+    lossless = False
+
+    def __init__(self, policy: Any, combine: str = "or") -> None:
+        if combine not in COMBINE_MODES:
+            raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
+        self.policy = policy  # supplies round_rows(), js_threshold(rows), warm(rows), round_draft_probs(K)
+        self.combine = combine
+
+    def settings(self) -> dict:
+        return {
+            "combine": self.combine,
+            "threshold": "T_V = (mean JS distance of accepted + mean of rejected) / 2, base 2",
+            "n_min": self.policy.n_min,
+            "scope": self.policy.scope,
+            "first_rejection_only": self.policy.first_rejection_only,
+            "support_guard": "never JS-accept a token with target probability 0 after top-k/top-p",
+            "after_rejection": "standard residual norm(max(0, p - q)); greedy: argmax p",
+        }
+
+    def __call__(self, proposal: Proposal) -> Verdict:
+        x, lens, params = proposal.draft_tokens, proposal.draft_lens, proposal.params
+        b, K = x.shape
+        device = x.device
+        rows = self.policy.round_rows()
+        if rows.numel() != b:
+            raise RuntimeError(f"adasd: the rule got {b} rows but the policy's round has {rows.numel()}")
+        greedy = params.greedy
+        if K == 0:
+            accept = torch.zeros((b, 0), dtype=torch.bool, device=device)
+        else:
+            if greedy:
+                p_soft = proposal.target_logits[:, :K].float().softmax(-1)
+                q_soft = self.policy.round_draft_probs(K).float()
+                standard = x == proposal.target_logits[:, :K].argmax(-1)
+                if params.top_k or params.top_p < 1.0:
+                    restricted = process_logits(proposal.target_logits[:, :K], SamplingParams(1.0, params.top_k, params.top_p))
+                    support = restricted.gather(2, x[:, :, None]).squeeze(2) > 0
+                else:
+                    support = torch.ones((b, K), dtype=torch.bool, device=device)
+            else:
+                p_soft, q_soft = proposal.target_probs[:, :K], proposal.draft_probs
+                px = p_soft.gather(2, x[:, :, None]).squeeze(2)
+                qx = q_soft.gather(2, x[:, :, None]).squeeze(2)
+                u = torch.ones((b, K), device=device)
+                for i, g in enumerate(proposal.generators):
+                    d = int(lens[i])
+                    u[i, :d] = torch.rand(d, generator=g, device=device)
+                standard = u * qx < px
+                support = px > 0
+            d = js_distance(p_soft, q_soft)  # [b, K]
+            warm = self.policy.warm(rows).to(device)[:, None]
+            t_v = self.policy.js_threshold(rows).to(device)[:, None]
+            js_ok = warm & (d.double() < t_v) & support
+            if self.combine == "or":
+                accept = standard | js_ok
+            else:
+                accept = torch.where(warm, js_ok, standard)
+        n, mask = first_rejection(accept, lens)
+        next_token = torch.empty(b, dtype=torch.long, device=device)
+        if greedy:
+            next_token = proposal.target_logits.argmax(-1).gather(1, n[:, None]).squeeze(1)
+        else:
+            p, q = proposal.target_probs, proposal.draft_probs
+            for i, g in enumerate(proposal.generators):
+                j = int(n[i])
+                rejected = j < int(lens[i])
+                dist = residual(p[i, j], q[i, j]) if rejected else p[i, j]
+                next_token[i] = sample(dist, g)
+        return Verdict(n, next_token, mask)

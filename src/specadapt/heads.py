@@ -1,0 +1,229 @@
+"""The SpecDec++ acceptance-prediction head, and its on-disk format.
+
+Model
+-----
+:class:`AcceptanceHead` reads the draft's last hidden state (after the final
+norm) ``x`` of size ``d`` and applies ``num_blocks`` residual blocks
+``x <- x + SiLU(Linear_d->d(x))`` followed by ``Linear_d->2``. Class 1 means
+"the target accepts this draft token"; :meth:`AcceptanceHead.accept_prob` is the
+softmax probability of class 1. With ``shared_blocks=True`` (the official
+SpecDec++ code) the blocks are ONE linear layer applied ``num_blocks`` times;
+otherwise each block has its own weights. Parameters are fp32 unless cast.
+
+Format (a head is a folder)
+---------------------------
+``config.json``
+    A JSON object with the required keys
+
+    - ``format``: ``"specadapt-acceptance-head"``
+    - ``format_version``: integer, currently ``1`` (a newer version is refused)
+    - ``hidden_size``: integer ``d`` >= 1, the draft's hidden size
+    - ``num_blocks``: integer >= 0, the number of residual blocks ``L``
+    - ``shared_blocks``: boolean
+
+    plus any free-form fields passed as ``extra`` to :func:`save_head`, e.g.
+    ``draft`` / ``target`` (the models it was trained for), ``threshold`` (a
+    recommended stopping threshold), training settings.
+``head.safetensors``
+    The weights, by the module's ``state_dict`` names: ``blocks.{i}.weight``
+    ``[d, d]`` and ``blocks.{i}.bias`` ``[d]`` for ``i`` in ``0 .. n-1``, where
+    ``n = 1`` if the blocks are shared (and ``num_blocks >= 1``), ``n = num_blocks``
+    otherwise, and ``n = 0`` when ``num_blocks == 0``; ``out.weight`` ``[2, d]``
+    and ``out.bias`` ``[2]`` (row 1 = accept). Any float dtype; cast at load.
+
+:func:`save_head` writes a folder (refusing to overwrite an existing head
+unless ``overwrite=True``); :func:`load_head` reads one back, and
+:func:`read_head_config` validates just the config (cheap, no weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import SpecAdaptError
+
+FORMAT_NAME = "specadapt-acceptance-head"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "head.safetensors"
+_REQUIRED = ("hidden_size", "num_blocks", "shared_blocks")
+_RESERVED = ("format", "format_version", *_REQUIRED)
+
+
+class AcceptanceHead(nn.Module):
+    """Predicts, from the draft's hidden state at a draft token's position, whether the target accepts it."""
+
+    def __init__(self, hidden_size: int, num_blocks: int = 3, shared_blocks: bool = True) -> None:
+        super().__init__()
+        if not isinstance(hidden_size, int) or hidden_size < 1:
+            raise ValueError(f"hidden_size must be an integer >= 1, got {hidden_size!r}")
+        if not isinstance(num_blocks, int) or num_blocks < 0:
+            raise ValueError(f"num_blocks must be an integer >= 0, got {num_blocks!r}")
+        self.hidden_size = hidden_size
+        self.num_blocks = num_blocks
+        self.shared_blocks = bool(shared_blocks)
+        n_linear = 0 if num_blocks == 0 else (1 if self.shared_blocks else num_blocks)
+        self.blocks = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(n_linear))
+        self.out = nn.Linear(hidden_size, 2)
+        self.act = nn.SiLU()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` [..., d] -> logits [..., 2] (index 1 = accept)."""
+        x = hidden.to(self.out.weight.dtype)
+        for i in range(self.num_blocks):
+            block = self.blocks[0] if self.shared_blocks else self.blocks[i]
+            x = x + self.act(block(x))
+        return self.out(x)
+
+    def accept_prob(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` [..., d] -> predicted probability of acceptance [...] (fp32)."""
+        return self(hidden).float().softmax(-1)[..., 1]
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "hidden_size": self.hidden_size,
+            "num_blocks": self.num_blocks,
+            "shared_blocks": self.shared_blocks,
+        }
+
+
+def save_head(head: AcceptanceHead, directory: str | os.PathLike, extra: dict | None = None, overwrite: bool = False) -> Path:
+    """Write ``head`` to the folder ``directory`` (created if needed) and return its path.
+
+    ``extra`` holds free-form, JSON-serialisable fields stored in ``config.json``
+    (e.g. ``{"draft": ..., "target": ..., "threshold": 0.7}``). An existing
+    non-empty folder is refused unless ``overwrite=True``.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise SpecAdaptError(f"cannot save the acceptance head to {path}: it exists and is not a folder.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise SpecAdaptError(
+            f"cannot save the acceptance head to {path}: the folder already exists and is not empty. "
+            "Choose a new folder, or pass overwrite=True to replace the head in it."
+        )
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & set(_RESERVED))
+    if clash:
+        raise SpecAdaptError(f"extra head fields {clash} clash with the format's own keys {list(_RESERVED)}.")
+    config = {**head.config(), **extra}
+    try:
+        text = json.dumps(config, indent=2, sort_keys=False)
+    except (TypeError, ValueError) as exc:
+        raise SpecAdaptError(f"extra head fields must be JSON-serialisable: {exc}") from None
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in head.state_dict().items()}
+    # Write to temporary names, then rename: a crash never leaves a half-written head behind.
+    tmp_weights, tmp_config = path / (WEIGHTS_FILE + ".tmp"), path / (CONFIG_FILE + ".tmp")
+    save_file(tensors, str(tmp_weights), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+    tmp_config.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp_weights, path / WEIGHTS_FILE)
+    os.replace(tmp_config, path / CONFIG_FILE)
+    return path
+
+
+def _check_folder(path: Path) -> None:
+    if not path.exists():
+        raise SpecAdaptError(
+            f"acceptance head folder not found: {path}. Pass the folder written by the SpecDec++ head trainer "
+            f"(it holds {CONFIG_FILE} and {WEIGHTS_FILE}), or train a head for your draft first."
+        )
+    if not path.is_dir():
+        raise SpecAdaptError(f"acceptance head {path} is not a folder; pass the folder holding {CONFIG_FILE} and {WEIGHTS_FILE}.")
+
+
+def read_head_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a head folder's ``config.json`` (weights are not read)."""
+    path = Path(directory)
+    _check_folder(path)
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise SpecAdaptError(f"acceptance head {path} has no {CONFIG_FILE}; it is not a head folder (or was not fully written).")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpecAdaptError(f"acceptance head config {config_path} is not valid JSON ({exc}).") from None
+    if not isinstance(config, dict):
+        raise SpecAdaptError(f"acceptance head config {config_path} must be a JSON object, got {type(config).__name__}.")
+    fmt = config.get("format", FORMAT_NAME)
+    if fmt != FORMAT_NAME:
+        raise SpecAdaptError(f"{config_path} is not an acceptance head config (format {fmt!r}, expected {FORMAT_NAME!r}).")
+    version = config.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise SpecAdaptError(f"acceptance head config {config_path}: format_version must be a positive integer, got {version!r}.")
+    if version > FORMAT_VERSION:
+        raise SpecAdaptError(
+            f"acceptance head {path} uses format version {version}, newer than this specadapt supports "
+            f"({FORMAT_VERSION}); upgrade specadapt."
+        )
+    missing = [k for k in _REQUIRED if k not in config]
+    if missing:
+        raise SpecAdaptError(f"acceptance head config {config_path} is missing {', '.join(missing)} (required: {', '.join(_REQUIRED)}).")
+    hidden, blocks, shared = config["hidden_size"], config["num_blocks"], config["shared_blocks"]
+    if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
+        raise SpecAdaptError(f"acceptance head config {config_path}: hidden_size must be an integer >= 1, got {hidden!r}.")
+    if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 0:
+        raise SpecAdaptError(f"acceptance head config {config_path}: num_blocks must be an integer >= 0, got {blocks!r}.")
+    if not isinstance(shared, bool):
+        raise SpecAdaptError(f"acceptance head config {config_path}: shared_blocks must be true or false, got {shared!r}.")
+    return config
+
+
+def load_head(
+    directory: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> AcceptanceHead:
+    """Load a head folder; parameters are cast to ``dtype`` (default fp32) on ``device`` (default CPU)."""
+    from safetensors.torch import load_file
+
+    path = Path(directory)
+    config = read_head_config(path)
+    weights_path = path / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise SpecAdaptError(f"acceptance head {path} has no {WEIGHTS_FILE} (the weights); it was not fully written.")
+    try:
+        tensors = load_file(str(weights_path))
+    except Exception as exc:  # safetensors raises its own error types for truncated / garbled files
+        raise SpecAdaptError(f"acceptance head weights {weights_path} are corrupt or unreadable ({exc}).") from None
+    head = AcceptanceHead(config["hidden_size"], config["num_blocks"], config["shared_blocks"])
+    expected = {name: tuple(t.shape) for name, t in head.state_dict().items()}
+    got = {name: tuple(t.shape) for name, t in tensors.items()}
+    problems = [f"missing {n}" for n in expected if n not in got]
+    problems += [f"unexpected {n}" for n in got if n not in expected]
+    problems += [f"{n} has shape {list(got[n])}, expected {list(s)}" for n, s in expected.items() if n in got and got[n] != s]
+    if problems:
+        raise SpecAdaptError(
+            f"acceptance head weights {weights_path} do not match its config (hidden_size={config['hidden_size']}, "
+            f"num_blocks={config['num_blocks']}, shared_blocks={config['shared_blocks']}): {'; '.join(problems[:6])}"
+            + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else "")
+            + "."
+        )
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise SpecAdaptError(f"acceptance head weights {weights_path}: {name} is {t.dtype}, expected a float tensor.")
+        if not bool(torch.isfinite(t).all()):
+            raise SpecAdaptError(f"acceptance head weights {weights_path}: {name} holds NaN or infinite values (corrupt weights).")
+    head.load_state_dict({n: t.float() for n, t in tensors.items()})
+    head.to(device=device, dtype=dtype)
+    return head.eval()
+
+
+__all__ = [
+    "AcceptanceHead",
+    "CONFIG_FILE",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "WEIGHTS_FILE",
+    "load_head",
+    "read_head_config",
+    "save_head",
+]

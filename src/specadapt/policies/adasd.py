@@ -1,0 +1,203 @@
+"""AdaSD (arXiv 2512.11280): entropy-based draft stopping and JS-distance acceptance.
+
+Two methods (see ``docs``/``methods.md`` section 1):
+
+``adasd-stop`` (lossless): draft until the entropy of the distribution the
+latest token came from exceeds ``T_G``, the mean entropy H(q) of previously
+rejected draft tokens; the token that triggers the stop stays in the block.
+Verification is the standard lossless rule.
+
+``adasd`` (lossy): the same stopping plus the JS acceptance rule of
+:mod:`specadapt.acceptance.adasd`: a draft token is also accepted when its JS
+distance d = JS(p, q) (base 2, in [0, 1]) is below
+``T_V = (mean d of accepted tokens + mean d of rejected tokens) / 2``.
+
+Choices for the open points of methods.md section 1 (each a setting):
+
+- ``n_min`` (5), cold start: until a request (or the shared state) has seen at
+  least ``max(n_min, 1)`` accepted AND that many rejected draft tokens, it is
+  "cold": T_G = +inf (no entropy stop), no JS acceptance, and each round drafts
+  at most ``cold_start_k`` (4) tokens (the same as fixed K = 4, the standard
+  baseline). Once warm, only ``max_k`` (16) bounds a round.
+- ``first_rejection_only`` (True): only the first rejected position of a round
+  counts as a rejected observation; the positions after it, never verified, are
+  ignored. With False they are counted as rejected too.
+- ``scope`` ("request"): statistics per request, reset at each ``generate``
+  call; "shared": one set of statistics on the policy instance, updated by every
+  row and kept across ``generate`` calls.
+- ``combine`` ("or", ``adasd`` only): accept if the standard test passes OR
+  d < T_V; "replace": only the JS test once warm (the standard test while cold).
+  The accept/reject labels fed to the statistics are the rule's final decisions.
+- Statistics are cumulative sums (no window); means are sums / counts.
+- Distributions: the policy uses what the engine hands it, i.e. the processed
+  q and p (temperature, top-k, top-p) when sampling and the SOFT distributions
+  (softmax of raw logits) when greedy, for both entropies and JS distances.
+- Entropies are in nats (T_G is compared with entropies in the same unit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..acceptance.adasd import COMBINE_MODES, AdaSDAcceptance
+from ..methods import register_method
+from ..sampling import SamplingParams, entropy, js_distance
+from ._scoped import ScopedState, check_scope
+from .base import DraftLengthPolicy, DraftStep, RoundOutcome
+
+
+@register_method(
+    "adasd-stop",
+    summary="AdaSD entropy stopping (stop when H(q) > mean H of rejected drafts), lossless verification",
+)
+@dataclass
+class AdaSDStop(DraftLengthPolicy):
+    n_min: int = 5
+    cold_start_k: int = 4
+    max_k: int = 16
+    first_rejection_only: bool = True
+    scope: str = "request"
+
+    name = "adasd-stop"
+    keeps_state = True
+    uses_js: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if self.n_min < 0:
+            raise ValueError("n_min must be >= 0")
+        if self.max_k < 1:
+            raise ValueError("max_k must be >= 1")
+        if self.cold_start_k < 1:
+            raise ValueError("cold_start_k must be >= 1")
+        check_scope(self.scope)
+        self._state = ScopedState(
+            self.scope, {"n_acc": 0, "n_rej": 0, "h_rej_sum": 0.0, "d_acc_sum": 0.0, "d_rej_sum": 0.0}
+        )
+        self._rows: torch.Tensor | None = None
+        self._stop_at = torch.empty(0)
+        self._entropies: list[torch.Tensor] = []
+        self._probs: list[torch.Tensor] = []
+
+    # --- statistics -------------------------------------------------------------------------
+
+    def reset(self, batch_size: int) -> None:
+        self._state.reset(batch_size)
+        self._rows = None
+        self._entropies, self._probs = [], []
+
+    def warm(self, rows: torch.Tensor) -> torch.Tensor:
+        """[b] bool: rows whose statistics are past the cold start."""
+        s = self._state.slots(rows)
+        need = max(self.n_min, 1)
+        return (self._state["n_acc"][s] >= need) & (self._state["n_rej"][s] >= need)
+
+    def stop_threshold(self, rows: torch.Tensor) -> torch.Tensor:
+        """T_G per row: mean entropy of rejected draft tokens (+inf while cold)."""
+        s = self._state.slots(rows)
+        mean = self._state["h_rej_sum"][s] / self._state["n_rej"][s].clamp_min(1)
+        return torch.where(self.warm(rows), mean, torch.full_like(mean, float("inf")))
+
+    def js_threshold(self, rows: torch.Tensor) -> torch.Tensor:
+        """T_V per row: midpoint of the mean JS distances of accepted and rejected tokens (-inf while cold)."""
+        s = self._state.slots(rows)
+        st = self._state
+        mean_acc = st["d_acc_sum"][s] / st["n_acc"][s].clamp_min(1)
+        mean_rej = st["d_rej_sum"][s] / st["n_rej"][s].clamp_min(1)
+        t = (mean_acc + mean_rej) / 2
+        return torch.where(self.warm(rows), t, torch.full_like(t, float("-inf")))
+
+    def statistics(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Counts and thresholds per row (for tests and diagnostics)."""
+        s = self._state.slots(rows)
+        out = {k: v[s].clone() for k, v in self._state.values.items()}
+        out["T_G"] = self.stop_threshold(rows)
+        if self.uses_js:
+            out["T_V"] = self.js_threshold(rows)
+        out["warm"] = self.warm(rows)
+        return out
+
+    # --- the draft-length interface ---------------------------------------------------------
+
+    def max_length(self, rows: torch.Tensor) -> torch.Tensor:
+        self._rows = rows
+        self._entropies, self._probs = [], []
+        self._stop_at = self.stop_threshold(rows)
+        warm = self.warm(rows)
+        cold_k = min(self.cold_start_k, self.max_k)
+        return torch.where(warm, torch.full_like(rows, self.max_k), torch.full_like(rows, cold_k))
+
+    def should_stop(self, step: DraftStep) -> torch.Tensor:
+        h = entropy(step.probs.float())
+        self._entropies.append(h)
+        if self.uses_js:
+            self._probs.append(step.probs)  # the rule needs the soft q when greedy (Proposal has none)
+        return h.double() > self._stop_at
+
+    def observe(self, outcome: RoundOutcome) -> None:
+        K = outcome.draft_tokens.shape[1]
+        if K == 0:
+            return
+        rows = outcome.rows
+        s = self._state.slots(rows)
+        pos = torch.arange(K, device=rows.device)[None, :]
+        n, drafted = outcome.accepted[:, None], outcome.drafted[:, None]
+        accepted = pos < n
+        if self.first_rejection_only:
+            rejected = (pos == n) & (n < drafted)
+        else:
+            rejected = (pos >= n) & (pos < drafted)
+        if len(self._entropies) == K:  # computed in should_stop this round
+            h = torch.stack(self._entropies, 1)
+        elif outcome.draft_probs is not None:
+            h = entropy(outcome.draft_probs.float())
+        else:
+            raise RuntimeError("adasd: observe() without the round's should_stop() calls or draft_probs")
+        st = self._state
+        st.add("n_acc", s, accepted.sum(1))
+        st.add("n_rej", s, rejected.sum(1))
+        st.add("h_rej_sum", s, torch.where(rejected, h, 0.0).sum(1))
+        if self.uses_js:
+            if outcome.draft_probs is None or outcome.target_probs is None:
+                raise RuntimeError("adasd: observe() needs draft and target probabilities")
+            d = js_distance(outcome.target_probs[:, :K].float(), outcome.draft_probs.float())
+            st.add("d_acc_sum", s, torch.where(accepted, d, 0.0).sum(1))
+            st.add("d_rej_sum", s, torch.where(rejected, d, 0.0).sum(1))
+
+    # --- for the acceptance rule ------------------------------------------------------------
+
+    def round_rows(self) -> torch.Tensor:
+        if self._rows is None:
+            raise RuntimeError("adasd: the acceptance rule ran before max_length() of the round")
+        return self._rows
+
+    def round_draft_probs(self, K: int) -> torch.Tensor:
+        """[b, K, V] the distributions this round's tokens came from (soft when greedy)."""
+        if len(self._probs) != K:
+            raise RuntimeError(f"adasd: expected {K} drafted distributions this round, saw {len(self._probs)}")
+        return torch.stack(self._probs, 1)
+
+
+def _make_rule(params: SamplingParams, policy: "AdaSD") -> AdaSDAcceptance:
+    return AdaSDAcceptance(policy, policy.combine)
+
+
+@register_method(
+    "adasd",
+    summary="AdaSD: entropy stopping + JS-distance acceptance (lossy; report accuracy next to a lossless baseline)",
+    make_rule=_make_rule,
+)
+@dataclass
+class AdaSD(AdaSDStop):
+    combine: str = "or"
+
+    name = "adasd"
+    needs_target_probs = True
+    uses_js = True
+
+    def __post_init__(self) -> None:
+        if self.combine not in COMBINE_MODES:
+            raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {self.combine!r}")
+        super().__post_init__()

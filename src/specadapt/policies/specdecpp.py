@@ -1,0 +1,122 @@
+"""SpecDec++ stopping (arXiv 2405.19715): stop drafting once a trained head says a rejection is likely.
+
+A trained :class:`~specadapt.heads.AcceptanceHead` maps the draft's hidden state
+at a draft token's position to P̂(the target accepts that token). Over a round
+the policy keeps ``cum = Π P̂_i`` and stops once ``1 - cum > threshold``, never
+before ``min_k`` drafted tokens and always at ``max_k``. Verification is the
+standard lossless rule.
+
+One-step lag (as in the official code): the hidden state at token k's position
+only exists once the draft has consumed token k, i.e. in the forward that yields
+token k + 1. At step k the policy sees ``DraftStep.hidden`` = the state computed
+when token k - 1 was fed, so the factor multiplied in at step k is P̂(token k - 1
+accepted); at step 1 that state belongs to the last committed token, whose
+factor is 1. :func:`step_factors`, :func:`cumulative_accept` and :func:`stop_step`
+are the pure form of this rule (for tests and analysis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..errors import SpecAdaptError
+from ..heads import AcceptanceHead, load_head, read_head_config
+from ..methods import register_method
+from .base import DraftLengthPolicy, DraftStep
+
+
+def step_factors(step_probs: Sequence[float]) -> list[float]:
+    """Factor multiplied into ``cum`` at each step 1, 2, ...
+
+    ``step_probs[k - 1]`` is the head's output at step k, i.e. on ``DraftStep.hidden``
+    of step k (the state for token k - 1). Step 1's value belongs to the last
+    committed token and is ignored: its factor is 1.
+    """
+    return [1.0] + [float(p) for p in step_probs[1:]] if len(step_probs) else []
+
+
+def cumulative_accept(step_probs: Sequence[float]) -> list[float]:
+    """``cum`` after each step: ``cum_k = Π_{j=2..k} step_probs[j - 1]`` (the predicted P(tokens 1..k-1 all accepted))."""
+    out, cum = [], 1.0
+    for f in step_factors(step_probs):
+        cum *= f
+        out.append(cum)
+    return out
+
+
+def stop_step(step_probs: Sequence[float], threshold: float, min_k: int, max_k: int) -> int:
+    """The step (number of drafted tokens) at which the policy stops, given the head's output at each step.
+
+    ``step_probs`` must cover at least ``max_k`` steps or up to the stop.
+    """
+    for k, cum in enumerate(cumulative_accept(step_probs[:max_k]), start=1):
+        if k >= max_k or (k >= min_k and 1.0 - cum > threshold):
+            return k
+    raise ValueError("step_probs ends before the policy stops")
+
+
+@register_method("specdecpp", summary="SpecDec++: stop when a trained head's P(some draft token rejected) > threshold")
+@dataclass
+class SpecDecPP(DraftLengthPolicy):
+    head: str = ""  # folder of a trained acceptance head (see specadapt.heads)
+    threshold: float = 0.7
+    min_k: int = 2
+    max_k: int = 20
+
+    name = "specdecpp"
+    needs_hidden = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1) (exclusive), got {self.threshold!r}; 0.7 is the paper's best overall")
+        if not 1 <= self.min_k <= self.max_k:
+            raise ValueError(f"need 1 <= min_k <= max_k, got min_k={self.min_k}, max_k={self.max_k}")
+        if not self.head:
+            raise SpecAdaptError(
+                "method 'specdecpp' needs a trained acceptance head for your draft model: pass --head DIR "
+                "(or the setting head=DIR, e.g. 'specdecpp:head=DIR'), or train one with the SpecDec++ head trainer."
+            )
+        self.head = str(self.head)
+        self._head_config = read_head_config(self.head)  # fail fast on a bad folder; weights load on first use
+        self._model: AcceptanceHead | None = None
+        self._cum: torch.Tensor | None = None
+
+    def reset(self, batch_size: int) -> None:
+        self._cum = None
+
+    def max_length(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(rows, self.max_k)
+
+    def _head_for(self, hidden: torch.Tensor) -> AcceptanceHead:
+        size = hidden.shape[-1]
+        expected = self._head_config["hidden_size"]
+        if size != expected:
+            raise SpecAdaptError(
+                f"the acceptance head {self.head} expects hidden size {expected}, but the draft's hidden states have "
+                f"size {size}: the head was trained for another draft model. Use a head trained for this draft."
+            )
+        if self._model is None:
+            self._model = load_head(self.head, device=hidden.device, dtype=hidden.dtype).requires_grad_(False)
+        elif self._model.out.weight.device != hidden.device or self._model.out.weight.dtype != hidden.dtype:
+            self._model.to(device=hidden.device, dtype=hidden.dtype)
+        return self._model
+
+    def should_stop(self, step: DraftStep) -> torch.Tensor:
+        if step.hidden is None:
+            raise SpecAdaptError("method 'specdecpp' needs the draft's hidden states, but the engine did not provide them.")
+        head = self._head_for(step.hidden)
+        b = step.rows.shape[0]
+        if step.position == 1 or self._cum is None or self._cum.shape[0] != b:
+            # New round (rows only change between rounds). Step 1's hidden state is the last committed token's.
+            self._cum = torch.ones(b, dtype=torch.float32, device=step.hidden.device)
+        else:
+            with torch.inference_mode():
+                self._cum = self._cum * head.accept_prob(step.hidden)
+        if step.position >= self.max_k:
+            return torch.ones(b, dtype=torch.bool, device=step.rows.device)
+        if step.position < self.min_k:
+            return torch.zeros(b, dtype=torch.bool, device=step.rows.device)
+        return (1.0 - self._cum > self.threshold).to(step.rows.device)

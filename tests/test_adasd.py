@@ -1,0 +1,268 @@
+"""AdaSD: entropy stopping (adasd-stop, lossless) and the JS acceptance rule (adasd, lossy)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import entropy as scipy_entropy
+
+from specadapt.acceptance import Proposal
+from specadapt.engine import GenerationConfig
+from specadapt.errors import SpecAdaptError
+from specadapt.methods import make_method
+from specadapt.policies import DraftStep, RoundOutcome
+from specadapt.sampling import SamplingParams, process_logits
+
+from conftest import hf_greedy, make_engine, tiny_llama
+from test_losslessness import ALPHA, PROMPT, SAMPLING, V, exact_joint, run_checks
+
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [42]]
+_REFERENCE: dict[tuple, list[int]] = {}
+
+
+def reference(target, prompt, n):
+    key = (tuple(prompt), n)
+    if key not in _REFERENCE:
+        _REFERENCE[key] = hf_greedy(target, prompt, n)
+    return _REFERENCE[key]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_llama(0, vocab=V, init_range=0.3), tiny_llama(3, vocab=V, init_range=0.3)
+
+
+def play_round(policy, rows, q, p, accepted, drafted=None):
+    """Drive one round through the policy as the engine does: max_length, should_stop per token, observe."""
+    b, K, _ = q.shape
+    drafted = torch.full((b,), K) if drafted is None else torch.as_tensor(drafted)
+    accepted = torch.as_tensor(accepted)
+    tokens = q.argmax(-1)
+    policy.max_length(rows)
+    stops = []
+    for k in range(K):
+        drafting = k < drafted
+        stops.append(policy.should_stop(DraftStep(k + 1, tokens[:, k], q[:, k], None, rows, drafting)))
+    mask = torch.arange(K)[None, :] < accepted[:, None]
+    want = policy.needs_target_probs
+    policy.observe(RoundOutcome(rows, drafted, accepted, tokens, q if want else None, p if want else None, mask))
+    return torch.stack(stops, 1)
+
+
+def random_dists(seed, *shape):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * 2).softmax(-1)
+
+
+def H(q):
+    return float(scipy_entropy(q.double().numpy()))
+
+
+def JS(p, q):
+    return float(jensenshannon(p.double().numpy(), q.double().numpy(), base=2))
+
+
+# --- statistics follow the formulas ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first_only", [True, False])
+def test_thresholds_follow_the_formulas(first_only):
+    policy = make_method(f"adasd:n_min=1,first_rejection_only={first_only}").policy
+    policy.reset(2)
+    rows = torch.tensor([1, 0])  # batch order differs from the original indices
+    K, Vq = 4, 6
+    # (accepted per row, drafted per row) for three rounds
+    script = [([1, 4], [4, 4]), ([0, 2], [3, 4]), ([2, 3], [4, 3])]
+    acc_d = {0: [], 1: []}
+    rej_d = {0: [], 1: []}
+    rej_h = {0: [], 1: []}
+    for r, (accepted, drafted) in enumerate(script):
+        q = random_dists(10 + r, 2, K, Vq)
+        p = random_dists(20 + r, 2, K + 1, Vq)
+        play_round(policy, rows, q, p, accepted, drafted)
+        for j, row in enumerate(rows.tolist()):
+            n, m = accepted[j], drafted[j]
+            for i in range(m):
+                if i < n:
+                    acc_d[row].append(JS(p[j, i], q[j, i]))
+                elif i == n or not first_only:
+                    rej_d[row].append(JS(p[j, i], q[j, i]))
+                    rej_h[row].append(H(q[j, i]))
+    stats = policy.statistics(torch.tensor([0, 1]))
+    for row in (0, 1):
+        assert stats["n_acc"][row] == len(acc_d[row])
+        assert stats["n_rej"][row] == len(rej_h[row])
+        assert stats["T_G"][row].item() == pytest.approx(np.mean(rej_h[row]), rel=1e-5)
+        assert stats["T_V"][row].item() == pytest.approx((np.mean(acc_d[row]) + np.mean(rej_d[row])) / 2, rel=1e-5)
+
+
+def test_shared_scope_pools_rows_and_survives_reset():
+    policy = make_method("adasd:n_min=1,scope=shared").policy
+    policy.reset(2)
+    rows = torch.tensor([0, 1])
+    q, p = random_dists(1, 2, 3, 5), random_dists(2, 2, 4, 5)
+    play_round(policy, rows, q, p, [1, 2])
+    expected_tg = np.mean([H(q[0, 1]), H(q[1, 2])])
+    expected_tv = (np.mean([JS(p[0, 0], q[0, 0]), JS(p[1, 0], q[1, 0]), JS(p[1, 1], q[1, 1])])
+                   + np.mean([JS(p[0, 1], q[0, 1]), JS(p[1, 2], q[1, 2])])) / 2
+    for _ in range(2):  # a new generate call keeps the shared statistics
+        stats = policy.statistics(torch.tensor([0, 1]))
+        assert stats["T_G"].tolist() == pytest.approx([expected_tg] * 2, rel=1e-5)
+        assert stats["T_V"].tolist() == pytest.approx([expected_tv] * 2, rel=1e-5)
+        policy.reset(3)
+    request = make_method("adasd:n_min=1").policy
+    request.reset(2)
+    play_round(request, rows, q, p, [1, 2])
+    request.reset(2)
+    assert request.statistics(rows)["n_rej"].tolist() == [0, 0]
+
+
+def test_entropy_stop_uses_t_g_and_keeps_the_trigger():
+    policy = make_method("adasd-stop:n_min=1").policy
+    policy.reset(1)
+    rows = torch.tensor([0])
+    q = random_dists(3, 1, 2, 6)
+    play_round(policy, rows, q, None, [1])  # q[0, 1] is the rejected token
+    t_g = H(q[0, 1])
+    assert policy.statistics(rows)["T_G"].item() == pytest.approx(t_g, rel=1e-5)
+    assert policy.max_length(rows).item() == 16
+    peaky = torch.tensor([[0.97, 0.01, 0.01, 0.01, 0.0, 0.0]])
+    flat = torch.full((1, 6), 1 / 6)
+    assert H(peaky[0]) < t_g < H(flat[0])
+    step = lambda k, probs: DraftStep(k, probs.argmax(-1), probs, None, rows, torch.tensor([True]))
+    assert not policy.should_stop(step(1, peaky)).item()
+    assert policy.should_stop(step(2, flat)).item()  # stop after drafting the high-entropy token
+
+
+def test_cold_start():
+    policy = make_method("adasd:n_min=2,cold_start_k=3").policy
+    policy.reset(1)
+    rows = torch.tensor([0])
+    flat = torch.full((1, 1, 6), 1 / 6)
+    q, p = flat.expand(1, 3, 6).clone(), random_dists(4, 1, 4, 6)
+    # cold: capped at cold_start_k, no entropy stop even on a uniform draft
+    assert policy.max_length(rows).item() == 3
+    assert not play_round(policy, rows, q, p, [2]).any()  # 2 accepted, 1 rejected
+    stats = policy.statistics(rows)
+    assert not stats["warm"].item() and stats["T_G"].item() == math.inf and stats["T_V"].item() == -math.inf
+    assert policy.max_length(rows).item() == 3
+    play_round(policy, rows, q, p, [0])  # second rejection: 2 of each kind
+    stats = policy.statistics(rows)
+    assert stats["warm"].item() and math.isfinite(stats["T_G"].item()) and math.isfinite(stats["T_V"].item())
+    assert policy.max_length(rows).item() == 16
+
+
+# --- the JS acceptance rule -------------------------------------------------------------------
+
+
+def warm_policy(t_v_target: float, spec="adasd:n_min=1"):
+    """An AdaSD policy for one row whose statistics are warm with T_V close to ``t_v_target``."""
+    policy = make_method(spec).policy
+    policy.reset(1)
+    s = policy._state
+    s["n_acc"][0], s["n_rej"][0] = 1, 1
+    s["d_acc_sum"][0], s["d_rej_sum"][0] = t_v_target, t_v_target
+    s["h_rej_sum"][0] = 100.0
+    return policy
+
+
+def test_js_rule_greedy_accepts_close_tokens_but_respects_top_k():
+    policy = warm_policy(0.9)
+    method = make_method("adasd:n_min=1")
+    method.policy = policy
+    rows = torch.tensor([0])
+    # position 0: token 1 is second best (in the top-2); position 1: token 2 is third (outside the top-2)
+    target_logits = torch.tensor([[[3.0, 2.8, 0.0, -1.0], [2.0, 3.0, 0.0, -1.0], [1.0, 0.0, 0.0, 0.0]]])
+    draft_soft = target_logits[0, :2].softmax(-1)[None].clone()
+    for params, expect_n in [(SamplingParams(0.0), 2), (SamplingParams(0.0, top_k=2), 1)]:
+        rule = method.rule(params)
+        policy.max_length(rows)
+        tokens = torch.tensor([[1, 2]])  # token 1: not argmax but in top-2; token 2: outside top-2
+        for k in range(2):
+            policy.should_stop(DraftStep(k + 1, tokens[:, k], draft_soft[:, k], None, rows, torch.tensor([True])))
+        verdict = rule(Proposal(tokens, torch.tensor([2]), None, target_logits, None, params, [torch.Generator()]))
+        assert verdict.num_accepted.item() == expect_n
+        # correction / bonus: the argmax of the target at the first non-accepted position
+        assert verdict.next_token.item() == int(target_logits[0, expect_n].argmax())
+
+
+def test_js_rule_never_accepts_zero_target_probability():
+    policy = warm_policy(0.95)
+    method = make_method("adasd:n_min=1")
+    method.policy = policy
+    params = SamplingParams(1.0, top_k=2)
+    rule = method.rule(params)
+    rows = torch.tensor([0])
+    # p: the target's top-2; q: fairly close to p (d < T_V) with some mass on token 2, outside the top-k
+    target_logits = torch.log(torch.tensor([[[0.5, 0.45, 0.04, 0.01]] * 2]))
+    p = process_logits(target_logits, params)
+    q = torch.tensor([[[0.2, 0.7, 0.1, 0.0]]])
+    assert p[0, 0, 2] == 0 and JS(p[0, 0], q[0, 0]) < 0.5
+    for seed in range(50):
+        for token, expect in [(2, 0), (1, 1)]:
+            policy.max_length(rows)
+            x = torch.tensor([[token]])
+            policy.should_stop(DraftStep(1, x[:, 0], q[:, 0], None, rows, torch.tensor([True])))
+            g = torch.Generator().manual_seed(seed)
+            verdict = rule(Proposal(x, torch.tensor([1]), q, target_logits, p, params, [g]))
+            assert verdict.num_accepted.item() == expect  # token 1 is JS-accepted even when u > p/q
+            assert p[0, verdict.num_accepted.item(), verdict.next_token.item()] > 0
+
+
+def test_js_rule_end_to_end_stays_in_target_support(pair):
+    target, draft = pair
+    params = SamplingParams(1.0, top_k=2)
+    engine = make_engine(target, draft)
+    config = GenerationConfig(max_new_tokens=3, temperature=1.0, top_k=2, seed=7)
+    results = engine.generate([PROMPT] * 1500, make_method("adasd:n_min=1,scope=shared"), config)
+    joint = exact_joint(target, params)
+    samples = np.array([r.token_ids for r in results])
+    assert (joint[samples[:, 0], samples[:, 1], samples[:, 2]] > 0).all()
+    assert all(not r.lossless for r in results)
+
+
+def test_lossless_flags_and_recorded_settings(target, close_draft):
+    described = make_method("adasd:combine=replace").describe(SamplingParams(0.7))
+    assert described["lossless"] is False
+    assert described["acceptance"] == "adasd-js"
+    assert described["acceptance_settings"]["combine"] == "replace"
+    assert described["policy_settings"] == {
+        "n_min": 5, "cold_start_k": 4, "max_k": 16, "first_rejection_only": True, "scope": "request", "combine": "replace"
+    }
+    assert make_method("adasd-stop").describe(SamplingParams(0.7))["lossless"] is True
+    result = make_engine(target, close_draft).generate([PROMPTS[0]], make_method("adasd"), GenerationConfig(max_new_tokens=8))[0]
+    assert result.lossless is False and result.method["method"] == "adasd"
+    assert make_method("adasd").policy.keeps_state and make_method("adasd-stop").policy.keeps_state
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["adasd:combine=and", "adasd:n_min=-1", "adasd:max_k=0", "adasd:cold_start_k=0", "adasd-stop:scope=global",
+     "adasd-stop:combine=or"],
+)
+def test_bad_settings(spec):
+    with pytest.raises(SpecAdaptError):
+        make_method(spec)
+
+
+# --- losslessness of the stopping rule -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["adasd-stop", "adasd-stop:n_min=1,scope=shared"])
+@pytest.mark.parametrize("draft_name", ["close_draft", "random_draft"])
+def test_adasd_stop_greedy_equals_target_generate(method, draft_name, target, request):
+    engine = make_engine(target, request.getfixturevalue(draft_name))
+    results = engine.generate(PROMPTS, make_method(method), GenerationConfig(max_new_tokens=24))
+    for prompt, result in zip(PROMPTS, results):
+        assert result.token_ids == reference(target, prompt, 24)
+
+
+def test_adasd_stop_is_lossless_monte_carlo(pair):
+    target, draft = pair
+    # shared statistics with n_min = 1: the thresholds are warm after the first round
+    pvalues = run_checks(target, draft, "adasd-stop:n_min=1,scope=shared", SAMPLING["t0.7-topk4"], seed=1000)
+    assert min(pvalues) > ALPHA, pvalues

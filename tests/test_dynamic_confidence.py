@@ -1,0 +1,139 @@
+"""Hugging Face dynamic speculation: confidence stopping with an ROC-refitted threshold (lossless)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specadapt.engine import GenerationConfig
+from specadapt.errors import SpecAdaptError
+from specadapt.methods import make_method
+from specadapt.policies import DraftStep, RoundOutcome
+from specadapt.policies.dynamic_confidence import roc_threshold
+
+from conftest import hf_greedy, make_engine, tiny_llama
+from test_losslessness import ALPHA, SAMPLING, V, run_checks
+
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [42]]
+ACCEPTED = [0.9, 0.8, 0.7, 0.35, 0.3]
+REJECTED = [0.6, 0.2, 0.1, 0.05]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_llama(0, vocab=V, init_range=0.3), tiny_llama(3, vocab=V, init_range=0.3)
+
+
+def cost_by_definition(t, accepted, rejected, fn_cost=3.0):
+    fpr = sum(s >= t for s in rejected) / len(rejected)  # rejected tokens drafting continued past
+    fnr = sum(s < t for s in accepted) / len(accepted)  # accepted tokens that would stop drafting
+    return fpr + fn_cost * fnr
+
+
+def test_roc_threshold_minimises_fpr_plus_3_fnr():
+    scores = torch.tensor(ACCEPTED + REJECTED)
+    labels = torch.tensor([True] * len(ACCEPTED) + [False] * len(REJECTED))
+    t, cost = roc_threshold(scores, labels)
+    # by hand: t = 0.3 keeps every accepted token (FNR 0) and passes only 0.6 among rejected (FPR 1/4)
+    assert t == pytest.approx(0.3) and cost == pytest.approx(0.25)
+    best = min(cost_by_definition(c, ACCEPTED, REJECTED) for c in ACCEPTED + REJECTED)
+    assert cost == pytest.approx(best)
+    # a different weighting moves the optimum
+    t1, _ = roc_threshold(scores, labels, fn_cost=0.5)
+    assert cost_by_definition(t1, ACCEPTED, REJECTED, 0.5) == pytest.approx(
+        min(cost_by_definition(c, ACCEPTED, REJECTED, 0.5) for c in ACCEPTED + REJECTED)
+    )
+    assert t1 == pytest.approx(0.7)  # FPR 0 + 0.5 * 2/5 = 0.2 < 0.25
+
+
+def test_roc_threshold_random_histories_match_brute_force():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        scores = (torch.rand(40, generator=g) * 20).round() / 20  # ties on purpose
+        labels = torch.rand(40, generator=g) < 0.6
+        labels[0], labels[1] = True, False
+        t, cost = roc_threshold(scores, labels)
+        acc, rej = scores[labels].tolist(), scores[~labels].tolist()
+        costs = {c: cost_by_definition(c, acc, rej) for c in set(scores.tolist())}
+        best = min(costs.values())
+        assert cost == pytest.approx(best)
+        assert t == pytest.approx(max(c for c, v in costs.items() if abs(v - best) < 1e-12))  # ties -> largest
+
+
+def one_round(policy, rows, scores, accepted):
+    """A round whose k-th drafted token has draft probability scores[row][k]."""
+    K = max(len(s) for s in scores)
+    b = len(scores)
+    policy.max_length(rows)
+    stops = []
+    for k in range(K):
+        probs = torch.zeros(b, 4)
+        for j, s in enumerate(scores):
+            v = s[k] if k < len(s) else 1.0
+            probs[j, 0], probs[j, 1] = v, 1.0 - v
+        stops.append(policy.should_stop(DraftStep(k + 1, torch.zeros(b, dtype=torch.long), probs, None, rows, torch.ones(b, dtype=torch.bool))))
+    drafted = torch.tensor([len(s) for s in scores])
+    accepted = torch.tensor(accepted)
+    mask = torch.arange(K)[None, :] < accepted[:, None]
+    policy.observe(RoundOutcome(rows, drafted, accepted, torch.zeros((b, K), dtype=torch.long), None, None, mask))
+    return torch.stack(stops, 1)
+
+
+def test_policy_refits_on_its_history():
+    policy = make_method("dynamic-confidence:min_each=4").policy
+    policy.reset(2)
+    rows = torch.tensor([1])
+    # round 1: three accepted, then a rejection (0.6), then a token after it that is never verified (0.01)
+    stops = one_round(policy, rows, [[0.9, 0.8, 0.7, 0.6, 0.01]], accepted=[3])
+    assert stops[0].tolist() == [False, False, False, False, True]
+    assert policy.history(1) == ([pytest.approx(s) for s in (0.9, 0.8, 0.7, 0.6)], [True, True, True, False])
+    # round 2: accepted 0.35, rejected 0.2 -> 4 positives, 2 negatives: not enough, threshold unchanged
+    one_round(policy, rows, [[0.35, 0.2]], accepted=[1])
+    assert policy.current_threshold(torch.tensor([0, 1])).tolist() == pytest.approx([0.4, 0.4])
+    # round 3: accepted 0.3, then rejected 0.1; round 4: rejected 0.05 -> 5 positives, 4 negatives
+    one_round(policy, rows, [[0.3, 0.1]], accepted=[1])
+    one_round(policy, rows, [[0.05]], accepted=[0])
+    scores, labels = policy.history(1)
+    assert sorted(s for s, l in zip(scores, labels) if l) == pytest.approx(sorted(ACCEPTED))
+    assert sorted(s for s, l in zip(scores, labels) if not l) == pytest.approx(sorted(REJECTED))
+    assert policy.current_threshold(torch.tensor([0, 1])).tolist() == pytest.approx([0.4, 0.3])  # row 0 untouched
+    # the new threshold drives stopping: 0.32 continues (>= 0.3), 0.25 stops
+    assert one_round(policy, rows, [[0.32, 0.25]], accepted=[2])[0].tolist() == [False, True]
+    policy.reset(2)  # per-request scope: a new generate call starts over
+    assert policy.current_threshold(torch.tensor([1])).item() == pytest.approx(0.4)
+    assert policy.history(1) == ([], [])
+
+
+def test_shared_scope_pools_requests():
+    policy = make_method("dynamic-confidence:min_each=2,scope=shared").policy
+    policy.reset(2)
+    one_round(policy, torch.tensor([0, 1]), [[0.9, 0.2], [0.8, 0.6]], accepted=[1, 1])
+    # pooled: positives 0.9, 0.8; negatives 0.2, 0.6 -> threshold 0.8 (FPR 0, FNR 0)
+    assert policy.current_threshold(torch.tensor([0, 1])).tolist() == pytest.approx([0.8, 0.8])
+    policy.reset(5)
+    assert policy.current_threshold(torch.tensor([4])).item() == pytest.approx(0.8)
+    assert policy.keeps_state
+
+
+@pytest.mark.parametrize("spec", ["dynamic-confidence:threshold=1.5", "dynamic-confidence:min_each=0",
+                                  "dynamic-confidence:fn_cost=0", "dynamic-confidence:max_k=0",
+                                  "dynamic-confidence:scope=x"])
+def test_bad_settings(spec):
+    with pytest.raises(SpecAdaptError):
+        make_method(spec)
+
+
+@pytest.mark.parametrize("method", ["dynamic-confidence", "dynamic-confidence:min_each=2"])
+@pytest.mark.parametrize("draft_name", ["close_draft", "random_draft"])
+def test_greedy_equals_target_generate(method, draft_name, target, request):
+    engine = make_engine(target, request.getfixturevalue(draft_name))
+    results = engine.generate(PROMPTS, make_method(method), GenerationConfig(max_new_tokens=24))
+    for prompt, result in zip(PROMPTS, results):
+        assert result.token_ids == hf_greedy(target, prompt, 24)
+        assert result.lossless
+
+
+def test_lossless_monte_carlo(pair):
+    target, draft = pair
+    pvalues = run_checks(target, draft, "dynamic-confidence:scope=shared", SAMPLING["t1.0"], seed=1000)
+    assert min(pvalues) > ALPHA, pvalues
