@@ -16,7 +16,8 @@ generation ends on it), timed with ``time.perf_counter`` around the whole call.
 Methods: any specadapt method string (``autoregressive``, ``fixed:4``, ``heuristic``,
 ``confidence``, ``confidence:threshold=0.3`` ...), ``hf-assisted:K`` (Hugging Face
 assisted generation with K constant draft tokens and no confidence stopping) and
-``hf-target-only`` (plain ``target.generate``).
+``hf-target-only`` (plain ``target.generate``). ``<method>@vN`` runs one of our methods
+with the draft's output head restricted to N token ids (specadapt.models.draft_vocab).
 
 Acceptance rate, mean accepted length and mean draft length of a dataset are
 pooled over its prompts (sum accepted / sum drafted, 1 + sum accepted / sum rounds,
@@ -109,6 +110,7 @@ class Spec:
     label: str
     kind: str  # "ours" | "hf-assisted" | "hf-target-only"
     k: int | None = None  # draft length: hf-assisted:K, fixed:K
+    draft_vocab: int | None = None  # "<method>@vN": our method with the draft's head cut to N token ids
 
 
 def parse_methods(text: str) -> list[Spec]:
@@ -126,11 +128,15 @@ def parse_methods(text: str) -> list[Spec]:
                 raise SystemExit(f"write hf-assisted:K with an integer K >= 1, got {label!r}.")
             specs.append(Spec(label, "hf-assisted", int(k)))
         else:
+            base, _, vocab = label.partition("@v")
+            if vocab and not vocab.isdigit():
+                raise SystemExit(f"write <method>@vN with an integer N, got {label!r}.")
             try:
-                method = make_method(label)
+                method = make_method(base)
             except SpecAdaptError as exc:
                 raise SystemExit(f"--methods: {exc}") from None
-            specs.append(Spec(label, "ours", getattr(method.policy, "k", None) if method.name == "fixed" else None))
+            k = getattr(method.policy, "k", None) if method.name == "fixed" else None
+            specs.append(Spec(label, "ours", k, int(vocab) if vocab else None))
     if len({s.label for s in specs}) != len(specs):
         raise SystemExit("--methods lists a method twice.")
     if not specs:
@@ -152,9 +158,24 @@ class Run:
 
 
 class Runner:
-    def __init__(self, decoder, eos_ids: list[int]) -> None:
+    def __init__(self, decoder, eos_ids: list[int], temperature: float = 0.0) -> None:
         self.dec = decoder
         self.eos = set(eos_ids)
+        self.temperature = temperature
+        self.engines = {None: decoder.engine}
+
+    def engine(self, draft_vocab: int | None):
+        """The decoder's engine, or one whose draft has a restricted output head (built once)."""
+        if draft_vocab not in self.engines:
+            import copy
+
+            from specadapt import SpeculativeEngine
+            from specadapt.models.draft_vocab import restrict_vocabulary
+
+            draft = copy.deepcopy(self.dec.draft)
+            restrict_vocabulary(draft, self.dec.tokenizer, draft_vocab)
+            self.engines[draft_vocab] = SpeculativeEngine(self.dec.target, draft, self.dec.tokenizer, sorted(self.eos))
+        return self.engines[draft_vocab]
 
     def run(self, spec: Spec, ids: list[int], max_new_tokens: int) -> Run:
         if spec.kind == "ours":
@@ -164,10 +185,11 @@ class Runner:
     def _ours(self, spec: Spec, ids: list[int], max_new_tokens: int) -> Run:
         from specadapt import GenerationConfig, make_method
 
-        method = make_method(spec.label)  # fresh policy state per call
-        config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
+        method = make_method(spec.label.partition("@v")[0])  # fresh policy state per call
+        config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=self.temperature, seed=0)
+        engine = self.engine(spec.draft_vocab)
         t0 = time.perf_counter()
-        result = self.dec.engine.generate([ids], method, config)[0]
+        result = engine.generate([ids], method, config)[0]
         wall = time.perf_counter() - t0
         return Run(list(result.token_ids), wall, result.finish_reason, result.stats)
 
@@ -180,12 +202,17 @@ class Runner:
             gc.num_assistant_tokens_schedule = "constant"
             gc.assistant_confidence_threshold = 0.0
             kwargs["assistant_model"] = draft
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0)
+            torch.manual_seed(0)
+        else:
+            kwargs["do_sample"] = False
         input_ids = torch.tensor([ids], dtype=torch.long, device=target.device)
         attention_mask = torch.ones_like(input_ids)
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = target.generate(
-                input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=max_new_tokens, **kwargs
+                input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **kwargs
             )
         if target.device.type == "cuda":
             torch.cuda.synchronize(target.device)
@@ -235,7 +262,6 @@ def record_for(prompt: dict, index: int, ids: list[int], spec: Spec, order: int,
             rounds=s.rounds,
             drafted=s.drafted,
             accepted=s.accepted,
-            prefill_time_s=s.prefill_time_s,
             draft_time_s=s.draft_time_s,
             target_time_s=s.target_time_s,
             total_time_s=s.total_time_s,
@@ -308,7 +334,6 @@ def summarize(records: list[dict], specs: list[Spec]) -> dict:
                     mean_draft_length=drafted / rounds if rounds else None,
                     draft_time_share=sum(r["draft_time_s"] for r in mine) / total if total else None,
                     target_time_share=sum(r["target_time_s"] for r in mine) / total if total else None,
-                    prefill_time_share=sum(r["prefill_time_s"] for r in mine) / total if total else None,
                 )
             if all("match_identical" in r for r in mine):
                 row["match_identical_fraction"] = mean(float(r["match_identical"]) for r in mine)
@@ -497,7 +522,7 @@ def profile(args, decoder, runner: Runner, prompts: list[dict], console) -> None
         t_timer.close(), d_timer.close()
 
     s = ours.stats
-    rest = s.total_time_s - s.draft_time_s - s.target_time_s - s.prefill_time_s
+    rest = s.total_time_s - s.draft_time_s - s.target_time_s
     console.print(
         f"\n[bold]{specs[0].label}[/bold] (engine stats): {len(ours.tokens)} tokens in {ours.wall_s:.3f} s "
         f"= {len(ours.tokens) / ours.wall_s:.2f} tok/s; {s.rounds} rounds, acceptance {_fmt(s.acceptance_rate, '.0%')}, "
@@ -506,7 +531,6 @@ def profile(args, decoder, runner: Runner, prompts: list[dict], console) -> None
     table = Table("part", "seconds", "share of total", "per round (ms)", title_justify="left")
     rounds = max(s.rounds, 1)
     parts = [
-        ("prefill (target + draft)", s.prefill_time_s),
         ("draft phase (stats.draft_time_s)", s.draft_time_s),
         ("  of which draft forward (hooks)", ours_d[1]),
         ("  of which draft loop overhead", s.draft_time_s - ours_d[1]),
@@ -570,6 +594,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=DEFAULT_METHODS,
         help="comma-separated methods (use ';' as the separator if a method has key=value settings)",
     )
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples (seed 0 per call)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up generations per method before timing")
     p.add_argument("--warmup-tokens", type=int, default=16, help="new tokens per warm-up generation")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
@@ -605,7 +630,7 @@ def main(argv=None) -> None:
         f"loaded {target} + {draft} ({args.dtype}, {decoder.target.device}, "
         f"{torch.get_num_threads()} threads) in {time.perf_counter() - t0:.1f} s"
     )
-    runner = Runner(decoder, decoder.engine.eos_token_ids)
+    runner = Runner(decoder, decoder.engine.eos_token_ids, args.temperature)
 
     if args.profile:
         profile(args, decoder, runner, load_prompts("humaneval", 1), console)
@@ -629,7 +654,8 @@ def main(argv=None) -> None:
         "n_humaneval": args.n_humaneval,
         "n_mtbench": args.n_mtbench,
         "max_new_tokens": args.max_new_tokens,
-        "greedy": True,
+        "greedy": args.temperature == 0,
+        "temperature": args.temperature,
         "batch_size": 1,
         "chat_template": True,
         "humaneval_template": HUMANEVAL_TEMPLATE,

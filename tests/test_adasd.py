@@ -190,6 +190,38 @@ def test_js_rule_greedy_accepts_close_tokens_but_respects_top_k():
         assert verdict.next_token.item() == int(target_logits[0, expect_n].argmax())
 
 
+def greedy_verdict(policy, combine, target_logits, tokens, q_equals_p):
+    """Run the JS rule in greedy mode on one row; the draft's soft q is p itself (d = 0) or p reversed (d large)."""
+    from specadapt.acceptance.adasd import AdaSDAcceptance
+
+    rows = torch.tensor([0])
+    policy.max_length(rows)
+    soft = target_logits[:, : tokens.shape[1]].softmax(-1)
+    q = soft if q_equals_p else soft.flip(-1)
+    for k in range(tokens.shape[1]):
+        policy.should_stop(DraftStep(k + 1, tokens[:, k], q[:, k], None, rows, torch.tensor([True])))
+    rule = AdaSDAcceptance(policy, combine)
+    return rule(Proposal(tokens, torch.tensor([tokens.shape[1]]), None, target_logits, None, SamplingParams(0.0), [torch.Generator()]))
+
+
+def test_js_rule_replace_mode_and_cold_start():
+    target_logits = torch.tensor([[[3.0, 1.0, 0.0, -1.0], [1.0, 0.0, 0.0, 0.0]]])
+    argmax, other = torch.tensor([[0]]), torch.tensor([[1]])
+    # warm, tiny T_V, d large: "or" keeps the standard acceptance, "replace" rejects (and emits argmax p = 0)
+    assert greedy_verdict(warm_policy(1e-6), "or", target_logits, argmax, False).num_accepted.item() == 1
+    verdict = greedy_verdict(warm_policy(1e-6), "replace", target_logits, argmax, False)
+    assert verdict.num_accepted.item() == 0 and verdict.next_token.item() == 0
+    # warm, d = 0 < T_V: a non-argmax token is JS-accepted in both modes
+    for combine in ("or", "replace"):
+        assert greedy_verdict(warm_policy(0.5), combine, target_logits, other, True).num_accepted.item() == 1
+    # cold: no JS acceptance even at d = 0, and "replace" falls back to the standard test
+    for combine in ("or", "replace"):
+        cold = make_method("adasd:n_min=5").policy
+        cold.reset(1)
+        assert greedy_verdict(cold, combine, target_logits, other, True).num_accepted.item() == 0
+        assert greedy_verdict(cold, combine, target_logits, argmax, False).num_accepted.item() == 1
+
+
 def test_js_rule_never_accepts_zero_target_probability():
     policy = warm_policy(0.95)
     method = make_method("adasd:n_min=1")

@@ -1,6 +1,6 @@
 """AdaSD (arXiv 2512.11280): entropy-based draft stopping and JS-distance acceptance.
 
-Two methods (see ``docs``/``methods.md`` section 1):
+Two methods (see the design notes, methods.md section 1):
 
 ``adasd-stop`` (lossless): draft until the entropy of the distribution the
 latest token came from exceeds ``T_G``, the mean entropy H(q) of previously
