@@ -8,6 +8,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from specadapt.engine import SpeculativeEngine
 
+# Tiny models run fastest on one thread, and one thread per test process avoids
+# OpenMP oversubscription when anything else shares the 2 cores.
+torch.set_num_threads(1)
+
 
 def tiny_llama(seed: int, vocab: int = 64, layers: int = 2, init_range: float = 0.02) -> LlamaForCausalLM:
     """A 2-layer Llama in fp32; larger ``init_range`` gives peakier, more varied distributions."""
@@ -61,6 +65,12 @@ def close_draft(target) -> LlamaForCausalLM:
     return perturbed_copy(target, 0.2)
 
 
+@pytest.fixture(scope="session")
+def pair() -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
+    """Target and draft over an 8-token vocabulary with peaky, different distributions (Monte Carlo tests)."""
+    return tiny_llama(0, vocab=8, init_range=0.3), tiny_llama(3, vocab=8, init_range=0.3)
+
+
 def make_engine(target, draft, eos=()) -> SpeculativeEngine:
     return SpeculativeEngine(target, draft, IdTokenizer(), list(eos))
 
@@ -76,3 +86,19 @@ def hf_greedy(model, prompt: list[int], n: int, eos: int | None = None) -> list[
         pad_token_id=0,
     )
     return out[0, len(prompt) :].tolist()
+
+
+def save_tiny_checkpoint(path, seed: int, words: list[str]) -> None:
+    """A tiny Llama plus a word-level tokenizer over ``words`` saved as a Hugging Face folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "</s>", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>")
+    model = tiny_llama(seed, vocab=64)
+    model.config.eos_token_id = 1
+    model.generation_config.eos_token_id = 1
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)

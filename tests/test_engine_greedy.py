@@ -1,14 +1,18 @@
 """Greedy equivalence (fp32): speculative output is token-identical to the target's own greedy output."""
 
 import pytest
-import torch
 
 from specadapt.engine import GenerationConfig
 from specadapt.methods import make_method
 
 from conftest import hf_greedy, make_engine
 
-POLICIES = ["autoregressive", "fixed:1", "fixed:4", "fixed:7", "heuristic", "confidence:threshold=0.05", "confidence:threshold=0.9"]
+# Every lossless draft-length policy (SpecDec++ needs a head: tests/test_specdecpp.py).
+POLICIES = [
+    "autoregressive", "fixed:1", "fixed:4", "fixed:7", "heuristic", "confidence:threshold=0.05", "confidence:threshold=0.9",
+    "dynamic-confidence", "dynamic-confidence:min_each=2", "adaedl", "adaedl:lambda_init=0.9,lr=0.5",
+    "adasd-stop", "adasd-stop:n_min=1,scope=shared",
+]
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [42]]
 
 
@@ -20,7 +24,7 @@ def test_greedy_equals_target_generate(method, draft_name, target, request):
     results = engine.generate(PROMPTS, make_method(method), GenerationConfig(max_new_tokens=24))
     for prompt, result in zip(PROMPTS, results):
         assert result.token_ids == hf_greedy(target, prompt, 24)
-        assert result.finish_reason == "length"
+        assert result.lossless and result.finish_reason == "length"
         assert result.stats.generated_tokens == 24
 
 

@@ -27,7 +27,7 @@ from specadapt.methods import Method, MethodEntry, make_method
 from specadapt.policies import DraftLengthPolicy, DraftStep
 from specadapt.sampling import SamplingParams, process_logits
 
-from conftest import make_engine, tiny_llama
+from conftest import make_engine
 
 V, N, LENGTH = 8, 12000, 3
 PROMPT = [1, 2, 3]
@@ -74,10 +74,6 @@ def method(name: str) -> Method:
     return make_method(name)
 
 
-@pytest.fixture(scope="module")
-def pair():
-    # Large init range: peaky distributions that differ between the two models.
-    return tiny_llama(0, vocab=V, init_range=0.3), tiny_llama(3, vocab=V, init_range=0.3)
 
 
 def exact_joint(target, params: SamplingParams) -> np.ndarray:

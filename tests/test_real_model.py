@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from specadapt import SpecDecoder
-from specadapt.models import loading, zoo
+from specadapt.models import loading
 from specadapt.models.draft_vocab import restrict_vocabulary
 
 pytestmark = pytest.mark.real_model

@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from ..sampling import SamplingParams, js_distance, process_logits, sample
+from ..sampling import SamplingParams, js_distance, process_logits
 from .base import AcceptanceRule, Proposal, Verdict, first_rejection
-from .speculative import residual
+from .speculative import emit_after, uniforms
 
 COMBINE_MODES = ("or", "replace")
 
@@ -83,11 +83,7 @@ class AdaSDAcceptance(AcceptanceRule):
                 p_soft, q_soft = proposal.target_probs[:, :K], proposal.draft_probs
                 px = p_soft.gather(2, x[:, :, None]).squeeze(2)
                 qx = q_soft.gather(2, x[:, :, None]).squeeze(2)
-                u = torch.ones((b, K), device=device)
-                for i, g in enumerate(proposal.generators):
-                    d = int(lens[i])
-                    u[i, :d] = torch.rand(d, generator=g, device=device)
-                standard = u * qx < px
+                standard = uniforms(proposal) * qx < px
                 support = px > 0
             d = js_distance(p_soft, q_soft)  # [b, K]
             warm = self.policy.warm(rows).to(device)[:, None]
@@ -98,14 +94,8 @@ class AdaSDAcceptance(AcceptanceRule):
             else:
                 accept = torch.where(warm, js_ok, standard)
         n, mask = first_rejection(accept, lens)
-        next_token = torch.empty(b, dtype=torch.long, device=device)
         if greedy:
             next_token = proposal.target_logits.argmax(-1).gather(1, n[:, None]).squeeze(1)
         else:
-            p, q = proposal.target_probs, proposal.draft_probs
-            for i, g in enumerate(proposal.generators):
-                j = int(n[i])
-                rejected = j < int(lens[i])
-                dist = residual(p[i, j], q[i, j]) if rejected else p[i, j]
-                next_token[i] = sample(dist, g)
+            next_token = emit_after(proposal, n)
         return Verdict(n, next_token, mask)

@@ -22,6 +22,28 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, r / total.clamp_min(1e-30), p)
 
 
+def uniforms(proposal: Proposal) -> torch.Tensor:
+    """One uniform per drafted token [b, K] (1.0 past a row's length), drawn from each request's own
+    generator so that a request's random stream does not depend on the rest of the batch."""
+    x = proposal.draft_tokens
+    u = torch.ones(x.shape, device=x.device)
+    for i, g in enumerate(proposal.generators):
+        d = int(proposal.draft_lens[i])
+        u[i, :d] = torch.rand(d, generator=g, device=x.device)
+    return u
+
+
+def emit_after(proposal: Proposal, n: torch.Tensor) -> torch.Tensor:
+    """The token emitted after ``n`` accepted drafts: a residual sample at a rejection, else a bonus sample."""
+    p, q = proposal.target_probs, proposal.draft_probs
+    out = torch.empty(n.shape[0], dtype=torch.long, device=n.device)
+    for i, g in enumerate(proposal.generators):
+        j = int(n[i])
+        rejected = j < int(proposal.draft_lens[i])
+        out[i] = sample(residual(p[i, j], q[i, j]) if rejected else p[i, j], g)
+    return out
+
+
 @dataclass
 class SpeculativeSampling(AcceptanceRule):
     name = "speculative"
@@ -29,24 +51,12 @@ class SpeculativeSampling(AcceptanceRule):
 
     def __call__(self, proposal: Proposal) -> Verdict:
         p, q, x = proposal.target_probs, proposal.draft_probs, proposal.draft_tokens
-        b, K = x.shape
-        if K == 0:
-            accept = torch.zeros((b, 0), dtype=torch.bool, device=x.device)
+        if x.shape[1] == 0:
+            accept = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
         else:
+            K = x.shape[1]
             px = p[:, :K].gather(2, x[:, :, None]).squeeze(2)
             qx = q.gather(2, x[:, :, None]).squeeze(2)
-            # One uniform per drafted token, from each request's own generator, so a
-            # request's random stream does not depend on the rest of the batch.
-            u = torch.ones((b, K), device=x.device)
-            for i, g in enumerate(proposal.generators):
-                d = int(proposal.draft_lens[i])
-                u[i, :d] = torch.rand(d, generator=g, device=x.device)
-            accept = u * qx < px  # u < p/q without dividing
+            accept = uniforms(proposal) * qx < px  # u < p/q without dividing
         n, mask = first_rejection(accept, proposal.draft_lens)
-        next_token = torch.empty(b, dtype=torch.long, device=x.device)
-        for i, g in enumerate(proposal.generators):
-            j = int(n[i])
-            rejected = j < int(proposal.draft_lens[i])
-            dist = residual(p[i, j], q[i, j]) if rejected else p[i, j]
-            next_token[i] = sample(dist, g)
-        return Verdict(n, next_token, mask)
+        return Verdict(n, emit_after(proposal, n), mask)

@@ -7,7 +7,7 @@ import pkgutil
 from .base import DraftLengthPolicy, DraftStep, RoundOutcome
 
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base":
+    if _module.name != "base" and not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["DraftLengthPolicy", "DraftStep", "RoundOutcome"]
