@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import SpecAdaptError
@@ -92,7 +93,7 @@ def load_model(spec: str, dtype: str | torch.dtype = "bfloat16", device: str | t
         kwargs["gguf_file"] = gguf
     try:
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise SpecAdaptError(_load_failure(spec, "model", exc)) from None
     return model.to(parse_device(device)).eval()
 
