@@ -94,6 +94,9 @@ def generate(
     chosen = make_method(method, **({"head": head} if head else {}))
     if not prompt.strip():
         raise SpecAdaptError("the prompt is empty; give some text to continue.")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our spinner says what is loading
     target = target or zoo.DEFAULT_TARGET
     draft_name = (draft or zoo.DEFAULT_DRAFT) if chosen.needs_draft else None
     with err.status(f"loading {target}" + (f" + {draft_name}" if draft_name else "")):
