@@ -124,6 +124,7 @@ class SpeculativeEngine:
             dtype=torch.long,
             device=self.device,
         )
+        eos_ids = set(eos.tolist())
         B = len(prompts)
         base_seed = config.seed if config.seed is not None else secrets.randbelow(2**31 - B)
         generators = [torch.Generator(device=self.device).manual_seed(base_seed + i) for i in range(B)]
@@ -236,7 +237,7 @@ class SpeculativeEngine:
             keep_rows = []
             for j, i in enumerate(active):
                 new = drafted_rows[j][: n_list[j]] + [next_list[j]]
-                new, reason = self._truncate(outputs[i], new, eos, config)
+                new, reason = self._truncate(outputs[i], new, eos_ids, config)
                 outputs[i].extend(new)
                 stats[i].record_round(lens_list[j], n_list[j], len(new))
                 stats[i].draft_time_s += t1 - t0
@@ -275,11 +276,10 @@ class SpeculativeEngine:
         ]
 
     def _truncate(
-        self, done: list[int], new: list[int], eos: torch.Tensor, config: GenerationConfig
+        self, done: list[int], new: list[int], eos_ids: set[int], config: GenerationConfig
     ) -> tuple[list[int], str | None]:
         """Cut ``new`` at the first EOS, stop string or the max_new_tokens budget; say why it ended."""
         reason = None
-        eos_ids = set(eos.tolist())
         for t, token in enumerate(new):
             if token in eos_ids:
                 new, reason = new[: t + 1], "eos"

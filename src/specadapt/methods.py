@@ -97,9 +97,8 @@ def available_methods() -> dict[str, MethodEntry]:
 
 
 def _convert(value: str, annotation: Any, key: str, method: str) -> Any:
-    kind = annotation if isinstance(annotation, type) else {"int": int, "float": float, "bool": bool, "str": str}.get(
-        str(annotation).split("|")[0].strip(), str
-    )
+    # get_type_hints resolved the annotation; anything but a plain scalar type is taken as text.
+    kind = annotation if annotation in (int, float, bool, str) else str
     try:
         if kind is bool:
             if value.lower() in ("1", "true", "yes", "on"):
