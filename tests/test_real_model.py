@@ -90,3 +90,39 @@ def test_cli_streams_text(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
     assert "autoregressive" in out.stderr and "tok/s" in out.stderr
+
+
+def test_cli_bench_end_to_end(decoder, tmp_path):
+    """`specadapt bench` on two real datasets: report, accuracy fields, resume without regenerating, --compare."""
+    draft_dir = tmp_path / "draft"
+    shallow_draft(decoder.target, 24).save_pretrained(draft_dir)
+    decoder.tokenizer.save_pretrained(draft_dir)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "specadapt", "bench", "--target", NAME, "--draft", str(draft_dir), "--methods",
+           "fixed:3,adasd", "--datasets", "humaneval,gsm8k", "--limit", "1", "--max-new-tokens", "24",
+           "--dtype", "float32", "--device", "cpu", "--threads", "1", "--no-progress", "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["datasets"]) == {"humaneval", "gsm8k"}
+    for table in summary["datasets"].values():
+        assert list(table) == ["autoregressive", "fixed:3", "adasd"]
+        assert table["autoregressive"]["mean_accepted_length"] == 1.0
+        assert table["fixed:3"]["agreement_exact"] == 1.0  # fp32 greedy, lossless: the target's own text
+        assert table["fixed:3"]["lossless"] and not table["adasd"]["lossless"]
+        assert table["autoregressive"]["scored"] == 1  # both tasks have an accuracy
+    assert "**no (lossy)**" in (out / "report.md").read_text()
+    records = (out / "records.jsonl").read_text().splitlines()
+    assert len(records) == 6
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stderr and (out / "records.jsonl").read_text().splitlines() == records
+
+    changed = subprocess.run([*cmd[:-2], "--max-new-tokens", "8", "--out", str(out)], capture_output=True, text=True)
+    assert changed.returncode == 2 and "other settings" in changed.stderr and "Traceback" not in changed.stderr
+
+    compared = subprocess.run([sys.executable, "-m", "specadapt", "bench", "--compare", str(out), str(out)],
+                              capture_output=True, text=True, timeout=120)
+    assert compared.returncode == 0, compared.stderr
+    assert "fixed:3" in compared.stdout and "(+0.00)" in compared.stdout

@@ -286,3 +286,12 @@ def test_hidden_size_mismatch_names_both_sizes(target, head_dir):
     method = make_method(spec(head_dir(random_head(1, hidden=16))))
     msg = _error(lambda: make_engine(target, target).generate([[1, 2, 3]], method, GenerationConfig(max_new_tokens=8)))
     assert "16" in msg and "32" in msg and "another draft" in msg
+
+
+def test_threshold_defaults_to_the_one_recorded_in_the_head(head_dir):
+    tuned = head_dir(probe_head(), threshold=0.4)  # what `specadapt tune-head` writes
+    assert make_method(spec(tuned)).policy.threshold == 0.4
+    assert make_method(spec(tuned, threshold=0.9)).policy.threshold == 0.9  # an explicit setting wins
+    assert make_method(spec(head_dir(probe_head()))).policy.threshold == 0.7  # nothing recorded: the paper's value
+    with pytest.raises(SpecAdaptError, match="threshold must be in"):
+        make_method(spec(head_dir(probe_head(), threshold=1.5)))

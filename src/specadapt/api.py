@@ -72,20 +72,27 @@ class SpecDecoder:
             restrict_vocabulary(draft_model, tokenizer, draft_vocab)
         return cls(target_model, tokenizer, draft_model, (target, draft))
 
-    def encode(self, prompt: str, chat: bool = False) -> list[int]:
-        """Tokenise a prompt; with ``chat`` wrap it as a user turn with the model's chat template."""
-        if not isinstance(prompt, str) or not prompt.strip():
+    def encode(self, prompt: str | Sequence[dict], chat: bool = False) -> list[int]:
+        """Tokenise a prompt; with ``chat`` wrap it as a user turn with the model's chat template.
+
+        A list of chat messages (``{"role": ..., "content": ...}``) always goes through the template."""
+        if not isinstance(prompt, str):
+            return self._apply_chat_template(list(prompt))
+        if not prompt.strip():
             raise SpecAdaptError("the prompt is empty; give some text to continue.")
         if chat:
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise SpecAdaptError(f"model {self.names[0]!r} has no chat template; drop --chat.")
-            ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-            )
-            if hasattr(ids, "keys"):  # some versions return a BatchEncoding
-                ids = ids["input_ids"]
-            return list(ids)
+            return self._apply_chat_template([{"role": "user", "content": prompt}])
         return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+
+    def _apply_chat_template(self, messages: list[dict]) -> list[int]:
+        if not messages or not any(str(m.get("content", "")).strip() for m in messages):
+            raise SpecAdaptError("the chat messages are empty; give some text to continue.")
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise SpecAdaptError(f"model {self.names[0]!r} has no chat template; give plain text without --chat.")
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # some versions return a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
 
     @overload
     def generate(self, prompt: str | Sequence[int], **kwargs) -> GenerationResult: ...

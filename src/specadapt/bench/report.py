@@ -1,0 +1,335 @@
+"""Benchmark summary, report.md, plots and the comparison of two runs.
+
+Definitions (per dataset and method, over every recorded generation):
+
+- tokens/s: mean over examples of the example's mean throughput across repeats.
+- speedup: that mean for the method / the same mean for target-only decoding over the
+  same examples (Spec-Bench's definition); ``speedup_spread`` is the standard deviation
+  of the same ratio computed within each repeat (None with one repeat).
+- acceptance rate = accepted / drafted; mean accepted length = 1 + accepted / rounds
+  (tokens per target call, bonus token included; target-only gives 1.0); mean draft
+  length = drafted / rounds; all pooled (sums over generations).
+- verification rate = rounds / generated tokens (target calls per token) and discard
+  rate = (drafted − accepted) / generated tokens (wasted draft tokens per token): the
+  two axes of SpecDec++'s trade-off plot.
+- acceptance by position k: rounds in which draft token k was accepted / rounds in
+  which it was proposed with tokens 1..k−1 accepted.
+- accuracy: mean of the task's ``correct`` (GSM8K exact final number, HumanEval
+  pass@1) over scored generations; ``accuracy_change`` = method − target-only.
+- agreement with target-only on the same example and repeat: exact text match rate
+  and mean text overlap (ROUGE-L F1), so that lossy methods can be judged everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean, pstdev
+
+from ..errors import SpecAdaptError
+from .scoring import exact_match, text_overlap
+
+BASELINE = "autoregressive"
+MAX_POSITIONS = 16  # positions shown in tables and plots
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def _speedup(rows: list[dict], base: list[dict]) -> float | None:
+    """Mean per-example throughput of ``rows`` / that of ``base`` over the examples both have."""
+    def per_example(rs: list[dict]) -> dict[str, float]:
+        groups: dict[str, list[float]] = defaultdict(list)
+        for r in rs:
+            if r["tokens_per_s"] is not None:
+                groups[r["example_id"]].append(r["tokens_per_s"])
+        return {k: mean(v) for k, v in groups.items()}
+
+    mine, ref = per_example(rows), per_example(base)
+    common = sorted(set(mine) & set(ref))
+    if not common:
+        return None
+    return mean(mine[k] for k in common) / mean(ref[k] for k in common)
+
+
+def summarize_method(rows: list[dict], base: list[dict]) -> dict:
+    tokens = sum(r["tokens"] for r in rows)
+    drafted = sum(r["drafted"] for r in rows)
+    accepted = sum(r["accepted"] for r in rows)
+    rounds = sum(r["rounds"] for r in rows)
+    reached: list[int] = []
+    got: list[int] = []
+    for r in rows:
+        for k, (n, a) in enumerate(zip(r["position_reached"], r["position_accepted"])):
+            if k >= len(reached):
+                reached.append(0)
+                got.append(0)
+            reached[k] += n
+            got[k] += a
+    repeats = sorted({r["repeat"] for r in rows})
+    per_repeat = [
+        _speedup([r for r in rows if r["repeat"] == i], [b for b in base if b["repeat"] == i]) for i in repeats
+    ]
+    per_repeat = [s for s in per_repeat if s is not None]
+    scores = [r["score"]["correct"] for r in rows if r.get("score") and "correct" in r["score"]]
+    out = {
+        "examples": len({r["example_id"] for r in rows}),
+        "generations": len(rows),
+        "mean_tokens": tokens / len(rows) if rows else None,
+        "tokens_per_s": mean(r["tokens_per_s"] for r in rows if r["tokens_per_s"] is not None) if rows else None,
+        "speedup": _speedup(rows, base),
+        "speedup_spread": pstdev(per_repeat) if len(per_repeat) > 1 else None,
+        "acceptance_rate": _ratio(accepted, drafted),
+        "mean_accepted_length": 1 + accepted / rounds if rounds else None,
+        "mean_draft_length": _ratio(drafted, rounds),
+        "verification_rate": _ratio(rounds, tokens),
+        "discard_rate": _ratio(drafted - accepted, tokens),
+        "acceptance_by_position": [_ratio(a, n) for a, n in zip(got, reached)][:MAX_POSITIONS],
+        "accuracy": mean(float(c) for c in scores) if scores else None,
+        "scored": len(scores),
+        "finish_reasons": {k: sum(r["finish_reason"] == k for r in rows) for k in ("eos", "stop", "length")},
+        "lossless": all(r.get("lossless", True) for r in rows),
+    }
+    base_text = {(b["example_id"], b["repeat"]): b["text"] for b in base}
+    pairs = [(r["text"], base_text[(r["example_id"], r["repeat"])]) for r in rows if (r["example_id"], r["repeat"]) in base_text]
+    if pairs:
+        out["agreement_exact"] = mean(float(exact_match(a, b)) for a, b in pairs)
+        out["agreement_overlap"] = mean(text_overlap(a, b) for a, b in pairs)
+    return out
+
+
+def summarize(records: list[dict], methods: list[str], described: dict | None = None) -> dict:
+    """Per dataset, one entry per method (in the run's order); accuracy change vs target-only."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    summary: dict = {"datasets": {}, "methods": described or {}}
+    for ds in datasets:
+        rows = [r for r in records if r["dataset"] == ds]
+        base = [r for r in rows if r["method"] == BASELINE]
+        table = {}
+        for m in methods:
+            mine = [r for r in rows if r["method"] == m]
+            if mine:
+                table[m] = summarize_method(mine, base)
+        base_acc = table.get(BASELINE, {}).get("accuracy")
+        for entry in table.values():
+            acc = entry["accuracy"]
+            entry["accuracy_change"] = acc - base_acc if acc is not None and base_acc is not None else None
+        summary["datasets"][ds] = table
+    return summary
+
+
+# ----------------------------------------------------------------------------
+# report.md
+# ----------------------------------------------------------------------------
+
+
+def fmt(value, spec: str = ".2f", suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{suffix}"
+
+
+def speedup_cell(e: dict) -> str:
+    if e["speedup"] is None:
+        return "–"
+    spread = f" ± {e['speedup_spread']:.2f}" if e.get("speedup_spread") is not None else ""
+    return f"{e['speedup']:.2f}×{spread}"
+
+
+def accuracy_cell(e: dict) -> str:
+    if e["accuracy"] is None:
+        return "–"
+    change = e.get("accuracy_change")
+    delta = f" ({change * 100:+.1f})" if change is not None else ""
+    return f"{e['accuracy']:.1%}{delta}"
+
+
+def method_table(table: dict, described: dict) -> list[str]:
+    lines = [
+        "| method | lossless | tok/s | speedup | acceptance | mean acc. len | mean draft len | verif. rate | discard rate | accuracy (Δ pts) | agree exact / overlap |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m, e in table.items():
+        lossless = described.get(m, {}).get("lossless", e["lossless"])
+        agree = (
+            f"{e['agreement_exact']:.0%} / {e['agreement_overlap']:.2f}"
+            if "agreement_exact" in e and m != BASELINE
+            else "–"
+        )
+        lines.append(
+            f"| `{m}` | {'yes' if lossless else '**no (lossy)**'} | {fmt(e['tokens_per_s'])} | {speedup_cell(e)} | "
+            f"{fmt(e['acceptance_rate'], '.1%')} | {fmt(e['mean_accepted_length'])} | {fmt(e['mean_draft_length'])} | "
+            f"{fmt(e['verification_rate'], '.3f')} | {fmt(e['discard_rate'], '.3f')} | {accuracy_cell(e)} | {agree} |"
+        )
+    return lines
+
+
+def position_table(table: dict) -> list[str]:
+    width = max((len(e["acceptance_by_position"]) for e in table.values()), default=0)
+    width = min(width, 8)
+    if width == 0:
+        return []
+    lines = ["| method | " + " | ".join(str(k + 1) for k in range(width)) + " |", "|---|" + "---|" * width]
+    for m, e in table.items():
+        probs = e["acceptance_by_position"]
+        if not probs:
+            continue
+        cells = [fmt(probs[k], ".0%") if k < len(probs) else "" for k in range(width)]
+        lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_report(run: dict, summary: dict) -> str:
+    settings, env = run["settings"], run.get("environment", {})
+    described = summary.get("methods", {})
+    lines = [
+        "# specadapt benchmark",
+        "",
+        f"Target `{settings['target']}`, draft `{settings['draft']}`, {env.get('dtype', settings['dtype'])} on "
+        f"{env.get('gpu') or env.get('cpu') or env.get('device')} ({env.get('torch_threads')} threads), "
+        f"{'greedy' if settings['temperature'] == 0 else 'temperature ' + str(settings['temperature'])}, "
+        f"max {settings['max_new_tokens']} new tokens, {settings['repeats']} repeat(s), batch 1. "
+        f"Speedup = mean per-example tokens/s ÷ that of `autoregressive` (target-only), measured in the same process, "
+        f"interleaved per example.",
+        "",
+    ]
+    for ds, table in summary["datasets"].items():
+        n = max(e["examples"] for e in table.values())
+        lines += [f"## {ds} ({n} examples)", "", *method_table(table, described), ""]
+        pos = position_table(table)
+        if pos:
+            lines += ["Acceptance by draft position:", "", *pos, ""]
+    lines += [
+        "Plots: `speedup.png` (speedup per method and dataset), `tradeoff.png` (verification rate vs discard "
+        "rate, as in SpecDec++), `acceptance_by_position.png`.",
+        "",
+        "Definitions: verification rate = target calls per generated token; discard rate = rejected draft tokens "
+        "per generated token; accuracy = GSM8K final-number match / HumanEval pass@1 where the task has one; "
+        "agreement = exact text match and ROUGE-L F1 with target-only's output on the same example.",
+        "",
+        "## Methods and settings",
+        "",
+    ]
+    for m, d in described.items():
+        lines.append(f"- `{m}`: policy {json.dumps(d.get('policy_settings', {}))}, acceptance `{d.get('acceptance')}` "
+                     f"{json.dumps(d.get('acceptance_settings', {}))}, lossless: {str(d.get('lossless')).lower()}")
+    lines += ["", "## Environment", "", "```json", json.dumps({"settings": settings, "environment": env}, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, run: dict, summary: dict) -> None:
+    out = Path(out)
+    (out / "report.md").write_text(render_report(run, summary), encoding="utf-8")
+    write_plots(out, summary)
+
+
+# ----------------------------------------------------------------------------
+# plots
+# ----------------------------------------------------------------------------
+
+
+def write_plots(out: Path, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    tables = summary["datasets"]
+    datasets = list(tables)
+    methods = list(dict.fromkeys(m for t in tables.values() for m in t))
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(methods) * max(1, len(datasets)) / 2), 3.6), dpi=100)
+    width = 0.8 / max(1, len(datasets))
+    for i, ds in enumerate(datasets):
+        xs = [j + i * width for j, m in enumerate(methods)]
+        ys = [(tables[ds].get(m) or {}).get("speedup") or 0.0 for m in methods]
+        ax.bar(xs, ys, width, label=ds)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks([j + width * (len(datasets) - 1) / 2 for j in range(len(methods))])
+    ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("speedup vs target-only")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "speedup.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
+    markers = "osD^v<>phx*"
+    for i, ds in enumerate(datasets):
+        for m, e in tables[ds].items():
+            if e["verification_rate"] is None or m == BASELINE:
+                continue
+            ax.scatter(e["verification_rate"], e["discard_rate"], marker=markers[i % len(markers)])
+            ax.annotate(m, (e["verification_rate"], e["discard_rate"]), fontsize=6)
+    ax.set_xlabel("verification rate (target calls per token)")
+    ax.set_ylabel("discard rate (rejected drafts per token)")
+    ax.set_title("trade-off (markers: " + ", ".join(f"{markers[i % len(markers)]} {d}" for i, d in enumerate(datasets)) + ")",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "tradeoff.png")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(4.2 * max(1, len(datasets)), 3.4), dpi=100, squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        for m, e in tables[ds].items():
+            probs = e["acceptance_by_position"]
+            if probs:
+                ax.plot(range(1, len(probs) + 1), [p if p is not None else float("nan") for p in probs], marker=".", label=m)
+        ax.set_title(ds, fontsize=9)
+        ax.set_xlabel("draft position")
+        ax.set_ylim(0, 1.05)
+    axes[0][0].set_ylabel("acceptance")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "acceptance_by_position.png")
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------
+# comparing two runs
+# ----------------------------------------------------------------------------
+
+COMPARED = (("tokens_per_s", ".2f"), ("speedup", ".2f"), ("acceptance_rate", ".1%"),
+            ("mean_accepted_length", ".2f"), ("accuracy", ".1%"))
+
+
+def load_summary(run: Path) -> dict:
+    path = Path(run) / "summary.json"
+    if not path.exists():
+        raise SpecAdaptError(f"{run} holds no summary.json: give the --out folder of a finished `specadapt bench` run.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SpecAdaptError(f"{path} is not valid JSON ({exc.msg}); rerun the benchmark to rewrite it.") from None
+
+
+def compare(a: Path, b: Path) -> list[dict]:
+    """One row per (dataset, method) present in either run: each metric in A and B and B − A."""
+    sa, sb = load_summary(a)["datasets"], load_summary(b)["datasets"]
+    rows = []
+    for ds in dict.fromkeys([*sa, *sb]):
+        ta, tb = sa.get(ds, {}), sb.get(ds, {})
+        for m in dict.fromkeys([*ta, *tb]):
+            ea, eb = ta.get(m, {}), tb.get(m, {})
+            row = {"dataset": ds, "method": m}
+            for key, _ in COMPARED:
+                va, vb = ea.get(key), eb.get(key)
+                row[key] = (va, vb, vb - va if va is not None and vb is not None else None)
+            rows.append(row)
+    return rows
+
+
+def format_comparison(rows: list[dict]) -> list[list[str]]:
+    """Table cells: dataset, method, then 'A → B (Δ)' per metric."""
+    cells = []
+    for row in rows:
+        line = [row["dataset"], row["method"]]
+        for key, spec in COMPARED:
+            va, vb, d = row[key]
+            if va is None and vb is None:
+                line.append("–")
+                continue
+            delta = "" if d is None else f" ({d:+{spec}})"
+            line.append(f"{fmt(va, spec)} → {fmt(vb, spec)}{delta}")
+        cells.append(line)
+    return cells

@@ -1,0 +1,369 @@
+"""`specadapt bench`: every method on the same prompts, side by side in one process, with task accuracy.
+
+Protocol (Spec-Bench's, see the design anchors): batch 1, chat template, the same
+token ids for every method. For each example and repeat every method runs once,
+in an order rotated per example so that slow drift of the machine spreads over
+the methods; datasets alternate example by example. Warm-up generations (not
+recorded) run first. Tokens are counted the same way for every method: the
+tokens generated (EOS included when a generation ends on it), timed with
+``time.perf_counter`` around the whole call (prefill included).
+
+Output folder (see :data:`FILES`): ``settings.json`` (the run's settings and
+environment), ``records.jsonl`` (one line per generation, appended and flushed as
+it finishes, so an interrupted run resumes where it stopped), ``summary.json``,
+``report.md`` and PNG plots (:mod:`specadapt.bench.report`). Running the same
+command again resumes; a folder holding other settings or other files is only
+reused with ``overwrite=True``, which deletes this module's files and nothing else.
+
+Each method label has one policy instance for the whole run, so a method with
+``scope=shared`` keeps its statistics across prompts (not across a resume).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..errors import SpecAdaptError
+from .datasets import DATASET_NAMES, Example, load_dataset, load_dataset_file
+from .scoring import score_example
+
+BASELINE = "autoregressive"
+SETTINGS_FILE = "settings.json"
+RECORDS_FILE = "records.jsonl"
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.md"
+PLOT_FILES = ("speedup.png", "tradeoff.png", "acceptance_by_position.png")
+FILES = (SETTINGS_FILE, RECORDS_FILE, SUMMARY_FILE, REPORT_FILE, *PLOT_FILES)
+WARMUP_TOKENS = 16
+
+
+@dataclass
+class BenchSettings:
+    """Everything that defines a run; resuming requires the same values."""
+
+    target: str
+    draft: str | None
+    methods: list[str]
+    datasets: list[str] = field(default_factory=lambda: ["humaneval"])
+    dataset_files: list[str] = field(default_factory=list)
+    limit: int | None = None
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repeats: int = 1
+    warmup: int = 1
+    seed: int = 0
+    gsm8k_shots: int = 0
+    dtype: str = "bfloat16"
+    device: str = "auto"
+    threads: int | None = None
+    exec_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        self.methods = parse_methods(self.methods)
+        unknown = [d for d in self.datasets if d not in DATASET_NAMES]
+        if unknown:
+            raise SpecAdaptError(f"unknown dataset {unknown[0]!r}; known: {', '.join(DATASET_NAMES)} (or --dataset-file).")
+        if not self.datasets and not self.dataset_files:
+            raise SpecAdaptError("no datasets: name one with --datasets or give a JSONL with --dataset-file.")
+        self.dataset_files = [str(Path(f).resolve()) for f in self.dataset_files]
+        for name, value, low in (("limit", self.limit, 1), ("max_new_tokens", self.max_new_tokens, 1),
+                                 ("repeats", self.repeats, 1), ("warmup", self.warmup, 0)):
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise SpecAdaptError(f"{name.replace('_', '-')} must be an integer >= {low}, got {value!r}.")
+        if self.threads is not None and self.threads < 1:
+            raise SpecAdaptError(f"threads must be >= 1, got {self.threads}.")
+        if self.exec_timeout_s <= 0:
+            raise SpecAdaptError(f"exec timeout must be > 0 seconds, got {self.exec_timeout_s}.")
+        from ..engine import GenerationConfig
+
+        GenerationConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p)  # validates sampling
+
+    @property
+    def needs_draft(self) -> bool:
+        from ..methods import make_method
+
+        return any(make_method(m).needs_draft for m in self.methods)
+
+
+def parse_methods(methods: str | Iterable[str]) -> list[str]:
+    """Method strings, validated; the target-only baseline is added first when missing.
+
+    A string is split on ``;`` if it has one (needed when a method's settings contain commas),
+    else on ``,``."""
+    from ..methods import make_method
+
+    if isinstance(methods, str):
+        methods = methods.split(";" if ";" in methods else ",")
+    labels = [m.strip() for m in methods if m.strip()]
+    for label in labels:
+        make_method(label)  # unknown names and bad settings fail here, listing what exists
+    if len(set(labels)) != len(labels):
+        raise SpecAdaptError("--methods lists a method twice.")
+    if BASELINE not in labels:
+        labels.insert(0, BASELINE)  # speedup and accuracy change are measured against it
+    return labels
+
+
+# ----------------------------------------------------------------------------
+# the output folder
+# ----------------------------------------------------------------------------
+
+
+def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[dict]:
+    """Create or reopen the output folder; return the records of a run being resumed."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SpecAdaptError(f"--out {out} is a file; give a folder.")
+    if overwrite and out.exists():
+        for name in FILES:
+            (out / name).unlink(missing_ok=True)
+    existing = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    if existing:
+        if SETTINGS_FILE not in existing:
+            raise SpecAdaptError(
+                f"--out {out} already holds files that are not a specadapt benchmark ({', '.join(existing[:3])}); "
+                "choose another folder (nothing was changed)."
+            )
+        stored = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))["settings"]
+        differ = [k for k, v in asdict(settings).items() if stored.get(k) != v]
+        if differ:
+            raise SpecAdaptError(
+                f"--out {out} holds a run with other settings ({', '.join(differ)}); "
+                "use the same settings to resume it, another --out, or --overwrite to replace it."
+            )
+        _drop_partial_line(out / RECORDS_FILE)
+        return read_records(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise SpecAdaptError(f"cannot write to --out {out}: {exc.strerror or exc}; choose a writable folder.") from None
+    return []
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a last line that an interruption left without its newline, so appends start on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def read_records(out: Path) -> list[dict]:
+    path = Path(out) / RECORDS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line cut short by an interruption; that generation runs again
+    return records
+
+
+def write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def environment(decoder) -> dict:
+    """Versions and hardware, recorded with every result."""
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    cpu = None
+    try:
+        cpu = next(
+            (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
+            None,
+        )
+    except OSError:
+        pass
+    device = decoder.target.device
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "specadapt": __version__,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "dtype": str(decoder.target.dtype).replace("torch.", ""),
+    }
+
+
+# ----------------------------------------------------------------------------
+# running
+# ----------------------------------------------------------------------------
+
+
+def load_examples(settings: BenchSettings) -> list[Example]:
+    """All examples, datasets interleaved example by example (drift spreads over datasets)."""
+    groups = [load_dataset(d, settings.limit, gsm8k_shots=settings.gsm8k_shots) for d in settings.datasets]
+    groups += [load_dataset_file(f, settings.limit) for f in settings.dataset_files]
+    examples = []
+    for i in range(max((len(g) for g in groups), default=0)):
+        examples += [g[i] for g in groups if i < len(g)]
+    if not examples:
+        raise SpecAdaptError("the selected datasets hold no examples.")
+    ids = [(e.dataset, e.id) for e in examples]
+    if len(set(ids)) != len(ids):
+        raise SpecAdaptError("two examples share a dataset and id; give every line of --dataset-file a unique id.")
+    return examples
+
+
+def record_key(dataset: str, example_id: str, method: str, repeat: int) -> tuple:
+    return (dataset, example_id, method, repeat)
+
+
+def run_bench(
+    settings: BenchSettings,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    decoder=None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run (or resume) a benchmark into ``out``; return the summary. ``decoder`` (a
+    :class:`~specadapt.api.SpecDecoder`) skips loading models, e.g. in tests."""
+    from tqdm.auto import tqdm
+
+    from ..engine import GenerationConfig
+    from ..methods import make_method
+    from .report import summarize, write_report
+
+    out = Path(out)
+    examples = load_examples(settings)
+    done_records = prepare_output(out, settings, overwrite)
+    done = {record_key(r["dataset"], r["example_id"], r["method"], r["repeat"]) for r in done_records}
+    todo = [
+        (e, r) for e in examples for r in range(settings.repeats)
+        if any(record_key(e.dataset, e.id, m, r) not in done for m in settings.methods)
+    ]
+    if done_records:
+        log(f"resuming {out}: {len(done)} generations done, {len(todo)} example-repeats to go")
+
+    if decoder is None:
+        decoder = _load_decoder(settings, log)
+    methods = {label: make_method(label) for label in settings.methods}
+    params = GenerationConfig(settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p).sampling
+    described = {label: m.describe(params) for label, m in methods.items()}
+    settings_path = out / SETTINGS_FILE
+    if not settings_path.exists():
+        write_json(settings_path, {"settings": asdict(settings), "methods": described, "environment": environment(decoder)})
+
+    encoded = {(e.dataset, e.id): decoder.encode(e.messages) for e, _ in todo}
+    engine = decoder.engine
+
+    def generate(label: str, ids: list[int], max_new_tokens: int, seed: int):
+        config = GenerationConfig(max_new_tokens, settings.temperature, settings.top_k, settings.top_p, seed)
+        t0 = time.perf_counter()
+        result = engine.generate([ids], methods[label], config)[0]
+        return result, time.perf_counter() - t0
+
+    if todo and settings.warmup:
+        first = encoded[(todo[0][0].dataset, todo[0][0].id)]
+        for label in tqdm(settings.methods * settings.warmup, desc="warm-up", leave=False, disable=not progress):
+            generate(label, first, min(WARMUP_TOKENS, settings.max_new_tokens), settings.seed)
+
+    score_cache: dict[tuple, dict | None] = {}
+    total = sum(1 for e, r in todo for m in settings.methods if record_key(e.dataset, e.id, m, r) not in done)
+    bar = tqdm(total=total, desc="bench", unit="gen", disable=not progress)
+    try:
+        with open(out / RECORDS_FILE, "a", encoding="utf-8") as sink:
+            for n, (example, repeat) in enumerate(todo):
+                ids = encoded[(example.dataset, example.id)]
+                shift = n % len(settings.methods)
+                order = settings.methods[shift:] + settings.methods[:shift]
+                for position, label in enumerate(order):
+                    if record_key(example.dataset, example.id, label, repeat) in done:
+                        continue
+                    bar.set_postfix_str(f"{example.id} {label}", refresh=False)
+                    result, wall = generate(label, ids, settings.max_new_tokens, settings.seed + repeat)
+                    key = (example.dataset, example.id, result.text)
+                    if key not in score_cache:  # lossless methods often repeat the same text
+                        score_cache[key] = score_example(example, result.text, timeout_s=settings.exec_timeout_s)
+                    record = make_record(example, label, repeat, position, ids, result, wall, score_cache[key])
+                    sink.write(json.dumps(record) + "\n")
+                    sink.flush()
+                    done_records.append(record)
+                    bar.update()
+    except KeyboardInterrupt:
+        bar.close()
+        log(f"interrupted: {len(done_records)} generations saved in {out / RECORDS_FILE}; run the same command to resume.")
+        raise
+    bar.close()
+
+    summary = summarize(done_records, settings.methods, described)
+    write_json(out / SUMMARY_FILE, summary)
+    write_report(out, json.loads(settings_path.read_text(encoding="utf-8")), summary)
+    return summary
+
+
+def make_record(example: Example, method: str, repeat: int, order: int, ids: list[int], result, wall_s: float,
+                score: dict | None) -> dict:
+    s = result.stats
+    tokens = len(result.token_ids)
+    return {
+        "dataset": example.dataset,
+        "example_id": example.id,
+        "category": example.category,
+        "task": example.task,
+        "method": method,
+        "lossless": result.lossless,
+        "repeat": repeat,
+        "order": order,
+        "prompt_tokens": len(ids),
+        "tokens": tokens,
+        "wall_s": wall_s,
+        "tokens_per_s": tokens / wall_s if wall_s > 0 else None,
+        "finish_reason": result.finish_reason,
+        "rounds": s.rounds,
+        "drafted": s.drafted,
+        "accepted": s.accepted,
+        "position_reached": s.position_reached,
+        "position_accepted": s.position_accepted,
+        "draft_time_s": s.draft_time_s,
+        "target_time_s": s.target_time_s,
+        "text": result.text,
+        "score": score,
+    }
+
+
+def _load_decoder(settings: BenchSettings, log: Callable[[str], None]):
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from ..api import SpecDecoder
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    hf_logging.disable_progress_bar()
+    draft = settings.draft if settings.needs_draft else None
+    t0 = time.perf_counter()
+    decoder = SpecDecoder.from_pretrained(settings.target, draft, dtype=settings.dtype, device=settings.device)
+    log(f"loaded {settings.target}" + (f" + {draft}" if draft else "") + f" in {time.perf_counter() - t0:.1f} s "
+        f"({settings.dtype}, {decoder.target.device}, {torch.get_num_threads()} threads)")
+    return decoder

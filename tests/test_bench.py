@@ -1,0 +1,202 @@
+"""`specadapt bench`: metric identities, report from stored results, resume, comparison, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import IdTokenizer, perturbed_copy, tiny_llama
+
+from specadapt import SpecAdaptError, SpeculativeEngine
+from specadapt.bench import report
+from specadapt.bench.runner import RECORDS_FILE, BenchSettings, read_records, run_bench
+
+
+def record(example: str, method: str, *, tps: float, tokens: int = 10, rounds: int = 10, drafted: int = 0,
+           accepted: int = 0, repeat: int = 0, text: str = "x", correct: bool | None = None, dataset: str = "d",
+           positions: tuple[list[int], list[int]] = ([], [])) -> dict:
+    return {
+        "dataset": dataset, "example_id": example, "category": None, "task": "none", "method": method,
+        "lossless": True, "repeat": repeat, "order": 0, "prompt_tokens": 5, "tokens": tokens,
+        "wall_s": tokens / tps, "tokens_per_s": tps, "finish_reason": "length", "rounds": rounds,
+        "drafted": drafted, "accepted": accepted, "position_reached": positions[0],
+        "position_accepted": positions[1], "draft_time_s": 0.0, "target_time_s": 0.0,
+        "text": text, "score": None if correct is None else {"correct": correct},
+    }
+
+
+STORED = [
+    record("a", "autoregressive", tps=2.0, correct=True, text="one two"),
+    record("b", "autoregressive", tps=4.0, correct=False, text="three"),
+    # fixed:4 on a: 12 tokens in 4 rounds, 8 of 16 drafted accepted; on b: 10 tokens in 5 rounds, 5 of 20
+    record("a", "fixed:4", tps=5.0, tokens=12, rounds=4, drafted=16, accepted=8, correct=True, text="one two",
+           positions=([4, 3], [3, 2])),
+    record("b", "fixed:4", tps=7.0, tokens=10, rounds=5, drafted=20, accepted=5, correct=True, text="three four",
+           positions=([5], [2])),
+]
+
+
+def test_metric_identities_on_stored_results():
+    summary = report.summarize(STORED, ["autoregressive", "fixed:4"])
+    ar, fx = summary["datasets"]["d"]["autoregressive"], summary["datasets"]["d"]["fixed:4"]
+    assert ar["mean_accepted_length"] == 1.0 and ar["acceptance_rate"] is None and ar["speedup"] == 1.0
+    assert ar["verification_rate"] == 1.0 and ar["discard_rate"] == 0.0
+    assert fx["acceptance_rate"] == pytest.approx(13 / 36)  # accepted / drafted, pooled
+    assert fx["mean_accepted_length"] == pytest.approx(1 + 13 / 9)  # 1 + accepted / rounds
+    assert fx["mean_accepted_length"] == pytest.approx(22 / 9)  # = generated tokens / rounds
+    assert fx["mean_draft_length"] == pytest.approx(36 / 9)
+    assert fx["speedup"] == pytest.approx(6.0 / 3.0)  # mean per-example tok/s over that of target-only
+    assert fx["verification_rate"] == pytest.approx(9 / 22) and fx["discard_rate"] == pytest.approx(23 / 22)
+    assert fx["accuracy"] == 1.0 and fx["accuracy_change"] == pytest.approx(0.5)
+    assert fx["agreement_exact"] == 0.5 and 0.5 < fx["agreement_overlap"] < 1.0
+    assert fx["acceptance_by_position"] == [pytest.approx(5 / 9), pytest.approx(2 / 3)]  # pooled per position
+
+
+def test_speedup_spread_across_repeats():
+    rows = [record("a", "autoregressive", tps=2.0, repeat=r) for r in (0, 1)]
+    rows += [record("a", "fixed:4", tps=t, repeat=r, drafted=4, accepted=2, rounds=2) for r, t in ((0, 4.0), (1, 6.0))]
+    fx = report.summarize(rows, ["autoregressive", "fixed:4"])["datasets"]["d"]["fixed:4"]
+    assert fx["speedup"] == pytest.approx(2.5)
+    assert fx["speedup_spread"] == pytest.approx(0.5)  # population std of 2.0 and 3.0
+
+
+def test_report_and_plots_from_stored_results(tmp_path):
+    summary = report.summarize(STORED, ["autoregressive", "fixed:4"], {"fixed:4": {"lossless": True}})
+    run = {"settings": {"target": "T", "draft": "D", "dtype": "bfloat16", "temperature": 0.0,
+                        "max_new_tokens": 16, "repeats": 1}, "environment": {"cpu": "test cpu", "torch_threads": 2}}
+    report.write_report(tmp_path, run, summary)
+    text = (tmp_path / "report.md").read_text()
+    assert "## d (2 examples)" in text and "| `fixed:4` | yes | 6.00 | 2.00× |" in text
+    assert "100.0% (+50.0)" in text  # accuracy and its change vs target-only
+    for name in ("speedup.png", "tradeoff.png", "acceptance_by_position.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_reports_differences(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, rows in ((a, STORED), (b, [dict(r, tokens_per_s=r["tokens_per_s"] * 2) for r in STORED])):
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps(report.summarize(rows, ["autoregressive", "fixed:4"])))
+    rows = {(r["dataset"], r["method"]): r for r in report.compare(a, b)}
+    va, vb, delta = rows[("d", "fixed:4")]["tokens_per_s"]
+    assert (va, vb, delta) == (6.0, 12.0, 6.0)
+    assert rows[("d", "fixed:4")]["speedup"][2] == pytest.approx(0.0)
+    assert "6.00 → 12.00 (+6.00)" in report.format_comparison(report.compare(a, b))[1]
+    with pytest.raises(SpecAdaptError, match="no summary.json"):
+        report.compare(a, tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------
+# the runner on tiny models
+# ----------------------------------------------------------------------------
+
+
+class TinyDecoder:
+    """What run_bench needs of a SpecDecoder, over tiny random models and an id tokenizer."""
+
+    def __init__(self) -> None:
+        self.target = tiny_llama(0)
+        self.draft = perturbed_copy(self.target, 0.2)
+        self.tokenizer = IdTokenizer()
+        self.engine = SpeculativeEngine(self.target, self.draft, self.tokenizer, [])
+        self.calls = 0
+        self.fail_after: int | None = None
+        generate = self.engine.generate
+
+        def counted(*args, **kwargs):
+            if self.fail_after is not None and self.calls >= self.fail_after:
+                raise KeyboardInterrupt
+            self.calls += 1
+            return generate(*args, **kwargs)
+
+        self.engine.generate = counted
+
+    def encode(self, messages: list[dict]) -> list[int]:
+        return [1 + ord(c) % 60 for c in messages[-1]["content"][:12]]
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"prompt number {i}"}) + "\n" for i in range(3)))
+    return path
+
+
+def settings_for(prompts_file, **kw) -> BenchSettings:
+    base = dict(target="tiny", draft="tiny-draft", methods="fixed:3,heuristic", datasets=[],
+                dataset_files=[str(prompts_file)], max_new_tokens=8, warmup=0, dtype="float32", device="cpu")
+    return BenchSettings(**{**base, **kw})
+
+
+def test_run_writes_records_summary_and_report(tmp_path, prompts_file):
+    dec = TinyDecoder()
+    summary = run_bench(settings_for(prompts_file), tmp_path / "run", decoder=dec, progress=False, log=lambda _: None)
+    records = read_records(tmp_path / "run")
+    assert len(records) == 9 and dec.calls == 9  # 3 prompts x (autoregressive + 2 methods)
+    table = summary["datasets"]["file"]
+    assert list(table) == ["autoregressive", "fixed:3", "heuristic"]  # the baseline is added first
+    assert table["autoregressive"]["mean_accepted_length"] == 1.0
+    assert table["fixed:3"]["agreement_exact"] == 1.0  # fp32 greedy: lossless means identical text
+    for r in records:
+        assert r["tokens"] == 8 and r["tokens"] == r["accepted"] + r["rounds"]
+    assert {r["order"] for r in records if r["method"] == "autoregressive"} == {0, 1, 2}  # rotated order
+    assert (tmp_path / "run" / "report.md").exists() and (tmp_path / "run" / "speedup.png").exists()
+
+
+def test_interrupted_run_resumes_without_redoing(tmp_path, prompts_file):
+    out = tmp_path / "run"
+    dec = TinyDecoder()
+    dec.fail_after = 4
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(settings_for(prompts_file), out, decoder=dec, progress=False, log=lambda _: None)
+    assert len(read_records(out)) == 4 and not (out / "summary.json").exists()
+    with open(out / RECORDS_FILE, "a") as f:
+        f.write('{"dataset": "file", "exampl')  # a line cut short by the interruption
+    dec.fail_after, dec.calls = None, 0
+    messages = []
+    run_bench(settings_for(prompts_file), out, decoder=dec, progress=False, log=messages.append)
+    assert dec.calls == 5 and len(read_records(out)) == 9  # only the 5 missing generations ran
+    assert "resuming" in messages[0]
+    keys = [(r["example_id"], r["method"]) for r in read_records(out)]
+    assert len(set(keys)) == 9
+    dec.calls = 0
+    run_bench(settings_for(prompts_file), out, decoder=dec, progress=False, log=lambda _: None)
+    assert dec.calls == 0  # a finished run only rebuilds its summary
+
+
+def test_output_folder_protection(tmp_path, prompts_file):
+    out = tmp_path / "run"
+    run_bench(settings_for(prompts_file), out, decoder=TinyDecoder(), progress=False, log=lambda _: None)
+    with pytest.raises(SpecAdaptError, match="other settings .*max_new_tokens"):
+        run_bench(settings_for(prompts_file, max_new_tokens=6), out, decoder=TinyDecoder(), progress=False)
+    summary = run_bench(settings_for(prompts_file, max_new_tokens=6), out, overwrite=True, decoder=TinyDecoder(),
+                        progress=False, log=lambda _: None)
+    assert summary["datasets"]["file"]["fixed:3"]["mean_tokens"] == 6
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(SpecAdaptError, match="not a specadapt benchmark"):
+        run_bench(settings_for(prompts_file), foreign, decoder=TinyDecoder(), progress=False)
+    with pytest.raises(SpecAdaptError, match="not a specadapt benchmark"):  # --overwrite deletes only our files
+        run_bench(settings_for(prompts_file), foreign, overwrite=True, decoder=TinyDecoder(), progress=False)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    blocked = tmp_path / "file.txt"
+    blocked.write_text("x")
+    with pytest.raises(SpecAdaptError, match="cannot write|is a file"):
+        run_bench(settings_for(prompts_file), blocked / "sub", decoder=TinyDecoder(), progress=False)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"datasets": ["imagenet"]}, "unknown dataset 'imagenet'; known: humaneval"),
+        ({"methods": "fixed:4,warp-drive"}, "warp-drive"),
+        ({"methods": "fixed:4,fixed:4"}, "twice"),
+        ({"repeats": 0}, "repeats must be an integer >= 1"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"datasets": [], "dataset_files": []}, "no datasets"),
+    ],
+)
+def test_bad_settings(prompts_file, kw, message):
+    with pytest.raises(SpecAdaptError, match=message):
+        settings_for(prompts_file, **kw)
