@@ -59,13 +59,14 @@ def stop_step(step_probs: Sequence[float], threshold: float, min_k: int, max_k: 
 
 
 DEFAULT_THRESHOLD = 0.7  # the paper's sample script; reported best overall
+FROM_HEAD = -1.0
 
 
 @register_method("specdecpp", summary="SpecDec++: stop when a trained head's P(some draft token rejected) > threshold")
 @dataclass
 class SpecDecPP(DraftLengthPolicy):
     head: str = ""  # folder of a trained acceptance head (see specadapt.heads)
-    threshold: float = -1.0  # < 0: the threshold recorded in the head's config (by tune-head), else 0.7
+    threshold: float = FROM_HEAD  # -1: the threshold recorded in the head's config (by tune-head), else 0.7
     min_k: int = 2
     max_k: int = 20
 
@@ -73,17 +74,17 @@ class SpecDecPP(DraftLengthPolicy):
     needs_hidden = True
 
     def __post_init__(self) -> None:
-        if self.head and isinstance(self.threshold, (int, float)) and self.threshold < 0:
+        if not self.head:
+            raise SpecAdaptError(
+                "method 'specdecpp' needs a trained acceptance head for your draft model: pass --head DIR "
+                "(or the setting head=DIR, e.g. 'specdecpp:head=DIR'), or train one with `specadapt train-head`."
+            )
+        if self.threshold == FROM_HEAD:
             self.threshold = float(read_head_config(self.head).get("threshold", DEFAULT_THRESHOLD))
         if not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1) (exclusive), got {self.threshold!r}; 0.7 is the paper's best overall")
         if not 1 <= self.min_k <= self.max_k:
             raise ValueError(f"need 1 <= min_k <= max_k, got min_k={self.min_k}, max_k={self.max_k}")
-        if not self.head:
-            raise SpecAdaptError(
-                "method 'specdecpp' needs a trained acceptance head for your draft model: pass --head DIR "
-                "(or the setting head=DIR, e.g. 'specdecpp:head=DIR'), or train one with the SpecDec++ head trainer."
-            )
         self.head = str(self.head)
         self._head_config = read_head_config(self.head)  # fail fast on a bad folder; weights load on first use
         self._model: AcceptanceHead | None = None
