@@ -32,9 +32,9 @@ from typing import Callable, Iterable
 
 from ..errors import SpecAdaptError
 from .datasets import DATASET_NAMES, Example, load_dataset, load_dataset_file
+from .report import BASELINE, summarize, write_report
 from .scoring import score_example
 
-BASELINE = "autoregressive"
 SETTINGS_FILE = "settings.json"
 RECORDS_FILE = "records.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -252,7 +252,6 @@ def run_bench(
 
     from ..engine import GenerationConfig
     from ..methods import make_method
-    from .report import summarize, write_report
 
     out = Path(out)
     examples = load_examples(settings)
