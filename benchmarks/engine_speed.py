@@ -181,16 +181,6 @@ class Runner:
             self.methods[label] = make_method(label)
         return self.methods[label]
 
-    def target_agreement(self, ids: list[int], tokens: list[int]) -> float | None:
-        """Teacher-forced agreement: fraction of generated tokens equal to the target's argmax after the same prefix."""
-        if not tokens:
-            return None
-        target = self.dec.target
-        seq = torch.tensor([ids + tokens], dtype=torch.long, device=target.device)
-        with torch.inference_mode():
-            logits = target(seq).logits[0, len(ids) - 1 : -1]
-        return (logits.argmax(-1) == seq[0, len(ids) :]).float().mean().item()
-
     def engine(self, draft_vocab: int | None):
         """The decoder's engine, or one whose draft has a restricted output head (built once)."""
         if draft_vocab not in self.engines:
@@ -627,6 +617,7 @@ def main(argv=None) -> None:
     from tqdm.auto import tqdm
 
     from specadapt import SpecDecoder
+    from specadapt.bench.runner import target_agreement
 
     transformers.logging.set_verbosity_error()
     console = Console() if sys.stdout.isatty() else Console(width=160)  # don't squeeze tables into 80 columns in logs
@@ -694,7 +685,7 @@ def main(argv=None) -> None:
             run = runner.run(spec, ids, args.max_new_tokens)
             records.append(record_for(prompt, index, ids, spec, position, run))
             if not spec.lossless or spec.label == "autoregressive":  # AR: the bf16 reference level
-                records[-1]["target_agreement"] = runner.target_agreement(ids, run.tokens)
+                records[-1]["target_agreement"] = target_agreement(runner.dec.target, ids, run.tokens)
             bar.update()
         write_json(args.out, payload)  # partial results survive an interrupted run
     bar.close()

@@ -141,6 +141,21 @@ def test_run_writes_records_summary_and_report(tmp_path, prompts_file):
         assert r["tokens"] == 8 and r["tokens"] == r["accepted"] + r["rounds"]
     assert {r["order"] for r in records if r["method"] == "autoregressive"} == {0, 1, 2}  # rotated order
     assert (tmp_path / "run" / "report.md").exists() and (tmp_path / "run" / "speedup.png").exists()
+    # token agreement: only for target-only (the reference level, 1.0 in fp32) and lossy methods
+    assert all(r["target_agreement"] == 1.0 for r in records if r["method"] == "autoregressive")
+    assert all("target_agreement" not in r for r in records if r["method"] != "autoregressive")
+    assert summary["progress"] == {"complete": True, "generations": 9, "expected": 9}
+
+
+def test_lossy_method_gets_token_agreement_in_records_summary_and_report(tmp_path, prompts_file):
+    out = tmp_path / "run"
+    summary = run_bench(settings_for(prompts_file, methods="adasd:n_min=0", max_new_tokens=16), out,
+                        decoder=TinyDecoder(), progress=False, log=lambda _: None)
+    lossy = [r for r in read_records(out) if r["method"] == "adasd:n_min=0"]
+    assert lossy and all(0.0 <= r["target_agreement"] <= 1.0 for r in lossy)
+    entry = summary["datasets"]["file"]["adasd:n_min=0"]
+    assert entry["target_agreement"] == pytest.approx(sum(r["target_agreement"] for r in lossy) / len(lossy))
+    assert "token agreement" in (out / "report.md").read_text()
 
 
 def test_interrupted_run_resumes_without_redoing(tmp_path, prompts_file):
@@ -149,7 +164,10 @@ def test_interrupted_run_resumes_without_redoing(tmp_path, prompts_file):
     dec.fail_after = 4
     with pytest.raises(KeyboardInterrupt):
         run_bench(settings_for(prompts_file), out, decoder=dec, progress=False, log=lambda _: None)
-    assert len(read_records(out)) == 4 and not (out / "summary.json").exists()
+    assert len(read_records(out)) == 4
+    partial = json.loads((out / "summary.json").read_text())  # a partial report from what finished
+    assert partial["progress"] == {"complete": False, "generations": 4, "expected": 9}
+    assert "Partial run" in (out / "report.md").read_text()
     with open(out / RECORDS_FILE, "a") as f:
         f.write('{"dataset": "file", "exampl')  # a line cut short by the interruption
     dec.fail_after, dec.calls = None, 0
@@ -200,3 +218,14 @@ def test_output_folder_protection(tmp_path, prompts_file):
 def test_bad_settings(prompts_file, kw, message):
     with pytest.raises(SpecAdaptError, match=message):
         settings_for(prompts_file, **kw)
+
+
+def test_time_limit_stops_with_a_partial_report_and_resumes(tmp_path, prompts_file):
+    out = tmp_path / "run"
+    dec, messages = TinyDecoder(), []
+    summary = run_bench(settings_for(prompts_file), out, decoder=dec, progress=False, log=messages.append,
+                        time_limit_s=0.0)
+    assert dec.calls == 0 and summary["progress"]["complete"] is False
+    assert "time limit" in messages[-1] and "Partial run" in (out / "report.md").read_text()
+    summary = run_bench(settings_for(prompts_file), out, decoder=dec, progress=False, log=lambda _: None)
+    assert dec.calls == 9 and summary["progress"]["complete"] is True

@@ -8,10 +8,12 @@ import math
 import pytest
 import torch
 
+from specadapt import heads
 from specadapt.engine import GenerationConfig
 from specadapt.errors import SpecAdaptError
 from specadapt.heads import AcceptanceHead, load_head, read_head_config, save_head
 from specadapt.methods import make_method
+from specadapt.models import zoo
 from specadapt.policies import DraftStep
 from specadapt.policies.specdecpp import SpecDecPP, cumulative_accept, step_factors, stop_step
 from specadapt.sampling import SamplingParams
@@ -238,7 +240,8 @@ def _error(fn) -> str:
     return str(info.value)
 
 
-def test_errors_in_settings(tmp_path, head_dir):
+def test_errors_in_settings(tmp_path, head_dir, monkeypatch):
+    monkeypatch.setattr(heads, "BUILTIN_HEADS_DIR", tmp_path / "no-heads")  # a build without shipped heads
     msg = _error(lambda: make_method("specdecpp"))
     assert "--head DIR" in msg and "train" in msg
     good = head_dir(probe_head())
@@ -286,6 +289,30 @@ def test_hidden_size_mismatch_names_both_sizes(target, head_dir):
     method = make_method(spec(head_dir(random_head(1, hidden=16))))
     msg = _error(lambda: make_engine(target, target).generate([[1, 2, 3]], method, GenerationConfig(max_new_tokens=8)))
     assert "16" in msg and "32" in msg and "another draft" in msg
+
+
+def test_no_head_means_the_default_drafts_builtin_head(tmp_path, monkeypatch):
+    shipped = tmp_path / "heads"
+    save_head(probe_head(), shipped / zoo.DEFAULT_DRAFT, extra={"draft": zoo.DEFAULT_DRAFT, "threshold": 0.6})
+    save_head(probe_head(), shipped / "other-draft")
+    monkeypatch.setattr(heads, "BUILTIN_HEADS_DIR", shipped)
+    policy = make_method("specdecpp").policy
+    assert policy.head == str(shipped / zoo.DEFAULT_DRAFT) and policy.threshold == 0.6
+    assert make_method("specdecpp:head=other-draft").policy.head == str(shipped / "other-draft")  # by name
+    monkeypatch.chdir(tmp_path)
+    save_head(probe_head(), tmp_path / "other-draft")  # a folder of that name in the working dir wins
+    assert make_method("specdecpp:head=other-draft").policy.head == "other-draft"
+
+
+def test_shipped_head_is_for_the_default_pair():
+    """The head in the package loads and fits the default draft (Qwen2.5-Coder-0.5B: hidden size 896)."""
+    shipped = heads.builtin_heads()
+    assert zoo.DEFAULT_DRAFT in shipped
+    config = heads.read_head_config(shipped[zoo.DEFAULT_DRAFT])
+    assert config["draft"] == zoo.DEFAULT_DRAFT and config["target"] == zoo.DEFAULT_TARGET
+    assert config["hidden_size"] == 896 and 0 < config["threshold"] < 1
+    head = load_head(shipped[zoo.DEFAULT_DRAFT])
+    assert head.accept_prob(torch.zeros(2, 896)).shape == (2,)
 
 
 def test_threshold_defaults_to_the_one_recorded_in_the_head(head_dir):

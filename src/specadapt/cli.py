@@ -72,7 +72,7 @@ def generate(
     target: Optional[str] = typer.Option(None, help="Target model: built-in name, folder, .gguf file or Hub id."),
     draft: Optional[str] = typer.Option(None, help="Draft model (same tokenizer as the target)."),
     method: str = typer.Option("fixed:4", help="Decoding method, e.g. autoregressive, fixed:4, heuristic (see `specadapt methods`)."),
-    head: Optional[str] = typer.Option(None, help="Acceptance-head folder for --method specdecpp."),
+    head: Optional[str] = typer.Option(None, help="Acceptance-head folder (or built-in head name) for --method specdecpp; default: the head shipped for the default pair."),
     max_new_tokens: int = typer.Option(128, help="Exact maximum number of generated tokens."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass in (0, 1]."),
@@ -182,7 +182,7 @@ def bench(
     limit: Optional[int] = typer.Option(10, help="First N examples of each dataset (0 = all)."),
     target: Optional[str] = typer.Option(None, help="Target model: built-in name, folder, .gguf file or Hub id."),
     draft: Optional[str] = typer.Option(None, help="Draft model (same tokenizer as the target)."),
-    head: Optional[str] = typer.Option(None, help="Acceptance-head folder for specdecpp methods that name none."),
+    head: Optional[str] = typer.Option(None, help="Acceptance-head folder for specdecpp methods that name none (default: the head shipped for the default pair)."),
     max_new_tokens: int = typer.Option(256, help="Maximum new tokens per generation."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass in (0, 1]."),
@@ -198,6 +198,7 @@ def bench(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
     compare: Optional[tuple[Path, Path]] = typer.Option(None, help="Compare two finished runs: --compare RUN_A RUN_B."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    time_limit: Optional[float] = typer.Option(None, help="Minutes: start no new generation after this; writes a partial report (rerun to resume)."),
 ) -> None:
     """Benchmark methods side by side: speed, acceptance and task accuracy, with report.md and plots."""
     from .bench import report
@@ -233,7 +234,10 @@ def bench(
         threads=threads,
         exec_timeout_s=exec_timeout,
     )
-    summary = run_bench(settings, out, overwrite=overwrite, progress=not no_progress, log=err.print)
+    if time_limit is not None and time_limit <= 0:
+        raise SpecAdaptError(f"--time-limit must be a positive number of minutes, got {time_limit}.")
+    summary = run_bench(settings, out, overwrite=overwrite, progress=not no_progress, log=err.print,
+                        time_limit_s=None if time_limit is None else time_limit * 60)
     for ds, table_rows in summary["datasets"].items():
         table = Table("method", "tok/s", "speedup", "accept", "acc len", "accuracy", title=ds, title_justify="left")
         for m, e in table_rows.items():
@@ -370,8 +374,8 @@ def tune_head_command(
     table = Table("threshold", "tokens/s", "acceptance", "mean accepted length", "tokens", "seconds")
     for r in result.runs:
         mark = " *" if r.threshold == result.best else ""
-        acc = f"{r.acceptance_rate:.2f}" if r.acceptance_rate is not None else "-"
-        mal = f"{r.mean_accepted_length:.2f}" if r.mean_accepted_length is not None else "-"
+        acc = f"{r.stats.acceptance_rate:.2f}" if r.stats.acceptance_rate is not None else "-"
+        mal = f"{r.stats.mean_accepted_length:.2f}" if r.stats.mean_accepted_length is not None else "-"
         table.add_row(f"{r.threshold:g}{mark}", f"{r.tokens_per_s:.2f}", acc, mal, str(r.tokens), f"{r.seconds:.1f}")
     Console().print(table)
     where = "recorded in" if result.written else "not written to (--dry-run)"

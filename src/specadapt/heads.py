@@ -34,6 +34,13 @@ Format (a head is a folder)
 :func:`save_head` writes a folder (refusing to overwrite an existing head
 unless ``overwrite=True``); :func:`load_head` reads one back, and
 :func:`read_head_config` validates just the config (cheap, no weights).
+
+Built-in heads
+--------------
+Heads trained for built-in pairs ship in ``specadapt/data/heads/<draft name>/``
+(:func:`builtin_heads`); :func:`resolve_head` turns ``""`` into the default
+draft's head and a built-in name into its folder, so ``--method specdecpp``
+works without ``--head`` on the default pair.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ import torch
 from torch import nn
 
 from .errors import SpecAdaptError
+
+BUILTIN_HEADS_DIR = Path(__file__).resolve().parent / "data" / "heads"
 
 FORMAT_NAME = "specadapt-acceptance-head"
 FORMAT_VERSION = 1
@@ -217,8 +226,33 @@ def load_head(
     return head.eval()
 
 
+def builtin_heads() -> dict[str, Path]:
+    """Shipped heads by name (the draft model each was trained for)."""
+    if not BUILTIN_HEADS_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(BUILTIN_HEADS_DIR.iterdir()) if (p / CONFIG_FILE).is_file()}
+
+
+def resolve_head(head: str | os.PathLike) -> Path | None:
+    """A head folder from a path or a built-in head name; ``""`` is the default draft's built-in head (None if absent).
+
+    An existing path wins over a built-in name of the same spelling."""
+    from .models.zoo import DEFAULT_DRAFT
+
+    shipped = builtin_heads()
+    if not str(head):
+        return shipped.get(DEFAULT_DRAFT)
+    path = Path(head).expanduser()
+    if not path.exists() and str(head) in shipped:
+        return shipped[str(head)]
+    return path
+
+
 __all__ = [
     "AcceptanceHead",
+    "BUILTIN_HEADS_DIR",
+    "builtin_heads",
+    "resolve_head",
     "CONFIG_FILE",
     "FORMAT_NAME",
     "FORMAT_VERSION",

@@ -47,6 +47,17 @@ class RequestStats:
         for k in range(accepted):
             self.position_accepted[k] += 1
 
+    def add(self, other: RequestStats) -> None:
+        """Pool another request's counts and times into this one (per-position counts included)."""
+        for name in ("prompt_tokens", "generated_tokens", "rounds", "drafted", "accepted",
+                     "draft_time_s", "target_time_s", "total_time_s"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for mine, theirs in ((self.position_reached, other.position_reached),
+                             (self.position_accepted, other.position_accepted)):
+            mine += [0] * (len(theirs) - len(mine))
+            for k, n in enumerate(theirs):
+                mine[k] += n
+
     @property
     def acceptance_rate(self) -> float | None:
         return self.accepted / self.drafted if self.drafted else None

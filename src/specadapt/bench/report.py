@@ -17,7 +17,9 @@ Definitions (per dataset and method, over every recorded generation):
 - accuracy: mean of the task's ``correct`` (GSM8K exact final number, HumanEval
   pass@1) over scored generations; ``accuracy_change`` = method − target-only.
 - agreement with target-only on the same example and repeat: exact text match rate
-  and mean text overlap (ROUGE-L F1), so that lossy methods can be judged everywhere.
+  and mean text overlap (ROUGE-L F1), so that lossy methods can be judged everywhere;
+  and, for lossy methods and target-only, token agreement: the mean fraction of
+  generated tokens equal to the target's argmax after the same prefix (teacher-forced).
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ def summarize_method(rows: list[dict], base: list[dict]) -> dict:
     }
     base_text = {(b["example_id"], b["repeat"]): b["text"] for b in base}
     pairs = [(r["text"], base_text[(r["example_id"], r["repeat"])]) for r in rows if (r["example_id"], r["repeat"]) in base_text]
+    agreement = [r["target_agreement"] for r in rows if r.get("target_agreement") is not None]
+    if agreement:
+        out["target_agreement"] = mean(agreement)
     if pairs:
         out["agreement_exact"] = mean(float(exact_match(a, b)) for a, b in pairs)
         out["agreement_overlap"] = mean(text_overlap(a, b) for a, b in pairs)
@@ -146,8 +151,8 @@ def accuracy_cell(e: dict) -> str:
 
 def method_table(table: dict, described: dict) -> list[str]:
     lines = [
-        "| method | lossless | tok/s | speedup | acceptance | mean acc. len | mean draft len | verif. rate | discard rate | accuracy (Δ pts) | agree exact / overlap |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | lossless | tok/s | speedup | acceptance | mean acc. len | mean draft len | verif. rate | discard rate | accuracy (Δ pts) | agree exact / overlap | token agreement |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, e in table.items():
         lossless = described.get(m, {}).get("lossless", e["lossless"])
@@ -159,7 +164,8 @@ def method_table(table: dict, described: dict) -> list[str]:
         lines.append(
             f"| `{m}` | {'yes' if lossless else '**no (lossy)**'} | {fmt(e['tokens_per_s'])} | {speedup_cell(e)} | "
             f"{fmt(e['acceptance_rate'], '.1%')} | {fmt(e['mean_accepted_length'])} | {fmt(e['mean_draft_length'])} | "
-            f"{fmt(e['verification_rate'], '.3f')} | {fmt(e['discard_rate'], '.3f')} | {accuracy_cell(e)} | {agree} |"
+            f"{fmt(e['verification_rate'], '.3f')} | {fmt(e['discard_rate'], '.3f')} | {accuracy_cell(e)} | {agree} | "
+            f"{fmt(e.get('target_agreement'), '.1%')} |"
         )
     return lines
 
@@ -193,6 +199,10 @@ def render_report(run: dict, summary: dict) -> str:
         f"interleaved per example.",
         "",
     ]
+    progress = summary.get("progress")
+    if progress and not progress["complete"]:
+        lines += [f"**Partial run:** {progress['generations']} of {progress['expected']} generations so far "
+                  "(interrupted; rerun the same command to resume).", ""]
     for ds, table in summary["datasets"].items():
         n = max(e["examples"] for e in table.values())
         lines += [f"## {ds} ({n} examples)", "", *method_table(table, described), ""]
@@ -205,7 +215,9 @@ def render_report(run: dict, summary: dict) -> str:
         "",
         "Definitions: verification rate = target calls per generated token; discard rate = rejected draft tokens "
         "per generated token; accuracy = GSM8K final-number match / HumanEval pass@1 where the task has one; "
-        "agreement = exact text match and ROUGE-L F1 with target-only's output on the same example.",
+        "agreement = exact text match and ROUGE-L F1 with target-only's output on the same example; token agreement "
+        "(lossy methods, and target-only as the reference level) = share of generated tokens equal to the target's "
+        "argmax after the same prefix (teacher-forced).",
         "",
         "## Methods and settings",
         "",

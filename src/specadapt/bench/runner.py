@@ -17,6 +17,14 @@ reused with ``overwrite=True``, which deletes this module's files and nothing el
 
 Each method label has one policy instance for the whole run, so a method with
 ``scope=shared`` keeps its statistics across prompts (not across a resume).
+
+Lossy methods (and target-only, whose value is the reference level: bf16 rounding
+alone makes it < 1) also get ``target_agreement``: the fraction of generated tokens
+equal to the target's argmax after the same prefix, from one teacher-forced target
+pass (not timed).
+
+An interrupted run (Ctrl-C) still writes summary.json, report.md and plots from the
+generations finished so far, marked partial; the same command resumes it.
 """
 
 from __future__ import annotations
@@ -245,14 +253,20 @@ def run_bench(
     decoder=None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    time_limit_s: float | None = None,
 ) -> dict:
     """Run (or resume) a benchmark into ``out``; return the summary. ``decoder`` (a
-    :class:`~specadapt.api.SpecDecoder`) skips loading models, e.g. in tests."""
+    :class:`~specadapt.api.SpecDecoder`) skips loading models, e.g. in tests.
+
+    ``time_limit_s``: start no generation after this many seconds (counted from the
+    call); the summary and report then cover what finished, marked partial, and the
+    same call resumes."""
     from tqdm.auto import tqdm
 
     from ..engine import GenerationConfig
     from ..methods import make_method
 
+    started = time.perf_counter()
     out = Path(out)
     examples = load_examples(settings)
     done_records = prepare_output(out, settings, overwrite)
@@ -287,6 +301,14 @@ def run_bench(
         for label in tqdm(settings.methods * settings.warmup, desc="warm-up", leave=False, disable=not progress):
             generate(label, first, min(WARMUP_TOKENS, settings.max_new_tokens), settings.seed)
 
+    def finish(complete: bool) -> dict:
+        summary = summarize(done_records, settings.methods, described)
+        expected = len(examples) * settings.repeats * len(settings.methods)
+        summary["progress"] = {"complete": complete, "generations": len(done_records), "expected": expected}
+        write_json(out / SUMMARY_FILE, summary)
+        write_report(out, json.loads(settings_path.read_text(encoding="utf-8")), summary)
+        return summary
+
     score_cache: dict[tuple, dict | None] = {}
     total = sum(1 for e, r in todo for m in settings.methods if record_key(e.dataset, e.id, m, r) not in done)
     bar = tqdm(total=total, desc="bench", unit="gen", disable=not progress)
@@ -299,26 +321,50 @@ def run_bench(
                 for position, label in enumerate(order):
                     if record_key(example.dataset, example.id, label, repeat) in done:
                         continue
+                    if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
+                        raise _TimeUp
                     bar.set_postfix_str(f"{example.id} {label}", refresh=False)
                     result, wall = generate(label, ids, settings.max_new_tokens, settings.seed + repeat)
                     key = (example.dataset, example.id, result.text)
                     if key not in score_cache:  # lossless methods often repeat the same text
                         score_cache[key] = score_example(example, result.text, timeout_s=settings.exec_timeout_s)
                     record = make_record(example, label, repeat, position, ids, result, wall, score_cache[key])
+                    if not result.lossless or label == BASELINE:
+                        record["target_agreement"] = target_agreement(decoder.target, ids, result.token_ids)
                     sink.write(json.dumps(record) + "\n")
                     sink.flush()
                     done_records.append(record)
                     bar.update()
+    except _TimeUp:
+        bar.close()
+        log(f"time limit reached: {len(done_records)} generations saved in {out / RECORDS_FILE} (partial report "
+            "written); run the same command to resume.")
+        return finish(complete=False)
     except KeyboardInterrupt:
         bar.close()
-        log(f"interrupted: {len(done_records)} generations saved in {out / RECORDS_FILE}; run the same command to resume.")
+        if done_records:
+            finish(complete=False)
+        log(f"interrupted: {len(done_records)} generations saved in {out / RECORDS_FILE} (partial report written); "
+            "run the same command to resume.")
         raise
     bar.close()
+    return finish(complete=True)
 
-    summary = summarize(done_records, settings.methods, described)
-    write_json(out / SUMMARY_FILE, summary)
-    write_report(out, json.loads(settings_path.read_text(encoding="utf-8")), summary)
-    return summary
+
+class _TimeUp(Exception):
+    """Raised inside the generation loop when ``time_limit_s`` has passed."""
+
+
+def target_agreement(target, ids: list[int], tokens: list[int]) -> float | None:
+    """Teacher-forced agreement: the fraction of ``tokens`` equal to the target's argmax after the same prefix."""
+    import torch
+
+    if not tokens:
+        return None
+    seq = torch.tensor([list(ids) + list(tokens)], dtype=torch.long, device=target.device)
+    with torch.inference_mode():
+        logits = target(seq).logits[0, len(ids) - 1 : -1]
+    return (logits.argmax(-1) == seq[0, len(ids) :]).float().mean().item()
 
 
 def make_record(example: Example, method: str, repeat: int, order: int, ids: list[int], result, wall_s: float,

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from ..errors import SpecAdaptError
-from ..heads import AcceptanceHead, load_head, read_head_config
+from ..heads import AcceptanceHead, builtin_heads, load_head, read_head_config, resolve_head
 from ..methods import register_method
 from .base import DraftLengthPolicy, DraftStep
 
@@ -65,7 +65,7 @@ FROM_HEAD = -1.0
 @register_method("specdecpp", summary="SpecDec++: stop when a trained head's P(some draft token rejected) > threshold")
 @dataclass
 class SpecDecPP(DraftLengthPolicy):
-    head: str = ""  # folder of a trained acceptance head (see specadapt.heads)
+    head: str = ""  # head folder or built-in head name; "": the built-in head of the default pair
     threshold: float = FROM_HEAD  # -1: the threshold recorded in the head's config (by tune-head), else 0.7
     min_k: int = 2
     max_k: int = 20
@@ -74,18 +74,20 @@ class SpecDecPP(DraftLengthPolicy):
     needs_hidden = True
 
     def __post_init__(self) -> None:
-        if not self.head:
+        resolved = resolve_head(self.head)
+        if resolved is None:
             raise SpecAdaptError(
                 "method 'specdecpp' needs a trained acceptance head for your draft model: pass --head DIR "
-                "(or the setting head=DIR, e.g. 'specdecpp:head=DIR'), or train one with `specadapt train-head`."
+                "(or the setting head=DIR, e.g. 'specdecpp:head=DIR'), or train one with `specadapt train-head`"
+                + (f" (built-in heads: {', '.join(builtin_heads())})." if builtin_heads() else ".")
             )
+        self.head = str(resolved)
         if self.threshold == FROM_HEAD:
             self.threshold = float(read_head_config(self.head).get("threshold", DEFAULT_THRESHOLD))
         if not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1) (exclusive), got {self.threshold!r}; 0.7 is the paper's best overall")
         if not 1 <= self.min_k <= self.max_k:
             raise ValueError(f"need 1 <= min_k <= max_k, got min_k={self.min_k}, max_k={self.max_k}")
-        self.head = str(self.head)
         self._head_config = read_head_config(self.head)  # fail fast on a bad folder; weights load on first use
         self._model: AcceptanceHead | None = None
         self._cum: torch.Tensor | None = None
@@ -102,7 +104,9 @@ class SpecDecPP(DraftLengthPolicy):
         if size != expected:
             raise SpecAdaptError(
                 f"the acceptance head {self.head} expects hidden size {expected}, but the draft's hidden states have "
-                f"size {size}: the head was trained for another draft model. Use a head trained for this draft."
+                f"size {size}: the head was trained for another draft model"
+                + (f" ({self._head_config['draft']})" if self._head_config.get("draft") else "")
+                + ". Pass --head with a head trained for this draft (`specadapt train-head` makes one)."
             )
         if self._model is None:
             self._model = load_head(self.head, device=hidden.device, dtype=hidden.dtype).requires_grad_(False)

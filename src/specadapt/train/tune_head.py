@@ -17,43 +17,45 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import SpecAdaptError
 from ..heads import CONFIG_FILE, read_head_config
+from ..stats import RequestStats
 
 DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 
 
 @dataclass
 class ThresholdRun:
+    """Pooled measurements of one threshold: wall-clock seconds and the engine's own counters."""
+
     threshold: float
-    tokens: int = 0
     seconds: float = 0.0
-    drafted: int = 0
-    accepted: int = 0
-    rounds: int = 0
+    stats: RequestStats = field(default_factory=RequestStats)
+
+    @property
+    def tokens(self) -> int:
+        return self.stats.generated_tokens
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
-    @property
-    def acceptance_rate(self) -> float | None:
-        return self.accepted / self.drafted if self.drafted else None
-
-    @property
-    def mean_accepted_length(self) -> float | None:
-        return 1.0 + self.accepted / self.rounds if self.rounds else None
-
     def to_dict(self) -> dict[str, Any]:
+        s = self.stats
         return {
-            **asdict(self),
+            "threshold": self.threshold,
+            "tokens": s.generated_tokens,
+            "seconds": self.seconds,
+            "drafted": s.drafted,
+            "accepted": s.accepted,
+            "rounds": s.rounds,
             "tokens_per_s": self.tokens_per_s,
-            "acceptance_rate": self.acceptance_rate,
-            "mean_accepted_length": self.mean_accepted_length,
+            "acceptance_rate": s.acceptance_rate,
+            "mean_accepted_length": s.mean_accepted_length,
         }
 
 
@@ -190,12 +192,8 @@ def tune_head(
             t0 = time.perf_counter()
             result = decoder.engine.generate([prompt], methods[h], gen)[0]
             elapsed = time.perf_counter() - t0
-            run, s = runs[h], result.stats
-            run.tokens += s.generated_tokens
-            run.seconds += elapsed
-            run.drafted += s.drafted
-            run.accepted += s.accepted
-            run.rounds += s.rounds
+            runs[h].seconds += elapsed
+            runs[h].stats.add(result.stats)
             bar.update(1)
     bar.close()
     ordered = [runs[h] for h in grid]
