@@ -30,14 +30,11 @@ from pathlib import Path
 from statistics import mean, pstdev
 
 from ..errors import SpecAdaptError
+from ..stats import RequestStats
 from .scoring import exact_match, text_overlap
 
 BASELINE = "autoregressive"
 MAX_POSITIONS = 16  # positions shown in tables and plots
-
-
-def _ratio(num: float, den: float) -> float | None:
-    return num / den if den else None
 
 
 def _speedup(rows: list[dict], base: list[dict]) -> float | None:
@@ -56,20 +53,19 @@ def _speedup(rows: list[dict], base: list[dict]) -> float | None:
     return mean(mine[k] for k in common) / mean(ref[k] for k in common)
 
 
-def summarize_method(rows: list[dict], base: list[dict]) -> dict:
-    tokens = sum(r["tokens"] for r in rows)
-    drafted = sum(r["drafted"] for r in rows)
-    accepted = sum(r["accepted"] for r in rows)
-    rounds = sum(r["rounds"] for r in rows)
-    reached: list[int] = []
-    got: list[int] = []
+def pooled_stats(rows: list[dict]) -> RequestStats:
+    """The engine's counters of every generation in ``rows``, pooled (the ratios come from RequestStats)."""
+    pooled = RequestStats()
     for r in rows:
-        for k, (n, a) in enumerate(zip(r["position_reached"], r["position_accepted"])):
-            if k >= len(reached):
-                reached.append(0)
-                got.append(0)
-            reached[k] += n
-            got[k] += a
+        pooled.add(RequestStats(
+            generated_tokens=r["tokens"], rounds=r["rounds"], drafted=r["drafted"], accepted=r["accepted"],
+            position_reached=r["position_reached"], position_accepted=r["position_accepted"],
+        ))
+    return pooled
+
+
+def summarize_method(rows: list[dict], base: list[dict]) -> dict:
+    pooled = pooled_stats(rows)
     repeats = sorted({r["repeat"] for r in rows})
     per_repeat = [
         _speedup([r for r in rows if r["repeat"] == i], [b for b in base if b["repeat"] == i]) for i in repeats
@@ -79,16 +75,16 @@ def summarize_method(rows: list[dict], base: list[dict]) -> dict:
     out = {
         "examples": len({r["example_id"] for r in rows}),
         "generations": len(rows),
-        "mean_tokens": tokens / len(rows) if rows else None,
+        "mean_tokens": pooled.generated_tokens / len(rows) if rows else None,
         "tokens_per_s": mean(r["tokens_per_s"] for r in rows if r["tokens_per_s"] is not None) if rows else None,
         "speedup": _speedup(rows, base),
         "speedup_spread": pstdev(per_repeat) if len(per_repeat) > 1 else None,
-        "acceptance_rate": _ratio(accepted, drafted),
-        "mean_accepted_length": 1 + accepted / rounds if rounds else None,
-        "mean_draft_length": _ratio(drafted, rounds),
-        "verification_rate": _ratio(rounds, tokens),
-        "discard_rate": _ratio(drafted - accepted, tokens),
-        "acceptance_by_position": [_ratio(a, n) for a, n in zip(got, reached)][:MAX_POSITIONS],
+        "acceptance_rate": pooled.acceptance_rate,
+        "mean_accepted_length": pooled.mean_accepted_length,
+        "mean_draft_length": pooled.mean_draft_length,
+        "verification_rate": pooled.verification_rate,
+        "discard_rate": pooled.discard_rate,
+        "acceptance_by_position": pooled.per_position_acceptance[:MAX_POSITIONS],
         "accuracy": mean(float(c) for c in scores) if scores else None,
         "scored": len(scores),
         "finish_reasons": {k: sum(r["finish_reason"] == k for r in rows) for k in ("eos", "stop", "length")},

@@ -76,19 +76,20 @@ class SpecDecPP(DraftLengthPolicy):
     def __post_init__(self) -> None:
         resolved = resolve_head(self.head)
         if resolved is None:
+            shipped = ", ".join(builtin_heads())
             raise SpecAdaptError(
                 "method 'specdecpp' needs a trained acceptance head for your draft model: pass --head DIR "
                 "(or the setting head=DIR, e.g. 'specdecpp:head=DIR'), or train one with `specadapt train-head`"
-                + (f" (built-in heads: {', '.join(builtin_heads())})." if builtin_heads() else ".")
+                + (f" (built-in heads: {shipped})." if shipped else ".")
             )
         self.head = str(resolved)
+        self._head_config = read_head_config(self.head)  # fail fast on a bad folder; weights load on first use
         if self.threshold == FROM_HEAD:
-            self.threshold = float(read_head_config(self.head).get("threshold", DEFAULT_THRESHOLD))
+            self.threshold = float(self._head_config.get("threshold", DEFAULT_THRESHOLD))
         if not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1) (exclusive), got {self.threshold!r}; 0.7 is the paper's best overall")
         if not 1 <= self.min_k <= self.max_k:
             raise ValueError(f"need 1 <= min_k <= max_k, got min_k={self.min_k}, max_k={self.max_k}")
-        self._head_config = read_head_config(self.head)  # fail fast on a bad folder; weights load on first use
         self._model: AcceptanceHead | None = None
         self._cum: torch.Tensor | None = None
 
