@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -145,6 +146,22 @@ def test_run_writes_records_summary_and_report(tmp_path, prompts_file):
     assert all(r["target_agreement"] == 1.0 for r in records if r["method"] == "autoregressive")
     assert all("target_agreement" not in r for r in records if r["method"] != "autoregressive")
     assert summary["progress"] == {"complete": True, "generations": 9, "expected": 9}
+
+
+def test_an_examples_stop_strings_end_every_methods_generation(tmp_path, prompts_file, monkeypatch):
+    from specadapt.bench import runner
+
+    settings = settings_for(prompts_file, methods="fixed:3,heuristic", limit=1)
+    run_bench(settings, tmp_path / "free", decoder=TinyDecoder(), progress=False, log=lambda _: None)
+    free = read_records(tmp_path / "free")
+    assert {r["tokens"] for r in free} == {8}
+    prefix = " ".join(free[0]["text"].split()[:3])  # IdTokenizer text: the ids, space-separated
+    example = dataclasses.replace(runner.load_examples(settings)[0], stop=(prefix,))
+    monkeypatch.setattr(runner, "load_examples", lambda _settings: [example])
+    run_bench(settings, tmp_path / "stopped", decoder=TinyDecoder(), progress=False, log=lambda _: None)
+    stopped = read_records(tmp_path / "stopped")
+    assert len(stopped) == 3
+    assert all(r["finish_reason"] == "stop" and r["tokens"] == 3 and r["text"] == prefix for r in stopped)
 
 
 def test_lossy_method_gets_token_agreement_in_records_summary_and_report(tmp_path, prompts_file):

@@ -54,6 +54,9 @@ def test_humaneval_prompt_and_reference():
     assert "def check(candidate)" in example.reference["test"]
     assert example.messages == [{"role": "user", "content": HUMANEVAL_TEMPLATE.format(prompt=example.reference["prompt"])}]
     assert example.messages[0]["content"].startswith("Complete the following Python function:\n```python\nfrom typing")
+    # generation stops at the closing fence; echoing the opening fence and the prompt's code does not trigger it
+    assert example.stop == ("\n```\n",) and not any(s in "```python\n" + example.reference["prompt"] for s in example.stop)
+    assert load_dataset("gsm8k", 1)[0].stop == () and load_dataset("mt-bench", 1)[0].stop == ()
     # The same prompts as the engine benchmark's packaged subset.
     shipped = [json.loads(line) for line in _data_text("prompts_humaneval.jsonl").splitlines()]
     by_id = {e.id: e for e in load_dataset("humaneval")}

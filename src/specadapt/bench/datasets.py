@@ -5,7 +5,10 @@ Built in (files shipped in ``specadapt/data``, or, for HumanEval, in the
 
 - ``humaneval``: the 164 HumanEval problems, prompt
   ``"Complete the following Python function:\\n```python\\n{prompt}\\n```"``
-  (the template of ``benchmarks/engine_speed.py``), scored by pass@1.
+  (the template of ``benchmarks/engine_speed.py``), scored by pass@1. Generation
+  stops at the closing code fence (:data:`HUMANEVAL_STOP`): the chat model's
+  explanation after the code is never scored, so generating it would only cost
+  time and cut long functions off at ``max_new_tokens``.
 - ``gsm8k``: the 1319 GSM8K test problems, scored by the final number. Zero-shot
   by default with :data:`GSM8K_TEMPLATE`; ``gsm8k_shots=k`` (1..8) puts the first
   k GSM8K *train* problems before it as earlier user/assistant turns, each
@@ -53,12 +56,14 @@ class Example:
     category: str | None  # Spec-Bench subtask / MT-Bench category / None
     task: str  # scoring kind: "humaneval" | "gsm8k" | "none"
     reference: dict  # humaneval: prompt, test, entry_point; gsm8k: {"answer": "18"}; none: {}
+    stop: tuple[str, ...] = ()  # stop strings for every method's generation
 
 
 DATASET_NAMES: tuple[str, ...] = ("humaneval", "gsm8k", "mt-bench", "spec-bench")
 TASKS: tuple[str, ...] = ("humaneval", "gsm8k", "none")
 
 HUMANEVAL_TEMPLATE = "Complete the following Python function:\n```python\n{prompt}\n```"
+HUMANEVAL_STOP = ("\n```\n",)  # the closing fence; the opening one is "```python"
 GSM8K_TEMPLATE = (
     "Solve the following math problem step by step. "
     "At the end, write the final answer as '#### <number>'.\n\n{question}"
@@ -111,6 +116,7 @@ def _humaneval(limit: int | None) -> list[Example]:
             category=None,
             task="humaneval",
             reference={"prompt": row["prompt"], "test": row["test"], "entry_point": row["entry_point"]},
+            stop=HUMANEVAL_STOP,
         )
         for row in rows[:limit]
     ]

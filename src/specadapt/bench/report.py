@@ -192,7 +192,8 @@ def render_report(run: dict, summary: dict) -> str:
         f"{'greedy' if settings['temperature'] == 0 else 'temperature ' + str(settings['temperature'])}, "
         f"max {settings['max_new_tokens']} new tokens, {settings['repeats']} repeat(s), batch 1. "
         f"Speedup = mean per-example tokens/s ÷ that of `autoregressive` (target-only), measured in the same process, "
-        f"interleaved per example.",
+        f"interleaved per example."
+        + (" HumanEval generations stop at the closing code fence." if "humaneval" in settings.get("datasets", ()) else ""),
         "",
     ]
     progress = summary.get("progress")
@@ -287,7 +288,8 @@ def write_plots(out: Path, summary: dict) -> None:
         ax.set_xlabel("draft position")
         ax.set_ylim(0, 1.05)
     axes[0][0].set_ylabel("acceptance")
-    axes[0][-1].legend(fontsize=6)
+    if axes[0][-1].get_legend_handles_labels()[0]:  # no drafting method in the last dataset: nothing to label
+        axes[0][-1].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "acceptance_by_position.png")
     plt.close(fig)

@@ -290,8 +290,8 @@ def run_bench(
     encoded = {(e.dataset, e.id): decoder.encode(e.messages) for e, _ in todo}
     engine = decoder.engine
 
-    def generate(label: str, ids: list[int], max_new_tokens: int, seed: int):
-        config = GenerationConfig(max_new_tokens, settings.temperature, settings.top_k, settings.top_p, seed)
+    def generate(label: str, ids: list[int], max_new_tokens: int, seed: int, stop: tuple[str, ...] = ()):
+        config = GenerationConfig(max_new_tokens, settings.temperature, settings.top_k, settings.top_p, seed, stop)
         t0 = time.perf_counter()
         result = engine.generate([ids], methods[label], config)[0]
         return result, time.perf_counter() - t0
@@ -324,7 +324,7 @@ def run_bench(
                     if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
                         raise _TimeUp
                     bar.set_postfix_str(f"{example.id} {label}", refresh=False)
-                    result, wall = generate(label, ids, settings.max_new_tokens, settings.seed + repeat)
+                    result, wall = generate(label, ids, settings.max_new_tokens, settings.seed + repeat, example.stop)
                     key = (example.dataset, example.id, result.text)
                     if key not in score_cache:  # lossless methods often repeat the same text
                         score_cache[key] = score_example(example, result.text, timeout_s=settings.exec_timeout_s)
