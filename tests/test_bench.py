@@ -164,6 +164,14 @@ def test_an_examples_stop_strings_end_every_methods_generation(tmp_path, prompts
     assert all(r["finish_reason"] == "stop" and r["tokens"] == 3 and r["text"] == prefix for r in stopped)
 
 
+def test_a_dataset_cap_overrides_max_new_tokens_and_is_reported(tmp_path, prompts_file):
+    out = tmp_path / "run"
+    run_bench(settings_for(prompts_file, dataset_max_new_tokens={"file": 5}, limit=1), out, decoder=TinyDecoder(),
+              progress=False, log=lambda _: None)
+    assert {r["tokens"] for r in read_records(out)} == {5}
+    assert "max 8 new tokens (file: 5)" in (out / "report.md").read_text()
+
+
 def test_lossy_method_gets_token_agreement_in_records_summary_and_report(tmp_path, prompts_file):
     out = tmp_path / "run"
     summary = run_bench(settings_for(prompts_file, methods="adasd:n_min=0", max_new_tokens=16), out,
@@ -230,6 +238,8 @@ def test_output_folder_protection(tmp_path, prompts_file):
         ({"repeats": 0}, "repeats must be an integer >= 1"),
         ({"temperature": -1.0}, "temperature"),
         ({"datasets": [], "dataset_files": []}, "no datasets"),
+        ({"dataset_max_new_tokens": {"gsm8k": 8}}, "cap for 'gsm8k', which this run does not benchmark"),
+        ({"dataset_max_new_tokens": {"file": 0}}, "cap for file must be an integer >= 1"),
     ],
 )
 def test_bad_settings(prompts_file, kw, message):
@@ -246,3 +256,13 @@ def test_time_limit_stops_with_a_partial_report_and_resumes(tmp_path, prompts_fi
     assert "time limit" in messages[-1] and "Partial run" in (out / "report.md").read_text()
     summary = run_bench(settings_for(prompts_file), out, decoder=dec, progress=False, log=lambda _: None)
     assert dec.calls == 9 and summary["progress"]["complete"] is True
+
+
+def test_cli_rejects_a_malformed_dataset_cap(tmp_path):
+    from typer.testing import CliRunner
+
+    from specadapt.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "run"), "--dataset-max-new-tokens", "mt-bench:128"])
+    assert res.exit_code != 0
+    assert "DATASET=N pairs" in res.output + str(res.exception) and not (tmp_path / "run").exists()

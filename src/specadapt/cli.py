@@ -170,6 +170,19 @@ def _with_head(methods: str, head: Optional[str]) -> list[str]:
     return out
 
 
+def _dataset_caps(text: str) -> dict[str, int]:
+    """``'mt-bench=128,gsm8k=384'`` -> ``{"mt-bench": 128, "gsm8k": 384}``."""
+    caps: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, eq, value = part.partition("=")
+        if not eq or not value.strip().isdigit():
+            raise SpecAdaptError(
+                f"--dataset-max-new-tokens takes DATASET=N pairs separated by commas (e.g. 'mt-bench=128'), got {part!r}."
+            )
+        caps[name.strip()] = int(value)
+    return caps
+
+
 @app.command()
 def bench(
     out: Optional[Path] = typer.Option(None, help="Output folder (resumed if it holds an unfinished run with the same settings)."),
@@ -184,6 +197,7 @@ def bench(
     draft: Optional[str] = typer.Option(None, help="Draft model (same tokenizer as the target)."),
     head: Optional[str] = typer.Option(None, help="Acceptance-head folder for specdecpp methods that name none (default: the head shipped for the default pair)."),
     max_new_tokens: int = typer.Option(256, help="Maximum new tokens per generation."),
+    dataset_max_new_tokens: str = typer.Option("", help="Per-dataset caps overriding --max-new-tokens, e.g. 'mt-bench=128,gsm8k=384' ('file' for --dataset-file prompts)."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass in (0, 1]."),
     top_k: int = typer.Option(0, help="Keep only the k most likely tokens (0 = off)."),
@@ -222,6 +236,7 @@ def bench(
         dataset_files=[str(f) for f in dataset_file or []],
         limit=limit or None,
         max_new_tokens=max_new_tokens,
+        dataset_max_new_tokens=_dataset_caps(dataset_max_new_tokens),
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,

@@ -190,7 +190,8 @@ def render_report(run: dict, summary: dict) -> str:
         f"Target `{settings['target']}`, draft `{settings['draft']}`, {env.get('dtype', settings['dtype'])} on "
         f"{env.get('gpu') or env.get('cpu') or env.get('device')} ({env.get('torch_threads')} threads), "
         f"{'greedy' if settings['temperature'] == 0 else 'temperature ' + str(settings['temperature'])}, "
-        f"max {settings['max_new_tokens']} new tokens, {settings['repeats']} repeat(s), batch 1. "
+        f"max {settings['max_new_tokens']} new tokens{_caps(settings.get('dataset_max_new_tokens'))}, "
+        f"{settings['repeats']} repeat(s), batch 1. "
         f"Speedup = mean per-example tokens/s ÷ that of `autoregressive` (target-only), measured in the same process, "
         f"interleaved per example."
         + (" HumanEval generations stop at the closing code fence." if "humaneval" in settings.get("datasets", ()) else ""),
@@ -224,6 +225,10 @@ def render_report(run: dict, summary: dict) -> str:
                      f"{json.dumps(d.get('acceptance_settings', {}))}, lossless: {str(d.get('lossless')).lower()}")
     lines += ["", "## Environment", "", "```json", json.dumps({"settings": settings, "environment": env}, indent=1), "```", ""]
     return "\n".join(lines)
+
+
+def _caps(caps: dict | None) -> str:
+    return f" ({', '.join(f'{d}: {n}' for d, n in caps.items())})" if caps else ""
 
 
 def write_report(out: Path, run: dict, summary: dict) -> None:

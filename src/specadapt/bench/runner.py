@@ -34,7 +34,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -63,6 +63,7 @@ class BenchSettings:
     dataset_files: list[str] = field(default_factory=list)
     limit: int | None = None
     max_new_tokens: int = 256
+    dataset_max_new_tokens: dict[str, int] = field(default_factory=dict)  # per-dataset caps, e.g. {"mt-bench": 128}
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
@@ -87,6 +88,15 @@ class BenchSettings:
                                  ("repeats", self.repeats, 1), ("warmup", self.warmup, 0)):
             if value is not None and (not isinstance(value, int) or value < low):
                 raise SpecAdaptError(f"{name.replace('_', '-')} must be an integer >= {low}, got {value!r}.")
+        named = set(self.datasets) | ({"file"} if self.dataset_files else set())
+        for name, value in self.dataset_max_new_tokens.items():
+            if name not in named:
+                raise SpecAdaptError(
+                    f"a max-new-tokens cap for {name!r}, which this run does not benchmark (its datasets: "
+                    f"{', '.join(sorted(named))}; your own files are 'file')."
+                )
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SpecAdaptError(f"the max-new-tokens cap for {name} must be an integer >= 1, got {value!r}.")
         if self.threads is not None and self.threads < 1:
             raise SpecAdaptError(f"threads must be >= 1, got {self.threads}.")
         if self.exec_timeout_s <= 0:
@@ -94,6 +104,9 @@ class BenchSettings:
         from ..engine import GenerationConfig
 
         GenerationConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p)  # validates sampling
+
+    def max_new_tokens_for(self, dataset: str) -> int:
+        return self.dataset_max_new_tokens.get(dataset, self.max_new_tokens)
 
     @property
     def needs_draft(self) -> bool:
@@ -142,7 +155,10 @@ def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[
                 "choose another folder (nothing was changed)."
             )
         stored = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))["settings"]
-        differ = [k for k, v in asdict(settings).items() if stored.get(k) != v]
+        defaults = {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(BenchSettings)
+                    if f.default is not MISSING or f.default_factory is not MISSING}
+        # A setting newer than the stored run counts as its default there, so such runs still resume.
+        differ = [k for k, v in asdict(settings).items() if stored.get(k, defaults.get(k)) != v]
         if differ:
             raise SpecAdaptError(
                 f"--out {out} holds a run with other settings ({', '.join(differ)}); "
@@ -299,7 +315,7 @@ def run_bench(
     if todo and settings.warmup:
         first = encoded[(todo[0][0].dataset, todo[0][0].id)]
         for label in tqdm(settings.methods * settings.warmup, desc="warm-up", leave=False, disable=not progress):
-            generate(label, first, min(WARMUP_TOKENS, settings.max_new_tokens), settings.seed)
+            generate(label, first, min(WARMUP_TOKENS, settings.max_new_tokens_for(todo[0][0].dataset)), settings.seed)
 
     def finish(complete: bool) -> dict:
         summary = summarize(done_records, settings.methods, described)
@@ -324,7 +340,8 @@ def run_bench(
                     if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
                         raise _TimeUp
                     bar.set_postfix_str(f"{example.id} {label}", refresh=False)
-                    result, wall = generate(label, ids, settings.max_new_tokens, settings.seed + repeat, example.stop)
+                    result, wall = generate(label, ids, settings.max_new_tokens_for(example.dataset), settings.seed + repeat,
+                                            example.stop)
                     key = (example.dataset, example.id, result.text)
                     if key not in score_cache:  # lossless methods often repeat the same text
                         score_cache[key] = score_example(example, result.text, timeout_s=settings.exec_timeout_s)
