@@ -100,7 +100,8 @@ def main(argv=None) -> int:
         if base["finish_reason"] == "eos":
             out_ids.append(eos_id)
         retokenised_off += len(out_ids) != base["tokens"]
-        traj = make_trajectory(decoder.draft, decoder.encode(example.messages), out_ids, settings.max_new_tokens, eos)
+        traj = make_trajectory(decoder.draft, decoder.encode(example.messages), out_ids,
+                               settings.max_new_tokens_for(example.dataset), eos)
         rows = results.setdefault(example.dataset, {"examples": []})["examples"]
         replayed = {}
         for label, method in list(methods.items()):
