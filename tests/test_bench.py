@@ -53,6 +53,13 @@ def test_metric_identities_on_stored_results():
     assert fx["acceptance_by_position"] == [pytest.approx(5 / 9), pytest.approx(2 / 3)]  # pooled per position
 
 
+def test_accuracy_change_is_paired_per_example_in_a_partial_run():
+    rows = [record("a", "autoregressive", tps=2.0, correct=False),  # b's target-only run is still missing
+            record("a", "fixed:4", tps=4.0, correct=True), record("b", "fixed:4", tps=4.0, correct=False)]
+    fx = report.summarize(rows, ["autoregressive", "fixed:4"])["datasets"]["d"]["fixed:4"]
+    assert fx["accuracy"] == 0.5 and fx["accuracy_change"] == 1.0  # not 0.5 - 0.0: only a is compared
+
+
 def test_speedup_spread_across_repeats():
     rows = [record("a", "autoregressive", tps=2.0, repeat=r) for r in (0, 1)]
     rows += [record("a", "fixed:4", tps=t, repeat=r, drafted=4, accepted=2, rounds=2) for r, t in ((0, 4.0), (1, 6.0))]

@@ -15,7 +15,8 @@ Definitions (per dataset and method, over every recorded generation):
 - acceptance by position k: rounds in which draft token k was accepted / rounds in
   which it was proposed with tokens 1..k−1 accepted.
 - accuracy: mean of the task's ``correct`` (GSM8K exact final number, HumanEval
-  pass@1) over scored generations; ``accuracy_change`` = method − target-only.
+  pass@1) over scored generations; ``accuracy_change`` = method − target-only, on
+  the examples both have.
 - agreement with target-only on the same example and repeat: exact text match rate
   and mean text overlap (ROUGE-L F1), so that lossy methods can be judged everywhere;
   and, for lossy methods and target-only, token agreement: the mean fraction of
@@ -90,6 +91,12 @@ def summarize_method(rows: list[dict], base: list[dict]) -> dict:
         "finish_reasons": {k: sum(r["finish_reason"] == k for r in rows) for k in ("eos", "stop", "length")},
         "lossless": all(r.get("lossless", True) for r in rows),
     }
+    # The change is paired per example, so that a partial run (some target-only runs still missing) compares like with like.
+    base_correct = {(b["example_id"], b["repeat"]): float(b["score"]["correct"]) for b in base
+                    if b.get("score") and "correct" in b["score"]}
+    changes = [float(r["score"]["correct"]) - base_correct[(r["example_id"], r["repeat"])] for r in rows
+               if r.get("score") and "correct" in r["score"] and (r["example_id"], r["repeat"]) in base_correct]
+    out["accuracy_change"] = mean(changes) if changes else None
     base_text = {(b["example_id"], b["repeat"]): b["text"] for b in base}
     pairs = [(r["text"], base_text[(r["example_id"], r["repeat"])]) for r in rows if (r["example_id"], r["repeat"]) in base_text]
     agreement = [r["target_agreement"] for r in rows if r.get("target_agreement") is not None]
@@ -113,10 +120,6 @@ def summarize(records: list[dict], methods: list[str], described: dict | None = 
             mine = [r for r in rows if r["method"] == m]
             if mine:
                 table[m] = summarize_method(mine, base)
-        base_acc = table.get(BASELINE, {}).get("accuracy")
-        for entry in table.values():
-            acc = entry["accuracy"]
-            entry["accuracy_change"] = acc - base_acc if acc is not None and base_acc is not None else None
         summary["datasets"][ds] = table
     return summary
 
