@@ -10,12 +10,13 @@ drafting methods, fixed K from 1 to 10, SpecDec++ thresholds 0.1 to 0.9 and the 
 the first rejection (no stopping rule can beat it), plus ``--methods``. No generation is timed here.
 
 Timing: per dataset, a cost model (seconds = a·drafted + b·rounds + c·prompt tokens) is fitted on the run's
-measured lossless drafting generations. Modelled speedup = mean over examples of the measured target-only seconds
+measured target-only and lossless drafting generations. Modelled speedup = mean over examples of the measured target-only seconds
 ÷ the modelled seconds of the replayed counts. Two checks are printed for each method the run measured: the
 measured speedup beside the model applied to the *measured* counts (the cost model's error), and replayed vs
 measured rounds (the replay's; in bf16 a speculative method's text can differ from target-only's a little).
 
-Writes ``replay.json`` (per dataset: cost model, per-method rows) into the run folder, or ``--out``.
+Writes ``replay.json`` (per dataset: cost model, per-method rows, every example's replayed counts) into the
+run folder, or ``--out``.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def _stats(d: dict) -> RequestStats:
 
 
 def summarize(dataset: str, examples: list[dict], records: list[dict], measured: list[str]) -> dict:
-    fit_on = [r for r in records if r["dataset"] == dataset and r["method"] in measured]
+    # Target-only generations anchor the per-round cost at a real one-token target step; drafting ones add the rest.
+    fit_on = [r for r in records if r["dataset"] == dataset and r["method"] in (*measured, BASELINE)]
     cost = CostModel.fit(fit_on)
     table = {}
     for label in [k for k in examples[0]["replayed"] if all(k in e["replayed"] for e in examples)]:
@@ -149,7 +151,9 @@ def summarize(dataset: str, examples: list[dict], records: list[dict], measured:
         table[label] = row
     fixed = {k: v for k, v in table.items() if k.startswith("fixed:")}
     best_fixed = max(fixed, key=lambda k: fixed[k]["modelled_speedup"]) if fixed else None
-    return {"examples": len(examples), "cost_model": vars(cost), "best_fixed": best_fixed, "methods": table}
+    return {"examples": len(examples), "cost_model": vars(cost), "best_fixed": best_fixed, "methods": table,
+            "replayed": {e["id"]: {k: {f: v[f] for f in ("prompt_tokens", "rounds", "drafted", "accepted")}
+                                   for k, v in e["replayed"].items()} for e in examples}}
 
 
 def format_table(dataset: str, s: dict) -> str:
