@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from specadapt.bench.replay import CostModel, make_trajectory, replay, replay_oracle
 from specadapt.bench.report import BASELINE
-from specadapt.bench.runner import BenchSettings, load_examples, read_records
+from specadapt.bench.runner import BenchSettings, load_examples, parse_methods, read_records
 from specadapt.errors import SpecAdaptError
 from specadapt.methods import make_method
 from specadapt.stats import RequestStats
@@ -44,23 +44,13 @@ SWEEP = [f"fixed:{k}" for k in range(1, 11)] + [f"specdecpp:threshold={h / 10:.1
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a `specadapt bench` output folder (greedy)")
-    p.add_argument("--methods", default="", help="extra methods to replay, comma-separated")
+    p.add_argument("--methods", default="", help="extra methods to replay, as for `specadapt bench --methods` "
+                   "(';'-separated when a method's settings contain commas)")
     p.add_argument("--no-sweep", action="store_true", help="replay only the run's methods, --methods and the oracle")
     p.add_argument("--datasets", default="", help="only these datasets (default: all of the run's)")
     p.add_argument("--out", type=Path, help="JSON output (default: RUN/replay.json)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     return p.parse_args(argv)
-
-
-def split_methods(text: str) -> list[str]:
-    # Settings are comma-separated too ("confidence:threshold=0.3,max_k=8"): a part with "=" but no ":" continues.
-    out: list[str] = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        if out and "=" in part and ":" not in part:
-            out[-1] += "," + part
-        else:
-            out.append(part)
-    return out
 
 
 def main(argv=None) -> int:
@@ -77,12 +67,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     records = read_records(args.run)
     measured = [m for m in settings.methods if m != BASELINE and run["methods"][m]["lossless"]]
-    labels = list(dict.fromkeys(measured + (SWEEP if not args.no_sweep else []) + split_methods(args.methods)))
     try:
+        extra = [m for m in parse_methods(args.methods) if m != BASELINE] if args.methods.strip() else []
+        labels = list(dict.fromkeys(measured + (SWEEP if not args.no_sweep else []) + extra))
         methods = {label: make_method(label) for label in labels}  # one instance per label, as in the run
     except SpecAdaptError as exc:
         sys.exit(f"error: {exc}")
-    wanted = set(split_methods(args.datasets)) or set(settings.datasets) | {"file"}
+    wanted = {d.strip() for d in args.datasets.split(",") if d.strip()} or set(settings.datasets) | {"file"}
 
     from specadapt.api import SpecDecoder
 
@@ -113,7 +104,7 @@ def main(argv=None) -> int:
                 del methods[label]
         replayed[ORACLE] = replay_oracle(traj)
         rows.append({"id": example.id, "base_wall_s": base["wall_s"], "tokens": len(out_ids),
-                     "replayed": {k: v.to_dict() for k, v in replayed.items()},
+                     "replayed": {k: counts(v.to_dict()) for k, v in replayed.items()},
                      "measured": {m: by_key[(example.dataset, example.id, m)] for m in measured
                                   if (example.dataset, example.id, m) in by_key}})
     summary = {ds: summarize(ds, data["examples"], records, measured) for ds, data in results.items()}
@@ -126,8 +117,15 @@ def main(argv=None) -> int:
     return 0
 
 
+COUNTS = ("prompt_tokens", "rounds", "drafted", "accepted")  # what the cost model and the tables need
+
+
+def counts(d: dict) -> dict:
+    return {k: d[k] for k in COUNTS}
+
+
 def _stats(d: dict) -> RequestStats:
-    return RequestStats(**{k: d[k] for k in ("prompt_tokens", "rounds", "drafted", "accepted")})
+    return RequestStats(**counts(d))
 
 
 def summarize(dataset: str, examples: list[dict], records: list[dict], measured: list[str]) -> dict:
@@ -152,8 +150,7 @@ def summarize(dataset: str, examples: list[dict], records: list[dict], measured:
     fixed = {k: v for k, v in table.items() if k.startswith("fixed:")}
     best_fixed = max(fixed, key=lambda k: fixed[k]["modelled_speedup"]) if fixed else None
     return {"examples": len(examples), "cost_model": vars(cost), "best_fixed": best_fixed, "methods": table,
-            "replayed": {e["id"]: {k: {f: v[f] for f in ("prompt_tokens", "rounds", "drafted", "accepted")}
-                                   for k, v in e["replayed"].items()} for e in examples}}
+            "replayed": {e["id"]: e["replayed"] for e in examples}}
 
 
 def format_table(dataset: str, s: dict) -> str:
