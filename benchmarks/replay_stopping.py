@@ -6,7 +6,7 @@ possible one, and which setting would have been fastest?
 
 For every example with a target-only record, the target's greedy output is re-tokenised and one teacher-forced
 draft pass is made over it (``specadapt.bench.replay``); every method is then replayed on it: its lossless
-drafting methods, fixed K from 1 to 10, SpecDec++ thresholds 0.1 to 0.9 and the oracle that drafts exactly up to
+drafting methods, fixed K from 1 to 10, SpecDec++ thresholds 0.1 to 0.98 (built-in head, or ``--head``) and the oracle that drafts exactly up to
 the first rejection (no stopping rule can beat it), plus ``--methods``. No generation is timed here.
 
 Timing: per dataset, a cost model (seconds = a·drafted + b·rounds + c·prompt tokens) is fitted on the run's
@@ -38,7 +38,13 @@ from specadapt.methods import make_method
 from specadapt.stats import RequestStats
 
 ORACLE = "oracle"
-SWEEP = [f"fixed:{k}" for k in range(1, 11)] + [f"specdecpp:threshold={h / 10:.1f}" for h in range(1, 10)]
+THRESHOLDS = [h / 10 for h in range(1, 10)] + [0.95, 0.98]  # a head trained with reject weight 6 is pessimistic
+
+
+def sweep(head: str = "") -> list[str]:
+    """Fixed K 1..10 and SpecDec++ thresholds 0.1..0.98 (with ``head``, else the built-in head)."""
+    prefix = f"specdecpp:head={head}," if head else "specdecpp:"
+    return [f"fixed:{k}" for k in range(1, 11)] + [f"{prefix}threshold={h:g}" for h in THRESHOLDS]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", default="", help="extra methods to replay, as for `specadapt bench --methods` "
                    "(';'-separated when a method's settings contain commas)")
     p.add_argument("--no-sweep", action="store_true", help="replay only the run's methods, --methods and the oracle")
+    p.add_argument("--head", default="", help="acceptance head folder for the SpecDec++ threshold sweep "
+                   "(default: the built-in head)")
     p.add_argument("--datasets", default="", help="only these datasets (default: all of the run's)")
     p.add_argument("--out", type=Path, help="JSON output (default: RUN/replay.json)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -69,7 +77,7 @@ def main(argv=None) -> int:
     measured = [m for m in settings.methods if m != BASELINE and run["methods"][m]["lossless"]]
     try:
         extra = [m for m in parse_methods(args.methods) if m != BASELINE] if args.methods.strip() else []
-        labels = list(dict.fromkeys(measured + (SWEEP if not args.no_sweep else []) + extra))
+        labels = list(dict.fromkeys(measured + (sweep(args.head) if not args.no_sweep else []) + extra))
         methods = {label: make_method(label) for label in labels}  # one instance per label, as in the run
     except SpecAdaptError as exc:
         sys.exit(f"error: {exc}")

@@ -214,6 +214,21 @@ def test_interrupted_run_resumes_without_redoing(tmp_path, prompts_file):
     assert dec.calls == 0  # a finished run only rebuilds its summary
 
 
+def test_a_changed_limit_extends_or_narrows_a_run(tmp_path, prompts_file):
+    out, dec = tmp_path / "run", TinyDecoder()
+    run_bench(settings_for(prompts_file, limit=2), out, decoder=dec, progress=False, log=lambda _: None)
+    assert dec.calls == 6
+    dec.calls, messages = 0, []
+    summary = run_bench(settings_for(prompts_file, limit=1), out, decoder=dec, progress=False, log=messages.append)
+    assert dec.calls == 0 and summary["progress"] == {"complete": True, "generations": 3, "expected": 3}
+    assert summary["datasets"]["file"]["fixed:3"]["examples"] == 1
+    assert any("--limit changed from 2 to 1" in m for m in messages)
+    assert len(read_records(out)) == 6  # the second example's records are kept, not deleted
+    assert json.loads((out / "settings.json").read_text())["settings"]["limit"] == 1
+    summary = run_bench(settings_for(prompts_file, limit=3), out, decoder=dec, progress=False, log=lambda _: None)
+    assert dec.calls == 3 and summary["progress"]["generations"] == 9  # only the third example ran
+
+
 def test_output_folder_protection(tmp_path, prompts_file):
     out = tmp_path / "run"
     run_bench(settings_for(prompts_file), out, decoder=TinyDecoder(), progress=False, log=lambda _: None)

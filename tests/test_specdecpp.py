@@ -141,6 +141,78 @@ def test_policy_constant_heads_hit_the_bounds(head_dir, min_k, max_k):
     assert steps_for(reject, [[0.5] * max_k] * 2) == [min(max(min_k, 2), max_k)] * 2  # step 1 never stops (lag)
 
 
+def producing_probe_head(hidden: int = H) -> AcceptanceHead:
+    """A "producing" head whose P(accept) = sigmoid(x[0]): it reads the state, not the features."""
+    head = AcceptanceHead(hidden, num_blocks=0, input="producing")
+    with torch.no_grad():
+        for p in head.parameters():
+            p.zero_()
+        head.out.weight[1, 0] = 1.0
+    return head
+
+
+def test_producing_head_has_no_lag(head_dir):
+    # Each step's own factor counts, step 1's included: a 0.01 at step 1 stops at once (given min_k = 1).
+    policy = make_method(spec(head_dir(producing_probe_head()), threshold=0.5, min_k=1, max_k=6)).policy
+    policy.reset(3)
+    assert steps_for(policy, [[0.01] + [0.9] * 5, [0.9, 0.9, 0.1, 0.9, 0.9, 0.9], [0.8] * 6]) == [1, 3, 4]  # .8^4 < .5
+
+
+def test_producing_head_reads_the_token_distribution(head_dir):
+    """P(accept) = sigmoid(log q(token)): a confident draft token passes, an unlikely one stops the round."""
+    head = AcceptanceHead(H, num_blocks=0, input="producing")
+    with torch.no_grad():
+        for p in head.parameters():
+            p.zero_()
+        head.out.weight[1, H] = 1.0  # the first feature, log q(token)
+    policy = make_method(spec(head_dir(head), threshold=0.6, min_k=1, max_k=4)).policy
+    policy.reset(2)
+    probs = torch.tensor([[0.98, 0.01, 0.01], [0.05, 0.9, 0.05]])
+    step = DraftStep(1, torch.tensor([0, 0]), probs, torch.zeros(2, H), torch.arange(2), torch.ones(2, dtype=torch.bool))
+    # sigmoid(log .98) = .495 (1 - .495 > .6 is false: go on); sigmoid(log .05) = .048: stop.
+    assert policy.should_stop(step).tolist() == [False, True]
+
+
+def test_distribution_features_hand_worked():
+    probs = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    f = heads.distribution_features(probs, torch.tensor([1, 2]))
+    assert f[0].tolist() == pytest.approx([math.log(0.5), math.log(2)])
+    assert f[1].tolist() == pytest.approx([-30.0, 0.0])  # a token without mass: clamped, not -inf
+    assert torch.equal(heads.draft_features(torch.tensor([-1.0, -99.0]), torch.tensor([2.0, 0.5])),
+                       torch.tensor([[-1.0, 2.0], [-30.0, 0.5]]))
+
+
+def test_producing_head_round_trip_and_format(tmp_path):
+    head = AcceptanceHead(H, num_blocks=1, input="producing")
+    path = save_head(head, tmp_path / "h")
+    config = read_head_config(path)
+    assert config["input"] == "producing" and config["format_version"] == 2
+    loaded = load_head(path)
+    x, f = torch.randn(3, H), torch.randn(3, 2)
+    assert loaded.producing and torch.allclose(loaded.accept_prob(x, f), head.accept_prob(x, f))
+    with pytest.raises(ValueError, match="draft features"):
+        loaded.accept_prob(x)
+    old = save_head(AcceptanceHead(H, num_blocks=0), tmp_path / "old")
+    stored = json.loads((old / "config.json").read_text())
+    assert stored["format_version"] == 1  # a consumed head stays readable by older versions
+    del stored["input"]
+    (old / "config.json").write_text(json.dumps(stored))
+    assert read_head_config(old)["input"] == "consumed"  # heads written before the field existed
+    stored["input"] = "sideways"
+    (old / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(SpecAdaptError, match="input must be one of consumed, producing"):
+        read_head_config(old)
+
+
+def test_engine_with_a_producing_head_is_lossless(target, head_dir):
+    torch.manual_seed(0)
+    head = AcceptanceHead(H, num_blocks=1, input="producing")
+    method = make_method(spec(head_dir(head), threshold=0.5))
+    results = make_engine(target, tiny_llama(1)).generate(PROMPTS, method, GenerationConfig(max_new_tokens=12))
+    for prompt, r in zip(PROMPTS, results):
+        assert r.token_ids == hf_greedy(target, prompt, 12) and r.stats.drafted > 0
+
+
 # ---------------------------------------------------------------- through the engine
 
 

@@ -179,6 +179,14 @@ def test_cached_hidden_states_are_at_the_draft_token_positions():
     expected = torch.nn.functional.one_hot(mixed[positions].long(), 4).float() * 10 + positions[:, None].float()
     assert out.hidden.shape == (int(mask.sum()), 4)
     assert torch.allclose(out.hidden.float(), expected)
+    # "producing": one row per response position, the state at the position before Y_t (which produced it).
+    out = teacher_forced_labels(MarkovLM(Q), MarkovLM(Q), prompt, response, mix_ratio=0.5, generator=g,
+                                head_input="producing")
+    positions = torch.arange(len(response)) + len(prompt) - 1
+    seq = torch.tensor(prompt + response)
+    expected = torch.nn.functional.one_hot(seq[positions], 4).float() * 10 + positions[:, None].float()
+    assert bool(out.draft_mask.all()) and torch.allclose(out.hidden.float(), expected)
+    assert torch.allclose(out.entropy, torch.full((len(response),), math.log(4)))  # uniform q over 4 tokens
 
 
 # ---------------------------------------------------------------- loss and token mixing
@@ -313,6 +321,48 @@ def test_stored_hidden_and_labels_match_what_the_engine_sees():
     assert seen["accepted"] == expected
 
 
+def test_producing_inputs_match_what_the_engine_sees():
+    """The no-lag head input: for label y_t, the state that produced token t and the features of its
+    distribution, exactly what the policy gets at step t (step 1 included), with every position labelled."""
+    from specadapt.heads import distribution_features
+
+    target = tiny_llama(0)
+    draft = perturbed_copy(target, 0.3)
+    prompt, k = [3, 9, 27, 14], 7
+    seen: dict[str, list] = {"hidden": [], "tokens": [], "features": [], "rounds": []}
+
+    class Recorder(FixedLength):
+        needs_hidden = True
+
+        def should_stop(self, step):
+            if not seen["rounds"]:  # round 1 only
+                seen["hidden"].append(step.hidden[0].clone())
+                seen["tokens"].append(int(step.tokens[0]))
+                seen["features"].append(distribution_features(step.probs, step.tokens)[0])
+            return super().should_stop(step)
+
+        def observe(self, outcome):
+            seen["rounds"].append(outcome)
+
+    method = Method(MethodEntry("recorder", Recorder, "", True, None), Recorder(k), "recorder")
+    make_engine(target, draft).generate([prompt], method, GenerationConfig(max_new_tokens=2 * k))
+    drafted = seen["tokens"]
+    assert len(drafted) == k
+
+    out = teacher_forced_labels(draft, target, prompt, drafted, temperature=0.0, mix_ratio=0.5,
+                                generator=torch.Generator().manual_seed(0), head_input="producing")
+    assert out.draft_tokens.tolist() == drafted and bool(out.draft_mask.all())  # no mixing
+    hidden, features = out.head_inputs()
+    assert hidden.shape == (k, 32) and features.shape == (k, 2)
+    for t in range(k):
+        assert torch.allclose(hidden[t].float(), seen["hidden"][t], rtol=2e-3, atol=2e-3), t
+        assert torch.allclose(features[t], seen["features"][t], rtol=1e-4, atol=1e-4), t
+    # The consumed (paper) input for the same labels is a different state.
+    lagged = teacher_forced_labels(draft, target, prompt, drafted, temperature=0.0, mix_ratio=0.0)
+    assert lagged.entropy is None and lagged.head_inputs()[1] is None
+    assert not torch.allclose(lagged.hidden[0].float(), hidden[0].float(), rtol=2e-3, atol=2e-3)
+
+
 # ---------------------------------------------------------------- sources
 
 
@@ -406,12 +456,40 @@ def test_end_to_end_tiny_run_gives_a_head_the_engine_uses(pair_dir, prompts_file
     # A finished head is not replaced without overwrite; with it, the data is reused and training reruns.
     assert "already holds a finished head" in error_of(lambda: train_head(config_for(pair_dir, prompts_file, out, responses="target")))
     stamp = (out / "data" / "labels" / "000000.safetensors").stat().st_mtime_ns
+    stored = json.loads((out / "data" / "settings.json").read_text())
+    del stored["head_input"]  # data made before the setting existed counts as its default, "consumed"
+    (out / "data" / "settings.json").write_text(json.dumps(stored))
     train_head(config_for(pair_dir, prompts_file, out, responses="target", overwrite=True, seed=0))
     assert (out / "data" / "labels" / "000000.safetensors").stat().st_mtime_ns == stamp
     # Other data settings: refused, naming the setting.
     (out / "head" / "config.json").unlink()
     msg = error_of(lambda: train_head(config_for(pair_dir, prompts_file, out, responses="target", mix_ratio=0.3)))
     assert "mix_ratio" in msg and "--overwrite" in msg
+
+
+def test_producing_head_end_to_end(pair_dir, prompts_file, tmp_path):
+    result = train_head(config_for(pair_dir, prompts_file, tmp_path / "out", head_input="producing", num_blocks=1))
+    config = read_head_config(result.head_dir)
+    assert config["input"] == "producing" and config["recipe"]["head_input"] == "producing"
+    assert config["recipe"]["mix_ratio"] is None and 0.0 <= config["dev_auc"] <= 1.0
+    item, _ = load_labels(label_path(result.output / "data" / "labels", 0))
+    assert bool(item.draft_mask.all()) and item.entropy.shape == item.labels.shape == (item.hidden.shape[0],)
+    report = json.loads((result.output / "report.json").read_text())
+    assert report["data"]["train_tokens"] == sum(  # every response position of the train split is a loss position
+        len(load_labels(p)[0].labels) for p in (result.output / "data" / "labels").glob("*.safetensors")
+        if load_labels(p)[1]["split"] == "train")
+    from transformers import AutoModelForCausalLM
+
+    target = AutoModelForCausalLM.from_pretrained(pair_dir / "target").eval()
+    draft = AutoModelForCausalLM.from_pretrained(pair_dir / "draft").eval()
+    method = make_method("specdecpp", head=str(result.head_dir), threshold=0.5)
+    r = make_engine(target, draft).generate([[5, 6, 7]], method, GenerationConfig(max_new_tokens=12))[0]
+    auto = make_engine(target, None).generate([[5, 6, 7]], make_method("autoregressive"), GenerationConfig(max_new_tokens=12))[0]
+    assert r.token_ids == auto.token_ids and r.stats.drafted > 0
+    # Labels made for one head input are not taken for the other.
+    (result.head_dir / "config.json").unlink()
+    msg = error_of(lambda: train_head(config_for(pair_dir, prompts_file, result.output, num_blocks=1)))
+    assert "head_input: 'producing' -> 'consumed'" in msg and "--overwrite" in msg
 
 
 def test_recompute_mode_and_training_resume(pair_dir, prompts_file, tmp_path):
@@ -528,6 +606,30 @@ def test_tune_head_records_the_fastest_threshold(pair_dir, tmp_path):
     assert dry.best == 0.6 and read_head_config(folder)["threshold"] == config["threshold"]
 
 
+def test_tune_head_by_replay_counts_what_the_engine_does(pair_dir, tmp_path):
+    torch.manual_seed(0)
+    head = AcceptanceHead(32, 1, input="producing")
+    folder = save_head(head, tmp_path / "head", extra={"draft": str(pair_dir / "draft"), "target": str(pair_dir / "target")})
+    prompts = write_prompts(tmp_path / "dev.jsonl", 3, with_response=False)
+    result = tune_head(folder, prompts_file=prompts, thresholds=[0.4, 0.8], max_new_tokens=10, dtype="float32",
+                       device="cpu", by="replay", progress=False)
+    tuning = read_head_config(folder)["threshold_tuning"]
+    assert tuning["by"] == "replay" and tuning["grid"] == [0.4, 0.8] and tuning["prompts"] == 3
+    assert read_head_config(folder)["threshold"] == result.best and tuning["anchor"] == "fixed:4"
+    assert set(tuning["fixed_k_tokens_per_s"]) == {f"fixed:{k}" for k in range(1, 11)}
+    assert tuning["best_fixed_k"] in tuning["fixed_k_tokens_per_s"] and tuning["cost_model"]["per_round"] > 0
+    # The replayed counts are the engine's own (fp32, greedy).
+    from specadapt.api import SpecDecoder
+
+    decoder = SpecDecoder.from_pretrained(str(pair_dir / "target"), str(pair_dir / "draft"), dtype="float32", device="cpu")
+    ids = [decoder.encode(p["prompt"]) for p in map(json.loads, open(prompts))]
+    for run in result.runs:
+        engine = [decoder.engine.generate([i], make_method("specdecpp", head=str(folder), threshold=run.threshold),
+                                          GenerationConfig(max_new_tokens=10))[0].stats for i in ids]
+        assert (run.stats.rounds, run.stats.drafted, run.stats.accepted) == (
+            sum(e.rounds for e in engine), sum(e.drafted for e in engine), sum(e.accepted for e in engine))
+
+
 def test_tune_head_errors(pair_dir, tmp_path):
     small = save_head(AcceptanceHead(16, 1), tmp_path / "small", extra={"draft": str(pair_dir / "draft"), "target": str(pair_dir / "target")})
     prompts = write_prompts(tmp_path / "dev.jsonl", 1, with_response=False)
@@ -537,6 +639,9 @@ def test_tune_head_errors(pair_dir, tmp_path):
     assert "no dev prompts" in error_of(lambda: tune_head(good, progress=False))
     assert "strictly between 0 and 1" in error_of(lambda: tune_head(good, thresholds=[0.5, 1.0], prompts=["x"]))
     assert "not found" in error_of(lambda: tune_head(tmp_path / "nothing"))
+    assert "by must be one of speed, replay" in error_of(lambda: tune_head(good, by="guess", prompts=["x"]))
+    assert "greedy decoding" in error_of(lambda: tune_head(good, by="replay", temperature=0.7, prompts=["x", "y"]))
+    assert "at least 2 prompts" in error_of(lambda: tune_head(good, by="replay", num_prompts=1, prompts=["x"]))
 
 
 # ---------------------------------------------------------------- bad input
@@ -575,6 +680,8 @@ def test_foreign_output_folder_is_refused(pair_dir, prompts_file, tmp_path):
         ({"dev_fraction": 0.0}, "dev_fraction"),
         ({"responses": "teacher"}, "responses must be one of"),
         ({"hidden": "disk"}, "hidden must be one of"),
+        ({"head_input": "later"}, "head_input must be one of consumed, producing"),
+        ({"head_input": "producing", "hidden": "recompute"}, "needs hidden='cache'"),
         ({"responses": "target", "response_method": "adasd"}, "lossy"),
         ({"response_method": "nonsense", "responses": "target"}, "unknown method"),
         ({"num_prompts": 1}, "num_prompts"),

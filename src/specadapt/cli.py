@@ -285,6 +285,7 @@ def train_head_command(
     label_temperature: float = typer.Option(1.0, help="The draft samples its token from softmax(logits/T): 1 = the paper; 0 = greedy labels."),
     mix_ratio: float = typer.Option(0.15, help="Token mixing: share of positions that hold the target's token."),
     hidden: str = typer.Option("cache", help="cache: store the draft's hidden states (epochs nearly free); recompute: run the draft while training (less disk)."),
+    head_input: str = typer.Option("consumed", help="consumed: the paper's input, the state at the draft token's position (read one step late); producing: the state that produced the token plus its log-probability and entropy (no lag, no mixing)."),
     num_blocks: int = typer.Option(3, help="Residual blocks of the head."),
     shared_blocks: bool = typer.Option(True, "--shared-blocks/--independent-blocks", help="One set of block weights (official code) or one per block."),
     reject_weight: float = typer.Option(6.0, help="Loss weight of the reject class."),
@@ -320,6 +321,7 @@ def train_head_command(
         label_temperature=label_temperature,
         mix_ratio=mix_ratio,
         hidden=hidden,
+        head_input=head_input,
         num_blocks=num_blocks,
         shared_blocks=shared_blocks,
         reject_weight=reject_weight,
@@ -359,9 +361,10 @@ def tune_head_command(
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template for --prompts (default: if the tokenizer has one)."),
     dtype: str = typer.Option("bfloat16", help="bfloat16, float32 or float16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    by: str = typer.Option("speed", help="speed: time every threshold on every prompt; replay (greedy only): time target-only and fixed:4 once per prompt, replay every threshold and fixed K 1-10 on the target's output and model their speed (exact counts, far less noise)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the threshold into the head."),
 ) -> None:
-    """Pick the SpecDec++ threshold by measured tokens/s on dev prompts and record it in the head's config."""
+    """Pick the SpecDec++ threshold by tokens/s on dev prompts (measured, or modelled from a replay) and record it in the head's config."""
     from .train import tune_head
 
     try:
@@ -384,6 +387,7 @@ def tune_head_command(
         chat=chat,
         dtype=dtype,
         device=device,
+        by=by,
         write=not dry_run,
     )
     table = Table("threshold", "tokens/s", "acceptance", "mean accepted length", "tokens", "seconds")
@@ -393,6 +397,12 @@ def tune_head_command(
         mal = f"{r.stats.mean_accepted_length:.2f}" if r.stats.mean_accepted_length is not None else "-"
         table.add_row(f"{r.threshold:g}{mark}", f"{r.tokens_per_s:.2f}", acc, mal, str(r.tokens), f"{r.seconds:.1f}")
     Console().print(table)
+    if by == "replay":
+        fixed = result.settings["fixed_k_tokens_per_s"]
+        best_fixed = result.settings["best_fixed_k"]
+        err.print(f"modelled tokens/s (cost model fitted on {result.prompts} target-only and "
+                  f"{result.prompts} {result.settings['anchor']} generations); best fixed K on these prompts: "
+                  f"{best_fixed} at {fixed[best_fixed]:.2f} tokens/s")
     where = "recorded in" if result.written else "not written to (--dry-run)"
     err.print(f"best threshold {result.best:g} on {result.prompts} prompt(s); {where} {result.head / 'config.json'}")
 

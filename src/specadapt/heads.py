@@ -3,12 +3,21 @@
 Model
 -----
 :class:`AcceptanceHead` reads the draft's last hidden state (after the final
-norm) ``x`` of size ``d`` and applies ``num_blocks`` residual blocks
-``x <- x + SiLU(Linear_d->d(x))`` followed by ``Linear_d->2``. Class 1 means
+norm) of size ``d``, and applies ``num_blocks`` residual blocks
+``x <- x + SiLU(Linear_w->w(x))`` followed by ``Linear_w->2``. Class 1 means
 "the target accepts this draft token"; :meth:`AcceptanceHead.accept_prob` is the
 softmax probability of class 1. With ``shared_blocks=True`` (the official
 SpecDec++ code) the blocks are ONE linear layer applied ``num_blocks`` times;
 otherwise each block has its own weights. Parameters are fp32 unless cast.
+
+Which state it reads (``input``):
+
+- ``"consumed"`` (the paper): the state at the draft token's own position, computed
+  while the draft consumes it, so the decoder applies it one step late; ``w = d``.
+- ``"producing"``: the state that produced the token, plus two features of the
+  distribution it was drawn from (:data:`DRAFT_FEATURES`: the token's log-probability
+  and the distribution's entropy, :func:`distribution_features`); ``w = d + 2``.
+  It judges token k as soon as it is drafted, with the draft's own confidence in it.
 
 Format (a head is a folder)
 ---------------------------
@@ -20,15 +29,18 @@ Format (a head is a folder)
     - ``hidden_size``: integer ``d`` >= 1, the draft's hidden size
     - ``num_blocks``: integer >= 0, the number of residual blocks ``L``
     - ``shared_blocks``: boolean
+    - ``input`` (optional, default ``"consumed"``): ``"consumed"`` or ``"producing"``;
+      a producing head is written with ``format_version`` 2, so older versions of
+      specadapt refuse it instead of misreading it
 
     plus any free-form fields passed as ``extra`` to :func:`save_head`, e.g.
     ``draft`` / ``target`` (the models it was trained for), ``threshold`` (a
     recommended stopping threshold), training settings.
 ``head.safetensors``
     The weights, by the module's ``state_dict`` names: ``blocks.{i}.weight``
-    ``[d, d]`` and ``blocks.{i}.bias`` ``[d]`` for ``i`` in ``0 .. n-1``, where
+    ``[w, w]`` and ``blocks.{i}.bias`` ``[w]`` for ``i`` in ``0 .. n-1``, where
     ``n = 1`` if the blocks are shared (and ``num_blocks >= 1``), ``n = num_blocks``
-    otherwise, and ``n = 0`` when ``num_blocks == 0``; ``out.weight`` ``[2, d]``
+    otherwise, and ``n = 0`` when ``num_blocks == 0``; ``out.weight`` ``[2, w]``
     and ``out.bias`` ``[2]`` (row 1 = accept). Any float dtype; cast at load.
 
 :func:`save_head` writes a folder (refusing to overwrite an existing head
@@ -58,49 +70,78 @@ from .errors import SpecAdaptError
 BUILTIN_HEADS_DIR = Path(__file__).resolve().parent / "data" / "heads"
 
 FORMAT_NAME = "specadapt-acceptance-head"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this version reads; "consumed" heads are still written as 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "head.safetensors"
 _REQUIRED = ("hidden_size", "num_blocks", "shared_blocks")
-_RESERVED = ("format", "format_version", *_REQUIRED)
+_RESERVED = ("format", "format_version", "input", *_REQUIRED)
+HEAD_INPUTS = ("consumed", "producing")
+DRAFT_FEATURES = ("draft_logprob", "draft_entropy")  # what a "producing" head reads besides the hidden state
+_MIN_LOGPROB = -30.0  # a token the draft gave (almost) no mass: keep the feature finite
+
+
+def draft_features(token_logprob: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+    """[...] log-probability of the drafted token and [...] entropy of its distribution -> [..., 2] (fp32)."""
+    return torch.stack([token_logprob.float().clamp(min=_MIN_LOGPROB), entropy.float()], -1)
+
+
+def distribution_features(probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """:func:`draft_features` of the distributions ``probs`` [..., V] the ``tokens`` [...] were drawn from."""
+    p = probs.float()
+    token_p = p.gather(-1, tokens.long()[..., None]).squeeze(-1)
+    return draft_features(token_p.clamp_min(1e-38).log(), torch.special.entr(p).sum(-1))
 
 
 class AcceptanceHead(nn.Module):
-    """Predicts, from the draft's hidden state at a draft token's position, whether the target accepts it."""
+    """Predicts from the draft's hidden state (and, for ``input="producing"``, :data:`DRAFT_FEATURES`)
+    whether the target accepts a draft token."""
 
-    def __init__(self, hidden_size: int, num_blocks: int = 3, shared_blocks: bool = True) -> None:
+    def __init__(self, hidden_size: int, num_blocks: int = 3, shared_blocks: bool = True, input: str = "consumed") -> None:
         super().__init__()
         if not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(f"hidden_size must be an integer >= 1, got {hidden_size!r}")
         if not isinstance(num_blocks, int) or num_blocks < 0:
             raise ValueError(f"num_blocks must be an integer >= 0, got {num_blocks!r}")
+        if input not in HEAD_INPUTS:
+            raise ValueError(f"input must be one of {', '.join(HEAD_INPUTS)}, got {input!r}")
         self.hidden_size = hidden_size
         self.num_blocks = num_blocks
         self.shared_blocks = bool(shared_blocks)
+        self.input = input
+        width = hidden_size + (len(DRAFT_FEATURES) if self.producing else 0)
         n_linear = 0 if num_blocks == 0 else (1 if self.shared_blocks else num_blocks)
-        self.blocks = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(n_linear))
-        self.out = nn.Linear(hidden_size, 2)
+        self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(n_linear))
+        self.out = nn.Linear(width, 2)
         self.act = nn.SiLU()
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``hidden`` [..., d] -> logits [..., 2] (index 1 = accept)."""
+    @property
+    def producing(self) -> bool:
+        return self.input == "producing"
+
+    def forward(self, hidden: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """``hidden`` [..., d] (and ``features`` [..., 2] for a producing head) -> logits [..., 2] (index 1 = accept)."""
         x = hidden.to(self.out.weight.dtype)
+        if self.producing:
+            if features is None:
+                raise ValueError("a 'producing' head needs the draft features of each token (distribution_features)")
+            x = torch.cat([x, features.to(x.dtype)], -1)
         for i in range(self.num_blocks):
             block = self.blocks[0] if self.shared_blocks else self.blocks[i]
             x = x + self.act(block(x))
         return self.out(x)
 
-    def accept_prob(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``hidden`` [..., d] -> predicted probability of acceptance [...] (fp32)."""
-        return self(hidden).float().softmax(-1)[..., 1]
+    def accept_prob(self, hidden: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted probability of acceptance [...] (fp32); arguments as for :meth:`forward`."""
+        return self(hidden, features).float().softmax(-1)[..., 1]
 
     def config(self) -> dict[str, Any]:
         return {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": 2 if self.producing else 1,
             "hidden_size": self.hidden_size,
             "num_blocks": self.num_blocks,
             "shared_blocks": self.shared_blocks,
+            "input": self.input,
         }
 
 
@@ -185,6 +226,11 @@ def read_head_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise SpecAdaptError(f"acceptance head config {config_path}: num_blocks must be an integer >= 0, got {blocks!r}.")
     if not isinstance(shared, bool):
         raise SpecAdaptError(f"acceptance head config {config_path}: shared_blocks must be true or false, got {shared!r}.")
+    config.setdefault("input", "consumed")  # heads written before the field existed
+    if config["input"] not in HEAD_INPUTS:
+        raise SpecAdaptError(
+            f"acceptance head config {config_path}: input must be one of {', '.join(HEAD_INPUTS)}, got {config['input']!r}."
+        )
     return config
 
 
@@ -203,7 +249,7 @@ def load_head(
         tensors = load_file(str(weights_path))
     except Exception as exc:  # safetensors raises its own error types for truncated / garbled files
         raise SpecAdaptError(f"acceptance head weights {weights_path} are corrupt or unreadable ({exc}).") from None
-    head = AcceptanceHead(config["hidden_size"], config["num_blocks"], config["shared_blocks"])
+    head = AcceptanceHead(config["hidden_size"], config["num_blocks"], config["shared_blocks"], config["input"])
     expected = {name: tuple(t.shape) for name, t in head.state_dict().items()}
     got = {name: tuple(t.shape) for name, t in tensors.items()}
     problems = [f"missing {n}" for n in expected if n not in got]
@@ -212,7 +258,8 @@ def load_head(
     if problems:
         raise SpecAdaptError(
             f"acceptance head weights {weights_path} do not match its config (hidden_size={config['hidden_size']}, "
-            f"num_blocks={config['num_blocks']}, shared_blocks={config['shared_blocks']}): {'; '.join(problems[:6])}"
+            f"num_blocks={config['num_blocks']}, shared_blocks={config['shared_blocks']}, input={config['input']}): "
+            f"{'; '.join(problems[:6])}"
             + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else "")
             + "."
         )
@@ -254,6 +301,10 @@ __all__ = [
     "builtin_heads",
     "resolve_head",
     "CONFIG_FILE",
+    "DRAFT_FEATURES",
+    "HEAD_INPUTS",
+    "distribution_features",
+    "draft_features",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "WEIGHTS_FILE",

@@ -265,7 +265,8 @@ def write_plots(out: Path, summary: dict) -> None:
     ax.set_xticks([j + width * (len(datasets) - 1) / 2 for j in range(len(methods))])
     ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("speedup vs target-only")
-    ax.legend(fontsize=8)
+    if datasets:  # a run stopped before its first generation has nothing to label
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "speedup.png")
     plt.close(fig)

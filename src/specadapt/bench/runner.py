@@ -54,7 +54,8 @@ WARMUP_TOKENS = 16
 
 @dataclass
 class BenchSettings:
-    """Everything that defines a run; resuming requires the same values."""
+    """Everything that defines a run; resuming requires the same values, except ``limit``
+    (a larger one extends the run, a smaller one reports on the first examples)."""
 
     target: str
     draft: str | None
@@ -139,6 +140,10 @@ def parse_methods(methods: str | Iterable[str]) -> list[str]:
 # ----------------------------------------------------------------------------
 
 
+# Settings a resumed run may change: which examples it covers, not how each is measured.
+RESUMABLE_CHANGES = ("limit",)
+
+
 def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[dict]:
     """Create or reopen the output folder; return the records of a run being resumed."""
     out = Path(out)
@@ -158,7 +163,8 @@ def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[
         defaults = {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(BenchSettings)
                     if f.default is not MISSING or f.default_factory is not MISSING}
         # A setting newer than the stored run counts as its default there, so such runs still resume.
-        differ = [k for k, v in asdict(settings).items() if stored.get(k, defaults.get(k)) != v]
+        differ = [k for k, v in asdict(settings).items()
+                  if k not in RESUMABLE_CHANGES and stored.get(k, defaults.get(k)) != v]
         if differ:
             raise SpecAdaptError(
                 f"--out {out} holds a run with other settings ({', '.join(differ)}); "
@@ -285,7 +291,9 @@ def run_bench(
     started = time.perf_counter()
     out = Path(out)
     examples = load_examples(settings)
-    done_records = prepare_output(out, settings, overwrite)
+    wanted = {(e.dataset, e.id) for e in examples}
+    # Records of examples beyond a reduced --limit stay on disk (a larger limit uses them again).
+    done_records = [r for r in prepare_output(out, settings, overwrite) if (r["dataset"], r["example_id"]) in wanted]
     done = {record_key(r["dataset"], r["example_id"], r["method"], r["repeat"]) for r in done_records}
     todo = [
         (e, r) for e in examples for r in range(settings.repeats)
@@ -302,6 +310,13 @@ def run_bench(
     settings_path = out / SETTINGS_FILE
     if not settings_path.exists():
         write_json(settings_path, {"settings": asdict(settings), "methods": described, "environment": environment(decoder)})
+    else:
+        stored = json.loads(settings_path.read_text(encoding="utf-8"))
+        if stored["settings"].get("limit") != settings.limit:
+            log(f"--limit changed from {stored['settings'].get('limit')} to {settings.limit}: "
+                f"the report covers {len(examples)} examples per repeat")
+            stored["settings"]["limit"] = settings.limit
+            write_json(settings_path, stored)
 
     encoded = {(e.dataset, e.id): decoder.encode(e.messages) for e, _ in todo}
     engine = decoder.engine

@@ -13,6 +13,11 @@ when token k - 1 was fed, so the factor multiplied in at step k is P̂(token k -
 accepted); at step 1 that state belongs to the last committed token, whose
 factor is 1. :func:`step_factors`, :func:`cumulative_accept` and :func:`stop_step`
 are the pure form of this rule (for tests and analysis).
+
+A head trained with ``input="producing"`` (see :mod:`specadapt.heads`) has no lag: at
+step k it reads ``DraftStep.hidden``, the state that produced token k, and the
+features of ``DraftStep.probs``, the distribution token k was drawn from, so every
+step's factor, the first one included, is P̂(token k accepted).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Sequence
 import torch
 
 from ..errors import SpecAdaptError
-from ..heads import AcceptanceHead, builtin_heads, load_head, read_head_config, resolve_head
+from ..heads import AcceptanceHead, builtin_heads, distribution_features, load_head, read_head_config, resolve_head
 from ..methods import register_method
 from .base import DraftLengthPolicy, DraftStep
 
@@ -121,10 +126,13 @@ class SpecDecPP(DraftLengthPolicy):
         head = self._head_for(step.hidden)
         b = step.rows.shape[0]
         if step.position == 1 or self._cum is None or self._cum.shape[0] != b:
-            # New round (rows only change between rounds). Step 1's hidden state is the last committed token's.
+            # New round (rows only change between rounds).
             self._cum = torch.ones(b, dtype=torch.float32, device=step.hidden.device)
-        else:
-            with torch.inference_mode():
+        with torch.inference_mode():
+            if head.producing:
+                features = distribution_features(step.probs, step.tokens).to(step.hidden.device)
+                self._cum = self._cum * head.accept_prob(step.hidden, features)
+            elif step.position > 1:  # lagged: step 1's state is the last committed token's, whose factor is 1
                 self._cum = self._cum * head.accept_prob(step.hidden)
         if step.position >= self.max_k:
             return torch.ones(b, dtype=torch.bool, device=step.rows.device)

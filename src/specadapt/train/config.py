@@ -12,6 +12,7 @@ from ..models import zoo
 
 RESPONSE_MODES = ("target", "dataset")
 HIDDEN_MODES = ("cache", "recompute")
+HEAD_INPUTS = ("consumed", "producing")  # = specadapt.heads.HEAD_INPUTS (not imported: keeps this module light)
 CHAT_MODES = ("auto", "always", "never")
 
 # Settings that decide what the data stages produce; changing one of them invalidates data/.
@@ -30,6 +31,7 @@ DATA_KEYS = (
     "label_temperature",
     "mix_ratio",
     "hidden",
+    "head_input",
     "chat",
     "seed",
     "dtype",
@@ -76,6 +78,9 @@ class TrainHeadConfig:
     label_temperature: float = 1.0  # the draft samples its token from softmax(logits / T); 0 = greedy labels
     mix_ratio: float = 0.15  # probability that a response position holds the target's token
     hidden: str = "cache"  # "cache": store the draft's hidden states; "recompute": run the draft while training
+    # "consumed": the paper's head input (the state at the draft token's position, one step late);
+    # "producing": the state that produced the token, with its log-probability and entropy (no lag, no mixing)
+    head_input: str = "consumed"
     chat: str = "auto"
     seed: int = 0
     # Head and training
@@ -110,6 +115,12 @@ class TrainHeadConfig:
         _choice("responses", self.responses, RESPONSE_MODES)
         _choice("hidden", self.hidden, HIDDEN_MODES)
         _choice("chat", self.chat, CHAT_MODES)
+        _choice("head_input", self.head_input, HEAD_INPUTS)
+        if self.head_input == "producing" and self.hidden != "cache":
+            raise SpecAdaptError(
+                "head_input='producing' takes its inputs from the label stage's own draft pass, so it needs "
+                "hidden='cache' (the default); drop --hidden recompute."
+            )
         _int_at_least("max_prompt_tokens", self.max_prompt_tokens, 1)
         _int_at_least("max_response_tokens", self.max_response_tokens, 1)
         _int_at_least("gen_batch_size", self.gen_batch_size, 1)

@@ -24,7 +24,9 @@ Layout under ``OUTPUT/data/``
     - ``draft_mask`` bool [R]: True where the training input holds Y_t, False where it holds X_t
       (probability ``mix_ratio``); the loss is taken on the True positions only;
     - ``hidden`` fp16/bf16 [n_true, d] (``hidden="cache"`` only): the draft's last hidden state at
-      each True position, from one draft pass over the mixed sequence.
+      each True position, from one draft pass over the mixed sequence;
+    - ``entropy`` fp32 [R] (``head_input="producing"`` only): the entropy of the distribution Y_t was
+      drawn from.
 
     Metadata: ``prompt_len``, ``index``, ``split``.
 
@@ -38,6 +40,13 @@ that predicted Y_t.
 
 With cached hidden states the token mixing is sampled once per sequence (seeded
 by ``seed`` and the index), not afresh each epoch.
+
+``head_input="producing"`` (no lag): the head input for y_t is the state that
+produced Y_t, ``hidden_states[-1][P + t - 2]`` of the draft's pass over the
+target's tokens (the pass that gave Y_t, so no second pass), plus log q(Y_t) and
+the entropy. There is no mixing: every response position is a loss position
+(``draft_mask`` all True), the input being the target's prefix X_<t, which is what
+the draft has seen at step k once tokens 1..k-1 were accepted.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import SpecAdaptError
+from ..heads import draft_features
 from .config import TrainHeadConfig
 from .sources import PromptRecord, check_source, load_source
 
@@ -291,8 +301,15 @@ class SequenceLabels:
     logq: torch.Tensor  # [R] fp32
     logp: torch.Tensor  # [R] fp32
     labels: torch.Tensor  # [R] fp32
-    draft_mask: torch.Tensor  # [R] bool
+    draft_mask: torch.Tensor  # [R] bool: the loss positions
     hidden: torch.Tensor | None  # [draft_mask.sum(), d] or None
+    entropy: torch.Tensor | None = None  # [R] fp32, for "producing" heads
+
+    def head_inputs(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The cached head input at the loss positions: hidden states, and draft features (None for "consumed")."""
+        if self.entropy is None:
+            return self.hidden, None
+        return self.hidden, draft_features(self.logq, self.entropy)[self.draft_mask]
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -329,6 +346,7 @@ def teacher_forced_labels(
     generator: torch.Generator | None = None,
     want_hidden: bool = True,
     hidden_dtype: torch.dtype | None = None,
+    head_input: str = "consumed",
 ) -> SequenceLabels:
     """Labels for one sequence: teacher-forced passes of draft and target over prompt + response.
 
@@ -337,33 +355,41 @@ def teacher_forced_labels(
     temperature (at T = 0: 1 if the target's argmax is Y_t, else 0). Then the mixing mask is
     drawn, and, if ``want_hidden``, one more draft pass over the mixed sequence gives the head
     inputs at the draft-token positions (see the module docstring for the alignment).
+    With ``head_input="producing"`` there is no mixing and no second pass: the head inputs are
+    the states of the first pass, and the entropy of each q is kept.
     """
     P, R = len(prompt_ids), len(response_ids)
     if P < 1 or R < 1:
         raise ValueError("need at least one prompt and one response token")
+    producing = head_input == "producing"
     device = draft.device
     seq = torch.tensor(list(prompt_ids) + list(response_ids), dtype=torch.long, device=device)
     context = seq[None, : P + R - 1]  # logits at positions P-1 .. P+R-2 predict response tokens 1..R
-    q_logits = draft(input_ids=context, logits_to_keep=R).logits[0].float()
+    q_out = draft(input_ids=context, logits_to_keep=R, output_hidden_states=producing and want_hidden)
+    q_logits = q_out.logits[0].float()
     p_logits = target(input_ids=context.to(target.device), logits_to_keep=R).logits[0].float().to(device)
     if q_logits.shape[-1] != p_logits.shape[-1]:
         raise SpecAdaptError(
             f"the draft has {q_logits.shape[-1]} output logits but the target has {p_logits.shape[-1]}: "
             "they must share one vocabulary; pick a draft of the target's family."
         )
+    # The distribution Y_t is drawn from: softmax(logits / T), the raw softmax at T = 0 (as the decoder's DraftStep.probs).
+    logq_all = torch.log_softmax(q_logits / (temperature if temperature > 0 else 1.0), -1)
     if temperature > 0:
-        logq_all = torch.log_softmax(q_logits / temperature, -1)
         logp_all = torch.log_softmax(p_logits / temperature, -1)
         draft_tokens = torch.multinomial(logq_all.exp(), 1, generator=generator).squeeze(-1)
-        logq = logq_all.gather(-1, draft_tokens[:, None]).squeeze(-1)
         logp = logp_all.gather(-1, draft_tokens[:, None]).squeeze(-1)
+        logq = logq_all.gather(-1, draft_tokens[:, None]).squeeze(-1)
         labels = soft_labels(logp, logq)
     else:
         draft_tokens = q_logits.argmax(-1)
-        logq = torch.log_softmax(q_logits, -1).gather(-1, draft_tokens[:, None]).squeeze(-1)
+        logq = logq_all.gather(-1, draft_tokens[:, None]).squeeze(-1)
         logp = torch.log_softmax(p_logits, -1).gather(-1, draft_tokens[:, None]).squeeze(-1)
         labels = (p_logits.argmax(-1) == draft_tokens).float()
-    draft_mask = torch.rand(R, generator=generator, device=device) >= mix_ratio
+    if producing:
+        draft_mask = torch.ones(R, dtype=torch.bool, device=device)
+    else:
+        draft_mask = torch.rand(R, generator=generator, device=device) >= mix_ratio
     result = SequenceLabels(
         seq.cpu().to(torch.int32),
         P,
@@ -373,13 +399,22 @@ def teacher_forced_labels(
         labels.cpu(),
         draft_mask.cpu(),
         None,
+        torch.special.entr(logq_all.exp()).sum(-1).cpu() if producing else None,
     )
-    if want_hidden:
+    if want_hidden and producing:
+        hidden = q_out.hidden_states[-1][0, P - 1 : P + R - 1]  # the state that produced Y_t, t = 1..R
+        result.hidden = _stored(hidden, hidden_dtype)
+    elif want_hidden:
         mixed = result.mixed_ids().to(device=device, dtype=torch.long)[None]
         hidden = last_hidden(draft, mixed)[P : P + R]  # position of Y_t (after consuming it) for t = 1..R
-        dtype = hidden_dtype or (hidden.dtype if hidden.dtype in (torch.bfloat16, torch.float16) else torch.float16)
-        result.hidden = hidden[draft_mask.to(hidden.device)].to(dtype).cpu().contiguous()
+        result.hidden = _stored(hidden[draft_mask.to(hidden.device)], hidden_dtype)
     return result
+
+
+def _stored(hidden: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """Hidden states as stored on disk: 16-bit (the model's own 16-bit dtype, else fp16), on the CPU."""
+    dtype = dtype or (hidden.dtype if hidden.dtype in (torch.bfloat16, torch.float16) else torch.float16)
+    return hidden.to(dtype).cpu().contiguous()
 
 
 def label_path(directory: Path, index: int) -> Path:
@@ -399,6 +434,8 @@ def save_labels(path: Path, item: SequenceLabels, index: int, split: str) -> Non
     }
     if item.hidden is not None:
         tensors["hidden"] = item.hidden.contiguous()
+    if item.entropy is not None:
+        tensors["entropy"] = item.entropy.float().contiguous()
     meta = {"format_version": str(LABEL_FORMAT_VERSION), "prompt_len": str(item.prompt_len), "index": str(index), "split": split}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -423,6 +460,7 @@ def load_labels(path: Path) -> tuple[SequenceLabels, dict[str, str]]:
         t["labels"],
         t["draft_mask"].bool(),
         t.get("hidden"),
+        t.get("entropy"),
     )
     return item, meta
 
@@ -455,6 +493,7 @@ def compute_labels(
             mix_ratio=float(config.mix_ratio),
             generator=generator,
             want_hidden=config.hidden == "cache",
+            head_input=config.head_input,
         )
         save_labels(label_path(directory, index), item, index, row["split"])
         if on_done is not None:

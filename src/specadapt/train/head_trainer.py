@@ -45,14 +45,19 @@ def weighted_soft_bce(logits: torch.Tensor, labels: torch.Tensor, reject_weight:
 
 
 class CachedHiddenDataset(Dataset):
-    """One item per sequence: its cached head inputs [n, d] and labels [n] at the draft-token positions."""
+    """One item per sequence: its cached head inputs (hidden states [n, d], and draft features [n, 2]
+    for a "producing" head) and labels [n] at the loss positions."""
 
     def __init__(self, items: Sequence[SequenceLabels]) -> None:
-        self.rows = [
-            {"hidden": it.hidden, "labels": it.labels[it.draft_mask].float()}
-            for it in items
-            if it.hidden is not None and it.hidden.shape[0] > 0
-        ]
+        self.rows = []
+        for it in items:
+            if it.hidden is None or it.hidden.shape[0] == 0:
+                continue
+            hidden, features = it.head_inputs()
+            row = {"hidden": hidden, "labels": it.labels[it.draft_mask].float()}
+            if features is not None:
+                row["features"] = features
+            self.rows.append(row)
         if len(self.rows) != sum(1 for it in items if int(it.draft_mask.sum()) > 0):
             raise SpecAdaptError(
                 "the cached label files hold no hidden states (they were made with hidden='recompute'); "
@@ -67,7 +72,7 @@ class CachedHiddenDataset(Dataset):
 
 
 def collate_cached(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {"hidden": torch.cat([r["hidden"] for r in rows]), "labels": torch.cat([r["labels"] for r in rows])}
+    return {key: torch.cat([r[key] for r in rows]) for key in rows[0]}
 
 
 class SequenceDataset(Dataset):
@@ -136,6 +141,7 @@ class HeadTrainingModule(nn.Module):
         self,
         labels: torch.Tensor,
         hidden: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
@@ -144,7 +150,7 @@ class HeadTrainingModule(nn.Module):
             if self._draft is None or input_ids is None or loss_mask is None:
                 raise ValueError("give either cached hidden states, or input_ids + loss_mask with a draft model")
             hidden, labels = self._draft_hidden(input_ids, attention_mask, loss_mask), labels[loss_mask]
-        logits = self.head(hidden.float())
+        logits = self.head(hidden.float(), features)
         return {"loss": weighted_soft_bce(logits, labels, self.reject_weight), "logits": logits}
 
     @torch.no_grad()
@@ -243,9 +249,11 @@ def predict(
     generator = torch.Generator().manual_seed(seed)
     collator = MixingCollator(mix_ratio, generator)
     for it in items:
+        features = None
         if it.hidden is not None:
             mask = it.draft_mask
-            hidden = it.hidden.to(device)
+            hidden, features = it.head_inputs()
+            hidden = hidden.to(device)
             y = it.labels[mask]
             logq = it.logq[mask]
         else:
@@ -258,7 +266,8 @@ def predict(
             y = batch["labels"][loss_mask]
             logq = it.logq[loss_mask[0, it.prompt_len :]]
         for start in range(0, hidden.shape[0], batch_tokens):
-            preds.append(head.accept_prob(hidden[start : start + batch_tokens].float()).cpu())
+            part = slice(start, start + batch_tokens)
+            preds.append(head.accept_prob(hidden[part].float(), None if features is None else features[part].to(device)).cpu())
         labels.append(y.float())
         q.append(logq.float().exp())
     if not preds:

@@ -67,6 +67,9 @@ def _differences(old: dict, new: dict) -> str:
     return "; ".join(diffs[:5]) + (f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else "")
 
 
+_NEWER_DATA_DEFAULTS = {"head_input": "consumed"}
+
+
 def prepare_output(out: Path, config: TrainHeadConfig, apply: bool = True) -> None:
     """Check the output folder against this run's settings; with ``apply``, clear what ``overwrite``
     replaces and write the fingerprints (the checks alone run on every process of a launch, so all
@@ -86,6 +89,8 @@ def prepare_output(out: Path, config: TrainHeadConfig, apply: bool = True) -> No
         )
     data_settings, train_settings = config.data_settings(), config.train_settings()
     old_data = read_json(data_dir / "settings.json") if (data_dir / "settings.json").exists() else None
+    if old_data is not None:
+        old_data = {**_NEWER_DATA_DEFAULTS, **old_data}  # data made before a setting existed had its default
     if old_data is not None and old_data != data_settings and not config.overwrite:
         raise SpecAdaptError(
             f"{data_dir} was made with other data settings ({_differences(old_data, data_settings)}). "
@@ -217,7 +222,7 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
     )
 
     torch.manual_seed(config.seed)  # head initialisation
-    head = AcceptanceHead(hidden_size, config.num_blocks, config.shared_blocks)
+    head = AcceptanceHead(hidden_size, config.num_blocks, config.shared_blocks, config.head_input)
     module = HeadTrainingModule(head, config.reject_weight, draft_model if config.hidden == "recompute" else None)
     if config.hidden == "cache":
         train_set, dev_set, collator = CachedHiddenDataset(items["train"]), CachedHiddenDataset(items["dev"]), collate_cached
@@ -249,8 +254,9 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
     curves = loss_curves(trainer.state.log_history)
     train_tokens = sum(int(it.draft_mask.sum()) for it in items["train"])
     train_label_sum = sum(float(it.labels[it.draft_mask].sum()) for it in items["train"])
+    producing = config.head_input == "producing"
     recipe = {
-        "paper": "SpecDec++ (arXiv 2405.19715)",
+        "paper": "SpecDec++ (arXiv 2405.19715)" + (", with a no-lag head input (specadapt)" if producing else ""),
         "responses": config.responses,
         "response_sampling": (
             {"temperature": config.response_temperature, "top_p": config.response_top_p, "method": config.response_method}
@@ -259,10 +265,12 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
         "labels": "min(1, p/q) of a token the draft samples given the response prefix"
         if config.label_temperature > 0 else "1 if the target's argmax equals the draft's argmax token, else 0",
         "label_temperature": config.label_temperature,
-        "mix_ratio": config.mix_ratio,
-        "mixing": "sampled once per sequence (cached hidden states)" if config.hidden == "cache" else "resampled every batch",
+        "head_input": config.head_input,
+        "mix_ratio": None if producing else config.mix_ratio,
+        "mixing": "none: the target's prefix, every response position labelled" if producing
+        else "sampled once per sequence (cached hidden states)" if config.hidden == "cache" else "resampled every batch",
         "hidden": config.hidden,
-        "loss": "weighted soft BCE, loss on draft-token positions only",
+        "loss": "weighted soft BCE" + ("" if producing else ", loss on draft-token positions only"),
         "reject_weight": config.reject_weight,
         "num_blocks": config.num_blocks,
         "shared_blocks": config.shared_blocks,

@@ -173,7 +173,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"- draft: `{report['draft']}`, target: `{report['target']}`",
         (
             f"- head: `{report['head']}` ({report['recipe']['num_blocks']} blocks, "
-            f"{'shared' if report['recipe']['shared_blocks'] else 'independent'}, hidden {report['hidden_size']})"
+            f"{'shared' if report['recipe']['shared_blocks'] else 'independent'}, hidden {report['hidden_size']}, "
+            f"input: {report['recipe'].get('head_input', 'consumed')})"
         ),
         (
             f"- data: {data['prompts']['train']} train / {data['prompts']['dev']} dev sequences from "

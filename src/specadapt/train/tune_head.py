@@ -6,6 +6,13 @@ tokens/s is pooled per threshold (sum of generated tokens / sum of wall time). T
 fastest threshold is written as ``threshold`` into the head's ``config.json``, with the
 measurements under ``threshold_tuning``; every other field is kept.
 
+``by="replay"`` (greedy only) measures less and sees more: per dev prompt it times
+target-only and ``fixed:4`` once, which fit a cost model (seconds = a·drafted +
+b·rounds + c·prompt tokens, :class:`specadapt.bench.replay.CostModel`), and replays
+every threshold on the target's greedy output (:mod:`specadapt.bench.replay`: exact
+counts, no timing noise). Tokens/s per threshold is then modelled; fixed K = 1..10
+are replayed beside them as the yardstick, and recorded too.
+
 Dev prompts: by default those of the training run the head came from
 (``OUTPUT/data/prompts.jsonl``, split ``dev``, when the head is ``OUTPUT/head``), else a
 JSONL file of ``{"prompt": ...}`` lines.
@@ -26,6 +33,9 @@ from ..heads import CONFIG_FILE, read_head_config
 from ..stats import RequestStats
 
 DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
+TUNE_BY = ("speed", "replay")
+REPLAY_ANCHOR = "fixed:4"  # timed beside target-only to fit the cost model's per-drafted-token term
+FIXED_REFERENCE = tuple(range(1, 11))
 
 
 @dataclass
@@ -124,6 +134,7 @@ def tune_head(
     chat: bool | None = None,
     dtype: str = "bfloat16",
     device: str = "auto",
+    by: str = "speed",
     decoder=None,
     write: bool = True,
     progress: bool = True,
@@ -133,7 +144,8 @@ def tune_head(
 
     ``target`` / ``draft`` default to the pair recorded in the head's config (else the built-in
     pair); ``decoder`` (a :class:`~specadapt.api.SpecDecoder`) skips loading. ``chat`` applies to
-    text prompts (None: use the chat template when the tokenizer has one).
+    text prompts (None: use the chat template when the tokenizer has one). ``by``: ``"speed"``
+    (time every threshold) or ``"replay"`` (model it; see the module docstring).
     """
     from tqdm.auto import tqdm
 
@@ -148,6 +160,13 @@ def tune_head(
     if not isinstance(num_prompts, int) or num_prompts < 1:
         raise SpecAdaptError(f"num_prompts must be >= 1, got {num_prompts!r}.")
     GenerationConfig(max_new_tokens, temperature, seed=seed)  # fail fast on bad settings
+    if by not in TUNE_BY:
+        raise SpecAdaptError(f"by must be one of {', '.join(TUNE_BY)}, got {by!r}.")
+    if by == "replay" and temperature != 0:
+        raise SpecAdaptError("tuning by replay needs greedy decoding (temperature 0): only then is every threshold's "
+                             "output the target's own. Use --by speed for sampling.")
+    if by == "replay" and num_prompts < 2:
+        raise SpecAdaptError("tuning by replay needs at least 2 prompts (their timings fit the cost model); raise --num-prompts.")
 
     # Prompts before models: a missing prompt set should not cost a model load.
     if prompts is None and prompts_file is not None:
@@ -184,21 +203,17 @@ def tune_head(
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
 
     # Warm-up (caches, kernels, lazy head load): not measured.
-    decoder.engine.generate([ids[0]], methods[grid[0]], GenerationConfig(max_new_tokens=min(8, max_new_tokens), seed=seed))
-    runs = {h: ThresholdRun(h) for h in grid}
-    bar = tqdm(total=len(ids) * len(grid), desc="threshold sweep", unit="run", disable=not progress)
-    for i, prompt in enumerate(ids):
-        for h in grid[i % len(grid) :] + grid[: i % len(grid)]:  # rotate the order per prompt
-            t0 = time.perf_counter()
-            result = decoder.engine.generate([prompt], methods[h], gen)[0]
-            elapsed = time.perf_counter() - t0
-            runs[h].seconds += elapsed
-            runs[h].stats.add(result.stats)
-            bar.update(1)
-    bar.close()
-    ordered = [runs[h] for h in grid]
+    warm = GenerationConfig(max_new_tokens=min(8, max_new_tokens), seed=seed)
+    for method in [methods[grid[0]]] + ([make_method("autoregressive"), make_method(REPLAY_ANCHOR)] if by == "replay" else []):
+        decoder.engine.generate([ids[0]], method, warm)
+    record: dict[str, Any] = {}
+    if by == "replay":
+        ordered, record = _replay_sweep(decoder, ids, methods, gen, progress)
+    else:
+        ordered = _timed_sweep(decoder, ids, methods, gen, progress)
     best = max(ordered, key=lambda r: r.tokens_per_s).threshold
     settings = {
+        "by": by,
         "target": target,
         "draft": draft,
         "prompts": len(ids),
@@ -212,5 +227,60 @@ def tune_head(
         for r in ordered:
             on_result(r)
     if write:
-        write_threshold(head_dir, best, {**settings, "grid": grid, "results": [r.to_dict() for r in ordered]})
-    return TuneResult(head_dir, best, ordered, len(ids), settings, write)
+        write_threshold(head_dir, best, {**settings, "grid": grid, "results": [r.to_dict() for r in ordered], **record})
+    return TuneResult(head_dir, best, ordered, len(ids), {**settings, **record}, write)
+
+
+def _timed_sweep(decoder, ids: list[list[int]], methods: dict, gen, progress: bool) -> list[ThresholdRun]:
+    """Every threshold run once per prompt, the order rotated per prompt; wall time pooled per threshold."""
+    from tqdm.auto import tqdm
+
+    grid = list(methods)
+    runs = {h: ThresholdRun(h) for h in grid}
+    bar = tqdm(total=len(ids) * len(grid), desc="threshold sweep", unit="run", disable=not progress)
+    for i, prompt in enumerate(ids):
+        for h in grid[i % len(grid) :] + grid[: i % len(grid)]:  # rotate the order per prompt
+            t0 = time.perf_counter()
+            result = decoder.engine.generate([prompt], methods[h], gen)[0]
+            runs[h].seconds += time.perf_counter() - t0
+            runs[h].stats.add(result.stats)
+            bar.update(1)
+    bar.close()
+    return [runs[h] for h in grid]
+
+
+def _replay_sweep(decoder, ids: list[list[int]], methods: dict, gen, progress: bool) -> tuple[list[ThresholdRun], dict]:
+    """Time target-only and the anchor per prompt, replay every threshold and fixed K on the greedy output,
+    and model each one's seconds with the cost model fitted on the timed generations."""
+    from tqdm.auto import tqdm
+
+    from ..bench.replay import CostModel, make_trajectory, replay
+    from ..methods import make_method
+
+    baseline, anchor = make_method("autoregressive"), make_method(REPLAY_ANCHOR)
+    fixed = {f"fixed:{k}": make_method(f"fixed:{k}") for k in FIXED_REFERENCE}
+    timed: list[dict] = []
+    replayed: list[dict] = []
+    for prompt in tqdm(ids, desc="replay sweep", unit="prompt", disable=not progress):
+        for method in (baseline, anchor):
+            t0 = time.perf_counter()
+            result = decoder.engine.generate([prompt], method, gen)[0]
+            s = result.stats
+            timed.append({"drafted": s.drafted, "rounds": s.rounds, "prompt_tokens": len(prompt),
+                          "tokens": s.generated_tokens, "wall_s": time.perf_counter() - t0})
+            if method is baseline:
+                greedy = result.token_ids
+        traj = make_trajectory(decoder.draft, prompt, greedy, gen.max_new_tokens, decoder.engine.eos_token_ids)
+        replayed.append({label: replay(m, traj) for label, m in {**methods, **fixed}.items()})
+    cost = CostModel.fit(timed)
+    runs = {h: ThresholdRun(h) for h in methods} | {label: ThresholdRun(0.0) for label in fixed}  # fixed K: no threshold
+    for row in replayed:
+        for label, run in runs.items():
+            run.stats.add(row[label])
+            run.seconds += cost.seconds(row[label])
+    fixed_tps = {label: runs[label].tokens_per_s for label in fixed}
+    base = timed[::2]  # target-only's, one per prompt
+    record = {"cost_model": vars(cost), "anchor": REPLAY_ANCHOR, "fixed_k_tokens_per_s": fixed_tps,
+              "best_fixed_k": max(fixed_tps, key=fixed_tps.get),
+              "target_only_tokens_per_s": sum(t["tokens"] for t in base) / sum(t["wall_s"] for t in base)}
+    return [runs[h] for h in methods], record
