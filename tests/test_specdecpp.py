@@ -382,9 +382,9 @@ def test_shipped_head_is_for_the_default_pair():
     assert zoo.DEFAULT_DRAFT in shipped
     config = heads.read_head_config(shipped[zoo.DEFAULT_DRAFT])
     assert config["draft"] == zoo.DEFAULT_DRAFT and config["target"] == zoo.DEFAULT_TARGET
-    assert config["hidden_size"] == 896 and 0 < config["threshold"] < 1
+    assert config["hidden_size"] == 896 and 0 < config["threshold"] < 1 and config["input"] == "producing"
     head = load_head(shipped[zoo.DEFAULT_DRAFT])
-    assert head.accept_prob(torch.zeros(2, 896)).shape == (2,)
+    assert head.accept_prob(torch.zeros(2, 896), torch.zeros(2, 2)).shape == (2,)
 
 
 def test_threshold_defaults_to_the_one_recorded_in_the_head(head_dir):
