@@ -427,6 +427,18 @@ def test_calibration_table_buckets():
 # ---------------------------------------------------------------- the pipeline end to end
 
 
+def assert_decodes_like_the_target(pair_dir, head_dir) -> None:
+    """The decoder runs with the head, and its greedy output equals the target's own."""
+    from transformers import AutoModelForCausalLM
+
+    target = AutoModelForCausalLM.from_pretrained(pair_dir / "target").eval()
+    draft = AutoModelForCausalLM.from_pretrained(pair_dir / "draft").eval()
+    method = make_method("specdecpp", head=str(head_dir), threshold=0.5)
+    r = make_engine(target, draft).generate([[5, 6, 7]], method, GenerationConfig(max_new_tokens=12))[0]
+    auto = make_engine(target, None).generate([[5, 6, 7]], make_method("autoregressive"), GenerationConfig(max_new_tokens=12))[0]
+    assert r.token_ids == auto.token_ids and r.stats.drafted > 0
+
+
 def test_end_to_end_tiny_run_gives_a_head_the_engine_uses(pair_dir, prompts_file, tmp_path):
     result = train_head(config_for(pair_dir, prompts_file, tmp_path / "out", responses="target"))
     out = result.output
@@ -442,15 +454,7 @@ def test_end_to_end_tiny_run_gives_a_head_the_engine_uses(pair_dir, prompts_file
     assert report["training"]["steps"] > 0 and report["training"]["curves"]["dev"]
     assert report["data"]["prompts"]["train"] == 8 and report["data"]["prompts"]["dev"] == 2
 
-    # The decoder runs with it (greedy output equals the target's own).
-    from transformers import AutoModelForCausalLM
-
-    target = AutoModelForCausalLM.from_pretrained(pair_dir / "target").eval()
-    draft = AutoModelForCausalLM.from_pretrained(pair_dir / "draft").eval()
-    method = make_method("specdecpp", head=str(result.head_dir), threshold=0.5)
-    r = make_engine(target, draft).generate([[5, 6, 7]], method, GenerationConfig(max_new_tokens=12))[0]
-    auto = make_engine(target, None).generate([[5, 6, 7]], make_method("autoregressive"), GenerationConfig(max_new_tokens=12))[0]
-    assert r.token_ids == auto.token_ids and r.stats.drafted > 0
+    assert_decodes_like_the_target(pair_dir, result.head_dir)
     assert isinstance(load_head(result.head_dir), AcceptanceHead)
 
     # A finished head is not replaced without overwrite; with it, the data is reused and training reruns.
@@ -478,14 +482,7 @@ def test_producing_head_end_to_end(pair_dir, prompts_file, tmp_path):
     assert report["data"]["train_tokens"] == sum(  # every response position of the train split is a loss position
         len(load_labels(p)[0].labels) for p in (result.output / "data" / "labels").glob("*.safetensors")
         if load_labels(p)[1]["split"] == "train")
-    from transformers import AutoModelForCausalLM
-
-    target = AutoModelForCausalLM.from_pretrained(pair_dir / "target").eval()
-    draft = AutoModelForCausalLM.from_pretrained(pair_dir / "draft").eval()
-    method = make_method("specdecpp", head=str(result.head_dir), threshold=0.5)
-    r = make_engine(target, draft).generate([[5, 6, 7]], method, GenerationConfig(max_new_tokens=12))[0]
-    auto = make_engine(target, None).generate([[5, 6, 7]], make_method("autoregressive"), GenerationConfig(max_new_tokens=12))[0]
-    assert r.token_ids == auto.token_ids and r.stats.drafted > 0
+    assert_decodes_like_the_target(pair_dir, result.head_dir)
     # Labels made for one head input are not taken for the other.
     (result.head_dir / "config.json").unlink()
     msg = error_of(lambda: train_head(config_for(pair_dir, prompts_file, result.output, num_blocks=1)))

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecAdaptError
+from ..heads import HEAD_INPUTS
 from ..models import zoo
 
 RESPONSE_MODES = ("target", "dataset")
 HIDDEN_MODES = ("cache", "recompute")
-HEAD_INPUTS = ("consumed", "producing")  # = specadapt.heads.HEAD_INPUTS (not imported: keeps this module light)
 CHAT_MODES = ("auto", "always", "never")
 
 # Settings that decide what the data stages produce; changing one of them invalidates data/.
