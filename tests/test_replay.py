@@ -31,23 +31,23 @@ def head(tmp_path_factory):
     return str(save_head(head, tmp_path_factory.mktemp("head") / "h"))
 
 
-@pytest.fixture(scope="module")
-def producing_head(tmp_path_factory):
+@pytest.fixture(scope="module", params=["producing", "features"])
+def no_lag_head(request, tmp_path_factory):
     torch.manual_seed(1)
-    head = AcceptanceHead(32, num_blocks=1, input="producing")
+    head = AcceptanceHead(32, num_blocks=1, input=request.param)
     with torch.no_grad():
         head.out.bias[1] += 2.0
     return str(save_head(head, tmp_path_factory.mktemp("head") / "p"))
 
 
-def test_replay_gives_the_engines_counts_for_every_lossless_policy(models, head, producing_head):
+def test_replay_gives_the_engines_counts_for_every_lossless_policy(models, head, no_lag_head):
     target, draft = models
     free = make_engine(target, draft).generate([PROMPTS[0]], make_method("autoregressive"), GenerationConfig(N))[0]
     eos = free.token_ids[25]  # so that some generations end on EOS and some on the length limit
     engine = make_engine(target, draft, eos=[eos])
     config = GenerationConfig(max_new_tokens=N)
     specs = ["fixed:3", "fixed:7", "heuristic", "confidence:threshold=0.5", "dynamic-confidence", "adaedl",
-             "adasd-stop:n_min=2", f"specdecpp:head={head},threshold=0.5", f"specdecpp:head={producing_head},threshold=0.5"]
+             "adasd-stop:n_min=2", f"specdecpp:head={head},threshold=0.5", f"specdecpp:head={no_lag_head},threshold=0.5"]
     finishes, wasted = set(), 0
     for spec in specs:
         live, replayed = make_method(spec), make_method(spec)  # one instance each, kept across prompts

@@ -174,22 +174,25 @@ def test_producing_head_reads_the_token_distribution(head_dir):
 
 
 def test_distribution_features_hand_worked():
-    probs = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
-    f = heads.distribution_features(probs, torch.tensor([1, 2]))
-    assert f[0].tolist() == pytest.approx([math.log(0.5), math.log(2)])
-    assert f[1].tolist() == pytest.approx([-30.0, 0.0])  # a token without mass: clamped, not -inf
-    assert torch.equal(heads.draft_features(torch.tensor([-1.0, -99.0]), torch.tensor([2.0, 0.5])),
-                       torch.tensor([[-1.0, 2.0], [-30.0, 0.5]]))
+    probs = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.25, 0.75, 0.0]])
+    f = heads.distribution_features(probs, torch.tensor([1, 2, 1]))
+    assert f[0].tolist() == pytest.approx([math.log(0.5), math.log(2), math.log(0.5)])
+    assert f[1].tolist() == pytest.approx([-30.0, 0.0, 0.0])  # a token without mass: clamped, not -inf
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert f[2].tolist() == pytest.approx([math.log(0.75), h, math.log(0.25)], rel=1e-6)
+    assert torch.equal(heads.draft_features(torch.tensor([-1.0, -99.0, 0.0]), torch.tensor([2.0, 0.5, 0.0])),
+                       torch.tensor([[-1.0, 2.0, math.log(1 - math.exp(-1.0))], [-30.0, 0.5, 0.0], [0.0, 0.0, -30.0]]))
 
 
 def test_producing_head_round_trip_and_format(tmp_path):
     head = AcceptanceHead(H, num_blocks=1, input="producing")
     path = save_head(head, tmp_path / "h")
     config = read_head_config(path)
-    assert config["input"] == "producing" and config["format_version"] == 2
+    assert config["input"] == "producing" and config["format_version"] == 3
+    assert config["features"] == ["draft_logprob", "draft_entropy", "draft_log_rest"]
     loaded = load_head(path)
-    x, f = torch.randn(3, H), torch.randn(3, 2)
-    assert loaded.producing and torch.allclose(loaded.accept_prob(x, f), head.accept_prob(x, f))
+    x, f = torch.randn(3, H), torch.randn(3, 3)
+    assert loaded.reads_features and torch.allclose(loaded.accept_prob(x, f), head.accept_prob(x, f))
     with pytest.raises(ValueError, match="draft features"):
         loaded.accept_prob(x)
     old = save_head(AcceptanceHead(H, num_blocks=0), tmp_path / "old")
@@ -200,13 +203,44 @@ def test_producing_head_round_trip_and_format(tmp_path):
     assert read_head_config(old)["input"] == "consumed"  # heads written before the field existed
     stored["input"] = "sideways"
     (old / "config.json").write_text(json.dumps(stored))
-    with pytest.raises(SpecAdaptError, match="input must be one of consumed, producing"):
+    with pytest.raises(SpecAdaptError, match="input must be one of consumed, producing, features"):
         read_head_config(old)
 
 
-def test_engine_with_a_producing_head_is_lossless(target, head_dir):
+def test_a_version_2_producing_head_reads_two_features(tmp_path):
+    """Heads written before log(1 - q) existed (format_version 2, no "features" key) still load and predict alike."""
     torch.manual_seed(0)
-    head = AcceptanceHead(H, num_blocks=1, input="producing")
+    head = AcceptanceHead(H, num_blocks=1, input="producing", features=("draft_logprob", "draft_entropy"))
+    path = save_head(head, tmp_path / "v2")
+    stored = json.loads((path / "config.json").read_text())
+    assert stored["format_version"] == 2
+    del stored["features"]
+    (path / "config.json").write_text(json.dumps(stored))
+    loaded = load_head(path)
+    assert loaded.features == ("draft_logprob", "draft_entropy")
+    x, f = torch.randn(3, H), torch.randn(3, 3)
+    assert torch.allclose(loaded.accept_prob(x, f), head.accept_prob(x, f[:, :2]))
+    stored["features"] = ["draft_entropy"]
+    (path / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(SpecAdaptError, match="features must be a non-empty prefix"):
+        read_head_config(path)
+
+
+def test_features_head_ignores_the_hidden_state(tmp_path):
+    torch.manual_seed(0)
+    head = AcceptanceHead(H, num_blocks=1, input="features")
+    assert head.out.weight.shape == (2, 3)
+    loaded = load_head(save_head(head, tmp_path / "f"))
+    assert read_head_config(tmp_path / "f")["format_version"] == 3
+    f = torch.randn(4, 3)
+    p = loaded.accept_prob(torch.randn(4, H), f)
+    assert torch.equal(p, loaded.accept_prob(torch.zeros(4, H), f)) and torch.allclose(p, head.accept_prob(torch.ones(4, H), f))
+
+
+@pytest.mark.parametrize("head_input", ["producing", "features"])
+def test_engine_with_a_no_lag_head_is_lossless(head_input, target, head_dir):
+    torch.manual_seed(0)
+    head = AcceptanceHead(H, num_blocks=1, input=head_input)
     method = make_method(spec(head_dir(head), threshold=0.5))
     results = make_engine(target, tiny_llama(1)).generate(PROMPTS, method, GenerationConfig(max_new_tokens=12))
     for prompt, r in zip(PROMPTS, results):
@@ -382,9 +416,11 @@ def test_shipped_head_is_for_the_default_pair():
     assert zoo.DEFAULT_DRAFT in shipped
     config = heads.read_head_config(shipped[zoo.DEFAULT_DRAFT])
     assert config["draft"] == zoo.DEFAULT_DRAFT and config["target"] == zoo.DEFAULT_TARGET
-    assert config["hidden_size"] == 896 and 0 < config["threshold"] < 1 and config["input"] == "producing"
+    assert config["hidden_size"] == 896 and 0 < config["threshold"] < 1 and config["input"] == "features"
     head = load_head(shipped[zoo.DEFAULT_DRAFT])
-    assert head.accept_prob(torch.zeros(2, 896), torch.zeros(2, 2)).shape == (2,)
+    probs = torch.tensor([[0.99, 0.01, 0.0], [0.5, 0.3, 0.2], [0.3, 0.3, 0.4]])
+    p = head.accept_prob(torch.zeros(3, 896), heads.distribution_features(probs, torch.tensor([0, 0, 0])))
+    assert p[0] > p[1] > p[2]  # the more confident the draft, the likelier the target accepts
 
 
 def test_threshold_defaults_to_the_one_recorded_in_the_head(head_dir):

@@ -15,7 +15,7 @@ from conftest import make_engine, perturbed_copy, save_tiny_checkpoint, tiny_lla
 
 from specadapt.engine import GenerationConfig
 from specadapt.errors import SpecAdaptError
-from specadapt.heads import AcceptanceHead, load_head, read_head_config, save_head
+from specadapt.heads import DRAFT_FEATURES, AcceptanceHead, load_head, read_head_config, save_head
 from specadapt.methods import Method, MethodEntry, make_method
 from specadapt.policies.fixed import FixedLength
 from specadapt.train import TrainHeadConfig, head_data, train_head, tune_head
@@ -353,7 +353,7 @@ def test_producing_inputs_match_what_the_engine_sees():
                                 generator=torch.Generator().manual_seed(0), head_input="producing")
     assert out.draft_tokens.tolist() == drafted and bool(out.draft_mask.all())  # no mixing
     hidden, features = out.head_inputs()
-    assert hidden.shape == (k, 32) and features.shape == (k, 2)
+    assert hidden.shape == (k, 32) and features.shape == (k, len(DRAFT_FEATURES))
     for t in range(k):
         assert torch.allclose(hidden[t].float(), seen["hidden"][t], rtol=2e-3, atol=2e-3), t
         assert torch.allclose(features[t], seen["features"][t], rtol=1e-4, atol=1e-4), t
@@ -361,6 +361,23 @@ def test_producing_inputs_match_what_the_engine_sees():
     lagged = teacher_forced_labels(draft, target, prompt, drafted, temperature=0.0, mix_ratio=0.0)
     assert lagged.entropy is None and lagged.head_inputs()[1] is None
     assert not torch.allclose(lagged.hidden[0].float(), hidden[0].float(), rtol=2e-3, atol=2e-3)
+
+
+def test_greedy_draft_probs_are_fp32_for_a_bf16_draft():
+    """The features are computed from fp32 probabilities, as in the label stage: in bf16 a confident token's
+    q rounds to 1 and log(1 - q) collapses."""
+    dtypes = []
+
+    class Recorder(FixedLength):
+        def should_stop(self, step):
+            dtypes.append(step.probs.dtype)
+            return super().should_stop(step)
+
+    target = tiny_llama(0).to(torch.bfloat16)
+    method = Method(MethodEntry("recorder", Recorder, "", True, None), Recorder(3), "recorder")
+    make_engine(target, perturbed_copy(tiny_llama(0), 0.3).to(torch.bfloat16)).generate(
+        [[3, 9, 27]], method, GenerationConfig(max_new_tokens=6))
+    assert dtypes and set(dtypes) == {torch.float32}
 
 
 # ---------------------------------------------------------------- sources
@@ -483,7 +500,15 @@ def test_producing_head_end_to_end(pair_dir, prompts_file, tmp_path):
         len(load_labels(p)[0].labels) for p in (result.output / "data" / "labels").glob("*.safetensors")
         if load_labels(p)[1]["split"] == "train")
     assert_decodes_like_the_target(pair_dir, result.head_dir)
-    # Labels made for one head input are not taken for the other.
+    # A "features" head trains on the same data (no label is recomputed); a "consumed" one does not take it.
+    labels = {p.name: p.stat().st_mtime_ns for p in (result.output / "data" / "labels").glob("*.safetensors")}
+    features = train_head(config_for(pair_dir, prompts_file, result.output, head_input="features", num_blocks=0,
+                                     reject_weight=1.0, overwrite=True))
+    assert {p.name: p.stat().st_mtime_ns for p in (result.output / "data" / "labels").glob("*.safetensors")} == labels
+    config = read_head_config(features.head_dir)
+    assert config["input"] == "features" and config["features"] == list(DRAFT_FEATURES) and config["format_version"] == 3
+    assert load_head(features.head_dir).out.weight.shape == (2, len(DRAFT_FEATURES))
+    assert_decodes_like_the_target(pair_dir, features.head_dir)
     (result.head_dir / "config.json").unlink()
     msg = error_of(lambda: train_head(config_for(pair_dir, prompts_file, result.output, num_blocks=1)))
     assert "head_input: 'producing' -> 'consumed'" in msg and "--overwrite" in msg
@@ -677,8 +702,9 @@ def test_foreign_output_folder_is_refused(pair_dir, prompts_file, tmp_path):
         ({"dev_fraction": 0.0}, "dev_fraction"),
         ({"responses": "teacher"}, "responses must be one of"),
         ({"hidden": "disk"}, "hidden must be one of"),
-        ({"head_input": "later"}, "head_input must be one of consumed, producing"),
+        ({"head_input": "later"}, "head_input must be one of consumed, producing, features"),
         ({"head_input": "producing", "hidden": "recompute"}, "needs hidden='cache'"),
+        ({"head_input": "features", "hidden": "recompute"}, "needs hidden='cache'"),
         ({"responses": "target", "response_method": "adasd"}, "lossy"),
         ({"response_method": "nonsense", "responses": "target"}, "unknown method"),
         ({"num_prompts": 1}, "num_prompts"),

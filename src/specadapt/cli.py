@@ -285,7 +285,7 @@ def train_head_command(
     label_temperature: float = typer.Option(1.0, help="The draft samples its token from softmax(logits/T): 1 = the paper; 0 = greedy labels."),
     mix_ratio: float = typer.Option(0.15, help="Token mixing: share of positions that hold the target's token."),
     hidden: str = typer.Option("cache", help="cache: store the draft's hidden states (epochs nearly free); recompute: run the draft while training (less disk)."),
-    head_input: str = typer.Option("consumed", help="consumed: the paper's input, the state at the draft token's position (read one step late); producing: the state that produced the token plus its log-probability and entropy (no lag, no mixing)."),
+    head_input: str = typer.Option("consumed", help="consumed: the paper's input, the state at the draft token's position (read one step late); producing: the state that produced the token plus its log-probability, entropy and log(1 - probability) (no lag, no mixing); features: those three features alone (the shipped head)."),
     num_blocks: int = typer.Option(3, help="Residual blocks of the head."),
     shared_blocks: bool = typer.Option(True, "--shared-blocks/--independent-blocks", help="One set of block weights (official code) or one per block."),
     reject_weight: float = typer.Option(6.0, help="Loss weight of the reject class."),

@@ -171,7 +171,8 @@ class SpeculativeEngine:
                     step_logits = logits[:, -1]
                     if params.greedy:
                         tok = step_logits.argmax(-1)
-                        probs = step_logits.softmax(-1)
+                        # fp32: in bf16 a confident token's q rounds to 1 and 1 - q (a head feature) to 0.
+                        probs = step_logits.float().softmax(-1)
                     else:
                         probs = process_logits(step_logits, params)
                         tok = step_logits.argmax(-1)

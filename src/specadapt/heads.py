@@ -14,10 +14,14 @@ Which state it reads (``input``):
 
 - ``"consumed"`` (the paper): the state at the draft token's own position, computed
   while the draft consumes it, so the decoder applies it one step late; ``w = d``.
-- ``"producing"``: the state that produced the token, plus two features of the
-  distribution it was drawn from (:data:`DRAFT_FEATURES`: the token's log-probability
-  and the distribution's entropy, :func:`distribution_features`); ``w = d + 2``.
-  It judges token k as soon as it is drafted, with the draft's own confidence in it.
+- ``"producing"``: the state that produced the token, plus ``f`` features of the
+  distribution it was drawn from (:data:`DRAFT_FEATURES`: the token's log-probability,
+  the distribution's entropy and the log of the mass left to other tokens,
+  :func:`distribution_features`); ``w = d + f``. It judges token k as soon as it is
+  drafted, with the draft's own confidence in it.
+- ``"features"``: those features alone, ``w = f`` (no hidden state). On the Qwen pair
+  the hidden state added nothing the features do not carry (BENCHMARKS.md), and a
+  head this small cannot overfit.
 
 Format (a head is a folder)
 ---------------------------
@@ -29,9 +33,12 @@ Format (a head is a folder)
     - ``hidden_size``: integer ``d`` >= 1, the draft's hidden size
     - ``num_blocks``: integer >= 0, the number of residual blocks ``L``
     - ``shared_blocks``: boolean
-    - ``input`` (optional, default ``"consumed"``): ``"consumed"`` or ``"producing"``;
-      a producing head is written with ``format_version`` 2, so older versions of
-      specadapt refuse it instead of misreading it
+    - ``input`` (optional, default ``"consumed"``): ``"consumed"``, ``"producing"`` or
+      ``"features"``
+    - ``features`` (heads that read features): the names of the features read, a prefix
+      of :data:`DRAFT_FEATURES`; default the first two (heads of ``format_version`` 2).
+      Such heads are written with ``format_version`` 3, so older versions of specadapt
+      refuse them instead of misreading them
 
     plus any free-form fields passed as ``extra`` to :func:`save_head`, e.g.
     ``draft`` / ``target`` (the models it was trained for), ``threshold`` (a
@@ -70,19 +77,25 @@ from .errors import SpecAdaptError
 BUILTIN_HEADS_DIR = Path(__file__).resolve().parent / "data" / "heads"
 
 FORMAT_NAME = "specadapt-acceptance-head"
-FORMAT_VERSION = 2  # the newest this version reads; "consumed" heads are still written as 1
+FORMAT_VERSION = 3  # the newest this version reads; "consumed" heads are still written as 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "head.safetensors"
 _REQUIRED = ("hidden_size", "num_blocks", "shared_blocks")
-_RESERVED = ("format", "format_version", "input", *_REQUIRED)
-HEAD_INPUTS = ("consumed", "producing")
-DRAFT_FEATURES = ("draft_logprob", "draft_entropy")  # what a "producing" head reads besides the hidden state
-_MIN_LOGPROB = -30.0  # a token the draft gave (almost) no mass: keep the feature finite
+_RESERVED = ("format", "format_version", "input", "features", *_REQUIRED)
+HEAD_INPUTS = ("consumed", "producing", "features")
+# What a "producing" or "features" head reads of the distribution a token was drawn from. log(1 - q) resolves
+# the confident end, where log q saturates at 0 and most of the draft's tokens lie.
+DRAFT_FEATURES = ("draft_logprob", "draft_entropy", "draft_log_rest")
+_V2_FEATURES = DRAFT_FEATURES[:2]  # format_version 2 heads read these
+_MIN_LOGPROB = -30.0  # a token the draft gave (almost) no, or all, mass: keep the features finite
 
 
 def draft_features(token_logprob: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
-    """[...] log-probability of the drafted token and [...] entropy of its distribution -> [..., 2] (fp32)."""
-    return torch.stack([token_logprob.float().clamp(min=_MIN_LOGPROB), entropy.float()], -1)
+    """[...] log-probability q of the drafted token and [...] entropy of its distribution -> :data:`DRAFT_FEATURES`
+    [..., 3] (fp32): log q, the entropy, log(1 - q)."""
+    logq = token_logprob.float()
+    log_rest = torch.log(-torch.expm1(logq.clamp(max=0.0)))
+    return torch.stack([logq.clamp(min=_MIN_LOGPROB), entropy.float(), log_rest.clamp(min=_MIN_LOGPROB)], -1)
 
 
 def distribution_features(probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -93,10 +106,16 @@ def distribution_features(probs: torch.Tensor, tokens: torch.Tensor) -> torch.Te
 
 
 class AcceptanceHead(nn.Module):
-    """Predicts from the draft's hidden state (and, for ``input="producing"``, :data:`DRAFT_FEATURES`)
-    whether the target accepts a draft token."""
+    """Predicts from the draft's hidden state and/or :data:`DRAFT_FEATURES` whether the target accepts a draft token."""
 
-    def __init__(self, hidden_size: int, num_blocks: int = 3, shared_blocks: bool = True, input: str = "consumed") -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        num_blocks: int = 3,
+        shared_blocks: bool = True,
+        input: str = "consumed",
+        features: tuple[str, ...] = DRAFT_FEATURES,
+    ) -> None:
         super().__init__()
         if not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(f"hidden_size must be an integer >= 1, got {hidden_size!r}")
@@ -108,23 +127,30 @@ class AcceptanceHead(nn.Module):
         self.num_blocks = num_blocks
         self.shared_blocks = bool(shared_blocks)
         self.input = input
-        width = hidden_size + (len(DRAFT_FEATURES) if self.producing else 0)
+        self.features = tuple(features) if self.reads_features else ()
+        if self.features != DRAFT_FEATURES[: len(self.features)] or (self.reads_features and not self.features):
+            raise ValueError(f"features must be a non-empty prefix of {DRAFT_FEATURES}, got {features!r}")
+        width = (hidden_size if input != "features" else 0) + len(self.features)
         n_linear = 0 if num_blocks == 0 else (1 if self.shared_blocks else num_blocks)
         self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(n_linear))
         self.out = nn.Linear(width, 2)
         self.act = nn.SiLU()
 
     @property
-    def producing(self) -> bool:
-        return self.input == "producing"
+    def reads_features(self) -> bool:
+        """True for the no-lag inputs: the head judges token k from what produced it (see the module docstring)."""
+        return self.input != "consumed"
 
     def forward(self, hidden: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """``hidden`` [..., d] (and ``features`` [..., 2] for a producing head) -> logits [..., 2] (index 1 = accept)."""
-        x = hidden.to(self.out.weight.dtype)
-        if self.producing:
+        """``hidden`` [..., d] (and ``features`` [..., 3] of :func:`distribution_features` for a head that reads
+        features; ``hidden`` is ignored by a "features" head) -> logits [..., 2] (index 1 = accept)."""
+        dtype = self.out.weight.dtype
+        x = hidden.to(dtype)
+        if self.reads_features:
             if features is None:
-                raise ValueError("a 'producing' head needs the draft features of each token (distribution_features)")
-            x = torch.cat([x, features.to(x.dtype)], -1)
+                raise ValueError(f"a {self.input!r} head needs the draft features of each token (distribution_features)")
+            f = features[..., : len(self.features)].to(dtype)
+            x = f if self.input == "features" else torch.cat([x, f], -1)
         for i in range(self.num_blocks):
             block = self.blocks[0] if self.shared_blocks else self.blocks[i]
             x = x + self.act(block(x))
@@ -135,14 +161,17 @@ class AcceptanceHead(nn.Module):
         return self(hidden, features).float().softmax(-1)[..., 1]
 
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "format": FORMAT_NAME,
-            "format_version": 2 if self.producing else 1,
+            "format_version": 1 if not self.reads_features else 2 if self.features == _V2_FEATURES and self.input == "producing" else 3,
             "hidden_size": self.hidden_size,
             "num_blocks": self.num_blocks,
             "shared_blocks": self.shared_blocks,
             "input": self.input,
         }
+        if self.reads_features:
+            config["features"] = list(self.features)
+        return config
 
 
 def save_head(head: AcceptanceHead, directory: str | os.PathLike, extra: dict | None = None, overwrite: bool = False) -> Path:
@@ -231,6 +260,13 @@ def read_head_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise SpecAdaptError(
             f"acceptance head config {config_path}: input must be one of {', '.join(HEAD_INPUTS)}, got {config['input']!r}."
         )
+    if config["input"] != "consumed":
+        features = config.setdefault("features", list(_V2_FEATURES))  # format_version 2 heads name none
+        if not isinstance(features, list) or not features or tuple(features) != DRAFT_FEATURES[: len(features)]:
+            raise SpecAdaptError(
+                f"acceptance head config {config_path}: features must be a non-empty prefix of {list(DRAFT_FEATURES)}, "
+                f"got {features!r}."
+            )
     return config
 
 
@@ -249,7 +285,9 @@ def load_head(
         tensors = load_file(str(weights_path))
     except Exception as exc:  # safetensors raises its own error types for truncated / garbled files
         raise SpecAdaptError(f"acceptance head weights {weights_path} are corrupt or unreadable ({exc}).") from None
-    head = AcceptanceHead(config["hidden_size"], config["num_blocks"], config["shared_blocks"], config["input"])
+    head = AcceptanceHead(
+        config["hidden_size"], config["num_blocks"], config["shared_blocks"], config["input"], tuple(config.get("features", ()))
+    )
     expected = {name: tuple(t.shape) for name, t in head.state_dict().items()}
     got = {name: tuple(t.shape) for name, t in tensors.items()}
     problems = [f"missing {n}" for n in expected if n not in got]

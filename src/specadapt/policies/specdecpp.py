@@ -14,10 +14,10 @@ accepted); at step 1 that state belongs to the last committed token, whose
 factor is 1. :func:`step_factors`, :func:`cumulative_accept` and :func:`stop_step`
 are the pure form of this rule (for tests and analysis).
 
-A head trained with ``input="producing"`` (see :mod:`specadapt.heads`) has no lag: at
-step k it reads ``DraftStep.hidden``, the state that produced token k, and the
-features of ``DraftStep.probs``, the distribution token k was drawn from, so every
-step's factor, the first one included, is P̂(token k accepted).
+A head trained with ``input="producing"`` or ``"features"`` (see :mod:`specadapt.heads`)
+has no lag: at step k it reads the features of ``DraftStep.probs``, the distribution
+token k was drawn from (and, producing, ``DraftStep.hidden``, the state that produced
+token k), so every step's factor, the first one included, is P̂(token k accepted).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class SpecDecPP(DraftLengthPolicy):
             # New round (rows only change between rounds).
             self._cum = torch.ones(b, dtype=torch.float32, device=step.hidden.device)
         with torch.inference_mode():
-            if head.producing:
+            if head.reads_features:
                 features = distribution_features(step.probs, step.tokens).to(step.hidden.device)
                 self._cum = self._cum * head.accept_prob(step.hidden, features)
             elif step.position > 1:  # lagged: step 1's state is the last committed token's, whose factor is 1

@@ -79,7 +79,8 @@ class TrainHeadConfig:
     mix_ratio: float = 0.15  # probability that a response position holds the target's token
     hidden: str = "cache"  # "cache": store the draft's hidden states; "recompute": run the draft while training
     # "consumed": the paper's head input (the state at the draft token's position, one step late);
-    # "producing": the state that produced the token, with its log-probability and entropy (no lag, no mixing)
+    # "producing": the state that produced the token, with features of its distribution (no lag, no mixing);
+    # "features": those features alone (the same data as "producing")
     head_input: str = "consumed"
     chat: str = "auto"
     seed: int = 0
@@ -116,9 +117,9 @@ class TrainHeadConfig:
         _choice("hidden", self.hidden, HIDDEN_MODES)
         _choice("chat", self.chat, CHAT_MODES)
         _choice("head_input", self.head_input, HEAD_INPUTS)
-        if self.head_input == "producing" and self.hidden != "cache":
+        if self.head_input != "consumed" and self.hidden != "cache":
             raise SpecAdaptError(
-                "head_input='producing' takes its inputs from the label stage's own draft pass, so it needs "
+                f"head_input={self.head_input!r} takes its inputs from the label stage's own draft pass, so it needs "
                 "hidden='cache' (the default); drop --hidden recompute."
             )
         _int_at_least("max_prompt_tokens", self.max_prompt_tokens, 1)
@@ -165,6 +166,8 @@ class TrainHeadConfig:
         d = asdict(self)
         d["data"] = [s if is_builtin(s) else str(Path(s).expanduser().resolve()) for s in self.data]
         d["target"], d["draft"] = model_ref(self.target), model_ref(self.draft)
+        if d["head_input"] == "features":
+            d["head_input"] = "producing"  # one data folder trains both kinds of no-lag head
         return {k: d[k] for k in DATA_KEYS}
 
     def train_settings(self) -> dict[str, Any]:

@@ -361,7 +361,7 @@ def teacher_forced_labels(
     P, R = len(prompt_ids), len(response_ids)
     if P < 1 or R < 1:
         raise ValueError("need at least one prompt and one response token")
-    producing = head_input == "producing"
+    producing = head_input != "consumed"  # "producing" or "features": the same data
     device = draft.device
     seq = torch.tensor(list(prompt_ids) + list(response_ids), dtype=torch.long, device=device)
     context = seq[None, : P + R - 1]  # logits at positions P-1 .. P+R-2 predict response tokens 1..R

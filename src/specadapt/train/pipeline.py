@@ -222,7 +222,7 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
     )
 
     torch.manual_seed(config.seed)  # head initialisation
-    head = AcceptanceHead(hidden_size, config.num_blocks, config.shared_blocks, config.head_input)
+    head = AcceptanceHead(hidden_size, config.num_blocks, config.shared_blocks, config.head_input)  # all DRAFT_FEATURES
     module = HeadTrainingModule(head, config.reject_weight, draft_model if config.hidden == "recompute" else None)
     if config.hidden == "cache":
         train_set, dev_set, collator = CachedHiddenDataset(items["train"]), CachedHiddenDataset(items["dev"]), collate_cached
@@ -254,7 +254,7 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
     curves = loss_curves(trainer.state.log_history)
     train_tokens = sum(int(it.draft_mask.sum()) for it in items["train"])
     train_label_sum = sum(float(it.labels[it.draft_mask].sum()) for it in items["train"])
-    producing = config.head_input == "producing"
+    producing = config.head_input != "consumed"  # no lag: "producing" or "features"
     recipe = {
         "paper": "SpecDec++ (arXiv 2405.19715)" + (", with a no-lag head input (specadapt)" if producing else ""),
         "responses": config.responses,
