@@ -115,6 +115,18 @@ def test_cost_model_fit_recovers_known_costs():
         CostModel.fit(records[:2])
 
 
+def test_cost_model_fit_never_gives_a_negative_cost():
+    # Noisy timings where plain least squares puts a negative cost on rounds (and so rewards more of them).
+    records = [{"drafted": d, "rounds": r, "prompt_tokens": 10, "wall_s": w}
+               for d, r, w in ((10, 10, 1.0), (20, 12, 2.1), (30, 30, 2.9), (40, 20, 4.2))]
+    x = torch.tensor([[r["drafted"], r["rounds"], r["prompt_tokens"]] for r in records], dtype=torch.float64)
+    plain = torch.linalg.lstsq(x, torch.tensor([[r["wall_s"]] for r in records], dtype=torch.float64)).solution
+    assert bool((plain < 0).any())  # the case this guards against
+    fitted = CostModel.fit(records)
+    assert min(fitted.per_drafted, fitted.per_round, fitted.per_prompt_token) >= 0
+    assert fitted.per_drafted == pytest.approx(0.104, abs=0.01)  # time follows drafted tokens here
+
+
 def test_bad_input(head):
     traj = _hand_made([1, 2], [1, 2], 8)
     with pytest.raises(SpecAdaptError, match="lossy"):

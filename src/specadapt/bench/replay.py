@@ -23,6 +23,7 @@ generations: seconds = a·drafted + b·rounds + c·prompt tokens.
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -181,10 +182,22 @@ class CostModel:
 
     @classmethod
     def fit(cls, records: list[dict]) -> "CostModel":
-        """Least squares over benchmark records (``drafted``, ``rounds``, ``prompt_tokens``, ``wall_s``)."""
+        """Non-negative least squares over benchmark records (``drafted``, ``rounds``, ``prompt_tokens``,
+        ``wall_s``): a cost is never negative, though timing noise on short generations can make a plain fit so."""
         if len(records) < 3:
             raise SpecAdaptError(f"fitting the cost model needs at least 3 measured generations, got {len(records)}.")
         x = torch.tensor([[r["drafted"], r["rounds"], r["prompt_tokens"]] for r in records], dtype=torch.float64)
         t = torch.tensor([[r["wall_s"]] for r in records], dtype=torch.float64)
-        a, b, c = torch.linalg.lstsq(x, t).solution.flatten().tolist()
-        return cls(a, b, c)
+        best, best_error = [0.0, 0.0, 0.0], float(t.square().sum())
+        # Three unknowns: try every subset of free coefficients (the others held at 0), keep the best feasible fit.
+        for subset in itertools.chain.from_iterable(itertools.combinations(range(3), n) for n in (1, 2, 3)):
+            cols = list(subset)
+            solution = torch.linalg.lstsq(x[:, cols], t).solution
+            if bool((solution < 0).any()):
+                continue
+            error = float((x[:, cols] @ solution - t).square().sum())
+            if error < best_error:
+                best, best_error = [0.0, 0.0, 0.0], error
+                for col, value in zip(cols, solution.flatten().tolist()):
+                    best[col] = value
+        return cls(*best)

@@ -200,11 +200,15 @@ def markdown_report(report: dict[str, Any]) -> str:
     for r in dev["calibration"]:
         lines.append(f"| {r['bucket']} | {r['count']} | {_fmt(r['mean_predicted'])} | {_fmt(r['observed_acceptance'])} |")
     lines += [""]
+    weight = report["recipe"]["reject_weight"]
     lines += [
         (
-            f"The loss weighs rejections {report['recipe']['reject_weight']:g}x, so a well-trained head predicts "
+            f"The loss weighs rejections {weight:g}x, so a well-trained head predicts "
             "y / (y + w (1 - y)) rather than the acceptance y itself: it is pessimistic on purpose (the dotted "
             "curve in the plot), and the stopping threshold absorbs this. Judge it by the AUC and by `tune-head`."
+        ) if weight != 1 else (
+            "The loss weighs both classes alike, so a well-trained head is calibrated: predicted P(accept) should "
+            "match the observed acceptance in every bucket. Judge it by that, the AUC and `tune-head`."
         ),
         "",
     ]
