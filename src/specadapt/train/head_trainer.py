@@ -45,7 +45,7 @@ def weighted_soft_bce(logits: torch.Tensor, labels: torch.Tensor, reject_weight:
 
 
 class CachedHiddenDataset(Dataset):
-    """One item per sequence: its cached head inputs (hidden states [n, d], and draft features [n, 2]
+    """One item per sequence: its cached head inputs (hidden states [n, d], and draft features [n, 3]
     for a "producing" or "features" head) and labels [n] at the loss positions."""
 
     def __init__(self, items: Sequence[SequenceLabels]) -> None:
