@@ -444,16 +444,20 @@ def test_calibration_table_buckets():
 # ---------------------------------------------------------------- the pipeline end to end
 
 
-def assert_decodes_like_the_target(pair_dir, head_dir) -> None:
-    """The decoder runs with the head, and its greedy output equals the target's own."""
+def assert_decodes_like_the_target(pair_dir, head_dir, device: str = "cpu"):
+    """The decoder runs with the head on ``device``, and its greedy output equals the target's own.
+    Returns the method, the result and the target, for further checks."""
     from transformers import AutoModelForCausalLM
 
-    target = AutoModelForCausalLM.from_pretrained(pair_dir / "target").eval()
-    draft = AutoModelForCausalLM.from_pretrained(pair_dir / "draft").eval()
+    target = AutoModelForCausalLM.from_pretrained(pair_dir / "target").eval().to(device)
+    draft = AutoModelForCausalLM.from_pretrained(pair_dir / "draft").eval().to(device)
     method = make_method("specdecpp", head=str(head_dir), threshold=0.5)
-    r = make_engine(target, draft).generate([[5, 6, 7]], method, GenerationConfig(max_new_tokens=12))[0]
+    engine = make_engine(target, draft)
+    assert engine.device.type == torch.device(device).type
+    r = engine.generate([[5, 6, 7]], method, GenerationConfig(max_new_tokens=12))[0]
     auto = make_engine(target, None).generate([[5, 6, 7]], make_method("autoregressive"), GenerationConfig(max_new_tokens=12))[0]
     assert r.token_ids == auto.token_ids and r.stats.drafted > 0
+    return method, r, target
 
 
 def test_end_to_end_tiny_run_gives_a_head_the_engine_uses(pair_dir, prompts_file, tmp_path):

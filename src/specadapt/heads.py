@@ -90,6 +90,11 @@ _V2_FEATURES = DRAFT_FEATURES[:2]  # format_version 2 heads read these
 _MIN_LOGPROB = -30.0  # a token the draft gave (almost) no, or all, mass: keep the features finite
 
 
+def _is_feature_prefix(names: tuple[str, ...]) -> bool:
+    """A head reads the first n >= 1 of :data:`DRAFT_FEATURES`, in order (older heads read fewer)."""
+    return 0 < len(names) <= len(DRAFT_FEATURES) and names == DRAFT_FEATURES[: len(names)]
+
+
 def draft_features(token_logprob: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
     """[...] log-probability q of the drafted token and [...] entropy of its distribution -> :data:`DRAFT_FEATURES`
     [..., 3] (fp32): log q, the entropy, log(1 - q)."""
@@ -128,7 +133,7 @@ class AcceptanceHead(nn.Module):
         self.shared_blocks = bool(shared_blocks)
         self.input = input
         self.features = tuple(features) if self.reads_features else ()
-        if self.features != DRAFT_FEATURES[: len(self.features)] or (self.reads_features and not self.features):
+        if self.reads_features and not _is_feature_prefix(self.features):
             raise ValueError(f"features must be a non-empty prefix of {DRAFT_FEATURES}, got {features!r}")
         width = (hidden_size if input != "features" else 0) + len(self.features)
         n_linear = 0 if num_blocks == 0 else (1 if self.shared_blocks else num_blocks)
@@ -160,10 +165,16 @@ class AcceptanceHead(nn.Module):
         """Predicted probability of acceptance [...] (fp32); arguments as for :meth:`forward`."""
         return self(hidden, features).float().softmax(-1)[..., 1]
 
+    def _format_version(self) -> int:
+        # The oldest version that reads this head correctly, so older specadapt still loads what it can.
+        if not self.reads_features:
+            return 1
+        return 2 if self.input == "producing" and self.features == _V2_FEATURES else 3
+
     def config(self) -> dict[str, Any]:
         config = {
             "format": FORMAT_NAME,
-            "format_version": 1 if not self.reads_features else 2 if self.features == _V2_FEATURES and self.input == "producing" else 3,
+            "format_version": self._format_version(),
             "hidden_size": self.hidden_size,
             "num_blocks": self.num_blocks,
             "shared_blocks": self.shared_blocks,
@@ -262,7 +273,7 @@ def read_head_config(directory: str | os.PathLike) -> dict[str, Any]:
         )
     if config["input"] != "consumed":
         features = config.setdefault("features", list(_V2_FEATURES))  # format_version 2 heads name none
-        if not isinstance(features, list) or not features or tuple(features) != DRAFT_FEATURES[: len(features)]:
+        if not isinstance(features, list) or not _is_feature_prefix(tuple(features)):
             raise SpecAdaptError(
                 f"acceptance head config {config_path}: features must be a non-empty prefix of {list(DRAFT_FEATURES)}, "
                 f"got {features!r}."
