@@ -22,6 +22,7 @@ import torch
 
 from specadapt.heads import DRAFT_FEATURES, distribution_features, load_head, resolve_head
 from specadapt.train.head_data import load_labels
+from specadapt.train.head_trainer import weighted_soft_bce
 from specadapt.train.report import roc_auc
 
 
@@ -49,8 +50,8 @@ def load_split(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def weighted_bce(z: torch.Tensor, y: torch.Tensor, w: float) -> torch.Tensor:
-    sp = torch.nn.functional.softplus
-    return (w * (1 - y) * sp(z) + y * sp(-z)).sum() / (w * (1 - y) + y).sum()
+    """The head's training loss on one logit per token (class 1 = accept)."""
+    return weighted_soft_bce(torch.stack([torch.zeros_like(z), z], -1), y, w)
 
 
 def logistic_auc(train: torch.Tensor, y: torch.Tensor, dev: torch.Tensor, y_dev: torch.Tensor, w: float, l2: float = 0.0) -> float:
