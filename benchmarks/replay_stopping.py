@@ -10,7 +10,7 @@ drafting methods, fixed K from 1 to 10, SpecDec++ thresholds 0.1 to 0.98 (built-
 the first rejection (no stopping rule can beat it), plus ``--methods``. No generation is timed here.
 
 Timing: per dataset, a cost model (seconds = a·drafted + b·rounds + c·prompt tokens) is fitted on the run's
-measured target-only and lossless drafting generations. Modelled speedup = mean over examples of the measured target-only seconds
+measured lossless drafting generations (target-only ones too if it measured fewer than two drafting methods). Modelled speedup = mean over examples of the measured target-only seconds
 ÷ the modelled seconds of the replayed counts. Two checks are printed for each method the run measured: the
 measured speedup beside the model applied to the *measured* counts (the cost model's error), and replayed vs
 measured rounds (the replay's; in bf16 a speculative method's text can differ from target-only's a little).
@@ -137,8 +137,12 @@ def _stats(d: dict) -> RequestStats:
 
 
 def summarize(dataset: str, examples: list[dict], records: list[dict], measured: list[str]) -> dict:
-    # Target-only generations anchor the per-round cost at a real one-token target step; drafting ones add the rest.
-    fit_on = [r for r in records if r["dataset"] == dataset and r["method"] in (*measured, BASELINE)]
+    # Drafting generations only: on CPU a one-token target step costs more than a short verification, so
+    # target-only ones would raise the per-round cost and undercharge drafting. They are the fallback when the
+    # run measured fewer than two drafting methods (too few draft lengths to separate the two costs).
+    drafting = [r for r in records if r["dataset"] == dataset and r["method"] in measured and r["drafted"] > 0]
+    fit_on = drafting if len({r["method"] for r in drafting}) >= 2 else [
+        r for r in records if r["dataset"] == dataset and r["method"] in (*measured, BASELINE)]
     cost = CostModel.fit(fit_on)
     table = {}
     for label in [k for k in examples[0]["replayed"] if all(k in e["replayed"] for e in examples)]:

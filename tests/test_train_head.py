@@ -641,7 +641,7 @@ def test_tune_head_by_replay_counts_what_the_engine_does(pair_dir, tmp_path):
                        device="cpu", by="replay", progress=False)
     tuning = read_head_config(folder)["threshold_tuning"]
     assert tuning["by"] == "replay" and tuning["grid"] == [0.4, 0.8] and tuning["prompts"] == 3
-    assert read_head_config(folder)["threshold"] == result.best and tuning["anchor"] == "fixed:4"
+    assert read_head_config(folder)["threshold"] == result.best and tuning["anchors"] == ["fixed:2", "fixed:6"]
     assert set(tuning["fixed_k_tokens_per_s"]) == {f"fixed:{k}" for k in range(1, 11)}
     assert tuning["best_fixed_k"] in tuning["fixed_k_tokens_per_s"] and min(tuning["cost_model"].values()) >= 0
     # The replayed counts are the engine's own (fp32, greedy).

@@ -361,7 +361,7 @@ def tune_head_command(
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template for --prompts (default: if the tokenizer has one)."),
     dtype: str = typer.Option("bfloat16", help="bfloat16, float32 or float16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-    by: str = typer.Option("speed", help="speed: time every threshold on every prompt; replay (greedy only): time target-only and fixed:4 once per prompt, replay every threshold and fixed K 1-10 on the target's output and model their speed (exact counts, far less noise)."),
+    by: str = typer.Option("speed", help="speed: time every threshold on every prompt; replay (greedy only): time fixed:2 and fixed:6 once per prompt, replay every threshold and fixed K 1-10 on the greedy output and model their speed (exact counts, far less noise)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the threshold into the head."),
 ) -> None:
     """Pick the SpecDec++ threshold by tokens/s on dev prompts (measured, or modelled from a replay) and record it in the head's config."""
@@ -400,8 +400,8 @@ def tune_head_command(
     if by == "replay":
         fixed = result.settings["fixed_k_tokens_per_s"]
         best_fixed = result.settings["best_fixed_k"]
-        err.print(f"modelled tokens/s (cost model fitted on {result.prompts} target-only and "
-                  f"{result.prompts} {result.settings['anchor']} generations); best fixed K on these prompts: "
+        err.print(f"modelled tokens/s (cost model fitted on {result.prompts} generations each of "
+                  f"{' and '.join(result.settings['anchors'])}); best fixed K on these prompts: "
                   f"{best_fixed} at {fixed[best_fixed]:.2f} tokens/s")
     where = "recorded in" if result.written else "not written to (--dry-run)"
     err.print(f"best threshold {result.best:g} on {result.prompts} prompt(s); {where} {result.head / 'config.json'}")
