@@ -428,5 +428,8 @@ def test_threshold_defaults_to_the_one_recorded_in_the_head(head_dir):
     assert make_method(spec(tuned)).policy.threshold == 0.4
     assert make_method(spec(tuned, threshold=0.9)).policy.threshold == 0.9  # an explicit setting wins
     assert make_method(spec(head_dir(probe_head()))).policy.threshold == 0.7  # nothing recorded: the paper's value
+    assert make_method(spec(head_dir(probe_head(), min_k=1))).policy.min_k == 1  # min_k likewise
+    assert make_method(spec(head_dir(probe_head(), min_k=1), min_k=3)).policy.min_k == 3
+    assert make_method(spec(tuned)).policy.min_k == 2
     with pytest.raises(SpecAdaptError, match="threshold must be in"):
         make_method(spec(head_dir(probe_head(), threshold=1.5)))

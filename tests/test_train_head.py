@@ -617,19 +617,21 @@ def test_tune_head_records_the_fastest_threshold(pair_dir, tmp_path):
     from specadapt.cli import app
 
     res = CliRunner().invoke(app, ["tune-head", str(folder), "--prompts", prompts, "--thresholds", "0.4,0.8",
-                                   "--max-new-tokens", "6", "--dtype", "float32", "--device", "cpu"])
+                                   "--min-k", "1,2", "--max-new-tokens", "6", "--dtype", "float32", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     config = read_head_config(folder)
     assert config["threshold"] in (0.4, 0.8) and config["note"] == "kept"
     tuning = config["threshold_tuning"]
-    assert tuning["grid"] == [0.4, 0.8] and tuning["prompts"] == 2
+    assert tuning["grid"] == [0.4, 0.8] and tuning["min_k_grid"] == [1, 2] and tuning["prompts"] == 2
+    assert {(r["threshold"], r["min_k"]) for r in tuning["results"]} == {(0.4, 1), (0.8, 1), (0.4, 2), (0.8, 2)}
     best = max(tuning["results"], key=lambda r: r["tokens_per_s"])
-    assert best["threshold"] == config["threshold"] and all(r["tokens"] > 0 for r in tuning["results"])
-    assert make_method("specdecpp", head=str(folder)).policy.head == str(folder)
+    assert (best["threshold"], best["min_k"]) == (config["threshold"], config["min_k"]) and all(r["tokens"] > 0 for r in tuning["results"])
+    policy = make_method("specdecpp", head=str(folder)).policy
+    assert (policy.head, policy.threshold, policy.min_k) == (str(folder), config["threshold"], config["min_k"])
 
     dry = tune_head(folder, prompts_file=prompts, thresholds=[0.6], max_new_tokens=4, dtype="float32", device="cpu",
                     write=False, progress=False)
-    assert dry.best == 0.6 and read_head_config(folder)["threshold"] == config["threshold"]
+    assert (dry.best.threshold, dry.best.min_k) == (0.6, 2) and read_head_config(folder)["threshold"] == config["threshold"]
 
 
 def test_tune_head_by_replay_counts_what_the_engine_does(pair_dir, tmp_path):
@@ -637,11 +639,12 @@ def test_tune_head_by_replay_counts_what_the_engine_does(pair_dir, tmp_path):
     head = AcceptanceHead(32, 1, input="producing")
     folder = save_head(head, tmp_path / "head", extra={"draft": str(pair_dir / "draft"), "target": str(pair_dir / "target")})
     prompts = write_prompts(tmp_path / "dev.jsonl", 3, with_response=False)
-    result = tune_head(folder, prompts_file=prompts, thresholds=[0.4, 0.8], max_new_tokens=10, dtype="float32",
-                       device="cpu", by="replay", progress=False)
+    result = tune_head(folder, prompts_file=prompts, thresholds=[0.4, 0.8], min_ks=[1, 3], max_new_tokens=10,
+                       dtype="float32", device="cpu", by="replay", progress=False)
     tuning = read_head_config(folder)["threshold_tuning"]
     assert tuning["by"] == "replay" and tuning["grid"] == [0.4, 0.8] and tuning["prompts"] == 3
-    assert read_head_config(folder)["threshold"] == result.best and tuning["anchors"] == ["fixed:2", "fixed:6"]
+    config = read_head_config(folder)
+    assert (config["threshold"], config["min_k"]) == (result.best.threshold, result.best.min_k) and tuning["anchors"] == ["fixed:2", "fixed:6"]
     assert set(tuning["fixed_k_tokens_per_s"]) == {f"fixed:{k}" for k in range(1, 11)}
     assert tuning["best_fixed_k"] in tuning["fixed_k_tokens_per_s"] and min(tuning["cost_model"].values()) >= 0
     # The replayed counts are the engine's own (fp32, greedy).
@@ -650,7 +653,7 @@ def test_tune_head_by_replay_counts_what_the_engine_does(pair_dir, tmp_path):
     decoder = SpecDecoder.from_pretrained(str(pair_dir / "target"), str(pair_dir / "draft"), dtype="float32", device="cpu")
     ids = [decoder.encode(p["prompt"]) for p in map(json.loads, open(prompts))]
     for run in result.runs:
-        engine = [decoder.engine.generate([i], make_method("specdecpp", head=str(folder), threshold=run.threshold),
+        engine = [decoder.engine.generate([i], make_method("specdecpp", head=str(folder), threshold=run.threshold, min_k=run.min_k),
                                           GenerationConfig(max_new_tokens=10))[0].stats for i in ids]
         assert (run.stats.rounds, run.stats.drafted, run.stats.accepted) == (
             sum(e.rounds for e in engine), sum(e.drafted for e in engine), sum(e.accepted for e in engine))
@@ -664,6 +667,7 @@ def test_tune_head_errors(pair_dir, tmp_path):
     good = save_head(AcceptanceHead(32, 1), tmp_path / "good")
     assert "no dev prompts" in error_of(lambda: tune_head(good, progress=False))
     assert "strictly between 0 and 1" in error_of(lambda: tune_head(good, thresholds=[0.5, 1.0], prompts=["x"]))
+    assert "min_k values must be integers >= 1" in error_of(lambda: tune_head(good, min_ks=[0, 2], prompts=["x"]))
     assert "not found" in error_of(lambda: tune_head(tmp_path / "nothing"))
     assert "by must be one of speed, replay" in error_of(lambda: tune_head(good, by="guess", prompts=["x"]))
     assert "greedy decoding" in error_of(lambda: tune_head(good, by="replay", temperature=0.7, prompts=["x", "y"]))

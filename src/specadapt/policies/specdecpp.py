@@ -3,8 +3,9 @@
 A trained :class:`~specadapt.heads.AcceptanceHead` maps the draft's hidden state
 at a draft token's position to P̂(the target accepts that token). Over a round
 the policy keeps ``cum = Π P̂_i`` and stops once ``1 - cum > threshold``, never
-before ``min_k`` drafted tokens and always at ``max_k``. Verification is the
-standard lossless rule.
+before ``min_k`` drafted tokens and always at ``max_k``. ``threshold`` and ``min_k``
+default to the values `specadapt tune-head` recorded in the head's config.
+Verification is the standard lossless rule.
 
 One-step lag (as in the official code): the hidden state at token k's position
 only exists once the draft has consumed token k, i.e. in the forward that yields
@@ -65,6 +66,7 @@ def stop_step(step_probs: Sequence[float], threshold: float, min_k: int, max_k: 
 
 DEFAULT_THRESHOLD = 0.7  # the paper's sample script; reported best overall
 FROM_HEAD = -1.0
+DEFAULT_MIN_K = 2
 
 
 @register_method("specdecpp", summary="SpecDec++: stop when a trained head's P(some draft token rejected) > threshold")
@@ -72,7 +74,7 @@ FROM_HEAD = -1.0
 class SpecDecPP(DraftLengthPolicy):
     head: str = ""  # head folder or built-in head name; "": the built-in head of the default pair
     threshold: float = FROM_HEAD  # -1: the threshold recorded in the head's config (by tune-head), else 0.7
-    min_k: int = 2
+    min_k: int = 0  # 0: the min_k recorded in the head's config (by tune-head), else 2
     max_k: int = 20
 
     name = "specdecpp"
@@ -93,6 +95,8 @@ class SpecDecPP(DraftLengthPolicy):
             self.threshold = float(self._head_config.get("threshold", DEFAULT_THRESHOLD))
         if not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1) (exclusive), got {self.threshold!r}; 0.7 is the paper's best overall")
+        if self.min_k == 0:
+            self.min_k = int(self._head_config.get("min_k", DEFAULT_MIN_K))
         if not 1 <= self.min_k <= self.max_k:
             raise ValueError(f"need 1 <= min_k <= max_k, got min_k={self.min_k}, max_k={self.max_k}")
         self._model: AcceptanceHead | None = None

@@ -1,16 +1,18 @@
-"""``tune_head``: pick the SpecDec++ stopping threshold h by measured throughput, and record it in the head.
+"""``tune_head``: pick the SpecDec++ stopping threshold h (and, optionally, the least
+draft length ``min_k``) by measured throughput, and record them in the head.
 
-For each dev prompt, every threshold of the grid is run once (the order rotates from
-prompt to prompt, so slow drifts of the machine's speed do not favour one threshold);
-tokens/s is pooled per threshold (sum of generated tokens / sum of wall time). The
-fastest threshold is written as ``threshold`` into the head's ``config.json``, with the
+The grid is every threshold times every ``min_k`` (default: 2 only). For each dev
+prompt, every setting of the grid is run once (the order rotates from prompt to
+prompt, so slow drifts of the machine's speed do not favour one setting); tokens/s is
+pooled per setting (sum of generated tokens / sum of wall time). The fastest is
+written as ``threshold`` and ``min_k`` into the head's ``config.json``, with the
 measurements under ``threshold_tuning``; every other field is kept.
 
 ``by="replay"`` (greedy only) measures less and sees more: per dev prompt it times
 ``fixed:2`` and ``fixed:6`` once, which fit a cost model (seconds = a·drafted +
 b·rounds + c·prompt tokens, :class:`specadapt.bench.replay.CostModel`), and replays
-every threshold on the greedy output (:mod:`specadapt.bench.replay`: exact counts, no
-timing noise). Tokens/s per threshold is then modelled; fixed K = 1..10 are replayed
+every setting on the greedy output (:mod:`specadapt.bench.replay`: exact counts, no
+timing noise). Tokens/s per setting is then modelled; fixed K = 1..10 are replayed
 beside them as the yardstick, and recorded too. Target-only is not in the fit: on CPU
 a one-token target step costs more than a 2-token verification (matrix-vector
 kernels), so anchoring the per-round cost there undercharges drafting and favours
@@ -36,6 +38,7 @@ from ..heads import CONFIG_FILE, read_head_config
 from ..stats import RequestStats
 
 DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
+DEFAULT_MIN_KS = (2,)
 TUNE_BY = ("speed", "replay")
 REPLAY_ANCHORS = ("fixed:2", "fixed:6")  # timed per prompt; two draft lengths separate per-round from per-drafted cost
 FIXED_REFERENCE = tuple(range(1, 11))
@@ -43,9 +46,10 @@ FIXED_REFERENCE = tuple(range(1, 11))
 
 @dataclass
 class ThresholdRun:
-    """Pooled measurements of one threshold: wall-clock seconds and the engine's own counters."""
+    """Pooled measurements of one setting (threshold, min_k): wall-clock seconds and the engine's own counters."""
 
     threshold: float
+    min_k: int = 2
     seconds: float = 0.0
     stats: RequestStats = field(default_factory=RequestStats)
 
@@ -61,6 +65,7 @@ class ThresholdRun:
         s = self.stats
         return {
             "threshold": self.threshold,
+            "min_k": self.min_k,
             "tokens": s.generated_tokens,
             "seconds": self.seconds,
             "drafted": s.drafted,
@@ -75,7 +80,7 @@ class ThresholdRun:
 @dataclass
 class TuneResult:
     head: Path
-    best: float
+    best: ThresholdRun  # the fastest setting
     runs: list[ThresholdRun]
     prompts: int
     settings: dict[str, Any] = field(default_factory=dict)
@@ -110,11 +115,19 @@ def _check_thresholds(thresholds: Sequence[float]) -> list[float]:
     return sorted(set(grid))
 
 
-def write_threshold(head_dir: Path, threshold: float, tuning: dict[str, Any]) -> None:
-    """Set ``threshold`` (and ``threshold_tuning``) in the head's config.json, keeping all other fields."""
+def _check_min_ks(min_ks: Sequence[int]) -> list[int]:
+    grid = sorted({int(k) for k in min_ks})
+    if not grid or grid[0] < 1:
+        raise SpecAdaptError(f"min_k values must be integers >= 1 (e.g. --min-k 1,2), got {list(min_ks)}.")
+    return grid
+
+
+def write_threshold(head_dir: Path, threshold: float, min_k: int, tuning: dict[str, Any]) -> None:
+    """Set ``threshold``, ``min_k`` and ``threshold_tuning`` in the head's config.json, keeping all other fields."""
     path = head_dir / CONFIG_FILE
     config = json.loads(path.read_text(encoding="utf-8"))
     config["threshold"] = threshold
+    config["min_k"] = min_k
     config["threshold_tuning"] = tuning
     tmp = path.with_name(CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -130,6 +143,7 @@ def tune_head(
     prompts: Sequence[str] | Sequence[Sequence[int]] | None = None,
     prompts_file: str | os.PathLike | None = None,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    min_ks: Sequence[int] = DEFAULT_MIN_KS,
     num_prompts: int = 5,
     max_new_tokens: int = 128,
     temperature: float = 0.0,
@@ -143,7 +157,8 @@ def tune_head(
     progress: bool = True,
     on_result: Callable[[ThresholdRun], None] | None = None,
 ) -> TuneResult:
-    """Measure tokens/s of ``specdecpp:head=HEAD,threshold=h`` for each h and record the fastest in the head.
+    """Measure tokens/s of ``specdecpp:head=HEAD,threshold=h,min_k=m`` for each h and m and record the fastest
+    in the head.
 
     ``target`` / ``draft`` default to the pair recorded in the head's config (else the built-in
     pair); ``decoder`` (a :class:`~specadapt.api.SpecDecoder`) skips loading. ``chat`` applies to
@@ -160,6 +175,7 @@ def tune_head(
     head_dir = resolve_head_dir(head)
     config = read_head_config(head_dir)
     grid = _check_thresholds(thresholds)
+    min_k_grid = _check_min_ks(min_ks)
     if not isinstance(num_prompts, int) or num_prompts < 1:
         raise SpecAdaptError(f"num_prompts must be >= 1, got {num_prompts!r}.")
     GenerationConfig(max_new_tokens, temperature, seed=seed)  # fail fast on bad settings
@@ -202,19 +218,19 @@ def tune_head(
         )
     use_chat = bool(getattr(decoder.tokenizer, "chat_template", None)) if chat is None else chat
     ids = [decoder.encode(p, use_chat) if isinstance(p, str) else list(p) for p in prompts]
-    methods = {h: make_method("specdecpp", head=str(head_dir), threshold=h) for h in grid}
+    methods = {(h, k): make_method("specdecpp", head=str(head_dir), threshold=h, min_k=k) for k in min_k_grid for h in grid}
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
 
     # Warm-up (caches, kernels, lazy head load): not measured.
     warm = GenerationConfig(max_new_tokens=min(8, max_new_tokens), seed=seed)
-    for method in [methods[grid[0]]] + ([make_method(a) for a in REPLAY_ANCHORS] if by == "replay" else []):
+    for method in [next(iter(methods.values()))] + ([make_method(a) for a in REPLAY_ANCHORS] if by == "replay" else []):
         decoder.engine.generate([ids[0]], method, warm)
     record: dict[str, Any] = {}
     if by == "replay":
         ordered, record = _replay_sweep(decoder, ids, methods, gen, progress)
     else:
         ordered = _timed_sweep(decoder, ids, methods, gen, progress)
-    best = max(ordered, key=lambda r: r.tokens_per_s).threshold
+    best = max(ordered, key=lambda r: r.tokens_per_s)
     settings = {
         "by": by,
         "target": target,
@@ -230,30 +246,30 @@ def tune_head(
         for r in ordered:
             on_result(r)
     if write:
-        write_threshold(head_dir, best, {**settings, "grid": grid, "results": [r.to_dict() for r in ordered], **record})
+        write_threshold(head_dir, best.threshold, best.min_k, {**settings, "grid": grid, "min_k_grid": min_k_grid, "results": [r.to_dict() for r in ordered], **record})
     return TuneResult(head_dir, best, ordered, len(ids), {**settings, **record}, write)
 
 
 def _timed_sweep(decoder, ids: list[list[int]], methods: dict, gen, progress: bool) -> list[ThresholdRun]:
-    """Every threshold run once per prompt, the order rotated per prompt; wall time pooled per threshold."""
+    """Every setting run once per prompt, the order rotated per prompt; wall time pooled per setting."""
     from tqdm.auto import tqdm
 
     grid = list(methods)
-    runs = {h: ThresholdRun(h) for h in grid}
+    runs = {key: ThresholdRun(*key) for key in grid}
     bar = tqdm(total=len(ids) * len(grid), desc="threshold sweep", unit="run", disable=not progress)
     for i, prompt in enumerate(ids):
-        for h in grid[i % len(grid) :] + grid[: i % len(grid)]:  # rotate the order per prompt
+        for key in grid[i % len(grid) :] + grid[: i % len(grid)]:  # rotate the order per prompt
             t0 = time.perf_counter()
-            result = decoder.engine.generate([prompt], methods[h], gen)[0]
-            runs[h].seconds += time.perf_counter() - t0
-            runs[h].stats.add(result.stats)
+            result = decoder.engine.generate([prompt], methods[key], gen)[0]
+            runs[key].seconds += time.perf_counter() - t0
+            runs[key].stats.add(result.stats)
             bar.update(1)
     bar.close()
-    return [runs[h] for h in grid]
+    return [runs[key] for key in grid]
 
 
 def _replay_sweep(decoder, ids: list[list[int]], methods: dict, gen, progress: bool) -> tuple[list[ThresholdRun], dict]:
-    """Time the anchors per prompt, replay every threshold and fixed K on the greedy output (the first
+    """Time the anchors per prompt, replay every setting and fixed K on the greedy output (the first
     anchor's: lossless), and model each one's seconds with the cost model fitted on the timed generations."""
     from tqdm.auto import tqdm
 
@@ -276,7 +292,7 @@ def _replay_sweep(decoder, ids: list[list[int]], methods: dict, gen, progress: b
         traj = make_trajectory(decoder.draft, prompt, greedy, gen.max_new_tokens, decoder.engine.eos_token_ids)
         replayed.append({label: replay(m, traj) for label, m in {**methods, **fixed}.items()})
     cost = CostModel.fit(timed)
-    runs = {h: ThresholdRun(h) for h in methods} | {label: ThresholdRun(0.0) for label in fixed}  # fixed K: no threshold
+    runs = {key: ThresholdRun(*key) for key in methods} | {label: ThresholdRun(0.0) for label in fixed}  # fixed K: no threshold
     for row in replayed:
         for label, run in runs.items():
             run.stats.add(row[label])
@@ -284,4 +300,4 @@ def _replay_sweep(decoder, ids: list[list[int]], methods: dict, gen, progress: b
     fixed_tps = {label: runs[label].tokens_per_s for label in fixed}
     record = {"cost_model": vars(cost), "anchors": list(REPLAY_ANCHORS), "fixed_k_tokens_per_s": fixed_tps,
               "best_fixed_k": max(fixed_tps, key=fixed_tps.get)}
-    return [runs[h] for h in methods], record
+    return [runs[key] for key in methods], record
