@@ -35,10 +35,11 @@ from typing import Any
 
 from ..errors import SpecAdaptError
 from ..heads import CONFIG_FILE, read_head_config
+from ..policies.specdecpp import DEFAULT_MIN_K
 from ..stats import RequestStats
 
 DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
-DEFAULT_MIN_KS = (2,)
+DEFAULT_MIN_KS = (DEFAULT_MIN_K,)
 TUNE_BY = ("speed", "replay")
 REPLAY_ANCHORS = ("fixed:2", "fixed:6")  # timed per prompt; two draft lengths separate per-round from per-drafted cost
 FIXED_REFERENCE = tuple(range(1, 11))
@@ -49,7 +50,7 @@ class ThresholdRun:
     """Pooled measurements of one setting (threshold, min_k): wall-clock seconds and the engine's own counters."""
 
     threshold: float
-    min_k: int = 2
+    min_k: int = DEFAULT_MIN_K
     seconds: float = 0.0
     stats: RequestStats = field(default_factory=RequestStats)
 
@@ -122,7 +123,7 @@ def _check_min_ks(min_ks: Sequence[int]) -> list[int]:
     return grid
 
 
-def write_threshold(head_dir: Path, threshold: float, min_k: int, tuning: dict[str, Any]) -> None:
+def write_tuning(head_dir: Path, threshold: float, min_k: int, tuning: dict[str, Any]) -> None:
     """Set ``threshold``, ``min_k`` and ``threshold_tuning`` in the head's config.json, keeping all other fields."""
     path = head_dir / CONFIG_FILE
     config = json.loads(path.read_text(encoding="utf-8"))
@@ -246,7 +247,7 @@ def tune_head(
         for r in ordered:
             on_result(r)
     if write:
-        write_threshold(head_dir, best.threshold, best.min_k, {**settings, "grid": grid, "min_k_grid": min_k_grid, "results": [r.to_dict() for r in ordered], **record})
+        write_tuning(head_dir, best.threshold, best.min_k, {**settings, "grid": grid, "min_k_grid": min_k_grid, "results": [r.to_dict() for r in ordered], **record})
     return TuneResult(head_dir, best, ordered, len(ids), {**settings, **record}, write)
 
 
