@@ -431,5 +431,10 @@ def test_threshold_defaults_to_the_one_recorded_in_the_head(head_dir):
     assert make_method(spec(head_dir(probe_head(), min_k=1))).policy.min_k == 1  # min_k likewise
     assert make_method(spec(head_dir(probe_head(), min_k=1), min_k=3)).policy.min_k == 3
     assert make_method(spec(tuned)).policy.min_k == 2
+    assert make_method(spec(head_dir(probe_head(), max_k=32))).policy.max_k == 32  # and max_k
+    assert make_method(spec(head_dir(probe_head(), max_k=32), max_k=8)).policy.max_k == 8
+    assert make_method(spec(tuned)).policy.max_k == 20
+    with pytest.raises(SpecAdaptError, match="need 1 <= min_k <= max_k"):
+        make_method(spec(head_dir(probe_head(), max_k=3), min_k=4))
     with pytest.raises(SpecAdaptError, match="threshold must be in"):
         make_method(spec(head_dir(probe_head(), threshold=1.5)))

@@ -617,17 +617,19 @@ def test_tune_head_records_the_fastest_threshold(pair_dir, tmp_path):
     from specadapt.cli import app
 
     res = CliRunner().invoke(app, ["tune-head", str(folder), "--prompts", prompts, "--thresholds", "0.4,0.8",
-                                   "--min-k", "1,2", "--max-new-tokens", "6", "--dtype", "float32", "--device", "cpu"])
+                                   "--min-k", "1,2", "--max-k", "3,20", "--max-new-tokens", "6", "--dtype", "float32", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     config = read_head_config(folder)
     assert config["threshold"] in (0.4, 0.8) and config["note"] == "kept"
     tuning = config["threshold_tuning"]
-    assert tuning["grid"] == [0.4, 0.8] and tuning["min_k_grid"] == [1, 2] and tuning["prompts"] == 2
-    assert {(r["threshold"], r["min_k"]) for r in tuning["results"]} == {(0.4, 1), (0.8, 1), (0.4, 2), (0.8, 2)}
+    assert tuning["grid"] == [0.4, 0.8] and tuning["min_k_grid"] == [1, 2] and tuning["max_k_grid"] == [3, 20] and tuning["prompts"] == 2
+    assert {(r["threshold"], r["min_k"], r["max_k"]) for r in tuning["results"]} == {
+        (h, k, m) for h in (0.4, 0.8) for k in (1, 2) for m in (3, 20)}
     best = max(tuning["results"], key=lambda r: r["tokens_per_s"])
-    assert (best["threshold"], best["min_k"]) == (config["threshold"], config["min_k"]) and all(r["tokens"] > 0 for r in tuning["results"])
+    assert (best["threshold"], best["min_k"], best["max_k"]) == (config["threshold"], config["min_k"], config["max_k"])
+    assert all(r["tokens"] > 0 for r in tuning["results"])
     policy = make_method("specdecpp", head=str(folder)).policy
-    assert (policy.head, policy.threshold, policy.min_k) == (str(folder), config["threshold"], config["min_k"])
+    assert (policy.head, policy.threshold, policy.min_k, policy.max_k) == (str(folder), config["threshold"], config["min_k"], config["max_k"])
 
     dry = tune_head(folder, prompts_file=prompts, thresholds=[0.6], max_new_tokens=4, dtype="float32", device="cpu",
                     write=False, progress=False)
@@ -639,7 +641,7 @@ def test_tune_head_by_replay_counts_what_the_engine_does(pair_dir, tmp_path):
     head = AcceptanceHead(32, 1, input="producing")
     folder = save_head(head, tmp_path / "head", extra={"draft": str(pair_dir / "draft"), "target": str(pair_dir / "target")})
     prompts = write_prompts(tmp_path / "dev.jsonl", 3, with_response=False)
-    result = tune_head(folder, prompts_file=prompts, thresholds=[0.4, 0.8], min_ks=[1, 3], max_new_tokens=10,
+    result = tune_head(folder, prompts_file=prompts, thresholds=[0.4, 0.8], min_ks=[1, 3], max_ks=[3, 20], max_new_tokens=10,
                        dtype="float32", device="cpu", by="replay", progress=False)
     tuning = read_head_config(folder)["threshold_tuning"]
     assert tuning["by"] == "replay" and tuning["grid"] == [0.4, 0.8] and tuning["prompts"] == 3
@@ -653,10 +655,34 @@ def test_tune_head_by_replay_counts_what_the_engine_does(pair_dir, tmp_path):
     decoder = SpecDecoder.from_pretrained(str(pair_dir / "target"), str(pair_dir / "draft"), dtype="float32", device="cpu")
     ids = [decoder.encode(p["prompt"]) for p in map(json.loads, open(prompts))]
     for run in result.runs:
-        engine = [decoder.engine.generate([i], make_method("specdecpp", head=str(folder), threshold=run.threshold, min_k=run.min_k),
+        engine = [decoder.engine.generate([i], make_method("specdecpp", head=str(folder), threshold=run.threshold, min_k=run.min_k, max_k=run.max_k),
                                           GenerationConfig(max_new_tokens=10))[0].stats for i in ids]
         assert (run.stats.rounds, run.stats.drafted, run.stats.accepted) == (
             sum(e.rounds for e in engine), sum(e.drafted for e in engine), sum(e.accepted for e in engine))
+
+
+def test_tune_head_on_benchmark_prompts_skips_the_reported_ones(pair_dir, tmp_path):
+    from specadapt.bench.datasets import load_dataset
+    from specadapt.train.tune_head import benchmark_prompts
+
+    messages, stops = benchmark_prompts(["humaneval", "mt-bench"], skip=3, count=5)
+    humaneval, mt_bench = load_dataset("humaneval", 6), load_dataset("mt-bench", 6)
+    # Round-robin over the datasets, each from its 4th example on, as the bench prompts them (stop strings too).
+    assert messages == [humaneval[3].messages, mt_bench[3].messages, humaneval[4].messages, mt_bench[4].messages, humaneval[5].messages]
+    assert stops == [humaneval[3].stop, (), humaneval[4].stop, (), humaneval[5].stop] and humaneval[3].stop
+    assert "only 77 examples" in error_of(lambda: benchmark_prompts(["mt-bench"], skip=3, count=78))
+    assert "skip must be a whole number >= 0" in error_of(lambda: benchmark_prompts(["mt-bench"], skip=-1, count=2))
+
+    from specadapt.api import SpecDecoder
+
+    decoder = SpecDecoder.from_pretrained(str(pair_dir / "target"), str(pair_dir / "draft"), dtype="float32", device="cpu")
+    decoder.tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    folder = save_head(AcceptanceHead(32, 1, input="producing"), tmp_path / "head")
+    result = tune_head(folder, datasets=["mt-bench"], skip=16, num_prompts=2, thresholds=[0.5], max_new_tokens=4,
+                       by="replay", decoder=decoder, progress=False)
+    tuning = read_head_config(folder)["threshold_tuning"]
+    assert (tuning["datasets"], tuning["skip"], tuning["prompts"]) == (["mt-bench"], 16, 2) and result.best.tokens > 0
+    assert "one way" in error_of(lambda: tune_head(folder, datasets=["mt-bench"], prompts=["x"], decoder=decoder))
 
 
 def test_tune_head_errors(pair_dir, tmp_path):
@@ -668,6 +694,8 @@ def test_tune_head_errors(pair_dir, tmp_path):
     assert "no dev prompts" in error_of(lambda: tune_head(good, progress=False))
     assert "strictly between 0 and 1" in error_of(lambda: tune_head(good, thresholds=[0.5, 1.0], prompts=["x"]))
     assert "min_k values must be integers >= 1" in error_of(lambda: tune_head(good, min_ks=[0, 2], prompts=["x"]))
+    assert "max_k values must be integers from the largest min_k (3) to 64" in error_of(
+        lambda: tune_head(good, min_ks=[1, 3], max_ks=[2, 20], prompts=["x"]))
     assert "not found" in error_of(lambda: tune_head(tmp_path / "nothing"))
     assert "by must be one of speed, replay" in error_of(lambda: tune_head(good, by="guess", prompts=["x"]))
     assert "greedy decoding" in error_of(lambda: tune_head(good, by="replay", temperature=0.7, prompts=["x", "y"]))

@@ -353,9 +353,12 @@ def tune_head_command(
     target: Optional[str] = typer.Option(None, help="Target model (default: the one recorded in the head)."),
     draft: Optional[str] = typer.Option(None, help="Draft model (default: the one recorded in the head)."),
     prompts: Optional[str] = typer.Option(None, help="JSONL file of {\"prompt\": ...} lines (default: the training run's dev prompts)."),
+    datasets: Optional[str] = typer.Option(None, help="Instead: comma-separated built-in bench datasets (e.g. humaneval,mt-bench), prompted as `specadapt bench` prompts them, taken round-robin after --skip."),
+    skip: int = typer.Option(0, help="With --datasets: leave out the first N examples of each (those `specadapt bench --limit N` reports)."),
     num_prompts: int = typer.Option(5, help="Prompts to measure with."),
     thresholds: str = typer.Option("0.3,0.5,0.7,0.9", help="Comma-separated thresholds h to try."),
     min_k: str = typer.Option("2", "--min-k", help="Comma-separated least draft lengths to try with every threshold (e.g. 1,2: chat often wants 1)."),
+    max_k: str = typer.Option("20", "--max-k", help="Comma-separated largest draft lengths to try with every threshold and min_k (e.g. 20,32: code often drafts to the cap)."),
     max_new_tokens: int = typer.Option(128, help="Tokens generated per prompt and threshold."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     seed: int = typer.Option(0, help="Random seed for sampling."),
@@ -365,7 +368,7 @@ def tune_head_command(
     by: str = typer.Option("speed", help="speed: time every threshold on every prompt; replay (greedy only): time fixed:2 and fixed:6 once per prompt, replay every threshold and fixed K 1-10 on the greedy output and model their speed (exact counts, far less noise)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the threshold into the head."),
 ) -> None:
-    """Pick the SpecDec++ threshold (and min_k) by tokens/s on dev prompts (measured, or modelled from a replay) and record them in the head's config."""
+    """Pick the SpecDec++ threshold (and min_k, max_k) by tokens/s on dev prompts (measured, or modelled from a replay) and record them in the head's config."""
     from .train import tune_head
 
     try:
@@ -376,6 +379,10 @@ def tune_head_command(
         min_ks = [int(x) for x in min_k.split(",") if x.strip()]
     except ValueError:
         raise SpecAdaptError(f"--min-k must be comma-separated integers, e.g. 1,2; got {min_k!r}.") from None
+    try:
+        max_ks = [int(x) for x in max_k.split(",") if x.strip()]
+    except ValueError:
+        raise SpecAdaptError(f"--max-k must be comma-separated integers, e.g. 20,32; got {max_k!r}.") from None
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -384,8 +391,11 @@ def tune_head_command(
         target=target,
         draft=draft,
         prompts_file=prompts,
+        datasets=[d.strip() for d in datasets.split(",") if d.strip()] if datasets else None,
+        skip=skip,
         thresholds=grid,
         min_ks=min_ks,
+        max_ks=max_ks,
         num_prompts=num_prompts,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -396,12 +406,12 @@ def tune_head_command(
         by=by,
         write=not dry_run,
     )
-    table = Table("threshold", "min_k", "tokens/s", "acceptance", "mean accepted length", "tokens", "seconds")
+    table = Table("threshold", "min_k", "max_k", "tokens/s", "acceptance", "mean accepted length", "tokens", "seconds")
     for r in result.runs:
         mark = " *" if r is result.best else ""
         acc = f"{r.stats.acceptance_rate:.2f}" if r.stats.acceptance_rate is not None else "-"
         mal = f"{r.stats.mean_accepted_length:.2f}" if r.stats.mean_accepted_length is not None else "-"
-        table.add_row(f"{r.threshold:g}{mark}", str(r.min_k), f"{r.tokens_per_s:.2f}", acc, mal, str(r.tokens), f"{r.seconds:.1f}")
+        table.add_row(f"{r.threshold:g}{mark}", str(r.min_k), str(r.max_k), f"{r.tokens_per_s:.2f}", acc, mal, str(r.tokens), f"{r.seconds:.1f}")
     Console().print(table)
     if by == "replay":
         fixed = result.settings["fixed_k_tokens_per_s"]
@@ -410,7 +420,7 @@ def tune_head_command(
                   f"{' and '.join(result.settings['anchors'])}); best fixed K on these prompts: "
                   f"{best_fixed} at {fixed[best_fixed]:.2f} tokens/s")
     where = "recorded in" if result.written else "not written to (--dry-run)"
-    err.print(f"best threshold {result.best.threshold:g} with min_k {result.best.min_k} on {result.prompts} prompt(s); "
+    err.print(f"best threshold {result.best.threshold:g} with min_k {result.best.min_k}, max_k {result.best.max_k} on {result.prompts} prompt(s); "
               f"{where} {result.head / 'config.json'}")
 
 

@@ -3,8 +3,8 @@
 A trained :class:`~specadapt.heads.AcceptanceHead` maps the draft's hidden state
 at a draft token's position to P̂(the target accepts that token). Over a round
 the policy keeps ``cum = Π P̂_i`` and stops once ``1 - cum > threshold``, never
-before ``min_k`` drafted tokens and always at ``max_k``. ``threshold`` and ``min_k``
-default to the values `specadapt tune-head` recorded in the head's config.
+before ``min_k`` drafted tokens and always at ``max_k``. ``threshold``, ``min_k`` and
+``max_k`` default to the values `specadapt tune-head` recorded in the head's config.
 Verification is the standard lossless rule.
 
 One-step lag (as in the official code): the hidden state at token k's position
@@ -67,6 +67,7 @@ def stop_step(step_probs: Sequence[float], threshold: float, min_k: int, max_k: 
 DEFAULT_THRESHOLD = 0.7  # the paper's sample script; reported best overall
 FROM_HEAD = -1.0
 DEFAULT_MIN_K = 2
+DEFAULT_MAX_K = 20
 
 
 @register_method("specdecpp", summary="SpecDec++: stop when a trained head's P(some draft token rejected) > threshold")
@@ -75,7 +76,7 @@ class SpecDecPP(DraftLengthPolicy):
     head: str = ""  # head folder or built-in head name; "": the built-in head of the default pair
     threshold: float = FROM_HEAD  # -1: the threshold recorded in the head's config (by tune-head), else 0.7
     min_k: int = 0  # 0: the min_k recorded in the head's config (by tune-head), else 2
-    max_k: int = 20
+    max_k: int = 0  # 0: the max_k recorded in the head's config (by tune-head), else 20
 
     name = "specdecpp"
     needs_hidden = True
@@ -97,6 +98,8 @@ class SpecDecPP(DraftLengthPolicy):
             raise ValueError(f"threshold must be in (0, 1) (exclusive), got {self.threshold!r}; 0.7 is the paper's best overall")
         if self.min_k == 0:
             self.min_k = int(self._head_config.get("min_k", DEFAULT_MIN_K))
+        if self.max_k == 0:
+            self.max_k = int(self._head_config.get("max_k", DEFAULT_MAX_K))
         if not 1 <= self.min_k <= self.max_k:
             raise ValueError(f"need 1 <= min_k <= max_k, got min_k={self.min_k}, max_k={self.max_k}")
         self._model: AcceptanceHead | None = None

@@ -1,11 +1,13 @@
 """``tune_head``: pick the SpecDec++ stopping threshold h (and, optionally, the least
-draft length ``min_k``) by measured throughput, and record them in the head.
+and largest draft lengths ``min_k`` / ``max_k``) by measured throughput, and record them
+in the head.
 
-The grid is every threshold times every ``min_k`` (default: 2 only). For each dev
+The grid is every threshold times every ``min_k`` (default: 2 only) times every
+``max_k`` (default: 20 only). For each dev
 prompt, every setting of the grid is run once (the order rotates from prompt to
 prompt, so slow drifts of the machine's speed do not favour one setting); tokens/s is
 pooled per setting (sum of generated tokens / sum of wall time). The fastest is
-written as ``threshold`` and ``min_k`` into the head's ``config.json``, with the
+written as ``threshold``, ``min_k`` and ``max_k`` into the head's ``config.json``, with the
 measurements under ``threshold_tuning``; every other field is kept.
 
 ``by="replay"`` (greedy only) measures less and sees more: per dev prompt it times
@@ -20,26 +22,33 @@ long blocks.
 
 Dev prompts: by default those of the training run the head came from
 (``OUTPUT/data/prompts.jsonl``, split ``dev``, when the head is ``OUTPUT/head``), else a
-JSONL file of ``{"prompt": ...}`` lines.
+JSONL file of ``{"prompt": ...}`` lines, else built-in benchmark datasets
+(``datasets=["humaneval", "mt-bench"]``), formatted exactly as `specadapt bench` formats
+them (chat messages, stop strings), taken round-robin after skipping the first ``skip``
+examples of each, which are the ones ``specadapt bench --limit skip`` reports: the
+threshold is then tuned on the workload it is judged on, without seeing those prompts.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import SpecAdaptError
 from ..heads import CONFIG_FILE, read_head_config
-from ..policies.specdecpp import DEFAULT_MIN_K
+from ..engine import MAX_DRAFT_TOKENS
+from ..policies.specdecpp import DEFAULT_MAX_K, DEFAULT_MIN_K
 from ..stats import RequestStats
 
 DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 DEFAULT_MIN_KS = (DEFAULT_MIN_K,)
+DEFAULT_MAX_KS = (DEFAULT_MAX_K,)
 TUNE_BY = ("speed", "replay")
 REPLAY_ANCHORS = ("fixed:2", "fixed:6")  # timed per prompt; two draft lengths separate per-round from per-drafted cost
 FIXED_REFERENCE = tuple(range(1, 11))
@@ -47,10 +56,11 @@ FIXED_REFERENCE = tuple(range(1, 11))
 
 @dataclass
 class ThresholdRun:
-    """Pooled measurements of one setting (threshold, min_k): wall-clock seconds and the engine's own counters."""
+    """Pooled measurements of one setting (threshold, min_k, max_k): wall-clock seconds and the engine's own counters."""
 
     threshold: float
     min_k: int = DEFAULT_MIN_K
+    max_k: int = DEFAULT_MAX_K
     seconds: float = 0.0
     stats: RequestStats = field(default_factory=RequestStats)
 
@@ -67,6 +77,7 @@ class ThresholdRun:
         return {
             "threshold": self.threshold,
             "min_k": self.min_k,
+            "max_k": self.max_k,
             "tokens": s.generated_tokens,
             "seconds": self.seconds,
             "drafted": s.drafted,
@@ -106,6 +117,22 @@ def dev_prompts_of(head_dir: Path) -> list[list[int]]:
     return [r["prompt_ids"] for r in sorted(rows, key=lambda r: r["index"]) if r.get("split") == "dev"]
 
 
+def benchmark_prompts(datasets: Sequence[str], skip: int, count: int) -> tuple[list[list[dict]], list[tuple[str, ...]]]:
+    """``count`` examples of the built-in benchmark ``datasets`` after the first ``skip`` of each, round-robin:
+    their chat messages and stop strings, as `specadapt bench` uses them."""
+    from ..bench.datasets import load_dataset
+
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+        raise SpecAdaptError(f"skip must be a whole number >= 0, got {skip!r}.")
+    per = -(-count // len(datasets))
+    columns = [load_dataset(name, skip + per)[skip:] for name in datasets]
+    examples = [e for row in itertools.zip_longest(*columns) for e in row if e is not None][:count]
+    if len(examples) < count:
+        raise SpecAdaptError(f"{', '.join(datasets)} hold only {len(examples)} examples after skipping {skip} of each; "
+                             "lower --skip or --num-prompts.")
+    return [e.messages for e in examples], [tuple(e.stop) for e in examples]
+
+
 def _check_thresholds(thresholds: Sequence[float]) -> list[float]:
     grid = [float(h) for h in thresholds]
     if not grid:
@@ -123,12 +150,22 @@ def _check_min_ks(min_ks: Sequence[int]) -> list[int]:
     return grid
 
 
-def write_tuning(head_dir: Path, threshold: float, min_k: int, tuning: dict[str, Any]) -> None:
-    """Set ``threshold``, ``min_k`` and ``threshold_tuning`` in the head's config.json, keeping all other fields."""
+def _check_max_ks(max_ks: Sequence[int], min_k_grid: list[int]) -> list[int]:
+    grid = sorted({int(k) for k in max_ks})
+    if not grid or grid[0] < max(min_k_grid) or grid[-1] > MAX_DRAFT_TOKENS:
+        raise SpecAdaptError(f"max_k values must be integers from the largest min_k ({max(min_k_grid)}) to "
+                             f"{MAX_DRAFT_TOKENS} (e.g. --max-k 20,32), got {list(max_ks)}.")
+    return grid
+
+
+def write_tuning(head_dir: Path, run: ThresholdRun, tuning: dict[str, Any]) -> None:
+    """Set ``threshold``, ``min_k``, ``max_k`` (``run``'s) and ``threshold_tuning`` in the head's config.json,
+    keeping all other fields."""
     path = head_dir / CONFIG_FILE
     config = json.loads(path.read_text(encoding="utf-8"))
-    config["threshold"] = threshold
-    config["min_k"] = min_k
+    config["threshold"] = run.threshold
+    config["min_k"] = run.min_k
+    config["max_k"] = run.max_k
     config["threshold_tuning"] = tuning
     tmp = path.with_name(CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -143,8 +180,11 @@ def tune_head(
     draft: str | None = None,
     prompts: Sequence[str] | Sequence[Sequence[int]] | None = None,
     prompts_file: str | os.PathLike | None = None,
+    datasets: Sequence[str] | None = None,
+    skip: int = 0,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     min_ks: Sequence[int] = DEFAULT_MIN_KS,
+    max_ks: Sequence[int] = DEFAULT_MAX_KS,
     num_prompts: int = 5,
     max_new_tokens: int = 128,
     temperature: float = 0.0,
@@ -158,12 +198,13 @@ def tune_head(
     progress: bool = True,
     on_result: Callable[[ThresholdRun], None] | None = None,
 ) -> TuneResult:
-    """Measure tokens/s of ``specdecpp:head=HEAD,threshold=h,min_k=m`` for each h and m and record the fastest
+    """Measure tokens/s of ``specdecpp:head=HEAD,threshold=h,min_k=m,max_k=M`` for each h, m and M and record the fastest
     in the head.
 
     ``target`` / ``draft`` default to the pair recorded in the head's config (else the built-in
     pair); ``decoder`` (a :class:`~specadapt.api.SpecDecoder`) skips loading. ``chat`` applies to
-    text prompts (None: use the chat template when the tokenizer has one). ``by``: ``"speed"``
+    text prompts (None: use the chat template when the tokenizer has one). ``datasets`` / ``skip``: prompts
+    from built-in benchmark datasets (see the module docstring) instead of ``prompts``. ``by``: ``"speed"``
     (time every threshold) or ``"replay"`` (model it; see the module docstring).
     """
     from tqdm.auto import tqdm
@@ -177,6 +218,7 @@ def tune_head(
     config = read_head_config(head_dir)
     grid = _check_thresholds(thresholds)
     min_k_grid = _check_min_ks(min_ks)
+    max_k_grid = _check_max_ks(max_ks, min_k_grid)
     if not isinstance(num_prompts, int) or num_prompts < 1:
         raise SpecAdaptError(f"num_prompts must be >= 1, got {num_prompts!r}.")
     GenerationConfig(max_new_tokens, temperature, seed=seed)  # fail fast on bad settings
@@ -189,6 +231,11 @@ def tune_head(
         raise SpecAdaptError("tuning by replay needs at least 2 prompts (their timings fit the cost model); raise --num-prompts.")
 
     # Prompts before models: a missing prompt set should not cost a model load.
+    stops: list[tuple[str, ...]] = []
+    if datasets:
+        if prompts is not None or prompts_file is not None:
+            raise SpecAdaptError("give dev prompts one way: datasets, or a prompts file, or prompts; not several.")
+        prompts, stops = benchmark_prompts(datasets, skip, num_prompts)
     if prompts is None and prompts_file is not None:
         from .sources import read_jsonl_prompts
 
@@ -218,8 +265,10 @@ def tune_head(
             f"{draft_hidden}: the head was trained for another draft. Pass the draft it was trained for (--draft)."
         )
     use_chat = bool(getattr(decoder.tokenizer, "chat_template", None)) if chat is None else chat
-    ids = [decoder.encode(p, use_chat) if isinstance(p, str) else list(p) for p in prompts]
-    methods = {(h, k): make_method("specdecpp", head=str(head_dir), threshold=h, min_k=k) for k in min_k_grid for h in grid}
+    ids = [decoder.encode(p, use_chat) if isinstance(p, str) or isinstance(p[0], dict) else list(p) for p in prompts]
+    stops = stops or [()] * len(ids)
+    methods = {(h, k, m): make_method("specdecpp", head=str(head_dir), threshold=h, min_k=k, max_k=m)
+               for m in max_k_grid for k in min_k_grid for h in grid}
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
 
     # Warm-up (caches, kernels, lazy head load): not measured.
@@ -227,16 +276,18 @@ def tune_head(
     for method in [next(iter(methods.values()))] + ([make_method(a) for a in REPLAY_ANCHORS] if by == "replay" else []):
         decoder.engine.generate([ids[0]], method, warm)
     record: dict[str, Any] = {}
+    gens = [replace(gen, stop_strings=stop) for stop in stops]  # the benchmark's stop strings, per prompt
     if by == "replay":
-        ordered, record = _replay_sweep(decoder, ids, methods, gen, progress)
+        ordered, record = _replay_sweep(decoder, ids, methods, gens, progress)
     else:
-        ordered = _timed_sweep(decoder, ids, methods, gen, progress)
+        ordered = _timed_sweep(decoder, ids, methods, gens, progress)
     best = max(ordered, key=lambda r: r.tokens_per_s)
     settings = {
         "by": by,
         "target": target,
         "draft": draft,
         "prompts": len(ids),
+        **({"datasets": list(datasets), "skip": skip} if datasets else {}),
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
         "seed": seed,
@@ -247,18 +298,19 @@ def tune_head(
         for r in ordered:
             on_result(r)
     if write:
-        write_tuning(head_dir, best.threshold, best.min_k, {**settings, "grid": grid, "min_k_grid": min_k_grid, "results": [r.to_dict() for r in ordered], **record})
+        write_tuning(head_dir, best, {**settings, "grid": grid, "min_k_grid": min_k_grid, "max_k_grid": max_k_grid,
+                                      "results": [r.to_dict() for r in ordered], **record})
     return TuneResult(head_dir, best, ordered, len(ids), {**settings, **record}, write)
 
 
-def _timed_sweep(decoder, ids: list[list[int]], methods: dict, gen, progress: bool) -> list[ThresholdRun]:
+def _timed_sweep(decoder, ids: list[list[int]], methods: dict, gens: list, progress: bool) -> list[ThresholdRun]:
     """Every setting run once per prompt, the order rotated per prompt; wall time pooled per setting."""
     from tqdm.auto import tqdm
 
     grid = list(methods)
     runs = {key: ThresholdRun(*key) for key in grid}
     bar = tqdm(total=len(ids) * len(grid), desc="threshold sweep", unit="run", disable=not progress)
-    for i, prompt in enumerate(ids):
+    for i, (prompt, gen) in enumerate(zip(ids, gens)):
         for key in grid[i % len(grid) :] + grid[: i % len(grid)]:  # rotate the order per prompt
             t0 = time.perf_counter()
             result = decoder.engine.generate([prompt], methods[key], gen)[0]
@@ -269,7 +321,7 @@ def _timed_sweep(decoder, ids: list[list[int]], methods: dict, gen, progress: bo
     return [runs[key] for key in grid]
 
 
-def _replay_sweep(decoder, ids: list[list[int]], methods: dict, gen, progress: bool) -> tuple[list[ThresholdRun], dict]:
+def _replay_sweep(decoder, ids: list[list[int]], methods: dict, gens: list, progress: bool) -> tuple[list[ThresholdRun], dict]:
     """Time the anchors per prompt, replay every setting and fixed K on the greedy output (the first
     anchor's: lossless), and model each one's seconds with the cost model fitted on the timed generations."""
     from tqdm.auto import tqdm
@@ -281,7 +333,7 @@ def _replay_sweep(decoder, ids: list[list[int]], methods: dict, gen, progress: b
     fixed = {f"fixed:{k}": make_method(f"fixed:{k}") for k in FIXED_REFERENCE}
     timed: list[dict] = []
     replayed: list[dict] = []
-    for prompt in tqdm(ids, desc="replay sweep", unit="prompt", disable=not progress):
+    for prompt, gen in tqdm(list(zip(ids, gens)), desc="replay sweep", unit="prompt", disable=not progress):
         for method in anchors:
             t0 = time.perf_counter()
             result = decoder.engine.generate([prompt], method, gen)[0]
