@@ -170,6 +170,15 @@ def _with_head(methods: str, head: Optional[str]) -> list[str]:
     return out
 
 
+def _comma_list(text: str, option: str = "", kind: type = str, example: str = "") -> list:
+    """``'a, b,'`` -> ``["a", "b"]``, each item converted by ``kind``; a bad item names ``option`` and an ``example``."""
+    try:
+        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        noun = "integers" if kind is int else "numbers"
+        raise SpecAdaptError(f"{option} must be comma-separated {noun}, e.g. {example}; got {text!r}.") from None
+
+
 def _dataset_caps(text: str) -> dict[str, int]:
     """``'mt-bench=128,gsm8k=384'`` -> ``{"mt-bench": 128, "gsm8k": 384}``."""
     caps: dict[str, int] = {}
@@ -232,7 +241,7 @@ def bench(
         target=target or zoo.DEFAULT_TARGET,
         draft=draft or zoo.DEFAULT_DRAFT,
         methods=_with_head(methods, head),
-        datasets=[d.strip() for d in datasets.split(",") if d.strip()],
+        datasets=_comma_list(datasets),
         dataset_files=[str(f) for f in dataset_file or []],
         limit=limit or None,
         max_new_tokens=max_new_tokens,
@@ -371,18 +380,9 @@ def tune_head_command(
     """Pick the SpecDec++ threshold (and min_k, max_k) by tokens/s on dev prompts (measured, or modelled from a replay) and record them in the head's config."""
     from .train import tune_head
 
-    try:
-        grid = [float(x) for x in thresholds.split(",") if x.strip()]
-    except ValueError:
-        raise SpecAdaptError(f"--thresholds must be comma-separated numbers, e.g. 0.3,0.5,0.7,0.9; got {thresholds!r}.") from None
-    try:
-        min_ks = [int(x) for x in min_k.split(",") if x.strip()]
-    except ValueError:
-        raise SpecAdaptError(f"--min-k must be comma-separated integers, e.g. 1,2; got {min_k!r}.") from None
-    try:
-        max_ks = [int(x) for x in max_k.split(",") if x.strip()]
-    except ValueError:
-        raise SpecAdaptError(f"--max-k must be comma-separated integers, e.g. 20,32; got {max_k!r}.") from None
+    grid = _comma_list(thresholds, "--thresholds", float, "0.3,0.5,0.7,0.9")
+    min_ks = _comma_list(min_k, "--min-k", int, "1,2")
+    max_ks = _comma_list(max_k, "--max-k", int, "20,32")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -391,7 +391,7 @@ def tune_head_command(
         target=target,
         draft=draft,
         prompts_file=prompts,
-        datasets=[d.strip() for d in datasets.split(",") if d.strip()] if datasets else None,
+        datasets=_comma_list(datasets) if datasets else None,
         skip=skip,
         thresholds=grid,
         min_ks=min_ks,

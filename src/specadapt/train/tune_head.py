@@ -3,9 +3,9 @@ and largest draft lengths ``min_k`` / ``max_k``) by measured throughput, and rec
 in the head.
 
 The grid is every threshold times every ``min_k`` (default: 2 only) times every
-``max_k`` (default: 20 only). For each dev
-prompt, every setting of the grid is run once (the order rotates from prompt to
-prompt, so slow drifts of the machine's speed do not favour one setting); tokens/s is
+``max_k`` (default: 20 only). For each dev prompt, every setting of the grid is run
+once (the order rotates from prompt to prompt, so slow drifts of the machine's
+speed do not favour one setting); tokens/s is
 pooled per setting (sum of generated tokens / sum of wall time). The fastest is
 written as ``threshold``, ``min_k`` and ``max_k`` into the head's ``config.json``, with the
 measurements under ``threshold_tuning``; every other field is kept.
