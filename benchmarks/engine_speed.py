@@ -200,10 +200,10 @@ class Runner:
         return self._hf(spec, ids, max_new_tokens)
 
     def _ours(self, spec: Spec, ids: list[int], max_new_tokens: int) -> Run:
-        from specadapt import GenerationConfig
+        from specadapt import RequestConfig
 
         method = self.method(spec.label.partition("@v")[0])
-        config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=self.temperature, seed=0)
+        config = RequestConfig(max_new_tokens=max_new_tokens, temperature=self.temperature, seed=0)
         engine = self.engine(spec.draft_vocab)
         t0 = time.perf_counter()
         result = engine.generate([ids], method, config)[0]

@@ -11,7 +11,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy as scipy_entropy
 
 from specadapt.acceptance import Proposal
-from specadapt.engine import GenerationConfig
+from specadapt.engine import RequestConfig
 from specadapt.errors import SpecAdaptError
 from specadapt.methods import make_method
 from specadapt.policies import DraftStep, RoundOutcome
@@ -238,7 +238,7 @@ def test_js_rule_end_to_end_stays_in_target_support(pair):
     target, draft = pair
     params = SamplingParams(1.0, top_k=2)
     engine = make_engine(target, draft)
-    config = GenerationConfig(max_new_tokens=3, temperature=1.0, top_k=2, seed=7)
+    config = RequestConfig(max_new_tokens=3, temperature=1.0, top_k=2, seed=7)
     results = engine.generate([PROMPT] * 1500, make_method("adasd:n_min=1,scope=shared"), config)
     joint = exact_joint(target, params)
     samples = np.array([r.token_ids for r in results])
@@ -255,8 +255,8 @@ def test_lossless_flags_and_recorded_settings(target, close_draft):
         "n_min": 5, "cold_start_k": 4, "max_k": 16, "first_rejection_only": True, "scope": "request", "combine": "replace"
     }
     assert make_method("adasd-stop").describe(SamplingParams(0.7))["lossless"] is True
-    result = make_engine(target, close_draft).generate([PROMPTS[0]], make_method("adasd"), GenerationConfig(max_new_tokens=8))[0]
-    assert result.lossless is False and result.method["method"] == "adasd"
+    result = make_engine(target, close_draft).generate([PROMPTS[0]], make_method("adasd"), RequestConfig(max_new_tokens=8))[0]
+    assert result.lossless is False and result.settings["method"] == "adasd"
     assert make_method("adasd").policy.keeps_state and make_method("adasd-stop").policy.keeps_state
 
 

@@ -12,7 +12,7 @@ import test_train_head as head_tests
 import torch
 from conftest import hf_greedy, make_engine, perturbed_copy, tiny_llama
 
-from specadapt.engine import GenerationConfig
+from specadapt.engine import RequestConfig
 from specadapt.heads import AcceptanceHead, load_head, read_head_config, save_head
 from specadapt.methods import make_method
 from specadapt.train import train_head
@@ -57,7 +57,7 @@ def assert_sane(r, n):
 def test_greedy_equals_target_generate_on_cuda(method, draft_name, cuda_target, cuda_drafts):
     engine = make_engine(cuda_target, cuda_drafts[draft_name])
     assert engine.device.type == "cuda"
-    results = engine.generate(PROMPTS, make_method(method), GenerationConfig(max_new_tokens=24))
+    results = engine.generate(PROMPTS, make_method(method), RequestConfig(max_new_tokens=24))
     for prompt, r in zip(PROMPTS, results):
         assert r.token_ids == cuda_greedy(cuda_target, prompt, 24)
         assert r.lossless
@@ -87,7 +87,7 @@ def test_bf16_runs_with_sane_stats(temperature, tmp_path):
     torch.manual_seed(0)
     head = save_head(AcceptanceHead(32, 1), tmp_path / "head")
     engine = make_engine(target, draft)
-    config = GenerationConfig(max_new_tokens=20, temperature=temperature, seed=3)
+    config = RequestConfig(max_new_tokens=20, temperature=temperature, seed=3)
     for method in ["fixed:4", "heuristic", "dynamic-confidence", "adaedl", "adasd-stop", "adasd"]:
         results = engine.generate(PROMPTS, make_method(method), config)
         assert all(r.stats.drafted > 0 for r in results), method

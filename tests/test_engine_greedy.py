@@ -2,7 +2,7 @@
 
 import pytest
 
-from specadapt.engine import GenerationConfig
+from specadapt.engine import RequestConfig
 from specadapt.methods import make_method
 
 from conftest import hf_greedy, make_engine
@@ -21,7 +21,7 @@ PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19],
 def test_greedy_equals_target_generate(method, draft_name, target, request):
     draft = request.getfixturevalue(draft_name)
     engine = make_engine(target, draft)
-    results = engine.generate(PROMPTS, make_method(method), GenerationConfig(max_new_tokens=24))
+    results = engine.generate(PROMPTS, make_method(method), RequestConfig(max_new_tokens=24))
     for prompt, result in zip(PROMPTS, results):
         assert result.token_ids == hf_greedy(target, prompt, 24)
         assert result.lossless and result.finish_reason == "length"
@@ -29,7 +29,7 @@ def test_greedy_equals_target_generate(method, draft_name, target, request):
 
 
 def test_partially_agreeing_pair_rejects_and_accepts(target, close_draft):
-    result = make_engine(target, close_draft).generate(PROMPTS, make_method("fixed:4"), GenerationConfig(max_new_tokens=40))
+    result = make_engine(target, close_draft).generate(PROMPTS, make_method("fixed:4"), RequestConfig(max_new_tokens=40))
     rates = [r.stats.acceptance_rate for r in result]
     assert all(0.0 < r < 1.0 for r in rates), rates
 
@@ -38,7 +38,7 @@ def test_partially_agreeing_pair_rejects_and_accepts(target, close_draft):
 def test_draft_equal_target_accepts_everything(k, target):
     n_rounds = 4
     results = make_engine(target, target).generate(
-        PROMPTS, make_method(f"fixed:{k}"), GenerationConfig(max_new_tokens=(k + 1) * n_rounds)
+        PROMPTS, make_method(f"fixed:{k}"), RequestConfig(max_new_tokens=(k + 1) * n_rounds)
     )
     for r in results:
         assert r.stats.acceptance_rate == 1.0
@@ -48,7 +48,7 @@ def test_draft_equal_target_accepts_everything(k, target):
 
 
 def test_random_draft_rejects_most(target, random_draft):
-    r = make_engine(target, random_draft).generate([PROMPTS[0]], make_method("fixed:4"), GenerationConfig(max_new_tokens=30))[0]
+    r = make_engine(target, random_draft).generate([PROMPTS[0]], make_method("fixed:4"), RequestConfig(max_new_tokens=30))[0]
     assert r.stats.acceptance_rate < 0.5
 
 
@@ -56,7 +56,7 @@ def test_random_draft_rejects_most(target, random_draft):
 @pytest.mark.parametrize("draft_name", ["target", "close_draft"])
 def test_max_new_tokens_is_exact(n, draft_name, target, request):
     engine = make_engine(target, request.getfixturevalue(draft_name))
-    for r, prompt in zip(engine.generate(PROMPTS, make_method("fixed:4"), GenerationConfig(max_new_tokens=n)), PROMPTS):
+    for r, prompt in zip(engine.generate(PROMPTS, make_method("fixed:4"), RequestConfig(max_new_tokens=n)), PROMPTS):
         assert r.token_ids == hf_greedy(target, prompt, n)
         assert r.stats.generated_tokens == n == r.stats.accepted + r.stats.rounds
 
@@ -70,7 +70,7 @@ def test_eos_inside_drafted_block(target):
     eos = next(t for t in reference if reference.index(t) in (6, 7, 8))
     cut = reference.index(eos)
     engine = make_engine(target, target, eos=[eos])
-    r = engine.generate([prompt], make_method("fixed:4"), GenerationConfig(max_new_tokens=30))[0]
+    r = engine.generate([prompt], make_method("fixed:4"), RequestConfig(max_new_tokens=30))[0]
     assert r.token_ids == reference[: cut + 1] == hf_greedy(target, prompt, 30, eos=eos)
     assert r.finish_reason == "eos"
     assert r.stats.generated_tokens == cut + 1 == r.stats.accepted + r.stats.rounds
@@ -81,7 +81,7 @@ def test_stop_string_inside_drafted_block(target):
     reference = hf_greedy(target, prompt, 30)
     stop = f"{reference[6]} {reference[7]}"
     r = make_engine(target, target).generate(
-        [prompt], make_method("fixed:5"), GenerationConfig(max_new_tokens=30, stop_strings=[stop])
+        [prompt], make_method("fixed:5"), RequestConfig(max_new_tokens=30, stop_strings=[stop])
     )[0]
     first = " ".join(map(str, reference)).index(stop)
     # generation ends with the token that completes the first occurrence of the stop string
@@ -93,7 +93,7 @@ def test_stop_string_inside_drafted_block(target):
 
 def test_batch_equals_single_with_finished_rows_leaving(target, close_draft):
     engine = make_engine(target, close_draft, eos=[hf_greedy(target, PROMPTS[1], 8)[3]])
-    config = GenerationConfig(max_new_tokens=20)
+    config = RequestConfig(max_new_tokens=20)
     batch = engine.generate(PROMPTS, make_method("heuristic"), config)
     assert batch[1].finish_reason == "eos"  # a row finishing early leaves the batch
     for prompt, r in zip(PROMPTS, batch):
@@ -104,19 +104,19 @@ def test_batch_equals_single_with_finished_rows_leaving(target, close_draft):
 
 def test_batch_equals_single_when_sampling(target, close_draft):
     engine = make_engine(target, close_draft)
-    batch = engine.generate(PROMPTS, make_method("fixed:3"), GenerationConfig(max_new_tokens=16, temperature=0.9, seed=11))
+    batch = engine.generate(PROMPTS, make_method("fixed:3"), RequestConfig(max_new_tokens=16, temperature=0.9, seed=11))
     for i, (prompt, r) in enumerate(zip(PROMPTS, batch)):
-        single = engine.generate([prompt], make_method("fixed:3"), GenerationConfig(max_new_tokens=16, temperature=0.9, seed=11 + i))[0]
+        single = engine.generate([prompt], make_method("fixed:3"), RequestConfig(max_new_tokens=16, temperature=0.9, seed=11 + i))[0]
         assert single.token_ids == r.token_ids
         assert r.seed == 11 + i
 
 
 def test_seeded_sampling_is_reproducible(target, close_draft):
     engine = make_engine(target, close_draft)
-    config = GenerationConfig(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=5)
+    config = RequestConfig(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=5)
     a = engine.generate(PROMPTS, make_method("heuristic"), config)
     b = engine.generate(PROMPTS, make_method("heuristic"), config)
-    c = engine.generate(PROMPTS, make_method("heuristic"), GenerationConfig(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=6))
+    c = engine.generate(PROMPTS, make_method("heuristic"), RequestConfig(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=6))
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
     assert [r.token_ids for r in a] != [r.token_ids for r in c]
 
@@ -124,6 +124,6 @@ def test_seeded_sampling_is_reproducible(target, close_draft):
 def test_streaming_callback_sees_every_token(target, close_draft):
     seen: dict[int, list[int]] = {}
     results = make_engine(target, close_draft).generate(
-        PROMPTS, make_method("fixed:4"), GenerationConfig(max_new_tokens=12), on_tokens=lambda i, ids: seen.setdefault(i, []).extend(ids)
+        PROMPTS, make_method("fixed:4"), RequestConfig(max_new_tokens=12), on_tokens=lambda i, ids: seen.setdefault(i, []).extend(ids)
     )
     assert [seen[i] for i in range(len(PROMPTS))] == [r.token_ids for r in results]

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from specadapt import GenerationConfig, SpecAdaptError, SpecDecoder, make_method
+from specadapt import RequestConfig, SpecAdaptError, SpecDecoder, make_method
 from specadapt.models import loading
 
 from conftest import make_engine, save_tiny_checkpoint
@@ -51,12 +51,12 @@ def test_method_strings_parse():
 ])
 def test_bad_generation_settings(kwargs, message):
     with pytest.raises(SpecAdaptError, match=message):
-        GenerationConfig(**kwargs)
+        RequestConfig(**kwargs)
 
 
 def test_empty_prompt(target, close_draft, checkpoints):
     with pytest.raises(SpecAdaptError, match="at least one token"):
-        make_engine(target, close_draft).generate([[1, 2], []], make_method("fixed:2"), GenerationConfig())
+        make_engine(target, close_draft).generate([[1, 2], []], make_method("fixed:2"), RequestConfig())
     dec = SpecDecoder.from_pretrained(str(checkpoints / "target"), None, dtype="float32", device="cpu")
     with pytest.raises(SpecAdaptError, match="prompt is empty"):
         dec.generate("   ")
@@ -64,7 +64,7 @@ def test_empty_prompt(target, close_draft, checkpoints):
 
 def test_method_needing_a_draft_without_one(target):
     with pytest.raises(SpecAdaptError, match="needs a draft model"):
-        make_engine(target, None).generate([[1, 2]], make_method("fixed:2"), GenerationConfig())
+        make_engine(target, None).generate([[1, 2]], make_method("fixed:2"), RequestConfig())
 
 
 def test_missing_paths_and_bad_folders(tmp_path):

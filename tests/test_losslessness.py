@@ -22,7 +22,7 @@ import torch
 from scipy.stats import chisquare
 
 from specadapt.acceptance import AcceptanceRule, Proposal, Verdict
-from specadapt.engine import GenerationConfig
+from specadapt.engine import RequestConfig
 from specadapt.methods import Method, MethodEntry, make_method
 from specadapt.policies import DraftLengthPolicy, DraftStep
 from specadapt.sampling import SamplingParams, process_logits
@@ -102,7 +102,7 @@ def chi2_pvalue(observed: np.ndarray, expected_probs: np.ndarray) -> float:
 
 def run_checks(target, draft, method_name: str, params: SamplingParams, seed: int) -> list[float]:
     engine = make_engine(target, draft)
-    config = GenerationConfig(max_new_tokens=LENGTH, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, seed=seed)
+    config = RequestConfig(max_new_tokens=LENGTH, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, seed=seed)
     results = engine.generate([PROMPT] * N, method(method_name), config)
     samples = np.array([r.token_ids for r in results])
     assert samples.shape == (N, LENGTH)

@@ -8,7 +8,7 @@ from conftest import make_engine, perturbed_copy, tiny_llama
 
 from specadapt import SpecAdaptError
 from specadapt.bench.replay import CostModel, Trajectory, make_trajectory, replay, replay_oracle
-from specadapt.engine import GenerationConfig
+from specadapt.engine import RequestConfig
 from specadapt.heads import AcceptanceHead, save_head
 from specadapt.methods import make_method
 
@@ -42,10 +42,10 @@ def no_lag_head(request, tmp_path_factory):
 
 def test_replay_gives_the_engines_counts_for_every_lossless_policy(models, head, no_lag_head):
     target, draft = models
-    free = make_engine(target, draft).generate([PROMPTS[0]], make_method("autoregressive"), GenerationConfig(N))[0]
+    free = make_engine(target, draft).generate([PROMPTS[0]], make_method("autoregressive"), RequestConfig(N))[0]
     eos = free.token_ids[25]  # so that some generations end on EOS and some on the length limit
     engine = make_engine(target, draft, eos=[eos])
-    config = GenerationConfig(max_new_tokens=N)
+    config = RequestConfig(max_new_tokens=N)
     specs = ["fixed:3", "fixed:7", "heuristic", "confidence:threshold=0.5", "dynamic-confidence", "adaedl",
              "adasd-stop:n_min=2", f"specdecpp:head={head},threshold=0.5", f"specdecpp:head={no_lag_head},threshold=0.5"]
     finishes, wasted = set(), 0
@@ -68,7 +68,7 @@ def test_replay_gives_the_engines_counts_for_every_lossless_policy(models, head,
 def test_oracle_wastes_no_draft_and_needs_fewest_rounds(models):
     target, draft = models
     engine = make_engine(target, draft)
-    greedy = engine.generate([PROMPTS[0]], make_method("autoregressive"), GenerationConfig(max_new_tokens=N))[0]
+    greedy = engine.generate([PROMPTS[0]], make_method("autoregressive"), RequestConfig(max_new_tokens=N))[0]
     traj = make_trajectory(draft, PROMPTS[0], greedy.token_ids, N, want_hidden=False)
     oracle = replay_oracle(traj)
     assert oracle.drafted == oracle.accepted and oracle.generated_tokens == N

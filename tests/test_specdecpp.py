@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from specadapt import heads
-from specadapt.engine import GenerationConfig
+from specadapt.engine import RequestConfig
 from specadapt.errors import SpecAdaptError
 from specadapt.heads import AcceptanceHead, load_head, read_head_config, save_head
 from specadapt.methods import make_method
@@ -242,7 +242,7 @@ def test_engine_with_a_no_lag_head_is_lossless(head_input, target, head_dir):
     torch.manual_seed(0)
     head = AcceptanceHead(H, num_blocks=1, input=head_input)
     method = make_method(spec(head_dir(head), threshold=0.5))
-    results = make_engine(target, tiny_llama(1)).generate(PROMPTS, method, GenerationConfig(max_new_tokens=12))
+    results = make_engine(target, tiny_llama(1)).generate(PROMPTS, method, RequestConfig(max_new_tokens=12))
     for prompt, r in zip(PROMPTS, results):
         assert r.token_ids == hf_greedy(target, prompt, 12) and r.stats.drafted > 0
 
@@ -253,7 +253,7 @@ def test_engine_with_a_no_lag_head_is_lossless(head_input, target, head_dir):
 def test_engine_always_accept_head_drafts_max_k(target, head_dir):
     max_k, rounds = 6, 4
     results = make_engine(target, target).generate(
-        PROMPTS, make_method(spec(head_dir(constant_head(True)), max_k=max_k)), GenerationConfig(max_new_tokens=(max_k + 1) * rounds)
+        PROMPTS, make_method(spec(head_dir(constant_head(True)), max_k=max_k)), RequestConfig(max_new_tokens=(max_k + 1) * rounds)
     )
     for r in results:
         assert r.stats.mean_draft_length == max_k
@@ -264,18 +264,18 @@ def test_engine_always_accept_head_drafts_max_k(target, head_dir):
 def test_engine_always_reject_head_drafts_min_k(target, head_dir, min_k):
     rounds = 4
     method = make_method(spec(head_dir(constant_head(False)), min_k=min_k))
-    results = make_engine(target, target).generate(PROMPTS, method, GenerationConfig(max_new_tokens=(min_k + 1) * rounds))
+    results = make_engine(target, target).generate(PROMPTS, method, RequestConfig(max_new_tokens=(min_k + 1) * rounds))
     for r in results:
         assert r.stats.mean_draft_length == min_k
         assert r.stats.acceptance_rate == 1.0 and r.stats.rounds == rounds
-    assert results[0].method["method"] == "specdecpp" and results[0].lossless
+    assert results[0].settings["method"] == "specdecpp" and results[0].lossless
 
 
 @pytest.mark.parametrize("draft_name", ["close_draft", "random_draft", "target"])
 def test_greedy_equals_target_generate(target, draft_name, request, head_dir):
     draft = request.getfixturevalue(draft_name)
     method = make_method(spec(head_dir(random_head(7, accept_bias=2.0)), threshold=0.5, max_k=8))
-    results = make_engine(target, draft).generate(PROMPTS, method, GenerationConfig(max_new_tokens=24))
+    results = make_engine(target, draft).generate(PROMPTS, method, RequestConfig(max_new_tokens=24))
     for prompt, r in zip(PROMPTS, results):
         assert r.token_ids == hf_greedy(target, prompt, 24)
     # the head really decides: rounds stop strictly between min_k and max_k
@@ -374,7 +374,7 @@ def test_errors_in_head_folder(tmp_path, head_dir, target):
 
     # Weights are read on first use: these surface from generate.
     engine = make_engine(target, target)
-    cfg = GenerationConfig(max_new_tokens=6)
+    cfg = RequestConfig(max_new_tokens=6)
     save_head(probe_head(), folder, overwrite=True)
     (folder / "head.safetensors").write_bytes(b"\x00garbage" * 10)
     msg = _error(lambda: engine.generate([[1, 2]], make_method(spec(folder)), cfg))
@@ -393,7 +393,7 @@ def test_errors_in_head_folder(tmp_path, head_dir, target):
 
 def test_hidden_size_mismatch_names_both_sizes(target, head_dir):
     method = make_method(spec(head_dir(random_head(1, hidden=16))))
-    msg = _error(lambda: make_engine(target, target).generate([[1, 2, 3]], method, GenerationConfig(max_new_tokens=8)))
+    msg = _error(lambda: make_engine(target, target).generate([[1, 2, 3]], method, RequestConfig(max_new_tokens=8)))
     assert "16" in msg and "32" in msg and "another draft" in msg
 
 

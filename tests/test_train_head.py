@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import make_engine, perturbed_copy, save_tiny_checkpoint, tiny_llama
 
-from specadapt.engine import GenerationConfig
+from specadapt.engine import RequestConfig
 from specadapt.errors import SpecAdaptError
 from specadapt.heads import DRAFT_FEATURES, AcceptanceHead, load_head, read_head_config, save_head
 from specadapt.methods import Method, MethodEntry, make_method
@@ -304,7 +304,7 @@ def test_stored_hidden_and_labels_match_what_the_engine_sees():
     policy = Recorder(k)
     policy.rounds = 0
     method = Method(MethodEntry("recorder", Recorder, "", True, None), policy, "recorder")
-    make_engine(target, draft).generate([prompt], method, GenerationConfig(max_new_tokens=2 * k))
+    make_engine(target, draft).generate([prompt], method, RequestConfig(max_new_tokens=2 * k))
     drafted = seen["tokens"]
     assert len(drafted) == k
 
@@ -345,7 +345,7 @@ def test_producing_inputs_match_what_the_engine_sees():
             seen["rounds"].append(outcome)
 
     method = Method(MethodEntry("recorder", Recorder, "", True, None), Recorder(k), "recorder")
-    make_engine(target, draft).generate([prompt], method, GenerationConfig(max_new_tokens=2 * k))
+    make_engine(target, draft).generate([prompt], method, RequestConfig(max_new_tokens=2 * k))
     drafted = seen["tokens"]
     assert len(drafted) == k
 
@@ -376,7 +376,7 @@ def test_greedy_draft_probs_are_fp32_for_a_bf16_draft():
     target = tiny_llama(0).to(torch.bfloat16)
     method = Method(MethodEntry("recorder", Recorder, "", True, None), Recorder(3), "recorder")
     make_engine(target, perturbed_copy(tiny_llama(0), 0.3).to(torch.bfloat16)).generate(
-        [[3, 9, 27]], method, GenerationConfig(max_new_tokens=6))
+        [[3, 9, 27]], method, RequestConfig(max_new_tokens=6))
     assert dtypes and set(dtypes) == {torch.float32}
 
 
@@ -454,8 +454,8 @@ def assert_decodes_like_the_target(pair_dir, head_dir, device: str = "cpu"):
     method = make_method("specdecpp", head=str(head_dir), threshold=0.5)
     engine = make_engine(target, draft)
     assert engine.device.type == torch.device(device).type
-    r = engine.generate([[5, 6, 7]], method, GenerationConfig(max_new_tokens=12))[0]
-    auto = make_engine(target, None).generate([[5, 6, 7]], make_method("autoregressive"), GenerationConfig(max_new_tokens=12))[0]
+    r = engine.generate([[5, 6, 7]], method, RequestConfig(max_new_tokens=12))[0]
+    auto = make_engine(target, None).generate([[5, 6, 7]], make_method("autoregressive"), RequestConfig(max_new_tokens=12))[0]
     assert r.token_ids == auto.token_ids and r.stats.drafted > 0
     return method, r, target
 
@@ -656,7 +656,7 @@ def test_tune_head_by_replay_counts_what_the_engine_does(pair_dir, tmp_path):
     ids = [decoder.encode(p["prompt"]) for p in map(json.loads, open(prompts))]
     for run in result.runs:
         engine = [decoder.engine.generate([i], make_method("specdecpp", head=str(folder), threshold=run.threshold, min_k=run.min_k, max_k=run.max_k),
-                                          GenerationConfig(max_new_tokens=10))[0].stats for i in ids]
+                                          RequestConfig(max_new_tokens=10))[0].stats for i in ids]
         assert (run.stats.rounds, run.stats.drafted, run.stats.accepted) == (
             sum(e.rounds for e in engine), sum(e.drafted for e in engine), sum(e.accepted for e in engine))
 

@@ -1,14 +1,14 @@
 """specadapt: adaptive speculative decoding for Hugging Face language models."""
 
 from .api import SpecDecoder
-from .engine import GenerationConfig, GenerationResult, SpeculativeEngine
+from .engine import RequestConfig, GenerationResult, SpeculativeEngine
 from .errors import SpecAdaptError
 from .methods import available_methods, make_method, register_method
 
 __all__ = [
     "SpecDecoder",
     "SpeculativeEngine",
-    "GenerationConfig",
+    "RequestConfig",
     "GenerationResult",
     "SpecAdaptError",
     "available_methods",

@@ -13,7 +13,7 @@ from typing import Callable, Sequence, overload
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .engine import GenerationConfig, GenerationResult, SpeculativeEngine
+from .engine import RequestConfig, GenerationResult, SpeculativeEngine
 from .errors import SpecAdaptError
 from .methods import Method, make_method
 from .models import loading, zoo
@@ -116,7 +116,7 @@ class SpecDecoder:
         """Generate for one prompt (returns one result) or a batch of prompts (returns a list).
 
         A prompt is text (tokenised here; ``chat`` applies the chat template) or a list of token ids."""
-        config = GenerationConfig(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
+        config = RequestConfig(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
         single = isinstance(prompt, str) or (len(prompt) > 0 and all(isinstance(t, int) for t in prompt))
         prompts = [prompt] if single else list(prompt)
         if not prompts:

@@ -87,11 +87,11 @@ def generate(
 ) -> None:
     """Generate a completion with speculative decoding, streaming it to the terminal."""
     from .api import SpecDecoder
-    from .engine import GenerationConfig
+    from .engine import RequestConfig
     from .methods import make_method
     from .models import zoo
 
-    GenerationConfig(max_new_tokens, temperature, top_k, top_p, seed)  # fail fast on bad settings
+    RequestConfig(max_new_tokens, temperature, top_k, top_p, seed)  # fail fast on bad settings
     chosen = make_method(method, **({"head": head} if head else {}))
     if not prompt.strip():
         raise SpecAdaptError("the prompt is empty; give some text to continue.")
@@ -137,7 +137,7 @@ def generate(
                     "lossless": result.lossless,
                     "finish_reason": result.finish_reason,
                     "seed": result.seed,
-                    "settings": result.method,
+                    "settings": result.settings,
                     "target": target,
                     "draft": draft_name,
                     "stats": result.stats.to_dict(),

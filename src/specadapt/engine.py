@@ -1,14 +1,26 @@
-"""The one decoding loop: draft -> verify -> accept -> roll back, batched.
+"""The one decoding loop: rounds of draft -> verify -> commit over per-request state.
 
-It knows nothing about any specific method: a :class:`~specadapt.methods.Method`
-supplies the draft-length policy and the acceptance rule. Target-only decoding
-is the same loop with a policy that drafts nothing.
+A :class:`Batch` holds the running requests, one row each in both models' KV
+caches. Every :meth:`Batch.step` is one round for all of them:
 
-Invariants between rounds, per request (row): each model's cache holds the
-sequence except the tokens it has not been fed yet. For the target that is the
-token emitted last round (the whole prompt before the first round); for the
-draft, ``pending``: the same token, preceded by the last draft token when the
-whole block was accepted. Pending tokens go first into the next forward pass.
+1. **draft**: the draft proposes up to a policy-chosen number of tokens per
+   request (:func:`~specadapt.policies.base.draft_round`);
+2. **verify**: one target forward over every request's unseen tokens and drafts;
+   the acceptance rule decides per request how many drafts stand and which token
+   follows them; the policy is told (``observe``);
+3. **commit**: accepted tokens go to each request's output, rejected drafts are
+   rolled back from the caches, finished requests leave the batch.
+
+Requests may join between rounds (:meth:`Batch.add`); their prompt is fed in the
+next round's forward passes, so prefill needs no separate pass. The loop knows
+nothing about any method: a :class:`~specadapt.methods.Method` supplies the
+draft-length policy and the acceptance rule. Target-only decoding is the same
+loop with a policy that drafts nothing.
+
+Invariant between rounds, per request: each model's cache holds the sequence
+except the tokens it has not been fed yet (``target_pending``/``draft_pending``).
+For the target that is the token emitted last round; for the draft, the same
+token preceded by the last draft token when the whole block was accepted.
 """
 
 from __future__ import annotations
@@ -21,25 +33,24 @@ from typing import Callable, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .acceptance import Proposal
+from .acceptance import AcceptanceRule, Proposal, Verdict
 from .errors import SpecAdaptError
 from .methods import Method
 from .models.runner import ModelRunner
-from .policies import DraftStep, RoundOutcome
+from .policies.base import DraftBlock, DraftStep, draft_round, finish_round
 from .sampling import SamplingParams, process_logits, sample
 from .stats import RequestStats
 
-# Nothing else bounds some adaptive policies; this keeps a round's work finite.
-MAX_DRAFT_TOKENS = 64
-
 
 @dataclass
-class GenerationConfig:
+class RequestConfig:
+    """What one request asks for: its length limit, sampling parameters and stop conditions."""
+
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
-    seed: int | None = None  # request i of a batch uses seed + i
+    seed: int | None = None  # None: a random seed (recorded in the result)
     stop_strings: Sequence[str] = ()
     eos_token_ids: Sequence[int] | None = None  # None: the model's own
 
@@ -64,11 +75,34 @@ class GenerationResult:
     finish_reason: str  # "eos" | "stop" | "length"
     stats: RequestStats
     seed: int
-    method: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # the method, its settings and acceptance rule
 
     @property
     def lossless(self) -> bool:
-        return bool(self.method.get("lossless", True))
+        return bool(self.settings.get("lossless", True))
+
+
+@dataclass
+class Request:
+    """Everything the loop keeps about one running request."""
+
+    prompt: list[int]
+    config: RequestConfig
+    seed: int
+    slot: int  # the policy's per-request state slot
+    generator: torch.Generator
+    eos: frozenset[int]
+    on_tokens: Callable[[list[int]], None] | None = None
+    output: list[int] = field(default_factory=list)
+    stats: RequestStats = field(default_factory=RequestStats)
+    target_pending: list[int] = field(default_factory=list)  # tokens the target has not been fed yet
+    draft_pending: list[int] = field(default_factory=list)  # tokens the draft has not been fed yet
+    finish_reason: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def room(self) -> int:
+        return self.config.max_new_tokens - len(self.output)
 
 
 def _sync(device: torch.device) -> None:
@@ -103,195 +137,254 @@ class SpeculativeEngine:
         self.eos_token_ids = list(eos_token_ids)
         self.device = target.device
 
+    def batch(self, method: Method) -> "Batch":
+        """An empty batch running ``method``; add requests, then call ``step()`` until it is empty."""
+        return Batch(self, method)
+
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
         method: Method,
-        config: GenerationConfig,
+        config: RequestConfig | Sequence[RequestConfig],
         on_tokens: Callable[[int, list[int]], None] | None = None,
     ) -> list[GenerationResult]:
-        """Generate for a batch of tokenised prompts. ``on_tokens(i, ids)`` streams each round's new tokens."""
-        if not prompts or any(len(p) == 0 for p in prompts):
+        """Generate for tokenised prompts, batched; ``on_tokens(i, ids)`` streams each round's new tokens.
+
+        One ``config`` for all prompts gives prompt i the seed ``config.seed + i``; a list gives each its own."""
+        if not prompts:
+            raise SpecAdaptError("no prompts given.")
+        configs = [config] * len(prompts) if isinstance(config, RequestConfig) else list(config)
+        if len(configs) != len(prompts):
+            raise SpecAdaptError(f"got {len(configs)} request configs for {len(prompts)} prompts.")
+        base_seed = secrets.randbelow(2**31 - len(prompts))
+        batch = self.batch(method)
+        requests = []
+        for i, (prompt, cfg) in enumerate(zip(prompts, configs)):
+            seed = base_seed + i if cfg.seed is None else cfg.seed + (i if cfg is config else 0)
+            stream = (lambda ids, i=i: on_tokens(i, ids)) if on_tokens is not None else None
+            requests.append(batch.add(prompt, cfg, seed=seed, on_tokens=stream))
+        while batch.requests:
+            batch.step()
+        return [batch.result(r) for r in requests]
+
+
+class Batch:
+    """The requests running one method together, and the two models' caches (one row per request)."""
+
+    def __init__(self, engine: SpeculativeEngine, method: Method) -> None:
+        self.engine = engine
+        self.method = method
+        self.policy = method.policy
+        self.device = engine.device
+        self.target = ModelRunner(engine.target)
+        self.draft: ModelRunner | None = None
+        if method.needs_draft:
+            if engine.draft is None:
+                raise SpecAdaptError(f"method {method.name!r} needs a draft model; load one or use 'autoregressive'.")
+            self.draft = ModelRunner(engine.draft, want_hidden=self.policy.needs_hidden)
+        self.requests: list[Request] = []  # row i of both caches is requests[i]
+        self._rules: dict[SamplingParams, AcceptanceRule] = {}
+
+    # --- requests joining and leaving ------------------------------------------------------------
+
+    def add(
+        self,
+        prompt: Sequence[int],
+        config: RequestConfig,
+        seed: int | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
+    ) -> Request:
+        """A new request; it joins the batch at the next round."""
+        if len(prompt) == 0:
             raise SpecAdaptError("every prompt must contain at least one token (got an empty prompt).")
-        if method.needs_draft and self.draft is None:
-            raise SpecAdaptError(f"method {method.name!r} needs a draft model; load one or use 'autoregressive'.")
-        params = config.sampling
-        rule = method.rule(params)
-        policy = method.policy
-        description = method.describe(params)
-        eos = torch.tensor(
-            list(config.eos_token_ids) if config.eos_token_ids is not None else self.eos_token_ids,
-            dtype=torch.long,
-            device=self.device,
+        seed = seed if seed is not None else config.seed if config.seed is not None else secrets.randbelow(2**31)
+        used = {r.slot for r in self.requests}
+        slot = next(s for s in range(len(used) + 1) if s not in used)
+        eos = config.eos_token_ids if config.eos_token_ids is not None else self.engine.eos_token_ids
+        request = Request(
+            list(prompt), config, seed, slot, torch.Generator(device=self.device).manual_seed(seed), frozenset(eos),
+            on_tokens, stats=RequestStats(prompt_tokens=len(prompt)),
+            target_pending=list(prompt), draft_pending=list(prompt),
         )
-        eos_ids = set(eos.tolist())
-        B = len(prompts)
-        base_seed = config.seed if config.seed is not None else secrets.randbelow(2**31 - B)
-        generators = [torch.Generator(device=self.device).manual_seed(base_seed + i) for i in range(B)]
-        stats = [RequestStats(prompt_tokens=len(p)) for p in prompts]
-        outputs: list[list[int]] = [[] for _ in range(B)]
-        finish = ["length"] * B
-        use_draft = method.needs_draft
-        policy.reset(B)
+        self.requests.append(request)
+        self.target.add_rows(1)
+        if self.draft is not None:
+            self.draft.add_rows(1)
+        self.policy.begin(torch.tensor([slot], device=self.device))
+        return request
 
-        start = time.perf_counter()
-        target = ModelRunner(self.target)
-        target.reset(B)
-        draft = ModelRunner(self.draft, want_hidden=policy.needs_hidden) if use_draft else None
-        if draft is not None:
-            draft.reset(B)
-        rows = torch.arange(B, device=self.device)
-        # Tokens each model has not seen yet: the whole prompt at first, so the first
-        # round's forward passes double as prefill (no separate prompt pass).
-        target_pending: list[list[int]] = [list(p) for p in prompts]
-        pending: list[list[int]] = [list(p) for p in prompts]
+    def result(self, request: Request) -> GenerationResult:
+        text = self.engine.tokenizer.decode(request.output, skip_special_tokens=True)
+        settings = self.method.describe(request.config.sampling)
+        return GenerationResult(request.output, text, request.finish_reason or "length", request.stats, request.seed, settings)
 
-        while rows.numel():
-            b = rows.numel()
-            active = rows.tolist()
-            remaining = torch.tensor([config.max_new_tokens - len(outputs[i]) for i in active], device=self.device)
-            caps = torch.minimum(policy.max_length(rows).clamp(0, MAX_DRAFT_TOKENS), remaining - 1)
-            if not use_draft:
-                caps = torch.zeros_like(caps)
-            row_generators = [generators[i] for i in active]
+    # --- one round -------------------------------------------------------------------------------
 
-            # Draft: propose up to caps[i] tokens per row.
-            t0 = time.perf_counter()
-            tokens: list[torch.Tensor] = []
-            soft: list[torch.Tensor] = []
-            q: list[torch.Tensor] = []
-            lens = torch.zeros(b, dtype=torch.long, device=self.device)
-            fed_pending = 0
-            if int(caps.max()) > 0:
-                pend_ids, pend_valid = _left_pad(pending, self.device)
-                fed_pending = pend_ids.shape[1]
-                logits, hidden = draft.forward(pend_ids, pend_valid)
-                drafting = caps > 0
-                for k in range(1, int(caps.max()) + 1):
-                    step_logits = logits[:, -1]
-                    if params.greedy:
-                        tok = step_logits.argmax(-1)
-                        # fp32: in bf16 a confident token's q rounds to 1 and 1 - q (a head feature) to 0.
-                        probs = step_logits.float().softmax(-1)
-                    else:
-                        probs = process_logits(step_logits, params)
-                        tok = step_logits.argmax(-1)
-                        for j in torch.nonzero(drafting).flatten().tolist():
-                            tok[j] = sample(probs[j], row_generators[j])
-                        q.append(probs)
-                    tok = torch.where(drafting, tok, 0)
-                    tokens.append(tok)
-                    soft.append(probs)
-                    lens += drafting.long()
-                    step = DraftStep(k, tok, probs, hidden[:, -1] if hidden is not None else None, rows, drafting)
-                    stop = policy.should_stop(step) | (k >= caps) | torch.isin(tok, eos)
-                    drafting = drafting & ~stop
-                    if not bool(drafting.any()):
-                        break
-                    logits, hidden = draft.forward(tok[:, None])
-            K = len(tokens)
-            draft_tokens = torch.stack(tokens, 1) if K else torch.zeros((b, 0), dtype=torch.long, device=self.device)
-            _sync(self.device)
-            t1 = time.perf_counter()
+    def step(self) -> list[Request]:
+        """One round for every request in the batch; returns the requests that finished in it."""
+        if not self.requests:
+            return []
+        slots = torch.tensor([r.slot for r in self.requests], device=self.device)
+        t0 = time.perf_counter()
+        block, fed_draft = self._draft(slots)
+        _sync(self.device)
+        t1 = time.perf_counter()
+        target_logits, fed_target = self._verify(block)
+        _sync(self.device)
+        t2 = time.perf_counter()
+        verdict, target_probs = self._accept(slots, block, target_logits)
+        finish_round(self.policy, slots, block, verdict.num_accepted, verdict.accepted_mask, target_probs)
+        return self._commit(block, verdict, fed_draft, fed_target, t1 - t0, t2 - t1)
 
-            # Verify: one target pass over the tokens it has not seen and the drafts.
-            tp_ids, tp_valid = _left_pad(target_pending, self.device)
-            fed_target = tp_ids.shape[1]
-            target_logits, _ = target.forward(
-                torch.cat([tp_ids, draft_tokens], 1), torch.cat([tp_valid, torch.ones_like(draft_tokens)], 1), keep=K + 1
+    def _groups(self) -> list[tuple[SamplingParams, torch.Tensor | slice]]:
+        """Rows with equal sampling parameters, as an index (a plain slice when all rows agree)."""
+        rows: dict[SamplingParams, list[int]] = {}
+        for i, r in enumerate(self.requests):
+            rows.setdefault(r.config.sampling, []).append(i)
+        if len(rows) == 1:
+            return [(next(iter(rows)), slice(None))]
+        return [(params, torch.tensor(idx, device=self.device)) for params, idx in rows.items()]
+
+    def _draft(self, slots: torch.Tensor) -> tuple[DraftBlock, int]:
+        """Propose each request's draft tokens; returns the block and how many pending tokens the draft was fed."""
+        room = torch.tensor([r.room - 1 for r in self.requests], device=self.device)
+        if self.draft is None or int(room.max()) <= 0:
+            return DraftBlock([], torch.zeros_like(slots)), 0
+        ids, valid = _left_pad([r.draft_pending for r in self.requests], self.device)
+        groups, eos = self._groups(), self._eos_table()
+        logits = hidden = None
+
+        def propose(k: int, previous: DraftStep | None, drafting: torch.Tensor):
+            nonlocal logits, hidden
+            # The first forward also feeds the pending tokens (the whole prompt in a request's first round).
+            logits, hidden = self.draft.forward(previous.tokens[:, None]) if previous else self.draft.forward(ids, valid)
+            tokens, probs = self._choose(logits[:, -1], drafting, groups)
+            return tokens, probs, hidden[:, -1] if hidden is not None else None
+
+        # On GPU, asking "has every row stopped?" after each token is a host sync; skip it when only
+        # the round's bound can stop a row (rows that stopped at EOS are masked out either way).
+        check = self.device.type != "cuda" or self.policy.stops_early
+        block = draft_round(self.policy, slots, room, propose, lambda t: (t[:, None] == eos).any(1), check)
+        return block, ids.shape[1] if block.K else 0
+
+    def _choose(self, logits: torch.Tensor, drafting: torch.Tensor, groups) -> tuple[torch.Tensor, torch.Tensor]:
+        """The draft's token per row (argmax when greedy, else a sample from the request's generator) and the
+        distribution it came from (fp32: in bf16 a confident token's q rounds to 1 and 1 - q, a head feature, to 0)."""
+        tokens = logits.argmax(-1)
+        probs = None if len(groups) == 1 else torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+        sampled = None
+        for params, idx in groups:
+            group = logits[idx].float().softmax(-1) if params.greedy else process_logits(logits[idx], params)
+            if probs is None:
+                probs = group
+            else:
+                probs[idx] = group
+            if not params.greedy:
+                if sampled is None:
+                    sampled = set(torch.nonzero(drafting).flatten().tolist())
+                rows = range(len(self.requests))[idx] if isinstance(idx, slice) else idx.tolist()
+                for j, row in enumerate(rows):
+                    if row in sampled:
+                        tokens[row] = sample(group[j], self.requests[row].generator)
+        return tokens, probs
+
+    def _eos_table(self) -> torch.Tensor:
+        """[b, E] each request's EOS ids, padded with -1."""
+        width = max(1, max(len(r.eos) for r in self.requests))
+        table = [sorted(r.eos) + [-1] * (width - len(r.eos)) for r in self.requests]
+        return torch.tensor(table, dtype=torch.long, device=self.device)
+
+    def _verify(self, block: DraftBlock) -> tuple[torch.Tensor, int]:
+        """One target forward over every request's unseen tokens and drafts: logits [b, K + 1, V]."""
+        ids, valid = _left_pad([r.target_pending for r in self.requests], self.device)
+        drafts = block.tokens
+        logits, _ = self.target.forward(
+            torch.cat([ids, drafts], 1), torch.cat([valid, torch.ones_like(drafts)], 1), keep=block.K + 1
+        )
+        return logits, ids.shape[1]
+
+    def _accept(
+        self, slots: torch.Tensor, block: DraftBlock, target_logits: torch.Tensor
+    ) -> tuple[Verdict, torch.Tensor | None]:
+        """Apply each sampling group's acceptance rule; also the target distributions a policy asked for."""
+        b, K = block.tokens.shape
+        n = torch.zeros(b, dtype=torch.long, device=self.device)
+        next_token = torch.zeros(b, dtype=torch.long, device=self.device)
+        mask = torch.zeros((b, K), dtype=torch.bool, device=self.device)
+        want = self.policy.needs_target_probs and K > 0
+        target_probs = torch.empty(target_logits.shape, device=self.device) if want else None
+        for params, idx in self._groups():
+            probs = None if params.greedy else process_logits(target_logits[idx], params)
+            rows = range(b)[idx] if isinstance(idx, slice) else idx.tolist()
+            proposal = Proposal(
+                block.tokens[idx], block.lens[idx], block.probs[idx] if K else None, target_logits[idx], probs,
+                params, [self.requests[i].generator for i in rows], slots[idx],
             )
-            _sync(self.device)
-            t2 = time.perf_counter()
-            target_probs = None if params.greedy else process_logits(target_logits, params)
-            verdict = rule(
-                Proposal(
-                    draft_tokens,
-                    lens,
-                    torch.stack(q, 1) if q else None,
-                    target_logits,
-                    target_probs,
-                    params,
-                    row_generators,
-                )
-            )
-            n = verdict.num_accepted
-            if K:
-                want_probs = policy.needs_target_probs
-                policy.observe(
-                    RoundOutcome(
-                        rows,
-                        lens,
-                        n,
-                        draft_tokens,
-                        torch.stack(soft, 1) if want_probs and K else None,
-                        (target_probs if target_probs is not None else target_logits.softmax(-1)) if want_probs else None,
-                        verdict.accepted_mask,
-                    )
-                )
+            verdict = self._rule(params)(proposal)
+            n[idx], next_token[idx], mask[idx] = verdict.num_accepted, verdict.next_token, verdict.accepted_mask
+            if want:
+                target_probs[idx] = probs if probs is not None else target_logits[idx].softmax(-1)
+        return Verdict(n, next_token, mask), target_probs
 
-            # Commit accepted tokens + the emitted token; roll back the rest.
-            target.keep_tail(fed_target + K, fed_target + n)
-            if fed_pending:
-                draft.keep_tail(fed_pending + K - 1, fed_pending + n.clamp_max(K - 1))
-            n_list, next_list, lens_list = n.tolist(), verdict.next_token.tolist(), lens.tolist()
-            drafted_rows = draft_tokens.tolist()
-            keep_rows = []
-            for j, i in enumerate(active):
-                new = drafted_rows[j][: n_list[j]] + [next_list[j]]
-                new, reason = self._truncate(outputs[i], new, eos_ids, config)
-                outputs[i].extend(new)
-                stats[i].record_round(lens_list[j], n_list[j], len(new))
-                stats[i].draft_time_s += t1 - t0
-                stats[i].target_time_s += t2 - t1
-                if on_tokens is not None and new:
-                    on_tokens(i, new)
-                if reason is None:
-                    keep_rows.append(j)
-                    target_pending[j] = [next_list[j]]
-                    if fed_pending:
-                        pending[j] = ([drafted_rows[j][K - 1]] if n_list[j] == K else []) + [next_list[j]]
-                    else:
-                        pending[j].append(next_list[j])
-                else:
-                    finish[i] = reason
-                    stats[i].total_time_s = time.perf_counter() - start
-            if len(keep_rows) < b:
-                keep = torch.tensor(keep_rows, dtype=torch.long, device=self.device)
-                rows = rows[keep]
-                pending = [pending[j] for j in keep_rows]
-                target_pending = [target_pending[j] for j in keep_rows]
-                target.select_rows(keep)
-                if draft is not None:
-                    draft.select_rows(keep)
+    def _rule(self, params: SamplingParams) -> AcceptanceRule:
+        if params not in self._rules:
+            self._rules[params] = self.method.rule(params)
+        return self._rules[params]
 
-        return [
-            GenerationResult(
-                outputs[i],
-                self.tokenizer.decode(outputs[i], skip_special_tokens=True),
-                finish[i],
-                stats[i],
-                base_seed + i,
-                description,
-            )
-            for i in range(B)
-        ]
+    def _commit(
+        self, block: DraftBlock, verdict: Verdict, fed_draft: int, fed_target: int, draft_s: float, target_s: float
+    ) -> list[Request]:
+        """Append accepted tokens + the emitted one, roll back rejected drafts, let finished requests leave."""
+        K, n = block.K, verdict.num_accepted
+        self.target.keep_tail(fed_target + K, fed_target + n)
+        if fed_draft:
+            self.draft.keep_tail(fed_draft + K - 1, fed_draft + n.clamp_max(K - 1))
+        n_list, next_list, lens = n.tolist(), verdict.next_token.tolist(), block.lens.tolist()
+        drafted = block.tokens.tolist()
+        keep, finished = [], []
+        for j, r in enumerate(self.requests):
+            new, r.finish_reason = self._truncate(r, drafted[j][: n_list[j]] + [next_list[j]])
+            r.output.extend(new)
+            r.stats.record_round(lens[j], n_list[j], len(new))
+            r.stats.draft_time_s += draft_s
+            r.stats.target_time_s += target_s
+            if r.on_tokens is not None and new:
+                r.on_tokens(new)
+            if r.finish_reason is not None:
+                r.stats.total_time_s = time.perf_counter() - r.started
+                finished.append(r)
+                continue
+            keep.append(j)
+            r.target_pending = [next_list[j]]
+            if fed_draft:
+                r.draft_pending = ([drafted[j][K - 1]] if n_list[j] == K else []) + [next_list[j]]
+            else:  # the draft did not run this round: it still has to see everything
+                r.draft_pending.append(next_list[j])
+        if finished:
+            self._keep_rows(keep)
+        return finished
 
-    def _truncate(
-        self, done: list[int], new: list[int], eos_ids: set[int], config: GenerationConfig
-    ) -> tuple[list[int], str | None]:
-        """Cut ``new`` at the first EOS, stop string or the max_new_tokens budget; say why it ended."""
+    def _keep_rows(self, keep: list[int]) -> None:
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self.requests = [self.requests[j] for j in keep]
+        self.target.select_rows(index)
+        if self.draft is not None:
+            self.draft.select_rows(index)
+
+    def _truncate(self, request: Request, new: list[int]) -> tuple[list[int], str | None]:
+        """Cut ``new`` at the first EOS, stop string or the max_new_tokens budget; say why the request ended."""
         reason = None
         for t, token in enumerate(new):
-            if token in eos_ids:
+            if token in request.eos:
                 new, reason = new[: t + 1], "eos"
                 break
-        if config.stop_strings:
+        if request.config.stop_strings:
+            done = request.output[-64:]
             for t in range(1, len(new) + 1):
-                text = self.tokenizer.decode(done[-64:] + new[:t])
-                if any(s in text for s in config.stop_strings):
+                text = self.engine.tokenizer.decode(done + new[:t])
+                if any(s in text for s in request.config.stop_strings):
                     new, reason = new[:t], "stop"
                     break
-        room = config.max_new_tokens - len(done)
-        if len(new) >= room:
-            new, reason = new[:room], reason or "length"
+        if len(new) >= request.room:
+            new, reason = new[: request.room], reason or "length"
         return new, reason

@@ -17,7 +17,7 @@ the bonus token is a sample of p_{K+1} (greedy: its argmax).
 Distributions. Sampling: p and q are the processed distributions (temperature,
 top-k, top-p), the same the lossless rule uses; the support guard is p_i(x_i) > 0.
 Greedy: the JS distance uses the soft distributions (softmax of raw target logits,
-and the draft's softmax kept by the policy while drafting), the same ones the
+and the draft's softmax the tokens were drafted from), the same ones the
 policy's statistics use; the support guard uses the softmax of the raw target
 logits restricted by the user's top-k / top-p (at temperature 1), so with neither
 set every token is in the support.
@@ -27,7 +27,7 @@ The rule is lossy: ``lossless = False``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Protocol
 
 import torch
 
@@ -38,23 +38,28 @@ from .speculative import emit_after, uniforms
 COMBINE_MODES = ("or", "replace")
 
 
+class JSStatistics(Protocol):
+    """What the rule needs from the statistics AdaSD keeps per request (or shared), by state slot."""
+
+    def warm(self, slots: torch.Tensor) -> torch.Tensor: ...  # [b] bool: past the cold start
+
+    def js_threshold(self, slots: torch.Tensor) -> torch.Tensor: ...  # [b] T_V (-inf while cold)
+
+
 class AdaSDAcceptance(AcceptanceRule):
     name = "adasd-js"
     lossless = False
 
-    def __init__(self, policy: Any, combine: str = "or") -> None:
+    def __init__(self, statistics: JSStatistics, combine: str = "or") -> None:
         if combine not in COMBINE_MODES:
             raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
-        self.policy = policy  # supplies round_rows(), js_threshold(rows), warm(rows), round_draft_probs(K)
+        self.statistics = statistics
         self.combine = combine
 
     def settings(self) -> dict:
         return {
             "combine": self.combine,
             "threshold": "T_V = (mean JS distance of accepted + mean of rejected) / 2, base 2",
-            "n_min": self.policy.n_min,
-            "scope": self.policy.scope,
-            "first_rejection_only": self.policy.first_rejection_only,
             "support_guard": "never JS-accept a token with target probability 0 after top-k/top-p",
             "after_rejection": "standard residual norm(max(0, p - q)); greedy: argmax p",
         }
@@ -63,16 +68,13 @@ class AdaSDAcceptance(AcceptanceRule):
         x, lens, params = proposal.draft_tokens, proposal.draft_lens, proposal.params
         b, K = x.shape
         device = x.device
-        rows = self.policy.round_rows()
-        if rows.numel() != b:
-            raise RuntimeError(f"adasd: the rule got {b} rows but the policy's round has {rows.numel()}")
         greedy = params.greedy
         if K == 0:
             accept = torch.zeros((b, 0), dtype=torch.bool, device=device)
         else:
             if greedy:
                 p_soft = proposal.target_logits[:, :K].float().softmax(-1)
-                q_soft = self.policy.round_draft_probs(K).float()
+                q_soft = proposal.draft_probs.float()
                 standard = x == proposal.target_logits[:, :K].argmax(-1)
                 if params.top_k or params.top_p < 1.0:
                     restricted = process_logits(proposal.target_logits[:, :K], SamplingParams(1.0, params.top_k, params.top_p))
@@ -86,8 +88,8 @@ class AdaSDAcceptance(AcceptanceRule):
                 standard = uniforms(proposal) * qx < px
                 support = px > 0
             d = js_distance(p_soft, q_soft)  # [b, K]
-            warm = self.policy.warm(rows).to(device)[:, None]
-            t_v = self.policy.js_threshold(rows).to(device)[:, None]
+            warm = self.statistics.warm(proposal.slots).to(device)[:, None]
+            t_v = self.statistics.js_threshold(proposal.slots).to(device)[:, None]
             js_ok = warm & (d.double() < t_v) & support
             if self.combine == "or":
                 accept = standard | js_ok

@@ -9,7 +9,7 @@ on rejection, a bonus token when everything was accepted).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import ClassVar
 
 import torch
@@ -23,11 +23,12 @@ class Proposal:
 
     draft_tokens: torch.Tensor  # [b, K] (K may be 0); entries past a row's length are padding
     draft_lens: torch.Tensor  # [b] long, tokens each row actually drafted (<= K)
-    draft_probs: torch.Tensor | None  # [b, K, V] processed q each token was sampled from (None when greedy)
+    draft_probs: torch.Tensor | None  # [b, K, V] q each token was drafted from (softmax of raw logits when greedy; None if K == 0)
     target_logits: torch.Tensor  # [b, K + 1, V] raw target logits
     target_probs: torch.Tensor | None  # [b, K + 1, V] processed p (None when greedy)
     params: SamplingParams
     generators: list[torch.Generator]  # one per row
+    slots: torch.Tensor | None = None  # [b] the requests' state slots (for rules that keep per-request statistics)
 
 
 @dataclass
@@ -45,8 +46,6 @@ class AcceptanceRule(ABC):
     def __call__(self, proposal: Proposal) -> Verdict: ...
 
     def settings(self) -> dict:
-        from dataclasses import asdict, is_dataclass
-
         return asdict(self) if is_dataclass(self) else {}
 
 

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine import MAX_DRAFT_TOKENS
 from ..errors import SpecAdaptError
 from ..methods import Method
-from ..policies.base import DraftStep, RoundOutcome
+from ..policies.base import MAX_DRAFT_TOKENS, DraftStep, draft_round, finish_round
 from ..sampling import SamplingParams
 from ..stats import RequestStats
 
@@ -107,24 +106,25 @@ def _check(method: Method, traj: Trajectory) -> None:
 def replay(method: Method, traj: Trajectory) -> RequestStats:
     """The rounds, drafted and accepted tokens ``method`` would use to produce ``traj.tokens`` (batch 1, greedy).
 
-    The policy object is driven as the engine drives it (``reset`` per call, so
+    The policy object is driven through the same round protocol as in the engine (``begin`` per call, so
     state kept across requests carries over exactly as in a benchmark run).
     """
     _check(method, traj)
     policy, y, d = method.policy, traj.tokens, traj.draft_argmax
     n_total = len(y)
     stats = RequestStats(prompt_tokens=traj.prompt_tokens)
-    rows = torch.zeros(1, dtype=torch.long)
-    policy.reset(1)
+    slots = torch.zeros(1, dtype=torch.long)
+    policy.begin(slots)
     r = 0
     while r < n_total:
-        cap = min(int(policy.max_length(rows)[0]), MAX_DRAFT_TOKENS, traj.max_new_tokens - r - 1)
-        k, accepted, drafted = 0, 0, []
-        while k < cap:
-            i = r + k  # the position of the token drafted now
-            if accepted == k:  # still on y: the teacher-forced row
+        accepted = 0
+
+        def propose(k: int, previous: DraftStep | None, drafting: torch.Tensor):
+            nonlocal accepted
+            i = r + k - 1  # the position of the token drafted now
+            if accepted == k - 1:  # still on y: the teacher-forced row
                 if i >= n_total:
-                    break  # y ended on a stop string: what the draft did past it is unknown
+                    return None  # y ended on a stop string: what the draft did past it is unknown
                 logits, hidden = traj.row(i, 0)
                 token = d[i]
                 accepted += token == y[i]
@@ -132,19 +132,13 @@ def replay(method: Method, traj: Trajectory) -> RequestStats:
                 diverged = r + accepted
                 logits, hidden = traj.row(diverged, i - diverged)
                 token = int(logits.argmax())
-            k += 1
-            drafted.append(token)
-            hidden = None if hidden is None else hidden[None]
-            step = DraftStep(k, torch.tensor([token]), logits.softmax(-1)[None], hidden, rows, torch.ones(1, dtype=torch.bool))
-            if bool(policy.should_stop(step)[0]) or token in traj.eos:
-                break
-        if k:
-            policy.observe(RoundOutcome(
-                rows, torch.tensor([k]), torch.tensor([accepted]), torch.tensor([drafted]), None, None,
-                (torch.arange(k) < accepted)[None],
-            ))
+            return torch.tensor([token]), logits.softmax(-1)[None], None if hidden is None else hidden[None]
+
+        limit = torch.tensor([traj.max_new_tokens - r - 1])
+        block = draft_round(policy, slots, limit, propose, lambda t: torch.tensor([int(t[0]) in traj.eos]))
+        finish_round(policy, slots, block, torch.tensor([accepted]), (torch.arange(block.K) < accepted)[None])
         emitted = min(accepted + 1, n_total - r)
-        stats.record_round(k, accepted, emitted)
+        stats.record_round(block.K, accepted, emitted)
         r += emitted
     return stats
 

@@ -102,9 +102,9 @@ class BenchSettings:
             raise SpecAdaptError(f"threads must be >= 1, got {self.threads}.")
         if self.exec_timeout_s <= 0:
             raise SpecAdaptError(f"exec timeout must be > 0 seconds, got {self.exec_timeout_s}.")
-        from ..engine import GenerationConfig
+        from ..engine import RequestConfig
 
-        GenerationConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p)  # validates sampling
+        RequestConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p)  # validates sampling
 
     def max_new_tokens_for(self, dataset: str) -> int:
         return self.dataset_max_new_tokens.get(dataset, self.max_new_tokens)
@@ -285,7 +285,7 @@ def run_bench(
     same call resumes."""
     from tqdm.auto import tqdm
 
-    from ..engine import GenerationConfig
+    from ..engine import RequestConfig
     from ..methods import make_method
 
     started = time.perf_counter()
@@ -305,7 +305,7 @@ def run_bench(
     if decoder is None:
         decoder = _load_decoder(settings, log)
     methods = {label: make_method(label) for label in settings.methods}
-    params = GenerationConfig(settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p).sampling
+    params = RequestConfig(settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p).sampling
     described = {label: m.describe(params) for label, m in methods.items()}
     settings_path = out / SETTINGS_FILE
     if not settings_path.exists():
@@ -322,7 +322,7 @@ def run_bench(
     engine = decoder.engine
 
     def generate(label: str, ids: list[int], max_new_tokens: int, seed: int, stop: tuple[str, ...] = ()):
-        config = GenerationConfig(max_new_tokens, settings.temperature, settings.top_k, settings.top_p, seed, stop)
+        config = RequestConfig(max_new_tokens, settings.temperature, settings.top_k, settings.top_p, seed, stop)
         t0 = time.perf_counter()
         result = engine.generate([ids], methods[label], config)[0]
         return result, time.perf_counter() - t0

@@ -18,16 +18,17 @@ class ModelRunner:
         self.model = model
         self.want_hidden = want_hidden
         self.device = model.device
-        self.cache: DynamicCache | None = None
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
+        self.cache = DynamicCache(config=model.config)
 
-    def reset(self, batch_size: int) -> None:
-        self.cache = DynamicCache(config=self.model.config)
-        self.mask = torch.zeros((batch_size, 0), dtype=torch.long, device=self.device)
-
-    @property
-    def length(self) -> int:
-        return self.mask.shape[1]
+    def add_rows(self, n: int) -> None:
+        """Append ``n`` empty rows (new requests): their history is all holes until they are fed."""
+        self.mask = torch.cat([self.mask, self.mask.new_zeros((n, self.mask.shape[1]))])
+        if self.cache.get_seq_length() > 0:
+            # DynamicCache has no public way to grow the batch: pad every layer's keys and values.
+            for layer in self.cache.layers:
+                layer.keys = torch.cat([layer.keys, layer.keys.new_zeros((n, *layer.keys.shape[1:]))])
+                layer.values = torch.cat([layer.values, layer.values.new_zeros((n, *layer.values.shape[1:]))])
 
     @torch.inference_mode()
     def forward(
@@ -69,13 +70,17 @@ class ModelRunner:
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` (finished requests leave the batch), then drop leading all-hole columns."""
+        if rows.numel() == 0:  # nobody left: start from an empty cache
+            self.mask = self.mask[:0, :0]
+            self.cache = DynamicCache(config=self.model.config)
+            return
         self.mask = self.mask[rows]
-        if self.cache is not None and self.cache.get_seq_length() > 0:
+        if self.cache.get_seq_length() > 0:
             self.cache.batch_select_indices(rows)
-        if self.mask.numel() == 0:
+        if self.mask.shape[1] == 0:
             return
         first = int(self.mask.any(0).long().argmax())
-        if first > 0:
+        if first > 0:  # DynamicCache can crop only at the end: slice the leading columns off every layer
             self.mask = self.mask[:, first:]
             for layer in self.cache.layers:
                 layer.keys = layer.keys[..., first:, :]

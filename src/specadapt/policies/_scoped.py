@@ -1,9 +1,9 @@
 """State for adaptive policies that is kept per request or shared across requests.
 
-``scope = "request"``: one slot per row of the batch, fresh at every ``generate``
-call (``reset``). ``scope = "shared"``: a single slot that every row reads and
-updates, kept on the policy instance across ``generate`` calls (so a method
-object reused for many prompts keeps learning).
+``scope = "request"``: one slot per request, fresh whenever a request takes it
+(``begin``). ``scope = "shared"``: a single slot that every request reads and
+updates, kept on the policy instance for its lifetime (so a method object
+reused for many prompts keeps learning).
 """
 
 from __future__ import annotations
@@ -25,31 +25,31 @@ class ScopedState:
         check_scope(scope)
         self.scope = scope
         self.initial = dict(initial)
-        self.values: dict[str, torch.Tensor] = {}
+        self.values: dict[str, torch.Tensor] = {
+            k: torch.full((1,), float(v), dtype=torch.float64) for k, v in self.initial.items()
+        }
 
-    def reset(self, batch_size: int) -> None:
-        if self.scope == "request" or not self.values:
-            slots = batch_size if self.scope == "request" else 1
-            device = next(iter(self.values.values())).device if self.values else torch.device("cpu")
-            self.values = {
-                k: torch.full((slots,), float(v), dtype=torch.float64, device=device) for k, v in self.initial.items()
-            }
+    def begin(self, slots: torch.Tensor) -> None:
+        """Fresh values for requests taking ``slots`` (a no-op when shared)."""
+        if self.scope == "shared" or slots.numel() == 0:
+            return
+        size = int(slots.max()) + 1
+        for k, v in self.values.items():
+            if v.shape[0] < size:
+                v = torch.cat([v, v.new_zeros(size - v.shape[0])])
+            v[slots.to(v.device).long()] = float(self.initial[k])
+            self.values[k] = v
 
-    def slots(self, rows: torch.Tensor) -> torch.Tensor:
-        """Slot index of each row (the row itself, or 0 when shared); moves the state to ``rows``' device."""
-        if not self.values:
-            raise RuntimeError("policy used before reset(batch_size)")
+    def index(self, slots: torch.Tensor) -> torch.Tensor:
+        """Where each request's values are (its slot, or 0 when shared); moves the state to ``slots``' device."""
         some = next(iter(self.values.values()))
-        if some.device != rows.device:
-            self.values = {k: v.to(rows.device) for k, v in self.values.items()}
-        return rows.long() if self.scope == "request" else torch.zeros_like(rows, dtype=torch.long)
+        if some.device != slots.device:
+            self.values = {k: v.to(slots.device) for k, v in self.values.items()}
+        return slots.long() if self.scope == "request" else torch.zeros_like(slots, dtype=torch.long)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.values[name]
 
-    def __setitem__(self, name: str, value: torch.Tensor) -> None:
-        self.values[name] = value
-
-    def add(self, name: str, slots: torch.Tensor, amounts: torch.Tensor) -> None:
-        """values[name][slots] += amounts, summing repeated slots (a shared slot gets every row's amount)."""
-        self.values[name].index_add_(0, slots, amounts.to(torch.float64))
+    def add(self, name: str, index: torch.Tensor, amounts: torch.Tensor) -> None:
+        """values[name][index] += amounts, summing repeated indices (a shared slot gets every row's amount)."""
+        self.values[name].index_add_(0, index, amounts.to(torch.float64))

@@ -64,9 +64,6 @@ class AdaEDL(DraftLengthPolicy):
     max_k: int = 16
     scope: str = "request"
 
-    name = "adaedl"
-    keeps_state = True
-
     def __post_init__(self) -> None:
         if not self.gamma > 0:
             raise ValueError("gamma must be > 0")
@@ -78,36 +75,27 @@ class AdaEDL(DraftLengthPolicy):
             raise ValueError("max_k must be >= 1")
         check_scope(self.scope)
         self._state = ScopedState(self.scope, {"lambda": self.lambda_init})
-        self._lambda_round = torch.empty(0)
-        self._bounds: list[torch.Tensor] = []
 
-    def reset(self, batch_size: int) -> None:
-        self._state.reset(batch_size)
-        self._bounds = []
+    def begin(self, slots: torch.Tensor) -> None:
+        self._state.begin(slots)
 
-    def threshold(self, rows: torch.Tensor) -> torch.Tensor:
-        """Current lambda per row."""
-        slots = self._state.slots(rows)  # first: it moves the state to rows' device
-        return self._state["lambda"][slots].clone()
+    def threshold(self, slots: torch.Tensor) -> torch.Tensor:
+        """Current lambda per row (it changes only in ``observe``, so it is the value the round stops by)."""
+        index = self._state.index(slots)  # first: it moves the state to slots' device
+        return self._state["lambda"][index].clone()
 
-    def max_length(self, rows: torch.Tensor) -> torch.Tensor:
-        self._bounds = []
-        self._lambda_round = self.threshold(rows)
-        return torch.full_like(rows, self.max_k)
+    def max_length(self, slots: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(slots, self.max_k)
 
     def should_stop(self, step: DraftStep) -> torch.Tensor:
-        bound = acceptance_bound(step.probs, self.gamma)
-        self._bounds.append(bound)
-        return bound.double() < self._lambda_round
+        return acceptance_bound(step.probs, self.gamma).double() < self.threshold(step.slots)
 
     def observe(self, outcome: RoundOutcome) -> None:
-        K = outcome.draft_tokens.shape[1]
+        K = outcome.block.K
         if K == 0:
             return
-        if len(self._bounds) != K:
-            raise RuntimeError("adaedl: observe() without the round's should_stop() calls")
-        bounds = torch.stack(self._bounds, 1).double()  # [b, K]
-        lam_round = self._lambda_round  # the lambda the stopping decisions used
+        bounds = torch.stack([acceptance_bound(s.probs, self.gamma) for s in outcome.steps], 1).double()  # [b, K]
+        lam_round = self.threshold(outcome.slots)  # the lambda the stopping decisions used
         n, m = outcome.accepted, outcome.drafted
         rejected = n < m
         last = (m - 1).clamp_min(0)
@@ -117,11 +105,11 @@ class AdaEDL(DraftLengthPolicy):
         early = ~rejected & (m > 0) & (b_last < lam_round)
         target = torch.where(late, b_rej, b_last).clamp(self.lambda_min, self.lambda_max)
         update = late | early
-        slots = self._state.slots(outcome.rows)[update]
+        index = self._state.index(outcome.slots)[update]
         target = target[update]
         lam = self._state["lambda"]
         if self.scope == "request":  # one slot per row
-            lam[slots] = lam[slots] + self.lr * (target - lam[slots])
+            lam[index] = lam[index] + self.lr * (target - lam[index])
         elif target.numel():  # the rows update the shared lambda one after another, in batch order
             steps = target.numel()
             decay = (1.0 - self.lr) ** torch.arange(steps - 1, -1, -1, device=target.device, dtype=torch.float64)

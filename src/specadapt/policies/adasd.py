@@ -61,8 +61,6 @@ class AdaSDStop(DraftLengthPolicy):
     first_rejection_only: bool = True
     scope: str = "request"
 
-    name = "adasd-stop"
-    keeps_state = True
     uses_js: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -76,108 +74,66 @@ class AdaSDStop(DraftLengthPolicy):
         self._state = ScopedState(
             self.scope, {"n_acc": 0, "n_rej": 0, "h_rej_sum": 0.0, "d_acc_sum": 0.0, "d_rej_sum": 0.0}
         )
-        self._rows: torch.Tensor | None = None
-        self._stop_at = torch.empty(0)
-        self._entropies: list[torch.Tensor] = []
-        self._probs: list[torch.Tensor] = []
 
-    # --- statistics -------------------------------------------------------------------------
+    # --- statistics (public: the JS acceptance rule reads T_V and warm through them) -------
 
-    def reset(self, batch_size: int) -> None:
-        self._state.reset(batch_size)
-        self._rows = None
-        self._entropies, self._probs = [], []
+    def begin(self, slots: torch.Tensor) -> None:
+        self._state.begin(slots)
 
-    def warm(self, rows: torch.Tensor) -> torch.Tensor:
-        """[b] bool: rows whose statistics are past the cold start."""
-        s = self._state.slots(rows)
+    def warm(self, slots: torch.Tensor) -> torch.Tensor:
+        """[b] bool: requests whose statistics are past the cold start."""
+        s = self._state.index(slots)
         need = max(self.n_min, 1)
         return (self._state["n_acc"][s] >= need) & (self._state["n_rej"][s] >= need)
 
-    def stop_threshold(self, rows: torch.Tensor) -> torch.Tensor:
-        """T_G per row: mean entropy of rejected draft tokens (+inf while cold)."""
-        s = self._state.slots(rows)
+    def stop_threshold(self, slots: torch.Tensor) -> torch.Tensor:
+        """T_G per request: mean entropy of rejected draft tokens (+inf while cold)."""
+        s = self._state.index(slots)
         mean = self._state["h_rej_sum"][s] / self._state["n_rej"][s].clamp_min(1)
-        return torch.where(self.warm(rows), mean, torch.full_like(mean, float("inf")))
+        return torch.where(self.warm(slots), mean, torch.full_like(mean, float("inf")))
 
-    def js_threshold(self, rows: torch.Tensor) -> torch.Tensor:
-        """T_V per row: midpoint of the mean JS distances of accepted and rejected tokens (-inf while cold)."""
-        s = self._state.slots(rows)
+    def js_threshold(self, slots: torch.Tensor) -> torch.Tensor:
+        """T_V per request: midpoint of the mean JS distances of accepted and rejected tokens (-inf while cold)."""
+        s = self._state.index(slots)
         st = self._state
         mean_acc = st["d_acc_sum"][s] / st["n_acc"][s].clamp_min(1)
         mean_rej = st["d_rej_sum"][s] / st["n_rej"][s].clamp_min(1)
         t = (mean_acc + mean_rej) / 2
-        return torch.where(self.warm(rows), t, torch.full_like(t, float("-inf")))
-
-    def statistics(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Counts and thresholds per row (for tests and diagnostics)."""
-        s = self._state.slots(rows)
-        out = {k: v[s].clone() for k, v in self._state.values.items()}
-        out["T_G"] = self.stop_threshold(rows)
-        if self.uses_js:
-            out["T_V"] = self.js_threshold(rows)
-        out["warm"] = self.warm(rows)
-        return out
+        return torch.where(self.warm(slots), t, torch.full_like(t, float("-inf")))
 
     # --- the draft-length interface ---------------------------------------------------------
 
-    def max_length(self, rows: torch.Tensor) -> torch.Tensor:
-        self._rows = rows
-        self._entropies, self._probs = [], []
-        self._stop_at = self.stop_threshold(rows)
-        warm = self.warm(rows)
+    def max_length(self, slots: torch.Tensor) -> torch.Tensor:
         cold_k = min(self.cold_start_k, self.max_k)
-        return torch.where(warm, torch.full_like(rows, self.max_k), torch.full_like(rows, cold_k))
+        return torch.where(self.warm(slots), torch.full_like(slots, self.max_k), torch.full_like(slots, cold_k))
 
     def should_stop(self, step: DraftStep) -> torch.Tensor:
-        h = entropy(step.probs.float())
-        self._entropies.append(h)
-        if self.uses_js:
-            self._probs.append(step.probs)  # the rule needs the soft q when greedy (Proposal has none)
-        return h.double() > self._stop_at
+        # T_G changes only in observe(), so it is the same for every step of the round.
+        return entropy(step.probs.float()).double() > self.stop_threshold(step.slots)
 
     def observe(self, outcome: RoundOutcome) -> None:
-        K = outcome.draft_tokens.shape[1]
+        K = outcome.block.K
         if K == 0:
             return
-        rows = outcome.rows
-        s = self._state.slots(rows)
-        pos = torch.arange(K, device=rows.device)[None, :]
+        s = self._state.index(outcome.slots)
+        pos = torch.arange(K, device=s.device)[None, :]
         n, drafted = outcome.accepted[:, None], outcome.drafted[:, None]
         accepted = pos < n
         if self.first_rejection_only:
             rejected = (pos == n) & (n < drafted)
         else:
             rejected = (pos >= n) & (pos < drafted)
-        if len(self._entropies) == K:  # computed in should_stop this round
-            h = torch.stack(self._entropies, 1)
-        elif outcome.draft_probs is not None:
-            h = entropy(outcome.draft_probs.float())
-        else:
-            raise RuntimeError("adasd: observe() without the round's should_stop() calls or draft_probs")
+        h = torch.stack([entropy(step.probs.float()) for step in outcome.steps], 1)
         st = self._state
         st.add("n_acc", s, accepted.sum(1))
         st.add("n_rej", s, rejected.sum(1))
         st.add("h_rej_sum", s, torch.where(rejected, h, 0.0).sum(1))
         if self.uses_js:
-            if outcome.draft_probs is None or outcome.target_probs is None:
-                raise RuntimeError("adasd: observe() needs draft and target probabilities")
+            if outcome.target_probs is None:
+                raise RuntimeError("adasd: observe() needs the target probabilities")
             d = js_distance(outcome.target_probs[:, :K].float(), outcome.draft_probs.float())
             st.add("d_acc_sum", s, torch.where(accepted, d, 0.0).sum(1))
             st.add("d_rej_sum", s, torch.where(rejected, d, 0.0).sum(1))
-
-    # --- for the acceptance rule ------------------------------------------------------------
-
-    def round_rows(self) -> torch.Tensor:
-        if self._rows is None:
-            raise RuntimeError("adasd: the acceptance rule ran before max_length() of the round")
-        return self._rows
-
-    def round_draft_probs(self, K: int) -> torch.Tensor:
-        """[b, K, V] the distributions this round's tokens came from (soft when greedy)."""
-        if len(self._probs) != K:
-            raise RuntimeError(f"adasd: expected {K} drafted distributions this round, saw {len(self._probs)}")
-        return torch.stack(self._probs, 1)
 
 
 def _make_rule(params: SamplingParams, policy: "AdaSD") -> AdaSDAcceptance:
@@ -193,7 +149,6 @@ def _make_rule(params: SamplingParams, policy: "AdaSD") -> AdaSDAcceptance:
 class AdaSD(AdaSDStop):
     combine: str = "or"
 
-    name = "adasd"
     needs_target_probs = True
     uses_js = True
 

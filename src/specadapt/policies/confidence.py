@@ -16,17 +16,14 @@ class ConfidenceStop(DraftLengthPolicy):
     threshold: float = 0.4
     max_k: int = 10
 
-    name = "confidence"
-
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError("threshold must be in [0, 1]")
         if self.max_k < 1:
             raise ValueError("max_k must be >= 1")
 
-    def max_length(self, rows: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(rows, self.max_k)
+    def max_length(self, slots: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(slots, self.max_k)
 
     def should_stop(self, step: DraftStep) -> torch.Tensor:
-        confidence = step.probs.gather(1, step.tokens[:, None]).squeeze(1)
-        return confidence < self.threshold
+        return step.token_probs < self.threshold

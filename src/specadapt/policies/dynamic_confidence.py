@@ -71,9 +71,6 @@ class DynamicConfidence(DraftLengthPolicy):
     max_k: int = 20
     scope: str = "request"
 
-    name = "dynamic-confidence"
-    keeps_state = True
-
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError("threshold must be in [0, 1]")
@@ -85,48 +82,40 @@ class DynamicConfidence(DraftLengthPolicy):
             raise ValueError("max_k must be >= 1")
         check_scope(self.scope)
         self._state = ScopedState(self.scope, {"threshold": self.threshold})
-        self._history: list[tuple[list[float], list[bool]]] = []
-        self._scores: list[torch.Tensor] = []
-        self._threshold_round = torch.empty(0)
+        self._history: list[tuple[list[float], list[bool]]] = [([], [])]  # (scores, labels) per slot
 
-    def reset(self, batch_size: int) -> None:
-        self._state.reset(batch_size)
-        slots = batch_size if self.scope == "request" else 1
-        if self.scope == "request" or not self._history:
-            self._history = [([], []) for _ in range(slots)]
-        self._scores = []
+    def begin(self, slots: torch.Tensor) -> None:
+        self._state.begin(slots)
+        if self.scope == "request":
+            for slot in slots.tolist():
+                self._history += [([], []) for _ in range(slot + 1 - len(self._history))]
+                self._history[slot] = ([], [])
 
-    def current_threshold(self, rows: torch.Tensor) -> torch.Tensor:
-        slots = self._state.slots(rows)  # first: it moves the state to rows' device
-        return self._state["threshold"][slots].clone()
+    def current_threshold(self, slots: torch.Tensor) -> torch.Tensor:
+        """Threshold per row (it changes only in ``observe``, so it is the value the round stops by)."""
+        index = self._state.index(slots)  # first: it moves the state to slots' device
+        return self._state["threshold"][index].clone()
 
-    def max_length(self, rows: torch.Tensor) -> torch.Tensor:
-        self._scores = []
-        self._threshold_round = self.current_threshold(rows)
-        return torch.full_like(rows, self.max_k)
+    def max_length(self, slots: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(slots, self.max_k)
 
     def should_stop(self, step: DraftStep) -> torch.Tensor:
-        score = step.probs.gather(1, step.tokens[:, None]).squeeze(1).float()
-        self._scores.append(score)
-        return score.double() < self._threshold_round
+        return step.token_probs.double() < self.current_threshold(step.slots)
 
     def observe(self, outcome: RoundOutcome) -> None:
-        K = outcome.draft_tokens.shape[1]
-        if K == 0:
+        if outcome.block.K == 0:
             return
-        if len(self._scores) != K:
-            raise RuntimeError("dynamic-confidence: observe() without the round's should_stop() calls")
-        scores = torch.stack(self._scores, 1).tolist()
-        slots = self._state.slots(outcome.rows).tolist()
+        scores = torch.stack([s.token_probs.float() for s in outcome.steps], 1).tolist()
+        index = self._state.index(outcome.slots).tolist()
         touched = set()
         for j, (n, m) in enumerate(zip(outcome.accepted.tolist(), outcome.drafted.tolist())):
             if m == 0:
                 continue
-            hist_scores, hist_labels = self._history[slots[j]]
+            hist_scores, hist_labels = self._history[index[j]]
             verified = min(n + 1, m)  # the accepted tokens and the first rejected one
             hist_scores.extend(scores[j][:verified])
             hist_labels.extend([True] * n + [False] * (verified - n))
-            touched.add(slots[j])
+            touched.add(index[j])
         for s in touched:
             self._refit(s)
 
@@ -136,7 +125,3 @@ class DynamicConfidence(DraftLengthPolicy):
         if n_pos >= self.min_each and len(hist_labels) - n_pos >= self.min_each:
             t, _ = roc_threshold(torch.tensor(hist_scores), torch.tensor(hist_labels), self.fn_cost)
             self._state["threshold"][slot] = t
-
-    def history(self, slot: int = 0) -> tuple[list[float], list[bool]]:
-        """(scores, labels) recorded for a request (or the shared history: slot 0)."""
-        return self._history[slot]

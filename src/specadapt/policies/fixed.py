@@ -15,20 +15,16 @@ from .base import DraftLengthPolicy
 class FixedLength(DraftLengthPolicy):
     k: int = 4
 
-    name = "fixed"
-
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError("k must be >= 1 (use the 'autoregressive' method for target-only decoding)")
 
-    def max_length(self, rows: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(rows, self.k)
+    def max_length(self, slots: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(slots, self.k)
 
 
 @register_method("autoregressive", needs_draft=False, summary="target-only decoding through the same loop (the baseline)")
 @dataclass
 class Autoregressive(DraftLengthPolicy):
-    name = "autoregressive"
-
-    def max_length(self, rows: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(rows)
+    def max_length(self, slots: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(slots)

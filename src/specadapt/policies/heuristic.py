@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..methods import register_method
+from ._scoped import ScopedState
 from .base import DraftLengthPolicy, RoundOutcome
 
 
@@ -20,22 +21,19 @@ class Heuristic(DraftLengthPolicy):
     initial_k: int = 5
     max_k: int = 20
 
-    name = "heuristic"
-    keeps_state = True
-
     def __post_init__(self) -> None:
         if not 1 <= self.initial_k <= self.max_k:
             raise ValueError("need 1 <= initial_k <= max_k")
-        self._k = torch.empty(0, dtype=torch.long)
+        self._k = ScopedState("request", {"k": self.initial_k})
 
-    def reset(self, batch_size: int) -> None:
-        self._k = torch.full((batch_size,), self.initial_k, dtype=torch.long)
+    def begin(self, slots: torch.Tensor) -> None:
+        self._k.begin(slots)
 
-    def max_length(self, rows: torch.Tensor) -> torch.Tensor:
-        return self._k.to(rows.device)[rows]
+    def max_length(self, slots: torch.Tensor) -> torch.Tensor:
+        return self._k["k"][self._k.index(slots)].long()
 
     def observe(self, outcome: RoundOutcome) -> None:
-        rows = outcome.rows.cpu()
-        all_accepted = (outcome.accepted == outcome.drafted).cpu() & (outcome.drafted > 0).cpu()
-        k = self._k[rows]
-        self._k[rows] = torch.where(all_accepted, k + 2, (k - 1).clamp_min(1)).clamp_max(self.max_k)
+        index = self._k.index(outcome.slots)
+        all_accepted = (outcome.accepted == outcome.drafted) & (outcome.drafted > 0)
+        k = self._k["k"][index]
+        self._k["k"][index] = torch.where(all_accepted, k + 2, (k - 1).clamp_min(1)).clamp_max(self.max_k)

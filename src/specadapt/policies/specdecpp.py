@@ -12,8 +12,7 @@ only exists once the draft has consumed token k, i.e. in the forward that yields
 token k + 1. At step k the policy sees ``DraftStep.hidden`` = the state computed
 when token k - 1 was fed, so the factor multiplied in at step k is P̂(token k - 1
 accepted); at step 1 that state belongs to the last committed token, whose
-factor is 1. :func:`step_factors`, :func:`cumulative_accept` and :func:`stop_step`
-are the pure form of this rule (for tests and analysis).
+factor is 1.
 
 A head trained with ``input="producing"`` or ``"features"`` (see :mod:`specadapt.heads`)
 has no lag: at step k it reads the features of ``DraftStep.probs``, the distribution
@@ -24,7 +23,6 @@ token k), so every step's factor, the first one included, is P̂(token k accepte
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -32,37 +30,6 @@ from ..errors import SpecAdaptError
 from ..heads import AcceptanceHead, builtin_heads, distribution_features, load_head, read_head_config, resolve_head
 from ..methods import register_method
 from .base import DraftLengthPolicy, DraftStep
-
-
-def step_factors(step_probs: Sequence[float]) -> list[float]:
-    """Factor multiplied into ``cum`` at each step 1, 2, ...
-
-    ``step_probs[k - 1]`` is the head's output at step k, i.e. on ``DraftStep.hidden``
-    of step k (the state for token k - 1). Step 1's value belongs to the last
-    committed token and is ignored: its factor is 1.
-    """
-    return [1.0] + [float(p) for p in step_probs[1:]] if len(step_probs) else []
-
-
-def cumulative_accept(step_probs: Sequence[float]) -> list[float]:
-    """``cum`` after each step: ``cum_k = Π_{j=2..k} step_probs[j - 1]`` (the predicted P(tokens 1..k-1 all accepted))."""
-    out, cum = [], 1.0
-    for f in step_factors(step_probs):
-        cum *= f
-        out.append(cum)
-    return out
-
-
-def stop_step(step_probs: Sequence[float], threshold: float, min_k: int, max_k: int) -> int:
-    """The step (number of drafted tokens) at which the policy stops, given the head's output at each step.
-
-    ``step_probs`` must cover at least ``max_k`` steps or up to the stop.
-    """
-    for k, cum in enumerate(cumulative_accept(step_probs[:max_k]), start=1):
-        if k >= max_k or (k >= min_k and 1.0 - cum > threshold):
-            return k
-    raise ValueError("step_probs ends before the policy stops")
-
 
 DEFAULT_THRESHOLD = 0.7  # the paper's sample script; reported best overall
 FROM_HEAD = -1.0
@@ -78,7 +45,6 @@ class SpecDecPP(DraftLengthPolicy):
     min_k: int = 0  # 0: the min_k recorded in the head's config (by tune-head), else 2
     max_k: int = 0  # 0: the max_k recorded in the head's config (by tune-head), else 20
 
-    name = "specdecpp"
     needs_hidden = True
 
     def __post_init__(self) -> None:
@@ -105,11 +71,9 @@ class SpecDecPP(DraftLengthPolicy):
         self._model: AcceptanceHead | None = None
         self._cum: torch.Tensor | None = None
 
-    def reset(self, batch_size: int) -> None:
-        self._cum = None
-
-    def max_length(self, rows: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(rows, self.max_k)
+    def max_length(self, slots: torch.Tensor) -> torch.Tensor:
+        self._cum = None  # a new round: the product starts over
+        return torch.full_like(slots, self.max_k)
 
     def _head_for(self, hidden: torch.Tensor) -> AcceptanceHead:
         size = hidden.shape[-1]
@@ -131,9 +95,8 @@ class SpecDecPP(DraftLengthPolicy):
         if step.hidden is None:
             raise SpecAdaptError("method 'specdecpp' needs the draft's hidden states, but the engine did not provide them.")
         head = self._head_for(step.hidden)
-        b = step.rows.shape[0]
-        if step.position == 1 or self._cum is None or self._cum.shape[0] != b:
-            # New round (rows only change between rounds).
+        b = step.slots.shape[0]
+        if self._cum is None:
             self._cum = torch.ones(b, dtype=torch.float32, device=step.hidden.device)
         with torch.inference_mode():
             if head.reads_features:
@@ -142,7 +105,7 @@ class SpecDecPP(DraftLengthPolicy):
             elif step.position > 1:  # lagged: step 1's state is the last committed token's, whose factor is 1
                 self._cum = self._cum * head.accept_prob(step.hidden)
         if step.position >= self.max_k:
-            return torch.ones(b, dtype=torch.bool, device=step.rows.device)
+            return torch.ones(b, dtype=torch.bool, device=step.slots.device)
         if step.position < self.min_k:
-            return torch.zeros(b, dtype=torch.bool, device=step.rows.device)
-        return (1.0 - self._cum > self.threshold).to(step.rows.device)
+            return torch.zeros(b, dtype=torch.bool, device=step.slots.device)
+        return (1.0 - self._cum > self.threshold).to(step.slots.device)

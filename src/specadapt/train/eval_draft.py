@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..engine import GenerationConfig, SpeculativeEngine
+from ..engine import RequestConfig, SpeculativeEngine
 from ..errors import SpecAdaptError
 from ..methods import make_method
 from ..sampling import SamplingParams, process_logits
@@ -67,14 +67,14 @@ class EvalSettings:
         self.ks = tuple(int(k) for k in self.ks)
         if not self.ks or any(k < 1 for k in self.ks):
             raise SpecAdaptError(f"--k must be one or more draft lengths >= 1, got {list(self.ks)}.")
-        GenerationConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed)  # validates
+        RequestConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed)  # validates
 
     @property
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p)
 
-    def generation(self, max_new_tokens: int | None = None, seed_offset: int = 0) -> GenerationConfig:
-        return GenerationConfig(max_new_tokens or self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed + seed_offset)
+    def generation(self, max_new_tokens: int | None = None, seed_offset: int = 0) -> RequestConfig:
+        return RequestConfig(max_new_tokens or self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed + seed_offset)
 
 
 # ---------------------------------------------------------------- teacher-forced acceptance

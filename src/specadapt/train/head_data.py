@@ -261,7 +261,7 @@ def sample_responses(
     """Let the target sample a response for every prompt that has none yet (speculative decoding, lossless)."""
     from tqdm.auto import tqdm
 
-    from ..engine import GenerationConfig
+    from ..engine import RequestConfig
     from ..methods import make_method
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -276,7 +276,7 @@ def sample_responses(
     with part.open("a", encoding="utf-8") as f:
         for start in range(0, len(todo), config.gen_batch_size):
             batch = todo[start : start + config.gen_batch_size]
-            gen = GenerationConfig(
+            gen = RequestConfig(
                 max_new_tokens=config.max_response_tokens,
                 temperature=float(config.response_temperature),
                 top_p=float(config.response_top_p),

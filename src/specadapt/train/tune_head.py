@@ -42,7 +42,7 @@ from typing import Any
 
 from ..errors import SpecAdaptError
 from ..heads import CONFIG_FILE, read_head_config
-from ..engine import MAX_DRAFT_TOKENS
+from ..policies.base import MAX_DRAFT_TOKENS
 from ..policies.specdecpp import DEFAULT_MAX_K, DEFAULT_MIN_K
 from ..stats import RequestStats
 
@@ -210,7 +210,7 @@ def tune_head(
     from tqdm.auto import tqdm
 
     from ..api import SpecDecoder
-    from ..engine import GenerationConfig
+    from ..engine import RequestConfig
     from ..methods import make_method
     from ..models import zoo
 
@@ -221,7 +221,7 @@ def tune_head(
     max_k_grid = _check_max_ks(max_ks, min_k_grid)
     if not isinstance(num_prompts, int) or num_prompts < 1:
         raise SpecAdaptError(f"num_prompts must be >= 1, got {num_prompts!r}.")
-    GenerationConfig(max_new_tokens, temperature, seed=seed)  # fail fast on bad settings
+    RequestConfig(max_new_tokens, temperature, seed=seed)  # fail fast on bad settings
     if by not in TUNE_BY:
         raise SpecAdaptError(f"by must be one of {', '.join(TUNE_BY)}, got {by!r}.")
     if by == "replay" and temperature != 0:
@@ -269,10 +269,10 @@ def tune_head(
     stops = stops or [()] * len(ids)
     methods = {(h, k, m): make_method("specdecpp", head=str(head_dir), threshold=h, min_k=k, max_k=m)
                for m in max_k_grid for k in min_k_grid for h in grid}
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    gen = RequestConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
 
     # Warm-up (caches, kernels, lazy head load): not measured.
-    warm = GenerationConfig(max_new_tokens=min(8, max_new_tokens), seed=seed)
+    warm = RequestConfig(max_new_tokens=min(8, max_new_tokens), seed=seed)
     for method in [next(iter(methods.values()))] + ([make_method(a) for a in REPLAY_ANCHORS] if by == "replay" else []):
         decoder.engine.generate([ids[0]], method, warm)
     record: dict[str, Any] = {}
