@@ -7,6 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from specadapt.engine import SpeculativeEngine
+from specadapt.policies import draft_round, finish_round
 
 # Tiny models run fastest on one thread, and one thread per test process avoids
 # OpenMP oversubscription when anything else shares the 2 cores.
@@ -102,3 +103,25 @@ def save_tiny_checkpoint(path, seed: int, words: list[str]) -> None:
     model.generation_config.eos_token_id = 1
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+
+
+def play_round(policy, slots, probs, accepted, limit=None, tokens=None, hidden=None, target_probs=None, clip=False):
+    """One round of ``policy`` through the engine's round protocol, with scripted drafts.
+
+    Step k proposes ``tokens[:, k-1]`` (default 0) drawn from ``probs[:, k-1]`` [b, K, V] (and ``hidden[:, k-1]``);
+    row i drafts at most ``limit[i]`` (default K) tokens, fewer where the policy stops it; ``accepted`` goes to
+    ``observe`` (``clip``: at most what each row drafted). Returns the :class:`DraftBlock` (its ``lens`` say where each row stopped)."""
+    b, K = probs.shape[:2]
+    tokens = torch.zeros((b, K), dtype=torch.long) if tokens is None else tokens
+    limit = torch.full((b,), K) if limit is None else torch.as_tensor(limit)
+
+    def propose(k, previous, drafting):
+        return tokens[:, k - 1], probs[:, k - 1], None if hidden is None else hidden[:, k - 1]
+
+    block = draft_round(policy, slots, limit, propose)
+    accepted = torch.as_tensor(accepted)
+    if clip:
+        accepted = torch.minimum(accepted, block.lens)
+    assert bool((accepted <= block.lens).all()), f"the script accepts more than was drafted ({block.lens.tolist()})"
+    finish_round(policy, slots, block, accepted, torch.arange(block.K)[None, :] < accepted[:, None], target_probs)
+    return block

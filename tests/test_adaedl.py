@@ -9,9 +9,10 @@ import torch
 
 from specadapt.errors import SpecAdaptError
 from specadapt.methods import make_method
-from specadapt.policies import DraftStep, RoundOutcome
+from specadapt.policies import DraftStep
 from specadapt.policies.adaedl import acceptance_bound
 
+from conftest import play_round
 from test_losslessness import ALPHA, SAMPLING, run_checks
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [42]]
@@ -35,8 +36,8 @@ def test_bound_formula_and_stop():
     assert acceptance_bound(probs, 0.2).tolist() == pytest.approx([bound_of(n) for n in (1, 2, 4, 8)], abs=1e-6)
     assert acceptance_bound(probs, 0.5).tolist() == pytest.approx([bound_of(n, 0.5) for n in (1, 2, 4, 8)], abs=1e-6)
     policy = make_method("adaedl:lambda_init=0.5").policy
-    policy.reset(4)
     rows = torch.arange(4)
+    policy.begin(rows)
     assert policy.max_length(rows).tolist() == [16] * 4
     # bounds: 1.0, 0.628, 0.473, 0.355 -> stop below 0.5
     stop = policy.should_stop(DraftStep(1, torch.zeros(4, dtype=torch.long), probs, None, rows, torch.ones(4, dtype=torch.bool)))
@@ -46,19 +47,15 @@ def test_bound_formula_and_stop():
 def play(policy, rows, ns, accepted, drafted):
     """One round: each row's k-th token comes from a distribution uniform over ns[row][k] tokens."""
     K = max(len(n) for n in ns)
-    probs = torch.stack([torch.stack([dist_with_entropy_order(n[k] if k < len(n) else 1) for n in ns]) for k in range(K)])
-    policy.max_length(rows)
-    for k in range(K):
-        policy.should_stop(DraftStep(k + 1, torch.zeros(len(ns), dtype=torch.long), probs[k], None, rows, torch.ones(len(ns), dtype=torch.bool)))
-    accepted, drafted = torch.tensor(accepted), torch.tensor(drafted)
-    mask = torch.arange(K)[None, :] < accepted[:, None]
-    policy.observe(RoundOutcome(rows, drafted, accepted, torch.zeros((len(ns), K), dtype=torch.long), None, None, mask))
+    probs = torch.stack([torch.stack([dist_with_entropy_order(n[k] if k < len(n) else 1) for n in ns]) for k in range(K)], 1)
+    block = play_round(policy, rows, probs, accepted, limit=drafted)
+    assert block.lens.tolist() == drafted  # the script agrees with the policy's stopping
 
 
 def test_lambda_update_rule():
     lam0, lr = 0.5, 0.25
     policy = make_method(f"adaedl:lambda_init={lam0},lr={lr}").policy
-    policy.reset(4)
+    policy.begin(torch.arange(4))
     rows = torch.tensor([3, 2, 1, 0])
     # bounds: n=1 -> 1.0, n=2 -> 0.628, n=4 -> 0.473, n=8 -> 0.355 (lambda = 0.5)
     play(
@@ -82,8 +79,8 @@ def test_lambda_update_rule():
 def test_lambda_shared_scope_and_clipping():
     lr = 0.5
     policy = make_method(f"adaedl:lambda_init=0.5,lr={lr},lambda_min=0.4,scope=shared").policy
-    policy.reset(3)
     rows = torch.arange(3)
+    policy.begin(rows)
     # row 0: too late with bound 1.0 (clipped to lambda_max = 1); row 1: too early with bound 0.355 (clipped to 0.4);
     # row 2: too late with bound 0.628
     play(policy, rows, ns=[[1], [8], [2]], accepted=[0, 1, 0], drafted=[1, 1, 1])
@@ -91,9 +88,8 @@ def test_lambda_shared_scope_and_clipping():
     for target in (1.0, 0.4, bound_of(2)):  # batch order
         lam = lam + lr * (target - lam)
     assert policy.threshold(rows).tolist() == pytest.approx([lam] * 3)
-    policy.reset(1)  # shared lambda survives a new generate call
+    policy.begin(torch.tensor([0]))  # a new request keeps the shared lambda
     assert policy.threshold(torch.tensor([0])).item() == pytest.approx(lam)
-    assert make_method("adaedl").policy.keeps_state
 
 
 @pytest.mark.parametrize("spec", ["adaedl:gamma=0", "adaedl:gamma=-0.2", "adaedl:lr=1.5", "adaedl:lambda_init=1.2",

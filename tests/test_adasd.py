@@ -14,10 +14,10 @@ from specadapt.acceptance import Proposal
 from specadapt.engine import RequestConfig
 from specadapt.errors import SpecAdaptError
 from specadapt.methods import make_method
-from specadapt.policies import DraftStep, RoundOutcome
+from specadapt.policies import DraftStep
 from specadapt.sampling import SamplingParams, process_logits
 
-from conftest import make_engine
+from conftest import make_engine, play_round as drive_round
 from test_losslessness import ALPHA, PROMPT, SAMPLING, exact_joint, run_checks
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [42]]
@@ -25,21 +25,18 @@ PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19],
 
 
 
-def play_round(policy, rows, q, p, accepted, drafted=None):
-    """Drive one round through the policy as the engine does: max_length, should_stop per token, observe."""
-    b, K, _ = q.shape
-    drafted = torch.full((b,), K) if drafted is None else torch.as_tensor(drafted)
-    accepted = torch.as_tensor(accepted)
-    tokens = q.argmax(-1)
-    policy.max_length(rows)
-    stops = []
-    for k in range(K):
-        drafting = k < drafted
-        stops.append(policy.should_stop(DraftStep(k + 1, tokens[:, k], q[:, k], None, rows, drafting)))
-    mask = torch.arange(K)[None, :] < accepted[:, None]
-    want = policy.needs_target_probs
-    policy.observe(RoundOutcome(rows, drafted, accepted, tokens, q if want else None, p if want else None, mask))
-    return torch.stack(stops, 1)
+def play_round(policy, rows, q, p, accepted, drafted=None, clip=False):
+    """One round through the round protocol: row j drafts argmax tokens of q[j] (at most drafted[j])."""
+    target_probs = p if policy.needs_target_probs else None
+    return drive_round(policy, rows, q, accepted, drafted, q.argmax(-1), target_probs=target_probs, clip=clip)
+
+
+def statistics(policy, slots):
+    """The policy's per-request counts and thresholds, through its public methods."""
+    state = policy._state
+    index = state.index(slots)
+    return {"n_acc": state["n_acc"][index], "n_rej": state["n_rej"][index], "T_G": policy.stop_threshold(slots),
+            "T_V": policy.js_threshold(slots), "warm": policy.warm(slots)}
 
 
 def random_dists(seed, *shape):
@@ -61,8 +58,8 @@ def JS(p, q):
 @pytest.mark.parametrize("first_only", [True, False])
 def test_thresholds_follow_the_formulas(first_only):
     policy = make_method(f"adasd:n_min=1,first_rejection_only={first_only}").policy
-    policy.reset(2)
-    rows = torch.tensor([1, 0])  # batch order differs from the original indices
+    policy.begin(torch.arange(2))
+    rows = torch.tensor([1, 0])  # batch order differs from the slot order
     K, Vq = 4, 6
     # (accepted per row, drafted per row) for three rounds
     script = [([1, 4], [4, 4]), ([0, 2], [3, 4]), ([2, 3], [4, 3])]
@@ -72,16 +69,17 @@ def test_thresholds_follow_the_formulas(first_only):
     for r, (accepted, drafted) in enumerate(script):
         q = random_dists(10 + r, 2, K, Vq)
         p = random_dists(20 + r, 2, K + 1, Vq)
-        play_round(policy, rows, q, p, accepted, drafted)
+        lens = play_round(policy, rows, q, p, accepted, drafted, clip=True).lens.tolist()
         for j, row in enumerate(rows.tolist()):
-            n, m = accepted[j], drafted[j]
+            m = lens[j]  # < drafted[j] where the entropy stop ended the row early
+            n = min(accepted[j], m)
             for i in range(m):
                 if i < n:
                     acc_d[row].append(JS(p[j, i], q[j, i]))
                 elif i == n or not first_only:
                     rej_d[row].append(JS(p[j, i], q[j, i]))
                     rej_h[row].append(H(q[j, i]))
-    stats = policy.statistics(torch.tensor([0, 1]))
+    stats = statistics(policy, torch.tensor([0, 1]))
     for row in (0, 1):
         assert stats["n_acc"][row] == len(acc_d[row])
         assert stats["n_rej"][row] == len(rej_h[row])
@@ -91,33 +89,33 @@ def test_thresholds_follow_the_formulas(first_only):
 
 def test_shared_scope_pools_rows_and_survives_reset():
     policy = make_method("adasd:n_min=1,scope=shared").policy
-    policy.reset(2)
     rows = torch.tensor([0, 1])
+    policy.begin(rows)
     q, p = random_dists(1, 2, 3, 5), random_dists(2, 2, 4, 5)
     play_round(policy, rows, q, p, [1, 2])
     expected_tg = np.mean([H(q[0, 1]), H(q[1, 2])])
     expected_tv = (np.mean([JS(p[0, 0], q[0, 0]), JS(p[1, 0], q[1, 0]), JS(p[1, 1], q[1, 1])])
                    + np.mean([JS(p[0, 1], q[0, 1]), JS(p[1, 2], q[1, 2])])) / 2
-    for _ in range(2):  # a new generate call keeps the shared statistics
-        stats = policy.statistics(torch.tensor([0, 1]))
+    for _ in range(2):  # new requests keep the shared statistics
+        stats = statistics(policy, torch.tensor([0, 1]))
         assert stats["T_G"].tolist() == pytest.approx([expected_tg] * 2, rel=1e-5)
         assert stats["T_V"].tolist() == pytest.approx([expected_tv] * 2, rel=1e-5)
-        policy.reset(3)
+        policy.begin(torch.arange(3))
     request = make_method("adasd:n_min=1").policy
-    request.reset(2)
+    request.begin(rows)
     play_round(request, rows, q, p, [1, 2])
-    request.reset(2)
-    assert request.statistics(rows)["n_rej"].tolist() == [0, 0]
+    request.begin(rows)
+    assert statistics(request, rows)["n_rej"].tolist() == [0, 0]
 
 
 def test_entropy_stop_uses_t_g_and_keeps_the_trigger():
     policy = make_method("adasd-stop:n_min=1").policy
-    policy.reset(1)
     rows = torch.tensor([0])
+    policy.begin(rows)
     q = random_dists(3, 1, 2, 6)
     play_round(policy, rows, q, None, [1])  # q[0, 1] is the rejected token
     t_g = H(q[0, 1])
-    assert policy.statistics(rows)["T_G"].item() == pytest.approx(t_g, rel=1e-5)
+    assert statistics(policy, rows)["T_G"].item() == pytest.approx(t_g, rel=1e-5)
     assert policy.max_length(rows).item() == 16
     peaky = torch.tensor([[0.97, 0.01, 0.01, 0.01, 0.0, 0.0]])
     flat = torch.full((1, 6), 1 / 6)
@@ -129,18 +127,18 @@ def test_entropy_stop_uses_t_g_and_keeps_the_trigger():
 
 def test_cold_start():
     policy = make_method("adasd:n_min=2,cold_start_k=3").policy
-    policy.reset(1)
     rows = torch.tensor([0])
+    policy.begin(rows)
     flat = torch.full((1, 1, 6), 1 / 6)
     q, p = flat.expand(1, 3, 6).clone(), random_dists(4, 1, 4, 6)
     # cold: capped at cold_start_k, no entropy stop even on a uniform draft
     assert policy.max_length(rows).item() == 3
-    assert not play_round(policy, rows, q, p, [2]).any()  # 2 accepted, 1 rejected
-    stats = policy.statistics(rows)
+    assert play_round(policy, rows, q, p, [2], drafted=[5]).lens.tolist() == [3]  # 2 accepted, 1 rejected
+    stats = statistics(policy, rows)
     assert not stats["warm"].item() and stats["T_G"].item() == math.inf and stats["T_V"].item() == -math.inf
     assert policy.max_length(rows).item() == 3
     play_round(policy, rows, q, p, [0])  # second rejection: 2 of each kind
-    stats = policy.statistics(rows)
+    stats = statistics(policy, rows)
     assert stats["warm"].item() and math.isfinite(stats["T_G"].item()) and math.isfinite(stats["T_V"].item())
     assert policy.max_length(rows).item() == 16
 
@@ -151,7 +149,7 @@ def test_cold_start():
 def warm_policy(t_v_target: float, spec="adasd:n_min=1"):
     """An AdaSD policy for one row whose statistics are warm with T_V close to ``t_v_target``."""
     policy = make_method(spec).policy
-    policy.reset(1)
+    policy.begin(torch.tensor([0]))
     s = policy._state
     s["n_acc"][0], s["n_rej"][0] = 1, 1
     s["d_acc_sum"][0], s["d_rej_sum"][0] = t_v_target, t_v_target
@@ -169,11 +167,8 @@ def test_js_rule_greedy_accepts_close_tokens_but_respects_top_k():
     draft_soft = target_logits[0, :2].softmax(-1)[None].clone()
     for params, expect_n in [(SamplingParams(0.0), 2), (SamplingParams(0.0, top_k=2), 1)]:
         rule = method.rule(params)
-        policy.max_length(rows)
         tokens = torch.tensor([[1, 2]])  # token 1: not argmax but in top-2; token 2: outside top-2
-        for k in range(2):
-            policy.should_stop(DraftStep(k + 1, tokens[:, k], draft_soft[:, k], None, rows, torch.tensor([True])))
-        verdict = rule(Proposal(tokens, torch.tensor([2]), None, target_logits, None, params, [torch.Generator()]))
+        verdict = rule(Proposal(tokens, torch.tensor([2]), draft_soft, target_logits, None, params, [torch.Generator()], rows))
         assert verdict.num_accepted.item() == expect_n
         # correction / bonus: the argmax of the target at the first non-accepted position
         assert verdict.next_token.item() == int(target_logits[0, expect_n].argmax())
@@ -183,14 +178,11 @@ def greedy_verdict(policy, combine, target_logits, tokens, q_equals_p):
     """Run the JS rule in greedy mode on one row; the draft's soft q is p itself (d = 0) or p reversed (d large)."""
     from specadapt.acceptance.adasd import AdaSDAcceptance
 
-    rows = torch.tensor([0])
-    policy.max_length(rows)
     soft = target_logits[:, : tokens.shape[1]].softmax(-1)
     q = soft if q_equals_p else soft.flip(-1)
-    for k in range(tokens.shape[1]):
-        policy.should_stop(DraftStep(k + 1, tokens[:, k], q[:, k], None, rows, torch.tensor([True])))
     rule = AdaSDAcceptance(policy, combine)
-    return rule(Proposal(tokens, torch.tensor([tokens.shape[1]]), None, target_logits, None, SamplingParams(0.0), [torch.Generator()]))
+    return rule(Proposal(tokens, torch.tensor([tokens.shape[1]]), q, target_logits, None, SamplingParams(0.0),
+                         [torch.Generator()], torch.tensor([0])))
 
 
 def test_js_rule_replace_mode_and_cold_start():
@@ -206,7 +198,7 @@ def test_js_rule_replace_mode_and_cold_start():
     # cold: no JS acceptance even at d = 0, and "replace" falls back to the standard test
     for combine in ("or", "replace"):
         cold = make_method("adasd:n_min=5").policy
-        cold.reset(1)
+        cold.begin(torch.tensor([0]))
         assert greedy_verdict(cold, combine, target_logits, other, True).num_accepted.item() == 0
         assert greedy_verdict(cold, combine, target_logits, argmax, False).num_accepted.item() == 1
 
@@ -225,11 +217,9 @@ def test_js_rule_never_accepts_zero_target_probability():
     assert p[0, 0, 2] == 0 and JS(p[0, 0], q[0, 0]) < 0.5
     for seed in range(50):
         for token, expect in [(2, 0), (1, 1)]:
-            policy.max_length(rows)
             x = torch.tensor([[token]])
-            policy.should_stop(DraftStep(1, x[:, 0], q[:, 0], None, rows, torch.tensor([True])))
             g = torch.Generator().manual_seed(seed)
-            verdict = rule(Proposal(x, torch.tensor([1]), q, target_logits, p, params, [g]))
+            verdict = rule(Proposal(x, torch.tensor([1]), q, target_logits, p, params, [g], rows))
             assert verdict.num_accepted.item() == expect  # token 1 is JS-accepted even when u > p/q
             assert p[0, verdict.num_accepted.item(), verdict.next_token.item()] > 0
 
@@ -257,7 +247,6 @@ def test_lossless_flags_and_recorded_settings(target, close_draft):
     assert make_method("adasd-stop").describe(SamplingParams(0.7))["lossless"] is True
     result = make_engine(target, close_draft).generate([PROMPTS[0]], make_method("adasd"), RequestConfig(max_new_tokens=8))[0]
     assert result.lossless is False and result.settings["method"] == "adasd"
-    assert make_method("adasd").policy.keeps_state and make_method("adasd-stop").policy.keeps_state
 
 
 @pytest.mark.parametrize(

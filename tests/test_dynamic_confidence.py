@@ -7,9 +7,9 @@ import torch
 
 from specadapt.errors import SpecAdaptError
 from specadapt.methods import make_method
-from specadapt.policies import DraftStep, RoundOutcome
 from specadapt.policies.dynamic_confidence import roc_threshold
 
+from conftest import play_round
 from test_losslessness import ALPHA, SAMPLING, run_checks
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [42]]
@@ -56,58 +56,47 @@ def test_roc_threshold_random_histories_match_brute_force():
 
 
 def one_round(policy, rows, scores, accepted):
-    """A round whose k-th drafted token has draft probability scores[row][k]."""
-    K = max(len(s) for s in scores)
-    b = len(scores)
-    policy.max_length(rows)
-    stops = []
-    for k in range(K):
-        probs = torch.zeros(b, 4)
-        for j, s in enumerate(scores):
-            v = s[k] if k < len(s) else 1.0
-            probs[j, 0], probs[j, 1] = v, 1.0 - v
-        stops.append(policy.should_stop(DraftStep(k + 1, torch.zeros(b, dtype=torch.long), probs, None, rows, torch.ones(b, dtype=torch.bool))))
-    drafted = torch.tensor([len(s) for s in scores])
-    accepted = torch.tensor(accepted)
-    mask = torch.arange(K)[None, :] < accepted[:, None]
-    policy.observe(RoundOutcome(rows, drafted, accepted, torch.zeros((b, K), dtype=torch.long), None, None, mask))
-    return torch.stack(stops, 1)
+    """One round: row j's k-th token has draft probability scores[j][k]; a row may draft one token past its
+    script (probability 1), so the returned lengths show where the policy itself stopped."""
+    K = max(len(s) for s in scores) + 1
+    probs = torch.zeros(len(scores), K, 4)
+    probs[:, :, 0] = torch.tensor([s + [1.0] * (K - len(s)) for s in scores])
+    probs[:, :, 1] = 1.0 - probs[:, :, 0]
+    return play_round(policy, rows, probs, accepted, limit=[len(s) + 1 for s in scores]).lens.tolist()
 
 
 def test_policy_refits_on_its_history():
-    policy = make_method("dynamic-confidence:min_each=4").policy
-    policy.reset(2)
+    policy = make_method("dynamic-confidence:min_each=2").policy
+    policy.begin(torch.arange(2))
     rows = torch.tensor([1])
-    # round 1: three accepted, then a rejection (0.6), then a token after it that is never verified (0.01)
-    stops = one_round(policy, rows, [[0.9, 0.8, 0.7, 0.6, 0.01]], accepted=[3])
-    assert stops[0].tolist() == [False, False, False, False, True]
-    assert policy.history(1) == ([pytest.approx(s) for s in (0.9, 0.8, 0.7, 0.6)], [True, True, True, False])
-    # round 2: accepted 0.35, rejected 0.2 -> 4 positives, 2 negatives: not enough, threshold unchanged
-    one_round(policy, rows, [[0.35, 0.2]], accepted=[1])
+    # round 1: three accepted, then a rejection (0.6), then a token after it that is never verified (0.01);
+    # the policy stops at 0.01 (< 0.4)
+    assert one_round(policy, rows, [[0.9, 0.8, 0.7, 0.6, 0.01]], accepted=[3]) == [5]
+    # rounds 2 and 3: 0.35 and 0.3 stop the round and are accepted -> 5 positives, 1 negative: threshold unchanged
+    # (had the unverified 0.01 been recorded, 2 negatives after round 1 would have refit it to 0.7)
+    assert one_round(policy, rows, [[0.35]], accepted=[1]) == [1]
+    assert one_round(policy, rows, [[0.3]], accepted=[1]) == [1]
     assert policy.current_threshold(torch.tensor([0, 1])).tolist() == pytest.approx([0.4, 0.4])
-    # round 3: accepted 0.3, then rejected 0.1; round 4: rejected 0.05 -> 5 positives, 4 negatives
-    one_round(policy, rows, [[0.3, 0.1]], accepted=[1])
-    one_round(policy, rows, [[0.05]], accepted=[0])
-    scores, labels = policy.history(1)
-    assert sorted(s for s, l in zip(scores, labels) if l) == pytest.approx(sorted(ACCEPTED))
-    assert sorted(s for s, l in zip(scores, labels) if not l) == pytest.approx(sorted(REJECTED))
+    # round 4: rejected 0.05 -> positives 0.9, 0.8, 0.7, 0.35, 0.3; negatives 0.6, 0.05.
+    # Refit: t = 0.3 keeps every positive (FNR 0) and passes 0.6 (FPR 1/2): cost 0.5, the minimum
+    assert one_round(policy, rows, [[0.05]], accepted=[0]) == [1]
     assert policy.current_threshold(torch.tensor([0, 1])).tolist() == pytest.approx([0.4, 0.3])  # row 0 untouched
     # the new threshold drives stopping: 0.32 continues (>= 0.3), 0.25 stops
-    assert one_round(policy, rows, [[0.32, 0.25]], accepted=[2])[0].tolist() == [False, True]
-    policy.reset(2)  # per-request scope: a new generate call starts over
+    assert one_round(policy, rows, [[0.32, 0.25]], accepted=[2]) == [2]
+    policy.begin(rows)  # a new request in this slot starts over
     assert policy.current_threshold(torch.tensor([1])).item() == pytest.approx(0.4)
-    assert policy.history(1) == ([], [])
+    assert one_round(policy, rows, [[0.32]], accepted=[1]) == [1]  # 0.32 < 0.4 stops again
 
 
 def test_shared_scope_pools_requests():
     policy = make_method("dynamic-confidence:min_each=2,scope=shared").policy
-    policy.reset(2)
-    one_round(policy, torch.tensor([0, 1]), [[0.9, 0.2], [0.8, 0.6]], accepted=[1, 1])
+    policy.begin(torch.arange(2))
+    # the policy (threshold 0.4) stops row 0 at 0.2; row 1 drafts 0.8, 0.6 and its extra token
+    assert one_round(policy, torch.tensor([0, 1]), [[0.9, 0.2], [0.8, 0.6]], accepted=[1, 1]) == [2, 3]
     # pooled: positives 0.9, 0.8; negatives 0.2, 0.6 -> threshold 0.8 (FPR 0, FNR 0)
     assert policy.current_threshold(torch.tensor([0, 1])).tolist() == pytest.approx([0.8, 0.8])
-    policy.reset(5)
+    policy.begin(torch.arange(5))
     assert policy.current_threshold(torch.tensor([4])).item() == pytest.approx(0.8)
-    assert policy.keeps_state
 
 
 @pytest.mark.parametrize("spec", ["dynamic-confidence:threshold=1.5", "dynamic-confidence:min_each=0",

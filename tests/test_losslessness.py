@@ -40,16 +40,15 @@ class RandomStop(DraftLengthPolicy):
 
     p_stop: float = 0.4
     max_k: int = 4
-    name = "random-stop"
 
-    def reset(self, batch_size: int) -> None:
+    def begin(self, slots) -> None:
         self._g = torch.Generator().manual_seed(99)
 
-    def max_length(self, rows):
-        return torch.full_like(rows, self.max_k)
+    def max_length(self, slots):
+        return torch.full_like(slots, self.max_k)
 
     def should_stop(self, step: DraftStep):
-        return torch.rand(step.rows.shape, generator=self._g) < self.p_stop
+        return torch.rand(step.slots.shape, generator=self._g) < self.p_stop
 
 
 class AcceptAll(AcceptanceRule):

@@ -15,10 +15,10 @@ from specadapt.heads import AcceptanceHead, load_head, read_head_config, save_he
 from specadapt.methods import make_method
 from specadapt.models import zoo
 from specadapt.policies import DraftStep
-from specadapt.policies.specdecpp import SpecDecPP, cumulative_accept, step_factors, stop_step
+from specadapt.policies.specdecpp import SpecDecPP
 from specadapt.sampling import SamplingParams
 
-from conftest import hf_greedy, make_engine, tiny_llama
+from conftest import hf_greedy, make_engine, play_round, tiny_llama
 from test_losslessness import ALPHA, run_checks
 
 H = 32  # hidden size of the tiny Llamas in conftest
@@ -66,22 +66,13 @@ def logit(p: float) -> float:
 
 
 def steps_for(policy: SpecDecPP, step_probs: list[list[float]]) -> list[int]:
-    """Drive the policy directly through one round for b rows; row i's head output at step k is step_probs[i][k-1]."""
-    b = len(step_probs)
-    rows = torch.arange(b)
-    drafting = torch.ones(b, dtype=torch.bool)
-    stopped_at = [0] * b
-    for k in range(1, int(policy.max_length(rows).max()) + 1):
-        hidden = torch.zeros(b, H)
-        hidden[:, 0] = torch.tensor([logit(seq[k - 1]) for seq in step_probs])
-        step = DraftStep(k, torch.zeros(b, dtype=torch.long), torch.full((b, 8), 1 / 8), hidden, rows, drafting)
-        stop = policy.should_stop(step)
-        for i in torch.nonzero(drafting & stop).flatten().tolist():
-            stopped_at[i] = k
-        drafting = drafting & ~stop
-        if not drafting.any():
-            break
-    return stopped_at
+    """One round for b rows through the round protocol; row i's head output at step k is step_probs[i][k-1].
+    Returns how many tokens each row drafted (the step at which the policy stopped it)."""
+    b, K = len(step_probs), len(step_probs[0])
+    hidden = torch.zeros(b, K, H)
+    hidden[:, :, 0] = torch.tensor([[logit(p) for p in seq] for seq in step_probs])
+    block = play_round(policy, torch.arange(b), torch.full((b, K, 8), 1 / 8), [0] * b, limit=[64] * b, hidden=hidden)
+    return block.lens.tolist()
 
 
 @pytest.fixture
@@ -95,26 +86,25 @@ def head_dir(tmp_path):
     return write
 
 
-# ---------------------------------------------------------------- the one-step lag (pure function)
+# ---------------------------------------------------------------- the one-step lag
 
 
-def test_step_one_factor_is_one_and_step_k_uses_token_k_minus_1():
+def stops(step_probs: list[float], threshold: float, min_k: int, max_k: int, head_dir) -> int:
+    policy = make_method(spec(head_dir(probe_head()), threshold=threshold, min_k=min_k, max_k=max_k)).policy
+    return steps_for(policy, [step_probs])[0]
+
+
+def test_stop_step_lag_and_bounds(head_dir):
     # step_probs[k-1] = head output at step k = P(accept) of token k-1 (step 1's is the committed token's).
-    assert step_factors([0.1, 0.2, 0.3, 0.4]) == [1.0, 0.2, 0.3, 0.4]
-    assert cumulative_accept([0.1, 0.5, 0.5, 0.8]) == pytest.approx([1.0, 0.5, 0.25, 0.2])
-    assert step_factors([]) == [] and cumulative_accept([0.0]) == [1.0]
-
-
-def test_stop_step_lag_and_bounds():
     # Without the lag a 0.01 at step 1 would stop at once; with it step 1 is always free.
-    assert stop_step([0.01, 0.6, 0.6, 0.6], threshold=0.5, min_k=1, max_k=20) == 3  # cum: 1, .6, .36
+    assert stops([0.01, 0.6, 0.6, 0.6], threshold=0.5, min_k=1, max_k=4, head_dir=head_dir) == 3  # cum: 1, .6, .36
     # A low probability for token 2 shows up at step 3, not step 2.
-    assert stop_step([0.9, 0.9, 0.1, 0.9], threshold=0.5, min_k=1, max_k=20) == 3
-    assert stop_step([0.9, 0.1, 0.9, 0.9], threshold=0.5, min_k=1, max_k=20) == 2
-    assert stop_step([0.9, 0.1, 0.9, 0.9], threshold=0.5, min_k=3, max_k=20) == 3  # never before min_k
-    assert stop_step([1.0] * 5, threshold=0.5, min_k=2, max_k=5) == 5  # always at max_k
-    assert stop_step([0.5] * 30, threshold=0.7, min_k=2, max_k=20) == 3  # 1 - .25 > .7
-    assert stop_step([0.5] * 30, threshold=0.3, min_k=2, max_k=20) == 2  # 1 - .5 > .3
+    assert stops([0.9, 0.9, 0.1, 0.9], threshold=0.5, min_k=1, max_k=20, head_dir=head_dir) == 3
+    assert stops([0.9, 0.1, 0.9, 0.9], threshold=0.5, min_k=1, max_k=20, head_dir=head_dir) == 2
+    assert stops([0.9, 0.1, 0.9, 0.9], threshold=0.5, min_k=3, max_k=20, head_dir=head_dir) == 3  # never before min_k
+    assert stops([1.0 - 1e-6] * 5, threshold=0.5, min_k=2, max_k=5, head_dir=head_dir) == 5  # always at max_k
+    assert stops([0.5] * 30, threshold=0.7, min_k=2, max_k=20, head_dir=head_dir) == 3  # 1 - .25 > .7
+    assert stops([0.5] * 30, threshold=0.3, min_k=2, max_k=20, head_dir=head_dir) == 2  # 1 - .5 > .3
 
 
 # ---------------------------------------------------------------- the policy driven directly
@@ -123,9 +113,8 @@ def test_stop_step_lag_and_bounds():
 def test_policy_matches_pure_rule_per_row_and_resets_per_round(head_dir):
     policy = make_method(spec(head_dir(probe_head()), threshold=0.5, min_k=1, max_k=6)).policy
     seqs = [[0.01, 0.6, 0.6, 0.6, 0.6, 0.6], [0.9, 0.9, 0.1, 0.9, 0.9, 0.9], [0.99] * 6, [0.9, 0.3, 0.9, 0.9, 0.9, 0.9]]
-    expected = [stop_step(s, 0.5, 1, 6) for s in seqs]
-    assert expected == [3, 3, 6, 2]
-    policy.reset(len(seqs))
+    expected = [3, 3, 6, 2]
+    policy.begin(torch.arange(len(seqs)))
     assert steps_for(policy, seqs) == expected
     assert steps_for(policy, seqs[::-1]) == expected[::-1]  # a new round starts from cum = 1
     assert policy.max_length(torch.arange(3)).tolist() == [6, 6, 6]
@@ -135,8 +124,6 @@ def test_policy_matches_pure_rule_per_row_and_resets_per_round(head_dir):
 def test_policy_constant_heads_hit_the_bounds(head_dir, min_k, max_k):
     accept = make_method(spec(head_dir(constant_head(True)), min_k=min_k, max_k=max_k)).policy
     reject = make_method(spec(head_dir(constant_head(False)), min_k=min_k, max_k=max_k)).policy
-    for policy in (accept, reject):
-        policy.reset(2)
     assert steps_for(accept, [[0.5] * max_k] * 2) == [max_k] * 2
     assert steps_for(reject, [[0.5] * max_k] * 2) == [min(max(min_k, 2), max_k)] * 2  # step 1 never stops (lag)
 
@@ -154,7 +141,6 @@ def producing_probe_head(hidden: int = H) -> AcceptanceHead:
 def test_producing_head_has_no_lag(head_dir):
     # Each step's own factor counts, step 1's included: a 0.01 at step 1 stops at once (given min_k = 1).
     policy = make_method(spec(head_dir(producing_probe_head()), threshold=0.5, min_k=1, max_k=6)).policy
-    policy.reset(3)
     assert steps_for(policy, [[0.01] + [0.9] * 5, [0.9, 0.9, 0.1, 0.9, 0.9, 0.9], [0.8] * 6]) == [1, 3, 4]  # .8^4 < .5
 
 
@@ -166,7 +152,6 @@ def test_producing_head_reads_the_token_distribution(head_dir):
             p.zero_()
         head.out.weight[1, H] = 1.0  # the first feature, log q(token)
     policy = make_method(spec(head_dir(head), threshold=0.6, min_k=1, max_k=4)).policy
-    policy.reset(2)
     probs = torch.tensor([[0.98, 0.01, 0.01], [0.05, 0.9, 0.05]])
     step = DraftStep(1, torch.tensor([0, 0]), probs, torch.zeros(2, H), torch.arange(2), torch.ones(2, dtype=torch.bool))
     # sigmoid(log .98) = .495 (1 - .495 > .6 is false: go on); sigmoid(log .05) = .048: stop.

@@ -25,6 +25,7 @@ token preceded by the last draft token when the whole block was accepted.
 
 from __future__ import annotations
 
+import heapq
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -163,7 +164,7 @@ class SpeculativeEngine:
             seed = base_seed + i if cfg.seed is None else cfg.seed + (i if cfg is config else 0)
             stream = (lambda ids, i=i: on_tokens(i, ids)) if on_tokens is not None else None
             requests.append(batch.add(prompt, cfg, seed=seed, on_tokens=stream))
-        while batch.requests:
+        while batch.active:
             batch.step()
         return [batch.result(r) for r in requests]
 
@@ -182,7 +183,10 @@ class Batch:
             if engine.draft is None:
                 raise SpecAdaptError(f"method {method.name!r} needs a draft model; load one or use 'autoregressive'.")
             self.draft = ModelRunner(engine.draft, want_hidden=self.policy.needs_hidden)
-        self.requests: list[Request] = []  # row i of both caches is requests[i]
+        self.requests: list[Request] = []  # row i of both caches is requests[i] (once joined)
+        self._joining: list[Request] = []  # added since the last round: no cache rows or policy state yet
+        self._free_slots: list[int] = []  # slots of requests that left (a heap: the smallest is reused first)
+        self._next_slot = 0
         self._rules: dict[SamplingParams, AcceptanceRule] = {}
 
     # --- requests joining and leaving ------------------------------------------------------------
@@ -198,20 +202,32 @@ class Batch:
         if len(prompt) == 0:
             raise SpecAdaptError("every prompt must contain at least one token (got an empty prompt).")
         seed = seed if seed is not None else config.seed if config.seed is not None else secrets.randbelow(2**31)
-        used = {r.slot for r in self.requests}
-        slot = next(s for s in range(len(used) + 1) if s not in used)
+        if self._free_slots:
+            slot = heapq.heappop(self._free_slots)
+        else:
+            slot, self._next_slot = self._next_slot, self._next_slot + 1
         eos = config.eos_token_ids if config.eos_token_ids is not None else self.engine.eos_token_ids
         request = Request(
             list(prompt), config, seed, slot, torch.Generator(device=self.device).manual_seed(seed), frozenset(eos),
             on_tokens, stats=RequestStats(prompt_tokens=len(prompt)),
             target_pending=list(prompt), draft_pending=list(prompt),
         )
-        self.requests.append(request)
-        self.target.add_rows(1)
-        if self.draft is not None:
-            self.draft.add_rows(1)
-        self.policy.begin(torch.tensor([slot], device=self.device))
+        self._joining.append(request)
         return request
+
+    @property
+    def active(self) -> int:
+        """Requests running or about to join."""
+        return len(self.requests) + len(self._joining)
+
+    def _admit(self) -> None:
+        """Give the requests added since the last round their cache rows and fresh policy state."""
+        joining, self._joining = self._joining, []
+        self.requests += joining
+        self.target.add_rows(len(joining))
+        if self.draft is not None:
+            self.draft.add_rows(len(joining))
+        self.policy.begin(torch.tensor([r.slot for r in joining], device=self.device))
 
     def result(self, request: Request) -> GenerationResult:
         text = self.engine.tokenizer.decode(request.output, skip_special_tokens=True)
@@ -222,6 +238,8 @@ class Batch:
 
     def step(self) -> list[Request]:
         """One round for every request in the batch; returns the requests that finished in it."""
+        if self._joining:
+            self._admit()
         if not self.requests:
             return []
         slots = torch.tensor([r.slot for r in self.requests], device=self.device)
@@ -365,6 +383,10 @@ class Batch:
         return finished
 
     def _keep_rows(self, keep: list[int]) -> None:
+        kept = set(keep)
+        for j, r in enumerate(self.requests):
+            if j not in kept:
+                heapq.heappush(self._free_slots, r.slot)
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         self.requests = [self.requests[j] for j in keep]
         self.target.select_rows(index)
