@@ -103,8 +103,6 @@ def test_mt_bench_first_turns():
     shipped = [json.loads(line) for line in _data_text("prompts_mtbench.jsonl").splitlines()]
     by_id = {e.id: e for e in examples}
     assert all(by_id[row["id"]].messages[0]["content"] == row["prompt"] for row in shipped)
-    with pytest.raises(SpecAdaptError, match="second turns are not supported"):
-        load_dataset("mt-bench", second_turn=True)
 
 
 def test_spec_bench_subtasks_and_math_scoring():

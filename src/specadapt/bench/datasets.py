@@ -26,9 +26,8 @@ Built in (files shipped in ``specadapt/data``, or, for HumanEval, in the
   ``gsm8k`` (their prompt does not ask for ``####``; the extractor also reads
   "the answer is N", ``\\boxed{N}`` and the last number).
 
-Second turns are not supported: the second MT-Bench question refers to the
-model's own first answer, so it cannot be a fixed prompt;
-``second_turn=True`` raises a :class:`SpecAdaptError` saying so.
+Only first turns are used: a second MT-Bench question refers to the model's
+own first answer, so it cannot be a fixed prompt.
 
 A user's own JSONL is read by :func:`load_dataset_file`.
 """
@@ -202,20 +201,14 @@ def _check_limit(limit: int | None) -> None:
         raise SpecAdaptError(f"limit must be a whole number >= 1 (or None for all examples), got {limit!r}.")
 
 
-def load_dataset(name: str, limit: int | None = None, *, gsm8k_shots: int = 0, second_turn: bool = False) -> list[Example]:
+def load_dataset(name: str, limit: int | None = None, *, gsm8k_shots: int = 0) -> list[Example]:
     """The examples of a built-in dataset, the first ``limit`` of them in a fixed order (see the module docstring).
 
     ``gsm8k_shots`` applies to ``gsm8k`` only (other datasets ignore it, so that
-    one setting can serve a run over several datasets). ``second_turn=True`` is
-    refused: see the module docstring.
+    one setting can serve a run over several datasets).
     """
     _check_limit(limit)
     key = name.strip().lower().replace("_", "-")
-    if second_turn:
-        raise SpecAdaptError(
-            "second turns are not supported: the second MT-Bench question refers to the model's first answer, "
-            "so it cannot be a fixed prompt; benchmark the first turns (leave second_turn off)."
-        )
     if key == "humaneval":
         return _humaneval(limit)
     if key == "gsm8k":
