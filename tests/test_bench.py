@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from conftest import IdTokenizer, perturbed_copy, tiny_llama
 
 from specadapt import SpecAdaptError, SpeculativeEngine
 from specadapt.bench import report
-from specadapt.bench.runner import RECORDS_FILE, BenchSettings, read_records, run_bench
+from specadapt.bench.runner import RECORDS_FILE, BenchSettings, load_settings, read_records, run_bench
 
 
 def record(example: str, method: str, *, tps: float, tokens: int = 10, rounds: int = 10, drafted: int = 0,
@@ -227,6 +229,51 @@ def test_a_changed_limit_extends_or_narrows_a_run(tmp_path, prompts_file):
     assert json.loads((out / "settings.json").read_text())["settings"]["limit"] == 1
     summary = run_bench(settings_for(prompts_file, limit=3), out, decoder=dec, progress=False, log=lambda _: None)
     assert dec.calls == 3 and summary["progress"]["generations"] == 9  # only the third example ran
+
+
+def test_results_record_dataset_files_relative_to_the_output_folder(tmp_path, prompts_file):
+    out = tmp_path / "runs" / "a"
+    run_bench(settings_for(prompts_file), out, decoder=TinyDecoder(), progress=False, log=lambda _: None)
+    stored = json.loads((out / "settings.json").read_text())["settings"]
+    assert stored["dataset_files"] == ["../../prompts.jsonl"]
+    for name in ("settings.json", "summary.json", "report.md"):
+        text = (out / name).read_text()
+        assert str(tmp_path) not in text and str(tmp_path.resolve()) not in text, name
+    assert [Path(f).resolve() for f in load_settings(out).dataset_files] == [prompts_file.resolve()]
+    # The run and its data moved together still resume, from any working directory.
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "runs", moved / "runs")
+    shutil.move(prompts_file, moved / "prompts.jsonl")
+    dec = TinyDecoder()
+    run_bench(settings_for(moved / "prompts.jsonl"), moved / "runs" / "a", decoder=dec, progress=False,
+              log=lambda _: None)
+    assert dec.calls == 0
+
+
+def test_a_run_recorded_with_absolute_dataset_paths_still_resumes(tmp_path, prompts_file):
+    out = tmp_path / "run"
+    run_bench(settings_for(prompts_file, limit=2), out, decoder=TinyDecoder(), progress=False, log=lambda _: None)
+    run = json.loads((out / "settings.json").read_text())
+    run["settings"]["dataset_files"] = [str(prompts_file.resolve())]  # what earlier versions wrote
+    (out / "settings.json").write_text(json.dumps(run))
+    assert load_settings(out).dataset_files == [str(prompts_file.resolve())]
+    dec = TinyDecoder()
+    summary = run_bench(settings_for(prompts_file, limit=3), out, decoder=dec, progress=False, log=lambda _: None)
+    assert dec.calls == 3 and summary["progress"]["generations"] == 9  # only the third example ran
+    other = tmp_path / "other.jsonl"
+    shutil.copyfile(prompts_file, other)
+    with pytest.raises(SpecAdaptError, match=r"other settings \(dataset_files\)"):
+        run_bench(settings_for(other), out, decoder=TinyDecoder(), progress=False)
+
+
+def test_method_settings_name_existing_folders_relative_to_the_output_folder(tmp_path):
+    from specadapt.bench.runner import _portable
+
+    head = tmp_path / "heads" / "h"
+    head.mkdir(parents=True)
+    described = {"policy": "p", "policy_settings": {"head": str(head), "threshold": 0.5, "note": "/no/such/path"}}
+    assert _portable(described, tmp_path / "runs" / "a") == {
+        "policy": "p", "policy_settings": {"head": "../../heads/h", "threshold": 0.5, "note": "/no/such/path"}}
 
 
 def test_output_folder_protection(tmp_path, prompts_file):
