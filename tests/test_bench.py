@@ -242,13 +242,19 @@ def test_a_changed_limit_extends_or_narrows_a_run(tmp_path, prompts_file):
     assert dec.calls == 3 and summary["progress"]["generations"] == 9  # only the third example ran
 
 
-def test_results_record_dataset_files_relative_to_the_output_folder(tmp_path, prompts_file):
+def test_results_record_paths_relative_to_the_output_folder(tmp_path, prompts_file):
+    from specadapt.heads import AcceptanceHead, save_head
+
+    head = save_head(AcceptanceHead(32, 1), tmp_path / "heads" / "h")  # specdecpp records its head folder resolved
+    label = f"specdecpp:head={head},threshold=0.5"
     out = tmp_path / "runs" / "a"
-    run_bench(settings_for(prompts_file), out, decoder=TinyDecoder(), progress=False, log=lambda _: None)
-    stored = json.loads((out / "settings.json").read_text())["settings"]
-    assert stored["dataset_files"] == ["../../prompts.jsonl"]
+    run_bench(settings_for(prompts_file, methods=["fixed:3", label]), out, decoder=TinyDecoder(), progress=False,
+              log=lambda _: None)
+    run = json.loads((out / "settings.json").read_text())
+    assert run["settings"]["dataset_files"] == ["../../prompts.jsonl"]
+    assert run["methods"][label]["policy_settings"]["head"] == "../../heads/h"
     for name in ("settings.json", "summary.json", "report.md"):
-        text = (out / name).read_text()
+        text = (out / name).read_text().replace(label, "")  # the method label is the user's own string
         assert str(tmp_path) not in text and str(tmp_path.resolve()) not in text, name
     assert [Path(f).resolve() for f in load_settings(out).dataset_files] == [prompts_file.resolve()]
     # The run and its data moved together still resume, from any working directory.
@@ -256,8 +262,8 @@ def test_results_record_dataset_files_relative_to_the_output_folder(tmp_path, pr
     shutil.move(tmp_path / "runs", moved / "runs")
     shutil.move(prompts_file, moved / "prompts.jsonl")
     dec = TinyDecoder()
-    run_bench(settings_for(moved / "prompts.jsonl"), moved / "runs" / "a", decoder=dec, progress=False,
-              log=lambda _: None)
+    run_bench(settings_for(moved / "prompts.jsonl", methods=["fixed:3", label]), moved / "runs" / "a", decoder=dec,
+              progress=False, log=lambda _: None)
     assert dec.calls == 0
 
 
@@ -275,16 +281,6 @@ def test_a_run_recorded_with_absolute_dataset_paths_still_resumes(tmp_path, prom
     shutil.copyfile(prompts_file, other)
     with pytest.raises(SpecAdaptError, match=r"other settings \(dataset_files\)"):
         run_bench(settings_for(other), out, decoder=TinyDecoder(), progress=False)
-
-
-def test_method_settings_name_existing_folders_relative_to_the_output_folder(tmp_path):
-    from specadapt.bench.runner import _portable
-
-    head = tmp_path / "heads" / "h"
-    head.mkdir(parents=True)
-    described = {"policy": "p", "policy_settings": {"head": str(head), "threshold": 0.5, "note": "/no/such/path"}}
-    assert _portable(described, tmp_path / "runs" / "a") == {
-        "policy": "p", "policy_settings": {"head": "../../heads/h", "threshold": 0.5, "note": "/no/such/path"}}
 
 
 def test_output_folder_protection(tmp_path, prompts_file):

@@ -9,9 +9,10 @@ tokens generated (EOS included when a generation ends on it), timed with
 ``time.perf_counter`` around the whole call (prefill included).
 
 Output folder (see :data:`FILES`): ``settings.json`` (the run's settings, with
-``--dataset-file`` paths relative to the folder, and environment), ``records.jsonl`` (one line per generation, appended and flushed as
-it finishes, so an interrupted run resumes where it stopped), ``summary.json``,
-``report.md`` and PNG plots (:mod:`specadapt.bench.report`). Running the same
+``--dataset-file`` paths relative to the folder, and environment),
+``records.jsonl`` (one line per generation, appended and flushed as it finishes,
+so an interrupted run resumes where it stopped), ``summary.json``, ``report.md``
+and PNG plots (:mod:`specadapt.bench.report`). Running the same
 command again resumes; a folder holding other settings or other files is only
 reused with ``overwrite=True``, which deletes this module's files and nothing else.
 
@@ -167,13 +168,13 @@ def load_settings(out: Path) -> BenchSettings:
     return BenchSettings(**stored)
 
 
-def _portable(value, out: Path):
+def _relative_paths(value, out: Path):
     """``value`` (JSON-like) with every absolute path of an existing file or folder made relative to ``out``
     (a method's settings may hold one, e.g. the resolved acceptance-head folder)."""
     if isinstance(value, dict):
-        return {k: _portable(v, out) for k, v in value.items()}
+        return {k: _relative_paths(v, out) for k, v in value.items()}
     if isinstance(value, list):
-        return [_portable(v, out) for v in value]
+        return [_relative_paths(v, out) for v in value]
     if isinstance(value, str) and os.path.isabs(value) and os.path.exists(value):
         return _relative_to(out, value)
     return value
@@ -343,7 +344,7 @@ def run_bench(
         decoder = _load_decoder(settings, log)
     methods = {label: make_method(label) for label in settings.methods}
     params = GenerationConfig(settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p).sampling
-    described = {label: _portable(m.describe(params), out) for label, m in methods.items()}
+    described = {label: _relative_paths(m.describe(params), out) for label, m in methods.items()}
     settings_path = out / SETTINGS_FILE
     if not settings_path.exists():
         write_json(settings_path, {"settings": recorded_settings(settings, out), "methods": described,
