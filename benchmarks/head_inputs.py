@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--reject-weight", type=float, default=1.0)
     p.add_argument("--vocab", type=int, default=151936, help="vocabulary size for the step cost (Qwen2.5: 151936)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/head_inputs.json"))
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "head_inputs.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = load_split(args.data)

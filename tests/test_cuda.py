@@ -115,7 +115,6 @@ def test_train_head_on_cuda_gives_a_head_the_decoder_uses(settings, pair_dir, pr
     result = train_head(head_tests.config_for(pair_dir, prompts_file, tmp_path / "out", device="cuda", **settings))
     config = read_head_config(result.head_dir)
     assert config["hidden_size"] == 32 and config["input"] == settings.get("head_input", "consumed")
-    assert 0.0 <= config["dev_auc"] <= 1.0
     report = json.loads((result.output / "report.json").read_text())
     assert report["training"]["steps"] > 0 and report["training"]["curves"]["dev"]
     assert len(list((result.output / "data" / "labels").glob("*.safetensors"))) == 10

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -40,7 +42,7 @@ def test_temperature_scales_logits():
     ],
 )
 def test_bad_sampling_parameters(kwargs, message):
-    with pytest.raises(SpecAdaptError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(SpecAdaptError, match=re.escape(message)):
         SamplingParams(**kwargs)
 
 

