@@ -127,3 +127,46 @@ def test_streaming_callback_sees_every_token(target, close_draft):
         PROMPTS, make_method("fixed:4"), RequestConfig(max_new_tokens=12), on_tokens=lambda i, ids: seen.setdefault(i, []).extend(ids)
     )
     assert [seen[i] for i in range(len(PROMPTS))] == [r.token_ids for r in results]
+
+
+# Each request with its own sampling parameters, length and stop condition.
+MIXED = [
+    RequestConfig(max_new_tokens=20),
+    RequestConfig(max_new_tokens=9, temperature=0.9, seed=3),
+    RequestConfig(max_new_tokens=16, temperature=1.2, top_k=5, seed=4),
+    RequestConfig(max_new_tokens=12, temperature=0.7, top_p=0.8, seed=5),
+]
+
+
+@pytest.mark.parametrize("method", ["fixed:3", "heuristic", "adasd-stop:n_min=1", "autoregressive"])
+def test_requests_with_their_own_settings_in_one_batch_equal_each_alone(target, close_draft, method):
+    engine = make_engine(target, close_draft)
+    together = engine.generate(PROMPTS, make_method(method), MIXED)
+    for prompt, config, r in zip(PROMPTS, MIXED, together):
+        alone = engine.generate([prompt], make_method(method), config)[0]
+        assert r.token_ids == alone.token_ids and r.stats.rounds == alone.stats.rounds
+        assert len(r.token_ids) == config.max_new_tokens and (config.seed is None or r.seed == config.seed)
+    assert together[0].token_ids == hf_greedy(target, PROMPTS[0], 20)
+
+
+@pytest.mark.parametrize("method", ["fixed:4", "heuristic", "adaedl", "dynamic-confidence:min_each=2"])
+def test_requests_joining_a_running_batch_equal_each_alone(target, close_draft, method):
+    """Requests added between rounds (as a server admits them) get exactly what they get alone, and the batch
+    reuses the state slots of requests that left."""
+    engine = make_engine(target, close_draft)
+    batch = engine.batch(make_method(method))
+    first = batch.add(PROMPTS[0], RequestConfig(max_new_tokens=6))
+    joined = []
+    for round_no in range(40):
+        if round_no in (1, 3, 4):
+            k = len(joined) + 1
+            joined.append(batch.add(PROMPTS[k], MIXED[k]))
+        batch.step()
+    assert batch.active == 0
+    assert first.output == hf_greedy(target, PROMPTS[0], 6)
+    for k, r in enumerate(joined, start=1):
+        assert r.output == engine.generate([PROMPTS[k]], make_method(method), MIXED[k])[0].token_ids
+    late = batch.add(PROMPTS[0], RequestConfig(max_new_tokens=2))
+    while batch.active:
+        batch.step()
+    assert late.slot == 0 and late.output == hf_greedy(target, PROMPTS[0], 2)  # slots of finished requests are reused
