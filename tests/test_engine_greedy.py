@@ -170,3 +170,20 @@ def test_requests_joining_a_running_batch_equal_each_alone(target, close_draft, 
     while batch.active:
         batch.step()
     assert late.slot == 0 and late.output == hf_greedy(target, PROMPTS[0], 2)  # slots of finished requests are reused
+
+
+def test_cancelled_requests_leave_and_the_rest_go_on(target, close_draft):
+    engine = make_engine(target, close_draft)
+    batch = engine.batch(make_method("fixed:3"))
+    a, b, c = (batch.add(p, RequestConfig(max_new_tokens=20)) for p in PROMPTS[:3])
+    batch.cancel(c)  # before it joined: it never runs
+    batch.step()
+    batch.cancel(a)  # mid-run: its row is freed before the next round
+    batch.step()
+    assert len(batch.requests) == 1 and batch.requests[0] is b
+    while batch.active:
+        batch.step()
+    assert (a.finish_reason, b.finish_reason, c.finish_reason) == ("cancelled", "length", "cancelled")
+    assert c.output == [] and 0 < len(a.output) < 20
+    assert b.output == hf_greedy(target, PROMPTS[1], 20)
+    assert batch.add(PROMPTS[3], RequestConfig(max_new_tokens=2)).slot == 0  # freed slots are reused

@@ -98,7 +98,7 @@ class Request:
     stats: RequestStats = field(default_factory=RequestStats)
     target_pending: list[int] = field(default_factory=list)  # tokens the target has not been fed yet
     draft_pending: list[int] = field(default_factory=list)  # tokens the draft has not been fed yet
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # "eos" | "stop" | "length" | "cancelled"; None while running
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -215,6 +215,15 @@ class Batch:
         self._joining.append(request)
         return request
 
+    def cancel(self, request: Request) -> None:
+        """End a request now (e.g. its client went away): it leaves the batch before the next round."""
+        if request.finish_reason is None:
+            request.finish_reason = "cancelled"
+            request.stats.total_time_s = time.perf_counter() - request.started
+        if request in self._joining:
+            self._joining.remove(request)
+            heapq.heappush(self._free_slots, request.slot)
+
     @property
     def active(self) -> int:
         """Requests running or about to join."""
@@ -238,6 +247,8 @@ class Batch:
 
     def step(self) -> list[Request]:
         """One round for every request in the batch; returns the requests that finished in it."""
+        if any(r.finish_reason == "cancelled" for r in self.requests):
+            self._keep_rows([j for j, r in enumerate(self.requests) if r.finish_reason is None])
         if self._joining:
             self._admit()
         if not self.requests:
