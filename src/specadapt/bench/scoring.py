@@ -452,12 +452,13 @@ def _tail(text: str, chars: int) -> str:
 
 
 def _read_verdict(text: bytes, nonce: str) -> tuple[str, str]:
-    """The checker's ``(status, detail)``: its last line, which must carry this run's nonce."""
+    """The checker's ``(status, detail)``: one line after "started", carrying this run's nonce; else an error."""
     try:
-        verdict = json.loads(text.decode("utf-8").splitlines()[-1])
+        (line,) = text.decode("utf-8").splitlines()
+        verdict = json.loads(line)
         if verdict["nonce"] == nonce and verdict["status"] in ("passed", "failed", "error"):
             return verdict["status"], str(verdict["detail"])
-    except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
         pass
     return "error", "the test checker gave no verdict"
 
