@@ -166,7 +166,7 @@ def test_background_children_are_killed_after_a_normal_run(humaneval, kind):
 
 
 def _processes_with(marker: str, wait_s: float = 5.0) -> list[int]:
-    """Live (not zombie) processes whose command line holds ``marker``, after waiting up to ``wait_s`` for them to go."""
+    """Live (not zombie) processes whose command line holds ``marker``, once gone or after ``wait_s``."""
     deadline = time.monotonic() + wait_s
     while True:
         found = []
@@ -191,10 +191,12 @@ def test_syntax_error_is_an_error(humaneval):
 
 def test_exit_before_the_tests_is_not_a_pass(humaneval, kind):
     p = humaneval["HumanEval/0"]
-    result = run_humaneval(p, _fenced("import sys\nsys.exit(0)\ndef has_close_elements(n, t):\n    return True"), sandbox=kind)
+    early_exit = _fenced("import sys\nsys.exit(0)\ndef has_close_elements(n, t):\n    return True")
+    result = run_humaneval(p, early_exit, sandbox=kind)
     assert (result.passed, result.status) == (False, "failed")
     assert "exit" in result.detail
-    result = run_humaneval(p, _fenced("import os\nos._exit(0)\ndef has_close_elements(n, t):\n    return True"), sandbox=kind)
+    hard_exit = _fenced("import os\nos._exit(0)\ndef has_close_elements(n, t):\n    return True")
+    result = run_humaneval(p, hard_exit, sandbox=kind)
     assert (result.passed, result.status) == (False, "error")
     assert "ended before the tests finished" in result.detail
     result = run_humaneval(p, "    import sys\n    sys.exit(0)\n", sandbox=kind)  # exit during a test call

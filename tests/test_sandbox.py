@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
@@ -24,17 +23,11 @@ import pytest
 
 from specadapt import SpecAdaptError
 from specadapt.bench import sandbox as sandbox_module
-from specadapt.bench.sandbox import bwrap_problem, sandbox_kind
+from specadapt.bench.sandbox import sandbox_kind
 from specadapt.bench.scoring import run_humaneval
+from test_bench_scoring import _processes_with, kind  # noqa: F401 (kind: the per-sandbox fixture)
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-@pytest.fixture(params=["bwrap", "none"])
-def kind(request) -> str:
-    if request.param == "bwrap" and bwrap_problem():
-        pytest.skip(f"bwrap sandbox unavailable here: {bwrap_problem()}")
-    return request.param
 
 
 def _needs_isolation(kind: str, what: str) -> None:
@@ -49,25 +42,6 @@ def _problem(test_body: str = "    assert candidate() == 'contained'\n", name: s
 def _fn(body: str, name: str = "attack") -> str:
     """A fenced answer defining ``name`` with the given body (written flush left)."""
     return f"```python\ndef {name}():\n{textwrap.indent(textwrap.dedent(body), '    ')}\n```"
-
-
-def _processes_with(marker: str, wait_s: float = 5.0) -> list[int]:
-    """Live (not zombie) processes whose command line holds ``marker``, after waiting up to ``wait_s`` for them to go."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if marker.encode() in (entry / "cmdline").read_bytes():
-                        state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                        if state not in ("Z", "X"):
-                            found.append(int(entry.name))
-                except OSError:
-                    continue
-        if not found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
 
 
 def _score_in_subprocess(problem: dict, completion: str, kind: str, tmp: Path, **env: str) -> tuple[int, dict | None]:
@@ -105,7 +79,7 @@ def test_writing_a_result_file_and_exiting_0_is_not_a_pass(kind, tmp_path):
 
 
 def test_calling_the_harness_report_is_not_a_pass(kind):
-    completion = "```python\nimport sys\ndef attack():\n    return 'wrong'\nsys.modules['__main__'].report('passed')\n```"
+    completion = "```python\nimport sys\ndef attack():\n    return 'wrong'\n" + "sys.modules['__main__'].report('passed')\n```"
     result = run_humaneval(_problem(), completion, sandbox=kind)
     assert not result.passed and result.status in ("failed", "error"), result
 

@@ -119,7 +119,8 @@ def sandbox_command(kind: str, workdir: Path, argv: list[str]) -> tuple[list[str
     Under bwrap ``workdir`` is the program's /tmp, its working directory; paths
     in ``argv`` must be relative to it.
     """
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir),
+           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
     if kind == "bwrap":
         return _bwrap_command(workdir, argv), str(workdir), env
     if kind == "none":
@@ -140,7 +141,8 @@ def _tasks_of(uid: int) -> int:
         if not entry.name.isdigit():
             continue
         try:
-            fields = dict(line.split(":", 1) for line in Path(entry.path, "status").read_text().splitlines() if ":" in line)
+            lines = Path(entry.path, "status").read_text().splitlines()
+            fields = dict(line.split(":", 1) for line in lines if ":" in line)
             if int(fields["Uid"].split()[0]) == uid:
                 count += int(fields["Threads"])
         except (OSError, KeyError, ValueError):

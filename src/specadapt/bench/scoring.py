@@ -463,7 +463,9 @@ def _read_verdict(text: bytes, nonce: str) -> tuple[str, str]:
     return "error", "the test checker gave no verdict"
 
 
-def run_humaneval(problem: dict, completion: str, timeout_s: float = 10.0, *, sandbox: str | None = None) -> ExecutionResult:
+def run_humaneval(
+    problem: dict, completion: str, timeout_s: float = 10.0, *, sandbox: str | None = None
+) -> ExecutionResult:
     """Run a completion against a HumanEval problem's tests (``problem``: ``prompt``, ``test``, ``entry_point``).
 
     The program (the prompt with the extracted code) runs in ``sandbox``
@@ -517,8 +519,9 @@ def run_humaneval(problem: dict, completion: str, timeout_s: float = 10.0, *, sa
                 started = checker.stdout.readline()
                 if started == b"started\n":
                     cpu_s = math.ceil(timeout_s) + 1
-                    argv = [interpreter(), "-I", "-c", _DRIVER, "solution.py", entry_point, str(calls_r), str(replies_w),
-                            str(_MEMORY_LIMIT), str(cpu_s), str(_FILE_SIZE_LIMIT), "-" if nproc is None else str(nproc)]
+                    argv = [interpreter(), "-I", "-c", _DRIVER, "solution.py", entry_point, str(calls_r),
+                            str(replies_w), str(_MEMORY_LIMIT), str(cpu_s), str(_FILE_SIZE_LIMIT),
+                            "-" if nproc is None else str(nproc)]
                     command, cwd, env = sandbox_command(kind, work, argv)
                     program_proc = subprocess.Popen(
                         command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
