@@ -21,7 +21,6 @@ import math
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -352,8 +351,12 @@ os._exit(0)  # skip atexit handlers and leftover non-daemon threads of the candi
 # and tests, with the entry point replaced by a stand-in for the program. A
 # value the program sends is decoded to plain data or the run is an error.
 _CHECKER = _CODEC + r'''
-import linecache, os, secrets, traceback
-_, calls_fd, replies_fd, max_message = sys.argv
+import linecache, os, resource, traceback
+_, calls_fd, replies_fd, max_message, mem = sys.argv
+try:
+    resource.setrlimit(resource.RLIMIT_AS, (int(mem), int(mem)))  # replies decode to at most this much
+except (ValueError, OSError):
+    pass
 job = json.loads(sys.stdin.readline())
 verdicts = os.fdopen(os.dup(1), "w")
 os.dup2(2, 1)  # anything the tests print goes with the output, not into the verdict
@@ -508,7 +511,8 @@ def run_humaneval(
         with open(output_path, "wb") as output:
             try:
                 checker = subprocess.Popen(
-                    [sys.executable, "-I", "-c", _CHECKER, str(calls_w), str(replies_r), str(_MESSAGE_LIMIT)],
+                    [sys.executable, "-I", "-c", _CHECKER, str(calls_w), str(replies_r), str(_MESSAGE_LIMIT),
+                     str(2 * _MEMORY_LIMIT)],
                     cwd=private, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=output, pass_fds=(calls_w, replies_r), start_new_session=True,
                     bufsize=0,
@@ -542,6 +546,8 @@ def run_humaneval(
                 for proc in (program_proc, checker):
                     if proc is not None:
                         kill_tree(proc)
+                if checker is not None:
+                    checker.stdout.close()
         text = output_path.read_bytes()[-4 * _OUTPUT_CHARS :].decode("utf-8", "replace")
         output = _tail(text, _OUTPUT_CHARS)
 
@@ -552,7 +558,7 @@ def run_humaneval(
     status, detail = _read_verdict(verdict_text, nonce)
     if status == "error" and detail.startswith("the program ended") and program_proc.returncode:
         code = program_proc.returncode
-        detail += f" (died from {signal.Signals(-code).name})" if code < 0 else f" (exit status {code})"
+        detail += f" (died from signal {-code})" if code < 0 else f" (exit status {code})"
     return ExecutionResult(status == "passed", status, _tail(detail, _DETAIL_CHARS), output, kind)
 
 
