@@ -64,7 +64,7 @@ def _score_in_subprocess(problem: dict, completion: str, kind: str, tmp: Path, *
 # ----------------------------------------------------------------------------
 
 
-def test_writing_a_result_file_and_exiting_0_is_not_a_pass(kind, tmp_path):
+def test_writing_a_result_file_and_exiting_0_is_not_a_pass(kind):
     completion = "```python\nimport os, sys\ndef attack():\n    return 'wrong'\n" + (
         "for path in sys.argv[1:]:\n"
         "    try:\n"

@@ -32,6 +32,15 @@ machine (fork bombs) or kill the benchmark. Two separate defences:
      checker. A warning says so once on stderr and results record
      ``sandbox: none``.
 
+Trusted, out of scope: the kernel (namespace escapes), the dataset's tests
+and prompts (the checker runs them unsandboxed), and what the system
+directories hold for anyone to read (/etc, /usr: a HumanEval copy installed
+there would show its tests). Memory is limited per process, so a run's total
+is at most about RLIMIT_NPROC times RLIMIT_AS; a cgroup would bound it, but
+bwrap does not manage cgroups. As root, every run's "nobody" shares one uid
+with the machine's other "nobody" processes, which count toward its process
+limit.
+
 Set ``SPECADAPT_SANDBOX`` to ``bwrap`` (fail when unavailable) or ``none``
 (skip isolation, e.g. on a machine where bwrap misbehaves); ``auto`` (default)
 probes. Install bubblewrap (``apt-get install bubblewrap``) for the real sandbox.
