@@ -119,6 +119,27 @@ def test_an_always_equal_object_is_not_a_pass(kind):
     assert "cannot pass between the program and the tests" in result.detail
 
 
+@pytest.mark.parametrize("reply", [
+    "'not json'",
+    "'{\"value\": ' + '[' * 100000 + ']' * 100000 + '}'",  # nesting deeper than the decoder's recursion
+    "'{\"value\": {\"x\": 1}}'",  # not a value the codec produces
+    "'{\"raised\": 7}'",
+    "'x' * (65 * 1024**2)",  # over the size limit of a reply
+])
+def test_malformed_replies_are_errors_not_passes(kind, reply):
+    # The program writes straight into its reply pipe (its fd is in sys.argv) instead of answering.
+    body = f"""
+    import os, sys
+    data = ({reply} + '\\n').encode()
+    while data:
+        data = data[os.write(int(sys.argv[4]), data):]
+    return 'contained'
+    """
+    result = run_humaneval(_problem(), _fn(body), sandbox=kind)
+    assert (result.passed, result.status) == (False, "error"), result
+    assert "the program sent" in result.detail
+
+
 def test_plain_data_crosses_the_pipe_intact(kind):
     value = ("(None, True, 2**100, -0.0, float('inf'), 1.5, 2+3j, 'é\\n\\x00', b'\\x00\\xff', [1, [2]], {3},"
              " frozenset({4}), {'k': (5,), 6: [7]})")
