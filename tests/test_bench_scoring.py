@@ -203,6 +203,14 @@ def test_exit_before_the_tests_is_not_a_pass(humaneval, kind):
     assert (result.passed, result.status) == (False, "failed")
 
 
+def test_errors_while_defining_the_code_fail(humaneval):
+    p = humaneval["HumanEval/0"]
+    result = run_humaneval(p, _fenced("{}['missing']\ndef has_close_elements(n, t):\n    return True"))
+    assert (result.passed, result.status) == (False, "failed") and result.detail.startswith("KeyError")
+    result = run_humaneval(p, _fenced("def has_close_elements(n, t):\n    return True\ndel has_close_elements"))
+    assert (result.passed, result.status) == (False, "failed") and "does not define" in result.detail
+
+
 def test_memory_limit(humaneval):
     result = run_humaneval(humaneval["HumanEval/0"], "    x = bytearray(3 * 1024**3)\n    return True\n")
     assert (result.passed, result.status) == (False, "error")

@@ -323,14 +323,14 @@ except (SyntaxError, ValueError) as exc:
 namespace = {"__name__": "__candidate__", "__builtins__": __builtins__}
 try:
     exec(code, namespace)
-    function = namespace[entry_point]
-except KeyError:
-    send({"failed": f"NameError: the program does not define {entry_point}"})
-    os._exit(1)
 except BaseException as exc:
     status, detail = outcome(exc, "before the tests finished")
     send({status: detail})
     os._exit(1)
+if entry_point not in namespace:
+    send({"failed": f"NameError: the program does not define {entry_point}"})
+    os._exit(1)
+function = namespace[entry_point]
 send({"ready": True})
 while True:
     line = calls.readline()
