@@ -18,8 +18,9 @@ from specadapt.errors import SpecAdaptError
 from specadapt.heads import DRAFT_FEATURES, AcceptanceHead, load_head, read_head_config, save_head
 from specadapt.methods import Method, MethodEntry, make_method
 from specadapt.policies.fixed import FixedLength
-from specadapt.train import TrainHeadConfig, head_data, train_head, tune_head
-from specadapt.train.head_data import (
+from specadapt.heads import TrainHeadConfig, train_head, tune_head
+from specadapt.heads import data as head_data
+from specadapt.heads.data import (
     Procs,
     label_path,
     last_hidden,
@@ -29,7 +30,7 @@ from specadapt.train.head_data import (
     soft_labels,
     teacher_forced_labels,
 )
-from specadapt.train.head_trainer import (
+from specadapt.heads.trainer import (
     CachedHiddenDataset,
     HeadTrainingModule,
     MixingCollator,
@@ -37,8 +38,8 @@ from specadapt.train.head_trainer import (
     collate_cached,
     weighted_soft_bce,
 )
-from specadapt.train.report import calibration_table, roc_auc, weighted_optimum_observed
-from specadapt.train.sources import (
+from specadapt.heads.report import calibration_table, roc_auc, weighted_optimum_observed
+from specadapt.sources import (
     HUMANEVAL_TRAIN_RANGE,
     load_source,
     read_jsonl_prompts,
@@ -663,7 +664,7 @@ def test_tune_head_by_replay_counts_what_the_engine_does(pair_dir, tmp_path):
 
 def test_tune_head_on_benchmark_prompts_skips_the_reported_ones(pair_dir, tmp_path):
     from specadapt.bench.datasets import load_dataset
-    from specadapt.train.tune_head import benchmark_prompts
+    from specadapt.heads.tune import benchmark_prompts
 
     messages, stops = benchmark_prompts(["humaneval", "mt-bench"], skip=3, count=5)
     humaneval, mt_bench = load_dataset("humaneval", 6), load_dataset("mt-bench", 6)

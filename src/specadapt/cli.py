@@ -311,7 +311,7 @@ def train_head_command(
 ) -> None:
     """Train a SpecDec++ acceptance head for a draft/target pair (resumable; multi-GPU via accelerate launch)."""
     from .models import zoo
-    from .train import TrainHeadConfig, train_head
+    from .heads import TrainHeadConfig, train_head
 
     config = TrainHeadConfig(
         output=output,
@@ -378,7 +378,7 @@ def tune_head_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print, but do not write the threshold into the head."),
 ) -> None:
     """Pick the SpecDec++ threshold (and min_k, max_k) by tokens/s on dev prompts (measured, or modelled from a replay) and record them in the head's config."""
-    from .train import tune_head
+    from .heads import tune_head
 
     grid = _comma_list(thresholds, "--thresholds", float, "0.3,0.5,0.7,0.9")
     min_ks = _comma_list(min_k, "--min-k", int, "1,2")
@@ -469,7 +469,7 @@ def distill_command(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ) -> None:
     """Distill a draft for speculative decoding (AdaSPEC or DistillSpec) into OUT/draft."""
-    from .train.distill import DistillSettings, run_distill
+    from .distill.train import DistillSettings, run_distill
 
     settings = DistillSettings(
         method=method, divergence=divergence, jsd_beta=jsd_beta, k=k, normalize=normalize, on_policy=on_policy,
@@ -504,7 +504,7 @@ def eval_draft_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
 ) -> None:
     """Measure a draft's acceptance against a target: along the target's text, and in real speculative decoding."""
-    from .train.eval_draft import EvalSettings, run_eval_draft
+    from .distill.eval_draft import EvalSettings, run_eval_draft
 
     settings = EvalSettings(max_new_tokens, temperature, top_k, top_p, tuple(k), seed, speculative=not no_speculative)
     report = run_eval_draft(

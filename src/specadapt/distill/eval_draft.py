@@ -46,7 +46,7 @@ from ..engine import GenerationConfig, SpeculativeEngine
 from ..errors import SpecAdaptError
 from ..methods import make_method
 from ..sampling import SamplingParams, process_logits
-from .distill_data import EvalPrompt
+from .data import EvalPrompt
 from .teacher_cache import model_fingerprint
 
 RESPONSES_FILE = "target_responses.json"
@@ -405,7 +405,7 @@ def run_eval_draft(
 ) -> dict:
     """``specadapt eval-draft``: load the target and the drafts (folders, names or ``shallow:N``), evaluate, write."""
     from ..models import loading
-    from .distill_data import load_eval_prompts
+    from .data import load_eval_prompts
     from .shallow import parse_draft_init, shallow_copy
 
     settings = settings or EvalSettings()

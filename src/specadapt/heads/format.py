@@ -72,9 +72,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import SpecAdaptError
+from ..errors import SpecAdaptError
 
-BUILTIN_HEADS_DIR = Path(__file__).resolve().parent / "data" / "heads"
+BUILTIN_HEADS_DIR = Path(__file__).resolve().parent.parent / "data" / "heads"
 
 FORMAT_NAME = "specadapt-acceptance-head"
 FORMAT_VERSION = 3  # the newest this version reads; "consumed" heads are still written as 1
@@ -333,7 +333,7 @@ def resolve_head(head: str | os.PathLike) -> Path | None:
     """A head folder from a path or a built-in head name; ``""`` is the default draft's built-in head (None if absent).
 
     An existing path wins over a built-in name of the same spelling."""
-    from .models.zoo import DEFAULT_DRAFT
+    from ..models.zoo import DEFAULT_DRAFT
 
     shipped = builtin_heads()
     if not str(head):

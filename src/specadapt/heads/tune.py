@@ -40,11 +40,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import SpecAdaptError
-from ..heads import CONFIG_FILE, read_head_config
 from ..engine import MAX_DRAFT_TOKENS
+from ..errors import SpecAdaptError
 from ..policies.specdecpp import DEFAULT_MAX_K, DEFAULT_MIN_K
 from ..stats import RequestStats
+from .format import CONFIG_FILE, read_head_config
 
 DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 DEFAULT_MIN_KS = (DEFAULT_MIN_K,)
@@ -237,7 +237,7 @@ def tune_head(
             raise SpecAdaptError("give dev prompts one way: datasets, or a prompts file, or prompts; not several.")
         prompts, stops = benchmark_prompts(datasets, skip, num_prompts)
     if prompts is None and prompts_file is not None:
-        from .sources import read_jsonl_prompts
+        from ..sources import read_jsonl_prompts
 
         records = read_jsonl_prompts(Path(prompts_file).expanduser())
         prompts = [r.prompt for r in records]

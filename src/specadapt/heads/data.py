@@ -3,7 +3,7 @@
 Layout under ``OUTPUT/data/``
 ------------------------------
 ``settings.json``
-    The data-relevant settings (:data:`specadapt.train.config.DATA_KEYS`). A rerun
+    The data-relevant settings (:data:`specadapt.heads.config.DATA_KEYS`). A rerun
     with other settings is refused (or, with ``overwrite``, starts over).
 ``prompts.jsonl``
     Stage 1, written at once: one object per sequence, ``index`` (0..n-1), ``id``,
@@ -63,9 +63,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import SpecAdaptError
-from ..heads import draft_features
+from ..sources import PromptRecord, check_source, load_source
 from .config import TrainHeadConfig
-from .sources import PromptRecord, check_source, load_source
+from .format import draft_features
 
 LABEL_FORMAT_VERSION = 1
 

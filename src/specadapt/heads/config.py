@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecAdaptError
-from ..heads import HEAD_INPUTS
 from ..models import zoo
+from .format import HEAD_INPUTS
 
 RESPONSE_MODES = ("target", "dataset")
 HIDDEN_MODES = ("cache", "recompute")
@@ -161,7 +161,7 @@ class TrainHeadConfig:
 
     def data_settings(self) -> dict[str, Any]:
         """The data fingerprint; paths are made absolute so that ./x and /abs/x count as the same source."""
-        from .sources import is_builtin
+        from ..sources import is_builtin
 
         d = asdict(self)
         d["data"] = [s if is_builtin(s) else str(Path(s).expanduser().resolve()) for s in self.data]

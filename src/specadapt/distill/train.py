@@ -29,7 +29,7 @@ AdaSPEC (arXiv 2510.19779) selective distillation
     equal plain distillation.
 
 Target distributions come from a cache built once per data set
-(:mod:`specadapt.train.teacher_cache`: top-k log-probs + remaining mass;
+(:mod:`specadapt.distill.teacher_cache`: top-k log-probs + remaining mass;
 divergences between the coarsened distributions, a lower bound of the exact
 ones), or ``teacher="exact"``: the live target, full vocabulary.
 
@@ -75,7 +75,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..errors import SpecAdaptError
-from .distill_data import TrainExample
+from .data import TrainExample
 from .teacher_cache import LOGP_FLOOR, TeacherCache, coarse_student, coarse_teacher
 
 METHODS = ("adaspec", "distillspec")
@@ -649,7 +649,7 @@ def run_distill(
     from accelerate import PartialState
 
     from ..models import loading
-    from .distill_data import build_train_examples, examples_fingerprint
+    from .data import build_train_examples, examples_fingerprint
     from .shallow import parse_draft_init, set_trainable, shallow_copy
     from .teacher_cache import build_cache, cache_key
 

@@ -133,7 +133,7 @@ def encode_pair(
 
 def load_train_pairs(spec: str, limit: int | None = None) -> list[Pair]:
     """The (prompt, response) pairs of a training source, in the source's order (the first ``limit``)."""
-    from . import sources
+    from .. import sources
 
     if spec not in TRAIN_SOURCES:
         path = Path(spec).expanduser()

@@ -5,7 +5,7 @@ Output folder layout
 ::
 
     OUTPUT/
-      data/            the data stages (see specadapt.train.head_data): settings.json,
+      data/            the data stages (see specadapt.heads.data): settings.json,
                        prompts.jsonl, prompts_summary.json, responses/part-<rank>.jsonl,
                        labels/<index>.safetensors
       trainer/         Hugging Face Trainer checkpoints (checkpoint-<step>/), settings.json
@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 from ..errors import SpecAdaptError
-from ..heads import CONFIG_FILE, AcceptanceHead, save_head
+from ..sources import HUMANEVAL_EVAL_NOTE, check_source
 from .config import TrainHeadConfig, model_ref
-from .head_data import (
+from .data import (
     Procs,
     compute_labels,
     label_path,
@@ -49,7 +49,7 @@ from .head_data import (
     write_json_atomic,
     write_prompts,
 )
-from .sources import HUMANEVAL_EVAL_NOTE, check_source
+from .format import CONFIG_FILE, AcceptanceHead, save_head
 
 REPORT_FILES = ("report.json", "report.md", "calibration.png", "loss.png")
 
@@ -210,7 +210,7 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
     if not items["dev"]:
         raise SpecAdaptError("the dev split is empty; raise --dev-fraction or --num-prompts.")
 
-    from .head_trainer import (
+    from .trainer import (
         CachedHiddenDataset,
         HeadTrainingModule,
         MixingCollator,
