@@ -11,25 +11,31 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate import PartialState
 from conftest import make_engine, perturbed_copy, save_tiny_checkpoint, tiny_llama
 
 from specadapt.engine import GenerationConfig
 from specadapt.errors import SpecAdaptError
-from specadapt.heads import DRAFT_FEATURES, AcceptanceHead, load_head, read_head_config, save_head
-from specadapt.methods import Method, MethodEntry, make_method
-from specadapt.policies.fixed import FixedLength
-from specadapt.heads import TrainHeadConfig, train_head, tune_head
+from specadapt.heads import (
+    DRAFT_FEATURES,
+    AcceptanceHead,
+    TrainHeadConfig,
+    load_head,
+    read_head_config,
+    save_head,
+    train_head,
+    tune_head,
+)
 from specadapt.heads import data as head_data
 from specadapt.heads.data import (
-    Procs,
     label_path,
     last_hidden,
     load_labels,
-    read_jsonl_tolerant,
     sample_responses,
     soft_labels,
     teacher_forced_labels,
 )
+from specadapt.heads.report import calibration_table, roc_auc, weighted_optimum_observed
 from specadapt.heads.trainer import (
     CachedHiddenDataset,
     HeadTrainingModule,
@@ -38,7 +44,9 @@ from specadapt.heads.trainer import (
     collate_cached,
     weighted_soft_bce,
 )
-from specadapt.heads.report import calibration_table, roc_auc, weighted_optimum_observed
+from specadapt.io import read_jsonl_tolerant
+from specadapt.methods import Method, MethodEntry, make_method
+from specadapt.policies.fixed import FixedLength
 from specadapt.sources import (
     HUMANEVAL_TRAIN_RANGE,
     load_source,
@@ -592,13 +600,13 @@ def test_interrupted_responses_resume(pair_dir, prompts_file, tmp_path):
 
     directory = tmp_path / "responses"
     with pytest.raises(KeyboardInterrupt):
-        sample_responses(FlakyEngine(), prompts, directory, cfg, Procs(), progress=False)
+        sample_responses(FlakyEngine(), prompts, directory, cfg, PartialState(), progress=False)
     part = directory / "part-0.jsonl"
     with part.open("a") as f:
         f.write('{"index": 5, "response_ids": [1, 2')  # a line cut off by the crash
     assert sorted(head_data.read_responses(directory)) == [0, 1]
     calls.clear()
-    sample_responses(Engine(), prompts, directory, cfg, Procs(), progress=False)
+    sample_responses(Engine(), prompts, directory, cfg, PartialState(), progress=False)
     assert calls == [2, 2]  # only the four prompts without a response
     responses = head_data.read_responses(directory)
     assert sorted(responses) == list(range(6)) and responses[0] == [9, 9, 1] and responses[5] == [4]

@@ -158,7 +158,9 @@ def generate(
 
 def _with_head(methods: str, head: Optional[str]) -> list[str]:
     """Give ``--head`` to every specdecpp method that names no head of its own."""
-    labels = [m.strip() for m in methods.split(";" if ";" in methods else ",") if m.strip()]
+    from .bench.runner import split_methods
+
+    labels = split_methods(methods)
     if head is None:
         return labels
     out = []

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import SpecAdaptError
+from ..io import read_json, read_jsonl_tolerant, write_json_atomic
 from .datasets import DATASET_NAMES, Example, load_dataset, load_dataset_file
 from .report import BASELINE, summarize, write_report
 from .scoring import score_example
@@ -116,16 +117,19 @@ class BenchSettings:
         return any(make_method(m).needs_draft for m in self.methods)
 
 
+def split_methods(text: str) -> list[str]:
+    """``'a, b:x=1'`` -> ``["a", "b:x=1"]``: split on ``;`` if there is one (a method's settings may contain
+    commas), else on ``,``."""
+    return [m.strip() for m in text.split(";" if ";" in text else ",") if m.strip()]
+
+
 def parse_methods(methods: str | Iterable[str]) -> list[str]:
     """Method strings, validated; the target-only baseline is added first when missing.
 
-    A string is split on ``;`` if it has one (needed when a method's settings contain commas),
-    else on ``,``."""
+    A string is split by :func:`split_methods`."""
     from ..methods import make_method
 
-    if isinstance(methods, str):
-        methods = methods.split(";" if ";" in methods else ",")
-    labels = [m.strip() for m in methods if m.strip()]
+    labels = split_methods(methods) if isinstance(methods, str) else [m.strip() for m in methods if m.strip()]
     for label in labels:
         make_method(label)  # unknown names and bad settings fail here, listing what exists
     if len(set(labels)) != len(labels):
@@ -159,7 +163,7 @@ def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[
                 f"--out {out} already holds files that are not a specadapt benchmark ({', '.join(existing[:3])}); "
                 "choose another folder (nothing was changed)."
             )
-        stored = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))["settings"]
+        stored = read_json(out / SETTINGS_FILE)["settings"]
         defaults = {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(BenchSettings)
                     if f.default is not MISSING or f.default_factory is not MISSING}
         # A setting newer than the stored run counts as its default there, so such runs still resume.
@@ -170,8 +174,8 @@ def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[
                 f"--out {out} holds a run with other settings ({', '.join(differ)}); "
                 "use the same settings to resume it, another --out, or --overwrite to replace it."
             )
-        _drop_partial_line(out / RECORDS_FILE)
-        return read_records(out)
+        # Cut a line an interruption left unfinished, so appends start on a fresh line.
+        return read_jsonl_tolerant(out / RECORDS_FILE, repair=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -182,33 +186,9 @@ def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[
     return []
 
 
-def _drop_partial_line(path: Path) -> None:
-    """Cut a last line that an interruption left without its newline, so appends start on a fresh line."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
 def read_records(out: Path) -> list[dict]:
-    path = Path(out) / RECORDS_FILE
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass  # a line cut short by an interruption; that generation runs again
-    return records
-
-
-def write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """The generations recorded so far; a line cut short by an interruption is left out (that generation runs again)."""
+    return read_jsonl_tolerant(Path(out) / RECORDS_FILE)
 
 
 def environment(decoder) -> dict:
@@ -309,14 +289,15 @@ def run_bench(
     described = {label: m.describe(params) for label, m in methods.items()}
     settings_path = out / SETTINGS_FILE
     if not settings_path.exists():
-        write_json(settings_path, {"settings": asdict(settings), "methods": described, "environment": environment(decoder)})
+        write_json_atomic(settings_path, {"settings": asdict(settings), "methods": described, "environment": environment(decoder)},
+                          indent=1)
     else:
-        stored = json.loads(settings_path.read_text(encoding="utf-8"))
+        stored = read_json(settings_path)
         if stored["settings"].get("limit") != settings.limit:
             log(f"--limit changed from {stored['settings'].get('limit')} to {settings.limit}: "
                 f"the report covers {len(examples)} examples per repeat")
             stored["settings"]["limit"] = settings.limit
-            write_json(settings_path, stored)
+            write_json_atomic(settings_path, stored, indent=1)
 
     encoded = {(e.dataset, e.id): decoder.encode(e.messages) for e, _ in todo}
     engine = decoder.engine
@@ -336,8 +317,8 @@ def run_bench(
         summary = summarize(done_records, settings.methods, described)
         expected = len(examples) * settings.repeats * len(settings.methods)
         summary["progress"] = {"complete": complete, "generations": len(done_records), "expected": expected}
-        write_json(out / SUMMARY_FILE, summary)
-        write_report(out, json.loads(settings_path.read_text(encoding="utf-8")), summary)
+        write_json_atomic(out / SUMMARY_FILE, summary, indent=1)
+        write_report(out, read_json(settings_path), summary)
         return summary
 
     score_cache: dict[tuple, dict | None] = {}

@@ -32,7 +32,6 @@ threshold is then tuned on the workload it is judged on, without seeing those pr
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -42,8 +41,10 @@ from typing import Any
 
 from ..engine import MAX_DRAFT_TOKENS
 from ..errors import SpecAdaptError
+from ..io import read_json, write_json_atomic
 from ..policies.specdecpp import DEFAULT_MAX_K, DEFAULT_MIN_K
 from ..stats import RequestStats
+from ..text import has_chat_template
 from .format import CONFIG_FILE, read_head_config
 
 DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
@@ -113,8 +114,9 @@ def dev_prompts_of(head_dir: Path) -> list[list[int]]:
     prompts = head_dir.parent / "data" / "prompts.jsonl"
     if head_dir.name != "head" or not prompts.is_file():
         return []
-    rows = [json.loads(line) for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r["prompt_ids"] for r in sorted(rows, key=lambda r: r["index"]) if r.get("split") == "dev"]
+    from .data import read_prompts
+
+    return [r["prompt_ids"] for r in read_prompts(prompts) if r.get("split") == "dev"]
 
 
 def benchmark_prompts(datasets: Sequence[str], skip: int, count: int) -> tuple[list[list[dict]], list[tuple[str, ...]]]:
@@ -162,14 +164,12 @@ def write_tuning(head_dir: Path, run: ThresholdRun, tuning: dict[str, Any]) -> N
     """Set ``threshold``, ``min_k``, ``max_k`` (``run``'s) and ``threshold_tuning`` in the head's config.json,
     keeping all other fields."""
     path = head_dir / CONFIG_FILE
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = read_json(path)
     config["threshold"] = run.threshold
     config["min_k"] = run.min_k
     config["max_k"] = run.max_k
     config["threshold_tuning"] = tuning
-    tmp = path.with_name(CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, config)
     read_head_config(head_dir)
 
 
@@ -264,7 +264,7 @@ def tune_head(
             f"the head {head_dir} expects hidden size {config['hidden_size']}, but the draft {draft!r} has hidden size "
             f"{draft_hidden}: the head was trained for another draft. Pass the draft it was trained for (--draft)."
         )
-    use_chat = bool(getattr(decoder.tokenizer, "chat_template", None)) if chat is None else chat
+    use_chat = has_chat_template(decoder.tokenizer) if chat is None else chat
     ids = [decoder.encode(p, use_chat) if isinstance(p, str) or isinstance(p[0], dict) else list(p) for p in prompts]
     stops = stops or [()] * len(ids)
     methods = {(h, k, m): make_method("specdecpp", head=str(head_dir), threshold=h, min_k=k, max_k=m)
