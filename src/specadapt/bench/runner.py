@@ -40,6 +40,7 @@ from typing import Callable, Iterable
 
 from ..errors import SpecAdaptError
 from ..io import read_json, read_jsonl_tolerant, write_json_atomic
+from ..models import zoo
 from .datasets import DATASET_NAMES, Example, load_dataset, load_dataset_file
 from .report import BASELINE, summarize, write_report
 from .scoring import score_example
@@ -53,30 +54,64 @@ FILES = (SETTINGS_FILE, RECORDS_FILE, SUMMARY_FILE, REPORT_FILE, *PLOT_FILES)
 WARMUP_TOKENS = 16
 
 
+def parse_dataset_caps(text: str) -> dict[str, int]:
+    """``'mt-bench=128,gsm8k=384'`` -> ``{"mt-bench": 128, "gsm8k": 384}``."""
+    caps: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, eq, value = part.partition("=")
+        if not eq or not value.strip().isdigit():
+            raise SpecAdaptError(
+                f"--dataset-max-new-tokens takes DATASET=N pairs separated by commas (e.g. 'mt-bench=128'), got {part!r}."
+            )
+        caps[name.strip()] = int(value)
+    return caps
+
+
+def split_methods(text: str) -> list[str]:
+    """``'a, b:x=1'`` -> ``["a", "b:x=1"]``: split on ``;`` if there is one (a method's settings may contain
+    commas), else on ``,``."""
+    return [m.strip() for m in text.split(";" if ";" in text else ",") if m.strip()]
+
+
 @dataclass
 class BenchSettings:
     """Everything that defines a run; resuming requires the same values, except ``limit``
-    (a larger one extends the run, a smaller one reports on the first examples)."""
+    (a larger one extends the run, a smaller one reports on the first examples).
 
-    target: str
-    draft: str | None
-    methods: list[str]
-    datasets: list[str] = field(default_factory=lambda: ["humaneval"])
-    dataset_files: list[str] = field(default_factory=list)
-    limit: int | None = None
-    max_new_tokens: int = 256
-    dataset_max_new_tokens: dict[str, int] = field(default_factory=dict)  # per-dataset caps, e.g. {"mt-bench": 128}
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repeats: int = 1
-    warmup: int = 1
-    seed: int = 0
-    gsm8k_shots: int = 0
-    dtype: str = "bfloat16"
-    device: str = "auto"
-    threads: int | None = None
-    exec_timeout_s: float = 10.0
+    The metadata's help texts are the ``specadapt bench`` options' (:mod:`specadapt.cli_options`)."""
+
+    target: str = field(default=zoo.DEFAULT_TARGET, metadata={"help": "Target model: built-in name, folder, .gguf file or Hub id."})
+    draft: str | None = field(default=zoo.DEFAULT_DRAFT, metadata={"help": "Draft model (same tokenizer as the target)."})
+    methods: list[str] = field(
+        default_factory=lambda: ["autoregressive", "fixed:4", "heuristic", "adaedl", "adasd-stop", "adasd"],
+        metadata={"help": "Methods, comma-separated (use ';' if a method's settings contain commas); autoregressive is "
+                          "always added as the baseline.", "parse": split_methods},
+    )
+    datasets: list[str] = field(
+        default_factory=lambda: ["humaneval", "gsm8k", "mt-bench"],
+        metadata={"help": "Built-in datasets: humaneval, gsm8k, mt-bench, spec-bench (comma-separated; '' for none)."},
+    )
+    dataset_files: list[str] = field(default_factory=list, metadata={
+        "help": "A JSONL of your own prompts (repeatable): 'prompt' or 'messages' per line.", "flag": "--dataset-file",
+        "repeat": True})
+    limit: int | None = field(default=10, metadata={"help": "First N examples of each dataset (0 = all)."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Maximum new tokens per generation."})
+    dataset_max_new_tokens: dict[str, int] = field(default_factory=dict, metadata={
+        "help": "Per-dataset caps overriding --max-new-tokens, e.g. 'mt-bench=128,gsm8k=384' ('file' for --dataset-file "
+                "prompts).", "parse": parse_dataset_caps})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy."})
+    top_k: int = field(default=0, metadata={"help": "Keep only the k most likely tokens (0 = off)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass in (0, 1]."})
+    repeats: int = field(default=1, metadata={
+        "help": "Runs of every method on every example (the speedup's spread is across repeats)."})
+    warmup: int = field(default=1, metadata={"help": "Untimed warm-up generations per method."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed (repeat r uses seed + r)."})
+    gsm8k_shots: int = field(default=0, metadata={"help": "GSM8K prompt: 0 = zero-shot chat, 8 = 8-shot."})
+    dtype: str = field(default="bfloat16", metadata={"help": "bfloat16, float32 or float16."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
+    exec_timeout_s: float = field(default=10.0, metadata={
+        "help": "Seconds allowed to run one HumanEval solution.", "flag": "--exec-timeout"})
 
     def __post_init__(self) -> None:
         self.methods = parse_methods(self.methods)
@@ -115,12 +150,6 @@ class BenchSettings:
         from ..methods import make_method
 
         return any(make_method(m).needs_draft for m in self.methods)
-
-
-def split_methods(text: str) -> list[str]:
-    """``'a, b:x=1'`` -> ``["a", "b:x=1"]``: split on ``;`` if there is one (a method's settings may contain
-    commas), else on ``,``."""
-    return [m.strip() for m in text.split(";" if ";" in text else ",") if m.strip()]
 
 
 def parse_methods(methods: str | Iterable[str]) -> list[str]:
