@@ -17,7 +17,7 @@ import functools
 import inspect
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 import typer
@@ -36,14 +36,14 @@ def comma_list(text: str, option: str = "", kind: type = str, example: str = "")
         raise SpecAdaptError(f"{option} must be comma-separated {noun}, e.g. {example}; got {text!r}.") from None
 
 
-def with_settings(cls: type, *, skip: Iterable[str] = (), help: Mapping[str, str] | None = None) -> Callable:
+def with_settings(cls: type, *, help: Mapping[str, str] | None = None) -> Callable:
     """Decorate a typer command: its parameter ``settings`` becomes one option per field of the dataclass ``cls``
     with help text (the field's metadata, or ``help[name]`` for a dataclass whose fields carry none), and receives
     ``{field name: value}`` with every value converted to the field's type."""
     help = dict(help or {})
     hints = typing.get_type_hints(cls)
     chosen = [f for f in dataclasses.fields(cls)
-              if f.init and f.name not in skip and (f.metadata.get("help") or f.name in help)]
+              if f.init and (f.metadata.get("help") or f.name in help)]
     options = [_option(f, hints[f.name], help.get(f.name) or f.metadata["help"]) for f in chosen]
 
     def decorate(command: Callable) -> Callable:
