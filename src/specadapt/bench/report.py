@@ -47,8 +47,9 @@ BASELINE = "autoregressive"
 MAX_POSITIONS = 16  # positions shown in tables and plots
 
 
-def _speedup(rows: list[dict], base: list[dict]) -> float | None:
-    """Mean per-example throughput of ``rows`` / that of ``base`` over the examples both have."""
+def speedup_ratio(rows: list[dict], base: list[dict]) -> float | None:
+    """Mean per-example throughput of ``rows`` / that of ``base`` over the examples both have
+    (the one speedup definition of specadapt's reports; records need ``example_id`` and ``tokens_per_s``)."""
     def per_example(rs: list[dict]) -> dict[str, float]:
         groups: dict[str, list[float]] = defaultdict(list)
         for r in rs:
@@ -63,6 +64,9 @@ def _speedup(rows: list[dict], base: list[dict]) -> float | None:
     return mean(mine[k] for k in common) / mean(ref[k] for k in common)
 
 
+_speedup = speedup_ratio
+
+
 def pooled_stats(rows: list[dict]) -> RequestStats:
     """The engine's counters of every generation in ``rows``, pooled (the ratios come from RequestStats)."""
     pooled = RequestStats()
@@ -74,7 +78,7 @@ def pooled_stats(rows: list[dict]) -> RequestStats:
     return pooled
 
 
-def summarize_method(rows: list[dict], base: list[dict]) -> dict:
+def summarize_method(rows: list[dict], base: list[dict], text_agreement: bool = True) -> dict:
     pooled = pooled_stats(rows)
     repeats = sorted({r["repeat"] for r in rows})
     per_repeat = [
@@ -113,7 +117,7 @@ def summarize_method(rows: list[dict], base: list[dict]) -> dict:
     agreement = [r["target_agreement"] for r in rows if r.get("target_agreement") is not None]
     if agreement:
         out["target_agreement"] = mean(agreement)
-    if pairs:
+    if pairs and text_agreement:  # ROUGE-L over long texts is slow; a caller that shows no agreement skips it
         out["agreement_exact"] = mean(float(exact_match(a, b)) for a, b in pairs)
         out["agreement_overlap"] = mean(text_overlap(a, b) for a, b in pairs)
     return out
@@ -182,7 +186,24 @@ def split_across_sessions(records: list[dict]) -> list[str] | None:
     return sorted(dict.fromkeys(f"{d}:{e}" for (d, e, _), s in sessions.items() if len(s) > 1))
 
 
-def summarize(records: list[dict], methods: list[str], described: dict | None = None) -> dict:
+def inferred_split_examples(records: list[dict]) -> list[str]:
+    """For records without session ids: examples (``dataset:id``) that a resume evidently split over processes.
+
+    Within one process an example's methods are recorded in increasing rotation ``order``; a resume restarts
+    the rotation (before the runner kept it), so an example whose orders, in file order, fall back was
+    measured partly before and partly after a restart. A restart that happens to line up is not seen."""
+    last: dict[tuple, int] = {}
+    split = []
+    for r in records:
+        key = (r["dataset"], r["example_id"], r["repeat"])
+        if key in last and r["order"] <= last[key]:
+            split.append(f"{r['dataset']}:{r['example_id']}")
+        last[key] = r["order"]
+    return list(dict.fromkeys(split))
+
+
+def summarize(records: list[dict], methods: list[str], described: dict | None = None,
+              text_agreement: bool = True) -> dict:
     """Per dataset, one entry per method (in the run's order); accuracy change vs target-only; comparisons
     against target-only and the best fixed K; the examples a resumed run split over processes."""
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
@@ -196,7 +217,7 @@ def summarize(records: list[dict], methods: list[str], described: dict | None = 
         for m in methods:
             mine = [r for r in rows if r["method"] == m]
             if mine:
-                table[m] = summarize_method(mine, base)
+                table[m] = summarize_method(mine, base, text_agreement)
         summary["datasets"][ds] = table
         summary["comparisons"][ds] = compare_methods(table)
     return summary
