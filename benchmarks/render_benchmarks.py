@@ -128,7 +128,8 @@ def run_table(name: str) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         comparisons = summary["comparisons"][ds]
         for m, e in table.items():
-            lossy = "" if e["lossless"] else " (**lossy**)"
+            agreement = f", token agreement {e['target_agreement']:.1%}" if e.get("target_agreement") is not None else ""
+            lossy = "" if e["lossless"] else f" (**lossy**{agreement})"
             lines.append(
                 f"| `{m}`{lossy} | {num(e['tokens_per_s'])} | {speedup(e)} | {vs_best(comparisons, table, m)} | "
                 f"{pct(e['acceptance_rate'])} | {num(e['mean_accepted_length'])} | {num(e['mean_draft_length'])} | "
