@@ -369,5 +369,8 @@ def test_bench_runs_the_test_split_and_records_it(tmp_path, prompts_file):
     (out / "settings.json").write_text(json.dumps(stored))
     with pytest.raises(SpecAdaptError, match=r"other settings \(split\)"):
         run_bench(settings, out, decoder=TinyDecoder(), progress=False, log=lambda _: None)
+    assert load_settings(out).split == "all"  # e.g. for replaying it: the examples it did run
+    run_bench(dataclasses.replace(settings, split="all"), out, decoder=TinyDecoder(), progress=False,
+              log=lambda _: None)  # resumes as what it was
     with pytest.raises(SpecAdaptError, match="unknown split 'dev'"):
         settings_for(prompts_file, split="dev")

@@ -182,6 +182,8 @@ def load_settings(out: Path) -> BenchSettings:
     """The settings of the run in ``out``, its dataset files found relative to ``out``."""
     stored = json.loads((Path(out) / SETTINGS_FILE).read_text(encoding="utf-8"))["settings"]
     stored["dataset_files"] = [str(Path(out) / f) for f in stored.get("dataset_files", [])]
+    for name, value in LEGACY_DEFAULTS.items():  # a run recorded before the setting existed
+        stored.setdefault(name, value)
     return BenchSettings(**stored)
 
 
