@@ -186,6 +186,60 @@ def engine_table(dataset: str) -> Callable[[], str]:
     return render
 
 
+DRAFT_COST = 0.33  # measured draft/target forward cost ratio of the default pair on this CPU (BENCHMARKS.md)
+
+
+def lossless(method: str, temperature: float) -> bool:
+    from specadapt.engine import RequestConfig
+    from specadapt.methods import make_method
+
+    return make_method(method).describe(RequestConfig(16, temperature, 0, 1.0).sampling)["lossless"]
+
+
+def call_count_speedup(rows: list[dict]) -> float | None:
+    """Tokens per unit of forward-pass cost, target-only = 1: tokens / (target calls + c · draft calls), pooled.
+    Free of timing noise; it assumes a target call costs the same for any number of tokens."""
+    tokens, rounds, drafted = (sum(r[k] for r in rows) for k in ("tokens", "rounds", "drafted"))
+    return tokens / (rounds + DRAFT_COST * drafted) if rounds else None
+
+
+def engine_methods_table(name: str, call_count: bool) -> Callable[[], str]:
+    """An engine_speed.py run of our methods on HumanEval + MT-Bench: one row per method, the datasets side by side."""
+    def render() -> str:
+        data, records, summary = engine_run(name)
+        temperature = data["settings"].get("temperature", 0.0)
+        datasets = list(dict.fromkeys(r["dataset"] for r in records))
+        titles = " / ".join({"humaneval": "HE", "mtbench": "MT"}.get(d, d) for d in datasets)
+        head = "measured / call-count" if call_count else "measured"
+        lines = [", ".join(f"{DATASET_TITLES[d]}: {describe_examples(d, {r['example_id'] for r in records if r['dataset'] == d})}"
+                           for d in datasets) + f"; target-only " + " / ".join(
+                     f"{summary['datasets'][d][BASELINE]['tokens_per_s']:.2f}" for d in datasets) + " tok/s.", "",
+                 f"| method | lossless | " + " | ".join(f"{DATASET_TITLES[d]} speedup, {head}" for d in datasets)
+                 + f" | acceptance {titles} | mean accepted length {titles} | mean draft length {titles} | "
+                   f"target agreement {titles} |",
+                 "|---|---|" + "---|" * (len(datasets) + 4)]
+        for m in data["settings"]["methods"]:
+            cells = []
+            for d in datasets:
+                rows = [r for r in records if r["dataset"] == d]
+                mine = [r for r in rows if r["method"] == m]
+                sp = speedup_ratio(mine, [r for r in rows if r["method"] == BASELINE])
+                cell = f"{sp:.2f}×"
+                if call_count:
+                    cell += f" / {call_count_speedup(mine):.2f}×"
+                cells.append(cell)
+            es = [summary["datasets"][d][m] for d in datasets]
+            agreement = " / ".join(pct(e.get("target_agreement")) for e in es)
+            lines.append(
+                f"| `{m}` | {'yes' if lossless(m, temperature) else '**no (lossy)**'} | " + " | ".join(cells)
+                + " | " + " / ".join(pct(e["acceptance_rate"], ".0%") for e in es)
+                + " | " + " / ".join(num(e["mean_accepted_length"]) for e in es)
+                + " | " + " / ".join(num(e["mean_draft_length"]) for e in es)
+                + f" | {agreement if agreement.strip('– /') else '–'} |")
+        return "\n".join(lines) + "\n"
+    return render
+
+
 def engine_equality() -> str:
     """Which outputs were token-identical: our fixed K against HF assisted generation with the same K, and
     every method against target-only."""
@@ -293,6 +347,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "engine-humaneval": engine_table("humaneval"),
     "engine-mtbench": engine_table("mtbench"),
     "engine-equality": engine_equality,
+    "adaptive-greedy-noisy": engine_methods_table("adaptive_greedy.json", call_count=True),
+    "adaptive-t07": engine_methods_table("adaptive_t07.json", call_count=True),
+    "adaptive-greedy-prelim": engine_methods_table("adaptive_greedy_prelim.json", call_count=False),
     "results-run": runs_table("bench_qwen_greedy"),
     "results-run-count": results_run_count,
     "valtuned-check": runs_table("valtuned_check_humaneval", "valtuned_check_mtbench"),
