@@ -300,7 +300,7 @@ def run_to_run_noise() -> str:
                 if (FIXED_K.match(m) or m == BASELINE) and e["speedup"] is not None:
                     key = (ds, m, ids, cap, settings["temperature"])
                     groups.setdefault(key, []).append((name, e["speedup"], e["tokens_per_s"]))
-    lines = ["| dataset | method | runs | speedup per run | min – max | spread (sample sd / mean) |",
+    lines = ["| dataset | method | runs | per run | min – max | spread (sample sd / mean) |",
              "|---|---|---|---|---|---|"]
     order = sorted((k for k, v in groups.items() if len(v) > 1),
                    key=lambda k: (k[0], k[1] != BASELINE, int(k[1].split(":")[1]) if ":" in k[1] else 0))
