@@ -287,8 +287,9 @@ NOISE_RUNS = ("bench_qwen_greedy", "features_head_check", "h01_check_humaneval",
               "maxk_check_humaneval", "maxk_check_mtbench")
 
 
-def run_to_run_noise() -> str:
-    """The same fixed K on the same prompts, measured in several runs (same settings, one repeat each)."""
+def noise_groups() -> dict[tuple, list[tuple[str, float, float]]]:
+    """(dataset, method, example ids, token cap, temperature) -> [(run, speedup, tok/s)] for fixed K and
+    target-only measured in more than one run."""
     groups: dict[tuple, list[tuple[str, float, float]]] = {}
     for name in NOISE_RUNS:
         run, records, summary = bench_run(name)
@@ -300,9 +301,26 @@ def run_to_run_noise() -> str:
                 if (FIXED_K.match(m) or m == BASELINE) and e["speedup"] is not None:
                     key = (ds, m, ids, cap, settings["temperature"])
                     groups.setdefault(key, []).append((name, e["speedup"], e["tokens_per_s"]))
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def noise_summary() -> str:
+    """The largest run-to-run move of one fixed K's speedup, per dataset."""
+    worst: dict[str, float] = {}
+    for (ds, m, *_), runs in noise_groups().items():
+        if m != BASELINE:
+            values = [sp for _, sp, _ in runs]
+            worst[ds] = max(worst.get(ds, 0.0), max(values) / min(values) - 1)
+    return ("Across runs, the same fixed K on the same 16 prompts (byte-identical work) moved its speedup by up "
+            "to " + " and ".join(f"{v:.1%} ({DATASET_TITLES[d]})" for d, v in worst.items()) + ".\n")
+
+
+def run_to_run_noise() -> str:
+    """The same fixed K on the same prompts, measured in several runs (same settings, one repeat each)."""
+    groups = noise_groups()
     lines = ["| dataset | method | runs | per run | min – max | spread (sample sd / mean) |",
              "|---|---|---|---|---|---|"]
-    order = sorted((k for k, v in groups.items() if len(v) > 1),
+    order = sorted(groups,
                    key=lambda k: (k[0], k[1] != BASELINE, int(k[1].split(":")[1]) if ":" in k[1] else 0))
     for ds, m, ids, cap, _ in order:
         runs = groups[(ds, m, ids, cap, _)]
@@ -361,6 +379,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "adaptive-greedy-bench": runs_table("adaptive_greedy_bench"),
     "specdecpp-t07": runs_table("specdecpp_t07_bench"),
     "run-to-run-noise": run_to_run_noise,
+    "noise-summary": noise_summary,
 }
 
 
