@@ -212,9 +212,9 @@ def engine_methods_table(name: str, call_count: bool) -> Callable[[], str]:
         titles = " / ".join({"humaneval": "HE", "mtbench": "MT"}.get(d, d) for d in datasets)
         head = "measured / call-count" if call_count else "measured"
         lines = [", ".join(f"{DATASET_TITLES[d]}: {describe_examples(d, {r['example_id'] for r in records if r['dataset'] == d})}"
-                           for d in datasets) + f"; target-only " + " / ".join(
+                           for d in datasets) + "; target-only " + " / ".join(
                      f"{summary['datasets'][d][BASELINE]['tokens_per_s']:.2f}" for d in datasets) + " tok/s.", "",
-                 f"| method | lossless | " + " | ".join(f"{DATASET_TITLES[d]} speedup, {head}" for d in datasets)
+                 "| method | lossless | " + " | ".join(f"{DATASET_TITLES[d]} speedup, {head}" for d in datasets)
                  + f" | acceptance {titles} | mean accepted length {titles} | mean draft length {titles} | "
                    f"target agreement {titles} |",
                  "|---|---|" + "---|" * (len(datasets) + 4)]
