@@ -11,8 +11,11 @@ as ``specadapt bench`` does; unlike the bench, no stop strings: every generation
 
 Protocol (Spec-Bench's): greedy, batch 1, chat template, every method on the same token ids. For each prompt every method runs once, in an
 order rotated per prompt (so slow drift of the machine spreads over the methods);
-the datasets alternate prompt by prompt. Speedup = mean over prompts of
-(method tokens/s / autoregressive tokens/s on that prompt). Tokens are counted the
+the datasets alternate prompt by prompt. Speedup = mean over prompts of the method's
+tokens/s ÷ the same mean for autoregressive on the same prompts (Spec-Bench's
+definition, as in ``specadapt bench``; runs before 2026-12 recorded the mean of
+per-prompt ratios in their summary; ``benchmarks/render_benchmarks.py`` recomputes
+them from the records). Tokens are counted the
 same way for every method: the tokens actually generated (EOS included when a
 generation ends on it), timed with ``time.perf_counter`` around the whole call.
 
@@ -271,13 +274,15 @@ def add_matches(records: list[dict]) -> None:
 
 
 def _mean_ratio(records: list[dict], method: str, baseline: str) -> float | None:
-    by_prompt = {(r["dataset"], r["prompt_index"]): r for r in records if r["method"] == baseline}
-    ratios = []
-    for r in records:
-        base = by_prompt.get((r["dataset"], r["prompt_index"]))
-        if r["method"] == method and base is not None and base["tokens_per_s"] and r["tokens_per_s"] is not None:
-            ratios.append(r["tokens_per_s"] / base["tokens_per_s"])
-    return mean(ratios) if ratios else None
+    """Mean tokens/s of ``method`` / that of ``baseline`` over the prompts both have (the bench's definition)."""
+    mine = {(r["dataset"], r["prompt_index"]): r["tokens_per_s"] for r in records
+            if r["method"] == method and r["tokens_per_s"] is not None}
+    base = {(r["dataset"], r["prompt_index"]): r["tokens_per_s"] for r in records
+            if r["method"] == baseline and r["tokens_per_s"] is not None}
+    common = sorted(set(mine) & set(base))
+    if not common or not sum(base[k] for k in common):
+        return None
+    return mean(mine[k] for k in common) / mean(base[k] for k in common)
 
 
 def summarize(records: list[dict], specs: list[Spec]) -> dict:
@@ -632,7 +637,7 @@ def main(argv=None) -> None:
         "warmup_tokens": args.warmup_tokens,
         "order": "methods rotated by one position per prompt; datasets alternate",
         "hf_assisted": {"num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0},
-        "speedup_definition": "mean over prompts of method tokens/s / baseline tokens/s on the same prompt",
+        "speedup_definition": "mean over prompts of method tokens/s / that mean for the baseline on the same prompts",
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else argv,
     }
     env = environment(decoder)

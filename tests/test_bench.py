@@ -69,7 +69,8 @@ def test_speedup_spread_across_repeats():
     rows += [record("a", "fixed:4", tps=t, repeat=r, drafted=4, accepted=2, rounds=2) for r, t in ((0, 4.0), (1, 6.0))]
     fx = report.summarize(rows, ["autoregressive", "fixed:4"])["datasets"]["d"]["fixed:4"]
     assert fx["speedup"] == pytest.approx(2.5)
-    assert fx["speedup_spread"] == pytest.approx(0.5)  # population std of 2.0 and 3.0
+    assert fx["speedup_spread"] == pytest.approx(2 ** -0.5)  # sample std of 2.0 and 3.0
+    assert fx["speedup_per_repeat"] == [pytest.approx(2.0), pytest.approx(3.0)]
 
 
 def test_report_and_plots_from_stored_results(tmp_path):
@@ -222,6 +223,13 @@ def test_interrupted_run_resumes_without_redoing(tmp_path, prompts_file):
     assert "resuming" in messages[0]
     keys = [(r["example_id"], r["method"]) for r in read_records(out)]
     assert len(set(keys)) == 9
+    # The rotation continues where it stopped: p1's methods start one place on, as in an uninterrupted run.
+    order = {(r["example_id"], r["method"]): r["order"] for r in read_records(out)}
+    assert [order[("p1", m)] for m in ("fixed:3", "heuristic", "autoregressive")] == [0, 1, 2]
+    # p1 was measured partly before and partly after the interruption: the summary and report say so.
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["sessions"]) == 2 and summary["split_across_sessions"] == ["file:p1"]
+    assert "measured in different processes" in (out / "report.md").read_text() and "file:p1" in (out / "report.md").read_text()
     dec.calls = 0
     run_bench(settings_for(prompts_file), out, decoder=dec, progress=False, log=lambda _: None)
     assert dec.calls == 0  # a finished run only rebuilds its summary
@@ -342,3 +350,27 @@ def test_cli_rejects_a_malformed_dataset_cap(tmp_path):
     res = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "run"), "--dataset-max-new-tokens", "mt-bench:128"])
     assert res.exit_code != 0
     assert "DATASET=N pairs" in res.output + str(res.exception) and not (tmp_path / "run").exists()
+
+
+def test_bench_runs_the_test_split_and_records_it(tmp_path, prompts_file):
+    out = tmp_path / "run"
+    settings = settings_for(prompts_file, datasets=["mt-bench"], dataset_files=[], limit=2, methods="fixed:3")
+    assert settings.split == "test"  # the default: what results report
+    summary = run_bench(settings, out, decoder=TinyDecoder(), progress=False, log=lambda _: None)
+    records = read_records(out)
+    assert {(r["example_id"], r["split"], r["index"]) for r in records} == {("mt_bench/88", "test", 56),
+                                                                           ("mt_bench/98", "test", 57)}
+    assert json.loads((out / "settings.json").read_text())["settings"]["split"] == "test"
+    assert summary["split"] == "test" and summary["example_indices"] == {"mt-bench": [56, 57]}
+    assert "Split: `test` (example indices mt-bench: 56–57)" in (out / "report.md").read_text()
+    # A run recorded before splits existed took the first examples of the whole dataset: it does not resume as test.
+    stored = json.loads((out / "settings.json").read_text())
+    del stored["settings"]["split"]
+    (out / "settings.json").write_text(json.dumps(stored))
+    with pytest.raises(SpecAdaptError, match=r"other settings \(split\)"):
+        run_bench(settings, out, decoder=TinyDecoder(), progress=False, log=lambda _: None)
+    assert load_settings(out).split == "all"  # e.g. for replaying it: the examples it did run
+    run_bench(dataclasses.replace(settings, split="all"), out, decoder=TinyDecoder(), progress=False,
+              log=lambda _: None)  # resumes as what it was
+    with pytest.raises(SpecAdaptError, match="unknown split 'dev'"):
+        settings_for(prompts_file, split="dev")

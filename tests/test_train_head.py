@@ -675,11 +675,14 @@ def test_tune_head_on_benchmark_prompts_skips_the_reported_ones(pair_dir, tmp_pa
     from specadapt.heads.tune import benchmark_prompts
 
     messages, stops = benchmark_prompts(["humaneval", "mt-bench"], skip=3, count=5)
-    humaneval, mt_bench = load_dataset("humaneval", 6), load_dataset("mt-bench", 6)
+    humaneval, mt_bench = load_dataset("humaneval", 6, "tune"), load_dataset("mt-bench", 6, "tune")
     # Round-robin over the datasets, each from its 4th example on, as the bench prompts them (stop strings too).
     assert messages == [humaneval[3].messages, mt_bench[3].messages, humaneval[4].messages, mt_bench[4].messages, humaneval[5].messages]
     assert stops == [humaneval[3].stop, (), humaneval[4].stop, (), humaneval[5].stop] and humaneval[3].stop
-    assert "only 77 examples" in error_of(lambda: benchmark_prompts(["mt-bench"], skip=3, count=78))
+    assert "the tune split of mt-bench holds only 29 examples after skipping 3" in error_of(
+        lambda: benchmark_prompts(["mt-bench"], skip=3, count=78))
+    assert "tuning on the test split is refused: tune-head would make choices on the test split" in error_of(
+        lambda: benchmark_prompts(["mt-bench"], skip=0, count=2, split="test"))
     assert "skip must be a whole number >= 0" in error_of(lambda: benchmark_prompts(["mt-bench"], skip=-1, count=2))
 
     from specadapt.api import SpecDecoder

@@ -19,6 +19,7 @@ from .errors import SpecAdaptError
 from .methods import Method, make_method
 from .models import loading, zoo
 from .models.draft_vocab import restrict_vocabulary
+from .text import as_messages, encode_chat
 
 DEFAULT_METHOD = "fixed:4"
 
@@ -78,23 +79,11 @@ class SpecDecoder:
         """Tokenise a prompt; with ``chat`` wrap it as a user turn with the model's chat template.
 
         A list of chat messages (``{"role": ..., "content": ...}``) always goes through the template."""
-        if not isinstance(prompt, str):
-            return self._apply_chat_template(list(prompt))
-        if not prompt.strip():
+        if isinstance(prompt, str) and not prompt.strip():
             raise SpecAdaptError("the prompt is empty; give some text to continue.")
-        if chat:
-            return self._apply_chat_template([{"role": "user", "content": prompt}])
-        return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-
-    def _apply_chat_template(self, messages: list[dict]) -> list[int]:
-        if not messages or not any(str(m.get("content", "")).strip() for m in messages):
-            raise SpecAdaptError("the chat messages are empty; give some text to continue.")
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise SpecAdaptError(f"model {self.names[0]!r} has no chat template; give plain text without --chat.")
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):  # some versions return a BatchEncoding
-            ids = ids["input_ids"]
-        return list(ids)
+        if isinstance(prompt, str) and not chat:
+            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        return encode_chat(self.tokenizer, as_messages(prompt), self.names[0])
 
     @overload
     def generate(self, prompt: str | Sequence[int] | Sequence[dict], **kwargs) -> GenerationResult: ...

@@ -21,12 +21,6 @@ from .heads.config import TrainHeadConfig
 from .heads.tune import TuneSettings
 
 # The sampling options' help, for the settings dataclasses that take them from RequestConfig.
-SAMPLING_HELP = {
-    "temperature": "0 = greedy.",
-    "top_p": "Nucleus sampling mass in (0, 1].",
-    "top_k": "Keep only the k most likely tokens (0 = off).",
-}
-
 app = typer.Typer(
     help="Adaptive speculative decoding for Hugging Face language models.",
     no_args_is_help=True,
@@ -81,8 +75,7 @@ def methods() -> None:
 
 
 @app.command()
-@with_settings(RequestConfig, help={**SAMPLING_HELP, "max_new_tokens": "Exact maximum number of generated tokens.",
-                                       "seed": "Random seed for sampling."})
+@with_settings(RequestConfig)
 def generate(
     prompt: str = typer.Argument(..., help="The prompt text."),
     *,
@@ -291,7 +284,7 @@ def distill_command(
 
 
 @app.command("eval-draft")
-@with_settings(EvalSettings, help={**SAMPLING_HELP, "max_new_tokens": "Tokens generated per prompt."})
+@with_settings(EvalSettings, help={"max_new_tokens": "Tokens generated per prompt."})
 def eval_draft_command(
     *,
     target: str = typer.Option(..., help="Target model: built-in name, folder, .gguf file or Hub id."),

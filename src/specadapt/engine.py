@@ -50,11 +50,11 @@ MAX_SEED = 2**63 - 2**20  # request i of a batch uses seed + i: leave room below
 class RequestConfig:
     """What one request asks for: its length limit, sampling parameters and stop conditions."""
 
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None  # None: a random seed (recorded in the result)
+    max_new_tokens: int = field(default=128, metadata={"help": "Exact maximum number of generated tokens."})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy."})
+    top_k: int = field(default=0, metadata={"help": "Keep only the k most likely tokens (0 = off)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass in (0, 1]."})
+    seed: int | None = field(default=None, metadata={"help": "Random seed for sampling (default: a random one, recorded)."})
     stop_strings: Sequence[str] = ()
     eos_token_ids: Sequence[int] | None = None  # None: the model's own
 

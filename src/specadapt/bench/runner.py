@@ -24,6 +24,14 @@ alone makes it < 1) also get ``target_agreement``: the fraction of generated tok
 equal to the target's argmax after the same prefix, from one teacher-forced target
 pass (not timed).
 
+Splits: built-in datasets are read from their ``test`` split by default
+(``split``; :mod:`specadapt.bench.splits`), and every record carries the
+example's ``split`` and ``index`` in its dataset, and the ``session`` (one id per
+process) that measured it, so a report can show which prompts a resumed run
+measured partly in one process and partly in another. The method order of an
+example is rotated by its position in the run, so a resumed run keeps the
+rotation an uninterrupted one would have had.
+
 An interrupted run (Ctrl-C) still writes summary.json, report.md and plots from the
 generations finished so far, marked partial; the same command resumes it.
 """
@@ -32,9 +40,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 import time
+import uuid
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable
@@ -43,6 +53,7 @@ from ..errors import SpecAdaptError
 from ..io import read_json, read_jsonl_tolerant, write_json_atomic
 from ..models import zoo
 from .datasets import DATASET_NAMES, Example, load_dataset, load_dataset_file
+from .splits import ALL, check_split
 from .report import BASELINE, summarize, write_report
 from .scoring import score_example
 
@@ -113,9 +124,13 @@ class BenchSettings:
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
     exec_timeout_s: float = field(default=10.0, metadata={
         "help": "Seconds allowed to run one HumanEval solution.", "flag": "--exec-timeout"})
+    split: str = field(default="test", metadata={
+        "help": "Split of the built-in datasets: test (the default, what results report), tune, train, or all "
+                "(every example, as runs before splits did); --dataset-file prompts are used whole."})
 
     def __post_init__(self) -> None:
         self.methods = parse_methods(self.methods)
+        check_split(self.split)
         unknown = [d for d in self.datasets if d not in DATASET_NAMES]
         if unknown:
             raise SpecAdaptError(f"unknown dataset {unknown[0]!r}; known: {', '.join(DATASET_NAMES)} (or --dataset-file).")
@@ -137,8 +152,8 @@ class BenchSettings:
                 raise SpecAdaptError(f"the max-new-tokens cap for {name} must be an integer >= 1, got {value!r}.")
         if self.threads is not None and self.threads < 1:
             raise SpecAdaptError(f"threads must be >= 1, got {self.threads}.")
-        if self.exec_timeout_s <= 0:
-            raise SpecAdaptError(f"exec timeout must be > 0 seconds, got {self.exec_timeout_s}.")
+        if not math.isfinite(self.exec_timeout_s) or self.exec_timeout_s <= 0:
+            raise SpecAdaptError(f"exec timeout must be a finite number of seconds > 0, got {self.exec_timeout_s}.")
         from ..engine import RequestConfig
 
         RequestConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p)  # validates sampling
@@ -176,6 +191,9 @@ def parse_methods(methods: str | Iterable[str]) -> list[str]:
 
 # Settings a resumed run may change: which examples it covers, not how each is measured.
 RESUMABLE_CHANGES = ("limit",)
+# What a setting meant in runs recorded before it existed, where that differs from today's default:
+# those runs took the first examples of the whole dataset.
+LEGACY_DEFAULTS = {"split": ALL}
 
 
 def _relative_to(out: Path, path: str | Path) -> str:
@@ -198,6 +216,8 @@ def load_settings(out: Path) -> BenchSettings:
     """The settings of the run in ``out``, its dataset files found relative to ``out``."""
     stored = json.loads((Path(out) / SETTINGS_FILE).read_text(encoding="utf-8"))["settings"]
     stored["dataset_files"] = [str(Path(out) / f) for f in stored.get("dataset_files", [])]
+    for name, value in LEGACY_DEFAULTS.items():  # a run recorded before the setting existed
+        stored.setdefault(name, value)
     return BenchSettings(**stored)
 
 
@@ -233,6 +253,7 @@ def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[
         stored["dataset_files"] = [_relative_to(out, out / f) for f in stored.get("dataset_files", [])]
         defaults = {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(BenchSettings)
                     if f.default is not MISSING or f.default_factory is not MISSING}
+        defaults.update(LEGACY_DEFAULTS)
         # A setting newer than the stored run counts as its default there, so such runs still resume.
         differ = [k for k, v in recorded_settings(settings, out).items()
                   if k not in RESUMABLE_CHANGES and stored.get(k, defaults.get(k)) != v]
@@ -297,7 +318,7 @@ def environment(decoder) -> dict:
 
 def load_examples(settings: BenchSettings) -> list[Example]:
     """All examples, datasets interleaved example by example (drift spreads over datasets)."""
-    groups = [load_dataset(d, settings.limit, gsm8k_shots=settings.gsm8k_shots) for d in settings.datasets]
+    groups = [load_dataset(d, settings.limit, settings.split, gsm8k_shots=settings.gsm8k_shots) for d in settings.datasets]
     groups += [load_dataset_file(f, settings.limit) for f in settings.dataset_files]
     examples = []
     for i in range(max((len(g) for g in groups), default=0)):
@@ -336,8 +357,11 @@ def run_bench(
     from ..methods import make_method
 
     started = time.perf_counter()
+    # One id per call (time, process, random part): a resume in the same process is still another session.
+    session = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     out = Path(out)
     examples = load_examples(settings)
+    position = {(e.dataset, e.id): i for i, e in enumerate(examples)}
     wanted = {(e.dataset, e.id) for e in examples}
     # Records of examples beyond a reduced --limit stay on disk (a larger limit uses them again).
     done_records = [r for r in prepare_output(out, settings, overwrite) if (r["dataset"], r["example_id"]) in wanted]
@@ -382,6 +406,9 @@ def run_bench(
 
     def finish(complete: bool) -> dict:
         summary = summarize(done_records, settings.methods, described)
+        summary["split"] = settings.split
+        summary["example_indices"] = {d: [e.index for e in examples if e.dataset == d and e.index is not None]
+                                      for d in settings.datasets}
         expected = len(examples) * settings.repeats * len(settings.methods)
         summary["progress"] = {"complete": complete, "generations": len(done_records), "expected": expected}
         write_json_atomic(out / SUMMARY_FILE, summary, indent=1)
@@ -393,11 +420,12 @@ def run_bench(
     bar = tqdm(total=total, desc="bench", unit="gen", disable=not progress)
     try:
         with open(out / RECORDS_FILE, "a", encoding="utf-8") as sink:
-            for n, (example, repeat) in enumerate(todo):
+            for example, repeat in todo:
                 ids = encoded[(example.dataset, example.id)]
-                shift = n % len(settings.methods)
+                # By the example's place in the whole run, not in what is left: a resume keeps the rotation.
+                shift = (position[(example.dataset, example.id)] * settings.repeats + repeat) % len(settings.methods)
                 order = settings.methods[shift:] + settings.methods[:shift]
-                for position, label in enumerate(order):
+                for place, label in enumerate(order):
                     if record_key(example.dataset, example.id, label, repeat) in done:
                         continue
                     if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
@@ -408,7 +436,8 @@ def run_bench(
                     key = (example.dataset, example.id, result.text)
                     if key not in score_cache:  # lossless methods often repeat the same text
                         score_cache[key] = score_example(example, result.text, timeout_s=settings.exec_timeout_s)
-                    record = make_record(example, label, repeat, position, ids, result, wall, score_cache[key])
+                    record = make_record(example, label, repeat, place, ids, result, wall, score_cache[key])
+                    record["session"] = session
                     if not result.lossless or label == BASELINE:
                         record["target_agreement"] = target_agreement(decoder.target, ids, result.token_ids)
                     sink.write(json.dumps(record) + "\n")
@@ -454,6 +483,8 @@ def make_record(example: Example, method: str, repeat: int, order: int, ids: lis
     return {
         "dataset": example.dataset,
         "example_id": example.id,
+        "split": example.split,
+        "index": example.index,
         "category": example.category,
         "task": example.task,
         "method": method,

@@ -187,7 +187,7 @@ def load_eval_prompts(tokenizer: PreTrainedTokenizerBase, spec: str, limit: int 
         raise SpecAdaptError(f"--num-prompts must be >= 1, got {limit}.")
     key = spec.strip().lower().replace("_", "-")
     if key in EVAL_SOURCES:
-        examples = datasets.load_dataset(key, limit)
+        examples = datasets.load_dataset(key, limit, "test")  # what eval-draft reports: never used for choices
     elif Path(spec).expanduser().is_file():
         examples = datasets.load_dataset_file(Path(spec).expanduser(), limit)
     else:

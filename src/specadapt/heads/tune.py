@@ -110,7 +110,9 @@ class TuneSettings:
         "help": "Instead: comma-separated built-in bench datasets (e.g. humaneval,mt-bench), prompted as `specadapt bench` "
                 "prompts them, taken round-robin after --skip."})
     skip: int = field(default=0, metadata={
-        "help": "With --datasets: leave out the first N examples of each (those `specadapt bench --limit N` reports)."})
+        "help": "With --datasets: leave out the first N examples of each split."})
+    split: str = field(default="tune", metadata={
+        "help": "With --datasets: the split to tune on (tune or train; the test split is refused: the bench reports it)."})
     num_prompts: int = field(default=5, metadata={"help": "Prompts to measure with."})
     thresholds: tuple[float, ...] = field(default=(0.3, 0.5, 0.7, 0.9), metadata={
         "help": "Comma-separated thresholds h to try."})
@@ -155,18 +157,23 @@ def dev_prompts_of(head_dir: Path) -> list[list[int]]:
     return [r["prompt_ids"] for r in read_prompts(prompts) if r.get("split") == "dev"]
 
 
-def benchmark_prompts(datasets: Sequence[str], skip: int, count: int) -> tuple[list[list[dict]], list[tuple[str, ...]]]:
-    """``count`` examples of the built-in benchmark ``datasets`` after the first ``skip`` of each, round-robin:
-    their chat messages and stop strings, as `specadapt bench` uses them."""
+def benchmark_prompts(
+    datasets: Sequence[str], skip: int, count: int, split: str = "tune"
+) -> tuple[list[list[dict]], list[tuple[str, ...]]]:
+    """``count`` examples of the ``split`` of built-in benchmark ``datasets`` after the first ``skip`` of each,
+    round-robin: their chat messages and stop strings, as `specadapt bench` uses them. The test split is refused."""
     from ..bench.datasets import load_dataset
+    from ..bench.splits import refuse_test_split
 
+    refuse_test_split(split, "tune-head")
     if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
         raise SpecAdaptError(f"skip must be a whole number >= 0, got {skip!r}.")
     per = -(-count // len(datasets))
-    columns = [load_dataset(name, skip + per)[skip:] for name in datasets]
+    columns = [load_dataset(name, skip + per, split)[skip:] for name in datasets]
     examples = [e for row in itertools.zip_longest(*columns) for e in row if e is not None][:count]
     if len(examples) < count:
-        raise SpecAdaptError(f"{', '.join(datasets)} hold only {len(examples)} examples after skipping {skip} of each; "
+        raise SpecAdaptError(f"the {split} split of {', '.join(datasets)} holds only {len(examples)} examples after "
+                             f"skipping {skip} of each; "
                              "lower --skip or --num-prompts.")
     return [e.messages for e in examples], [tuple(e.stop) for e in examples]
 
@@ -255,7 +262,7 @@ def tune_head(
     if s.datasets:
         if prompts is not None or s.prompts_file is not None:
             raise SpecAdaptError("give dev prompts one way: datasets, or a prompts file, or prompts; not several.")
-        prompts, stops = benchmark_prompts(s.datasets, s.skip, s.num_prompts)
+        prompts, stops = benchmark_prompts(s.datasets, s.skip, s.num_prompts, s.split)
     if prompts is None and s.prompts_file is not None:
         from ..sources import read_jsonl_prompts
 

@@ -1,0 +1,432 @@
+"""Regenerate the tables of BENCHMARKS.md from the committed records, or check that they match.
+
+    python benchmarks/render_benchmarks.py            # rewrite every generated block in BENCHMARKS.md
+    python benchmarks/render_benchmarks.py --check    # exit 1 (listing the blocks) when a block differs
+
+A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``;
+:data:`BLOCKS` maps each NAME to the function that writes it, reading only files committed under
+``benchmarks/results/`` (``records.jsonl`` + ``settings.json`` of ``specadapt bench`` runs, and
+``engine_speed.json``). Every number comes from the same code as ``specadapt bench``'s own report
+(:mod:`specadapt.bench.report`): one speedup definition, mean per-example tokens/s of a method ÷
+that of target-only over the same examples (Spec-Bench's), and one verdict rule
+(:data:`~specadapt.bench.report.VERDICT_RULE`). Text outside the blocks is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
+
+from specadapt.bench import report  # noqa: E402
+from specadapt.bench.report import BASELINE, FIXED_K, gain_cell, speedup_ratio  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "BENCHMARKS.md"
+BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
+DATASET_TITLES = {"humaneval": "HumanEval", "gsm8k": "GSM8K", "mt-bench": "MT-Bench", "mtbench": "MT-Bench",
+                  "spec-bench": "Spec-Bench"}
+
+
+# ----------------------------------------------------------------------------
+# reading the committed records
+# ----------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def bench_run(name: str) -> tuple[dict, list[dict], dict]:
+    """(settings.json, records, summary recomputed from the records) of a ``specadapt bench`` run."""
+    folder = RESULTS / name
+    run = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    records = [json.loads(line) for line in (folder / "records.jsonl").read_text(encoding="utf-8").splitlines()
+               if line.strip()]
+    summary = report.summarize(records, run["settings"]["methods"], run.get("methods"), text_agreement=False)
+    return run, records, summary
+
+
+@lru_cache(maxsize=None)
+def engine_run(name: str = "engine_speed.json") -> tuple[dict, list[dict], dict]:
+    """The same for an ``engine_speed.py`` result, its records renamed to the bench's fields."""
+    data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+    records = []
+    for r in data["records"]:
+        row = {"text": r["token_ids"], **r, "example_id": r["prompt_id"], "repeat": 0}  # tokens stand in for text
+        row.setdefault("position_reached", [])
+        row.setdefault("position_accepted", [])
+        records.append(row)
+    ours = [r for r in records if r["kind"] == "ours"]  # HF's records carry no round counts
+    summary = report.summarize(ours, [m for m in data["settings"]["methods"] if not m.startswith("hf-")],
+                               text_agreement=False)
+    return data, records, summary
+
+
+@lru_cache(maxsize=None)
+def dataset_order(dataset: str) -> dict[str, int]:
+    """Example id -> index in the dataset's full fixed order (the order splits are ranges of)."""
+    from specadapt.bench.datasets import load_dataset
+
+    return {e.id: e.index for e in load_dataset(dataset, split="all")}
+
+
+def describe_examples(dataset: str, ids: set[str]) -> str:
+    """'16 examples, indices 0–15 (tune split)'."""
+    from specadapt.bench.splits import SPLITS, split_range
+
+    name = "mt-bench" if dataset == "mtbench" else dataset
+    order = dataset_order(name)
+    indices = sorted(order[i] for i in ids)
+    splits = [s for s in SPLITS if any(i in split_range(name, s) for i in indices)]
+    return f"{len(indices)} examples, indices {report._ranges(indices)} ({' + '.join(splits)} split)"
+
+
+# ----------------------------------------------------------------------------
+# formatting
+# ----------------------------------------------------------------------------
+
+
+def pct(x: float | None, spec: str = ".1%") -> str:
+    return "–" if x is None else f"{x:{spec}}"
+
+
+def num(x: float | None, spec: str = ".2f") -> str:
+    return "–" if x is None else f"{x:{spec}}"
+
+
+def speedup(e: dict) -> str:
+    return report.speedup_cell(e)
+
+
+def vs_best(comparisons: dict, table: dict, method: str) -> str:
+    if method == BASELINE:
+        return "–"
+    best = report.best_fixed_k(table)
+    if method == best:
+        return "best fixed K"
+    c = comparisons.get(method, {}).get("vs_best_fixed_k")
+    return f"{gain_cell(c)} vs `{c['reference']}`" if c else "–"
+
+
+def run_table(name: str) -> str:
+    """One table per dataset of a bench run: speedup, gain over the best fixed K, acceptance, lengths, accuracy."""
+    run, records, summary = bench_run(name)
+    settings = run["settings"]
+    lines = []
+    for ds, table in summary["datasets"].items():
+        ids = {r["example_id"] for r in records if r["dataset"] == ds}
+        cap = (settings.get("dataset_max_new_tokens") or {}).get(ds, settings["max_new_tokens"])
+        lines += [f"**{DATASET_TITLES.get(ds, ds)}** ({describe_examples(ds, ids)}; at most {cap} new tokens; "
+                  f"{settings['repeats']} repeat(s)); `benchmarks/results/{name}/`", "",
+                  "| method | tok/s | speedup | vs best fixed K | acceptance | mean accepted length | mean draft length | accuracy (Δ pts) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        comparisons = summary["comparisons"][ds]
+        for m, e in table.items():
+            agreement = f", token agreement {e['target_agreement']:.1%}" if e.get("target_agreement") is not None else ""
+            lossy = "" if e["lossless"] else f" (**lossy**{agreement})"
+            lines.append(
+                f"| `{m}`{lossy} | {num(e['tokens_per_s'])} | {speedup(e)} | {vs_best(comparisons, table, m)} | "
+                f"{pct(e['acceptance_rate'])} | {num(e['mean_accepted_length'])} | {num(e['mean_draft_length'])} | "
+                f"{report.accuracy_cell(e)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def runs_table(*names: str) -> Callable[[], str]:
+    return lambda: "\n".join(run_table(n) for n in names).rstrip("\n") + "\n\n" + VERDICT_NOTE
+
+
+VERDICT_NOTE = (
+    f"Verdict rule: {report.VERDICT_RULE} These runs have one repeat each, so no verdict is possible from a run "
+    "alone; the spread of the same fixed K over runs on the same prompts (section \"Run-to-run noise\") is the "
+    "only noise estimate the records give.\n"
+)
+
+
+# ----------------------------------------------------------------------------
+# blocks
+# ----------------------------------------------------------------------------
+
+
+def engine_table(dataset: str) -> Callable[[], str]:
+    def render() -> str:
+        data, records, summary = engine_run()
+        rows = [r for r in records if r["dataset"] == dataset]
+        base = [r for r in rows if r["method"] == BASELINE]
+        table = summary["datasets"][dataset]
+        ids = {r["example_id"] for r in rows}
+        lines = [f"**{DATASET_TITLES[dataset]}** ({describe_examples(dataset, ids)}; "
+                 f"{data['settings']['max_new_tokens']} new tokens, no stop strings, 1 repeat)", "",
+                 "| method | tok/s | speedup | × HF assisted, same K | acceptance | mean accepted length | mean draft length | draft / target time |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for m in data["settings"]["methods"]:
+            mine = [r for r in rows if r["method"] == m]
+            tps = mean(r["tokens_per_s"] for r in mine)
+            sp = speedup_ratio(mine, base)
+            k = re.match(r"^fixed:(\d+)(@v\d+)?$", m)  # a restricted draft vocabulary is still that K
+            hf = [r for r in rows if k and r["method"] == f"hf-assisted:{k.group(1)}"]
+            same_k = f"{speedup_ratio(mine, hf):.2f}×" if hf else "–"
+            if m.startswith("hf-"):
+                lines.append(f"| {m} | {tps:.2f} | {sp:.2f}× | – | – | – | – | – |")
+                continue
+            e = table[m]
+            total = sum(r["total_time_s"] for r in mine)
+            shares = (f"{sum(r['draft_time_s'] for r in mine) / total:.0%} / "
+                      f"{sum(r['target_time_s'] for r in mine) / total:.0%}")
+            label = "autoregressive (target only)" if m == BASELINE else m
+            lines.append(f"| {label} | {tps:.2f} | {sp:.2f}× | {same_k} | {pct(e['acceptance_rate'], '.0%')} | "
+                         f"{num(e['mean_accepted_length'])} | {num(e['mean_draft_length'])} | {shares} |")
+        return "\n".join(lines) + "\n"
+    return render
+
+
+DRAFT_COST = 0.33  # measured draft/target forward cost ratio of the default pair on this CPU (BENCHMARKS.md)
+
+
+def lossless(method: str, temperature: float) -> bool:
+    from specadapt.engine import RequestConfig
+    from specadapt.methods import make_method
+
+    return make_method(method).describe(RequestConfig(16, temperature, 0, 1.0).sampling)["lossless"]
+
+
+def call_count_speedup(rows: list[dict]) -> float | None:
+    """Tokens per unit of forward-pass cost, target-only = 1: tokens / (target calls + c · draft calls), pooled.
+    Free of timing noise; it assumes a target call costs the same for any number of tokens."""
+    tokens, rounds, drafted = (sum(r[k] for r in rows) for k in ("tokens", "rounds", "drafted"))
+    return tokens / (rounds + DRAFT_COST * drafted) if rounds else None
+
+
+def engine_methods_table(name: str, call_count: bool) -> Callable[[], str]:
+    """An engine_speed.py run of our methods on HumanEval + MT-Bench: one row per method, the datasets side by side."""
+    def render() -> str:
+        data, records, summary = engine_run(name)
+        temperature = data["settings"].get("temperature", 0.0)
+        datasets = list(dict.fromkeys(r["dataset"] for r in records))
+        titles = " / ".join({"humaneval": "HE", "mtbench": "MT"}.get(d, d) for d in datasets)
+        head = "measured / call-count" if call_count else "measured"
+        lines = [", ".join(f"{DATASET_TITLES[d]}: {describe_examples(d, {r['example_id'] for r in records if r['dataset'] == d})}"
+                           for d in datasets) + "; target-only " + " / ".join(
+                     f"{summary['datasets'][d][BASELINE]['tokens_per_s']:.2f}" for d in datasets) + " tok/s.", "",
+                 "| method | lossless | " + " | ".join(f"{DATASET_TITLES[d]} speedup, {head}" for d in datasets)
+                 + f" | acceptance {titles} | mean accepted length {titles} | mean draft length {titles} | "
+                   f"target agreement {titles} |",
+                 "|---|---|" + "---|" * (len(datasets) + 4)]
+        for m in data["settings"]["methods"]:
+            cells = []
+            for d in datasets:
+                rows = [r for r in records if r["dataset"] == d]
+                mine = [r for r in rows if r["method"] == m]
+                sp = speedup_ratio(mine, [r for r in rows if r["method"] == BASELINE])
+                cell = f"{sp:.2f}×"
+                if call_count:
+                    cell += f" / {call_count_speedup(mine):.2f}×"
+                cells.append(cell)
+            es = [summary["datasets"][d][m] for d in datasets]
+            agreement = " / ".join(pct(e.get("target_agreement")) for e in es)
+            lines.append(
+                f"| `{m}` | {'yes' if lossless(m, temperature) else '**no (lossy)**'} | " + " | ".join(cells)
+                + " | " + " / ".join(pct(e["acceptance_rate"], ".0%") for e in es)
+                + " | " + " / ".join(num(e["mean_accepted_length"]) for e in es)
+                + " | " + " / ".join(num(e["mean_draft_length"]) for e in es)
+                + f" | {agreement if agreement.strip('– /') else '–'} |")
+        return "\n".join(lines) + "\n"
+    return render
+
+
+def engine_equality() -> str:
+    """Which outputs were token-identical: our fixed K against HF assisted generation with the same K, and
+    every method against target-only."""
+    data, records, _ = engine_run()
+    tokens = {(r["dataset"], r["example_id"], r["method"]): json.loads(r["token_ids"]) if isinstance(r["token_ids"], str)
+              else r["token_ids"] for r in records}
+    pairs, differ = 0, []
+    for (ds, ex, m), ids in sorted(tokens.items()):
+        k = re.match(r"^fixed:(\d+)$", m)
+        other = tokens.get((ds, ex, f"hf-assisted:{k.group(1)}")) if k else None
+        if other is None:
+            continue
+        pairs += 1
+        if ids != other:
+            first = next((i for i, (a, b) in enumerate(zip(ids, other)) if a != b), min(len(ids), len(other)))
+            differ.append(f"`{m}` on {ex} from token {first}")
+    same = pairs - len(differ)
+    lines = [f"- Same-K pairs (`fixed:K` and `hf-assisted:K` on the same prompt): {same} of {pairs} produced "
+             f"identical tokens" + (f"; the others differ: {', '.join(differ)}." if differ else ".")]
+    for ds in dict.fromkeys(r["dataset"] for r in records):
+        cells = []
+        for m in data["settings"]["methods"]:
+            if m == BASELINE:
+                continue
+            ex = [e for (d, e, mm) in tokens if d == ds and mm == m]
+            hits = sum(tokens[(ds, e, m)] == tokens.get((ds, e, BASELINE)) for e in ex)
+            cells.append(f"`{m}` {hits}/{len(ex)}")
+        lines.append(f"- Identical to target-only's tokens, {DATASET_TITLES[ds]}: {', '.join(cells)}.")
+    return "\n".join(lines) + "\n"
+
+
+def results_run_count() -> str:
+    run, records, _ = bench_run("bench_qwen_greedy")
+    keys = {(r["dataset"], r["example_id"], r["method"], r["repeat"]) for r in records}
+    per = {ds: len({r["example_id"] for r in records if r["dataset"] == ds}) for ds in dict.fromkeys(r["dataset"] for r in records)}
+    return (f"`records.jsonl` holds {len(records)} generations ({len(keys)} distinct): "
+            + ", ".join(f"{n} {DATASET_TITLES[d]} examples" for d, n in per.items())
+            + f" × {len(run['settings']['methods'])} methods × {run['settings']['repeats']} repeat, nothing beyond "
+            "the 16 per dataset reported.\n")
+
+
+# Fixed-K runs that repeat byte-identical work on the same prompts: their spread is the run-to-run noise.
+NOISE_RUNS = ("bench_qwen_greedy", "features_head_check", "h01_check_humaneval", "h01_check_mtbench",
+              "mink1_check_humaneval", "mink1_check_mtbench", "valtuned_check_humaneval", "valtuned_check_mtbench",
+              "maxk_check_humaneval", "maxk_check_mtbench")
+
+
+def noise_groups() -> dict[tuple, list[tuple[str, float, float]]]:
+    """(dataset, method, example ids, token cap, temperature) -> [(run, speedup, tok/s)] for fixed K and
+    target-only measured in more than one run."""
+    groups: dict[tuple, list[tuple[str, float, float]]] = {}
+    for name in NOISE_RUNS:
+        run, records, summary = bench_run(name)
+        settings = run["settings"]
+        for ds, table in summary["datasets"].items():
+            ids = tuple(sorted({r["example_id"] for r in records if r["dataset"] == ds}))
+            cap = (settings.get("dataset_max_new_tokens") or {}).get(ds, settings["max_new_tokens"])
+            for m, e in table.items():
+                if (FIXED_K.match(m) or m == BASELINE) and e["speedup"] is not None:
+                    key = (ds, m, ids, cap, settings["temperature"])
+                    groups.setdefault(key, []).append((name, e["speedup"], e["tokens_per_s"]))
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def noise_summary() -> str:
+    """The largest run-to-run move of one fixed K's speedup, per dataset."""
+    worst: dict[str, float] = {}
+    for (ds, m, *_), runs in noise_groups().items():
+        if m != BASELINE:
+            values = [sp for _, sp, _ in runs]
+            worst[ds] = max(worst.get(ds, 0.0), max(values) / min(values) - 1)
+    return ("Across runs, the same fixed K on the same 16 prompts (byte-identical work) moved its speedup by up "
+            "to " + " and ".join(f"{v:.1%} ({DATASET_TITLES[d]})" for d, v in worst.items()) + ".\n")
+
+
+def run_to_run_noise() -> str:
+    """The same fixed K on the same prompts, measured in several runs (same settings, one repeat each)."""
+    groups = noise_groups()
+    lines = ["| dataset | method | runs | per run | min – max | spread (sample sd / mean) |",
+             "|---|---|---|---|---|---|"]
+    order = sorted(groups,
+                   key=lambda k: (k[0], k[1] != BASELINE, int(k[1].split(":")[1]) if ":" in k[1] else 0))
+    for ds, m, ids, cap, _ in order:
+        runs = groups[(ds, m, ids, cap, _)]
+        if m == BASELINE:
+            values = [tps for _, _, tps in runs]
+            cells = ", ".join(f"{v:.2f}" for v in values)
+            lines.append(f"| {DATASET_TITLES[ds]} ({len(ids)}) | target-only, tok/s | {len(runs)} | {cells} | "
+                         f"{min(values):.2f} – {max(values):.2f} (+{max(values) / min(values) - 1:.1%}) | "
+                         f"{stdev(values) / mean(values):.1%} |")
+            continue
+        values = [s for _, s, _ in runs]
+        cells = ", ".join(f"{v:.2f}×" for v in values)
+        lines.append(f"| {DATASET_TITLES[ds]} ({len(ids)}) | `{m}` | {len(runs)} | {cells} | "
+                     f"{min(values):.2f}× – {max(values):.2f}× (+{max(values) / min(values) - 1:.1%}) | "
+                     f"{stdev(values) / mean(values):.1%} |")
+    lines += ["", "Runs: " + ", ".join(f"`{n}`" for n in NOISE_RUNS) + " (in that order where present)."]
+    return "\n".join(lines) + "\n"
+
+
+BENCH_RUNS = ("bench_qwen_greedy", "adaptive_greedy_bench", "specdecpp_t07_bench", "mtbench_small_k", "nolag_head_check",
+              "features_head_check", "h01_check_humaneval", "h01_check_mtbench", "mink1_check_humaneval",
+              "mink1_check_mtbench", "valtuned_check_humaneval", "valtuned_check_mtbench", "maxk_check_humaneval",
+              "maxk_check_mtbench")
+
+
+def resumed_runs() -> str:
+    """Which committed runs a resume split, and which examples' methods it measured in different processes."""
+    lines = ["| run | generations | examples whose methods ran in different processes |", "|---|---|---|"]
+    for name in BENCH_RUNS:
+        _, records, summary = bench_run(name)
+        split = summary["split_across_sessions"]
+        how = ""
+        if split is None:  # recorded before session ids: inferred from the rotation restarting
+            split, how = report.inferred_split_examples(records), " (inferred from the method order)"
+        cells = ", ".join(split) if split else "none seen"
+        lines.append(f"| `{name}` | {len(records)} | {cells}{how if split else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "resumed-runs": resumed_runs,
+    "engine-humaneval": engine_table("humaneval"),
+    "engine-mtbench": engine_table("mtbench"),
+    "engine-equality": engine_equality,
+    "adaptive-greedy-noisy": engine_methods_table("adaptive_greedy.json", call_count=True),
+    "adaptive-t07": engine_methods_table("adaptive_t07.json", call_count=True),
+    "adaptive-greedy-prelim": engine_methods_table("adaptive_greedy_prelim.json", call_count=False),
+    "results-run": runs_table("bench_qwen_greedy"),
+    "results-run-count": results_run_count,
+    "valtuned-check": runs_table("valtuned_check_humaneval", "valtuned_check_mtbench"),
+    "maxk-check": runs_table("maxk_check_humaneval", "maxk_check_mtbench"),
+    "h01-check": runs_table("h01_check_humaneval", "h01_check_mtbench"),
+    "mink1-check": runs_table("mink1_check_humaneval", "mink1_check_mtbench"),
+    "features-head-check": runs_table("features_head_check"),
+    "mtbench-small-k": runs_table("mtbench_small_k"),
+    "adaptive-greedy-bench": runs_table("adaptive_greedy_bench"),
+    "specdecpp-t07": runs_table("specdecpp_t07_bench"),
+    "run-to-run-noise": run_to_run_noise,
+    "noise-summary": noise_summary,
+}
+
+
+# ----------------------------------------------------------------------------
+# rewriting and checking the document
+# ----------------------------------------------------------------------------
+
+
+def render(text: str) -> tuple[str, list[str]]:
+    """``text`` with every generated block rewritten, and the names of the blocks that changed."""
+    changed: list[str] = []
+
+    def fill(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in BLOCKS:
+            raise SystemExit(f"BENCHMARKS.md has a generated block {name!r} that this script does not know; "
+                             f"known: {', '.join(BLOCKS)}.")
+        body = BLOCKS[name]()
+        if body != match.group("body"):
+            changed.append(name)
+        return match.group(1) + body + match.group(4)
+
+    return BLOCK.sub(fill, text), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block differs")
+    parser.add_argument("--file", type=Path, default=DOC, help="the document (default: BENCHMARKS.md)")
+    args = parser.parse_args(argv)
+    text = args.file.read_text(encoding="utf-8")
+    new, changed = render(text)
+    missing = [n for n in BLOCKS if f"<!-- generated:{n} -->" not in text]
+    if args.check:
+        if changed or missing:
+            print(f"{args.file}: generated blocks differ from the records: {', '.join(changed) or '-'}"
+                  + (f"; missing blocks: {', '.join(missing)}" if missing else "")
+                  + ". Run python benchmarks/render_benchmarks.py.", file=sys.stderr)
+            return 1
+        print(f"{args.file}: {len(BLOCKS)} generated blocks match the committed records.")
+        return 0
+    if new != text:
+        args.file.write_text(new, encoding="utf-8")
+    print(f"{args.file}: rewrote {len(changed)} of {len(BLOCKS)} blocks" + (f" ({', '.join(changed)})" if changed else "")
+          + (f"; not in the document: {', '.join(missing)}" if missing else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
