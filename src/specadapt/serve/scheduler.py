@@ -209,6 +209,8 @@ class Scheduler:
                 self._publish_load()
             if self._running:
                 self._round()
+            elif self.batch.active:  # only cancelled rows left: this drops them and frees their caches now
+                self.batch.step()
         with self._cond:
             self._fail_all(503, "the server is shutting down.", waiting=True)
 
