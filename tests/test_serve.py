@@ -313,6 +313,22 @@ def test_bad_requests_get_openai_errors_and_do_not_disturb_others(server, decode
     assert_usage_matches(good["usage"], result)
 
 
+def test_chat_without_a_chat_template_is_refused(decoder):
+    import copy
+
+    from fastapi.testclient import TestClient
+
+    plain = copy.copy(decoder)
+    plain.tokenizer = copy.deepcopy(decoder.tokenizer)
+    plain.tokenizer.chat_template = None
+    # Validation happens before the worker is involved, so the app need not be started (no lifespan).
+    response = TestClient(create_app(plain, ServeSettings(model_name=NAME, method=METHOD))).post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "w1"}]})
+    assert response.status_code == 400 and response.json()["error"] == {
+        "message": "model 'tiny' has no chat template; send plain text to /v1/completions instead.",
+        "type": "invalid_request_error", "param": "messages", "code": "no_chat_template"}
+
+
 def scrape(http: httpx.Client, url: str) -> dict:
     """/metrics as {(sample name, label values other than model_name): value}."""
     text = http.get(url + "/metrics").text

@@ -8,6 +8,8 @@ is answered with an OpenAI-style error before it reaches the worker, so it canno
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import json
 import time
 from contextlib import asynccontextmanager
@@ -114,6 +116,12 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
                           spec_max_batch=settings.spec_max_batch, metrics=metrics)
     context = context_window(decoder)
     vocab = decoder.target.get_input_embeddings().num_embeddings
+    # Handlers tokenise on the event loop while the worker decodes (stop strings, results) on its thread. A Rust
+    # tokenizer raises "Already borrowed" when one thread changes its settings (as encoding does) while another
+    # uses it, so the handlers get their own copy.
+    decoder = copy.copy(decoder)
+    with contextlib.suppress(Exception):
+        decoder.tokenizer = copy.deepcopy(decoder.tokenizer)
     tokenizer = decoder.tokenizer
     started = int(time.time())
 
@@ -226,6 +234,9 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
             messages.append({"role": m.role, "content": content})
         if not messages:
             raise APIError(400, "messages is empty; give at least one message.", param="messages", code="empty_prompt")
+        if not getattr(tokenizer, "chat_template", None):
+            raise APIError(400, f"model '{name}' has no chat template; send plain text to /v1/completions instead.",
+                           param="messages", code="no_chat_template")
         try:
             ids = decoder.encode(messages)
         except SpecAdaptError as exc:

@@ -197,22 +197,33 @@ class Scheduler:
                     self._cond.wait()
                 if self._stopping:
                     break
-                cancels, self._cancels = self._cancels, []
-                for job in cancels:
-                    if self._running.pop(job.id, None) is not None:
-                        self.batch.cancel(job.request)
-                        self._record(job, "cancelled")
-                free = self.max_batch_size - len(self._running)
-                admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
-                for job in admitted:
-                    self._admit(job)
-                self._publish_load()
-            if self._running:
-                self._round()
-            elif self.batch.active:  # only cancelled rows left: this drops them and frees their caches now
-                self.batch.step()
+            try:
+                self._iterate()
+            except Exception:  # a bug outside the round itself: fail what ran, keep serving
+                log.error("the worker loop failed:\n%s", traceback.format_exc())
+                with self._cond:
+                    self._fail_all(500, "the server failed while running this request; the request was ended.")
+                    self.batch = self.engine.batch(self.method)
+                    self._publish_load()
         with self._cond:
             self._fail_all(503, "the server is shutting down.", waiting=True)
+
+    def _iterate(self) -> None:
+        """Cancellations, admissions, then one round."""
+        with self._cond:
+            cancels, self._cancels = self._cancels, []
+            for job in cancels:
+                if self._running.pop(job.id, None) is not None:
+                    self.batch.cancel(job.request)
+                    self._record(job, "cancelled")
+            free = self.max_batch_size - len(self._running)
+            for _ in range(min(free, len(self._waiting))):
+                self._admit(self._waiting.popleft())
+            self._publish_load()
+        if self._running:
+            self._round()
+        elif self.batch.active:  # only cancelled rows left: this drops them and frees their caches now
+            self.batch.step()
 
     def _admit(self, job: Job) -> None:
         try:
