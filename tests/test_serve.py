@@ -199,31 +199,45 @@ def test_eight_concurrent_clients_each_get_what_they_get_alone(server, decoder):
     assert len({round_no for round_no, _ in joins}) > 1 and max(running for _, running in joins) > 0  # joined a running batch
 
 
+def wait_until(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def test_disconnect_mid_stream_cancels_and_frees_the_row(decoder):
-    with live_server(decoder, method="autoregressive") as app:
+    with live_server(decoder) as app:
         slow_rounds(app)
         scheduler, url = app.state.scheduler, app.state.url
+        result, text = reference(decoder, decoder.encode("w5 w6"), 120)
+        other: dict = {}
+        stayer = threading.Thread(target=lambda: other.update(httpx.post(url + "/v1/completions", timeout=60, json={
+            "model": NAME, "prompt": "w5 w6", "max_tokens": 120, "temperature": 0}).json()))
         body = {"model": NAME, "prompt": "w1 w2", "max_tokens": 500, "temperature": 0, "stream": True}
         with httpx.Client(timeout=30) as http:
             with http.stream("POST", url + "/v1/completions", json=body) as response:
                 lines = response.iter_lines()
                 assert next(line for line in lines if line.startswith("data:"))
-                assert scheduler.running == 1
-            # The response is closed here: the server notices and cancels the request.
-            deadline = time.monotonic() + 10
-            while (scheduler.running or scheduler.batch.active) and time.monotonic() < deadline:
-                time.sleep(0.01)
+                stayer.start()
+                wait_until(lambda: len(scheduler.batch.requests) == 2)
+                assert scheduler.running == 2 and len(scheduler.batch.requests) == 2
+            # The stream is closed here: the server cancels that request and the batch shrinks to the other one.
+            wait_until(lambda: scheduler.running < 2 and len(scheduler.batch.requests) < 2)
+            assert stayer.is_alive() and scheduler.running == 1 and len(scheduler.batch.requests) == 1
+            stayer.join(60)
+            assert other["choices"][0]["text"] == text  # undisturbed
+            assert_usage_matches(other["usage"], result)
+            wait_until(lambda: not (scheduler.running or scheduler.batch.active))
             assert scheduler.running == 0 and scheduler.batch.active == 0
             # A non-streaming request whose client gives up is cancelled as well.
             with pytest.raises(httpx.ReadTimeout):
                 http.post(url + "/v1/completions", json={**body, "stream": False}, timeout=0.3)
-            deadline = time.monotonic() + 10
-            while (scheduler.running or scheduler.batch.active) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: not (scheduler.running or scheduler.batch.active))
             assert scheduler.running == 0 and scheduler.batch.active == 0
             metrics = scrape(http, url)
         assert metrics[("specadapt:request_success_total", ("cancelled",))] == 2
-        assert metrics[("specadapt:generation_tokens_total", ())] < 2 * 500
+        assert metrics[("specadapt:request_success_total", ("length",))] == 1
+        assert metrics[("specadapt:generation_tokens_total", ())] < 120 + 2 * 500
 
 
 def test_full_queue_answers_503_with_retry_after(decoder):
@@ -237,9 +251,7 @@ def test_full_queue_answers_503_with_retry_after(decoder):
             waiting = threading.Thread(target=lambda: httpx.post(url + "/v1/completions", timeout=30, json={
                 "model": NAME, "prompt": "w3", "max_tokens": 2, "temperature": 0}))
             waiting.start()
-            deadline = time.monotonic() + 10
-            while scheduler.waiting != 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: scheduler.waiting == 1)
             refused = http.post(url + "/v1/completions", json={"model": NAME, "prompt": "w4", "max_tokens": 2})
             assert refused.status_code == 503 and refused.headers["retry-after"] == "3"
             assert refused.json()["error"] == {
