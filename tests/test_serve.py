@@ -119,6 +119,7 @@ def test_completions_and_chat_streamed_and_not_equal_generate_alone(server, deco
     plain = api.completions.create(model=NAME, prompt=prompt, max_tokens=14, temperature=0)
     assert plain.choices[0].text == text and plain.choices[0].finish_reason == "length"
     assert_usage_matches(extra(plain.usage), result)
+    assert plain.usage.model_extra["spec_decode"] == extra(plain.usage)["spec_decode"]  # as the README shows
 
     pieces, usage = [], None
     for chunk in api.completions.create(model=NAME, prompt=prompt, max_tokens=14, temperature=0, stream=True,
@@ -194,7 +195,7 @@ def test_eight_concurrent_clients_each_get_what_they_get_alone(server, decoder):
             assert stop[0] in result.text and stop[0] not in text and result.text.startswith(text)
         assert_usage_matches(extra(response.usage), result)
     assert len({r.id for r in outcomes}) == len(CLIENTS)  # nothing lost, nothing duplicated
-    joins = scheduler.joins[joins_before:]
+    joins = list(scheduler.joins)[joins_before:]
     assert len(joins) == len(CLIENTS)
     assert len({round_no for round_no, _ in joins}) > 1 and max(running for _, running in joins) > 0  # joined a running batch
 

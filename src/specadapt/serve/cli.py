@@ -39,6 +39,7 @@ def serve_command(
     values = dict(locals())
     settings = ServeSettings(**{f.name: values[f.name] for f in fields(ServeSettings)})
 
+    import prometheus_client
     import uvicorn
     from rich.console import Console
     from transformers.utils import logging as hf_logging
@@ -53,6 +54,7 @@ def serve_command(
     draft_name = settings.draft if chosen.needs_draft else None
     with err.status(f"loading {settings.target}" + (f" + {draft_name}" if draft_name else "")):
         decoder = SpecDecoder.from_pretrained(settings.target, draft_name, dtype=settings.dtype, device=settings.device)
+    prometheus_client.disable_created_metrics()  # no *_created series (as vLLM); this process is only the server
     app = create_app(decoder, settings, chosen)
     err.print(f"serving [bold]{settings.served_name}[/bold] ({chosen.spec or chosen.name}) on "
               f"http://{settings.host}:{settings.port}/v1", highlight=False)

@@ -37,6 +37,7 @@ from ..policies.base import DraftLengthPolicy, DraftStep, RoundOutcome
 from .metrics import ServeMetrics
 
 log = logging.getLogger("specadapt.serve")
+HISTORY = 10_000  # admissions and rounds kept in Scheduler.joins / batch_sizes
 
 
 class QueueFull(Exception):
@@ -129,10 +130,11 @@ class Scheduler:
         self._cancels: list[Job] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
-        # What tests and operators can look at: rounds run, and for each admission (round, rows already running).
+        # What tests and operators can look at (recent history only: a server runs for a long time):
+        # rounds run, for each admission (round, rows already running), and the rows in each round.
         self.rounds = 0
-        self.joins: list[tuple[int, int]] = []
-        self.batch_sizes: list[int] = []  # rows in each round
+        self.joins: deque[tuple[int, int]] = deque(maxlen=HISTORY)
+        self.batch_sizes: deque[int] = deque(maxlen=HISTORY)
 
     # --- called from any thread --------------------------------------------------------------------
 
