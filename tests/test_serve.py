@@ -406,23 +406,41 @@ def test_load_rule_runs_rounds_target_only_above_spec_max_batch(decoder):
     assert metrics[("specadapt:spec_decode_load_target_only_rounds_total", ())] == sum(s["target_only_rounds"] for s in spec)
 
 
-def test_a_failing_round_fails_its_requests_and_the_worker_carries_on(server, decoder):
-    events = []
-    done = threading.Event()
+def test_a_failing_round_fails_only_the_request_that_joined_it(decoder):
+    with live_server(decoder) as app:
+        slow_rounds(app)
+        scheduler = app.state.scheduler
+        result, text = reference(decoder, decoder.encode("w1 w2"), 60)
+        assert len(result.token_ids) == 60
+        good: dict = {}
+        runner = threading.Thread(target=lambda: good.update(httpx.post(app.state.url + "/v1/completions", timeout=60, json={
+            "model": NAME, "prompt": "w1 w2", "max_tokens": 60, "temperature": 0}).json()))
+        runner.start()
+        wait_until(lambda: scheduler.rounds >= 2)
+        events, done = [], threading.Event()
 
-    def on_event(kind, payload):
-        events.append((kind, payload))
-        done.set()
+        def on_event(kind, payload):
+            events.append((kind, payload))
+            done.set()
 
-    # A token id outside the embedding table (the handlers refuse it; here it goes straight to the worker).
-    server.state.scheduler.submit(Job([1, 10_000], RequestConfig(4), on_event))
-    assert done.wait(30)
-    kind, (status, message) = events[-1]
-    assert kind == "error" and status == 500 and message.startswith("decoding failed on the server (IndexError")
-    result, text = reference(decoder, decoder.encode("w2 w3"), 8)
-    response = client(server).completions.create(model=NAME, prompt="w2 w3", max_tokens=8, temperature=0)
-    assert response.choices[0].text == text
-    assert httpx.get(server.state.url + "/health").json() == {"status": "ok", "running": 0, "waiting": 0}
+        # A token id outside the embedding table (the handlers refuse it; here it goes straight to the worker).
+        scheduler.submit(Job([1, 10_000], RequestConfig(4), on_event))
+        assert done.wait(30)
+        kind, (status, message) = events[-1]
+        assert kind == "error" and status == 500 and message.startswith("decoding failed on the server (IndexError")
+        runner.join(60)
+        assert good["choices"][0]["text"] == text  # it went on in a fresh batch, token for token
+        assert scheduler.running == 0 and len(good["usage"]["spec_decode"]["num_accepted_tokens_per_pos"]) == 3
+        assert_usage_matches(good["usage"], result)  # its statistics carried over, and drafting went on the same
+        # Nobody joined the next failing round: it cannot be pinned on anyone, so the round's requests fail.
+        scheduler.submit(Job([1, 2], RequestConfig(4), on_event))
+        scheduler.batch.step = lambda: 1 / 0
+        done.clear()
+        assert done.wait(30)
+        assert events[-1][0] == "error" and "ZeroDivisionError" in events[-1][1][1]
+        response = client(app).completions.create(model=NAME, prompt="w2 w3", max_tokens=8, temperature=0)
+        assert response.choices[0].text == reference(decoder, decoder.encode("w2 w3"), 8)[1]
+        assert httpx.get(app.state.url + "/health").json() == {"status": "ok", "running": 0, "waiting": 0}
 
 
 def test_models_and_health(server):

@@ -7,8 +7,8 @@ loop with ``call_soon_threadsafe``).
 
 Each loop iteration: apply cancellations, admit waiting requests into free rows (they join the
 running batch at this round, each with its own sampling parameters and limits), run one round,
-hand out finished results. A round that raises fails the requests that were in it (their cache
-state is unknown), the batch is rebuilt, and the worker carries on with the queue.
+hand out finished results. A round that raises fails the requests that joined in it (or, if none
+did, every request in it); the others resume in a rebuilt batch, and the worker carries on.
 
 Load rule (``spec_max_batch``): speculation costs draft passes and verification of rejected tokens,
 and as the batch grows the target pass gets more expensive per token, so drafting pays less (vLLM and
@@ -255,12 +255,7 @@ class Scheduler:
         try:
             finished = self.batch.step()
         except Exception as exc:
-            log.error("a decoding round failed; failing its %d requests:\n%s", len(self._running), traceback.format_exc())
-            with self._cond:
-                self._fail_all(500, f"decoding failed on the server ({type(exc).__name__}: {exc}); "
-                                    "the requests in the same round were ended, the server carries on.")
-                self.batch = self.engine.batch(self.method)  # the old caches may be half updated
-                self._publish_load()
+            self._recover(exc)
             return
         self.rounds += 1
         if capped:
@@ -274,6 +269,37 @@ class Scheduler:
                 del self._running[job.id]
                 self._finish(job)
             self._publish_load()
+
+    def _recover(self, exc: Exception) -> None:
+        """A round raised. The requests that joined in it are the suspects (anything new came with them); they
+        fail. The others resume in a fresh batch (the old caches may be half updated) from where they were.
+        When nobody joined, the failure cannot be pinned on anyone: the whole round fails."""
+        log.error("a decoding round failed:\n%s", traceback.format_exc())
+        message = (f"decoding failed on the server ({type(exc).__name__}: {exc}); the request was ended, "
+                   "the server carries on.")
+        with self._cond:
+            joined = [j for j in self._running.values() if j.joined_round == self.rounds]
+            for job in joined or list(self._running.values()):
+                del self._running[job.id]
+                self._fail(job, 500, message)
+            self.batch = self.engine.batch(self.method)
+            for job in list(self._running.values()):
+                try:
+                    self._resume(job)
+                except Exception as again:  # noqa: BLE001
+                    del self._running[job.id]
+                    self._fail(job, 500, f"{message} (resuming it failed too: {again})")
+            self._publish_load()
+
+    def _resume(self, job: Job) -> None:
+        """Re-add a running request to the (new) batch: it is fed its prompt and output so far again, and keeps
+        its output, statistics, random generator and start time, so it goes on as if nothing happened
+        (a sampled request's generator may have advanced in the failed round)."""
+        old = job.request
+        new = self.batch.add(old.prompt + old.output, old.config, seed=old.seed, on_tokens=old.on_tokens)
+        new.prompt, new.output, new.stats, new.generator, new.started = (
+            old.prompt, old.output, old.stats, old.generator, old.started)
+        job.request = new
 
     def _finish(self, job: Job) -> None:
         now = time.perf_counter()
