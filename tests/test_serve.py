@@ -6,7 +6,6 @@ seeded sampling: identical), whatever else runs in the batch."""
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import threading
 import time

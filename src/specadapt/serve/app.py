@@ -162,7 +162,7 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
         if body.model is not None and body.model != name:
             raise APIError(404, f"The model '{body.model}' does not exist; this server serves '{name}' (GET /v1/models).",
                            param="model", code="model_not_found")
-        if body.n != 1:
+        if body.n not in (None, 1):
             raise APIError(400, f"n={body.n}: this server returns one choice per request (only n=1 is supported); "
                                 "send separate requests instead.", param="n", code="unsupported_parameter")
         extra = body.model_extra or {}

@@ -53,8 +53,8 @@ class SamplingRequest(BaseModel):
     top_k: int | None = None  # an extension (vLLM has it too); 0 or -1 = off
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: int = 1
-    stream: bool = False
+    n: int | None = 1  # None (some clients send null): 1
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
 
 
