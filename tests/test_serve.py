@@ -152,6 +152,34 @@ def test_completions_and_chat_streamed_and_not_equal_generate_alone(server, deco
     assert all(c.usage is None for c in chunks)
 
 
+def test_streaming_with_a_stop_string_sends_exactly_the_text_before_it(server, decoder):
+    ids = decoder.encode("w20 w21 w22 w23")
+    full, _ = reference(decoder, ids, 30)
+    stop = decoder.tokenizer.decode(full.token_ids[4:6])  # two words: the stop string spans two tokens
+    result, text = reference(decoder, ids, 30, stop=[stop])
+    assert result.finish_reason == "stop" and stop not in text and result.text.startswith(text)
+    chunks = list(client(server).completions.create(model=NAME, prompt="w20 w21 w22 w23", max_tokens=30, temperature=0,
+                                                    stop=stop, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == text and chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_text_assembler_holds_back_partial_stop_strings_and_characters():
+    from specadapt.serve.text import TextAssembler
+
+    class Pieces:  # token i decodes to PIECES[i]; "\ufffd" stands for half of a multi-byte character
+        PIECES = ["ab", "c", "\ufffd", "é", "S", "TO", "P", "x"]
+
+        def decode(self, ids, skip_special_tokens=False):
+            text = "".join(self.PIECES[i] for i in ids)
+            return text.replace("\ufffdé", "é")
+
+    text = TextAssembler(Pieces(), stop=["STOP"])
+    assert [text.add([i]) for i in range(7)] == ["ab", "c", "", "é", "", "", ""]
+    assert text.finish() == "" and text.final_text() == "abcé"
+    text = TextAssembler(Pieces(), stop=["STOP"])
+    assert text.add([4, 5]) == "" and text.add([7]) == "STOx" and text.finish() == ""
+
+
 # (prompt, max_tokens, sampling, stop): lengths, sampling settings and stop strings all differ.
 CLIENTS = [
     ("w1 w2 w3", 24, {}, None),
