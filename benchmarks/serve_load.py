@@ -132,7 +132,7 @@ def run_cell(url: str, model: str, prompts: list[list[dict]], concurrency: int, 
         "tpot_p50_s": percentile(tpot, 0.5), "tpot_p95_s": percentile(tpot, 0.95),
         "acceptance_rate": accepted / drafted if drafted else None,
         "mean_accepted_length": 1 + accepted / rounds if rounds else None,
-        "target_only_rounds": sum(r["spec"]["target_only_rounds"] for r in results),
+        "load_capped_rounds": sum(r["spec"]["load_capped_rounds"] for r in results),
     }
 
 
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per cell before clients stop issuing requests")
     parser.add_argument("--spec-max-batch", type=int, default=None, help="the server's load rule (default: off)")
+    parser.add_argument("--spec-load-k", type=int, default=0, help="draft tokens per round while the load rule applies")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs on a shared machine)")
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     for method in methods:
         settings = ServeSettings(target=args.target, draft=args.draft, method=method, model_name="bench",
                                  max_batch_size=max(levels), max_queue=max(levels),
-                                 spec_max_batch=args.spec_max_batch if args.spec_max_batch is not None else max(levels))
+                                 spec_max_batch=args.spec_max_batch if args.spec_max_batch is not None else max(levels),
+                                 spec_load_k=args.spec_load_k)
         with Server(create_app(decoder, settings)) as server:
             run_cell(server.url, "bench", prompts[:1], 1, 1, 8, args.time_limit)  # warm-up
             for c in levels:

@@ -102,7 +102,7 @@ def assert_usage_matches(usage: dict, result) -> None:
     assert spec["acceptance_rate"] == pytest.approx(s.acceptance_rate)
     assert spec["mean_accepted_length"] == pytest.approx(s.mean_accepted_length)
     assert spec["per_position_acceptance"] == pytest.approx(s.per_position_acceptance)
-    assert spec["target_only_rounds"] == 0
+    assert spec["load_capped_rounds"] == 0
 
 
 def extra(usage) -> dict:
@@ -406,8 +406,10 @@ def test_metrics_are_the_sums_of_the_per_request_statistics(decoder):
     assert metrics[("specadapt:num_requests_running", ())] == 0 and metrics[("specadapt:num_requests_waiting", ())] == 0
 
 
-def test_load_rule_runs_rounds_target_only_above_spec_max_batch(decoder):
-    with live_server(decoder, spec_max_batch=1) as app:
+@pytest.mark.parametrize("load_k", [0, 1])
+def test_load_rule_caps_drafting_above_spec_max_batch(decoder, load_k):
+    with live_server(decoder, spec_max_batch=1, spec_load_k=load_k) as app:
+        slow_rounds(app, 0.01)  # so that the three requests surely overlap
         prompts = ["w1 w2 w3", "w9", "w30 w31"]
         expected = [reference(decoder, decoder.encode(p), 20) for p in prompts]
         outcomes = [None] * 3
@@ -425,12 +427,14 @@ def test_load_rule_runs_rounds_target_only_above_spec_max_batch(decoder):
             metrics = scrape(http, app.state.url)
     spec = [extra(o.usage)["spec_decode"] for o in outcomes]
     assert [o.choices[0].text for o in outcomes] == [text for _, text in expected]  # still lossless
-    assert sum(s["target_only_rounds"] for s in spec) > 0
-    assert all(s["num_draft_tokens"] <= 3 * (s["rounds"] - s["target_only_rounds"]) for s in spec)  # no drafts then
+    assert sum(s["load_capped_rounds"] for s in spec) > 0
+    # Capped rounds draft at most load_k tokens per request (none when 0).
+    assert all(s["num_draft_tokens"] <= 3 * (s["rounds"] - s["load_capped_rounds"]) + load_k * s["load_capped_rounds"]
+               for s in spec)
     assert max(app.state.scheduler.batch_sizes) > 1
-    assert extra(alone.usage)["spec_decode"]["target_only_rounds"] == 0  # alone, the rule does not apply
+    assert extra(alone.usage)["spec_decode"]["load_capped_rounds"] == 0  # alone, the rule does not apply
     assert_usage_matches(extra(alone.usage), expected[0][0])
-    assert metrics[("specadapt:spec_decode_load_target_only_rounds_total", ())] == sum(s["target_only_rounds"] for s in spec)
+    assert metrics[("specadapt:spec_decode_load_capped_rounds_total", ())] == sum(s["load_capped_rounds"] for s in spec)
 
 
 def test_a_failing_round_fails_only_the_request_that_joined_it(decoder):

@@ -113,7 +113,7 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
     name = settings.served_name
     metrics = ServeMetrics(name)
     scheduler = Scheduler(decoder.engine, method, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
-                          spec_max_batch=settings.spec_max_batch, metrics=metrics)
+                          spec_max_batch=settings.spec_max_batch, spec_load_k=settings.spec_load_k, metrics=metrics)
     context = context_window(decoder)
     vocab = decoder.target.get_input_embeddings().num_embeddings
     # Handlers tokenise on the event loop while the worker decodes (stop strings, results) on its thread. A Rust
@@ -298,7 +298,7 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
                 return Response(status_code=499)  # nobody is listening any more
             text.ids = list(outcome.result.token_ids)
             reason = FINISH_REASONS.get(outcome.result.finish_reason, outcome.result.finish_reason)
-            return JSONResponse(ids.response(text.final_text(), reason, usage(outcome.result, outcome.target_only_rounds)))
+            return JSONResponse(ids.response(text.final_text(), reason, usage(outcome.result, outcome.load_capped_rounds)))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         async def stream() -> AsyncIterator[str]:
@@ -320,7 +320,7 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
                         reason = FINISH_REASONS.get(payload.result.finish_reason, payload.result.finish_reason)
                         yield _sse(ids.chunk(finish_reason=reason))
                         if include_usage:
-                            yield _sse(ids.chunk(usage=usage(payload.result, payload.target_only_rounds), no_choices=True))
+                            yield _sse(ids.chunk(usage=usage(payload.result, payload.load_capped_rounds), no_choices=True))
                         break
                     else:
                         finished = True

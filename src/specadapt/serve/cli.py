@@ -32,6 +32,7 @@ def serve_command(
     max_queue: int = _opt("max_queue"),
     max_body_bytes: int = _opt("max_body_bytes"),
     spec_max_batch: int = _opt("spec_max_batch"),
+    spec_load_k: int = _opt("spec_load_k"),
     retry_after_s: int = _opt("retry_after_s"),
     log_level: str = _opt("log_level"),
 ) -> None:

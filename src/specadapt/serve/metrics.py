@@ -33,8 +33,8 @@ class ServeMetrics:
         self.accepted_per_pos = counter(
             "spec_decode_num_accepted_tokens_per_pos", "Draft tokens accepted at each position (0 = first) of a round.",
             m + ["position"])
-        self.target_only_rounds = counter(
-            "spec_decode_load_target_only_rounds", "Request-rounds run without drafting because of the load rule.")
+        self.load_capped_rounds = counter(
+            "spec_decode_load_capped_rounds", "Request-rounds whose drafting the load rule capped (--spec-max-batch, --spec-load-k).")
         self.prompt_tokens = counter("prompt_tokens", "Prompt tokens processed.")
         self.generation_tokens = counter("generation_tokens", "Tokens generated.")
         self.request_success = counter("request_success", "Requests finished, by finish reason.", m + ["finished_reason"])
@@ -50,7 +50,7 @@ class ServeMetrics:
         self.queue_time = Histogram(PREFIX + "request_queue_time_seconds", "Time from arrival to joining the batch.",
                                     m, buckets=LATENCY_BUCKETS, registry=r)
 
-    def record_request(self, stats: RequestStats, finish_reason: str, target_only_rounds: int) -> None:
+    def record_request(self, stats: RequestStats, finish_reason: str, load_capped_rounds: int) -> None:
         name = self.model_name
         if stats.position_reached:
             self.num_drafts.labels(name).inc(stats.position_reached[0])
@@ -58,7 +58,7 @@ class ServeMetrics:
         self.num_accepted_tokens.labels(name).inc(stats.accepted)
         for position, n in enumerate(stats.position_accepted):
             self.accepted_per_pos.labels(name, str(position)).inc(n)
-        self.target_only_rounds.labels(name).inc(target_only_rounds)
+        self.load_capped_rounds.labels(name).inc(load_capped_rounds)
         self.prompt_tokens.labels(name).inc(stats.prompt_tokens)
         self.generation_tokens.labels(name).inc(stats.generated_tokens)
         self.request_success.labels(name, finish_reason).inc()

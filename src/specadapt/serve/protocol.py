@@ -99,7 +99,7 @@ class ChatCompletionRequest(SamplingRequest):
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
 
 
-def spec_decode_usage(stats: RequestStats, method: str, target_only_rounds: int) -> dict:
+def spec_decode_usage(stats: RequestStats, method: str, load_capped_rounds: int) -> dict:
     """One request's speculative statistics (vLLM's spec-decode counters, per request)."""
     return {
         "method": method,
@@ -111,17 +111,17 @@ def spec_decode_usage(stats: RequestStats, method: str, target_only_rounds: int)
         "mean_accepted_length": stats.mean_accepted_length,
         "per_position_acceptance": stats.per_position_acceptance,
         "rounds": stats.rounds,
-        "target_only_rounds": target_only_rounds,  # rounds the load rule ran without drafting
+        "load_capped_rounds": load_capped_rounds,  # rounds whose drafting the load rule capped
     }
 
 
-def usage(result: GenerationResult, target_only_rounds: int) -> dict:
+def usage(result: GenerationResult, load_capped_rounds: int) -> dict:
     s = result.stats
     return {
         "prompt_tokens": s.prompt_tokens,
         "completion_tokens": s.generated_tokens,
         "total_tokens": s.prompt_tokens + s.generated_tokens,
-        "spec_decode": spec_decode_usage(s, result.settings.get("method", ""), target_only_rounds),
+        "spec_decode": spec_decode_usage(s, result.settings.get("method", ""), load_capped_rounds),
     }
 
 

@@ -10,12 +10,14 @@ running batch at this round, each with its own sampling parameters and limits), 
 hand out finished results. A round that raises fails the requests that joined in it (or, if none
 did, every request in it); the others resume in a rebuilt batch, and the worker carries on.
 
-Load rule (``spec_max_batch``): speculation costs draft passes and verification of rejected tokens,
-and as the batch grows the target pass gets more expensive per token, so drafting pays less (vLLM and
-TensorRT-LLM likewise switch speculation off under load). While more than ``spec_max_batch`` requests
-run, a round drafts nothing: every row is decoded target-only, still through the same loop (the draft
+Load rule (``spec_max_batch``, ``spec_load_k``): speculation costs draft passes and verification of
+rejected tokens, and as the batch grows the target pass gets more expensive per token, so drafting
+pays less (vLLM and TensorRT-LLM likewise cut or switch off speculation under load). While more than
+``spec_max_batch`` requests run, a round drafts at most ``spec_load_k`` tokens per request; with the
+default 0 every row is decoded target-only, still through the same loop and still lossless (the draft
 model catches up on the skipped tokens the next time it drafts). The method keeps its policy;
-:class:`LoadCap` wraps it and bounds its draft length for such rounds.
+:class:`LoadCap` wraps it and bounds its draft length for such rounds (the decision is per round, on
+the number of requests in it).
 """
 
 from __future__ import annotations
@@ -104,24 +106,25 @@ class Job:
     joined_at: float | None = None
     joined_round: int | None = None
     first_token_at: float | None = None
-    target_only_rounds: int = 0
+    load_capped_rounds: int = 0
     done: bool = False
 
 
 @dataclass
 class JobResult:
     result: GenerationResult
-    target_only_rounds: int
+    load_capped_rounds: int
     ttft_s: float | None
     e2e_s: float
 
 
 class Scheduler:
     def __init__(self, engine: SpeculativeEngine, method: Method, *, max_batch_size: int = 8, max_queue: int = 64,
-                 spec_max_batch: int = 8, metrics: ServeMetrics | None = None) -> None:
+                 spec_max_batch: int = 8, spec_load_k: int = 0, metrics: ServeMetrics | None = None) -> None:
         self.engine = engine
         self.method, self.cap = load_capped(method)
-        self.max_batch_size, self.max_queue, self.spec_max_batch = max_batch_size, max_queue, spec_max_batch
+        self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        self.spec_max_batch, self.spec_load_k = spec_max_batch, spec_load_k
         self.metrics = metrics
         self.batch = engine.batch(self.method)
         self._cond = threading.Condition()
@@ -250,7 +253,7 @@ class Scheduler:
 
     def _round(self) -> None:
         capped = len(self._running) > self.spec_max_batch
-        self.cap.cap = 0 if capped else None
+        self.cap.cap = self.spec_load_k if capped else None
         self.batch_sizes.append(len(self._running))
         try:
             finished = self.batch.step()
@@ -260,7 +263,7 @@ class Scheduler:
         self.rounds += 1
         if capped:
             for job in self._running.values():
-                job.target_only_rounds += 1
+                job.load_capped_rounds += 1
         if not finished:
             return
         with self._cond:
@@ -305,7 +308,7 @@ class Scheduler:
         now = time.perf_counter()
         result = self.batch.result(job.request)
         self._record(job, result.finish_reason, now)
-        self._emit(job, "done", JobResult(result, job.target_only_rounds,
+        self._emit(job, "done", JobResult(result, job.load_capped_rounds,
                                           None if job.first_token_at is None else job.first_token_at - job.arrival,
                                           now - job.arrival))
 
@@ -315,7 +318,7 @@ class Scheduler:
             return
         now = now if now is not None else time.perf_counter()
         stats = job.request.stats
-        self.metrics.record_request(stats, reason, job.target_only_rounds)
+        self.metrics.record_request(stats, reason, job.load_capped_rounds)
         ttft = None if job.first_token_at is None else job.first_token_at - job.arrival
         tpot = (now - job.first_token_at) / (stats.generated_tokens - 1) if ttft is not None and stats.generated_tokens > 1 else None
         queue = None if job.joined_at is None else job.joined_at - job.arrival

@@ -23,9 +23,12 @@ class ServeSettings:
     max_queue: int = field(default=64, metadata={"help": "Most requests waiting for a batch row; beyond that the server answers 503 with Retry-After."})
     max_body_bytes: int = field(default=1_000_000, metadata={"help": "Largest request body accepted (bytes); larger ones get 413."})
     spec_max_batch: int = field(default=8, metadata={"help": (
-        "Load rule: while more than this many requests run, rounds draft nothing (target-only), because "
-        "speculation pays less as the batch grows. Tune it with benchmarks/serve_load.py; the default equals "
-        "the default max batch size, so speculation stays on unless you raise --max-batch-size.")})
+        "Load rule: while more than this many requests run, rounds draft at most --spec-load-k tokens "
+        "(default 0: target-only), because speculation pays less as the batch grows. Tune it with "
+        "benchmarks/serve_load.py; the default equals the default max batch size, so speculation stays on "
+        "unless you raise --max-batch-size.")})
+    spec_load_k: int = field(default=0, metadata={"help": (
+        "Most draft tokens per round while the load rule applies (0 = target-only rounds).")})
     retry_after_s: int = field(default=1, metadata={"help": "Seconds a client is told to wait (Retry-After) when the queue is full."})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level: critical, error, warning, info, debug."})
 
@@ -33,7 +36,7 @@ class ServeSettings:
         for name in ("max_batch_size", "max_body_bytes", "port"):
             if getattr(self, name) < 1 and not (name == "port" and getattr(self, name) == 0):
                 raise SpecAdaptError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("max_queue", "spec_max_batch", "retry_after_s"):
+        for name in ("max_queue", "spec_max_batch", "spec_load_k", "retry_after_s"):
             if getattr(self, name) < 0:
                 raise SpecAdaptError(f"{name} must be >= 0, got {getattr(self, name)}.")
 
