@@ -120,14 +120,17 @@ def test_completions_and_chat_streamed_and_not_equal_generate_alone(server, deco
     assert_usage_matches(extra(plain.usage), result)
     assert plain.usage.model_extra["spec_decode"] == extra(plain.usage)["spec_decode"]  # as the README shows
 
-    pieces, usage = [], None
+    assert "token_ids" not in plain.choices[0].model_extra  # only on request
+    pieces, usage, token_ids = [], None, None
     for chunk in api.completions.create(model=NAME, prompt=prompt, max_tokens=14, temperature=0, stream=True,
-                                        stream_options={"include_usage": True}):
+                                        stream_options={"include_usage": True}, extra_body={"return_token_ids": True}):
         if chunk.choices:
             pieces.append(chunk.choices[0].text)
+            token_ids = chunk.choices[0].model_extra.get("token_ids", token_ids)
         if chunk.usage is not None:
             usage = extra(chunk.usage)
     assert "".join(pieces) == text and len([p for p in pieces if p]) > 1  # several pieces, joined exactly
+    assert token_ids == result.token_ids
     assert_usage_matches(usage, result)
 
     messages = [{"role": "user", "content": "w5 w6 w7"}]
@@ -208,7 +211,8 @@ def test_eight_concurrent_clients_each_get_what_they_get_alone(server, decoder):
         time.sleep(0.03 * i)  # arrive while the others run
         top_k = {"top_k": sampling.pop("top_k")} if "top_k" in sampling else None
         outcomes[i] = client(server).completions.create(
-            model=NAME, prompt=prompt, max_tokens=n, stop=stops[i], extra_body=top_k, **{"temperature": 0, **sampling})
+            model=NAME, prompt=prompt, max_tokens=n, stop=stops[i], extra_body={"return_token_ids": True, **(top_k or {})},
+            **{"temperature": 0, **sampling})
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(CLIENTS))]
     for t in threads:
@@ -216,6 +220,7 @@ def test_eight_concurrent_clients_each_get_what_they_get_alone(server, decoder):
     for t in threads:
         t.join(60)
     for (result, text), response, stop in zip(expected, outcomes, stops):
+        assert response.choices[0].model_extra["token_ids"] == result.token_ids  # token-identical
         assert response.choices[0].text == text
         assert response.choices[0].finish_reason == ("stop" if stop else "length")
         if stop:  # the stop string was generated, but is not returned

@@ -298,7 +298,9 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
                 return Response(status_code=499)  # nobody is listening any more
             text.ids = list(outcome.result.token_ids)
             reason = FINISH_REASONS.get(outcome.result.finish_reason, outcome.result.finish_reason)
-            return JSONResponse(ids.response(text.final_text(), reason, usage(outcome.result, outcome.load_capped_rounds)))
+            token_ids = list(outcome.result.token_ids) if body.return_token_ids else None
+            return JSONResponse(ids.response(text.final_text(), reason, usage(outcome.result, outcome.load_capped_rounds),
+                                             token_ids))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         async def stream() -> AsyncIterator[str]:
@@ -318,7 +320,9 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
                         if delta:
                             yield _sse(ids.chunk(delta))
                         reason = FINISH_REASONS.get(payload.result.finish_reason, payload.result.finish_reason)
-                        yield _sse(ids.chunk(finish_reason=reason))
+                        # With return_token_ids, the finishing chunk carries all generated ids (text is sent in pieces).
+                        token_ids = list(payload.result.token_ids) if body.return_token_ids else None
+                        yield _sse(ids.chunk(finish_reason=reason, token_ids=token_ids))
                         if include_usage:
                             yield _sse(ids.chunk(usage=usage(payload.result, payload.load_capped_rounds), no_choices=True))
                         break

@@ -56,6 +56,7 @@ class SamplingRequest(BaseModel):
     n: int | None = 1  # None (some clients send null): 1
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    return_token_ids: bool | None = None  # an extension (as vLLM's): the generated ids in choices[0].token_ids
 
 
 # OpenAI fields this server does not implement, and the values that mean "not used".
@@ -133,18 +134,20 @@ class ResponseIds:
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
-    def response(self, text: str, finish_reason: str | None, usage: dict) -> dict:
+    def response(self, text: str, finish_reason: str | None, usage: dict, token_ids: list[int] | None = None) -> dict:
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                       "finish_reason": finish_reason}
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        if token_ids is not None:
+            choice["token_ids"] = token_ids
         obj: Literal["chat.completion", "text_completion"] = "chat.completion" if self.chat else "text_completion"
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice],
                 "usage": usage}
 
     def chunk(self, text: str | None = None, finish_reason: str | None = None, role: bool = False,
-              usage: dict | None = None, no_choices: bool = False) -> dict:
+              usage: dict | None = None, no_choices: bool = False, token_ids: list[int] | None = None) -> dict:
         if no_choices:
             choices: list[dict] = []
         elif self.chat:
@@ -152,6 +155,8 @@ class ResponseIds:
             choices = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
         else:
             choices = [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}]
+        if token_ids is not None and choices:
+            choices[0]["token_ids"] = token_ids
         obj = "chat.completion.chunk" if self.chat else "text_completion"
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices,
                 "usage": usage}
