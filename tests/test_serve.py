@@ -503,3 +503,27 @@ def test_cli_defaults_come_from_the_settings():
 
     with pytest.raises(SpecAdaptError, match="max_batch_size must be >= 1, got 0."):
         ServeSettings(max_batch_size=0)
+
+
+def test_serve_command_loads_the_pair_and_runs_the_app(decoder, monkeypatch):
+    import prometheus_client
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from specadapt.api import SpecDecoder as Decoder
+    from specadapt.cli import app
+
+    loaded, ran = [], {}
+    monkeypatch.setattr(Decoder, "from_pretrained", classmethod(lambda cls, *a, **k: loaded.append((a, k)) or decoder))
+    monkeypatch.setattr(uvicorn, "run", lambda served, **k: ran.update(app=served, **k))
+    try:
+        result = CliRunner().invoke(app, ["serve", "--target", "t", "--draft", "d", "--method", "fixed:2", "--port", "9001",
+                                          "--max-batch-size", "3", "--spec-max-batch", "2", "--dtype", "float32"])
+    finally:
+        prometheus_client.enable_created_metrics()  # the command turns them off for its process
+    assert result.exit_code == 0, result.output
+    assert loaded == [(("t", "d"), {"dtype": "float32", "device": "auto"})]
+    assert (ran["host"], ran["port"]) == ("127.0.0.1", 9001)
+    state = ran["app"].state
+    assert (state.settings.max_batch_size, state.settings.spec_max_batch, state.settings.served_name) == (3, 2, "t")
+    assert state.scheduler.method.spec == "fixed:k=2" and state.scheduler.max_batch_size == 3
