@@ -33,8 +33,10 @@ class ServeSettings:
     log_level: str = field(default="info", metadata={"help": "uvicorn log level: critical, error, warning, info, debug."})
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_body_bytes", "port"):
-            if getattr(self, name) < 1 and not (name == "port" and getattr(self, name) == 0):
+        if not 0 <= self.port <= 65535:
+            raise SpecAdaptError(f"port must be in 0..65535 (0: any free port), got {self.port}.")
+        for name in ("max_batch_size", "max_body_bytes"):
+            if getattr(self, name) < 1:
                 raise SpecAdaptError(f"{name} must be >= 1, got {getattr(self, name)}.")
         for name in ("max_queue", "spec_max_batch", "spec_load_k", "retry_after_s"):
             if getattr(self, name) < 0:
