@@ -61,8 +61,9 @@ def live_server(decoder: SpecDecoder, **settings):
         sock.close()
 
 
-def slow_rounds(app, seconds: float = 0.02) -> None:
-    """Make every round of the app's batch take a while, so a long request is reliably still running."""
+def slow_rounds(app, seconds: float = 0.02):
+    """Make every round of the app's batch take a while, so a long request is reliably still running.
+    Returns the function that undoes it."""
     batch = app.state.scheduler.batch
     step = batch.step
 
@@ -71,6 +72,7 @@ def slow_rounds(app, seconds: float = 0.02) -> None:
         return step()
 
     batch.step = slow_step
+    return lambda: vars(batch).pop("step", None)
 
 
 def client(app) -> openai.OpenAI:
@@ -205,10 +207,11 @@ def test_eight_concurrent_clients_each_get_what_they_get_alone(server, decoder):
         expected.append(reference(decoder, ids, n, stop=stops[-1] or (), **sampling))
     scheduler = server.state.scheduler
     joins_before, outcomes = len(scheduler.joins), [None] * len(CLIENTS)
+    undo = slow_rounds(server, 0.005)  # rounds of at least 5 ms, so that staggered arrivals overlap on any machine
 
     def run(i: int) -> None:
         prompt, n, sampling, _ = CLIENTS[i]
-        time.sleep(0.03 * i)  # arrive while the others run
+        time.sleep(0.01 * i)  # arrive while the others run, at different rounds
         top_k = {"top_k": sampling.pop("top_k")} if "top_k" in sampling else None
         outcomes[i] = client(server).completions.create(
             model=NAME, prompt=prompt, max_tokens=n, stop=stops[i], extra_body={"return_token_ids": True, **(top_k or {})},
@@ -219,6 +222,7 @@ def test_eight_concurrent_clients_each_get_what_they_get_alone(server, decoder):
         t.start()
     for t in threads:
         t.join(60)
+    undo()
     for (result, text), response, stop in zip(expected, outcomes, stops):
         assert response.choices[0].model_extra["token_ids"] == result.token_ids  # token-identical
         assert response.choices[0].text == text
