@@ -92,12 +92,11 @@ class Spec:
 
 def parse_methods(text: str) -> list[Spec]:
     from specadapt import SpecAdaptError, make_method
+    from specadapt.bench.runner import split_methods
     from specadapt.sampling import SamplingParams
 
     specs: list[Spec] = []
-    for label in (part.strip() for part in text.split(";" if ";" in text else ",")):
-        if not label:
-            continue
+    for label in split_methods(text):
         if label == "hf-target-only":
             specs.append(Spec(label, "hf-target-only"))
         elif label.startswith("hf-assisted"):
@@ -406,10 +405,10 @@ def environment(decoder) -> dict:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    from specadapt.bench.runner import write_json as write
+    from specadapt.io import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write(path, payload)
+    write_json_atomic(path, payload, indent=1)
 
 
 # ----------------------------------------------------------------------------

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from specadapt.heads import DRAFT_FEATURES, distribution_features, load_head, resolve_head
-from specadapt.train.head_data import load_labels
-from specadapt.train.head_trainer import weighted_soft_bce
-from specadapt.train.report import roc_auc
+from specadapt.heads.data import load_labels
+from specadapt.heads.trainer import weighted_soft_bce
+from specadapt.heads.report import roc_auc
 
 
 def load_split(folder: Path) -> dict[str, dict[str, torch.Tensor]]:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from specadapt import SpecAdaptError
 from specadapt.bench.datasets import Example, load_dataset
+from specadapt.bench.sandbox import bwrap_problem
 from specadapt.bench.scoring import (
     ExecutionResult,
     exact_match,
@@ -21,7 +22,6 @@ from specadapt.bench.scoring import (
     gsm8k_reference,
     run_humaneval,
     score_example,
-    summarize_scores,
     text_overlap,
 )
 
@@ -106,11 +106,19 @@ def _fenced(code: str, prose: str = "Here is the completed function:") -> str:
     return f"{prose}\n\n```python\n{code}\n```\n\nIt returns the right result."
 
 
-def test_canonical_solution_passes_as_body_and_as_block(humaneval):
+@pytest.fixture(params=["bwrap", "none"])
+def kind(request) -> str:
+    """Each sandbox kind: bwrap where it works here, and the fallback CI machines without it get."""
+    if request.param == "bwrap" and bwrap_problem():
+        pytest.skip(f"bwrap sandbox unavailable here: {bwrap_problem()}")
+    return request.param
+
+
+def test_canonical_solution_passes_as_body_and_as_block(humaneval, kind):
     p = humaneval["HumanEval/0"]
-    body = run_humaneval(p, p["canonical_solution"])
-    assert body == ExecutionResult(True, "passed", "", body.output)
-    block = run_humaneval(p, _fenced(p["prompt"] + p["canonical_solution"]))
+    body = run_humaneval(p, p["canonical_solution"], sandbox=kind)
+    assert body == ExecutionResult(True, "passed", "", body.output, kind)
+    block = run_humaneval(p, _fenced(p["prompt"] + p["canonical_solution"]), sandbox=kind)
     assert block.passed, block
 
 
@@ -121,54 +129,57 @@ def test_wrong_solution_fails(humaneval):
     assert "AssertionError" in result.detail and "line" in result.detail
 
 
-def test_infinite_loop_times_out_and_its_process_group_is_gone(humaneval, tmp_path):
+def test_exceptions_of_the_code_are_reported_with_its_line(humaneval):
     p = humaneval["HumanEval/0"]
-    pid_file = tmp_path / "pids"
+    result = run_humaneval(p, "    return numbers[100]\n")
+    assert (result.passed, result.status) == (False, "failed")
+    assert result.detail.startswith("IndexError") and "return numbers[100]" in result.detail
+
+
+def test_infinite_loop_times_out_and_its_processes_are_gone(humaneval, kind):
+    p = humaneval["HumanEval/0"]
+    marker = f"specadapt-loop-{uuid.uuid4().hex}"
     # The candidate starts a background child too: both must be gone afterwards.
     code = (
-        "import os, subprocess, sys\n"
+        "import subprocess, sys\n"
         "def has_close_elements(numbers, threshold):\n"
-        "    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-        f"    open({str(pid_file)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        f"    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}])\n"
         "    while True:\n"
         "        pass\n"
     )
-    start = time.monotonic()
-    result = run_humaneval(p, _fenced(code), timeout_s=1.5)
-    elapsed = time.monotonic() - start
+    result = run_humaneval(p, _fenced(code), timeout_s=1.5, sandbox=kind)
     assert (result.passed, result.status) == (False, "timeout")
-    assert elapsed < 1.5 + 3.0  # generous slack for a loaded machine
-    pids = [int(x) for x in pid_file.read_text().split()]
-    assert len(pids) == 2
-    for pid in pids:
-        assert _gone(pid), f"process {pid} survived the timeout"
+    assert "killed" in result.detail
+    assert _processes_with(marker) == [], "a process of the run survived the timeout"
 
 
-def test_background_children_are_killed_after_a_normal_run(humaneval, tmp_path):
+def test_background_children_are_killed_after_a_normal_run(humaneval, kind):
     p = humaneval["HumanEval/0"]
-    pid_file = tmp_path / "pid"
+    marker = f"specadapt-child-{uuid.uuid4().hex}"
     code = (
         "import subprocess, sys\n"
-        "_child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-        f"open({str(pid_file)!r}, 'w').write(str(_child.pid))\n" + p["prompt"] + p["canonical_solution"]
+        f"_child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}])\n"
+        + p["prompt"] + p["canonical_solution"]
     )
-    assert run_humaneval(p, _fenced(code)).passed
-    assert _gone(int(pid_file.read_text()))
+    assert run_humaneval(p, _fenced(code), sandbox=kind).passed
+    assert _processes_with(marker) == [], "a background child survived the run"
 
 
-def _gone(pid: int, wait_s: float = 3.0) -> bool:
-    """Whether a process no longer runs (a zombie waiting for init to reap it counts as gone)."""
+def _processes_with(marker: str, wait_s: float = 5.0) -> list[int]:
+    """Live (not zombie) processes whose command line holds ``marker``, once gone or after ``wait_s``."""
     deadline = time.monotonic() + wait_s
     while True:
-        try:
-            os.kill(pid, 0)
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (ProcessLookupError, FileNotFoundError):
-            return True
-        if state in ("Z", "X"):
-            return True
-        if time.monotonic() > deadline:
-            return False
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if marker.encode() in (entry / "cmdline").read_bytes():
+                        if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                            found.append(int(entry.name))
+                except OSError:
+                    continue
+        if not found or time.monotonic() > deadline:
+            return found
         time.sleep(0.05)
 
 
@@ -178,13 +189,26 @@ def test_syntax_error_is_an_error(humaneval):
     assert "SyntaxError" in result.detail
 
 
-def test_exit_before_the_tests_is_not_a_pass(humaneval):
+def test_exit_before_the_tests_is_not_a_pass(humaneval, kind):
     p = humaneval["HumanEval/0"]
-    result = run_humaneval(p, _fenced("import sys\nsys.exit(0)\ndef has_close_elements(n, t):\n    return True"))
+    early_exit = _fenced("import sys\nsys.exit(0)\ndef has_close_elements(n, t):\n    return True")
+    result = run_humaneval(p, early_exit, sandbox=kind)
     assert (result.passed, result.status) == (False, "failed")
     assert "exit" in result.detail
-    result = run_humaneval(p, _fenced("import os\nos._exit(0)\ndef has_close_elements(n, t):\n    return True"))
+    hard_exit = _fenced("import os\nos._exit(0)\ndef has_close_elements(n, t):\n    return True")
+    result = run_humaneval(p, hard_exit, sandbox=kind)
     assert (result.passed, result.status) == (False, "error")
+    assert "ended before the tests finished" in result.detail
+    result = run_humaneval(p, "    import sys\n    sys.exit(0)\n", sandbox=kind)  # exit during a test call
+    assert (result.passed, result.status) == (False, "failed")
+
+
+def test_errors_while_defining_the_code_fail(humaneval):
+    p = humaneval["HumanEval/0"]
+    result = run_humaneval(p, _fenced("{}['missing']\ndef has_close_elements(n, t):\n    return True"))
+    assert (result.passed, result.status) == (False, "failed") and result.detail.startswith("KeyError")
+    result = run_humaneval(p, _fenced("def has_close_elements(n, t):\n    return True\ndel has_close_elements"))
+    assert (result.passed, result.status) == (False, "failed") and "does not define" in result.detail
 
 
 def test_memory_limit(humaneval):
@@ -262,19 +286,11 @@ def test_score_example_by_task():
     he = load_dataset("humaneval", 1)[0]
     scored = score_example(he, "    return False\n", timeout_s=5)
     assert scored["correct"] is False and scored["status"] == "failed"
+    assert scored["sandbox"] in ("bwrap", "none")
     assert score_example(load_dataset("mt-bench", 1)[0], "anything") is None
     odd = Example("file", "x", [{"role": "user", "content": "hi"}], None, "bleu", {})
     with pytest.raises(SpecAdaptError, match="unknown task 'bleu'"):
         score_example(odd, "hi")
-
-
-def test_summarize_scores():
-    assert summarize_scores([{"correct": True}, None, {"correct": False}, {"correct": True}]) == {
-        "scored": 3,
-        "correct": 2,
-        "accuracy": pytest.approx(2 / 3),
-    }
-    assert summarize_scores([None, None]) == {"scored": 0, "correct": 0, "accuracy": None}
 
 
 def test_exact_match():
@@ -308,7 +324,8 @@ def test_text_overlap_is_fast_on_long_outputs():
     rng = random.Random(1)
     a = " ".join(rng.choice(["the", "a", "x", "=", "def", "return", "(", ")"]) for _ in range(4000))
     b = " ".join(rng.choice(["the", "a", "x", "=", "def", "return", "(", ")"]) for _ in range(4000))
-    start = time.monotonic()
     value = text_overlap(a, b)
     assert 0.0 < value < 1.0
-    assert time.monotonic() - start < 2.0
+    assert text_overlap(b, a) == pytest.approx(value) and text_overlap(a, a) == 1.0
+    ta, tb = a.split()[:300], b.split()[:300]  # the O(n·m) reference is too slow for all of it
+    assert text_overlap(" ".join(ta), " ".join(tb)) == pytest.approx(2 * _lcs_reference(ta, tb) / 600)

@@ -15,7 +15,7 @@ from conftest import hf_greedy, make_engine, perturbed_copy, tiny_llama
 from specadapt.engine import RequestConfig
 from specadapt.heads import AcceptanceHead, load_head, read_head_config, save_head
 from specadapt.methods import make_method
-from specadapt.train import train_head
+from specadapt.heads import train_head
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -12,7 +12,7 @@ import torch
 from conftest import save_tiny_checkpoint, tiny_llama
 
 from specadapt.errors import SpecAdaptError
-from specadapt.train.distill import (
+from specadapt.distill.train import (
     DistillCollator,
     DistillDataset,
     DistillSettings,
@@ -26,9 +26,9 @@ from specadapt.train.distill import (
     token_divergence,
     training_arguments,
 )
-from specadapt.train.distill_data import TrainExample
-from specadapt.train.shallow import parse_draft_init, set_trainable, shallow_copy
-from specadapt.train.teacher_cache import (
+from specadapt.distill.data import TrainExample
+from specadapt.distill.shallow import parse_draft_init, set_trainable, shallow_copy
+from specadapt.distill.teacher_cache import (
     TeacherCache,
     build_cache,
     cache_key,
@@ -328,7 +328,7 @@ def test_end_to_end_adaspec_then_distillspec(tiny_setup):
     summary = run_distill(target, "shallow:1", data, root / "ada2", settings, log=lambda m: None)
     assert set(summary["stages"]) == {"draft"}
     # and eval-draft on what was trained
-    from specadapt.train.eval_draft import EvalSettings, run_eval_draft
+    from specadapt.distill.eval_draft import EvalSettings, run_eval_draft
 
     report = run_eval_draft(target, [str(root / "ada2" / "draft"), str(root / "ds" / "draft")], data, root / "eval",
                             EvalSettings(max_new_tokens=4, ks=(2,)), num_prompts=3, dtype="float32", device="cpu",
@@ -372,7 +372,7 @@ def test_distill_cli_and_bad_input(tiny_setup):
 
 
 def test_an_interrupted_stage_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    from specadapt.train.distill import train_stage
+    from specadapt.distill.train import train_stage
 
     target = tiny_llama(0, init_range=0.3)
     settings = fast_settings(method="distillspec", teacher="exact", max_steps=3, save_steps=2)

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -36,6 +37,15 @@ def test_bad_method_settings():
         make_method("fixed:four")
 
 
+def test_method_settings_out_of_range_or_repeated():
+    with pytest.raises(SpecAdaptError, match=r"k must be an integer in \[1, 64\] \(the most draft tokens a round may hold\), got 1000"):
+        make_method("fixed:1000")
+    with pytest.raises(SpecAdaptError, match=r"max_k must be an integer in \[1, 64\]"):
+        make_method("adaedl:max_k=65")
+    with pytest.raises(SpecAdaptError, match=r"method 'fixed:4,k=5': setting 'k' is given twice; give it once."):
+        make_method("fixed:4,k=5")
+
+
 def test_method_strings_parse():
     m = make_method("confidence:threshold=0.25,max_k=7")
     assert (m.policy.threshold, m.policy.max_k) == (0.25, 7)
@@ -48,6 +58,12 @@ def test_method_strings_parse():
     ({"temperature": -1.0}, "temperature must be >= 0"),
     ({"top_p": 1.2}, "top_p must be in"),
     ({"top_p": 0.0}, "top_p must be in"),
+    ({"temperature": 1e-38}, r"temperature 1e-38 is too small: logits divided by it overflow. Use 0 for greedy"),
+    ({"seed": 2**64}, r"seed must be an integer in \[0, "),
+    ({"seed": "7"}, r"seed must be an integer in \[0, .*got '7'"),
+    ({"seed": 1.5}, r"seed must be an integer in \[0, .*got 1.5"),
+    ({"seed": -1}, r"seed must be an integer in \[0, "),
+    ({"stop_strings": ["ok", ""]}, "stop strings must be non-empty text"),
 ])
 def test_bad_generation_settings(kwargs, message):
     with pytest.raises(SpecAdaptError, match=message):
@@ -107,6 +123,37 @@ def test_api_batch_of_text_prompts_equals_single(checkpoints):
     reference = dec.generate(prompts, method="autoregressive", max_new_tokens=12)
     assert [r.token_ids for r in batch] == [r.token_ids for r in reference]
     assert dec.generate(dec.encode(prompts[0]), max_new_tokens=12).token_ids == batch[0].token_ids  # token-id prompt
+
+
+def test_api_prompt_forms_and_their_errors(checkpoints):
+    dec = SpecDecoder.from_pretrained(str(checkpoints / "target"), None, dtype="float32", device="cpu")
+    with pytest.raises(SpecAdaptError, match=r"a single chat message must be given inside a list"):
+        dec.generate({"role": "user", "content": "w1 w2"}, method="autoregressive")
+    with pytest.raises(SpecAdaptError, match=r"token id 64 is outside the model's vocabulary \[0, 64\)"):
+        dec.generate([1, 2, 64], method="autoregressive")
+    with pytest.raises(SpecAdaptError, match=r"token id -1 is outside"):
+        dec.generate([[1, 2], [-1]], method="autoregressive")
+    with pytest.raises(SpecAdaptError, match=r"a prompt must be text, a list of token ids or a list of chat messages"):
+        dec.generate([[1, "w2"]], method="autoregressive")
+    with pytest.raises(SpecAdaptError, match=r"the prompt has 3 tokens and max_new_tokens is 510: together more than "
+                                             r"the model's context window of 512 tokens"):
+        dec.generate([1, 2, 3], method="autoregressive", max_new_tokens=510)
+    assert len(dec.generate([1, 2, 3], method="autoregressive", max_new_tokens=509).token_ids) == 509
+
+
+def test_api_is_safe_from_several_threads_sharing_a_method(checkpoints):
+    dec = SpecDecoder.from_pretrained(str(checkpoints / "target"), str(checkpoints / "draft"), dtype="float32", device="cpu")
+    method = make_method("adaedl")  # keeps per-request state: unsafe if two batches ran it at once
+    prompts = [[1 + i, 2 + i, 3] for i in range(8)]
+
+    def run(prompt):  # greedy output is the target's either way: the draft lengths show mixed-up policy state
+        r = dec.generate(prompt, method=method, max_new_tokens=10)
+        return r.token_ids, r.stats.rounds, r.stats.drafted
+
+    alone = [run(p) for p in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, prompts))
+    assert together == alone
 
 
 def run_cli(*args):

@@ -9,8 +9,8 @@ import torch
 from conftest import IdTokenizer, perturbed_copy, save_tiny_checkpoint, tiny_llama
 
 from specadapt.errors import SpecAdaptError
-from specadapt.train.distill_data import EvalPrompt
-from specadapt.train.eval_draft import (
+from specadapt.distill.data import EvalPrompt
+from specadapt.distill.eval_draft import (
     EvalSettings,
     _expected_tokens_per_round,
     evaluate_drafts,

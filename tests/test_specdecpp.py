@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from specadapt import heads
+from specadapt.heads import format as heads
 from specadapt.engine import RequestConfig
 from specadapt.errors import SpecAdaptError
 from specadapt.heads import AcceptanceHead, load_head, read_head_config, save_head

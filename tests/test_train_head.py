@@ -11,25 +11,32 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate import PartialState
 from conftest import make_engine, perturbed_copy, save_tiny_checkpoint, tiny_llama
 
 from specadapt.engine import RequestConfig
 from specadapt.errors import SpecAdaptError
-from specadapt.heads import DRAFT_FEATURES, AcceptanceHead, load_head, read_head_config, save_head
-from specadapt.methods import Method, MethodEntry, make_method
-from specadapt.policies.fixed import FixedLength
-from specadapt.train import TrainHeadConfig, head_data, train_head, tune_head
-from specadapt.train.head_data import (
-    Procs,
+from specadapt.heads import (
+    DRAFT_FEATURES,
+    AcceptanceHead,
+    TrainHeadConfig,
+    load_head,
+    read_head_config,
+    save_head,
+    train_head,
+    tune_head,
+)
+from specadapt.heads import data as head_data
+from specadapt.heads.data import (
     label_path,
     last_hidden,
     load_labels,
-    read_jsonl_tolerant,
     sample_responses,
     soft_labels,
     teacher_forced_labels,
 )
-from specadapt.train.head_trainer import (
+from specadapt.heads.report import calibration_table, roc_auc, weighted_optimum_observed
+from specadapt.heads.trainer import (
     CachedHiddenDataset,
     HeadTrainingModule,
     MixingCollator,
@@ -37,8 +44,10 @@ from specadapt.train.head_trainer import (
     collate_cached,
     weighted_soft_bce,
 )
-from specadapt.train.report import calibration_table, roc_auc, weighted_optimum_observed
-from specadapt.train.sources import (
+from specadapt.io import read_jsonl_tolerant
+from specadapt.methods import Method, MethodEntry, make_method
+from specadapt.policies.fixed import FixedLength
+from specadapt.sources import (
     HUMANEVAL_TRAIN_RANGE,
     load_source,
     read_jsonl_prompts,
@@ -591,13 +600,13 @@ def test_interrupted_responses_resume(pair_dir, prompts_file, tmp_path):
 
     directory = tmp_path / "responses"
     with pytest.raises(KeyboardInterrupt):
-        sample_responses(FlakyEngine(), prompts, directory, cfg, Procs(), progress=False)
+        sample_responses(FlakyEngine(), prompts, directory, cfg, PartialState(), progress=False)
     part = directory / "part-0.jsonl"
     with part.open("a") as f:
         f.write('{"index": 5, "response_ids": [1, 2')  # a line cut off by the crash
     assert sorted(head_data.read_responses(directory)) == [0, 1]
     calls.clear()
-    sample_responses(Engine(), prompts, directory, cfg, Procs(), progress=False)
+    sample_responses(Engine(), prompts, directory, cfg, PartialState(), progress=False)
     assert calls == [2, 2]  # only the four prompts without a response
     responses = head_data.read_responses(directory)
     assert sorted(responses) == list(range(6)) and responses[0] == [9, 9, 1] and responses[5] == [4]
@@ -663,7 +672,7 @@ def test_tune_head_by_replay_counts_what_the_engine_does(pair_dir, tmp_path):
 
 def test_tune_head_on_benchmark_prompts_skips_the_reported_ones(pair_dir, tmp_path):
     from specadapt.bench.datasets import load_dataset
-    from specadapt.train.tune_head import benchmark_prompts
+    from specadapt.heads.tune import benchmark_prompts
 
     messages, stops = benchmark_prompts(["humaneval", "mt-bench"], skip=3, count=5)
     humaneval, mt_bench = load_dataset("humaneval", 6), load_dataset("mt-bench", 6)

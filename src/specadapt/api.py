@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, overload
+import threading
+from typing import Callable, Sequence, Union, overload
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -46,6 +47,7 @@ class SpecDecoder:
                     "speculative decoding needs the same vocabulary; pick a draft of the target's family."
                 )
         self.engine = SpeculativeEngine(target, draft, tokenizer, loading.eos_token_ids(target, tokenizer))
+        self._lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -95,13 +97,13 @@ class SpecDecoder:
         return list(ids)
 
     @overload
-    def generate(self, prompt: str | Sequence[int], **kwargs) -> GenerationResult: ...
+    def generate(self, prompt: str | Sequence[int] | Sequence[dict], **kwargs) -> GenerationResult: ...
     @overload
-    def generate(self, prompt: Sequence[str] | Sequence[Sequence[int]], **kwargs) -> list[GenerationResult]: ...
+    def generate(self, prompt: Sequence[str | Sequence[int] | Sequence[dict]], **kwargs) -> list[GenerationResult]: ...
 
     def generate(
         self,
-        prompt: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]],
+        prompt: Prompt | Sequence[Prompt],
         *,
         method: str | Method = DEFAULT_METHOD,
         max_new_tokens: int = 128,
@@ -115,12 +117,54 @@ class SpecDecoder:
     ) -> GenerationResult | list[GenerationResult]:
         """Generate for one prompt (returns one result) or a batch of prompts (returns a list).
 
-        A prompt is text (tokenised here; ``chat`` applies the chat template) or a list of token ids."""
+        A prompt is text (tokenised here; ``chat`` applies the chat template), a list of token ids, or a
+        list of chat messages (``{"role": ..., "content": ...}``, always through the chat template).
+        Safe to call from several threads: calls run one at a time."""
         config = RequestConfig(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
-        single = isinstance(prompt, str) or (len(prompt) > 0 and all(isinstance(t, int) for t in prompt))
+        single = _is_one_prompt(prompt)
         prompts = [prompt] if single else list(prompt)
         if not prompts:
             raise SpecAdaptError("no prompts given.")
-        ids = [self.encode(p, chat) if isinstance(p, str) else list(p) for p in prompts]
-        results = self.engine.generate(ids, make_method(method), config, on_tokens)
+        ids = [self._prompt_ids(p, chat, max_new_tokens) for p in prompts]
+        method = make_method(method)
+        with self._lock:  # a method's policy state and the models' caches serve one batch at a time
+            results = self.engine.generate(ids, method, config, on_tokens)
         return results[0] if single else results
+
+    def _prompt_ids(self, prompt: Prompt, chat: bool, max_new_tokens: int) -> list[int]:
+        """Token ids of one prompt, checked against the vocabulary and the context window."""
+        if isinstance(prompt, dict):
+            raise SpecAdaptError("a single chat message must be given inside a list: [{'role': 'user', 'content': ...}].")
+        if isinstance(prompt, str) or (len(prompt) > 0 and all(isinstance(m, dict) for m in prompt)):
+            ids = self.encode(prompt, chat)
+        elif all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            ids = list(prompt)
+            vocab = _logits_width(self.target)
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise SpecAdaptError(f"token id {bad[0]} is outside the model's vocabulary [0, {vocab}).")
+        else:
+            raise SpecAdaptError(
+                "a prompt must be text, a list of token ids or a list of chat messages ({'role': ..., 'content': ...}); "
+                f"got {type(prompt).__name__} holding {sorted({type(x).__name__ for x in prompt})}."
+            )
+        if not ids:
+            raise SpecAdaptError("every prompt must contain at least one token (got an empty prompt).")
+        window = getattr(self.target.config, "max_position_embeddings", None)
+        if window and len(ids) + max_new_tokens > window:
+            raise SpecAdaptError(
+                f"the prompt has {len(ids)} tokens and max_new_tokens is {max_new_tokens}: together more than the "
+                f"model's context window of {window} tokens. Shorten the prompt or lower max_new_tokens."
+            )
+        return ids
+
+
+Prompt = Union[str, Sequence[int], Sequence[dict]]
+
+
+def _is_one_prompt(prompt) -> bool:
+    """One prompt (text, token ids, chat messages, a lone message dict) rather than a batch of them."""
+    if isinstance(prompt, (str, dict)):
+        return True
+    items = list(prompt)
+    return bool(items) and all(isinstance(x, (int, dict)) for x in items)

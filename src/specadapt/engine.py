@@ -43,6 +43,9 @@ from .sampling import SamplingParams, process_logits, sample
 from .stats import RequestStats
 
 
+MAX_SEED = 2**63 - 2**20  # request i of a batch uses seed + i: leave room below torch's int64 limit
+
+
 @dataclass
 class RequestConfig:
     """What one request asks for: its length limit, sampling parameters and stop conditions."""
@@ -60,8 +63,10 @@ class RequestConfig:
             raise SpecAdaptError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}.")
         if isinstance(self.stop_strings, str):
             self.stop_strings = (self.stop_strings,)
-        if any(not s for s in self.stop_strings):
-            raise SpecAdaptError("stop strings must be non-empty.")
+        if any(not isinstance(s, str) or not s for s in self.stop_strings):
+            raise SpecAdaptError("stop strings must be non-empty text.")
+        if self.seed is not None and (type(self.seed) is not int or not 0 <= self.seed < MAX_SEED):
+            raise SpecAdaptError(f"seed must be an integer in [0, {MAX_SEED - 1}] (or None for a random one), got {self.seed!r}.")
         self.sampling  # validates temperature / top-k / top-p
 
     @property

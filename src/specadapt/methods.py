@@ -139,6 +139,8 @@ def make_method(spec: "str | Method", **settings: Any) -> Method:
             raise SpecAdaptError(
                 f"method {name!r} has no setting {key!r}. Its settings: {', '.join(fields) or 'none'}."
             )
+        if key in parsed:
+            raise SpecAdaptError(f"method {spec!r}: setting {key!r} is given twice; give it once.")
         parsed[key] = _convert(value.strip(), hints.get(key, str), key, name)
     for key, value in settings.items():
         if key not in fields:

@@ -14,6 +14,9 @@ import torch
 from .errors import SpecAdaptError
 
 
+MIN_TEMPERATURE = 1e-6  # below this, logits / temperature overflows fp32 for ordinary logits
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How tokens are chosen. ``temperature == 0`` means greedy decoding."""
@@ -29,6 +32,11 @@ class SamplingParams:
             )
         if math.isinf(self.temperature):
             raise SpecAdaptError("temperature must be finite; use a value such as 0.7, or 0 for greedy.")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise SpecAdaptError(
+                f"temperature {self.temperature!r} is too small: logits divided by it overflow. "
+                f"Use 0 for greedy decoding, or at least {MIN_TEMPERATURE}."
+            )
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise SpecAdaptError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}.")
         if not isinstance(self.top_p, (int, float)) or math.isnan(self.top_p) or not (0.0 < self.top_p <= 1.0):

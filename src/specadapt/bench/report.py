@@ -88,6 +88,7 @@ def summarize_method(rows: list[dict], base: list[dict]) -> dict:
         "acceptance_by_position": pooled.per_position_acceptance[:MAX_POSITIONS],
         "accuracy": mean(float(c) for c in scores) if scores else None,
         "scored": len(scores),
+        "sandbox": sorted({r["score"]["sandbox"] for r in rows if r.get("score") and "sandbox" in r["score"]}) or None,
         "finish_reasons": {k: sum(r["finish_reason"] == k for r in rows) for k in ("eos", "stop", "length")},
         "lossless": all(r.get("lossless", True) for r in rows),
     }

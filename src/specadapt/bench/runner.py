@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import SpecAdaptError
+from ..io import read_json, read_jsonl_tolerant, write_json_atomic
+from ..models import zoo
 from .datasets import DATASET_NAMES, Example, load_dataset, load_dataset_file
 from .report import BASELINE, summarize, write_report
 from .scoring import score_example
@@ -53,30 +55,64 @@ FILES = (SETTINGS_FILE, RECORDS_FILE, SUMMARY_FILE, REPORT_FILE, *PLOT_FILES)
 WARMUP_TOKENS = 16
 
 
+def parse_dataset_caps(text: str) -> dict[str, int]:
+    """``'mt-bench=128,gsm8k=384'`` -> ``{"mt-bench": 128, "gsm8k": 384}``."""
+    caps: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, eq, value = part.partition("=")
+        if not eq or not value.strip().isdigit():
+            raise SpecAdaptError(
+                f"--dataset-max-new-tokens takes DATASET=N pairs separated by commas (e.g. 'mt-bench=128'), got {part!r}."
+            )
+        caps[name.strip()] = int(value)
+    return caps
+
+
+def split_methods(text: str) -> list[str]:
+    """``'a, b:x=1'`` -> ``["a", "b:x=1"]``: split on ``;`` if there is one (a method's settings may contain
+    commas), else on ``,``."""
+    return [m.strip() for m in text.split(";" if ";" in text else ",") if m.strip()]
+
+
 @dataclass
 class BenchSettings:
     """Everything that defines a run; resuming requires the same values, except ``limit``
-    (a larger one extends the run, a smaller one reports on the first examples)."""
+    (a larger one extends the run, a smaller one reports on the first examples).
 
-    target: str
-    draft: str | None
-    methods: list[str]
-    datasets: list[str] = field(default_factory=lambda: ["humaneval"])
-    dataset_files: list[str] = field(default_factory=list)
-    limit: int | None = None
-    max_new_tokens: int = 256
-    dataset_max_new_tokens: dict[str, int] = field(default_factory=dict)  # per-dataset caps, e.g. {"mt-bench": 128}
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repeats: int = 1
-    warmup: int = 1
-    seed: int = 0
-    gsm8k_shots: int = 0
-    dtype: str = "bfloat16"
-    device: str = "auto"
-    threads: int | None = None
-    exec_timeout_s: float = 10.0
+    The metadata's help texts are the ``specadapt bench`` options' (:mod:`specadapt.cli_options`)."""
+
+    target: str = field(default=zoo.DEFAULT_TARGET, metadata={"help": "Target model: built-in name, folder, .gguf file or Hub id."})
+    draft: str | None = field(default=zoo.DEFAULT_DRAFT, metadata={"help": "Draft model (same tokenizer as the target)."})
+    methods: list[str] = field(
+        default_factory=lambda: ["autoregressive", "fixed:4", "heuristic", "adaedl", "adasd-stop", "adasd"],
+        metadata={"help": "Methods, comma-separated (use ';' if a method's settings contain commas); autoregressive is "
+                          "always added as the baseline.", "parse": split_methods},
+    )
+    datasets: list[str] = field(
+        default_factory=lambda: ["humaneval", "gsm8k", "mt-bench"],
+        metadata={"help": "Built-in datasets: humaneval, gsm8k, mt-bench, spec-bench (comma-separated; '' for none)."},
+    )
+    dataset_files: list[str] = field(default_factory=list, metadata={
+        "help": "A JSONL of your own prompts (repeatable): 'prompt' or 'messages' per line.", "flag": "--dataset-file",
+        "repeat": True})
+    limit: int | None = field(default=10, metadata={"help": "First N examples of each dataset (0 = all)."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Maximum new tokens per generation."})
+    dataset_max_new_tokens: dict[str, int] = field(default_factory=dict, metadata={
+        "help": "Per-dataset caps overriding --max-new-tokens, e.g. 'mt-bench=128,gsm8k=384' ('file' for --dataset-file "
+                "prompts).", "parse": parse_dataset_caps})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy."})
+    top_k: int = field(default=0, metadata={"help": "Keep only the k most likely tokens (0 = off)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass in (0, 1]."})
+    repeats: int = field(default=1, metadata={
+        "help": "Runs of every method on every example (the speedup's spread is across repeats)."})
+    warmup: int = field(default=1, metadata={"help": "Untimed warm-up generations per method."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed (repeat r uses seed + r)."})
+    gsm8k_shots: int = field(default=0, metadata={"help": "GSM8K prompt: 0 = zero-shot chat, 8 = 8-shot."})
+    dtype: str = field(default="bfloat16", metadata={"help": "bfloat16, float32 or float16."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
+    exec_timeout_s: float = field(default=10.0, metadata={
+        "help": "Seconds allowed to run one HumanEval solution.", "flag": "--exec-timeout"})
 
     def __post_init__(self) -> None:
         self.methods = parse_methods(self.methods)
@@ -120,13 +156,10 @@ class BenchSettings:
 def parse_methods(methods: str | Iterable[str]) -> list[str]:
     """Method strings, validated; the target-only baseline is added first when missing.
 
-    A string is split on ``;`` if it has one (needed when a method's settings contain commas),
-    else on ``,``."""
+    A string is split by :func:`split_methods`."""
     from ..methods import make_method
 
-    if isinstance(methods, str):
-        methods = methods.split(";" if ";" in methods else ",")
-    labels = [m.strip() for m in methods if m.strip()]
+    labels = split_methods(methods) if isinstance(methods, str) else [m.strip() for m in methods if m.strip()]
     for label in labels:
         make_method(label)  # unknown names and bad settings fail here, listing what exists
     if len(set(labels)) != len(labels):
@@ -195,7 +228,7 @@ def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[
                 f"--out {out} already holds files that are not a specadapt benchmark ({', '.join(existing[:3])}); "
                 "choose another folder (nothing was changed)."
             )
-        stored = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))["settings"]
+        stored = read_json(out / SETTINGS_FILE)["settings"]
         # Runs written before dataset files were recorded relative to the folder hold absolute paths: out / abs = abs.
         stored["dataset_files"] = [_relative_to(out, out / f) for f in stored.get("dataset_files", [])]
         defaults = {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(BenchSettings)
@@ -208,8 +241,8 @@ def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[
                 f"--out {out} holds a run with other settings ({', '.join(differ)}); "
                 "use the same settings to resume it, another --out, or --overwrite to replace it."
             )
-        _drop_partial_line(out / RECORDS_FILE)
-        return read_records(out)
+        # Cut a line an interruption left unfinished, so appends start on a fresh line.
+        return read_jsonl_tolerant(out / RECORDS_FILE, repair=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -220,33 +253,9 @@ def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[
     return []
 
 
-def _drop_partial_line(path: Path) -> None:
-    """Cut a last line that an interruption left without its newline, so appends start on a fresh line."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
 def read_records(out: Path) -> list[dict]:
-    path = Path(out) / RECORDS_FILE
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass  # a line cut short by an interruption; that generation runs again
-    return records
-
-
-def write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """The generations recorded so far; a line cut short by an interruption is left out (that generation runs again)."""
+    return read_jsonl_tolerant(Path(out) / RECORDS_FILE)
 
 
 def environment(decoder) -> dict:
@@ -347,15 +356,15 @@ def run_bench(
     described = {label: _relative_paths(m.describe(params), out) for label, m in methods.items()}
     settings_path = out / SETTINGS_FILE
     if not settings_path.exists():
-        write_json(settings_path, {"settings": recorded_settings(settings, out), "methods": described,
-                                   "environment": environment(decoder)})
+        write_json_atomic(settings_path, {"settings": recorded_settings(settings, out), "methods": described,
+                                          "environment": environment(decoder)}, indent=1)
     else:
-        stored = json.loads(settings_path.read_text(encoding="utf-8"))
+        stored = read_json(settings_path)
         if stored["settings"].get("limit") != settings.limit:
             log(f"--limit changed from {stored['settings'].get('limit')} to {settings.limit}: "
                 f"the report covers {len(examples)} examples per repeat")
             stored["settings"]["limit"] = settings.limit
-            write_json(settings_path, stored)
+            write_json_atomic(settings_path, stored, indent=1)
 
     encoded = {(e.dataset, e.id): decoder.encode(e.messages) for e, _ in todo}
     engine = decoder.engine
@@ -375,8 +384,8 @@ def run_bench(
         summary = summarize(done_records, settings.methods, described)
         expected = len(examples) * settings.repeats * len(settings.methods)
         summary["progress"] = {"complete": complete, "generations": len(done_records), "expected": expected}
-        write_json(out / SUMMARY_FILE, summary)
-        write_report(out, json.loads(settings_path.read_text(encoding="utf-8")), summary)
+        write_json_atomic(out / SUMMARY_FILE, summary, indent=1)
+        write_report(out, read_json(settings_path), summary)
         return summary
 
     score_cache: dict[tuple, dict | None] = {}

@@ -2,14 +2,13 @@
 
 - GSM8K: the final number of the model's answer (:func:`extract_gsm8k_answer`)
   compared numerically with the number after ``####`` in the reference.
-- HumanEval: the code of the answer (:func:`extract_code`) plus the problem's
-  tests, run in a subprocess (:func:`run_humaneval`). The subprocess gets a
-  fresh temporary directory, resource limits, a minimal environment, no stdin,
-  its own process group (killed when it times out or ends) and a patched
-  ``socket`` module so that generated code cannot open connections. This keeps
-  buggy model code from hanging the benchmark or touching the network by
-  accident; it is best-effort and NOT a security sandbox against code written
-  to escape it.
+- HumanEval: the code of the answer (:func:`extract_code`) run against the
+  problem's tests (:func:`run_humaneval`). The code is treated as hostile: it
+  runs in the strongest sandbox the machine offers (:mod:`.sandbox`: bubblewrap
+  namespaces, a read-only filesystem, an unprivileged uid; else resource limits
+  and a killed process group, with a warning), and the pass/fail verdict comes
+  from a separate checker process that runs the tests and only exchanges plain
+  data with the code, so the code cannot fake a pass (see ``_CHECKER``).
 - Everything else: agreement with the target-only output, as exact match
   (:func:`exact_match`) and ROUGE-L F1 (:func:`text_overlap`), so that lossy
   methods can be judged.
@@ -17,10 +16,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
-import signal
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import SpecAdaptError
+from .sandbox import interpreter, kill_tree, prepare_workdir, process_limit, sandbox_command, sandbox_kind
 
 if TYPE_CHECKING:
     from .datasets import Example
@@ -195,16 +196,70 @@ class ExecutionResult:
     status: str  # "passed" | "failed" (tests ran, did not pass) | "timeout" | "error" (did not compile, or died)
     detail: str  # one short line: the exception, the signal, ...
     output: str = ""  # stdout + stderr of the program, truncated
+    sandbox: str = ""  # the isolation it ran in: "bwrap" | "none" (see .sandbox)
 
 
-# Runs in the child before the generated code (passed with -c, so nothing is
-# imported from the parent): resource limits, the socket patch, then the
-# program with __name__ != "__main__" (as in the reference harness, which uses
-# exec), and a result file that only a finished run writes: a candidate that
-# calls exit(0) early does not count as passed.
-_DRIVER = r'''
-import os, resource, socket, sys, traceback
-_, program, result, mem, cpu, fsize = sys.argv
+# The verdict channel. The program and the tests run in two processes joined by
+# two pipes. The program's process (_DRIVER, sandboxed) runs the candidate code
+# and answers calls of its entry point; the checker (_CHECKER, trusted: the
+# dataset's test code only) runs check(candidate) with a stand-in that forwards
+# each call and gets back plain data (_CODEC), so no object of the program's
+# (say, one whose __eq__ is always true) reaches the tests. Only the checker
+# says "passed", on its stdout, a pipe the program does not hold, with a nonce
+# it got on stdin before the program started: whatever the program writes,
+# wherever, and however it exits, a pass needs check() to return in the checker.
+
+# Plain data both ways: JSON with tags for what JSON lacks. Any other type is
+# refused; the decoder accepts only this shape and raises on anything else.
+_CODEC = r'''
+import json, sys
+if hasattr(sys, "set_int_max_str_digits"):
+    sys.set_int_max_str_digits(0)  # answers may be huge integers
+
+def enc(x):
+    if x is None or isinstance(x, bool):
+        return x
+    if isinstance(x, int):
+        return {"i": int.__repr__(x)}
+    if isinstance(x, float):
+        return {"f": float.__repr__(x)}
+    if isinstance(x, complex):
+        return {"c": [float.__repr__(complex.real.__get__(x)), float.__repr__(complex.imag.__get__(x))]}
+    if isinstance(x, str):
+        return str.__str__(x)
+    if isinstance(x, bytes):
+        return {"b": bytes.hex(x)}
+    for tag, kind in (("l", list), ("t", tuple), ("s", set), ("fs", frozenset)):
+        if isinstance(x, kind):
+            return {tag: [enc(v) for v in x]}
+    if isinstance(x, dict):
+        return {"d": [[enc(k), enc(v)] for k, v in dict.items(x)]}
+    raise TypeError(f"a value of type {type(x).__name__} cannot pass between the program and the tests "
+                    "(only None, bool, int, float, complex, str, bytes, list, tuple, set, frozenset, dict)")
+
+def dec(x):
+    if x is None or type(x) in (bool, str):
+        return x
+    if type(x) is dict and len(x) == 1:
+        (tag, v), = x.items()
+        if tag in ("i", "f", "b") and type(v) is str:
+            return {"i": int, "f": float, "b": bytes.fromhex}[tag](v)
+        if type(v) is list:
+            if tag == "c" and len(v) == 2 and all(type(p) is str for p in v):
+                return complex(float(v[0]), float(v[1]))
+            if tag in ("l", "t", "s", "fs"):
+                return {"l": list, "t": tuple, "s": set, "fs": frozenset}[tag](dec(e) for e in v)
+            if tag == "d" and all(type(p) is list and len(p) == 2 for p in v):
+                return {dec(k): dec(e) for k, e in v}
+    raise ValueError("malformed value")
+'''
+
+# The program's side, in the sandbox: limits, the socket patch, the program
+# (with __name__ != "__main__", as in the reference harness, which uses exec),
+# then one reply per call. It knows nothing that makes a pass.
+_DRIVER = _CODEC + r'''
+import os, resource, socket, traceback
+_, program, entry_point, calls_fd, replies_fd, mem, cpu, fsize, nproc = sys.argv
 
 def limit(kind, soft, hard):
     try:
@@ -219,7 +274,11 @@ limit(resource.RLIMIT_AS, int(mem), int(mem))
 limit(resource.RLIMIT_CPU, int(cpu), int(cpu) + 1)
 limit(resource.RLIMIT_FSIZE, int(fsize), int(fsize))
 limit(resource.RLIMIT_CORE, 0, 0)
+if nproc != "-":
+    limit(resource.RLIMIT_NPROC, int(nproc), int(nproc))
 
+# Against accidents only (a subprocess or the original class gets around it):
+# the sandbox's network namespace is what blocks hostile code.
 def no_network(*args, **kwargs):
     raise OSError("network access is disabled while running generated code")
 
@@ -234,9 +293,12 @@ for name in ("create_connection", "create_server", "socketpair", "fromfd", "geta
              "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
     setattr(socket, name, no_network)
 
-def report(status, detail=""):
-    with open(result, "w", encoding="utf-8") as f:
-        f.write(status + "\n" + detail)
+calls = os.fdopen(int(calls_fd), "rb")
+replies = os.fdopen(int(replies_fd), "wb")
+
+def send(message):
+    replies.write(json.dumps(message).encode() + b"\n")
+    replies.flush()
 
 def describe(exc):
     text = type(exc).__name__ + (f": {exc}" if str(exc) else "")
@@ -245,104 +307,259 @@ def describe(exc):
         text += f" (line {frames[-1].lineno}: {(frames[-1].line or '').strip()})"
     return text
 
+def outcome(exc, when):
+    if isinstance(exc, MemoryError):
+        return "error", "MemoryError (over the memory limit)"
+    if isinstance(exc, SystemExit):
+        return "failed", f"the program called exit({exc.code!r}) {when}"
+    return "failed", describe(exc)
+
 try:
     with open(program, encoding="utf-8") as f:
         code = compile(f.read(), program, "exec")
 except (SyntaxError, ValueError) as exc:
-    report("error", f"{type(exc).__name__}: {getattr(exc, 'msg', exc)} (line {getattr(exc, 'lineno', '?')})")
-    sys.exit(1)
+    send({"error": f"{type(exc).__name__}: {getattr(exc, 'msg', exc)} (line {getattr(exc, 'lineno', '?')})"})
+    os._exit(1)
+namespace = {"__name__": "__candidate__", "__builtins__": __builtins__}
 try:
-    exec(code, {"__name__": "__candidate__", "__builtins__": __builtins__})
-except MemoryError as exc:
-    report("error", "MemoryError (over the memory limit)")
-    sys.exit(1)
-except SystemExit as exc:
-    report("failed", f"the program called exit({exc.code!r}) before the tests finished")
-    sys.exit(1)
+    exec(code, namespace)
 except BaseException as exc:
-    report("failed", describe(exc))
-    sys.exit(1)
-report("passed")
+    status, detail = outcome(exc, "before the tests finished")
+    send({status: detail})
+    os._exit(1)
+if entry_point not in namespace:
+    send({"failed": f"NameError: the program does not define {entry_point}"})
+    os._exit(1)
+function = namespace[entry_point]
+send({"ready": True})
+while True:
+    line = calls.readline()
+    if not line:
+        break  # the checker is done
+    call = json.loads(line)
+    try:
+        send({"value": enc(function(*dec(call["args"]), **dec(call["kwargs"])))})
+    except BaseException as exc:
+        status, detail = outcome(exc, "during the tests")
+        send({"raised": detail, "error": status == "error"})
 sys.stdout.flush()
 sys.stderr.flush()
 os._exit(0)  # skip atexit handlers and leftover non-daemon threads of the candidate
 '''
 
+# The trusted side: the dataset's prompt (for helpers such as encode_cyclic)
+# and tests, with the entry point replaced by a stand-in for the program. A
+# value the program sends is decoded to plain data or the run is an error.
+_CHECKER = _CODEC + r'''
+import linecache, os, resource, traceback
+_, calls_fd, replies_fd, max_message, mem = sys.argv
+try:
+    resource.setrlimit(resource.RLIMIT_AS, (int(mem), int(mem)))  # replies decode to at most this much
+except (ValueError, OSError):
+    pass
+job = json.loads(sys.stdin.readline())
+verdicts = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)  # anything the tests print goes with the output, not into the verdict
+verdicts.write("started\n")
+verdicts.flush()
+calls = os.fdopen(int(calls_fd), "wb")
+replies = os.fdopen(int(replies_fd), "rb")
+
+def verdict(status, detail=""):
+    verdicts.write(json.dumps({"nonce": job["nonce"], "status": status, "detail": detail}) + "\n")
+    verdicts.flush()
+    os._exit(0)
+
+class ProgramError(BaseException):
+    """The program died, broke the protocol or ran out of memory: the run is an error.
+    A BaseException, so that test code catching Exception cannot swallow it."""
+
+class ProgramRaised(Exception):
+    """The program's function raised: the tests see an exception, as they would in-process."""
+
+def receive():
+    line = replies.readline(int(max_message))
+    if not line.endswith(b"\n"):
+        raise ProgramError("the program ended before the tests finished" if not line
+                           else "the program sent a reply over the size limit")
+    try:
+        message = json.loads(line)
+        if type(message) is not dict or len(message) not in (1, 2):
+            raise ValueError
+        return message
+    except (ValueError, RecursionError):
+        raise ProgramError("the program sent a malformed reply") from None
+
+def candidate(*args, **kwargs):
+    try:
+        call = json.dumps({"args": enc(list(args)), "kwargs": enc(dict(kwargs))})
+    except (TypeError, RecursionError) as exc:
+        raise ProgramError(f"the tests pass what cannot be sent to the program: {exc}") from None
+    try:
+        calls.write(call.encode() + b"\n")
+        calls.flush()
+    except (BrokenPipeError, OSError):
+        raise ProgramError("the program ended before the tests finished") from None
+    reply = receive()
+    if "value" in reply:
+        try:
+            return dec(reply["value"])
+        except Exception:
+            raise ProgramError("the program sent a malformed value") from None
+    if type(reply.get("raised")) is str:
+        if reply.get("error") is True:
+            raise ProgramError(reply["raised"][:1000])
+        raise ProgramRaised(reply["raised"][:1000])
+    raise ProgramError("the program sent a malformed reply")
+
+try:
+    first = receive()
+except ProgramError as exc:
+    verdict("error", str(exc))
+for status in ("error", "failed"):
+    if type(first.get(status)) is str:
+        verdict(status, first[status][:1000])
+if first != {"ready": True}:
+    verdict("error", "the program sent a malformed first message")
+
+source = job["header"] + job["test"] + "\n"
+filename = "<tests>"
+linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+namespace = {"__name__": "__check__"}
+try:
+    exec(compile(source, filename, "exec"), namespace)
+    namespace[job["entry_point"]] = candidate
+    namespace["check"](candidate)
+except ProgramError as exc:
+    verdict("error", str(exc))
+except ProgramRaised as exc:
+    verdict("failed", str(exc))
+except BaseException as exc:
+    text = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+    if frames:
+        text += f" (line {frames[-1].lineno}: {(frames[-1].line or '').strip()})"
+    verdict("failed", text)
+verdict("passed")
+'''
+
 _MEMORY_LIMIT = 2 * 1024**3  # address space: enough for the tests, stops runaway allocations
 _FILE_SIZE_LIMIT = 16 * 1024**2
+_MESSAGE_LIMIT = 64 * 1024**2  # one reply of the program; bigger is an error, not a memory blow-up
 _OUTPUT_CHARS = 2000
 _DETAIL_CHARS = 300
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # nothing left in the group
 
 
 def _tail(text: str, chars: int) -> str:
     return text if len(text) <= chars else "..." + text[-chars:]
 
 
-def run_humaneval(problem: dict, completion: str, timeout_s: float = 10.0) -> ExecutionResult:
+def _read_verdict(text: bytes, nonce: str) -> tuple[str, str]:
+    """The checker's ``(status, detail)``: one line after "started", carrying this run's nonce; else an error."""
+    try:
+        (line,) = text.decode("utf-8").splitlines()
+        verdict = json.loads(line)
+        if verdict["nonce"] == nonce and verdict["status"] in ("passed", "failed", "error"):
+            return verdict["status"], str(verdict["detail"])
+    except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
+        pass
+    return "error", "the test checker gave no verdict"
+
+
+def run_humaneval(
+    problem: dict, completion: str, timeout_s: float = 10.0, *, sandbox: str | None = None
+) -> ExecutionResult:
     """Run a completion against a HumanEval problem's tests (``problem``: ``prompt``, ``test``, ``entry_point``).
 
-    The program (extracted code + ``test`` + ``check(entry_point)``) runs in
-    ``sys.executable -I`` in a fresh temporary directory with ~2 GiB of address
-    space, a CPU-time limit, a 16 MiB file-size limit, no core dumps, no stdin,
-    a minimal environment and the socket module patched to refuse
-    connections; its process group is killed after ``timeout_s`` seconds of wall
-    time and again when it ends (so no background children survive).
-    Best-effort isolation for model mistakes, not a security sandbox.
+    The program (the prompt with the extracted code) runs in ``sandbox``
+    (default: the strongest this machine supports, see
+    :func:`~specadapt.bench.sandbox.sandbox_kind`) from a fresh temporary
+    directory, with ``python -I`` (standard library only), ~2 GiB of address
+    space, CPU-time, file-size and process-count limits, no core dumps, no
+    stdin and a minimal environment. The tests run in a separate checker
+    process that calls the program's ``entry_point`` over a pipe; only the
+    checker's verdict counts, so the program cannot fake a pass. Everything is
+    killed after ``timeout_s`` seconds of wall time and again when it ends.
     """
     if os.name != "posix":
         raise SpecAdaptError("HumanEval execution needs a POSIX system (Linux or macOS); run the benchmark there.")
+    kind = sandbox_kind(sandbox)
     entry_point = problem["entry_point"]
-    program = extract_code(completion, problem["prompt"], entry_point)
-    program += "\n\n" + problem["test"] + "\n\n" + f"check({entry_point})\n"
+    prompt = problem["prompt"]
+    program = extract_code(completion, prompt, entry_point)
+    header = prompt if _compiles(prompt) else _prompt_imports(prompt)
+    nonce = secrets.token_hex(16)
+    job = {"nonce": nonce, "header": header.rstrip("\n") + "\n\n", "test": problem["test"], "entry_point": entry_point}
 
-    with tempfile.TemporaryDirectory(prefix="specadapt-humaneval-", ignore_cleanup_errors=True) as tmp:
-        program_path = Path(tmp) / "solution.py"
-        result_path = Path(tmp) / "result.txt"
-        output_path = Path(tmp) / "output.txt"
-        program_path.write_text(program, encoding="utf-8")
-        env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        cpu_s = math.ceil(timeout_s) + 1
-        command = [sys.executable, "-I", "-c", _DRIVER, str(program_path), str(result_path),
-                   str(_MEMORY_LIMIT), str(cpu_s), str(_FILE_SIZE_LIMIT)]
+    # The program's directory is inside a private one (0700) that also holds
+    # its captured output; under bwrap the program sees only the inner one.
+    with tempfile.TemporaryDirectory(prefix="specadapt-humaneval-", ignore_cleanup_errors=True) as private:
+        work = Path(private) / "work"
+        work.mkdir()
+        (work / "solution.py").write_text(program, encoding="utf-8")
+        prepare_workdir(kind, work)
+        output_path = Path(private) / "output.txt"
+        nproc = process_limit(kind)
+        calls_r, calls_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+        checker = program_proc = None
+        timed_out = False
         # Output goes to a file, not a pipe: a pipe held open by a stray child
-        # could block us, and the file-size limit bounds it.
+        # could block us, and the file-size limit bounds it. Limits are set by
+        # the driver inside the child rather than with preexec_fn, which is
+        # unsafe in a threaded parent (torch is).
         with open(output_path, "wb") as output:
-            # Limits are set by the driver inside the child rather than with
-            # preexec_fn, which is unsafe in a threaded parent (torch is).
-            proc = subprocess.Popen(
-                command, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=output,
-                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-            )
             try:
-                proc.wait(timeout=timeout_s)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                timed_out = True
+                checker = subprocess.Popen(
+                    [sys.executable, "-I", "-c", _CHECKER, str(calls_w), str(replies_r), str(_MESSAGE_LIMIT),
+                     str(2 * _MEMORY_LIMIT)],
+                    cwd=private, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=output, pass_fds=(calls_w, replies_r), start_new_session=True,
+                    bufsize=0,
+                )
+                # The checker has the job (and the nonce) before the program exists.
+                checker.stdin.write(json.dumps(job).encode() + b"\n")
+                checker.stdin.close()
+                started = checker.stdout.readline()
+                if started == b"started\n":
+                    cpu_s = math.ceil(timeout_s) + 1
+                    argv = [interpreter(), "-I", "-c", _DRIVER, "solution.py", entry_point, str(calls_r),
+                            str(replies_w), str(_MEMORY_LIMIT), str(cpu_s), str(_FILE_SIZE_LIMIT),
+                            "-" if nproc is None else str(nproc)]
+                    command, cwd, env = sandbox_command(kind, work, argv)
+                    program_proc = subprocess.Popen(
+                        command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                        pass_fds=(calls_r, replies_w), start_new_session=True,
+                    )
+                for fd in (calls_r, calls_w, replies_r, replies_w):
+                    os.close(fd)  # each end now lives only in the process that uses it
+                calls_r = calls_w = replies_r = replies_w = -1
+                try:
+                    checker.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                verdict_text = b"" if timed_out else checker.stdout.read()  # one line: it fits the pipe
             finally:
-                # The child leads its own group (start_new_session): this also ends its children.
-                _kill_group(proc.pid)
-                proc.wait()
+                for fd in (calls_r, calls_w, replies_r, replies_w):
+                    if fd >= 0:
+                        os.close(fd)
+                for proc in (program_proc, checker):
+                    if proc is not None:
+                        kill_tree(proc)
+                if checker is not None:
+                    checker.stdout.close()
         text = output_path.read_bytes()[-4 * _OUTPUT_CHARS :].decode("utf-8", "replace")
         output = _tail(text, _OUTPUT_CHARS)
-        report = result_path.read_text(encoding="utf-8", errors="replace") if result_path.exists() else None
 
     if timed_out:
-        return ExecutionResult(False, "timeout", f"no result within {timeout_s:g} s; killed", output)
-    if report is not None:
-        status, _, detail = report.partition("\n")
-        return ExecutionResult(status == "passed", status, _tail(detail, _DETAIL_CHARS), output)
-    if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
-        why = {"SIGXCPU": " (CPU time limit)", "SIGKILL": " (killed, e.g. CPU time limit)"}.get(name, "")
-        return ExecutionResult(False, "error", f"died from {name}{why}", output)
-    return ExecutionResult(False, "error", f"exited with code {proc.returncode} before the tests finished", output)
+        return ExecutionResult(False, "timeout", f"no result within {timeout_s:g} s; killed", output, kind)
+    if program_proc is None:
+        return ExecutionResult(False, "error", "the test checker failed to start", output, kind)
+    status, detail = _read_verdict(verdict_text, nonce)
+    if status == "error" and detail.startswith("the program ended") and program_proc.returncode:
+        code = program_proc.returncode
+        detail += f" (died from signal {-code})" if code < 0 else f" (exit status {code})"
+    return ExecutionResult(status == "passed", status, _tail(detail, _DETAIL_CHARS), output, kind)
 
 
 # ----------------------------------------------------------------------------
@@ -358,17 +575,10 @@ def score_example(example: Example, completion: str, *, timeout_s: float = 10.0)
         return {"correct": gsm8k_correct(completion, reference), "predicted": predicted, "reference": reference}
     if example.task == "humaneval":
         result = run_humaneval(example.reference, completion, timeout_s=timeout_s)
-        return {"correct": result.passed, "status": result.status, "detail": result.detail}
+        return {"correct": result.passed, "status": result.status, "detail": result.detail, "sandbox": result.sandbox}
     if example.task == "none":
         return None
     raise SpecAdaptError(f"example {example.id!r} has unknown task {example.task!r}; use 'gsm8k', 'humaneval' or 'none'.")
-
-
-def summarize_scores(scores: list[dict | None]) -> dict:
-    """``{"scored": n, "correct": k, "accuracy": k / n}`` over the scored examples (accuracy None when n = 0)."""
-    scored = [s for s in scores if s is not None]
-    correct = sum(bool(s["correct"]) for s in scored)
-    return {"scored": len(scored), "correct": correct, "accuracy": correct / len(scored) if scored else None}
 
 
 def exact_match(a: str, b: str) -> bool:

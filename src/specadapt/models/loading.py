@@ -8,6 +8,7 @@ checkpoint, a draft whose tokenizer differs from the target's) becomes a
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -124,12 +125,18 @@ def check_same_tokenizer(target: PreTrainedTokenizerBase, draft: PreTrainedToken
         )
 
 
-def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def token_id_list(*sources: int | Sequence[int] | None) -> list[int]:
+    """The distinct token ids in ``sources`` (each an id, a list of ids or None), in order of first appearance;
+    negative ids (configs' "none") are left out."""
     ids: list[int] = []
-    for source in (getattr(model.generation_config, "eos_token_id", None), model.config.eos_token_id, tokenizer.eos_token_id):
-        if source is None:
-            continue
+    for source in sources:
         for i in source if isinstance(source, (list, tuple)) else [source]:
-            if i not in ids:
+            if i is not None and int(i) >= 0 and int(i) not in ids:
                 ids.append(int(i))
     return ids
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends a generation: the generation config's, the model config's and the tokenizer's."""
+    return token_id_list(getattr(model.generation_config, "eos_token_id", None), model.config.eos_token_id,
+                         tokenizer.eos_token_id)

@@ -419,21 +419,11 @@ def _fetch_gguf(zm: ZooModel, progress: bool, timings: dict[str, float]) -> Path
 
 
 def _eos_ids(zm: ZooModel, tokenizer, model) -> list[int]:
-    ids: list[int] = []
+    from .loading import token_id_list  # loading imports this module
 
-    def add(x) -> None:
-        for i in x if isinstance(x, (list, tuple)) else [x]:
-            if isinstance(i, int) and i >= 0 and i not in ids:
-                ids.append(i)
-
-    add(tokenizer.eos_token_id)
-    add(model.config.eos_token_id)
-    add(getattr(model.generation_config, "eos_token_id", None))
     vocab = tokenizer.get_vocab()
-    for tok in zm.eos_tokens:
-        if tok in vocab:
-            add(vocab[tok])
-    return ids
+    return token_id_list(tokenizer.eos_token_id, model.config.eos_token_id, getattr(model.generation_config, "eos_token_id", None),
+                         [vocab[tok] for tok in zm.eos_tokens if tok in vocab])
 
 
 def convert_gguf(gguf: Path, out_dir: Path, zm: ZooModel, *, progress: bool = True) -> dict:

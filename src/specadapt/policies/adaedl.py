@@ -42,7 +42,7 @@ import torch
 from ..methods import register_method
 from ..sampling import entropy
 from ._scoped import ScopedState, check_scope
-from .base import DraftLengthPolicy, DraftStep, RoundOutcome
+from .base import DraftLengthPolicy, DraftStep, RoundOutcome, check_draft_length
 
 
 def acceptance_bound(probs: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -71,8 +71,7 @@ class AdaEDL(DraftLengthPolicy):
             raise ValueError("lr must be in [0, 1]")
         if not self.lambda_min <= self.lambda_init <= self.lambda_max:
             raise ValueError("need lambda_min <= lambda_init <= lambda_max")
-        if self.max_k < 1:
-            raise ValueError("max_k must be >= 1")
+        check_draft_length("max_k", self.max_k)
         check_scope(self.scope)
         self._state = ScopedState(self.scope, {"lambda": self.lambda_init})
 

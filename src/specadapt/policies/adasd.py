@@ -46,7 +46,7 @@ from ..acceptance.adasd import COMBINE_MODES, AdaSDAcceptance
 from ..methods import register_method
 from ..sampling import SamplingParams, entropy, js_distance
 from ._scoped import ScopedState, check_scope
-from .base import DraftLengthPolicy, DraftStep, RoundOutcome
+from .base import DraftLengthPolicy, DraftStep, RoundOutcome, check_draft_length
 
 
 @register_method(
@@ -66,10 +66,8 @@ class AdaSDStop(DraftLengthPolicy):
     def __post_init__(self) -> None:
         if self.n_min < 0:
             raise ValueError("n_min must be >= 0")
-        if self.max_k < 1:
-            raise ValueError("max_k must be >= 1")
-        if self.cold_start_k < 1:
-            raise ValueError("cold_start_k must be >= 1")
+        check_draft_length("max_k", self.max_k)
+        check_draft_length("cold_start_k", self.cold_start_k)
         check_scope(self.scope)
         self._state = ScopedState(
             self.scope, {"n_acc": 0, "n_rej": 0, "h_rej_sum": 0.0, "d_acc_sum": 0.0, "d_rej_sum": 0.0}

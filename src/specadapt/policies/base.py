@@ -27,6 +27,13 @@ import torch
 MAX_DRAFT_TOKENS = 64
 
 
+def check_draft_length(name: str, value: int) -> None:
+    """A draft-length setting must lie in [1, MAX_DRAFT_TOKENS] (the engine never drafts more per round)."""
+    if not isinstance(value, int) or not 1 <= value <= MAX_DRAFT_TOKENS:
+        raise ValueError(f"{name} must be an integer in [1, {MAX_DRAFT_TOKENS}] (the most draft tokens a round may hold), "
+                         f"got {value!r}")
+
+
 @dataclass
 class DraftStep:
     """What the policy sees right after the draft proposed token ``position`` of a round."""

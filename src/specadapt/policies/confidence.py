@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..methods import register_method
-from .base import DraftLengthPolicy, DraftStep
+from .base import DraftLengthPolicy, DraftStep, check_draft_length
 
 
 @register_method("confidence", summary="stop when the draft's probability of its token < threshold")
@@ -19,8 +19,7 @@ class ConfidenceStop(DraftLengthPolicy):
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError("threshold must be in [0, 1]")
-        if self.max_k < 1:
-            raise ValueError("max_k must be >= 1")
+        check_draft_length("max_k", self.max_k)
 
     def max_length(self, slots: torch.Tensor) -> torch.Tensor:
         return torch.full_like(slots, self.max_k)

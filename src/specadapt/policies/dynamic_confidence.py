@@ -37,7 +37,7 @@ import torch
 
 from ..methods import register_method
 from ._scoped import ScopedState, check_scope
-from .base import DraftLengthPolicy, DraftStep, RoundOutcome
+from .base import DraftLengthPolicy, DraftStep, RoundOutcome, check_draft_length
 
 
 def roc_threshold(scores: torch.Tensor, labels: torch.Tensor, fn_cost: float = 3.0) -> tuple[float, float]:
@@ -78,8 +78,7 @@ class DynamicConfidence(DraftLengthPolicy):
             raise ValueError("min_each must be >= 1")
         if not self.fn_cost > 0:
             raise ValueError("fn_cost must be > 0")
-        if self.max_k < 1:
-            raise ValueError("max_k must be >= 1")
+        check_draft_length("max_k", self.max_k)
         check_scope(self.scope)
         self._state = ScopedState(self.scope, {"threshold": self.threshold})
         self._history: list[tuple[list[float], list[bool]]] = [([], [])]  # (scores, labels) per slot

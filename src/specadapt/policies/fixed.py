@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..methods import register_method
-from .base import DraftLengthPolicy
+from .base import DraftLengthPolicy, check_draft_length
 
 
 @register_method("fixed", summary="draft exactly k tokens per round (standard speculative decoding)")
@@ -16,8 +16,9 @@ class FixedLength(DraftLengthPolicy):
     k: int = 4
 
     def __post_init__(self) -> None:
-        if self.k < 1:
+        if self.k == 0:
             raise ValueError("k must be >= 1 (use the 'autoregressive' method for target-only decoding)")
+        check_draft_length("k", self.k)
 
     def max_length(self, slots: torch.Tensor) -> torch.Tensor:
         return torch.full_like(slots, self.k)

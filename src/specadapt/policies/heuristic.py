@@ -12,7 +12,7 @@ import torch
 
 from ..methods import register_method
 from ._scoped import ScopedState
-from .base import DraftLengthPolicy, RoundOutcome
+from .base import DraftLengthPolicy, RoundOutcome, check_draft_length
 
 
 @register_method("heuristic", summary="K += 2 when all drafts are accepted, else K -= 1 (per request)")
@@ -22,6 +22,7 @@ class Heuristic(DraftLengthPolicy):
     max_k: int = 20
 
     def __post_init__(self) -> None:
+        check_draft_length("max_k", self.max_k)
         if not 1 <= self.initial_k <= self.max_k:
             raise ValueError("need 1 <= initial_k <= max_k")
         self._k = ScopedState("request", {"k": self.initial_k})

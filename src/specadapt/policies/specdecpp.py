@@ -29,7 +29,7 @@ import torch
 from ..errors import SpecAdaptError
 from ..heads import AcceptanceHead, builtin_heads, distribution_features, load_head, read_head_config, resolve_head
 from ..methods import register_method
-from .base import DraftLengthPolicy, DraftStep
+from .base import DraftLengthPolicy, DraftStep, check_draft_length
 
 DEFAULT_THRESHOLD = 0.7  # the paper's sample script; reported best overall
 FROM_HEAD = -1.0
@@ -66,6 +66,7 @@ class SpecDecPP(DraftLengthPolicy):
             self.min_k = int(self._head_config.get("min_k", DEFAULT_MIN_K))
         if self.max_k == 0:
             self.max_k = int(self._head_config.get("max_k", DEFAULT_MAX_K))
+        check_draft_length("max_k", self.max_k)
         if not 1 <= self.min_k <= self.max_k:
             raise ValueError(f"need 1 <= min_k <= max_k, got min_k={self.min_k}, max_k={self.max_k}")
         self._model: AcceptanceHead | None = None

@@ -24,6 +24,7 @@ from ..api import SpecDecoder
 from ..engine import RequestConfig
 from ..errors import SpecAdaptError
 from ..methods import Method, make_method
+from ..text import has_chat_template
 from .metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from .protocol import (
     FINISH_REASONS, UNSUPPORTED, APIError, ChatCompletionRequest, CompletionRequest, ResponseIds, SamplingRequest, usage,
@@ -196,8 +197,6 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
             raise APIError(400, f"max_tokens is {max_tokens}, but the model's context window of {context} tokens leaves "
                                 f"only {room} after the {prompt_len}-token prompt; lower max_tokens or shorten the prompt.",
                            param="max_tokens", code="context_length_exceeded")
-        if body.seed is not None and not 0 <= body.seed < 2**63:
-            raise APIError(400, f"seed must be in [0, 2**63), got {body.seed}.", param="seed", code="invalid_value")
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         top_k = 0 if body.top_k in (None, -1) else body.top_k  # -1: "off", as in vLLM
         temperature = 1.0 if body.temperature is None else body.temperature
@@ -206,7 +205,7 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
             return RequestConfig(max_tokens, temperature, top_k, top_p, body.seed, tuple(stop))
         except SpecAdaptError as exc:
             message = str(exc)
-            param = next((p for p in ("temperature", "top_k", "top_p", "stop") if message.startswith(p)), None)
+            param = next((p for p in ("temperature", "top_k", "top_p", "stop", "seed") if message.startswith(p)), None)
             raise APIError(400, message, param=param, code="invalid_value") from None
 
     def encode_completion_prompt(prompt: Any) -> list[int]:
@@ -234,7 +233,7 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
             messages.append({"role": m.role, "content": content})
         if not messages:
             raise APIError(400, "messages is empty; give at least one message.", param="messages", code="empty_prompt")
-        if not getattr(tokenizer, "chat_template", None):
+        if not has_chat_template(tokenizer):
             raise APIError(400, f"model '{name}' has no chat template; send plain text to /v1/completions instead.",
                            param="messages", code="no_chat_template")
         try:

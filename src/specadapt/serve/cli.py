@@ -1,4 +1,5 @@
-"""``specadapt serve``: load the pair once and serve it over HTTP. Defaults and help come from :class:`ServeSettings`.
+"""``specadapt serve``: load the pair once and serve it over HTTP. Its options are :class:`ServeSettings`' fields
+(defaults and help written once, there; :func:`~specadapt.cli_options.with_settings` builds the options).
 
 Registered in ``specadapt/cli.py`` with ``app.command("serve")(serve_command)``; FastAPI and uvicorn
 are imported only when the command runs.
@@ -6,39 +7,14 @@ are imported only when the command runs.
 
 from __future__ import annotations
 
-from dataclasses import fields
-
-import typer
-
+from ..cli_options import with_settings
 from .settings import ServeSettings
 
-_D = ServeSettings()
 
-
-def _opt(name: str, *flags: str) -> typer.models.OptionInfo:
-    return typer.Option(getattr(_D, name), *flags, help=ServeSettings.help(name))
-
-
-def serve_command(
-    target: str = _opt("target"),
-    draft: str = _opt("draft"),
-    method: str = _opt("method"),
-    dtype: str = _opt("dtype"),
-    device: str = _opt("device"),
-    host: str = _opt("host"),
-    port: int = _opt("port"),
-    model_name: str = _opt("model_name"),
-    max_batch_size: int = _opt("max_batch_size"),
-    max_queue: int = _opt("max_queue"),
-    max_body_bytes: int = _opt("max_body_bytes"),
-    spec_max_batch: int = _opt("spec_max_batch"),
-    spec_load_k: int = _opt("spec_load_k"),
-    retry_after_s: int = _opt("retry_after_s"),
-    log_level: str = _opt("log_level"),
-) -> None:
+@with_settings(ServeSettings)
+def serve_command(*, settings: dict) -> None:
     """Serve the target/draft pair as an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /metrics)."""
-    values = dict(locals())
-    settings = ServeSettings(**{f.name: values[f.name] for f in fields(ServeSettings)})
+    settings = ServeSettings(**settings)
 
     import prometheus_client
     import uvicorn

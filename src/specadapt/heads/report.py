@@ -61,7 +61,7 @@ def expected_calibration_error(table: Sequence[dict[str, Any]]) -> float | None:
 
 
 def dev_metrics(pred: torch.Tensor, labels: torch.Tensor, draft_q: torch.Tensor, reject_weight: float) -> dict[str, Any]:
-    from .head_trainer import weighted_soft_bce
+    from .trainer import weighted_soft_bce
 
     table = calibration_table(pred, labels)
     eps = 1e-7

@@ -5,7 +5,7 @@ Output folder layout
 ::
 
     OUTPUT/
-      data/            the data stages (see specadapt.train.head_data): settings.json,
+      data/            the data stages (see specadapt.heads.data): settings.json,
                        prompts.jsonl, prompts_summary.json, responses/part-<rank>.jsonl,
                        labels/<index>.safetensors
       trainer/         Hugging Face Trainer checkpoints (checkpoint-<step>/), settings.json
@@ -33,23 +33,21 @@ from typing import Any
 import torch
 
 from ..errors import SpecAdaptError
-from ..heads import CONFIG_FILE, AcceptanceHead, save_head
+from ..io import read_json, write_json_atomic
+from ..sources import HUMANEVAL_EVAL_NOTE, check_source
 from .config import TrainHeadConfig, model_ref
-from .head_data import (
-    Procs,
+from .data import (
     compute_labels,
     label_path,
     load_labels,
-    read_json,
     read_prompts,
     read_responses,
     responses_for,
     sample_responses,
     select_prompts,
-    write_json_atomic,
     write_prompts,
 )
-from .sources import HUMANEVAL_EVAL_NOTE, check_source
+from .format import CONFIG_FILE, AcceptanceHead, save_head
 
 REPORT_FILES = ("report.json", "report.md", "calibration.png", "loss.png")
 
@@ -129,6 +127,8 @@ def _release() -> None:
 
 def train_head(config: TrainHeadConfig) -> TrainHeadResult:
     """Run (or resume) every stage and return where the head and the report are."""
+    from accelerate import PartialState
+
     from ..models import loading
 
     out = Path(config.output).expanduser()
@@ -136,10 +136,10 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
     labels_dir = data_dir / "labels"
     for name in config.data:
         check_source(name)
-    procs = Procs()
+    state = PartialState()  # this process's share under accelerate launch / torchrun; rank 0 of 1 otherwise
     timings: dict[str, float] = {}
-    prepare_output(out, config, apply=procs.is_main)
-    procs.barrier()
+    prepare_output(out, config, apply=state.is_main_process)
+    state.wait_for_everyone()
 
     # Tokenizers first: a mismatched pair is refused before anything heavy is loaded.
     t0 = time.perf_counter()
@@ -147,11 +147,11 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
     loading.check_same_tokenizer(tokenizer, loading.load_tokenizer(config.draft), (config.target, config.draft))
 
     prompts_file = data_dir / "prompts.jsonl"
-    if procs.is_main and not prompts_file.exists():
+    if state.is_main_process and not prompts_file.exists():
         rows, summary = select_prompts(config, tokenizer)
         write_json_atomic(data_dir / "prompts_summary.json", summary)
         write_prompts(prompts_file, rows)
-    procs.barrier()
+    state.wait_for_everyone()
     rows = read_prompts(prompts_file)
     summary = read_json(data_dir / "prompts_summary.json")
     timings["prompts_s"] = time.perf_counter() - t0
@@ -164,7 +164,8 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
     )
     target_model = draft_model = None
     if need_responses or need_labels or config.hidden == "recompute":
-        device = procs.device(config.device)
+        # Under a multi-process launch each process takes its own GPU.
+        device = state.device if state.num_processes > 1 and config.device == "auto" else config.device
         draft_model = loading.load_model(config.draft, config.dtype, device)
         if need_responses or need_labels:
             target_model = loading.load_model(config.target, config.dtype, draft_model.device)
@@ -173,15 +174,15 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
 
         t0 = time.perf_counter()
         engine = SpeculativeEngine(target_model, draft_model, tokenizer, loading.eos_token_ids(target_model, tokenizer))
-        sample_responses(engine, rows, data_dir / "responses", config, procs, config.progress)
-        procs.barrier()
+        sample_responses(engine, rows, data_dir / "responses", config, state, config.progress)
+        state.wait_for_everyone()
         sampled = read_responses(data_dir / "responses")
         timings["responses_s"] = time.perf_counter() - t0
     sequences = responses_for(rows, sampled)
     if need_labels:
         t0 = time.perf_counter()
-        compute_labels(draft_model, target_model, sequences, labels_dir, config, procs, config.progress)
-        procs.barrier()
+        compute_labels(draft_model, target_model, sequences, labels_dir, config, state, config.progress)
+        state.wait_for_everyone()
         timings["labels_s"] = time.perf_counter() - t0
     if target_model is not None:
         target_model = None
@@ -210,7 +211,7 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
     if not items["dev"]:
         raise SpecAdaptError("the dev split is empty; raise --dev-fraction or --num-prompts.")
 
-    from .head_trainer import (
+    from .trainer import (
         CachedHiddenDataset,
         HeadTrainingModule,
         MixingCollator,
@@ -230,13 +231,13 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
         train_set, dev_set = SequenceDataset(items["train"]), SequenceDataset(items["dev"])
         collator = MixingCollator(config.mix_ratio)
     use_cpu = str(config.device) == "cpu" or not torch.cuda.is_available()
-    trainer = build_trainer(module, train_set, dev_set, collator, trainer_dir, config, use_cpu, procs.world)
+    trainer = build_trainer(module, train_set, dev_set, collator, trainer_dir, config, use_cpu, state.num_processes)
     t0 = time.perf_counter()
     resume = last_checkpoint(trainer_dir)
     trainer.train(resume_from_checkpoint=resume)
     timings["training_s"] = time.perf_counter() - t0
-    procs.barrier()
-    if not procs.is_main:
+    state.wait_for_everyone()
+    if not state.is_main_process:
         return TrainHeadResult(out, head_dir, {})
 
     # Dev metrics, plots, the head and the report (main process only).

@@ -32,7 +32,6 @@ threshold is then tuned on the workload it is judged on, without seeing those pr
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -41,14 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecAdaptError
-from ..heads import CONFIG_FILE, read_head_config
+from ..io import read_json, write_json_atomic
 from ..policies.base import MAX_DRAFT_TOKENS
 from ..policies.specdecpp import DEFAULT_MAX_K, DEFAULT_MIN_K
 from ..stats import RequestStats
+from ..text import has_chat_template
+from .format import CONFIG_FILE, read_head_config
 
-DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
-DEFAULT_MIN_KS = (DEFAULT_MIN_K,)
-DEFAULT_MAX_KS = (DEFAULT_MAX_K,)
 TUNE_BY = ("speed", "replay")
 REPLAY_ANCHORS = ("fixed:2", "fixed:6")  # timed per prompt; two draft lengths separate per-round from per-drafted cost
 FIXED_REFERENCE = tuple(range(1, 11))
@@ -99,6 +97,45 @@ class TuneResult:
     written: bool = False
 
 
+@dataclass
+class TuneSettings:
+    """What :func:`tune_head` measures and how; the metadata's help texts are the ``specadapt tune-head`` options'
+    (:mod:`specadapt.cli_options`)."""
+
+    target: str | None = field(default=None, metadata={"help": "Target model (default: the one recorded in the head)."})
+    draft: str | None = field(default=None, metadata={"help": "Draft model (default: the one recorded in the head)."})
+    prompts_file: str | None = field(default=None, metadata={
+        "help": "JSONL file of {\"prompt\": ...} lines (default: the training run's dev prompts).", "flag": "--prompts"})
+    datasets: list[str] | None = field(default=None, metadata={
+        "help": "Instead: comma-separated built-in bench datasets (e.g. humaneval,mt-bench), prompted as `specadapt bench` "
+                "prompts them, taken round-robin after --skip."})
+    skip: int = field(default=0, metadata={
+        "help": "With --datasets: leave out the first N examples of each (those `specadapt bench --limit N` reports)."})
+    num_prompts: int = field(default=5, metadata={"help": "Prompts to measure with."})
+    thresholds: tuple[float, ...] = field(default=(0.3, 0.5, 0.7, 0.9), metadata={
+        "help": "Comma-separated thresholds h to try."})
+    min_ks: tuple[int, ...] = field(default=(DEFAULT_MIN_K,), metadata={
+        "help": "Comma-separated least draft lengths to try with every threshold (e.g. 1,2: chat often wants 1).",
+        "flag": "--min-k", "example": "1,2"})
+    max_ks: tuple[int, ...] = field(default=(DEFAULT_MAX_K,), metadata={
+        "help": "Comma-separated largest draft lengths to try with every threshold and min_k (e.g. 20,32: code often "
+                "drafts to the cap).", "flag": "--max-k", "example": "20,32"})
+    max_new_tokens: int = field(default=128, metadata={"help": "Tokens generated per prompt and threshold."})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy."})
+    seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
+    chat: bool | None = field(default=None, metadata={
+        "help": "Chat template for --prompts (default: if the tokenizer has one).", "flag": "--chat/--no-chat"})
+    dtype: str = field(default="bfloat16", metadata={"help": "bfloat16, float32 or float16."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
+    by: str = field(default="speed", metadata={
+        "help": "speed: time every threshold on every prompt; replay (greedy only): time fixed:2 and fixed:6 once per "
+                "prompt, replay every threshold and fixed K 1-10 on the greedy output and model their speed (exact "
+                "counts, far less noise)."})
+    write: bool = field(default=True, metadata={
+        "help": "Measure and print, but do not write the threshold into the head.", "flag": "--dry-run", "negated": True})
+    progress: bool = True
+
+
 def resolve_head_dir(head: str | os.PathLike) -> Path:
     """Accept the head folder itself or the train-head output folder holding ``head/``."""
     path = Path(head).expanduser()
@@ -113,8 +150,9 @@ def dev_prompts_of(head_dir: Path) -> list[list[int]]:
     prompts = head_dir.parent / "data" / "prompts.jsonl"
     if head_dir.name != "head" or not prompts.is_file():
         return []
-    rows = [json.loads(line) for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r["prompt_ids"] for r in sorted(rows, key=lambda r: r["index"]) if r.get("split") == "dev"]
+    from .data import read_prompts
+
+    return [r["prompt_ids"] for r in read_prompts(prompts) if r.get("split") == "dev"]
 
 
 def benchmark_prompts(datasets: Sequence[str], skip: int, count: int) -> tuple[list[list[dict]], list[tuple[str, ...]]]:
@@ -162,84 +200,66 @@ def write_tuning(head_dir: Path, run: ThresholdRun, tuning: dict[str, Any]) -> N
     """Set ``threshold``, ``min_k``, ``max_k`` (``run``'s) and ``threshold_tuning`` in the head's config.json,
     keeping all other fields."""
     path = head_dir / CONFIG_FILE
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = read_json(path)
     config["threshold"] = run.threshold
     config["min_k"] = run.min_k
     config["max_k"] = run.max_k
     config["threshold_tuning"] = tuning
-    tmp = path.with_name(CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, config)
     read_head_config(head_dir)
 
 
 def tune_head(
     head: str | os.PathLike,
+    settings: TuneSettings | None = None,
     *,
-    target: str | None = None,
-    draft: str | None = None,
     prompts: Sequence[str] | Sequence[Sequence[int]] | None = None,
-    prompts_file: str | os.PathLike | None = None,
-    datasets: Sequence[str] | None = None,
-    skip: int = 0,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    min_ks: Sequence[int] = DEFAULT_MIN_KS,
-    max_ks: Sequence[int] = DEFAULT_MAX_KS,
-    num_prompts: int = 5,
-    max_new_tokens: int = 128,
-    temperature: float = 0.0,
-    seed: int = 0,
-    chat: bool | None = None,
-    dtype: str = "bfloat16",
-    device: str = "auto",
-    by: str = "speed",
     decoder=None,
-    write: bool = True,
-    progress: bool = True,
     on_result: Callable[[ThresholdRun], None] | None = None,
+    **changes: Any,
 ) -> TuneResult:
     """Measure tokens/s of ``specdecpp:head=HEAD,threshold=h,min_k=m,max_k=M`` for each h, m and M and record the fastest
     in the head.
 
+    ``changes`` replace fields of ``settings`` (default :class:`TuneSettings`), e.g. ``thresholds=[0.5, 0.7]``.
     ``target`` / ``draft`` default to the pair recorded in the head's config (else the built-in
     pair); ``decoder`` (a :class:`~specadapt.api.SpecDecoder`) skips loading. ``chat`` applies to
     text prompts (None: use the chat template when the tokenizer has one). ``datasets`` / ``skip``: prompts
     from built-in benchmark datasets (see the module docstring) instead of ``prompts``. ``by``: ``"speed"``
     (time every threshold) or ``"replay"`` (model it; see the module docstring).
     """
-    from tqdm.auto import tqdm
-
     from ..api import SpecDecoder
     from ..engine import RequestConfig
     from ..methods import make_method
     from ..models import zoo
 
+    s = replace(settings or TuneSettings(), **changes)
     head_dir = resolve_head_dir(head)
     config = read_head_config(head_dir)
-    grid = _check_thresholds(thresholds)
-    min_k_grid = _check_min_ks(min_ks)
-    max_k_grid = _check_max_ks(max_ks, min_k_grid)
-    if not isinstance(num_prompts, int) or num_prompts < 1:
-        raise SpecAdaptError(f"num_prompts must be >= 1, got {num_prompts!r}.")
-    RequestConfig(max_new_tokens, temperature, seed=seed)  # fail fast on bad settings
-    if by not in TUNE_BY:
-        raise SpecAdaptError(f"by must be one of {', '.join(TUNE_BY)}, got {by!r}.")
-    if by == "replay" and temperature != 0:
+    grid = _check_thresholds(s.thresholds)
+    min_k_grid = _check_min_ks(s.min_ks)
+    max_k_grid = _check_max_ks(s.max_ks, min_k_grid)
+    if not isinstance(s.num_prompts, int) or s.num_prompts < 1:
+        raise SpecAdaptError(f"num_prompts must be >= 1, got {s.num_prompts!r}.")
+    RequestConfig(s.max_new_tokens, s.temperature, seed=s.seed)  # fail fast on bad settings
+    if s.by not in TUNE_BY:
+        raise SpecAdaptError(f"by must be one of {', '.join(TUNE_BY)}, got {s.by!r}.")
+    if s.by == "replay" and s.temperature != 0:
         raise SpecAdaptError("tuning by replay needs greedy decoding (temperature 0): only then is every threshold's "
                              "output the target's own. Use --by speed for sampling.")
-    if by == "replay" and num_prompts < 2:
+    if s.by == "replay" and s.num_prompts < 2:
         raise SpecAdaptError("tuning by replay needs at least 2 prompts (their timings fit the cost model); raise --num-prompts.")
 
     # Prompts before models: a missing prompt set should not cost a model load.
     stops: list[tuple[str, ...]] = []
-    if datasets:
-        if prompts is not None or prompts_file is not None:
+    if s.datasets:
+        if prompts is not None or s.prompts_file is not None:
             raise SpecAdaptError("give dev prompts one way: datasets, or a prompts file, or prompts; not several.")
-        prompts, stops = benchmark_prompts(datasets, skip, num_prompts)
-    if prompts is None and prompts_file is not None:
-        from .sources import read_jsonl_prompts
+        prompts, stops = benchmark_prompts(s.datasets, s.skip, s.num_prompts)
+    if prompts is None and s.prompts_file is not None:
+        from ..sources import read_jsonl_prompts
 
-        records = read_jsonl_prompts(Path(prompts_file).expanduser())
+        records = read_jsonl_prompts(Path(s.prompts_file).expanduser())
         prompts = [r.prompt for r in records]
     if prompts is None:
         prompts = dev_prompts_of(head_dir)
@@ -248,14 +268,14 @@ def tune_head(
                 f"no dev prompts found for the head {head_dir} (it is not inside a train-head output folder); "
                 "pass --prompts FILE.jsonl with lines like {\"prompt\": \"...\"}."
             )
-    prompts = list(prompts)[:num_prompts]
+    prompts = list(prompts)[:s.num_prompts]
     if not prompts:
         raise SpecAdaptError("no prompts to measure with; give at least one.")
 
-    target = target or config.get("target") or zoo.DEFAULT_TARGET
-    draft = draft or config.get("draft") or zoo.DEFAULT_DRAFT
+    target = s.target or config.get("target") or zoo.DEFAULT_TARGET
+    draft = s.draft or config.get("draft") or zoo.DEFAULT_DRAFT
     if decoder is None:
-        decoder = SpecDecoder.from_pretrained(target, draft, dtype=dtype, device=device)
+        decoder = SpecDecoder.from_pretrained(target, draft, dtype=s.dtype, device=s.device)
     if decoder.draft is None:
         raise SpecAdaptError("tune-head needs a draft model; load the pair the head was trained for.")
     draft_hidden = int(decoder.draft.config.get_text_config().hidden_size)
@@ -264,43 +284,43 @@ def tune_head(
             f"the head {head_dir} expects hidden size {config['hidden_size']}, but the draft {draft!r} has hidden size "
             f"{draft_hidden}: the head was trained for another draft. Pass the draft it was trained for (--draft)."
         )
-    use_chat = bool(getattr(decoder.tokenizer, "chat_template", None)) if chat is None else chat
+    use_chat = has_chat_template(decoder.tokenizer) if s.chat is None else s.chat
     ids = [decoder.encode(p, use_chat) if isinstance(p, str) or isinstance(p[0], dict) else list(p) for p in prompts]
     stops = stops or [()] * len(ids)
     methods = {(h, k, m): make_method("specdecpp", head=str(head_dir), threshold=h, min_k=k, max_k=m)
                for m in max_k_grid for k in min_k_grid for h in grid}
-    gen = RequestConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    gen = RequestConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=s.seed)
 
     # Warm-up (caches, kernels, lazy head load): not measured.
-    warm = RequestConfig(max_new_tokens=min(8, max_new_tokens), seed=seed)
-    for method in [next(iter(methods.values()))] + ([make_method(a) for a in REPLAY_ANCHORS] if by == "replay" else []):
+    warm = RequestConfig(max_new_tokens=min(8, s.max_new_tokens), seed=s.seed)
+    for method in [next(iter(methods.values()))] + ([make_method(a) for a in REPLAY_ANCHORS] if s.by == "replay" else []):
         decoder.engine.generate([ids[0]], method, warm)
     record: dict[str, Any] = {}
     gens = [replace(gen, stop_strings=stop) for stop in stops]  # the benchmark's stop strings, per prompt
-    if by == "replay":
-        ordered, record = _replay_sweep(decoder, ids, methods, gens, progress)
+    if s.by == "replay":
+        ordered, record = _replay_sweep(decoder, ids, methods, gens, s.progress)
     else:
-        ordered = _timed_sweep(decoder, ids, methods, gens, progress)
+        ordered = _timed_sweep(decoder, ids, methods, gens, s.progress)
     best = max(ordered, key=lambda r: r.tokens_per_s)
-    settings = {
-        "by": by,
+    summary = {
+        "by": s.by,
         "target": target,
         "draft": draft,
         "prompts": len(ids),
-        **({"datasets": list(datasets), "skip": skip} if datasets else {}),
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "seed": seed,
+        **({"datasets": list(s.datasets), "skip": s.skip} if s.datasets else {}),
+        "max_new_tokens": s.max_new_tokens,
+        "temperature": s.temperature,
+        "seed": s.seed,
         "device": str(decoder.engine.device),
         "dtype": str(next(decoder.target.parameters()).dtype).replace("torch.", ""),
     }
     if on_result is not None:
         for r in ordered:
             on_result(r)
-    if write:
-        write_tuning(head_dir, best, {**settings, "grid": grid, "min_k_grid": min_k_grid, "max_k_grid": max_k_grid,
+    if s.write:
+        write_tuning(head_dir, best, {**summary, "grid": grid, "min_k_grid": min_k_grid, "max_k_grid": max_k_grid,
                                       "results": [r.to_dict() for r in ordered], **record})
-    return TuneResult(head_dir, best, ordered, len(ids), {**settings, **record}, write)
+    return TuneResult(head_dir, best, ordered, len(ids), {**summary, **record}, s.write)
 
 
 def _timed_sweep(decoder, ids: list[list[int]], methods: dict, gens: list, progress: bool) -> list[ThresholdRun]:

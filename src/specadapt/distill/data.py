@@ -41,6 +41,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import SpecAdaptError
+from ..text import as_messages, encode_chat, encode_prompt, plain_text, wants_chat
 
 TRAIN_SOURCES = ("gsm8k", "sharegpt", "humaneval")
 EVAL_SOURCES = ("gsm8k", "mt-bench", "spec-bench", "humaneval")
@@ -72,42 +73,14 @@ class Pair:
     chat: bool | None = None  # None: chat if the tokenizer has a template
 
 
-def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def _as_messages(prompt: str | list[dict]) -> list[dict]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-
-
-def _plain_text(prompt: str | list[dict]) -> str:
-    return prompt if isinstance(prompt, str) else str(prompt[-1]["content"])
-
-
-def _template_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if hasattr(ids, "keys"):  # some versions return a BatchEncoding
-        ids = ids["input_ids"]
-    return list(ids)
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], chat: bool | None = None) -> list[int]:
-    """Prompt ids as the engine sees them (the same calls as :meth:`SpecDecoder.encode`)."""
-    use_chat = has_chat_template(tokenizer) if chat is None else chat and has_chat_template(tokenizer)
-    if use_chat:
-        return _template_ids(tokenizer, _as_messages(prompt))
-    return list(tokenizer(_plain_text(prompt), add_special_tokens=True)["input_ids"])
-
-
 def encode_pair(
     tokenizer: PreTrainedTokenizerBase, pair: Pair, max_length: int
 ) -> TrainExample | None:
     """Tokenise one pair; None when the prompt alone leaves no room for an answer token."""
-    use_chat = has_chat_template(tokenizer) if pair.chat is None else pair.chat and has_chat_template(tokenizer)
     eos = tokenizer.eos_token
-    if use_chat:
-        messages = _as_messages(pair.prompt)
-        prompt_ids = _template_ids(tokenizer, messages)
+    if wants_chat(tokenizer, pair.chat):
+        messages = as_messages(pair.prompt)
+        prompt_ids = encode_chat(tokenizer, messages)
         prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         full_text = tokenizer.apply_chat_template(
             messages + [{"role": "assistant", "content": pair.response}], tokenize=False
@@ -121,7 +94,7 @@ def encode_pair(
             suffix = pair.response + (eos or "")
         answer_ids = list(tokenizer(suffix, add_special_tokens=False)["input_ids"])
     else:
-        prompt_ids = list(tokenizer(_plain_text(pair.prompt), add_special_tokens=True)["input_ids"])
+        prompt_ids = list(tokenizer(plain_text(pair.prompt), add_special_tokens=True)["input_ids"])
         answer_ids = list(tokenizer(pair.response, add_special_tokens=False)["input_ids"])
         if tokenizer.eos_token_id is not None:
             answer_ids.append(int(tokenizer.eos_token_id))
@@ -133,7 +106,7 @@ def encode_pair(
 
 def load_train_pairs(spec: str, limit: int | None = None) -> list[Pair]:
     """The (prompt, response) pairs of a training source, in the source's order (the first ``limit``)."""
-    from . import sources
+    from .. import sources
 
     if spec not in TRAIN_SOURCES:
         path = Path(spec).expanduser()

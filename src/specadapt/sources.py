@@ -2,7 +2,7 @@
 
 A source yields :class:`PromptRecord` s (prompt text, the data set's own
 response if it has one, whether the prompt is a chat turn) in a fixed order;
-:mod:`specadapt.train.head_data` shuffles, mixes and tokenises them.
+:mod:`specadapt.heads.data` shuffles, mixes and tokenises them.
 
 Built-in sources
 ----------------
@@ -38,7 +38,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO
 
-from ..errors import SpecAdaptError
+from .errors import SpecAdaptError
 
 BUILTIN_SOURCES = ("gsm8k", "sharegpt", "humaneval")
 # HumanEval problems reserved for training; 0..81 stay untouched for evaluation.

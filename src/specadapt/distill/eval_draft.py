@@ -36,7 +36,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,33 +45,29 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..engine import RequestConfig, SpeculativeEngine
 from ..errors import SpecAdaptError
 from ..methods import make_method
-from ..sampling import SamplingParams, process_logits
-from .distill_data import EvalPrompt
+from ..sampling import process_logits
+from .data import EvalPrompt
 from .teacher_cache import model_fingerprint
 
 RESPONSES_FILE = "target_responses.json"
 
 
 @dataclass
-class EvalSettings:
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    ks: tuple[int, ...] = (4,)
-    seed: int = 0
-    speculative: bool = True  # also run real speculative decoding (costs target time)
+class EvalSettings(RequestConfig):
+    """The generation settings (greedy by default, 128 tokens), the draft lengths to run and whether to run them."""
+
+    seed: int = field(default=0, metadata={"help": "Sampling seed (prompt i uses seed + i)."})
+    ks: tuple[int, ...] = field(default=(4,), metadata={
+        "help": "Draft length K of the fixed:K runs (repeatable).", "flag": "--k", "repeat": True})
+    speculative: bool = field(default=True, metadata={  # costs target time
+        "help": "Teacher-forced measurements only (no speculative runs).", "flag": "--no-speculative", "negated": True})
     warmup: bool = True
 
     def __post_init__(self) -> None:
         self.ks = tuple(int(k) for k in self.ks)
         if not self.ks or any(k < 1 for k in self.ks):
             raise SpecAdaptError(f"--k must be one or more draft lengths >= 1, got {list(self.ks)}.")
-        RequestConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed)  # validates
-
-    @property
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_k, self.top_p)
+        super().__post_init__()
 
     def generation(self, max_new_tokens: int | None = None, seed_offset: int = 0) -> RequestConfig:
         return RequestConfig(max_new_tokens or self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed + seed_offset)
@@ -405,7 +401,7 @@ def run_eval_draft(
 ) -> dict:
     """``specadapt eval-draft``: load the target and the drafts (folders, names or ``shallow:N``), evaluate, write."""
     from ..models import loading
-    from .distill_data import load_eval_prompts
+    from .data import load_eval_prompts
     from .shallow import parse_draft_init, shallow_copy
 
     settings = settings or EvalSettings()

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecAdaptError
-from ..heads import HEAD_INPUTS
 from ..models import zoo
+from .format import HEAD_INPUTS
 
 RESPONSE_MODES = ("target", "dataset")
 HIDDEN_MODES = ("cache", "recompute")
@@ -59,46 +59,59 @@ class TrainHeadConfig:
     purpose: with a few hundred prompts instead of 40k, the paper's schedule would take only a few
     dozen optimizer steps. Here: 10 epochs of batch 4 (sequences), lr 1e-3, cosine, warmup 3 %, and
     the checkpoint with the lowest dev loss is kept (epochs are cheap on cached hidden states).
+
+    The metadata's help texts are the ``specadapt train-head`` options' (:mod:`specadapt.cli_options`).
     """
 
-    output: str
-    target: str = zoo.DEFAULT_TARGET
-    draft: str = zoo.DEFAULT_DRAFT
-    data: tuple[str, ...] = ("gsm8k", "sharegpt", "humaneval")
-    num_prompts: int = 400
-    dev_fraction: float = 0.1
+    output: str = field(metadata={"help": "Output folder (data/, trainer/, head/, report). Rerun to resume.", "flag": ("--out", "-o")})
+    target: str = field(default=zoo.DEFAULT_TARGET, metadata={"help": "Target model: built-in name, folder, .gguf file or Hub id."})
+    draft: str = field(default=zoo.DEFAULT_DRAFT, metadata={
+        "help": "Draft model (same tokenizer as the target); the head is for this draft."})
+    data: tuple[str, ...] = field(default=("gsm8k", "sharegpt", "humaneval"), metadata={
+        "help": "Comma-separated prompt sources: gsm8k, sharegpt, humaneval, or .jsonl files."})
+    num_prompts: int = field(default=400, metadata={"help": "Number of prompts (train + dev), mixed round-robin over the sources."})
+    dev_fraction: float = field(default=0.1, metadata={
+        "help": "Share of prompts kept for the dev split (calibration, AUC, tune-head)."})
     # Data
-    responses: str = "target"  # "target": the target samples each response (paper); "dataset": the data set's own
-    max_prompt_tokens: int = 512  # longer prompts are skipped
-    max_response_tokens: int = 256
-    response_temperature: float = 0.7  # sampling of the target's responses
-    response_top_p: float = 0.9
-    response_method: str = "heuristic"  # speculative decoding used to sample the target's responses (lossless)
-    gen_batch_size: int = 1
-    label_temperature: float = 1.0  # the draft samples its token from softmax(logits / T); 0 = greedy labels
-    mix_ratio: float = 0.15  # probability that a response position holds the target's token
-    hidden: str = "cache"  # "cache": store the draft's hidden states; "recompute": run the draft while training
-    # "consumed": the paper's head input (the state at the draft token's position, one step late);
-    # "producing": the state that produced the token, with features of its distribution (no lag, no mixing);
-    # "features": those features alone (the same data as "producing")
-    head_input: str = "consumed"
-    chat: str = "auto"
-    seed: int = 0
+    responses: str = field(default="target", metadata={
+        "help": "target: the target samples each response (the paper's recipe); dataset: the data set's own responses "
+                "(much cheaper)."})
+    max_prompt_tokens: int = field(default=512, metadata={"help": "Skip prompts longer than this."})
+    max_response_tokens: int = field(default=256, metadata={"help": "Response length cap."})
+    response_temperature: float = field(default=0.7, metadata={"help": "Temperature for the target's responses (0 = greedy)."})
+    response_top_p: float = field(default=0.9, metadata={"help": "Nucleus mass for the target's responses."})
+    response_method: str = field(default="heuristic", metadata={
+        "help": "Lossless speculative method used to sample the responses."})
+    gen_batch_size: int = field(default=1, metadata={"help": "Prompts per batch when sampling responses (raise on a GPU)."})
+    label_temperature: float = field(default=1.0, metadata={
+        "help": "The draft samples its token from softmax(logits/T): 1 = the paper; 0 = greedy labels."})
+    mix_ratio: float = field(default=0.15, metadata={"help": "Token mixing: share of positions that hold the target's token."})
+    hidden: str = field(default="cache", metadata={
+        "help": "cache: store the draft's hidden states (epochs nearly free); recompute: run the draft while training "
+                "(less disk)."})
+    head_input: str = field(default="consumed", metadata={
+        "help": "consumed: the paper's input, the state at the draft token's position (read one step late); producing: "
+                "the state that produced the token plus its log-probability, entropy and log(1 - probability) (no lag, "
+                "no mixing); features: those three features alone (the shipped head)."})
+    chat: str = field(default="auto", metadata={"help": "Chat template for chat-style prompts: auto, always, never."})
+    seed: int = field(default=0, metadata={"help": "Seed for prompt choice, sampling, mixing and initialisation."})
     # Head and training
-    num_blocks: int = 3
-    shared_blocks: bool = True
-    reject_weight: float = 6.0
-    epochs: float = 10.0
-    batch_size: int = 4  # sequences per device and step
-    grad_accum: int = 1
-    lr: float = 1e-3
+    num_blocks: int = field(default=3, metadata={"help": "Residual blocks of the head."})
+    shared_blocks: bool = field(default=True, metadata={
+        "help": "One set of block weights (official code) or one per block.", "flag": "--shared-blocks/--independent-blocks"})
+    reject_weight: float = field(default=6.0, metadata={"help": "Loss weight of the reject class."})
+    epochs: float = field(default=10.0, metadata={"help": "Training epochs (the checkpoint with the lowest dev loss is kept)."})
+    batch_size: int = field(default=4, metadata={"help": "Sequences per device and step."})
+    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
+    lr: float = field(default=1e-3, metadata={"help": "Peak learning rate (cosine schedule, 3% warm-up)."})
     warmup: float = 0.03
     weight_decay: float = 0.0
-    max_steps: int = -1  # > 0 overrides epochs
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: use --epochs)."})
     # Runtime (not part of any fingerprint)
-    dtype: str = "bfloat16"
-    device: str = "auto"
-    overwrite: bool = False
+    dtype: str = field(default="bfloat16", metadata={"help": "bfloat16, float32 or float16 (the models; the head trains in fp32)."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N (under accelerate launch: one GPU per process)."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace a finished head (cached data with the same settings is reused).", "flag": "--overwrite"})
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # free-form fields added to the head's config
 
@@ -161,7 +174,7 @@ class TrainHeadConfig:
 
     def data_settings(self) -> dict[str, Any]:
         """The data fingerprint; paths are made absolute so that ./x and /abs/x count as the same source."""
-        from .sources import is_builtin
+        from ..sources import is_builtin
 
         d = asdict(self)
         d["data"] = [s if is_builtin(s) else str(Path(s).expanduser().resolve()) for s in self.data]

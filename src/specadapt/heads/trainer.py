@@ -26,8 +26,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import SpecAdaptError
-from ..heads import AcceptanceHead
-from .head_data import SequenceLabels
+from .format import AcceptanceHead
+from .data import SequenceLabels
 
 
 def weighted_soft_bce(logits: torch.Tensor, labels: torch.Tensor, reject_weight: float = 6.0) -> torch.Tensor:

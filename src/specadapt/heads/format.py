@@ -72,9 +72,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import SpecAdaptError
+from ..errors import SpecAdaptError
+from ..io import write_json_atomic
 
-BUILTIN_HEADS_DIR = Path(__file__).resolve().parent / "data" / "heads"
+BUILTIN_HEADS_DIR = Path(__file__).resolve().parent.parent / "data" / "heads"
 
 FORMAT_NAME = "specadapt-acceptance-head"
 FORMAT_VERSION = 3  # the newest this version reads; "consumed" heads are still written as 1
@@ -208,17 +209,16 @@ def save_head(head: AcceptanceHead, directory: str | os.PathLike, extra: dict | 
         raise SpecAdaptError(f"extra head fields {clash} clash with the format's own keys {list(_RESERVED)}.")
     config = {**head.config(), **extra}
     try:
-        text = json.dumps(config, indent=2, sort_keys=False)
+        json.dumps(config)  # fail before anything is written
     except (TypeError, ValueError) as exc:
         raise SpecAdaptError(f"extra head fields must be JSON-serialisable: {exc}") from None
     path.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in head.state_dict().items()}
-    # Write to temporary names, then rename: a crash never leaves a half-written head behind.
-    tmp_weights, tmp_config = path / (WEIGHTS_FILE + ".tmp"), path / (CONFIG_FILE + ".tmp")
+    # Write to temporary names, then rename, config last: a crash never leaves a half-written head behind.
+    tmp_weights = path / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(tmp_weights), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
-    tmp_config.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp_weights, path / WEIGHTS_FILE)
-    os.replace(tmp_config, path / CONFIG_FILE)
+    write_json_atomic(path / CONFIG_FILE, config)
     return path
 
 
@@ -333,7 +333,7 @@ def resolve_head(head: str | os.PathLike) -> Path | None:
     """A head folder from a path or a built-in head name; ``""`` is the default draft's built-in head (None if absent).
 
     An existing path wins over a built-in name of the same spelling."""
-    from .models.zoo import DEFAULT_DRAFT
+    from ..models.zoo import DEFAULT_DRAFT
 
     shipped = builtin_heads()
     if not str(head):

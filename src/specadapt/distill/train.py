@@ -29,7 +29,7 @@ AdaSPEC (arXiv 2510.19779) selective distillation
     equal plain distillation.
 
 Target distributions come from a cache built once per data set
-(:mod:`specadapt.train.teacher_cache`: top-k log-probs + remaining mass;
+(:mod:`specadapt.distill.teacher_cache`: top-k log-probs + remaining mass;
 divergences between the coarsened distributions, a lower bound of the exact
 ones), or ``teacher="exact"``: the live target, full vocabulary.
 
@@ -60,7 +60,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -75,7 +75,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..errors import SpecAdaptError
-from .distill_data import TrainExample
+from .data import TrainExample
 from .teacher_cache import LOGP_FLOOR, TeacherCache, coarse_student, coarse_teacher
 
 METHODS = ("adaspec", "distillspec")
@@ -187,42 +187,58 @@ def distill_loss(
 class DistillSettings:
     """Everything a distillation run depends on; validated on construction (user mistakes → SpecAdaptError)."""
 
-    method: str = "adaspec"
-    divergence: str = "fkl"
-    jsd_beta: float = 0.5
-    k: float = 0.4
-    normalize: str = "all"
-    on_policy: float = 0.0  # fraction of micro-batches whose answers are sampled from the draft
-    on_policy_temperature: float = 1.0
-    on_policy_max_new_tokens: int = 128
-    teacher: str = "cached"
-    cache_top_k: int = 64
-    teacher_cache: str | None = None  # default: out/teacher_cache
-    cache_batch_tokens: int = 2048
-    reference: str | None = None  # an existing reference model (skips AdaSPEC stage 1)
-    train_parts: str = "all"
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 16
-    micro_batch_size: int = 4
-    learning_rate: float = 3e-4
-    weight_decay: float = 0.1
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    match_kept_tokens: bool = False
-    max_examples: int | None = None
-    max_length: int = 512
-    precision: str = "bf16"
-    target_dtype: str = "bfloat16"
-    gradient_checkpointing: bool = False
-    group_by_length: bool = True
-    seed: int = 0
-    save_steps: int = 100
-    logging_steps: int = 10
-    keep_checkpoints: bool = False
-    deepspeed: str | None = None
-    device: str = "auto"
-    progress: bool = True
+    method: str = field(default="adaspec", metadata={
+        "help": "adaspec (reference, then selective draft) or distillspec."})
+    divergence: str = field(default="fkl", metadata={"help": "fkl, rkl, jsd or tvd."})
+    jsd_beta: float = field(default=0.5, metadata={"help": "Mixture weight of the JSD."})
+    k: float = field(default=0.4, metadata={
+        "help": "AdaSPEC: fraction of answer tokens kept per micro-batch, in (0, 1]."})
+    normalize: str = field(default="all", metadata={
+        "help": "AdaSPEC loss: 'all' (sum over kept / all tokens, official) or 'kept' (mean over kept)."})
+    on_policy: float = field(default=0.0, metadata={
+        "help": "Fraction of micro-batches whose answers are sampled from the draft (DistillSpec on-policy)."})
+    on_policy_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of on-policy answers."})
+    on_policy_max_new_tokens: int = field(default=128, metadata={"help": "Length limit of on-policy answers."})
+    teacher: str = field(default="cached", metadata={
+        "help": "cached (top-k target distributions computed once) or exact (live target, full vocabulary)."})
+    cache_top_k: int = field(default=64, metadata={"help": "Target tokens stored per position in the cache."})
+    teacher_cache: str | None = field(default=None, metadata={
+        "help": "Cache folder (default OUT/teacher_cache; share it between runs on the same data)."})
+    cache_batch_tokens: int = field(default=2048, metadata={
+        "help": "Padded tokens per target forward pass while building the cache."})
+    reference: str | None = field(default=None, metadata={
+        "help": "AdaSPEC: an existing reference model (e.g. a distillspec draft) instead of training one."})
+    train_parts: str = field(default="all", metadata={
+        "help": "What trains: all, layers, head, layers+head.", "flag": "--train"})
+    epochs: float = field(default=1.0, metadata={"help": "Training epochs per stage."})
+    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps per stage (overrides --epochs)."})
+    batch_size: int = field(default=16, metadata={
+        "help": "Sequences per optimizer step (all processes, accumulation included)."})
+    micro_batch_size: int = field(default=4, metadata={"help": "Sequences per forward pass and process."})
+    learning_rate: float = field(default=3e-4, metadata={"help": "Learning rate.", "flag": "--lr"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    schedule: str = field(default="constant", metadata={
+        "help": "Learning-rate schedule (a transformers scheduler name)."})
+    warmup_steps: int = field(default=0, metadata={"help": "Warm-up steps."})
+    match_kept_tokens: bool = field(default=False, metadata={
+        "help": "AdaSPEC draft: batch / k and epochs / k (as many loss tokens per step as the reference)."})
+    max_examples: int | None = field(default=None, metadata={"help": "Use the first N examples of the data."})
+    max_length: int = field(default=512, metadata={"help": "Truncate sequences to this many tokens."})
+    precision: str = field(default="bf16", metadata={"help": "bf16 (mixed precision) or fp32."})
+    target_dtype: str = field(default="bfloat16", metadata={"help": "dtype of the frozen target."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    group_by_length: bool = field(default=True, metadata={
+        "help": "Random batches instead of length-grouped ones.", "flag": "--no-group-by-length", "negated": True})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+    save_steps: int = field(default=100, metadata={
+        "help": "Checkpoint every N steps (an interrupted stage resumes from the last)."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "Keep Trainer checkpoints after a stage finishes."})
+    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed config JSON (ZeRO-1/2)."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
+    progress: bool = field(default=True, metadata={
+        "help": "No progress bars.", "flag": "--no-progress", "negated": True})
+
 
     def __post_init__(self) -> None:
         def one_of(name: str, value: str, options: Sequence[str]) -> None:
@@ -649,7 +665,7 @@ def run_distill(
     from accelerate import PartialState
 
     from ..models import loading
-    from .distill_data import build_train_examples, examples_fingerprint
+    from .data import build_train_examples, examples_fingerprint
     from .shallow import parse_draft_init, set_trainable, shallow_copy
     from .teacher_cache import build_cache, cache_key
 

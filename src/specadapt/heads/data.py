@@ -3,7 +3,7 @@
 Layout under ``OUTPUT/data/``
 ------------------------------
 ``settings.json``
-    The data-relevant settings (:data:`specadapt.train.config.DATA_KEYS`). A rerun
+    The data-relevant settings (:data:`specadapt.heads.config.DATA_KEYS`). A rerun
     with other settings is refused (or, with ``overwrite``, starts over).
 ``prompts.jsonl``
     Stage 1, written at once: one object per sequence, ``index`` (0..n-1), ``id``,
@@ -57,94 +57,29 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import SpecAdaptError
-from ..heads import draft_features
+from ..io import read_jsonl_tolerant
+from ..sources import PromptRecord, check_source, load_source
+from ..text import encode_prompt, has_chat_template
 from .config import TrainHeadConfig
-from .sources import PromptRecord, check_source, load_source
+from .format import draft_features
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 LABEL_FORMAT_VERSION = 1
-
-
-# ---------------------------------------------------------------- processes (accelerate launch shards the data stages)
-
-
-class Procs:
-    """This process's rank among those started by ``accelerate launch`` / ``torchrun`` (rank 0 of 1 otherwise)."""
-
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self._state = None
-        if self.world > 1:
-            from accelerate import PartialState
-
-            self._state = PartialState()
-        self.rank = self._state.process_index if self._state is not None else 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self._state is not None:
-            self._state.wait_for_everyone()
-
-    def device(self, requested: str) -> str | torch.device:
-        # Under a multi-process launch each process takes its own GPU.
-        return self._state.device if self._state is not None and requested == "auto" else requested
-
-
-# ---------------------------------------------------------------- small file helpers
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def read_jsonl_tolerant(path: Path, repair: bool = False) -> list[dict]:
-    """Lines of a JSONL file we append to; a last line cut off by a crash is dropped (and removed if ``repair``)."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    rows, good_end = [], 0
-    for line in text.splitlines(keepends=True):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        if not line.endswith("\n"):
-            rows.pop()  # complete JSON but no newline: treat as cut off, rewrite it later
-            break
-        good_end += len(line)
-    if repair and good_end < len(text):
-        path.write_text(text[:good_end], encoding="utf-8")
-    return rows
 
 
 # ---------------------------------------------------------------- stage 1: prompts
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat: bool) -> list[int]:
-    if chat:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):  # some versions return a BatchEncoding
-            ids = ids["input_ids"]
-        return list(ids)
-    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
-
-
 def use_chat(record: PromptRecord, mode: str, tokenizer: PreTrainedTokenizerBase) -> bool:
-    has_template = bool(getattr(tokenizer, "chat_template", None))
+    has_template = has_chat_template(tokenizer)
     if mode == "never":
         return False
     if mode == "always":
@@ -255,7 +190,7 @@ def sample_responses(
     prompts: Sequence[dict],
     directory: Path,
     config: TrainHeadConfig,
-    procs: Procs,
+    state: PartialState,
     progress: bool = True,
 ) -> None:
     """Let the target sample a response for every prompt that has none yet (speculative decoding, lossless)."""
@@ -266,8 +201,8 @@ def sample_responses(
 
     directory.mkdir(parents=True, exist_ok=True)
     done = read_responses(directory)
-    todo = [p for p in prompts if p["index"] not in done][procs.rank :: procs.world]
-    part = directory / f"part-{procs.rank}.jsonl"
+    todo = [p for p in prompts if p["index"] not in done][state.process_index :: state.num_processes]
+    part = directory / f"part-{state.process_index}.jsonl"
     read_jsonl_tolerant(part, repair=True)  # drop a line cut off by an earlier crash before appending
     if not todo:
         return
@@ -471,7 +406,7 @@ def compute_labels(
     sequences: Sequence[tuple[dict, list[int]]],
     directory: Path,
     config: TrainHeadConfig,
-    procs: Procs,
+    state: PartialState,
     progress: bool = True,
     on_done: Callable[[int], None] | None = None,
 ) -> None:
@@ -479,7 +414,7 @@ def compute_labels(
     from tqdm.auto import tqdm
 
     directory.mkdir(parents=True, exist_ok=True)
-    todo = [s for s in sequences if not label_path(directory, s[0]["index"]).exists()][procs.rank :: procs.world]
+    todo = [s for s in sequences if not label_path(directory, s[0]["index"]).exists()][state.process_index :: state.num_processes]
     for row, response in tqdm(todo, desc="teacher-forced labels", unit="seq", disable=not progress or not todo):
         index = row["index"]
         # One generator per sequence: results do not depend on order, interruption or process count.

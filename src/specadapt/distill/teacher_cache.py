@@ -54,7 +54,7 @@ from numpy.lib.format import open_memmap
 from transformers import PreTrainedModel
 
 from ..errors import SpecAdaptError
-from .distill_data import TrainExample
+from .data import TrainExample
 
 CACHE_FORMAT = 1
 # Log-probabilities below this are treated as this (exp(-80) ~ 2e-35: zero for every purpose here).
