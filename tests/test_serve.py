@@ -296,6 +296,10 @@ def test_full_queue_answers_503_with_retry_after(decoder):
                 "type": "server_error", "param": None, "code": "server_busy"}
         waiting.join(30)  # the long request was cancelled when its stream closed; the waiting one ran
         assert scheduler.running == 0 and scheduler.waiting == 0
+        with httpx.Client() as http:
+            metrics = scrape(http, url)
+        assert metrics[("specadapt:request_rejected_total", ("queue_full",))] == 1
+        assert metrics[("specadapt:request_success_total", ("length",))] == 1
 
 
 PROMPT_600 = " ".join(["w3"] * 600)

@@ -140,7 +140,7 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
-        metrics.request_rejected.labels(name, "queue_full" if exc.status == 503 else str(exc.status)).inc()
+        metrics.request_rejected.labels(name, "queue_full" if exc.code == "server_busy" else str(exc.status)).inc()
         return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)

@@ -38,7 +38,8 @@ class ServeMetrics:
         self.prompt_tokens = counter("prompt_tokens", "Prompt tokens processed.")
         self.generation_tokens = counter("generation_tokens", "Tokens generated.")
         self.request_success = counter("request_success", "Requests finished, by finish reason.", m + ["finished_reason"])
-        self.request_rejected = counter("request_rejected", "Requests refused, by reason.", m + ["reason"])
+        self.request_rejected = counter(
+            "request_rejected", "Requests answered with an error, by reason (queue_full, or the HTTP status).", m + ["reason"])
         self.running = Gauge(PREFIX + "num_requests_running", "Requests in the running batch.", m, registry=r)
         self.waiting = Gauge(PREFIX + "num_requests_waiting", "Requests waiting for a batch row.", m, registry=r)
         self.ttft = Histogram(PREFIX + "time_to_first_token_seconds", "Time from arrival to the first token.",
