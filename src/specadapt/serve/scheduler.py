@@ -318,7 +318,9 @@ class Scheduler:
             return
         now = now if now is not None else time.perf_counter()
         stats = job.request.stats
-        self.metrics.record_request(stats, reason, job.load_capped_rounds)
+        self.metrics.record_request(stats, reason, job.load_capped_rounds)  # cancelled too: the drafting happened
+        if reason == "cancelled":  # latencies of requests nobody waited for would only blur the histograms
+            return
         ttft = None if job.first_token_at is None else job.first_token_at - job.arrival
         tpot = (now - job.first_token_at) / (stats.generated_tokens - 1) if ttft is not None and stats.generated_tokens > 1 else None
         queue = None if job.joined_at is None else job.joined_at - job.arrival
