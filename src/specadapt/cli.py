@@ -319,6 +319,10 @@ def eval_draft_command(
     err.print(f"report: {Path(out) / 'eval.md'}")
 
 
+from .serve.cli import serve_command  # noqa: E402  (`specadapt serve`, defined in its own package)
+app.command("serve")(serve_command)
+
+
 def main() -> None:
     """Entry point: user errors print one clear line, not a traceback."""
     try:

@@ -1,0 +1,221 @@
+"""Load benchmark of `specadapt serve`: throughput and latency at 1, 2, 4, 8 concurrent clients.
+
+    python benchmarks/serve_load.py                                   # default pair, autoregressive vs fixed:4
+    python benchmarks/serve_load.py --target smollm2-135m-instruct --draft smollm2-135m-instruct \\
+        --concurrency 1,2 --requests-per-client 2 --max-tokens 16 --dtype float32 --device cpu   # a quick check
+
+The server runs in this process (uvicorn in a thread, loopback only, a free port), one app per method on
+the same loaded models. Clients are threads using the official ``openai`` client, each sending
+``--requests-per-client`` streaming chat requests one after another (MT-Bench and HumanEval prompts,
+alternating, greedy, ``stream_options.include_usage``). A cell stops issuing requests after
+``--time-limit`` seconds.
+
+Per (method, concurrency): output tokens/s = all completion tokens / wall time of the cell;
+TTFT = request sent -> first content chunk; TPOT = (last chunk - first chunk) / (tokens - 1), per request;
+p50/p95 over the cell's requests; acceptance and mean accepted length pooled from ``usage.spec_decode``.
+The load rule is off here (``spec_max_batch`` = the largest concurrency) unless ``--spec-max-batch`` is
+given, so the table shows where speculation stops paying: set ``--spec-max-batch`` of ``specadapt serve``
+to the largest concurrency at which the speculative method still beats target-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results" / "serve_load.json"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Server:
+    """One app on a free loopback port, served by uvicorn in a background thread."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> "Server":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()
+
+
+def one_request(client, model: str, messages: list[dict], max_tokens: int) -> dict:
+    sent = time.perf_counter()
+    first = last = None
+    usage = None
+    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
+                                                stream=True, stream_options={"include_usage": True}):
+        if chunk.choices and chunk.choices[0].delta.content:
+            last = time.perf_counter()
+            first = first or last
+        if chunk.usage is not None:
+            usage = chunk.usage.model_dump()
+    tokens = usage["completion_tokens"]
+    return {
+        "tokens": tokens,
+        "ttft": (first or time.perf_counter()) - sent,
+        "tpot": (last - first) / (tokens - 1) if first is not None and tokens > 1 else None,
+        "spec": usage["spec_decode"],
+    }
+
+
+def run_cell(url: str, model: str, prompts: list[list[dict]], concurrency: int, per_client: int, max_tokens: int,
+             time_limit: float) -> dict:
+    import openai
+
+    results: list[dict] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start = time.perf_counter()
+
+    def client_thread(c: int) -> None:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
+        for i in range(per_client):
+            if time.perf_counter() - start > time_limit:
+                return
+            try:
+                r = one_request(client, model, prompts[(c * per_client + i) % len(prompts)], max_tokens)
+            except Exception as exc:  # noqa: BLE001  (report, keep measuring the others)
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                return
+            with lock:
+                results.append(r)
+
+    threads = [threading.Thread(target=client_thread, args=(c,)) for c in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    tokens = sum(r["tokens"] for r in results)
+    drafted = sum(r["spec"]["num_draft_tokens"] for r in results)
+    accepted = sum(r["spec"]["num_accepted_tokens"] for r in results)
+    rounds = sum(r["spec"]["rounds"] for r in results)
+    ttft = [r["ttft"] for r in results]
+    tpot = [r["tpot"] for r in results if r["tpot"] is not None]
+    return {
+        "concurrency": concurrency,
+        "requests": len(results),
+        "errors": errors,
+        "output_tokens": tokens,
+        "wall_s": wall,
+        "output_tokens_per_s": tokens / wall if wall > 0 else None,
+        "ttft_p50_s": percentile(ttft, 0.5), "ttft_p95_s": percentile(ttft, 0.95),
+        "tpot_p50_s": percentile(tpot, 0.5), "tpot_p95_s": percentile(tpot, 0.95),
+        "acceptance_rate": accepted / drafted if drafted else None,
+        "mean_accepted_length": 1 + accepted / rounds if rounds else None,
+        "load_capped_rounds": sum(r["spec"]["load_capped_rounds"] for r in results),
+    }
+
+
+def load_prompts(n: int) -> list[list[dict]]:
+    from specadapt.bench.datasets import load_dataset
+
+    mt, he = load_dataset("mt-bench", n), load_dataset("humaneval", n)
+    return [ex.messages for pair in zip(mt, he) for ex in pair][:n]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from specadapt.api import DEFAULT_METHOD
+    from specadapt.models import zoo
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", default=zoo.DEFAULT_TARGET)
+    parser.add_argument("--draft", default=zoo.DEFAULT_DRAFT)
+    parser.add_argument("--methods", default=f"autoregressive,{DEFAULT_METHOD}", help="comma-separated method strings")
+    parser.add_argument("--concurrency", default="1,2,4,8", help="comma-separated client counts")
+    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per cell before clients stop issuing requests")
+    parser.add_argument("--spec-max-batch", type=int, default=None, help="the server's load rule (default: off)")
+    parser.add_argument("--spec-load-k", type=int, default=0, help="draft tokens per round while the load rule applies")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs on a shared machine)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    from transformers.utils import logging as hf_logging
+
+    from specadapt import SpecDecoder
+    from specadapt.serve import ServeSettings, create_app
+
+    hf_logging.disable_progress_bar()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    levels = [int(c) for c in args.concurrency.split(",")]
+    decoder = SpecDecoder.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device)
+    prompts = load_prompts(max(levels) * args.requests_per_client)
+    rows = []
+    for method in methods:
+        settings = ServeSettings(target=args.target, draft=args.draft, method=method, model_name="bench",
+                                 max_batch_size=max(levels), max_queue=max(levels),
+                                 spec_max_batch=args.spec_max_batch if args.spec_max_batch is not None else max(levels),
+                                 spec_load_k=args.spec_load_k)
+        with Server(create_app(decoder, settings)) as server:
+            run_cell(server.url, "bench", prompts[:1], 1, 1, 8, args.time_limit)  # warm-up
+            for c in levels:
+                row = {"method": method, **run_cell(server.url, "bench", prompts, c, args.requests_per_client,
+                                                     args.max_tokens, args.time_limit)}
+                rows.append(row)
+                print(f"{method:>16} x{c}: {row['output_tokens_per_s']:.1f} tok/s", file=sys.stderr)
+
+    def cell(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    header = f"{'method':>16} {'clients':>7} {'reqs':>5} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} " \
+             f"{'TPOT p50':>9} {'TPOT p95':>9} {'accept':>7} {'MAL':>5}"
+    print(header)
+    for r in rows:
+        print(f"{r['method']:>16} {r['concurrency']:>7} {r['requests']:>5} {cell(r['output_tokens_per_s'], '.1f'):>8} "
+              f"{cell(r['ttft_p50_s'], '.3f'):>9} {cell(r['ttft_p95_s'], '.3f'):>9} {cell(r['tpot_p50_s'], '.4f'):>9} "
+              f"{cell(r['tpot_p95_s'], '.4f'):>9} {cell(r['acceptance_rate'], '.3f'):>7} {cell(r['mean_accepted_length'], '.2f'):>5}")
+    if "autoregressive" in methods:
+        base = {r["concurrency"]: r["output_tokens_per_s"] for r in rows if r["method"] == "autoregressive"}
+        for method in (m for m in methods if m != "autoregressive"):
+            ratios = {r["concurrency"]: r["output_tokens_per_s"] / base[r["concurrency"]]
+                      for r in rows if r["method"] == method and base.get(r["concurrency"])}
+            print(f"{method} / autoregressive throughput: " + ", ".join(f"x{c}: {v:.2f}" for c, v in ratios.items()))
+            paying = [c for c, v in ratios.items() if v > 1.0]
+            if paying:
+                print(f"  speculation pays up to {max(paying)} concurrent requests here: consider --spec-max-batch {max(paying)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings["prompts"] = "mt-bench and humaneval, alternating, chat, greedy"
+    args.out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

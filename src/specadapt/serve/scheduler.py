@@ -1,0 +1,345 @@
+"""The worker thread: one :class:`~specadapt.engine.Batch`, continuous batching, cancellation, load rule.
+
+A Batch is not thread-safe, so exactly one thread (started here) touches it. HTTP handlers hand
+requests over with :meth:`Scheduler.submit` (a locked queue) and get events back through the
+``on_event`` callback they supply (called on the worker thread; the app forwards it into its event
+loop with ``call_soon_threadsafe``).
+
+Each loop iteration: apply cancellations, admit waiting requests into free rows (they join the
+running batch at this round, each with its own sampling parameters and limits), run one round,
+hand out finished results. A round that raises fails the requests that joined in it (or, if none
+did, every request in it); the others resume in a rebuilt batch, and the worker carries on.
+
+Load rule (``spec_max_batch``, ``spec_load_k``): speculation costs draft passes and verification of
+rejected tokens, and as the batch grows the target pass gets more expensive per token, so drafting
+pays less (vLLM and TensorRT-LLM likewise cut or switch off speculation under load). While more than
+``spec_max_batch`` requests run, a round drafts at most ``spec_load_k`` tokens per request; with the
+default 0 every row is decoded target-only, still through the same loop and still lossless (the draft
+model catches up on the skipped tokens the next time it drafts). The method keeps its policy;
+:class:`LoadCap` wraps it and bounds its draft length for such rounds (the decision is per round, on
+the number of requests in it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..engine import GenerationResult, Request, RequestConfig, SpeculativeEngine
+from ..methods import Method, MethodEntry
+from ..policies.base import DraftLengthPolicy, DraftStep, RoundOutcome
+from .metrics import ServeMetrics
+
+log = logging.getLogger("specadapt.serve")
+HISTORY = 10_000  # admissions and rounds kept in Scheduler.joins / batch_sizes
+
+
+class QueueFull(Exception):
+    """No row and no queue place for another request."""
+
+
+class LoadCap(DraftLengthPolicy):
+    """A method's policy, with an outside bound on the draft length: ``cap`` None = no bound, 0 = draft nothing."""
+
+    def __init__(self, inner: DraftLengthPolicy) -> None:
+        self.inner = inner
+        self.cap: int | None = None
+
+    @property
+    def needs_hidden(self) -> bool:  # type: ignore[override]
+        return self.inner.needs_hidden
+
+    @property
+    def needs_target_probs(self) -> bool:  # type: ignore[override]
+        return self.inner.needs_target_probs
+
+    @property
+    def stops_early(self) -> bool:
+        return self.inner.stops_early
+
+    def begin(self, slots: torch.Tensor) -> None:
+        self.inner.begin(slots)
+
+    def max_length(self, slots: torch.Tensor) -> torch.Tensor:
+        bound = self.inner.max_length(slots)
+        return bound if self.cap is None else bound.clamp_max(self.cap)
+
+    def should_stop(self, step: DraftStep) -> torch.Tensor:
+        return self.inner.should_stop(step)
+
+    def observe(self, outcome: RoundOutcome) -> None:
+        self.inner.observe(outcome)
+
+    def settings(self) -> dict:
+        return self.inner.settings()
+
+
+def load_capped(method: Method) -> tuple[Method, LoadCap]:
+    """The same method with its policy wrapped in :class:`LoadCap`; the acceptance rule still sees the original policy."""
+    cap = LoadCap(method.policy)
+    entry = method.entry
+    wrapped = MethodEntry(entry.name, entry.policy_cls, entry.summary, entry.needs_draft,
+                          make_rule=lambda params, _policy: method.rule(params))
+    return Method(wrapped, cap, method.spec), cap
+
+
+@dataclass(eq=False)  # compared by identity
+class Job:
+    """One request as the worker sees it. ``on_event(kind, payload)`` is called on the worker thread with
+    ``("tokens", ids)``, then ``("done", JobResult)`` or ``("error", (status, message))``."""
+
+    prompt: list[int]
+    config: RequestConfig
+    on_event: Callable[[str, Any], None]
+    seed: int | None = None
+    arrival: float = field(default_factory=time.perf_counter)
+    id: int = field(default_factory=itertools.count().__next__)
+    request: Request | None = None
+    joined_at: float | None = None
+    joined_round: int | None = None
+    first_token_at: float | None = None
+    load_capped_rounds: int = 0
+    done: bool = False
+
+
+@dataclass
+class JobResult:
+    result: GenerationResult
+    load_capped_rounds: int
+    ttft_s: float | None
+    e2e_s: float
+
+
+class Scheduler:
+    def __init__(self, engine: SpeculativeEngine, method: Method, *, max_batch_size: int = 8, max_queue: int = 64,
+                 spec_max_batch: int = 8, spec_load_k: int = 0, metrics: ServeMetrics | None = None) -> None:
+        self.engine = engine
+        self.method, self.cap = load_capped(method)
+        self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        self.spec_max_batch, self.spec_load_k = spec_max_batch, spec_load_k
+        self.metrics = metrics
+        self.batch = engine.batch(self.method)
+        self._cond = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._running: dict[int, Job] = {}  # by job id, in join order
+        self._cancels: list[Job] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        # What tests and operators can look at (recent history only: a server runs for a long time):
+        # rounds run, for each admission (round, rows already running), and the rows in each round.
+        self.rounds = 0
+        self.joins: deque[tuple[int, int]] = deque(maxlen=HISTORY)
+        self.batch_sizes: deque[int] = deque(maxlen=HISTORY)
+
+    # --- called from any thread --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="specadapt-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, job: Job) -> None:
+        """Queue a request; raises :class:`QueueFull` when every row is taken and the queue is full."""
+        with self._cond:
+            if self._stopping:
+                raise QueueFull("the server is shutting down.")
+            if len(self._running) + len(self._waiting) >= self.max_batch_size + self.max_queue:
+                raise QueueFull(
+                    f"the server is at capacity ({self.max_batch_size} running, {self.max_queue} waiting); retry later.")
+            self._waiting.append(job)
+            self._publish_load()
+            self._cond.notify_all()
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: drop the request from the queue, or free its row before the next round."""
+        with self._cond:
+            if job.done:
+                return
+            if job in self._waiting:
+                self._waiting.remove(job)
+                job.done = True
+                self._publish_load()
+            else:
+                self._cancels.append(job)
+                self._cond.notify_all()
+
+    # --- the worker thread -------------------------------------------------------------------------
+
+    def _publish_load(self) -> None:
+        if self.metrics is not None:
+            self.metrics.set_load(len(self._running), len(self._waiting))
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._stopping or self._waiting or self._cancels or self._running):
+                    self._cond.wait()
+                if self._stopping:
+                    break
+            try:
+                self._iterate()
+            except Exception:  # a bug outside the round itself: fail what ran, keep serving
+                log.error("the worker loop failed:\n%s", traceback.format_exc())
+                with self._cond:
+                    self._fail_all(500, "the server failed while running this request; the request was ended.")
+                    self.batch = self.engine.batch(self.method)
+                    self._publish_load()
+        with self._cond:
+            self._fail_all(503, "the server is shutting down.", waiting=True)
+
+    def _iterate(self) -> None:
+        """Cancellations, admissions, then one round."""
+        with self._cond:
+            cancels, self._cancels = self._cancels, []
+            for job in cancels:
+                if self._running.pop(job.id, None) is not None:
+                    self.batch.cancel(job.request)
+                    self._record(job, "cancelled")
+            free = self.max_batch_size - len(self._running)
+            for _ in range(min(free, len(self._waiting))):
+                self._admit(self._waiting.popleft())
+            self._publish_load()
+        if self._running:
+            self._round()
+        elif self.batch.active:  # only cancelled rows left: this drops them and frees their caches now
+            self.batch.step()
+
+    def _admit(self, job: Job) -> None:
+        try:
+            job.request = self.batch.add(job.prompt, job.config, seed=job.seed,
+                                         on_tokens=lambda ids, job=job: self._on_tokens(job, ids))
+        except Exception as exc:  # a request the handlers' checks let through: only it fails
+            self._fail(job, 400, str(exc))
+            return
+        job.joined_at, job.joined_round = time.perf_counter(), self.rounds
+        self.joins.append((self.rounds, len(self._running)))
+        self._running[job.id] = job
+
+    def _on_tokens(self, job: Job, ids: list[int]) -> None:
+        # Runs inside Batch.step: it must never raise, or the round would be left half committed.
+        if job.first_token_at is None:
+            job.first_token_at = time.perf_counter()
+        try:
+            job.on_event("tokens", ids)
+        except Exception:  # the handler's event loop is gone: treat it as a disconnect
+            with self._cond:
+                self._cancels.append(job)
+
+    def _round(self) -> None:
+        capped = len(self._running) > self.spec_max_batch
+        self.cap.cap = self.spec_load_k if capped else None
+        self.batch_sizes.append(len(self._running))
+        try:
+            finished = self.batch.step()
+        except Exception as exc:
+            self._recover(exc)
+            return
+        self.rounds += 1
+        if capped:
+            for job in self._running.values():
+                job.load_capped_rounds += 1
+        if not finished:
+            return
+        with self._cond:
+            for request in finished:
+                job = next(j for j in self._running.values() if j.request is request)
+                del self._running[job.id]
+                self._finish(job)
+            self._publish_load()
+
+    def _recover(self, exc: Exception) -> None:
+        """A round raised. The requests that joined in it are the suspects (anything new came with them); they
+        fail. The others resume in a fresh batch (the old caches may be half updated) from where they were.
+        When nobody joined, the failure cannot be pinned on anyone: the whole round fails."""
+        log.error("a decoding round failed:\n%s", traceback.format_exc())
+        message = (f"decoding failed on the server ({type(exc).__name__}: {exc}); the request was ended, "
+                   "the server carries on.")
+        with self._cond:
+            joined = [j for j in self._running.values() if j.joined_round == self.rounds]
+            for job in joined or list(self._running.values()):
+                del self._running[job.id]
+                self._fail(job, 500, message)
+            self.batch = self.engine.batch(self.method)
+            for job in list(self._running.values()):
+                try:
+                    self._resume(job)
+                except Exception as again:  # noqa: BLE001
+                    del self._running[job.id]
+                    self._fail(job, 500, f"{message} (resuming it failed too: {again})")
+            self._publish_load()
+
+    def _resume(self, job: Job) -> None:
+        """Re-add a running request to the (new) batch: it is fed its prompt and output so far again, and keeps
+        its output, statistics, random generator and start time, so it goes on as if nothing happened
+        (a sampled request's generator may have advanced in the failed round)."""
+        old = job.request
+        new = self.batch.add(old.prompt + old.output, old.config, seed=old.seed, on_tokens=old.on_tokens)
+        new.prompt, new.output, new.stats, new.generator, new.started = (
+            old.prompt, old.output, old.stats, old.generator, old.started)
+        job.request = new
+
+    def _finish(self, job: Job) -> None:
+        now = time.perf_counter()
+        result = self.batch.result(job.request)
+        self._record(job, result.finish_reason, now)
+        self._emit(job, "done", JobResult(result, job.load_capped_rounds,
+                                          None if job.first_token_at is None else job.first_token_at - job.arrival,
+                                          now - job.arrival))
+
+    def _record(self, job: Job, reason: str, now: float | None = None) -> None:
+        job.done = True
+        if self.metrics is None or job.request is None:
+            return
+        now = now if now is not None else time.perf_counter()
+        stats = job.request.stats
+        self.metrics.record_request(stats, reason, job.load_capped_rounds)  # cancelled too: the drafting happened
+        if reason == "cancelled":  # latencies of requests nobody waited for would only blur the histograms
+            return
+        ttft = None if job.first_token_at is None else job.first_token_at - job.arrival
+        tpot = (now - job.first_token_at) / (stats.generated_tokens - 1) if ttft is not None and stats.generated_tokens > 1 else None
+        queue = None if job.joined_at is None else job.joined_at - job.arrival
+        self.metrics.record_latency(ttft, tpot, now - job.arrival, queue)
+
+    def _fail(self, job: Job, status: int, message: str) -> None:
+        job.done = True
+        self._emit(job, "error", (status, message))
+
+    def _fail_all(self, status: int, message: str, waiting: bool = False) -> None:
+        for job in list(self._running.values()) + (list(self._waiting) if waiting else []):
+            self._fail(job, status, message)
+        self._running.clear()
+        if waiting:
+            self._waiting.clear()
+
+    @staticmethod
+    def _emit(job: Job, kind: str, payload: Any) -> None:
+        try:
+            job.on_event(kind, payload)
+        except Exception:  # the client's event loop is gone; nobody is waiting for this result
+            pass

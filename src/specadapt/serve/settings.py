@@ -1,0 +1,51 @@
+"""Every option of the server, its default and its help text, in one place (the CLI reads them from here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from ..api import DEFAULT_METHOD
+from ..errors import SpecAdaptError
+from ..models import zoo
+
+
+@dataclass
+class ServeSettings:
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (127.0.0.1: this machine only)."})
+    port: int = field(default=8000, metadata={"help": "TCP port to listen on."})
+    target: str = field(default=zoo.DEFAULT_TARGET, metadata={"help": "Target model: built-in name, folder, .gguf file or Hub id."})
+    draft: str = field(default=zoo.DEFAULT_DRAFT, metadata={"help": "Draft model (same tokenizer as the target); unused by target-only methods."})
+    method: str = field(default=DEFAULT_METHOD, metadata={"help": "Decoding method for every request, e.g. fixed:4, heuristic, autoregressive (see `specadapt methods`)."})
+    dtype: str = field(default="bfloat16", metadata={"help": "bfloat16, float32 or float16."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
+    model_name: str = field(default="", metadata={"help": "Model id clients send and /v1/models lists (default: the target's name)."})
+    max_batch_size: int = field(default=8, metadata={"help": "Most requests decoded together; more wait in the queue."})
+    max_queue: int = field(default=64, metadata={"help": "Most requests waiting for a batch row; beyond that the server answers 503 with Retry-After."})
+    max_body_bytes: int = field(default=1_000_000, metadata={"help": "Largest request body accepted (bytes); larger ones get 413."})
+    spec_max_batch: int = field(default=8, metadata={"help": (
+        "Load rule: while more than this many requests run, rounds draft at most --spec-load-k tokens "
+        "(default 0: target-only), because speculation pays less as the batch grows. Tune it with "
+        "benchmarks/serve_load.py; the default equals the default max batch size, so speculation stays on "
+        "unless you raise --max-batch-size.")})
+    spec_load_k: int = field(default=0, metadata={"help": (
+        "Most draft tokens per round while the load rule applies (0 = target-only rounds).")})
+    retry_after_s: int = field(default=1, metadata={"help": "Seconds a client is told to wait (Retry-After) when the queue is full."})
+    log_level: str = field(default="info", metadata={"help": "uvicorn log level: critical, error, warning, info, debug."})
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise SpecAdaptError(f"port must be in 0..65535 (0: any free port), got {self.port}.")
+        for name in ("max_batch_size", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise SpecAdaptError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("max_queue", "spec_max_batch", "spec_load_k", "retry_after_s"):
+            if getattr(self, name) < 0:
+                raise SpecAdaptError(f"{name} must be >= 0, got {getattr(self, name)}.")
+
+    @property
+    def served_name(self) -> str:
+        return self.model_name or self.target
+
+    @staticmethod
+    def help(name: str) -> str:
+        return next(f.metadata["help"] for f in fields(ServeSettings) if f.name == name)
