@@ -479,7 +479,7 @@ def test_end_to_end_tiny_run_gives_a_head_the_engine_uses(pair_dir, prompts_file
     assert config["hidden_size"] == 32 and config["num_blocks"] == 3 and config["shared_blocks"] is True
     assert config["draft"] == str((pair_dir / "draft").resolve()) and config["target"] == str((pair_dir / "target").resolve())
     assert config["recipe"]["mix_ratio"] == 0.15 and config["recipe"]["reject_weight"] == 6.0
-    assert config["recipe"]["responses"] == "target" and 0.0 <= config["dev_auc"] <= 1.0
+    assert config["recipe"]["responses"] == "target"
     report = json.loads((out / "report.json").read_text())
     assert report["training"]["steps"] > 0 and report["training"]["curves"]["dev"]
     assert report["data"]["prompts"]["train"] == 8 and report["data"]["prompts"]["dev"] == 2
@@ -505,7 +505,7 @@ def test_producing_head_end_to_end(pair_dir, prompts_file, tmp_path):
     result = train_head(config_for(pair_dir, prompts_file, tmp_path / "out", head_input="producing", num_blocks=1))
     config = read_head_config(result.head_dir)
     assert config["input"] == "producing" and config["recipe"]["head_input"] == "producing"
-    assert config["recipe"]["mix_ratio"] is None and 0.0 <= config["dev_auc"] <= 1.0
+    assert config["recipe"]["mix_ratio"] is None
     item, _ = load_labels(label_path(result.output / "data" / "labels", 0))
     assert bool(item.draft_mask.all()) and item.entropy.shape == item.labels.shape == (item.hidden.shape[0],)
     report = json.loads((result.output / "report.json").read_text())
@@ -657,7 +657,7 @@ def test_tune_head_by_replay_counts_what_the_engine_does(pair_dir, tmp_path):
     config = read_head_config(folder)
     assert (config["threshold"], config["min_k"]) == (result.best.threshold, result.best.min_k) and tuning["anchors"] == ["fixed:2", "fixed:6"]
     assert set(tuning["fixed_k_tokens_per_s"]) == {f"fixed:{k}" for k in range(1, 11)}
-    assert tuning["best_fixed_k"] in tuning["fixed_k_tokens_per_s"] and min(tuning["cost_model"].values()) >= 0
+    assert tuning["best_fixed_k"] in tuning["fixed_k_tokens_per_s"]
     # The replayed counts are the engine's own (fp32, greedy).
     from specadapt.api import SpecDecoder
 
