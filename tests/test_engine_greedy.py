@@ -187,3 +187,19 @@ def test_cancelled_requests_leave_and_the_rest_go_on(target, close_draft):
     assert c.output == [] and 0 < len(a.output) < 20
     assert b.output == hf_greedy(target, PROMPTS[1], 20)
     assert batch.add(PROMPTS[3], RequestConfig(max_new_tokens=2)).slot == 0  # freed slots are reused
+
+
+def test_the_longest_request_leaving_first_drops_its_columns(target, close_draft):
+    """When the request with the longest history leaves, the cache's leading all-hole positions are dropped
+    (and new requests padded in) without changing anyone's output."""
+    engine = make_engine(target, close_draft)
+    batch = engine.batch(make_method("fixed:3"))
+    long = batch.add(PROMPTS[2], RequestConfig(max_new_tokens=2))
+    short = batch.add(PROMPTS[3], RequestConfig(max_new_tokens=24))
+    while long.finish_reason is None:
+        batch.step()
+    assert batch.requests == [short] and bool(batch.target.mask.all()) and bool(batch.draft.mask.all())  # no holes
+    late = batch.add(PROMPTS[1], RequestConfig(max_new_tokens=10))
+    while batch.active:
+        batch.step()
+    assert short.output == hf_greedy(target, PROMPTS[3], 24) and late.output == hf_greedy(target, PROMPTS[1], 10)

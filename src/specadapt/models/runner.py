@@ -25,10 +25,7 @@ class ModelRunner:
         """Append ``n`` empty rows (new requests): their history is all holes until they are fed."""
         self.mask = torch.cat([self.mask, self.mask.new_zeros((n, self.mask.shape[1]))])
         if self.cache.get_seq_length() > 0:
-            # DynamicCache has no public way to grow the batch: pad every layer's keys and values.
-            for layer in self.cache.layers:
-                layer.keys = torch.cat([layer.keys, layer.keys.new_zeros((n, *layer.keys.shape[1:]))])
-                layer.values = torch.cat([layer.values, layer.values.new_zeros((n, *layer.values.shape[1:]))])
+            self._rebuild(lambda t: torch.cat([t, t.new_zeros((n, *t.shape[1:]))]))
 
     @torch.inference_mode()
     def forward(
@@ -80,8 +77,12 @@ class ModelRunner:
         if self.mask.shape[1] == 0:
             return
         first = int(self.mask.any(0).long().argmax())
-        if first > 0:  # DynamicCache can crop only at the end: slice the leading columns off every layer
+        if first > 0:
             self.mask = self.mask[:, first:]
-            for layer in self.cache.layers:
-                layer.keys = layer.keys[..., first:, :]
-                layer.values = layer.values[..., first:, :]
+            self._rebuild(lambda t: t[..., first:, :])
+
+    def _rebuild(self, edit) -> None:
+        """A new cache holding ``edit(keys)`` / ``edit(values)`` of every layer ([batch, heads, length, dim]):
+        DynamicCache can crop its end and select rows, but not grow the batch or drop leading positions."""
+        data = [(edit(layer.keys), edit(layer.values)) for layer in self.cache.layers]
+        self.cache = DynamicCache(data, config=self.model.config)
