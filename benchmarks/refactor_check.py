@@ -44,12 +44,13 @@ def load_baseline(src: Path):
 
 
 def baseline_runner(baseline, decoder: SpecDecoder):
-    from specadapt_baseline.engine import RequestConfig, SpeculativeEngine  # the pre-redesign names
+    from specadapt_baseline import engine as old  # before the redesign: GenerationConfig, not RequestConfig
 
-    engine = SpeculativeEngine(decoder.target, decoder.draft, decoder.tokenizer, decoder.engine.eos_token_ids)
+    engine = old.SpeculativeEngine(decoder.target, decoder.draft, decoder.tokenizer, decoder.engine.eos_token_ids)
+    config_class = getattr(old, "GenerationConfig", None) or old.RequestConfig
 
     def run(ids: list[int], method: str, max_new_tokens: int):
-        return engine.generate([ids], baseline.make_method(method), RequestConfig(max_new_tokens=max_new_tokens))[0]
+        return engine.generate([ids], baseline.make_method(method), config_class(max_new_tokens=max_new_tokens))[0]
 
     return run
 

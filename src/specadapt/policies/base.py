@@ -19,7 +19,7 @@ from __future__ import annotations
 from abc import ABC
 from dataclasses import asdict, dataclass
 from functools import cached_property
-from typing import Callable, ClassVar, Sequence
+from typing import Callable, ClassVar
 
 import torch
 
@@ -186,7 +186,3 @@ def finish_round(
     if block.K:
         policy.observe(RoundOutcome(slots, block, accepted, accepted_mask, target_probs))
 
-
-def as_outcome_mask(accepted: Sequence[int], K: int) -> torch.Tensor:
-    """[b, K] bool mask of each row's accepted prefix, from accepted counts."""
-    return torch.arange(K)[None, :] < torch.tensor(list(accepted))[:, None]
