@@ -14,7 +14,9 @@ Output folder (see :data:`FILES`): ``settings.json`` (the run's settings, with
 so an interrupted run resumes where it stopped), ``summary.json``, ``report.md``
 and PNG plots (:mod:`specadapt.bench.report`). Running the same
 command again resumes; a folder holding other settings or other files is only
-reused with ``overwrite=True``, which deletes this module's files and nothing else.
+reused with ``overwrite=True``, which deletes the files its manifest (``.specadapt-manifest.json``,
+:class:`specadapt.io.OutputFolder`) says this module wrote, and nothing else; a folder without that
+manifest is never written to.
 
 Each method label has one policy instance for the whole run, so a method with
 ``scope=shared`` keeps its statistics across prompts (not across a resume).
@@ -50,7 +52,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import SpecAdaptError
-from ..io import read_json, read_jsonl_tolerant, write_json_atomic
+from ..io import OutputFolder, read_json, read_jsonl_tolerant, write_json_atomic
 from ..models import zoo
 from .datasets import DATASET_NAMES, Example, load_dataset, load_dataset_file
 from .splits import ALL, check_split
@@ -214,7 +216,7 @@ def recorded_settings(settings: BenchSettings, out: Path) -> dict:
 
 def load_settings(out: Path) -> BenchSettings:
     """The settings of the run in ``out``, its dataset files found relative to ``out``."""
-    stored = json.loads((Path(out) / SETTINGS_FILE).read_text(encoding="utf-8"))["settings"]
+    stored = _stored_settings(out)
     stored["dataset_files"] = [str(Path(out) / f) for f in stored.get("dataset_files", [])]
     for name, value in LEGACY_DEFAULTS.items():  # a run recorded before the setting existed
         stored.setdefault(name, value)
@@ -234,21 +236,14 @@ def _relative_paths(value, out: Path):
 
 
 def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[dict]:
-    """Create or reopen the output folder; return the records of a run being resumed."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SpecAdaptError(f"--out {out} is a file; give a folder.")
-    if overwrite and out.exists():
-        for name in FILES:
-            (out / name).unlink(missing_ok=True)
-    existing = sorted(p.name for p in out.iterdir()) if out.exists() else []
-    if existing:
-        if SETTINGS_FILE not in existing:
-            raise SpecAdaptError(
-                f"--out {out} already holds files that are not a specadapt benchmark ({', '.join(existing[:3])}); "
-                "choose another folder (nothing was changed)."
-            )
-        stored = read_json(out / SETTINGS_FILE)["settings"]
+    """Create or reopen the output folder; return the records of a run being resumed.
+
+    Everything is checked before anything is written: a folder is reused only if its manifest says
+    ``specadapt bench`` wrote it, and ``overwrite`` deletes only the files that manifest names."""
+    folder = OutputFolder(out, "bench")
+    manifest = folder.check(FILES)
+    if manifest is not None and not overwrite and folder.owns(SETTINGS_FILE) and (folder.path / SETTINGS_FILE).exists():
+        stored = _stored_settings(folder.path)
         # Runs written before dataset files were recorded relative to the folder hold absolute paths: out / abs = abs.
         stored["dataset_files"] = [_relative_to(out, out / f) for f in stored.get("dataset_files", [])]
         defaults = {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(BenchSettings)
@@ -263,15 +258,28 @@ def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[
                 "use the same settings to resume it, another --out, or --overwrite to replace it."
             )
         # Cut a line an interruption left unfinished, so appends start on a fresh line.
-        return read_jsonl_tolerant(out / RECORDS_FILE, repair=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise SpecAdaptError(f"cannot write to --out {out}: {exc.strerror or exc}; choose a writable folder.") from None
+        return read_jsonl_tolerant(Path(out) / RECORDS_FILE, repair=True)
+    if manifest is not None:
+        # --overwrite, or a run that stopped before it wrote its settings: start again.
+        folder.remove(*FILES)
+    folder.claim(files=FILES)
     return []
+
+
+def _stored_settings(out: Path) -> dict:
+    """The ``settings`` object of ``out/settings.json``; a clear error if it is not one this module wrote."""
+    path = Path(out) / SETTINGS_FILE
+    try:
+        stored = read_json(path)["settings"]
+        if not isinstance(stored, dict):
+            raise TypeError("'settings' is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise SpecAdaptError(
+            f"{path} is not a readable benchmark settings file ({reason}); rerun with --overwrite to start the "
+            "run again in this folder, or choose another --out."
+        ) from None
+    return stored
 
 
 def read_records(out: Path) -> list[dict]:

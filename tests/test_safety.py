@@ -1,0 +1,173 @@
+"""Nothing a user wrote is lost: every command that writes a folder deletes or replaces only what its manifest
+proves it wrote, and checks everything before it touches the disk. Plus input validation with clear messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from specadapt import SpecAdaptError
+from specadapt.io import MANIFEST_FILE, OutputFolder
+
+
+def tree(path: Path) -> dict[str, str]:
+    """Every file under ``path`` with its text: what a test compares before and after a refused command."""
+    return {str(p.relative_to(path)): p.read_text() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def user_folder(path: Path, files: dict[str, str]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------- the shared helper
+
+
+def test_output_folder_claims_records_and_removes_only_its_own_files(tmp_path):
+    folder = OutputFolder(tmp_path / "run", "bench")
+    assert folder.check(["a.json"]) is None  # a new folder: nothing to check, nothing written
+    assert not folder.path.exists()
+    folder.claim(key={"k": 1}, files=["a.json"])
+    (folder.path / "a.json").write_text("ours")
+    folder.record("sub")
+    (folder.path / "sub").mkdir()
+    (folder.path / "sub" / "x").write_text("ours too")
+    (folder.path / "notes.txt").write_text("the user's")
+    assert folder.key == {"k": 1} and folder.owns("a.json") and not folder.owns("notes.txt")
+    assert folder.remove("a.json", "sub", "notes.txt") == ["a.json", "sub"]
+    assert sorted(p.name for p in folder.path.iterdir()) == [MANIFEST_FILE, "notes.txt"]
+    assert (folder.path / "notes.txt").read_text() == "the user's"
+    assert json.loads((folder.path / MANIFEST_FILE).read_text())["files"] == []
+
+
+def test_output_folder_refuses_what_it_cannot_prove_is_its_own(tmp_path):
+    foreign = user_folder(tmp_path / "mine", {"notes.txt": "n", "report.md": "m"})
+    with pytest.raises(SpecAdaptError) as exc:
+        OutputFolder(foreign, "bench").check()
+    assert str(exc.value) == (
+        f"--out {foreign} already holds files that specadapt bench did not write (notes.txt, report.md); "
+        "choose a new or empty folder (nothing was changed)."
+    )
+    owned = OutputFolder(tmp_path / "run", "bench")
+    owned.claim(files=["summary.json"])
+    (owned.path / "report.md").write_text("the user's own report")  # same name as a file bench writes
+    with pytest.raises(SpecAdaptError) as exc:
+        owned.check(["summary.json", "report.md"])
+    assert str(exc.value) == (
+        f"--out {owned.path} holds report.md, which specadapt bench did not write; move it away or choose "
+        "another --out (nothing was changed)."
+    )
+    with pytest.raises(SpecAdaptError, match="was written by specadapt bench, not specadapt eval-draft"):
+        OutputFolder(owned.path, "eval-draft").check()
+    (owned.path / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(SpecAdaptError, match="is unreadable .*cannot tell which files there are its own"):
+        owned.check()
+    blocked = user_folder(tmp_path, {"file.txt": "x"}) / "file.txt"
+    with pytest.raises(SpecAdaptError) as exc:
+        OutputFolder(blocked, "bench").check()
+    assert str(exc.value) == f"--out {blocked} is a file; give a folder."
+    with pytest.raises(SpecAdaptError, match="cannot write to --out .*choose a writable folder"):
+        OutputFolder(blocked / "sub", "bench").claim()
+
+
+# ---------------------------------------------------------------- bench
+
+
+def invoke(args: list[str]):
+    from specadapt.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+def test_bench_overwrite_never_deletes_a_users_report_summary_or_settings(tmp_path):
+    # The issue's reproduction: a folder that is not a benchmark, holding names bench also writes.
+    mine = user_folder(tmp_path / "mine", {"notes.txt": "n\n", "report.md": "m\n", "summary.json": "{}\n"})
+    before = tree(mine)
+    res = invoke(["bench", "--datasets", "humaneval", "--limit", "1", "--methods", "autoregressive",
+                  "--out", str(mine), "--overwrite"])
+    assert isinstance(res.exception, SpecAdaptError)
+    assert "specadapt bench did not write (notes.txt, report.md, summary.json)" in str(res.exception)
+    assert tree(mine) == before
+    # A folder holding only such names is not taken over either.
+    only = user_folder(tmp_path / "only", {"report.md": "m", "summary.json": "{}", "settings.json": "{}"})
+    res = invoke(["bench", "--datasets", "humaneval", "--limit", "1", "--methods", "autoregressive",
+                  "--out", str(only), "--overwrite"])
+    assert isinstance(res.exception, SpecAdaptError) and "did not write" in str(res.exception)
+    assert tree(only) == {"report.md": "m", "summary.json": "{}", "settings.json": "{}"}
+
+
+def test_bench_overwrite_deletes_only_its_own_files(tmp_path):
+    from test_bench import TinyDecoder, settings_for
+
+    from specadapt.bench.runner import run_bench
+
+    prompts = user_folder(tmp_path, {"p.jsonl": json.dumps({"prompt": "hello there"}) + "\n"}) / "p.jsonl"
+    out = tmp_path / "run"
+    run_bench(settings_for(prompts, limit=1), out, decoder=TinyDecoder(), progress=False, log=lambda _: None)
+    (out / "notes.txt").write_text("my notes on this run")
+    run_bench(settings_for(prompts, limit=1, max_new_tokens=4), out, overwrite=True, decoder=TinyDecoder(),
+              progress=False, log=lambda _: None)
+    assert (out / "notes.txt").read_text() == "my notes on this run"
+    assert json.loads((out / "settings.json").read_text())["settings"]["max_new_tokens"] == 4
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("{broken", "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+    ('{"mine": 1}', "KeyError: 'settings'"),
+    ('{"settings": [1]}', "'settings' is not an object"),
+])
+def test_bench_a_corrupt_settings_json_in_its_own_folder_is_a_clear_error(tmp_path, text, reason):
+    from test_bench import TinyDecoder, settings_for
+
+    from specadapt.bench.runner import run_bench
+
+    prompts = user_folder(tmp_path, {"p.jsonl": json.dumps({"prompt": "hello there"}) + "\n"}) / "p.jsonl"
+    out = tmp_path / "run"
+    run_bench(settings_for(prompts, limit=1), out, decoder=TinyDecoder(), progress=False, log=lambda _: None)
+    (out / "settings.json").write_text(text)
+    with pytest.raises(SpecAdaptError) as exc:
+        run_bench(settings_for(prompts, limit=1), out, decoder=TinyDecoder(), progress=False, log=lambda _: None)
+    assert str(exc.value) == (
+        f"{out / 'settings.json'} is not a readable benchmark settings file ({reason}); rerun with --overwrite to "
+        "start the run again in this folder, or choose another --out."
+    )
+    assert (out / "settings.json").read_text() == text  # nothing changed
+    run_bench(settings_for(prompts, limit=1), out, overwrite=True, decoder=TinyDecoder(), progress=False,
+              log=lambda _: None)
+    assert json.loads((out / "settings.json").read_text())["settings"]["limit"] == 1
+
+
+def test_bench_a_users_settings_json_is_not_read_as_a_run(tmp_path):
+    mine = user_folder(tmp_path / "mine", {"settings.json": '{"theme": "dark"}'})
+    res = invoke(["bench", "--datasets", "humaneval", "--limit", "1", "--methods", "autoregressive", "--out", str(mine)])
+    assert isinstance(res.exception, SpecAdaptError)
+    assert str(res.exception) == (
+        f"--out {mine} already holds files that specadapt bench did not write (settings.json); "
+        "choose a new or empty folder (nothing was changed)."
+    )
+
+
+def test_bench_compare_of_a_summary_without_datasets_is_a_clear_error(tmp_path):
+    a = user_folder(tmp_path / "a", {"summary.json": '{"progress": {}}'})
+    b = user_folder(tmp_path / "b", {"summary.json": '{"datasets": {}}'})
+    res = invoke(["bench", "--compare", str(a), str(b)])
+    assert isinstance(res.exception, SpecAdaptError)
+    assert str(res.exception) == (
+        f'{a / "summary.json"} is not a `specadapt bench` summary (no "datasets" table of methods); give the --out '
+        "folder of a finished benchmark run."
+    )
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0"])
+def test_bench_exec_timeout_must_be_finite(tmp_path, value):
+    res = invoke(["bench", "--datasets", "humaneval", "--limit", "1", "--methods", "autoregressive",
+                  "--out", str(tmp_path / "run"), "--exec-timeout", value])
+    assert isinstance(res.exception, SpecAdaptError)
+    assert str(res.exception) == f"exec timeout must be a finite number of seconds > 0, got {float(value)}."
+    assert not (tmp_path / "run").exists()
