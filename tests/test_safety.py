@@ -171,3 +171,56 @@ def test_bench_exec_timeout_must_be_finite(tmp_path, value):
     assert isinstance(res.exception, SpecAdaptError)
     assert str(res.exception) == f"exec timeout must be a finite number of seconds > 0, got {float(value)}."
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- train-head
+
+
+def test_train_head_never_deletes_head_or_trainer_of_a_foreign_folder(tmp_path):
+    # The reproduction: without --overwrite, head/ and trainer/ of a foreign folder were deleted.
+    t = user_folder(tmp_path / "t", {"head/important.txt": "x", "trainer/keep.txt": "y"})
+    for extra in ([], ["--overwrite"]):
+        res = invoke(["train-head", "--out", str(t), "--draft", "smollm2-135m-instruct", "--responses", "dataset",
+                      "--num-prompts", "4", *extra])
+        assert isinstance(res.exception, SpecAdaptError)
+        assert str(res.exception) == (
+            f"--out {t} already holds files that specadapt train-head did not write (head, trainer); "
+            "choose a new or empty folder (nothing was changed)."
+        )
+        assert tree(t) == {"head/important.txt": "x", "trainer/keep.txt": "y"}
+
+
+def test_train_head_checks_the_tokenizers_before_it_changes_the_folder(tmp_path, monkeypatch):
+    from specadapt.heads import pipeline, train_head
+    from specadapt.heads.config import TrainHeadConfig
+    from specadapt.models import loading
+
+    out = tmp_path / "run"
+    OutputFolder(out, "train-head").claim(files=pipeline.OUTPUT_ENTRIES)
+    user_folder(out, {"head/config.json": "{}", "head/head.safetensors": "w", "trainer/settings.json": "{}",
+                      "report.md": "the last run's report"})
+    before = tree(out)
+
+    def refuse(spec: str):
+        raise SpecAdaptError(f"could not load tokenizer {spec!r}")
+
+    monkeypatch.setattr(loading, "load_tokenizer", refuse)
+    config = TrainHeadConfig(output=str(out), draft="smollm2-135m-instruct", responses="dataset", num_prompts=4,
+                             overwrite=True)
+    with pytest.raises(SpecAdaptError, match="could not load tokenizer"):
+        train_head(config)
+    assert tree(out) == before  # --overwrite deletes nothing until every check has passed
+
+
+def test_train_head_overwrite_keeps_a_users_file_in_its_folder(tmp_path):
+    from specadapt.heads import pipeline
+    from specadapt.heads.config import TrainHeadConfig
+
+    out = tmp_path / "run"
+    OutputFolder(out, "train-head").claim(files=pipeline.OUTPUT_ENTRIES)
+    user_folder(out, {"head/config.json": "{}", "report.md": "old", "notes.txt": "mine"})
+    config = TrainHeadConfig(output=str(out), draft="smollm2-135m-instruct", responses="dataset", num_prompts=4,
+                             overwrite=True)
+    pipeline.prepare_output(out, config)
+    assert not (out / "head").exists() and not (out / "report.md").exists()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "data" / "settings.json").exists()
