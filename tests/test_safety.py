@@ -224,3 +224,93 @@ def test_train_head_overwrite_keeps_a_users_file_in_its_folder(tmp_path):
     pipeline.prepare_output(out, config)
     assert not (out / "head").exists() and not (out / "report.md").exists()
     assert (out / "notes.txt").read_text() == "mine" and (out / "data" / "settings.json").exists()
+
+
+# ---------------------------------------------------------------- distill
+
+
+def test_teacher_cache_never_removes_a_folder_it_cannot_prove_it_built(tmp_path):
+    from conftest import tiny_llama
+    from test_distill import _examples
+
+    from specadapt.distill.teacher_cache import build_cache, cache_key
+
+    target, examples = tiny_llama(0, init_range=0.3), _examples()
+    key = cache_key(target, "data-hash", 8)
+    # The issue: any progress.json with another key made build_cache delete the whole folder.
+    mine = user_folder(tmp_path / "mine", {"progress.json": '{"key": "other"}', "thesis.tex": "years of work"})
+    with pytest.raises(SpecAdaptError) as exc:
+        build_cache(mine, target, examples, key, batch_tokens=20, progress=False)
+    assert str(exc.value) == (
+        f"--teacher-cache {mine} already holds files that specadapt distill (teacher cache) did not write "
+        "(progress.json, thesis.tex); choose a new or empty folder (nothing was changed)."
+    )
+    assert tree(mine) == {"progress.json": '{"key": "other"}', "thesis.tex": "years of work"}
+    # Its own cache, interrupted under another key: only the cache's files are replaced.
+    own = tmp_path / "own"
+    build_cache(own, target, examples, key, batch_tokens=20, progress=False)
+    (own / ".complete").unlink()
+    (own / "progress.json").write_text(json.dumps({"key": {**key, "top_k": 4}, "batch_tokens": 20, "batches_done": 1}))
+    (own / "notes.txt").write_text("mine")
+    cache = build_cache(own, target, examples, key, batch_tokens=20, progress=False)
+    assert cache.top_k == 8 and (own / "notes.txt").read_text() == "mine"
+
+
+def test_distill_overwrite_refuses_a_foreign_folder_and_a_cache_it_did_not_build(tmp_path, monkeypatch):
+    from specadapt.distill.teacher_cache import remove_cache
+    from specadapt.distill.train import DistillSettings, run_distill
+
+    mine = user_folder(tmp_path / "mine", {"draft/config.json": "{}", "notes.txt": "n"})
+    with pytest.raises(SpecAdaptError) as exc:
+        run_distill("no-such-target", "shallow:1", "gsm8k", mine, DistillSettings(), overwrite=True, log=lambda m: None)
+    assert str(exc.value) == (
+        f"--out {mine} already holds files that specadapt distill did not write (draft, notes.txt); "
+        "choose a new or empty folder (nothing was changed)."
+    )
+    assert tree(mine) == {"draft/config.json": "{}", "notes.txt": "n"}
+    # --overwrite with a mismatching cache used to remove the --teacher-cache folder whole.
+    legacy = user_folder(tmp_path / "legacy", {"meta.json": "{}", ".complete": "", "mine.txt": "x"})
+    with pytest.raises(SpecAdaptError, match="specadapt distill \\(teacher cache\\) did not write"):
+        remove_cache(legacy)
+    assert tree(legacy) == {"meta.json": "{}", ".complete": "", "mine.txt": "x"}
+
+
+# ---------------------------------------------------------------- eval-draft
+
+
+def test_eval_draft_never_replaces_an_earlier_evaluation_silently(tmp_path):
+    from conftest import IdTokenizer, perturbed_copy, tiny_llama
+
+    from specadapt.distill.data import EvalPrompt
+    from specadapt.distill.eval_draft import EvalSettings, evaluate_drafts
+
+    target = tiny_llama(0, init_range=0.3)
+    drafts = {"close": perturbed_copy(target, 0.3)}
+    prompts = [EvalPrompt("a", (1, 2, 3))]
+    settings = EvalSettings(max_new_tokens=4, ks=(2,), speculative=False, warmup=False)
+    out = tmp_path / "eval"
+    evaluate_drafts(target, IdTokenizer(), drafts, prompts, settings, out=out, log=lambda m: None)
+    first = tree(out)
+    with pytest.raises(SpecAdaptError) as exc:
+        evaluate_drafts(target, IdTokenizer(), drafts, prompts, settings, out=out, log=lambda m: None)
+    assert str(exc.value) == (
+        f"--out {out} already holds an evaluation (eval.json, eval.md); pass --overwrite to replace it, "
+        "or choose another --out."
+    )
+    assert tree(out) == first
+    (out / "notes.md").write_text("mine")
+    evaluate_drafts(target, IdTokenizer(), drafts, prompts, settings, out=out, overwrite=True, log=lambda m: None)
+    assert (out / "notes.md").read_text() == "mine"
+    # A folder of the user's own, eval.json included, is never written to.
+    mine = user_folder(tmp_path / "mine", {"eval.json": '{"my": "results"}'})
+    with pytest.raises(SpecAdaptError, match="specadapt eval-draft did not write \\(eval.json\\)"):
+        evaluate_drafts(target, IdTokenizer(), drafts, prompts, settings, out=mine, overwrite=True, log=lambda m: None)
+    assert tree(mine) == {"eval.json": '{"my": "results"}'}
+
+
+def test_eval_draft_out_pointing_at_a_file_is_a_clear_error(tmp_path):
+    blocked = user_folder(tmp_path, {"results.txt": "x"}) / "results.txt"
+    res = invoke(["eval-draft", "--target", "no-such-model", "--draft", "shallow:1", "--out", str(blocked)])
+    assert isinstance(res.exception, SpecAdaptError)
+    assert str(res.exception) == f"--out {blocked} is a file; give a folder."
+    assert blocked.read_text() == "x"

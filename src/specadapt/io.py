@@ -149,9 +149,10 @@ class OutputFolder:
         """Note entries as written by this command, before writing them (a crash between leaves them owned)."""
         self.claim(files=names)
 
-    def remove(self, *names: str) -> list[str]:
-        """Delete the entries of ``names`` the manifest names (all of them when ``names`` is empty) and drop
-        them from it; others are left alone. Returns what was deleted."""
+    def remove(self, *names: str, forget: bool = True) -> list[str]:
+        """Delete the entries of ``names`` the manifest names (all of them when ``names`` is empty) and, with
+        ``forget``, drop them from it (without, they stay recorded: the command writes them again); others
+        are left alone. Returns what was deleted."""
         manifest = self.manifest()
         if manifest is None:
             return []
@@ -163,6 +164,7 @@ class OutputFolder:
                 shutil.rmtree(target)
             else:
                 target.unlink(missing_ok=True)
-        manifest["files"] = [n for n in owned if n not in chosen]
-        write_json_atomic(self.manifest_path, manifest)
+        if forget:
+            manifest["files"] = [n for n in owned if n not in chosen]
+            write_json_atomic(self.manifest_path, manifest)
         return chosen
