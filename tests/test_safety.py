@@ -314,3 +314,50 @@ def test_eval_draft_out_pointing_at_a_file_is_a_clear_error(tmp_path):
     assert isinstance(res.exception, SpecAdaptError)
     assert str(res.exception) == f"--out {blocked} is a file; give a folder."
     assert blocked.read_text() == "x"
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("name, message", [
+    ("meta", "unknown device 'meta'; use auto, cpu, cuda or cuda:N."),
+    ("mps", "device 'mps' (Apple GPUs) is not supported; use --device cpu."),
+    ("mps:0", "device 'mps:0' (Apple GPUs) is not supported; use --device cpu."),
+    ("cuda:x", "unknown device 'cuda:x'; use auto, cpu, cuda or cuda:N."),
+    ("gpu", "unknown device 'gpu'; use auto, cpu, cuda or cuda:N."),
+    ("", "unknown device ''; use auto, cpu, cuda or cuda:N."),
+])
+def test_parse_device_accepts_only_auto_cpu_cuda(name, message):
+    from specadapt.models.loading import parse_device
+
+    with pytest.raises(SpecAdaptError) as exc:
+        parse_device(name)
+    assert str(exc.value) == message
+
+
+def test_parse_device_good_names():
+    import torch
+
+    from specadapt.models.loading import parse_device
+
+    assert parse_device("cpu") == torch.device("cpu") and parse_device(" CPU ") == torch.device("cpu")
+    assert parse_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SpecAdaptError, match="no CUDA GPU is available here; use --device cpu"):
+            parse_device("cuda:0")
+
+
+@pytest.mark.parametrize("device", ["meta", "mps"])
+def test_generate_with_a_bad_device_is_a_clear_error_before_loading(device):
+    res = invoke(["generate", "hello", "--target", "no/such/model", "--method", "autoregressive", "--device", device])
+    assert isinstance(res.exception, SpecAdaptError)
+    assert str(res.exception).startswith(f"device {device!r} (Apple GPUs) is not supported" if device == "mps"
+                                         else f"unknown device {device!r}")
+
+
+def test_bench_with_a_bad_device_is_refused_before_the_folder_is_made(tmp_path):
+    res = invoke(["bench", "--datasets", "humaneval", "--limit", "1", "--methods", "autoregressive",
+                  "--out", str(tmp_path / "run"), "--device", "meta"])
+    assert isinstance(res.exception, SpecAdaptError)
+    assert str(res.exception) == "unknown device 'meta'; use auto, cpu, cuda or cuda:N."
+    assert not (tmp_path / "run").exists()

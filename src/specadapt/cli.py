@@ -96,7 +96,11 @@ def generate(
     from .methods import make_method
     from .models import zoo
 
+    from .models.loading import parse_device, parse_dtype
+
     RequestConfig(**settings)  # fail fast on bad settings
+    parse_dtype(dtype)
+    parse_device(device)
     chosen = make_method(method, **({"head": head} if head else {}))
     if not prompt.strip():
         raise SpecAdaptError("the prompt is empty; give some text to continue.")
@@ -198,6 +202,10 @@ def bench(
     run_settings = BenchSettings(**{**settings, "methods": _with_head(settings["methods"], head), "limit": settings["limit"] or None})
     if time_limit is not None and time_limit <= 0:
         raise SpecAdaptError(f"--time-limit must be a positive number of minutes, got {time_limit}.")
+    from .models.loading import parse_device, parse_dtype
+
+    parse_dtype(run_settings.dtype)  # both before the output folder is touched
+    parse_device(run_settings.device)
     summary = run_bench(run_settings, out, overwrite=overwrite, progress=not no_progress, log=err.print,
                         time_limit_s=None if time_limit is None else time_limit * 60)
     for ds, table_rows in summary["datasets"].items():

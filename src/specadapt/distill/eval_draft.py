@@ -429,6 +429,8 @@ def run_eval_draft(
 
     settings = settings or EvalSettings()
     check_output(Path(out).expanduser(), overwrite)  # before any model is loaded
+    loading.parse_dtype(dtype)
+    loading.parse_device(device)
     if not drafts:
         raise SpecAdaptError("give at least one --draft to evaluate.")
     if len(set(drafts)) != len(drafts):

@@ -37,17 +37,28 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def parse_device(name: str | torch.device) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a device; anything else (``meta``, ``mps``, typos) is refused
+    here with a clear message rather than failing later inside torch."""
     if isinstance(name, torch.device):
         return name
-    if name == "auto":
+    text = str(name).strip().lower()
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SpecAdaptError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if text == "mps" or text.startswith("mps:"):
+        raise SpecAdaptError(f"device {name!r} (Apple GPUs) is not supported; use --device cpu.")
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, colon, index = text.partition(":")
+    if kind != "cuda" or (colon and not index.isdigit()):
+        raise SpecAdaptError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N.")
+    if not torch.cuda.is_available():
         raise SpecAdaptError(f"device {name!r} asked for, but no CUDA GPU is available here; use --device cpu.")
-    return device
+    if colon and int(index) >= torch.cuda.device_count():
+        raise SpecAdaptError(
+            f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})."
+        )
+    return torch.device(text)
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -88,6 +99,7 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
 
 
 def load_model(spec: str, dtype: str | torch.dtype = "bfloat16", device: str | torch.device = "auto") -> PreTrainedModel:
+    target_device = parse_device(device)  # a bad --device fails before the (slow) load
     where, gguf = resolve(spec)
     kwargs = {"dtype": parse_dtype(dtype)}
     if gguf:
@@ -96,7 +108,7 @@ def load_model(spec: str, dtype: str | torch.dtype = "bfloat16", device: str | t
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise SpecAdaptError(_load_failure(spec, "model", exc)) from None
-    return model.to(parse_device(device)).eval()
+    return model.to(target_device).eval()
 
 
 def _load_failure(spec: str, what: str, exc: Exception) -> str:
