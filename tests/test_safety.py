@@ -361,3 +361,53 @@ def test_bench_with_a_bad_device_is_refused_before_the_folder_is_made(tmp_path):
     assert isinstance(res.exception, SpecAdaptError)
     assert str(res.exception) == "unknown device 'meta'; use auto, cpu, cuda or cuda:N."
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- generate --prompt-file
+
+
+def test_read_prompt_from_a_file_or_stdin(tmp_path, monkeypatch):
+    import io
+
+    from specadapt.cli import read_prompt
+
+    long_prompt = "def f():\n    return 1\n" * 8000  # ~190 KiB: more than one command-line argument may hold
+    (tmp_path / "p.txt").write_text(long_prompt + "\n", encoding="utf-8")
+    assert read_prompt(None, str(tmp_path / "p.txt")) == long_prompt
+    (tmp_path / "crlf.txt").write_bytes("héllo\r\n".encode())
+    assert read_prompt(None, str(tmp_path / "crlf.txt")) == "héllo"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("from stdin\n".encode())))
+    assert read_prompt(None, "-") == "from stdin"
+    assert read_prompt("as argument", None) == "as argument"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["hello", "--prompt-file", "p.txt"], "give the prompt either as an argument or with --prompt-file, not both."),
+    ([], "no prompt: give it as an argument, or with --prompt-file PATH ('-' for standard input)."),
+    (["--prompt-file", "missing.txt"], "--prompt-file missing.txt: no such file; give the path of a text file holding "
+                                       "the prompt."),
+    (["--prompt-file", "folder"], "--prompt-file folder is a folder; give the path of a text file holding the prompt."),
+    (["--prompt-file", "latin1.txt"], "--prompt-file latin1.txt is not UTF-8 text; save the prompt as UTF-8."),
+    (["--prompt-file", "empty.txt"], "the prompt is empty; give some text to continue."),
+])
+def test_generate_prompt_file_errors(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    user_folder(tmp_path, {"p.txt": "hi", "empty.txt": "\n", "folder/x": ""})
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    res = invoke(["generate", *args, "--method", "autoregressive"])
+    assert isinstance(res.exception, SpecAdaptError)
+    assert str(res.exception) == message
+
+
+def test_generate_reads_a_long_prompt_from_stdin(tmp_path):
+    from conftest import save_tiny_checkpoint
+
+    from specadapt.cli import app
+
+    save_tiny_checkpoint(tmp_path / "tiny", 0, ["the", "cat", "sat"])
+    prompt = "the" + " " * 200_000 + "cat"  # over 128 KiB, yet two tokens for the tiny model's 512-token window
+    res = CliRunner().invoke(app, ["generate", "--prompt-file", "-", "--target", str(tmp_path / "tiny"), "--method",
+                                   "autoregressive", "--max-new-tokens", "2", "--dtype", "float32", "--device", "cpu",
+                                   "--json"], input=prompt)
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout.strip().splitlines()[-1])["token_ids"]) == 2

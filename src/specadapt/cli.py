@@ -77,8 +77,11 @@ def methods() -> None:
 @app.command()
 @with_settings(RequestConfig)
 def generate(
-    prompt: str = typer.Argument(..., help="The prompt text."),
+    prompt: Optional[str] = typer.Argument(None, help="The prompt text (or use --prompt-file)."),
     *,
+    prompt_file: Optional[str] = typer.Option(
+        None, "--prompt-file", help="Read the prompt from this UTF-8 file ('-' for standard input): for prompts too "
+        "long for the command line (its final line break is dropped)."),
     target: Optional[str] = typer.Option(None, help="Target model: built-in name, folder, .gguf file or Hub id."),
     draft: Optional[str] = typer.Option(None, help="Draft model (same tokenizer as the target)."),
     method: str = typer.Option("fixed:4", help="Decoding method, e.g. autoregressive, fixed:4, heuristic (see `specadapt methods`)."),
@@ -102,6 +105,7 @@ def generate(
     parse_dtype(dtype)
     parse_device(device)
     chosen = make_method(method, **({"head": head} if head else {}))
+    prompt = read_prompt(prompt, prompt_file)
     if not prompt.strip():
         raise SpecAdaptError("the prompt is empty; give some text to continue.")
     from transformers.utils import logging as hf_logging
@@ -159,6 +163,31 @@ def generate(
         f"{s.mean_accepted_length or 0:.2f}, finish: {result.finish_reason}[/dim]"
     )
 
+
+
+def read_prompt(prompt: Optional[str], prompt_file: Optional[str]) -> str:
+    """The prompt from exactly one of the argument and ``--prompt-file`` (a path, or ``-`` for stdin)."""
+    if prompt is not None and prompt_file is not None:
+        raise SpecAdaptError("give the prompt either as an argument or with --prompt-file, not both.")
+    if prompt is not None:
+        return prompt
+    if prompt_file is None:
+        raise SpecAdaptError("no prompt: give it as an argument, or with --prompt-file PATH ('-' for standard input).")
+    where = "standard input" if prompt_file == "-" else f"--prompt-file {prompt_file}"
+    try:
+        data = sys.stdin.buffer.read() if prompt_file == "-" else Path(prompt_file).expanduser().read_bytes()
+    except FileNotFoundError:
+        raise SpecAdaptError(f"{where}: no such file; give the path of a text file holding the prompt.") from None
+    except IsADirectoryError:
+        raise SpecAdaptError(f"{where} is a folder; give the path of a text file holding the prompt.") from None
+    except OSError as exc:
+        raise SpecAdaptError(f"cannot read {where}: {exc.strerror or exc}.") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecAdaptError(f"{where} is not UTF-8 text; save the prompt as UTF-8.") from None
+    # The final line break an editor or `echo` adds is not part of the prompt.
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
 
 
 def _with_head(labels: list[str], head: Optional[str]) -> list[str]:
