@@ -411,3 +411,45 @@ def test_generate_reads_a_long_prompt_from_stdin(tmp_path):
                                    "--json"], input=prompt)
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.stdout.strip().splitlines()[-1])["token_ids"]) == 2
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_inside_a_command_prints_one_line_and_exits_130(monkeypatch, capsys):
+    import sys
+
+    from specadapt import api, cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api.SpecDecoder, "from_pretrained", interrupted)  # Ctrl-C while the models load
+    monkeypatch.setattr(sys, "argv", ["specadapt", "generate", "hello", "--method", "autoregressive"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted (Ctrl-C)"
+
+
+def test_sigint_to_a_running_specadapt_prints_interrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # The command waits for its prompt on stdin, so the signal arrives while the command runs.
+    code = ("import sys, specadapt.cli as c; print('ready', flush=True); "
+            "sys.argv = ['specadapt', 'generate', '--prompt-file', '-', '--method', 'autoregressive']; c.main()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TERM": "dumb"})
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(2.0)  # into main() and the command
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C)"

@@ -361,13 +361,33 @@ from .serve.cli import serve_command  # noqa: E402  (`specadapt serve`, defined 
 app.command("serve")(serve_command)
 
 
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while handling a Ctrl-C: typer turns the KeyboardInterrupt into a silent
+    exit 130 (``Exit(130) from KeyboardInterrupt``), which would leave the user without a word."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _interrupted() -> None:
+    err.print("interrupted (Ctrl-C)", highlight=False)
+    sys.exit(130)
+
+
 def main() -> None:
-    """Entry point: user errors print one clear line, not a traceback."""
+    """Entry point: user errors print one clear line, not a traceback; Ctrl-C prints one line and exits 130."""
     try:
         app()
     except SpecAdaptError as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+        _interrupted()
+    except SystemExit as exc:
+        if exc.code == 130 and _caused_by_interrupt(exc):
+            _interrupted()
+        raise
