@@ -453,3 +453,24 @@ def test_sigint_to_a_running_specadapt_prints_interrupted(tmp_path):
         proc.kill()
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C)"
+
+
+# ---------------------------------------------------------------- smaller cases
+
+
+def test_two_dataset_files_without_ids_are_not_duplicates(tmp_path):
+    from specadapt.bench.runner import BenchSettings, load_examples
+
+    a = user_folder(tmp_path, {"a.jsonl": '{"prompt": "one"}\n{"prompt": "two"}\n'}) / "a.jsonl"
+    b = user_folder(tmp_path, {"b.jsonl": '{"prompt": "three"}\n'}) / "b.jsonl"
+    settings = BenchSettings(methods="autoregressive", datasets=[], dataset_files=[str(a), str(b)], limit=None)
+    assert [e.id for e in load_examples(settings)] == ["file/0", "file2/0", "file/1"]
+    # Explicit ids that collide across files are still refused, naming the id.
+    c = user_folder(tmp_path, {"c.jsonl": '{"id": "q1", "prompt": "x"}\n'}) / "c.jsonl"
+    settings = BenchSettings(methods="autoregressive", datasets=[], dataset_files=[str(c), str(c)], limit=None)
+    with pytest.raises(SpecAdaptError) as exc:
+        load_examples(settings)
+    assert str(exc.value) == (
+        "two examples of dataset 'file' share the id 'q1' (two --dataset-file lines, or two files); give every "
+        "line of --dataset-file a unique id."
+    )

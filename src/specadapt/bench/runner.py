@@ -327,7 +327,10 @@ def environment(decoder) -> dict:
 def load_examples(settings: BenchSettings) -> list[Example]:
     """All examples, datasets interleaved example by example (drift spreads over datasets)."""
     groups = [load_dataset(d, settings.limit, settings.split, gsm8k_shots=settings.gsm8k_shots) for d in settings.datasets]
-    groups += [load_dataset_file(f, settings.limit) for f in settings.dataset_files]
+    # Lines without ids are numbered per file: the first file's "file/<n>" (as runs of one file always were),
+    # the second's "file2/<n>", and so on, so two such files never collide.
+    groups += [load_dataset_file(f, settings.limit, "file" if i == 0 else f"file{i + 1}")
+               for i, f in enumerate(settings.dataset_files)]
     examples = []
     for i in range(max((len(g) for g in groups), default=0)):
         examples += [g[i] for g in groups if i < len(g)]
@@ -335,7 +338,11 @@ def load_examples(settings: BenchSettings) -> list[Example]:
         raise SpecAdaptError("the selected datasets hold no examples.")
     ids = [(e.dataset, e.id) for e in examples]
     if len(set(ids)) != len(ids):
-        raise SpecAdaptError("two examples share a dataset and id; give every line of --dataset-file a unique id.")
+        twice = next(i for i in ids if ids.count(i) > 1)
+        raise SpecAdaptError(
+            f"two examples of dataset {twice[0]!r} share the id {twice[1]!r} (two --dataset-file lines, or two files); "
+            "give every line of --dataset-file a unique id."
+        )
     return examples
 
 
