@@ -474,3 +474,115 @@ def test_two_dataset_files_without_ids_are_not_duplicates(tmp_path):
         "two examples of dataset 'file' share the id 'q1' (two --dataset-file lines, or two files); give every "
         "line of --dataset-file a unique id."
     )
+
+
+def test_a_file_named_gguf_that_is_not_gguf_says_file_not_folder(tmp_path):
+    from specadapt.models import loading
+
+    fake = user_folder(tmp_path, {"model.gguf": "garbage"}) / "model.gguf"
+    for load in (loading.load_tokenizer, lambda spec: loading.load_model(spec, "float32", "cpu")):
+        with pytest.raises(SpecAdaptError) as exc:
+            load(str(fake))
+        assert str(exc.value) == (
+            f"{str(fake)!r} is not a GGUF file (it does not start with the GGUF magic bytes); give a model file in "
+            "llama.cpp's GGUF format, or a checkpoint folder."
+        )
+    assert "folder" not in loading._load_failure(str(fake), "model", ValueError("bad tensor type")).split(". ", 1)[1]
+
+
+def test_a_mistyped_hub_id_fails_fast_when_the_hub_is_unreachable(monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    from specadapt.models import loading
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE)  # restored after the test
+    monkeypatch.setattr(loading, "_hub_reachable", False)
+    started = time.perf_counter()
+    with pytest.raises(SpecAdaptError) as exc:
+        loading.load_tokenizer("qwen-coder-mistyped")
+    assert time.perf_counter() - started < 10
+    assert "the Hub cannot be reached (this machine may be offline, or HF_HUB_OFFLINE=1 is set)" in str(exc.value)
+    assert constants.HF_HUB_OFFLINE is True
+
+
+def test_hub_offline_setting_is_honoured_without_a_network_probe(monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    from specadapt.models import loading
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("probed the network although HF_HUB_OFFLINE is set")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(loading, "_hub_reachable", None)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    assert loading.hub_reachable() is False
+
+
+# ---------------------------------------------------------------- a user's GGUF, converted once
+
+
+def test_a_users_gguf_is_converted_once_keyed_by_its_content(tmp_path, monkeypatch):
+    import os
+
+    import torch
+    from conftest import save_tiny_checkpoint
+
+    from specadapt.models import loading, zoo
+
+    monkeypatch.setenv("SPECADAPT_CACHE", str(tmp_path / "cache"))
+    conversions, hashes = [], []
+
+    def fake_convert(gguf: Path, out_dir: Path, dtype) -> None:  # a tiny checkpoint instead of dequantizing
+        conversions.append((gguf.read_bytes(), dtype))
+        save_tiny_checkpoint(out_dir, 0, ["the", "cat"])
+
+    sha256_file = zoo._sha256_file
+
+    def counted_sha256(path, *args, **kwargs):
+        hashes.append(Path(path).name)
+        return sha256_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(zoo, "_convert_user_gguf", fake_convert)
+    monkeypatch.setattr(zoo, "_sha256_file", counted_sha256)
+    gguf = user_folder(tmp_path, {"m.gguf": "GGUF version one"}) / "m.gguf"
+
+    model = loading.load_model(str(gguf), "float32", "cpu")
+    assert model.dtype == torch.float32 and conversions == [(b"GGUF version one", torch.float32)] and hashes == ["m.gguf"]
+    loading.load_model(str(gguf), "float32", "cpu")
+    assert len(conversions) == 1 and len(hashes) == 1  # neither re-hashed nor converted again
+    loading.load_tokenizer(str(gguf))
+    loading.load_tokenizer(str(gguf))
+    assert [d for _, d in conversions] == [torch.float32, None] and len(hashes) == 1
+    # Touched but unchanged: hashed again (size and mtime are not content), not converted again.
+    st = gguf.stat()
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    loading.load_model(str(gguf), "float32", "cpu")
+    assert len(conversions) == 2 and len(hashes) == 2
+    # New content under the same path: converted afresh.
+    gguf.write_text("GGUF version two")
+    loading.load_model(str(gguf), "float32", "cpu")
+    assert conversions[-1] == (b"GGUF version two", torch.float32) and len(hashes) == 3
+    # The same bytes in another file share the conversion.
+    copy = user_folder(tmp_path / "elsewhere", {"copy.gguf": "GGUF version one"}) / "copy.gguf"
+    loading.load_model(str(copy), "float32", "cpu")
+    assert len(conversions) == 3
+    folder = zoo.converted_gguf_model(copy, torch.float32)
+    assert folder.parent.parent == tmp_path / "cache" / "converted" and (folder / "config.json").is_file()
+
+
+def test_a_failed_conversion_leaves_nothing_half_made(tmp_path, monkeypatch):
+    from specadapt.models import loading, zoo
+
+    monkeypatch.setenv("SPECADAPT_CACHE", str(tmp_path / "cache"))
+    gguf = user_folder(tmp_path, {"m.gguf": "GGUF but cut short"}) / "m.gguf"
+    with pytest.raises(SpecAdaptError, match=r"could not convert .*m.gguf'.*complete GGUF model"):
+        loading.load_model(str(gguf), "float32", "cpu")  # the real converter on a broken file
+    folders = [p.relative_to(tmp_path / "cache" / "converted") for p in (tmp_path / "cache" / "converted").rglob("*")
+               if p.is_dir()]
+    assert len(folders) == 1 and len(folders[0].parts) == 1  # the content's folder, empty: no temp, no float32/
+    assert not list((tmp_path / "cache" / "converted").rglob(zoo.MARKER))
