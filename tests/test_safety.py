@@ -586,3 +586,24 @@ def test_a_failed_conversion_leaves_nothing_half_made(tmp_path, monkeypatch):
                if p.is_dir()]
     assert len(folders) == 1 and len(folders[0].parts) == 1  # the content's folder, empty: no temp, no float32/
     assert not list((tmp_path / "cache" / "converted").rglob(zoo.MARKER))
+
+
+def test_a_bench_run_from_before_manifests_still_resumes_and_keeps_its_other_files(tmp_path):
+    from test_bench import TinyDecoder, settings_for
+
+    from specadapt.bench.runner import read_records, run_bench
+
+    prompts = user_folder(tmp_path, {"p.jsonl": "".join(json.dumps({"prompt": f"p {i}"}) + "\n" for i in range(2))})
+    out = tmp_path / "run"
+    run_bench(settings_for(prompts / "p.jsonl", limit=1), out, decoder=TinyDecoder(), progress=False,
+              log=lambda _: None)
+    (out / MANIFEST_FILE).unlink()  # as an older specadapt left it
+    (out / "replay.json").write_text("made by another tool")
+    dec = TinyDecoder()
+    run_bench(settings_for(prompts / "p.jsonl", limit=2), out, decoder=dec, progress=False, log=lambda _: None)
+    assert dec.calls == 3 and len(read_records(out)) == 6  # resumed: only the second example ran
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert "replay.json" not in manifest["files"] and "records.jsonl" in manifest["files"]
+    run_bench(settings_for(prompts / "p.jsonl", limit=1, max_new_tokens=4), out, overwrite=True, decoder=TinyDecoder(),
+              progress=False, log=lambda _: None)
+    assert (out / "replay.json").read_text() == "made by another tool"

@@ -145,6 +145,14 @@ class OutputFolder:
                 f"cannot write to {self._where()}: {exc.strerror or exc}; choose a writable folder."
             ) from None
 
+    def adopt(self, files: Iterable[str]) -> None:
+        """Write a manifest naming ``files`` for a folder that has none, which the caller has recognised by
+        its content as this command's (e.g. a run written before manifests existed). Nothing else is claimed."""
+        if self.manifest() is not None:
+            raise SpecAdaptError(f"{self._where()} already has a manifest; nothing to adopt.")
+        write_json_atomic(self.manifest_path, {"format": MANIFEST_FORMAT, "command": self.command, "key": None,
+                                               "files": list(dict.fromkeys(files))})
+
     def record(self, *names: str) -> None:
         """Note entries as written by this command, before writing them (a crash between leaves them owned)."""
         self.claim(files=names)

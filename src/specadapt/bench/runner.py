@@ -241,8 +241,10 @@ def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[
     Everything is checked before anything is written: a folder is reused only if its manifest says
     ``specadapt bench`` wrote it, and ``overwrite`` deletes only the files that manifest names."""
     folder = OutputFolder(out, "bench")
-    manifest = folder.check(FILES)
-    if manifest is not None and not overwrite and folder.owns(SETTINGS_FILE) and (folder.path / SETTINGS_FILE).exists():
+    legacy = _legacy_run_files(folder)
+    manifest = {"files": legacy} if legacy is not None else folder.check(FILES)
+    if manifest is not None and not overwrite and SETTINGS_FILE in manifest["files"] \
+            and (folder.path / SETTINGS_FILE).exists():
         stored = _stored_settings(folder.path)
         # Runs written before dataset files were recorded relative to the folder hold absolute paths: out / abs = abs.
         stored["dataset_files"] = [_relative_to(out, out / f) for f in stored.get("dataset_files", [])]
@@ -257,13 +259,34 @@ def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[
                 f"--out {out} holds a run with other settings ({', '.join(differ)}); "
                 "use the same settings to resume it, another --out, or --overwrite to replace it."
             )
+        if legacy is not None:
+            folder.adopt(FILES)  # it writes the rest of its files next
         # Cut a line an interruption left unfinished, so appends start on a fresh line.
         return read_jsonl_tolerant(Path(out) / RECORDS_FILE, repair=True)
+    if legacy is not None:
+        folder.adopt(FILES)
     if manifest is not None:
         # --overwrite, or a run that stopped before it wrote its settings: start again.
         folder.remove(*FILES)
     folder.claim(files=FILES)
     return []
+
+
+def _legacy_run_files(folder: OutputFolder) -> list[str] | None:
+    """For a run written before bench kept a manifest (e.g. the committed ones under benchmarks/results): the
+    bench files it holds, recognised by a settings.json of bench's own structure next to records.jsonl; None for
+    anything else. Other files in such a folder (a replay.json, notes) are never claimed, so never deleted."""
+    path = folder.path
+    if not path.is_dir() or folder.manifest_path.exists() or not (path / RECORDS_FILE).is_file():
+        return None
+    try:
+        stored = read_json(path / SETTINGS_FILE)
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(stored, dict) and isinstance(stored.get("settings"), dict) and "target" in stored["settings"]
+            and isinstance(stored.get("methods"), dict) and isinstance(stored.get("environment"), dict)):
+        return None
+    return [name for name in FILES if (path / name).exists()]
 
 
 def _stored_settings(out: Path) -> dict:
