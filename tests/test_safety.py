@@ -607,3 +607,26 @@ def test_a_bench_run_from_before_manifests_still_resumes_and_keeps_its_other_fil
     run_bench(settings_for(prompts / "p.jsonl", limit=1, max_new_tokens=4), out, overwrite=True, decoder=TinyDecoder(),
               progress=False, log=lambda _: None)
     assert (out / "replay.json").read_text() == "made by another tool"
+
+
+def test_train_head_and_distill_outputs_from_before_manifests_are_recognised(tmp_path):
+    from specadapt.distill.train import DistillSettings, run_distill
+    from specadapt.heads import pipeline
+    from specadapt.heads.config import TrainHeadConfig
+
+    out = tmp_path / "heads"
+    config = TrainHeadConfig(output=str(out), draft="smollm2-135m-instruct", responses="dataset", num_prompts=4)
+    pipeline.prepare_output(out, config)
+    (out / MANIFEST_FILE).unlink()  # as an older specadapt left it
+    (out / "notes.txt").write_text("mine")
+    pipeline.prepare_output(out, config)
+    assert "notes.txt" not in json.loads((out / MANIFEST_FILE).read_text())["files"]
+    # Not recognised: a data/settings.json that is not train-head's fingerprint.
+    other = user_folder(tmp_path / "other", {"data/settings.json": '{"lr": 1}', "trainer/settings.json": "{}"})
+    with pytest.raises(SpecAdaptError, match="specadapt train-head did not write \\(data, trainer\\)"):
+        pipeline.prepare_output(other, config, apply=False)
+
+    old = user_folder(tmp_path / "distilled", {"distill.json": '{"stages": {}}', "notes.txt": "mine"})
+    with pytest.raises(SpecAdaptError, match="model path '/no/such/target' does not exist"):  # past the folder check
+        run_distill("/no/such/target", "shallow:1", "gsm8k", old, DistillSettings(), log=lambda m: None)
+    assert tree(old) == {"distill.json": '{"stages": {}}', "notes.txt": "mine"}

@@ -657,6 +657,27 @@ def _check_reference(reference_dir: Path, target: str, draft_init: str, data_has
 OUTPUT_ENTRIES = ("teacher_cache", "reference", "draft", "distill.json")
 
 
+def _is_legacy_output(out: Path, folder: OutputFolder) -> bool:
+    """A distill output written before manifests: recognised by distill.json (with its "stages") or a stage
+    folder's stage.json naming that stage. Only distill's entries are then claimed."""
+    if folder.manifest_path.exists() or not out.is_dir():
+        return False
+    try:
+        record = json.loads((out / "distill.json").read_text())
+        if isinstance(record, dict) and isinstance(record.get("stages"), dict):
+            return True
+    except (OSError, ValueError):
+        pass
+    for stage in ("draft", "reference"):
+        try:
+            record = json.loads((out / stage / STAGE_FILE).read_text())
+            if isinstance(record, dict) and record.get("stage") == stage:
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def run_distill(
     target: str,
     draft_init: str,
@@ -680,7 +701,9 @@ def run_distill(
     if out.exists() and not out.is_dir():
         raise SpecAdaptError(f"--out {out} is a file; give a folder for the distillation outputs.")
     folder = OutputFolder(out, "distill")
-    folder.check(OUTPUT_ENTRIES)  # a folder distill did not write is refused before anything else happens
+    legacy = _is_legacy_output(out, folder)
+    if not legacy:
+        folder.check(OUTPUT_ENTRIES)  # a folder distill did not write is refused before anything else happens
     layers = parse_draft_init(draft_init)
     tokenizer = loading.load_tokenizer(target)
     if layers is None:
@@ -699,6 +722,8 @@ def run_distill(
     target_model = freeze(loading.load_model(target, settings.target_dtype, device))
     # Everything checked and the target loaded: only now does the folder change, and only in entries it owns.
     if state.is_main_process:
+        if legacy:
+            folder.adopt(OUTPUT_ENTRIES)
         folder.claim(files=OUTPUT_ENTRIES)
         if overwrite:
             folder.remove("draft", *([] if settings.reference else ["reference"]), forget=False)

@@ -79,7 +79,9 @@ def prepare_output(out: Path, config: TrainHeadConfig, apply: bool = True) -> No
     names are ever deleted (:class:`specadapt.io.OutputFolder`); call it with ``apply=False`` before
     anything else can fail, then with ``apply=True``."""
     folder = OutputFolder(out, "train-head")
-    folder.check(OUTPUT_ENTRIES)
+    legacy = _is_legacy_output(folder)
+    if not legacy:
+        folder.check(OUTPUT_ENTRIES)
     data_dir, trainer_dir, head_dir = out / "data", out / "trainer", out / "head"
     if (head_dir / CONFIG_FILE).exists() and not config.overwrite:
         raise SpecAdaptError(
@@ -104,6 +106,8 @@ def prepare_output(out: Path, config: TrainHeadConfig, apply: bool = True) -> No
         )
     if not apply:
         return
+    if legacy:
+        folder.adopt(OUTPUT_ENTRIES)
     folder.claim(files=OUTPUT_ENTRIES)
     if old_data is not None and old_data != data_settings:
         folder.remove("data")
@@ -115,6 +119,20 @@ def prepare_output(out: Path, config: TrainHeadConfig, apply: bool = True) -> No
     trainer_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(data_dir / "settings.json", data_settings)
     write_json_atomic(trainer_dir / "settings.json", train_settings)
+
+
+def _is_legacy_output(folder: OutputFolder) -> bool:
+    """A train-head output written before manifests: recognised by data/settings.json holding train-head's
+    data fingerprint (its keys) next to trainer/settings.json. Only train-head's entries are then claimed."""
+    from .config import DATA_KEYS
+
+    if folder.manifest_path.exists() or not (folder.path / "trainer" / "settings.json").is_file():
+        return False
+    try:
+        stored = read_json(folder.path / "data" / "settings.json")
+    except (OSError, ValueError):
+        return False
+    return isinstance(stored, dict) and set(DATA_KEYS) - set(_NEWER_DATA_DEFAULTS) <= set(stored) <= set(DATA_KEYS)
 
 
 def _read_settings(path: Path) -> dict | None:
