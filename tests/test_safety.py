@@ -630,3 +630,20 @@ def test_train_head_and_distill_outputs_from_before_manifests_are_recognised(tmp
     with pytest.raises(SpecAdaptError, match="model path '/no/such/target' does not exist"):  # past the folder check
         run_distill("/no/such/target", "shallow:1", "gsm8k", old, DistillSettings(), log=lambda m: None)
     assert tree(old) == {"distill.json": '{"stages": {}}', "notes.txt": "mine"}
+
+
+def test_a_teacher_cache_from_before_manifests_resumes(tmp_path):
+    from conftest import tiny_llama
+    from test_distill import _examples
+
+    from specadapt.distill.teacher_cache import build_cache, cache_key
+
+    target, examples = tiny_llama(0, init_range=0.3), _examples()
+    key = cache_key(target, "data-hash", 8)
+    cache = tmp_path / "c"
+    build_cache(cache, target, examples, key, batch_tokens=20, progress=False)
+    (cache / MANIFEST_FILE).unlink()
+    (cache / ".complete").unlink()
+    (cache / "progress.json").write_text(json.dumps({"key": key, "batch_tokens": 20, "batches_done": 1}))
+    assert build_cache(cache, target, examples, key, batch_tokens=20, progress=False).top_k == 8
+    assert (cache / MANIFEST_FILE).exists()

@@ -174,7 +174,22 @@ CACHE_FILES = ("meta.json", "offsets.npy", "topk_ids.npy", "topk_logp.npy", "res
 
 
 def cache_folder(path: str | Path) -> OutputFolder:
-    return OutputFolder(path, "distill (teacher cache)", option="--teacher-cache")
+    """The cache's folder; a cache built before caches kept a manifest (nothing but cache files, and a
+    progress.json or meta.json holding a cache key) gets one naming the cache files."""
+    folder = OutputFolder(path, "distill (teacher cache)", option="--teacher-cache")
+    if folder.path.is_dir() and not folder.manifest_path.exists():
+        names = {p.name for p in folder.path.iterdir()}
+        if names and names <= set(CACHE_FILES) and any(_holds_cache_key(folder.path / n) for n in ("progress.json", "meta.json")):
+            folder.adopt(CACHE_FILES)
+    return folder
+
+
+def _holds_cache_key(path: Path) -> bool:
+    try:
+        key = json.loads(path.read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(key, dict) and key.get("format") == CACHE_FORMAT and "top_k" in key
 
 
 def remove_cache(path: str | Path) -> None:
