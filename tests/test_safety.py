@@ -647,3 +647,16 @@ def test_a_teacher_cache_from_before_manifests_resumes(tmp_path):
     (cache / "progress.json").write_text(json.dumps({"key": key, "batch_tokens": 20, "batches_done": 1}))
     assert build_cache(cache, target, examples, key, batch_tokens=20, progress=False).top_k == 8
     assert (cache / MANIFEST_FILE).exists()
+
+
+def test_parse_device_checks_the_cuda_index(monkeypatch):
+    import torch
+
+    from specadapt.models.loading import parse_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert parse_device("cuda") == torch.device("cuda") and parse_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(SpecAdaptError) as exc:
+        parse_device("cuda:2")
+    assert str(exc.value) == "device 'cuda:2' asked for, but this machine has 2 CUDA GPU(s) (cuda:0 to cuda:1)."
