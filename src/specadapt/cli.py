@@ -98,7 +98,6 @@ def generate(
     from .api import SpecDecoder
     from .methods import make_method
     from .models import zoo
-
     from .models.loading import parse_device, parse_dtype
 
     RequestConfig(**settings)  # fail fast on bad settings
