@@ -302,9 +302,9 @@ def test_output_folder_protection(tmp_path, prompts_file):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(SpecAdaptError, match="not a specadapt benchmark"):
+    with pytest.raises(SpecAdaptError, match="specadapt bench did not write"):
         run_bench(settings_for(prompts_file), foreign, decoder=TinyDecoder(), progress=False)
-    with pytest.raises(SpecAdaptError, match="not a specadapt benchmark"):  # --overwrite deletes only our files
+    with pytest.raises(SpecAdaptError, match="specadapt bench did not write"):  # --overwrite deletes only our files
         run_bench(settings_for(prompts_file), foreign, overwrite=True, decoder=TinyDecoder(), progress=False)
     assert (foreign / "notes.txt").read_text() == "keep me"
     blocked = tmp_path / "file.txt"

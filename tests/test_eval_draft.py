@@ -50,8 +50,10 @@ def test_greedy_replay_predicts_real_speculative_decoding_exactly(models, tmp_pa
     # outputs, and the target's responses reused by the next run
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["target_only"]["from_cache"] is False and "| `close` |" in (tmp_path / "eval.md").read_text()
+    with pytest.raises(SpecAdaptError, match="already holds an evaluation .*--overwrite"):  # never replaced silently
+        evaluate_drafts(target, IdTokenizer(), {"close": close}, PROMPTS, settings, out=tmp_path, log=lambda m: None)
     again = evaluate_drafts(target, IdTokenizer(), {"close": close}, PROMPTS, EvalSettings(max_new_tokens=20, ks=(3,), speculative=False),
-                            out=tmp_path, log=lambda m: None)
+                            out=tmp_path, overwrite=True, log=lambda m: None)
     assert again["target_only"]["from_cache"] is True
     assert again["drafts"]["close"]["teacher_forced"]["expected_acceptance"] == pytest.approx(close_acc)
     assert again["drafts"]["close"]["speculative"] == {}

@@ -740,7 +740,7 @@ def test_empty_or_unusable_data_is_refused(pair_dir, tmp_path):
 def test_foreign_output_folder_is_refused(pair_dir, prompts_file, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("x")
-    assert "not made by train-head" in error_of(lambda: train_head(config_for(pair_dir, prompts_file, tmp_path / "mine")))
+    assert "specadapt train-head did not write (thesis.tex)" in error_of(lambda: train_head(config_for(pair_dir, prompts_file, tmp_path / "mine")))
 
 
 @pytest.mark.parametrize(

@@ -77,8 +77,11 @@ def methods() -> None:
 @app.command()
 @with_settings(RequestConfig)
 def generate(
-    prompt: str = typer.Argument(..., help="The prompt text."),
+    prompt: Optional[str] = typer.Argument(None, help="The prompt text (or use --prompt-file)."),
     *,
+    prompt_file: Optional[str] = typer.Option(
+        None, "--prompt-file", help="Read the prompt from this UTF-8 file ('-' for standard input): for prompts too "
+        "long for the command line (its final line break is dropped)."),
     target: Optional[str] = typer.Option(None, help="Target model: built-in name, folder, .gguf file or Hub id."),
     draft: Optional[str] = typer.Option(None, help="Draft model (same tokenizer as the target)."),
     method: str = typer.Option("fixed:4", help="Decoding method, e.g. autoregressive, fixed:4, heuristic (see `specadapt methods`)."),
@@ -95,9 +98,13 @@ def generate(
     from .api import SpecDecoder
     from .methods import make_method
     from .models import zoo
+    from .models.loading import parse_device, parse_dtype
 
     RequestConfig(**settings)  # fail fast on bad settings
+    parse_dtype(dtype)
+    parse_device(device)
     chosen = make_method(method, **({"head": head} if head else {}))
+    prompt = read_prompt(prompt, prompt_file)
     if not prompt.strip():
         raise SpecAdaptError("the prompt is empty; give some text to continue.")
     from transformers.utils import logging as hf_logging
@@ -157,6 +164,31 @@ def generate(
 
 
 
+def read_prompt(prompt: Optional[str], prompt_file: Optional[str]) -> str:
+    """The prompt from exactly one of the argument and ``--prompt-file`` (a path, or ``-`` for stdin)."""
+    if prompt is not None and prompt_file is not None:
+        raise SpecAdaptError("give the prompt either as an argument or with --prompt-file, not both.")
+    if prompt is not None:
+        return prompt
+    if prompt_file is None:
+        raise SpecAdaptError("no prompt: give it as an argument, or with --prompt-file PATH ('-' for standard input).")
+    where = "standard input" if prompt_file == "-" else f"--prompt-file {prompt_file}"
+    try:
+        data = sys.stdin.buffer.read() if prompt_file == "-" else Path(prompt_file).expanduser().read_bytes()
+    except FileNotFoundError:
+        raise SpecAdaptError(f"{where}: no such file; give the path of a text file holding the prompt.") from None
+    except IsADirectoryError:
+        raise SpecAdaptError(f"{where} is a folder; give the path of a text file holding the prompt.") from None
+    except OSError as exc:
+        raise SpecAdaptError(f"cannot read {where}: {exc.strerror or exc}.") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecAdaptError(f"{where} is not UTF-8 text; save the prompt as UTF-8.") from None
+    # The final line break an editor or `echo` adds is not part of the prompt.
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+
 def _with_head(labels: list[str], head: Optional[str]) -> list[str]:
     """Give ``--head`` to every specdecpp method that names no head of its own."""
     if head is None:
@@ -198,6 +230,10 @@ def bench(
     run_settings = BenchSettings(**{**settings, "methods": _with_head(settings["methods"], head), "limit": settings["limit"] or None})
     if time_limit is not None and time_limit <= 0:
         raise SpecAdaptError(f"--time-limit must be a positive number of minutes, got {time_limit}.")
+    from .models.loading import parse_device, parse_dtype
+
+    parse_dtype(run_settings.dtype)  # both before the output folder is touched
+    parse_device(run_settings.device)
     summary = run_bench(run_settings, out, overwrite=overwrite, progress=not no_progress, log=err.print,
                         time_limit_s=None if time_limit is None else time_limit * 60)
     for ds, table_rows in summary["datasets"].items():
@@ -295,13 +331,14 @@ def eval_draft_command(
     settings: dict,
     dtype: str = typer.Option("bfloat16", help="bfloat16, float32 or float16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier eval.json and eval.md in --out."),
 ) -> None:
     """Measure a draft's acceptance against a target: along the target's text, and in real speculative decoding."""
     from .distill.eval_draft import run_eval_draft
 
     report = run_eval_draft(
         target, draft, data, out, EvalSettings(**settings), num_prompts=num_prompts, dtype=dtype, device=device,
-        log=lambda m: err.print(m, style="dim", markup=False, highlight=False),
+        overwrite=overwrite, log=lambda m: err.print(m, style="dim", markup=False, highlight=False),
     )
 
     def cell(value: float | None, spec: str = ".3f") -> str:
@@ -323,13 +360,33 @@ from .serve.cli import serve_command  # noqa: E402  (`specadapt serve`, defined 
 app.command("serve")(serve_command)
 
 
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while handling a Ctrl-C: typer turns the KeyboardInterrupt into a silent
+    exit 130 (``Exit(130) from KeyboardInterrupt``), which would leave the user without a word."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _interrupted() -> None:
+    err.print("interrupted (Ctrl-C)", highlight=False)
+    sys.exit(130)
+
+
 def main() -> None:
-    """Entry point: user errors print one clear line, not a traceback."""
+    """Entry point: user errors print one clear line, not a traceback; Ctrl-C prints one line and exits 130."""
     try:
         app()
     except SpecAdaptError as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+        _interrupted()
+    except SystemExit as exc:
+        if exc.code == 130 and _caused_by_interrupt(exc):
+            _interrupted()
+        raise

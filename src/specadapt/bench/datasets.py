@@ -313,13 +313,13 @@ def _file_task(row: dict, where: str) -> tuple[str, dict]:
     return "humaneval", {k: reference[k] for k in keys}
 
 
-def load_dataset_file(path: str | Path, limit: int | None = None) -> list[Example]:
+def load_dataset_file(path: str | Path, limit: int | None = None, id_prefix: str = "file") -> list[Example]:
     """Examples from a user's JSONL file, the first ``limit`` of them.
 
     Each line is an object with ``"prompt"`` (a string), ``"messages"`` (chat
     messages, the last one the user's) or ``"turns"`` (strings; the first is
-    used); optionally ``"id"`` (or ``"question_id"``; default ``file/<n>``,
-    n counting from 0), ``"category"``, and for scoring ``"task"`` (``gsm8k``,
+    used); optionally ``"id"`` (or ``"question_id"``; default ``<id_prefix>/<n>``,
+    n counting from 0: several files get distinct prefixes), ``"category"``, and for scoring ``"task"`` (``gsm8k``,
     ``humaneval``, ``none``) with its ``"reference"`` (gsm8k: ``{"answer": "18"}``
     or the dataset's answer text; humaneval: ``{"prompt", "test", "entry_point"}``).
     Blank lines are skipped. Every line is checked, also beyond ``limit``.
@@ -346,7 +346,7 @@ def load_dataset_file(path: str | Path, limit: int | None = None) -> list[Exampl
             raise SpecAdaptError(f"{where} is not a JSON object; each line needs {_FILE_FORMAT}.")
         messages = _file_messages(row, where)
         raw_id = row.get("id", row.get("question_id"))
-        example_id = f"file/{len(examples)}" if raw_id is None else str(raw_id)
+        example_id = f"{id_prefix}/{len(examples)}" if raw_id is None else str(raw_id)
         if example_id in seen:
             raise SpecAdaptError(f"{where}: id {example_id!r} was already used on line {seen[example_id]}; ids must be unique.")
         seen[example_id] = line_no

@@ -471,9 +471,19 @@ def load_summary(run: Path) -> dict:
     if not path.exists():
         raise SpecAdaptError(f"{run} holds no summary.json: give the --out folder of a finished `specadapt bench` run.")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        summary = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise SpecAdaptError(f"{path} is not valid JSON ({exc.msg}); rerun the benchmark to rewrite it.") from None
+    # Every dataset maps method labels to metric objects; anything else is not a bench summary.
+    datasets = summary.get("datasets") if isinstance(summary, dict) else None
+    if not isinstance(datasets, dict) or not all(
+        isinstance(t, dict) and all(isinstance(e, dict) for e in t.values()) for t in datasets.values()
+    ):
+        raise SpecAdaptError(
+            f"{path} is not a `specadapt bench` summary (no \"datasets\" table of methods); give the --out folder "
+            "of a finished benchmark run."
+        )
+    return summary
 
 
 def compare(a: Path, b: Path) -> list[dict]:

@@ -14,7 +14,9 @@ Output folder (see :data:`FILES`): ``settings.json`` (the run's settings, with
 so an interrupted run resumes where it stopped), ``summary.json``, ``report.md``
 and PNG plots (:mod:`specadapt.bench.report`). Running the same
 command again resumes; a folder holding other settings or other files is only
-reused with ``overwrite=True``, which deletes this module's files and nothing else.
+reused with ``overwrite=True``, which deletes the files its manifest (``.specadapt-manifest.json``,
+:class:`specadapt.io.OutputFolder`) says this module wrote, and nothing else; a folder without that
+manifest is never written to.
 
 Each method label has one policy instance for the whole run, so a method with
 ``scope=shared`` keeps its statistics across prompts (not across a resume).
@@ -50,7 +52,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import SpecAdaptError
-from ..io import read_json, read_jsonl_tolerant, write_json_atomic
+from ..io import OutputFolder, read_json, read_jsonl_tolerant, write_json_atomic
 from ..models import zoo
 from .datasets import DATASET_NAMES, Example, load_dataset, load_dataset_file
 from .splits import ALL, check_split
@@ -214,7 +216,7 @@ def recorded_settings(settings: BenchSettings, out: Path) -> dict:
 
 def load_settings(out: Path) -> BenchSettings:
     """The settings of the run in ``out``, its dataset files found relative to ``out``."""
-    stored = json.loads((Path(out) / SETTINGS_FILE).read_text(encoding="utf-8"))["settings"]
+    stored = _stored_settings(out)
     stored["dataset_files"] = [str(Path(out) / f) for f in stored.get("dataset_files", [])]
     for name, value in LEGACY_DEFAULTS.items():  # a run recorded before the setting existed
         stored.setdefault(name, value)
@@ -234,21 +236,16 @@ def _relative_paths(value, out: Path):
 
 
 def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[dict]:
-    """Create or reopen the output folder; return the records of a run being resumed."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SpecAdaptError(f"--out {out} is a file; give a folder.")
-    if overwrite and out.exists():
-        for name in FILES:
-            (out / name).unlink(missing_ok=True)
-    existing = sorted(p.name for p in out.iterdir()) if out.exists() else []
-    if existing:
-        if SETTINGS_FILE not in existing:
-            raise SpecAdaptError(
-                f"--out {out} already holds files that are not a specadapt benchmark ({', '.join(existing[:3])}); "
-                "choose another folder (nothing was changed)."
-            )
-        stored = read_json(out / SETTINGS_FILE)["settings"]
+    """Create or reopen the output folder; return the records of a run being resumed.
+
+    Everything is checked before anything is written: a folder is reused only if its manifest says
+    ``specadapt bench`` wrote it, and ``overwrite`` deletes only the files that manifest names."""
+    folder = OutputFolder(out, "bench")
+    legacy = _legacy_run_files(folder)
+    manifest = {"files": legacy} if legacy is not None else folder.check(FILES)
+    if manifest is not None and not overwrite and SETTINGS_FILE in manifest["files"] \
+            and (folder.path / SETTINGS_FILE).exists():
+        stored = _stored_settings(folder.path)
         # Runs written before dataset files were recorded relative to the folder hold absolute paths: out / abs = abs.
         stored["dataset_files"] = [_relative_to(out, out / f) for f in stored.get("dataset_files", [])]
         defaults = {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(BenchSettings)
@@ -262,16 +259,50 @@ def prepare_output(out: Path, settings: BenchSettings, overwrite: bool) -> list[
                 f"--out {out} holds a run with other settings ({', '.join(differ)}); "
                 "use the same settings to resume it, another --out, or --overwrite to replace it."
             )
+        if legacy is not None:
+            folder.adopt(FILES)  # it writes the rest of its files next
         # Cut a line an interruption left unfinished, so appends start on a fresh line.
-        return read_jsonl_tolerant(out / RECORDS_FILE, repair=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise SpecAdaptError(f"cannot write to --out {out}: {exc.strerror or exc}; choose a writable folder.") from None
+        return read_jsonl_tolerant(Path(out) / RECORDS_FILE, repair=True)
+    if legacy is not None:
+        folder.adopt(FILES)
+    if manifest is not None:
+        # --overwrite, or a run that stopped before it wrote its settings: start again.
+        folder.remove(*FILES)
+    folder.claim(files=FILES)
     return []
+
+
+def _legacy_run_files(folder: OutputFolder) -> list[str] | None:
+    """For a run written before bench kept a manifest (e.g. the committed ones under benchmarks/results): the
+    bench files it holds, recognised by a settings.json of bench's own structure next to records.jsonl; None for
+    anything else. Other files in such a folder (a replay.json, notes) are never claimed, so never deleted."""
+    path = folder.path
+    if not path.is_dir() or folder.manifest_path.exists() or not (path / RECORDS_FILE).is_file():
+        return None
+    try:
+        stored = read_json(path / SETTINGS_FILE)
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(stored, dict) and isinstance(stored.get("settings"), dict) and "target" in stored["settings"]
+            and isinstance(stored.get("methods"), dict) and isinstance(stored.get("environment"), dict)):
+        return None
+    return [name for name in FILES if (path / name).exists()]
+
+
+def _stored_settings(out: Path) -> dict:
+    """The ``settings`` object of ``out/settings.json``; a clear error if it is not one this module wrote."""
+    path = Path(out) / SETTINGS_FILE
+    try:
+        stored = read_json(path)["settings"]
+        if not isinstance(stored, dict):
+            raise TypeError("'settings' is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise SpecAdaptError(
+            f"{path} is not a readable benchmark settings file ({reason}); rerun with --overwrite to start the "
+            "run again in this folder, or choose another --out."
+        ) from None
+    return stored
 
 
 def read_records(out: Path) -> list[dict]:
@@ -319,7 +350,10 @@ def environment(decoder) -> dict:
 def load_examples(settings: BenchSettings) -> list[Example]:
     """All examples, datasets interleaved example by example (drift spreads over datasets)."""
     groups = [load_dataset(d, settings.limit, settings.split, gsm8k_shots=settings.gsm8k_shots) for d in settings.datasets]
-    groups += [load_dataset_file(f, settings.limit) for f in settings.dataset_files]
+    # Lines without ids are numbered per file: the first file's "file/<n>" (as runs of one file always were),
+    # the second's "file2/<n>", and so on, so two such files never collide.
+    groups += [load_dataset_file(f, settings.limit, "file" if i == 0 else f"file{i + 1}")
+               for i, f in enumerate(settings.dataset_files)]
     examples = []
     for i in range(max((len(g) for g in groups), default=0)):
         examples += [g[i] for g in groups if i < len(g)]
@@ -327,7 +361,11 @@ def load_examples(settings: BenchSettings) -> list[Example]:
         raise SpecAdaptError("the selected datasets hold no examples.")
     ids = [(e.dataset, e.id) for e in examples]
     if len(set(ids)) != len(ids):
-        raise SpecAdaptError("two examples share a dataset and id; give every line of --dataset-file a unique id.")
+        twice = next(i for i in ids if ids.count(i) > 1)
+        raise SpecAdaptError(
+            f"two examples of dataset {twice[0]!r} share the id {twice[1]!r} (two --dataset-file lines, or two files); "
+            "give every line of --dataset-file a unique id."
+        )
     return examples
 
 

@@ -27,7 +27,9 @@ Two measurements on held-out prompts:
 
 Outputs in ``out/``: ``eval.json`` (everything), ``eval.md`` (a small report),
 ``target_responses.json`` (the target's responses and timing, reused by later
-runs with the same target, prompts and settings).
+runs with the same target, prompts and settings). An earlier ``eval.json``/``eval.md`` is replaced only
+with ``overwrite``; a folder eval-draft did not write (no manifest, :class:`specadapt.io.OutputFolder`)
+is refused.
 """
 
 from __future__ import annotations
@@ -44,12 +46,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..engine import RequestConfig, SpeculativeEngine
 from ..errors import SpecAdaptError
+from ..io import OutputFolder
 from ..methods import make_method
 from ..sampling import process_logits
 from .data import EvalPrompt
 from .teacher_cache import model_fingerprint
 
 RESPONSES_FILE = "target_responses.json"
+REPORT_FILES = ("eval.json", "eval.md")
+OUTPUT_FILES = (*REPORT_FILES, RESPONSES_FILE)  # what eval-draft writes in --out: all it ever replaces
 
 
 @dataclass
@@ -278,9 +283,11 @@ def evaluate_drafts(
     eos_ids: Sequence[int] = (),
     out: str | Path | None = None,
     meta: dict | None = None,
+    overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Evaluate every draft against ``target`` on ``prompts``; writes eval.json / eval.md when ``out`` is given."""
+    """Evaluate every draft against ``target`` on ``prompts``; writes eval.json / eval.md when ``out`` is given
+    (an earlier evaluation there is replaced only with ``overwrite``)."""
     settings = settings or EvalSettings()
     if not prompts:
         raise SpecAdaptError("no evaluation prompts; give a data set with at least one prompt.")
@@ -288,7 +295,8 @@ def evaluate_drafts(
         raise SpecAdaptError("no draft to evaluate; give at least one --draft.")
     out_dir = Path(out).expanduser() if out is not None else None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        folder = check_output(out_dir, overwrite)
+        folder.claim(files=OUTPUT_FILES)
     target.eval()
     base_engine = SpeculativeEngine(target, None, tokenizer, eos_ids)
     base = target_responses(base_engine, prompts, settings, out_dir, log)
@@ -325,6 +333,20 @@ def evaluate_drafts(
         (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
         (out_dir / "eval.md").write_text(render_report(report))
     return report
+
+
+def check_output(out: Path, overwrite: bool) -> OutputFolder:
+    """The --out folder, checked without writing: new, empty, or eval-draft's own; an earlier evaluation
+    there is replaced only with ``overwrite`` (the target's responses are a cache, reused or replaced)."""
+    folder = OutputFolder(out, "eval-draft")
+    folder.check(OUTPUT_FILES)
+    earlier = [name for name in REPORT_FILES if (folder.path / name).exists()]
+    if earlier and not overwrite:
+        raise SpecAdaptError(
+            f"--out {folder.path} already holds an evaluation ({', '.join(earlier)}); pass --overwrite to replace "
+            "it, or choose another --out."
+        )
+    return folder
 
 
 def _fmt(value, spec: str = ".3f") -> str:
@@ -397,6 +419,7 @@ def run_eval_draft(
     num_prompts: int | None = 50,
     dtype: str = "bfloat16",
     device: str = "auto",
+    overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """``specadapt eval-draft``: load the target and the drafts (folders, names or ``shallow:N``), evaluate, write."""
@@ -405,6 +428,9 @@ def run_eval_draft(
     from .shallow import parse_draft_init, shallow_copy
 
     settings = settings or EvalSettings()
+    check_output(Path(out).expanduser(), overwrite)  # before any model is loaded
+    loading.parse_dtype(dtype)
+    loading.parse_device(device)
     if not drafts:
         raise SpecAdaptError("give at least one --draft to evaluate.")
     if len(set(drafts)) != len(drafts):
@@ -433,4 +459,5 @@ def run_eval_draft(
         models[d] = model.eval()
     eos_ids = loading.eos_token_ids(target_model, tokenizer)
     meta = {"target": target, "data": data, "dtype": dtype, "device": str(target_model.device)}
-    return evaluate_drafts(target_model, tokenizer, models, prompts, settings, eos_ids=eos_ids, out=out, meta=meta, log=log)
+    return evaluate_drafts(target_model, tokenizer, models, prompts, settings, eos_ids=eos_ids, out=out, meta=meta,
+                           overwrite=overwrite, log=log)

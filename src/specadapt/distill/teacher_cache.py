@@ -35,6 +35,7 @@ Layout of a cache folder::
     rest_logp.npy    float32 [positions]: log r
     progress.json    batches written so far (building resumes from here)
     .complete        written last
+    .specadapt-manifest.json  the files above: a rebuild deletes those and nothing else
 
 Position j of example i is the target's distribution for answer token j, i.e.
 the logits at sequence position ``prompt_len - 1 + j``.
@@ -44,7 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,6 +54,7 @@ from numpy.lib.format import open_memmap
 from transformers import PreTrainedModel
 
 from ..errors import SpecAdaptError
+from ..io import OutputFolder
 from .data import TrainExample
 
 CACHE_FORMAT = 1
@@ -168,6 +169,36 @@ class TeacherCache:
         return cache
 
 
+# What a build writes: the only files it ever deletes (see specadapt.io.OutputFolder).
+CACHE_FILES = ("meta.json", "offsets.npy", "topk_ids.npy", "topk_logp.npy", "rest_logp.npy", "progress.json", MARKER)
+
+
+def cache_folder(path: str | Path) -> OutputFolder:
+    """The cache's folder; a cache built before caches kept a manifest (nothing but cache files, and a
+    progress.json or meta.json holding a cache key) gets one naming the cache files."""
+    folder = OutputFolder(path, "distill (teacher cache)", option="--teacher-cache")
+    if folder.path.is_dir() and not folder.manifest_path.exists():
+        names = {p.name for p in folder.path.iterdir()}
+        if names and names <= set(CACHE_FILES) and any(_holds_cache_key(folder.path / n) for n in ("progress.json", "meta.json")):
+            folder.adopt(CACHE_FILES)
+    return folder
+
+
+def _holds_cache_key(path: Path) -> bool:
+    try:
+        key = json.loads(path.read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(key, dict) and key.get("format") == CACHE_FORMAT and "top_k" in key
+
+
+def remove_cache(path: str | Path) -> None:
+    """Delete a cache this module built (its files only); refuse a folder whose manifest does not prove it."""
+    folder = cache_folder(path)
+    folder.check(CACHE_FILES)  # refuses a folder (e.g. a cache built before caches kept a manifest) it cannot prove
+    folder.remove(*CACHE_FILES)
+
+
 def _differences(old: dict, new: dict) -> str:
     return ", ".join(f"{k}: {old.get(k)} vs {new.get(k)}" for k in new if old.get(k) != new.get(k)) or "unknown"
 
@@ -206,14 +237,20 @@ def build_cache(
     total = int(offsets[-1])
     batches = _batches(examples, batch_tokens)
     progress_file = path / "progress.json"
+    folder = cache_folder(path)
+    folder.check(CACHE_FILES)  # a folder this cache did not write is refused before anything changes
     done = 0
     if progress_file.exists():
-        state = json.loads(progress_file.read_text())
-        if state.get("key") == key and state.get("batch_tokens") == batch_tokens:
+        try:
+            state = json.loads(progress_file.read_text())
+            resumable = state.get("key") == key and state.get("batch_tokens") == batch_tokens
+        except (OSError, ValueError, AttributeError):
+            resumable = False  # a progress file cut short: build again
+        if resumable:
             done = int(state["batches_done"])
         else:
-            shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+            folder.remove(*CACHE_FILES, forget=False)  # another build's files; nothing else in the folder
+    folder.claim(key=key, files=CACHE_FILES)
     mode = "r+" if done else "w+"
     id_dtype = np.uint16 if vocab <= 65536 else np.int32
     ids = open_memmap(path / "topk_ids.npy", mode=mode, dtype=id_dtype, shape=(total, k))

@@ -46,6 +46,7 @@ Output layout (``out/``)::
     teacher_cache/     the cached target distributions (shareable: --teacher-cache)
     reference/         AdaSPEC stage 1 (= the DistillSpec forward-KL draft); HF folder
     draft/             the trained draft: save_pretrained folder + tokenizer, stage.json
+    .specadapt-manifest.json  the entries above: --overwrite deletes only those, a folder without it is refused
     <stage>/checkpoints/  Trainer checkpoints while a stage runs (removed when it finishes)
 """
 
@@ -75,6 +76,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..errors import SpecAdaptError
+from ..io import OutputFolder
 from .data import TrainExample
 from .teacher_cache import LOGP_FLOOR, TeacherCache, coarse_student, coarse_teacher
 
@@ -651,6 +653,31 @@ def _check_reference(reference_dir: Path, target: str, draft_init: str, data_has
         )
 
 
+# What distill writes in --out (see specadapt.io.OutputFolder): the only entries it ever deletes.
+OUTPUT_ENTRIES = ("teacher_cache", "reference", "draft", "distill.json")
+
+
+def _is_legacy_output(out: Path, folder: OutputFolder) -> bool:
+    """A distill output written before manifests: recognised by distill.json (with its "stages") or a stage
+    folder's stage.json naming that stage. Only distill's entries are then claimed."""
+    if folder.manifest_path.exists() or not out.is_dir():
+        return False
+    try:
+        record = json.loads((out / "distill.json").read_text())
+        if isinstance(record, dict) and isinstance(record.get("stages"), dict):
+            return True
+    except (OSError, ValueError):
+        pass
+    for stage in ("draft", "reference"):
+        try:
+            record = json.loads((out / stage / STAGE_FILE).read_text())
+            if isinstance(record, dict) and record.get("stage") == stage:
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def run_distill(
     target: str,
     draft_init: str,
@@ -667,12 +694,16 @@ def run_distill(
     from ..models import loading
     from .data import build_train_examples, examples_fingerprint
     from .shallow import parse_draft_init, set_trainable, shallow_copy
-    from .teacher_cache import build_cache, cache_key
+    from .teacher_cache import build_cache, cache_key, remove_cache
 
     settings = settings or DistillSettings()
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise SpecAdaptError(f"--out {out} is a file; give a folder for the distillation outputs.")
+    folder = OutputFolder(out, "distill")
+    legacy = _is_legacy_output(out, folder)
+    if not legacy:
+        folder.check(OUTPUT_ENTRIES)  # a folder distill did not write is refused before anything else happens
     layers = parse_draft_init(draft_init)
     tokenizer = loading.load_tokenizer(target)
     if layers is None:
@@ -686,15 +717,17 @@ def run_distill(
     if stage_finished(draft_dir) and not overwrite:
         raise SpecAdaptError(f"{draft_dir} already holds a finished draft; pass --overwrite to retrain, or choose another --out.")
     state = PartialState()
-    if overwrite and state.is_main_process:
-        for stage in (draft_dir, out / "reference"):
-            if stage.exists() and (stage != out / "reference" or not settings.reference):
-                shutil.rmtree(stage)
-    state.wait_for_everyone()
-    out.mkdir(parents=True, exist_ok=True)
     device = state.device if settings.device == "auto" else loading.parse_device(settings.device)
     log(f"loading target {target}")
     target_model = freeze(loading.load_model(target, settings.target_dtype, device))
+    # Everything checked and the target loaded: only now does the folder change, and only in entries it owns.
+    if state.is_main_process:
+        if legacy:
+            folder.adopt(OUTPUT_ENTRIES)
+        folder.claim(files=OUTPUT_ENTRIES)
+        if overwrite:
+            folder.remove("draft", *([] if settings.reference else ["reference"]), forget=False)
+    state.wait_for_everyone()
     vocab = target_model.get_output_embeddings().weight.shape[0]
     eos_ids = loading.eos_token_ids(target_model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
@@ -725,7 +758,7 @@ def run_distill(
             except SpecAdaptError:
                 if not overwrite:
                     raise
-                shutil.rmtree(cache_dir)
+                remove_cache(cache_dir)  # only a cache whose manifest proves it built it
             if cache is None:
                 log(f"computing target distributions for {len(examples)} examples → {cache_dir}")
                 cache = build_cache(

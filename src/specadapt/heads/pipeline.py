@@ -24,7 +24,6 @@ data stages are reused if their settings did not change (otherwise they start ov
 from __future__ import annotations
 
 import gc
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 import torch
 
 from ..errors import SpecAdaptError
-from ..io import read_json, write_json_atomic
+from ..io import OutputFolder, read_json, write_json_atomic
 from ..sources import HUMANEVAL_EVAL_NOTE, check_source
 from .config import TrainHeadConfig, model_ref
 from .data import (
@@ -68,25 +67,29 @@ def _differences(old: dict, new: dict) -> str:
 _NEWER_DATA_DEFAULTS = {"head_input": "consumed"}
 
 
+OUTPUT_ENTRIES = ("data", "trainer", "head", *REPORT_FILES)
+
+
 def prepare_output(out: Path, config: TrainHeadConfig, apply: bool = True) -> None:
     """Check the output folder against this run's settings; with ``apply``, clear what ``overwrite``
     replaces and write the fingerprints (the checks alone run on every process of a launch, so all
-    of them fail alike instead of some waiting forever for the others)."""
+    of them fail alike instead of some waiting forever for the others).
+
+    Only a folder whose manifest says train-head wrote it is reused, and only the entries that manifest
+    names are ever deleted (:class:`specadapt.io.OutputFolder`); call it with ``apply=False`` before
+    anything else can fail, then with ``apply=True``."""
+    folder = OutputFolder(out, "train-head")
+    legacy = _is_legacy_output(folder)
+    if not legacy:
+        folder.check(OUTPUT_ENTRIES)
     data_dir, trainer_dir, head_dir = out / "data", out / "trainer", out / "head"
-    if out.exists() and not out.is_dir():
-        raise SpecAdaptError(f"output {out} exists and is not a folder; choose a folder for --out.")
-    ours = [p for p in (data_dir / "settings.json", trainer_dir, head_dir) if p.exists()]
-    if out.is_dir() and any(out.iterdir()) and not ours:
-        raise SpecAdaptError(
-            f"output folder {out} is not empty and was not made by train-head; choose a new or empty folder for --out."
-        )
     if (head_dir / CONFIG_FILE).exists() and not config.overwrite:
         raise SpecAdaptError(
             f"{head_dir} already holds a finished head. Pass --overwrite to train it again (the cached data is "
             "reused when its settings match), or choose another --out."
         )
     data_settings, train_settings = config.data_settings(), config.train_settings()
-    old_data = read_json(data_dir / "settings.json") if (data_dir / "settings.json").exists() else None
+    old_data = _read_settings(data_dir / "settings.json")
     if old_data is not None:
         old_data = {**_NEWER_DATA_DEFAULTS, **old_data}  # data made before a setting existed had its default
     if old_data is not None and old_data != data_settings and not config.overwrite:
@@ -94,7 +97,7 @@ def prepare_output(out: Path, config: TrainHeadConfig, apply: bool = True) -> No
             f"{data_dir} was made with other data settings ({_differences(old_data, data_settings)}). "
             "Use another --out, or pass --overwrite to delete that data and start over."
         )
-    old_train = read_json(trainer_dir / "settings.json") if (trainer_dir / "settings.json").exists() else None
+    old_train = _read_settings(trainer_dir / "settings.json")
     fresh = config.overwrite or old_data != data_settings
     if not fresh and old_train is not None and old_train != train_settings:
         raise SpecAdaptError(
@@ -103,19 +106,48 @@ def prepare_output(out: Path, config: TrainHeadConfig, apply: bool = True) -> No
         )
     if not apply:
         return
+    if legacy:
+        folder.adopt(OUTPUT_ENTRIES)
+    folder.claim(files=OUTPUT_ENTRIES)
     if old_data is not None and old_data != data_settings:
-        shutil.rmtree(data_dir)
+        folder.remove("data")
     if fresh:
         # New data or an explicit restart: old checkpoints, head and report do not belong to this run.
-        for path in (trainer_dir, head_dir):
-            if path.exists():
-                shutil.rmtree(path)
-        for name in REPORT_FILES:
-            (out / name).unlink(missing_ok=True)
+        folder.remove("trainer", "head", *REPORT_FILES)
+        folder.record(*OUTPUT_ENTRIES)
     data_dir.mkdir(parents=True, exist_ok=True)
     trainer_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(data_dir / "settings.json", data_settings)
     write_json_atomic(trainer_dir / "settings.json", train_settings)
+
+
+def _is_legacy_output(folder: OutputFolder) -> bool:
+    """A train-head output written before manifests: recognised by data/settings.json holding train-head's
+    data fingerprint (its keys) next to trainer/settings.json. Only train-head's entries are then claimed."""
+    from .config import DATA_KEYS
+
+    if folder.manifest_path.exists() or not (folder.path / "trainer" / "settings.json").is_file():
+        return False
+    try:
+        stored = read_json(folder.path / "data" / "settings.json")
+    except (OSError, ValueError):
+        return False
+    return isinstance(stored, dict) and set(DATA_KEYS) - set(_NEWER_DATA_DEFAULTS) <= set(stored) <= set(DATA_KEYS)
+
+
+def _read_settings(path: Path) -> dict | None:
+    """A stage's settings.json (None if absent); a clear error if it is unreadable."""
+    if not path.exists():
+        return None
+    try:
+        settings = read_json(path)
+        if not isinstance(settings, dict):
+            raise TypeError("not a JSON object")
+        return settings
+    except (OSError, ValueError, TypeError) as exc:
+        raise SpecAdaptError(
+            f"{path} is unreadable ({exc}); pass --overwrite to start this stage again, or choose another --out."
+        ) from None
 
 
 def _release() -> None:
@@ -138,13 +170,15 @@ def train_head(config: TrainHeadConfig) -> TrainHeadResult:
         check_source(name)
     state = PartialState()  # this process's share under accelerate launch / torchrun; rank 0 of 1 otherwise
     timings: dict[str, float] = {}
-    prepare_output(out, config, apply=state.is_main_process)
-    state.wait_for_everyone()
+    prepare_output(out, config, apply=False)  # every check, nothing written yet
 
-    # Tokenizers first: a mismatched pair is refused before anything heavy is loaded.
+    # Tokenizers first: a mismatched pair is refused before anything heavy is loaded (or the folder changed).
     t0 = time.perf_counter()
     tokenizer = loading.load_tokenizer(config.target)
     loading.check_same_tokenizer(tokenizer, loading.load_tokenizer(config.draft), (config.target, config.draft))
+    if state.is_main_process:
+        prepare_output(out, config)
+    state.wait_for_everyone()
 
     prompts_file = data_dir / "prompts.jsonl"
     if state.is_main_process and not prompts_file.exists():

@@ -3,11 +3,21 @@
 Every failure a user can cause (a wrong path, an unknown id, a corrupt
 checkpoint, a draft whose tokenizer differs from the target's) becomes a
 :class:`SpecAdaptError` that says what to do.
+
+A user's ``.gguf`` file is dequantized once into specadapt's cache (keyed by the
+file's content and the dtype, :func:`specadapt.models.zoo.converted_gguf_model`),
+like the built-in models; later loads read the converted checkpoint.
+
+Hub ids: before the first one is loaded, a connection to the Hub is tried for a
+few seconds; if it fails (or ``HF_HUB_OFFLINE=1`` is set) the Hub client runs
+offline, so a model in the local Hugging Face cache still loads and anything
+else fails at once with a message saying the machine may be offline.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,17 +47,28 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def parse_device(name: str | torch.device) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a device; anything else (``meta``, ``mps``, typos) is refused
+    here with a clear message rather than failing later inside torch."""
     if isinstance(name, torch.device):
         return name
-    if name == "auto":
+    text = str(name).strip().lower()
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SpecAdaptError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if text == "mps" or text.startswith("mps:"):
+        raise SpecAdaptError(f"device {name!r} (Apple GPUs) is not supported; use --device cpu.")
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, colon, index = text.partition(":")
+    if kind != "cuda" or (colon and not index.isdigit()):
+        raise SpecAdaptError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N.")
+    if not torch.cuda.is_available():
         raise SpecAdaptError(f"device {name!r} asked for, but no CUDA GPU is available here; use --device cpu.")
-    return device
+    if colon and int(index) >= torch.cuda.device_count():
+        raise SpecAdaptError(
+            f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})."
+        )
+    return torch.device(text)
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -55,13 +76,66 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1 or "\\" in spec
 
 
+GGUF_MAGIC = b"GGUF"
+HUB_PROBE_TIMEOUT_S = 3.0
+_hub_reachable: bool | None = None  # probed once per process
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face Hub accepts a connection within ``timeout`` seconds (False under
+    ``HF_HUB_OFFLINE=1``). Asked once per process, before the first Hub id is loaded."""
+    global _hub_reachable
+    if _hub_reachable is None:
+        from urllib.parse import urlparse
+
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            _hub_reachable = False
+        else:
+            url = urlparse(constants.ENDPOINT)
+            try:
+                socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)),
+                                         timeout=timeout).close()
+                _hub_reachable = True
+            except OSError:
+                _hub_reachable = False
+    return _hub_reachable
+
+
+def _prepare_hub_load() -> bool:
+    """Before loading a Hub id: with the Hub unreachable, switch the Hub client to offline mode, so a model in
+    the local Hub cache still loads and a mistyped id fails at once instead of after ~50 s of retries.
+    Returns whether the Hub is reachable."""
+    if hub_reachable():
+        return True
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True  # read at every request through huggingface_hub.is_offline_mode()
+    return False
+
+
+def _check_gguf(path: Path, spec: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise SpecAdaptError(f"cannot read {spec!r}: {exc.strerror or exc}.") from None
+    if magic != GGUF_MAGIC:
+        raise SpecAdaptError(
+            f"{spec!r} is not a GGUF file (it does not start with the GGUF magic bytes); give a model file in "
+            "llama.cpp's GGUF format, or a checkpoint folder."
+        )
+
+
 def resolve(spec: str) -> tuple[str, str | None]:
-    """Return (what to pass to from_pretrained, gguf file name or None)."""
+    """Return (what to pass to from_pretrained, None), or (the path of a .gguf file, "gguf")."""
     if spec in zoo.ZOO:
         return str(zoo.ensure_model(spec)), None
     path = Path(os.path.expanduser(spec))
     if path.is_file() and path.suffix == ".gguf":
-        return str(path.parent), path.name
+        _check_gguf(path, spec)
+        return str(path), "gguf"
     if path.is_dir():
         if not (path / "config.json").exists():
             raise SpecAdaptError(
@@ -80,31 +154,50 @@ def resolve(spec: str) -> tuple[str, str | None]:
 
 
 def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
-    where, gguf = resolve(spec)
+    where, kind = resolve(spec)
+    online = True
+    if kind == "gguf":
+        where = str(zoo.converted_gguf_tokenizer(Path(where)))  # converted once, keyed by the file's content
+    elif not Path(where).exists():
+        online = _prepare_hub_load()
     try:
-        return AutoTokenizer.from_pretrained(where, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(where)
+        return AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as exc:
-        raise SpecAdaptError(_load_failure(spec, "tokenizer", exc)) from None
+        raise SpecAdaptError(_load_failure(spec, "tokenizer", exc, online)) from None
 
 
 def load_model(spec: str, dtype: str | torch.dtype = "bfloat16", device: str | torch.device = "auto") -> PreTrainedModel:
-    where, gguf = resolve(spec)
-    kwargs = {"dtype": parse_dtype(dtype)}
-    if gguf:
-        kwargs["gguf_file"] = gguf
+    target_device = parse_device(device)  # a bad --device fails before the (slow) load
+    torch_dtype = parse_dtype(dtype)
+    where, kind = resolve(spec)
+    online = True
+    if kind == "gguf":
+        # Dequantized once into the cache (per content and dtype), not on every load.
+        where = str(zoo.converted_gguf_model(Path(where), torch_dtype))
+    elif not Path(where).exists():
+        online = _prepare_hub_load()
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
-        raise SpecAdaptError(_load_failure(spec, "model", exc)) from None
-    return model.to(parse_device(device)).eval()
+        raise SpecAdaptError(_load_failure(spec, "model", exc, online)) from None
+    return model.to(target_device).eval()
 
 
-def _load_failure(spec: str, what: str, exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _load_failure(spec: str, what: str, exc: Exception, online: bool = True) -> str:
+    text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+    path = Path(os.path.expanduser(spec))
     if any(word in text.lower() for word in ("deserializ", "header", "corrupt", "truncat", "invalid", "unexpected eof")):
         hint = "The checkpoint looks corrupt or incomplete: re-create it (for a built-in model: specadapt setup --force)."
-    elif Path(spec).exists():
+    elif path.is_file():
+        hint = "Check that the file is a complete GGUF model (llama.cpp's format)."
+    elif path.exists():
         hint = "Check that the folder is a complete Hugging Face checkpoint (config, weights, tokenizer)."
+    elif not online:
+        hint = (
+            f"It is not a built-in model ({', '.join(zoo.ZOO)}), an existing folder or .gguf file, nor in the local "
+            "Hugging Face cache, and the Hub cannot be reached (this machine may be offline, or HF_HUB_OFFLINE=1 "
+            "is set): check the spelling, or give a local folder or .gguf file."
+        )
     else:
         hint = (
             f"It is not a built-in model ({', '.join(zoo.ZOO)}), an existing folder or .gguf file, "

@@ -426,6 +426,17 @@ def _eos_ids(zm: ZooModel, tokenizer, model) -> list[int]:
                          [vocab[tok] for tok in zm.eos_tokens if tok in vocab])
 
 
+def _drop_gguf_quantizer(model) -> None:
+    """save_pretrained refuses models loaded "quantized with gguf"; the weights are already plain
+    dequantized tensors, so drop the quantizer."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if hasattr(model, "is_quantized"):
+        with contextlib.suppress(AttributeError):
+            model.is_quantized = False
+
+
 def convert_gguf(gguf: Path, out_dir: Path, zm: ZooModel, *, progress: bool = True) -> dict:
     """Load ``gguf`` (dequantized, bf16) and save model and tokenizer to ``out_dir``.
 
@@ -460,14 +471,7 @@ def convert_gguf(gguf: Path, out_dir: Path, zm: ZooModel, *, progress: bool = Tr
 
     if any(p.dtype != torch.bfloat16 for p in model.parameters()):
         model = model.to(torch.bfloat16)
-    # save_pretrained refuses models loaded "quantized with gguf"; the weights
-    # are already plain dequantized tensors, so drop the quantizer.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    if hasattr(model, "is_quantized"):
-        with contextlib.suppress(AttributeError):
-            model.is_quantized = False
+    _drop_gguf_quantizer(model)
 
     eos = _eos_ids(zm, tokenizer, model)
     if tokenizer.eos_token_id is not None:
@@ -588,3 +592,124 @@ def remove_model(name: str, *, keep_gguf: bool = True) -> None:
             for p in (gguf_path(name), gguf_path(name).with_name(gguf_path(name).name + ".partial")):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
+
+
+# ----------------------------------------------------------------------------
+# a user's own GGUF files
+# ----------------------------------------------------------------------------
+#
+# Dequantizing a GGUF takes minutes for the default pair, so a user's file is converted once, like the
+# built-in models, into ``converted/<sha256 prefix>/<tokenizer|dtype>/`` (``.complete`` written last).
+# The key is the file's content: its sha256, read once and remembered in ``converted/index.json`` by
+# (resolved path, size, mtime), so a later load neither re-reads the file nor converts it again, and a
+# file changed in place (new size or mtime) is hashed and, if its bytes differ, converted afresh.
+
+
+def _converted_root() -> Path:
+    return cache_dir() / "converted"
+
+
+def gguf_content_hash(path: Path, *, progress: bool = True) -> str:
+    """The sha256 of ``path``'s bytes; read once per (path, size, mtime), then taken from the index."""
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    index_file = _converted_root() / "index.json"
+    try:
+        index = json.loads(index_file.read_text())
+        if not isinstance(index, dict):
+            index = {}
+    except (OSError, ValueError):
+        index = {}  # none yet, or damaged: hashing again is always correct
+    entry = index.get(str(path))
+    if isinstance(entry, dict) and {k: entry.get(k) for k in stamp} == stamp \
+            and re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256"))):
+        return entry["sha256"]
+    digest = _sha256_file(path, progress, desc=f"hashing {path.name}")
+    index[str(path)] = {**stamp, "sha256": digest}
+    try:
+        index_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".index.", dir=index_file.parent)  # concurrent writers never share a tmp
+        with os.fdopen(fd, "w") as f:
+            json.dump(index, f, indent=1)
+        os.replace(tmp, index_file)
+    except OSError:
+        pass  # only a speed-up: the next call hashes again
+    return digest
+
+
+def converted_gguf_tokenizer(gguf: Path, *, progress: bool = True) -> Path:
+    """The tokenizer of the user's ``gguf`` as a Hugging Face folder, converted once."""
+    return _ensure_converted(Path(gguf), "tokenizer", None, progress)
+
+
+def converted_gguf_model(gguf: Path, dtype, *, progress: bool = True) -> Path:
+    """The user's ``gguf`` dequantized to ``dtype`` (a torch dtype) as a Hugging Face checkpoint, converted once."""
+    return _ensure_converted(Path(gguf), str(dtype).replace("torch.", ""), dtype, progress)
+
+
+def _ensure_converted(gguf: Path, what: str, dtype, progress: bool) -> Path:
+    digest = gguf_content_hash(gguf, progress=progress)
+    final = _converted_root() / digest[:32] / what
+
+    def ready() -> bool:
+        marker = _read_marker(final)
+        return bool(marker) and marker.get("gguf_sha256") == digest
+
+    if ready():
+        return final
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecAdaptError(
+            f"cannot create cache folder {final.parent} ({exc}); set SPECADAPT_CACHE to a writable folder"
+        ) from exc
+    with _model_lock(f"converted-{digest[:16]}", progress):
+        if ready():  # another process finished meanwhile
+            return final
+        for leftover in final.parent.glob(f".{what}.tmp-*"):  # an interrupted conversion (lock held: not running)
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{what}.tmp-", dir=final.parent))
+        try:
+            _status(progress, f"converting {gguf.name} ({what}) once into {final}…")
+            _convert_user_gguf(gguf, tmp, dtype)
+            import transformers
+
+            marker = {"format": MARKER_FORMAT, "gguf_sha256": digest, "source": str(gguf.resolve()), "what": what,
+                      "transformers": transformers.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+            if final.exists():  # an incomplete conversion of ours: replace it
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final
+
+
+def _convert_user_gguf(gguf: Path, out_dir: Path, dtype) -> None:
+    """Load ``gguf`` with transformers and save its tokenizer (and, with a ``dtype``, the dequantized model)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the slow-bf16-GGUF warning is about kernels we do not use
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = None
+        if dtype is not None:
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
+    except Exception as exc:  # a damaged file fails anywhere in the reader (struct.error, IndexError, ...)
+        first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+        raise SpecAdaptError(
+            f"could not convert {str(gguf)!r}: {first}. Check that the file is a complete GGUF model (llama.cpp's "
+            "format) of an architecture transformers reads."
+        ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    tokenizer.save_pretrained(str(out_dir))
+    if model is not None:
+        _drop_gguf_quantizer(model)
+        model.save_pretrained(str(out_dir))
+        del model
+        gc.collect()
