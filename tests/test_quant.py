@@ -47,7 +47,9 @@ INT4_CASES = [(16, 32, 32, False), (40, 64, 32, True), (64, 256, 64, False), (96
 @pytest.mark.parametrize("n,k,group,bias", INT4_CASES)
 def test_int4_linear_matches_its_dequantized_weight(n, k, group, bias):
     layer = _linear(n, k, bias, seed=n + k)
+    original = layer.weight.clone()
     q = Int4Linear.from_linear(layer, group)
+    assert torch.equal(layer.weight, original)  # the float layer is left as it was
     w, wq = layer.weight.detach(), q.dequantized_weight()
     # Rounding to the nearest of 16 levels: each weight moves by at most half a step, (max - min) / 30 of its group.
     groups = w.reshape(n, k // group, group)
@@ -68,7 +70,9 @@ def test_int4_linear_matches_its_dequantized_weight(n, k, group, bias):
 @pytest.mark.parametrize("n,k,bias", [(16, 32, False), (40, 64, True), (7, 100, True), (200, 896, False)])
 def test_int8_linear_matches_its_dequantized_weight(n, k, bias):
     layer = _linear(n, k, bias, seed=n * k)
+    original = layer.weight.clone()
     q = Int8Linear.from_linear(layer)
+    assert torch.equal(layer.weight, original)
     w, wq = layer.weight.detach(), q.dequantized_weight()
     half_step = w.abs().amax(1, keepdim=True) / 254  # symmetric, 127 levels each side, one scale per row
     assert bool(((wq - w).abs() <= half_step * 1.01 + 1e-7).all())

@@ -39,6 +39,7 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accept
 DEFAULT_GROUP_SIZE = 32
 _INT4_N_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu packs output rows in tiles of 16
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_ROWS_PER_CHUNK = 4096
 
 
 def _shape_only(out_features: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
@@ -63,17 +64,17 @@ class Int4Linear(nn.Module):
         weight = linear.weight.detach()
         n, k = weight.shape
         _check_int4_group(group_size, k)
-        w = weight.float().reshape(n, k // group_size, group_size)
-        lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-        scale = ((hi - lo) / 15).clamp_min(1e-6)
-        q = ((w - lo) / scale).round().clamp(0, 15).to(torch.int32).reshape(n, k)
-        zero = lo + 8 * scale  # so that (q - 8) * scale + zero == q * scale + lo
-        pad = -n % _INT4_N_MULTIPLE
-        sz = torch.cat([scale, zero], -1)  # [n, groups, 2]
-        if pad:  # zero rows, sliced off after the matmul
-            q = torch.cat([q, q.new_full((pad, k), 8)])
-            sz = torch.cat([sz, sz.new_zeros((pad, *sz.shape[1:]))])
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
+        pad = -n % _INT4_N_MULTIPLE  # zero rows, sliced off after the matmul
+        q = torch.full((n + pad, k), 8, dtype=torch.int32)
+        sz = torch.zeros((n + pad, k // group_size, 2))
+        for start in range(0, n, _ROWS_PER_CHUNK):  # in slices: an output head's fp32 copy would take GBs
+            w = weight[start : start + _ROWS_PER_CHUNK].to(torch.float32, copy=True).reshape(-1, k // group_size, group_size)
+            lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+            scale = hi.sub_(lo).div_(15).clamp_min_(1e-6)
+            rows = slice(start, start + w.shape[0])
+            q[rows] = w.sub_(lo).div_(scale).round_().clamp_(0, 15).reshape(-1, k)
+            sz[rows, :, :1], sz[rows, :, 1:] = scale, lo.add_(scale, alpha=8)  # (q - 8) * scale + zero == q * scale + lo
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
         scale_and_zero = sz.transpose(0, 1).contiguous().to(weight.dtype)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(packed, scale_and_zero, bias, k, n, group_size)
@@ -115,11 +116,16 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
         weight = linear.weight.detach()
-        w = weight.float()
-        scale = (w.abs().amax(1) / 127).clamp_min(1e-8)
-        q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+        n, k = weight.shape
+        q = torch.empty((n, k), dtype=torch.int8)
+        scale = torch.empty(n)
+        for start in range(0, n, _ROWS_PER_CHUNK):  # in slices, as for int4
+            w = weight[start : start + _ROWS_PER_CHUNK].to(torch.float32, copy=True)
+            s = w.abs().amax(1).div_(127).clamp_min_(1e-8)
+            scale[start : start + w.shape[0]] = s
+            q[start : start + w.shape[0]] = w.div_(s[:, None]).round_().clamp_(-127, 127)
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(q.contiguous(), scale.to(weight.dtype), bias)
+        return cls(q, scale.to(weight.dtype), bias)
 
     @property
     def weight(self) -> torch.Tensor:
