@@ -11,9 +11,10 @@ round-robin (``--rounds`` rounds of ``--steps`` / ``--rounds`` steps each), so m
 the median over rounds of the mean step time is reported. ``c`` = draft step / target decode (1 token) and
 ``c_verify`` = draft step / verify-8.
 
-Breakdown: in separate rounds, forward hooks on every linear layer (and the head) time them; "rest" is the
-step time minus their sum (embedding, norms, rotary, attention over the cache, Python/HF overhead). The hooks
-add a few microseconds per layer, counted in "rest" here.
+Breakdown: in each round, after its clean steps, a variant runs half as many steps again with forward hooks on
+every linear layer (and the head) timing them; "rest" is the step time minus their sum (embedding, norms,
+rotary, attention over the cache, Python/HF overhead). The median shares over rounds are applied to the clean
+step time. The hooks add a few microseconds per layer, counted in "rest" (so "rest" is a slight overestimate).
 
 Part 2 (engine): ``--engine-prompts`` HumanEval chat prompts, ``fixed:6`` with each draft variant against
 target-only greedy decoding through the same engine (``autoregressive``), ``--max-new-tokens`` each: tokens/s
@@ -133,22 +134,30 @@ def per_step(args, target, variants: dict[str, nn.Module], vocab: int) -> dict:
         steppers[name] = Stepper(model, args.context, 1, vocab, 0)
     per_round = max(1, args.steps // args.rounds)
     times: dict[str, list[float]] = {k: [] for k in steppers}
+    shares: dict[str, list[dict]] = {k: [] for k in steppers if k != "target verify-8"}
     with torch.inference_mode():
         for r in range(args.rounds):
             for name, s in steppers.items():
                 # The target costs 3x a bf16 draft step: fewer target steps keep the run short.
-                times[name].append(s.time_steps(max(1, per_round // 3) if name.startswith("target") else per_round))
+                k = max(1, per_round // 3) if name.startswith("target") else per_round
+                times[name].append(s.time_steps(k))
+                if name in shares:  # the same steps again with every linear layer timed
+                    b = s.breakdown(max(1, k // 2))
+                    shares[name].append({part: b[part + "_ms"] / b["step_ms"] for part in ("linear", "head", "rest")})
             print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1] * 1e3:.1f}" for k, v in times.items()), flush=True)
-        breakdowns = {name: s.breakdown(max(5, per_round // 2)) for name, s in steppers.items() if name != "target verify-8"}
     step_ms = {k: median(v) * 1e3 for k, v in times.items()}
-    t1, t8 = step_ms["target 1 token"], step_ms["target verify-8"]
     rows = {}
     for name, ms in step_ms.items():
         row = {"step_ms": round(ms, 2), "rounds_ms": [round(t * 1e3, 2) for t in times[name]]}
         if name.startswith("draft"):
-            row.update(c=round(ms / t1, 3), c_verify=round(ms / t8, 3), weights_MB=round(model_bytes(variants[name]) / 2**20, 1))
-        if name in breakdowns:
-            row["breakdown_ms"] = {k: round(v, 2) for k, v in breakdowns[name].items()}
+            # Ratios within a round, then their median: load that shifts between rounds cancels.
+            c = [d / t for d, t in zip(times[name], times["target 1 token"])]
+            cv = [d / t for d, t in zip(times[name], times["target verify-8"])]
+            row.update(c=round(median(c), 3), c_verify=round(median(cv), 3), weights_MB=round(model_bytes(variants[name]) / 2**20, 1))
+        if name in shares:
+            frac = {part: median(x[part] for x in shares[name]) for part in ("linear", "head", "rest")}
+            row["breakdown_share"] = {part: round(v, 3) for part, v in frac.items()}
+            row["breakdown_ms"] = {part: round(v * ms, 2) for part, v in frac.items()}  # shares applied to the clean time
         rows[name] = row
     rows["target 1 token"]["weights_MB"] = round(model_bytes(target) / 2**20, 1)
     return rows
@@ -227,8 +236,8 @@ def main(argv=None) -> int:
     p.add_argument("--fr-size", type=int, default=32768, help="frequency-ranked head size")
     p.add_argument("--group-size", type=int, default=32)
     p.add_argument("--context", type=int, default=256, help="tokens in the KV cache")
-    p.add_argument("--steps", type=int, default=200, help="timed draft steps per variant (target: a third)")
-    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--steps", type=int, default=240, help="timed draft steps per variant (target: a third)")
+    p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--engine-prompts", type=int, default=3, help="HumanEval prompts for the engine runs (0: skip)")
     p.add_argument("--engine-variants", default="bf16 full,int4 full,int4 FR32768")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -252,7 +261,7 @@ def main(argv=None) -> int:
     for name, row in steps.items():
         b = row.get("breakdown_ms", {})
         print(f"{name:<24}{row['step_ms']:>9.1f}{row.get('c', float('nan')):>7.3f}{row.get('c_verify', float('nan')):>8.3f}"
-              f"{b.get('linear_ms', float('nan')):>9.1f}{b.get('head_ms', float('nan')):>8.1f}{b.get('rest_ms', float('nan')):>8.1f}{row.get('weights_MB', float('nan')):>8.0f}")
+              f"{b.get('linear', float('nan')):>9.1f}{b.get('head', float('nan')):>8.1f}{b.get('rest', float('nan')):>8.1f}{row.get('weights_MB', float('nan')):>8.0f}")
     cover = coverage(tokenizer, args.fr_size)
     print("\ncoverage of held-out text by a head of", args.fr_size, json.dumps(cover, indent=1))
     engine = engine_runs(args, target, tokenizer, variants) if args.engine_prompts else None
