@@ -210,3 +210,32 @@ def test_models_that_cannot_be_quantized(target):
         restrict_vocabulary(draft, NoSpecialTokens(), 10)
     with pytest.raises(SpecAdaptError, match="only float32/bfloat16/float16"):
         quantize_model(nn.Sequential(nn.Linear(32, 16).to(torch.float64)), "int4")
+
+
+# --- a real model (fp32 SmolLM2-135M; fetched once, like tests/test_real_model.py) -------------------
+
+
+@pytest.mark.real_model
+def test_real_fp32_target_with_int4_ranked_draft_is_token_exact():
+    from specadapt import SpecDecoder
+    from specadapt.models import loading
+    from specadapt.models.draft_vocab import kept_ids
+
+    name = "smollm2-135m-instruct"
+    tokenizer = loading.load_tokenizer(name)
+    target = loading.load_model(name, "float32", "cpu")
+    draft = copy.deepcopy(target)
+    draft.model.layers = draft.model.layers[:24]  # a cheaper, partly agreeing draft (as in test_real_model.py)
+    draft.config.num_hidden_layers = 24
+    ids = tokenizer("def fibonacci(n):\n    # the n-th number\n", add_special_tokens=False)["input_ids"]
+    ranking = torch.tensor(sorted(set(ids)) + list(range(20000)))  # a ranking that is not "lowest ids first"
+    restrict_vocabulary(draft, tokenizer, 12000, ranking)
+    assert isinstance(draft.get_output_embeddings(), SubsetHead)
+    quantize_model(draft, "int4", 64)
+    decoder = SpecDecoder(target, tokenizer, draft, (name, "int4-subset"))
+    prompt = decoder.encode("Write a Python function that returns the factorial of n.", chat=True)
+    result = decoder.generate(prompt, method="fixed:4", max_new_tokens=24)
+    assert result.token_ids == hf_greedy(target, prompt, 24, eos=tokenizer.eos_token_id)[: len(result.token_ids)]
+    assert len(result.token_ids) == 24 or result.finish_reason == "eos"
+    assert 0.05 < result.stats.acceptance_rate < 1.0
+    assert kept_ids(tokenizer, 49152, 12000, ranking).numel() >= 12000
