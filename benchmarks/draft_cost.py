@@ -8,8 +8,9 @@ Part 1 (per step): each model prefills ``--context`` random tokens once; then on
 (a draft step or target decode) or 8 tokens (a verification of 7 drafts), through specadapt's ``ModelRunner``
 as the engine does, and rolls the cache back, so every step sees the same context. All variants are timed
 round-robin (``--rounds`` rounds of ``--steps`` / ``--rounds`` steps each), so machine load hits them alike;
-the median over rounds of the mean step time is reported. ``c`` = draft step / target decode (1 token) and
-``c_verify`` = draft step / verify-8.
+the median over rounds of the mean step time is reported, and the minimum (the least disturbed round). ``c`` =
+draft step / target decode (1 token) and ``c_verify`` = draft step / verify-8, each the median of the ratios
+within a round; ``c_of_min`` = the ratio of the minima.
 
 Breakdown: in each round, after its clean steps, a variant runs half as many steps again with forward hooks on
 every linear layer (and the head) timing them; "rest" is the step time minus their sum (embedding, norms,
@@ -154,6 +155,9 @@ def per_step(args, target, variants: dict[str, nn.Module], vocab: int) -> dict:
             c = [d / t for d, t in zip(times[name], times["target 1 token"])]
             cv = [d / t for d, t in zip(times[name], times["target verify-8"])]
             row.update(c=round(median(c), 3), c_verify=round(median(cv), 3), weights_MB=round(model_bytes(variants[name]) / 2**20, 1))
+            # The least disturbed round of each: on a shared machine the closest to an idle one.
+            row.update(c_of_min=round(min(times[name]) / min(times["target 1 token"]), 3))
+        row["min_ms"] = round(min(times[name]) * 1e3, 2)
         if name in shares:
             frac = {part: median(x[part] for x in shares[name]) for part in ("linear", "head", "rest")}
             row["breakdown_share"] = {part: round(v, 3) for part, v in frac.items()}
