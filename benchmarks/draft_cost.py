@@ -1,0 +1,294 @@
+"""What a draft step costs against a target call, with the draft in bf16, int8 or int4 and with a full or a
+frequency-ranked head; where a draft step's time goes; and what it buys end to end in specadapt's engine.
+
+    python benchmarks/draft_cost.py                      # the default pair, bf16, 2 threads, a few minutes
+    python benchmarks/draft_cost.py --steps 40 --rounds 3 --engine-prompts 0   # a quick look
+
+Part 1 (per step): each model prefills ``--context`` random tokens once; then one timed step feeds one token
+(a draft step or target decode) or 8 tokens (a verification of 7 drafts), through specadapt's ``ModelRunner``
+as the engine does, and rolls the cache back, so every step sees the same context. All variants are timed
+round-robin (``--rounds`` rounds of ``--steps`` / ``--rounds`` steps each), so machine load hits them alike;
+the median over rounds of the mean step time is reported, and the minimum (the least disturbed round). ``c`` =
+draft step / target decode (1 token) and ``c_verify`` = draft step / verify-8, each the median of the ratios
+within a round; ``c_of_min`` = the ratio of the minima.
+
+Breakdown: in each round, after its clean steps, a variant runs half as many steps again with forward hooks on
+every linear layer (and the head) timing them; "rest" is the step time minus their sum (embedding, norms,
+rotary, attention over the cache, Python/HF overhead). The median shares over rounds are applied to the clean
+step time. The hooks add a few microseconds per layer, counted in "rest" (so "rest" is a slight overestimate).
+
+Part 2 (engine): ``--engine-prompts`` HumanEval chat prompts, ``fixed:6`` with each draft variant against
+target-only greedy decoding through the same engine (``autoregressive``), ``--max-new-tokens`` each: tokens/s
+and whether the output ids equal target-only greedy's (bf16: the batched verification may round differently
+from a one-token pass, so a mismatch is numerics, not a lossy rule; the fp32 exactness tests are in
+tests/test_quant.py).
+
+Also records the weights' bytes of each variant and the process's peak RSS. Writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+from statistics import median
+
+import torch
+from torch import nn
+
+from specadapt.models import zoo
+from specadapt.models.draft_vocab import restrict_vocabulary, shipped_ranking
+from specadapt.models.loading import eos_token_ids, load_model, load_tokenizer
+from specadapt.models.quant import QUANT_LINEARS, quantize_model
+from specadapt.models.runner import ModelRunner
+
+
+def model_bytes(model: nn.Module) -> int:
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()] if t.device.type != "meta"}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+class LinearTimer:
+    """Times every linear layer (float or quantized) with forward hooks; the head separately."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.linear_s = self.head_s = 0.0
+        head = model.get_output_embeddings()
+        self.handles = []
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, *QUANT_LINEARS)):
+                is_head = module is head or module is getattr(head, "proj", None)
+                self.handles.append(module.register_forward_pre_hook(self._pre))
+                self.handles.append(module.register_forward_hook(self._post_head if is_head else self._post))
+
+    def _pre(self, module, args) -> None:
+        self._t0 = time.perf_counter()
+
+    def _post(self, module, args, output) -> None:
+        self.linear_s += time.perf_counter() - self._t0
+
+    def _post_head(self, module, args, output) -> None:
+        self.head_s += time.perf_counter() - self._t0
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class Stepper:
+    """A model with a prefilled cache; ``step()`` runs one forward of ``n`` tokens and rolls it back."""
+
+    def __init__(self, model: nn.Module, context: int, n: int, vocab: int, seed: int) -> None:
+        self.model, self.n, self.vocab = model, n, vocab
+        self.runner = ModelRunner(model)
+        self.runner.add_rows(1)
+        g = torch.Generator().manual_seed(seed)
+        self.tokens = torch.randint(100, 30000, (64, 1, n), generator=g)
+        self.runner.forward(torch.randint(100, 30000, (1, context), generator=g))
+        self.i = 0
+        self.step()  # warm-up
+
+    def step(self) -> None:
+        self.runner.forward(self.tokens[self.i % 64], keep=self.n)
+        self.runner.keep_tail(self.n, torch.zeros(1, dtype=torch.long))
+        self.i += 1
+
+    def time_steps(self, k: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(k):
+            self.step()
+        return (time.perf_counter() - t0) / k
+
+    def breakdown(self, k: int) -> dict:
+        timer = LinearTimer(self.model)
+        try:
+            total = self.time_steps(k)
+        finally:
+            timer.close()
+        lin, head = timer.linear_s / k, timer.head_s / k
+        return {"step_ms": total * 1e3, "linear_ms": lin * 1e3, "head_ms": head * 1e3, "rest_ms": (total - lin - head) * 1e3}
+
+
+def draft_variants(draft: nn.Module, tokenizer, schemes: list[str], fr_size: int, group: int) -> dict[str, nn.Module]:
+    ranking = shipped_ranking(tokenizer)
+    if ranking is None:
+        raise SystemExit("no shipped token ranking for this tokenizer")
+    out: dict[str, nn.Module] = {}
+    for scheme in schemes:
+        for fr in (False, True):
+            model = copy.deepcopy(draft)
+            if fr:
+                restrict_vocabulary(model, tokenizer, fr_size, ranking)
+            if scheme != "bf16":
+                quantize_model(model, scheme, group if scheme == "int4" else None)
+            out[f"draft {scheme} {'FR' + str(fr_size) if fr else 'full'}"] = model
+    return out
+
+
+def per_step(args, target, variants: dict[str, nn.Module], vocab: int) -> dict:
+    steppers = {"target 1 token": Stepper(target, args.context, 1, vocab, 0), "target verify-8": Stepper(target, args.context, 8, vocab, 0)}
+    for name, model in variants.items():
+        steppers[name] = Stepper(model, args.context, 1, vocab, 0)
+    per_round = max(1, args.steps // args.rounds)
+    times: dict[str, list[float]] = {k: [] for k in steppers}
+    shares: dict[str, list[dict]] = {k: [] for k in steppers if k != "target verify-8"}
+    with torch.inference_mode():
+        for r in range(args.rounds):
+            for name, s in steppers.items():
+                # The target costs 3x a bf16 draft step: fewer target steps keep the run short.
+                k = max(1, per_round // 3) if name.startswith("target") else per_round
+                times[name].append(s.time_steps(k))
+                if name in shares:  # the same steps again with every linear layer timed
+                    b = s.breakdown(max(1, k // 2))
+                    shares[name].append({part: b[part + "_ms"] / b["step_ms"] for part in ("linear", "head", "rest")})
+            print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1] * 1e3:.1f}" for k, v in times.items()), flush=True)
+    step_ms = {k: median(v) * 1e3 for k, v in times.items()}
+    rows = {}
+    for name, ms in step_ms.items():
+        row = {"step_ms": round(ms, 2), "rounds_ms": [round(t * 1e3, 2) for t in times[name]]}
+        if name.startswith("draft"):
+            # Ratios within a round, then their median: load that shifts between rounds cancels.
+            c = [d / t for d, t in zip(times[name], times["target 1 token"])]
+            cv = [d / t for d, t in zip(times[name], times["target verify-8"])]
+            row.update(c=round(median(c), 3), c_verify=round(median(cv), 3), weights_MB=round(model_bytes(variants[name]) / 2**20, 1))
+            # The least disturbed round of each: on a shared machine the closest to an idle one.
+            row.update(c_of_min=round(min(times[name]) / min(times["target 1 token"]), 3))
+        row["min_ms"] = round(min(times[name]) * 1e3, 2)
+        if name in shares:
+            frac = {part: median(x[part] for x in shares[name]) for part in ("linear", "head", "rest")}
+            row["breakdown_share"] = {part: round(v, 3) for part, v in frac.items()}
+            row["breakdown_ms"] = {part: round(v * ms, 2) for part, v in frac.items()}  # shares applied to the clean time
+        rows[name] = row
+    rows["target 1 token"]["weights_MB"] = round(model_bytes(target) / 2**20, 1)
+    return rows
+
+
+def engine_runs(args, target, tokenizer, variants: dict[str, nn.Module]) -> dict:
+    from specadapt.bench.datasets import load_dataset
+    from specadapt.engine import RequestConfig, SpeculativeEngine
+    from specadapt.methods import make_method
+
+    eos = eos_token_ids(target, tokenizer)
+    examples = load_dataset("humaneval", args.engine_prompts)
+    prompts = [tokenizer.apply_chat_template(e.messages, add_generation_prompt=True, tokenize=True) for e in examples]
+    prompts = [list(p["input_ids"]) if hasattr(p, "keys") else list(p) for p in prompts]
+    config = RequestConfig(max_new_tokens=args.max_new_tokens)
+    runs: dict[str, dict] = {}
+    engines = {"target only (autoregressive)": (SpeculativeEngine(target, None, tokenizer, eos), "autoregressive")}
+    for name in args.engine_variants.split(","):
+        engines[f"fixed:6 + {name}"] = (SpeculativeEngine(target, variants[f"draft {name}"], tokenizer, eos), "fixed:6")
+    for label, (engine, method) in engines.items():
+        engine.generate([prompts[0][:16]], make_method(method), RequestConfig(max_new_tokens=4))  # warm-up
+        runs[label] = {"tokens": 0, "seconds": 0.0, "outputs": [], "acceptance": []}
+    for i, ids in enumerate(prompts):  # prompt by prompt, every engine in turn: load hits all alike
+        for label, (engine, method) in engines.items():
+            t0 = time.perf_counter()
+            result = engine.generate([ids], make_method(method), config)[0]
+            dt = time.perf_counter() - t0
+            run = runs[label]
+            run["tokens"] += len(result.token_ids)
+            run["seconds"] += dt
+            run["outputs"].append(result.token_ids)
+            run["acceptance"].append(result.stats.mean_accepted_length if method != "autoregressive" else None)
+            print(f"  prompt {i}: {label}: {len(result.token_ids) / dt:.2f} tok/s", flush=True)
+    reference = runs["target only (autoregressive)"]["outputs"]
+    summary = {}
+    for label, run in runs.items():
+        same = [out == ref for out, ref in zip(run["outputs"], reference)]
+        prefix = [next((j for j, (a, b) in enumerate(zip(out, ref)) if a != b), min(len(out), len(ref))) for out, ref in zip(run["outputs"], reference)]
+        summary[label] = {
+            "tokens_per_s": round(run["tokens"] / run["seconds"], 3),
+            "tokens": run["tokens"],
+            "seconds": round(run["seconds"], 2),
+            "identical_to_target_greedy": f"{sum(same)}/{len(same)}",
+            "common_prefix_tokens": prefix,
+            "mean_accepted_length": run["acceptance"],
+        }
+    base = summary["target only (autoregressive)"]["tokens_per_s"]
+    for row in summary.values():
+        row["speedup"] = round(row["tokens_per_s"] / base, 3)
+    return {"prompts": [e.id for e in examples], "max_new_tokens": args.max_new_tokens, "results": summary}
+
+
+def coverage(tokenizer, size: int) -> dict:
+    """Share of tokens of held-out text whose id a head of ``size`` keeps: lowest ids vs the shipped ranking."""
+    from specadapt.bench.datasets import load_dataset
+
+    ranking = shipped_ranking(tokenizer)
+    top = set(ranking[:size].tolist())
+    texts = {
+        "humaneval prompts": [e.reference["prompt"] for e in load_dataset("humaneval", 40)],
+        "gsm8k test questions": [e.messages[-1]["content"] for e in load_dataset("gsm8k", 200)],
+        "mt-bench questions": [e.messages[-1]["content"] for e in load_dataset("mt-bench", 80)],
+    }
+    out = {}
+    for name, items in texts.items():
+        ids = [i for t in items for i in tokenizer(t, add_special_tokens=False)["input_ids"]]
+        out[name] = {"tokens": len(ids), "lowest_ids": round(sum(i < size for i in ids) / len(ids), 4), "frequency_ranked": round(sum(i in top for i in ids) / len(ids), 4)}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--target", default=zoo.DEFAULT_TARGET)
+    p.add_argument("--draft", default=zoo.DEFAULT_DRAFT)
+    p.add_argument("--schemes", default="bf16,int8,int4")
+    p.add_argument("--fr-size", type=int, default=32768, help="frequency-ranked head size")
+    p.add_argument("--group-size", type=int, default=32)
+    p.add_argument("--context", type=int, default=256, help="tokens in the KV cache")
+    p.add_argument("--steps", type=int, default=240, help="timed draft steps per variant (target: a third)")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--engine-prompts", type=int, default=3, help="HumanEval prompts for the engine runs (0: skip)")
+    p.add_argument("--engine-variants", default="bf16 full,int4 full,int4 FR32768")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "draft_cost.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    tokenizer = load_tokenizer(args.target)
+    target = load_model(args.target, "bfloat16", "cpu")
+    draft = load_model(args.draft, "bfloat16", "cpu")
+    vocab = target.get_output_embeddings().weight.shape[0]
+    t0 = time.perf_counter()
+    variants = draft_variants(draft, tokenizer, args.schemes.split(","), args.fr_size, args.group_size)
+    build_s = time.perf_counter() - t0
+    del draft
+    print(f"built {len(variants)} draft variants in {build_s:.1f}s", flush=True)
+
+    steps = per_step(args, target, variants, vocab)
+    print(f"\n{'model':<24}{'step ms':>9}{'c':>7}{'c_ver8':>8}{'linear':>9}{'head':>8}{'rest':>8}{'MB':>8}")
+    for name, row in steps.items():
+        b = row.get("breakdown_ms", {})
+        print(f"{name:<24}{row['step_ms']:>9.1f}{row.get('c', float('nan')):>7.3f}{row.get('c_verify', float('nan')):>8.3f}"
+              f"{b.get('linear', float('nan')):>9.1f}{b.get('head', float('nan')):>8.1f}{b.get('rest', float('nan')):>8.1f}{row.get('weights_MB', float('nan')):>8.0f}")
+    cover = coverage(tokenizer, args.fr_size)
+    print("\ncoverage of held-out text by a head of", args.fr_size, json.dumps(cover, indent=1))
+    engine = engine_runs(args, target, tokenizer, variants) if args.engine_prompts else None
+    if engine:
+        print()
+        for label, row in engine["results"].items():
+            print(f"{label:<36}{row['tokens_per_s']:>8.2f} tok/s  x{row['speedup']:.2f}  identical {row['identical_to_target_greedy']}  prefix {row['common_prefix_tokens']}")
+    payload = {
+        "benchmark": "draft_cost",
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "environment": {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                        "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "quantize_seconds_all_variants": round(build_s, 1),
+        "per_step": steps,
+        "fr_head_coverage": cover,
+        "engine": engine,
+        "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

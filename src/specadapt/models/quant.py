@@ -1,0 +1,243 @@
+"""Weight-only quantization of the draft: int8 or int4 linear layers, output head included.
+
+On a CPU a decode step is memory-bound: it streams every weight once per token.
+Storing the draft's linear weights in 4 bits (or 8) cuts the bytes streamed,
+and so the draft's cost per step. Speculative decoding stays lossless with any
+draft: the verifier uses exactly the ``q`` the (quantized) draft sampled from.
+
+Kernels are torch's own (no torchao needed; torchao 0.18's CPU int4 path,
+``PrototypeInt4WeightOnlyConfig``, calls the same kernel, and its
+``Int8WeightOnlyConfig`` was slower than bf16 here: see
+``benchmarks/results/draft_cost_torchao.json``):
+
+- int4: ``aten._convert_weight_to_int4pack_for_cpu`` + ``aten._weight_int4pack_mm_for_cpu``,
+  asymmetric, one scale and zero per ``group_size`` consecutive inputs of an output row,
+  dequantized as ``(q - 8) * scale + zero`` with ``q`` in 0..15.
+- int8: ``aten._weight_int8pack_mm``, symmetric, one scale per output row (the
+  kernel has no groups).
+
+Activations stay in the model's dtype (the CPU kernels take fp32, bf16 and
+fp16), so an fp32 target can be paired with an int4 draft.
+
+CUDA: torch's tinygemm kernels (``aten._convert_weight_to_int4pack`` +
+``aten._weight_int4pack_mm``, bf16 activations only) use the same numerics but a
+different packing; they are not wired here because they cannot be tested on
+this project's machines, so quantizing a model on a GPU raises a clear error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import SpecAdaptError
+
+SCHEMES = ("none", "int8", "int4")
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
+DEFAULT_GROUP_SIZE = 32
+_INT4_N_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu packs output rows in tiles of 16
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_ROWS_PER_CHUNK = 4096
+
+
+def _shape_only(out_features: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
+    # The float weight is gone; code that only asks for its shape (e.g. the vocabulary width of an
+    # output head) still works, and any attempt to compute with it fails on the meta device.
+    return torch.empty((out_features, in_features), dtype=dtype, device="meta")
+
+
+class Int4Linear(nn.Module):
+    """``nn.Linear`` with group-wise asymmetric int4 weights (torch's CPU int4 kernel)."""
+
+    def __init__(self, packed: torch.Tensor, scale_and_zero: torch.Tensor, bias: torch.Tensor | None,
+                 in_features: int, out_features: int, group_size: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.register_buffer("packed", packed)  # uint8 [N padded to 16, K / 2]
+        self.register_buffer("scale_and_zero", scale_and_zero)  # [K / group, N padded, 2], the activations' dtype
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int = DEFAULT_GROUP_SIZE) -> "Int4Linear":
+        weight = linear.weight.detach()
+        n, k = weight.shape
+        _check_int4_group(group_size, k)
+        pad = -n % _INT4_N_MULTIPLE  # zero rows, sliced off after the matmul
+        q = torch.full((n + pad, k), 8, dtype=torch.int32)
+        sz = torch.zeros((n + pad, k // group_size, 2))
+        for start in range(0, n, _ROWS_PER_CHUNK):  # in slices: an output head's fp32 copy would take GBs
+            w = weight[start : start + _ROWS_PER_CHUNK].to(torch.float32, copy=True).reshape(-1, k // group_size, group_size)
+            lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+            scale = hi.sub_(lo).div_(15).clamp_min_(1e-6)
+            rows = slice(start, start + w.shape[0])
+            q[rows] = w.sub_(lo).div_(scale).round_().clamp_(0, 15).reshape(-1, k)
+            sz[rows, :, :1], sz[rows, :, 1:] = scale, lo.add_(scale, alpha=8)  # (q - 8) * scale + zero == q * scale + lo
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        scale_and_zero = sz.transpose(0, 1).contiguous().to(weight.dtype)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls(packed, scale_and_zero, bias, k, n, group_size)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return _shape_only(self.out_features, self.in_features, self.scale_and_zero.dtype)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float weight this layer computes with [out, in] (fp32), for checks."""
+        eye = torch.eye(self.in_features, dtype=torch.float32, device=self.packed.device)
+        sz = self.scale_and_zero.float()
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, sz)[:, : self.out_features].t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, dtype = x.shape, x.dtype
+        x2 = x.reshape(-1, self.in_features).to(self.scale_and_zero.dtype).contiguous()
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scale_and_zero)
+        if y.shape[-1] != self.out_features:
+            y = y[:, : self.out_features]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, bias={self.bias is not None}"
+
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` with symmetric int8 weights, one scale per output row (torch's int8 kernel)."""
+
+    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = qweight.shape
+        self.register_buffer("qweight", qweight)  # int8 [N, K]
+        self.register_buffer("scales", scales)  # [N], the activations' dtype
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        weight = linear.weight.detach()
+        n, k = weight.shape
+        q = torch.empty((n, k), dtype=torch.int8)
+        scale = torch.empty(n)
+        for start in range(0, n, _ROWS_PER_CHUNK):  # in slices, as for int4
+            w = weight[start : start + _ROWS_PER_CHUNK].to(torch.float32, copy=True)
+            s = w.abs().amax(1).div_(127).clamp_min_(1e-8)
+            scale[start : start + w.shape[0]] = s
+            q[start : start + w.shape[0]] = w.div_(s[:, None]).round_().clamp_(-127, 127)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls(q, scale.to(weight.dtype), bias)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return _shape_only(self.out_features, self.in_features, self.scales.dtype)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.qweight.float() * self.scales.float()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, dtype = x.shape, x.dtype
+        x2 = x.reshape(-1, self.in_features).to(self.scales.dtype).contiguous()
+        y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+QUANT_LINEARS = (Int4Linear, Int8Linear)
+
+
+@dataclass(frozen=True)
+class QuantReport:
+    """What :func:`quantize_model` did."""
+
+    scheme: str
+    group_size: int | None  # int4's group size; None for int8 (per output row) and none
+    layers: int  # linear layers replaced
+    bytes_before: int  # their float weights
+    bytes_after: int  # their packed weights, scales and zeros
+
+
+def _check_int4_group(group_size: int, in_features: int, name: str = "") -> None:
+    where = f" layer {name!r}" if name else " layer"
+    if group_size not in INT4_GROUP_SIZES:
+        raise SpecAdaptError(
+            f"int4 group size {group_size} is not supported; torch's CPU int4 kernel takes "
+            f"{', '.join(map(str, INT4_GROUP_SIZES))}: pick one of those (32 is the most accurate)."
+        )
+    if in_features % group_size:
+        fits = [g for g in INT4_GROUP_SIZES if in_features % g == 0]
+        fix = f"use a group size that divides it ({', '.join(map(str, fits))})" if fits else "use int8 or no quantization for this model"
+        raise SpecAdaptError(f"int4 group size {group_size} does not divide the{where}'s in_features {in_features}: {fix}.")
+
+
+def check_scheme(scheme: str, group_size: int | None = None) -> str:
+    """Validate a quantization name (and group size) before any model is loaded; returns the scheme."""
+    if scheme not in SCHEMES:
+        raise SpecAdaptError(f"unknown draft quantization {scheme!r}; use one of: {', '.join(SCHEMES)}.")
+    if group_size is not None:
+        if scheme != "int4":
+            raise SpecAdaptError(
+                f"a group size applies to int4 only ({scheme} uses "
+                f"{'one scale per output row' if scheme == 'int8' else 'no quantization'}); leave the group size unset."
+            )
+        if group_size not in INT4_GROUP_SIZES:
+            _check_int4_group(group_size, group_size)
+    return scheme
+
+
+def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    return [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear]
+
+
+def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None) -> QuantReport:
+    """Replace every ``nn.Linear`` of ``model`` (output head included, also inside a
+    :class:`~specadapt.models.draft_vocab.SubsetHead`) by its int8/int4 version, in place.
+
+    ``group_size`` (int4 only): inputs per scale/zero, one of 32, 64, 128, 256 (default 32);
+    it must divide every layer's in_features. Call this after
+    :func:`~specadapt.models.draft_vocab.restrict_vocabulary` (or before: a quantized head
+    can't be restricted, so restricting first is required to get an int4 subset head).
+    ``scheme="none"`` leaves the model unchanged. Raises :class:`SpecAdaptError` on a bad
+    name or group size, a model without linear layers, one on a GPU, or non-float weights."""
+    check_scheme(scheme, group_size)
+    if not isinstance(model, nn.Module):
+        raise SpecAdaptError(f"can only quantize a torch nn.Module, got {type(model).__name__}.")
+    if scheme == "none":
+        return QuantReport(scheme, None, 0, 0, 0)
+    group = (group_size or DEFAULT_GROUP_SIZE) if scheme == "int4" else None
+    targets = _linears(model)
+    if not targets:
+        others = sorted({type(m).__name__ for m in model.modules() if type(m).__name__ in ("Conv1D", "Linear") or isinstance(m, nn.Linear)})
+        already = any(isinstance(m, QUANT_LINEARS) for m in model.modules())
+        if already:
+            raise SpecAdaptError("this model is already quantized; load it again to quantize it differently.")
+        found = f" (it has {', '.join(others)} modules, which are not supported)" if others else ""
+        raise SpecAdaptError(
+            f"{type(model).__name__} has no torch.nn.Linear layers to quantize{found}: weight-only quantization "
+            "supports models built from nn.Linear (Llama, Qwen, Mistral, ...); use draft quantization 'none' for this model."
+        )
+    for name, linear in targets:
+        weight = linear.weight
+        if weight.device.type != "cpu":
+            raise SpecAdaptError(
+                f"draft quantization runs on CPU only (layer {name!r} is on {weight.device}); on a GPU use "
+                "draft quantization 'none', or quantize with torchao (Int4WeightOnlyConfig) yourself."
+            )
+        if weight.dtype not in _FLOAT_DTYPES:
+            raise SpecAdaptError(f"layer {name!r} has {weight.dtype} weights; only float32/bfloat16/float16 models can be quantized.")
+        if scheme == "int4":
+            _check_int4_group(group, linear.in_features, name)
+    before = after = 0
+    for name, linear in targets:
+        new = Int4Linear.from_linear(linear, group) if scheme == "int4" else Int8Linear.from_linear(linear)
+        before += linear.weight.numel() * linear.weight.element_size()
+        after += sum(b.numel() * b.element_size() for n, b in new.named_buffers() if n != "bias")
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "tie_word_embeddings", False):
+        config.tie_word_embeddings = False  # the head no longer shares the embedding's float weight
+    return QuantReport(scheme, group, len(targets), before, after)
