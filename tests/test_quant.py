@@ -239,3 +239,22 @@ def test_real_fp32_target_with_int4_ranked_draft_is_token_exact():
     assert len(result.token_ids) == 24 or result.finish_reason == "eos"
     assert 0.05 < result.stats.acceptance_rate < 1.0
     assert kept_ids(tokenizer, 49152, 12000, ranking).numel() >= 12000
+
+
+def test_decoder_loads_an_int4_frequency_ranked_draft_and_refuses_bad_settings_before_loading(tmp_path):
+    """The API's draft options end to end on tiny checkpoints: greedy output equals the target's own."""
+    from specadapt import SpecDecoder
+    from specadapt.models.quant import Int4Linear
+
+    from conftest import save_tiny_checkpoint
+
+    words = [f"w{i}" for i in range(62)]
+    save_tiny_checkpoint(tmp_path / "target", 0, words)
+    save_tiny_checkpoint(tmp_path / "draft", 1, words)
+    with pytest.raises(SpecAdaptError, match="int3"):
+        SpecDecoder.from_pretrained(str(tmp_path / "nowhere"), None, draft_quant="int3")  # checked before loading
+    dec = SpecDecoder.from_pretrained(str(tmp_path / "target"), str(tmp_path / "draft"), dtype="float32", device="cpu",
+                                      draft_vocab=40, draft_vocab_ranking="lowest", draft_quant="int4")
+    assert any(isinstance(m, Int4Linear) for m in dec.draft.modules())
+    fast = dec.generate("w1 w2 w3", method="fixed:4", max_new_tokens=12)
+    assert fast.token_ids == dec.generate("w1 w2 w3", method="autoregressive", max_new_tokens=12).token_ids

@@ -18,15 +18,20 @@ from .engine import RequestConfig, GenerationResult, SpeculativeEngine
 from .errors import SpecAdaptError
 from .methods import Method, make_method
 from .models import loading, zoo
-from .models.draft_vocab import restrict_vocabulary
+from .models.draft_vocab import output_width, read_ranking, restrict_vocabulary, shipped_ranking
+from .models.quant import check_scheme, quantize_model
 from .text import as_messages, encode_chat
 
 DEFAULT_METHOD = "fixed:4"
 
 
-def _logits_width(model: PreTrainedModel) -> int:
-    head = model.get_output_embeddings()
-    return getattr(head, "vocab_size", head.weight.shape[0])  # a SubsetHead still emits full-width logits
+def _ranking(spec: str, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor | None:
+    """Token ids by frequency for a restricted draft head: "frequency" (shipped, else None), "lowest" (None), a file."""
+    if spec == "frequency":
+        return shipped_ranking(tokenizer)
+    if spec == "lowest":
+        return None
+    return read_ranking(spec, tokenizer)
 
 
 class SpecDecoder:
@@ -41,7 +46,7 @@ class SpecDecoder:
     ) -> None:
         self.target, self.draft, self.tokenizer, self.names = target, draft, tokenizer, names
         if draft is not None:
-            tv, dv = _logits_width(target), _logits_width(draft)
+            tv, dv = output_width(target), output_width(draft)
             if tv != dv:
                 raise SpecAdaptError(
                     f"draft {names[1]!r} has {dv} output logits but target {names[0]!r} has {tv}: "
@@ -59,20 +64,31 @@ class SpecDecoder:
         dtype: str | torch.dtype = "bfloat16",
         device: str | torch.device = "auto",
         draft_vocab: int | None = None,
+        draft_vocab_ranking: str = "frequency",
+        draft_quant: str = "none",
+        draft_group_size: int | None = None,
     ) -> "SpecDecoder":
         """Load by built-in name, local folder, .gguf file or Hub id. ``draft=None`` loads the target only.
 
-        ``draft_vocab``: restrict the draft's output head to that many lowest token ids plus the
-        special tokens (see :mod:`specadapt.models.draft_vocab`); None keeps the full vocabulary."""
+        Cheaper drafts, all lossless (the verifier uses the exact distribution the draft sampled from):
+        ``draft_vocab``: restrict the draft's output head to that many token ids plus the special tokens,
+        the most frequent ones by ``draft_vocab_ranking`` ("frequency": the ranking shipped for the
+        tokenizer, else the lowest ids; "lowest"; or a ranking file); None keeps the full vocabulary.
+        ``draft_quant``: weight-only quantization of the draft's linear layers ("none", "int8", "int4";
+        ``draft_group_size`` for int4, default 32; CPU). See :mod:`specadapt.models.draft_vocab` and
+        :mod:`specadapt.models.quant`."""
+        check_scheme(draft_quant, draft_group_size)  # before loading anything
+        if draft_vocab is not None and draft_vocab < 1:
+            raise SpecAdaptError(f"draft_vocab must be >= 1 (or None for the full vocabulary), got {draft_vocab}.")
         tokenizer = loading.load_tokenizer(target)
         if draft is not None:
             loading.check_same_tokenizer(tokenizer, loading.load_tokenizer(draft), (target, draft))
         target_model = loading.load_model(target, dtype, device)
         draft_model = loading.load_model(draft, dtype, target_model.device) if draft is not None else None
-        if draft_model is not None and draft_vocab is not None:
-            if draft_vocab < 1:
-                raise SpecAdaptError(f"draft_vocab must be >= 1 (or None for the full vocabulary), got {draft_vocab}.")
-            restrict_vocabulary(draft_model, tokenizer, draft_vocab)
+        if draft_model is not None and draft_vocab is not None:  # before quantizing: the smaller head is quantized
+            restrict_vocabulary(draft_model, tokenizer, draft_vocab, _ranking(draft_vocab_ranking, tokenizer))
+        if draft_model is not None and draft_quant != "none":
+            quantize_model(draft_model, draft_quant, draft_group_size)
         return cls(target_model, tokenizer, draft_model, (target, draft))
 
     def encode(self, prompt: str | Sequence[dict], chat: bool = False) -> list[int]:
@@ -128,7 +144,7 @@ class SpecDecoder:
             ids = self.encode(prompt, chat)
         elif all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             ids = list(prompt)
-            vocab = _logits_width(self.target)
+            vocab = output_width(self.target)
             bad = [t for t in ids if not 0 <= t < vocab]
             if bad:
                 raise SpecAdaptError(f"token id {bad[0]} is outside the model's vocabulary [0, {vocab}).")

@@ -92,6 +92,9 @@ def generate(
     dtype: str = typer.Option("bfloat16", help="bfloat16, float32 or float16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     draft_vocab: Optional[int] = typer.Option(None, help="Restrict the draft's output head to this many most common token ids (faster drafting, still lossless)."),
+    draft_vocab_ranking: str = typer.Option("frequency", help="Which ids --draft-vocab keeps: frequency (the ranking shipped for the tokenizer), lowest, or a ranking file."),
+    draft_quant: str = typer.Option("none", help="Weight-only quantization of the draft: none, int8 or int4 (CPU; cheaper draft steps, still lossless)."),
+    draft_group_size: Optional[int] = typer.Option(None, help="Group size of --draft-quant int4: 32 (default), 64, 128 or 256."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:
     """Generate a completion with speculative decoding, streaming it to the terminal."""
@@ -99,8 +102,10 @@ def generate(
     from .methods import make_method
     from .models import zoo
     from .models.loading import parse_device, parse_dtype
+    from .models.quant import check_scheme
 
     RequestConfig(**settings)  # fail fast on bad settings
+    check_scheme(draft_quant, draft_group_size)
     parse_dtype(dtype)
     parse_device(device)
     chosen = make_method(method, **({"head": head} if head else {}))
@@ -113,7 +118,9 @@ def generate(
     target = target or zoo.DEFAULT_TARGET
     draft_name = (draft or zoo.DEFAULT_DRAFT) if chosen.needs_draft else None
     with err.status(f"loading {target}" + (f" + {draft_name}" if draft_name else "")):
-        decoder = SpecDecoder.from_pretrained(target, draft_name, dtype=dtype, device=device, draft_vocab=draft_vocab)
+        decoder = SpecDecoder.from_pretrained(target, draft_name, dtype=dtype, device=device, draft_vocab=draft_vocab,
+                                              draft_vocab_ranking=draft_vocab_ranking, draft_quant=draft_quant,
+                                              draft_group_size=draft_group_size)
 
     streamed: list[int] = []
     shown = ""

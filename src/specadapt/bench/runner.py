@@ -126,6 +126,10 @@ class BenchSettings:
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
     exec_timeout_s: float = field(default=10.0, metadata={
         "help": "Seconds allowed to run one HumanEval solution.", "flag": "--exec-timeout"})
+    draft_quant: str = field(default="none", metadata={
+        "help": "Weight-only quantization of the draft: none, int8 or int4 (CPU; lossless w.r.t. the target)."})
+    draft_group_size: int | None = field(default=None, metadata={
+        "help": "Group size of --draft-quant int4: 32 (default), 64, 128 or 256."})
     split: str = field(default="test", metadata={
         "help": "Split of the built-in datasets: test (the default, what results report), tune, train, or all "
                 "(every example, as runs before splits did); --dataset-file prompts are used whole."})
@@ -157,8 +161,10 @@ class BenchSettings:
         if not math.isfinite(self.exec_timeout_s) or self.exec_timeout_s <= 0:
             raise SpecAdaptError(f"exec timeout must be a finite number of seconds > 0, got {self.exec_timeout_s}.")
         from ..engine import RequestConfig
+        from ..models.quant import check_scheme
 
         RequestConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p)  # validates sampling
+        check_scheme(self.draft_quant, self.draft_group_size)
 
     def max_new_tokens_for(self, dataset: str) -> int:
         return self.dataset_max_new_tokens.get(dataset, self.max_new_tokens)
@@ -557,7 +563,8 @@ def _load_decoder(settings: BenchSettings, log: Callable[[str], None]):
     hf_logging.disable_progress_bar()
     draft = settings.draft if settings.needs_draft else None
     t0 = time.perf_counter()
-    decoder = SpecDecoder.from_pretrained(settings.target, draft, dtype=settings.dtype, device=settings.device)
+    decoder = SpecDecoder.from_pretrained(settings.target, draft, dtype=settings.dtype, device=settings.device,
+                                          draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size)
     log(f"loaded {settings.target}" + (f" + {draft}" if draft else "") + f" in {time.perf_counter() - t0:.1f} s "
         f"({settings.dtype}, {decoder.target.device}, {torch.get_num_threads()} threads)")
     return decoder
