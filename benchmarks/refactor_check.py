@@ -62,9 +62,56 @@ def current_runner(decoder: SpecDecoder):
     return run
 
 
+def summarize(records: list[dict], methods: list[str], repeats: int) -> dict:
+    """Per method: identical outputs (tokens and rounds) on every prompt and repeat, tokens/s per repeat (mean over
+    prompts) of both versions, and the current / baseline ratio per repeat with its mean and standard deviation."""
+    summary = {}
+    for method in methods:
+        def of(version, repeat=None):
+            return [r for r in records if r["method"] == method and r["version"] == version
+                    and (repeat is None or r["repeat"] == repeat)]
+
+        identical = all(a["token_ids"] == b["token_ids"] and a["rounds"] == b["rounds"]
+                        for a, b in zip(of("baseline"), of("current")))
+        speed = {v: [statistics.mean(r["tokens_per_s"] for r in of(v, k)) for k in range(repeats)]
+                 for v in ("baseline", "current")}
+        ratios = [c / b for b, c in zip(speed["baseline"], speed["current"])]
+        summary[method] = {"identical_tokens_and_rounds": identical,
+                           **{f"{v}_tokens_per_s": s for v, s in speed.items()},
+                           "ratio_per_repeat": ratios, "ratio_mean": statistics.mean(ratios),
+                           "ratio_sd": statistics.stdev(ratios) if len(ratios) > 1 else None}
+    return summary
+
+
+def print_table(summary: dict, title: str, console: Console) -> None:
+    table = Table(title=title)
+    for col in ("method", "identical", "baseline tok/s", "current tok/s", "current / baseline per repeat", "mean ± sd"):
+        table.add_column(col)
+    for method, s in summary.items():
+        spread = f" ± {s['ratio_sd']:.3f}" if s.get("ratio_sd") is not None else ""
+        table.add_row(method, "yes" if s["identical_tokens_and_rounds"] else "NO",
+                      " / ".join(f"{x:.2f}" for x in s["baseline_tokens_per_s"]),
+                      " / ".join(f"{x:.2f}" for x in s["current_tokens_per_s"]),
+                      " / ".join(f"{x:.3f}" for x in s["ratio_per_repeat"]),
+                      f"{statistics.mean(s['ratio_per_repeat']):.3f}{spread}")
+    console.print(table)
+
+
+def show(path: Path) -> None:
+    """Print the table of a results file again, recomputed from its records."""
+    data = json.loads(path.read_text())
+    settings = data["settings"]
+    methods = settings["methods"].split(",")
+    summary = summarize(data["records"], methods, settings["repeats"])
+    prompts = len({r["prompt"] for r in data["records"]})
+    print_table(summary, f"{path.name}: current vs baseline engine ({prompts} prompts, {settings['repeats']} repeats, "
+                         f"{settings['max_new_tokens']} new tokens, greedy)", Console())
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--baseline-src", type=Path, required=True, help="the baseline checkout's src folder")
+    ap.add_argument("--baseline-src", type=Path, help="the baseline checkout's src folder")
+    ap.add_argument("--show", type=Path, help="only print the table of this results file (recomputed from its records)")
     ap.add_argument("--datasets", default="humaneval,mt-bench")
     ap.add_argument("--limit", type=int, default=4, help="prompts per dataset")
     ap.add_argument("--methods", default="autoregressive,fixed:4,heuristic,adaedl,adasd-stop,specdecpp")
@@ -73,6 +120,10 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "refactor_check.json")
     args = ap.parse_args(argv)
+    if args.show:
+        return show(args.show)
+    if args.baseline_src is None:
+        ap.error("--baseline-src is required (or --show FILE)")
     torch.set_num_threads(args.threads)
     console = Console()
 
@@ -98,30 +149,9 @@ def main(argv=None) -> None:
                                     "tokens_per_s": len(result.token_ids) / wall})
             console.print(f"repeat {repeat + 1}/{args.repeats}: {pid} done")
 
-    summary = {}
-    for method in methods:
-        def of(version, repeat=None):
-            return [r for r in records if r["method"] == method and r["version"] == version
-                    and (repeat is None or r["repeat"] == repeat)]
-
-        identical = all(a["token_ids"] == b["token_ids"] and a["rounds"] == b["rounds"]
-                        for a, b in zip(of("baseline"), of("current")))
-        speed = {v: [statistics.mean(r["tokens_per_s"] for r in of(v, k)) for k in range(args.repeats)]
-                 for v in runners}
-        summary[method] = {"identical_tokens_and_rounds": identical,
-                           **{f"{v}_tokens_per_s": s for v, s in speed.items()},
-                           "ratio_per_repeat": [c / b for b, c in zip(speed["baseline"], speed["current"])]}
-
-    table = Table(title=f"current vs baseline engine ({len(prompts)} prompts, {args.repeats} repeats, "
-                        f"{args.max_new_tokens} new tokens, greedy)")
-    for col in ("method", "identical", "baseline tok/s", "current tok/s", "current / baseline per repeat"):
-        table.add_column(col)
-    for method, s in summary.items():
-        table.add_row(method, "yes" if s["identical_tokens_and_rounds"] else "NO",
-                      " / ".join(f"{x:.2f}" for x in s["baseline_tokens_per_s"]),
-                      " / ".join(f"{x:.2f}" for x in s["current_tokens_per_s"]),
-                      " / ".join(f"{x:.3f}" for x in s["ratio_per_repeat"]))
-    console.print(table)
+    summary = summarize(records, methods, args.repeats)
+    print_table(summary, f"current vs baseline engine ({len(prompts)} prompts, {args.repeats} repeats, "
+                         f"{args.max_new_tokens} new tokens, greedy)", console)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                                                  if k != "baseline_src"},
