@@ -275,7 +275,7 @@ def main(argv=None) -> int:
             print(f"{label:<36}{row['tokens_per_s']:>8.2f} tok/s  x{row['speedup']:.2f}  identical {row['identical_to_target_greedy']}  prefix {row['common_prefix_tokens']}")
     payload = {
         "benchmark": "draft_cost",
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},  # where it was written is no setting
         "environment": {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         "quantize_seconds_all_variants": round(build_s, 1),

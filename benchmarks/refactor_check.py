@@ -153,8 +153,8 @@ def main(argv=None) -> None:
     print_table(summary, f"current vs baseline engine ({len(prompts)} prompts, {args.repeats} repeats, "
                          f"{args.max_new_tokens} new tokens, greedy)", console)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                                                 if k != "baseline_src"},
+    args.out.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items()  # no paths of this machine
+                                                 if k not in ("baseline_src", "out", "show")},
                                     "summary": summary, "records": records}, indent=1) + "\n")
     console.print(f"wrote {args.out}")
 

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
             if paying:
                 print(f"  speculation pays up to {max(paying)} concurrent requests here: consider --spec-max-batch {max(paying)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings = {k: v for k, v in vars(args).items() if k != "out"}  # where it was written is no setting
     settings["prompts"] = "mt-bench and humaneval, alternating, chat, greedy"
     args.out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
