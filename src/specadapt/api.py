@@ -91,6 +91,13 @@ class SpecDecoder:
             quantize_model(draft_model, draft_quant, draft_group_size)
         return cls(target_model, tokenizer, draft_model, (target, draft))
 
+    @property
+    def context_window(self) -> int | None:
+        """Tokens a sequence may span: the smaller of the models' ``max_position_embeddings`` (None if unknown)."""
+        limits = [getattr(m.config, "max_position_embeddings", None) for m in (self.target, self.draft) if m is not None]
+        limits = [n for n in limits if isinstance(n, int) and n > 0]
+        return min(limits) if limits else None
+
     def encode(self, prompt: str | Sequence[dict], chat: bool = False) -> list[int]:
         """Tokenise a prompt; with ``chat`` wrap it as a user turn with the model's chat template.
 
@@ -155,7 +162,7 @@ class SpecDecoder:
             )
         if not ids:
             raise SpecAdaptError("every prompt must contain at least one token (got an empty prompt).")
-        window = getattr(self.target.config, "max_position_embeddings", None)
+        window = self.context_window
         if window and len(ids) + max_new_tokens > window:
             raise SpecAdaptError(
                 f"the prompt has {len(ids)} tokens and max_new_tokens is {max_new_tokens}: together more than the "

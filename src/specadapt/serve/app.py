@@ -36,13 +36,6 @@ from .text import TextAssembler
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (chat defaults to the rest of the context)
 
 
-def context_window(decoder: SpecDecoder) -> int | None:
-    """Tokens a sequence may span: the smaller of the two models' ``max_position_embeddings`` (None if unknown)."""
-    limits = [getattr(m.config, "max_position_embeddings", None) for m in (decoder.target, decoder.draft) if m is not None]
-    limits = [n for n in limits if isinstance(n, int) and n > 0]
-    return min(limits) if limits else None
-
-
 class BodyLimit:
     """ASGI middleware: refuse request bodies over ``max_bytes`` with 413 (declared or chunked), before parsing."""
 
@@ -115,7 +108,7 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
     metrics = ServeMetrics(name)
     scheduler = Scheduler(decoder.engine, method, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
                           spec_max_batch=settings.spec_max_batch, spec_load_k=settings.spec_load_k, metrics=metrics)
-    context = context_window(decoder)
+    context = decoder.context_window
     vocab = decoder.target.get_input_embeddings().num_embeddings
     # Handlers tokenise on the event loop while the worker decodes (stop strings, results) on its thread. A Rust
     # tokenizer raises "Already borrowed" when one thread changes its settings (as encoding does) while another
