@@ -281,8 +281,8 @@ class Batch:
 
     def _draft(self, slots: torch.Tensor) -> tuple[DraftBlock, int]:
         """Propose each request's draft tokens; returns the block and how many pending tokens the draft was fed."""
-        room = torch.tensor([r.room - 1 for r in self.requests], device=self.device)
-        if self.draft is None or int(room.max()) <= 0:
+        room = [r.room - 1 for r in self.requests]  # a request's last token is the target's, never a draft
+        if self.draft is None or max(room) <= 0:
             return DraftBlock([], torch.zeros_like(slots)), 0
         ids, valid = _left_pad([r.draft_pending for r in self.requests], self.device)
         groups, eos = self._groups(), self._eos_table()
@@ -298,7 +298,8 @@ class Batch:
         # On GPU, asking "has every row stopped?" after each token is a host sync; skip it when only
         # the round's bound can stop a row (rows that stopped at EOS are masked out either way).
         check = self.device.type != "cuda" or self.policy.stops_early
-        block = draft_round(self.policy, slots, room, propose, lambda t: (t[:, None] == eos).any(1), check)
+        limit = torch.tensor(room, device=self.device)
+        block = draft_round(self.policy, slots, limit, propose, lambda t: (t[:, None] == eos).any(1), check)
         return block, ids.shape[1] if block.K else 0
 
     def _choose(self, logits: torch.Tensor, drafting: torch.Tensor, groups) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,11 +351,13 @@ class Batch:
         for params, idx in self._groups():
             probs = None if params.greedy else process_logits(target_logits[idx], params)
             rows = range(b)[idx] if isinstance(idx, slice) else idx.tolist()
+            rule = self._rule(params)
+            draft_probs = block.probs[idx] if K and rule.reads_draft_probs else None
             proposal = Proposal(
-                block.tokens[idx], block.lens[idx], block.probs[idx] if K else None, target_logits[idx], probs,
+                block.tokens[idx], block.lens[idx], draft_probs, target_logits[idx], probs,
                 params, [self.requests[i].generator for i in rows], slots[idx],
             )
-            verdict = self._rule(params)(proposal)
+            verdict = rule(proposal)
             n[idx], next_token[idx], mask[idx] = verdict.num_accepted, verdict.next_token, verdict.accepted_mask
             if want:
                 target_probs[idx] = probs if probs is not None else target_logits[idx].softmax(-1)

@@ -41,6 +41,7 @@ class Verdict:
 class AcceptanceRule(ABC):
     name: ClassVar[str]
     lossless: ClassVar[bool]
+    reads_draft_probs: ClassVar[bool] = True  # False: the loop need not stack the round's [b, K, V] draft probs
 
     @abstractmethod
     def __call__(self, proposal: Proposal) -> Verdict: ...

@@ -11,6 +11,7 @@ from .base import AcceptanceRule, Proposal, Verdict, first_rejection
 class GreedyAcceptance(AcceptanceRule):
     name = "greedy"
     lossless = True
+    reads_draft_probs = False  # argmax matching: the draft's tokens are enough
 
     def __call__(self, proposal: Proposal) -> Verdict:
         best = proposal.target_logits.argmax(-1)  # [b, K + 1]

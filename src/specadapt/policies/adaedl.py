@@ -47,7 +47,11 @@ from .base import DraftLengthPolicy, DraftStep, RoundOutcome, check_draft_length
 
 def acceptance_bound(probs: torch.Tensor, gamma: float) -> torch.Tensor:
     """AdaEDL's lower bound 1 - sqrt(gamma * H(q)) on the acceptance probability, over the last dim."""
-    return 1.0 - (gamma * entropy(probs.float())).clamp_min(0.0).sqrt()
+    return bound_of_entropy(entropy(probs.float()), gamma)
+
+
+def bound_of_entropy(h: torch.Tensor, gamma: float) -> torch.Tensor:
+    return 1.0 - (gamma * h).clamp_min(0.0).sqrt()
 
 
 @register_method(
@@ -87,13 +91,13 @@ class AdaEDL(DraftLengthPolicy):
         return torch.full_like(slots, self.max_k)
 
     def should_stop(self, step: DraftStep) -> torch.Tensor:
-        return acceptance_bound(step.probs, self.gamma).double() < self.threshold(step.slots)
+        return bound_of_entropy(step.entropy, self.gamma).double() < self.threshold(step.slots)
 
     def observe(self, outcome: RoundOutcome) -> None:
         K = outcome.block.K
         if K == 0:
             return
-        bounds = torch.stack([acceptance_bound(s.probs, self.gamma) for s in outcome.steps], 1).double()  # [b, K]
+        bounds = torch.stack([bound_of_entropy(s.entropy, self.gamma) for s in outcome.steps], 1).double()  # [b, K]
         lam_round = self.threshold(outcome.slots)  # the lambda the stopping decisions used
         n, m = outcome.accepted, outcome.drafted
         rejected = n < m

@@ -44,7 +44,7 @@ import torch
 
 from ..acceptance.adasd import COMBINE_MODES, AdaSDAcceptance
 from ..methods import register_method
-from ..sampling import SamplingParams, entropy, js_distance
+from ..sampling import SamplingParams, js_distance
 from ._scoped import ScopedState, check_scope
 from .base import DraftLengthPolicy, DraftStep, RoundOutcome, check_draft_length
 
@@ -107,7 +107,7 @@ class AdaSDStop(DraftLengthPolicy):
 
     def should_stop(self, step: DraftStep) -> torch.Tensor:
         # T_G changes only in observe(), so it is the same for every step of the round.
-        return entropy(step.probs.float()).double() > self.stop_threshold(step.slots)
+        return step.entropy.double() > self.stop_threshold(step.slots)
 
     def observe(self, outcome: RoundOutcome) -> None:
         K = outcome.block.K
@@ -121,7 +121,7 @@ class AdaSDStop(DraftLengthPolicy):
             rejected = (pos == n) & (n < drafted)
         else:
             rejected = (pos >= n) & (pos < drafted)
-        h = torch.stack([entropy(step.probs.float()) for step in outcome.steps], 1)
+        h = torch.stack([step.entropy for step in outcome.steps], 1)
         st = self._state
         st.add("n_acc", s, accepted.sum(1))
         st.add("n_rej", s, rejected.sum(1))

@@ -23,6 +23,8 @@ from typing import Callable, ClassVar
 
 import torch
 
+from ..sampling import entropy
+
 # Nothing else bounds some adaptive policies; this keeps a round's work finite.
 MAX_DRAFT_TOKENS = 64
 
@@ -49,6 +51,11 @@ class DraftStep:
     def token_probs(self) -> torch.Tensor:
         """[b] the draft's probability of the token it just drafted."""
         return self.probs.gather(1, self.tokens[:, None]).squeeze(1)
+
+    @cached_property
+    def entropy(self) -> torch.Tensor:
+        """[b] entropy (nats) of ``probs``: computed once, read by ``should_stop`` and again by ``observe``."""
+        return entropy(self.probs.float())
 
 
 @dataclass
