@@ -65,8 +65,10 @@ class SpecDecoder:
         device: str | torch.device = "auto",
         draft_vocab: int | None = None,
         draft_vocab_ranking: str = "frequency",
-        draft_quant: str = "none",
+        draft_quant: str = zoo.DEFAULT_DRAFT_QUANT,
         draft_group_size: int | None = None,
+        target_quant: str = "none",
+        target_group_size: int | None = None,
     ) -> "SpecDecoder":
         """Load by built-in name, local folder, .gguf file or Hub id. ``draft=None`` loads the target only.
 
@@ -76,14 +78,21 @@ class SpecDecoder:
         tokenizer, else the lowest ids; "lowest"; or a ranking file); None keeps the full vocabulary.
         ``draft_quant``: weight-only quantization of the draft's linear layers ("none", "int8", "int4";
         ``draft_group_size`` for int4, default 32; CPU). See :mod:`specadapt.models.draft_vocab` and
-        :mod:`specadapt.models.quant`."""
-        check_scheme(draft_quant, draft_group_size)  # before loading anything
+        :mod:`specadapt.models.quant`.
+
+        ``target_quant`` (with ``target_group_size``): the same quantization of the target. That changes the
+        model being decoded: outputs are lossless w.r.t. the quantized target, not the float one, and every
+        result records it (``result.settings["target_quant"]``)."""
+        check_scheme(draft_quant, draft_group_size, "draft")  # before loading anything
+        check_scheme(target_quant, target_group_size, "target")
         if draft_vocab is not None and draft_vocab < 1:
             raise SpecAdaptError(f"draft_vocab must be >= 1 (or None for the full vocabulary), got {draft_vocab}.")
         tokenizer = loading.load_tokenizer(target)
         if draft is not None:
             loading.check_same_tokenizer(tokenizer, loading.load_tokenizer(draft), (target, draft))
         target_model = loading.load_model(target, dtype, device)
+        if target_quant != "none":
+            quantize_model(target_model, target_quant, target_group_size, "target")
         draft_model = loading.load_model(draft, dtype, target_model.device) if draft is not None else None
         if draft_model is not None and draft_vocab is not None:  # before quantizing: the smaller head is quantized
             restrict_vocabulary(draft_model, tokenizer, draft_vocab, _ranking(draft_vocab_ranking, tokenizer))

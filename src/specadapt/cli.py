@@ -19,6 +19,8 @@ from .engine import RequestConfig
 from .errors import SpecAdaptError
 from .heads.config import TrainHeadConfig
 from .heads.tune import TuneSettings
+from .models.quant import group_size_help, quant_help
+from .models.zoo import DEFAULT_DRAFT_QUANT
 
 # The sampling options' help, for the settings dataclasses that take them from RequestConfig.
 app = typer.Typer(
@@ -93,8 +95,10 @@ def generate(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     draft_vocab: Optional[int] = typer.Option(None, help="Restrict the draft's output head to this many most common token ids (faster drafting, still lossless)."),
     draft_vocab_ranking: str = typer.Option("frequency", help="Which ids --draft-vocab keeps: frequency (the ranking shipped for the tokenizer), lowest, or a ranking file."),
-    draft_quant: str = typer.Option("none", help="Weight-only quantization of the draft: none, int8 or int4 (CPU; cheaper draft steps, still lossless)."),
-    draft_group_size: Optional[int] = typer.Option(None, help="Group size of --draft-quant int4: 32 (default), 64, 128 or 256."),
+    draft_quant: str = typer.Option(DEFAULT_DRAFT_QUANT, help=quant_help("draft")),
+    draft_group_size: Optional[int] = typer.Option(None, help=group_size_help("draft")),
+    target_quant: str = typer.Option("none", help=quant_help("target")),
+    target_group_size: Optional[int] = typer.Option(None, help=group_size_help("target")),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:
     """Generate a completion with speculative decoding, streaming it to the terminal."""
@@ -105,7 +109,8 @@ def generate(
     from .models.quant import check_scheme
 
     RequestConfig(**settings)  # fail fast on bad settings
-    check_scheme(draft_quant, draft_group_size)
+    check_scheme(draft_quant, draft_group_size, "draft")
+    check_scheme(target_quant, target_group_size, "target")
     parse_dtype(dtype)
     parse_device(device)
     chosen = make_method(method, **({"head": head} if head else {}))
@@ -120,7 +125,8 @@ def generate(
     with err.status(f"loading {target}" + (f" + {draft_name}" if draft_name else "")):
         decoder = SpecDecoder.from_pretrained(target, draft_name, dtype=dtype, device=device, draft_vocab=draft_vocab,
                                               draft_vocab_ranking=draft_vocab_ranking, draft_quant=draft_quant,
-                                              draft_group_size=draft_group_size)
+                                              draft_group_size=draft_group_size, target_quant=target_quant,
+                                              target_group_size=target_group_size)
 
     streamed: list[int] = []
     shown = ""
@@ -163,8 +169,11 @@ def generate(
     sys.stdout.write(result.text[len(shown) :] + "\n")
     s = result.stats
     acc = f"{s.acceptance_rate:.2f}" if s.acceptance_rate is not None else "-"
+    label = "lossless" if result.lossless else "LOSSY"
+    if target_quant != "none":  # never to be read as lossless w.r.t. the float target
+        label += f" w.r.t. the {target_quant} target"
     err.print(
-        f"[dim]{chosen.spec} ({'lossless' if result.lossless else 'LOSSY'}): {s.generated_tokens} tokens, "
+        f"[dim]{chosen.spec} ({label}): {s.generated_tokens} tokens, "
         f"{s.tokens_per_second or 0:.1f} tok/s, acceptance {acc}, mean accepted length "
         f"{s.mean_accepted_length or 0:.2f}, finish: {result.finish_reason}[/dim]"
     )
@@ -227,7 +236,11 @@ def bench(
 
     if compare and compare[0] is not None:
         rows = report.compare(*compare)
-        table = Table("dataset", "method", *(k for k, _ in report.COMPARED), title=f"{compare[0]} → {compare[1]}")
+        title = f"{compare[0]} → {compare[1]}"
+        quants = [report.target_quant_of(run) for run in compare]
+        if quants[0] != quants[1]:  # different target models: not one lossless output measured twice
+            title += f" (targets differ: {quants[0]} → {quants[1]} quantization)"
+        table = Table("dataset", "method", *(k for k, _ in report.COMPARED), title=title)
         for cells in report.format_comparison(rows):
             table.add_row(*cells)
         Console().print(table)
@@ -243,8 +256,9 @@ def bench(
     parse_device(run_settings.device)
     summary = run_bench(run_settings, out, overwrite=overwrite, progress=not no_progress, log=err.print,
                         time_limit_s=None if time_limit is None else time_limit * 60)
+    quantized = f" ({run_settings.target_quant} target)" if run_settings.target_quant != "none" else ""
     for ds, table_rows in summary["datasets"].items():
-        table = Table("method", "tok/s", "speedup", "accept", "acc len", "accuracy", title=ds, title_justify="left")
+        table = Table("method", "tok/s", "speedup", "accept", "acc len", "accuracy", title=ds + quantized, title_justify="left")
         for m, e in table_rows.items():
             table.add_row(
                 m + ("" if e["lossless"] else " (lossy)"),

@@ -37,6 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .acceptance import AcceptanceRule, Proposal, Verdict
 from .errors import SpecAdaptError
 from .methods import Method
+from .models.quant import quantization_of
 from .models.runner import ModelRunner
 from .policies.base import DraftBlock, DraftStep, draft_round, finish_round
 from .sampling import SamplingParams, process_logits, sample
@@ -81,7 +82,7 @@ class GenerationResult:
     finish_reason: str  # "eos" | "stop" | "length"
     stats: RequestStats
     seed: int
-    settings: dict = field(default_factory=dict)  # the method, its settings and acceptance rule
+    settings: dict = field(default_factory=dict)  # the method, its settings and acceptance rule; the target's quantization
 
     @property
     def lossless(self) -> bool:
@@ -142,6 +143,10 @@ class SpeculativeEngine:
         self.tokenizer = tokenizer
         self.eos_token_ids = list(eos_token_ids)
         self.device = target.device
+        # Read from the model itself, however it was built: a quantized target is another model, so every
+        # result says which one it is lossless with respect to.
+        scheme, group = quantization_of(target)
+        self.target_quant = {"target_quant": scheme, "target_group_size": group}
 
     def batch(self, method: Method) -> "Batch":
         """An empty batch running ``method``; add requests, then call ``step()`` until it is empty."""
@@ -245,7 +250,7 @@ class Batch:
 
     def result(self, request: Request) -> GenerationResult:
         text = self.engine.tokenizer.decode(request.output, skip_special_tokens=True)
-        settings = self.method.describe(request.config.sampling)
+        settings = {**self.method.describe(request.config.sampling), **self.engine.target_quant}
         return GenerationResult(request.output, text, request.finish_reason or "length", request.stats, request.seed, settings)
 
     # --- one round -------------------------------------------------------------------------------

@@ -298,6 +298,7 @@ def render_report(run: dict, summary: dict) -> str:
         f"(Spec-Bench's definition), interleaved per example; ± is the sample standard deviation over repeats."
         + (" HumanEval generations stop at the closing code fence." if "humaneval" in settings.get("datasets", ()) else ""),
         "",
+        *_target_quant_lines(settings),
         *_examples_lines(settings, summary),
         *_session_lines(summary),
     ]
@@ -351,6 +352,24 @@ def comparison_table(comparisons: dict) -> list[str]:
         against = f"`{best['reference']}`: {gain_cell(best)}" if best else "–"
         lines.append(f"| `{m}` | {gain_cell(c.get('vs_target_only'))} | {against} |")
     return lines
+
+
+def target_quant_note(settings: dict) -> str | None:
+    """What a run with a quantized target measured (None for a float target): every number is the quantized target's."""
+    scheme = settings.get("target_quant", "none")
+    if scheme == "none":
+        return None
+    from ..models.quant import DEFAULT_GROUP_SIZE
+
+    group = f", group size {settings.get('target_group_size') or DEFAULT_GROUP_SIZE}" if scheme == "int4" else ""
+    return (f"**Quantized target ({scheme}{group}, weight-only):** every result here, target-only included, is for "
+            f"the {scheme} target; lossless methods are lossless w.r.t. the quantized target, not the float one. "
+            "Do not compare these numbers with lossless float-target results.")
+
+
+def _target_quant_lines(settings: dict) -> list[str]:
+    note = target_quant_note(settings)
+    return [note, ""] if note else []
 
 
 def _examples_lines(settings: dict, summary: dict) -> list[str]:
@@ -500,6 +519,14 @@ def compare(a: Path, b: Path) -> list[dict]:
                 row[key] = (va, vb, vb - va if va is not None and vb is not None else None)
             rows.append(row)
     return rows
+
+
+def target_quant_of(run: Path) -> str:
+    """The run's target quantization ("none" for a float target, and for runs recorded before the setting)."""
+    try:
+        return json.loads((Path(run) / "settings.json").read_text())["settings"].get("target_quant", "none")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return "none"
 
 
 def format_comparison(rows: list[dict]) -> list[list[str]]:

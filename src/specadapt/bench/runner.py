@@ -54,6 +54,7 @@ from typing import Callable, Iterable
 from ..errors import SpecAdaptError
 from ..io import OutputFolder, read_json, read_jsonl_tolerant, write_json_atomic
 from ..models import zoo
+from ..models.quant import check_scheme, group_size_help, quant_help
 from .datasets import DATASET_NAMES, Example, load_dataset, load_dataset_file
 from .splits import ALL, check_split
 from .report import BASELINE, summarize, write_report
@@ -126,10 +127,11 @@ class BenchSettings:
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
     exec_timeout_s: float = field(default=10.0, metadata={
         "help": "Seconds allowed to run one HumanEval solution.", "flag": "--exec-timeout"})
-    draft_quant: str = field(default="none", metadata={
-        "help": "Weight-only quantization of the draft: none, int8 or int4 (CPU; lossless w.r.t. the target)."})
-    draft_group_size: int | None = field(default=None, metadata={
-        "help": "Group size of --draft-quant int4: 32 (default), 64, 128 or 256."})
+    draft_quant: str = field(default=zoo.DEFAULT_DRAFT_QUANT, metadata={"help": quant_help("draft")})
+    draft_group_size: int | None = field(default=None, metadata={"help": group_size_help("draft")})
+    # A quantized target is another model: the report says its results are lossless w.r.t. it.
+    target_quant: str = field(default="none", metadata={"help": quant_help("target")})
+    target_group_size: int | None = field(default=None, metadata={"help": group_size_help("target")})
     split: str = field(default="test", metadata={
         "help": "Split of the built-in datasets: test (the default, what results report), tune, train, or all "
                 "(every example, as runs before splits did); --dataset-file prompts are used whole."})
@@ -161,10 +163,10 @@ class BenchSettings:
         if not math.isfinite(self.exec_timeout_s) or self.exec_timeout_s <= 0:
             raise SpecAdaptError(f"exec timeout must be a finite number of seconds > 0, got {self.exec_timeout_s}.")
         from ..engine import RequestConfig
-        from ..models.quant import check_scheme
 
         RequestConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p)  # validates sampling
-        check_scheme(self.draft_quant, self.draft_group_size)
+        check_scheme(self.draft_quant, self.draft_group_size, "draft")
+        check_scheme(self.target_quant, self.target_group_size, "target")
 
     def max_new_tokens_for(self, dataset: str) -> int:
         return self.dataset_max_new_tokens.get(dataset, self.max_new_tokens)
@@ -200,8 +202,10 @@ def parse_methods(methods: str | Iterable[str]) -> list[str]:
 # Settings a resumed run may change: which examples it covers, not how each is measured.
 RESUMABLE_CHANGES = ("limit",)
 # What a setting meant in runs recorded before it existed, where that differs from today's default:
-# those runs took the first examples of the whole dataset.
-LEGACY_DEFAULTS = {"split": ALL}
+# those runs took the first examples of the whole dataset, and had float models (whatever
+# zoo.DEFAULT_DRAFT_QUANT says today, an old bf16 run is never resumed with a quantized draft).
+LEGACY_DEFAULTS = {"split": ALL, "draft_quant": "none", "draft_group_size": None, "target_quant": "none",
+                   "target_group_size": None}
 
 
 def _relative_to(out: Path, path: str | Path) -> str:
@@ -419,6 +423,10 @@ def run_bench(
 
     if decoder is None:
         decoder = _load_decoder(settings, log)
+    loaded = decoder.engine.target_quant["target_quant"]
+    if loaded != settings.target_quant:  # a given decoder must be the model the results will be labelled with
+        raise SpecAdaptError(f"the decoder's target is quantized {loaded!r} but the settings say target_quant "
+                             f"{settings.target_quant!r}; pass target_quant={loaded!r}.")
     methods = {label: make_method(label) for label in settings.methods}
     params = RequestConfig(settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p).sampling
     described = {label: _relative_paths(m.describe(params), out) for label, m in methods.items()}
@@ -451,6 +459,7 @@ def run_bench(
     def finish(complete: bool) -> dict:
         summary = summarize(done_records, settings.methods, described)
         summary["split"] = settings.split
+        summary["target_quant"] = settings.target_quant  # never to be mixed with float-target results
         summary["example_indices"] = {d: [e.index for e in examples if e.dataset == d and e.index is not None]
                                       for d in settings.datasets}
         expected = len(examples) * settings.repeats * len(settings.methods)
@@ -564,7 +573,8 @@ def _load_decoder(settings: BenchSettings, log: Callable[[str], None]):
     draft = settings.draft if settings.needs_draft else None
     t0 = time.perf_counter()
     decoder = SpecDecoder.from_pretrained(settings.target, draft, dtype=settings.dtype, device=settings.device,
-                                          draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size)
+                                          draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size,
+                                          target_quant=settings.target_quant, target_group_size=settings.target_group_size)
     log(f"loaded {settings.target}" + (f" + {draft}" if draft else "") + f" in {time.perf_counter() - t0:.1f} s "
         f"({settings.dtype}, {decoder.target.device}, {torch.get_num_threads()} threads)")
     return decoder

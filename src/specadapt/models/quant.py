@@ -1,9 +1,13 @@
-"""Weight-only quantization of the draft: int8 or int4 linear layers, output head included.
+"""Weight-only quantization of the draft (or the target): int8 or int4 linear layers, output head included.
 
 On a CPU a decode step is memory-bound: it streams every weight once per token.
 Storing the draft's linear weights in 4 bits (or 8) cuts the bytes streamed,
 and so the draft's cost per step. Speculative decoding stays lossless with any
 draft: the verifier uses exactly the ``q`` the (quantized) draft sampled from.
+
+A quantized *target* is another model: the output is exactly that quantized
+target's (lossless w.r.t. the quantized target), not the float target's, so
+such results are labelled ``target_quant`` wherever they are reported.
 
 Kernels are torch's own (no torchao needed; torchao 0.18's CPU int4 path,
 ``PrototypeInt4WeightOnlyConfig``, calls the same kernel, and its
@@ -160,39 +164,64 @@ class QuantReport:
     bytes_after: int  # their packed weights, scales and zeros
 
 
-def _check_int4_group(group_size: int, in_features: int, name: str = "") -> None:
+def _check_int4_group(group_size: int, in_features: int, name: str = "", role: str = "draft") -> None:
     where = f" layer {name!r}" if name else " layer"
     if group_size not in INT4_GROUP_SIZES:
         raise SpecAdaptError(
-            f"int4 group size {group_size} is not supported; torch's CPU int4 kernel takes "
+            f"{role} int4 group size {group_size} is not supported; torch's CPU int4 kernel takes "
             f"{', '.join(map(str, INT4_GROUP_SIZES))}: pick one of those (32 is the most accurate)."
         )
     if in_features % group_size:
         fits = [g for g in INT4_GROUP_SIZES if in_features % g == 0]
         fix = f"use a group size that divides it ({', '.join(map(str, fits))})" if fits else "use int8 or no quantization for this model"
-        raise SpecAdaptError(f"int4 group size {group_size} does not divide the{where}'s in_features {in_features}: {fix}.")
+        raise SpecAdaptError(f"{role} int4 group size {group_size} does not divide the{where}'s in_features {in_features}: {fix}.")
 
 
-def check_scheme(scheme: str, group_size: int | None = None) -> str:
-    """Validate a quantization name (and group size) before any model is loaded; returns the scheme."""
+def check_scheme(scheme: str, group_size: int | None = None, role: str = "draft") -> str:
+    """Validate a quantization name (and group size) of the ``role`` model ("draft" or "target") before any
+    model is loaded; returns the scheme."""
     if scheme not in SCHEMES:
-        raise SpecAdaptError(f"unknown draft quantization {scheme!r}; use one of: {', '.join(SCHEMES)}.")
+        raise SpecAdaptError(f"unknown {role} quantization {scheme!r}; use one of: {', '.join(SCHEMES)}.")
     if group_size is not None:
         if scheme != "int4":
             raise SpecAdaptError(
-                f"a group size applies to int4 only ({scheme} uses "
+                f"a {role} group size applies to int4 only ({scheme} uses "
                 f"{'one scale per output row' if scheme == 'int8' else 'no quantization'}); leave the group size unset."
             )
         if group_size not in INT4_GROUP_SIZES:
-            _check_int4_group(group_size, group_size)
+            _check_int4_group(group_size, group_size, role=role)
     return scheme
+
+
+def quantization_of(model: nn.Module) -> tuple[str, int | None]:
+    """The scheme and int4 group size ``model``'s linear layers were quantized with: ``("none", None)`` for a float model."""
+    for m in model.modules():
+        if isinstance(m, Int4Linear):
+            return "int4", m.group_size
+        if isinstance(m, Int8Linear):
+            return "int8", None
+    return "none", None
+
+
+def quant_help(role: str) -> str:
+    """The help text of the ``--draft-quant`` / ``--target-quant`` options (one text for every command)."""
+    if role == "draft":
+        effect = "cheaper draft steps, still lossless"
+    else:
+        effect = "a cheaper target; output is lossless w.r.t. the quantized target, not the float one"
+    return f"Weight-only quantization of the {role}'s linear layers: {', '.join(SCHEMES)} (CPU; {effect})."
+
+
+def group_size_help(role: str) -> str:
+    sizes = ", ".join(str(g) for g in INT4_GROUP_SIZES if g != DEFAULT_GROUP_SIZE)
+    return f"Group size of --{role}-quant int4: {DEFAULT_GROUP_SIZE} (default), {sizes}."
 
 
 def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear]
 
 
-def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None) -> QuantReport:
+def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None, role: str = "draft") -> QuantReport:
     """Replace every ``nn.Linear`` of ``model`` (output head included, also inside a
     :class:`~specadapt.models.draft_vocab.SubsetHead`) by its int8/int4 version, in place.
 
@@ -201,8 +230,9 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None)
     :func:`~specadapt.models.draft_vocab.restrict_vocabulary` (or before: a quantized head
     can't be restricted, so restricting first is required to get an int4 subset head).
     ``scheme="none"`` leaves the model unchanged. Raises :class:`SpecAdaptError` on a bad
-    name or group size, a model without linear layers, one on a GPU, or non-float weights."""
-    check_scheme(scheme, group_size)
+    name or group size, a model without linear layers, one on a GPU, or non-float weights;
+    ``role`` ("draft" or "target") names the model in those messages."""
+    check_scheme(scheme, group_size, role)
     if not isinstance(model, nn.Module):
         raise SpecAdaptError(f"can only quantize a torch nn.Module, got {type(model).__name__}.")
     if scheme == "none":
@@ -217,19 +247,19 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None)
         found = f" (it has {', '.join(others)} modules, which are not supported)" if others else ""
         raise SpecAdaptError(
             f"{type(model).__name__} has no torch.nn.Linear layers to quantize{found}: weight-only quantization "
-            "supports models built from nn.Linear (Llama, Qwen, Mistral, ...); use draft quantization 'none' for this model."
+            f"supports models built from nn.Linear (Llama, Qwen, Mistral, ...); use {role} quantization 'none' for this model."
         )
     for name, linear in targets:
         weight = linear.weight
         if weight.device.type != "cpu":
             raise SpecAdaptError(
-                f"draft quantization runs on CPU only (layer {name!r} is on {weight.device}); on a GPU use "
-                "draft quantization 'none', or quantize with torchao (Int4WeightOnlyConfig) yourself."
+                f"{role} quantization runs on CPU only (layer {name!r} is on {weight.device}); on a GPU use "
+                f"{role} quantization 'none', or quantize with torchao (Int4WeightOnlyConfig) yourself."
             )
         if weight.dtype not in _FLOAT_DTYPES:
             raise SpecAdaptError(f"layer {name!r} has {weight.dtype} weights; only float32/bfloat16/float16 models can be quantized.")
         if scheme == "int4":
-            _check_int4_group(group, linear.in_features, name)
+            _check_int4_group(group, linear.in_features, name, role)
     before = after = 0
     for name, linear in targets:
         new = Int4Linear.from_linear(linear, group) if scheme == "int4" else Int8Linear.from_linear(linear)

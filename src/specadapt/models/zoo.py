@@ -43,6 +43,7 @@ __all__ = [
     "ZOO",
     "DEFAULT_TARGET",
     "DEFAULT_DRAFT",
+    "DEFAULT_DRAFT_QUANT",
     "cache_dir",
     "model_dir",
     "gguf_path",
@@ -115,6 +116,9 @@ ZOO: dict[str, ZooModel] = {
 
 DEFAULT_TARGET = "qwen2.5-coder-1.5b-instruct"
 DEFAULT_DRAFT = "qwen2.5-coder-0.5b-instruct"
+# The draft's weight-only quantization by default (specadapt.models.quant: "none", "int8", "int4"). The API,
+# `generate`, `bench` and `serve` all read it, so changing it here changes every default together.
+DEFAULT_DRAFT_QUANT = "none"
 
 
 # ----------------------------------------------------------------------------

@@ -350,7 +350,7 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
     @app.get("/v1/models")
     async def models() -> dict:
         card = {"id": name, "object": "model", "created": started, "owned_by": "specadapt", "max_model_len": context,
-                "method": method.spec or method.name}
+                "method": method.spec or method.name, **decoder.engine.target_quant}  # outputs are that target's
         return {"object": "list", "data": [card]}
 
     @app.get("/health")

@@ -30,9 +30,12 @@ def serve_command(*, settings: dict) -> None:
     hf_logging.disable_progress_bar()
     draft_name = settings.draft if chosen.needs_draft else None
     with err.status(f"loading {settings.target}" + (f" + {draft_name}" if draft_name else "")):
-        decoder = SpecDecoder.from_pretrained(settings.target, draft_name, dtype=settings.dtype, device=settings.device)
+        decoder = SpecDecoder.from_pretrained(settings.target, draft_name, dtype=settings.dtype, device=settings.device,
+                                              draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size,
+                                              target_quant=settings.target_quant, target_group_size=settings.target_group_size)
     prometheus_client.disable_created_metrics()  # no *_created series (as vLLM); this process is only the server
     app = create_app(decoder, settings, chosen)
-    err.print(f"serving [bold]{settings.served_name}[/bold] ({chosen.spec or chosen.name}) on "
+    quantized = f", {settings.target_quant} target" if settings.target_quant != "none" else ""
+    err.print(f"serving [bold]{settings.served_name}[/bold] ({chosen.spec or chosen.name}{quantized}) on "
               f"http://{settings.host}:{settings.port}/v1", highlight=False)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)

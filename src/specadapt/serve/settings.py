@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from ..api import DEFAULT_METHOD
 from ..errors import SpecAdaptError
 from ..models import zoo
+from ..models.quant import check_scheme, group_size_help, quant_help
 
 
 @dataclass
@@ -16,6 +17,10 @@ class ServeSettings:
     target: str = field(default=zoo.DEFAULT_TARGET, metadata={"help": "Target model: built-in name, folder, .gguf file or Hub id."})
     draft: str = field(default=zoo.DEFAULT_DRAFT, metadata={"help": "Draft model (same tokenizer as the target); unused by target-only methods."})
     method: str = field(default=DEFAULT_METHOD, metadata={"help": "Decoding method for every request, e.g. fixed:4, heuristic, autoregressive (see `specadapt methods`)."})
+    draft_quant: str = field(default=zoo.DEFAULT_DRAFT_QUANT, metadata={"help": quant_help("draft")})
+    draft_group_size: int | None = field(default=None, metadata={"help": group_size_help("draft")})
+    target_quant: str = field(default="none", metadata={"help": quant_help("target")})
+    target_group_size: int | None = field(default=None, metadata={"help": group_size_help("target")})
     dtype: str = field(default="bfloat16", metadata={"help": "bfloat16, float32 or float16."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
     model_name: str = field(default="", metadata={"help": "Model id clients send and /v1/models lists (default: the target's name)."})
@@ -41,6 +46,8 @@ class ServeSettings:
         for name in ("max_queue", "spec_max_batch", "spec_load_k", "retry_after_s"):
             if getattr(self, name) < 0:
                 raise SpecAdaptError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        check_scheme(self.draft_quant, self.draft_group_size, "draft")
+        check_scheme(self.target_quant, self.target_group_size, "target")
 
     @property
     def served_name(self) -> str:
