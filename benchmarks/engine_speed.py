@@ -599,7 +599,8 @@ def main(argv=None) -> None:
     specs = parse_methods(args.methods)
     target, draft = args.target, args.draft
     t0 = time.perf_counter()
-    decoder = SpecDecoder.from_pretrained(target, draft, dtype=args.dtype, device=args.device)
+    # Pinned: the recorded results (BENCHMARKS.md) are for the float draft, whatever zoo.DEFAULT_DRAFT_QUANT says.
+    decoder = SpecDecoder.from_pretrained(target, draft, dtype=args.dtype, device=args.device, draft_quant="none")
     console.print(
         f"loaded {target} + {draft} ({args.dtype}, {decoder.target.device}, "
         f"{torch.get_num_threads()} threads) in {time.perf_counter() - t0:.1f} s"

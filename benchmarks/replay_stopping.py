@@ -85,7 +85,10 @@ def main(argv=None) -> int:
 
     from specadapt.api import SpecDecoder
 
-    decoder = SpecDecoder.from_pretrained(settings.target, settings.draft, dtype=settings.dtype, device=settings.device)
+    # The run's own models: its draft's and target's quantization too (float for runs recorded before those existed).
+    decoder = SpecDecoder.from_pretrained(settings.target, settings.draft, dtype=settings.dtype, device=settings.device,
+                                          draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size,
+                                          target_quant=settings.target_quant, target_group_size=settings.target_group_size)
     by_key = {(r["dataset"], r["example_id"], r["method"]): r for r in records if r["repeat"] == 0}
     examples = [e for e in load_examples(settings) if e.dataset in wanted and (e.dataset, e.id, BASELINE) in by_key]
     if not examples:

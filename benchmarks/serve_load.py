@@ -175,11 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.disable_progress_bar()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     levels = [int(c) for c in args.concurrency.split(",")]
-    decoder = SpecDecoder.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device)
+    # Pinned: the recorded results are for the float draft, whatever zoo.DEFAULT_DRAFT_QUANT says.
+    decoder = SpecDecoder.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device, draft_quant="none")
     prompts = load_prompts(max(levels) * args.requests_per_client)
     rows = []
     for method in methods:
-        settings = ServeSettings(target=args.target, draft=args.draft, method=method, model_name="bench",
+        settings = ServeSettings(target=args.target, draft=args.draft, draft_quant="none", method=method, model_name="bench",
                                  max_batch_size=max(levels), max_queue=max(levels),
                                  spec_max_batch=args.spec_max_batch if args.spec_max_batch is not None else max(levels),
                                  spec_load_k=args.spec_load_k)
