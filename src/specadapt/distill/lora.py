@@ -56,7 +56,11 @@ def apply_lora(model: PreTrainedModel, settings: DistillSettings, base_name: str
         bias="none",
         task_type="CAUSAL_LM",
     )
-    wrapped = peft.get_peft_model(model, config)
+    # A is initialised at random: from --seed, so that AdaSPEC's reference and draft start from the same adapter
+    # and a resumed or multi-process run starts where a single uninterrupted one did.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        wrapped = peft.get_peft_model(model, config)
     if base_name is not None:
         wrapped.peft_config["default"].base_model_name_or_path = base_name
     trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
