@@ -182,3 +182,25 @@ def test_two_cpu_processes_under_accelerate_train_what_one_process_trains(tiny_s
     assert set(a) == set(b)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_cli_adaspec_with_lora_saves_adapters_for_both_stages(tiny_setup):
+    from typer.testing import CliRunner
+
+    from specadapt.cli import app
+
+    root = tiny_setup
+    result = CliRunner().invoke(app, [
+        "distill", "--target", str(root / "target"), "--draft-init", "shallow:1", "--data", str(root / "data.jsonl"),
+        "--out", str(root / "cli"), "--max-steps", "1", "--batch-size", "2", "--micro-batch-size", "2",
+        "--precision", "fp32", "--device", "cpu", "--no-progress", "--cache-top-k", "4",
+        "--lora-rank", "2", "--lora-alpha", "4", "--lora-targets", "q_proj,v_proj", "--gradient-checkpointing",
+    ])
+    assert result.exit_code == 0, result.output
+    for stage in ("reference", "draft"):
+        config = json.loads((root / "cli" / stage / "adapter" / "adapter_config.json").read_text())
+        assert sorted(config["target_modules"]) == ["q_proj", "v_proj"] and config["r"] == 2
+        assert config["base_model_name_or_path"] == "shallow:1"
+        assert (root / "cli" / stage / "model.safetensors").exists()  # and the merged draft beside it
+    record = json.loads((root / "cli" / "distill.json").read_text())
+    assert record["settings"]["lora_rank"] == 2 and record["stages"]["draft"]["adapter"].endswith("draft/adapter")
