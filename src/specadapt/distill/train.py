@@ -36,16 +36,33 @@ ones), or ``teacher="exact"``: the live target, full vocabulary.
 Training runs on the Hugging Face Trainer (accelerate underneath): multi-GPU
 with ``torchrun``/``accelerate launch``, DeepSpeed ZeRO-1/2 with
 ``deepspeed=CONFIG``, bf16 mixed precision, gradient checkpointing,
-checkpoints every ``save_steps`` and automatic resumption. The frozen target
-and reference are plain modules on each process (ZeRO-3 partitioning of them
-and on-policy sampling under ZeRO-3 are not wired).
+checkpoints every ``save_steps`` and automatic resumption (a run resumed
+mid-epoch ends with the weights of an uninterrupted one; tested). The frozen
+target and reference are plain modules on each process (ZeRO-3 partitioning of
+them and on-policy sampling under ZeRO-3 are not wired). On CPU, several
+processes join one gloo group: ``accelerate launch --multi_gpu --num_processes 2``
+(accelerate's ``--cpu`` launcher starts only one process without MPI); they
+train what one process trains (tested).
+
+LoRA (``lora_rank`` > 0, :mod:`specadapt.distill.lora`): only peft adapters
+train, from an init fixed by ``seed``; each stage is saved merged (a plain
+model folder) and as ``<stage>/adapter``, which loads onto the stock draft.
+
+Equal-compute bookkeeping: every stage records in its metrics' ``compute`` the
+sequences, non-padding tokens and answer tokens its draft trained on, the
+tokens that kept their loss, the frozen target's and reference's forward
+tokens, optimizer steps and wall-clock seconds (all sittings); distill.json's
+``compute`` lists them per stage with their total. A DistillSpec run and an
+AdaSPEC run with the same settings have equal draft-stage counts; AdaSPEC's
+reference stage is listed on its own as the extra compute it is.
 
 Output layout (``out/``)::
 
-    distill.json       settings, data summary, the stages' metrics
+    distill.json       settings, data summary, the stages' metrics, "compute" (per stage and total)
     teacher_cache/     the cached target distributions (shareable: --teacher-cache)
     reference/         AdaSPEC stage 1 (= the DistillSpec forward-KL draft); HF folder
     draft/             the trained draft: save_pretrained folder + tokenizer, stage.json
+    <stage>/adapter/   with --lora-rank: the stage's LoRA adapter (the folder above holds it merged)
     .specadapt-manifest.json  the entries above: --overwrite deletes only those, a folder without it is refused
     <stage>/checkpoints/  Trainer checkpoints while a stage runs (removed when it finishes)
 """
