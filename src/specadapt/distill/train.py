@@ -36,16 +36,33 @@ ones), or ``teacher="exact"``: the live target, full vocabulary.
 Training runs on the Hugging Face Trainer (accelerate underneath): multi-GPU
 with ``torchrun``/``accelerate launch``, DeepSpeed ZeRO-1/2 with
 ``deepspeed=CONFIG``, bf16 mixed precision, gradient checkpointing,
-checkpoints every ``save_steps`` and automatic resumption. The frozen target
-and reference are plain modules on each process (ZeRO-3 partitioning of them
-and on-policy sampling under ZeRO-3 are not wired).
+checkpoints every ``save_steps`` and automatic resumption (a run resumed
+mid-epoch ends with the weights of an uninterrupted one; tested). The frozen
+target and reference are plain modules on each process (ZeRO-3 partitioning of
+them and on-policy sampling under ZeRO-3 are not wired). On CPU, several
+processes join one gloo group: ``accelerate launch --multi_gpu --num_processes 2``
+(accelerate's ``--cpu`` launcher starts only one process without MPI); they
+train what one process trains (tested).
+
+LoRA (``lora_rank`` > 0, :mod:`specadapt.distill.lora`): only peft adapters
+train, from an init fixed by ``seed``; each stage is saved merged (a plain
+model folder) and as ``<stage>/adapter``, which loads onto the stock draft.
+
+Equal-compute bookkeeping: every stage records in its metrics' ``compute`` the
+sequences, non-padding tokens and answer tokens its draft trained on, the
+tokens that kept their loss, the frozen target's and reference's forward
+tokens, optimizer steps and wall-clock seconds (all sittings); distill.json's
+``compute`` lists them per stage with their total. A DistillSpec run and an
+AdaSPEC run with the same settings have equal draft-stage counts; AdaSPEC's
+reference stage is listed on its own as the extra compute it is.
 
 Output layout (``out/``)::
 
-    distill.json       settings, data summary, the stages' metrics
+    distill.json       settings, data summary, the stages' metrics, "compute" (per stage and total)
     teacher_cache/     the cached target distributions (shareable: --teacher-cache)
     reference/         AdaSPEC stage 1 (= the DistillSpec forward-KL draft); HF folder
     draft/             the trained draft: save_pretrained folder + tokenizer, stage.json
+    <stage>/adapter/   with --lora-rank: the stage's LoRA adapter (the folder above holds it merged)
     .specadapt-manifest.json  the entries above: --overwrite deletes only those, a folder without it is refused
     <stage>/checkpoints/  Trainer checkpoints while a stage runs (removed when it finishes)
 """
@@ -78,6 +95,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..errors import SpecAdaptError
 from ..io import OutputFolder
 from .data import TrainExample
+from .lora import DEFAULT_TARGETS as DEFAULT_LORA_TARGETS
+from .lora import ADAPTER_DIR, apply_lora, is_lora, save_lora_stage
 from .teacher_cache import LOGP_FLOOR, TeacherCache, coarse_student, coarse_teacher
 
 METHODS = ("adaspec", "distillspec")
@@ -128,7 +147,10 @@ def selective_mask(delta: torch.Tensor, k: float) -> torch.Tensor:
 
 def check_fraction(k: float) -> None:
     if not isinstance(k, (int, float)) or isinstance(k, bool) or not (0.0 < float(k) <= 1.0):
-        raise SpecAdaptError(f"the kept-token fraction k must be in (0, 1] (AdaSPEC uses 0.4), got {k!r}.")
+        raise SpecAdaptError(
+            f"--k (the fraction of answer tokens AdaSPEC keeps) must be in (0, 1], got {k!r}; "
+            "AdaSPEC uses 0.4, and 1 is plain distillation."
+        )
 
 
 @dataclass
@@ -228,7 +250,13 @@ class DistillSettings:
     max_length: int = field(default=512, metadata={"help": "Truncate sequences to this many tokens."})
     precision: str = field(default="bf16", metadata={"help": "bf16 (mixed precision) or fp32."})
     target_dtype: str = field(default="bfloat16", metadata={"help": "dtype of the frozen target."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "Recompute activations in the backward pass: less memory, about a third more compute."})
+    lora_rank: int = field(default=0, metadata={
+        "help": "LoRA rank of the draft's adapters (peft); 0 = full fine-tuning (then --train picks the parts)."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scale numerator: updates are (alpha / rank) * B @ A."})
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS), metadata={
+        "help": "Linear layers (by name) that get LoRA adapters."})
     group_by_length: bool = field(default=True, metadata={
         "help": "Random batches instead of length-grouped ones.", "flag": "--no-group-by-length", "negated": True})
     seed: int = field(default=0, metadata={"help": "Random seed."})
@@ -277,16 +305,33 @@ class DistillSettings:
             raise SpecAdaptError(f"--epochs must be > 0, got {self.epochs}.")
         if self.learning_rate <= 0:
             raise SpecAdaptError(f"--lr must be > 0, got {self.learning_rate}.")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise SpecAdaptError(f"--lora-rank must be an integer >= 0 (0 = full fine-tuning), got {self.lora_rank!r}.")
+        if self.lora_rank:
+            if self.train_parts != "all":
+                raise SpecAdaptError(
+                    f"--train {self.train_parts} is for full fine-tuning; with --lora-rank only the LoRA adapters train: "
+                    "drop --train, or set --lora-rank 0."
+                )
+            if self.lora_alpha <= 0:
+                raise SpecAdaptError(f"--lora-alpha must be > 0, got {self.lora_alpha}.")
+            if not self.lora_targets:
+                raise SpecAdaptError(f"--lora-targets is empty; name linear layers, e.g. {','.join(DEFAULT_LORA_TARGETS)}.")
         if self.method == "distillspec" and self.reference:
             raise SpecAdaptError("--reference is for --method adaspec (DistillSpec trains no reference); drop it.")
 
-    def stage_key(self, stage: str) -> str:
-        """A hash of what a stage's result depends on: a checkpoint is resumed only under the same key."""
+    def stage_fields(self, stage: str) -> dict:
+        """The settings a stage's result depends on."""
         ignored = {"progress", "save_steps", "logging_steps", "keep_checkpoints", "device", "deepspeed", "cache_batch_tokens", "teacher_cache"}
         if not stage.endswith("/selective"):  # settings only the selective stage reads
             ignored |= {"k", "normalize", "match_kept_tokens", "reference", "method"}
-        fields = {k: v for k, v in asdict(self).items() if k not in ignored}
-        return hashlib.sha256(json.dumps([stage, fields], sort_keys=True).encode()).hexdigest()[:16]
+        if not self.lora_rank:  # unused without LoRA (and absent from runs made before LoRA existed)
+            ignored |= {"lora_rank", "lora_alpha", "lora_targets"}
+        return {k: v for k, v in asdict(self).items() if k not in ignored}
+
+    def stage_key(self, stage: str) -> str:
+        """A hash of what a stage's result depends on: a checkpoint is resumed only under the same key."""
+        return hashlib.sha256(json.dumps([stage, self.stage_fields(stage)], sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- data
@@ -397,13 +442,54 @@ class DistillTrainer(Trainer):
         self._policy_rng = random.Random(settings.seed)
         self._sums: dict[str, float] = defaultdict(float)
         self._count = 0
+        # Equal-compute bookkeeping: this process's counts since the stage began (restored on resume, summed
+        # over processes when read); wall-clock seconds of earlier sittings are added to this one's.
+        self.counts: dict[str, int] = dict.fromkeys(COUNTS, 0)
+        self._seconds_before = 0.0
+        self._started = time.perf_counter()
+
+    def train(self, *args, **kwargs):
+        self._started = time.perf_counter()
+        return super().train(*args, **kwargs)
+
+    def compute_totals(self) -> dict:
+        """The stage's counts over all processes so far, with its optimizer steps and wall-clock seconds."""
+        values = torch.tensor([self.counts[k] for k in COUNTS], dtype=torch.float64, device=self.args.device)
+        if self.args.world_size > 1:
+            values = self.accelerator.reduce(values, "sum")
+        totals = {k: int(v) for k, v in zip(COUNTS, values.tolist())}
+        seconds = self._seconds_before + time.perf_counter() - self._started
+        return {**totals, "optimizer_steps": self.state.global_step, "wall_seconds": round(seconds, 3)}
+
+    def restore_counts(self, checkpoint: str | Path) -> None:
+        """Counts and the on-policy coin's state at ``checkpoint``; they are totals, so only process 0 holds them."""
+        path = Path(checkpoint) / COUNTS_FILE
+        if not path.exists():  # a checkpoint written before the counts existed
+            return
+        saved = json.loads(path.read_text())
+        self._seconds_before = float(saved.get("wall_seconds", 0.0))
+        if saved.get("policy_rng") is not None:
+            self._policy_rng.setstate(_as_rng_state(saved["policy_rng"]))
+        if self.is_world_process_zero():
+            self.counts.update({k: int(saved.get(k, 0)) for k in COUNTS})
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # Counts first, into the folder the checkpoint is about to fill: a checkpoint never lacks them.
+        totals = self.compute_totals()  # every process takes part in the reduction
+        if self.is_world_process_zero():
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / COUNTS_FILE).write_text(json.dumps({**totals, "policy_rng": self._policy_rng.getstate()}))
+        super()._save_checkpoint(model, trial)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.settings.group_by_length and isinstance(dataset, DistillDataset):
             # Lengths from the examples themselves (the default sampler would read every item, cache rows included).
+            # Grouped by the global batch, so that N processes see the sequences one process would.
             return LengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=dataset.lengths
+                self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
+                lengths=dataset.lengths,
             )
         return super()._get_train_sampler(train_dataset)
 
@@ -457,6 +543,14 @@ class DistillTrainer(Trainer):
         if on_policy:
             inputs = self._sample_on_policy(model, inputs)
         mask = answer_mask(inputs["prompt_len"], inputs["lengths"], inputs["input_ids"].shape[1])
+        if model.training:
+            n_tokens, n_answer = int(inputs["attention_mask"].sum()), int(mask.sum())
+            self.counts["sequences"] += int(inputs["input_ids"].shape[0])
+            self.counts["tokens_seen"] += n_tokens
+            self.counts["answer_tokens"] += n_answer
+            live_target = on_policy or s.teacher == "exact" or "teacher_ids" not in inputs
+            self.counts["target_forward_tokens"] += n_tokens if live_target else 0
+            self.counts["reference_forward_tokens"] += n_tokens if self.selective else 0
         student_logp = torch.log_softmax(answer_logits(model, inputs["input_ids"], inputs["attention_mask"], mask), -1)
         if on_policy or s.teacher == "exact" or "teacher_ids" not in inputs:
             teacher = TeacherBatch(logp=self._frozen_logp(self.target, inputs, mask))
@@ -475,6 +569,8 @@ class DistillTrainer(Trainer):
         with torch.no_grad():
             stats["agree"] = float((student_logp.argmax(-1) == teacher.argmax()).float().mean())
         stats["on_policy"] = float(on_policy)
+        if model.training:
+            self.counts["loss_tokens"] += round(stats.get("kept_fraction", 1.0) * stats["tokens"])
         for key, value in stats.items():
             self._sums[key] += value
         self._count += 1
@@ -487,6 +583,19 @@ class DistillTrainer(Trainer):
             self._sums.clear()
             self._count = 0
         super().log(logs, start_time)
+
+
+# What DistillTrainer counts per stage (distill.json "compute"): sequences and non-padding tokens through the
+# draft's training forward passes, answer tokens (loss positions), tokens that kept their loss (AdaSPEC: the
+# selected ones), and tokens the frozen target (live teacher) and reference ran forward on.
+COUNTS = ("sequences", "tokens_seen", "answer_tokens", "loss_tokens", "target_forward_tokens", "reference_forward_tokens")
+COUNTS_FILE = "distill_counts.json"
+
+
+def _as_rng_state(state: list) -> tuple:
+    """random.Random state from JSON (lists back to the tuples setstate wants)."""
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
 
 
 # ---------------------------------------------------------------- stages
@@ -502,10 +611,17 @@ def stage_finished(path: str | Path) -> bool:
         return False
 
 
-def _world_size() -> int:
+def _process_state(settings: DistillSettings):
+    """accelerate's process state. On a CPU-only run it must be created with cpu=True, or processes started by
+    ``accelerate launch``/``torchrun`` would each train alone instead of as one gloo group."""
     from accelerate import PartialState
 
-    return PartialState().num_processes
+    on_cpu = settings.device == "cpu" or (settings.device == "auto" and not torch.cuda.is_available())
+    return PartialState(cpu=on_cpu)
+
+
+def _world_size(settings: DistillSettings) -> int:
+    return _process_state(settings).num_processes
 
 
 def stage_schedule(settings: DistillSettings, selective: bool) -> tuple[int, float, int | None]:
@@ -513,7 +629,7 @@ def stage_schedule(settings: DistillSettings, selective: bool) -> tuple[int, flo
     batch, epochs, steps = settings.batch_size, settings.epochs, settings.max_steps
     if selective and settings.match_kept_tokens:
         # Batch / k and epochs / k: the same optimizer steps as the reference, each with as many loss-bearing tokens.
-        unit = settings.micro_batch_size * _world_size()
+        unit = settings.micro_batch_size * _world_size(settings)
         batch = max(unit, math.ceil(batch / settings.k / unit) * unit)
         epochs = epochs / settings.k
     return batch, epochs, steps
@@ -521,7 +637,7 @@ def stage_schedule(settings: DistillSettings, selective: bool) -> tuple[int, flo
 
 def training_arguments(stage_dir: Path, settings: DistillSettings, selective: bool) -> TrainingArguments:
     batch, epochs, max_steps = stage_schedule(settings, selective)
-    world = _world_size()
+    world = _world_size(settings)
     per_step = settings.micro_batch_size * world
     if batch % per_step:
         raise SpecAdaptError(
@@ -583,19 +699,18 @@ def train_stage(
 ) -> dict:
     """Train one stage into ``stage_dir`` (resuming its checkpoints), save it as a normal HF folder, return metrics."""
     stage_dir = Path(stage_dir)
-    key = settings.stage_key(stage_dir.name + ("/selective" if selective else ""))
+    stage = stage_dir.name + ("/selective" if selective else "")
+    key = settings.stage_key(stage)
+    run = {"target": (info or {}).get("target"), "draft init": (info or {}).get("draft_init"),
+           "data": ((info or {}).get("data") or {}).get("hash")}
     key_file = stage_dir / "stage_key.json"
     last = None
     if (stage_dir / "checkpoints").is_dir():
-        old = json.loads(key_file.read_text()).get("key") if key_file.exists() else None
-        if old != key:
-            raise SpecAdaptError(
-                f"{stage_dir} holds an unfinished run with different settings; rerun with the same settings to resume, "
-                "or with --overwrite to start again."
-            )
+        old = json.loads(key_file.read_text()) if key_file.exists() else {}
+        _check_unfinished(stage_dir, old, key, run, settings.stage_fields(stage))
         last = get_last_checkpoint(str(stage_dir / "checkpoints"))
     stage_dir.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(json.dumps({"key": key}))
+    key_file.write_text(json.dumps({"key": key, "run": run, "settings": settings.stage_fields(stage)}, default=str))
     if last:
         log(f"resuming {stage_dir.name} from {last}")
     args = training_arguments(stage_dir, settings, selective)
@@ -612,10 +727,18 @@ def train_stage(
         eos_token_ids=eos_token_ids,
         pad_id=pad_id,
     )
+    if last:
+        trainer.restore_counts(last)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
     elapsed = time.perf_counter() - started
-    trainer.save_model(str(stage_dir))
+    compute = trainer.compute_totals()
+    lora = is_lora(trainer.model)
+    if lora:  # the adapter and the merged draft; the Trainer alone would save only the adapter
+        if trainer.is_world_process_zero():
+            save_lora_stage(trainer.model, stage_dir, tokenizer)
+    else:
+        trainer.save_model(str(stage_dir))
     history = [h for h in trainer.state.log_history if "loss" in h]
     metrics = {
         "train_loss": result.training_loss,
@@ -623,6 +746,9 @@ def train_stage(
         "epochs": trainer.state.epoch,
         "seconds": elapsed,
         "batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "processes": args.world_size,
+        "compute": compute,
+        "adapter": str(stage_dir / ADAPTER_DIR) if lora else None,
         "last_log": history[-1] if history else None,
     }
     if trainer.is_world_process_zero():
@@ -635,6 +761,22 @@ def train_stage(
     del trainer
     gc.collect()
     return metrics
+
+
+def _check_unfinished(stage_dir: Path, old: dict, key: str, run: dict, fields: dict) -> None:
+    """An unfinished stage is resumed only by the run that started it: same target, draft init, data, settings."""
+    if old.get("key") == key and old.get("run", run) == run:
+        return
+    again = "rerun with the same command to resume it, or pass --overwrite to start again (or choose another --out)."
+    was = old.get("run") or {}
+    differ = [k for k in run if k in was and was[k] != run[k]]
+    if differ:
+        shown = "; ".join(f"{k}: {was[k]} → {run[k]}" for k in differ)
+        raise SpecAdaptError(f"{stage_dir} holds an unfinished run of another {' and '.join(differ)} ({shown}); {again}")
+    before = old.get("settings") or {}
+    changed = [k for k in sorted(set(before) | set(fields)) if before.get(k) != fields.get(k)]
+    shown = f" ({'; '.join(f'{k}: {before.get(k)} → {fields.get(k)}' for k in changed[:4])})" if before and changed else ""
+    raise SpecAdaptError(f"{stage_dir} holds an unfinished run with different settings{shown}; {again}")
 
 
 # ---------------------------------------------------------------- the whole run
@@ -678,6 +820,26 @@ def _is_legacy_output(out: Path, folder: OutputFolder) -> bool:
     return False
 
 
+def compute_summary(stages: dict, adaspec: bool, external_reference: bool = False) -> dict:
+    """distill.json's "compute": each stage's counts and their total, with what to compare.
+
+    A DistillSpec run and an AdaSPEC run with the same settings have equal draft-stage counts (tokens seen,
+    answer tokens, optimizer steps); AdaSPEC's reference stage comes on top and is listed on its own."""
+    per_stage = {name: stage.get("compute") for name, stage in stages.items() if stage.get("compute")}
+    keys = [k for k in (*COUNTS, "optimizer_steps", "wall_seconds") if all(k in c for c in per_stage.values())]
+    total = {k: round(sum(c[k] for c in per_stage.values()), 3) for k in keys} if per_stage else {}
+    if not adaspec:
+        note = "DistillSpec: one stage (draft); compare its counts with an AdaSPEC run's draft stage."
+    elif external_reference:
+        note = ("AdaSPEC with --reference: the reference was trained elsewhere and its compute is not counted; "
+                "the draft stage adds a frozen reference forward per micro-batch (reference_forward_tokens).")
+    else:
+        note = ("AdaSPEC: 'reference' (stage 1, the DistillSpec recipe) is extra compute a DistillSpec run does not "
+                "spend; 'draft' (stage 2) matches a DistillSpec run's draft in tokens seen and optimizer steps and adds "
+                "a frozen reference forward per micro-batch (reference_forward_tokens); 'total' is both stages.")
+    return {"stages": per_stage, "total": total, "note": note}
+
+
 def run_distill(
     target: str,
     draft_init: str,
@@ -689,8 +851,6 @@ def run_distill(
     log: Callable[[str], None] = print,
 ) -> dict:
     """``specadapt distill``: build (or reuse) the teacher cache, train the stage(s), write ``out/distill.json``."""
-    from accelerate import PartialState
-
     from ..models import loading
     from .data import build_train_examples, examples_fingerprint
     from .shallow import parse_draft_init, set_trainable, shallow_copy
@@ -716,7 +876,7 @@ def run_distill(
         raise SpecAdaptError(f"--reference {settings.reference} is not a model folder (no config.json); give a trained draft folder.")
     if stage_finished(draft_dir) and not overwrite:
         raise SpecAdaptError(f"{draft_dir} already holds a finished draft; pass --overwrite to retrain, or choose another --out.")
-    state = PartialState()
+    state = _process_state(settings)
     device = state.device if settings.device == "auto" else loading.parse_device(settings.device)
     log(f"loading target {target}")
     target_model = freeze(loading.load_model(target, settings.target_dtype, device))
@@ -745,6 +905,8 @@ def run_distill(
                 )
         counts = set_trainable(student, settings.train_parts)
         student.config.use_cache = True  # saved configs should decode with a KV cache
+        if settings.lora_rank:
+            student, counts = apply_lora(student, settings, base_name=draft_init)
         return student.train(), counts
 
     cache = None
@@ -806,6 +968,7 @@ def run_distill(
     if state.is_main_process:
         previous = json.loads((out / "distill.json").read_text()) if (out / "distill.json").exists() else {}
         summary["stages"] = {**previous.get("stages", {}), **stages}
+        summary["compute"] = compute_summary(summary["stages"], adaspec, external_reference=bool(settings.reference))
         (out / "distill.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
