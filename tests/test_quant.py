@@ -15,7 +15,7 @@ from specadapt.engine import RequestConfig
 from specadapt.errors import SpecAdaptError
 from specadapt.methods import make_method
 from specadapt.models.draft_vocab import SubsetHead, restrict_vocabulary
-from specadapt.models.quant import Int4Linear, Int8Linear, check_scheme, quantize_model
+from specadapt.models.quant import Int4Linear, Int8Linear, check_scheme, quantization_of, quantize_model, resolve_scheme
 from specadapt.sampling import SamplingParams, process_logits
 
 from conftest import hf_greedy, make_engine, perturbed_copy
@@ -191,6 +191,16 @@ def test_unknown_scheme_and_bad_group_sizes(target):
         check_scheme("int8", 32)
     assert all(type(m) is not Int4Linear for m in draft.modules())  # a failed call changed nothing
     assert quantize_model(draft, "none").layers == 0
+
+
+def test_auto_is_int4_on_cpu_none_on_gpu_and_for_the_draft_only(target):
+    assert (resolve_scheme("auto", "cpu"), resolve_scheme("auto", "cuda:0"), resolve_scheme("int8", "cuda")) == ("int4", "none", "int8")
+    draft = copy.deepcopy(target)
+    assert quantize_model(draft, "auto", 32).scheme == "int4" and quantization_of(draft) == ("int4", 32)
+    with pytest.raises(SpecAdaptError, match=r"unknown target quantization 'auto'; use one of: none, int8, int4\.$"):
+        check_scheme("auto", role="target")
+    result = make_engine(target, draft).generate(PROMPTS[:1], make_method("fixed:2"), RequestConfig(max_new_tokens=4))[0]
+    assert (result.settings["draft_quant"], result.settings["draft_group_size"]) == ("int4", 32)  # what was timed
 
 
 def test_models_that_cannot_be_quantized(target):

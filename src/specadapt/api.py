@@ -19,7 +19,7 @@ from .errors import SpecAdaptError
 from .methods import Method, make_method
 from .models import loading, zoo
 from .models.draft_vocab import output_width, read_ranking, restrict_vocabulary, shipped_ranking
-from .models.quant import check_scheme, quantize_model
+from .models.quant import check_scheme, quantize_model, resolve_scheme
 from .text import as_messages, encode_chat
 
 DEFAULT_METHOD = "fixed:4"
@@ -77,7 +77,7 @@ class SpecDecoder:
         the most frequent ones by ``draft_vocab_ranking`` ("frequency": the ranking shipped for the
         tokenizer, else the lowest ids; "lowest"; or a ranking file); None keeps the full vocabulary.
         ``draft_quant``: weight-only quantization of the draft's linear layers ("none", "int8", "int4";
-        ``draft_group_size`` for int4, default 32; CPU). See :mod:`specadapt.models.draft_vocab` and
+        ``draft_group_size`` for int4, default 32; CPU), or "auto": int4 on CPU, none on a GPU. See :mod:`specadapt.models.draft_vocab` and
         :mod:`specadapt.models.quant`.
 
         ``target_quant`` (with ``target_group_size``): the same quantization of the target. That changes the
@@ -96,8 +96,9 @@ class SpecDecoder:
         draft_model = loading.load_model(draft, dtype, target_model.device) if draft is not None else None
         if draft_model is not None and draft_vocab is not None:  # before quantizing: the smaller head is quantized
             restrict_vocabulary(draft_model, tokenizer, draft_vocab, _ranking(draft_vocab_ranking, tokenizer))
+        draft_quant = resolve_scheme(draft_quant, target_model.device)
         if draft_model is not None and draft_quant != "none":
-            quantize_model(draft_model, draft_quant, draft_group_size)
+            quantize_model(draft_model, draft_quant, draft_group_size if draft_quant == "int4" else None)
         return cls(target_model, tokenizer, draft_model, (target, draft))
 
     @property

@@ -147,6 +147,9 @@ class SpeculativeEngine:
         # result says which one it is lossless with respect to.
         scheme, group = quantization_of(target)
         self.target_quant = {"target_quant": scheme, "target_group_size": group}
+        # The draft's quantization changes speed only, but a measurement must say which draft it timed.
+        scheme, group = quantization_of(draft) if draft is not None else ("none", None)
+        self.draft_quant = {"draft_quant": scheme, "draft_group_size": group}
 
     def batch(self, method: Method) -> "Batch":
         """An empty batch running ``method``; add requests, then call ``step()`` until it is empty."""
@@ -250,7 +253,7 @@ class Batch:
 
     def result(self, request: Request) -> GenerationResult:
         text = self.engine.tokenizer.decode(request.output, skip_special_tokens=True)
-        settings = {**self.method.describe(request.config.sampling), **self.engine.target_quant}
+        settings = {**self.method.describe(request.config.sampling), **self.engine.target_quant, **self.engine.draft_quant}
         return GenerationResult(request.output, text, request.finish_reason or "length", request.stats, request.seed, settings)
 
     # --- one round -------------------------------------------------------------------------------

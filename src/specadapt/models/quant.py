@@ -39,6 +39,9 @@ from torch import nn
 from ..errors import SpecAdaptError
 
 SCHEMES = ("none", "int8", "int4")
+# "auto": int4 where this module's kernels run (CPU), no quantization elsewhere (no GPU kernels yet), so the
+# default is the fastest lossless draft on a CPU and still loads on a GPU.
+AUTO = "auto"
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
 DEFAULT_GROUP_SIZE = 32
 _INT4_N_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu packs output rows in tiles of 16
@@ -180,10 +183,11 @@ def _check_int4_group(group_size: int, in_features: int, name: str = "", role: s
 def check_scheme(scheme: str, group_size: int | None = None, role: str = "draft") -> str:
     """Validate a quantization name (and group size) of the ``role`` model ("draft" or "target") before any
     model is loaded; returns the scheme."""
-    if scheme not in SCHEMES:
-        raise SpecAdaptError(f"unknown {role} quantization {scheme!r}; use one of: {', '.join(SCHEMES)}.")
+    allowed = (*SCHEMES, AUTO) if role == "draft" else SCHEMES  # a quantized target is opt-in: no "auto"
+    if scheme not in allowed:
+        raise SpecAdaptError(f"unknown {role} quantization {scheme!r}; use one of: {', '.join(allowed)}.")
     if group_size is not None:
-        if scheme != "int4":
+        if scheme not in ("int4", AUTO):
             raise SpecAdaptError(
                 f"a {role} group size applies to int4 only ({scheme} uses "
                 f"{'one scale per output row' if scheme == 'int8' else 'no quantization'}); leave the group size unset."
@@ -191,6 +195,13 @@ def check_scheme(scheme: str, group_size: int | None = None, role: str = "draft"
         if group_size not in INT4_GROUP_SIZES:
             _check_int4_group(group_size, group_size, role=role)
     return scheme
+
+
+def resolve_scheme(scheme: str, device: torch.device | str) -> str:
+    """The scheme ``scheme`` means on ``device``: ``auto`` is int4 on CPU and none elsewhere."""
+    if scheme != AUTO:
+        return scheme
+    return "int4" if torch.device(device).type == "cpu" else "none"
 
 
 def quantization_of(model: nn.Module) -> tuple[str, int | None]:
@@ -209,7 +220,8 @@ def quant_help(role: str) -> str:
         effect = "cheaper draft steps, still lossless"
     else:
         effect = "a cheaper target; output is lossless w.r.t. the quantized target, not the float one"
-    return f"Weight-only quantization of the {role}'s linear layers: {', '.join(SCHEMES)} (CPU; {effect})."
+    auto = f", or {AUTO} (int4 on CPU, none on GPU)" if role == "draft" else ""
+    return f"Weight-only quantization of the {role}'s linear layers: {', '.join(SCHEMES)} (CPU; {effect}){auto}."
 
 
 def group_size_help(role: str) -> str:
@@ -235,6 +247,9 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None,
     check_scheme(scheme, group_size, role)
     if not isinstance(model, nn.Module):
         raise SpecAdaptError(f"can only quantize a torch nn.Module, got {type(model).__name__}.")
+    if scheme == AUTO:
+        weight = next(model.parameters(), None)
+        scheme = resolve_scheme(scheme, weight.device if weight is not None else "cpu")
     if scheme == "none":
         return QuantReport(scheme, None, 0, 0, 0)
     group = (group_size or DEFAULT_GROUP_SIZE) if scheme == "int4" else None

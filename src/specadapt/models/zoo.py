@@ -116,9 +116,11 @@ ZOO: dict[str, ZooModel] = {
 
 DEFAULT_TARGET = "qwen2.5-coder-1.5b-instruct"
 DEFAULT_DRAFT = "qwen2.5-coder-0.5b-instruct"
-# The draft's weight-only quantization by default (specadapt.models.quant: "none", "int8", "int4"). The API,
-# `generate`, `bench` and `serve` all read it, so changing it here changes every default together.
-DEFAULT_DRAFT_QUANT = "none"
+# The draft's weight-only quantization by default (specadapt.models.quant: "none", "int8", "int4", "auto").
+# The API, `generate`, `bench` and `serve` all read it, so changing it here changes every default together.
+# "auto" = int4 on CPU (a draft step at ~0.14 of a target step instead of ~0.38: benchmarks/results/
+# draft_cost*.json, chosen on tune prompts), none on a GPU, where no quantized kernels are wired yet.
+DEFAULT_DRAFT_QUANT = "auto"
 
 
 # ----------------------------------------------------------------------------
