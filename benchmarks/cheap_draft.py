@@ -561,8 +561,12 @@ def rss_probe(args) -> None:
     from specadapt import RequestConfig, SpeculativeEngine, make_method
     from specadapt.models.loading import eos_token_ids, load_model, load_tokenizer
 
+    import transformers
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     variant = None if args.rss_probe == "target-only" else args.rss_probe
     tokenizer = load_tokenizer(args.target)
     target = load_model(args.target, args.dtype, args.device)
@@ -756,6 +760,7 @@ def run(args, argv=None, *, models=None, encode=None, log=print, console=None) -
     if args.threads:
         torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
     rss = measure_rss(args, settings["drafts"], out, log) if not args.no_rss and models is None else None
 
