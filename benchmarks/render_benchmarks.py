@@ -360,6 +360,35 @@ def resumed_runs() -> str:
     return "\n".join(lines) + "\n"
 
 
+CHEAP_DRAFT_RESULTS = RESULTS / "cheap_draft"
+
+
+def cheap_draft() -> str:
+    """benchmarks/cheap_draft.py's committed run: its tables, recomputed from records.jsonl by that script's own
+    summary code (a placeholder line while no run is committed)."""
+    import importlib.util
+
+    folder = CHEAP_DRAFT_RESULTS
+    if not (folder / "records.jsonl").exists():
+        return "No committed results yet (`benchmarks/results/cheap_draft/` does not exist).\n"
+    module = sys.modules.get("cheap_draft")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("cheap_draft", ROOT / "benchmarks" / "cheap_draft.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["cheap_draft"] = module  # its dataclasses look their module up
+        spec.loader.exec_module(module)
+    settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))["settings"]
+    records = [json.loads(line) for line in (folder / "records.jsonl").read_text(encoding="utf-8").splitlines()
+               if line.strip()]
+    summary = module.summarize(records, settings["methods"], settings["drafts"])
+    if all(k in settings for k in ("datasets", "n", "repeats")):
+        expected = len(settings["datasets"]) * settings["n"] * settings["repeats"] * len(settings["methods"])
+        summary["progress"] = {"complete": len(records) >= expected, "generations": len(records), "expected": expected}
+    rss_path = folder / "peak_rss.json"
+    rss = json.loads(rss_path.read_text(encoding="utf-8")) if rss_path.exists() else None
+    return module.markdown(summary, settings, rss)
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "resumed-runs": resumed_runs,
     "engine-humaneval": engine_table("humaneval"),
@@ -380,6 +409,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "specdecpp-t07": runs_table("specdecpp_t07_bench"),
     "run-to-run-noise": run_to_run_noise,
     "noise-summary": noise_summary,
+    "cheap-draft": cheap_draft,
 }
 
 

@@ -1,0 +1,217 @@
+"""benchmarks/cheap_draft.py: method labels, resume, the summary's spread and verdicts, and its BENCHMARKS.md block."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import IdTokenizer, perturbed_copy, tiny_llama
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cd():
+    return load("cheap_draft")
+
+
+# ----------------------------------------------------------------------------
+# labels
+# ----------------------------------------------------------------------------
+
+
+def test_labels_are_expanded_over_the_drafts(cd):
+    labels = cd.expand_methods("fixed:best,adaedl@int4,hf-assisted,hf-assisted:6", ["bf16", "int4"])
+    assert [lab.label for lab in labels] == [
+        "autoregressive", "fixed:best@bf16", "fixed:best@int4", "adaedl@int4", "hf-assisted@bf16",
+        "hf-assisted@int4", "hf-assisted:6@bf16", "hf-assisted:6@int4"]
+    by = {lab.label: lab for lab in labels}
+    assert by["autoregressive"].draft is None and by["autoregressive"].kind == "ours"
+    assert (by["fixed:best@int4"].kind, by["fixed:best@int4"].base, by["fixed:best@int4"].k) == ("ours", "fixed:best", "best")
+    assert by["fixed:best@int4"].method_for("mt-bench", {"mt-bench": 2}) == "fixed:2"
+    assert (by["hf-assisted@bf16"].kind, by["hf-assisted@bf16"].k) == ("hf", None)
+    assert (by["hf-assisted:6@int4"].k, by["hf-assisted:6@int4"].draft) == (6, "int4")
+    assert cd.parse_label("fixed:6@int4+v32768").k == 6
+    assert cd.parse_label("adaedl:gamma=0.3@bf16").base == "adaedl:gamma=0.3"
+    assert cd.parse_draft("int4+v32768") == ("int4", 32768)
+
+
+@pytest.mark.parametrize("text", ["fixed:6@int3", "autoregressive@int4", "hf-assisted:0@bf16", "nosuchmethod@bf16",
+                                  "hf-assisted:x"])
+def test_bad_labels_are_refused(cd, text):
+    with pytest.raises(SystemExit):
+        cd.parse_label(text)
+
+
+def test_a_label_twice_is_refused(cd):
+    with pytest.raises(SystemExit, match="twice"):
+        cd.expand_methods("fixed:4,fixed:4@int4", ["bf16", "int4"])
+    with pytest.raises(SystemExit, match="best-k"):
+        cd.Label("fixed:best@bf16", "ours", "fixed:best", "bf16", "best").k_for("gsm8k", {"humaneval": 8})
+
+
+# ----------------------------------------------------------------------------
+# summary on fixed records
+# ----------------------------------------------------------------------------
+
+
+def rec(method, example, repeat, tps, tokens=(1, 2, 3), draft=None, kind="ours", stats=True, k=None):
+    r = {"dataset": "humaneval", "example_id": example, "method": method, "repeat": repeat, "tokens_per_s": tps,
+         "tokens": len(tokens), "token_ids": list(tokens), "draft": draft, "kind": kind, "k": k, "session": "s"}
+    if stats and kind == "ours":
+        drafted = 0 if method == "autoregressive" else 4
+        r.update(rounds=2 if drafted else 3, drafted=drafted, accepted=1 if drafted else 0,
+                 position_reached=[2] if drafted else [], position_accepted=[1] if drafted else [],
+                 draft_time_s=0.4 if drafted else 0.0, target_time_s=1.0 if drafted else 0.6, total_time_s=1.5)
+    return r
+
+
+def fixed_records():
+    """Two examples × two repeats: target-only 10 tok/s; fixed:4@bf16 and @int4, HF assisted with both drafts."""
+    rows = []
+    speeds = {"fixed:4@bf16": (15, 16), "fixed:4@int4": (20, 24), "hf-assisted@bf16": (14, 14),
+              "hf-assisted@int4": (19, 25)}
+    for repeat in (0, 1):
+        for ex in ("a", "b"):
+            rows.append(rec("autoregressive", ex, repeat, 10.0))
+            for m, (r0, r1) in speeds.items():
+                draft = m.split("@")[1]
+                hf = m.startswith("hf")
+                tokens = (1, 2, 9) if (m == "fixed:4@int4" and ex == "b") else (1, 2, 3)
+                rows.append(rec(m, ex, repeat, float(r0 if repeat == 0 else r1), tokens, draft,
+                                "hf" if hf else "ours", k=None if hf else 4))
+    return rows
+
+
+def test_summary_speedups_spreads_and_verdicts(cd):
+    methods = ["autoregressive", "fixed:4@bf16", "fixed:4@int4", "hf-assisted@bf16", "hf-assisted@int4"]
+    s = cd.summarize(fixed_records(), methods, ["bf16", "int4"])
+    t, c = s["datasets"]["humaneval"], s["comparisons"]["humaneval"]
+    assert t["fixed:4@int4"]["speedup"] == pytest.approx(2.2)  # (20 + 24) / 2 / 10
+    assert t["fixed:4@int4"]["speedup_per_repeat"] == {"0": pytest.approx(2.0), "1": pytest.approx(2.4)}
+    assert t["fixed:4@int4"]["speedup_spread"] == pytest.approx(0.2828, abs=1e-4)
+    assert t["fixed:4@int4"]["identical_to_target_only"] == 0.5 and t["fixed:4@int4"]["identical_pairs"] == "2/4"
+    assert t["fixed:4@bf16"]["identical_to_target_only"] == 1.0
+    assert t["fixed:4@bf16"]["acceptance_rate"] == 0.25 and t["fixed:4@bf16"]["mean_accepted_length"] == 1.5
+    assert t["hf-assisted@int4"]["acceptance_rate"] is None
+    # vs target-only: per-repeat gains +100% / +140%: well above their spread.
+    assert c["fixed:4@int4"]["vs_target_only"]["verdict"] == "win"
+    # int4 vs bf16 for the same method: per repeat 20/15 − 1 = 33%, 24/16 − 1 = 50% → win.
+    other = c["fixed:4@int4"]["vs_reference_draft"]
+    assert other["reference"] == "fixed:4@bf16" and other["gain"] == pytest.approx(2.2 / 1.55 - 1)
+    assert other["verdict"] == "win"
+    assert "vs_reference_draft" not in c["fixed:4@bf16"]
+    # vs HF assisted with the same draft: 20/19 − 1 = +5.3%, 24/25 − 1 = −4% → tie.
+    hf = c["fixed:4@int4"]["vs_hf_assisted"]
+    assert hf["reference"] == "hf-assisted@int4" and hf["verdict"] == "tie"
+    assert c["fixed:4@bf16"]["vs_hf_assisted"]["verdict"] == "win"
+    assert c["hf-assisted@int4"]["vs_reference_draft"]["reference"] == "hf-assisted@bf16"
+    # c from the engine's stats: draft step 0.4 s / 4 drafted = 100 ms; target-only forward 0.6 s / 3 = 200 ms;
+    # verification 1.0 s / 2 rounds = 500 ms.
+    assert s["c"]["int4"]["c"] == pytest.approx(0.5) and s["c"]["int4"]["c_verify"] == pytest.approx(0.2)
+    # One repeat only: no spread, so undecided.
+    one = cd.summarize([r for r in fixed_records() if r["repeat"] == 0], methods, ["bf16", "int4"])
+    assert one["comparisons"]["humaneval"]["fixed:4@int4"]["vs_target_only"]["verdict"] == "undecided"
+    text = cd.markdown(s, {"split": "test", "max_new_tokens": 16}, {"target only": {"peak_rss_MB": 100.0}})
+    assert "| `fixed:4@int4` | 22.00 | 2.20× ± 0.28 |" in text and "win" in text
+
+
+# ----------------------------------------------------------------------------
+# an end-to-end run with tiny models: resume and the time limit
+# ----------------------------------------------------------------------------
+
+
+class Tok(IdTokenizer):
+    eos_token_id = None
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    target = tiny_llama(0)
+    return target, Tok(), perturbed_copy(target, 0.2)
+
+
+def encode(messages):
+    text = messages[-1]["content"][:24]
+    return [2 + ord(ch) % 60 for ch in text]
+
+
+def run(cd, tiny, out, *extra):
+    args = cd.parse_args(["--n", "1", "--repeats", "2", "--max-new-tokens", "6", "--datasets", "humaneval,mt-bench",
+                          "--methods", "autoregressive,fixed:best,adaedl,hf-assisted,hf-assisted:best",
+                          "--drafts", "bf16,int8", "--best-k", "humaneval=3,mt-bench=2", "--dtype", "float32",
+                          "--no-rss", "--no-progress", "--out", str(out), *extra])
+    return cd.run(args, [], models=tiny, encode=encode, log=lambda *_: None)
+
+
+def test_run_resumes_and_stops_at_the_time_limit(cd, tiny, tmp_path):
+    out = tmp_path / "run"
+    s = run(cd, tiny, out, "--time-limit", "0")  # stops before the first generation, partial summary written
+    assert s["progress"] == {"complete": False, "generations": 0, "expected": 2 * 2 * 9}
+    assert json.loads((out / "summary.json").read_text())["progress"]["complete"] is False
+    s = run(cd, tiny, out)
+    assert s["progress"]["complete"] and s["progress"]["generations"] == 36
+    lines = (out / "records.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert {r["k"] for r in recs if r["method"] == "fixed:best@int8" and r["dataset"] == "mt-bench"} == {2}
+    assert {r["k"] for r in recs if r["method"] == "hf-assisted:best@bf16" and r["dataset"] == "humaneval"} == {3}
+    # Every lossless method reproduces target-only's tokens (fp32).
+    t = s["datasets"]["humaneval"]
+    assert all(e["identical_to_target_only"] == 1.0 for m, e in t.items() if m != "autoregressive")
+    # Per prompt and repeat, every method once, in an order rotated from one prompt to the next.
+    firsts = [r["method"] for r in recs if r["order"] == 0]
+    assert len(set(firsts)) == 4
+    settings = json.loads((out / "settings.json").read_text())
+    assert str(tmp_path) not in json.dumps(settings) and "--out" not in settings["command"]
+    assert settings["hf_assisted_defaults"]["int8"]["num_assistant_tokens_schedule"] is not None
+    # Lose the last 5 generations and cut the line before them in half: a resume redoes exactly those 6.
+    kept = lines[:-6] + [lines[-6][:20]]
+    (out / "records.jsonl").write_text("\n".join(kept), encoding="utf-8")
+    s = run(cd, tiny, out)
+    again = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert len(again) == 36 and len({cd.record_key(r) for r in again}) == 36
+    assert len({r["session"] for r in again}) == 2 and again[:30] == recs[:30]
+    assert [cd.record_key(r) for r in again[30:]] == [cd.record_key(r) for r in recs[30:]]  # the same rotation
+    # Other settings are refused; --n may change (a smaller one reports on fewer prompts).
+    with pytest.raises(SystemExit, match="other settings"):
+        run(cd, tiny, out, "--temperature", "0.5")
+
+
+# ----------------------------------------------------------------------------
+# the BENCHMARKS.md block
+# ----------------------------------------------------------------------------
+
+
+def test_check_detects_an_edited_number_in_the_cheap_draft_block(cd, tmp_path, capsys, monkeypatch):
+    renderer = load("render_benchmarks")
+    results = tmp_path / "cheap_draft"
+    results.mkdir()
+    settings = {"methods": ["autoregressive", "fixed:4@bf16", "fixed:4@int4", "hf-assisted@bf16", "hf-assisted@int4"],
+                "drafts": ["bf16", "int4"], "split": "test", "max_new_tokens": 16, "dataset_max_new_tokens": {}}
+    (results / "settings.json").write_text(json.dumps({"settings": settings}), encoding="utf-8")
+    (results / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fixed_records()), encoding="utf-8")
+    monkeypatch.setattr(renderer, "CHEAP_DRAFT_RESULTS", results)
+    doc = tmp_path / "BENCHMARKS.md"
+    shutil.copy(ROOT / "BENCHMARKS.md", doc)
+    assert renderer.main(["--file", str(doc)]) == 0
+    text = doc.read_text(encoding="utf-8")
+    block = re.search(r"<!-- generated:cheap-draft -->\n(.*?)<!-- /generated:cheap-draft -->", text, re.S).group(1)
+    assert "2.20× ± 0.28" in block
+    doc.write_text(text.replace(block, block.replace("2.20× ± 0.28", "2.30× ± 0.28")), encoding="utf-8")
+    assert renderer.main(["--check", "--file", str(doc)]) == 1
+    assert "cheap-draft" in capsys.readouterr().err
+    assert renderer.main(["--file", str(doc)]) == 0 and doc.read_text(encoding="utf-8") == text
