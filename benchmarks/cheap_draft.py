@@ -26,9 +26,10 @@ Method labels (``--methods``; a label without ``@DRAFT`` that needs a draft is r
 Protocol: greedy by default (``--temperature``), batch 1, chat template, no stop strings (every generation runs
 to EOS or its token cap, for our engine and HF alike). Prompts: the first ``--n`` examples of the ``--split``
 split (default ``test``: no choice was made on it) of HumanEval, MT-Bench (first turn) and GSM8K (zero-shot chat
-unless ``--gsm8k-shots``). Repeat by repeat (repeat 0 for every prompt, then repeat 1, ...), the datasets
-alternate prompt by prompt, and for each prompt every method runs once in an order rotated by the prompt's place
-in the run (kept across resumes). One warm-up generation per method first (not recorded).
+unless ``--gsm8k-shots``). Prompt by prompt, each prompt's repeats back to back, the datasets alternate prompt by
+prompt, and for each prompt and repeat every method runs once in an order rotated by its place in the run (kept
+across resumes). The summary uses only examples measured by every method in every repeat (a run cut short by
+``--time-limit`` reports the prompts it finished). One warm-up generation per method first (not recorded).
 
 Output (``--out``, default ``benchmarks/results/cheap_draft/``): ``settings.json`` (no path of this machine),
 ``records.jsonl`` (one line per generation, appended as it finishes: running the same command again resumes;
@@ -320,17 +321,28 @@ def record_key(r: dict) -> tuple:
 
 
 def schedule(prompts: dict[str, list[dict]], labels: list[Label], repeats: int) -> list[tuple[dict, int, list[Label]]]:
-    """(prompt, repeat, labels in rotated order), repeat by repeat, datasets alternating prompt by prompt; the
-    rotation follows the prompt's place in the whole run, so a resumed run keeps it."""
+    """(prompt, repeat, labels in rotated order), prompt by prompt with its repeats back to back (so a run cut
+    short has every repeat of the prompts it finished), datasets alternating; the rotation follows the
+    generation's place in the whole run, so a resumed run keeps it."""
     order: list[dict] = []
     for i in range(max((len(p) for p in prompts.values()), default=0)):
         order += [p[i] for p in prompts.values() if i < len(p)]
     out = []
-    for repeat in range(repeats):
-        for place, prompt in enumerate(order):
-            shift = (repeat * len(order) + place) % len(labels)
+    for place, prompt in enumerate(order):
+        for repeat in range(repeats):
+            shift = (place * repeats + repeat) % len(labels)
             out.append((prompt, repeat, labels[shift:] + labels[:shift]))
     return out
+
+
+def complete_examples(records: list[dict], labels: list[str], repeats: int) -> list[dict]:
+    """The records of the examples that every label measured in every repeat: a run cut short reports only
+    those, so every method and repeat is averaged over the same prompts."""
+    done: dict[tuple, set] = {}
+    for r in records:
+        done.setdefault((r["dataset"], r["example_id"]), set()).add((r["method"], r["repeat"]))
+    need = {(m, k) for m in labels for k in range(repeats)}
+    return [r for r in records if need <= done[(r["dataset"], r["example_id"])]]
 
 
 def todo(plan, done: set[tuple]) -> list[tuple[dict, int, int, Label]]:
@@ -807,8 +819,10 @@ def run(args, argv=None, *, models=None, encode=None, log=print, console=None) -
         log(f"resuming {out}: {len(records)} generations done, {len(remaining)} to go")
 
     def finish(complete: bool) -> dict:
-        summary = summarize(records, settings["methods"], settings["drafts"])
-        summary["progress"] = {"complete": complete, "generations": len(records), "expected": expected}
+        used = complete_examples(records, settings["methods"], settings["repeats"])
+        summary = summarize(used, settings["methods"], settings["drafts"])
+        summary["progress"] = {"complete": complete, "generations": len(records), "expected": expected,
+                               "generations_summarized": len(used)}
         summary["peak_rss"] = rss
         _write_json(out / SUMMARY_FILE, summary)
         if console is not None:

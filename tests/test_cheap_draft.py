@@ -161,7 +161,7 @@ def run(cd, tiny, out, *extra):
 def test_run_resumes_and_stops_at_the_time_limit(cd, tiny, tmp_path):
     out = tmp_path / "run"
     s = run(cd, tiny, out, "--time-limit", "0")  # stops before the first generation, partial summary written
-    assert s["progress"] == {"complete": False, "generations": 0, "expected": 2 * 2 * 9}
+    assert s["progress"] == {"complete": False, "generations": 0, "expected": 2 * 2 * 9, "generations_summarized": 0}
     assert json.loads((out / "summary.json").read_text())["progress"]["complete"] is False
     s = run(cd, tiny, out)
     assert s["progress"]["complete"] and s["progress"]["generations"] == 36
@@ -215,3 +215,17 @@ def test_check_detects_an_edited_number_in_the_cheap_draft_block(cd, tmp_path, c
     assert renderer.main(["--check", "--file", str(doc)]) == 1
     assert "cheap-draft" in capsys.readouterr().err
     assert renderer.main(["--file", str(doc)]) == 0 and doc.read_text(encoding="utf-8") == text
+
+
+def test_a_run_cut_short_has_every_repeat_of_its_finished_prompts_and_reports_only_those(cd):
+    labels = cd.expand_methods("fixed:2", ["int4"])
+    prompts = {"humaneval": [{"dataset": "humaneval", "id": "h0"}, {"dataset": "humaneval", "id": "h1"}],
+               "gsm8k": [{"dataset": "gsm8k", "id": "g0"}]}
+    plan = cd.schedule(prompts, labels, 2)
+    assert [(p["id"], r) for p, r, _ in plan] == [("h0", 0), ("h0", 1), ("g0", 0), ("g0", 1), ("h1", 0), ("h1", 1)]
+    assert [[lab.label for lab in labs] for _, _, labs in plan[:2]] == [
+        ["autoregressive", "fixed:2@int4"], ["fixed:2@int4", "autoregressive"]]
+    records = [rec(m, e, r, 1.0) for e in ("a", "b") for m in ("autoregressive", "fixed:2@int4") for r in (0, 1)]
+    records = records[:-1]  # example b lacks fixed:2@int4 in repeat 1
+    used = cd.complete_examples(records, ["autoregressive", "fixed:2@int4"], 2)
+    assert {r["example_id"] for r in used} == {"a"} and len(used) == 4
