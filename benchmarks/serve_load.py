@@ -13,9 +13,10 @@ alternating, greedy, ``stream_options.include_usage``). A cell stops issuing req
 Per (method, concurrency): output tokens/s = all completion tokens / wall time of the cell;
 TTFT = request sent -> first content chunk; TPOT = (last chunk - first chunk) / (tokens - 1), per request;
 p50/p95 over the cell's requests; acceptance and mean accepted length pooled from ``usage.spec_decode``.
-The load rule is off here (``spec_max_batch`` = the largest concurrency) unless ``--spec-max-batch`` is
-given, so the table shows where speculation stops paying: set ``--spec-max-batch`` of ``specadapt serve``
-to the largest concurrency at which the speculative method still beats target-only.
+The server's load rule is ``--spec-load`` (default ``auto``, as ``specadapt serve``); a method string may
+name its own after ``@``, so one run compares them, e.g. ``--methods autoregressive,fixed:4@auto,fixed:4@off``
+(``off``: raw speculation, which shows where it stops paying; ``static`` uses ``--spec-max-batch`` and
+``--spec-load-k``).
 """
 
 from __future__ import annotations
@@ -155,8 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per cell before clients stop issuing requests")
-    parser.add_argument("--spec-max-batch", type=int, default=None, help="the server's load rule (default: off)")
-    parser.add_argument("--spec-load-k", type=int, default=0, help="draft tokens per round while the load rule applies")
+    parser.add_argument("--spec-load", default="auto", choices=["auto", "static", "off"],
+                        help="the server's load rule for methods without @rule")
+    parser.add_argument("--spec-max-batch", type=int, default=8, help="--spec-load static: the threshold")
+    parser.add_argument("--spec-load-k", type=int, default=0, help="--spec-load static: draft tokens above it")
+    parser.add_argument("--draft-quant", default=zoo.DEFAULT_DRAFT_QUANT,
+                        help="the draft's quantization (serve_load.json and serve_load_spec_max_batch1.json: none)")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs on a shared machine)")
@@ -175,14 +180,15 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.disable_progress_bar()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     levels = [int(c) for c in args.concurrency.split(",")]
-    # Pinned: the recorded results are for the float draft, whatever zoo.DEFAULT_DRAFT_QUANT says.
-    decoder = SpecDecoder.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device, draft_quant="none")
+    decoder = SpecDecoder.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device,
+                                          draft_quant=args.draft_quant)
     prompts = load_prompts(max(levels) * args.requests_per_client)
     rows = []
     for method in methods:
-        settings = ServeSettings(target=args.target, draft=args.draft, draft_quant="none", method=method, model_name="bench",
-                                 max_batch_size=max(levels), max_queue=max(levels),
-                                 spec_max_batch=args.spec_max_batch if args.spec_max_batch is not None else max(levels),
+        name, _, rule = method.partition("@")
+        settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant, method=name,
+                                 model_name="bench", max_batch_size=max(levels), max_queue=max(levels),
+                                 spec_load=rule or args.spec_load, spec_max_batch=args.spec_max_batch,
                                  spec_load_k=args.spec_load_k)
         with Server(create_app(decoder, settings)) as server:
             run_cell(server.url, "bench", prompts[:1], 1, 1, 8, args.time_limit)  # warm-up
@@ -210,10 +216,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{method} / autoregressive throughput: " + ", ".join(f"x{c}: {v:.2f}" for c, v in ratios.items()))
             paying = [c for c, v in ratios.items() if v > 1.0]
             if paying:
-                print(f"  speculation pays up to {max(paying)} concurrent requests here: consider --spec-max-batch {max(paying)}")
+                print(f"  speculation pays up to {max(paying)} concurrent requests here (--spec-load static: --spec-max-batch {max(paying)})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "out"}  # where it was written is no setting
     settings["prompts"] = "mt-bench and humaneval, alternating, chat, greedy"
+    settings.update(decoder.engine.draft_quant)  # what "auto" resolved to
     args.out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
 

@@ -42,7 +42,9 @@ def decoder(tmp_path_factory) -> SpecDecoder:
 @contextlib.contextmanager
 def live_server(decoder: SpecDecoder, **settings):
     """The app on a free loopback port, served by uvicorn in a background thread."""
-    app = create_app(decoder, ServeSettings(**{"model_name": NAME, "method": METHOD, **settings}))
+    # No load rule unless a test asks for one: the auto rule reacts to timings, and these tests compare the
+    # drafting statistics with generate()'s (outputs are the same under any rule: tests/test_serve_load.py).
+    app = create_app(decoder, ServeSettings(**{"model_name": NAME, "method": METHOD, "spec_load": "off", **settings}))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -423,7 +425,7 @@ def test_metrics_are_the_sums_of_the_per_request_statistics(decoder):
 
 @pytest.mark.parametrize("load_k", [0, 1])
 def test_load_rule_caps_drafting_above_spec_max_batch(decoder, load_k):
-    with live_server(decoder, spec_max_batch=1, spec_load_k=load_k) as app:
+    with live_server(decoder, spec_load="static", spec_max_batch=1, spec_load_k=load_k) as app:
         slow_rounds(app, 0.01)  # so that the three requests surely overlap
         prompts = ["w1 w2 w3", "w9", "w30 w31"]
         expected = [reference(decoder, decoder.encode(p), 20) for p in prompts]
@@ -507,7 +509,7 @@ def test_cli_defaults_come_from_the_settings():
     assert (settings.target, settings.draft, settings.method) == (zoo.DEFAULT_TARGET, zoo.DEFAULT_DRAFT, DEFAULT_METHOD)
     assert settings.served_name == zoo.DEFAULT_TARGET
     out = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
-    for option in ("--spec-max-batch", "--max-batch-size", "--max-queue", "--max-body-bytes", "--model-name"):
+    for option in ("--spec-load", "--spec-auto-margin", "--spec-max-batch", "--max-batch-size", "--max-queue", "--max-body-bytes", "--model-name"):
         assert option in out
     from specadapt.errors import SpecAdaptError
 

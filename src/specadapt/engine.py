@@ -90,6 +90,20 @@ class GenerationResult:
 
 
 @dataclass
+class RoundRecord:
+    """What one round did and what it cost (``Batch.last_round``), for a caller that adapts to load."""
+
+    rows: int  # requests in the round
+    K: int  # draft steps run (0: a target-only round)
+    draft_width: int  # tokens per row the draft's first forward fed (its pending tokens; 0: the draft did not run)
+    target_width: int  # tokens per row the target pass fed before the drafts
+    draft_s: float
+    target_s: float
+    drafted: list[int]  # per row
+    accepted: list[int]  # per row
+
+
+@dataclass
 class Request:
     """Everything the loop keeps about one running request."""
 
@@ -201,6 +215,7 @@ class Batch:
         self._free_slots: list[int] = []  # slots of requests that left (a heap: the smallest is reused first)
         self._next_slot = 0
         self._rules: dict[SamplingParams, AcceptanceRule] = {}
+        self.last_round: RoundRecord | None = None
 
     # --- requests joining and leaving ------------------------------------------------------------
 
@@ -292,14 +307,19 @@ class Batch:
         room = [r.room - 1 for r in self.requests]  # a request's last token is the target's, never a draft
         if self.draft is None or max(room) <= 0:
             return DraftBlock([], torch.zeros_like(slots)), 0
-        ids, valid = _left_pad([r.draft_pending for r in self.requests], self.device)
-        groups, eos = self._groups(), self._eos_table()
-        logits = hidden = None
+        # Built at the first proposal only: a round whose bound is 0 for every row (a target-only round under a
+        # load cap) does no drafting work at all, not even padding the tokens the draft has yet to see.
+        fed = 0
+        groups = eos = None
 
         def propose(k: int, previous: DraftStep | None, drafting: torch.Tensor):
-            nonlocal logits, hidden
-            # The first forward also feeds the pending tokens (the whole prompt in a request's first round).
-            logits, hidden = self.draft.forward(previous.tokens[:, None]) if previous else self.draft.forward(ids, valid)
+            nonlocal fed, groups, eos
+            if previous is None:  # the first forward also feeds the pending tokens (the whole prompt at first)
+                ids, valid = _left_pad([r.draft_pending for r in self.requests], self.device)
+                fed, groups, eos = ids.shape[1], self._groups(), self._eos_table()
+                logits, hidden = self.draft.forward(ids, valid)
+            else:
+                logits, hidden = self.draft.forward(previous.tokens[:, None])
             tokens, probs = self._choose(logits[:, -1], drafting, groups)
             return tokens, probs, hidden[:, -1] if hidden is not None else None
 
@@ -308,7 +328,7 @@ class Batch:
         check = self.device.type != "cuda" or self.policy.stops_early
         limit = torch.tensor(room, device=self.device)
         block = draft_round(self.policy, slots, limit, propose, lambda t: (t[:, None] == eos).any(1), check)
-        return block, ids.shape[1] if block.K else 0
+        return block, fed if block.K else 0
 
     def _choose(self, logits: torch.Tensor, drafting: torch.Tensor, groups) -> tuple[torch.Tensor, torch.Tensor]:
         """The draft's token per row (argmax when greedy, else a sample from the request's generator) and the
@@ -386,6 +406,7 @@ class Batch:
             self.draft.keep_tail(fed_draft + K - 1, fed_draft + n.clamp_max(K - 1))
         n_list, next_list, lens = n.tolist(), verdict.next_token.tolist(), block.lens.tolist()
         drafted = block.tokens.tolist()
+        self.last_round = RoundRecord(len(self.requests), K, fed_draft, fed_target, draft_s, target_s, lens, n_list)
         keep, finished = [], []
         for j, r in enumerate(self.requests):
             new, r.finish_reason = self._truncate(r, drafted[j][: n_list[j]] + [next_list[j]])

@@ -34,7 +34,7 @@ class ServeMetrics:
             "spec_decode_num_accepted_tokens_per_pos", "Draft tokens accepted at each position (0 = first) of a round.",
             m + ["position"])
         self.load_capped_rounds = counter(
-            "spec_decode_load_capped_rounds", "Request-rounds whose drafting the load rule capped (--spec-max-batch, --spec-load-k).")
+            "spec_decode_load_capped_rounds", "Request-rounds whose drafting the load rule capped (--spec-load).")
         self.prompt_tokens = counter("prompt_tokens", "Prompt tokens processed.")
         self.generation_tokens = counter("generation_tokens", "Tokens generated.")
         self.request_success = counter("request_success", "Requests finished, by finish reason.", m + ["finished_reason"])

@@ -10,14 +10,13 @@ running batch at this round, each with its own sampling parameters and limits), 
 hand out finished results. A round that raises fails the requests that joined in it (or, if none
 did, every request in it); the others resume in a rebuilt batch, and the worker carries on.
 
-Load rule (``spec_max_batch``, ``spec_load_k``): speculation costs draft passes and verification of
-rejected tokens, and as the batch grows the target pass gets more expensive per token, so drafting
-pays less (vLLM and TensorRT-LLM likewise cut or switch off speculation under load). While more than
-``spec_max_batch`` requests run, a round drafts at most ``spec_load_k`` tokens per request; with the
-default 0 every row is decoded target-only, still through the same loop and still lossless (the draft
-model catches up on the skipped tokens the next time it drafts). The method keeps its policy;
-:class:`LoadCap` wraps it and bounds its draft length for such rounds (the decision is per round, on
-the number of requests in it).
+Load rule (:mod:`.load`): before each round a rule picks a cap on the draft length for the requests in
+it, and :class:`~.load.LoadCap` (wrapping the method's policy) applies it; the policy still decides
+within the cap. The default (``spec_load="auto"``, :class:`~.load.AutoLoad`) measures the round costs
+online and picks the cap that maximises expected tokens per second for the current batch size, 0 (a
+target-only round) when drafting loses; ``"static"`` caps at ``spec_load_k`` above ``spec_max_batch``
+requests. A cap only shortens drafts, so outputs do not change (the draft catches up on tokens it skipped
+the next time it drafts). Rules do not apply to target-only methods.
 """
 
 from __future__ import annotations
@@ -31,11 +30,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
-
 from ..engine import GenerationResult, Request, RequestConfig, SpeculativeEngine
-from ..methods import Method, MethodEntry
-from ..policies.base import DraftLengthPolicy, DraftStep, RoundOutcome
+from ..methods import Method
+from .load import AutoLoad, LoadCap, LoadRule, load_capped  # noqa: F401  (LoadCap: re-exported)
 from .metrics import ServeMetrics
 
 log = logging.getLogger("specadapt.serve")
@@ -44,51 +41,6 @@ HISTORY = 10_000  # admissions and rounds kept in Scheduler.joins / batch_sizes
 
 class QueueFull(Exception):
     """No row and no queue place for another request."""
-
-
-class LoadCap(DraftLengthPolicy):
-    """A method's policy, with an outside bound on the draft length: ``cap`` None = no bound, 0 = draft nothing."""
-
-    def __init__(self, inner: DraftLengthPolicy) -> None:
-        self.inner = inner
-        self.cap: int | None = None
-
-    @property
-    def needs_hidden(self) -> bool:  # type: ignore[override]
-        return self.inner.needs_hidden
-
-    @property
-    def needs_target_probs(self) -> bool:  # type: ignore[override]
-        return self.inner.needs_target_probs
-
-    @property
-    def stops_early(self) -> bool:
-        return self.inner.stops_early
-
-    def begin(self, slots: torch.Tensor) -> None:
-        self.inner.begin(slots)
-
-    def max_length(self, slots: torch.Tensor) -> torch.Tensor:
-        bound = self.inner.max_length(slots)
-        return bound if self.cap is None else bound.clamp_max(self.cap)
-
-    def should_stop(self, step: DraftStep) -> torch.Tensor:
-        return self.inner.should_stop(step)
-
-    def observe(self, outcome: RoundOutcome) -> None:
-        self.inner.observe(outcome)
-
-    def settings(self) -> dict:
-        return self.inner.settings()
-
-
-def load_capped(method: Method) -> tuple[Method, LoadCap]:
-    """The same method with its policy wrapped in :class:`LoadCap`; the acceptance rule still sees the original policy."""
-    cap = LoadCap(method.policy)
-    entry = method.entry
-    wrapped = MethodEntry(entry.name, entry.policy_cls, entry.summary, entry.needs_draft,
-                          make_rule=lambda params, _policy: method.rule(params))
-    return Method(wrapped, cap, method.spec), cap
 
 
 @dataclass(eq=False)  # compared by identity
@@ -120,11 +72,11 @@ class JobResult:
 
 class Scheduler:
     def __init__(self, engine: SpeculativeEngine, method: Method, *, max_batch_size: int = 8, max_queue: int = 64,
-                 spec_max_batch: int = 8, spec_load_k: int = 0, metrics: ServeMetrics | None = None) -> None:
+                 load_rule: LoadRule | None = None, metrics: ServeMetrics | None = None) -> None:
         self.engine = engine
         self.method, self.cap = load_capped(method)
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
-        self.spec_max_batch, self.spec_load_k = spec_max_batch, spec_load_k
+        self.load_rule = load_rule if load_rule is not None else AutoLoad()
         self.metrics = metrics
         self.batch = engine.batch(self.method)
         self._cond = threading.Condition()
@@ -134,10 +86,12 @@ class Scheduler:
         self._stopping = False
         self._thread: threading.Thread | None = None
         # What tests and operators can look at (recent history only: a server runs for a long time):
-        # rounds run, for each admission (round, rows already running), and the rows in each round.
+        # rounds run, for each admission (round, rows already running), the rows in each round and the
+        # load rule's cap for it (None: none).
         self.rounds = 0
         self.joins: deque[tuple[int, int]] = deque(maxlen=HISTORY)
         self.batch_sizes: deque[int] = deque(maxlen=HISTORY)
+        self.caps: deque[int | None] = deque(maxlen=HISTORY)
 
     # --- called from any thread --------------------------------------------------------------------
 
@@ -252,15 +206,19 @@ class Scheduler:
                 self._cancels.append(job)
 
     def _round(self) -> None:
-        capped = len(self._running) > self.spec_max_batch
-        self.cap.cap = self.spec_load_k if capped else None
+        self.cap.cap = self._load_cap()
+        capped = self.cap.cap is not None
         self.batch_sizes.append(len(self._running))
+        self.caps.append(self.cap.cap)
+        self.batch.last_round = None
         try:
             finished = self.batch.step()
         except Exception as exc:
             self._recover(exc)
             return
         self.rounds += 1
+        if self.batch.last_round is not None and self.method.needs_draft:
+            self.load_rule.observe(self.batch.last_round)
         if capped:
             for job in self._running.values():
                 job.load_capped_rounds += 1
@@ -272,6 +230,17 @@ class Scheduler:
                 del self._running[job.id]
                 self._finish(job)
             self._publish_load()
+
+    def _load_cap(self) -> int | None:
+        """The load rule's draft-length cap for this round (None: none; target-only methods are never capped)."""
+        if not self.method.needs_draft:
+            return None
+        rows = [job.request for job in self._running.values()]
+        try:
+            return self.load_rule.decide(rows, self.cap.last_bound())
+        except Exception:  # a cap only saves time: a rule that fails must not fail the requests
+            log.error("the load rule failed; this round runs uncapped:\n%s", traceback.format_exc())
+            return None
 
     def _recover(self, exc: Exception) -> None:
         """A round raised. The requests that joined in it are the suspects (anything new came with them); they

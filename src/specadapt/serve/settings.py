@@ -8,6 +8,7 @@ from ..api import DEFAULT_METHOD
 from ..errors import SpecAdaptError
 from ..models import zoo
 from ..models.quant import check_scheme, group_size_help, quant_help
+from .load import LOAD_RULES, LoadRule, make_load_rule
 
 
 @dataclass
@@ -27,13 +28,20 @@ class ServeSettings:
     max_batch_size: int = field(default=8, metadata={"help": "Most requests decoded together; more wait in the queue."})
     max_queue: int = field(default=64, metadata={"help": "Most requests waiting for a batch row; beyond that the server answers 503 with Retry-After."})
     max_body_bytes: int = field(default=1_000_000, metadata={"help": "Largest request body accepted (bytes); larger ones get 413."})
+    spec_load: str = field(default="auto", metadata={"help": (
+        "Load rule, how much rounds may draft as the batch grows (speculation pays less the more requests run): "
+        "auto = per round, the draft-length cap that maximises expected tokens/s for the current batch size, from "
+        "costs and acceptance measured online (0 = a target-only round when drafting loses); static = at most "
+        "--spec-load-k tokens while more than --spec-max-batch requests run; off = never cap. Outputs never change.")})
     spec_max_batch: int = field(default=8, metadata={"help": (
-        "Load rule: while more than this many requests run, rounds draft at most --spec-load-k tokens "
-        "(default 0: target-only), because speculation pays less as the batch grows. Tune it with "
-        "benchmarks/serve_load.py; the default equals the default max batch size, so speculation stays on "
-        "unless you raise --max-batch-size.")})
+        "--spec-load static: while more than this many requests run, rounds draft at most --spec-load-k tokens.")})
     spec_load_k: int = field(default=0, metadata={"help": (
-        "Most draft tokens per round while the load rule applies (0 = target-only rounds).")})
+        "--spec-load static: most draft tokens per round while the rule applies (0 = target-only rounds).")})
+    spec_auto_margin: float = field(default=0.05, metadata={"help": (
+        "--spec-load auto: drafting must promise this much more throughput than a target-only round (0.05 = 5%) "
+        "to be chosen, so that noise in the measured costs does not make it draft at a loss.")})
+    spec_auto_window: int = field(default=100, metadata={"help": (
+        "--spec-load auto: rounds over which the method's acceptance is mainly measured (older rounds fade).")})
     retry_after_s: int = field(default=1, metadata={"help": "Seconds a client is told to wait (Retry-After) when the queue is full."})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level: critical, error, warning, info, debug."})
 
@@ -48,6 +56,17 @@ class ServeSettings:
                 raise SpecAdaptError(f"{name} must be >= 0, got {getattr(self, name)}.")
         check_scheme(self.draft_quant, self.draft_group_size, "draft")
         check_scheme(self.target_quant, self.target_group_size, "target")
+        if self.spec_load not in LOAD_RULES:
+            raise SpecAdaptError(f"spec_load must be one of {', '.join(LOAD_RULES)}, got {self.spec_load!r}.")
+        if not 0 <= self.spec_auto_margin < 1:
+            raise SpecAdaptError(f"spec_auto_margin must be in [0, 1) (a fraction), got {self.spec_auto_margin}.")
+        if self.spec_auto_window < 1:
+            raise SpecAdaptError(f"spec_auto_window must be >= 1, got {self.spec_auto_window}.")
+
+    def load_rule(self) -> "LoadRule":
+        """A fresh load rule as these settings describe it (one per server: it learns that server's costs)."""
+        return make_load_rule(self.spec_load, spec_max_batch=self.spec_max_batch, spec_load_k=self.spec_load_k,
+                              spec_auto_margin=self.spec_auto_margin, spec_auto_window=self.spec_auto_window)
 
     @property
     def served_name(self) -> str:

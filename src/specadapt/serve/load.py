@@ -1,0 +1,271 @@
+"""Load rules: how many tokens a round may draft, given how many requests run (the server's draft-length cap).
+
+Speculation trades draft passes, and verification of tokens that may be rejected, for fewer target passes.
+At batch size 1 a target pass over K + 1 tokens costs about as much as over one, so drafting pays; as the
+batch grows the target pass gets dearer per token and the extra positions stop being free, so drafting pays
+less and eventually loses (vLLM and TensorRT-LLM likewise cut or switch off speculation under load).
+
+A rule picks, before each round, a cap ``K_cap`` on every request's draft length (``None``: no cap, ``0``: a
+target-only round); the method's own policy still decides within the cap (:class:`LoadCap` wraps it). A cap
+only shortens drafts, so outputs never change: greedy output stays token-identical to ``generate()``, sampled
+output keeps exactly the target's distribution (which sample a seed gives depends on the draft lengths, as it
+does for any change of method).
+
+- :class:`AutoLoad` (``spec_load="auto"``, the default) measures the round costs online and picks the cap
+  that maximises expected tokens per second for the current batch (see its docstring);
+- :class:`StaticLoad` (``spec_load="static"``): above ``spec_max_batch`` requests, at most ``spec_load_k``;
+- :class:`NoLoad` (``spec_load="off"``): never caps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from ..engine import Request, RoundRecord
+from ..methods import Method, MethodEntry
+from ..policies.base import MAX_DRAFT_TOKENS, DraftLengthPolicy, DraftStep, RoundOutcome
+
+LOAD_RULES = ("auto", "static", "off")
+
+
+class LoadCap(DraftLengthPolicy):
+    """A method's policy, with an outside bound on the draft length: ``cap`` None = no bound, 0 = draft nothing.
+    ``bound`` keeps the policy's own bounds of the last round (what a cap can cut)."""
+
+    def __init__(self, inner: DraftLengthPolicy) -> None:
+        self.inner = inner
+        self.cap: int | None = None
+        self.bound: torch.Tensor | None = None
+
+    @property
+    def needs_hidden(self) -> bool:  # type: ignore[override]
+        return self.inner.needs_hidden
+
+    @property
+    def needs_target_probs(self) -> bool:  # type: ignore[override]
+        return self.inner.needs_target_probs
+
+    @property
+    def stops_early(self) -> bool:
+        return self.inner.stops_early
+
+    def begin(self, slots: torch.Tensor) -> None:
+        self.inner.begin(slots)
+
+    def max_length(self, slots: torch.Tensor) -> torch.Tensor:
+        self.bound = self.inner.max_length(slots)
+        return self.bound if self.cap is None else self.bound.clamp_max(self.cap)
+
+    def last_bound(self) -> int | None:
+        """The largest draft length the policy allowed in the last round it drafted (None before any)."""
+        return None if self.bound is None or not self.bound.numel() else int(self.bound.max())
+
+    def should_stop(self, step: DraftStep) -> torch.Tensor:
+        return self.inner.should_stop(step)
+
+    def observe(self, outcome: RoundOutcome) -> None:
+        self.inner.observe(outcome)
+
+    def settings(self) -> dict:
+        return self.inner.settings()
+
+
+def load_capped(method: Method) -> tuple[Method, LoadCap]:
+    """The same method with its policy wrapped in :class:`LoadCap`; the acceptance rule still sees the original policy."""
+    cap = LoadCap(method.policy)
+    entry = method.entry
+    wrapped = MethodEntry(entry.name, entry.policy_cls, entry.summary, entry.needs_draft,
+                          make_rule=lambda params, _policy: method.rule(params))
+    return Method(wrapped, cap, method.spec), cap
+
+
+class LoadRule(Protocol):
+    def decide(self, rows: Sequence[Request], bound: int | None) -> int | None:
+        """The draft-length cap for the next round over ``rows`` (``bound``: the policy's last largest bound)."""
+
+    def observe(self, record: RoundRecord) -> None:
+        """What the round just run did and cost."""
+
+
+class NoLoad:
+    """Never caps: every round drafts what the method's policy asks for."""
+
+    def decide(self, rows: Sequence[Request], bound: int | None) -> int | None:
+        return None
+
+    def observe(self, record: RoundRecord) -> None:
+        pass
+
+
+class StaticLoad(NoLoad):
+    """A fixed threshold: while more than ``max_batch`` requests run, rounds draft at most ``load_k`` tokens."""
+
+    def __init__(self, max_batch: int, load_k: int = 0) -> None:
+        self.max_batch, self.load_k = max_batch, load_k
+
+    def decide(self, rows: Sequence[Request], bound: int | None) -> int | None:
+        return self.load_k if len(rows) > self.max_batch else None
+
+
+class CostCurve:
+    """Seconds for a forward pass over ``x`` positions (rows x tokens per row, padding included), learned from
+    measurements: a running average per measured ``x`` (large ``x`` in ~10% buckets), linear in between.
+
+    Beyond the largest measured ``x`` it extends the last segment's slope (flat with a single point), so an
+    unmeasured shape looks no dearer than the evidence says: the rule then tries it and learns its real cost.
+    Below the smallest it extends the first segment (no cheaper than proportional to ``x``, no dearer than flat)."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight = weight
+        self.points: dict[int, tuple[float, int]] = {}  # bucket -> (average seconds, samples)
+
+    @staticmethod
+    def bucket(x: int) -> int:
+        return x if x <= 64 else int(round(1.1 ** round(math.log(x, 1.1))))
+
+    def add(self, x: int, seconds: float) -> None:
+        key = self.bucket(max(1, x))
+        mean, n = self.points.get(key, (seconds, 0))
+        self.points[key] = (mean + max(self.weight, 1 / (n + 1)) * (seconds - mean), n + 1)
+
+    def __bool__(self) -> bool:
+        return bool(self.points)
+
+    def __call__(self, x: int) -> float:
+        xs = sorted(self.points)
+        x = max(1, x)
+        if x <= xs[0]:  # the first segment's line, between proportional to x and flat
+            lo = self.points[xs[0]][0]
+            if len(xs) == 1:
+                return lo
+            slope = (self.points[xs[1]][0] - lo) / (xs[1] - xs[0])
+            return min(lo, max(lo * x / xs[0], lo - slope * (xs[0] - x)))
+        for lo, hi in zip(xs, xs[1:]):
+            if x <= hi:
+                a, b = self.points[lo][0], self.points[hi][0]
+                return a + (b - a) * (x - lo) / (hi - lo)
+        if len(xs) == 1:
+            return self.points[xs[0]][0]
+        lo, hi = xs[-2], xs[-1]
+        a, b = self.points[lo][0], self.points[hi][0]
+        return b + max(0.0, (b - a) / (hi - lo)) * (x - hi)
+
+
+class AcceptanceModel:
+    """How many tokens a round yields per request for a draft cap K: ``1 + S_1 + ... + S_K``, with ``S_j`` the
+    chance that the first j drafts are all accepted. ``S_j`` is the product of per-position hazards
+    ``h_i`` = accepted at position i / drafted at position i after i - 1 accepted, counted over recent rounds
+    (counts decay by ``1 - 1/window`` per round); positions never reached use the pooled rate. This follows
+    the method's real acceptance (bursty, position-dependent), not an i.i.d. guess."""
+
+    def __init__(self, window: int = 100) -> None:
+        self.decay = 1 - 1 / window
+        self.tried = [0.0] * (MAX_DRAFT_TOKENS + 1)  # index i: position i (1-based)
+        self.accepted = [0.0] * (MAX_DRAFT_TOKENS + 1)
+
+    def __bool__(self) -> bool:
+        return sum(self.tried) > 0
+
+    def add(self, drafted: Sequence[int], accepted: Sequence[int]) -> None:
+        if not any(drafted):
+            return
+        self.tried = [t * self.decay for t in self.tried]
+        self.accepted = [a * self.decay for a in self.accepted]
+        for d, n in zip(drafted, accepted):
+            for i in range(1, min(d, n + 1) + 1):
+                self.tried[i] += 1
+                self.accepted[i] += i <= n
+
+    def expected_tokens(self, K: int) -> float:
+        pooled = sum(self.accepted) / sum(self.tried)
+        total, survive = 1.0, 1.0
+        for i in range(1, K + 1):
+            survive *= self.accepted[i] / self.tried[i] if self.tried[i] >= 1 else pooled
+            total += survive
+        return total
+
+
+class AutoLoad:
+    """The draft-length cap that maximises expected tokens per second for this round's batch, from costs measured
+    online.
+
+    For B requests, each with up to ``w_t`` tokens the target has not seen and ``w_d`` the draft has not seen, a
+    cap K is worth ``B * E(K) / cost(K)`` tokens per second, where
+
+    - ``E(K)``: tokens per request per round (:class:`AcceptanceModel`, the method's recent acceptance);
+    - ``cost(0) = T(B * w_t)``: a target-only round (no draft pass at all);
+    - ``cost(K) = T(B * (w_t + K)) + K * D(B) + catch_up / rounds`` for K > 0: the target pass over the drafts too,
+      K draft steps, and the draft catching up on tokens it skipped in target-only rounds (a pass over
+      ``B * w_d`` positions, priced as ``D(B) * T(B * w_d) / T(B)``) spread over the rounds the requests have left
+      (``room / E(K)``), so a request near its end is not switched back to drafting;
+    - ``T(x)``: the target pass over x positions (:class:`CostCurve`, fed by every round, prefill rounds included);
+      ``D(B)``: one draft step at batch B (from rounds with no catch-up; an unmeasured B is scaled from the
+      nearest measured one along ``T``).
+
+    The best K (from 0 to the policy's own bound) wins if it beats target-only by more than ``margin`` (a
+    fraction); K_cap = 0 is a target-only round. Until both a draft step and the target have been measured the
+    rule does not cap (the method runs as it is, which measures them). ``timing(record) -> (draft_s, target_s)``
+    replaces the measured seconds (tests inject a cost model; the default reads the round's own timings).
+    """
+
+    def __init__(self, margin: float = 0.05, window: int = 100,
+                 timing: Callable[[RoundRecord], tuple[float, float]] | None = None) -> None:
+        self.margin = margin
+        self.target = CostCurve()
+        self.draft_step: dict[int, CostCurve] = {}  # batch size -> a one-point curve (its running average)
+        self.acceptance = AcceptanceModel(window)
+        self.timing = timing or (lambda record: (record.draft_s, record.target_s))
+
+    def observe(self, record: RoundRecord) -> None:
+        draft_s, target_s = self.timing(record)
+        self.target.add(record.rows * (record.target_width + record.K), target_s)
+        if record.K and record.draft_width <= 2:  # a plain round (no catch-up): K steps of one or two tokens
+            self.draft_step.setdefault(record.rows, CostCurve()).add(1, draft_s / record.K)
+        self.acceptance.add(record.drafted, record.accepted)
+
+    def step_cost(self, B: int) -> float:
+        """Seconds of one draft step at batch size B."""
+        if B in self.draft_step:
+            return self.draft_step[B](1)
+        near = min(self.draft_step, key=lambda b: (abs(b - B), b))
+        return self.draft_step[near](1) * self.target(B) / self.target(near)
+
+    def rates(self, B: int, w_t: int, w_d: int, room: float, K_max: int) -> list[float]:
+        """Expected tokens per second for caps 0..K_max."""
+        rates = [B / self.target(B * w_t)]
+        step = self.step_cost(B)
+        catch_up = step * max(0.0, self.target(B * w_d) / self.target(B) - 1) if w_d > 2 else 0.0
+        for K in range(1, K_max + 1):
+            E = self.acceptance.expected_tokens(K)
+            cost = self.target(B * (w_t + K)) + K * step + catch_up / max(1.0, room / E)
+            rates.append(B * E / cost)
+        return rates
+
+    def decide(self, rows: Sequence[Request], bound: int | None) -> int | None:
+        if not rows or bound is None or not (self.target and self.draft_step and self.acceptance):
+            return None
+        K_max = min(bound, max(r.room for r in rows) - 1)
+        if K_max <= 0:
+            return None
+        w_t = max(len(r.target_pending) for r in rows)
+        w_d = max(len(r.draft_pending) for r in rows)
+        room = sum(r.room for r in rows) / len(rows)
+        rates = self.rates(len(rows), w_t, w_d, room, K_max)
+        best = max(range(1, K_max + 1), key=lambda K: rates[K])
+        if rates[best] <= rates[0] * (1 + self.margin):
+            return 0
+        return None if best == K_max else best
+
+
+def make_load_rule(spec_load: str, *, spec_max_batch: int = 8, spec_load_k: int = 0, spec_auto_margin: float = 0.05,
+                   spec_auto_window: int = 100) -> LoadRule:
+    if spec_load == "auto":
+        return AutoLoad(spec_auto_margin, spec_auto_window)
+    if spec_load == "static":
+        return StaticLoad(spec_max_batch, spec_load_k)
+    if spec_load == "off":
+        return NoLoad()
+    raise ValueError(f"spec_load must be one of {', '.join(LOAD_RULES)}, got {spec_load!r}")

@@ -1,0 +1,148 @@
+"""The server's load rules: the auto rule's cost model (fake costs, no timing), and outputs under the rule."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from specadapt import SpecDecoder
+from specadapt.engine import RequestConfig, RoundRecord
+from specadapt.errors import SpecAdaptError
+from specadapt.methods import make_method
+from specadapt.serve import ServeSettings
+from specadapt.serve.load import AcceptanceModel, AutoLoad, CostCurve, NoLoad, StaticLoad
+from specadapt.serve.scheduler import Job, Scheduler
+
+from conftest import perturbed_copy, save_tiny_checkpoint
+
+WORDS = [f"w{i}" for i in range(62)]
+
+
+def record(rows: int, K: int, accepted: int, target_width: int = 1, draft_width: int = 1) -> RoundRecord:
+    return RoundRecord(rows, K, draft_width if K else 0, target_width, 0.0, 0.0, [K] * rows, [accepted] * rows)
+
+
+def rows(B: int, room: int = 100, draft_behind: int = 1) -> list:
+    return [SimpleNamespace(room=room, target_pending=[0], draft_pending=[0] * draft_behind) for _ in range(B)]
+
+
+def trained(target, step, accepted=(3, 3, 1), K=3, batches=(1, 2, 4, 8)) -> AutoLoad:
+    """A rule fed rounds whose costs come from ``target(positions)`` and ``step(rows)`` (seconds per draft step)."""
+    rule = AutoLoad(margin=0.05, timing=lambda r: (r.K * step(r.rows), target(r.rows * (r.target_width + r.K))))
+    for B in batches:
+        for n in accepted:
+            rule.observe(record(B, K, n))
+        rule.observe(record(B, 0, 0))
+    return rule
+
+
+def test_auto_rule_drafts_at_small_batches_and_stops_when_target_cost_per_token_makes_drafting_lose():
+    # A target pass costs the same up to 4 positions, then grows with them (compute-bound); draft steps are cheap.
+    rule = trained(lambda x: 1.0 if x <= 4 else x / 4, lambda b: 0.05)
+    assert rule.decide(rows(1), bound=3) is None  # drafting the policy's full 3 pays alone
+    assert rule.decide(rows(4), bound=3) == 0  # 4 rows x 4 positions cost 4x a target-only round: target-only
+    assert rule.decide(rows(8), bound=3) == 0
+    rates = rule.rates(1, 1, 1, 100.0, 3)
+    assert rates[3] > rates[0] * 1.05
+
+
+def test_auto_rule_picks_the_cap_in_between_when_later_positions_rarely_pay():
+    # Position 1 is nearly always accepted, position 3 rarely: each position costs 0.05 s (target) + 0.1 s (draft).
+    rule = trained(lambda x: 1.0 + 0.05 * x, lambda b: 0.1, accepted=(3, 2, 2, 1, 1, 1, 1, 1, 1, 0))
+    E = rule.acceptance.expected_tokens
+    assert E(1) == pytest.approx(1.9, rel=0.01) and E(2) == pytest.approx(1.9 + 0.9 * 3 / 9, rel=0.01)  # recent rounds weigh more
+    assert rule.decide(rows(1), bound=3) == 2
+
+
+def test_auto_rule_target_only_when_drafting_costs_more_than_it_saves_at_any_batch():
+    rule = trained(lambda x: 0.1 * x, lambda b: 0.05)  # cost per position constant: a rejected draft is pure loss
+    assert [rule.decide(rows(B), bound=3) for B in (1, 2, 4, 8)] == [0, 0, 0, 0]
+
+
+def test_auto_rule_does_not_catch_the_draft_up_for_a_request_about_to_end():
+    rule = trained(lambda x: 1.0 if x <= 4 else x / 4, lambda b: 0.05)
+    assert rule.decide(rows(1, room=2000, draft_behind=400), bound=3) is None  # paid back over the rest
+    assert rule.decide(rows(1, room=4, draft_behind=400), bound=3) == 0  # 400 tokens of catch-up for 3 more tokens
+
+
+def test_auto_rule_does_not_cap_before_it_has_measured_drafting():
+    rule = AutoLoad(timing=lambda r: (0.1, 1.0))
+    assert rule.decide(rows(4), bound=3) is None
+    rule.observe(record(4, 0, 0))
+    assert rule.decide(rows(4), bound=3) is None  # target measured, drafting not yet
+    rule.observe(record(4, 3, 2, draft_width=12))  # a catch-up round: no clean draft-step cost
+    assert rule.decide(rows(4), bound=3) is None
+    rule.observe(record(4, 3, 2))
+    assert rule.decide(rows(4), bound=3) is not None or rule.draft_step  # now it decides
+    assert rule.decide(rows(4), bound=None) is None  # the policy's bound is unknown: no cap
+
+
+def test_cost_curve_and_acceptance_model():
+    curve = CostCurve()
+    curve.add(2, 1.0)
+    assert curve(1) == curve(50) == 1.0  # one point: flat
+    curve.add(6, 3.0)
+    assert curve(4) == pytest.approx(2.0) and curve(10) == pytest.approx(5.0) and curve(1) == pytest.approx(0.5)
+    model = AcceptanceModel()
+    model.add([4, 4], [4, 0])  # position 1: 1 of 2 accepted; positions 2-4: 1 of 1
+    assert model.expected_tokens(0) == 1 and model.expected_tokens(2) == pytest.approx(1 + 0.5 + 0.5)
+    assert StaticLoad(2, 1).decide(rows(3), 4) == 1 and StaticLoad(2, 1).decide(rows(2), 4) is None
+    assert NoLoad().decide(rows(8), 4) is None
+
+
+def test_settings_validate_the_load_rule():
+    assert isinstance(ServeSettings().load_rule(), AutoLoad)
+    assert isinstance(ServeSettings(spec_load="static", spec_max_batch=2).load_rule(), StaticLoad)
+    for bad, message in [({"spec_load": "sometimes"}, "spec_load must be one of auto, static, off, got 'sometimes'."),
+                         ({"spec_auto_margin": 1.5}, "spec_auto_margin must be in [0, 1) (a fraction), got 1.5."),
+                         ({"spec_auto_window": 0}, "spec_auto_window must be >= 1, got 0.")]:
+        with pytest.raises(SpecAdaptError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+            ServeSettings(**bad)
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory) -> SpecDecoder:
+    root = tmp_path_factory.mktemp("serve_load")
+    save_tiny_checkpoint(root / "target", 0, WORDS)
+    loaded = SpecDecoder.from_pretrained(str(root / "target"), None, dtype="float32", device="cpu")
+    return SpecDecoder(loaded.target, loaded.tokenizer, perturbed_copy(loaded.target, 0.3), names=("tiny", "draft"))
+
+
+def test_outputs_under_the_auto_rule_equal_generate_and_the_cap_follows_the_batch_size(decoder):
+    # Fake costs: a target pass is flat up to 4 positions, then grows with them; so drafting pays for one
+    # request and loses from three on. Requests of different lengths: the batch shrinks from 5 to 1.
+    rule = AutoLoad(timing=lambda r: (0.01 * r.K, 1.0 if r.rows * (r.target_width + r.K) <= 4
+                                      else r.rows * (r.target_width + r.K) - 3.0))
+    method = "fixed:3"
+    scheduler = Scheduler(decoder.engine, make_method(method), max_batch_size=8, load_rule=rule)
+    asks = [("w1 w2 w3", 40, {}), ("w9", 8, {"temperature": 0.9, "seed": 3}), ("w4 w5 w6", 12, {}),
+            ("w11 w12", 16, {"temperature": 0.7, "top_p": 0.8, "seed": 5}), ("w30", 20, {})]
+    results, done = {}, threading.Event()
+
+    def on_event(i):
+        def handle(kind, payload):
+            if kind in ("done", "error"):
+                results[i] = (kind, payload)
+                if len(results) == len(asks):
+                    done.set()
+        return handle
+
+    for i, (prompt, n, sampling) in enumerate(asks):  # queued before the worker starts: all join round 1
+        scheduler.submit(Job(decoder.encode(prompt), RequestConfig(n, **sampling), on_event(i), seed=sampling.get("seed")))
+    scheduler.start()
+    assert done.wait(60)
+    scheduler.stop()
+    for i, (prompt, n, sampling) in enumerate(asks):
+        kind, payload = results[i]
+        assert kind == "done"
+        alone = decoder.engine.generate([decoder.encode(prompt)], make_method(method), RequestConfig(n, **sampling))[0]
+        if sampling:  # exact in distribution; which sample a seed gives depends on the draft lengths (as with any method)
+            assert len(payload.result.token_ids) == n
+        else:
+            assert payload.result.token_ids == alone.token_ids, i  # greedy: token-identical whatever the caps
+    caps = list(zip(scheduler.batch_sizes, scheduler.caps))
+    assert any(B >= 3 and cap == 0 for B, cap in caps)  # target-only rounds under load
+    assert any(B == 1 and cap != 0 for B, cap in caps)  # drafting again once alone
+    assert results[0][1].result.stats.drafted > 0 and results[0][1].load_capped_rounds > 0
