@@ -79,6 +79,77 @@ def test_auto_rule_does_not_cap_before_it_has_measured_drafting():
     assert rule.decide(rows(4), bound=None) is None  # the policy's bound is unknown: no cap
 
 
+def flat_then_linear(x: int) -> float:
+    """A target pass: the same cost up to 4 positions, then growing with them (drafting pays for one request)."""
+    return 1.0 if x <= 4 else x / 4
+
+
+def serve(rule: AutoLoad, B: int, rounds: int, state: dict, bound: int = 3, accepted: int = 2) -> list:
+    """Run ``rounds`` rounds of B requests under ``rule`` (its timing is the fake cost model) and return the caps.
+    The draft's backlog (``state["behind"]``) grows by one per target-only round and is back to one or two after a
+    drafting round, as in the engine; each row accepts ``accepted`` of its drafts."""
+    caps = []
+    for _ in range(rounds):
+        cap = rule.decide(rows(B, draft_behind=state["behind"]), bound)
+        caps.append(cap)
+        K = bound if cap is None else cap
+        n = min(accepted, K)
+        rule.observe(record(B, K, n, draft_width=state["behind"]))
+        state["behind"] = state["behind"] + 1 if K == 0 else 2 if n == K else 1
+    return caps
+
+
+def test_auto_rule_probes_a_batch_size_a_spike_locked_out_and_drafts_again_when_costs_are_normal():
+    costs = {"step": 5.0}  # the first draft steps measured are 100x slow (a transient load spike, a warm-up)
+    rule = AutoLoad(timing=lambda r: (r.K * costs["step"], flat_then_linear(r.rows * (r.target_width + r.K))))
+    N = rule.probe_every
+    assert N == 32
+    state = {"behind": 1}
+    assert serve(rule, 1, 1, state) == [None]  # nothing measured yet: uncapped; books the spiked step
+    costs["step"] = 0.05  # the spike is over
+    assert rule.step_cost(1) == 5.0 and rule.decide(rows(1), 3) == 0  # drafting looks like a loss
+    caps = serve(rule, 1, N + 12, state)
+    # N target-only rounds (the draft falls N tokens behind), then a probe: the first catches the draft up (not
+    # booked as a step), the second is plain and re-measures; the fresh cost mostly replaces the stale one.
+    assert caps[:N] == [0] * N and caps[N:N + 2] == [1, 1] and rule.probes == 2
+    assert all(cap != 0 for cap in caps[N + 2:]) and caps[-1] == 2  # drafting again (position 3 never pays here)
+    assert 0.05 < rule.step_cost(1) < 0.1  # from 5.0, and still converging on 0.05
+    # A later spike while drafting: the rule turns drafting off, and the next probe turns it back on.
+    costs["step"] = 50.0
+    caps = serve(rule, 1, 1, state)
+    costs["step"] = 0.05
+    caps = serve(rule, 1, N + 6, state)
+    assert caps[:N] == [0] * N and caps[N:N + 2] == [1, 1] and caps[-1] == 2 and rule.probes == 4
+
+
+def test_auto_rule_does_not_probe_while_drafting_when_the_draft_is_far_behind_or_when_measured_recently():
+    rule = trained(flat_then_linear, lambda b: 0.05)  # drafting pays at 1 request, loses from 4 on
+    N = rule.probe_every
+    for _ in range(3 * N):  # many rounds at 4 requests: the estimate at 1 request grows stale
+        rule.observe(record(4, 0, 0))
+    assert rule.decide(rows(1), bound=3) is None and rule.probes == 0  # drafting is on: no probe (it measures itself)
+    rule = trained(flat_then_linear, lambda b: 0.05)
+    measured = rule.measured_at[4]
+    for _ in range(N - 1 - (rule.rounds - measured)):
+        rule.observe(record(4, 0, 0))
+    assert rule.decide(rows(4, draft_behind=N + 1), bound=3) == 0  # measured N - 1 rounds ago: no probe yet
+    rule.observe(record(4, 0, 0))
+    assert rule.decide(rows(4, draft_behind=N + 3), bound=3) == 0  # due, but a long catch-up: no probe
+    assert rule.probes == 0
+    assert rule.decide(rows(4, draft_behind=N + 2), bound=3) == 1  # due, the draft N rounds behind: probe
+    # Where drafting really loses, probes confirm it: two rounds every N, target-only in between.
+    state = {"behind": N + 2}
+    caps = serve(rule, 4, 3 * N, state)
+    assert set(caps) == {0, 1} and [i for i, cap in enumerate(caps) if cap] == [0, 1, N + 2, N + 3, 2 * N + 4, 2 * N + 5]
+    assert rule.step_cost(4) == pytest.approx(0.05)
+    never = AutoLoad(probe_every=0, timing=rule.timing)  # 0: never probes
+    for B in (1, 4):
+        never.observe(record(B, 3, 2))
+    for _ in range(3 * N):
+        never.observe(record(4, 0, 0))
+    assert never.decide(rows(4, draft_behind=2), bound=3) == 0 and never.probes == 0
+
+
 def test_cost_curve_and_acceptance_model():
     curve = CostCurve()
     curve.add(2, 1.0)
@@ -90,14 +161,23 @@ def test_cost_curve_and_acceptance_model():
     assert model.expected_tokens(0) == 1 and model.expected_tokens(2) == pytest.approx(1 + 0.5 + 0.5)
     assert StaticLoad(2, 1).decide(rows(3), 4) == 1 and StaticLoad(2, 1).decide(rows(2), 4) is None
     assert NoLoad().decide(rows(8), 4) is None
+    aging = CostCurve(half_life=2)
+    for now in range(1, 6):
+        aging.add(1, 1.0, now)
+    aging.add(1, 6.0, 6)  # the next round: averaged in with weight 0.2
+    assert aging(1) == pytest.approx(2.0)
+    aging.add(1, 1.0, 16)  # 9 rounds unmeasured: the old average keeps 0.8 * 2 ** -4.5 of its weight
+    assert aging(1) == pytest.approx(1.0 + 0.8 * 2 ** -4.5 * 1.0)
 
 
 def test_settings_validate_the_load_rule():
     assert isinstance(ServeSettings().load_rule(), AutoLoad)
     assert isinstance(ServeSettings(spec_load="static", spec_max_batch=2).load_rule(), StaticLoad)
+    assert ServeSettings().load_rule().probe_every == 32 and ServeSettings(spec_auto_probe_every=0).load_rule().probe_every == 0
     for bad, message in [({"spec_load": "sometimes"}, "spec_load must be one of auto, static, off, got 'sometimes'."),
                          ({"spec_auto_margin": 1.5}, "spec_auto_margin must be in [0, 1) (a fraction), got 1.5."),
-                         ({"spec_auto_window": 0}, "spec_auto_window must be >= 1, got 0.")]:
+                         ({"spec_auto_window": 0}, "spec_auto_window must be >= 1, got 0."),
+                         ({"spec_auto_probe_every": -1}, "spec_auto_probe_every must be >= 0 (0: never probe), got -1.")]:
         with pytest.raises(SpecAdaptError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
             ServeSettings(**bad)
 

@@ -12,7 +12,8 @@ output keeps exactly the target's distribution (which sample a seed gives depend
 does for any change of method).
 
 - :class:`AutoLoad` (``spec_load="auto"``, the default) measures the round costs online and picks the cap
-  that maximises expected tokens per second for the current batch (see its docstring);
+  that maximises expected tokens per second for the current batch (see its docstring); estimates age, and a
+  batch size kept target-only is re-probed now and then, so one bad measurement cannot switch drafting off for good;
 - :class:`StaticLoad` (``spec_load="static"``): above ``spec_max_batch`` requests, at most ``spec_load_k``;
 - :class:`NoLoad` (``spec_load="off"``): never caps.
 """
@@ -29,6 +30,7 @@ from ..methods import Method, MethodEntry
 from ..policies.base import MAX_DRAFT_TOKENS, DraftLengthPolicy, DraftStep, RoundOutcome
 
 LOAD_RULES = ("auto", "static", "off")
+PLAIN_WIDTH = 2  # a draft's first forward in a plain round feeds one or two pending tokens (more: it catches up)
 
 
 class LoadCap(DraftLengthPolicy):
@@ -116,20 +118,29 @@ class CostCurve:
 
     Beyond the largest measured ``x`` it extends the last segment's slope (flat with a single point), so an
     unmeasured shape looks no dearer than the evidence says: the rule then tries it and learns its real cost.
-    Below the smallest it extends the first segment (no cheaper than proportional to ``x``, no dearer than flat)."""
+    Below the smallest it extends the first segment (no cheaper than proportional to ``x``, no dearer than flat).
 
-    def __init__(self, weight: float = 0.2) -> None:
+    Estimates age: with ``half_life`` (in rounds), an average's weight against a new measurement halves every
+    ``half_life`` rounds its point went unmeasured (``now``: the round of the measurement), so a measurement after
+    a long gap mostly replaces a stale average (e.g. one a transient load spike inflated) instead of being
+    averaged into it. Measurements in consecutive rounds are averaged with weight ``weight`` as without aging."""
+
+    def __init__(self, weight: float = 0.2, half_life: float | None = None) -> None:
         self.weight = weight
-        self.points: dict[int, tuple[float, int]] = {}  # bucket -> (average seconds, samples)
+        self.half_life = half_life
+        self.points: dict[int, tuple[float, int, int]] = {}  # bucket -> (average seconds, samples, last round)
 
     @staticmethod
     def bucket(x: int) -> int:
         return x if x <= 64 else int(round(1.1 ** round(math.log(x, 1.1))))
 
-    def add(self, x: int, seconds: float) -> None:
+    def add(self, x: int, seconds: float, now: int = 0) -> None:
         key = self.bucket(max(1, x))
-        mean, n = self.points.get(key, (seconds, 0))
-        self.points[key] = (mean + max(self.weight, 1 / (n + 1)) * (seconds - mean), n + 1)
+        mean, n, last = self.points.get(key, (seconds, 0, now))
+        weight = max(self.weight, 1 / (n + 1))
+        if self.half_life and n:  # the old average fades with the rounds skipped since it was last measured
+            weight = 1 - (1 - weight) * 0.5 ** (max(0, now - last - 1) / self.half_life)
+        self.points[key] = (mean + weight * (seconds - mean), n + 1, now)
 
     def __bool__(self) -> bool:
         return bool(self.points)
@@ -202,28 +213,52 @@ class AutoLoad:
       ``B * w_d`` positions, priced as ``D(B) * T(B * w_d) / T(B)``) spread over the rounds the requests have left
       (``room / E(K)``), so a request near its end is not switched back to drafting;
     - ``T(x)``: the target pass over x positions (:class:`CostCurve`, fed by every round, prefill rounds included);
-      ``D(B)``: one draft step at batch B (from rounds with no catch-up; an unmeasured B is scaled from the
-      nearest measured one along ``T``).
+      ``D(B)``: one draft step at batch B, booked only from plain rounds, whose first draft forward feeds at most
+      ``PLAIN_WIDTH`` pending tokens per row (a round that also catches up or prefills many pending tokens is not
+      the cost of a step, and is not booked); an unmeasured B is scaled from the nearest measured one along ``T``.
 
     The best K (from 0 to the policy's own bound) wins if it beats target-only by more than ``margin`` (a
     fraction); K_cap = 0 is a target-only round. Until both a draft step and the target have been measured the
-    rule does not cap (the method runs as it is, which measures them). ``timing(record) -> (draft_s, target_s)``
-    replaces the measured seconds (tests inject a cost model; the default reads the round's own timings).
+    rule does not cap (the method runs as it is, which measures them).
+
+    Exploration: a batch size kept target-only measures no draft step, so one bad measurement (a step slowed by a
+    transient load spike, a first call's warm-up) would keep drafting off there for good. So estimates age (a
+    :class:`CostCurve` with a half-life of ``probe_every / 4`` rounds), and when the rule would pick 0 at a batch
+    size whose last plain draft-step measurement is ``probe_every`` or more rounds old (or, never measured there,
+    older than the rule's first one), and no request's draft is more than ``probe_every + PLAIN_WIDTH`` tokens
+    behind (about what ``probe_every`` target-only rounds leave; a request that joined with a longer prompt would
+    make the probe a costly catch-up), it runs a probe round with cap 1, the cheapest round that measures a step.
+    A probe that had to catch the draft up is not booked, so the next round probes again, now plain, and its
+    fresh measurement mostly replaces the stale estimate; the rule then decides on it. The cost is at most about
+    two one-token drafting rounds every ``probe_every`` rounds; ``probe_every=0`` never probes (and nothing ages).
+    ``probes`` counts the probe rounds chosen. ``timing(record) -> (draft_s, target_s)`` replaces the measured
+    seconds (tests inject a cost model; the default reads the round's own timings).
     """
 
     def __init__(self, margin: float = 0.05, window: int = 100,
-                 timing: Callable[[RoundRecord], tuple[float, float]] | None = None) -> None:
+                 timing: Callable[[RoundRecord], tuple[float, float]] | None = None, probe_every: int = 32) -> None:
         self.margin = margin
-        self.target = CostCurve()
+        self.probe_every = probe_every
+        self.half_life = probe_every / 4 if probe_every else None
+        self.target = CostCurve(half_life=self.half_life)
         self.draft_step: dict[int, CostCurve] = {}  # batch size -> a one-point curve (its running average)
+        self.measured_at: dict[int, int] = {}  # batch size -> round of its last plain draft-step measurement
+        self.first_measured: int | None = None  # round of the first plain draft-step measurement at any size
+        self.rounds = 0  # rounds observed (the clock estimates age by)
+        self.probes = 0
         self.acceptance = AcceptanceModel(window)
         self.timing = timing or (lambda record: (record.draft_s, record.target_s))
 
     def observe(self, record: RoundRecord) -> None:
+        self.rounds += 1
         draft_s, target_s = self.timing(record)
-        self.target.add(record.rows * (record.target_width + record.K), target_s)
-        if record.K and record.draft_width <= 2:  # a plain round (no catch-up): K steps of one or two tokens
-            self.draft_step.setdefault(record.rows, CostCurve()).add(1, draft_s / record.K)
+        self.target.add(record.rows * (record.target_width + record.K), target_s, self.rounds)
+        if record.K and record.draft_width <= PLAIN_WIDTH:  # a plain round: K steps of one or two tokens
+            curve = self.draft_step.setdefault(record.rows, CostCurve(half_life=self.half_life))
+            curve.add(1, draft_s / record.K, self.rounds)
+            self.measured_at[record.rows] = self.rounds
+            if self.first_measured is None:
+                self.first_measured = self.rounds
         self.acceptance.add(record.drafted, record.accepted)
 
     def step_cost(self, B: int) -> float:
@@ -237,12 +272,20 @@ class AutoLoad:
         """Expected tokens per second for caps 0..K_max."""
         rates = [B / self.target(B * w_t)]
         step = self.step_cost(B)
-        catch_up = step * max(0.0, self.target(B * w_d) / self.target(B) - 1) if w_d > 2 else 0.0
+        catch_up = step * max(0.0, self.target(B * w_d) / self.target(B) - 1) if w_d > PLAIN_WIDTH else 0.0
         for K in range(1, K_max + 1):
             E = self.acceptance.expected_tokens(K)
             cost = self.target(B * (w_t + K)) + K * step + catch_up / max(1.0, room / E)
             rates.append(B * E / cost)
         return rates
+
+    def probe_due(self, B: int, w_d: int) -> bool:
+        """Whether a round the rule would keep target-only at batch size B should probe drafting instead: the
+        draft-step estimate there is ``probe_every`` or more rounds old and the draft's backlog ``w_d`` is small."""
+        if not self.probe_every or w_d > self.probe_every + PLAIN_WIDTH:
+            return False
+        since = self.measured_at.get(B, self.first_measured)
+        return since is not None and self.rounds - since >= self.probe_every
 
     def decide(self, rows: Sequence[Request], bound: int | None) -> int | None:
         if not rows or bound is None or not (self.target and self.draft_step and self.acceptance):
@@ -256,14 +299,17 @@ class AutoLoad:
         rates = self.rates(len(rows), w_t, w_d, room, K_max)
         best = max(range(1, K_max + 1), key=lambda K: rates[K])
         if rates[best] <= rates[0] * (1 + self.margin):
+            if self.probe_due(len(rows), w_d):
+                self.probes += 1
+                return 1
             return 0
         return None if best == K_max else best
 
 
 def make_load_rule(spec_load: str, *, spec_max_batch: int = 8, spec_load_k: int = 0, spec_auto_margin: float = 0.05,
-                   spec_auto_window: int = 100) -> LoadRule:
+                   spec_auto_window: int = 100, spec_auto_probe_every: int = 32) -> LoadRule:
     if spec_load == "auto":
-        return AutoLoad(spec_auto_margin, spec_auto_window)
+        return AutoLoad(spec_auto_margin, spec_auto_window, probe_every=spec_auto_probe_every)
     if spec_load == "static":
         return StaticLoad(spec_max_batch, spec_load_k)
     if spec_load == "off":

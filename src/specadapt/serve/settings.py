@@ -42,6 +42,11 @@ class ServeSettings:
         "to be chosen, so that noise in the measured costs does not make it draft at a loss.")})
     spec_auto_window: int = field(default=100, metadata={"help": (
         "--spec-load auto: rounds over which the method's acceptance is mainly measured (older rounds fade).")})
+    spec_auto_probe_every: int = field(default=32, metadata={"help": (
+        "--spec-load auto: a batch size kept target-only gets a probe round (a one-token draft) once its draft-step "
+        "cost is this many rounds old and the draft is not far behind, so one bad measurement (a load spike, a "
+        "warm-up) cannot switch drafting off for good; cost estimates fade with a half-life of a quarter of this. "
+        "0 = never probe.")})
     retry_after_s: int = field(default=1, metadata={"help": "Seconds a client is told to wait (Retry-After) when the queue is full."})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level: critical, error, warning, info, debug."})
 
@@ -62,11 +67,14 @@ class ServeSettings:
             raise SpecAdaptError(f"spec_auto_margin must be in [0, 1) (a fraction), got {self.spec_auto_margin}.")
         if self.spec_auto_window < 1:
             raise SpecAdaptError(f"spec_auto_window must be >= 1, got {self.spec_auto_window}.")
+        if self.spec_auto_probe_every < 0:
+            raise SpecAdaptError(f"spec_auto_probe_every must be >= 0 (0: never probe), got {self.spec_auto_probe_every}.")
 
     def load_rule(self) -> "LoadRule":
         """A fresh load rule as these settings describe it (one per server: it learns that server's costs)."""
         return make_load_rule(self.spec_load, spec_max_batch=self.spec_max_batch, spec_load_k=self.spec_load_k,
-                              spec_auto_margin=self.spec_auto_margin, spec_auto_window=self.spec_auto_window)
+                              spec_auto_margin=self.spec_auto_margin, spec_auto_window=self.spec_auto_window,
+                              spec_auto_probe_every=self.spec_auto_probe_every)
 
     @property
     def served_name(self) -> str:
