@@ -509,7 +509,7 @@ def test_cli_defaults_come_from_the_settings():
     assert (settings.target, settings.draft, settings.method) == (zoo.DEFAULT_TARGET, zoo.DEFAULT_DRAFT, DEFAULT_METHOD)
     assert settings.served_name == zoo.DEFAULT_TARGET
     out = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
-    for option in ("--spec-load", "--spec-auto-margin", "--spec-max-batch", "--max-batch-size", "--max-queue", "--max-body-bytes", "--model-name"):
+    for option in ("--spec-load", "--spec-auto-margin", "--spec-auto-probe-every", "--spec-max-batch", "--max-batch-size", "--max-queue", "--max-body-bytes", "--model-name"):
         assert option in out
     from specadapt.errors import SpecAdaptError
 
