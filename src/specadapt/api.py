@@ -22,7 +22,9 @@ from .models.draft_vocab import output_width, read_ranking, restrict_vocabulary,
 from .models.quant import check_scheme, quantize_model, resolve_scheme
 from .text import as_messages, encode_chat
 
-DEFAULT_METHOD = "fixed:4"
+# The fastest lossless method of those replayed on tune prompts with the default (int4) draft that needs no
+# trained head, so it works for any pair (benchmarks/results/tune_int4/replay.json, CHOICES.md there).
+DEFAULT_METHOD = "adaedl"
 
 
 def _ranking(spec: str, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor | None:

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .api import DEFAULT_METHOD
 from .bench.runner import BenchSettings
 from .cli_options import with_settings
 from .distill.eval_draft import EvalSettings
@@ -86,7 +87,7 @@ def generate(
         "long for the command line (its final line break is dropped)."),
     target: Optional[str] = typer.Option(None, help="Target model: built-in name, folder, .gguf file or Hub id."),
     draft: Optional[str] = typer.Option(None, help="Draft model (same tokenizer as the target)."),
-    method: str = typer.Option("fixed:4", help="Decoding method, e.g. autoregressive, fixed:4, heuristic (see `specadapt methods`)."),
+    method: str = typer.Option(DEFAULT_METHOD, help="Decoding method, e.g. autoregressive, fixed:4, heuristic (see `specadapt methods`)."),
     head: Optional[str] = typer.Option(None, help="Acceptance-head folder (or built-in head name) for --method specdecpp; default: the head shipped for the default pair."),
     settings: dict,
     stop: Optional[list[str]] = typer.Option(None, help="Stop string (repeatable)."),

@@ -17,8 +17,10 @@ Choices for the open points of methods.md section 1 (each a setting):
 - ``n_min`` (5), cold start: until a request (or the shared state) has seen at
   least ``max(n_min, 1)`` accepted AND that many rejected draft tokens, it is
   "cold": T_G = +inf (no entropy stop), no JS acceptance, and each round drafts
-  at most ``cold_start_k`` (4) tokens (the same as fixed K = 4, the standard
-  baseline). Once warm, only ``max_k`` (16) bounds a round.
+  at most ``cold_start_k`` (8) tokens. Once warm, only ``max_k`` (32) bounds a
+  round. Both were chosen with the int4 draft on tune prompts (replayed:
+  benchmarks/results/tune_int4/replay.json; 4 and 16 before, when a draft step
+  cost ~0.38 of a target step instead of ~0.14).
 - ``first_rejection_only`` (True): only the first rejected position of a round
   counts as a rejected observation; the positions after it, never verified, are
   ignored. With False they are counted as rejected too.
@@ -56,8 +58,8 @@ from .base import DraftLengthPolicy, DraftStep, RoundOutcome, check_draft_length
 @dataclass
 class AdaSDStop(DraftLengthPolicy):
     n_min: int = 5
-    cold_start_k: int = 4
-    max_k: int = 16
+    cold_start_k: int = 8
+    max_k: int = 32
     first_rejection_only: bool = True
     scope: str = "request"
 
