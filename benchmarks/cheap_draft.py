@@ -88,7 +88,7 @@ DEFAULT_METHODS = "autoregressive,fixed:best,heuristic,adaedl,specdecpp,adasd-st
 DEFAULT_DRAFTS = "bf16,int4"
 # The best fixed K per dataset on the tune split with the bf16 draft (BENCHMARKS.md: HumanEval fixed:8,
 # MT-Bench fixed:2 (1-2), GSM8K fixed:4 of 4 and 6); none of it was chosen on the test split.
-DEFAULT_BEST_K = "humaneval=8,mt-bench=2,gsm8k=4"
+DEFAULT_BEST_K = "humaneval=10,mt-bench=6,gsm8k=6"  # chosen on tune prompts with the int4 draft: results/tune_int4/CHOICES.md
 SCHEMES = ("bf16", "int8", "int4")
 DRAFT_NAME = re.compile(r"^(?P<scheme>bf16|int8|int4)(\+v(?P<vocab>\d+))?$")
 HF_KEYS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")

@@ -242,7 +242,7 @@ def test_lossless_flags_and_recorded_settings(target, close_draft):
     assert described["acceptance"] == "adasd-js"
     assert described["acceptance_settings"]["combine"] == "replace"
     assert described["policy_settings"] == {
-        "n_min": 5, "cold_start_k": 4, "max_k": 16, "first_rejection_only": True, "scope": "request", "combine": "replace"
+        "n_min": 5, "cold_start_k": 8, "max_k": 32, "first_rejection_only": True, "scope": "request", "combine": "replace"
     }
     assert make_method("adasd-stop").describe(SamplingParams(0.7))["lossless"] is True
     result = make_engine(target, close_draft).generate([PROMPTS[0]], make_method("adasd"), RequestConfig(max_new_tokens=8))[0]

@@ -402,7 +402,7 @@ def test_shipped_head_is_for_the_default_pair():
     config = heads.read_head_config(shipped[zoo.DEFAULT_DRAFT])
     assert config["draft"] == zoo.DEFAULT_DRAFT and config["target"] == zoo.DEFAULT_TARGET
     assert config["hidden_size"] == 896 and config["input"] == "features"
-    assert (config["threshold"], config["min_k"], config["max_k"]) == (0.25, 1, 64)  # what tune-head recorded
+    assert (config["threshold"], config["min_k"], config["max_k"]) == (0.4, 1, 64)  # re-chosen for the int4 draft (tune_int4)
     head = load_head(shipped[zoo.DEFAULT_DRAFT])
     probs = torch.tensor([[0.99, 0.01, 0.0], [0.5, 0.3, 0.2], [0.3, 0.3, 0.4]])
     p = head.accept_prob(torch.zeros(3, 896), heads.distribution_features(probs, torch.tensor([0, 0, 0])))
