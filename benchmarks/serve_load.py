@@ -5,10 +5,12 @@
         --concurrency 1,2 --requests-per-client 2 --max-tokens 16 --dtype float32 --device cpu   # a quick check
 
 The server runs in this process (uvicorn in a thread, loopback only, a free port), one app per method on
-the same loaded models. Clients are threads using the official ``openai`` client, each sending
-``--requests-per-client`` streaming chat requests one after another (MT-Bench and HumanEval prompts,
-alternating, greedy, ``stream_options.include_usage``). A cell stops issuing requests after
-``--time-limit`` seconds.
+the same loaded models, all up for the whole run. Clients are threads using the official ``openai`` client,
+each sending ``--requests-per-client`` streaming chat requests one after another (prompts of ``--datasets``
+from ``--split``, default MT-Bench and HumanEval test prompts, alternating, greedy,
+``stream_options.include_usage``). A cell stops issuing requests after ``--time-limit`` seconds. Cells run
+concurrency by concurrency with the methods side by side in a rotated order, ``--repeats`` times; the
+ratio to autoregressive is given pooled and per repeat (its spread).
 
 Per (method, concurrency): output tokens/s = all completion tokens / wall time of the cell;
 TTFT = request sent -> first content chunk; TPOT = (last chunk - first chunk) / (tokens - 1), per request;
@@ -22,6 +24,7 @@ name its own after ``@``, so one run compares them, e.g. ``--methods autoregress
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import sys
@@ -137,11 +140,27 @@ def run_cell(url: str, model: str, prompts: list[list[dict]], concurrency: int, 
     }
 
 
-def load_prompts(n: int) -> list[list[dict]]:
+def load_prompts(n: int, datasets: list[str], split: str) -> list[list[dict]]:
+    """``n`` chat prompts from ``split`` of ``datasets``, alternating between them."""
     from specadapt.bench.datasets import load_dataset
 
-    mt, he = load_dataset("mt-bench", n), load_dataset("humaneval", n)
-    return [ex.messages for pair in zip(mt, he) for ex in pair][:n]
+    per = [load_dataset(name, n, split) for name in datasets]
+    return [ex.messages for group in zip(*per) for ex in group][:n]
+
+
+def throughput_ratios(rows: list[dict], methods: list[str]) -> dict:
+    """Per method and concurrency: its output tokens/s ÷ autoregressive's, pooled over repeats (ratio of the
+    summed rates) and per repeat (the spread)."""
+    base = {(r["concurrency"], r.get("repeat", 0)): r["output_tokens_per_s"] for r in rows if r["method"] == "autoregressive"}
+    out: dict = {}
+    for method in (m for m in methods if m != "autoregressive"):
+        mine = [r for r in rows if r["method"] == method and base.get((r["concurrency"], r.get("repeat", 0)))]
+        for c in dict.fromkeys(r["concurrency"] for r in mine):
+            cell = [r for r in mine if r["concurrency"] == c]
+            per = [r["output_tokens_per_s"] / base[(c, r.get("repeat", 0))] for r in cell]
+            pooled = sum(r["output_tokens_per_s"] for r in cell) / sum(base[(c, r.get("repeat", 0))] for r in cell)
+            out.setdefault(method, {})[c] = {"ratio": pooled, "per_repeat": per}
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,6 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=f"autoregressive,{DEFAULT_METHOD}", help="comma-separated method strings")
     parser.add_argument("--concurrency", default="1,2,4,8", help="comma-separated client counts")
     parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--datasets", default="mt-bench,humaneval", help="prompts from these, alternating")
+    parser.add_argument("--split", default="test", help="split of --datasets (test: no choice was made on it)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds over every (concurrency, method) cell; the ratio's spread is across them")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per cell before clients stop issuing requests")
     parser.add_argument("--spec-load", default="auto", choices=["auto", "static", "off"],
@@ -182,21 +205,29 @@ def main(argv: list[str] | None = None) -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     decoder = SpecDecoder.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device,
                                           draft_quant=args.draft_quant)
-    prompts = load_prompts(max(levels) * args.requests_per_client)
+    prompts = load_prompts(max(levels) * args.requests_per_client, args.datasets.split(","), args.split)
     rows = []
-    for method in methods:
-        name, _, rule = method.partition("@")
-        settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant, method=name,
-                                 model_name="bench", max_batch_size=max(levels), max_queue=max(levels),
-                                 spec_load=rule or args.spec_load, spec_max_batch=args.spec_max_batch,
-                                 spec_load_k=args.spec_load_k)
-        with Server(create_app(decoder, settings)) as server:
-            run_cell(server.url, "bench", prompts[:1], 1, 1, 8, args.time_limit)  # warm-up
-            for c in levels:
-                row = {"method": method, **run_cell(server.url, "bench", prompts, c, args.requests_per_client,
-                                                     args.max_tokens, args.time_limit)}
-                rows.append(row)
-                print(f"{method:>16} x{c}: {row['output_tokens_per_s']:.1f} tok/s", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for method in methods:  # one server per method, all up for the whole run, so cells can interleave
+            name, _, rule = method.partition("@")
+            settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant, method=name,
+                                     model_name="bench", max_batch_size=max(levels), max_queue=max(levels),
+                                     spec_load=rule or args.spec_load, spec_max_batch=args.spec_max_batch,
+                                     spec_load_k=args.spec_load_k)
+            servers[method] = stack.enter_context(Server(create_app(decoder, settings)))
+            run_cell(servers[method].url, "bench", prompts[:1], 1, 1, 8, args.time_limit)  # warm-up
+        # Concurrency by concurrency, the methods side by side in an order rotated per cell, so slow drift of
+        # the machine's speed spreads over them instead of favouring whichever ran first.
+        for repeat in range(args.repeats):
+            for i, c in enumerate(levels):
+                shift = (repeat * len(levels) + i) % len(methods)
+                for method in methods[shift:] + methods[:shift]:
+                    row = {"method": method, "repeat": repeat, **run_cell(
+                        servers[method].url, "bench", prompts, c, args.requests_per_client, args.max_tokens,
+                        args.time_limit)}
+                    rows.append(row)
+                    print(f"{method:>16} x{c} (repeat {repeat}): {row['output_tokens_per_s']:.1f} tok/s", file=sys.stderr)
 
     def cell(value, spec):
         return "-" if value is None else format(value, spec)
@@ -208,20 +239,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{r['method']:>16} {r['concurrency']:>7} {r['requests']:>5} {cell(r['output_tokens_per_s'], '.1f'):>8} "
               f"{cell(r['ttft_p50_s'], '.3f'):>9} {cell(r['ttft_p95_s'], '.3f'):>9} {cell(r['tpot_p50_s'], '.4f'):>9} "
               f"{cell(r['tpot_p95_s'], '.4f'):>9} {cell(r['acceptance_rate'], '.3f'):>7} {cell(r['mean_accepted_length'], '.2f'):>5}")
-    if "autoregressive" in methods:
-        base = {r["concurrency"]: r["output_tokens_per_s"] for r in rows if r["method"] == "autoregressive"}
-        for method in (m for m in methods if m != "autoregressive"):
-            ratios = {r["concurrency"]: r["output_tokens_per_s"] / base[r["concurrency"]]
-                      for r in rows if r["method"] == method and base.get(r["concurrency"])}
-            print(f"{method} / autoregressive throughput: " + ", ".join(f"x{c}: {v:.2f}" for c, v in ratios.items()))
-            paying = [c for c, v in ratios.items() if v > 1.0]
-            if paying:
-                print(f"  speculation pays up to {max(paying)} concurrent requests here (--spec-load static: --spec-max-batch {max(paying)})")
+    ratios = throughput_ratios(rows, methods)
+    for method, by_c in ratios.items():
+        print(f"{method} / autoregressive throughput: " + ", ".join(
+            f"x{c}: {r['ratio']:.2f}" + (f" (repeats {', '.join(f'{v:.2f}' for v in r['per_repeat'])})"
+                                        if len(r["per_repeat"]) > 1 else "") for c, r in by_c.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "out"}  # where it was written is no setting
-    settings["prompts"] = "mt-bench and humaneval, alternating, chat, greedy"
+    settings["prompts"] = f"{args.datasets} ({args.split} split), alternating, chat, greedy"
     settings.update(decoder.engine.draft_quant)  # what "auto" resolved to
-    args.out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"settings": settings, "rows": rows, "ratios": ratios}, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
 
 
