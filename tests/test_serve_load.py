@@ -226,3 +226,17 @@ def test_outputs_under_the_auto_rule_equal_generate_and_the_cap_follows_the_batc
     assert any(B >= 3 and cap == 0 for B, cap in caps)  # target-only rounds under load
     assert any(B == 1 and cap != 0 for B, cap in caps)  # drafting again once alone
     assert results[0][1].result.stats.drafted > 0 and results[0][1].load_capped_rounds > 0
+
+
+def test_serve_load_ratio_is_pooled_over_repeats_with_each_repeat_kept():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("serve_load", Path(__file__).resolve().parent.parent / "benchmarks" / "serve_load.py")
+    serve_load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve_load)
+    rows = [{"method": m, "concurrency": c, "repeat": r, "output_tokens_per_s": v} for m, c, r, v in [
+        ("autoregressive", 1, 0, 4.0), ("autoregressive", 1, 1, 6.0), ("adaedl", 1, 0, 8.0), ("adaedl", 1, 1, 9.0),
+        ("autoregressive", 4, 0, 10.0), ("adaedl", 4, 0, 9.0)]]
+    ratios = serve_load.throughput_ratios(rows, ["autoregressive", "adaedl"])
+    assert ratios == {"adaedl": {1: {"ratio": 17 / 10, "per_repeat": [2.0, 1.5]}, 4: {"ratio": 0.9, "per_repeat": [0.9]}}}
