@@ -23,6 +23,10 @@ and whether the output ids equal target-only greedy's (bf16: the batched verific
 from a one-token pass, so a mismatch is numerics, not a lossy rule; the fp32 exactness tests are in
 tests/test_quant.py).
 
+``--target-schemes int8,int4`` also times the target quantized so (``--target-quant``; its output is lossless
+w.r.t. that quantized target only) with the same breakdown, and reports each target's decode tokens/s (one
+token per step at ``--context``), the figure llama.cpp's ``tg`` reports.
+
 Also records the weights' bytes of each variant and the process's peak RSS. Writes JSON (``--out``).
 """
 
@@ -129,8 +133,20 @@ def draft_variants(draft: nn.Module, tokenizer, schemes: list[str], fr_size: int
     return out
 
 
-def per_step(args, target, variants: dict[str, nn.Module], vocab: int) -> dict:
+def target_variants(target: nn.Module, schemes: list[str], group: int) -> dict[str, nn.Module]:
+    """Quantized copies of the target (``--target-quant``: lossless w.r.t. that quantized target, not the bf16 one)."""
+    out = {}
+    for scheme in schemes:
+        model = copy.deepcopy(target)
+        quantize_model(model, scheme, group if scheme == "int4" else None, "target")
+        out[f"target {scheme} 1 token"] = model
+    return out
+
+
+def per_step(args, target, variants: dict[str, nn.Module], vocab: int, targets: dict[str, nn.Module] | None = None) -> dict:
     steppers = {"target 1 token": Stepper(target, args.context, 1, vocab, 0), "target verify-8": Stepper(target, args.context, 8, vocab, 0)}
+    for name, model in (targets or {}).items():
+        steppers[name] = Stepper(model, args.context, 1, vocab, 0)
     for name, model in variants.items():
         steppers[name] = Stepper(model, args.context, 1, vocab, 0)
     per_round = max(1, args.steps // args.rounds)
@@ -158,6 +174,11 @@ def per_step(args, target, variants: dict[str, nn.Module], vocab: int) -> dict:
             # The least disturbed round of each: on a shared machine the closest to an idle one.
             row.update(c_of_min=round(min(times[name]) / min(times["target 1 token"]), 3))
         row["min_ms"] = round(min(times[name]) * 1e3, 2)
+        if name.startswith("target") and name != "target verify-8":  # decode speed, comparable with llama.cpp's tg
+            row["decode_tokens_per_s"] = round(1e3 / ms, 2)
+            row["decode_tokens_per_s_of_min"] = round(1e3 / row["min_ms"], 2)
+            if name in (targets or {}):
+                row["weights_MB"] = round(model_bytes(targets[name]) / 2**20, 1)
         if name in shares:
             frac = {part: median(x[part] for x in shares[name]) for part in ("linear", "head", "rest")}
             row["breakdown_share"] = {part: round(v, 3) for part, v in frac.items()}
@@ -237,6 +258,7 @@ def main(argv=None) -> int:
     p.add_argument("--target", default=zoo.DEFAULT_TARGET)
     p.add_argument("--draft", default=zoo.DEFAULT_DRAFT)
     p.add_argument("--schemes", default="bf16,int8,int4")
+    p.add_argument("--target-schemes", default="", help="also time the target quantized so, e.g. int8,int4 (--target-quant)")
     p.add_argument("--fr-size", type=int, default=32768, help="frequency-ranked head size")
     p.add_argument("--group-size", type=int, default=32)
     p.add_argument("--context", type=int, default=256, help="tokens in the KV cache")
@@ -260,11 +282,12 @@ def main(argv=None) -> int:
     del draft
     print(f"built {len(variants)} draft variants in {build_s:.1f}s", flush=True)
 
-    steps = per_step(args, target, variants, vocab)
-    print(f"\n{'model':<24}{'step ms':>9}{'c':>7}{'c_ver8':>8}{'linear':>9}{'head':>8}{'rest':>8}{'MB':>8}")
+    targets = target_variants(target, [x for x in args.target_schemes.split(",") if x], args.group_size)
+    steps = per_step(args, target, variants, vocab, targets)
+    print(f"\n{'model':<26}{'step ms':>9}{'c':>7}{'c_ver8':>8}{'linear':>9}{'head':>8}{'rest':>8}{'MB':>8}")
     for name, row in steps.items():
         b = row.get("breakdown_ms", {})
-        print(f"{name:<24}{row['step_ms']:>9.1f}{row.get('c', float('nan')):>7.3f}{row.get('c_verify', float('nan')):>8.3f}"
+        print(f"{name:<26}{row['step_ms']:>9.1f}{row.get('c', float('nan')):>7.3f}{row.get('c_verify', float('nan')):>8.3f}"
               f"{b.get('linear', float('nan')):>9.1f}{b.get('head', float('nan')):>8.1f}{b.get('rest', float('nan')):>8.1f}{row.get('weights_MB', float('nan')):>8.0f}")
     cover = coverage(tokenizer, args.fr_size)
     print("\ncoverage of held-out text by a head of", args.fr_size, json.dumps(cover, indent=1))
