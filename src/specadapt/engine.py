@@ -82,7 +82,7 @@ class GenerationResult:
     finish_reason: str  # "eos" | "stop" | "length"
     stats: RequestStats
     seed: int
-    settings: dict = field(default_factory=dict)  # the method, its settings and acceptance rule; the target's quantization
+    settings: dict = field(default_factory=dict)  # the method, its settings and acceptance rule; both models' quantization
 
     @property
     def lossless(self) -> bool:
