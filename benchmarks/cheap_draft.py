@@ -501,6 +501,61 @@ COLUMNS = ["method", "tok/s", "speedup ± spread", "vs target-only", "vs same me
            "identical to target-only"]
 
 
+# The issue's targets (default pair, this CPU, greedy, lossless): best speedup per dataset; the best of ours with the
+# cheap draft against HF assisted generation with its defaults and the bf16 draft, and with the same cheap draft.
+SPEEDUP_TARGETS = {"humaneval": 3.5, "mt-bench": 1.8, "gsm8k": 1.6}
+VS_HF_DEFAULT_TARGETS = {"humaneval": 1.8, "mt-bench": 1.3}
+VS_HF_SAME_DRAFT_TARGET = 1.15
+C_TARGET = 0.12
+
+
+def _verdict(value: float | None, spread: float | None, target: float) -> str:
+    """met: even value − spread reaches the target; within spread: the value does but not its lower end; missed."""
+    if value is None:
+        return "–"
+    if value < target:
+        return "missed"
+    return "met" if spread is None or value - spread >= target else "met within spread"
+
+
+def _pm(value: float | None, spread: float | None, suffix: str = "×") -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}{suffix}" + (f" ± {spread:.2f}" if spread is not None else "")
+
+
+def targets_markdown(summary: dict, cheap: str = "int4", default_method: str = "adaedl") -> str:
+    """The issue's targets against this run: the best of our methods with the cheap draft (chosen here, on the
+    reported prompts: an optimistic pick), the default method (chosen on tune prompts), HF assisted, and c."""
+    rows = ["| dataset | target | measured | verdict |", "|---|---|---|---|"]
+    for ds, table in summary["datasets"].items():
+        ours = {m: e for m, e in table.items() if m.endswith(f"@{cheap}") and not m.startswith("hf-")}
+        if not ours:
+            continue
+        best = max(ours, key=lambda m: ours[m]["speedup"] or 0)
+        b = ours[best]
+        if ds in SPEEDUP_TARGETS:
+            t = SPEEDUP_TARGETS[ds]
+            rows.append(f"| {TITLES[ds]} | best speedup ≥ {t}× | `{best}` {_pm(b['speedup'], b.get('speedup_spread'))} | "
+                        f"{_verdict(b['speedup'], b.get('speedup_spread'), t)} |")
+            d = table.get(f"{default_method}@{cheap}")
+            if d:
+                rows.append(f"| {TITLES[ds]} | default method ≥ {t}× | `{default_method}@{cheap}` "
+                            f"{_pm(d['speedup'], d.get('speedup_spread'))} | {_verdict(d['speedup'], d.get('speedup_spread'), t)} |")
+        for hf, target in ((f"hf-assisted@{summary.get('reference_draft') or 'bf16'}", VS_HF_DEFAULT_TARGETS.get(ds)),
+                           (f"hf-assisted@{cheap}", VS_HF_SAME_DRAFT_TARGET if ds in VS_HF_DEFAULT_TARGETS else None)):
+            if target is None or hf not in table:
+                continue
+            c = compare(b, table[hf], hf)
+            ratio = 1 + c["gain"] if c["gain"] is not None else None
+            rows.append(f"| {TITLES[ds]} | `{best}` ÷ `{hf}` (HF defaults) ≥ {target}× | {_pm(ratio, c['spread'])} | "
+                        f"{_verdict(ratio, c['spread'], target)} |")
+    c = (summary.get("c") or {}).get(cheap, {}).get("c")
+    if c is not None:
+        rows.append(f"| all | measured c ({cheap} draft) ≤ {C_TARGET} | {c:.3f} | {'met' if c <= C_TARGET else 'missed'} |")
+    return "\n".join(rows) + "\n"
+
+
 def markdown(summary: dict, settings: dict, rss: dict | None) -> str:
     """The tables of BENCHMARKS.md's generated block."""
     lines = []

@@ -363,14 +363,15 @@ def resumed_runs() -> str:
 CHEAP_DRAFT_RESULTS = RESULTS / "cheap_draft"
 
 
-def cheap_draft() -> str:
-    """benchmarks/cheap_draft.py's committed run: its tables, recomputed from records.jsonl by that script's own
-    summary code (a placeholder line while no run is committed)."""
+def _cheap_draft_run():
+    """The committed run of benchmarks/cheap_draft.py: (that script as a module, settings, summary, peak RSS), its
+    summary recomputed from records.jsonl by the script's own code over the examples every method finished in
+    every repeat; None while no run is committed."""
     import importlib.util
 
     folder = CHEAP_DRAFT_RESULTS
     if not (folder / "records.jsonl").exists():
-        return "No committed results yet (`benchmarks/results/cheap_draft/` does not exist).\n"
+        return None
     module = sys.modules.get("cheap_draft")
     if module is None:
         spec = importlib.util.spec_from_file_location("cheap_draft", ROOT / "benchmarks" / "cheap_draft.py")
@@ -380,13 +381,33 @@ def cheap_draft() -> str:
     settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))["settings"]
     records = [json.loads(line) for line in (folder / "records.jsonl").read_text(encoding="utf-8").splitlines()
                if line.strip()]
-    summary = module.summarize(records, settings["methods"], settings["drafts"])
+    used = module.complete_examples(records, settings["methods"], settings["repeats"])
+    summary = module.summarize(used, settings["methods"], settings["drafts"])
     if all(k in settings for k in ("datasets", "n", "repeats")):
         expected = len(settings["datasets"]) * settings["n"] * settings["repeats"] * len(settings["methods"])
-        summary["progress"] = {"complete": len(records) >= expected, "generations": len(records), "expected": expected}
+        summary["progress"] = {"complete": len(records) >= expected, "generations": len(records), "expected": expected,
+                               "generations_summarized": len(used)}
     rss_path = folder / "peak_rss.json"
     rss = json.loads(rss_path.read_text(encoding="utf-8")) if rss_path.exists() else None
+    return module, settings, summary, rss
+
+
+def cheap_draft() -> str:
+    """benchmarks/cheap_draft.py's committed run: its tables (a placeholder line while no run is committed)."""
+    run = _cheap_draft_run()
+    if run is None:
+        return "No committed results yet (`benchmarks/results/cheap_draft/` does not exist).\n"
+    module, settings, summary, rss = run
     return module.markdown(summary, settings, rss)
+
+
+def cheap_draft_targets() -> str:
+    """The cheap-draft issue's targets, met or missed, from the same run."""
+    run = _cheap_draft_run()
+    if run is None:
+        return "No committed results yet.\n"
+    module, _, summary, _ = run
+    return module.targets_markdown(summary)
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
@@ -410,6 +431,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "run-to-run-noise": run_to_run_noise,
     "noise-summary": noise_summary,
     "cheap-draft": cheap_draft,
+    "cheap-draft-targets": cheap_draft_targets,
 }
 
 

@@ -229,3 +229,8 @@ def test_a_run_cut_short_has_every_repeat_of_its_finished_prompts_and_reports_on
     records = records[:-1]  # example b lacks fixed:2@int4 in repeat 1
     used = cd.complete_examples(records, ["autoregressive", "fixed:2@int4"], 2)
     assert {r["example_id"] for r in used} == {"a"} and len(used) == 4
+
+
+def test_target_verdicts_respect_the_spread(cd):
+    assert cd._verdict(4.0, 0.3, 3.5) == "met" and cd._verdict(1.85, 0.11, 1.8) == "met within spread"
+    assert cd._verdict(1.13, 0.07, 1.15) == "missed" and cd._verdict(None, None, 1.0) == "–"
