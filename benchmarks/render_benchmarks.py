@@ -381,7 +381,7 @@ def _cheap_draft_run():
     settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))["settings"]
     records = [json.loads(line) for line in (folder / "records.jsonl").read_text(encoding="utf-8").splitlines()
                if line.strip()]
-    used = module.complete_examples(records, settings["methods"], settings["repeats"])
+    used = module.complete_examples(records, settings["methods"], settings.get("repeats", 1))
     summary = module.summarize(used, settings["methods"], settings["drafts"])
     if all(k in settings for k in ("datasets", "n", "repeats")):
         expected = len(settings["datasets"]) * settings["n"] * settings["repeats"] * len(settings["methods"])
