@@ -410,6 +410,36 @@ def cheap_draft_targets() -> str:
     return module.targets_markdown(summary)
 
 
+def serve_load(*names: str) -> Callable[[], str]:
+    """benchmarks/serve_load.py runs: per file, throughput, TTFT and TPOT per method and concurrency (mean over
+    repeats) and each method's throughput ÷ autoregressive's, pooled over repeats and per repeat."""
+
+    def render() -> str:
+        out = []
+        for name in names:
+            data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+            st, rows = data["settings"], data["rows"]
+            out.append(f"`{name}`: {st.get('prompts', 'prompts not recorded')}; {st['requests_per_client']} requests per "
+                       f"client, {st['max_tokens']} tokens, draft {st.get('draft_quant', 'none')}, load rule "
+                       f"`{st.get('spec_load', 'static')}`, {st.get('repeats', 1)} repeat(s).\n")
+            out.append("| method | clients | tok/s (per repeat) | TTFT p50 s | TPOT p50 s | ÷ autoregressive (per repeat) |")
+            out.append("|---|---|---|---|---|---|")
+            ratios = data.get("ratios", {})
+            cells = dict.fromkeys((r["method"], r["concurrency"]) for r in rows)
+            for method, c in sorted(cells, key=lambda mc: (mc[1], mc[0] != "autoregressive", mc[0])):
+                mine = [r for r in rows if r["method"] == method and r["concurrency"] == c]
+                tps = ", ".join(f"{r['output_tokens_per_s']:.2f}" for r in mine)
+                ttft = mean(r["ttft_p50_s"] for r in mine if r["ttft_p50_s"] is not None)
+                tpot = mean(r["tpot_p50_s"] for r in mine if r["tpot_p50_s"] is not None)
+                ratio = ratios.get(method, {}).get(str(c))
+                rtext = "–" if ratio is None else f"{ratio['ratio']:.2f} ({', '.join(f'{v:.2f}' for v in ratio['per_repeat'])})"
+                out.append(f"| `{method}` | {c} | {tps} | {ttft:.2f} | {tpot:.3f} | {rtext} |")
+            out.append("")
+        return "\n".join(out)
+
+    return render
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "resumed-runs": resumed_runs,
     "engine-humaneval": engine_table("humaneval"),
@@ -432,6 +462,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "noise-summary": noise_summary,
     "cheap-draft": cheap_draft,
     "cheap-draft-targets": cheap_draft_targets,
+    "serve-load": serve_load("serve_load_int4.json", "serve_load_int4_humaneval1.json"),
 }
 
 
