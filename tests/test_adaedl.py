@@ -38,7 +38,7 @@ def test_bound_formula_and_stop():
     policy = make_method("adaedl:lambda_init=0.5").policy
     rows = torch.arange(4)
     policy.begin(rows)
-    assert policy.max_length(rows).tolist() == [16] * 4
+    assert policy.max_length(rows).tolist() == [32] * 4
     # bounds: 1.0, 0.628, 0.473, 0.355 -> stop below 0.5
     stop = policy.should_stop(DraftStep(1, torch.zeros(4, dtype=torch.long), probs, None, rows, torch.ones(4, dtype=torch.bool)))
     assert stop.tolist() == [False, False, True, True]

@@ -116,7 +116,7 @@ def test_entropy_stop_uses_t_g_and_keeps_the_trigger():
     play_round(policy, rows, q, None, [1])  # q[0, 1] is the rejected token
     t_g = H(q[0, 1])
     assert statistics(policy, rows)["T_G"].item() == pytest.approx(t_g, rel=1e-5)
-    assert policy.max_length(rows).item() == 16
+    assert policy.max_length(rows).item() == 32
     peaky = torch.tensor([[0.97, 0.01, 0.01, 0.01, 0.0, 0.0]])
     flat = torch.full((1, 6), 1 / 6)
     assert H(peaky[0]) < t_g < H(flat[0])
@@ -140,7 +140,7 @@ def test_cold_start():
     play_round(policy, rows, q, p, [0])  # second rejection: 2 of each kind
     stats = statistics(policy, rows)
     assert stats["warm"].item() and math.isfinite(stats["T_G"].item()) and math.isfinite(stats["T_V"].item())
-    assert policy.max_length(rows).item() == 16
+    assert policy.max_length(rows).item() == 32
 
 
 # --- the JS acceptance rule -------------------------------------------------------------------
