@@ -125,3 +125,19 @@ def play_round(policy, slots, probs, accepted, limit=None, tokens=None, hidden=N
     assert bool((accepted <= block.lens).all()), f"the script accepts more than was drafted ({block.lens.tolist()})"
     finish_round(policy, slots, block, accepted, torch.arange(block.K)[None, :] < accepted[:, None], target_probs)
     return block
+
+
+def crash_at_checkpoint(monkeypatch, step: int | None = None) -> None:
+    """Make distillation stop like a killed process right after it saves a checkpoint (at ``step``, or the
+    first one): the checkpoint is written, then KeyboardInterrupt."""
+    from specadapt.distill.train import DistillTrainer
+
+    original = DistillTrainer._save_checkpoint
+
+    def save_then_crash(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if step is None or self.state.global_step == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(DistillTrainer, "_save_checkpoint", save_then_crash)
+

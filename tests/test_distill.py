@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import save_tiny_checkpoint, tiny_llama
+from conftest import crash_at_checkpoint, save_tiny_checkpoint, tiny_llama
 
 from specadapt.errors import SpecAdaptError
 from specadapt.distill.train import (
@@ -376,13 +376,7 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint(tmp_path, monkeypatch)
 
     target = tiny_llama(0, init_range=0.3)
     settings = fast_settings(method="distillspec", teacher="exact", max_steps=3, save_steps=2)
-    original = DistillTrainer._save_checkpoint
-
-    def save_then_crash(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(DistillTrainer, "_save_checkpoint", save_then_crash)
+    crash_at_checkpoint(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_stage(tmp_path / "draft", shallow_copy(target, 1).train(), _examples(12), settings, selective=False, target=target)
     monkeypatch.undo()

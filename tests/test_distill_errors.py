@@ -6,10 +6,10 @@ import json
 import re
 
 import pytest
-from conftest import save_tiny_checkpoint
+from conftest import crash_at_checkpoint, save_tiny_checkpoint
 from test_distill import fast_settings, tiny_setup  # noqa: F401  (tiny_setup is a fixture)
 
-from specadapt.distill.train import DistillSettings, DistillTrainer, run_distill
+from specadapt.distill.train import DistillSettings, run_distill
 from specadapt.errors import SpecAdaptError
 
 
@@ -90,13 +90,7 @@ def test_out_holding_a_finished_draft(tiny_setup):
 def test_out_holding_an_unfinished_run_of_another_draft_init_or_settings(tiny_setup, monkeypatch):
     root = tiny_setup
     target, data = str(root / "target"), str(root / "data.jsonl")
-    original = DistillTrainer._save_checkpoint
-
-    def save_then_crash(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(DistillTrainer, "_save_checkpoint", save_then_crash)
+    crash_at_checkpoint(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         _run(target, "shallow:1", data, root / "out", fast_settings(method="distillspec", save_steps=1))
     monkeypatch.undo()

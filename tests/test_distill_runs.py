@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import crash_at_checkpoint, tiny_llama
 from safetensors.torch import load_file
 from test_distill import _examples, fast_settings, tiny_setup  # noqa: F401  (tiny_setup is a fixture)
 
 from specadapt.distill.shallow import shallow_copy
-from specadapt.distill.train import COUNTS, DistillTrainer, run_distill, stage_finished, train_stage
+from specadapt.distill.train import COUNTS, run_distill, stage_finished, train_stage
 
 peft = pytest.importorskip("peft", reason="the LoRA path needs peft (pip install 'specadapt[train]')")
 from specadapt.distill.lora import apply_lora, load_adapter  # noqa: E402
@@ -119,14 +119,7 @@ def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(tmp_path, mo
         return apply_lora(model, settings)[0] if settings.lora_rank else model
 
     whole = train_stage(tmp_path / "whole", student(), _examples(12), settings, selective=False, target=target)
-    original = DistillTrainer._save_checkpoint
-
-    def save_then_crash(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        if self.state.global_step == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(DistillTrainer, "_save_checkpoint", save_then_crash)
+    crash_at_checkpoint(monkeypatch, step=1)
     with pytest.raises(KeyboardInterrupt):
         train_stage(tmp_path / "split", student(), _examples(12), settings, selective=False, target=target)
     monkeypatch.undo()
