@@ -203,3 +203,27 @@ def test_the_longest_request_leaving_first_drops_its_columns(target, close_draft
     while batch.active:
         batch.step()
     assert short.output == hf_greedy(target, PROMPTS[3], 24) and late.output == hf_greedy(target, PROMPTS[1], 10)
+
+
+def test_a_prompt_joining_a_running_batch_is_prefilled_apart(target, close_draft):
+    """A joining prompt is fed in a pass over its own row: the running rows are not padded to its length (their
+    passes stay a round's width) and the cache does not grow by the prompt where it already has the columns."""
+    engine = make_engine(target, close_draft)
+    batch = engine.batch(make_method("fixed:3"))
+    running = batch.add(PROMPTS[2] * 2, RequestConfig(max_new_tokens=24))  # 22 prompt tokens: a wide cache
+    batch.step()
+    fed = []
+    hooks = [m.register_forward_pre_hook(lambda _m, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)),
+                                         with_kwargs=True) for m in (target, close_draft)]
+    width = batch.target.mask.shape[1]
+    joining = batch.add(PROMPTS[2], RequestConfig(max_new_tokens=10))  # 11 tokens: fits in the cache's columns
+    batch.step()
+    for hook in hooks:
+        hook.remove()
+    assert fed[0] == (1, 10) and fed[1] == (1, 10)  # target, then draft: the new row alone, all but its last token
+    assert all(shape[0] == 2 and shape[1] <= 2 + 3 for shape in fed[2:])  # then a plain round over both rows
+    assert batch.target.mask.shape[1] <= width + 1 + 3
+    while batch.active:
+        batch.step()
+    assert running.output == hf_greedy(target, PROMPTS[2] * 2, 24)
+    assert joining.output == hf_greedy(target, PROMPTS[2], 10)

@@ -11,8 +11,10 @@ caches. Every :meth:`Batch.step` is one round for all of them:
 3. **commit**: accepted tokens go to each request's output, rejected drafts are
    rolled back from the caches, finished requests leave the batch.
 
-Requests may join between rounds (:meth:`Batch.add`); their prompt is fed in the
-next round's forward passes, so prefill needs no separate pass. The loop knows
+Requests may join between rounds (:meth:`Batch.add`). A fresh batch's prompts are
+fed in the first round's forward passes; a prompt joining a running batch is
+prefilled in a pass of its own (all but its last token), so the running rows are
+not padded to its length. The loop knows
 nothing about any method: a :class:`~specadapt.methods.Method` supplies the
 draft-length policy and the acceptance rule. Target-only decoding is the same
 loop with a policy that drafts nothing.
@@ -38,7 +40,7 @@ from .acceptance import AcceptanceRule, Proposal, Verdict
 from .errors import SpecAdaptError
 from .methods import Method
 from .models.quant import quantization_of
-from .models.runner import ModelRunner
+from .models.runner import ModelRunner, left_pad
 from .policies.base import DraftBlock, DraftStep, draft_round, finish_round
 from .sampling import SamplingParams, process_logits, sample
 from .stats import RequestStats
@@ -129,17 +131,6 @@ class Request:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _left_pad(seqs: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.zeros((len(seqs), width), dtype=torch.long)
-    valid = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s) :] = torch.tensor(s)
-            valid[i, width - len(s) :] = 1
-    return ids.to(device), valid.to(device)
 
 
 class SpeculativeEngine:
@@ -260,10 +251,25 @@ class Batch:
     def _admit(self) -> None:
         """Give the requests added since the last round their cache rows and fresh policy state."""
         joining, self._joining = self._joining, []
+        if self.requests:  # prefill apart from the running rows, so they are not padded to the prompts' length
+            prefixes = [r.prompt[:-1] for r in joining]  # the last token stays pending: the round needs its logits
+            t0 = time.perf_counter()
+            self.target.add_prefilled_rows(prefixes)
+            _sync(self.device)
+            t1 = time.perf_counter()
+            if self.draft is not None:
+                self.draft.add_prefilled_rows(prefixes)
+                _sync(self.device)
+            t2 = time.perf_counter()
+            for r in joining:
+                r.target_pending, r.draft_pending = r.prompt[-1:], r.prompt[-1:]
+                r.stats.target_time_s += t1 - t0
+                r.stats.draft_time_s += t2 - t1
+        else:  # a fresh batch: the prompts are fed in the first round's forward passes
+            self.target.add_rows(len(joining))
+            if self.draft is not None:
+                self.draft.add_rows(len(joining))
         self.requests += joining
-        self.target.add_rows(len(joining))
-        if self.draft is not None:
-            self.draft.add_rows(len(joining))
         self.policy.begin(torch.tensor([r.slot for r in joining], device=self.device))
 
     def result(self, request: Request) -> GenerationResult:
@@ -315,7 +321,7 @@ class Batch:
         def propose(k: int, previous: DraftStep | None, drafting: torch.Tensor):
             nonlocal fed, groups, eos
             if previous is None:  # the first forward also feeds the pending tokens (the whole prompt at first)
-                ids, valid = _left_pad([r.draft_pending for r in self.requests], self.device)
+                ids, valid = left_pad([r.draft_pending for r in self.requests], self.device)
                 fed, groups, eos = ids.shape[1], self._groups(), self._eos_table()
                 logits, hidden = self.draft.forward(ids, valid)
             else:
@@ -359,7 +365,7 @@ class Batch:
 
     def _verify(self, block: DraftBlock) -> tuple[torch.Tensor, int]:
         """One target forward over every request's unseen tokens and drafts: logits [b, K + 1, V]."""
-        ids, valid = _left_pad([r.target_pending for r in self.requests], self.device)
+        ids, valid = left_pad([r.target_pending for r in self.requests], self.device)
         drafts = block.tokens
         logits, _ = self.target.forward(
             torch.cat([ids, drafts], 1), torch.cat([valid, torch.ones_like(drafts)], 1), keep=block.K + 1

@@ -9,8 +9,22 @@ cropped, so with batch size 1 the cache never has holes.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from transformers import DynamicCache, PreTrainedModel
+
+
+def left_pad(seqs: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids [b, width] and a 0/1 mask of the real ones, each sequence right-aligned."""
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros((len(seqs), width), dtype=torch.long)
+    valid = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s)
+            valid[i, width - len(s) :] = 1
+    return ids.to(device), valid.to(device)
 
 
 class ModelRunner:
@@ -26,6 +40,49 @@ class ModelRunner:
         self.mask = torch.cat([self.mask, self.mask.new_zeros((n, self.mask.shape[1]))])
         if self.cache.get_seq_length() > 0:
             self._rebuild(lambda t: torch.cat([t, t.new_zeros((n, *t.shape[1:]))]))
+
+    @torch.inference_mode()
+    def add_prefilled_rows(self, seqs: Sequence[Sequence[int]]) -> None:
+        """Append one row per sequence, its cache already holding that sequence (a prompt joining a running batch).
+
+        The sequences are fed in a forward over the new rows alone, so the running rows are not padded to a
+        prompt's length (fed as part of a round, a prompt of L tokens costs every row L positions), and
+        placed flush with the cache's end: a new row's history before its sequence is holes, and the cache
+        grows only where a sequence is longer than the cache already is."""
+        width = max((len(s) for s in seqs), default=0)
+        if width == 0:
+            self.add_rows(len(seqs))
+            return
+        ids, valid = left_pad(seqs, self.device)
+        cache = DynamicCache(config=self.model.config)
+        self.model(
+            input_ids=ids,
+            attention_mask=None if bool(valid.all()) else valid,
+            position_ids=(valid.cumsum(1) - 1).clamp_min(0),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if self.mask.shape[1] < width:  # holes in front of the running rows, so the new ones fit
+            grow = width - self.mask.shape[1]
+            self.mask = torch.cat([self.mask.new_zeros((self.mask.shape[0], grow)), self.mask], 1)
+            if self.cache.get_seq_length() > 0:
+                self._rebuild(lambda t: torch.cat([t.new_zeros((*t.shape[:2], grow, t.shape[3])), t], 2))
+        front = self.mask.shape[1] - width
+        self.mask = torch.cat([self.mask, torch.cat([valid.new_zeros((len(seqs), front)), valid], 1)])
+        running = self.mask.shape[0] - len(seqs)
+        data = []
+        for i, layer in enumerate(cache.layers):
+            keys, values = (torch.cat([t.new_zeros((*t.shape[:2], front, t.shape[3])), t], 2)
+                            for t in (layer.keys, layer.values))
+            if running:
+                if self.cache.get_seq_length() > 0:
+                    old = self.cache.layers[i]
+                    keys, values = torch.cat([old.keys, keys]), torch.cat([old.values, values])
+                else:  # running rows that were never fed: all holes
+                    keys, values = (torch.cat([t.new_zeros((running, *t.shape[1:])), t]) for t in (keys, values))
+            data.append((keys, values))
+        self.cache = DynamicCache(data, config=self.model.config)
 
     @torch.inference_mode()
     def forward(
