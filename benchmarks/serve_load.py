@@ -49,6 +49,7 @@ class Server:
     def __init__(self, app) -> None:
         import uvicorn
 
+        self.app = app
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
@@ -140,6 +141,23 @@ def run_cell(url: str, model: str, prompts: list[list[dict]], concurrency: int, 
     }
 
 
+def load_record(scheduler, rounds: int) -> dict:
+    """What the server's load rule did in a cell's ``rounds`` rounds: per batch size, how many rounds ran with
+    each draft-length cap ("none": uncapped), and what an ``auto`` rule had learned by the cell's end."""
+    sizes, caps = (list(history)[-rounds:] if rounds else [] for history in (scheduler.batch_sizes, scheduler.caps))
+    by_batch: dict[str, dict[str, int]] = {}
+    for size, cap in zip(sizes, caps):
+        counts = by_batch.setdefault(str(size), {})
+        counts["none" if cap is None else str(cap)] = counts.get("none" if cap is None else str(cap), 0) + 1
+    record = {"rounds": rounds, "caps_by_batch": by_batch,
+              "round_log": [None if r is None else [r.rows, r.K, r.draft_width, r.target_width, round(r.draft_s, 4),
+                                                   round(r.target_s, 4), round(r.prefill_s, 4), sum(r.accepted)]
+                            for r in (list(scheduler.records)[-rounds:] if rounds else [])]}
+    if hasattr(scheduler.load_rule, "summary"):
+        record["load_rule"] = scheduler.load_rule.summary()
+    return record
+
+
 def load_prompts(n: int, datasets: list[str], split: str) -> list[list[dict]]:
     """``n`` chat prompts from ``split`` of ``datasets``, alternating between them."""
     from specadapt.bench.datasets import load_dataset
@@ -223,9 +241,11 @@ def main(argv: list[str] | None = None) -> None:
             for i, c in enumerate(levels):
                 shift = (repeat * len(levels) + i) % len(methods)
                 for method in methods[shift:] + methods[:shift]:
+                    scheduler = servers[method].app.state.scheduler
+                    before = scheduler.rounds
                     row = {"method": method, "repeat": repeat, **run_cell(
                         servers[method].url, "bench", prompts, c, args.requests_per_client, args.max_tokens,
-                        args.time_limit)}
+                        args.time_limit), **load_record(scheduler, scheduler.rounds - before)}
                     rows.append(row)
                     print(f"{method:>16} x{c} (repeat {repeat}): {row['output_tokens_per_s']:.1f} tok/s", file=sys.stderr)
 

@@ -103,6 +103,7 @@ class RoundRecord:
     target_s: float
     drafted: list[int]  # per row
     accepted: list[int]  # per row
+    prefill_s: float = 0.0  # both models' prefill of prompts that joined the running batch before this round
 
 
 @dataclass
@@ -207,6 +208,7 @@ class Batch:
         self._next_slot = 0
         self._rules: dict[SamplingParams, AcceptanceRule] = {}
         self.last_round: RoundRecord | None = None
+        self._prefill_s = 0.0  # prefill of prompts joining before the next round
 
     # --- requests joining and leaving ------------------------------------------------------------
 
@@ -248,11 +250,14 @@ class Batch:
         """Requests running or about to join."""
         return len(self.requests) + len(self._joining)
 
-    def _admit(self) -> None:
-        """Give the requests added since the last round their cache rows and fresh policy state."""
+    def admit(self) -> None:
+        """Give the requests added since the last round their cache rows and fresh policy state (``step`` does it
+        first thing; a caller that decides something about the round from its requests calls it before)."""
+        if not self._joining:
+            return
         joining, self._joining = self._joining, []
         if self.requests:  # prefill apart from the running rows, so they are not padded to the prompts' length
-            prefixes = [r.prompt[:-1] for r in joining]  # the last token stays pending: the round needs its logits
+            prefixes = [r.target_pending[:-1] for r in joining]  # the last token stays pending: the round needs its logits
             t0 = time.perf_counter()
             self.target.add_prefilled_rows(prefixes)
             _sync(self.device)
@@ -261,8 +266,9 @@ class Batch:
                 self.draft.add_prefilled_rows(prefixes)
                 _sync(self.device)
             t2 = time.perf_counter()
+            self._prefill_s += t2 - t0
             for r in joining:
-                r.target_pending, r.draft_pending = r.prompt[-1:], r.prompt[-1:]
+                r.target_pending, r.draft_pending = r.target_pending[-1:], r.target_pending[-1:]
                 r.stats.target_time_s += t1 - t0
                 r.stats.draft_time_s += t2 - t1
         else:  # a fresh batch: the prompts are fed in the first round's forward passes
@@ -283,8 +289,7 @@ class Batch:
         """One round for every request in the batch; returns the requests that finished in it."""
         if any(r.finish_reason == "cancelled" for r in self.requests):
             self._keep_rows([j for j, r in enumerate(self.requests) if r.finish_reason is None])
-        if self._joining:
-            self._admit()
+        self.admit()
         if not self.requests:
             return []
         slots = torch.tensor([r.slot for r in self.requests], device=self.device)
@@ -412,7 +417,9 @@ class Batch:
             self.draft.keep_tail(fed_draft + K - 1, fed_draft + n.clamp_max(K - 1))
         n_list, next_list, lens = n.tolist(), verdict.next_token.tolist(), block.lens.tolist()
         drafted = block.tokens.tolist()
-        self.last_round = RoundRecord(len(self.requests), K, fed_draft, fed_target, draft_s, target_s, lens, n_list)
+        self.last_round = RoundRecord(len(self.requests), K, fed_draft, fed_target, draft_s, target_s, lens, n_list,
+                                      self._prefill_s)
+        self._prefill_s = 0.0
         keep, finished = [], []
         for j, r in enumerate(self.requests):
             new, r.finish_reason = self._truncate(r, drafted[j][: n_list[j]] + [next_list[j]])

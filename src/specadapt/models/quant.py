@@ -16,7 +16,10 @@ Kernels are torch's own (no torchao needed; torchao 0.18's CPU int4 path,
 
 - int4: ``aten._convert_weight_to_int4pack_for_cpu`` + ``aten._weight_int4pack_mm_for_cpu``,
   asymmetric, one scale and zero per ``group_size`` consecutive inputs of an output row,
-  dequantized as ``(q - 8) * scale + zero`` with ``q`` in 0..15.
+  dequantized as ``(q - 8) * scale + zero`` with ``q`` in 0..15. The kernel is fast for a
+  few rows (decode steps) and slow for many (prefill), so a layer also keeps ``q`` as plain
+  nibbles (another 4 bits per weight; not the output head, which sees one row per request)
+  and, from ``DEQUANTIZE_ROWS`` rows on, unpacks the weight and runs a float matmul.
 - int8: ``aten._weight_int8pack_mm``, symmetric, one scale per output row (the
   kernel has no groups).
 
@@ -47,6 +50,11 @@ DEFAULT_GROUP_SIZE = 32
 _INT4_N_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu packs output rows in tiles of 16
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ROWS_PER_CHUNK = 4096
+# From this many input rows on (a prompt's prefill, a wide verification), an int4 layer unpacks its weight and
+# runs a float matmul: torch's CPU int4 kernel is built for a few rows (~2.5x a bf16 matmul at 256 rows), and
+# unpacking costs ~2 ms per 4.4M weights, so the two break even near 128 rows (benchmarks/int4_rows.py,
+# results/int4_rows.json).
+DEQUANTIZE_ROWS = 128
 
 
 def _shape_only(out_features: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
@@ -58,16 +66,26 @@ def _shape_only(out_features: int, in_features: int, dtype: torch.dtype) -> torc
 class Int4Linear(nn.Module):
     """``nn.Linear`` with group-wise asymmetric int4 weights (torch's CPU int4 kernel)."""
 
-    def __init__(self, packed: torch.Tensor, scale_and_zero: torch.Tensor, bias: torch.Tensor | None,
-                 in_features: int, out_features: int, group_size: int) -> None:
+    def __init__(self, packed: torch.Tensor, nibbles: torch.Tensor | None, scale_and_zero: torch.Tensor,
+                 bias: torch.Tensor | None, in_features: int, out_features: int, group_size: int) -> None:
         super().__init__()
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
-        self.register_buffer("packed", packed)  # uint8 [N padded to 16, K / 2]
+        self.register_buffer("packed", packed)  # uint8 [N padded to 16, K / 2], the kernel's own layout
+        self.register_buffer("nibbles", nibbles)  # uint8 [N, K / 2]: the same q, inputs 2j and 2j + 1 in byte j; or None
         self.register_buffer("scale_and_zero", scale_and_zero)  # [K / group, N padded, 2], the activations' dtype
         self.register_buffer("bias", bias)
+        if nibbles is None:
+            return
+        # For unpacking: per group, w = q * scale + low ([N, K / group, 1], contiguous: unpacking is then ~2 ms).
+        scale, zero = scale_and_zero[:, :out_features].float().transpose(0, 1).unbind(-1)
+        self.register_buffer("unpack_scale", scale.to(scale_and_zero.dtype).contiguous()[..., None], persistent=False)
+        self.register_buffer("unpack_low", (zero - 8 * scale).to(scale_and_zero.dtype).contiguous()[..., None],
+                             persistent=False)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int = DEFAULT_GROUP_SIZE) -> "Int4Linear":
+    def from_linear(cls, linear: nn.Linear, group_size: int = DEFAULT_GROUP_SIZE, unpackable: bool = True) -> "Int4Linear":
+        """``unpackable``: also keep ``q`` as nibbles, for inputs of many rows (costs another 4 bits per weight;
+        an output head, which sees one row per request, goes without)."""
         weight = linear.weight.detach()
         n, k = weight.shape
         _check_int4_group(group_size, k)
@@ -82,9 +100,10 @@ class Int4Linear(nn.Module):
             q[rows] = w.sub_(lo).div_(scale).round_().clamp_(0, 15).reshape(-1, k)
             sz[rows, :, :1], sz[rows, :, 1:] = scale, lo.add_(scale, alpha=8)  # (q - 8) * scale + zero == q * scale + lo
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        nibbles = (q[:n, 0::2] | (q[:n, 1::2] << 4)).to(torch.uint8) if unpackable else None
         scale_and_zero = sz.transpose(0, 1).contiguous().to(weight.dtype)
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(packed, scale_and_zero, bias, k, n, group_size)
+        return cls(packed, nibbles, scale_and_zero, bias, k, n, group_size)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -96,12 +115,24 @@ class Int4Linear(nn.Module):
         sz = self.scale_and_zero.float()
         return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, sz)[:, : self.out_features].t()
 
+    def dequantize(self) -> torch.Tensor:
+        """The weight [out, in] in the activations' dtype, unpacked from ``nibbles`` (a few ms per layer)."""
+        n, k, g = self.out_features, self.in_features, self.group_size
+        w = torch.empty((n, k), dtype=self.scale_and_zero.dtype, device=self.nibbles.device)
+        pairs = w.view(n, k // 2, 2)
+        pairs[..., 0], pairs[..., 1] = self.nibbles & 15, self.nibbles >> 4
+        w.view(n, k // g, g).mul_(self.unpack_scale).add_(self.unpack_low)  # = (q - 8) * scale + zero
+        return w
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features).to(self.scale_and_zero.dtype).contiguous()
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scale_and_zero)
-        if y.shape[-1] != self.out_features:
-            y = y[:, : self.out_features]
+        if self.nibbles is not None and x2.shape[0] >= DEQUANTIZE_ROWS:  # many rows (a prompt): a float matmul wins
+            y = nn.functional.linear(x2, self.dequantize())
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scale_and_zero)
+            if y.shape[-1] != self.out_features:
+                y = y[:, : self.out_features]
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features).to(dtype)
@@ -275,9 +306,13 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None,
             raise SpecAdaptError(f"layer {name!r} has {weight.dtype} weights; only float32/bfloat16/float16 models can be quantized.")
         if scheme == "int4":
             _check_int4_group(group, linear.in_features, name, role)
+    # The output head sees one row per request (logits of the last position only), never a prompt's many rows.
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    heads = {id(head), id(getattr(head, "proj", None))}
     before = after = 0
     for name, linear in targets:
-        new = Int4Linear.from_linear(linear, group) if scheme == "int4" else Int8Linear.from_linear(linear)
+        new = (Int4Linear.from_linear(linear, group, unpackable=id(linear) not in heads) if scheme == "int4"
+               else Int8Linear.from_linear(linear))
         before += linear.weight.numel() * linear.weight.element_size()
         after += sum(b.numel() * b.element_size() for n, b in new.named_buffers() if n != "bias")
         parent_name, _, child = name.rpartition(".")

@@ -261,6 +261,16 @@ class AutoLoad:
                 self.first_measured = self.rounds
         self.acceptance.add(record.drafted, record.accepted)
 
+    def summary(self) -> dict:
+        """What the rule has learned (for a benchmark's record): the draft step's seconds per batch size, the
+        target pass's seconds per position count, expected tokens per round for a few caps, probes run."""
+        return {
+            "draft_step_s": {B: curve(1) for B, curve in sorted(self.draft_step.items())},
+            "target_s": {x: point[0] for x, point in sorted(self.target.points.items())},
+            "expected_tokens": {K: self.acceptance.expected_tokens(K) for K in (1, 2, 4, 8, 16)} if self.acceptance else {},
+            "probes": self.probes,
+        }
+
     def step_cost(self, B: int) -> float:
         """Seconds of one draft step at batch size B."""
         if B in self.draft_step:

@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..engine import GenerationResult, Request, RequestConfig, SpeculativeEngine
+from ..engine import GenerationResult, Request, RequestConfig, RoundRecord, SpeculativeEngine
 from ..methods import Method
 from .load import AutoLoad, LoadCap, LoadRule, load_capped  # noqa: F401  (LoadCap: re-exported)
 from .metrics import ServeMetrics
@@ -94,6 +94,7 @@ class Scheduler:
         self.joins: deque[tuple[int, int]] = deque(maxlen=HISTORY)
         self.batch_sizes: deque[int] = deque(maxlen=HISTORY)
         self.caps: deque[int | None] = deque(maxlen=HISTORY)
+        self.records: deque[RoundRecord | None] = deque(maxlen=HISTORY)  # what each round did and cost
 
     # --- called from any thread --------------------------------------------------------------------
 
@@ -208,17 +209,19 @@ class Scheduler:
                 self._cancels.append(job)
 
     def _round(self) -> None:
-        self.cap.cap = self._load_cap()
-        capped = self.cap.cap is not None
-        self.batch_sizes.append(len(self._running))
-        self.caps.append(self.cap.cap)
         self.batch.last_round = None
         try:
+            self.batch.admit()  # joining prompts are prefilled first: the load rule sees the round as it will run
+            self.cap.cap = self._load_cap()
+            capped = self.cap.cap is not None
+            self.batch_sizes.append(len(self._running))
+            self.caps.append(self.cap.cap)
             finished = self.batch.step()
         except Exception as exc:
             self._recover(exc)
             return
         self.rounds += 1
+        self.records.append(self.batch.last_round)
         if self.batch.last_round is not None and self.method.needs_draft:
             self.load_rule.observe(self.batch.last_round)
         if capped:

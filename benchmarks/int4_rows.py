@@ -1,0 +1,69 @@
+"""Int4 layer cost against the number of input rows: torch's CPU int4 kernel vs unpacking + a bf16 matmul.
+
+    python benchmarks/int4_rows.py --threads 2
+
+Why: the kernel (``aten._weight_int4pack_mm_for_cpu``) is built for decode steps (a few rows); a prompt's
+prefill feeds hundreds. This times, on the two shapes of a Qwen2.5-0.5B MLP (896 -> 4864 and back), side by
+side in one process: the kernel, ``Int4Linear.dequantize()`` + ``F.linear`` (what ``Int4Linear`` does from
+``DEQUANTIZE_ROWS`` rows on), and a plain bf16 ``nn.Linear``. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from specadapt.models.quant import DEQUANTIZE_ROWS, Int4Linear
+
+OUT = Path(__file__).resolve().parent / "results" / "int4_rows.json"
+
+
+def timed(fn, reps: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps * 1e3
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rows", default="1,2,4,8,16,32,64,128,256,1024")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows_list = [int(r) for r in args.rows.split(",")]
+    results = []
+    print(f"{'shape':>10} {'rows':>5} {'int4 kernel ms':>15} {'unpack+bf16 ms':>15} {'bf16 ms':>8}")
+    for k, n in ((896, 4864), (4864, 896)):
+        linear = torch.nn.Linear(k, n, bias=False).to(torch.bfloat16)
+        layer = Int4Linear.from_linear(linear, 32)
+        packed, group, sz = layer.packed, layer.group_size, layer.scale_and_zero
+        with torch.inference_mode():
+            unpack_ms = timed(layer.dequantize, 20)
+            for rows in rows_list:
+                x = torch.randn(rows, k, dtype=torch.bfloat16)
+                reps = max(5, 400 // rows)
+                kernel = timed(lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, sz), reps)
+                unpacked = timed(lambda: torch.nn.functional.linear(x, layer.dequantize()), reps)
+                plain = timed(lambda: linear(x), reps)
+                results.append({"in": k, "out": n, "rows": rows, "int4_kernel_ms": kernel, "unpack_bf16_ms": unpacked,
+                                "bf16_ms": plain})
+                print(f"{k}x{n:>5} {rows:>5} {kernel:>15.3f} {unpacked:>15.3f} {plain:>8.3f}")
+        print(f"unpacking {k}x{n}: {unpack_ms:.3f} ms")
+        results.append({"in": k, "out": n, "unpack_ms": unpack_ms})
+    settings = {"threads": torch.get_num_threads(), "torch": torch.__version__, "dequantize_rows": DEQUANTIZE_ROWS}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
