@@ -422,8 +422,10 @@ def serve_load(*names: str) -> Callable[[], str]:
             out.append(f"`{name}`: {st.get('prompts', 'prompts not recorded')}; {st['requests_per_client']} requests per "
                        f"client, {st['max_tokens']} tokens, draft {st.get('draft_quant', 'none')}, load rule "
                        f"`{st.get('spec_load', 'static')}`, {st.get('repeats', 1)} repeat(s).\n")
-            out.append("| method | clients | tok/s (per repeat) | TTFT p50 s | TPOT p50 s | ÷ autoregressive (per repeat) |")
-            out.append("|---|---|---|---|---|---|")
+            logged = all("caps_by_batch" in r for r in rows)  # newer runs record the load rule's caps
+            out.append("| method | clients | tok/s (per repeat) | TTFT p50 s | TPOT p50 s | ÷ autoregressive (per repeat) |"
+                       + (" drafting rounds |" if logged else ""))
+            out.append("|---|---|---|---|---|---|" + ("---|" if logged else ""))
             ratios = data.get("ratios", {})
             cells = dict.fromkeys((r["method"], r["concurrency"]) for r in rows)
             for method, c in sorted(cells, key=lambda mc: (mc[1], mc[0] != "autoregressive", mc[0])):
@@ -433,7 +435,14 @@ def serve_load(*names: str) -> Callable[[], str]:
                 tpot = mean(r["tpot_p50_s"] for r in mine if r["tpot_p50_s"] is not None)
                 ratio = ratios.get(method, {}).get(str(c))
                 rtext = "–" if ratio is None else f"{ratio['ratio']:.2f} ({', '.join(f'{v:.2f}' for v in ratio['per_repeat'])})"
-                out.append(f"| `{method}` | {c} | {tps} | {ttft:.2f} | {tpot:.3f} | {rtext} |")
+                line = f"| `{method}` | {c} | {tps} | {ttft:.2f} | {tpot:.3f} | {rtext} |"
+                if logged:
+                    caps = [counts for r in mine for counts in r["caps_by_batch"].values()]
+                    total = sum(sum(c.values()) for c in caps)
+                    drafting = total - sum(c.get("0", 0) for c in caps)
+                    line += " –" if method == "autoregressive" or not total else f" {drafting / total:.0%} of {total}"
+                    line += " |"
+                out.append(line)
             out.append("")
         return "\n".join(out)
 
@@ -462,7 +471,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "noise-summary": noise_summary,
     "cheap-draft": cheap_draft,
     "cheap-draft-targets": cheap_draft_targets,
-    "serve-load": serve_load("serve_load_int4.json", "serve_load_int4_humaneval1.json"),
+    "serve-load": serve_load("serve_load_prefill.json"),
+    "serve-load-before": serve_load("serve_load_int4.json", "serve_load_int4_humaneval1.json"),
 }
 
 

@@ -228,6 +228,42 @@ def test_outputs_under_the_auto_rule_equal_generate_and_the_cap_follows_the_batc
     assert results[0][1].result.stats.drafted > 0 and results[0][1].load_capped_rounds > 0
 
 
+def test_the_load_rule_sees_a_joining_prompt_already_prefilled(decoder):
+    """A request joining a running batch is prefilled before the rule decides, so the round it prices feeds
+    the new row one token (not its whole prompt), and the prefill is booked apart from the round's passes."""
+
+    class Spy(NoLoad):
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, int, int]] = []  # rows, widest target_pending, widest draft_pending
+            self.records: list[RoundRecord] = []
+
+        def decide(self, rows, bound):
+            self.seen.append((len(rows), max(len(r.target_pending) for r in rows), max(len(r.draft_pending) for r in rows)))
+            return None
+
+        def observe(self, record):
+            self.records.append(record)
+
+    spy = Spy()
+    scheduler = Scheduler(decoder.engine, make_method("fixed:3"), max_batch_size=4, load_rule=spy)
+    done = threading.Event()
+    first = Job(decoder.encode("w1 w2"), RequestConfig(60), lambda kind, _p: None)
+    long_prompt = decoder.encode(" ".join(WORDS[:40]))
+    late = Job(long_prompt, RequestConfig(4), lambda kind, _p: kind in ("done", "error") and done.set())
+    scheduler.submit(first)
+    scheduler.start()
+    while scheduler.rounds < 3:
+        threading.Event().wait(0.01)
+    scheduler.submit(late)
+    assert done.wait(60)
+    scheduler.stop()
+    joined = next(i for i, (B, _, _) in enumerate(spy.seen) if B == 2)
+    assert spy.seen[joined][1] <= 2 and spy.seen[joined][2] <= 2  # one pending token for the new row
+    record = spy.records[joined]
+    assert record.target_width <= 2 and record.prefill_s > 0
+    assert all(r.prefill_s == 0 for i, r in enumerate(spy.records) if i != joined)
+
+
 def test_serve_load_ratio_is_pooled_over_repeats_with_each_repeat_kept():
     import importlib.util
     from pathlib import Path
