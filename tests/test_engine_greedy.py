@@ -206,23 +206,33 @@ def test_the_longest_request_leaving_first_drops_its_columns(target, close_draft
 
 
 def test_a_prompt_joining_a_running_batch_is_prefilled_apart(target, close_draft):
-    """A joining prompt is fed in a pass over its own row: the running rows are not padded to its length (their
-    passes stay a round's width) and the cache does not grow by the prompt where it already has the columns."""
+    """A joining prompt is fed to each model in a pass over its own row: the running rows are not padded to its
+    length (their passes stay a round's width) and the cache does not grow by the prompt where it already has
+    the columns. The draft is fed it only when it drafts for it: a target-only round spends nothing on it."""
+    from specadapt.serve.load import load_capped
+
     engine = make_engine(target, close_draft)
-    batch = engine.batch(make_method("fixed:3"))
+    method, cap = load_capped(make_method("fixed:3"))
+    batch = engine.batch(method)
     running = batch.add(PROMPTS[2] * 2, RequestConfig(max_new_tokens=24))  # 22 prompt tokens: a wide cache
     batch.step()
     fed = []
-    hooks = [m.register_forward_pre_hook(lambda _m, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)),
+    hooks = [m.register_forward_pre_hook(lambda m, args, kwargs: fed.append((m is target, tuple(kwargs["input_ids"].shape))),
                                          with_kwargs=True) for m in (target, close_draft)]
     width = batch.target.mask.shape[1]
     joining = batch.add(PROMPTS[2], RequestConfig(max_new_tokens=10))  # 11 tokens: fits in the cache's columns
+    cap.cap = 0  # a target-only round: the draft is not fed the new prompt
+    batch.step()
+    assert fed == [(True, (1, 10)), (True, (2, 1))]  # the new row alone, all but its last token; then the round
+    assert batch.target.mask.shape[1] == width + 1 and batch.draft.unfed_rows() == [1]
+    fed.clear()
+    cap.cap = None
     batch.step()
     for hook in hooks:
         hook.remove()
-    assert fed[0] == (1, 10) and fed[1] == (1, 10)  # target, then draft: the new row alone, all but its last token
-    assert all(shape[0] == 2 and shape[1] <= 2 + 3 for shape in fed[2:])  # then a plain round over both rows
-    assert batch.target.mask.shape[1] <= width + 1 + 3
+    assert fed[0] == (False, (1, 11))  # the draft catches up on the new row alone (prompt + the token emitted since)
+    assert all(shape[0] == 2 and shape[1] <= 2 + 3 for _, shape in fed[1:])  # then a plain round over both rows
+    assert batch.draft.unfed_rows() == []
     while batch.active:
         batch.step()
     assert running.output == hf_greedy(target, PROMPTS[2] * 2, 24)

@@ -25,7 +25,8 @@ def record(rows: int, K: int, accepted: int, target_width: int = 1, draft_width:
 
 
 def rows(B: int, room: int = 100, draft_behind: int = 1) -> list:
-    return [SimpleNamespace(room=room, target_pending=[0], draft_pending=[0] * draft_behind) for _ in range(B)]
+    return [SimpleNamespace(room=room, target_pending=[0], draft_pending=[0] * draft_behind, draft_unfed=False)
+            for _ in range(B)]
 
 
 def trained(target, step, accepted=(3, 3, 1), K=3, batches=(1, 2, 4, 8)) -> AutoLoad:
@@ -59,6 +60,26 @@ def test_auto_rule_picks_the_cap_in_between_when_later_positions_rarely_pay():
 def test_auto_rule_target_only_when_drafting_costs_more_than_it_saves_at_any_batch():
     rule = trained(lambda x: 0.1 * x, lambda b: 0.05)  # cost per position constant: a rejected draft is pure loss
     assert [rule.decide(rows(B), bound=3) for B in (1, 2, 4, 8)] == [0, 0, 0, 0]
+
+
+def test_auto_rule_assumes_an_unmeasured_batch_size_costs_a_draft_step_at_least_in_proportion_to_it():
+    # Measured at batch 1 only: a flat target (1 s) and a draft step of 0.3 s, for which drafting pays alone.
+    # Scaled along the flat target, a step at batch 8 would look as cheap; priced in proportion to 8 rows
+    # (as a quantized draft's step can grow) it loses, so batch 8 stays target-only until measured.
+    rule = trained(lambda x: 1.0, lambda b: 0.3 * b, batches=(1,))
+    assert rule.decide(rows(1), bound=3) is None
+    assert rule.step_cost(8) == pytest.approx(2.4) and rule.decide(rows(8), bound=3) == 0
+    assert rule.step_cost(1) == pytest.approx(0.3)
+
+
+def test_auto_rule_prices_feeding_the_draft_prompts_it_has_not_seen():
+    rule = trained(lambda x: 1.0 if x <= 4 else x / 4, lambda b: 0.05)
+    joined = rows(1, room=4)
+    assert rule.decide(joined, bound=3) is None
+    joined[0].draft_unfed, joined[0].draft_pending = True, [0] * 400  # a 400-token prompt the draft never saw
+    assert rule.decide(joined, bound=3) == 0  # feeding it costs more than drafting saves in 4 tokens
+    joined[0].room = 2000
+    assert rule.decide(joined, bound=3) is None  # paid back over the rest
 
 
 def test_auto_rule_does_not_catch_the_draft_up_for_a_request_about_to_end():
@@ -229,16 +250,17 @@ def test_outputs_under_the_auto_rule_equal_generate_and_the_cap_follows_the_batc
 
 
 def test_the_load_rule_sees_a_joining_prompt_already_prefilled(decoder):
-    """A request joining a running batch is prefilled before the rule decides, so the round it prices feeds
-    the new row one token (not its whole prompt), and the prefill is booked apart from the round's passes."""
+    """A request joining a running batch is prefilled before the rule decides, so the round it prices feeds the
+    target one token of the new row (not its whole prompt); the draft is fed the prompt apart when it drafts, and
+    both prefills are booked apart from the round's passes."""
 
     class Spy(NoLoad):
         def __init__(self) -> None:
-            self.seen: list[tuple[int, int, int]] = []  # rows, widest target_pending, widest draft_pending
+            self.seen: list[tuple[int, int, list[bool]]] = []  # rows, widest target_pending, draft_unfed per row
             self.records: list[RoundRecord] = []
 
         def decide(self, rows, bound):
-            self.seen.append((len(rows), max(len(r.target_pending) for r in rows), max(len(r.draft_pending) for r in rows)))
+            self.seen.append((len(rows), max(len(r.target_pending) for r in rows), [r.draft_unfed for r in rows]))
             return None
 
         def observe(self, record):
@@ -249,7 +271,7 @@ def test_the_load_rule_sees_a_joining_prompt_already_prefilled(decoder):
     done = threading.Event()
     first = Job(decoder.encode("w1 w2"), RequestConfig(60), lambda kind, _p: None)
     long_prompt = decoder.encode(" ".join(WORDS[:40]))
-    late = Job(long_prompt, RequestConfig(4), lambda kind, _p: kind in ("done", "error") and done.set())
+    late = Job(long_prompt, RequestConfig(12), lambda kind, _p: kind in ("done", "error") and done.set())
     scheduler.submit(first)
     scheduler.start()
     while scheduler.rounds < 3:
@@ -258,9 +280,11 @@ def test_the_load_rule_sees_a_joining_prompt_already_prefilled(decoder):
     assert done.wait(60)
     scheduler.stop()
     joined = next(i for i, (B, _, _) in enumerate(spy.seen) if B == 2)
-    assert spy.seen[joined][1] <= 2 and spy.seen[joined][2] <= 2  # one pending token for the new row
+    # the target has the new prompt but its last token; the draft has seen nothing of it yet (it is fed when drafted for)
+    assert spy.seen[joined][1] <= 2 and spy.seen[joined][2] == [False, True]
+    assert spy.seen[joined + 1][2] == [False, False]  # this round drafted: the draft was fed the prompt apart
     record = spy.records[joined]
-    assert record.target_width <= 2 and record.prefill_s > 0
+    assert record.target_width <= 2 and record.draft_width <= 2 and record.prefill_s > 0
     assert all(r.prefill_s == 0 for i, r in enumerate(spy.records) if i != joined)
 
 

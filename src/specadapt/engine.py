@@ -103,7 +103,7 @@ class RoundRecord:
     target_s: float
     drafted: list[int]  # per row
     accepted: list[int]  # per row
-    prefill_s: float = 0.0  # both models' prefill of prompts that joined the running batch before this round
+    prefill_s: float = 0.0  # prefill of joining prompts: the target's before the round, the draft's in it (apart)
 
 
 @dataclass
@@ -127,6 +127,11 @@ class Request:
     @property
     def room(self) -> int:
         return self.config.max_new_tokens - len(self.output)
+
+    @property
+    def draft_unfed(self) -> bool:
+        """The draft has seen nothing of this request yet (it joined a running batch and was not drafted for)."""
+        return len(self.draft_pending) == len(self.prompt) + len(self.output)
 
 
 def _sync(device: torch.device) -> None:
@@ -209,6 +214,7 @@ class Batch:
         self._rules: dict[SamplingParams, AcceptanceRule] = {}
         self.last_round: RoundRecord | None = None
         self._prefill_s = 0.0  # prefill of prompts joining before the next round
+        self._draft_fill_s = 0.0  # the part of it the draft did inside the round
 
     # --- requests joining and leaving ------------------------------------------------------------
 
@@ -252,29 +258,27 @@ class Batch:
 
     def admit(self) -> None:
         """Give the requests added since the last round their cache rows and fresh policy state (``step`` does it
-        first thing; a caller that decides something about the round from its requests calls it before)."""
+        first thing; a caller that decides something about the round from its requests calls it before).
+
+        Joining a running batch, a prompt is fed to the target now, in a pass of its own; the draft sees it only
+        when it next drafts for the request (then also in a pass of its own), so rounds kept target-only under
+        load spend nothing on it."""
         if not self._joining:
             return
         joining, self._joining = self._joining, []
-        if self.requests:  # prefill apart from the running rows, so they are not padded to the prompts' length
-            prefixes = [r.target_pending[:-1] for r in joining]  # the last token stays pending: the round needs its logits
+        self.target.add_rows(len(joining))
+        if self.draft is not None:
+            self.draft.add_rows(len(joining))
+        if self.requests:  # prefill the target apart, so the running rows are not padded to the prompts' length
             t0 = time.perf_counter()
-            self.target.add_prefilled_rows(prefixes)
+            rows = range(len(self.requests), len(self.requests) + len(joining))
+            self.target.fill_rows(rows, [r.target_pending[:-1] for r in joining])  # the round needs the last's logits
             _sync(self.device)
-            t1 = time.perf_counter()
-            if self.draft is not None:
-                self.draft.add_prefilled_rows(prefixes)
-                _sync(self.device)
-            t2 = time.perf_counter()
-            self._prefill_s += t2 - t0
+            spent = time.perf_counter() - t0
             for r in joining:
-                r.target_pending, r.draft_pending = r.target_pending[-1:], r.target_pending[-1:]
-                r.stats.target_time_s += t1 - t0
-                r.stats.draft_time_s += t2 - t1
-        else:  # a fresh batch: the prompts are fed in the first round's forward passes
-            self.target.add_rows(len(joining))
-            if self.draft is not None:
-                self.draft.add_rows(len(joining))
+                r.target_pending = r.target_pending[-1:]
+                r.stats.target_time_s += spent
+            self._prefill_s += spent
         self.requests += joining
         self.policy.begin(torch.tensor([r.slot for r in joining], device=self.device))
 
@@ -294,6 +298,7 @@ class Batch:
             return []
         slots = torch.tensor([r.slot for r in self.requests], device=self.device)
         t0 = time.perf_counter()
+        self._draft_fill_s = 0.0
         block, fed_draft = self._draft(slots)
         _sync(self.device)
         t1 = time.perf_counter()
@@ -302,7 +307,8 @@ class Batch:
         t2 = time.perf_counter()
         verdict, target_probs = self._accept(slots, block, target_logits)
         finish_round(self.policy, slots, block, verdict.num_accepted, verdict.accepted_mask, target_probs)
-        return self._commit(block, verdict, fed_draft, fed_target, t1 - t0, t2 - t1)
+        draft_s = t1 - t0 - self._draft_fill_s  # feeding a joined prompt is prefill, not drafting
+        return self._commit(block, verdict, fed_draft, fed_target, draft_s, t2 - t1)
 
     def _groups(self) -> list[tuple[SamplingParams, torch.Tensor | slice]]:
         """Rows with equal sampling parameters, as an index (a plain slice when all rows agree)."""
@@ -326,6 +332,7 @@ class Batch:
         def propose(k: int, previous: DraftStep | None, drafting: torch.Tensor):
             nonlocal fed, groups, eos
             if previous is None:  # the first forward also feeds the pending tokens (the whole prompt at first)
+                self._fill_draft()
                 ids, valid = left_pad([r.draft_pending for r in self.requests], self.device)
                 fed, groups, eos = ids.shape[1], self._groups(), self._eos_table()
                 logits, hidden = self.draft.forward(ids, valid)
@@ -340,6 +347,23 @@ class Batch:
         limit = torch.tensor(room, device=self.device)
         block = draft_round(self.policy, slots, limit, propose, lambda t: (t[:, None] == eos).any(1), check)
         return block, fed if block.K else 0
+
+    def _fill_draft(self) -> None:
+        """Feed the draft, apart from the other rows, the requests it has seen nothing of (they joined a running
+        batch) but their last token; the draft's cache is otherwise padded to their length."""
+        unfed = self.draft.unfed_rows()
+        if not unfed or len(unfed) == len(self.requests):  # nothing to feed apart, or nothing to keep apart from
+            return
+        t0 = time.perf_counter()
+        self.draft.fill_rows(unfed, [self.requests[j].draft_pending[:-1] for j in unfed])
+        _sync(self.device)
+        spent = time.perf_counter() - t0
+        for j in unfed:
+            r = self.requests[j]
+            r.draft_pending = r.draft_pending[-1:]
+            r.stats.draft_time_s += spent
+        self._prefill_s += spent
+        self._draft_fill_s += spent
 
     def _choose(self, logits: torch.Tensor, drafting: torch.Tensor, groups) -> tuple[torch.Tensor, torch.Tensor]:
         """The draft's token per row (argmax when greedy, else a sample from the request's generator) and the

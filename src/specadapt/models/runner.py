@@ -41,17 +41,21 @@ class ModelRunner:
         if self.cache.get_seq_length() > 0:
             self._rebuild(lambda t: torch.cat([t, t.new_zeros((n, *t.shape[1:]))]))
 
-    @torch.inference_mode()
-    def add_prefilled_rows(self, seqs: Sequence[Sequence[int]]) -> None:
-        """Append one row per sequence, its cache already holding that sequence (a prompt joining a running batch).
+    def unfed_rows(self) -> list[int]:
+        """Rows whose history is all holes: nothing has been fed to them yet."""
+        if self.mask.shape[1] == 0:
+            return list(range(self.mask.shape[0]))
+        return torch.nonzero(~self.mask.bool().any(1)).flatten().tolist()
 
-        The sequences are fed in a forward over the new rows alone, so the running rows are not padded to a
-        prompt's length (fed as part of a round, a prompt of L tokens costs every row L positions), and
-        placed flush with the cache's end: a new row's history before its sequence is holes, and the cache
-        grows only where a sequence is longer than the cache already is."""
+    @torch.inference_mode()
+    def fill_rows(self, rows: Sequence[int], seqs: Sequence[Sequence[int]]) -> None:
+        """Feed ``seqs[i]`` to the unfed row ``rows[i]``, in a forward over these rows alone.
+
+        A prompt joining a running batch: fed as part of a round's forward, a prompt of L tokens would cost every
+        row L positions. The sequences are placed flush with the cache's end (the rows' history before them stays
+        holes), so the cache grows only where a sequence is longer than the cache already is."""
         width = max((len(s) for s in seqs), default=0)
         if width == 0:
-            self.add_rows(len(seqs))
             return
         ids, valid = left_pad(seqs, self.device)
         cache = DynamicCache(config=self.model.config)
@@ -63,25 +67,31 @@ class ModelRunner:
             use_cache=True,
             logits_to_keep=1,
         )
-        if self.mask.shape[1] < width:  # holes in front of the running rows, so the new ones fit
+        if self.mask.shape[1] < width:  # holes in front of every row, so the new sequences fit
             grow = width - self.mask.shape[1]
             self.mask = torch.cat([self.mask.new_zeros((self.mask.shape[0], grow)), self.mask], 1)
             if self.cache.get_seq_length() > 0:
                 self._rebuild(lambda t: torch.cat([t.new_zeros((*t.shape[:2], grow, t.shape[3])), t], 2))
-        front = self.mask.shape[1] - width
-        self.mask = torch.cat([self.mask, torch.cat([valid.new_zeros((len(seqs), front)), valid], 1)])
-        running = self.mask.shape[0] - len(seqs)
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
+        self.mask[index, -width:] = valid.long()
+        if self.cache.get_seq_length() == 0:  # the first rows ever fed: the rest are holes
+            self._rebuild_from(cache, index)
+            return
+        for layer, new in zip(self.cache.layers, cache.layers):
+            layer.keys[index, :, -width:] = new.keys
+            layer.values[index, :, -width:] = new.values
+
+    def _rebuild_from(self, cache: DynamicCache, index: torch.Tensor) -> None:
+        """A cache of holes for every row but ``index``, which gets ``cache``'s rows (flush with the end)."""
+        b, length = self.mask.shape
         data = []
-        for i, layer in enumerate(cache.layers):
-            keys, values = (torch.cat([t.new_zeros((*t.shape[:2], front, t.shape[3])), t], 2)
-                            for t in (layer.keys, layer.values))
-            if running:
-                if self.cache.get_seq_length() > 0:
-                    old = self.cache.layers[i]
-                    keys, values = torch.cat([old.keys, keys]), torch.cat([old.values, values])
-                else:  # running rows that were never fed: all holes
-                    keys, values = (torch.cat([t.new_zeros((running, *t.shape[1:])), t]) for t in (keys, values))
-            data.append((keys, values))
+        for layer in cache.layers:
+            full = []
+            for t in (layer.keys, layer.values):
+                empty = t.new_zeros((b, t.shape[1], length, t.shape[3]))
+                empty[index, :, length - t.shape[2]:] = t
+                full.append(empty)
+            data.append(tuple(full))
         self.cache = DynamicCache(data, config=self.model.config)
 
     @torch.inference_mode()

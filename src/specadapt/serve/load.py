@@ -210,12 +210,14 @@ class AutoLoad:
     - ``cost(0) = T(B * w_t)``: a target-only round (no draft pass at all);
     - ``cost(K) = T(B * (w_t + K)) + K * D(B) + catch_up / rounds`` for K > 0: the target pass over the drafts too,
       K draft steps, and the draft catching up on tokens it skipped in target-only rounds (a pass over
-      ``B * w_d`` positions, priced as ``D(B) * T(B * w_d) / T(B)``) spread over the rounds the requests have left
-      (``room / E(K)``), so a request near its end is not switched back to drafting;
+      ``B * w_d`` positions, priced as ``D(B) * T(B * w_d) / T(B)``; plus, for each request that joined while
+      the batch was target-only, a pass over its n unseen tokens alone, ``D(1) * T(n) / T(1)``) spread over the
+      rounds the requests have left (``room / E(K)``), so a request near its end is not switched back to drafting;
     - ``T(x)``: the target pass over x positions (:class:`CostCurve`, fed by every round, prefill rounds included);
       ``D(B)``: one draft step at batch B, booked only from plain rounds, whose first draft forward feeds at most
       ``PLAIN_WIDTH`` pending tokens per row (a round that also catches up or prefills many pending tokens is not
-      the cost of a step, and is not booked); an unmeasured B is scaled from the nearest measured one along ``T``.
+      the cost of a step, and is not booked); an unmeasured B is scaled from the nearest measured one along ``T``,
+      and no less than in proportion to B above it (:meth:`step_cost`).
 
     The best K (from 0 to the policy's own bound) wins if it beats target-only by more than ``margin`` (a
     fraction); K_cap = 0 is a target-only round. Until both a draft step and the target have been measured the
@@ -272,17 +274,23 @@ class AutoLoad:
         }
 
     def step_cost(self, B: int) -> float:
-        """Seconds of one draft step at batch size B."""
+        """Seconds of one draft step at batch size B. An unmeasured B is scaled from the nearest measured one
+        along the target's curve, and above it no less than in proportion to B: a quantized draft's step can grow
+        much faster with the batch than the target's, and an estimate too low would draft where it loses, while
+        one too high only keeps the batch target-only until a probe measures it."""
         if B in self.draft_step:
             return self.draft_step[B](1)
         near = min(self.draft_step, key=lambda b: (abs(b - B), b))
-        return self.draft_step[near](1) * self.target(B) / self.target(near)
+        scale = self.target(B) / self.target(near)
+        return self.draft_step[near](1) * (max(scale, B / near) if B > near else scale)
 
-    def rates(self, B: int, w_t: int, w_d: int, room: float, K_max: int) -> list[float]:
-        """Expected tokens per second for caps 0..K_max."""
+    def rates(self, B: int, w_t: int, w_d: int, room: float, K_max: int, unfed: Sequence[int] = ()) -> list[float]:
+        """Expected tokens per second for caps 0..K_max (``unfed``: lengths of prompts the draft has yet to see)."""
         rates = [B / self.target(B * w_t)]
         step = self.step_cost(B)
         catch_up = step * max(0.0, self.target(B * w_d) / self.target(B) - 1) if w_d > PLAIN_WIDTH else 0.0
+        # Each unseen prompt is fed in a pass of its own: a draft step at batch 1 scaled along the target's curve.
+        catch_up += sum(self.step_cost(1) * self.target(n) / self.target(1) for n in unfed)
         for K in range(1, K_max + 1):
             E = self.acceptance.expected_tokens(K)
             cost = self.target(B * (w_t + K)) + K * step + catch_up / max(1.0, room / E)
@@ -304,12 +312,13 @@ class AutoLoad:
         if K_max <= 0:
             return None
         w_t = max(len(r.target_pending) for r in rows)
-        w_d = max(len(r.draft_pending) for r in rows)
+        unfed = [len(r.draft_pending) for r in rows if r.draft_unfed]  # fed apart (Batch), not padded
+        w_d = max((len(r.draft_pending) for r in rows if not r.draft_unfed), default=0)
         room = sum(r.room for r in rows) / len(rows)
-        rates = self.rates(len(rows), w_t, w_d, room, K_max)
+        rates = self.rates(len(rows), w_t, w_d, room, K_max, unfed)
         best = max(range(1, K_max + 1), key=lambda K: rates[K])
         if rates[best] <= rates[0] * (1 + self.margin):
-            if self.probe_due(len(rows), w_d):
+            if self.probe_due(len(rows), max([w_d, *unfed])):  # a probe would also feed the unseen prompts
                 self.probes += 1
                 return 1
             return 0
