@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the server's load rule for methods without @rule")
     parser.add_argument("--spec-max-batch", type=int, default=8, help="--spec-load static: the threshold")
     parser.add_argument("--spec-load-k", type=int, default=0, help="--spec-load static: draft tokens above it")
+    parser.add_argument("--spec-auto-margin", type=float, default=None,
+                        help="--spec-load auto: gain drafting must promise (default: the server's)")
     parser.add_argument("--draft-quant", default=zoo.DEFAULT_DRAFT_QUANT,
                         help="the draft's quantization (serve_load.json and serve_load_spec_max_batch1.json: none)")
     parser.add_argument("--dtype", default="bfloat16")
@@ -232,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
             settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant, method=name,
                                      model_name="bench", max_batch_size=max(levels), max_queue=max(levels),
                                      spec_load=rule or args.spec_load, spec_max_batch=args.spec_max_batch,
-                                     spec_load_k=args.spec_load_k)
+                                     spec_load_k=args.spec_load_k,
+                                     **({} if args.spec_auto_margin is None else {"spec_auto_margin": args.spec_auto_margin}))
             servers[method] = stack.enter_context(Server(create_app(decoder, settings)))
             run_cell(servers[method].url, "bench", prompts[:1], 1, 1, 8, args.time_limit)  # warm-up
         # Concurrency by concurrency, the methods side by side in an order rotated per cell, so slow drift of

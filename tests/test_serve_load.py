@@ -65,11 +65,19 @@ def test_auto_rule_target_only_when_drafting_costs_more_than_it_saves_at_any_bat
 def test_auto_rule_assumes_an_unmeasured_batch_size_costs_a_draft_step_at_least_in_proportion_to_it():
     # Measured at batch 1 only: a flat target (1 s) and a draft step of 0.3 s, for which drafting pays alone.
     # Scaled along the flat target, a step at batch 8 would look as cheap; priced in proportion to 8 rows
-    # (as a quantized draft's step can grow) it loses, so batch 8 stays target-only until measured.
+    # (as a quantized draft's step can grow) it loses. Between the two, the rule measures: one probe round.
     rule = trained(lambda x: 1.0, lambda b: 0.3 * b, batches=(1,))
     assert rule.decide(rows(1), bound=3) is None
-    assert rule.step_cost(8) == pytest.approx(2.4) and rule.decide(rows(8), bound=3) == 0
-    assert rule.step_cost(1) == pytest.approx(0.3)
+    assert rule.step_cost(8) == pytest.approx(2.4) and rule.step_cost(8, low=True) == pytest.approx(0.3)
+    assert rule.decide(rows(8), bound=3) == 1 and rule.probes == 1
+    rule.observe(record(8, 1, 1))  # the probe: a step at batch 8 really costs 2.4 s
+    assert rule.step_cost(8) == pytest.approx(2.4) and rule.decide(rows(8), bound=3) == 0 and rule.probes == 1
+    cheap = trained(lambda x: 1.0, lambda b: 0.3, batches=(1,))
+    cheap.decide(rows(8), bound=3)
+    cheap.observe(record(8, 1, 1))  # here it costs what it did alone: drafting
+    assert cheap.decide(rows(8), bound=3) is None
+    costly = trained(lambda x: 1.0, lambda b: 3.0, batches=(1,))  # loses even alone: no probe at 8 either
+    assert costly.decide(rows(1), bound=3) == 0 and costly.decide(rows(8), bound=3) == 0 and costly.probes == 0
 
 
 def test_auto_rule_prices_feeding_the_draft_prompts_it_has_not_seen():
@@ -169,6 +177,21 @@ def test_auto_rule_does_not_probe_while_drafting_when_the_draft_is_far_behind_or
     for _ in range(3 * N):
         never.observe(record(4, 0, 0))
     assert never.decide(rows(4, draft_behind=2), bound=3) == 0 and never.probes == 0
+
+
+def test_the_rule_counts_on_requests_stopping_their_own_drafts_while_the_batch_runs_the_longest():
+    # An early-stopping policy (as AdaEDL): of 8 requests, 7 draft one token and one drafts 6, all accepted.
+    model = AcceptanceModel()
+    model.add([1] * 7 + [6], [1] * 7 + [6])
+    assert model.expected_tokens(6) == pytest.approx(1 + 1 + 5 / 8)  # positions 2-6: only 1 request in 8 gets there
+    assert model.expected_steps(6, 8) == pytest.approx(1 + 5 * (1 - (7 / 8) ** 8))  # but someone usually does
+    assert model.expected_steps(6, 1) == pytest.approx(1 + 5 / 8)
+    rule = AutoLoad(timing=lambda r: (0.1 * r.K, 0.5 + 0.01 * r.rows * (r.target_width + r.K)))
+    for _ in range(5):
+        rule.observe(RoundRecord(8, 6, 1, 1, 0.0, 0.0, [1] * 7 + [6], [1] * 7 + [6]))
+        rule.observe(record(8, 0, 0))
+    # Cap 1: 2 tokens a request for one step; cap 6: 2.6 tokens for ~4.3 steps, and the target pass over them.
+    assert rule.decide(rows(8), bound=6) == 1
 
 
 def test_cost_curve_and_acceptance_model():

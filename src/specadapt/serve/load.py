@@ -166,37 +166,61 @@ class CostCurve:
 
 
 class AcceptanceModel:
-    """How many tokens a round yields per request for a draft cap K: ``1 + S_1 + ... + S_K``, with ``S_j`` the
-    chance that the first j drafts are all accepted. ``S_j`` is the product of per-position hazards
-    ``h_i`` = accepted at position i / drafted at position i after i - 1 accepted, counted over recent rounds
-    (counts decay by ``1 - 1/window`` per round); positions never reached use the pooled rate. This follows
-    the method's real acceptance (bursty, position-dependent), not an i.i.d. guess."""
+    """What a draft-length cap K buys, from the method's recent rounds (counts decay by ``1 - 1/window`` a round).
+
+    Two per-position hazards: ``go_i``, the chance a request drafts position i given it drafted i - 1 and the round
+    went on to i (its own policy may stop it earlier: AdaEDL, AdaSD, SpecDec++ do, per request), and ``h_i``, the
+    chance draft i is accepted given it was drafted and 1..i-1 were (accepted at i / drafted at i after i - 1
+    accepted). With ``q_j = go_1 * ... * go_j`` and ``S_j = h_1 * ... * h_j``:
+
+    - tokens per request and round: ``E(K) = 1 + sum_j q_j * S_j``;
+    - draft steps a round of B requests runs (the longest draft): ``steps(K, B) = sum_j 1 - (1 - q_j)^B``.
+
+    So a policy that stops most requests early yields little beyond that point, while a large batch still runs
+    nearly K steps (someone goes on). Positions never reached use the pooled acceptance and go on always.
+    This follows the method's real behaviour (bursty, position-dependent), not an i.i.d. guess."""
 
     def __init__(self, window: int = 100) -> None:
         self.decay = 1 - 1 / window
-        self.tried = [0.0] * (MAX_DRAFT_TOKENS + 1)  # index i: position i (1-based)
-        self.accepted = [0.0] * (MAX_DRAFT_TOKENS + 1)
+        size = MAX_DRAFT_TOKENS + 1  # index i: position i (1-based)
+        self.tried, self.accepted = [0.0] * size, [0.0] * size
+        self.could, self.went = [0.0] * size, [0.0] * size  # could draft position i (drafted i - 1, the round reached i); did
 
     def __bool__(self) -> bool:
         return sum(self.tried) > 0
 
     def add(self, drafted: Sequence[int], accepted: Sequence[int]) -> None:
-        if not any(drafted):
+        K = max(drafted, default=0)  # the round ran its longest draft's steps
+        if not K:
             return
-        self.tried = [t * self.decay for t in self.tried]
-        self.accepted = [a * self.decay for a in self.accepted]
+        for counts in (self.tried, self.accepted, self.could, self.went):
+            counts[:] = [c * self.decay for c in counts]
         for d, n in zip(drafted, accepted):
             for i in range(1, min(d, n + 1) + 1):
                 self.tried[i] += 1
                 self.accepted[i] += i <= n
+            for i in range(1, min(d + 1, K) + 1):
+                self.could[i] += 1
+                self.went[i] += i <= d
+
+    def _hazards(self, K: int) -> tuple[list[float], list[float]]:
+        """``q_j`` and ``S_j`` for j = 1..K."""
+        pooled = sum(self.accepted) / sum(self.tried)
+        q, S, go, survive = [], [], 1.0, 1.0
+        for i in range(1, K + 1):
+            go *= self.went[i] / self.could[i] if self.could[i] >= 1 else 1.0
+            survive *= self.accepted[i] / self.tried[i] if self.tried[i] >= 1 else pooled
+            q.append(go)
+            S.append(survive)
+        return q, S
 
     def expected_tokens(self, K: int) -> float:
-        pooled = sum(self.accepted) / sum(self.tried)
-        total, survive = 1.0, 1.0
-        for i in range(1, K + 1):
-            survive *= self.accepted[i] / self.tried[i] if self.tried[i] >= 1 else pooled
-            total += survive
-        return total
+        q, S = self._hazards(K)
+        return 1.0 + sum(a * b for a, b in zip(q, S))
+
+    def expected_steps(self, K: int, B: int) -> float:
+        q, _ = self._hazards(K)
+        return sum(1 - (1 - a) ** B for a in q)
 
 
 class AutoLoad:
@@ -206,10 +230,11 @@ class AutoLoad:
     For B requests, each with up to ``w_t`` tokens the target has not seen and ``w_d`` the draft has not seen, a
     cap K is worth ``B * E(K) / cost(K)`` tokens per second, where
 
-    - ``E(K)``: tokens per request per round (:class:`AcceptanceModel`, the method's recent acceptance);
+    - ``E(K)``: tokens per request per round, and ``s = steps(K, B)``: the draft steps such a round runs
+      (:class:`AcceptanceModel`, from the method's recent rounds: its acceptance and where its policy stops);
     - ``cost(0) = T(B * w_t)``: a target-only round (no draft pass at all);
-    - ``cost(K) = T(B * (w_t + K)) + K * D(B) + catch_up / rounds`` for K > 0: the target pass over the drafts too,
-      K draft steps, and the draft catching up on tokens it skipped in target-only rounds (a pass over
+    - ``cost(K) = T(B * (w_t + s)) + s * D(B) + catch_up / rounds`` for K > 0: the target pass over the drafts too,
+      s draft steps, and the draft catching up on tokens it skipped in target-only rounds (a pass over
       ``B * w_d`` positions, priced as ``D(B) * T(B * w_d) / T(B)``; plus, for each request that joined while
       the batch was target-only, a pass over its n unseen tokens alone, ``D(1) * T(n) / T(1)``) spread over the
       rounds the requests have left (``room / E(K)``), so a request near its end is not switched back to drafting;
@@ -217,7 +242,9 @@ class AutoLoad:
       ``D(B)``: one draft step at batch B, booked only from plain rounds, whose first draft forward feeds at most
       ``PLAIN_WIDTH`` pending tokens per row (a round that also catches up or prefills many pending tokens is not
       the cost of a step, and is not booked); an unmeasured B is scaled from the nearest measured one along ``T``,
-      and no less than in proportion to B above it (:meth:`step_cost`).
+      and no less than in proportion to B above it (:meth:`step_cost`). Where that estimate keeps the batch
+      target-only but the lowest plausible one (along ``T`` only) would draft, the rule runs a probe round
+      (below) to measure it.
 
     The best K (from 0 to the policy's own bound) wins if it beats target-only by more than ``margin`` (a
     fraction); K_cap = 0 is a target-only round. Until both a draft step and the target have been measured the
@@ -273,27 +300,28 @@ class AutoLoad:
             "probes": self.probes,
         }
 
-    def step_cost(self, B: int) -> float:
+    def step_cost(self, B: int, low: bool = False) -> float:
         """Seconds of one draft step at batch size B. An unmeasured B is scaled from the nearest measured one
-        along the target's curve, and above it no less than in proportion to B: a quantized draft's step can grow
-        much faster with the batch than the target's, and an estimate too low would draft where it loses, while
-        one too high only keeps the batch target-only until a probe measures it."""
+        along the target's curve (``low``: the lowest plausible estimate) and, above it, by default no less
+        than in proportion to B: a quantized draft's step can grow much faster with the batch than the target's."""
         if B in self.draft_step:
             return self.draft_step[B](1)
         near = min(self.draft_step, key=lambda b: (abs(b - B), b))
         scale = self.target(B) / self.target(near)
-        return self.draft_step[near](1) * (max(scale, B / near) if B > near else scale)
+        return self.draft_step[near](1) * (max(scale, B / near) if B > near and not low else scale)
 
-    def rates(self, B: int, w_t: int, w_d: int, room: float, K_max: int, unfed: Sequence[int] = ()) -> list[float]:
-        """Expected tokens per second for caps 0..K_max (``unfed``: lengths of prompts the draft has yet to see)."""
+    def rates(self, B: int, w_t: int, w_d: int, room: float, K_max: int, unfed: Sequence[int] = (),
+              low: bool = False) -> list[float]:
+        """Expected tokens per second for caps 0..K_max (``unfed``: lengths of prompts the draft has yet to see;
+        ``low``: with the lowest plausible draft-step cost of an unmeasured batch size)."""
         rates = [B / self.target(B * w_t)]
-        step = self.step_cost(B)
+        step = self.step_cost(B, low)
         catch_up = step * max(0.0, self.target(B * w_d) / self.target(B) - 1) if w_d > PLAIN_WIDTH else 0.0
         # Each unseen prompt is fed in a pass of its own: a draft step at batch 1 scaled along the target's curve.
         catch_up += sum(self.step_cost(1) * self.target(n) / self.target(1) for n in unfed)
         for K in range(1, K_max + 1):
-            E = self.acceptance.expected_tokens(K)
-            cost = self.target(B * (w_t + K)) + K * step + catch_up / max(1.0, room / E)
+            E, steps = self.acceptance.expected_tokens(K), self.acceptance.expected_steps(K, B)
+            cost = self.target(B * (w_t + steps)) + steps * step + catch_up / max(1.0, room / E)
             rates.append(B * E / cost)
         return rates
 
@@ -315,10 +343,16 @@ class AutoLoad:
         unfed = [len(r.draft_pending) for r in rows if r.draft_unfed]  # fed apart (Batch), not padded
         w_d = max((len(r.draft_pending) for r in rows if not r.draft_unfed), default=0)
         room = sum(r.room for r in rows) / len(rows)
-        rates = self.rates(len(rows), w_t, w_d, room, K_max, unfed)
+        B = len(rows)
+        rates = self.rates(B, w_t, w_d, room, K_max, unfed)
         best = max(range(1, K_max + 1), key=lambda K: rates[K])
         if rates[best] <= rates[0] * (1 + self.margin):
-            if self.probe_due(len(rows), max([w_d, *unfed])):  # a probe would also feed the unseen prompts
+            if B not in self.draft_step:  # unmeasured: if a cheap enough step would make drafting pay, measure it
+                low = self.rates(B, w_t, w_d, room, K_max, unfed, low=True)
+                if max(low[1:]) > low[0] * (1 + self.margin):
+                    self.probes += 1
+                    return 1
+            if self.probe_due(B, max([w_d, *unfed])):  # a probe would also feed the unseen prompts
                 self.probes += 1
                 return 1
             return 0
