@@ -1,9 +1,12 @@
 """Greedy equivalence (fp32): speculative output is token-identical to the target's own greedy output."""
 
 import pytest
+import torch
 
 from specadapt.engine import RequestConfig
 from specadapt.methods import make_method
+from specadapt.models.runner import ModelRunner
+from specadapt.serve.load import load_capped
 
 from conftest import hf_greedy, make_engine
 
@@ -209,8 +212,6 @@ def test_a_prompt_joining_a_running_batch_is_prefilled_apart(target, close_draft
     """A joining prompt is fed to each model in a pass over its own row: the running rows are not padded to its
     length (their passes stay a round's width) and the cache does not grow by the prompt where it already has
     the columns. The draft is fed it only when it drafts for it: a target-only round spends nothing on it."""
-    from specadapt.serve.load import load_capped
-
     engine = make_engine(target, close_draft)
     method, cap = load_capped(make_method("fixed:3"))
     batch = engine.batch(method)
@@ -237,3 +238,40 @@ def test_a_prompt_joining_a_running_batch_is_prefilled_apart(target, close_draft
         batch.step()
     assert running.output == hf_greedy(target, PROMPTS[2] * 2, 24)
     assert joining.output == hf_greedy(target, PROMPTS[2], 10)
+
+
+@pytest.mark.parametrize("history", [0, 3, 30])  # an empty cache, one shorter than the prompt, one longer
+def test_a_filled_row_computes_what_the_sequence_fed_alone_computes(target, history):
+    prompt = PROMPTS[2] + PROMPTS[0]  # 16 tokens
+    alone = ModelRunner(target)
+    alone.add_rows(1)
+    alone.fill_rows([0], [prompt])
+    expected, _ = alone.forward(torch.tensor([[7]]))
+    runner = ModelRunner(target)
+    runner.add_rows(3)
+    if history:
+        runner.forward(torch.tensor([list(range(1, history + 1))] * 3))
+        runner.keep_tail(history, torch.tensor([history, history, 0]))  # row 2: all holes again
+    runner.fill_rows([2], [prompt])
+    assert runner.mask.shape[1] == max(history, len(prompt)) and runner.unfed_rows() == ([] if history else [0, 1])
+    logits, _ = runner.forward(torch.tensor([[5], [6], [7]]))
+    torch.testing.assert_close(logits[2], expected[0], rtol=1e-4, atol=1e-4)
+
+
+def test_prompts_joining_together_are_fed_in_groups_of_similar_length(target, close_draft):
+    engine = make_engine(target, close_draft)
+    batch = engine.batch(make_method("autoregressive"))
+    batch.add(PROMPTS[0], RequestConfig(max_new_tokens=20))
+    batch.step()
+    fed = []
+    hook = target.register_forward_pre_hook(lambda m, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)),
+                                            with_kwargs=True)
+    prompts = [PROMPTS[2] * 3, PROMPTS[1], PROMPTS[2] * 3 + [5], PROMPTS[0]]  # 33, 2, 34 and 5 tokens
+    joined = [batch.add(p, RequestConfig(max_new_tokens=6)) for p in prompts]
+    batch.step()
+    hook.remove()
+    assert sorted(fed[:-1]) == [(1, 1), (1, 4), (2, 33)]  # short ones alone, the two long ones together; then the round
+    while batch.active:
+        batch.step()
+    for p, r in zip(prompts, joined):
+        assert r.output == hf_greedy(target, p, 6)

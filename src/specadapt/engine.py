@@ -12,9 +12,10 @@ caches. Every :meth:`Batch.step` is one round for all of them:
    rolled back from the caches, finished requests leave the batch.
 
 Requests may join between rounds (:meth:`Batch.add`). A fresh batch's prompts are
-fed in the first round's forward passes; a prompt joining a running batch is
-prefilled in a pass of its own (all but its last token), so the running rows are
-not padded to its length. The loop knows
+fed in the first round's forward passes; a prompt joining a running batch is fed
+in a pass of its own (all but its last token: to the target before the round, to
+the draft when it first drafts for the request), so the running rows are not
+padded to its length. The loop knows
 nothing about any method: a :class:`~specadapt.methods.Method` supplies the
 draft-length policy and the acceptance rule. Target-only decoding is the same
 loop with a policy that drafts nothing.

@@ -47,13 +47,26 @@ class ModelRunner:
             return list(range(self.mask.shape[0]))
         return torch.nonzero(~self.mask.bool().any(1)).flatten().tolist()
 
-    @torch.inference_mode()
-    def fill_rows(self, rows: Sequence[int], seqs: Sequence[Sequence[int]]) -> None:
-        """Feed ``seqs[i]`` to the unfed row ``rows[i]``, in a forward over these rows alone.
+    def fill_rows(self, rows: Sequence[int], seqs: Sequence[Sequence[int]], max_padding: float = 0.25) -> None:
+        """Feed ``seqs[i]`` to the unfed row ``rows[i]``, in forwards over these rows alone.
 
         A prompt joining a running batch: fed as part of a round's forward, a prompt of L tokens would cost every
-        row L positions. The sequences are placed flush with the cache's end (the rows' history before them stays
-        holes), so the cache grows only where a sequence is longer than the cache already is."""
+        row L positions. The sequences go in groups of similar length (padding at most ``max_padding`` of a
+        group's tokens), placed flush with the cache's end (the rows' history before them stays holes), so the
+        cache grows only where a sequence is longer than the cache already is."""
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        group: list[int] = []
+        for i in order:
+            longest, total = len(seqs[i]), sum(len(seqs[j]) for j in group) + len(seqs[i])
+            if group and longest * (len(group) + 1) > (1 + max_padding) * total:
+                self._fill_group([rows[j] for j in group], [seqs[j] for j in group])
+                group = []
+            group.append(i)
+        if group:
+            self._fill_group([rows[j] for j in group], [seqs[j] for j in group])
+
+    @torch.inference_mode()
+    def _fill_group(self, rows: Sequence[int], seqs: Sequence[Sequence[int]]) -> None:
         width = max((len(s) for s in seqs), default=0)
         if width == 0:
             return
