@@ -484,6 +484,31 @@ def serve_load_targets(name: str, humaneval: str) -> Callable[[], str]:
     return render
 
 
+def serve_load_time(name: str, clients: int) -> Callable[[], str]:
+    """Where a serve_load.py run's time went at ``clients`` clients, from the rounds it logged: seconds in the
+    draft, the target and prefill (prompts joining a running batch, both models), and tokens per second of the
+    rounds without prefill, drafting vs target-only, by batch size."""
+
+    def render() -> str:
+        rows = [r for r in json.loads((RESULTS / name).read_text(encoding="utf-8"))["rows"] if r["concurrency"] == clients]
+        lines = ["| method | repeat | draft s | target s | prefill s | wall s | tok/s of rounds at batch ≥ 6: drafting (rounds) | target-only (rounds) |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r.get("repeat", 0), r["method"])):
+            log = [x for x in r["round_log"] if x]
+            draft, target, prefill = (sum(x[i] for x in log) for i in (4, 5, 6))
+
+            def rate(sel):  # rows, K, draft width, target width, draft s, target s, prefill s, accepted
+                chosen = [x for x in log if x[0] >= 6 and x[6] == 0 and sel(x)]
+                seconds = sum(x[4] + x[5] for x in chosen)
+                return "–" if not seconds else f"{sum(x[0] + x[7] for x in chosen) / seconds:.1f} ({len(chosen)})"
+
+            lines.append(f"| `{r['method']}` | {r.get('repeat', 0)} | {draft:.1f} | {target:.1f} | {prefill:.1f} | "
+                         f"{r['wall_s']:.1f} | {rate(lambda x: x[1] > 0)} | {rate(lambda x: x[1] == 0)} |")
+        return "\n".join(lines) + "\n"
+
+    return render
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "resumed-runs": resumed_runs,
     "engine-humaneval": engine_table("humaneval"),
@@ -506,9 +531,11 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "noise-summary": noise_summary,
     "cheap-draft": cheap_draft,
     "cheap-draft-targets": cheap_draft_targets,
-    "serve-load": serve_load("serve_load_lazy.json", "serve_load_lazy_humaneval1.json"),
-    "serve-load-targets": serve_load_targets("serve_load_lazy.json", "serve_load_lazy_humaneval1.json"),
-    "serve-load-history": serve_load("serve_load_int4.json", "serve_load_int4_humaneval1.json", "serve_load_prefill.json"),
+    "serve-load": serve_load("serve_load_grouped.json", "serve_load_lazy_humaneval1.json"),
+    "serve-load-targets": serve_load_targets("serve_load_grouped.json", "serve_load_lazy_humaneval1.json"),
+    "serve-load-time": serve_load_time("serve_load_grouped.json", 8),
+    "serve-load-history": serve_load("serve_load_int4.json", "serve_load_int4_humaneval1.json", "serve_load_prefill.json",
+                                     "serve_load_lazy.json"),
 }
 
 

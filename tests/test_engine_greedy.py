@@ -275,3 +275,29 @@ def test_prompts_joining_together_are_fed_in_groups_of_similar_length(target, cl
         batch.step()
     for p, r in zip(prompts, joined):
         assert r.output == hf_greedy(target, p, 6)
+
+
+def test_a_draft_that_has_seen_none_of_the_running_requests_is_fed_apart_too(target, close_draft):
+    """Requests that joined during target-only rounds, once the rows the draft had seen are gone, are still fed
+    apart (grouped by length), not in one round forward padded to the longest of them."""
+    engine = make_engine(target, close_draft)
+    method, cap = load_capped(make_method("fixed:3"))
+    batch = engine.batch(method)
+    first = batch.add(PROMPTS[0], RequestConfig(max_new_tokens=30))
+    batch.step()
+    cap.cap = 0
+    late = [batch.add(PROMPTS[2] * 2, RequestConfig(max_new_tokens=8)), batch.add(PROMPTS[1], RequestConfig(max_new_tokens=8))]
+    batch.step()
+    batch.cancel(first)
+    batch.step()  # still target-only: the draft has seen neither of the two
+    assert batch.draft.unfed_rows() == [0, 1]
+    fed = []
+    hook = close_draft.register_forward_pre_hook(lambda m, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)),
+                                                 with_kwargs=True)
+    cap.cap = None
+    batch.step()
+    hook.remove()
+    assert sorted(fed[:2]) == [(1, 3), (1, 23)] and fed[2] == (2, 1)  # each alone (prompt + 2 emitted), then the round
+    while batch.active:
+        batch.step()
+    assert late[0].output == hf_greedy(target, PROMPTS[2] * 2, 8) and late[1].output == hf_greedy(target, PROMPTS[1], 8)

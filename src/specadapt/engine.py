@@ -353,7 +353,7 @@ class Batch:
         """Feed the draft, apart from the other rows, the requests it has seen nothing of (they joined a running
         batch) but their last token; the draft's cache is otherwise padded to their length."""
         unfed = self.draft.unfed_rows()
-        if not unfed or len(unfed) == len(self.requests):  # nothing to feed apart, or nothing to keep apart from
+        if not unfed or self.draft.mask.shape[1] == 0:  # nothing to feed, or a fresh batch: fed in the round
             return
         t0 = time.perf_counter()
         self.draft.fill_rows(unfed, [self.requests[j].draft_pending[:-1] for j in unfed])
