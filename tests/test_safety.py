@@ -446,7 +446,14 @@ def test_sigint_to_a_running_specadapt_prints_interrupted(tmp_path):
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "TERM": "dumb"})
     try:
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(2.0)  # into main() and the command
+        # Into main() and the command: wait until it blocks reading its prompt (Linux tells where a process
+        # sleeps; on a busy machine the imports alone can take seconds), else give it a few seconds.
+        wchan = f"/proc/{proc.pid}/wchan"
+        deadline = time.monotonic() + (60 if os.path.exists(wchan) else 3)
+        while time.monotonic() < deadline:
+            if os.path.exists(wchan) and "pipe" in open(wchan).read():
+                break
+            time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
