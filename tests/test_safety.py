@@ -439,8 +439,10 @@ def test_sigint_to_a_running_specadapt_prints_interrupted(tmp_path):
     import sys
     import time
 
-    # The command waits for its prompt on stdin, so the signal arrives while the command runs.
-    code = ("import sys, specadapt.cli as c; print('ready', flush=True); "
+    # The command waits for its prompt on stdin, so the signal arrives while the command runs. Ctrl-C's usual
+    # handler first: a child of a background job (e.g. `nohup ... &`) inherits SIGINT ignored.
+    code = ("import signal, sys, specadapt.cli as c; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "print('ready', flush=True); "
             "sys.argv = ['specadapt', 'generate', '--prompt-file', '-', '--method', 'autoregressive']; c.main()")
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "TERM": "dumb"})
