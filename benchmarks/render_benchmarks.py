@@ -509,6 +509,36 @@ def serve_load_time(name: str, clients: int) -> Callable[[], str]:
     return render
 
 
+def distill_real_pair(folder: str) -> Callable[[], str]:
+    """A distillation run on the real pair: each stage's compute (from its stage.json) and each draft's
+    teacher-forced agreement with the target (from eval-draft's eval.json)."""
+
+    def render() -> str:
+        root = RESULTS / folder
+        out = ["| stage | method | steps | sequences | answer tokens | loss-bearing tokens | wall s |", "|---|---|---|---|---|---|---|"]
+        for stage in ("reference", "draft"):
+            path = root / f"{stage}_stage.json"
+            if not path.exists():
+                continue
+            st = json.loads(path.read_text(encoding="utf-8"))
+            c = st["metrics"]["compute"]
+            method = "AdaSPEC (k = {})".format(st["settings"]["k"]) if st["selective"] else "DistillSpec (forward KL)"
+            out.append(f"| `{stage}` | {method} | {c['optimizer_steps']} | {c['sequences']} | {c['answer_tokens']} | "
+                       f"{c['loss_tokens']} | {c['wall_seconds']:.0f} |")
+        ev = json.loads((root / "eval.json").read_text(encoding="utf-8"))
+        out += ["", f"Teacher-forced on {ev['prompts']} {ev['data']} test prompts, {ev['settings']['max_new_tokens']} "
+                    "target tokens each (greedy):", "",
+                "| draft | positions | argmax agreement | KL(target‖draft) | predicted tokens per target call, K = 4 |",
+                "|---|---|---|---|---|"]
+        for name, d in ev["drafts"].items():
+            tf = d["teacher_forced"]
+            out.append(f"| `{name}` | {tf['positions']} | {tf['argmax_agreement']:.3f} | {tf['kl_target_draft']:.3f} | "
+                       f"{tf['predicted']['4']['mean_accepted_length']:.2f} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "resumed-runs": resumed_runs,
     "engine-humaneval": engine_table("humaneval"),
@@ -534,6 +564,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load": serve_load("serve_load_grouped.json", "serve_load_lazy_humaneval1.json"),
     "serve-load-targets": serve_load_targets("serve_load_grouped.json", "serve_load_lazy_humaneval1.json"),
     "serve-load-time": serve_load_time("serve_load_grouped.json", 8),
+    "distill-real-pair": distill_real_pair("distill_real_pair"),
     "serve-load-history": serve_load("serve_load_int4.json", "serve_load_int4_humaneval1.json", "serve_load_prefill.json",
                                      "serve_load_lazy.json"),
 }
