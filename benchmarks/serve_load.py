@@ -147,8 +147,8 @@ def load_record(scheduler, rounds: int) -> dict:
     sizes, caps = (list(history)[-rounds:] if rounds else [] for history in (scheduler.batch_sizes, scheduler.caps))
     by_batch: dict[str, dict[str, int]] = {}
     for size, cap in zip(sizes, caps):
-        counts = by_batch.setdefault(str(size), {})
-        counts["none" if cap is None else str(cap)] = counts.get("none" if cap is None else str(cap), 0) + 1
+        counts, key = by_batch.setdefault(str(size), {}), "none" if cap is None else str(cap)
+        counts[key] = counts.get(key, 0) + 1
     record = {"rounds": rounds, "caps_by_batch": by_batch,
               "round_log": [None if r is None else [r.rows, r.K, r.draft_width, r.target_width, round(r.draft_s, 4),
                                                    round(r.target_s, 4), round(r.prefill_s, 4), sum(r.accepted)]

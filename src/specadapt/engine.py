@@ -214,8 +214,7 @@ class Batch:
         self._next_slot = 0
         self._rules: dict[SamplingParams, AcceptanceRule] = {}
         self.last_round: RoundRecord | None = None
-        self._prefill_s = 0.0  # prefill of prompts joining before the next round
-        self._draft_fill_s = 0.0  # the part of it the draft did inside the round
+        self._prefill_s = 0.0  # prefill of joining prompts since the last round
 
     # --- requests joining and leaving ------------------------------------------------------------
 
@@ -270,17 +269,10 @@ class Batch:
         self.target.add_rows(len(joining))
         if self.draft is not None:
             self.draft.add_rows(len(joining))
-        if self.requests:  # prefill the target apart, so the running rows are not padded to the prompts' length
-            t0 = time.perf_counter()
-            rows = range(len(self.requests), len(self.requests) + len(joining))
-            self.target.fill_rows(rows, [r.target_pending[:-1] for r in joining])  # the round needs the last's logits
-            _sync(self.device)
-            spent = time.perf_counter() - t0
-            for r in joining:
-                r.target_pending = r.target_pending[-1:]
-                r.stats.target_time_s += spent
-            self._prefill_s += spent
+        running = len(self.requests)
         self.requests += joining
+        if running:  # prefill the target apart, so the running rows are not padded to the prompts' length
+            self._feed_apart(self.target, list(range(running, len(self.requests))))
         self.policy.begin(torch.tensor([r.slot for r in joining], device=self.device))
 
     def result(self, request: Request) -> GenerationResult:
@@ -298,8 +290,7 @@ class Batch:
         if not self.requests:
             return []
         slots = torch.tensor([r.slot for r in self.requests], device=self.device)
-        t0 = time.perf_counter()
-        self._draft_fill_s = 0.0
+        t0, prefill = time.perf_counter(), self._prefill_s
         block, fed_draft = self._draft(slots)
         _sync(self.device)
         t1 = time.perf_counter()
@@ -308,7 +299,7 @@ class Batch:
         t2 = time.perf_counter()
         verdict, target_probs = self._accept(slots, block, target_logits)
         finish_round(self.policy, slots, block, verdict.num_accepted, verdict.accepted_mask, target_probs)
-        draft_s = t1 - t0 - self._draft_fill_s  # feeding a joined prompt is prefill, not drafting
+        draft_s = t1 - t0 - (self._prefill_s - prefill)  # feeding the draft a joined prompt is prefill, not drafting
         return self._commit(block, verdict, fed_draft, fed_target, draft_s, t2 - t1)
 
     def _groups(self) -> list[tuple[SamplingParams, torch.Tensor | slice]]:
@@ -351,20 +342,29 @@ class Batch:
 
     def _fill_draft(self) -> None:
         """Feed the draft, apart from the other rows, the requests it has seen nothing of (they joined a running
-        batch) but their last token; the draft's cache is otherwise padded to their length."""
+        batch); the draft's cache is otherwise padded to their length."""
         unfed = self.draft.unfed_rows()
-        if not unfed or self.draft.mask.shape[1] == 0:  # nothing to feed, or a fresh batch: fed in the round
-            return
+        if unfed and self.draft.mask.shape[1] > 0:  # a fresh batch's prompts are fed in the round instead
+            self._feed_apart(self.draft, unfed)
+
+    def _feed_apart(self, runner: ModelRunner, rows: list[int]) -> None:
+        """Feed ``runner`` (the target's or the draft's) these rows' pending tokens but the last (the round needs
+        its logits), in passes of their own; the time is prefill, booked to those requests."""
+        draft = runner is self.draft
         t0 = time.perf_counter()
-        self.draft.fill_rows(unfed, [self.requests[j].draft_pending[:-1] for j in unfed])
+        runner.fill_rows(rows, [(self.requests[j].draft_pending if draft else self.requests[j].target_pending)[:-1]
+                                for j in rows])
         _sync(self.device)
         spent = time.perf_counter() - t0
-        for j in unfed:
+        for j in rows:
             r = self.requests[j]
-            r.draft_pending = r.draft_pending[-1:]
-            r.stats.draft_time_s += spent
+            if draft:
+                r.draft_pending = r.draft_pending[-1:]
+                r.stats.draft_time_s += spent
+            else:
+                r.target_pending = r.target_pending[-1:]
+                r.stats.target_time_s += spent
         self._prefill_s += spent
-        self._draft_fill_s += spent
 
     def _choose(self, logits: torch.Tensor, drafting: torch.Tensor, groups) -> tuple[torch.Tensor, torch.Tensor]:
         """The draft's token per row (argmax when greedy, else a sample from the request's generator) and the

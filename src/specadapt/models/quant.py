@@ -51,7 +51,7 @@ _INT4_N_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu packs output rows i
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ROWS_PER_CHUNK = 4096
 # From this many input rows on (a prompt's prefill, a wide verification), an int4 layer unpacks its weight and
-# runs a float matmul: torch's CPU int4 kernel is built for a few rows (~2.5x a bf16 matmul at 256 rows), and
+# runs a float matmul: torch's CPU int4 kernel is built for a few rows (over 3x a bf16 matmul at 256 rows), and
 # unpacking costs ~2 ms per 4.4M weights, so the two break even near 128 rows (benchmarks/int4_rows.py,
 # results/int4_rows.json).
 DEQUANTIZE_ROWS = 128

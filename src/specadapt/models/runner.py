@@ -56,12 +56,13 @@ class ModelRunner:
         cache grows only where a sequence is longer than the cache already is."""
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         group: list[int] = []
+        total = 0  # tokens in the group
         for i in order:
-            longest, total = len(seqs[i]), sum(len(seqs[j]) for j in group) + len(seqs[i])
-            if group and longest * (len(group) + 1) > (1 + max_padding) * total:
+            if group and len(seqs[i]) * (len(group) + 1) > (1 + max_padding) * (total + len(seqs[i])):
                 self._fill_group([rows[j] for j in group], [seqs[j] for j in group])
-                group = []
+                group, total = [], 0
             group.append(i)
+            total += len(seqs[i])
         if group:
             self._fill_group([rows[j] for j in group], [seqs[j] for j in group])
 
@@ -70,42 +71,24 @@ class ModelRunner:
         width = max((len(s) for s in seqs), default=0)
         if width == 0:
             return
-        ids, valid = left_pad(seqs, self.device)
-        cache = DynamicCache(config=self.model.config)
-        self.model(
-            input_ids=ids,
-            attention_mask=None if bool(valid.all()) else valid,
-            position_ids=(valid.cumsum(1) - 1).clamp_min(0),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        fresh = ModelRunner(self.model)  # the group's own pass, into a cache of its own
+        fresh.add_rows(len(seqs))
+        fresh.forward(*left_pad(seqs, self.device))
         if self.mask.shape[1] < width:  # holes in front of every row, so the new sequences fit
             grow = width - self.mask.shape[1]
             self.mask = torch.cat([self.mask.new_zeros((self.mask.shape[0], grow)), self.mask], 1)
             if self.cache.get_seq_length() > 0:
                 self._rebuild(lambda t: torch.cat([t.new_zeros((*t.shape[:2], grow, t.shape[3])), t], 2))
         index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
-        self.mask[index, -width:] = valid.long()
-        if self.cache.get_seq_length() == 0:  # the first rows ever fed: the rest are holes
-            self._rebuild_from(cache, index)
-            return
-        for layer, new in zip(self.cache.layers, cache.layers):
+        self.mask[index, -width:] = fresh.mask
+        if self.cache.get_seq_length() == 0:  # nothing fed before: holes everywhere, shaped like the new cache
+            b, length = self.mask.shape
+            self.cache = DynamicCache(
+                [tuple(t.new_zeros((b, t.shape[1], length, t.shape[3])) for t in (layer.keys, layer.values))
+                 for layer in fresh.cache.layers], config=self.model.config)
+        for layer, new in zip(self.cache.layers, fresh.cache.layers):
             layer.keys[index, :, -width:] = new.keys
             layer.values[index, :, -width:] = new.values
-
-    def _rebuild_from(self, cache: DynamicCache, index: torch.Tensor) -> None:
-        """A cache of holes for every row but ``index``, which gets ``cache``'s rows (flush with the end)."""
-        b, length = self.mask.shape
-        data = []
-        for layer in cache.layers:
-            full = []
-            for t in (layer.keys, layer.values):
-                empty = t.new_zeros((b, t.shape[1], length, t.shape[3]))
-                empty[index, :, length - t.shape[2]:] = t
-                full.append(empty)
-            data.append(tuple(full))
-        self.cache = DynamicCache(data, config=self.model.config)
 
     @torch.inference_mode()
     def forward(

@@ -214,13 +214,20 @@ class AcceptanceModel:
             S.append(survive)
         return q, S
 
+    def curves(self, K_max: int, B: int) -> tuple[list[float], list[float]]:
+        """``E(K)`` and ``steps(K, B)`` for K = 0..K_max, from one pass over the hazards."""
+        q, S = self._hazards(K_max)
+        E, steps = [1.0], [0.0]
+        for a, b in zip(q, S):
+            E.append(E[-1] + a * b)
+            steps.append(steps[-1] + 1 - (1 - a) ** B)
+        return E, steps
+
     def expected_tokens(self, K: int) -> float:
-        q, S = self._hazards(K)
-        return 1.0 + sum(a * b for a, b in zip(q, S))
+        return self.curves(K, 1)[0][K]
 
     def expected_steps(self, K: int, B: int) -> float:
-        q, _ = self._hazards(K)
-        return sum(1 - (1 - a) ** B for a in q)
+        return self.curves(K, B)[1][K]
 
 
 class AutoLoad:
@@ -318,11 +325,11 @@ class AutoLoad:
         step = self.step_cost(B, low)
         catch_up = step * max(0.0, self.target(B * w_d) / self.target(B) - 1) if w_d > PLAIN_WIDTH else 0.0
         # Each unseen prompt is fed in a pass of its own: a draft step at batch 1 scaled along the target's curve.
-        catch_up += sum(self.step_cost(1) * self.target(n) / self.target(1) for n in unfed)
+        catch_up += self.step_cost(1) / self.target(1) * sum(self.target(n) for n in unfed)
+        E, steps = self.acceptance.curves(K_max, B)
         for K in range(1, K_max + 1):
-            E, steps = self.acceptance.expected_tokens(K), self.acceptance.expected_steps(K, B)
-            cost = self.target(B * (w_t + steps)) + steps * step + catch_up / max(1.0, room / E)
-            rates.append(B * E / cost)
+            cost = self.target(B * (w_t + steps[K])) + steps[K] * step + catch_up / max(1.0, room / E[K])
+            rates.append(B * E[K] / cost)
         return rates
 
     def probe_due(self, B: int, w_d: int) -> bool:
