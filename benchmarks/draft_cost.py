@@ -12,6 +12,11 @@ the median over rounds of the mean step time is reported, and the minimum (the l
 draft step / target decode (1 token) and ``c_verify`` = draft step / verify-8, each the median of the ratios
 within a round; ``c_of_min`` = the ratio of the minima.
 
+Each draft runs the way the engine runs it (``lean``: specadapt's DecodeStep) and, with ``--forwards``, also
+through the transformers forward with specadapt's packed attention (``[hf-packed]``) and with transformers' own
+SDPA attention (``[hf-sdpa]``, the state before either existed; the target is timed that way too, and these
+rows' ``c`` is against it): the per-step overhead before and after.
+
 Breakdown: in each round, after its clean steps, a variant runs half as many steps again with forward hooks on
 every linear layer (and the head) timing them; "rest" is the step time minus their sum (embedding, norms,
 rotary, attention over the cache, Python/HF overhead). The median shares over rounds are applied to the clean
@@ -48,6 +53,7 @@ from specadapt.models import zoo
 from specadapt.models.draft_vocab import restrict_vocabulary, shipped_ranking
 from specadapt.models.loading import eos_token_ids, load_model, load_tokenizer
 from specadapt.models.quant import QUANT_LINEARS, quantize_model
+from specadapt.models.attention import NAME as PACKED
 from specadapt.models.runner import ModelRunner
 
 
@@ -84,11 +90,16 @@ class LinearTimer:
 
 
 class Stepper:
-    """A model with a prefilled cache; ``step()`` runs one forward of ``n`` tokens and rolls it back."""
+    """A model with a prefilled cache; ``step()`` runs one forward of ``n`` tokens and rolls it back.
 
-    def __init__(self, model: nn.Module, context: int, n: int, vocab: int, seed: int) -> None:
-        self.model, self.n, self.vocab = model, n, vocab
-        self.runner = ModelRunner(model)
+    ``forward``: how the model runs: ``lean`` (specadapt's DecodeStep, the engine's draft), ``hf-packed`` (the
+    transformers forward with specadapt's packed attention, the engine's target) or ``hf-sdpa`` (the transformers
+    forward with its own SDPA attention, as before either existed)."""
+
+    def __init__(self, model: nn.Module, context: int, n: int, vocab: int, seed: int, forward: str = "hf-packed") -> None:
+        self.model, self.n, self.vocab, self.forward = model, n, vocab, forward
+        self.runner = ModelRunner(model, lean_steps=forward == "lean")
+        self._prepare()
         self.runner.add_rows(1)
         g = torch.Generator().manual_seed(seed)
         self.tokens = torch.randint(100, 30000, (64, 1, n), generator=g)
@@ -96,12 +107,16 @@ class Stepper:
         self.i = 0
         self.step()  # warm-up
 
+    def _prepare(self) -> None:
+        self.model.set_attn_implementation("sdpa" if self.forward == "hf-sdpa" else PACKED)
+
     def step(self) -> None:
         self.runner.forward(self.tokens[self.i % 64], keep=self.n)
         self.runner.keep_tail(self.n, torch.zeros(1, dtype=torch.long))
         self.i += 1
 
     def time_steps(self, k: int) -> float:
+        self._prepare()
         t0 = time.perf_counter()
         for _ in range(k):
             self.step()
@@ -144,14 +159,22 @@ def target_variants(target: nn.Module, schemes: list[str], group: int) -> dict[s
 
 
 def per_step(args, target, variants: dict[str, nn.Module], vocab: int, targets: dict[str, nn.Module] | None = None) -> dict:
+    """Each model the way the engine runs it (target: ``hf-packed``, draft: ``lean``), plus ``--forwards``'
+    other ways (a ``[forward]`` suffix): what the packed attention and the lean step each save."""
     steppers = {"target 1 token": Stepper(target, args.context, 1, vocab, 0), "target verify-8": Stepper(target, args.context, 8, vocab, 0)}
+    others = [f for f in args.forwards.split(",") if f]
+    if "hf-sdpa" in others:
+        steppers["target 1 token [hf-sdpa]"] = Stepper(target, args.context, 1, vocab, 0, "hf-sdpa")
+        steppers["target verify-8 [hf-sdpa]"] = Stepper(target, args.context, 8, vocab, 0, "hf-sdpa")
     for name, model in (targets or {}).items():
         steppers[name] = Stepper(model, args.context, 1, vocab, 0)
     for name, model in variants.items():
-        steppers[name] = Stepper(model, args.context, 1, vocab, 0)
+        steppers[name] = Stepper(model, args.context, 1, vocab, 0, "lean")
+        for forward in others:
+            steppers[f"{name} [{forward}]"] = Stepper(model, args.context, 1, vocab, 0, forward)
     per_round = max(1, args.steps // args.rounds)
     times: dict[str, list[float]] = {k: [] for k in steppers}
-    shares: dict[str, list[dict]] = {k: [] for k in steppers if k != "target verify-8"}
+    shares: dict[str, list[dict]] = {k: [] for k in steppers if "verify-8" not in k}
     with torch.inference_mode():
         for r in range(args.rounds):
             for name, s in steppers.items():
@@ -168,13 +191,17 @@ def per_step(args, target, variants: dict[str, nn.Module], vocab: int, targets: 
         row = {"step_ms": round(ms, 2), "rounds_ms": [round(t * 1e3, 2) for t in times[name]]}
         if name.startswith("draft"):
             # Ratios within a round, then their median: load that shifts between rounds cancels.
-            c = [d / t for d, t in zip(times[name], times["target 1 token"])]
-            cv = [d / t for d, t in zip(times[name], times["target verify-8"])]
-            row.update(c=round(median(c), 3), c_verify=round(median(cv), 3), weights_MB=round(model_bytes(variants[name]) / 2**20, 1))
+            # Against the target run the same way (the state before the packed attention for [hf-sdpa]).
+            suffix = " [hf-sdpa]" if name.endswith("[hf-sdpa]") else ""
+            one, verify = times["target 1 token" + suffix], times["target verify-8" + suffix]
+            c = [d / t for d, t in zip(times[name], one)]
+            cv = [d / t for d, t in zip(times[name], verify)]
+            row.update(c=round(median(c), 3), c_verify=round(median(cv), 3),
+                       weights_MB=round(model_bytes(variants[name.split(" [")[0]]) / 2**20, 1))
             # The least disturbed round of each: on a shared machine the closest to an idle one.
-            row.update(c_of_min=round(min(times[name]) / min(times["target 1 token"]), 3))
+            row.update(c_of_min=round(min(times[name]) / min(one), 3))
         row["min_ms"] = round(min(times[name]) * 1e3, 2)
-        if name.startswith("target") and name != "target verify-8":  # decode speed, comparable with llama.cpp's tg
+        if name.startswith("target") and "verify-8" not in name:  # decode speed, comparable with llama.cpp's tg
             row["decode_tokens_per_s"] = round(1e3 / ms, 2)
             row["decode_tokens_per_s_of_min"] = round(1e3 / row["min_ms"], 2)
             if name in (targets or {}):
@@ -261,6 +288,8 @@ def main(argv=None) -> int:
     p.add_argument("--target-schemes", default="", help="also time the target quantized so, e.g. int8,int4 (--target-quant)")
     p.add_argument("--fr-size", type=int, default=32768, help="frequency-ranked head size")
     p.add_argument("--group-size", type=int, default=32)
+    p.add_argument("--forwards", default="hf-sdpa,hf-packed",
+                   help="also time each draft (and the target) run these other ways: hf-sdpa, hf-packed (see Stepper)")
     p.add_argument("--context", type=int, default=256, help="tokens in the KV cache")
     p.add_argument("--steps", type=int, default=240, help="timed draft steps per variant (target: a third)")
     p.add_argument("--rounds", type=int, default=20)
@@ -284,10 +313,10 @@ def main(argv=None) -> int:
 
     targets = target_variants(target, [x for x in args.target_schemes.split(",") if x], args.group_size)
     steps = per_step(args, target, variants, vocab, targets)
-    print(f"\n{'model':<26}{'step ms':>9}{'c':>7}{'c_ver8':>8}{'linear':>9}{'head':>8}{'rest':>8}{'MB':>8}")
+    print(f"\n{'model':<38}{'step ms':>9}{'c':>7}{'c_ver8':>8}{'linear':>9}{'head':>8}{'rest':>8}{'MB':>8}")
     for name, row in steps.items():
         b = row.get("breakdown_ms", {})
-        print(f"{name:<26}{row['step_ms']:>9.1f}{row.get('c', float('nan')):>7.3f}{row.get('c_verify', float('nan')):>8.3f}"
+        print(f"{name:<38}{row['step_ms']:>9.1f}{row.get('c', float('nan')):>7.3f}{row.get('c_verify', float('nan')):>8.3f}"
               f"{b.get('linear', float('nan')):>9.1f}{b.get('head', float('nan')):>8.1f}{b.get('rest', float('nan')):>8.1f}{row.get('weights_MB', float('nan')):>8.0f}")
     cover = coverage(tokenizer, args.fr_size)
     print("\ncoverage of held-out text by a head of", args.fr_size, json.dumps(cover, indent=1))

@@ -218,8 +218,9 @@ def test_a_prompt_joining_a_running_batch_is_prefilled_apart(target, close_draft
     running = batch.add(PROMPTS[2] * 2, RequestConfig(max_new_tokens=24))  # 22 prompt tokens: a wide cache
     batch.step()
     fed = []
-    hooks = [m.register_forward_pre_hook(lambda m, args, kwargs: fed.append((m is target, tuple(kwargs["input_ids"].shape))),
-                                         with_kwargs=True) for m in (target, close_draft)]
+    # On the embeddings: the draft's few-token steps skip the transformers forward (models/decode_step.py).
+    hooks = [m.model.embed_tokens.register_forward_pre_hook(
+        lambda e, args: fed.append((e is target.model.embed_tokens, tuple(args[0].shape)))) for m in (target, close_draft)]
     width = batch.target.mask.shape[1]
     joining = batch.add(PROMPTS[2], RequestConfig(max_new_tokens=10))  # 11 tokens: fits in the cache's columns
     cap.cap = 0  # a target-only round: the draft is not fed the new prompt
@@ -292,8 +293,7 @@ def test_a_draft_that_has_seen_none_of_the_running_requests_is_fed_apart_too(tar
     batch.step()  # still target-only: the draft has seen neither of the two
     assert batch.draft.unfed_rows() == [0, 1]
     fed = []
-    hook = close_draft.register_forward_pre_hook(lambda m, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)),
-                                                 with_kwargs=True)
+    hook = close_draft.model.embed_tokens.register_forward_pre_hook(lambda e, args: fed.append(tuple(args[0].shape)))
     cap.cap = None
     batch.step()
     hook.remove()

@@ -207,7 +207,7 @@ class Batch:
         if method.needs_draft:
             if engine.draft is None:
                 raise SpecAdaptError(f"method {method.name!r} needs a draft model; load one or use 'autoregressive'.")
-            self.draft = ModelRunner(engine.draft, want_hidden=self.policy.needs_hidden)
+            self.draft = ModelRunner(engine.draft, want_hidden=self.policy.needs_hidden, lean_steps=True)
         self.requests: list[Request] = []  # row i of both caches is requests[i] (once joined)
         self._joining: list[Request] = []  # added since the last round: no cache rows or policy state yet
         self._free_slots: list[int] = []  # slots of requests that left (a heap: the smallest is reused first)

@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from ..errors import SpecAdaptError
 from . import zoo
+from .attention import use_packed_attention
 
 DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -180,6 +181,7 @@ def load_model(spec: str, dtype: str | torch.dtype = "bfloat16", device: str | t
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise SpecAdaptError(_load_failure(spec, "model", exc, online)) from None
+    use_packed_attention(model)
     return model.to(target_device).eval()
 
 

@@ -14,6 +14,9 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from .decode_step import MAX_TOKENS as LEAN_MAX_TOKENS
+from .decode_step import DecodeStep
+
 
 def left_pad(seqs: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids [b, width] and a 0/1 mask of the real ones, each sequence right-aligned."""
@@ -28,9 +31,12 @@ def left_pad(seqs: Sequence[Sequence[int]], device: torch.device) -> tuple[torch
 
 
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel, want_hidden: bool = False) -> None:
+    def __init__(self, model: PreTrainedModel, want_hidden: bool = False, lean_steps: bool = False) -> None:
+        """``lean_steps``: run blocks of a few tokens through :class:`DecodeStep` where the architecture has one
+        (the draft: its logits only need to be the ones it samples from, not bit-equal to transformers')."""
         self.model = model
         self.want_hidden = want_hidden
+        self.lean = DecodeStep.for_model(model) if lean_steps else None
         self.device = model.device
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
         self.cache = DynamicCache(config=model.config)
@@ -100,6 +106,9 @@ class ModelRunner:
             valid = torch.ones_like(tokens)
         self.mask = torch.cat([self.mask, valid.long()], dim=1)
         positions = (self.mask.cumsum(1) - 1).clamp_min(0)[:, -tokens.shape[1] :]
+        if self.lean is not None and tokens.shape[1] <= LEAN_MAX_TOKENS:
+            logits, hidden = self.lean(tokens, self.mask, positions, self.cache, keep)
+            return logits, hidden if self.want_hidden else None
         # An all-ones mask lets attention take its unmasked fast path.
         attention_mask = None if bool(self.mask.all()) else self.mask
         out = self.model(

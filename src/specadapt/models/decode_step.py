@@ -1,0 +1,98 @@
+"""A lean forward for a few new tokens of a Llama-family decoder: the draft's step, without transformers' per-call
+machinery.
+
+A draft step of the int4 0.5B draft on CPU is ~10 ms of matmuls, and through the transformers forward another
+~8 ms of everything else: mask construction, keyword plumbing through every layer, output capturing, attention
+dispatch, norms and rotary as many small ops. This forward calls the same modules (projections, embedding,
+rotary, output head) in the same order, so its logits are the same up to float rounding, but builds the mask
+once per step, computes each RMSNorm as one fused op and runs grouped-query attention packed
+(:mod:`specadapt.models.attention`). ``benchmarks/draft_cost.py`` times both.
+
+Only for architectures whose layer is exactly what this code does (Llama, Qwen2 without sliding windows); for
+anything else :meth:`DecodeStep.for_model` returns None and the runner keeps the transformers forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import DynamicCache, PreTrainedModel
+
+SUPPORTED = ("llama", "qwen2")
+MAX_TOKENS = 16  # blocks up to this long (draft steps, short verifications); prompts take the transformers path
+
+
+def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    # As transformers' Llama/Qwen2 RMSNorm: normalise in fp32, back to the input's dtype, then scale.
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+
+
+class DecodeStep:
+    """``step(tokens, mask, positions, cache, keep)``: the causal LM's logits for the last ``keep`` of ``tokens``
+    [b, n] (fp32) and the final hidden states there, appending the block's keys and values to ``cache``."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        config = model.config
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+
+    @classmethod
+    def for_model(cls, model: PreTrainedModel) -> "DecodeStep | None":
+        config = model.config
+        if getattr(config, "model_type", None) not in SUPPORTED or model.device.type != "cpu":
+            return None
+        if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
+            return None  # sliding-window layers need their own mask
+        if getattr(config, "pretraining_tp", 1) != 1:
+            return None
+        return cls(model)
+
+    @torch.inference_mode()
+    def __call__(
+        self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache, keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mask`` [b, L]: the runner's 0/1 mask, the block's own columns last; ``positions`` [b, n]."""
+        base = self.model.model
+        b, n = tokens.shape
+        x = base.embed_tokens(tokens)
+        cos, sin = (t[:, None] for t in base.rotary_emb(x, positions))  # [b, 1, n, head_dim]
+        attend = self._attention_mask(mask, n)
+        groups = self.heads // self.kv_heads
+        for i, layer in enumerate(base.layers):
+            attn = layer.self_attn
+            h = _rms_norm(x, layer.input_layernorm)
+            q = attn.q_proj(h).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+            k, v = cache.update(_rotate(k, cos, sin), v, i)
+            # The heads that share a key/value head go as extra query rows (see models/attention.py).
+            packed = _rotate(q, cos, sin).reshape(b, self.kv_heads, groups * n, self.head_dim)
+            o = F.scaled_dot_product_attention(packed, k, v, attn_mask=attend, scale=attn.scaling)
+            x = x + attn.o_proj(o.reshape(b, self.heads, n, self.head_dim).transpose(1, 2).reshape(b, n, -1))
+            h = _rms_norm(x, layer.post_attention_layernorm)
+            mlp = layer.mlp
+            x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+        hidden = _rms_norm(x[:, -keep:], base.norm)
+        return self.model.lm_head(hidden).float(), hidden
+
+    def _attention_mask(self, mask: torch.Tensor, n: int) -> torch.Tensor | None:
+        """Boolean [b, 1, groups * n, L]: query i of the block sees the row's real slots up to its own, and always
+        its own slot (a hole's query then reads finite values that nothing uses, where a row of no visible slot
+        would give NaN); None where that is every slot (one token, no holes)."""
+        if n == 1 and bool(mask.all()):
+            return None
+        b, length = mask.shape
+        seen = mask.bool()[:, None, None, :].expand(b, 1, n, length).clone()
+        block = seen[..., length - n :]
+        block &= torch.ones((n, n), dtype=torch.bool, device=mask.device).tril()
+        block |= torch.eye(n, dtype=torch.bool, device=mask.device)
+        groups = self.heads // self.kv_heads
+        return seen[:, :, None].expand(b, 1, groups, n, length).reshape(b, 1, groups * n, length)

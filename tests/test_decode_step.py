@@ -1,0 +1,74 @@
+"""The lean draft step (models/decode_step.py) computes what the transformers forward computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+from specadapt.models.decode_step import DecodeStep
+from specadapt.models.quant import quantize_model
+from specadapt.models.runner import ModelRunner
+
+from conftest import tiny_llama
+
+
+def tiny_qwen2(seed: int, **overrides) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3, **overrides)
+    return Qwen2ForCausalLM(config).eval()
+
+
+def _calls(model, lean: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Logits, hidden states and the real-slot masks of the runner's calls: a left-padded prompt (the
+    transformers path in both runners), one-token steps, a block with a padded tail, a rejected tail (a hole)."""
+    g = torch.Generator().manual_seed(0)
+    runner = ModelRunner(model, want_hidden=True, lean_steps=lean)
+    runner.add_rows(2)
+    prompt = torch.randint(0, 64, (2, 20), generator=g)
+    valid = torch.ones_like(prompt)
+    valid[0, :7] = 0
+    runner.forward(prompt, valid, keep=20)
+    calls = [(torch.randint(0, 64, (2, 1), generator=g), None) for _ in range(3)]
+    padded = torch.ones((2, 6), dtype=torch.long)
+    padded[1, :2] = 0  # row 1 feeds 4 tokens, left-padded
+    calls.append((torch.randint(0, 64, (2, 6), generator=g), padded))
+    logits, hidden, real = [], [], []
+    for i, (tokens, ok) in enumerate(calls):
+        out, h = runner.forward(tokens, ok, keep=tokens.shape[1])
+        logits.append(out)
+        hidden.append(h)
+        real.append(torch.ones(tokens.shape, dtype=torch.bool) if ok is None else ok.bool())
+        if i == 1:
+            runner.keep_tail(1, torch.tensor([0, 1]))  # row 0's token rejected: a hole the next steps skip
+    return logits, hidden, real
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_llama(4, init_range=0.3), lambda: tiny_qwen2(4)], ids=["llama", "qwen2"])
+def test_lean_step_matches_the_transformers_forward(make):
+    model = make()
+    assert DecodeStep.for_model(model) is not None
+    ref_logits, ref_hidden, real = _calls(model, lean=False)
+    logits, hidden, _ = _calls(model, lean=True)
+    for a, b, h_a, h_b, ok in zip(ref_logits, logits, ref_hidden, hidden, real, strict=True):
+        torch.testing.assert_close(b[ok], a[ok], rtol=1e-5, atol=1e-5)  # padded queries' outputs are unused
+        torch.testing.assert_close(h_b[ok], h_a[ok], rtol=1e-5, atol=1e-5)
+
+
+def test_lean_step_with_a_quantized_draft():
+    model = tiny_qwen2(5)
+    quantize_model(model, "int4", 32)
+    ref, _, real = _calls(model, lean=False)
+    lean, _, _ = _calls(model, lean=True)
+    for a, b, ok in zip(ref, lean, real, strict=True):
+        torch.testing.assert_close(b[ok], a[ok], rtol=1e-4, atol=1e-4)
+
+
+def test_unsupported_architectures_keep_the_transformers_forward():
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2)).eval()
+    sliding = tiny_qwen2(0, use_sliding_window=True, sliding_window=8, max_window_layers=0)
+    assert DecodeStep.for_model(gpt2) is None
+    assert DecodeStep.for_model(sliding) is None
+    assert ModelRunner(gpt2, lean_steps=True).lean is None
+    assert DecodeStep.for_model(tiny_qwen2(0)) is not None
