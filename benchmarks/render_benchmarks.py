@@ -360,16 +360,16 @@ def resumed_runs() -> str:
     return "\n".join(lines) + "\n"
 
 
-CHEAP_DRAFT_RESULTS = RESULTS / "cheap_draft"
+CHEAP_DRAFT_RESULTS = RESULTS / "cheap_draft_lean"  # with the packed attention and the lean draft step
+CHEAP_DRAFT_BEFORE = RESULTS / "cheap_draft"  # the first run, before them
 
 
-def _cheap_draft_run():
-    """The committed run of benchmarks/cheap_draft.py: (that script as a module, settings, summary, peak RSS), its
+def _cheap_draft_run(folder: Path = CHEAP_DRAFT_RESULTS):
+    """A committed run of benchmarks/cheap_draft.py: (that script as a module, settings, summary, peak RSS), its
     summary recomputed from records.jsonl by the script's own code over the examples every method finished in
     every repeat; None while no run is committed."""
     import importlib.util
 
-    folder = CHEAP_DRAFT_RESULTS
     if not (folder / "records.jsonl").exists():
         return None
     module = sys.modules.get("cheap_draft")
@@ -396,18 +396,22 @@ def cheap_draft() -> str:
     """benchmarks/cheap_draft.py's committed run: its tables (a placeholder line while no run is committed)."""
     run = _cheap_draft_run()
     if run is None:
-        return "No committed results yet (`benchmarks/results/cheap_draft/` does not exist).\n"
+        return f"No committed results yet (`benchmarks/results/{CHEAP_DRAFT_RESULTS.name}/` does not exist).\n"
     module, settings, summary, rss = run
     return module.markdown(summary, settings, rss)
 
 
-def cheap_draft_targets() -> str:
-    """The cheap-draft issue's targets, met or missed, from the same run."""
-    run = _cheap_draft_run()
-    if run is None:
-        return "No committed results yet.\n"
-    module, _, summary, _ = run
-    return module.targets_markdown(summary)
+def cheap_draft_targets(folder: Path = CHEAP_DRAFT_RESULTS) -> Callable[[], str]:
+    """The cheap-draft issue's targets, met or missed, from a run."""
+
+    def render() -> str:
+        run = _cheap_draft_run(folder)
+        if run is None:
+            return "No committed results yet.\n"
+        module, _, summary, _ = run
+        return module.targets_markdown(summary)
+
+    return render
 
 
 def serve_load(*names: str) -> Callable[[], str]:
@@ -560,7 +564,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "run-to-run-noise": run_to_run_noise,
     "noise-summary": noise_summary,
     "cheap-draft": cheap_draft,
-    "cheap-draft-targets": cheap_draft_targets,
+    "cheap-draft-targets": cheap_draft_targets(),
+    "cheap-draft-before-targets": cheap_draft_targets(CHEAP_DRAFT_BEFORE),
     "serve-load": serve_load("serve_load_grouped.json", "serve_load_lazy_humaneval1.json"),
     "serve-load-targets": serve_load_targets("serve_load_grouped.json", "serve_load_lazy_humaneval1.json"),
     "serve-load-time": serve_load_time("serve_load_grouped.json", 8),
