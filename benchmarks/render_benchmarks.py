@@ -414,6 +414,30 @@ def cheap_draft_targets(folder: Path = CHEAP_DRAFT_RESULTS) -> Callable[[], str]
     return render
 
 
+def draft_step(name: str) -> Callable[[], str]:
+    """benchmarks/draft_cost.py: each model's step (one token over a cache of its ``--context``) the way the engine
+    runs it and the other ways it was timed, with c and where the time goes."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        st = data["settings"]
+        out = [f"`{name}`: {st['context']} tokens of context, {st['steps']} steps per draft in {st['rounds']} "
+               f"interleaved rounds (the target a third as many), {st['threads']} threads; median over rounds.\n",
+               "| model | forward | step ms | c | c vs verify-8 | linear ms | head ms | rest ms | weights MB |",
+               "|---|---|---|---|---|---|---|---|---|"]
+        for label, row in data["per_step"].items():
+            model, _, forward = label.partition(" [")
+            forward = forward.rstrip("]") or ("lean (engine)" if model.startswith("draft") else "hf-packed (engine)")
+            b = row.get("breakdown_ms", {})
+            cell = lambda v, f="{:.3f}": "–" if v is None else f.format(v)  # noqa: E731
+            out.append(f"| {model} | {forward} | {row['step_ms']:.1f} | {cell(row.get('c'))} | {cell(row.get('c_verify'))} | "
+                       f"{cell(b.get('linear'), '{:.1f}')} | {cell(b.get('head'), '{:.1f}')} | {cell(b.get('rest'), '{:.1f}')} | "
+                       f"{cell(row.get('weights_MB'), '{:.0f}')} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def serve_load(*names: str) -> Callable[[], str]:
     """benchmarks/serve_load.py runs: per file, throughput, TTFT and TPOT per method and concurrency (mean over
     repeats) and each method's throughput ÷ autoregressive's, pooled over repeats and per repeat."""
@@ -566,6 +590,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft": cheap_draft,
     "cheap-draft-targets": cheap_draft_targets(),
     "cheap-draft-before-targets": cheap_draft_targets(CHEAP_DRAFT_BEFORE),
+    "draft-step": draft_step("draft_cost_lean.json"),
     "serve-load": serve_load("serve_load_grouped.json", "serve_load_lazy_humaneval1.json"),
     "serve-load-targets": serve_load_targets("serve_load_grouped.json", "serve_load_lazy_humaneval1.json"),
     "serve-load-time": serve_load_time("serve_load_grouped.json", 8),

@@ -37,7 +37,7 @@ def packed_gqa_attention(
     """transformers' attention-function contract: query [b, heads, n, d], key/value [b, kv_heads, L, d], a boolean
     mask [b or 1, 1, n, L] or None; returns [b, n, heads, d]."""
     groups = getattr(module, "num_key_value_groups", 1)
-    b, heads, n, d = query.shape
+    n = query.shape[2]
     plain = (
         query.device.type != "cpu" or groups == 1 or dropout or kwargs.get("position_bias") is not None
         or kwargs.get("cache") is not None or kwargs.get("softcap") is not None
@@ -46,12 +46,20 @@ def packed_gqa_attention(
     )
     if plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    return grouped_sdpa(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous(), None
+
+
+def grouped_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                 scale: float | None) -> torch.Tensor:
+    """SDPA with each group's query heads as extra query rows: query [b, heads, n, d], key/value [b, kv_heads, L, d],
+    ``mask`` boolean [b or 1, 1, n, L] (True: attend) or None; returns [b, heads, n, d]."""
+    b, heads, n, d = query.shape
+    groups = heads // key.shape[1]
     packed = query.reshape(b, key.shape[1], groups * n, d)  # the heads of a group are adjacent
-    mask = attention_mask
     if mask is not None and n > 1:  # row h * n + i of a group is head h's query i
         mask = mask[:, :, None].expand(-1, -1, groups, -1, -1).reshape(mask.shape[0], 1, groups * n, mask.shape[-1])
-    out = F.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling)
-    return out.reshape(b, heads, n, value.shape[-1]).transpose(1, 2).contiguous(), None
+    out = F.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scale)
+    return out.reshape(b, heads, n, value.shape[-1])
 
 
 AttentionInterface.register(NAME, packed_gqa_attention)

@@ -19,6 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import DynamicCache, PreTrainedModel
 
+from .attention import grouped_sdpa
+
 SUPPORTED = ("llama", "qwen2")
 MAX_TOKENS = 16  # blocks up to this long (draft steps, short verifications); prompts take the transformers path
 
@@ -65,7 +67,6 @@ class DecodeStep:
         x = base.embed_tokens(tokens)
         cos, sin = (t[:, None] for t in base.rotary_emb(x, positions))  # [b, 1, n, head_dim]
         attend = self._attention_mask(mask, n)
-        groups = self.heads // self.kv_heads
         for i, layer in enumerate(base.layers):
             attn = layer.self_attn
             h = _rms_norm(x, layer.input_layernorm)
@@ -73,10 +74,8 @@ class DecodeStep:
             k = attn.k_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
             v = attn.v_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
             k, v = cache.update(_rotate(k, cos, sin), v, i)
-            # The heads that share a key/value head go as extra query rows (see models/attention.py).
-            packed = _rotate(q, cos, sin).reshape(b, self.kv_heads, groups * n, self.head_dim)
-            o = F.scaled_dot_product_attention(packed, k, v, attn_mask=attend, scale=attn.scaling)
-            x = x + attn.o_proj(o.reshape(b, self.heads, n, self.head_dim).transpose(1, 2).reshape(b, n, -1))
+            o = grouped_sdpa(_rotate(q, cos, sin), k, v, attend, attn.scaling)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(b, n, -1))
             h = _rms_norm(x, layer.post_attention_layernorm)
             mlp = layer.mlp
             x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
@@ -84,9 +83,9 @@ class DecodeStep:
         return self.model.lm_head(hidden).float(), hidden
 
     def _attention_mask(self, mask: torch.Tensor, n: int) -> torch.Tensor | None:
-        """Boolean [b, 1, groups * n, L]: query i of the block sees the row's real slots up to its own, and always
-        its own slot (a hole's query then reads finite values that nothing uses, where a row of no visible slot
-        would give NaN); None where that is every slot (one token, no holes)."""
+        """Boolean [b, 1, n, L]: query i of the block sees the row's real slots up to its own, and always its own
+        slot (a hole's query then reads finite values that nothing uses, where a row of no visible slot would give
+        NaN); None where that is every slot (one token, no holes)."""
         if n == 1 and bool(mask.all()):
             return None
         b, length = mask.shape
@@ -94,5 +93,4 @@ class DecodeStep:
         block = seen[..., length - n :]
         block &= torch.ones((n, n), dtype=torch.bool, device=mask.device).tril()
         block |= torch.eye(n, dtype=torch.bool, device=mask.device)
-        groups = self.heads // self.kv_heads
-        return seen[:, :, None].expand(b, 1, groups, n, length).reshape(b, 1, groups * n, length)
+        return seen
