@@ -438,6 +438,23 @@ def draft_step(name: str) -> Callable[[], str]:
     return render
 
 
+def prefill_cost(name: str) -> Callable[[], str]:
+    """benchmarks/prefill_cost.py: feeding one prompt to each model, and each draft's time over the target's."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        out = [f"`{name}`: one prompt into an empty cache, median of {data['settings']['rounds']} interleaved rounds, "
+               f"{data['threads']} threads; the int4 draft unpacks its weights from {data['dequantize_rows']} rows on.\n",
+               "| prompt tokens | target bf16 ms | draft bf16 ms | draft int4 ms | int4 draft ÷ target | bf16 draft ÷ target |",
+               "|---|---|---|---|---|---|"]
+        for r in data["rows"]:
+            out.append(f"| {r['tokens']} | {r['target bf16 ms']:.1f} | {r['draft bf16 ms']:.1f} | {r['draft int4 ms']:.1f} | "
+                       f"{r['draft int4 / target']:.2f} | {r['draft bf16 / target']:.2f} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def serve_load(*names: str) -> Callable[[], str]:
     """benchmarks/serve_load.py runs: per file, throughput, TTFT and TPOT per method and concurrency (mean over
     repeats) and each method's throughput ÷ autoregressive's, pooled over repeats and per repeat."""
@@ -591,12 +608,14 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-targets": cheap_draft_targets(),
     "cheap-draft-before-targets": cheap_draft_targets(CHEAP_DRAFT_BEFORE),
     "draft-step": draft_step("draft_cost_lean.json"),
-    "serve-load": serve_load("serve_load_grouped.json", "serve_load_lazy_humaneval1.json"),
-    "serve-load-targets": serve_load_targets("serve_load_grouped.json", "serve_load_lazy_humaneval1.json"),
-    "serve-load-time": serve_load_time("serve_load_grouped.json", 8),
+    "serve-load": serve_load("serve_load_lean.json", "serve_load_lean_humaneval1.json"),
+    "serve-load-targets": serve_load_targets("serve_load_lean.json", "serve_load_lean_humaneval1.json"),
+    "serve-load-time": serve_load_time("serve_load_lean.json", 8),
+    "serve-load-time-before": serve_load_time("serve_load_grouped.json", 8),
+    "prefill-cost": prefill_cost("prefill_cost.json"),
     "distill-real-pair": distill_real_pair("distill_real_pair"),
     "serve-load-history": serve_load("serve_load_int4.json", "serve_load_int4_humaneval1.json", "serve_load_prefill.json",
-                                     "serve_load_lazy.json"),
+                                     "serve_load_lazy.json", "serve_load_grouped.json", "serve_load_lazy_humaneval1.json"),
 }
 
 
