@@ -298,6 +298,7 @@ def test_a_draft_that_has_seen_none_of_the_running_requests_is_fed_apart_too(tar
     batch.step()
     hook.remove()
     assert sorted(fed[:2]) == [(1, 3), (1, 23)] and fed[2] == (2, 1)  # each alone (prompt + 2 emitted), then the round
+    assert batch.last_round.draft_fill_tokens == 3 + 23 and batch.last_round.draft_fill_s > 0  # the load rule's f
     while batch.active:
         batch.step()
     assert late[0].output == hf_greedy(target, PROMPTS[2] * 2, 8) and late[1].output == hf_greedy(target, PROMPTS[1], 8)

@@ -90,6 +90,18 @@ def test_auto_rule_prices_feeding_the_draft_prompts_it_has_not_seen():
     assert rule.decide(joined, bound=3) is None  # paid back over the rest
 
 
+def test_auto_rule_prices_feeding_the_draft_a_prompt_as_measured():
+    """Until a draft catch-up is measured, a prompt is priced like draft steps (here 0.05 of the target's pass);
+    once a fill of 400 tokens took half the target's pass over them, the same request stays target-only."""
+    rule = trained(lambda x: 1.0 if x <= 4 else x / 4, lambda b: 0.05)
+    joined = rows(1, room=20)
+    joined[0].draft_unfed, joined[0].draft_pending = True, [0] * 400
+    assert rule.fill_ratio is None and rule.decide(joined, bound=3) is None
+    rule.observe(RoundRecord(1, 0, 0, 1, 0.0, 0.0, [0], [0], prefill_s=50.0, draft_fill_tokens=400, draft_fill_s=50.0))
+    assert rule.fill_ratio == pytest.approx(0.5) and rule.summary()["draft_fill_ratio"] == pytest.approx(0.5)
+    assert rule.decide(joined, bound=3) == 0
+
+
 def test_auto_rule_does_not_catch_the_draft_up_for_a_request_about_to_end():
     rule = trained(lambda x: 1.0 if x <= 4 else x / 4, lambda b: 0.05)
     assert rule.decide(rows(1, room=2000, draft_behind=400), bound=3) is None  # paid back over the rest

@@ -105,6 +105,8 @@ class RoundRecord:
     drafted: list[int]  # per row
     accepted: list[int]  # per row
     prefill_s: float = 0.0  # prefill of joining prompts: the target's before the round, the draft's in it (apart)
+    draft_fill_tokens: int = 0  # of those, the tokens fed to the draft apart (a catch-up) ...
+    draft_fill_s: float = 0.0  # ... and the seconds they took
 
 
 @dataclass
@@ -215,6 +217,7 @@ class Batch:
         self._rules: dict[SamplingParams, AcceptanceRule] = {}
         self.last_round: RoundRecord | None = None
         self._prefill_s = 0.0  # prefill of joining prompts since the last round
+        self._draft_fill = (0, 0.0)  # of it, the draft's: tokens fed apart, seconds
 
     # --- requests joining and leaving ------------------------------------------------------------
 
@@ -351,11 +354,13 @@ class Batch:
         """Feed ``runner`` (the target's or the draft's) these rows' pending tokens but the last (the round needs
         its logits), in passes of their own; the time is prefill, booked to those requests."""
         draft = runner is self.draft
+        seqs = [(self.requests[j].draft_pending if draft else self.requests[j].target_pending)[:-1] for j in rows]
         t0 = time.perf_counter()
-        runner.fill_rows(rows, [(self.requests[j].draft_pending if draft else self.requests[j].target_pending)[:-1]
-                                for j in rows])
+        runner.fill_rows(rows, seqs)
         _sync(self.device)
         spent = time.perf_counter() - t0
+        if draft:
+            self._draft_fill = (self._draft_fill[0] + sum(map(len, seqs)), self._draft_fill[1] + spent)
         for j in rows:
             r = self.requests[j]
             if draft:
@@ -443,8 +448,8 @@ class Batch:
         n_list, next_list, lens = n.tolist(), verdict.next_token.tolist(), block.lens.tolist()
         drafted = block.tokens.tolist()
         self.last_round = RoundRecord(len(self.requests), K, fed_draft, fed_target, draft_s, target_s, lens, n_list,
-                                      self._prefill_s)
-        self._prefill_s = 0.0
+                                      self._prefill_s, *self._draft_fill)
+        self._prefill_s, self._draft_fill = 0.0, (0, 0.0)
         keep, finished = [], []
         for j, r in enumerate(self.requests):
             new, r.finish_reason = self._truncate(r, drafted[j][: n_list[j]] + [next_list[j]])

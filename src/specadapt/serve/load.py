@@ -30,6 +30,7 @@ from ..methods import Method, MethodEntry
 from ..policies.base import MAX_DRAFT_TOKENS, DraftLengthPolicy, DraftStep, RoundOutcome
 
 LOAD_RULES = ("auto", "static", "off")
+FILL_WEIGHT = 0.3  # a new measurement's weight in the running average of the draft's fill cost
 PLAIN_WIDTH = 2  # a draft's first forward in a plain round feeds one or two pending tokens (more: it catches up)
 
 
@@ -243,8 +244,12 @@ class AutoLoad:
     - ``cost(K) = T(B * (w_t + s)) + s * D(B) + catch_up / rounds`` for K > 0: the target pass over the drafts too,
       s draft steps, and the draft catching up on tokens it skipped in target-only rounds (a pass over
       ``B * w_d`` positions, priced as ``D(B) * T(B * w_d) / T(B)``; plus, for each request that joined while
-      the batch was target-only, a pass over its n unseen tokens alone, ``D(1) * T(n) / T(1)``) spread over the
-      rounds the requests have left (``room / E(K)``), so a request near its end is not switched back to drafting;
+      the batch was target-only, a pass over its n unseen tokens alone, ``f * T(n)``) spread over the rounds the
+      requests have left (``room / E(K)``), so a request near its end is not switched back to drafting;
+    - ``f``: what feeding the draft a prompt costs against the target's pass over it, measured on the draft's
+      catch-up passes (running average); until one is measured, ``D(1) / T(1)``. That step ratio underprices a
+      prompt several times over: the int4 draft's step costs about a tenth of the target's, its prefill about
+      half (``benchmarks/results/prefill_cost.json``);
     - ``T(x)``: the target pass over x positions (:class:`CostCurve`, fed by every round, prefill rounds included);
       ``D(B)``: one draft step at batch B, booked only from plain rounds, whose first draft forward feeds at most
       ``PLAIN_WIDTH`` pending tokens per row (a round that also catches up or prefills many pending tokens is not
@@ -282,6 +287,7 @@ class AutoLoad:
         self.first_measured: int | None = None  # round of the first plain draft-step measurement at any size
         self.rounds = 0  # rounds observed (the clock estimates age by)
         self.probes = 0
+        self.fill_ratio: float | None = None  # f: the draft's catch-up pass over the target's, over the same tokens
         self.acceptance = AcceptanceModel(window)
         self.timing = timing or (lambda record: (record.draft_s, record.target_s))
 
@@ -295,6 +301,9 @@ class AutoLoad:
             self.measured_at[record.rows] = self.rounds
             if self.first_measured is None:
                 self.first_measured = self.rounds
+        if record.draft_fill_tokens and self.target:
+            ratio = record.draft_fill_s / self.target(record.draft_fill_tokens)
+            self.fill_ratio = ratio if self.fill_ratio is None else self.fill_ratio + FILL_WEIGHT * (ratio - self.fill_ratio)
         self.acceptance.add(record.drafted, record.accepted)
 
     def summary(self) -> dict:
@@ -305,6 +314,7 @@ class AutoLoad:
             "target_s": {x: point[0] for x, point in sorted(self.target.points.items())},
             "expected_tokens": {K: self.acceptance.expected_tokens(K) for K in (1, 2, 4, 8, 16)} if self.acceptance else {},
             "probes": self.probes,
+            "draft_fill_ratio": self.fill_ratio,
         }
 
     def step_cost(self, B: int, low: bool = False) -> float:
@@ -324,8 +334,9 @@ class AutoLoad:
         rates = [B / self.target(B * w_t)]
         step = self.step_cost(B, low)
         catch_up = step * max(0.0, self.target(B * w_d) / self.target(B) - 1) if w_d > PLAIN_WIDTH else 0.0
-        # Each unseen prompt is fed in a pass of its own: a draft step at batch 1 scaled along the target's curve.
-        catch_up += self.step_cost(1) / self.target(1) * sum(self.target(n) for n in unfed)
+        # Each unseen prompt is fed in a pass of its own, f times the target's pass over it.
+        fill = self.fill_ratio if self.fill_ratio is not None else self.step_cost(1) / self.target(1)
+        catch_up += fill * sum(self.target(n) for n in unfed)
         E, steps = self.acceptance.curves(K_max, B)
         for K in range(1, K_max + 1):
             cost = self.target(B * (w_t + steps[K])) + steps[K] * step + catch_up / max(1.0, room / E[K])
