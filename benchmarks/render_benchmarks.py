@@ -364,12 +364,14 @@ CHEAP_DRAFT_RESULTS = RESULTS / "cheap_draft_lean"  # with the packed attention 
 CHEAP_DRAFT_BEFORE = RESULTS / "cheap_draft"  # the first run, before them
 
 
-def _cheap_draft_run(folder: Path = CHEAP_DRAFT_RESULTS):
+def _cheap_draft_run(folder: Path | None = None):
     """A committed run of benchmarks/cheap_draft.py: (that script as a module, settings, summary, peak RSS), its
     summary recomputed from records.jsonl by the script's own code over the examples every method finished in
-    every repeat; None while no run is committed."""
+    every repeat; None while no run is committed. ``folder``: default ``CHEAP_DRAFT_RESULTS``, looked up at call
+    time (tests point it elsewhere)."""
     import importlib.util
 
+    folder = folder or CHEAP_DRAFT_RESULTS
     if not (folder / "records.jsonl").exists():
         return None
     module = sys.modules.get("cheap_draft")
@@ -401,7 +403,7 @@ def cheap_draft() -> str:
     return module.markdown(summary, settings, rss)
 
 
-def cheap_draft_targets(folder: Path = CHEAP_DRAFT_RESULTS) -> Callable[[], str]:
+def cheap_draft_targets(folder: Path | None = None) -> Callable[[], str]:
     """The cheap-draft issue's targets, met or missed, from a run."""
 
     def render() -> str:
