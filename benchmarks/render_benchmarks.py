@@ -610,14 +610,15 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-targets": cheap_draft_targets(),
     "cheap-draft-before-targets": cheap_draft_targets(CHEAP_DRAFT_BEFORE),
     "draft-step": draft_step("draft_cost_lean.json"),
-    "serve-load": serve_load("serve_load_lean.json", "serve_load_lean_humaneval1.json"),
-    "serve-load-targets": serve_load_targets("serve_load_lean.json", "serve_load_lean_humaneval1.json"),
-    "serve-load-time": serve_load_time("serve_load_lean.json", 8),
-    "serve-load-time-before": serve_load_time("serve_load_grouped.json", 8),
+    "serve-load": serve_load("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
+    "serve-load-targets": serve_load_targets("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
+    "serve-load-time": serve_load_time("serve_load_fill.json", 8),
+    "serve-load-time-before": serve_load_time("serve_load_lean.json", 8),
     "prefill-cost": prefill_cost("prefill_cost.json"),
     "distill-real-pair": distill_real_pair("distill_real_pair"),
     "serve-load-history": serve_load("serve_load_int4.json", "serve_load_int4_humaneval1.json", "serve_load_prefill.json",
-                                     "serve_load_lazy.json", "serve_load_grouped.json", "serve_load_lazy_humaneval1.json"),
+                                     "serve_load_lazy.json", "serve_load_grouped.json", "serve_load_lazy_humaneval1.json",
+                                     "serve_load_lean.json"),
 }
 
 
