@@ -416,6 +416,10 @@ def cheap_draft_targets(folder: Path | None = None) -> Callable[[], str]:
     return render
 
 
+def _cell(value: float | None, fmt: str = "{:.3f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
 def draft_step(name: str) -> Callable[[], str]:
     """benchmarks/draft_cost.py: each model's step (one token over a cache of its ``--context``) the way the engine
     runs it and the other ways it was timed, with c and where the time goes."""
@@ -431,10 +435,9 @@ def draft_step(name: str) -> Callable[[], str]:
             model, _, forward = label.partition(" [")
             forward = forward.rstrip("]") or ("lean (engine)" if model.startswith("draft") else "hf-packed (engine)")
             b = row.get("breakdown_ms", {})
-            cell = lambda v, f="{:.3f}": "–" if v is None else f.format(v)  # noqa: E731
-            out.append(f"| {model} | {forward} | {row['step_ms']:.1f} | {cell(row.get('c'))} | {cell(row.get('c_verify'))} | "
-                       f"{cell(b.get('linear'), '{:.1f}')} | {cell(b.get('head'), '{:.1f}')} | {cell(b.get('rest'), '{:.1f}')} | "
-                       f"{cell(row.get('weights_MB'), '{:.0f}')} |")
+            out.append(f"| {model} | {forward} | {row['step_ms']:.1f} | {_cell(row.get('c'))} | {_cell(row.get('c_verify'))} | "
+                       f"{_cell(b.get('linear'), '{:.1f}')} | {_cell(b.get('head'), '{:.1f}')} | {_cell(b.get('rest'), '{:.1f}')} | "
+                       f"{_cell(row.get('weights_MB'), '{:.0f}')} |")
         return "\n".join(out) + "\n"
 
     return render

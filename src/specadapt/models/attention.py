@@ -3,10 +3,10 @@ SDPA call, as extra query rows.
 
 Qwen2.5 and Llama models share each key/value head among several query heads (7 per head in the 0.5B draft).
 On CPU, transformers' SDPA path then either repeats the keys and values for every query head or runs torch's
-``enable_gqa`` kernel; for one query token over a cache of 256, both cost ~0.2 ms per layer in bf16, a fifth of
-an int4 draft step. Folding the group's heads into the query length ([b, heads, n, d] -> [b, kv_heads,
-group * n, d], the mask repeated per head) computes the same attention in ~0.03 ms, and ~20% faster for a
-verification's 8 tokens (``benchmarks/draft_cost.py`` measures a whole step).
+``enable_gqa`` kernel, both slow for a few query tokens. Folding the group's heads into the query length ([b,
+heads, n, d] -> [b, kv_heads, group * n, d], the mask repeated per head) computes the same attention in one
+call per key/value head: the int4 draft's step (one token over 256 of context) drops from 22.6 to 18.9 ms, the
+target's from 189.6 to 176.8 ms (``benchmarks/draft_cost.py``, ``results/draft_cost_lean.json``).
 
 ``packed_gqa_attention`` is registered with transformers as ``specadapt_sdpa`` (with sdpa's mask function);
 anything it does not handle (GPU, no grouping, a causal pass without a mask, dropout, position bias, paged
