@@ -278,6 +278,34 @@ def test_prompts_joining_together_are_fed_in_groups_of_similar_length(target, cl
         assert r.output == hf_greedy(target, p, 6)
 
 
+def test_a_fresh_batch_of_very_different_prompt_lengths_is_fed_in_groups(target, close_draft):
+    """A fresh batch whose prompts would share one pass mostly as padding feeds them like joining prompts, in
+    groups of similar length, to both models; prompts of similar length still share the first round's pass."""
+    engine = make_engine(target, close_draft)
+    batch = engine.batch(make_method("fixed:3"))
+    prompts = [PROMPTS[2] * 3, PROMPTS[1], PROMPTS[2] * 3 + [5]]  # 33, 2 and 34 tokens
+    requests = [batch.add(p, RequestConfig(max_new_tokens=8)) for p in prompts]
+    fed = []
+    hooks = [m.model.embed_tokens.register_forward_pre_hook(
+        lambda e, args: fed.append((e is target.model.embed_tokens, tuple(args[0].shape)))) for m in (target, close_draft)]
+    batch.step()
+    target_fed, draft_fed = ([shape for is_target, shape in fed if is_target == t] for t in (True, False))
+    assert sorted(target_fed[:2]) == [(1, 1), (2, 33)] and target_fed[2] == (3, 4)  # apart, then the round's block
+    assert sorted(draft_fed[:2]) == [(1, 1), (2, 33)] and draft_fed[2] == (3, 1)
+    fed.clear()
+    similar = engine.batch(make_method("fixed:3"))
+    for p in prompts[::2]:
+        similar.add(p, RequestConfig(max_new_tokens=8))
+    similar.step()
+    for hook in hooks:
+        hook.remove()
+    assert fed[0] == (False, (2, 34)) and (True, (2, 34 + 3)) in fed  # one pass each, inside the round
+    while batch.active:
+        batch.step()
+    for p, r in zip(prompts, requests):
+        assert r.output == hf_greedy(target, p, 8)
+
+
 def test_a_draft_that_has_seen_none_of_the_running_requests_is_fed_apart_too(target, close_draft):
     """Requests that joined during target-only rounds, once the rows the draft had seen are gone, are still fed
     apart (grouped by length), not in one round forward padded to the longest of them."""

@@ -12,7 +12,8 @@ caches. Every :meth:`Batch.step` is one round for all of them:
    rolled back from the caches, finished requests leave the batch.
 
 Requests may join between rounds (:meth:`Batch.add`). A fresh batch's prompts are
-fed in the first round's forward passes; a prompt joining a running batch is fed
+fed in the first round's forward passes (apart, in groups, when their lengths
+differ too much to share one pass); a prompt joining a running batch is fed
 in a pass of its own (all but its last token: to the target before the round, to
 the draft when it first drafts for the request), so the running rows are not
 padded to its length. The loop knows
@@ -41,7 +42,7 @@ from .acceptance import AcceptanceRule, Proposal, Verdict
 from .errors import SpecAdaptError
 from .methods import Method
 from .models.quant import quantization_of
-from .models.runner import ModelRunner, left_pad
+from .models.runner import ModelRunner, left_pad, length_groups
 from .policies.base import DraftBlock, DraftStep, draft_round, finish_round
 from .sampling import SamplingParams, process_logits, sample
 from .stats import RequestStats
@@ -265,7 +266,8 @@ class Batch:
 
         Joining a running batch, a prompt is fed to the target now, in a pass of its own; the draft sees it only
         when it next drafts for the request (then also in a pass of its own), so rounds kept target-only under
-        load spend nothing on it."""
+        load spend nothing on it. A fresh batch's prompts are fed in its first round, unless their lengths differ
+        so much that one pass would be mostly padding: then they are fed the same way, in groups."""
         if not self._joining:
             return
         joining, self._joining = self._joining, []
@@ -274,7 +276,8 @@ class Batch:
             self.draft.add_rows(len(joining))
         running = len(self.requests)
         self.requests += joining
-        if running:  # prefill the target apart, so the running rows are not padded to the prompts' length
+        if running or len(length_groups([len(r.target_pending) for r in joining])) > 1:
+            # prefill the target apart, so no row is padded to a much longer prompt's length
             self._feed_apart(self.target, list(range(running, len(self.requests))))
         self.policy.begin(torch.tensor([r.slot for r in joining], device=self.device))
 
@@ -347,7 +350,10 @@ class Batch:
         """Feed the draft, apart from the other rows, the requests it has seen nothing of (they joined a running
         batch); the draft's cache is otherwise padded to their length."""
         unfed = self.draft.unfed_rows()
-        if unfed and self.draft.mask.shape[1] > 0:  # a fresh batch's prompts are fed in the round instead
+        if not unfed:
+            return
+        # A fresh batch's prompts of similar lengths are fed in the round instead.
+        if self.draft.mask.shape[1] > 0 or len(length_groups([len(self.requests[j].draft_pending) for j in unfed])) > 1:
             self._feed_apart(self.draft, unfed)
 
     def _feed_apart(self, runner: ModelRunner, rows: list[int]) -> None:

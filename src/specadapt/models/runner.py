@@ -30,6 +30,24 @@ def left_pad(seqs: Sequence[Sequence[int]], device: torch.device) -> tuple[torch
     return ids.to(device), valid.to(device)
 
 
+MAX_PADDING = 0.25  # sequences fed together are padded by at most this share of their tokens
+
+
+def length_groups(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Indices of ``lengths`` in groups of similar length, each padded to its longest by at most ``max_padding`` of
+    the group's tokens (sorted, shortest first): the passes that feed these sequences waste little on padding."""
+    groups: list[list[int]] = []
+    total = 0  # tokens in the last group
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if groups and lengths[i] * (len(groups[-1]) + 1) <= (1 + max_padding) * (total + lengths[i]):
+            groups[-1].append(i)
+            total += lengths[i]
+        else:
+            groups.append([i])
+            total = lengths[i]
+    return groups
+
+
 class ModelRunner:
     def __init__(self, model: PreTrainedModel, want_hidden: bool = False, lean_steps: bool = False) -> None:
         """``lean_steps``: run blocks of a few tokens through :class:`DecodeStep` where the architecture has one
@@ -53,23 +71,14 @@ class ModelRunner:
             return list(range(self.mask.shape[0]))
         return torch.nonzero(~self.mask.bool().any(1)).flatten().tolist()
 
-    def fill_rows(self, rows: Sequence[int], seqs: Sequence[Sequence[int]], max_padding: float = 0.25) -> None:
+    def fill_rows(self, rows: Sequence[int], seqs: Sequence[Sequence[int]]) -> None:
         """Feed ``seqs[i]`` to the unfed row ``rows[i]``, in forwards over these rows alone.
 
         A prompt joining a running batch: fed as part of a round's forward, a prompt of L tokens would cost every
-        row L positions. The sequences go in groups of similar length (padding at most ``max_padding`` of a
-        group's tokens), placed flush with the cache's end (the rows' history before them stays holes), so the
-        cache grows only where a sequence is longer than the cache already is."""
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        group: list[int] = []
-        total = 0  # tokens in the group
-        for i in order:
-            if group and len(seqs[i]) * (len(group) + 1) > (1 + max_padding) * (total + len(seqs[i])):
-                self._fill_group([rows[j] for j in group], [seqs[j] for j in group])
-                group, total = [], 0
-            group.append(i)
-            total += len(seqs[i])
-        if group:
+        row L positions. The sequences go in groups of similar length (:func:`length_groups`), placed flush with
+        the cache's end (the rows' history before them stays holes), so the cache grows only where a sequence is
+        longer than the cache already is."""
+        for group in length_groups([len(s) for s in seqs]):
             self._fill_group([rows[j] for j in group], [seqs[j] for j in group])
 
     @torch.inference_mode()
