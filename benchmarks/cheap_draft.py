@@ -781,9 +781,11 @@ def environment(target) -> dict:
     import torch
     import transformers
 
+    from specadapt.models.hardware import machine
+
     env = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "python": platform.python_version(),
            "torch": torch.__version__, "transformers": transformers.__version__, "torch_threads": torch.get_num_threads(),
-           "cpu_count": os.cpu_count(), "device": str(target.device), "dtype": str(target.dtype).replace("torch.", "")}
+           **machine(), "device": str(target.device), "dtype": str(target.dtype).replace("torch.", "")}
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=10)

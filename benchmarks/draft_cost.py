@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import resource
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ import torch
 from torch import nn
 
 from specadapt.models import zoo
+from specadapt.models.hardware import machine
 from specadapt.models.draft_vocab import restrict_vocabulary, shipped_ranking
 from specadapt.models.loading import eos_token_ids, load_model, load_tokenizer
 from specadapt.models.quant import QUANT_LINEARS, quantize_model
@@ -328,8 +328,7 @@ def main(argv=None) -> int:
     payload = {
         "benchmark": "draft_cost",
         "settings": {k: v for k, v in vars(args).items() if k != "out"},  # where it was written is no setting
-        "environment": {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                        "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "environment": machine(),
         "quantize_seconds_all_variants": round(build_s, 1),
         "per_step": steps,
         "fr_head_coverage": cover,

@@ -22,6 +22,7 @@ from statistics import median
 import torch
 
 from specadapt.models import zoo
+from specadapt.models.hardware import machine
 from specadapt.models.loading import load_model
 from specadapt.models.quant import DEQUANTIZE_ROWS, quantize_model
 from specadapt.models.runner import ModelRunner
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
               + f"{row['draft int4 / target']:>15.3f}{row['draft bf16 / target']:>15.3f}")
     payload = {"benchmark": "prefill_cost", "settings": {k: v for k, v in vars(args).items() if k != "out"},
                "dequantize_rows": DEQUANTIZE_ROWS, "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "machine": machine(),
                "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=1) + "\n")

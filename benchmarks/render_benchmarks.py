@@ -460,6 +460,27 @@ def prefill_cost(name: str) -> Callable[[], str]:
     return render
 
 
+def width_cost(name: str) -> Callable[[], str]:
+    """benchmarks/width_cost.py: a forward over w tokens (and a prompt) against a one-token step, per model and
+    dtype, on the machine the record names."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        st, m = data["settings"], data["machine"]
+        widths = [w for w in next(iter(data["rows"].values()))["ms"] if w != "prefill"]
+        out = [f"`{name}`: {m['cpu']} ({m['cpu_capability']}, native bf16: {'yes' if m['native_bf16'] else 'no'}), "
+               f"{st['threads']} threads; {st['context']} tokens of context, prefill of {st['prompt']} tokens; median "
+               f"of {st['rounds']} interleaved rounds. ms, and in brackets ÷ the same model's one-token step.\n",
+               "| model | " + " | ".join(f"{w} token{'s' * (w != '1')}" for w in widths) + " | prefill |",
+               "|---|" + "---|" * (len(widths) + 1)]
+        for label, row in data["rows"].items():
+            cells = [f"{row['ms'][w]:.0f} ({row['ratio_to_one'][w]:.2f})" for w in [*widths, "prefill"]]
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def serve_load(*names: str) -> Callable[[], str]:
     """benchmarks/serve_load.py runs: per file, throughput, TTFT and TPOT per method and concurrency (mean over
     repeats) and each method's throughput ÷ autoregressive's, pooled over repeats and per repeat."""
@@ -613,6 +634,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-targets": cheap_draft_targets(),
     "cheap-draft-before-targets": cheap_draft_targets(CHEAP_DRAFT_BEFORE),
     "draft-step": draft_step("draft_cost_lean.json"),
+    "width-cost-avx2": width_cost("cpu_avx2/width_cost.json"),
     "serve-load": serve_load("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-targets": serve_load_targets("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-time": serve_load_time("serve_load_fill.json", 8),

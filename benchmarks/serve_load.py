@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     from specadapt import SpecDecoder
+    from specadapt.models.hardware import machine
     from specadapt.serve import ServeSettings, create_app
 
     hf_logging.disable_progress_bar()
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = {k: v for k, v in vars(args).items() if k != "out"}  # where it was written is no setting
     settings["prompts"] = f"{args.datasets} ({args.split} split), alternating, chat, greedy"
     settings.update(decoder.engine.draft_quant)  # what "auto" resolved to
-    args.out.write_text(json.dumps({"settings": settings, "rows": rows, "ratios": ratios}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"settings": settings, "machine": machine(), "rows": rows, "ratios": ratios}, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
 
 

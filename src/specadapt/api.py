@@ -9,16 +9,18 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Callable, Sequence, Union, overload
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .engine import RequestConfig, GenerationResult, SpeculativeEngine
-from .errors import SpecAdaptError
+from .errors import SpecAdaptError, SpecAdaptWarning
 from .methods import Method, make_method
 from .models import loading, zoo
 from .models.draft_vocab import output_width, read_ranking, restrict_vocabulary, shipped_ranking
+from .models.hardware import slow_bf16_warning
 from .models.quant import check_scheme, quantize_model, resolve_scheme
 from .text import as_messages, encode_chat
 
@@ -96,6 +98,9 @@ class SpecDecoder:
         if target_quant != "none":
             quantize_model(target_model, target_quant, target_group_size, "target")
         draft_model = loading.load_model(draft, dtype, target_model.device) if draft is not None else None
+        slow = slow_bf16_warning(target_model.dtype, target_model.device) if target_quant == "none" else None
+        if draft_model is not None and slow:
+            warnings.warn(slow, SpecAdaptWarning, stacklevel=2)
         if draft_model is not None and draft_vocab is not None:  # before quantizing: the smaller head is quantized
             restrict_vocabulary(draft_model, tokenizer, draft_vocab, _ranking(draft_vocab_ranking, tokenizer))
         draft_quant = resolve_scheme(draft_quant, target_model.device)

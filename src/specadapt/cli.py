@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +18,7 @@ from .cli_options import with_settings
 from .distill.eval_draft import EvalSettings
 from .distill.train import DistillSettings
 from .engine import RequestConfig
-from .errors import SpecAdaptError
+from .errors import SpecAdaptError, SpecAdaptWarning
 from .heads.config import TrainHeadConfig
 from .heads.tune import TuneSettings
 from .models.quant import group_size_help, quant_help
@@ -399,8 +400,19 @@ def _interrupted() -> None:
     sys.exit(130)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, SpecAdaptWarning):  # the user's setup, not our code: no file and line
+        err.print(f"[bold yellow]warning:[/bold yellow] {message}", highlight=False)
+    else:
+        _default_show_warning(message, category, filename, lineno, file, line)
+
+
+_default_show_warning = warnings.showwarning
+
+
 def main() -> None:
     """Entry point: user errors print one clear line, not a traceback; Ctrl-C prints one line and exits 130."""
+    warnings.showwarning = _show_warning
     try:
         app()
     except SpecAdaptError as exc:

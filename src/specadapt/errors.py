@@ -8,3 +8,7 @@ fix. The CLI prints these without a traceback.
 
 class SpecAdaptError(Exception):
     """A problem with the user's input or environment, with a message saying how to fix it."""
+
+
+class SpecAdaptWarning(UserWarning):
+    """Something about the user's setup that makes results worse, though nothing fails (e.g. a slow CPU path)."""

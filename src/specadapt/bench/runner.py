@@ -326,26 +326,16 @@ def environment(decoder) -> dict:
     import transformers
 
     from .. import __version__
+    from ..models.hardware import machine
 
-    cpu = None
-    try:
-        cpu = next(
-            (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
-            None,
-        )
-    except OSError:
-        pass
     device = decoder.target.device
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "torch": torch.__version__,
         "transformers": transformers.__version__,
         "specadapt": __version__,
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        **machine(),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "dtype": str(decoder.target.dtype).replace("torch.", ""),
