@@ -481,6 +481,27 @@ def width_cost(name: str) -> Callable[[], str]:
     return render
 
 
+def bf16_rows(name: str) -> Callable[[], str]:
+    """benchmarks/bf16_rows.py: a bf16 linear layer by rows, as torch runs it and in float32 from a weight copy."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        m, rows = data["machine"], sorted({r["rows"] for r in data["results"]})
+        out = [f"`{name}`: {m['cpu']} ({m['cpu_capability']}, native bf16: {'yes' if m['native_bf16'] else 'no'}), "
+               f"{m['torch_threads']} threads; best of {data['settings']['repeats']} means. ms, bf16 / float32 "
+               f"(a weight copy, then a float32 product); float32 from {data['settings']['wide_rows']} rows on.\n",
+               "| in × out | " + " | ".join(f"{r} row{'s' * (r > 1)}" for r in rows) + " |",
+               "|---|" + "---|" * len(rows)]
+        shapes = dict.fromkeys((r["in"], r["out"]) for r in data["results"])
+        for k, n in shapes:
+            cells = {r["rows"]: f"{r['bf16_ms']:.2f} / {r['float32_ms']:.2f}" for r in data["results"]
+                     if (r["in"], r["out"]) == (k, n)}
+            out.append(f"| {k} × {n} | " + " | ".join(cells[r] for r in rows) + " |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def serve_load(*names: str) -> Callable[[], str]:
     """benchmarks/serve_load.py runs: per file, throughput, TTFT and TPOT per method and concurrency (mean over
     repeats) and each method's throughput ÷ autoregressive's, pooled over repeats and per repeat."""
@@ -635,6 +656,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-before-targets": cheap_draft_targets(CHEAP_DRAFT_BEFORE),
     "draft-step": draft_step("draft_cost_lean.json"),
     "width-cost-avx2": width_cost("cpu_avx2/width_cost.json"),
+    "width-cost-avx2-wide": width_cost("cpu_avx2/width_cost_wide.json"),
+    "bf16-rows-avx2": bf16_rows("cpu_avx2/bf16_rows.json"),
     "serve-load": serve_load("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-targets": serve_load_targets("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-time": serve_load_time("serve_load_fill.json", 8),

@@ -8,7 +8,10 @@ without (AVX2), torch's bf16 products of more than one row take a slow path (spe
 Each variant (target and draft, in each ``--dtypes``; the draft also int4-quantized as the engine runs it) is
 prefilled with ``--context`` random tokens once; each timed forward feeds w tokens after it and is rolled back,
 so every forward sees the same context. ``prefill`` is one prompt of ``--prompt`` tokens into an empty cache.
-Variants and widths are timed round-robin over ``--rounds`` rounds (machine load hits them alike); the median
+On a CPU without native bf16, each bf16 model is timed twice: as torch runs it, and with its blocks of
+``WIDE_ROWS`` or more rows multiplied in float32 (what ``load_model`` switches on there).
+Variants and widths are timed round-robin over ``--rounds`` rounds, the order of the variants rotated from
+round to round (machine load, and the state a variant leaves behind, hit them alike); the median
 over rounds is reported, and each width's ratio to the one-token step of the same variant. Writes JSON with
 the machine it ran on.
 """
@@ -25,7 +28,7 @@ from statistics import median
 import torch
 
 from specadapt.models import zoo
-from specadapt.models.hardware import machine
+from specadapt.models.hardware import machine, use_float32_for_wide_products, wants_float32_products
 from specadapt.models.loading import load_model
 from specadapt.models.quant import quantize_model
 from specadapt.models.runner import ModelRunner
@@ -34,19 +37,30 @@ OUT = Path(__file__).resolve().parent / "results" / "cpu_avx2" / "width_cost.jso
 
 
 class Variant:
-    """A model with ``context`` tokens in its cache; ``time(w)`` runs one forward of w tokens and rolls it back."""
+    """A model with ``context`` tokens in its cache; ``time(w)`` runs one forward of w tokens and rolls it back.
+    ``wide``: its linear layers multiply wide blocks in float32 (True), or not (False), or as loaded (None)."""
 
-    def __init__(self, model, context: int, prompt: int, lean: bool, seed: int) -> None:
-        self.model, self.lean, self.prompt = model, lean, prompt
+    def __init__(self, model, context: int, prompt: int, lean: bool, seed: int, wide: bool | None = None,
+                 runner: ModelRunner | None = None) -> None:
+        """``runner``: share another variant's (the same model timed another way, over the very same cache)."""
+        self.model, self.lean, self.prompt, self.wide = model, lean, prompt, wide
+        self._switch()
         self.g = torch.Generator().manual_seed(seed)
-        self.runner = ModelRunner(model, lean_steps=lean)
-        self.runner.add_rows(1)
-        self.runner.forward(self._ids(context))
+        self.runner = runner
+        if runner is None:
+            self.runner = ModelRunner(model, lean_steps=lean)
+            self.runner.add_rows(1)
+            self.runner.forward(self._ids(context))
 
     def _ids(self, n: int) -> torch.Tensor:
         return torch.randint(100, 30000, (1, n), generator=self.g)
 
+    def _switch(self) -> None:
+        if self.wide is not None:
+            use_float32_for_wide_products(self.model, self.wide)
+
     def time(self, width: int) -> float:
+        self._switch()
         ids = self._ids(width)
         t0 = time.perf_counter()
         self.runner.forward(ids, keep=1)
@@ -55,6 +69,7 @@ class Variant:
         return spent
 
     def time_prefill(self) -> float:
+        self._switch()
         fresh = ModelRunner(self.model, lean_steps=self.lean)
         fresh.add_rows(1)
         t0 = time.perf_counter()
@@ -79,18 +94,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     variants: dict[str, Variant] = {}
     for dtype in args.dtypes.split(","):
-        target = load_model(args.target, dtype, "cpu")
-        variants[f"target {dtype}"] = Variant(target, args.context, args.prompt, False, seed=1)
-        draft = load_model(args.draft, dtype, "cpu")
-        variants[f"draft {dtype}"] = Variant(draft, args.context, args.prompt, True, seed=2)
+        for role, spec, lean, seed in (("target", args.target, False, 1), ("draft", args.draft, True, 2)):
+            model = load_model(spec, dtype, "cpu")
+            plain = variants[f"{role} {dtype}"] = Variant(model, args.context, args.prompt, lean, seed, wide=False)
+            if wants_float32_products(model.dtype, model.device):  # this CPU: time bf16 both ways, on one cache
+                variants[f"{role} {dtype}, wide blocks in float32"] = Variant(
+                    model, args.context, args.prompt, lean, seed, wide=True, runner=plain.runner)
+        draft = model
         int4 = copy.deepcopy(draft)
         quantize_model(int4, "int4")
         variants[f"draft int4 ({dtype} activations)"] = Variant(int4, args.context, args.prompt, True, seed=3)
         print(f"loaded {dtype}", flush=True)
 
     times: dict[str, dict[str, list[float]]] = {name: {} for name in variants}
+    names = list(variants)
     for r in range(args.rounds):
-        for name, v in variants.items():
+        for name in names[r % len(names):] + names[: r % len(names)]:  # rotated: no variant always follows the same one
+            v = variants[name]
             for w in widths:
                 times[name].setdefault(str(w), []).append(v.time(w))
             times[name].setdefault("prefill", []).append(v.time_prefill())

@@ -4,11 +4,14 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from specadapt import SpecDecoder
 from specadapt import cli
 from specadapt.errors import SpecAdaptWarning
-from specadapt.models import hardware
+from specadapt.models import hardware, loading
+from specadapt.models.quant import DEQUANTIZE_ROWS, Int4Linear, quantize_model
 
 from conftest import save_tiny_checkpoint
 
@@ -59,3 +62,64 @@ def test_the_cli_prints_the_warning_as_one_line(capsys):
     cli._show_warning(SpecAdaptWarning("this CPU is slow"), SpecAdaptWarning, "x.py", 1)
     err = capsys.readouterr().err
     assert err.strip() == "warning: this CPU is slow"
+
+
+# --- wide bf16 products in float32 ------------------------------------------------------------------------------
+
+
+def _wide_linear(n: int = 48, k: int = 32, bias: bool = True) -> nn.Linear:
+    torch.manual_seed(n + k)
+    layer = nn.Linear(k, n, bias=bias).to(torch.bfloat16)
+    assert hardware.use_float32_for_wide_products(layer) == 1 and type(layer) is hardware.WideFloat32Linear
+    return layer
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_wide_block_is_multiplied_in_float32_and_a_narrow_one_as_before(bias):
+    layer = _wide_linear(bias=bias)
+    w, b = layer.weight.float(), None if layer.bias is None else layer.bias.float()
+    wide = torch.randn(2, hardware.WIDE_ROWS // 2, 32, dtype=torch.bfloat16)  # 16 rows in all
+    narrow = wide[:1, :3]
+    with torch.inference_mode():
+        assert torch.equal(layer(wide), F.linear(wide.float(), w, b).bfloat16())
+        assert torch.equal(layer(narrow), F.linear(narrow, layer.weight, layer.bias))
+
+
+def test_with_autograd_the_wide_path_is_not_taken_and_gradients_flow():
+    layer = _wide_linear()
+    x = torch.randn(hardware.WIDE_ROWS, 32, dtype=torch.bfloat16, requires_grad=True)
+    y = layer(x)
+    assert torch.equal(y, F.linear(x, layer.weight, layer.bias))
+    y.float().sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+
+
+def test_switching_keeps_the_parameters_and_switches_back():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert hardware.use_float32_for_wide_products(model) == 2
+    assert all(type(m) is hardware.WideFloat32Linear for m in (model[0], model[2]))
+    assert model.state_dict().keys() == before.keys() and all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert hardware.use_float32_for_wide_products(model, on=False) == 2 and type(model[0]) is nn.Linear
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_load_model_switches_bf16_models_only_on_a_cpu_without_native_bf16(native, monkeypatch, checkpoints):
+    monkeypatch.setattr(hardware, "native_bf16", lambda: native)
+    models = {dtype: loading.load_model(str(checkpoints / "target"), dtype, "cpu") for dtype in ("bfloat16", "float32")}
+    kinds = {dtype: {type(m) for m in model.modules() if isinstance(m, nn.Linear) and m is not model.lm_head}
+             for dtype, model in models.items()}
+    assert kinds["float32"] == {nn.Linear}
+    assert kinds["bfloat16"] == ({nn.Linear} if native else {hardware.WideFloat32Linear})
+    assert type(models["bfloat16"].lm_head) is nn.Linear  # the head is left as it is
+
+
+def test_switched_layers_are_quantized_and_int4_prompts_multiply_in_float32(slow_bf16, checkpoints):
+    model = loading.load_model(str(checkpoints / "target"), "bfloat16", "cpu")
+    switched = sum(type(m) is hardware.WideFloat32Linear for m in model.modules())
+    assert quantize_model(model, "int4").layers == switched + 1  # and the head
+    layer = next(m for m in model.modules() if isinstance(m, Int4Linear) and m.nibbles is not None)
+    x = torch.randn(DEQUANTIZE_ROWS, layer.in_features, dtype=torch.bfloat16)
+    expected = F.linear(x.float(), layer.dequantize().float()).bfloat16()
+    with torch.inference_mode():
+        assert torch.equal(layer(x), expected)

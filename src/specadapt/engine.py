@@ -348,7 +348,8 @@ class Batch:
 
     def _fill_draft(self) -> None:
         """Feed the draft, apart from the other rows, the requests it has seen nothing of (they joined a running
-        batch); the draft's cache is otherwise padded to their length."""
+        batch, or a fresh batch's prompts differ much in length); the draft's cache is otherwise padded to their
+        length."""
         unfed = self.draft.unfed_rows()
         if not unfed:
             return

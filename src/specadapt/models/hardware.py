@@ -13,10 +13,18 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 from functools import cache
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.nn import functional as F
+
+# From this many rows on (a prompt, a wide verification block, a batch), a bf16 product on a CPU without native
+# bf16 runs in float32: copying the weight into a float32 buffer costs a few one-row products, and float32 wins
+# from about 16 rows on (benchmarks/bf16_rows.py, results/cpu_avx2/bf16_rows.json).
+WIDE_ROWS = 16
 
 
 @cache
@@ -51,10 +59,52 @@ def machine() -> dict:
 
 def slow_bf16_warning(dtype: torch.dtype, device: torch.device) -> str | None:
     """A warning for bf16 models on a CPU without native bf16, else None."""
-    if dtype != torch.bfloat16 or device.type != "cpu" or native_bf16():
+    if not wants_float32_products(dtype, device):
         return None
     return (f"this CPU ({cpu_name()}, {torch.backends.cpu.get_cpu_capability()}) has no native bf16 matrix "
             "instructions: bf16 forwards over more than one token (prompts, verification blocks, batches) run "
             "several times slower than one-token steps, so speculative decoding is unlikely to beat target-only "
             "decoding here. Compare with --method autoregressive; --dtype float32 makes prompts faster but "
             "one-token steps slower.")
+
+
+_scratch = threading.local()  # per thread: shape -> a float32 buffer (allocating one per call costs more than the copy)
+
+
+def float32_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` copied into this thread's float32 buffer of its shape (valid until the next call for that shape)."""
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    key = (tuple(weight.shape), weight.device)
+    if key not in buffers:
+        buffers[key] = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
+    return buffers[key].copy_(weight)
+
+
+class WideFloat32Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same checkpoint) whose bf16 products of ``WIDE_ROWS`` or more rows run in
+    float32. Only without autograd: the float32 weight is a shared scratch buffer, which a backward pass would
+    need intact."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.bfloat16 or x.numel() < WIDE_ROWS * self.in_features or torch.is_grad_enabled():
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(x.float(), float32_weight(self.weight), bias).to(x.dtype)
+
+
+def use_float32_for_wide_products(model: nn.Module, on: bool = True) -> int:
+    """Switch ``model``'s plain ``nn.Linear`` layers to :class:`WideFloat32Linear` (``on=False``: back); returns
+    how many were switched. The layers keep their parameters, so nothing else sees a difference. Not the output
+    head: it mostly sees one row per request, and its float32 buffer would take a GB (a 150k vocabulary)."""
+    old, new = (nn.Linear, WideFloat32Linear) if on else (WideFloat32Linear, nn.Linear)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    layers = [m for m in model.modules() if type(m) is old and m is not head]
+    for m in layers:
+        m.__class__ = new
+    return len(layers)
+
+
+def wants_float32_products(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a model of this dtype on this device should multiply wide blocks in float32 (bf16 on a CPU
+    without native bf16)."""
+    return dtype == torch.bfloat16 and device.type == "cpu" and not native_bf16()

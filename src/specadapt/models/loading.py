@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from ..errors import SpecAdaptError
 from . import zoo
 from .attention import use_packed_attention
+from .hardware import use_float32_for_wide_products, wants_float32_products
 
 DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -182,7 +183,10 @@ def load_model(spec: str, dtype: str | torch.dtype = "bfloat16", device: str | t
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise SpecAdaptError(_load_failure(spec, "model", exc, online)) from None
     use_packed_attention(model)
-    return model.to(target_device).eval()
+    model = model.to(target_device).eval()
+    if wants_float32_products(torch_dtype, target_device):  # prompts and wide blocks: see models/hardware.py
+        use_float32_for_wide_products(model)
+    return model
 
 
 def _load_failure(spec: str, what: str, exc: Exception, online: bool = True) -> str:

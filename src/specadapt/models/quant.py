@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecAdaptError
+from .hardware import WideFloat32Linear, wants_float32_products
 
 SCHEMES = ("none", "int8", "int4")
 # "auto": int4 where this module's kernels run (CPU), no quantization elsewhere (no GPU kernels yet), so the
@@ -128,7 +129,10 @@ class Int4Linear(nn.Module):
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features).to(self.scale_and_zero.dtype).contiguous()
         if self.nibbles is not None and x2.shape[0] >= DEQUANTIZE_ROWS:  # many rows (a prompt): a float matmul wins
-            y = nn.functional.linear(x2, self.dequantize())
+            if wants_float32_products(x2.dtype, x2.device):  # bf16 without native bf16: see models/hardware.py
+                y = nn.functional.linear(x2.float(), self.dequantize().float()).to(x2.dtype)
+            else:
+                y = nn.functional.linear(x2, self.dequantize())
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scale_and_zero)
             if y.shape[-1] != self.out_features:
@@ -261,7 +265,7 @@ def group_size_help(role: str) -> str:
 
 
 def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    return [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear]
+    return [(name, m) for name, m in model.named_modules() if type(m) in (nn.Linear, WideFloat32Linear)]
 
 
 def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None, role: str = "draft") -> QuantReport:
