@@ -658,6 +658,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "width-cost-avx2": width_cost("cpu_avx2/width_cost.json"),
     "width-cost-avx2-wide": width_cost("cpu_avx2/width_cost_wide.json"),
     "bf16-rows-avx2": bf16_rows("cpu_avx2/bf16_rows.json"),
+    "serve-load-avx2": serve_load("cpu_avx2/serve_load.json"),
     "serve-load": serve_load("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-targets": serve_load_targets("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-time": serve_load_time("serve_load_fill.json", 8),

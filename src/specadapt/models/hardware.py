@@ -62,10 +62,10 @@ def slow_bf16_warning(dtype: torch.dtype, device: torch.device) -> str | None:
     if not wants_float32_products(dtype, device):
         return None
     return (f"this CPU ({cpu_name()}, {torch.backends.cpu.get_cpu_capability()}) has no native bf16 matrix "
-            "instructions: bf16 forwards over more than one token (prompts, verification blocks, batches) run "
-            "several times slower than one-token steps, so speculative decoding is unlikely to beat target-only "
-            "decoding here. Compare with --method autoregressive; --dtype float32 makes prompts faster but "
-            "one-token steps slower.")
+            "instructions: a bf16 forward over a few tokens (a verification block, a small batch) costs nearly as "
+            "much as that many one-token steps, so speculative decoding is unlikely to beat target-only decoding "
+            "here. Compare with --method autoregressive. (Prompts and blocks of 16 or more tokens are multiplied "
+            "in float32 on such a CPU, which is faster.)")
 
 
 _scratch = threading.local()  # per thread: shape -> a float32 buffer (allocating one per call costs more than the copy)
