@@ -13,23 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
+from int4_rows import timed  # noqa: E402  (the same timer; benchmarks/ is on the path of a script run)
 from specadapt.models.hardware import WIDE_ROWS, float32_weight, machine
 
 OUT = Path(__file__).resolve().parent / "results" / "cpu_avx2" / "bf16_rows.json"
 SHAPES = ((1536, 1536), (1536, 256), (1536, 8960), (8960, 1536))  # (in, out)
-
-
-def timed(fn, reps: int) -> float:
-    fn()
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - start) / reps * 1e3
 
 
 def main(argv: list[str] | None = None) -> None:
