@@ -3,10 +3,16 @@
 Speculative decoding on a CPU rests on one property: a forward over a few tokens (a verification block, a
 batch of requests) costs about as much as over one, because a one-token step is bound by streaming the
 weights. On a CPU with native bf16 matrix instructions (AVX512-BF16 or AMX) that holds for bf16 models. On a
-CPU without them (AVX2-only machines, many AMD EPYC and older Intel parts) torch multiplies bf16 matrices of
-more than one row on a slow path: on such a machine the 1.5B target's 8-token pass cost about five one-token
-steps, and a prompt about five times its float32 cost (``benchmarks/results/cpu_avx2/width_cost.json``). There, verifying
-drafted tokens costs nearly as much as generating them one by one, so speculation cannot pay off in bf16.
+CPU without them (AVX2-only machines) torch multiplies bf16 matrices of more than one row on a slow path: on
+such a machine the 1.5B target's 8-token pass cost about five one-token steps, and a prompt about five times
+its float32 cost (``benchmarks/results/cpu_avx2/width_cost.json``). There, verifying drafted tokens costs
+nearly as much as generating them one by one, so speculation cannot pay off in bf16.
+
+What can be done without that hardware: from ``WIDE_ROWS`` rows on, a bf16 linear layer on such a CPU
+multiplies in float32 (:class:`WideFloat32Linear`, switched on by :func:`use_float32_for_wide_products` when a
+model is loaded). The products of bf16 values are exact in float32, so this is what a native bf16 kernel
+computes too (bf16 inputs, float32 accumulation), in another summation order. Prompts get about four times
+faster (``width_cost_wide.json``); one-token steps and blocks of a few tokens keep the bf16 path.
 """
 
 from __future__ import annotations
