@@ -784,8 +784,7 @@ def environment(target) -> dict:
     from specadapt.models.hardware import machine
 
     env = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "python": platform.python_version(),
-           "torch": torch.__version__, "transformers": transformers.__version__, "torch_threads": torch.get_num_threads(),
-           **machine(), "device": str(target.device), "dtype": str(target.dtype).replace("torch.", "")}
+           "transformers": transformers.__version__, **machine(), "device": str(target.device), "dtype": str(target.dtype).replace("torch.", "")}
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=10)

@@ -460,6 +460,11 @@ def prefill_cost(name: str) -> Callable[[], str]:
     return render
 
 
+def _machine(m: dict) -> str:
+    """A benchmark record's ``machine``: 'AMD EPYC (AVX2, native bf16: no)'."""
+    return f"{m['cpu']} ({m['cpu_capability']}, native bf16: {'yes' if m['native_bf16'] else 'no'})"
+
+
 def width_cost(name: str) -> Callable[[], str]:
     """benchmarks/width_cost.py: a forward over w tokens (and a prompt) against a one-token step, per model and
     dtype, on the machine the record names."""
@@ -468,8 +473,7 @@ def width_cost(name: str) -> Callable[[], str]:
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
         st, m = data["settings"], data["machine"]
         widths = [w for w in next(iter(data["rows"].values()))["ms"] if w != "prefill"]
-        out = [f"`{name}`: {m['cpu']} ({m['cpu_capability']}, native bf16: {'yes' if m['native_bf16'] else 'no'}), "
-               f"{st['threads']} threads; {st['context']} tokens of context, prefill of {st['prompt']} tokens; median "
+        out = [f"`{name}`: {_machine(m)}, {st['threads']} threads; {st['context']} tokens of context, prefill of {st['prompt']} tokens; median "
                f"of {st['rounds']} interleaved rounds. ms, and in brackets ÷ the same model's one-token step.\n",
                "| model | " + " | ".join(f"{w} token{'s' * (w != '1')}" for w in widths) + " | prefill |",
                "|---|" + "---|" * (len(widths) + 1)]
@@ -487,8 +491,7 @@ def bf16_rows(name: str) -> Callable[[], str]:
     def render() -> str:
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
         m, rows = data["machine"], sorted({r["rows"] for r in data["results"]})
-        out = [f"`{name}`: {m['cpu']} ({m['cpu_capability']}, native bf16: {'yes' if m['native_bf16'] else 'no'}), "
-               f"{m['torch_threads']} threads; best of {data['settings']['repeats']} means. ms, bf16 / float32 "
+        out = [f"`{name}`: {_machine(m)}, {m['torch_threads']} threads; best of {data['settings']['repeats']} means. ms, bf16 / float32 "
                f"(a weight copy, then a float32 product); float32 from {data['settings']['wide_rows']} rows on.\n",
                "| in × out | " + " | ".join(f"{r} row{'s' * (r > 1)}" for r in rows) + " |",
                "|---|" + "---|" * len(rows)]

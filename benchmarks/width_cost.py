@@ -94,14 +94,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     variants: dict[str, Variant] = {}
     for dtype in args.dtypes.split(","):
-        for role, spec, lean, seed in (("target", args.target, False, 1), ("draft", args.draft, True, 2)):
-            model = load_model(spec, dtype, "cpu")
+        models = {"target": load_model(args.target, dtype, "cpu"), "draft": load_model(args.draft, dtype, "cpu")}
+        for role, model in models.items():
+            lean, seed = role == "draft", 1 if role == "target" else 2
             plain = variants[f"{role} {dtype}"] = Variant(model, args.context, args.prompt, lean, seed, wide=False)
             if wants_float32_products(model.dtype, model.device):  # this CPU: time bf16 both ways, on one cache
                 variants[f"{role} {dtype}, wide blocks in float32"] = Variant(
                     model, args.context, args.prompt, lean, seed, wide=True, runner=plain.runner)
-        draft = model
-        int4 = copy.deepcopy(draft)
+        int4 = copy.deepcopy(models["draft"])
         quantize_model(int4, "int4")
         variants[f"draft int4 ({dtype} activations)"] = Variant(int4, args.context, args.prompt, True, seed=3)
         print(f"loaded {dtype}", flush=True)

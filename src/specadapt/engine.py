@@ -42,7 +42,7 @@ from .acceptance import AcceptanceRule, Proposal, Verdict
 from .errors import SpecAdaptError
 from .methods import Method
 from .models.quant import quantization_of
-from .models.runner import ModelRunner, left_pad, length_groups
+from .models.runner import ModelRunner, left_pad, share_one_pass
 from .policies.base import DraftBlock, DraftStep, draft_round, finish_round
 from .sampling import SamplingParams, process_logits, sample
 from .stats import RequestStats
@@ -276,7 +276,7 @@ class Batch:
             self.draft.add_rows(len(joining))
         running = len(self.requests)
         self.requests += joining
-        if running or len(length_groups([len(r.target_pending) for r in joining])) > 1:
+        if running or not share_one_pass([len(r.target_pending) for r in joining]):
             # prefill the target apart, so no row is padded to a much longer prompt's length
             self._feed_apart(self.target, list(range(running, len(self.requests))))
         self.policy.begin(torch.tensor([r.slot for r in joining], device=self.device))
@@ -354,7 +354,7 @@ class Batch:
         if not unfed:
             return
         # A fresh batch's prompts of similar lengths are fed in the round instead.
-        if self.draft.mask.shape[1] > 0 or len(length_groups([len(self.requests[j].draft_pending) for j in unfed])) > 1:
+        if self.draft.mask.shape[1] > 0 or not share_one_pass([len(self.requests[j].draft_pending) for j in unfed]):
             self._feed_apart(self.draft, unfed)
 
     def _feed_apart(self, runner: ModelRunner, rows: list[int]) -> None:

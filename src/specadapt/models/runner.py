@@ -48,6 +48,11 @@ def length_groups(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> l
     return groups
 
 
+def share_one_pass(lengths: Sequence[int]) -> bool:
+    """Whether sequences of these lengths can be fed together without much padding (one :func:`length_groups`)."""
+    return len(length_groups(lengths)) <= 1
+
+
 class ModelRunner:
     def __init__(self, model: PreTrainedModel, want_hidden: bool = False, lean_steps: bool = False) -> None:
         """``lean_steps``: run blocks of a few tokens through :class:`DecodeStep` where the architecture has one
