@@ -12,7 +12,7 @@ from specadapt.engine import RequestConfig, RoundRecord
 from specadapt.errors import SpecAdaptError
 from specadapt.methods import make_method
 from specadapt.serve import ServeSettings
-from specadapt.serve.load import AcceptanceModel, AutoLoad, CostCurve, NoLoad, StaticLoad
+from specadapt.serve.load import MAX_PROBE_GAP, AcceptanceModel, AutoLoad, CostCurve, NoLoad, StaticLoad
 from specadapt.serve.scheduler import Job, Scheduler
 
 from conftest import perturbed_copy, save_tiny_checkpoint
@@ -88,6 +88,29 @@ def test_auto_rule_prices_feeding_the_draft_prompts_it_has_not_seen():
     assert rule.decide(joined, bound=3) == 0  # feeding it costs more than drafting saves in 4 tokens
     joined[0].room = 2000
     assert rule.decide(joined, bound=3) is None  # paid back over the rest
+
+
+def test_auto_rule_drafts_in_a_round_over_fresh_prompts_only_if_plain_rounds_would_draft():
+    """A fresh batch's first round feeds both models its prompts. Its target-only rate is poor (one token per row
+    in a long pass), so judged by tokens per second drafting would always win there, and the draft would be fed
+    its prompts for one round's worth of drafts. Here a target pass costs a step per position up to 16 positions
+    and little more per position beyond (a CPU without native bf16, wide blocks in float32)."""
+    def avx2_like(x: int) -> float:
+        return 1.0 + 0.4 * (x - 1) if x <= 16 else 7.0 + 0.05 * x
+    fresh = [SimpleNamespace(room=100, target_pending=[0] * 60, draft_pending=[0] * 60, draft_unfed=True)]
+    def rule(step: float) -> AutoLoad:
+        rule = trained(avx2_like, lambda b: step, batches=(1,))
+        for width in (60, 64):  # prompts seen before
+            rule.observe(record(1, 0, 0, target_width=width))
+        return rule
+
+    slow = rule(0.6)  # a draft step of 0.6 target steps: plain rounds do not draft
+    assert slow.decide(rows(1), bound=3) == 0
+    rates = slow.rates(1, 60, 0, 100, 3, [60])
+    assert max(rates[1:]) > 1.5 * rates[0]  # what a comparison of this round's rates alone would choose
+    assert slow.decide(fresh, bound=3) == 0  # but it would feed the draft 60 tokens for ~2 more tokens
+    fast = rule(0.05)  # a cheap draft: plain rounds draft, so feed it now
+    assert fast.decide(rows(1), bound=3) is None and fast.decide(fresh, bound=3) is None
 
 
 def test_auto_rule_prices_feeding_the_draft_a_prompt_as_measured():
@@ -178,11 +201,18 @@ def test_auto_rule_does_not_probe_while_drafting_when_the_draft_is_far_behind_or
     assert rule.decide(rows(4, draft_behind=N + 3), bound=3) == 0  # due, but a long catch-up: no probe
     assert rule.probes == 0
     assert rule.decide(rows(4, draft_behind=N + 2), bound=3) == 1  # due, the draft N rounds behind: probe
-    # Where drafting really loses, probes confirm it: two rounds every N, target-only in between.
+    # Where drafting really loses, probes confirm it: two rounds (a catch-up, then a plain one that measures), and
+    # each confirmation doubles the rounds until the next probe there: N, 2N, 4N, ... up to MAX_PROBE_GAP * N.
     state = {"behind": N + 2}
-    caps = serve(rule, 4, 3 * N, state)
-    assert set(caps) == {0, 1} and [i for i, cap in enumerate(caps) if cap] == [0, 1, N + 2, N + 3, 2 * N + 4, 2 * N + 5]
-    assert rule.step_cost(4) == pytest.approx(0.05)
+    caps = serve(rule, 4, 7 * N, state)
+    assert set(caps) == {0, 1} and [i for i, cap in enumerate(caps) if cap] == [0, 1, 2 * N + 2, 2 * N + 3, 6 * N + 4, 6 * N + 5]
+    assert rule.summary()["probe_gap"] == {4: 8 * N} == {4: MAX_PROBE_GAP * N} and rule.step_cost(4) == pytest.approx(0.05)
+    caps = serve(rule, 4, 8 * N + 4, state)  # the gap stays at its cap
+    assert [i for i, cap in enumerate(caps) if cap] == [7 * N + 6, 7 * N + 7] and rule.probe_gap[4] == MAX_PROBE_GAP * N
+    cheap = AutoLoad(timing=lambda r: (r.K * 0.05, 1.0))  # drafting pays at any size: a drafting round resets it
+    cheap.observe(record(4, 3, 2))
+    cheap.probe_gap[4] = 4 * N
+    assert cheap.decide(rows(4), bound=3) == 2 and 4 not in cheap.probe_gap  # (position 3 was never accepted)
     never = AutoLoad(probe_every=0, timing=rule.timing)  # 0: never probes
     for B in (1, 4):
         never.observe(record(B, 3, 2))

@@ -31,6 +31,7 @@ from ..policies.base import MAX_DRAFT_TOKENS, DraftLengthPolicy, DraftStep, Roun
 
 LOAD_RULES = ("auto", "static", "off")
 FILL_WEIGHT = 0.3  # a new measurement's weight in the running average of the draft's fill cost
+MAX_PROBE_GAP = 8  # probes where drafting keeps losing grow rarer, down to one every 8 * probe_every rounds
 PLAIN_WIDTH = 2  # a draft's first forward in a plain round feeds one or two pending tokens (more: it catches up)
 
 
@@ -245,7 +246,10 @@ class AutoLoad:
       s draft steps, and the draft catching up on tokens it skipped in target-only rounds (a pass over
       ``B * w_d`` positions, priced as ``D(B) * T(B * w_d) / T(B)``; plus, for each request that joined while
       the batch was target-only, a pass over its n unseen tokens alone, ``f * T(n)``) spread over the rounds the
-      requests have left (``room / E(K)``), so a request near its end is not switched back to drafting;
+      requests have left (``room / E(K)``), so a request near its end is not switched back to drafting. Only if a
+      plain round at this batch size would draft, though: otherwise later rounds keep the batch target-only, and
+      this round alone must pay for feeding the draft (a prompt's first round would otherwise feed the draft its
+      prompt for one round's worth of drafts);
     - ``f``: what feeding the draft a prompt costs against the target's pass over it, measured on the draft's
       catch-up passes (running average); until one is measured, ``D(1) / T(1)``. That step ratio underprices a
       prompt several times over: the int4 draft's step costs about a tenth of the target's, its prefill about
@@ -259,19 +263,24 @@ class AutoLoad:
       (below) to measure it.
 
     The best K (from 0 to the policy's own bound) wins if it beats target-only by more than ``margin`` (a
-    fraction); K_cap = 0 is a target-only round. Until both a draft step and the target have been measured the
+    fraction); K_cap = 0 is a target-only round. A round that feeds the target a prompt (a fresh batch) is judged
+    by the seconds it saves instead (:meth:`best_cap`). Until both a draft step and the target have been measured the
     rule does not cap (the method runs as it is, which measures them).
 
     Exploration: a batch size kept target-only measures no draft step, so one bad measurement (a step slowed by a
     transient load spike, a first call's warm-up) would keep drafting off there for good. So estimates age (a
     :class:`CostCurve` with a half-life of ``probe_every / 4`` rounds), and when the rule would pick 0 at a batch
-    size whose last plain draft-step measurement is ``probe_every`` or more rounds old (or, never measured there,
-    older than the rule's first one), and no request's draft is more than ``probe_every + PLAIN_WIDTH`` tokens
-    behind (about what ``probe_every`` target-only rounds leave; a request that joined with a longer prompt would
-    make the probe a costly catch-up), it runs a probe round with cap 1, the cheapest round that measures a step.
+    size whose last plain draft-step measurement is ``gap`` or more rounds old (``probe_every`` at first; or,
+    never measured there, older than the rule's first one), and no request's draft is more than
+    ``gap + PLAIN_WIDTH`` tokens behind (about what ``gap`` target-only rounds leave; a request that joined with a
+    longer prompt would make the probe a costly catch-up), it runs a probe round with cap 1, the cheapest round that measures a step.
     A probe that had to catch the draft up is not booked, so the next round probes again, now plain, and its
-    fresh measurement mostly replaces the stale estimate; the rule then decides on it. The cost is at most about
-    two one-token drafting rounds every ``probe_every`` rounds; ``probe_every=0`` never probes (and nothing ages).
+    fresh measurement mostly replaces the stale estimate; the rule then decides on it. Each probe whose fresh
+    measurement keeps the batch size target-only doubles its ``gap``, the rounds until the next probe there (up to
+    ``MAX_PROBE_GAP`` times ``probe_every``; a round that drafts resets it): where drafting really loses (a CPU
+    without native bf16, a large batch) probes grow rare, and their catch-up passes with them. The cost is at most
+    about two one-token drafting rounds every ``probe_every`` rounds, and falls from there; ``probe_every=0``
+    never probes (and nothing ages).
     ``probes`` counts the probe rounds chosen. ``timing(record) -> (draft_s, target_s)`` replaces the measured
     seconds (tests inject a cost model; the default reads the round's own timings).
     """
@@ -287,6 +296,8 @@ class AutoLoad:
         self.first_measured: int | None = None  # round of the first plain draft-step measurement at any size
         self.rounds = 0  # rounds observed (the clock estimates age by)
         self.probes = 0
+        self.probe_gap: dict[int, int] = {}  # batch size -> rounds between its probes, if not probe_every
+        self.probing: set[int] = set()  # batch sizes whose last decision was a probe not yet judged
         self.fill_ratio: float | None = None  # f: the draft's catch-up pass over the target's, over the same tokens
         self.acceptance = AcceptanceModel(window)
         self.timing = timing or (lambda record: (record.draft_s, record.target_s))
@@ -314,6 +325,7 @@ class AutoLoad:
             "target_s": {x: point[0] for x, point in sorted(self.target.points.items())},
             "expected_tokens": {K: self.acceptance.expected_tokens(K) for K in (1, 2, 4, 8, 16)} if self.acceptance else {},
             "probes": self.probes,
+            "probe_gap": dict(sorted(self.probe_gap.items())),
             "draft_fill_ratio": self.fill_ratio,
         }
 
@@ -337,19 +349,43 @@ class AutoLoad:
         # Each unseen prompt is fed in a pass of its own, f times the target's pass over it.
         fill = self.fill_ratio if self.fill_ratio is not None else self.step_cost(1) / self.target(1)
         catch_up += fill * sum(self.target(n) for n in unfed)
+        # Feeding the draft is paid back over the rounds that go on drafting; if plain rounds at this batch size
+        # would not draft (a costly verification, a slow draft), this round alone has to pay for it.
+        later = catch_up > 0 and self.best_cap(B, 1, 1, room, K_max, (), low) > 0
         E, steps = self.acceptance.curves(K_max, B)
         for K in range(1, K_max + 1):
-            cost = self.target(B * (w_t + steps[K])) + steps[K] * step + catch_up / max(1.0, room / E[K])
+            spread = max(1.0, room / E[K]) if later else 1.0
+            cost = self.target(B * (w_t + steps[K])) + steps[K] * step + catch_up / spread
             rates.append(B * E[K] / cost)
         return rates
 
+    def best_cap(self, B: int, w_t: int, w_d: int, room: float, K_max: int, unfed: Sequence[int] = (),
+                 low: bool = False) -> int:
+        """The cap worth most this round (0: target-only). A round that feeds the target one token per row is
+        judged by its tokens per second: the best cap must beat target-only by ``margin``. A round that also feeds
+        the target a prompt is a one-off, and its own target-only rate says nothing of what its extra tokens are
+        worth: it makes one token per row in a long pass, so nearly anything that makes more would look better.
+        So it is judged by the seconds it saves against making those tokens at the rate of the round that would
+        follow it (the same rows, one token each), and must save ``margin`` of its target-only cost."""
+        rates = self.rates(B, w_t, w_d, room, K_max, unfed, low)
+        best = max(range(1, K_max + 1), key=lambda K: rates[K])
+        if w_t <= 1:
+            return best if rates[best] > rates[0] * (1 + self.margin) else 0
+        after = self.rates(B, 1, w_d, room, K_max, unfed, low)
+        per_token = 1 / after[self.best_cap(B, 1, w_d, room, K_max, unfed, low)]
+        E = self.acceptance.curves(K_max, B)[0]
+        saved = [B * E[K] * (per_token - 1 / rates[K]) for K in range(K_max + 1)]
+        best = max(range(1, K_max + 1), key=saved.__getitem__)
+        return best if saved[best] - saved[0] > self.margin * B / rates[0] else 0
+
     def probe_due(self, B: int, w_d: int) -> bool:
         """Whether a round the rule would keep target-only at batch size B should probe drafting instead: the
-        draft-step estimate there is ``probe_every`` or more rounds old and the draft's backlog ``w_d`` is small."""
-        if not self.probe_every or w_d > self.probe_every + PLAIN_WIDTH:
+        draft-step estimate there is ``gap`` or more rounds old and the draft's backlog ``w_d`` is small."""
+        gap = self.probe_gap.get(B, self.probe_every)
+        if not self.probe_every or w_d > gap + PLAIN_WIDTH:
             return False
         since = self.measured_at.get(B, self.first_measured)
-        return since is not None and self.rounds - since >= self.probe_every
+        return since is not None and self.rounds - since >= gap
 
     def decide(self, rows: Sequence[Request], bound: int | None) -> int | None:
         if not rows or bound is None or not (self.target and self.draft_step and self.acceptance):
@@ -362,18 +398,21 @@ class AutoLoad:
         w_d = max((len(r.draft_pending) for r in rows if not r.draft_unfed), default=0)
         room = sum(r.room for r in rows) / len(rows)
         B = len(rows)
-        rates = self.rates(B, w_t, w_d, room, K_max, unfed)
-        best = max(range(1, K_max + 1), key=lambda K: rates[K])
-        if rates[best] <= rates[0] * (1 + self.margin):
-            if B not in self.draft_step:  # unmeasured: if a cheap enough step would make drafting pay, measure it
-                low = self.rates(B, w_t, w_d, room, K_max, unfed, low=True)
-                if max(low[1:]) > low[0] * (1 + self.margin):
-                    self.probes += 1
-                    return 1
+        best = self.best_cap(B, w_t, w_d, room, K_max, unfed)
+        if not best:
+            if B not in self.draft_step and self.best_cap(B, w_t, w_d, room, K_max, unfed, low=True):
+                self.probes += 1  # unmeasured, and a cheap enough step would make drafting pay: measure it
+                return 1
             if self.probe_due(B, max([w_d, *unfed])):  # a probe would also feed the unseen prompts
                 self.probes += 1
+                self.probing.add(B)
                 return 1
+            if B in self.probing and self.measured_at.get(B) == self.rounds:  # the probe measured: still a loss
+                self.probing.discard(B)
+                self.probe_gap[B] = min(2 * self.probe_gap.get(B, self.probe_every), MAX_PROBE_GAP * self.probe_every)
             return 0
+        self.probing.discard(B)
+        self.probe_gap.pop(B, None)
         return None if best == K_max else best
 
 

@@ -45,7 +45,8 @@ class ServeSettings:
     spec_auto_probe_every: int = field(default=32, metadata={"help": (
         "--spec-load auto: a batch size kept target-only gets a probe round (a one-token draft) once its draft-step "
         "cost is this many rounds old and the draft is not far behind, so one bad measurement (a load spike, a "
-        "warm-up) cannot switch drafting off for good; cost estimates fade with a half-life of a quarter of this. "
+        "warm-up) cannot switch drafting off for good; each probe that confirms the loss doubles the wait there "
+        "(up to 8 times this); cost estimates fade with a half-life of a quarter of this. "
         "0 = never probe.")})
     retry_after_s: int = field(default=1, metadata={"help": "Seconds a client is told to wait (Retry-After) when the queue is full."})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level: critical, error, warning, info, debug."})
