@@ -505,6 +505,32 @@ def bf16_rows(name: str) -> Callable[[], str]:
     return render
 
 
+def float32_rows(name: str) -> Callable[[], str]:
+    """benchmarks/float32_rows.py: float32 products of a few rows in torch's layout and the transposed one, and the
+    int4 kernel with float32 and bf16 activations."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        m = data["machine"]
+
+        def table(results: list[dict], cell: Callable[[dict], str]) -> list[str]:
+            rows = sorted({r["rows"] for r in results})
+            lines = ["| in × out | " + " | ".join(f"{r} row{'s' * (r > 1)}" for r in rows) + " |", "|---|" + "---|" * len(rows)]
+            for k, n in dict.fromkeys((r["in"], r["out"]) for r in results):
+                cells = {r["rows"]: cell(r) for r in results if (r["in"], r["out"]) == (k, n)}
+                lines.append(f"| {k} × {n} | " + " | ".join(cells[r] for r in rows) + " |")
+            return lines
+
+        out = [f"`{name}`: {_machine(m)}, {m['torch_threads']} threads; best of {data['settings']['repeats']} means, ms.\n",
+               "Float32, `F.linear(x, W)` / `W @ x.T`:\n",
+               *table(data["linear"], lambda r: f"{r['linear_ms']:.2f} / {r['transposed_ms']:.2f}"),
+               "\nInt4 kernel (group 32), float32 / bf16 activations (and the float32 layer, `F.linear`):\n",
+               *table(data["int4"], lambda r: f"{r['int4_float32_ms']:.2f} / {r['int4_bf16_ms']:.2f} ({r['float32_linear_ms']:.2f})")]
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def serve_load(*names: str) -> Callable[[], str]:
     """benchmarks/serve_load.py runs: per file, throughput, TTFT and TPOT per method and concurrency (mean over
     repeats) and each method's throughput ÷ autoregressive's, pooled over repeats and per repeat."""
@@ -662,6 +688,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "width-cost-avx2-wide": width_cost("cpu_avx2/width_cost_wide.json"),
     "bf16-rows-avx2": bf16_rows("cpu_avx2/bf16_rows.json"),
     "serve-load-avx2": serve_load("cpu_avx2/serve_load.json"),
+    "float32-rows-avx2": float32_rows("cpu_avx2/float32_rows.json"),
     "serve-load": serve_load("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-targets": serve_load_targets("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-time": serve_load_time("serve_load_fill.json", 8),

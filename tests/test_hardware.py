@@ -75,7 +75,8 @@ def _wide_linear(n: int = 48, k: int = 32, bias: bool = True) -> nn.Linear:
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_a_wide_block_is_multiplied_in_float32_and_a_narrow_one_as_before(bias):
+def test_a_wide_block_is_multiplied_in_float32_and_a_narrow_one_as_before(bias, monkeypatch):
+    monkeypatch.setattr(hardware, "transposed_products_win", lambda: False)  # F.linear's summation order, to compare exactly
     layer = _wide_linear(bias=bias)
     w, b = layer.weight.float(), None if layer.bias is None else layer.bias.float()
     wide = torch.randn(2, hardware.WIDE_ROWS // 2, 32, dtype=torch.bfloat16)  # 16 rows in all
@@ -104,14 +105,38 @@ def test_switching_keeps_the_parameters_and_switches_back():
 
 
 @pytest.mark.parametrize("native", [False, True])
-def test_load_model_switches_bf16_models_only_on_a_cpu_without_native_bf16(native, monkeypatch, checkpoints):
+@pytest.mark.parametrize("transposed", [False, True])
+def test_load_model_switches_layers_by_what_this_cpu_multiplies_fast(native, transposed, monkeypatch, checkpoints):
     monkeypatch.setattr(hardware, "native_bf16", lambda: native)
+    monkeypatch.setattr(hardware, "transposed_products_win", lambda: transposed)
     models = {dtype: loading.load_model(str(checkpoints / "target"), dtype, "cpu") for dtype in ("bfloat16", "float32")}
     kinds = {dtype: {type(m) for m in model.modules() if isinstance(m, nn.Linear) and m is not model.lm_head}
              for dtype, model in models.items()}
-    assert kinds["float32"] == {nn.Linear}
+    assert kinds["float32"] == ({hardware.Float32Linear} if transposed else {nn.Linear})
+    assert type(models["float32"].lm_head) is (hardware.Float32Linear if transposed else nn.Linear)  # no copy: the head too
     assert kinds["bfloat16"] == ({nn.Linear} if native else {hardware.WideFloat32Linear})
-    assert type(models["bfloat16"].lm_head) is nn.Linear  # the head is left as it is
+    assert type(models["bfloat16"].lm_head) is nn.Linear  # its float32 copy would take a GB
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_float32_block_of_several_rows_computes_f_linear_in_the_faster_layout(bias, monkeypatch):
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 48, bias=bias)
+    layer.__class__ = hardware.Float32Linear
+    for shape in [(1, 32), (2, 32), (2, 3, 32), (70, 32)]:
+        x = torch.randn(*shape)
+        with torch.inference_mode():
+            monkeypatch.setattr(hardware, "transposed_products_win", lambda: True)
+            y = layer(x)
+            monkeypatch.setattr(hardware, "transposed_products_win", lambda: False)
+            assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))  # the other layout: torch's own
+        assert y.shape == (*shape[:-1], 48) and y.is_contiguous()
+        torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)  # summation order
+    monkeypatch.setattr(hardware, "transposed_products_win", lambda: True)
+    x = torch.randn(4, 32, requires_grad=True)
+    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))  # with autograd: torch's path, gradients flow
+    layer(x).sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
 
 
 def test_switched_layers_are_quantized_and_int4_prompts_multiply_in_float32(slow_bf16, checkpoints):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import platform
 import threading
+import time
 from functools import cache
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def machine() -> dict:
     """The hardware a measurement ran on: every benchmark record carries it, since CPUs differ in kind, not
     only in speed (see the module docstring)."""
     return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": native_bf16(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+            "native_bf16": native_bf16(), "transposed_float32_products": transposed_products_win(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def slow_bf16_warning(dtype: torch.dtype, device: torch.device) -> str | None:
@@ -86,6 +88,48 @@ def float32_weight(weight: torch.Tensor) -> torch.Tensor:
     return buffers[key].copy_(weight)
 
 
+@cache
+def transposed_products_win() -> bool:
+    """Whether this CPU's BLAS multiplies a few float32 rows by a weight faster as ``weight @ x.T`` than as
+    ``x @ weight.T`` (what ``F.linear`` asks for). On the AVX2 machines measured, MKL took 3-4 times as long for
+    4-16 rows the ``F.linear`` way, about a one-row product's time the other way, and as long both ways from 64
+    rows on (``benchmarks/float32_rows.py``). Timed once per process (about 50 ms), on a weight of the size of a
+    small model's layer, since other CPUs and BLAS builds may not share the quirk."""
+    weight, x = torch.randn(4096, 1024), torch.randn(4, 1024)
+
+    def fastest(product) -> float:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with torch.inference_mode():
+        return fastest(lambda: torch.mm(weight, x.t())) < 0.8 * fastest(lambda: F.linear(x, weight))
+
+
+def float32_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for float32 ``x`` and ``weight``, as ``weight @ x.T`` where that is faster."""
+    if not transposed_products_win():
+        return F.linear(x, weight, bias)
+    y = torch.mm(weight, x.reshape(-1, x.shape[-1]).t())
+    if bias is not None:
+        y += bias[:, None]
+    return y.t().contiguous().view(*x.shape[:-1], weight.shape[0])
+
+
+class Float32Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same checkpoint) whose float32 products of several rows (a verification
+    block, a batch) take the faster layout of :func:`float32_product`. Only without autograd: training keeps
+    torch's own path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.numel() < 2 * self.in_features or torch.is_grad_enabled():
+            return super().forward(x)
+        return float32_product(x, self.weight, self.bias)
+
+
 class WideFloat32Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same checkpoint) whose bf16 products of ``WIDE_ROWS`` or more rows run in
     float32. Only without autograd: the float32 weight is a shared scratch buffer, which a backward pass would
@@ -95,19 +139,29 @@ class WideFloat32Linear(nn.Linear):
         if x.dtype != torch.bfloat16 or x.numel() < WIDE_ROWS * self.in_features or torch.is_grad_enabled():
             return super().forward(x)
         bias = None if self.bias is None else self.bias.float()
-        return F.linear(x.float(), float32_weight(self.weight), bias).to(x.dtype)
+        return float32_product(x.float(), float32_weight(self.weight), bias).to(x.dtype)
+
+
+def _switch(model: nn.Module, old: type, new: type, head: bool) -> int:
+    """Turn ``model``'s layers of exactly type ``old`` into ``new`` (the output head too if ``head``)."""
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    layers = [m for m in model.modules() if type(m) is old and (head or m is not out)]
+    for m in layers:
+        m.__class__ = new
+    return len(layers)
 
 
 def use_float32_for_wide_products(model: nn.Module, on: bool = True) -> int:
     """Switch ``model``'s plain ``nn.Linear`` layers to :class:`WideFloat32Linear` (``on=False``: back); returns
     how many were switched. The layers keep their parameters, so nothing else sees a difference. Not the output
     head: it mostly sees one row per request, and its float32 buffer would take a GB (a 150k vocabulary)."""
-    old, new = (nn.Linear, WideFloat32Linear) if on else (WideFloat32Linear, nn.Linear)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    layers = [m for m in model.modules() if type(m) is old and m is not head]
-    for m in layers:
-        m.__class__ = new
-    return len(layers)
+    return _switch(model, *((nn.Linear, WideFloat32Linear) if on else (WideFloat32Linear, nn.Linear)), head=False)
+
+
+def use_transposed_float32_products(model: nn.Module) -> int:
+    """Switch a float32 model's plain ``nn.Linear`` layers, the output head included, to :class:`Float32Linear`
+    if :func:`transposed_products_win` on this CPU; returns how many were switched."""
+    return _switch(model, nn.Linear, Float32Linear, head=True) if transposed_products_win() else 0
 
 
 def wants_float32_products(dtype: torch.dtype, device: torch.device) -> bool:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecAdaptError
-from .hardware import WideFloat32Linear, wants_float32_products
+from .hardware import Float32Linear, WideFloat32Linear, wants_float32_products
 
 SCHEMES = ("none", "int8", "int4")
 # "auto": int4 where this module's kernels run (CPU), no quantization elsewhere (no GPU kernels yet), so the
@@ -56,6 +56,10 @@ _ROWS_PER_CHUNK = 4096
 # unpacking costs ~2 ms per 4.4M weights, so the two break even near 128 rows (benchmarks/int4_rows.py,
 # results/int4_rows.json).
 DEQUANTIZE_ROWS = 128
+# torch's CPU int4 kernel is built for bf16 activations: with float32 ones it took 5-17x as long on an AVX2 machine,
+# even 5x a plain float32 layer (benchmarks/float32_rows.py, results/cpu_avx2/float32_rows.json). So a float32
+# model's int4 layers keep bf16 scales and compute in bf16; they still take and return float32.
+INT4_COMPUTE_DTYPE = {torch.float32: torch.bfloat16}
 
 
 def _shape_only(out_features: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
@@ -73,7 +77,7 @@ class Int4Linear(nn.Module):
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.register_buffer("packed", packed)  # uint8 [N padded to 16, K / 2], the kernel's own layout
         self.register_buffer("nibbles", nibbles)  # uint8 [N, K / 2]: the same q, inputs 2j and 2j + 1 in byte j; or None
-        self.register_buffer("scale_and_zero", scale_and_zero)  # [K / group, N padded, 2], the activations' dtype
+        self.register_buffer("scale_and_zero", scale_and_zero)  # [K / group, N padded, 2], the dtype it computes in
         self.register_buffer("bias", bias)
         if nibbles is None:
             return
@@ -102,7 +106,7 @@ class Int4Linear(nn.Module):
             sz[rows, :, :1], sz[rows, :, 1:] = scale, lo.add_(scale, alpha=8)  # (q - 8) * scale + zero == q * scale + lo
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
         nibbles = (q[:n, 0::2] | (q[:n, 1::2] << 4)).to(torch.uint8) if unpackable else None
-        scale_and_zero = sz.transpose(0, 1).contiguous().to(weight.dtype)
+        scale_and_zero = sz.transpose(0, 1).contiguous().to(INT4_COMPUTE_DTYPE.get(weight.dtype, weight.dtype))
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(packed, nibbles, scale_and_zero, bias, k, n, group_size)
 
@@ -265,7 +269,7 @@ def group_size_help(role: str) -> str:
 
 
 def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    return [(name, m) for name, m in model.named_modules() if type(m) in (nn.Linear, WideFloat32Linear)]
+    return [(name, m) for name, m in model.named_modules() if type(m) in (nn.Linear, Float32Linear, WideFloat32Linear)]
 
 
 def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None, role: str = "draft") -> QuantReport:
