@@ -9,7 +9,8 @@ Each variant (target and draft, in each ``--dtypes``; the draft also int4-quanti
 prefilled with ``--context`` random tokens once; each timed forward feeds w tokens after it and is rolled back,
 so every forward sees the same context. ``prefill`` is one prompt of ``--prompt`` tokens into an empty cache.
 On a CPU without native bf16, each bf16 model is timed twice: as torch runs it, and with its blocks of
-``WIDE_ROWS`` or more rows multiplied in float32 (what ``load_model`` switches on there).
+``WIDE_ROWS`` or more rows multiplied in float32 (what ``load_model`` switches on there); where
+``transposed_products_win``, each float32 model too: in ``F.linear``'s layout and as ``W @ x.T``.
 Variants and widths are timed round-robin over ``--rounds`` rounds, the order of the variants rotated from
 round to round (machine load, and the state a variant leaves behind, hit them alike); the median
 over rounds is reported, and each width's ratio to the one-token step of the same variant. Writes JSON with
@@ -28,7 +29,8 @@ from statistics import median
 import torch
 
 from specadapt.models import zoo
-from specadapt.models.hardware import machine, use_float32_for_wide_products, wants_float32_products
+from specadapt.models.hardware import (machine, transposed_products_win, use_float32_for_wide_products,
+                                      use_transposed_float32_products, wants_float32_products)
 from specadapt.models.loading import load_model
 from specadapt.models.quant import quantize_model
 from specadapt.models.runner import ModelRunner
@@ -38,7 +40,8 @@ OUT = Path(__file__).resolve().parent / "results" / "cpu_avx2" / "width_cost.jso
 
 class Variant:
     """A model with ``context`` tokens in its cache; ``time(w)`` runs one forward of w tokens and rolls it back.
-    ``wide``: its linear layers multiply wide blocks in float32 (True), or not (False), or as loaded (None)."""
+    ``wide``: its linear layers take this CPU's faster path (bf16: wide blocks in float32; float32: the transposed
+    layout) (True), or torch's own (False), or as loaded (None)."""
 
     def __init__(self, model, context: int, prompt: int, lean: bool, seed: int, wide: bool | None = None,
                  runner: ModelRunner | None = None) -> None:
@@ -57,7 +60,8 @@ class Variant:
 
     def _switch(self) -> None:
         if self.wide is not None:
-            use_float32_for_wide_products(self.model, self.wide)
+            switch = use_float32_for_wide_products if self.model.dtype == torch.bfloat16 else use_transposed_float32_products
+            switch(self.model, self.wide)
 
     def time(self, width: int) -> float:
         self._switch()
@@ -100,6 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
             plain = variants[f"{role} {dtype}"] = Variant(model, args.context, args.prompt, lean, seed, wide=False)
             if wants_float32_products(model.dtype, model.device):  # this CPU: time bf16 both ways, on one cache
                 variants[f"{role} {dtype}, wide blocks in float32"] = Variant(
+                    model, args.context, args.prompt, lean, seed, wide=True, runner=plain.runner)
+            if model.dtype == torch.float32 and transposed_products_win():  # and float32 in both layouts
+                variants[f"{role} {dtype}, W @ x.T"] = Variant(
                     model, args.context, args.prompt, lean, seed, wide=True, runner=plain.runner)
         int4 = copy.deepcopy(models["draft"])
         quantize_model(int4, "int4")

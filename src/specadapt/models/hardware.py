@@ -158,9 +158,11 @@ def use_float32_for_wide_products(model: nn.Module, on: bool = True) -> int:
     return _switch(model, *((nn.Linear, WideFloat32Linear) if on else (WideFloat32Linear, nn.Linear)), head=False)
 
 
-def use_transposed_float32_products(model: nn.Module) -> int:
+def use_transposed_float32_products(model: nn.Module, on: bool = True) -> int:
     """Switch a float32 model's plain ``nn.Linear`` layers, the output head included, to :class:`Float32Linear`
-    if :func:`transposed_products_win` on this CPU; returns how many were switched."""
+    if :func:`transposed_products_win` on this CPU (``on=False``: back); returns how many were switched."""
+    if not on:
+        return _switch(model, Float32Linear, nn.Linear, head=True)
     return _switch(model, nn.Linear, Float32Linear, head=True) if transposed_products_win() else 0
 
 
