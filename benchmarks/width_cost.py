@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
                     model, args.context, args.prompt, lean, seed, wide=True, runner=plain.runner)
         int4 = copy.deepcopy(models["draft"])
         quantize_model(int4, "int4")
-        variants[f"draft int4 ({dtype} activations)"] = Variant(int4, args.context, args.prompt, True, seed=3)
+        variants[f"draft int4 ({dtype} model)"] = Variant(int4, args.context, args.prompt, True, seed=3)
         print(f"loaded {dtype}", flush=True)
 
     times: dict[str, dict[str, list[float]]] = {name: {} for name in variants}

@@ -201,14 +201,22 @@ def test_auto_rule_does_not_probe_while_drafting_when_the_draft_is_far_behind_or
     assert rule.decide(rows(4, draft_behind=N + 3), bound=3) == 0  # due, but a long catch-up: no probe
     assert rule.probes == 0
     assert rule.decide(rows(4, draft_behind=N + 2), bound=3) == 1  # due, the draft N rounds behind: probe
-    # Where drafting really loses, probes confirm it: two rounds (a catch-up, then a plain one that measures), and
-    # each confirmation doubles the rounds until the next probe there: N, 2N, 4N, ... up to MAX_PROBE_GAP * N.
+    # Where drafting really loses, a probe confirms it: two rounds (a catch-up, then a plain one that measures). Each
+    # confirmation doubles the rounds until the next probe there, up to MAX_PROBE_GAP * N; the draft, now over N
+    # tokens behind, is too far for a cheap probe, so only a request that is not (a newcomer's short prompt) gets one.
     state = {"behind": N + 2}
-    caps = serve(rule, 4, 7 * N, state)
-    assert set(caps) == {0, 1} and [i for i, cap in enumerate(caps) if cap] == [0, 1, 2 * N + 2, 2 * N + 3, 6 * N + 4, 6 * N + 5]
-    assert rule.summary()["probe_gap"] == {4: 8 * N} == {4: MAX_PROBE_GAP * N} and rule.step_cost(4) == pytest.approx(0.05)
-    caps = serve(rule, 4, 8 * N + 4, state)  # the gap stays at its cap
-    assert [i for i, cap in enumerate(caps) if cap] == [7 * N + 6, 7 * N + 7] and rule.probe_gap[4] == MAX_PROBE_GAP * N
+    caps = serve(rule, 4, 2 * N, state)
+    assert [i for i, cap in enumerate(caps) if cap] == [0, 1] and rule.summary()["probe_gap"] == {4: 2 * N}
+    assert rule.step_cost(4) == pytest.approx(0.05)
+    for gap in (2 * N, 4 * N, 8 * N, 8 * N):
+        assert rule.decide(rows(4, draft_behind=2), bound=3) == 0  # not yet due (and the last probe judged)
+        assert rule.probe_gap[4] == gap
+        for _ in range(gap):
+            rule.observe(record(4, 0, 0))
+        assert rule.decide(rows(4, draft_behind=N + 3), bound=3) == 0  # due, but a long catch-up: no probe
+        assert rule.decide(rows(4, draft_behind=2), bound=3) == 1
+        rule.observe(record(4, 1, 1))  # the probe measures a step: drafting still loses
+    assert rule.decide(rows(4, draft_behind=2), bound=3) == 0 and rule.probe_gap[4] == MAX_PROBE_GAP * N
     cheap = AutoLoad(timing=lambda r: (r.K * 0.05, 1.0))  # drafting pays at any size: a drafting round resets it
     cheap.observe(record(4, 3, 2))
     cheap.probe_gap[4] = 4 * N

@@ -272,13 +272,16 @@ class AutoLoad:
     :class:`CostCurve` with a half-life of ``probe_every / 4`` rounds), and when the rule would pick 0 at a batch
     size whose last plain draft-step measurement is ``gap`` or more rounds old (``probe_every`` at first; or,
     never measured there, older than the rule's first one), and no request's draft is more than
-    ``gap + PLAIN_WIDTH`` tokens behind (about what ``gap`` target-only rounds leave; a request that joined with a
-    longer prompt would make the probe a costly catch-up), it runs a probe round with cap 1, the cheapest round that measures a step.
+    ``probe_every + PLAIN_WIDTH`` tokens behind (about what ``probe_every`` target-only rounds leave; a request
+    that joined with a longer prompt would make the probe a costly catch-up), it runs a probe round with cap 1, the cheapest round that measures a step.
     A probe that had to catch the draft up is not booked, so the next round probes again, now plain, and its
     fresh measurement mostly replaces the stale estimate; the rule then decides on it. Each probe whose fresh
     measurement keeps the batch size target-only doubles its ``gap``, the rounds until the next probe there (up to
     ``MAX_PROBE_GAP`` times ``probe_every``; a round that drafts resets it): where drafting really loses (a CPU
-    without native bf16, a large batch) probes grow rare, and their catch-up passes with them. The cost is at most
+    without native bf16, a large batch) probes grow rare. The backlog bound stays: a draft's catch-up costs about
+    the same fraction of the rounds it skipped whatever their number (on a CPU without native bf16, a twentieth:
+    a longer probe gap would not make probing cheaper), and a newcomer's prompt is no backlog to probe with.
+    The cost is at most
     about two one-token drafting rounds every ``probe_every`` rounds, and falls from there; ``probe_every=0``
     never probes (and nothing ages).
     ``probes`` counts the probe rounds chosen. ``timing(record) -> (draft_s, target_s)`` replaces the measured
@@ -381,11 +384,10 @@ class AutoLoad:
     def probe_due(self, B: int, w_d: int) -> bool:
         """Whether a round the rule would keep target-only at batch size B should probe drafting instead: the
         draft-step estimate there is ``gap`` or more rounds old and the draft's backlog ``w_d`` is small."""
-        gap = self.probe_gap.get(B, self.probe_every)
-        if not self.probe_every or w_d > gap + PLAIN_WIDTH:
+        if not self.probe_every or w_d > self.probe_every + PLAIN_WIDTH:
             return False
         since = self.measured_at.get(B, self.first_measured)
-        return since is not None and self.rounds - since >= gap
+        return since is not None and self.rounds - since >= self.probe_gap.get(B, self.probe_every)
 
     def decide(self, rows: Sequence[Request], bound: int | None) -> int | None:
         if not rows or bound is None or not (self.target and self.draft_step and self.acceptance):
