@@ -56,9 +56,9 @@ _ROWS_PER_CHUNK = 4096
 # unpacking costs ~2 ms per 4.4M weights, so the two break even near 128 rows (benchmarks/int4_rows.py,
 # results/int4_rows.json).
 DEQUANTIZE_ROWS = 128
-# torch's CPU int4 kernel is built for bf16 activations: with float32 ones it took 5-17x as long on an AVX2 machine,
-# even 5x a plain float32 layer (benchmarks/float32_rows.py, results/cpu_avx2/float32_rows.json). So a float32
-# model's int4 layers keep bf16 scales and compute in bf16; they still take and return float32.
+# torch's CPU int4 kernel is built for bf16 activations: with float32 ones it took 14-34x as long on an AVX2 machine,
+# at one row 4-6x the plain float32 layer (benchmarks/float32_rows.py, results/cpu_avx2/float32_rows.json). So a
+# float32 model's int4 layers keep bf16 scales and compute in bf16; they still take and return float32.
 INT4_COMPUTE_DTYPE = {torch.float32: torch.bfloat16}
 
 

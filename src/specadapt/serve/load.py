@@ -273,17 +273,16 @@ class AutoLoad:
     size whose last plain draft-step measurement is ``gap`` or more rounds old (``probe_every`` at first; or,
     never measured there, older than the rule's first one), and no request's draft is more than
     ``probe_every + PLAIN_WIDTH`` tokens behind (about what ``probe_every`` target-only rounds leave; a request
-    that joined with a longer prompt would make the probe a costly catch-up), it runs a probe round with cap 1, the cheapest round that measures a step.
-    A probe that had to catch the draft up is not booked, so the next round probes again, now plain, and its
-    fresh measurement mostly replaces the stale estimate; the rule then decides on it. Each probe whose fresh
-    measurement keeps the batch size target-only doubles its ``gap``, the rounds until the next probe there (up to
-    ``MAX_PROBE_GAP`` times ``probe_every``; a round that drafts resets it): where drafting really loses (a CPU
-    without native bf16, a large batch) probes grow rare. The backlog bound stays: a draft's catch-up costs about
-    the same fraction of the rounds it skipped whatever their number (on a CPU without native bf16, a twentieth:
-    a longer probe gap would not make probing cheaper), and a newcomer's prompt is no backlog to probe with.
-    The cost is at most
-    about two one-token drafting rounds every ``probe_every`` rounds, and falls from there; ``probe_every=0``
-    never probes (and nothing ages).
+    that joined with a longer prompt would make the probe a costly catch-up), it runs a probe round with cap 1,
+    the cheapest round that measures a step. A probe that had to catch the draft up is not booked, so the next
+    round probes again, now plain, and its fresh measurement mostly replaces the stale estimate; the rule then
+    decides on it. Each probe whose fresh measurement keeps the batch size target-only doubles its ``gap``, the
+    rounds until the next probe there (up to ``MAX_PROBE_GAP`` times ``probe_every``; a round that drafts resets
+    it): where drafting really loses (a CPU without native bf16, a large batch) probes grow rare. The backlog
+    bound does not grow with the gap: a catch-up costs about the same share of the rounds it skipped however many
+    they were (about a twentieth on a CPU without native bf16), and a newcomer's prompt is no backlog to probe
+    with. The cost is at most about two one-token drafting rounds every ``probe_every`` rounds, and falls from
+    there; ``probe_every=0`` never probes (and nothing ages).
     ``probes`` counts the probe rounds chosen. ``timing(record) -> (draft_s, target_s)`` replaces the measured
     seconds (tests inject a cost model; the default reads the round's own timings).
     """
