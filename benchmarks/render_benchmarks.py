@@ -689,6 +689,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "bf16-rows-avx2": bf16_rows("cpu_avx2/bf16_rows.json"),
     "serve-load-avx2": serve_load("cpu_avx2/serve_load.json"),
     "serve-load-avx2-rule": serve_load("cpu_avx2/serve_load_rule.json"),
+    "serve-load-avx2-rule-bounded": serve_load("cpu_avx2/serve_load_rule_bounded.json"),
     "float32-rows-avx2": float32_rows("cpu_avx2/float32_rows.json"),
     "width-cost-avx2-float32": width_cost("cpu_avx2/width_cost_float32.json"),
     "serve-load": serve_load("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
