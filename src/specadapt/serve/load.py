@@ -353,7 +353,7 @@ class AutoLoad:
         catch_up += fill * sum(self.target(n) for n in unfed)
         # Feeding the draft is paid back over the rounds that go on drafting; if plain rounds at this batch size
         # would not draft (a costly verification, a slow draft), this round alone has to pay for it.
-        later = catch_up > 0 and self.best_cap(B, 1, 1, room, K_max, (), low) > 0
+        later = catch_up > 0 and self._by_rate(self.rates(B, 1, 1, room, K_max, (), low)) > 0
         E, steps = self.acceptance.curves(K_max, B)
         for K in range(1, K_max + 1):
             spread = max(1.0, room / E[K]) if later else 1.0
@@ -370,15 +370,19 @@ class AutoLoad:
         So it is judged by the seconds it saves against making those tokens at the rate of the round that would
         follow it (the same rows, one token each), and must save ``margin`` of its target-only cost."""
         rates = self.rates(B, w_t, w_d, room, K_max, unfed, low)
-        best = max(range(1, K_max + 1), key=lambda K: rates[K])
         if w_t <= 1:
-            return best if rates[best] > rates[0] * (1 + self.margin) else 0
+            return self._by_rate(rates)
         after = self.rates(B, 1, w_d, room, K_max, unfed, low)
-        per_token = 1 / after[self.best_cap(B, 1, w_d, room, K_max, unfed, low)]
+        per_token = 1 / after[self._by_rate(after)]
         E = self.acceptance.curves(K_max, B)[0]
         saved = [B * E[K] * (per_token - 1 / rates[K]) for K in range(K_max + 1)]
         best = max(range(1, K_max + 1), key=saved.__getitem__)
         return best if saved[best] - saved[0] > self.margin * B / rates[0] else 0
+
+    def _by_rate(self, rates: list[float]) -> int:
+        """The cap of the highest rate, if it beats target-only (``rates[0]``) by ``margin``; else 0."""
+        best = max(range(1, len(rates)), key=rates.__getitem__)
+        return best if rates[best] > rates[0] * (1 + self.margin) else 0
 
     def probe_due(self, B: int, w_d: int) -> bool:
         """Whether a round the rule would keep target-only at batch size B should probe drafting instead: the
