@@ -11,13 +11,12 @@ writes JSON with the machine it ran on.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 
-from int4_rows import timed  # noqa: E402  (the same timer; benchmarks/ is on the path of a script run)
+from int4_rows import rows_parser, timed  # noqa: E402  (the same timer; benchmarks/ is on the path of a script run)
 from specadapt.models.hardware import WIDE_ROWS, float32_weight, machine
 
 OUT = Path(__file__).resolve().parent / "results" / "cpu_avx2" / "bf16_rows.json"
@@ -25,12 +24,7 @@ SHAPES = ((1536, 1536), (1536, 256), (1536, 8960), (8960, 1536))  # (in, out)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--rows", default="1,2,4,8,16,32,64,128")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args(argv)
+    args = rows_parser(__doc__, OUT).parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -13,14 +13,13 @@ the best of ``--repeats`` means. Prints tables and writes JSON with the machine 
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from int4_rows import timed  # noqa: E402  (the same timer; benchmarks/ is on the path of a script run)
+from int4_rows import rows_parser, timed  # noqa: E402  (the same timer; benchmarks/ is on the path of a script run)
 from specadapt.models.hardware import machine
 from specadapt.models.quant import Int4Linear
 
@@ -35,12 +34,8 @@ def best(fn, reps: int, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--rows", default="1,2,4,8,16,32,64,128")
+    parser = rows_parser(__doc__, OUT)
     parser.add_argument("--int4-rows", default="1,2,4,8")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -30,6 +30,16 @@ def timed(fn, reps: int) -> float:
     return (time.perf_counter() - start) / reps * 1e3
 
 
+def rows_parser(doc: str, out: Path) -> argparse.ArgumentParser:
+    """The options the by-rows benchmarks (bf16_rows.py, float32_rows.py) share."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rows", default="1,2,4,8,16,32,64,128")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=out)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None)
