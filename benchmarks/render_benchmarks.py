@@ -692,6 +692,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-rule-bounded": serve_load("cpu_avx2/serve_load_rule_bounded.json"),
     "float32-rows-avx2": float32_rows("cpu_avx2/float32_rows.json"),
     "width-cost-avx2-float32": width_cost("cpu_avx2/width_cost_float32.json"),
+    "width-cost-avx2-copies": width_cost("cpu_avx2/width_cost_copies.json"),
     "serve-load": serve_load("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-targets": serve_load_targets("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-time": serve_load_time("serve_load_fill.json", 8),

@@ -9,7 +9,8 @@ Each variant (target and draft, in each ``--dtypes``; the draft also int4-quanti
 prefilled with ``--context`` random tokens once; each timed forward feeds w tokens after it and is rolled back,
 so every forward sees the same context. ``prefill`` is one prompt of ``--prompt`` tokens into an empty cache.
 On a CPU without native bf16, each bf16 model is timed twice: as torch runs it, and with its blocks of
-``WIDE_ROWS`` or more rows multiplied in float32 (what ``load_model`` switches on there); where
+``WIDE_ROWS`` or more rows multiplied in float32 (what ``load_model`` switches on there); the target a third
+time, keeping float32 copies of its weights (``keep_float32_copies``: blocks of ``COPY_ROWS`` or more rows); where
 ``transposed_products_win``, each float32 model too: in ``F.linear``'s layout and as ``W @ x.T``.
 Variants and widths are timed round-robin over ``--rounds`` rounds, the order of the variants rotated from
 round to round (machine load, and the state a variant leaves behind, hit them alike); the median
@@ -29,8 +30,9 @@ from statistics import median
 import torch
 
 from specadapt.models import zoo
-from specadapt.models.hardware import (machine, transposed_products_win, use_float32_for_wide_products,
-                                      use_transposed_float32_products, wants_float32_products)
+from specadapt.models.hardware import (keep_float32_copies, machine, transposed_products_win,
+                                      use_float32_for_wide_products, use_transposed_float32_products,
+                                      wants_float32_products)
 from specadapt.models.loading import load_model
 from specadapt.models.quant import quantize_model
 from specadapt.models.runner import ModelRunner
@@ -41,12 +43,13 @@ OUT = Path(__file__).resolve().parent / "results" / "cpu_avx2" / "width_cost.jso
 class Variant:
     """A model with ``context`` tokens in its cache; ``time(w)`` runs one forward of w tokens and rolls it back.
     ``wide``: its linear layers take this CPU's faster path (bf16: wide blocks in float32; float32: the transposed
-    layout) (True), or torch's own (False), or as loaded (None)."""
+    layout) (True), or torch's own (False), or as loaded (None). ``copies``: a bf16 model keeps float32 copies of
+    its weights (``keep_float32_copies``)."""
 
     def __init__(self, model, context: int, prompt: int, lean: bool, seed: int, wide: bool | None = None,
-                 runner: ModelRunner | None = None) -> None:
+                 runner: ModelRunner | None = None, copies: bool = False) -> None:
         """``runner``: share another variant's (the same model timed another way, over the very same cache)."""
-        self.model, self.lean, self.prompt, self.wide = model, lean, prompt, wide
+        self.model, self.lean, self.prompt, self.wide, self.copies = model, lean, prompt, wide, copies
         self._switch()
         self.g = torch.Generator().manual_seed(seed)
         self.runner = runner
@@ -59,6 +62,8 @@ class Variant:
         return torch.randint(100, 30000, (1, n), generator=self.g)
 
     def _switch(self) -> None:
+        if self.model.dtype == torch.bfloat16 and wants_float32_products(self.model.dtype, self.model.device):
+            keep_float32_copies(self.model, self.copies)
         if self.wide is not None:
             switch = use_float32_for_wide_products if self.model.dtype == torch.bfloat16 else use_transposed_float32_products
             switch(self.model, self.wide)
@@ -105,6 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
             if wants_float32_products(model.dtype, model.device):  # this CPU: time bf16 both ways, on one cache
                 variants[f"{role} {dtype}, wide blocks in float32"] = Variant(
                     model, args.context, args.prompt, lean, seed, wide=True, runner=plain.runner)
+                if role == "target":  # and with float32 copies of its weights, as a speculative pair's target
+                    variants[f"{role} {dtype}, float32 copies"] = Variant(
+                        model, args.context, args.prompt, lean, seed, wide=True, runner=plain.runner, copies=True)
             if model.dtype == torch.float32 and transposed_products_win():  # and float32 in both layouts
                 variants[f"{role} {dtype}, W @ x.T"] = Variant(
                     model, args.context, args.prompt, lean, seed, wide=True, runner=plain.runner)

@@ -148,3 +148,40 @@ def test_switched_layers_are_quantized_and_int4_prompts_multiply_in_float32(slow
     expected = F.linear(x.float(), layer.dequantize().float()).bfloat16()
     with torch.inference_mode():
         assert torch.equal(layer(x), expected)
+
+
+# --- float32 copies of a bf16 target's weights ------------------------------------------------------------------
+
+
+def test_float32_copies_serve_blocks_of_copy_rows_and_leave_the_checkpoint_alone(monkeypatch):
+    monkeypatch.setattr(hardware, "transposed_products_win", lambda: False)  # F.linear's summation order, to compare exactly
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 16, bias=False)).to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert hardware.keep_float32_copies(model) == 4 * (32 * 48 + 48 * 16)
+    first = model[0]
+    assert type(first) is hardware.WideFloat32Linear and first.weight32.dtype == torch.float32
+    assert torch.equal(first.weight32, first.weight.float())
+    assert model.state_dict().keys() == before.keys()  # the copies are not part of the checkpoint
+    block = torch.randn(hardware.COPY_ROWS, 32, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(first(block), F.linear(block.float(), first.weight32, first.bias.float()).bfloat16())
+        narrow = block[: hardware.COPY_ROWS - 1]
+        assert torch.equal(first(narrow), F.linear(narrow, first.weight, first.bias))  # fewer rows: bf16 as before
+    assert hardware.keep_float32_copies(model, on=False) == 0 and first.weight32 is None
+
+
+def test_a_slow_bf16_target_keeps_float32_copies_where_memory_allows(slow_bf16, monkeypatch, checkpoints):
+    target, draft = str(checkpoints / "target"), str(checkpoints / "draft")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpecAdaptWarning)
+        decoder = SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu")
+        head = decoder.target.lm_head
+        assert type(head) is hardware.WideFloat32Linear and torch.equal(head.weight32, head.weight.float())
+        assert all(m.weight32 is None for m in decoder.draft.modules() if isinstance(m, hardware.WideFloat32Linear))
+        quantized = SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu", target_quant="int4")
+        assert not any(isinstance(m, hardware.WideFloat32Linear) for m in quantized.target.modules())
+        monkeypatch.setattr(hardware, "memory_available", lambda: 1024)  # no room for the copies
+        crowded = SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu")
+        assert type(crowded.target.lm_head) is nn.Linear
+        assert all(m.weight32 is None for m in crowded.target.modules() if isinstance(m, hardware.WideFloat32Linear))

@@ -20,7 +20,7 @@ from .errors import SpecAdaptError, SpecAdaptWarning
 from .methods import Method, make_method
 from .models import loading, zoo
 from .models.draft_vocab import output_width, read_ranking, restrict_vocabulary, shipped_ranking
-from .models.hardware import slow_bf16_warning
+from .models.hardware import float32_copies_fit, keep_float32_copies, slow_bf16_warning, wants_float32_products
 from .models.quant import check_scheme, quantize_model, resolve_scheme
 from .text import as_messages, encode_chat
 
@@ -97,6 +97,8 @@ class SpecDecoder:
         target_model = loading.load_model(target, dtype, device)
         if target_quant != "none":
             quantize_model(target_model, target_quant, target_group_size, "target")
+        elif wants_float32_products(target_model.dtype, target_model.device) and float32_copies_fit(target_model):
+            keep_float32_copies(target_model)  # verification blocks and batches: see models/hardware.py
         draft_model = loading.load_model(draft, dtype, target_model.device) if draft is not None else None
         slow = slow_bf16_warning(target_model.dtype, target_model.device) if target_quant == "none" else None
         if draft_model is not None and slow:

@@ -326,7 +326,7 @@ def environment(decoder) -> dict:
     import transformers
 
     from .. import __version__
-    from ..models.hardware import machine
+    from ..models.hardware import WideFloat32Linear, machine
 
     device = decoder.target.device
     return {
@@ -339,6 +339,8 @@ def environment(decoder) -> dict:
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "dtype": str(decoder.target.dtype).replace("torch.", ""),
+        "target_float32_copies": any(isinstance(m, WideFloat32Linear) and m.weight32 is not None
+                                     for m in decoder.target.modules()),
     }
 
 

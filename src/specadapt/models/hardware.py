@@ -13,6 +13,11 @@ multiplies in float32 (:class:`WideFloat32Linear`, switched on by :func:`use_flo
 model is loaded). The products of bf16 values are exact in float32, so this is what a native bf16 kernel
 computes too (bf16 inputs, float32 accumulation), in another summation order. Prompts get about four times
 faster (``width_cost_wide.json``); one-token steps and blocks of a few tokens keep the bf16 path.
+
+A speculative pair's target goes further where memory allows: it keeps a float32 copy of its weights beside the
+bf16 ones (:func:`keep_float32_copies`, twice the bf16 weight memory), so its one-token steps stream bf16 weights
+and its verification blocks and batches of ``COPY_ROWS`` or more rows multiply in float32 with nothing copied per
+call (``width_cost_copies.json``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ from torch.nn import functional as F
 # bf16 runs in float32: copying the weight into a float32 buffer costs a few one-row products, and float32 wins
 # from about 16 rows on (benchmarks/bf16_rows.py, results/cpu_avx2/bf16_rows.json).
 WIDE_ROWS = 16
+
+# With a float32 copy of the weight kept beside the bf16 one (:func:`keep_float32_copies`), nothing is copied per
+# call, and float32 wins from 4 rows on for every shape of the target's layers: at 2 rows bf16 is still cheaper,
+# at 4 float32 is (results/cpu_avx2/bf16_rows.json against float32_rows.json, the ``W @ x.T`` layout).
+COPY_ROWS = 4
 
 
 @cache
@@ -132,14 +142,19 @@ class Float32Linear(nn.Linear):
 
 class WideFloat32Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same checkpoint) whose bf16 products of ``WIDE_ROWS`` or more rows run in
-    float32. Only without autograd: the float32 weight is a shared scratch buffer, which a backward pass would
-    need intact."""
+    float32, or of ``COPY_ROWS`` or more where it keeps a float32 copy of its weight (``weight32``, not part of
+    the checkpoint). Only without autograd: the float32 weight is a shared scratch buffer, which a backward pass
+    would need intact."""
+
+    weight32: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.bfloat16 or x.numel() < WIDE_ROWS * self.in_features or torch.is_grad_enabled():
+        rows = COPY_ROWS if self.weight32 is not None else WIDE_ROWS
+        if x.dtype != torch.bfloat16 or x.numel() < rows * self.in_features or torch.is_grad_enabled():
             return super().forward(x)
         bias = None if self.bias is None else self.bias.float()
-        return float32_product(x.float(), float32_weight(self.weight), bias).to(x.dtype)
+        weight = self.weight32 if self.weight32 is not None else float32_weight(self.weight)
+        return float32_product(x.float(), weight, bias).to(x.dtype)
 
 
 def _switch(model: nn.Module, old: type, new: type, head: bool) -> int:
@@ -156,6 +171,51 @@ def use_float32_for_wide_products(model: nn.Module, on: bool = True) -> int:
     how many were switched. The layers keep their parameters, so nothing else sees a difference. Not the output
     head: it mostly sees one row per request, and its float32 buffer would take a GB (a 150k vocabulary)."""
     return _switch(model, *((nn.Linear, WideFloat32Linear) if on else (WideFloat32Linear, nn.Linear)), head=False)
+
+
+def keep_float32_copies(model: nn.Module, on: bool = True) -> int:
+    """Give a bf16 model's linear layers, the output head included, a float32 copy of their weights
+    (``on=False``: drop them); returns the bytes the copies take. Then blocks of ``COPY_ROWS`` or more rows (a
+    verification block, a batch) multiply in float32 without a per-call copy, at about the cost of a one-token
+    float32 step, where bf16 on a CPU without native bf16 costs a one-token step per row. Costs twice the
+    model's bf16 weight memory; for the target of a speculative pair, whose blocks are what it runs."""
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not on:
+        for m in model.modules():
+            if isinstance(m, WideFloat32Linear):
+                m.weight32 = None
+        if out is not None and type(out) is WideFloat32Linear:
+            out.__class__ = nn.Linear
+        return 0
+    use_float32_for_wide_products(model)
+    if out is not None and type(out) is nn.Linear:
+        out.__class__ = WideFloat32Linear
+    total = 0
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, WideFloat32Linear):
+                if m.weight32 is None:
+                    m.weight32 = m.weight.detach().float()
+                total += m.weight32.numel() * 4
+    return total
+
+
+def memory_available() -> int | None:
+    """Bytes of memory the system can still give (Linux: MemAvailable in /proc/meminfo), None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def float32_copies_fit(model: nn.Module) -> bool:
+    """Whether :func:`keep_float32_copies` would leave at least as much memory free as the copies take."""
+    needed = 4 * sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    available = memory_available()
+    return available is None or 2 * needed <= available
 
 
 def use_transposed_float32_products(model: nn.Module, on: bool = True) -> int:
