@@ -138,6 +138,59 @@ def run_table(name: str) -> str:
     return "\n".join(lines)
 
 
+def copies_runs(*names: str) -> Callable[[], str]:
+    """Bench runs of one pair on the same examples, with and without float32 copies of the target's weights (the
+    environment records which): per dataset and method, speed, the gain over target-only with its verdict."""
+
+    def render() -> str:
+        lines = ["| dataset | target's float32 copies | method | tok/s | speedup (per repeat) | vs target-only | "
+                 "acceptance | mean accepted length |", "|---|---|---|---|---|---|---|---|"]
+        for name in names:
+            run, records, summary = bench_run(name)
+            copies = "yes" if run["environment"].get("target_float32_copies") else "no"
+            for ds, table in summary["datasets"].items():
+                for m, e in table.items():
+                    vs = summary["comparisons"][ds].get(m, {}).get("vs_target_only")
+                    verdict = f"{vs['gain']:+.1%} ± {vs['spread']:.1%} ({vs['verdict']})" if vs else "–"
+                    per_repeat = ", ".join(f"{x:.2f}" for x in e.get("speedup_per_repeat") or [])
+                    lines.append(f"| {DATASET_TITLES.get(ds, ds)} | {copies} | `{m}` | {num(e['tokens_per_s'])} | "
+                                 f"{speedup(e)} ({per_repeat}) | {verdict} | {pct(e['acceptance_rate'])} | "
+                                 f"{num(e['mean_accepted_length'])} |")
+        run, records, _ = bench_run(names[0])
+        ids = {ds: {r["example_id"] for r in records if r["dataset"] == ds} for ds in run["settings"]["datasets"]}
+        where = "; ".join(f"{DATASET_TITLES.get(ds, ds)}: {describe_examples(ds, i)}" for ds, i in ids.items())
+        return ("\n".join(lines) + f"\n\nExamples ({where}), {run['settings']['repeats']} repeats, at most "
+                f"{run['settings']['max_new_tokens']} new tokens; folders "
+                + ", ".join(f"`benchmarks/results/{n}/`" for n in names) + f". Verdict rule: {report.VERDICT_RULE}\n")
+
+    return render
+
+
+def copies_ab(name: str) -> Callable[[], str]:
+    """benchmarks/copies_ab.py: one process, every (method, float32 copies) cell on the same examples."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        st = data["settings"]
+        ids = {}
+        for r in data["records"]:
+            ids.setdefault(r["dataset"], set()).add(r["example_id"])
+        where = "; ".join(f"{DATASET_TITLES.get(ds, ds)}: {describe_examples(ds, i)}" for ds, i in ids.items())
+        lines = [f"`{name}`: {_machine(data['machine'])}, {st['threads']} threads; {where}; {st['repeats']} repeats, "
+                 f"at most {st['max_new_tokens']} new tokens. Ratio: mean over examples of tokens/s ÷ target-only "
+                 "without copies on the same example and repeat; ± the sample standard deviation over repeats.\n",
+                 "| dataset | method | target's float32 copies | tok/s | ÷ target-only without copies (per repeat) |",
+                 "|---|---|---|---|---|"]
+        for row in data["summary"]:
+            per = ", ".join(f"{x:.2f}" for x in row["ratio_per_repeat"])
+            lines.append(f"| {DATASET_TITLES.get(row['dataset'], row['dataset'])} | `{row['method']}` | "
+                         f"{'yes' if row['copies'] else 'no'} | {row['tokens_per_s']:.2f} | "
+                         f"{row['ratio']:.2f} ± {row['ratio_spread']:.2f} ({per}) |")
+        return "\n".join(lines) + "\n"
+
+    return render
+
+
 def runs_table(*names: str) -> Callable[[], str]:
     return lambda: "\n".join(run_table(n) for n in names).rstrip("\n") + "\n\n" + VERDICT_NOTE
 
@@ -693,6 +746,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "float32-rows-avx2": float32_rows("cpu_avx2/float32_rows.json"),
     "width-cost-avx2-float32": width_cost("cpu_avx2/width_cost_float32.json"),
     "width-cost-avx2-copies": width_cost("cpu_avx2/width_cost_copies.json"),
+    "bench-avx2-copies": copies_runs("cpu_avx2/bench_copies", "cpu_avx2/bench_no_copies"),
+    "copies-ab-avx2": copies_ab("cpu_avx2/copies_ab.json"),
     "serve-load": serve_load("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-targets": serve_load_targets("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-time": serve_load_time("serve_load_fill.json", 8),

@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draft-quant", default=zoo.DEFAULT_DRAFT_QUANT,
                         help="the draft's quantization (serve_load.json and serve_load_spec_max_batch1.json: none)")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--no-float32-copies", dest="float32_copies", action="store_false",
+                        help="a bf16 target on a CPU without native bf16 keeps no float32 copy of its weights")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs on a shared machine)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     levels = [int(c) for c in args.concurrency.split(",")]
     decoder = SpecDecoder.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device,
-                                          draft_quant=args.draft_quant)
+                                          draft_quant=args.draft_quant, float32_copies=args.float32_copies)
     prompts = load_prompts(max(levels) * args.requests_per_client, args.datasets.split(","), args.split)
     rows = []
     with contextlib.ExitStack() as stack:

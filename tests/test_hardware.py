@@ -41,18 +41,21 @@ def test_machine_names_the_cpu_kind():
 def test_the_warning_is_only_for_bf16_on_a_cpu_without_native_bf16(slow_bf16, monkeypatch):
     message = hardware.slow_bf16_warning(torch.bfloat16, torch.device("cpu"))
     assert "has no native bf16 matrix instructions" in message and "--method autoregressive" in message
+    assert "keeps no float32 copy of its weights (--no-float32-copies, or too little free memory" in message
     assert hardware.slow_bf16_warning(torch.float32, torch.device("cpu")) is None
     assert hardware.slow_bf16_warning(torch.bfloat16, torch.device("cuda")) is None
     monkeypatch.setattr(hardware, "native_bf16", lambda: True)
     assert hardware.slow_bf16_warning(torch.bfloat16, torch.device("cpu")) is None
 
 
-def test_loading_a_bf16_pair_warns_once_and_target_only_does_not(slow_bf16, checkpoints):
+def test_loading_a_bf16_pair_without_float32_copies_warns_once_and_target_only_does_not(slow_bf16, checkpoints):
     target, draft = str(checkpoints / "target"), str(checkpoints / "draft")
-    with pytest.warns(SpecAdaptWarning, match="no native bf16"):
-        SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu")
+    with pytest.warns(SpecAdaptWarning, match="no native bf16") as caught:
+        SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu", float32_copies=False)
+    assert len([w for w in caught if issubclass(w.category, SpecAdaptWarning)]) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error", SpecAdaptWarning)
+        SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu")  # the target keeps float32 copies
         SpecDecoder.from_pretrained(target, None, dtype="bfloat16", device="cpu")  # no drafts to verify
         SpecDecoder.from_pretrained(target, draft, dtype="float32", device="cpu")
         SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu", target_quant="int4")
@@ -179,6 +182,9 @@ def test_a_slow_bf16_target_keeps_float32_copies_where_memory_allows(slow_bf16, 
         head = decoder.target.lm_head
         assert type(head) is hardware.WideFloat32Linear and torch.equal(head.weight32, head.weight.float())
         assert all(m.weight32 is None for m in decoder.draft.modules() if isinstance(m, hardware.WideFloat32Linear))
+        refused = SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu", float32_copies=False)
+        alone = SpecDecoder.from_pretrained(target, None, dtype="bfloat16", device="cpu")  # nothing to verify
+        assert type(refused.target.lm_head) is nn.Linear and type(alone.target.lm_head) is nn.Linear
         quantized = SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu", target_quant="int4")
         assert not any(isinstance(m, hardware.WideFloat32Linear) for m in quantized.target.modules())
         monkeypatch.setattr(hardware, "memory_available", lambda: 1024)  # no room for the copies

@@ -73,6 +73,7 @@ class SpecDecoder:
         draft_group_size: int | None = None,
         target_quant: str = "none",
         target_group_size: int | None = None,
+        float32_copies: bool = True,
     ) -> "SpecDecoder":
         """Load by built-in name, local folder, .gguf file or Hub id. ``draft=None`` loads the target only.
 
@@ -86,7 +87,10 @@ class SpecDecoder:
 
         ``target_quant`` (with ``target_group_size``): the same quantization of the target. That changes the
         model being decoded: outputs are lossless w.r.t. the quantized target, not the float one, and every
-        result records it (``result.settings["target_quant"]``)."""
+        result records it (``result.settings["target_quant"]``).
+
+        ``float32_copies``: on a CPU without native bf16, a bf16 target with a draft keeps a float32 copy of its
+        weights where memory allows (:func:`specadapt.models.hardware.keep_float32_copies`); False never does."""
         check_scheme(draft_quant, draft_group_size, "draft")  # before loading anything
         check_scheme(target_quant, target_group_size, "target")
         if draft_vocab is not None and draft_vocab < 1:
@@ -95,12 +99,15 @@ class SpecDecoder:
         if draft is not None:
             loading.check_same_tokenizer(tokenizer, loading.load_tokenizer(draft), (target, draft))
         target_model = loading.load_model(target, dtype, device)
+        copied = False
         if target_quant != "none":
             quantize_model(target_model, target_quant, target_group_size, "target")
-        elif wants_float32_products(target_model.dtype, target_model.device) and float32_copies_fit(target_model):
-            keep_float32_copies(target_model)  # verification blocks and batches: see models/hardware.py
+        elif (float32_copies and draft is not None and wants_float32_products(target_model.dtype, target_model.device)
+              and float32_copies_fit(target_model)):
+            copied = keep_float32_copies(target_model) > 0  # verification blocks: see models/hardware.py
         draft_model = loading.load_model(draft, dtype, target_model.device) if draft is not None else None
-        slow = slow_bf16_warning(target_model.dtype, target_model.device) if target_quant == "none" else None
+        plain = target_quant == "none" and not copied
+        slow = slow_bf16_warning(target_model.dtype, target_model.device) if plain else None
         if draft_model is not None and slow:
             warnings.warn(slow, SpecAdaptWarning, stacklevel=2)
         if draft_model is not None and draft_vocab is not None:  # before quantizing: the smaller head is quantized

@@ -21,6 +21,7 @@ from .engine import RequestConfig
 from .errors import SpecAdaptError, SpecAdaptWarning
 from .heads.config import TrainHeadConfig
 from .heads.tune import TuneSettings
+from .models.hardware import FLOAT32_COPIES_HELP
 from .models.quant import group_size_help, quant_help
 from .models.zoo import DEFAULT_DRAFT_QUANT
 
@@ -101,6 +102,7 @@ def generate(
     draft_group_size: Optional[int] = typer.Option(None, help=group_size_help("draft")),
     target_quant: str = typer.Option("none", help=quant_help("target")),
     target_group_size: Optional[int] = typer.Option(None, help=group_size_help("target")),
+    float32_copies: bool = typer.Option(True, "--float32-copies/--no-float32-copies", help=FLOAT32_COPIES_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:
     """Generate a completion with speculative decoding, streaming it to the terminal."""
@@ -128,7 +130,7 @@ def generate(
         decoder = SpecDecoder.from_pretrained(target, draft_name, dtype=dtype, device=device, draft_vocab=draft_vocab,
                                               draft_vocab_ranking=draft_vocab_ranking, draft_quant=draft_quant,
                                               draft_group_size=draft_group_size, target_quant=target_quant,
-                                              target_group_size=target_group_size)
+                                              target_group_size=target_group_size, float32_copies=float32_copies)
 
     streamed: list[int] = []
     shown = ""

@@ -289,8 +289,10 @@ def render_report(run: dict, summary: dict) -> str:
     lines = [
         "# specadapt benchmark",
         "",
-        f"Target `{settings['target']}`, draft `{settings['draft']}`, {env.get('dtype', settings['dtype'])} on "
-        f"{env.get('gpu') or env.get('cpu') or env.get('device')} ({env.get('torch_threads')} threads), "
+        f"Target `{settings['target']}`, draft `{settings['draft']}`, {env.get('dtype', settings['dtype'])}"
+        f"{' (the target with float32 copies of its weights)' if env.get('target_float32_copies') else ''} on "
+        f"{env.get('gpu') or env.get('cpu') or env.get('device')} ("
+        f"{env['cpu_capability'] + ', ' if env.get('cpu_capability') and not env.get('gpu') else ''}{env.get('torch_threads')} threads), "
         f"{'greedy' if settings['temperature'] == 0 else 'temperature ' + str(settings['temperature'])}, "
         f"max {settings['max_new_tokens']} new tokens{_caps(settings.get('dataset_max_new_tokens'))}, "
         f"{settings['repeats']} repeat(s), batch 1. "

@@ -54,6 +54,7 @@ from typing import Callable, Iterable
 from ..errors import SpecAdaptError
 from ..io import OutputFolder, read_json, read_jsonl_tolerant, write_json_atomic
 from ..models import zoo
+from ..models.hardware import FLOAT32_COPIES_HELP
 from ..models.quant import check_scheme, group_size_help, quant_help
 from .datasets import DATASET_NAMES, Example, load_dataset, load_dataset_file
 from .splits import ALL, check_split
@@ -132,6 +133,8 @@ class BenchSettings:
     # A quantized target is another model: the report says its results are lossless w.r.t. it.
     target_quant: str = field(default="none", metadata={"help": quant_help("target")})
     target_group_size: int | None = field(default=None, metadata={"help": group_size_help("target")})
+    float32_copies: bool = field(default=True, metadata={
+        "help": FLOAT32_COPIES_HELP, "flag": "--float32-copies/--no-float32-copies"})
     split: str = field(default="test", metadata={
         "help": "Split of the built-in datasets: test (the default, what results report), tune, train, or all "
                 "(every example, as runs before splits did); --dataset-file prompts are used whole."})
@@ -205,7 +208,7 @@ RESUMABLE_CHANGES = ("limit",)
 # those runs took the first examples of the whole dataset, and had float models (whatever
 # zoo.DEFAULT_DRAFT_QUANT says today, an old bf16 run is never resumed with a quantized draft).
 LEGACY_DEFAULTS = {"split": ALL, "draft_quant": "none", "draft_group_size": None, "target_quant": "none",
-                   "target_group_size": None}
+                   "target_group_size": None, "float32_copies": False}
 
 
 def _relative_to(out: Path, path: str | Path) -> str:
@@ -566,7 +569,8 @@ def _load_decoder(settings: BenchSettings, log: Callable[[str], None]):
     t0 = time.perf_counter()
     decoder = SpecDecoder.from_pretrained(settings.target, draft, dtype=settings.dtype, device=settings.device,
                                           draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size,
-                                          target_quant=settings.target_quant, target_group_size=settings.target_group_size)
+                                          target_quant=settings.target_quant, target_group_size=settings.target_group_size,
+                                          float32_copies=settings.float32_copies)
     log(f"loaded {settings.target}" + (f" + {draft}" if draft else "") + f" in {time.perf_counter() - t0:.1f} s "
         f"({settings.dtype}, {decoder.target.device}, {torch.get_num_threads()} threads)")
     return decoder

@@ -76,14 +76,16 @@ def machine() -> dict:
 
 
 def slow_bf16_warning(dtype: torch.dtype, device: torch.device) -> str | None:
-    """A warning for bf16 models on a CPU without native bf16, else None."""
+    """A warning for a bf16 target without float32 copies (:func:`keep_float32_copies`) on a CPU without native
+    bf16, else None."""
     if not wants_float32_products(dtype, device):
         return None
     return (f"this CPU ({cpu_name()}, {torch.backends.cpu.get_cpu_capability()}) has no native bf16 matrix "
-            "instructions: a bf16 forward over a few tokens (a verification block, a small batch) costs nearly as "
-            "much as that many one-token steps, so speculative decoding is unlikely to beat target-only decoding "
-            "here. Compare with --method autoregressive. (Prompts and blocks of 16 or more tokens are multiplied "
-            "in float32 on such a CPU, which is faster.)")
+            "instructions, and the target keeps no float32 copy of its weights (--no-float32-copies, or too little "
+            "free memory: it takes twice the target's bf16 weights). Then a bf16 forward over a few tokens (a "
+            "verification block, a small batch) costs nearly as much as that many one-token steps, so speculative "
+            "decoding pays only where drafts are accepted in long runs (code) and can lose to target-only decoding "
+            "elsewhere. Compare with --method autoregressive.")
 
 
 _scratch = threading.local()  # per thread: shape -> a float32 buffer (allocating one per call costs more than the copy)
@@ -198,6 +200,11 @@ def keep_float32_copies(model: nn.Module, on: bool = True) -> int:
                     m.weight32 = m.weight.detach().float()
                 total += m.weight32.numel() * 4
     return total
+
+
+FLOAT32_COPIES_HELP = ("On a CPU without native bf16, let a bf16 target with a draft keep a float32 copy of its weights "
+                       "(twice its weight memory; only where that much stays free) so that verification blocks of 4+ "
+                       "tokens multiply in float32; outputs are the same products in another summation order.")
 
 
 def memory_available() -> int | None:

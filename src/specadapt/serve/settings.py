@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from ..api import DEFAULT_METHOD
 from ..errors import SpecAdaptError
 from ..models import zoo
+from ..models.hardware import FLOAT32_COPIES_HELP
 from ..models.quant import check_scheme, group_size_help, quant_help
 from .load import LOAD_RULES, LoadRule, make_load_rule
 
@@ -22,6 +23,8 @@ class ServeSettings:
     draft_group_size: int | None = field(default=None, metadata={"help": group_size_help("draft")})
     target_quant: str = field(default="none", metadata={"help": quant_help("target")})
     target_group_size: int | None = field(default=None, metadata={"help": group_size_help("target")})
+    float32_copies: bool = field(default=True, metadata={
+        "help": FLOAT32_COPIES_HELP, "flag": "--float32-copies/--no-float32-copies"})
     dtype: str = field(default="bfloat16", metadata={"help": "bfloat16, float32 or float16."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
     model_name: str = field(default="", metadata={"help": "Model id clients send and /v1/models lists (default: the target's name)."})

@@ -1,0 +1,100 @@
+"""End to end, in one process: a bf16 pair on a CPU without native bf16, its target with and without float32 copies
+of its weights (``keep_float32_copies``), interleaved per example and repeat.
+
+    python benchmarks/copies_ab.py --out benchmarks/results/cpu_avx2/copies_ab.json
+
+Two ``specadapt bench`` runs (one with ``--no-float32-copies``) compare speedups each against its own target-only,
+but their absolute speeds come from different processes, which on this machine differ by more than the effect.
+Here one loaded pair runs every (method, copies) cell on the same example back to back, in an order rotated per
+example, the copies made or dropped between cells (untimed). Prints tokens/s per cell and each cell's ratio to
+target-only without copies (the decoding specadapt did before the copies), with the spread over repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from statistics import mean, stdev
+
+import torch
+
+from specadapt import SpecDecoder
+from specadapt.bench.datasets import load_dataset
+from specadapt.models import zoo
+from specadapt.models.hardware import keep_float32_copies, machine, wants_float32_products
+
+OUT = Path(__file__).resolve().parent / "results" / "cpu_avx2" / "copies_ab.json"
+BASE = ("autoregressive", False)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--target", default=zoo.DEFAULT_TARGET)
+    p.add_argument("--draft", default=zoo.DEFAULT_DRAFT)
+    p.add_argument("--methods", default="autoregressive,adaedl")
+    p.add_argument("--datasets", default="humaneval,mt-bench")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=3, help="first N examples of each dataset's split")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    decoder = SpecDecoder.from_pretrained(args.target, args.draft, dtype="bfloat16", device="cpu", float32_copies=False)
+    if not wants_float32_products(decoder.target.dtype, decoder.target.device):
+        raise SystemExit("this CPU has native bf16: the target would keep no float32 copies, nothing to compare")
+    cells = [(m.strip(), copies) for m in args.methods.split(",") for copies in (False, True)]
+    if BASE not in cells:
+        raise SystemExit("--methods must include autoregressive (the reference)")
+    examples = [e for ds in args.datasets.split(",") for e in load_dataset(ds, split=args.split)[: args.limit]]
+    decoder.generate(decoder.encode(examples[0].messages), method=cells[-1][0], max_new_tokens=16)  # warm-up
+    records = []
+    for repeat in range(args.repeats):
+        for i, example in enumerate(examples):
+            ids = decoder.encode(example.messages)
+            shift = (i + repeat) % len(cells)
+            for method, copies in cells[shift:] + cells[:shift]:  # rotated: no cell always runs first
+                keep_float32_copies(decoder.target, copies)
+                start = time.perf_counter()
+                result = decoder.generate(ids, method=method, max_new_tokens=args.max_new_tokens, stop=example.stop)
+                wall = time.perf_counter() - start
+                records.append({"dataset": example.dataset, "example_id": example.id, "repeat": repeat,
+                                "method": method, "copies": copies, "tokens": len(result.token_ids), "wall_s": wall,
+                                "tokens_per_s": len(result.token_ids) / wall})
+                print(f"{example.id} r{repeat} {method} copies={copies}: {records[-1]['tokens_per_s']:.2f} tok/s",
+                      flush=True)
+    summary = summarize(records, cells)
+    print(f"\n{'dataset':<10} {'method':<16} {'copies':<7} {'tok/s':>7} {'÷ target-only, no copies':>26}")
+    for row in summary:
+        print(f"{row['dataset']:<10} {row['method']:<16} {str(row['copies']):<7} {row['tokens_per_s']:>7.2f} "
+              f"{row['ratio']:>18.3f} ± {row['ratio_spread']:.3f}")
+    payload = {"benchmark": "copies_ab", "settings": {k: v for k, v in vars(args).items() if k != "out"},
+               "machine": machine(), "records": records, "summary": summary}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    return payload
+
+
+def summarize(records: list[dict], cells: list[tuple[str, bool]]) -> list[dict]:
+    """Per dataset and cell: mean tokens/s, and the mean over examples of the per-example ratio to target-only
+    without copies, per repeat (its spread is the sample standard deviation over repeats)."""
+    rows = []
+    for dataset in dict.fromkeys(r["dataset"] for r in records):
+        mine = [r for r in records if r["dataset"] == dataset]
+        tps = {(r["example_id"], r["repeat"], r["method"], r["copies"]): r["tokens_per_s"] for r in mine}
+        repeats = sorted({r["repeat"] for r in mine})
+        ids = list(dict.fromkeys(r["example_id"] for r in mine))
+        for method, copies in cells:
+            per_repeat = [mean(tps[(e, k, method, copies)] / tps[(e, k, *BASE)] for e in ids) for k in repeats]
+            rows.append({"dataset": dataset, "method": method, "copies": copies,
+                         "tokens_per_s": mean(tps[(e, k, method, copies)] for e in ids for k in repeats),
+                         "ratio": mean(per_repeat), "ratio_per_repeat": per_repeat,
+                         "ratio_spread": stdev(per_repeat) if len(per_repeat) > 1 else 0.0})
+    return rows
+
+
+if __name__ == "__main__":
+    main()
