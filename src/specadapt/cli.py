@@ -102,7 +102,7 @@ def generate(
     draft_group_size: Optional[int] = typer.Option(None, help=group_size_help("draft")),
     target_quant: str = typer.Option("none", help=quant_help("target")),
     target_group_size: Optional[int] = typer.Option(None, help=group_size_help("target")),
-    float32_copies: bool = typer.Option(True, "--float32-copies/--no-float32-copies", help=FLOAT32_COPIES_HELP),
+    no_float32_copies: bool = typer.Option(False, "--no-float32-copies", help=FLOAT32_COPIES_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:
     """Generate a completion with speculative decoding, streaming it to the terminal."""
@@ -130,7 +130,7 @@ def generate(
         decoder = SpecDecoder.from_pretrained(target, draft_name, dtype=dtype, device=device, draft_vocab=draft_vocab,
                                               draft_vocab_ranking=draft_vocab_ranking, draft_quant=draft_quant,
                                               draft_group_size=draft_group_size, target_quant=target_quant,
-                                              target_group_size=target_group_size, float32_copies=float32_copies)
+                                              target_group_size=target_group_size, float32_copies=not no_float32_copies)
 
     streamed: list[int] = []
     shown = ""

@@ -134,7 +134,7 @@ class BenchSettings:
     target_quant: str = field(default="none", metadata={"help": quant_help("target")})
     target_group_size: int | None = field(default=None, metadata={"help": group_size_help("target")})
     float32_copies: bool = field(default=True, metadata={
-        "help": FLOAT32_COPIES_HELP, "flag": "--float32-copies/--no-float32-copies"})
+        "help": FLOAT32_COPIES_HELP, "flag": "--no-float32-copies", "negated": True})
     split: str = field(default="test", metadata={
         "help": "Split of the built-in datasets: test (the default, what results report), tune, train, or all "
                 "(every example, as runs before splits did); --dataset-file prompts are used whole."})

@@ -202,9 +202,10 @@ def keep_float32_copies(model: nn.Module, on: bool = True) -> int:
     return total
 
 
-FLOAT32_COPIES_HELP = ("On a CPU without native bf16, let a bf16 target with a draft keep a float32 copy of its weights "
-                       "(twice its weight memory; only where that much stays free) so that verification blocks of 4+ "
-                       "tokens multiply in float32; outputs are the same products in another summation order.")
+FLOAT32_COPIES_HELP = ("No float32 copy of the target's weights. By default, on a CPU without native bf16, a bf16 target "
+                       "with a draft keeps one (twice its weight memory; only where that much stays free) so that "
+                       "verification blocks of 4+ tokens multiply in float32: the same products in another summation "
+                       "order.")
 
 
 def memory_available() -> int | None:

@@ -24,7 +24,7 @@ class ServeSettings:
     target_quant: str = field(default="none", metadata={"help": quant_help("target")})
     target_group_size: int | None = field(default=None, metadata={"help": group_size_help("target")})
     float32_copies: bool = field(default=True, metadata={
-        "help": FLOAT32_COPIES_HELP, "flag": "--float32-copies/--no-float32-copies"})
+        "help": FLOAT32_COPIES_HELP, "flag": "--no-float32-copies", "negated": True})
     dtype: str = field(default="bfloat16", metadata={"help": "bfloat16, float32 or float16."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
     model_name: str = field(default="", metadata={"help": "Model id clients send and /v1/models lists (default: the target's name)."})
