@@ -62,7 +62,7 @@ class Variant:
         return torch.randint(100, 30000, (1, n), generator=self.g)
 
     def _switch(self) -> None:
-        if self.model.dtype == torch.bfloat16 and wants_float32_products(self.model.dtype, self.model.device):
+        if wants_float32_products(self.model.dtype, self.model.device):
             keep_float32_copies(self.model, self.copies)
         if self.wide is not None:
             switch = use_float32_for_wide_products if self.model.dtype == torch.bfloat16 else use_transposed_float32_products

@@ -329,7 +329,7 @@ def environment(decoder) -> dict:
     import transformers
 
     from .. import __version__
-    from ..models.hardware import WideFloat32Linear, machine
+    from ..models.hardware import has_float32_copies, machine
 
     device = decoder.target.device
     return {
@@ -342,8 +342,7 @@ def environment(decoder) -> dict:
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "dtype": str(decoder.target.dtype).replace("torch.", ""),
-        "target_float32_copies": any(isinstance(m, WideFloat32Linear) and m.weight32 is not None
-                                     for m in decoder.target.modules()),
+        "target_float32_copies": has_float32_copies(decoder.target),
     }
 
 

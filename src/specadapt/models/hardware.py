@@ -202,6 +202,11 @@ def keep_float32_copies(model: nn.Module, on: bool = True) -> int:
     return total
 
 
+def has_float32_copies(model: nn.Module) -> bool:
+    """Whether :func:`keep_float32_copies` gave ``model`` its copies (what benchmark records report)."""
+    return any(isinstance(m, WideFloat32Linear) and m.weight32 is not None for m in model.modules())
+
+
 FLOAT32_COPIES_HELP = ("No float32 copy of the target's weights. By default, on a CPU without native bf16, a bf16 target "
                        "with a draft keeps one (twice its weight memory; only where that much stays free) so that "
                        "verification blocks of 4+ tokens multiply in float32: the same products in another summation "
