@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from specadapt import SpecDecoder
 from specadapt import cli
-from specadapt.errors import SpecAdaptWarning
+from specadapt.errors import SpecAdaptError, SpecAdaptWarning
 from specadapt.models import hardware, loading
 from specadapt.models.quant import DEQUANTIZE_ROWS, Int4Linear, quantize_model
 
@@ -185,9 +185,16 @@ def test_a_slow_bf16_target_keeps_float32_copies_where_memory_allows(slow_bf16, 
         refused = SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu", float32_copies=False)
         alone = SpecDecoder.from_pretrained(target, None, dtype="bfloat16", device="cpu")  # nothing to verify
         assert type(refused.target.lm_head) is nn.Linear and type(alone.target.lm_head) is nn.Linear
+        batched = SpecDecoder.from_pretrained(target, None, dtype="bfloat16", device="cpu", float32_copies=True)
+        assert hardware.has_float32_copies(batched.target)  # a target-only server multiplies batches
         quantized = SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu", target_quant="int4")
         assert not any(isinstance(m, hardware.WideFloat32Linear) for m in quantized.target.modules())
         monkeypatch.setattr(hardware, "memory_available", lambda: 1024)  # no room for the copies
         crowded = SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu")
         assert type(crowded.target.lm_head) is nn.Linear
         assert all(m.weight32 is None for m in crowded.target.modules() if isinstance(m, hardware.WideFloat32Linear))
+
+
+def test_float32_copies_takes_auto_true_or_false(checkpoints):
+    with pytest.raises(SpecAdaptError, match="float32_copies must be 'auto', True or False, got 'yes'"):
+        SpecDecoder.from_pretrained(str(checkpoints / "target"), None, float32_copies="yes")

@@ -73,7 +73,7 @@ class SpecDecoder:
         draft_group_size: int | None = None,
         target_quant: str = "none",
         target_group_size: int | None = None,
-        float32_copies: bool = True,
+        float32_copies: bool | str = "auto",
     ) -> "SpecDecoder":
         """Load by built-in name, local folder, .gguf file or Hub id. ``draft=None`` loads the target only.
 
@@ -89,9 +89,12 @@ class SpecDecoder:
         model being decoded: outputs are lossless w.r.t. the quantized target, not the float one, and every
         result records it (``result.settings["target_quant"]``).
 
-        ``float32_copies``: on a CPU without native bf16, a bf16 target with a draft keeps a float32 copy of its
-        weights where memory allows (:func:`specadapt.models.hardware.keep_float32_copies`); False never does."""
+        ``float32_copies``: on a CPU without native bf16, a bf16 target keeps a float32 copy of its weights where
+        memory allows (:func:`specadapt.models.hardware.keep_float32_copies`), for the blocks of tokens it multiplies:
+        "auto" with a draft (verification blocks), True also without one (a server's batches), False never."""
         check_scheme(draft_quant, draft_group_size, "draft")  # before loading anything
+        if float32_copies not in ("auto", True, False):
+            raise SpecAdaptError(f"float32_copies must be 'auto', True or False, got {float32_copies!r}.")
         check_scheme(target_quant, target_group_size, "target")
         if draft_vocab is not None and draft_vocab < 1:
             raise SpecAdaptError(f"draft_vocab must be >= 1 (or None for the full vocabulary), got {draft_vocab}.")
@@ -102,8 +105,8 @@ class SpecDecoder:
         copied = False
         if target_quant != "none":
             quantize_model(target_model, target_quant, target_group_size, "target")
-        elif (float32_copies and draft is not None and wants_float32_products(target_model.dtype, target_model.device)
-              and float32_copies_fit(target_model)):
+        elif ((float32_copies is True or (float32_copies == "auto" and draft is not None))
+              and wants_float32_products(target_model.dtype, target_model.device) and float32_copies_fit(target_model)):
             copied = keep_float32_copies(target_model) > 0  # verification blocks: see models/hardware.py
         draft_model = loading.load_model(draft, dtype, target_model.device) if draft is not None else None
         plain = target_quant == "none" and not copied

@@ -130,7 +130,7 @@ def generate(
         decoder = SpecDecoder.from_pretrained(target, draft_name, dtype=dtype, device=device, draft_vocab=draft_vocab,
                                               draft_vocab_ranking=draft_vocab_ranking, draft_quant=draft_quant,
                                               draft_group_size=draft_group_size, target_quant=target_quant,
-                                              target_group_size=target_group_size, float32_copies=not no_float32_copies)
+                                              target_group_size=target_group_size, float32_copies=False if no_float32_copies else "auto")
 
     streamed: list[int] = []
     shown = ""

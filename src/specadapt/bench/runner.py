@@ -569,7 +569,7 @@ def _load_decoder(settings: BenchSettings, log: Callable[[str], None]):
     decoder = SpecDecoder.from_pretrained(settings.target, draft, dtype=settings.dtype, device=settings.device,
                                           draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size,
                                           target_quant=settings.target_quant, target_group_size=settings.target_group_size,
-                                          float32_copies=settings.float32_copies)
+                                          float32_copies="auto" if settings.float32_copies else False)
     log(f"loaded {settings.target}" + (f" + {draft}" if draft else "") + f" in {time.perf_counter() - t0:.1f} s "
         f"({settings.dtype}, {decoder.target.device}, {torch.get_num_threads()} threads)")
     return decoder

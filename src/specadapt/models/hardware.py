@@ -208,9 +208,9 @@ def has_float32_copies(model: nn.Module) -> bool:
 
 
 FLOAT32_COPIES_HELP = ("No float32 copy of the target's weights. By default, on a CPU without native bf16, a bf16 target "
-                       "with a draft keeps one (twice its weight memory; only where that much stays free) so that "
-                       "verification blocks of 4+ tokens multiply in float32: the same products in another summation "
-                       "order.")
+                       "keeps one where it multiplies blocks of 4+ tokens (a draft's verification, a server's batches; "
+                       "twice its weight memory, only where that much stays free): the same products in float32, "
+                       "another summation order.")
 
 
 def memory_available() -> int | None:

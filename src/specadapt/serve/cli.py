@@ -33,7 +33,7 @@ def serve_command(*, settings: dict) -> None:
         decoder = SpecDecoder.from_pretrained(settings.target, draft_name, dtype=settings.dtype, device=settings.device,
                                               draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size,
                                               target_quant=settings.target_quant, target_group_size=settings.target_group_size,
-                                              float32_copies=settings.float32_copies)
+                                              float32_copies=settings.float32_copies)  # True: batches are blocks too
     prometheus_client.disable_created_metrics()  # no *_created series (as vLLM); this process is only the server
     app = create_app(decoder, settings, chosen)
     quantized = f", {settings.target_quant} target" if settings.target_quant != "none" else ""
