@@ -625,10 +625,13 @@ def serve_load(*names: str) -> Callable[[], str]:
 
 def serve_load_targets(name: str, humaneval: str) -> Callable[[], str]:
     """The server issue's targets from a serve_load.py run and its HumanEval one-client run: met (even the lowest
-    repeat reaches it), met within spread (the pooled value does, not every repeat) or missed."""
+    repeat reaches it), met within spread (the pooled value does, not every repeat), missed within spread (the
+    pooled value does not, some repeat does) or missed."""
 
     def verdict(pooled: float, repeats: list[float], target: float) -> str:
-        return "missed" if pooled < target else "met" if min(repeats) >= target else "met within spread"
+        if pooled < target:
+            return "missed" if max(repeats) < target else "missed within spread"
+        return "met" if min(repeats) >= target else "met within spread"
 
     def render() -> str:
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
@@ -748,6 +751,10 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "width-cost-avx2-copies": width_cost("cpu_avx2/width_cost_copies.json"),
     "bench-avx2-copies": copies_runs("cpu_avx2/bench_copies", "cpu_avx2/bench_no_copies"),
     "copies-ab-avx2": copies_ab("cpu_avx2/copies_ab.json"),
+    "serve-load-avx2-copies": serve_load("cpu_avx2/serve_load_copies.json", "cpu_avx2/serve_load_copies_humaneval1.json"),
+    "serve-load-avx2-copies-targets": serve_load_targets("cpu_avx2/serve_load_copies.json",
+                                                         "cpu_avx2/serve_load_copies_humaneval1.json"),
+    "draft-step-avx2": draft_step("cpu_avx2/draft_cost.json"),
     "serve-load": serve_load("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-targets": serve_load_targets("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-time": serve_load_time("serve_load_fill.json", 8),
