@@ -31,8 +31,8 @@ import torch
 
 from specadapt.models import zoo
 from specadapt.models.hardware import (keep_float32_copies, machine, transposed_products_win,
-                                      use_float32_for_wide_products, use_transposed_float32_products,
-                                      wants_float32_products)
+                                      use_float32_for_wide_products, use_fused_products,
+                                      use_transposed_float32_products, wants_float32_products)
 from specadapt.models.loading import load_model
 from specadapt.models.quant import quantize_model
 from specadapt.models.runner import ModelRunner
@@ -44,12 +44,14 @@ class Variant:
     """A model with ``context`` tokens in its cache; ``time(w)`` runs one forward of w tokens and rolls it back.
     ``wide``: its linear layers take this CPU's faster path (bf16: wide blocks in float32; float32: the transposed
     layout) (True), or torch's own (False), or as loaded (None). ``copies``: a bf16 model keeps float32 copies of
-    its weights (``keep_float32_copies``)."""
+    its weights (``keep_float32_copies``). ``fused``: its blocks of a few rows take one fused pass over the bf16
+    weights (``use_fused_products``)."""
 
     def __init__(self, model, context: int, prompt: int, lean: bool, seed: int, wide: bool | None = None,
-                 runner: ModelRunner | None = None, copies: bool = False) -> None:
+                 runner: ModelRunner | None = None, copies: bool = False, fused: bool = False) -> None:
         """``runner``: share another variant's (the same model timed another way, over the very same cache)."""
         self.model, self.lean, self.prompt, self.wide, self.copies = model, lean, prompt, wide, copies
+        self.fused = fused
         self._switch()
         self.g = torch.Generator().manual_seed(seed)
         self.runner = runner
@@ -67,6 +69,7 @@ class Variant:
         if self.wide is not None:
             switch = use_float32_for_wide_products if self.model.dtype == torch.bfloat16 else use_transposed_float32_products
             switch(self.model, self.wide)
+        use_fused_products(self.model, self.fused)
 
     def time(self, width: int) -> float:
         self._switch()
@@ -110,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
             if wants_float32_products(model.dtype, model.device):  # this CPU: time bf16 both ways, on one cache
                 variants[f"{role} {dtype}, wide blocks in float32"] = Variant(
                     model, args.context, args.prompt, lean, seed, wide=True, runner=plain.runner)
+                variants[f"{role} {dtype}, fused blocks"] = Variant(  # as load_model leaves it
+                    model, args.context, args.prompt, lean, seed, wide=True, runner=plain.runner, fused=True)
                 if role == "target":  # and with float32 copies of its weights, as a speculative pair's target
                     variants[f"{role} {dtype}, float32 copies"] = Variant(
                         model, args.context, args.prompt, lean, seed, wide=True, runner=plain.runner, copies=True)

@@ -70,10 +70,11 @@ def test_the_cli_prints_the_warning_as_one_line(capsys):
 # --- wide bf16 products in float32 ------------------------------------------------------------------------------
 
 
-def _wide_linear(n: int = 48, k: int = 32, bias: bool = True) -> nn.Linear:
+def _wide_linear(n: int = 48, k: int = 32, bias: bool = True, fused: bool = False) -> nn.Linear:
     torch.manual_seed(n + k)
     layer = nn.Linear(k, n, bias=bias).to(torch.bfloat16)
     assert hardware.use_float32_for_wide_products(layer) == 1 and type(layer) is hardware.WideFloat32Linear
+    hardware.use_fused_products(layer, fused)
     return layer
 
 
@@ -118,7 +119,9 @@ def test_load_model_switches_layers_by_what_this_cpu_multiplies_fast(native, tra
     assert kinds["float32"] == ({hardware.Float32Linear} if transposed else {nn.Linear})
     assert type(models["float32"].lm_head) is (hardware.Float32Linear if transposed else nn.Linear)  # no copy: the head too
     assert kinds["bfloat16"] == ({nn.Linear} if native else {hardware.WideFloat32Linear})
-    assert type(models["bfloat16"].lm_head) is nn.Linear  # its float32 copy would take a GB
+    head = models["bfloat16"].lm_head
+    assert type(head) is (nn.Linear if native else hardware.WideFloat32Linear)
+    assert native or head.convert is False  # fused blocks, but no per-call float32 copy: that would take a GB
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -145,7 +148,7 @@ def test_a_float32_block_of_several_rows_computes_f_linear_in_the_faster_layout(
 def test_switched_layers_are_quantized_and_int4_prompts_multiply_in_float32(slow_bf16, checkpoints):
     model = loading.load_model(str(checkpoints / "target"), "bfloat16", "cpu")
     switched = sum(type(m) is hardware.WideFloat32Linear for m in model.modules())
-    assert quantize_model(model, "int4").layers == switched + 1  # and the head
+    assert quantize_model(model, "int4").layers == switched  # the head included
     layer = next(m for m in model.modules() if isinstance(m, Int4Linear) and m.nibbles is not None)
     x = torch.randn(DEQUANTIZE_ROWS, layer.in_features, dtype=torch.bfloat16)
     expected = F.linear(x.float(), layer.dequantize().float()).bfloat16()
@@ -162,6 +165,7 @@ def test_float32_copies_serve_blocks_of_copy_rows_and_leave_the_checkpoint_alone
     model = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 16, bias=False)).to(torch.bfloat16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert hardware.keep_float32_copies(model) == 4 * (32 * 48 + 48 * 16)
+    hardware.use_fused_products(model, False)  # blocks of a few rows would take the fused pass first
     first = model[0]
     assert type(first) is hardware.WideFloat32Linear and first.weight32.dtype == torch.float32
     assert torch.equal(first.weight32, first.weight.float())
@@ -184,17 +188,78 @@ def test_a_slow_bf16_target_keeps_float32_copies_where_memory_allows(slow_bf16, 
         assert all(m.weight32 is None for m in decoder.draft.modules() if isinstance(m, hardware.WideFloat32Linear))
         refused = SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu", float32_copies=False)
         alone = SpecDecoder.from_pretrained(target, None, dtype="bfloat16", device="cpu")  # nothing to verify
-        assert type(refused.target.lm_head) is nn.Linear and type(alone.target.lm_head) is nn.Linear
+        assert not hardware.has_float32_copies(refused.target) and not hardware.has_float32_copies(alone.target)
         batched = SpecDecoder.from_pretrained(target, None, dtype="bfloat16", device="cpu", float32_copies=True)
         assert hardware.has_float32_copies(batched.target)  # a target-only server multiplies batches
         quantized = SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu", target_quant="int4")
         assert not any(isinstance(m, hardware.WideFloat32Linear) for m in quantized.target.modules())
         monkeypatch.setattr(hardware, "memory_available", lambda: 1024)  # no room for the copies
         crowded = SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu")
-        assert type(crowded.target.lm_head) is nn.Linear
-        assert all(m.weight32 is None for m in crowded.target.modules() if isinstance(m, hardware.WideFloat32Linear))
+        assert not hardware.has_float32_copies(crowded.target)
 
 
 def test_float32_copies_takes_auto_true_or_false(checkpoints):
     with pytest.raises(SpecAdaptError, match="float32_copies must be 'auto', True or False, got 'yes'"):
         SpecDecoder.from_pretrained(str(checkpoints / "target"), None, float32_copies="yes")
+
+
+# --- blocks of a few rows in one fused pass over the bf16 weight ------------------------------------------------
+
+
+def _within_bf16_rounding(y: torch.Tensor, exact: torch.Tensor) -> bool:
+    """``y`` (bf16) is ``exact`` (float32) rounded to bf16, give or take float32 summation order: within half a
+    bf16 ulp (2^-8 relative) plus a float32-sized slack."""
+    return bool(((y.float() - exact).abs() <= exact.abs() * 2**-8 + 1e-4).all())
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(2, 32), (8, 32), (2, 9, 32), (hardware.FUSED_ROWS, 32)])
+def test_a_few_rows_take_one_fused_pass_and_accumulate_in_float32(bias, shape):
+    layer = _wide_linear(bias=bias, fused=True)
+    x = torch.randn(*shape, dtype=torch.bfloat16)
+    exact = F.linear(x.float(), layer.weight.float(), None if layer.bias is None else layer.bias.float())
+    with torch.inference_mode():
+        y = layer(x)
+        one = layer(x.reshape(-1, 32)[:1])
+    assert y.dtype == torch.bfloat16 and y.shape == (*shape[:-1], 48)
+    assert _within_bf16_rounding(y, exact) and hardware._fused["kernels"]  # compiled here, and used
+    assert torch.equal(one, F.linear(x.reshape(-1, 32)[:1], layer.weight, layer.bias))  # one row: bf16 as before
+
+
+def test_fused_blocks_split_into_near_equal_chunks(monkeypatch):
+    seen = []
+    monkeypatch.setattr(hardware, "_kernel", lambda rows: lambda part, weight: seen.append(rows) or part @ weight.float().t())
+    layer = _wide_linear(fused=True)
+    for rows in (2, 8, 9, 15, hardware.FUSED_ROWS):
+        seen.clear()
+        with torch.inference_mode():
+            layer(torch.randn(rows, 32, dtype=torch.bfloat16))
+        assert sum(seen) == rows and max(seen) <= hardware.FUSED_CHUNK and max(seen) - min(seen) <= 1
+    assert seen == [hardware.FUSED_CHUNK] * (hardware.FUSED_ROWS // hardware.FUSED_CHUNK)
+    seen.clear()
+    with torch.inference_mode():
+        layer(torch.randn(hardware.FUSED_ROWS + 1, 32, dtype=torch.bfloat16))
+        assert seen == []  # more rows: the float32 paths
+        hardware.keep_float32_copies(layer)
+        layer(torch.randn(hardware.FUSED_CHUNK + 1, 32, dtype=torch.bfloat16))
+        assert seen == []  # with a float32 copy, from one chunk on: the copy
+        layer(torch.randn(hardware.FUSED_CHUNK, 32, dtype=torch.bfloat16))
+    assert seen == [hardware.FUSED_CHUNK]
+
+
+def test_without_a_compiler_the_fused_pass_warns_once_and_torch_computes_the_block(monkeypatch):
+    def broken(part, weight):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(hardware, "_kernel", lambda rows: broken)
+    monkeypatch.setitem(hardware._fused, "failed", None)
+    layer = _wide_linear(fused=True)
+    x = torch.randn(4, 32, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        with pytest.warns(SpecAdaptWarning, match=r"could not build the fused bf16 product \(RuntimeError: no C\+\+ "
+                                                  r"compiler found\); blocks of a few tokens take torch's slower"):
+            y = layer(x)
+        assert torch.equal(y, F.linear(x, layer.weight, layer.bias))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SpecAdaptWarning)
+            assert torch.equal(layer(x), y)  # once failed, never tried again

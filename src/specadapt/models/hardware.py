@@ -8,11 +8,13 @@ such a machine the 1.5B target's 8-token pass cost about five one-token steps, a
 its float32 cost (``benchmarks/results/cpu_avx2/width_cost.json``). There, verifying drafted tokens costs
 nearly as much as generating them one by one, so speculation cannot pay off in bf16.
 
-What can be done without that hardware: from ``WIDE_ROWS`` rows on, a bf16 linear layer on such a CPU
-multiplies in float32 (:class:`WideFloat32Linear`, switched on by :func:`use_float32_for_wide_products` when a
-model is loaded). The products of bf16 values are exact in float32, so this is what a native bf16 kernel
-computes too (bf16 inputs, float32 accumulation), in another summation order. Prompts get about four times
-faster (``width_cost_wide.json``); one-token steps and blocks of a few tokens keep the bf16 path.
+What can be done without that hardware: a bf16 linear layer on such a CPU (:class:`WideFloat32Linear`, switched
+on by :func:`use_float32_for_wide_products` when a model is loaded) accumulates blocks of several rows in float32.
+The products of bf16 values are exact in float32, so this is what a native bf16 kernel computes too (bf16 inputs,
+float32 accumulation), in another summation order. Blocks of 2 to ``FUSED_ROWS`` rows take one pass over the
+bf16 weight compiled by torch.compile (:func:`fused_bf16_product`), which loads and converts each weight element
+once for all rows, where torch's path does so once per row. Wider blocks (prompts) multiply in float32, about
+four times faster than in bf16 (``width_cost_wide.json``). One-token steps keep the bf16 path.
 
 A speculative pair's target goes further where memory allows: it keeps a float32 copy of its weights beside the
 bf16 ones (:func:`keep_float32_copies`, twice the bf16 weight memory), so its one-token steps stream bf16 weights
@@ -26,8 +28,10 @@ import os
 import platform
 import threading
 import time
+import types
 from functools import cache
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -42,6 +46,14 @@ WIDE_ROWS = 16
 # call, and float32 wins from 4 rows on for every shape of the target's layers: at 2 rows bf16 is still cheaper,
 # at 4 float32 is (results/cpu_avx2/bf16_rows.json against float32_rows.json, the ``W @ x.T`` layout).
 COPY_ROWS = 4
+
+# Blocks of 2 to FUSED_ROWS rows (verification blocks, small batches) take one compiled pass over the bf16 weight
+# for all their rows (:func:`fused_bf16_product`), in chunks of at most FUSED_CHUNK rows; with float32 copies, only
+# up to FUSED_CHUNK rows. Torch's bf16 path reads and converts the weight once per row; copies are read at twice the
+# bytes. The target's pass over 2/4/8/16 tokens: 1.17/1.40/2.35/4.25 one-token steps fused, against 1.67/1.79/2.81/
+# 3.43 with copies (results/cpu_avx2/width_cost_fused.json).
+FUSED_CHUNK = 8
+FUSED_ROWS = 16
 
 
 @cache
@@ -142,21 +154,76 @@ class Float32Linear(nn.Linear):
         return float32_product(x, self.weight, self.bias)
 
 
+def _rows_at_once(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` for float32 ``x`` of a few rows and a bf16 ``weight``, written as one reduction per row over
+    the same weight so that inductor fuses them into one loop: each weight element is loaded and converted once
+    for all rows, and the products accumulate in float32 (what a native bf16 kernel computes)."""
+    w = weight.float()
+    return torch.stack([(w * x[i]).sum(-1) for i in range(x.shape[0])])
+
+
+_fused: dict = {"kernels": {}, "failed": None}  # chunk size -> its compiled _rows_at_once; why compiling failed
+
+
+def _kernel(rows: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The compiled :func:`_rows_at_once` for chunks of ``rows`` rows, for weights of any shape. A function of its
+    own per chunk size: dynamo's budget of recompilations is per function, and each size takes a few (square
+    weights, long reductions)."""
+    if rows not in _fused["kernels"]:
+        code = _rows_at_once.__code__.replace(co_name=f"_rows_at_once_{rows}")
+        _fused["kernels"][rows] = torch.compile(types.FunctionType(code, globals()), dynamic=True)
+    return _fused["kernels"][rows]
+
+
+def fused_bf16_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``F.linear(x, weight, bias)`` for bf16 ``x`` of 2 to ``FUSED_ROWS`` rows through the compiled
+    :func:`_rows_at_once`, in near-equal chunks of at most ``FUSED_CHUNK`` rows; None (the caller's own path)
+    where torch.compile cannot build it here (no C++ compiler, say: warned once)."""
+    if _fused["failed"]:
+        return None
+    rows = x.reshape(-1, x.shape[-1]).float()
+    chunks = -(-rows.shape[0] // FUSED_CHUNK)
+    sizes = [rows.shape[0] // chunks + (i < rows.shape[0] % chunks) for i in range(chunks)]
+    try:
+        y = torch.cat([_kernel(len(part))(part, weight) for part in rows.split(sizes)])
+    except Exception as exc:  # a compiler missing or failing: torch's own paths still compute the same products
+        _fused["failed"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        from ..errors import SpecAdaptWarning
+        import warnings
+        warnings.warn(f"torch.compile could not build the fused bf16 product ({_fused['failed']}); blocks of a few "
+                      "tokens take torch's slower bf16 path on this CPU.", SpecAdaptWarning, stacklevel=2)
+        return None
+    if bias is not None:
+        y += bias.float()
+    return y.to(x.dtype).view(*x.shape[:-1], weight.shape[0])
+
+
 class WideFloat32Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same checkpoint) whose bf16 products of ``WIDE_ROWS`` or more rows run in
-    float32, or of ``COPY_ROWS`` or more where it keeps a float32 copy of its weight (``weight32``, not part of
-    the checkpoint). Only without autograd: the float32 weight is a shared scratch buffer, which a backward pass
-    would need intact."""
+    """``nn.Linear`` (same parameters, same checkpoint) whose bf16 products of several rows accumulate in float32:
+    2 to ``FUSED_ROWS`` rows in one compiled pass over the bf16 weight (:func:`fused_bf16_product`, if ``fused``;
+    up to ``FUSED_CHUNK`` where it keeps a float32 copy of its weight); more rows (``COPY_ROWS`` or more without
+    ``fused``) from that copy (``weight32``, not part of the checkpoint); ``WIDE_ROWS`` or more through a per-call
+    float32 copy (unless ``convert``: False for the output head, whose buffer would take a GB). Only without
+    autograd: the float32 weight is a shared scratch buffer, which a backward pass would need intact."""
 
     weight32: torch.Tensor | None = None
+    fused: bool = True
+    convert: bool = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = COPY_ROWS if self.weight32 is not None else WIDE_ROWS
-        if x.dtype != torch.bfloat16 or x.numel() < rows * self.in_features or torch.is_grad_enabled():
+        rows = x.numel() // self.in_features
+        if x.dtype != torch.bfloat16 or rows < 2 or torch.is_grad_enabled():
             return super().forward(x)
-        bias = None if self.bias is None else self.bias.float()
-        weight = self.weight32 if self.weight32 is not None else float32_weight(self.weight)
-        return float32_product(x.float(), weight, bias).to(x.dtype)
+        fused_rows = FUSED_ROWS if self.weight32 is None else FUSED_CHUNK
+        if self.fused and rows <= fused_rows and (y := fused_bf16_product(x, self.weight, self.bias)) is not None:
+            return y
+        if self.weight32 is not None and rows >= COPY_ROWS:
+            weight = self.weight32
+        elif self.convert and rows >= WIDE_ROWS:
+            weight = float32_weight(self.weight)
+        else:
+            return super().forward(x)
+        return float32_product(x.float(), weight, None if self.bias is None else self.bias.float()).to(x.dtype)
 
 
 def _switch(model: nn.Module, old: type, new: type, head: bool) -> int:
@@ -169,10 +236,22 @@ def _switch(model: nn.Module, old: type, new: type, head: bool) -> int:
 
 
 def use_float32_for_wide_products(model: nn.Module, on: bool = True) -> int:
-    """Switch ``model``'s plain ``nn.Linear`` layers to :class:`WideFloat32Linear` (``on=False``: back); returns
-    how many were switched. The layers keep their parameters, so nothing else sees a difference. Not the output
-    head: it mostly sees one row per request, and its float32 buffer would take a GB (a 150k vocabulary)."""
-    return _switch(model, *((nn.Linear, WideFloat32Linear) if on else (WideFloat32Linear, nn.Linear)), head=False)
+    """Switch ``model``'s plain ``nn.Linear`` layers, the output head included, to :class:`WideFloat32Linear`
+    (``on=False``: back); returns how many were switched. The layers keep their parameters, so nothing else sees a
+    difference. The head never converts its weight per call: that buffer would take a GB (a 150k vocabulary)."""
+    switched = _switch(model, *((nn.Linear, WideFloat32Linear) if on else (WideFloat32Linear, nn.Linear)), head=True)
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(out, WideFloat32Linear):
+        out.convert = False
+    return switched
+
+
+def use_fused_products(model: nn.Module, on: bool = True) -> None:
+    """Let ``model``'s :class:`WideFloat32Linear` layers multiply blocks of a few rows in one fused pass (the
+    default) or not (``on=False``: what a benchmark compares against)."""
+    for m in model.modules():
+        if isinstance(m, WideFloat32Linear):
+            m.fused = on
 
 
 def keep_float32_copies(model: nn.Module, on: bool = True) -> int:
@@ -181,17 +260,12 @@ def keep_float32_copies(model: nn.Module, on: bool = True) -> int:
     verification block, a batch) multiply in float32 without a per-call copy, where bf16 on a CPU without native
     bf16 costs about a one-token step per row (8 tokens: 3.3 steps against 4.1, ``width_cost_copies.json``). Costs twice the
     model's bf16 weight memory; for the target of a speculative pair, whose blocks are what it runs."""
-    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if not on:
         for m in model.modules():
             if isinstance(m, WideFloat32Linear):
                 m.weight32 = None
-        if out is not None and type(out) is WideFloat32Linear:
-            out.__class__ = nn.Linear
         return 0
     use_float32_for_wide_products(model)
-    if out is not None and type(out) is nn.Linear:
-        out.__class__ = WideFloat32Linear
     total = 0
     with torch.no_grad():
         for m in model.modules():
