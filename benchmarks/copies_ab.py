@@ -1,13 +1,16 @@
 """End to end, in one process: a bf16 pair on a CPU without native bf16, its target with and without float32 copies
-of its weights (``keep_float32_copies``), interleaved per example and repeat.
+of its weights (``keep_float32_copies``) and the fused pass over the bf16 weights for blocks of a few rows
+(``use_fused_products``), interleaved per example and repeat.
 
-    python benchmarks/copies_ab.py --out benchmarks/results/cpu_avx2/copies_ab.json
+    python benchmarks/copies_ab.py --settings plain,copies --out benchmarks/results/cpu_avx2/copies_ab.json
+    python benchmarks/copies_ab.py --settings copies,fused+copies --out benchmarks/results/cpu_avx2/fused_ab.json
 
 Two ``specadapt bench`` runs (one with ``--no-float32-copies``) compare speedups each against its own target-only,
 but their absolute speeds come from different processes, which on this machine differ by more than the effect.
 Here one loaded pair runs every (method, copies) cell on the same example back to back, in an order rotated per
-example, the copies made or dropped between cells (untimed). Prints tokens/s per cell and each cell's ratio to
-target-only without copies (the decoding specadapt did before the copies), with the spread over repeats.
+example, the setting switched between cells (untimed). ``--settings``: ``plain`` (neither), ``copies``, ``fused``,
+``fused+copies``; the first is the reference. Prints tokens/s per cell and each cell's ratio to target-only in the
+reference setting, with the spread over repeats.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ import torch
 from specadapt import SpecDecoder
 from specadapt.bench.datasets import load_dataset
 from specadapt.models import zoo
-from specadapt.models.hardware import keep_float32_copies, machine, wants_float32_products
+from specadapt.models.hardware import (compile_fused_products, keep_float32_copies, machine, use_fused_products,
+                                      wants_float32_products)
 
 OUT = Path(__file__).resolve().parent / "results" / "cpu_avx2" / "copies_ab.json"
-BASE = ("autoregressive", False)
+SETTINGS = {"plain": (False, False), "copies": (True, False), "fused": (False, True), "fused+copies": (True, True)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -40,14 +44,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--settings", default="plain,copies", help=f"of {', '.join(SETTINGS)}; the first is the reference")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
+    settings = [s.strip() for s in args.settings.split(",")]
+    if unknown := [s for s in settings if s not in SETTINGS]:
+        raise SystemExit(f"unknown --settings {', '.join(unknown)}; pick from {', '.join(SETTINGS)}")
     torch.set_num_threads(args.threads)
     decoder = SpecDecoder.from_pretrained(args.target, args.draft, dtype="bfloat16", device="cpu", float32_copies=False)
     if not wants_float32_products(decoder.target.dtype, decoder.target.device):
         raise SystemExit("this CPU has native bf16: the target would keep no float32 copies, nothing to compare")
-    cells = [(m.strip(), copies) for m in args.methods.split(",") for copies in (False, True)]
-    if BASE not in cells:
+    compile_fused_products(decoder.target, decoder.draft)
+    cells = [(m.strip(), setting) for m in args.methods.split(",") for setting in settings]
+    base = ("autoregressive", settings[0])
+    if base not in cells:
         raise SystemExit("--methods must include autoregressive (the reference)")
     examples = [e for ds in args.datasets.split(",") for e in load_dataset(ds, split=args.split)[: args.limit]]
     decoder.generate(decoder.encode(examples[0].messages), method=cells[-1][0], max_new_tokens=16)  # warm-up
@@ -56,20 +66,22 @@ def main(argv: list[str] | None = None) -> dict:
         for i, example in enumerate(examples):
             ids = decoder.encode(example.messages)
             shift = (i + repeat) % len(cells)
-            for method, copies in cells[shift:] + cells[:shift]:  # rotated: no cell always runs first
+            for method, setting in cells[shift:] + cells[:shift]:  # rotated: no cell always runs first
+                copies, fused = SETTINGS[setting]
                 keep_float32_copies(decoder.target, copies)
+                use_fused_products(decoder.target, fused)
                 start = time.perf_counter()
                 result = decoder.generate(ids, method=method, max_new_tokens=args.max_new_tokens, stop=example.stop)
                 wall = time.perf_counter() - start
                 records.append({"dataset": example.dataset, "example_id": example.id, "repeat": repeat,
-                                "method": method, "copies": copies, "tokens": len(result.token_ids), "wall_s": wall,
+                                "method": method, "copies": copies, "fused": fused, "tokens": len(result.token_ids), "wall_s": wall,
                                 "tokens_per_s": len(result.token_ids) / wall})
-                print(f"{example.id} r{repeat} {method} copies={copies}: {records[-1]['tokens_per_s']:.2f} tok/s",
-                      flush=True)
-    summary = summarize(records, cells)
-    print(f"\n{'dataset':<10} {'method':<16} {'copies':<7} {'tok/s':>7} {'÷ target-only, no copies':>26}")
+                print(f"{example.id} r{repeat} {method} {setting}: {records[-1]['tokens_per_s']:.2f} tok/s", flush=True)
+    summary = summarize(records, [(m, SETTINGS[s]) for m, s in cells])
+    print(f"\n{'dataset':<10} {'method':<16} {'setting':<13} {'tok/s':>7} {'÷ target-only, ' + settings[0]:>26}")
     for row in summary:
-        print(f"{row['dataset']:<10} {row['method']:<16} {str(row['copies']):<7} {row['tokens_per_s']:>7.2f} "
+        setting = next(k for k, v in SETTINGS.items() if v == (row["copies"], row["fused"]))
+        print(f"{row['dataset']:<10} {row['method']:<16} {setting:<13} {row['tokens_per_s']:>7.2f} "
               f"{row['ratio']:>18.3f} ± {row['ratio_spread']:.3f}")
     payload = {"benchmark": "copies_ab", "settings": {k: v for k, v in vars(args).items() if k != "out"},
                "machine": machine(), "records": records, "summary": summary}
@@ -78,19 +90,23 @@ def main(argv: list[str] | None = None) -> dict:
     return payload
 
 
-def summarize(records: list[dict], cells: list[tuple[str, bool]]) -> list[dict]:
-    """Per dataset and cell: mean tokens/s, and the mean over examples of the per-example ratio to target-only
-    without copies, per repeat (its spread is the sample standard deviation over repeats)."""
+def summarize(records: list[dict], cells: list[tuple[str, tuple[bool, bool]]]) -> list[dict]:
+    """Per dataset and cell (method, (copies, fused)): mean tokens/s, and the mean over examples of the per-example
+    ratio to target-only in the first cell's setting, per repeat (its spread is the sample standard deviation over
+    repeats). Records from before the fused pass have no ``fused`` (it did not exist: False)."""
     rows = []
+    base = ("autoregressive", *cells[0][1])
     for dataset in dict.fromkeys(r["dataset"] for r in records):
         mine = [r for r in records if r["dataset"] == dataset]
-        tps = {(r["example_id"], r["repeat"], r["method"], r["copies"]): r["tokens_per_s"] for r in mine}
+        tps = {(r["example_id"], r["repeat"], r["method"], r["copies"], r.get("fused", False)): r["tokens_per_s"]
+               for r in mine}
         repeats = sorted({r["repeat"] for r in mine})
         ids = list(dict.fromkeys(r["example_id"] for r in mine))
-        for method, copies in cells:
-            per_repeat = [mean(tps[(e, k, method, copies)] / tps[(e, k, *BASE)] for e in ids) for k in repeats]
-            rows.append({"dataset": dataset, "method": method, "copies": copies,
-                         "tokens_per_s": mean(tps[(e, k, method, copies)] for e in ids for k in repeats),
+        for method, (copies, fused) in cells:
+            key = (method, copies, fused)
+            per_repeat = [mean(tps[(e, k, *key)] / tps[(e, k, *base)] for e in ids) for k in repeats]
+            rows.append({"dataset": dataset, "method": method, "copies": copies, "fused": fused,
+                         "tokens_per_s": mean(tps[(e, k, *key)] for e in ids for k in repeats),
                          "ratio": mean(per_repeat), "ratio_per_repeat": per_repeat,
                          "ratio_spread": stdev(per_repeat) if len(per_repeat) > 1 else 0.0})
     return rows

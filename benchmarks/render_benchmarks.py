@@ -167,7 +167,8 @@ def copies_runs(*names: str) -> Callable[[], str]:
 
 
 def copies_ab(name: str) -> Callable[[], str]:
-    """benchmarks/copies_ab.py: one process, every (method, float32 copies) cell on the same examples."""
+    """benchmarks/copies_ab.py: one process, every (method, setting) cell on the same examples; a setting is float32
+    copies of the target's weights or not, and (runs from the fused pass on) fused blocks or not."""
 
     def render() -> str:
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
@@ -176,16 +177,20 @@ def copies_ab(name: str) -> Callable[[], str]:
         for r in data["records"]:
             ids.setdefault(r["dataset"], set()).add(r["example_id"])
         where = "; ".join(f"{DATASET_TITLES.get(ds, ds)}: {describe_examples(ds, i)}" for ds, i in ids.items())
+        fused = "fused" in data["summary"][0]
+        reference = "without copies" if not fused else f"in the setting `{st['settings'].split(',')[0]}`"
+        yes = lambda flag: "yes" if flag else "no"  # noqa: E731
         lines = [f"`{name}`: {_machine(data['machine'])}, {st['threads']} threads; {where}; {st['repeats']} repeats, "
                  f"at most {st['max_new_tokens']} new tokens. Ratio: mean over examples of tokens/s ÷ target-only "
-                 "without copies on the same example and repeat; ± the sample standard deviation over repeats.\n",
-                 "| dataset | method | target's float32 copies | tok/s | ÷ target-only without copies (per repeat) |",
-                 "|---|---|---|---|---|"]
+                 f"{reference} on the same example and repeat; ± the sample standard deviation over repeats.\n",
+                 "| dataset | method | target's float32 copies |" + (" fused blocks |" if fused else "")
+                 + f" tok/s | ÷ target-only {reference} (per repeat) |",
+                 "|---|---|---|---|---|" + ("---|" if fused else "")]
         for row in data["summary"]:
             per = ", ".join(f"{x:.2f}" for x in row["ratio_per_repeat"])
             lines.append(f"| {DATASET_TITLES.get(row['dataset'], row['dataset'])} | `{row['method']}` | "
-                         f"{'yes' if row['copies'] else 'no'} | {row['tokens_per_s']:.2f} | "
-                         f"{row['ratio']:.2f} ± {row['ratio_spread']:.2f} ({per}) |")
+                         f"{yes(row['copies'])} |" + (f" {yes(row['fused'])} |" if fused else "")
+                         + f" {row['tokens_per_s']:.2f} | {row['ratio']:.2f} ± {row['ratio_spread']:.2f} ({per}) |")
         return "\n".join(lines) + "\n"
 
     return render
@@ -686,6 +691,36 @@ def serve_load_time(name: str, clients: int) -> Callable[[], str]:
     return render
 
 
+def serve_round_costs(name: str) -> Callable[[], str]:
+    """What a serve_load.py run's rounds cost, from the rounds it logged (those without prefill): per method and
+    repeat, target seconds of a one-token round (target-only), the cap the speculative server used most, its rounds'
+    target seconds, draft seconds per step and tokens per round, and the rate of those rounds."""
+
+    def render() -> str:
+        rows = json.loads((RESULTS / name).read_text(encoding="utf-8"))["rows"]
+        lines = ["| method | clients | repeat | target s, 1-token round | most used draft length (share of rounds) | "
+                 "its rounds: target s | draft s per step | tokens per round | tok/s |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r["concurrency"], r["method"] != "autoregressive", r.get("repeat", 0))):
+            log = [x for x in r["round_log"] if x and x[6] == 0]  # rows, K, draft w, target w, draft s, target s, prefill s, accepted
+            plain = [x[5] for x in log if x[1] == 0 and x[3] == 1]
+            drafting = [x for x in log if x[1] > 0]
+            cells = ["–"] * 5
+            if drafting:
+                K = max({x[1] for x in drafting}, key=[x[1] for x in drafting].count)
+                mine = [x for x in drafting if x[1] == K]
+                seconds = sum(x[4] + x[5] for x in mine)
+                cells = [f"{K} ({len(mine) / len(log):.0%})", f"{mean(x[5] for x in mine):.3f}",
+                         f"{sum(x[4] for x in mine) / sum(x[1] for x in mine):.3f}",
+                         f"{mean(x[0] + x[7] for x in mine):.2f}", f"{sum(x[0] + x[7] for x in mine) / seconds:.2f}"]
+            elif plain:
+                cells[-1] = f"{sum(x[0] for x in log if x[1] == 0 and x[3] == 1) / sum(plain):.2f}"
+            lines.append(f"| `{r['method']}` | {r['concurrency']} | {r.get('repeat', 0)} | "
+                         f"{mean(plain) if plain else float('nan'):.3f} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    return render
+
+
 def distill_real_pair(folder: str) -> Callable[[], str]:
     """A distillation run on the real pair: each stage's compute (from its stage.json) and each draft's
     teacher-forced agreement with the target (from eval-draft's eval.json)."""
@@ -754,7 +789,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-copies": serve_load("cpu_avx2/serve_load_copies.json", "cpu_avx2/serve_load_copies_humaneval1.json"),
     "serve-load-avx2-copies-targets": serve_load_targets("cpu_avx2/serve_load_copies.json",
                                                          "cpu_avx2/serve_load_copies_humaneval1.json"),
+    "serve-round-costs-avx2-copies": serve_round_costs("cpu_avx2/serve_load_copies_humaneval1.json"),
     "draft-step-avx2": draft_step("cpu_avx2/draft_cost.json"),
+    "width-cost-avx2-fused": width_cost("cpu_avx2/width_cost_fused.json"),
     "serve-load": serve_load("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-targets": serve_load_targets("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
     "serve-load-time": serve_load_time("serve_load_fill.json", 8),

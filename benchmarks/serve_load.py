@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     from specadapt import SpecDecoder
-    from specadapt.models.hardware import machine
+    from specadapt.models.hardware import compile_fused_products, machine
     from specadapt.serve import ServeSettings, create_app
 
     hf_logging.disable_progress_bar()
@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     decoder = SpecDecoder.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device,
                                           draft_quant=args.draft_quant, float32_copies=args.float32_copies)
+    compile_fused_products(decoder.target, decoder.draft)
     prompts = load_prompts(max(levels) * args.requests_per_client, args.datasets.split(","), args.split)
     rows = []
     with contextlib.ExitStack() as stack:

@@ -38,8 +38,16 @@ def test_machine_names_the_cpu_kind():
     assert isinstance(record["cpu"], str) and record["cpu"]
 
 
-def test_the_warning_is_only_for_bf16_on_a_cpu_without_native_bf16(slow_bf16, monkeypatch):
+@pytest.fixture
+def no_fused(monkeypatch):
+    monkeypatch.setitem(hardware._fused, "failed", "RuntimeError: no C++ compiler")
+
+
+def test_the_warning_is_only_for_bf16_on_a_cpu_without_native_bf16_or_the_fused_product(slow_bf16, monkeypatch):
+    assert hardware.slow_bf16_warning(torch.bfloat16, torch.device("cpu")) is None  # the fused product works here
+    monkeypatch.setitem(hardware._fused, "failed", "RuntimeError: no C++ compiler")
     message = hardware.slow_bf16_warning(torch.bfloat16, torch.device("cpu"))
+    assert "could not build the fused bf16 product (RuntimeError: no C++ compiler)" in message
     assert "has no native bf16 matrix instructions" in message and "--method autoregressive" in message
     assert "keeps no float32 copy of its weights (--no-float32-copies, or too little free memory" in message
     assert hardware.slow_bf16_warning(torch.float32, torch.device("cpu")) is None
@@ -48,7 +56,7 @@ def test_the_warning_is_only_for_bf16_on_a_cpu_without_native_bf16(slow_bf16, mo
     assert hardware.slow_bf16_warning(torch.bfloat16, torch.device("cpu")) is None
 
 
-def test_loading_a_bf16_pair_without_float32_copies_warns_once_and_target_only_does_not(slow_bf16, checkpoints):
+def test_loading_a_bf16_pair_without_float32_copies_warns_once_and_target_only_does_not(slow_bf16, no_fused, checkpoints):
     target, draft = str(checkpoints / "target"), str(checkpoints / "draft")
     with pytest.warns(SpecAdaptWarning, match="no native bf16") as caught:
         SpecDecoder.from_pretrained(target, draft, dtype="bfloat16", device="cpu", float32_copies=False)
@@ -257,9 +265,23 @@ def test_without_a_compiler_the_fused_pass_warns_once_and_torch_computes_the_blo
     x = torch.randn(4, 32, dtype=torch.bfloat16)
     with torch.inference_mode():
         with pytest.warns(SpecAdaptWarning, match=r"could not build the fused bf16 product \(RuntimeError: no C\+\+ "
-                                                  r"compiler found\); blocks of a few tokens take torch's slower"):
+                                                  r"compiler found\), so blocks of a few tokens take torch's bf16"):
             y = layer(x)
         assert torch.equal(y, F.linear(x, layer.weight, layer.bias))
         with warnings.catch_warnings():
             warnings.simplefilter("error", SpecAdaptWarning)
             assert torch.equal(layer(x), y)  # once failed, never tried again
+
+
+def test_compiling_ahead_runs_every_chunk_size_for_every_weight_shape_once(monkeypatch):
+    seen = []
+    monkeypatch.setattr(hardware, "_kernel", lambda rows: lambda part, weight: seen.append((rows, tuple(weight.shape)))
+                        or part @ weight.float().t())
+    model = nn.Sequential(nn.Linear(32, 48), nn.Linear(48, 32), nn.Linear(32, 48)).to(torch.bfloat16)  # two shapes
+    assert hardware.compile_fused_products(model) == 0  # not switched: nothing multiplies fused
+    hardware.use_float32_for_wide_products(model)
+    sizes = range(2, hardware.FUSED_CHUNK + 1)
+    assert hardware.compile_fused_products(model, None) == 2 * len(sizes)
+    assert sorted(seen) == sorted((rows, shape) for rows in sizes for shape in ((48, 32), (32, 48)))
+    hardware.use_fused_products(model, False)
+    assert hardware.compile_fused_products(model) == 0

@@ -560,6 +560,7 @@ def _load_decoder(settings: BenchSettings, log: Callable[[str], None]):
     from transformers.utils import logging as hf_logging
 
     from ..api import SpecDecoder
+    from ..models.hardware import compile_fused_products
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -570,6 +571,7 @@ def _load_decoder(settings: BenchSettings, log: Callable[[str], None]):
                                           draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size,
                                           target_quant=settings.target_quant, target_group_size=settings.target_group_size,
                                           float32_copies="auto" if settings.float32_copies else False)
+    compile_fused_products(decoder.target, decoder.draft)  # not inside a timed generation
     log(f"loaded {settings.target}" + (f" + {draft}" if draft else "") + f" in {time.perf_counter() - t0:.1f} s "
         f"({settings.dtype}, {decoder.target.device}, {torch.get_num_threads()} threads)")
     return decoder

@@ -29,6 +29,7 @@ import platform
 import threading
 import time
 import types
+import warnings
 from functools import cache
 from pathlib import Path
 from typing import Callable
@@ -36,6 +37,8 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..errors import SpecAdaptWarning
 
 # From this many rows on (a prompt, a wide verification block, a batch), a bf16 product on a CPU without native
 # bf16 runs in float32: copying the weight into a float32 buffer costs a few one-row products, and float32 wins
@@ -89,15 +92,19 @@ def machine() -> dict:
 
 def slow_bf16_warning(dtype: torch.dtype, device: torch.device) -> str | None:
     """A warning for a bf16 target without float32 copies (:func:`keep_float32_copies`) on a CPU without native
-    bf16, else None."""
-    if not wants_float32_products(dtype, device):
+    bf16 where the fused product (:func:`fused_bf16_product`) could not be built in this process, else None (a
+    first failure warns where it happens)."""
+    if not wants_float32_products(dtype, device) or not _fused["failed"]:
         return None
     return (f"this CPU ({cpu_name()}, {torch.backends.cpu.get_cpu_capability()}) has no native bf16 matrix "
-            "instructions, and the target keeps no float32 copy of its weights (--no-float32-copies, or too little "
-            "free memory: it takes twice the target's bf16 weights). Then a bf16 forward over a few tokens (a "
-            "verification block, a small batch) costs nearly as much as that many one-token steps, so speculative "
-            "decoding pays only where drafts are accepted in long runs (code) and can lose to target-only decoding "
-            "elsewhere. Compare with --method autoregressive.")
+            f"instructions, torch.compile could not build the fused bf16 product ({_fused['failed']}), and the "
+            "target keeps no float32 copy of its weights (--no-float32-copies, or too little free memory: it takes "
+            "twice the target's bf16 weights). " + SLOW_BLOCKS)
+
+
+SLOW_BLOCKS = ("Then a bf16 forward over a few tokens (a verification block, a small batch) costs nearly as much as "
+               "that many one-token steps, so speculative decoding pays only where drafts are accepted in long runs "
+               "(code) and can lose to target-only decoding elsewhere. Compare with --method autoregressive.")
 
 
 _scratch = threading.local()  # per thread: shape -> a float32 buffer (allocating one per call costs more than the copy)
@@ -188,14 +195,33 @@ def fused_bf16_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         y = torch.cat([_kernel(len(part))(part, weight) for part in rows.split(sizes)])
     except Exception as exc:  # a compiler missing or failing: torch's own paths still compute the same products
         _fused["failed"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        from ..errors import SpecAdaptWarning
-        import warnings
-        warnings.warn(f"torch.compile could not build the fused bf16 product ({_fused['failed']}); blocks of a few "
-                      "tokens take torch's slower bf16 path on this CPU.", SpecAdaptWarning, stacklevel=2)
+        warnings.warn(f"torch.compile could not build the fused bf16 product ({_fused['failed']}), so blocks of a "
+                      "few tokens take torch's bf16 path on this CPU, or the target's float32 copies where it keeps "
+                      f"them. {SLOW_BLOCKS}", SpecAdaptWarning, stacklevel=2)
         return None
     if bias is not None:
         y += bias.float()
     return y.to(x.dtype).view(*x.shape[:-1], weight.shape[0])
+
+
+def compile_fused_products(*models: nn.Module | None) -> int:
+    """Build the fused kernels ``models`` will use (every chunk size for every weight shape of theirs), so that no
+    request or timed run pays for compiling them: tens of seconds the first time, a few with inductor's disk
+    cache. Returns the number of (weight shape, chunk size) pairs run; 0 where no layer multiplies fused."""
+    shapes = {}
+    for model in models:
+        for m in model.modules() if model is not None else ():
+            if isinstance(m, WideFloat32Linear) and m.fused and m.weight.dtype == torch.bfloat16:
+                shapes.setdefault(tuple(m.weight.shape), m.weight)
+    done = 0
+    with torch.inference_mode():
+        for weight in shapes.values():
+            for rows in range(2, FUSED_CHUNK + 1):
+                x = torch.zeros(rows, weight.shape[1], dtype=torch.bfloat16, device=weight.device)
+                if fused_bf16_product(x, weight, None) is None:
+                    return done
+                done += 1
+    return done
 
 
 class WideFloat32Linear(nn.Linear):

@@ -22,6 +22,7 @@ def serve_command(*, settings: dict) -> None:
     from transformers.utils import logging as hf_logging
 
     from ..api import SpecDecoder
+    from ..models.hardware import compile_fused_products
     from ..methods import make_method
     from .app import create_app
 
@@ -34,6 +35,8 @@ def serve_command(*, settings: dict) -> None:
                                               draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size,
                                               target_quant=settings.target_quant, target_group_size=settings.target_group_size,
                                               float32_copies=settings.float32_copies)  # True: batches are blocks too
+    with err.status("compiling bf16 kernels for this CPU"):
+        compile_fused_products(decoder.target, decoder.draft)  # before any request, not during the first ones
     prometheus_client.disable_created_metrics()  # no *_created series (as vLLM); this process is only the server
     app = create_app(decoder, settings, chosen)
     quantized = f", {settings.target_quant} target" if settings.target_quant != "none" else ""
