@@ -342,6 +342,20 @@ def test_time_limit_stops_with_a_partial_report_and_resumes(tmp_path, prompts_fi
     assert dec.calls == 9 and summary["progress"]["complete"] is True
 
 
+def test_a_run_does_not_resume_on_another_kind_of_machine(tmp_path, prompts_file):
+    out = tmp_path / "run"
+    run_bench(settings_for(prompts_file), out, decoder=TinyDecoder(), progress=False, log=lambda _: None,
+              time_limit_s=0.0)
+    stored = json.loads((out / "settings.json").read_text())
+    stored["environment"]["cpu_capability"] = "OTHER"
+    (out / "settings.json").write_text(json.dumps(stored))
+    dec = TinyDecoder()
+    with pytest.raises(SpecAdaptError, match=r"measured on another machine \(cpu_capability 'OTHER' there, '.+' here\)"
+                                             r".*Resume it on such a machine, or use another --out"):
+        run_bench(settings_for(prompts_file), out, decoder=dec, progress=False, log=lambda _: None)
+    assert dec.calls == 0 and json.loads((out / "settings.json").read_text()) == stored  # nothing run or rewritten
+
+
 def test_cli_rejects_a_malformed_dataset_cap(tmp_path):
     from typer.testing import CliRunner
 

@@ -318,6 +318,25 @@ def _stored_settings(out: Path) -> dict:
     return stored
 
 
+# What makes two machines different kinds for a benchmark (a CPU without native bf16 runs other kernels).
+MACHINE_KEYS = ("cpu", "cpu_capability", "native_bf16")
+
+
+def check_same_machine(out: Path) -> None:
+    """Refuse to resume on another kind of machine than the one the run started on: its speedups would
+    average two machines' cost ratios in one table. Keys a run did not record are not compared."""
+    from ..models.hardware import machine
+
+    stored = read_json(Path(out) / SETTINGS_FILE).get("environment") or {}
+    here = machine()
+    differ = [f"{k} {stored[k]!r} there, {here[k]!r} here" for k in MACHINE_KEYS if k in stored and stored[k] != here[k]]
+    if differ:
+        raise SpecAdaptError(
+            f"--out {out} holds a run measured on another machine ({'; '.join(differ)}); resuming it here would mix "
+            "two machines' speeds in one report. Resume it on such a machine, or use another --out."
+        )
+
+
 def read_records(out: Path) -> list[dict]:
     """The generations recorded so far; a line cut short by an interruption is left out (that generation runs again)."""
     return read_jsonl_tolerant(Path(out) / RECORDS_FILE)
@@ -412,6 +431,8 @@ def run_bench(
         (e, r) for e in examples for r in range(settings.repeats)
         if any(record_key(e.dataset, e.id, m, r) not in done for m in settings.methods)
     ]
+    if (out / SETTINGS_FILE).exists():  # a run being resumed (an overwritten one's files are gone)
+        check_same_machine(out)
     if done_records:
         log(f"resuming {out}: {len(done)} generations done, {len(todo)} example-repeats to go")
 
