@@ -751,6 +751,79 @@ def distill_real_pair(folder: str) -> Callable[[], str]:
     return render
 
 
+# The seed papers' claims (benchmarks/results/seed_claims/CHOICES.md, frozen before the runs): per method, the
+# least gain over the best fixed K that the paper's claim needs ("faster" = beyond the spread, 0).
+CLAIMS = {"specdecpp": ("SpecDec++ +7–11% over the best fixed K", 0.07),
+          "adasd": ("AdaSD (lossy): faster than standard SD at < 2 points accuracy loss", 0.0),
+          "adaedl": ("AdaEDL faster than the best fixed K", 0.0),
+          "dynamic-confidence": ("dynamic confidence faster than the best fixed K", 0.0),
+          "adasd-stop": ("AdaSD's entropy stopping (lossless) faster than the best fixed K", 0.0),
+          "heuristic": ("+2/−1 heuristic faster than the best fixed K", 0.0),
+          "confidence": ("confidence stopping faster than the best fixed K", 0.0)}
+MAX_ACCURACY_LOSS = 0.02  # AdaSD's claim: under 2 points
+
+
+def complete_records(records: list[dict], methods: list[str], repeats: int) -> list[dict]:
+    """The records of the examples every method finished in every repeat (a run cut at its time limit)."""
+    have: dict[tuple, set] = {}
+    for r in records:
+        have.setdefault((r["dataset"], r["example_id"]), set()).add((r["method"], r["repeat"]))
+    need = {(m, i) for m in methods for i in range(repeats)}
+    return [r for r in records if have[(r["dataset"], r["example_id"])] >= need]
+
+
+def claim_verdict(method: str, c: dict, accuracy_change: float | None) -> str:
+    """met / tie / missed for a method's gain ``c`` over the best fixed K (CHOICES.md's rule)."""
+    least = CLAIMS[method][1]
+    if c["verdict"] in ("tie", "undecided"):
+        return c["verdict"]
+    if c["verdict"] != "win" or c["gain"] < least:
+        return "missed"
+    if method == "adasd" and accuracy_change is not None and accuracy_change <= -MAX_ACCURACY_LOSS:
+        return "missed (accuracy)"
+    return "met"
+
+
+def seed_claims(*names: str) -> Callable[[], str]:
+    """One row per claim, run and dataset: the method's speedup and the best fixed K's (per repeat), the gain
+    with its spread, the accuracy change against target-only, and met / tie / missed."""
+
+    def render() -> str:
+        lines = ["| claim | run | dataset | examples | method speedup (per repeat) | best fixed K (per repeat) | "
+                 "gain ± spread | accuracy Δ pts | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+        notes = []
+        for name in names:
+            run, records, _ = bench_run(name)
+            st = run["settings"]
+            used = complete_records(records, st["methods"], st["repeats"])
+            summary = report.summarize(used, st["methods"], run.get("methods"), text_agreement=False)
+            label = "greedy" if st["temperature"] == 0 else f"T = {st['temperature']}"
+            counts = {ds: len({r["example_id"] for r in used if r["dataset"] == ds}) for ds in st["datasets"]}
+            notes.append(f"`{name}` ({label}): " + ", ".join(
+                f"{DATASET_TITLES.get(ds, ds)} {n} of {st['limit']}" for ds, n in counts.items())
+                + f" examples finished by every method in all {st['repeats']} repeats")
+            for method, (claim, _) in CLAIMS.items():
+                for ds, table in summary["datasets"].items():
+                    best = report.best_fixed_k(table)
+                    c = summary["comparisons"][ds].get(method, {}).get("vs_best_fixed_k")
+                    if c is None or best is None:
+                        continue
+                    e, b = table[method], table[best]
+                    change = e.get("accuracy_change")
+                    per = ", ".join(f"{x:.2f}" for x in e["speedup_per_repeat"])
+                    per_best = ", ".join(f"{x:.2f}" for x in b["speedup_per_repeat"])
+                    spread = "–" if c["spread"] is None else f"{c['spread']:.1%}"
+                    lines.append(
+                        f"| {claim} | {label} | {DATASET_TITLES.get(ds, ds)} | {counts[ds]} | {speedup(e)} ({per}) | "
+                        f"`{best}` {speedup(b)} ({per_best}) | {c['gain']:+.1%} ± {spread} | "
+                        f"{'–' if change is None else f'{change * 100:+.1f}'} | {claim_verdict(method, c, change)} |")
+        return ("\n".join(lines) + "\n\n" + "; ".join(notes) + f". Verdict rule: {report.VERDICT_RULE} A claim is met "
+                "when the method wins by at least the paper's least gain (SpecDec++: 7%; the others: any gain) and, "
+                "for AdaSD, loses under 2 points of accuracy against target-only.\n")
+
+    return render
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "resumed-runs": resumed_runs,
     "engine-humaneval": engine_table("humaneval"),

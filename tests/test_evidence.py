@@ -203,6 +203,27 @@ def test_check_fails_when_a_block_is_missing(renderer, tmp_path, capsys):
     assert "missing blocks: h01-check" in capsys.readouterr().err
 
 
+def test_seed_claims_are_judged_on_complete_examples_by_the_frozen_rule(renderer):
+    records = stored({"autoregressive": [2.0, 2.0], "fixed:6": [3.0, 3.0], "fixed:10": [3.2, 3.4],
+                      "specdecpp": [3.6, 3.7], "adaedl": [3.3, 3.4], "adasd": [3.7, 3.8]})
+    # An example cut short by the time limit (no adaedl in repeat 1) is left out of every method's numbers.
+    records += [rec("c", m, 9.0, r) for m in ("autoregressive", "fixed:6", "fixed:10", "specdecpp", "adasd")
+                for r in (0, 1)] + [rec("c", "adaedl", 9.0, 0)]
+    methods = ["autoregressive", "fixed:6", "fixed:10", "specdecpp", "adaedl", "adasd"]
+    used = renderer.complete_records(records, methods, repeats=2)
+    assert {r["example_id"] for r in used} == {"a", "b"} and len(used) == 2 * 2 * len(methods)
+    c = report.summarize(used, methods)["comparisons"]["d"]
+    spec, edl = c["specdecpp"]["vs_best_fixed_k"], c["adaedl"]["vs_best_fixed_k"]
+    assert spec["reference"] == "fixed:10" and spec["gain"] == pytest.approx(3.65 / 3.3 - 1)  # +10.6%
+    assert renderer.claim_verdict("specdecpp", spec, None) == "met"
+    assert renderer.claim_verdict("specdecpp", {**spec, "gain": 0.05, "spread": 0.01, "verdict": "win"}, None) == "missed"
+    assert renderer.claim_verdict("adaedl", edl, None) == "tie"  # 3.3/3.2, 3.4/3.4: +1.5% ± 2.2%
+    adasd = c["adasd"]["vs_best_fixed_k"]
+    assert renderer.claim_verdict("adasd", adasd, -0.01) == "met"
+    assert renderer.claim_verdict("adasd", adasd, -0.02) == "missed (accuracy)"  # the paper's bound: under 2 points
+    assert renderer.claim_verdict("adaedl", {**edl, "gain": -0.1, "spread": 0.01, "verdict": "loss"}, None) == "missed"
+
+
 def test_benchmarks_md_states_corrected_facts():
     text = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
     assert "identical tokens to each other on every prompt" not in text
