@@ -114,10 +114,14 @@ def vs_best(comparisons: dict, table: dict, method: str) -> str:
     return f"{gain_cell(c)} vs `{c['reference']}`" if c else "–"
 
 
-def run_table(name: str) -> str:
-    """One table per dataset of a bench run: speedup, gain over the best fixed K, acceptance, lengths, accuracy."""
+def run_table(name: str, complete_only: bool = False) -> str:
+    """One table per dataset of a bench run: speedup, gain over the best fixed K, acceptance, lengths, accuracy.
+    ``complete_only``: only the examples every method finished in every repeat (a run cut at its time limit)."""
     run, records, summary = bench_run(name)
     settings = run["settings"]
+    if complete_only:
+        records = complete_records(records, settings["methods"], settings["repeats"])
+        summary = report.summarize(records, settings["methods"], run.get("methods"), text_agreement=False)
     lines = []
     for ds, table in summary["datasets"].items():
         ids = {r["example_id"] for r in records if r["dataset"] == ds}
@@ -865,6 +869,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-round-costs-avx2-copies": serve_round_costs("cpu_avx2/serve_load_copies_humaneval1.json"),
     "draft-step-avx2": draft_step("cpu_avx2/draft_cost.json"),
     "width-cost-avx2-fused": width_cost("cpu_avx2/width_cost_fused.json"),
+    "seed-claims": seed_claims("seed_claims/greedy"),
+    "seed-claims-greedy": lambda: run_table("seed_claims/greedy", complete_only=True).rstrip("\n") + "\n",
     "serve-load-avx2-fused": serve_load("cpu_avx2/serve_load_fused.json", "cpu_avx2/serve_load_fused_humaneval1.json"),
     "serve-load-avx2-fused-targets": serve_load_targets("cpu_avx2/serve_load_fused.json",
                                                         "cpu_avx2/serve_load_fused_humaneval1.json"),
