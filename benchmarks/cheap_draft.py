@@ -80,7 +80,7 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
 
 from specadapt.bench import report  # noqa: E402
-from specadapt.bench.report import BASELINE, speedup_ratio  # noqa: E402
+from specadapt.bench.report import BASELINE, complete_examples, speedup_ratio  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "cheap_draft"
 DATASETS = ("humaneval", "mt-bench", "gsm8k")
@@ -333,16 +333,6 @@ def schedule(prompts: dict[str, list[dict]], labels: list[Label], repeats: int) 
             shift = (place * repeats + repeat) % len(labels)
             out.append((prompt, repeat, labels[shift:] + labels[:shift]))
     return out
-
-
-def complete_examples(records: list[dict], labels: list[str], repeats: int) -> list[dict]:
-    """The records of the examples that every label measured in every repeat: a run cut short reports only
-    those, so every method and repeat is averaged over the same prompts."""
-    done: dict[tuple, set] = {}
-    for r in records:
-        done.setdefault((r["dataset"], r["example_id"]), set()).add((r["method"], r["repeat"]))
-    need = {(m, k) for m in labels for k in range(repeats)}
-    return [r for r in records if need <= done[(r["dataset"], r["example_id"])]]
 
 
 def todo(plan, done: set[tuple]) -> list[tuple[dict, int, int, Label]]:

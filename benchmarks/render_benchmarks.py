@@ -53,6 +53,14 @@ def bench_run(name: str) -> tuple[dict, list[dict], dict]:
 
 
 @lru_cache(maxsize=None)
+def complete_bench_run(name: str) -> tuple[dict, list[dict], dict]:
+    """:func:`bench_run` over the examples every method finished in every repeat (a run cut at its time limit)."""
+    run, records, _ = bench_run(name)
+    used = report.complete_examples(records, run["settings"]["methods"], run["settings"]["repeats"])
+    return run, used, report.summarize(used, run["settings"]["methods"], run.get("methods"), text_agreement=False)
+
+
+@lru_cache(maxsize=None)
 def engine_run(name: str = "engine_speed.json") -> tuple[dict, list[dict], dict]:
     """The same for an ``engine_speed.py`` result, its records renamed to the bench's fields."""
     data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
@@ -117,11 +125,8 @@ def vs_best(comparisons: dict, table: dict, method: str) -> str:
 def run_table(name: str, complete_only: bool = False) -> str:
     """One table per dataset of a bench run: speedup, gain over the best fixed K, acceptance, lengths, accuracy.
     ``complete_only``: only the examples every method finished in every repeat (a run cut at its time limit)."""
-    run, records, summary = bench_run(name)
+    run, records, summary = complete_bench_run(name) if complete_only else bench_run(name)
     settings = run["settings"]
-    if complete_only:
-        records = complete_records(records, settings["methods"], settings["repeats"])
-        summary = report.summarize(records, settings["methods"], run.get("methods"), text_agreement=False)
     lines = []
     for ds, table in summary["datasets"].items():
         ids = {r["example_id"] for r in records if r["dataset"] == ds}
@@ -767,15 +772,6 @@ CLAIMS = {"specdecpp": ("SpecDec++ +7–11% over the best fixed K", 0.07),
 MAX_ACCURACY_LOSS = 0.02  # AdaSD's claim: under 2 points
 
 
-def complete_records(records: list[dict], methods: list[str], repeats: int) -> list[dict]:
-    """The records of the examples every method finished in every repeat (a run cut at its time limit)."""
-    have: dict[tuple, set] = {}
-    for r in records:
-        have.setdefault((r["dataset"], r["example_id"]), set()).add((r["method"], r["repeat"]))
-    need = {(m, i) for m in methods for i in range(repeats)}
-    return [r for r in records if have[(r["dataset"], r["example_id"])] >= need]
-
-
 def claim_verdict(method: str, c: dict, accuracy_change: float | None) -> str:
     """met / tie / missed for a method's gain ``c`` over the best fixed K (CHOICES.md's rule)."""
     least = CLAIMS[method][1]
@@ -797,10 +793,8 @@ def seed_claims(*names: str) -> Callable[[], str]:
                  "gain ± spread | accuracy Δ pts | verdict |", "|---|---|---|---|---|---|---|---|---|"]
         notes = []
         for name in names:
-            run, records, _ = bench_run(name)
+            run, used, summary = complete_bench_run(name)
             st = run["settings"]
-            used = complete_records(records, st["methods"], st["repeats"])
-            summary = report.summarize(used, st["methods"], run.get("methods"), text_agreement=False)
             label = "greedy" if st["temperature"] == 0 else f"T = {st['temperature']}"
             counts = {ds: len({r["example_id"] for r in used if r["dataset"] == ds}) for ds in st["datasets"]}
             notes.append(f"`{name}` ({label}): " + ", ".join(

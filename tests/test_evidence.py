@@ -210,7 +210,7 @@ def test_seed_claims_are_judged_on_complete_examples_by_the_frozen_rule(renderer
     records += [rec("c", m, 9.0, r) for m in ("autoregressive", "fixed:6", "fixed:10", "specdecpp", "adasd")
                 for r in (0, 1)] + [rec("c", "adaedl", 9.0, 0)]
     methods = ["autoregressive", "fixed:6", "fixed:10", "specdecpp", "adaedl", "adasd"]
-    used = renderer.complete_records(records, methods, repeats=2)
+    used = report.complete_examples(records, methods, repeats=2)
     assert {r["example_id"] for r in used} == {"a", "b"} and len(used) == 2 * 2 * len(methods)
     c = report.summarize(used, methods)["comparisons"]["d"]
     spec, edl = c["specdecpp"]["vs_best_fixed_k"], c["adaedl"]["vs_best_fixed_k"]

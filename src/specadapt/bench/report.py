@@ -67,6 +67,16 @@ def speedup_ratio(rows: list[dict], base: list[dict]) -> float | None:
 _speedup = speedup_ratio
 
 
+def complete_examples(records: list[dict], methods: list[str], repeats: int) -> list[dict]:
+    """The records of the examples that every method measured in every repeat: a run cut short reports only
+    those, so every method and repeat is averaged over the same prompts."""
+    done: dict[tuple, set] = defaultdict(set)
+    for r in records:
+        done[(r["dataset"], r["example_id"])].add((r["method"], r["repeat"]))
+    need = {(m, k) for m in methods for k in range(repeats)}
+    return [r for r in records if need <= done[(r["dataset"], r["example_id"])]]
+
+
 def pooled_stats(rows: list[dict]) -> RequestStats:
     """The engine's counters of every generation in ``rows``, pooled (the ratios come from RequestStats)."""
     pooled = RequestStats()
