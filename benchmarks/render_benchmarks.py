@@ -822,6 +822,34 @@ def seed_claims(*names: str) -> Callable[[], str]:
     return render
 
 
+def adasd_cold_start(*names: str) -> Callable[[], str]:
+    """Per AdaSD method of each run and dataset: verified rejections per request and the share of requests that
+    saw fewer than ``n_min`` of them, i.e. never left the cold start with per-request statistics (one rejection
+    per round at most: the first rejected position)."""
+
+    def render() -> str:
+        lines = ["| run | method | scope | dataset | requests | rejections per request | requests with < n_min "
+                 "rejections |", "|---|---|---|---|---|---|---|"]
+        for name in names:
+            run, used, _ = complete_bench_run(name)
+            for label, entry in run["methods"].items():
+                if entry["method"] not in ("adasd", "adasd-stop"):
+                    continue
+                policy = entry["policy_settings"]
+                for ds in run["settings"]["datasets"]:
+                    rows = [r for r in used if r["method"] == label and r["dataset"] == ds]
+                    if not rows:
+                        continue
+                    rejections = [sum(reached - acc for reached, acc in zip(r["position_reached"], r["position_accepted"]))
+                                  for r in rows]
+                    cold = sum(n < policy["n_min"] for n in rejections) / len(rows)
+                    lines.append(f"| `{name}` | `{label}` | {policy['scope']} | {DATASET_TITLES.get(ds, ds)} | "
+                                 f"{len(rows)} | {mean(rejections):.1f} | {cold:.0%} (n_min = {policy['n_min']}) |")
+        return "\n".join(lines) + "\n"
+
+    return render
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "resumed-runs": resumed_runs,
     "engine-humaneval": engine_table("humaneval"),
@@ -865,6 +893,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "width-cost-avx2-fused": width_cost("cpu_avx2/width_cost_fused.json"),
     "seed-claims": seed_claims("seed_claims/greedy"),
     "seed-claims-greedy": lambda: run_table("seed_claims/greedy", complete_only=True).rstrip("\n") + "\n",
+    "seed-claims-adasd-cold-start": adasd_cold_start("seed_claims/greedy"),
     "serve-load-avx2-fused": serve_load("cpu_avx2/serve_load_fused.json", "cpu_avx2/serve_load_fused_humaneval1.json"),
     "serve-load-avx2-fused-targets": serve_load_targets("cpu_avx2/serve_load_fused.json",
                                                         "cpu_avx2/serve_load_fused_humaneval1.json"),
