@@ -52,3 +52,23 @@ def test_entropy_and_js_distance():
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     assert torch.isclose(js_distance(a, b), torch.tensor(1.0))
     assert js_distance(u, u) == 0
+
+
+def test_js_distance_equals_the_kl_definition_on_vocabulary_sized_distributions():
+    g = torch.Generator().manual_seed(0)
+    scale = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0, 16.0])[None, :, None]  # flat to peaked
+    logits = torch.randn(2, 6, 50_000, generator=g) * scale
+    p = logits.softmax(-1)
+    q = (logits + torch.randn(logits.shape, generator=g)).softmax(-1)
+    q[0, 0] = p[0, 0]  # identical rows: distance 0
+    p64, q64 = p.double(), q.double()
+    m = (p64 + q64) / 2
+
+    def kl(a, b):
+        return torch.where(a > 0, a * (a / b).log2(), 0.0).sum(-1)
+
+    expected = ((kl(p64, m) + kl(q64, m)) / 2).clamp(0, 1).sqrt()
+    got = js_distance(p, q)
+    assert got.dtype == torch.float32 and got.shape == (2, 6)
+    assert torch.allclose(got.double(), expected, atol=2e-4)
+    assert got[0, 0] == 0
