@@ -894,6 +894,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "seed-claims": seed_claims("seed_claims/greedy"),
     "seed-claims-greedy": lambda: run_table("seed_claims/greedy", complete_only=True).rstrip("\n") + "\n",
     "seed-claims-adasd-cold-start": adasd_cold_start("seed_claims/greedy"),
+    "adasd-scope-tune": lambda: run_table("adasd_scope/tune", complete_only=True).rstrip("\n") + "\n",
     "serve-load-avx2-fused": serve_load("cpu_avx2/serve_load_fused.json", "cpu_avx2/serve_load_fused_humaneval1.json"),
     "serve-load-avx2-fused-targets": serve_load_targets("cpu_avx2/serve_load_fused.json",
                                                         "cpu_avx2/serve_load_fused_humaneval1.json"),
