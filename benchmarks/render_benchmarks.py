@@ -822,6 +822,11 @@ def seed_claims(*names: str) -> Callable[[], str]:
     return render
 
 
+def complete_table(name: str) -> Callable[[], str]:
+    """:func:`run_table` over the examples every method finished in every repeat, as a block."""
+    return lambda: run_table(name, complete_only=True).rstrip("\n") + "\n"
+
+
 def adasd_cold_start(*names: str) -> Callable[[], str]:
     """Per AdaSD method of each run and dataset: verified rejections per request and the share of requests that
     saw fewer than ``n_min`` of them, i.e. never left the cold start with per-request statistics (one rejection
@@ -892,10 +897,10 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "draft-step-avx2": draft_step("cpu_avx2/draft_cost.json"),
     "width-cost-avx2-fused": width_cost("cpu_avx2/width_cost_fused.json"),
     "seed-claims": seed_claims("seed_claims/greedy"),  # + "seed_claims/t07" once complete
-    "seed-claims-greedy": lambda: run_table("seed_claims/greedy", complete_only=True).rstrip("\n") + "\n",
-    "seed-claims-t07": lambda: run_table("seed_claims/t07", complete_only=True).rstrip("\n") + "\n",
+    "seed-claims-greedy": complete_table("seed_claims/greedy"),
+    "seed-claims-t07": complete_table("seed_claims/t07"),
     "seed-claims-adasd-cold-start": adasd_cold_start("seed_claims/greedy"),
-    "adasd-scope-tune": lambda: run_table("adasd_scope/tune", complete_only=True).rstrip("\n") + "\n",
+    "adasd-scope-tune": complete_table("adasd_scope/tune"),
     "serve-load-avx2-fused": serve_load("cpu_avx2/serve_load_fused.json", "cpu_avx2/serve_load_fused_humaneval1.json"),
     "serve-load-avx2-fused-targets": serve_load_targets("cpu_avx2/serve_load_fused.json",
                                                         "cpu_avx2/serve_load_fused_humaneval1.json"),
