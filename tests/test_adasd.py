@@ -108,6 +108,35 @@ def test_shared_scope_pools_rows_and_survives_reset():
     assert statistics(request, rows)["n_rej"].tolist() == [0, 0]
 
 
+def test_prior_scope_starts_requests_from_the_pooled_means():
+    policy = make_method("adasd:n_min=2,scope=prior").policy
+    rows = torch.tensor([0, 1])
+    policy.begin(rows)
+    assert not statistics(policy, rows)["warm"].any()  # nothing pooled yet: cold like scope "request"
+    q, p = random_dists(5, 2, 3, 5), random_dists(6, 2, 4, 5)
+    play_round(policy, rows, q, p, [1, 2])  # row 0: q[0,0] accepted, q[0,1] rejected; row 1: 2 accepted, q[1,2] rejected
+    h_rej = [H(q[0, 1]), H(q[1, 2])]
+    d_acc = [JS(p[0, 0], q[0, 0]), JS(p[1, 0], q[1, 0]), JS(p[1, 1], q[1, 1])]
+    d_rej = [JS(p[0, 1], q[0, 1]), JS(p[1, 2], q[1, 2])]
+    # the running requests keep their own statistics (one rejection each: still cold at n_min = 2)
+    assert statistics(policy, rows)["n_rej"].tolist() == [1, 1]
+    assert not statistics(policy, rows)["warm"].any()
+    # a new request starts warm from the pool's means, worth n_min observations of each kind
+    new = torch.tensor([2])
+    policy.begin(new)
+    stats = statistics(policy, new)
+    assert stats["warm"].item() and stats["n_acc"].item() == 2 and stats["n_rej"].item() == 2
+    assert stats["T_G"].item() == pytest.approx(np.mean(h_rej), rel=1e-5)
+    assert stats["T_V"].item() == pytest.approx((np.mean(d_acc) + np.mean(d_rej)) / 2, rel=1e-5)
+    # its own observations are added to the prior: one more rejection weighs 1 against the prior's 2
+    q2, p2 = random_dists(7, 1, 1, 5), random_dists(8, 1, 2, 5)
+    play_round(policy, new, q2, p2, [0])
+    assert statistics(policy, new)["T_G"].item() == pytest.approx((2 * np.mean(h_rej) + H(q2[0, 0])) / 3, rel=1e-5)
+    # a slot taken again starts from the pool, which now holds the new request's observation too
+    policy.begin(rows[:1])
+    assert statistics(policy, rows[:1])["T_G"].item() == pytest.approx(np.mean(h_rej + [H(q2[0, 0])]), rel=1e-5)
+
+
 def test_entropy_stop_uses_t_g_and_keeps_the_trigger():
     policy = make_method("adasd-stop:n_min=1").policy
     rows = torch.tensor([0])

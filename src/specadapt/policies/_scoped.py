@@ -50,6 +50,10 @@ class ScopedState:
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.values[name]
 
+    def set(self, name: str, index: torch.Tensor, values: torch.Tensor | float) -> None:
+        """values[name][index] = values."""
+        self.values[name][index] = torch.as_tensor(values, dtype=torch.float64, device=index.device)
+
     def add(self, name: str, index: torch.Tensor, amounts: torch.Tensor) -> None:
         """values[name][index] += amounts, summing repeated indices (a shared slot gets every row's amount)."""
         self.values[name].index_add_(0, index, amounts.to(torch.float64))

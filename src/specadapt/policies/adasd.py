@@ -26,7 +26,10 @@ Choices for the open points of methods.md section 1 (each a setting):
   ignored. With False they are counted as rejected too.
 - ``scope`` ("request"): statistics per request, reset at each ``generate``
   call; "shared": one set of statistics on the policy instance, updated by every
-  row and kept across ``generate`` calls.
+  row and kept across ``generate`` calls; "prior": per request, but each request
+  starts from the shared statistics' means worth ``max(n_min, 1)`` observations
+  of each kind (so it is warm from its first round once the shared statistics
+  are), and its own observations then outweigh them.
 - ``combine`` ("or", ``adasd`` only): accept if the standard test passes OR
   d < T_V; "replace": only the JS test once warm (the standard test while cold).
   The accept/reject labels fed to the statistics are the rule's final decisions.
@@ -47,9 +50,12 @@ import torch
 from ..acceptance.adasd import COMBINE_MODES, AdaSDAcceptance
 from ..methods import register_method
 from ..sampling import SamplingParams, js_distance
-from ._scoped import ScopedState, check_scope
+from ._scoped import SCOPES, ScopedState
 from .base import DraftLengthPolicy, DraftStep, RoundOutcome, check_draft_length
 
+ADASD_SCOPES = (*SCOPES, "prior")
+# Cumulative sums and counts; thresholds are their means.
+STATISTICS = {"n_acc": 0, "n_rej": 0, "h_rej_sum": 0.0, "d_acc_sum": 0.0, "d_rej_sum": 0.0}
 
 @register_method(
     "adasd-stop",
@@ -70,15 +76,32 @@ class AdaSDStop(DraftLengthPolicy):
             raise ValueError("n_min must be >= 0")
         check_draft_length("max_k", self.max_k)
         check_draft_length("cold_start_k", self.cold_start_k)
-        check_scope(self.scope)
-        self._state = ScopedState(
-            self.scope, {"n_acc": 0, "n_rej": 0, "h_rej_sum": 0.0, "d_acc_sum": 0.0, "d_rej_sum": 0.0}
-        )
+        if self.scope not in ADASD_SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(ADASD_SCOPES)}, got {self.scope!r}")
+        self._state = ScopedState("request" if self.scope == "prior" else self.scope, STATISTICS)
+        # scope "prior": every row's observations also go to one shared pool that new requests start from
+        self._pool = ScopedState("shared", STATISTICS) if self.scope == "prior" else None
 
     # --- statistics (public: the JS acceptance rule reads T_V and warm through them) -------
 
     def begin(self, slots: torch.Tensor) -> None:
         self._state.begin(slots)
+        if self._pool is not None and slots.numel():
+            self._start_from_pool(slots)
+
+    def _start_from_pool(self, slots: torch.Tensor) -> None:
+        """Scope "prior": new requests take the pool's means, worth max(n_min, 1) observations of each kind
+        (nothing while the pool itself has fewer)."""
+        pool, need = self._pool, max(self.n_min, 1)
+        n_acc, n_rej = float(pool["n_acc"][0]), float(pool["n_rej"][0])
+        if n_acc < need or n_rej < need:
+            return
+        s = self._state.index(slots)
+        self._state.set("n_acc", s, need)
+        self._state.set("n_rej", s, need)
+        self._state.set("h_rej_sum", s, need * float(pool["h_rej_sum"][0]) / n_rej)
+        self._state.set("d_acc_sum", s, need * float(pool["d_acc_sum"][0]) / n_acc)
+        self._state.set("d_rej_sum", s, need * float(pool["d_rej_sum"][0]) / n_rej)
 
     def warm(self, slots: torch.Tensor) -> torch.Tensor:
         """[b] bool: requests whose statistics are past the cold start."""
@@ -115,8 +138,7 @@ class AdaSDStop(DraftLengthPolicy):
         K = outcome.block.K
         if K == 0:
             return
-        s = self._state.index(outcome.slots)
-        pos = torch.arange(K, device=s.device)[None, :]
+        pos = torch.arange(K, device=outcome.slots.device)[None, :]
         n, drafted = outcome.accepted[:, None], outcome.drafted[:, None]
         accepted = pos < n
         if self.first_rejection_only:
@@ -124,16 +146,18 @@ class AdaSDStop(DraftLengthPolicy):
         else:
             rejected = (pos >= n) & (pos < drafted)
         h = torch.stack([step.entropy for step in outcome.steps], 1)
-        st = self._state
-        st.add("n_acc", s, accepted.sum(1))
-        st.add("n_rej", s, rejected.sum(1))
-        st.add("h_rej_sum", s, torch.where(rejected, h, 0.0).sum(1))
+        amounts = {"n_acc": accepted.sum(1), "n_rej": rejected.sum(1), "h_rej_sum": torch.where(rejected, h, 0.0).sum(1)}
         if self.uses_js:
             if outcome.target_probs is None:
                 raise RuntimeError("adasd: observe() needs the target probabilities")
             d = js_distance(outcome.target_probs[:, :K].float(), outcome.draft_probs.float())
-            st.add("d_acc_sum", s, torch.where(accepted, d, 0.0).sum(1))
-            st.add("d_rej_sum", s, torch.where(rejected, d, 0.0).sum(1))
+            amounts["d_acc_sum"] = torch.where(accepted, d, 0.0).sum(1)
+            amounts["d_rej_sum"] = torch.where(rejected, d, 0.0).sum(1)
+        for state in (self._state, self._pool):
+            if state is not None:
+                s = state.index(outcome.slots)
+                for name, amount in amounts.items():
+                    state.add(name, s, amount)
 
 
 def _make_rule(params: SamplingParams, policy: "AdaSD") -> AdaSDAcceptance:
