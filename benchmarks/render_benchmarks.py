@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from functools import lru_cache
@@ -851,6 +852,54 @@ def adasd_cold_start(*names: str) -> Callable[[], str]:
                     lines.append(f"| `{name}` | `{label}` | {policy['scope']} | {DATASET_TITLES.get(ds, ds)} | "
                                  f"{len(rows)} | {mean(rejections):.1f} | {cold:.0%} (n_min = {policy['n_min']}) |")
         return "\n".join(lines) + "\n"
+
+    return render
+
+
+COLD_START_DEFAULTS = ("adasd-stop", "adasd")  # each family's shipped default, the reference of its candidates
+SCORED = ("humaneval", "gsm8k")  # the datasets whose answers are scored
+
+
+def cold_start_decision(name: str) -> Callable[[], str]:
+    """The AdaSD cold-start choice on tune prompts (benchmarks/results/adasd_cold_start/CHOICES.md, rule written
+    before the run): each candidate's gain over its family's default per dataset with its verdict, its correct
+    answers, whether it qualifies, and the default the rule picks."""
+
+    def render() -> str:
+        run, used, summary = complete_bench_run(name)
+        lines = ["| candidate | " + " | ".join(f"{DATASET_TITLES.get(ds, ds)} gain ± spread" for ds in summary["datasets"])
+                 + " | correct answers (vs default) | geo-mean speedup | qualifies |",
+                 "|---|" + "---|" * (len(summary["datasets"]) + 3)]
+        decisions = []
+        for family in COLD_START_DEFAULTS:
+            candidates = [m for m in run["settings"]["methods"] if m.startswith(family + ":")]
+
+            def correct(method: str) -> int:
+                return sum(bool((r.get("score") or {}).get("correct")) for r in used
+                           if r["method"] == method and r["dataset"] in SCORED)
+
+            def geo_mean(method: str) -> float:
+                ups = [table[method]["speedup"] for table in summary["datasets"].values()]
+                return math.prod(ups) ** (1 / len(ups))
+
+            qualified = []
+            for m in candidates:
+                cells, ok = [], True
+                for ds, table in summary["datasets"].items():
+                    g = report.gain_over(table[m], table[family])
+                    cells.append(gain_cell(g))
+                    ok &= g["verdict"] == "win" if ds == "humaneval" else g["verdict"] in ("win", "tie")
+                if family == "adasd":
+                    ok &= correct(m) >= correct(family)
+                if ok:
+                    qualified.append(m)
+                lines.append(f"| `{m}` | " + " | ".join(cells) + f" | {correct(m)} ({correct(family)}) | "
+                             f"{geo_mean(m):.2f}× ({geo_mean(family):.2f}×) | {'yes' if ok else 'no'} |")
+            pick = max(qualified, key=geo_mean) if qualified else None
+            decisions.append(f"`{family}`: " + (f"**`{pick}`** becomes the default" if pick else
+                                                 "no candidate qualifies; the default stays `n_min=5` per request"))
+        return ("\n".join(lines) + "\n\nDecision by the rule: " + "; ".join(decisions) + ". Verdicts: "
+                + report.VERDICT_RULE + "\n")
 
     return render
 

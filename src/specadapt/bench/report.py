@@ -154,7 +154,7 @@ def verdict(gain: float | None, spread: float | None) -> str:
     return "tie"
 
 
-def _gain(mine: dict, ref: dict) -> dict:
+def gain_over(mine: dict, ref: dict) -> dict:
     """The gain of entry ``mine`` over entry ``ref`` (both summarize_method entries of one dataset)."""
     gain = mine["speedup"] / ref["speedup"] - 1 if mine.get("speedup") and ref.get("speedup") else None
     pairs = list(zip(mine.get("speedup_per_repeat") or [], ref.get("speedup_per_repeat") or []))
@@ -178,9 +178,9 @@ def compare_methods(table: dict) -> dict:
             continue
         row = {}
         if BASELINE in table:
-            row["vs_target_only"] = {"reference": BASELINE, **_gain(e, table[BASELINE])}
+            row["vs_target_only"] = {"reference": BASELINE, **gain_over(e, table[BASELINE])}
         if best is not None and m != best:
-            row["vs_best_fixed_k"] = {"reference": best, **_gain(e, table[best])}
+            row["vs_best_fixed_k"] = {"reference": best, **gain_over(e, table[best])}
         out[m] = row
     return out
 
