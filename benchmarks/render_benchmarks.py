@@ -863,25 +863,26 @@ SCORED = ("humaneval", "gsm8k")  # the datasets whose answers are scored
 def cold_start_decision(name: str) -> Callable[[], str]:
     """The AdaSD cold-start choice on tune prompts (benchmarks/results/adasd_cold_start/CHOICES.md, rule written
     before the run): each candidate's gain over its family's default per dataset with its verdict, its correct
-    answers, whether it qualifies, and the default the rule picks."""
+    answers, whether it qualifies, and the default the rule picks. Written before that run; its block goes into
+    BLOCKS once the run's records are committed."""
 
     def render() -> str:
         run, used, summary = complete_bench_run(name)
+
+        def correct(method: str) -> int:
+            return sum(bool((r.get("score") or {}).get("correct")) for r in used
+                       if r["method"] == method and r["dataset"] in SCORED)
+
+        def geo_mean(method: str) -> float:
+            ups = [table[method]["speedup"] for table in summary["datasets"].values()]
+            return math.prod(ups) ** (1 / len(ups))
+
         lines = ["| candidate | " + " | ".join(f"{DATASET_TITLES.get(ds, ds)} gain ± spread" for ds in summary["datasets"])
                  + " | correct answers (vs default) | geo-mean speedup | qualifies |",
                  "|---|" + "---|" * (len(summary["datasets"]) + 3)]
         decisions = []
         for family in COLD_START_DEFAULTS:
             candidates = [m for m in run["settings"]["methods"] if m.startswith(family + ":")]
-
-            def correct(method: str) -> int:
-                return sum(bool((r.get("score") or {}).get("correct")) for r in used
-                           if r["method"] == method and r["dataset"] in SCORED)
-
-            def geo_mean(method: str) -> float:
-                ups = [table[method]["speedup"] for table in summary["datasets"].values()]
-                return math.prod(ups) ** (1 / len(ups))
-
             qualified = []
             for m in candidates:
                 cells, ok = [], True

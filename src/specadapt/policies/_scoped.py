@@ -50,9 +50,9 @@ class ScopedState:
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.values[name]
 
-    def set(self, name: str, index: torch.Tensor, values: torch.Tensor | float) -> None:
+    def set(self, name: str, index: torch.Tensor, values: torch.Tensor) -> None:
         """values[name][index] = values."""
-        self.values[name][index] = torch.as_tensor(values, dtype=torch.float64, device=index.device)
+        self.values[name][index] = values.to(torch.float64)
 
     def add(self, name: str, index: torch.Tensor, amounts: torch.Tensor) -> None:
         """values[name][index] += amounts, summing repeated indices (a shared slot gets every row's amount)."""

@@ -56,6 +56,8 @@ from .base import DraftLengthPolicy, DraftStep, RoundOutcome, check_draft_length
 ADASD_SCOPES = (*SCOPES, "prior")
 # Cumulative sums and counts; thresholds are their means.
 STATISTICS = {"n_acc": 0, "n_rej": 0, "h_rej_sum": 0.0, "d_acc_sum": 0.0, "d_rej_sum": 0.0}
+SUM_COUNTS = {"h_rej_sum": "n_rej", "d_acc_sum": "n_acc", "d_rej_sum": "n_rej"}  # each sum's mean divides by
+
 
 @register_method(
     "adasd-stop",
@@ -92,16 +94,14 @@ class AdaSDStop(DraftLengthPolicy):
     def _start_from_pool(self, slots: torch.Tensor) -> None:
         """Scope "prior": new requests take the pool's means, worth max(n_min, 1) observations of each kind
         (nothing while the pool itself has fewer)."""
-        pool, need = self._pool, max(self.n_min, 1)
-        n_acc, n_rej = float(pool["n_acc"][0]), float(pool["n_rej"][0])
-        if n_acc < need or n_rej < need:
-            return
-        s = self._state.index(slots)
-        self._state.set("n_acc", s, need)
-        self._state.set("n_rej", s, need)
-        self._state.set("h_rej_sum", s, need * float(pool["h_rej_sum"][0]) / n_rej)
-        self._state.set("d_acc_sum", s, need * float(pool["d_acc_sum"][0]) / n_acc)
-        self._state.set("d_rej_sum", s, need * float(pool["d_rej_sum"][0]) / n_rej)
+        pool, state, need = self._pool, self._state, max(self.n_min, 1)
+        s = state.index(slots)
+        p = pool.index(slots)
+        ready = (pool["n_acc"][p] >= need) & (pool["n_rej"][p] >= need)  # tensors: no host sync per join
+        for name in STATISTICS:
+            prior = need * pool[name][p] / pool[SUM_COUNTS[name]][p].clamp_min(1) if name in SUM_COUNTS \
+                else torch.full_like(pool[name][p], need)
+            state.set(name, s, torch.where(ready, prior, state[name][s]))
 
     def warm(self, slots: torch.Tensor) -> torch.Tensor:
         """[b] bool: requests whose statistics are past the cold start."""
