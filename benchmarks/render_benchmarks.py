@@ -946,7 +946,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-round-costs-avx2-copies": serve_round_costs("cpu_avx2/serve_load_copies_humaneval1.json"),
     "draft-step-avx2": draft_step("cpu_avx2/draft_cost.json"),
     "width-cost-avx2-fused": width_cost("cpu_avx2/width_cost_fused.json"),
-    "seed-claims": seed_claims("seed_claims/greedy"),  # + "seed_claims/t07" once complete
+    "seed-claims": seed_claims("seed_claims/greedy", "seed_claims/t07"),
     "seed-claims-greedy": complete_table("seed_claims/greedy"),
     "seed-claims-t07": complete_table("seed_claims/t07"),
     "seed-claims-adasd-cold-start": adasd_cold_start("seed_claims/greedy"),
