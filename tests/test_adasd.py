@@ -15,7 +15,7 @@ from specadapt.engine import RequestConfig
 from specadapt.errors import SpecAdaptError
 from specadapt.methods import make_method
 from specadapt.policies import DraftStep
-from specadapt.sampling import SamplingParams, process_logits
+from specadapt.sampling import SamplingParams, js_distance, process_logits
 
 from conftest import make_engine, play_round as drive_round
 from test_losslessness import ALPHA, PROMPT, SAMPLING, exact_joint, run_checks
@@ -26,9 +26,10 @@ PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19],
 
 
 def play_round(policy, rows, q, p, accepted, drafted=None, clip=False):
-    """One round through the round protocol: row j drafts argmax tokens of q[j] (at most drafted[j])."""
-    target_probs = p if policy.needs_target_probs else None
-    return drive_round(policy, rows, q, accepted, drafted, q.argmax(-1), target_probs=target_probs, clip=clip)
+    """One round through the round protocol: row j drafts argmax tokens of q[j] (at most drafted[j]); the JS
+    distances observe() reads are those of p and q, as the acceptance rule would hand them over."""
+    scores = (lambda block: {"js_distance": js_distance(p[:, :block.K], q[:, :block.K])}) if policy.reads_scores else None
+    return drive_round(policy, rows, q, accepted, drafted, q.argmax(-1), token_scores=scores, clip=clip)
 
 
 def statistics(policy, slots):
