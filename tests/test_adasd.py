@@ -266,6 +266,45 @@ def test_js_rule_end_to_end_stays_in_target_support(pair):
     assert all(not r.lossless for r in results)
 
 
+def test_engine_hands_each_row_the_js_distances_its_rule_computed(pair):
+    """The policy's observe() gets, per row, the JS distances the acceptance rule computed for that row, also when
+    the batch mixes sampling settings (one rule call per group, merged by the engine)."""
+    target, draft = pair
+    method = make_method("adasd:n_min=1")
+    computed, observed = [], []  # per round: {slot: distances}
+
+    class SpyRule:
+        def __init__(self, rule):
+            self.rule, self.lossless, self.reads_draft_probs = rule, rule.lossless, rule.reads_draft_probs
+
+        def __call__(self, proposal):
+            verdict = self.rule(proposal)
+            if proposal.draft_tokens.shape[1]:  # a round that drafted nothing has no distances (and no observe)
+                d = verdict.token_scores["js_distance"]
+                computed[-1].update({s: d[j].clone() for j, s in enumerate(proposal.slots.tolist())})
+            return verdict
+
+    make_rule, observe = method.rule, method.policy.observe
+    method.rule = lambda params: SpyRule(make_rule(params))
+
+    def spy_observe(outcome):
+        d = outcome.token_scores["js_distance"]
+        observed.append({s: d[j].clone() for j, s in enumerate(outcome.slots.tolist())})
+        computed.append({})  # the next round's rule calls
+        observe(outcome)
+
+    method.policy.observe = spy_observe
+    computed.append({})
+    configs = [RequestConfig(max_new_tokens=12), RequestConfig(max_new_tokens=12, temperature=1.0, seed=3),
+               RequestConfig(max_new_tokens=12, temperature=0.7, top_k=3, seed=4)]
+    make_engine(target, draft).generate(PROMPTS[:3], method, configs)
+    assert observed and len(observed[0]) == 3
+    for got, want in zip(observed, computed):
+        assert got.keys() == want.keys()
+        for slot in got:
+            assert torch.equal(got[slot], want[slot])
+
+
 def test_lossless_flags_and_recorded_settings(target, close_draft):
     described = make_method("adasd:combine=replace").describe(SamplingParams(0.7))
     assert described["lossless"] is False
