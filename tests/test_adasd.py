@@ -275,7 +275,10 @@ def test_engine_hands_each_row_the_js_distances_its_rule_computed(pair):
 
     class SpyRule:
         def __init__(self, rule):
-            self.rule, self.lossless, self.reads_draft_probs = rule, rule.lossless, rule.reads_draft_probs
+            self.rule = rule
+
+        def __getattr__(self, name):  # name, lossless, settings(), ...: the wrapped rule's
+            return getattr(self.rule, name)
 
         def __call__(self, proposal):
             verdict = self.rule(proposal)
@@ -297,7 +300,7 @@ def test_engine_hands_each_row_the_js_distances_its_rule_computed(pair):
     computed.append({})
     configs = [RequestConfig(max_new_tokens=12), RequestConfig(max_new_tokens=12, temperature=1.0, seed=3),
                RequestConfig(max_new_tokens=12, temperature=0.7, top_k=3, seed=4)]
-    make_engine(target, draft).generate(PROMPTS[:3], method, configs)
+    make_engine(target, draft).generate([PROMPT, PROMPT[:2], PROMPT[1:]], method, configs)
     assert observed and len(observed[0]) == 3
     for got, want in zip(observed, computed):
         assert got.keys() == want.keys()
