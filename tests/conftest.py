@@ -105,12 +105,13 @@ def save_tiny_checkpoint(path, seed: int, words: list[str]) -> None:
     tokenizer.save_pretrained(path)
 
 
-def play_round(policy, slots, probs, accepted, limit=None, tokens=None, hidden=None, target_probs=None, clip=False):
+def play_round(policy, slots, probs, accepted, limit=None, tokens=None, hidden=None, token_scores=None, clip=False):
     """One round of ``policy`` through the engine's round protocol, with scripted drafts.
 
     Step k proposes ``tokens[:, k-1]`` (default 0) drawn from ``probs[:, k-1]`` [b, K, V] (and ``hidden[:, k-1]``);
     row i drafts at most ``limit[i]`` (default K) tokens, fewer where the policy stops it; ``accepted`` goes to
-    ``observe`` (``clip``: at most what each row drafted). Returns the :class:`DraftBlock` (its ``lens`` say where each row stopped)."""
+    ``observe`` (``clip``: at most what each row drafted), with ``token_scores(block)`` as the acceptance rule's
+    per-token scores when given. Returns the :class:`DraftBlock` (its ``lens`` say where each row stopped)."""
     b, K = probs.shape[:2]
     tokens = torch.zeros((b, K), dtype=torch.long) if tokens is None else tokens
     limit = torch.full((b,), K) if limit is None else torch.as_tensor(limit)
@@ -123,7 +124,8 @@ def play_round(policy, slots, probs, accepted, limit=None, tokens=None, hidden=N
     if clip:
         accepted = torch.minimum(accepted, block.lens)
     assert bool((accepted <= block.lens).all()), f"the script accepts more than was drafted ({block.lens.tolist()})"
-    finish_round(policy, slots, block, accepted, torch.arange(block.K)[None, :] < accepted[:, None], target_probs)
+    scores = token_scores(block) if token_scores is not None else None
+    finish_round(policy, slots, block, accepted, torch.arange(block.K)[None, :] < accepted[:, None], scores)
     return block
 
 

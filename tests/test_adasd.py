@@ -15,7 +15,7 @@ from specadapt.engine import RequestConfig
 from specadapt.errors import SpecAdaptError
 from specadapt.methods import make_method
 from specadapt.policies import DraftStep
-from specadapt.sampling import SamplingParams, process_logits
+from specadapt.sampling import SamplingParams, js_distance, process_logits
 
 from conftest import make_engine, play_round as drive_round
 from test_losslessness import ALPHA, PROMPT, SAMPLING, exact_joint, run_checks
@@ -26,9 +26,10 @@ PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19],
 
 
 def play_round(policy, rows, q, p, accepted, drafted=None, clip=False):
-    """One round through the round protocol: row j drafts argmax tokens of q[j] (at most drafted[j])."""
-    target_probs = p if policy.needs_target_probs else None
-    return drive_round(policy, rows, q, accepted, drafted, q.argmax(-1), target_probs=target_probs, clip=clip)
+    """One round through the round protocol: row j drafts argmax tokens of q[j] (at most drafted[j]); the JS
+    distances observe() reads are those of p and q, as the acceptance rule would hand them over."""
+    scores = (lambda block: {"js_distance": js_distance(p[:, :block.K], q[:, :block.K])}) if policy.reads_scores else None
+    return drive_round(policy, rows, q, accepted, drafted, q.argmax(-1), token_scores=scores, clip=clip)
 
 
 def statistics(policy, slots):
@@ -263,6 +264,48 @@ def test_js_rule_end_to_end_stays_in_target_support(pair):
     samples = np.array([r.token_ids for r in results])
     assert (joint[samples[:, 0], samples[:, 1], samples[:, 2]] > 0).all()
     assert all(not r.lossless for r in results)
+
+
+def test_engine_hands_each_row_the_js_distances_its_rule_computed(pair):
+    """The policy's observe() gets, per row, the JS distances the acceptance rule computed for that row, also when
+    the batch mixes sampling settings (one rule call per group, merged by the engine)."""
+    target, draft = pair
+    method = make_method("adasd:n_min=1")
+    computed, observed = [], []  # per round: {slot: distances}
+
+    class SpyRule:
+        def __init__(self, rule):
+            self.rule = rule
+
+        def __getattr__(self, name):  # name, lossless, settings(), ...: the wrapped rule's
+            return getattr(self.rule, name)
+
+        def __call__(self, proposal):
+            verdict = self.rule(proposal)
+            if proposal.draft_tokens.shape[1]:  # a round that drafted nothing has no distances (and no observe)
+                d = verdict.token_scores["js_distance"]
+                computed[-1].update({s: d[j].clone() for j, s in enumerate(proposal.slots.tolist())})
+            return verdict
+
+    make_rule, observe = method.rule, method.policy.observe
+    method.rule = lambda params: SpyRule(make_rule(params))
+
+    def spy_observe(outcome):
+        d = outcome.token_scores["js_distance"]
+        observed.append({s: d[j].clone() for j, s in enumerate(outcome.slots.tolist())})
+        computed.append({})  # the next round's rule calls
+        observe(outcome)
+
+    method.policy.observe = spy_observe
+    computed.append({})
+    configs = [RequestConfig(max_new_tokens=12), RequestConfig(max_new_tokens=12, temperature=1.0, seed=3),
+               RequestConfig(max_new_tokens=12, temperature=0.7, top_k=3, seed=4)]
+    make_engine(target, draft).generate([PROMPT, PROMPT[:2], PROMPT[1:]], method, configs)
+    assert observed and len(observed[0]) == 3
+    for got, want in zip(observed, computed):
+        assert got.keys() == want.keys()
+        for slot in got:
+            assert torch.equal(got[slot], want[slot])
 
 
 def test_lossless_flags_and_recorded_settings(target, close_draft):

@@ -303,8 +303,8 @@ class Batch:
         target_logits, fed_target = self._verify(block)
         _sync(self.device)
         t2 = time.perf_counter()
-        verdict, target_probs = self._accept(slots, block, target_logits)
-        finish_round(self.policy, slots, block, verdict.num_accepted, verdict.accepted_mask, target_probs)
+        verdict = self._accept(slots, block, target_logits)
+        finish_round(self.policy, slots, block, verdict.num_accepted, verdict.accepted_mask, verdict.token_scores)
         draft_s = t1 - t0 - (self._prefill_s - prefill)  # feeding the draft a joined prompt is prefill, not drafting
         return self._commit(block, verdict, fed_draft, fed_target, draft_s, t2 - t1)
 
@@ -414,16 +414,13 @@ class Batch:
         )
         return logits, ids.shape[1]
 
-    def _accept(
-        self, slots: torch.Tensor, block: DraftBlock, target_logits: torch.Tensor
-    ) -> tuple[Verdict, torch.Tensor | None]:
-        """Apply each sampling group's acceptance rule; also the target distributions a policy asked for."""
+    def _accept(self, slots: torch.Tensor, block: DraftBlock, target_logits: torch.Tensor) -> Verdict:
+        """Apply each sampling group's acceptance rule; the verdicts (and the token scores the policy reads) of all rows."""
         b, K = block.tokens.shape
         n = torch.zeros(b, dtype=torch.long, device=self.device)
         next_token = torch.zeros(b, dtype=torch.long, device=self.device)
         mask = torch.zeros((b, K), dtype=torch.bool, device=self.device)
-        want = self.policy.needs_target_probs and K > 0
-        target_probs = torch.empty(target_logits.shape, device=self.device) if want else None
+        scores = {name: torch.zeros((b, K), device=self.device) for name in self.policy.reads_scores} if K else {}
         for params, idx in self._groups():
             probs = None if params.greedy else process_logits(target_logits[idx], params)
             rows = range(b)[idx] if isinstance(idx, slice) else idx.tolist()
@@ -435,9 +432,9 @@ class Batch:
             )
             verdict = rule(proposal)
             n[idx], next_token[idx], mask[idx] = verdict.num_accepted, verdict.next_token, verdict.accepted_mask
-            if want:
-                target_probs[idx] = probs if probs is not None else target_logits[idx].softmax(-1)
-        return Verdict(n, next_token, mask), target_probs
+            for name, values in scores.items():
+                values[idx] = verdict.token_scores[name]  # the method pairs the policy with a rule that computes it
+        return Verdict(n, next_token, mask, scores)
 
     def _rule(self, params: SamplingParams) -> AcceptanceRule:
         if params not in self._rules:

@@ -69,6 +69,7 @@ class AdaSDAcceptance(AcceptanceRule):
         b, K = x.shape
         device = x.device
         greedy = params.greedy
+        scores: dict[str, torch.Tensor] = {}
         if K == 0:
             accept = torch.zeros((b, 0), dtype=torch.bool, device=device)
         else:
@@ -87,7 +88,7 @@ class AdaSDAcceptance(AcceptanceRule):
                 qx = q_soft.gather(2, x[:, :, None]).squeeze(2)
                 standard = uniforms(proposal) * qx < px
                 support = px > 0
-            d = js_distance(p_soft, q_soft)  # [b, K]
+            d = scores["js_distance"] = js_distance(p_soft, q_soft)  # [b, K]; the policy's statistics reuse it
             warm = self.statistics.warm(proposal.slots).to(device)[:, None]
             t_v = self.statistics.js_threshold(proposal.slots).to(device)[:, None]
             js_ok = warm & (d.double() < t_v) & support
@@ -100,4 +101,4 @@ class AdaSDAcceptance(AcceptanceRule):
             next_token = proposal.target_logits.argmax(-1).gather(1, n[:, None]).squeeze(1)
         else:
             next_token = emit_after(proposal, n)
-        return Verdict(n, next_token, mask)
+        return Verdict(n, next_token, mask, scores)

@@ -9,7 +9,7 @@ on rejection, a bonus token when everything was accepted).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import ClassVar
 
 import torch
@@ -36,6 +36,9 @@ class Verdict:
     num_accepted: torch.Tensor  # [b] long
     next_token: torch.Tensor  # [b] long, emitted after the accepted tokens
     accepted_mask: torch.Tensor  # [b, K] bool
+    # Per-token values the rule computed anyway ([b, K] each, e.g. AdaSD's "js_distance"), handed to the
+    # policy's observe() so it need not compute them again.
+    token_scores: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class AcceptanceRule(ABC):

@@ -97,8 +97,9 @@ def _check(method: Method, traj: Trajectory) -> None:
             f"method {name!r} is lossy: its output leaves the target's greedy path, "
             "so it cannot be replayed on it; measure it with `specadapt bench`."
         )
-    if method.policy.needs_target_probs:
-        raise SpecAdaptError(f"method {name!r} reads the target's distributions, which a replay does not have.")
+    if method.policy.reads_scores:
+        raise SpecAdaptError(f"method {name!r} reads its acceptance rule's {', '.join(method.policy.reads_scores)}, "
+                             "which a replay does not have.")
     if method.policy.needs_hidden and traj.draft_hidden is None:
         raise SpecAdaptError("this policy needs the draft's hidden states: build the trajectory with want_hidden=True.")
 

@@ -49,7 +49,7 @@ import torch
 
 from ..acceptance.adasd import COMBINE_MODES, AdaSDAcceptance
 from ..methods import register_method
-from ..sampling import SamplingParams, js_distance
+from ..sampling import SamplingParams
 from ._scoped import SCOPES, ScopedState
 from .base import DraftLengthPolicy, DraftStep, RoundOutcome, check_draft_length
 
@@ -148,9 +148,10 @@ class AdaSDStop(DraftLengthPolicy):
         h = torch.stack([step.entropy for step in outcome.steps], 1)
         amounts = {"n_acc": accepted.sum(1), "n_rej": rejected.sum(1), "h_rej_sum": torch.where(rejected, h, 0.0).sum(1)}
         if self.uses_js:
-            if outcome.target_probs is None:
-                raise RuntimeError("adasd: observe() needs the target probabilities")
-            d = js_distance(outcome.target_probs[:, :K].float(), outcome.draft_probs.float())
+            d = outcome.token_scores.get("js_distance")
+            if d is None:
+                raise RuntimeError("adasd: observe() needs the JS distances its acceptance rule computes "
+                                   "(RoundOutcome.token_scores['js_distance'])")
             amounts["d_acc_sum"] = torch.where(accepted, d, 0.0).sum(1)
             amounts["d_rej_sum"] = torch.where(rejected, d, 0.0).sum(1)
         for state in (self._state, self._pool):
@@ -173,7 +174,7 @@ def _make_rule(params: SamplingParams, policy: "AdaSD") -> AdaSDAcceptance:
 class AdaSD(AdaSDStop):
     combine: str = "or"
 
-    needs_target_probs = True
+    reads_scores = ("js_distance",)
     uses_js = True
 
     def __post_init__(self) -> None:

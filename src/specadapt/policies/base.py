@@ -17,7 +17,7 @@ policy can keep per-request state in tensors indexed by slot.
 from __future__ import annotations
 
 from abc import ABC
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Callable, ClassVar
 
@@ -90,7 +90,8 @@ class RoundOutcome:
     block: DraftBlock  # the round's drafted steps
     accepted: torch.Tensor  # [b] number of drafted tokens the target accepted
     accepted_mask: torch.Tensor  # [b, K] bool, per-token decisions (False past the first rejection)
-    target_probs: torch.Tensor | None = None  # [b, K + 1, V] (only for policies with needs_target_probs)
+    # [b, K] per-token values the acceptance rule computed (its Verdict's token_scores, e.g. "js_distance")
+    token_scores: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def steps(self) -> list[DraftStep]:
@@ -113,7 +114,8 @@ class DraftLengthPolicy(ABC):
     """Base class. Subclasses are dataclasses whose fields are their settings."""
 
     needs_hidden: ClassVar[bool] = False
-    needs_target_probs: ClassVar[bool] = False
+    # Names of the acceptance rule's token_scores that observe() reads (a replay, which has no rule, refuses such policies).
+    reads_scores: ClassVar[tuple[str, ...]] = ()
 
     @property
     def stops_early(self) -> bool:
@@ -187,9 +189,9 @@ def finish_round(
     block: DraftBlock,
     accepted: torch.Tensor,
     accepted_mask: torch.Tensor,
-    target_probs: torch.Tensor | None = None,
+    token_scores: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Tell the policy what verification decided (nothing to tell when no row drafted)."""
     if block.K:
-        policy.observe(RoundOutcome(slots, block, accepted, accepted_mask, target_probs))
+        policy.observe(RoundOutcome(slots, block, accepted, accepted_mask, token_scores or {}))
 

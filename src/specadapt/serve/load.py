@@ -49,8 +49,8 @@ class LoadCap(DraftLengthPolicy):
         return self.inner.needs_hidden
 
     @property
-    def needs_target_probs(self) -> bool:  # type: ignore[override]
-        return self.inner.needs_target_probs
+    def reads_scores(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.inner.reads_scores
 
     @property
     def stops_early(self) -> bool:
