@@ -785,6 +785,22 @@ def claim_verdict(method: str, c: dict, accuracy_change: float | None) -> str:
     return "met"
 
 
+def changed_defaults(run: dict) -> list[str]:
+    """"`method` ran with key = old (default now: new)" for each method a run named without settings whose
+    recorded policy settings differ from today's defaults (a default chosen after the run)."""
+    from specadapt.methods import make_method
+
+    out = []
+    for label, entry in run["methods"].items():
+        if ":" in label or "policy_settings" not in entry:
+            continue
+        now = make_method(label).policy.settings()
+        out += [f"`{label}` ran with {key} = {old} (default now: {now[key]})"
+                for key, old in entry["policy_settings"].items()
+                if key in now and now[key] != old and "/" not in str(old)]  # a file's location is no setting
+    return out
+
+
 def seed_claims(*names: str) -> Callable[[], str]:
     """One row per claim, run and dataset: the method's speedup and the best fixed K's (per repeat), the gain
     with its spread, the accuracy change against target-only, and met / tie / missed."""
@@ -800,7 +816,8 @@ def seed_claims(*names: str) -> Callable[[], str]:
             counts = {ds: len({r["example_id"] for r in used if r["dataset"] == ds}) for ds in st["datasets"]}
             notes.append(f"`{name}` ({label}): " + ", ".join(
                 f"{DATASET_TITLES.get(ds, ds)} {n} of {st['limit']}" for ds, n in counts.items())
-                + f" examples finished by every method in all {st['repeats']} repeats")
+                + f" examples finished by every method in all {st['repeats']} repeats"
+                + "".join(f"; {change}" for change in changed_defaults(run)))
             for method, (claim, _) in CLAIMS.items():
                 for ds, table in summary["datasets"].items():
                     best = report.best_fixed_k(table)
@@ -863,8 +880,7 @@ SCORED = ("humaneval", "gsm8k")  # the datasets whose answers are scored
 def cold_start_decision(name: str) -> Callable[[], str]:
     """The AdaSD cold-start choice on tune prompts (benchmarks/results/adasd_cold_start/CHOICES.md, rule written
     before the run): each candidate's gain over its family's default per dataset with its verdict, its correct
-    answers, whether it qualifies, and the default the rule picks. Written before that run; its block goes into
-    BLOCKS once the run's records are committed."""
+    answers, whether it qualifies, and the default the rule picks."""
 
     def render() -> str:
         run, used, summary = complete_bench_run(name)
@@ -951,6 +967,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "seed-claims-t07": complete_table("seed_claims/t07"),
     "seed-claims-adasd-cold-start": adasd_cold_start("seed_claims/greedy"),
     "adasd-scope-tune": complete_table("adasd_scope/tune"),
+    "adasd-cold-start-tune": complete_table("adasd_cold_start/tune"),
+    "adasd-cold-start-decision": cold_start_decision("adasd_cold_start/tune"),
     "serve-load-avx2-fused": serve_load("cpu_avx2/serve_load_fused.json", "cpu_avx2/serve_load_fused_humaneval1.json"),
     "serve-load-avx2-fused-targets": serve_load_targets("cpu_avx2/serve_load_fused.json",
                                                         "cpu_avx2/serve_load_fused_humaneval1.json"),

@@ -102,7 +102,7 @@ def test_shared_scope_pools_rows_and_survives_reset():
         assert stats["T_G"].tolist() == pytest.approx([expected_tg] * 2, rel=1e-5)
         assert stats["T_V"].tolist() == pytest.approx([expected_tv] * 2, rel=1e-5)
         policy.begin(torch.arange(3))
-    request = make_method("adasd:n_min=1").policy
+    request = make_method("adasd:n_min=1,scope=request").policy
     request.begin(rows)
     play_round(request, rows, q, p, [1, 2])
     request.begin(rows)
@@ -314,7 +314,7 @@ def test_lossless_flags_and_recorded_settings(target, close_draft):
     assert described["acceptance"] == "adasd-js"
     assert described["acceptance_settings"]["combine"] == "replace"
     assert described["policy_settings"] == {
-        "n_min": 5, "cold_start_k": 8, "max_k": 32, "first_rejection_only": True, "scope": "request", "combine": "replace"
+        "n_min": 5, "cold_start_k": 8, "max_k": 32, "first_rejection_only": True, "scope": "prior", "combine": "replace"
     }
     assert make_method("adasd-stop").describe(SamplingParams(0.7))["lossless"] is True
     result = make_engine(target, close_draft).generate([PROMPTS[0]], make_method("adasd"), RequestConfig(max_new_tokens=8))[0]

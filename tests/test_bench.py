@@ -186,9 +186,9 @@ def test_a_dataset_cap_overrides_max_new_tokens_and_is_reported(tmp_path, prompt
 
 def test_lossy_method_gets_token_agreement_in_records_summary_and_report(tmp_path, prompts_file):
     out = tmp_path / "run"
-    summary = run_bench(settings_for(prompts_file, methods="adasd:n_min=0", max_new_tokens=16), out,
+    summary = run_bench(settings_for(prompts_file, methods="adasd:n_min=0,scope=request", max_new_tokens=16), out,
                         decoder=TinyDecoder(), progress=False, log=lambda _: None)
-    lossy = [r for r in read_records(out) if r["method"] == "adasd:n_min=0"]
+    lossy = [r for r in read_records(out) if r["method"] == "adasd:n_min=0,scope=request"]
     assert len(lossy) == 3
     target = TinyDecoder().target  # the same seeded weights as the run's
     # TinyDecoder encodes the first 12 characters: the three prompts have the same ids
@@ -199,7 +199,7 @@ def test_lossy_method_gets_token_agreement_in_records_summary_and_report(tmp_pat
             argmax = [int(target(torch.tensor([prompt + tokens[:i]])).logits[0, -1].argmax()) for i in range(len(tokens))]
         assert r["target_agreement"] == pytest.approx(sum(a == t for a, t in zip(argmax, tokens)) / len(tokens))
         assert r["target_agreement"] == 15 / 16  # exactly one of its 16 tokens is not the target's choice
-    entry = summary["datasets"]["file"]["adasd:n_min=0"]
+    entry = summary["datasets"]["file"]["adasd:n_min=0,scope=request"]
     assert entry["target_agreement"] == pytest.approx(sum(r["target_agreement"] for r in lossy) / len(lossy))
     assert "token agreement" in (out / "report.md").read_text()
 

@@ -24,12 +24,15 @@ Choices for the open points of methods.md section 1 (each a setting):
 - ``first_rejection_only`` (True): only the first rejected position of a round
   counts as a rejected observation; the positions after it, never verified, are
   ignored. With False they are counted as rejected too.
-- ``scope`` ("request"): statistics per request, reset at each ``generate``
-  call; "shared": one set of statistics on the policy instance, updated by every
+- ``scope`` ("request" for ``adasd-stop``, "prior" for ``adasd``): statistics
+  per request, reset at each ``generate`` call; "shared": one set of statistics on the policy instance, updated by every
   row and kept across ``generate`` calls; "prior": per request, but each request
   starts from the shared statistics' means worth ``max(n_min, 1)`` observations
   of each kind (so it is warm from its first round once the shared statistics
-  are), and its own observations then outweigh them.
+  are), and its own observations then outweigh them. Each method's default was
+  chosen on tune prompts by a rule written before the run
+  (benchmarks/results/adasd_cold_start/CHOICES.md): "prior" won for ``adasd``
+  on all three tasks; for ``adasd-stop`` it won on HumanEval but lost on GSM8K.
 - ``combine`` ("or", ``adasd`` only): accept if the standard test passes OR
   d < T_V; "replace": only the JS test once warm (the standard test while cold).
   The accept/reject labels fed to the statistics are the rule's final decisions.
@@ -172,6 +175,7 @@ def _make_rule(params: SamplingParams, policy: "AdaSD") -> AdaSDAcceptance:
 )
 @dataclass
 class AdaSD(AdaSDStop):
+    scope: str = "prior"  # chosen on tune prompts (module docstring)
     combine: str = "or"
 
     reads_scores = ("js_distance",)
