@@ -186,7 +186,7 @@ def test_a_dataset_cap_overrides_max_new_tokens_and_is_reported(tmp_path, prompt
 
 def test_lossy_method_gets_token_agreement_in_records_summary_and_report(tmp_path, prompts_file):
     out = tmp_path / "run"
-    summary = run_bench(settings_for(prompts_file, methods="adasd:n_min=0,scope=request", max_new_tokens=16), out,
+    summary = run_bench(settings_for(prompts_file, methods="adasd:n_min=0,scope=request;", max_new_tokens=16), out,
                         decoder=TinyDecoder(), progress=False, log=lambda _: None)
     lossy = [r for r in read_records(out) if r["method"] == "adasd:n_min=0,scope=request"]
     assert len(lossy) == 3
