@@ -25,8 +25,8 @@ Choices for the open points of methods.md section 1 (each a setting):
   counts as a rejected observation; the positions after it, never verified, are
   ignored. With False they are counted as rejected too.
 - ``scope`` ("request" for ``adasd-stop``, "prior" for ``adasd``): statistics
-  per request, reset at each ``generate`` call; "shared": one set of statistics on the policy instance, updated by every
-  row and kept across ``generate`` calls; "prior": per request, but each request
+  per request, reset at each ``generate`` call; "shared": one set of statistics
+  on the policy instance, updated by every row and kept across ``generate`` calls; "prior": per request, but each request
   starts from the shared statistics' means worth ``max(n_min, 1)`` observations
   of each kind (so it is warm from its first round once the shared statistics
   are), and its own observations then outweigh them. Each method's default was
@@ -59,7 +59,16 @@ from .base import DraftLengthPolicy, DraftStep, RoundOutcome, check_draft_length
 ADASD_SCOPES = (*SCOPES, "prior")
 # Cumulative sums and counts; thresholds are their means.
 STATISTICS = {"n_acc": 0, "n_rej": 0, "h_rej_sum": 0.0, "d_acc_sum": 0.0, "d_rej_sum": 0.0}
-SUM_COUNTS = {"h_rej_sum": "n_rej", "d_acc_sum": "n_acc", "d_rej_sum": "n_rej"}  # each sum's mean divides by
+SUM_COUNTS = {"h_rej_sum": "n_rej", "d_acc_sum": "n_acc", "d_rej_sum": "n_rej"}  # the count each sum's mean divides by
+
+
+def _mean(state: ScopedState, name: str, index: torch.Tensor) -> torch.Tensor:
+    """The mean behind sum ``name`` at ``index`` (0 before any observation)."""
+    return state[name][index] / state[SUM_COUNTS[name]][index].clamp_min(1)
+
+
+def _past_cold_start(state: ScopedState, index: torch.Tensor, need: int) -> torch.Tensor:
+    return (state["n_acc"][index] >= need) & (state["n_rej"][index] >= need)
 
 
 @register_method(
@@ -100,31 +109,24 @@ class AdaSDStop(DraftLengthPolicy):
         pool, state, need = self._pool, self._state, max(self.n_min, 1)
         s = state.index(slots)
         p = pool.index(slots)
-        ready = (pool["n_acc"][p] >= need) & (pool["n_rej"][p] >= need)  # tensors: no host sync per join
+        ready = _past_cold_start(pool, p, need)  # tensors: no host sync per join
         for name in STATISTICS:
-            prior = need * pool[name][p] / pool[SUM_COUNTS[name]][p].clamp_min(1) if name in SUM_COUNTS \
-                else torch.full_like(pool[name][p], need)
+            prior = need * _mean(pool, name, p) if name in SUM_COUNTS else torch.full_like(pool[name][p], need)
             state.set(name, s, torch.where(ready, prior, state[name][s]))
 
     def warm(self, slots: torch.Tensor) -> torch.Tensor:
         """[b] bool: requests whose statistics are past the cold start."""
-        s = self._state.index(slots)
-        need = max(self.n_min, 1)
-        return (self._state["n_acc"][s] >= need) & (self._state["n_rej"][s] >= need)
+        return _past_cold_start(self._state, self._state.index(slots), max(self.n_min, 1))
 
     def stop_threshold(self, slots: torch.Tensor) -> torch.Tensor:
         """T_G per request: mean entropy of rejected draft tokens (+inf while cold)."""
-        s = self._state.index(slots)
-        mean = self._state["h_rej_sum"][s] / self._state["n_rej"][s].clamp_min(1)
+        mean = _mean(self._state, "h_rej_sum", self._state.index(slots))
         return torch.where(self.warm(slots), mean, torch.full_like(mean, float("inf")))
 
     def js_threshold(self, slots: torch.Tensor) -> torch.Tensor:
         """T_V per request: midpoint of the mean JS distances of accepted and rejected tokens (-inf while cold)."""
         s = self._state.index(slots)
-        st = self._state
-        mean_acc = st["d_acc_sum"][s] / st["n_acc"][s].clamp_min(1)
-        mean_rej = st["d_rej_sum"][s] / st["n_rej"][s].clamp_min(1)
-        t = (mean_acc + mean_rej) / 2
+        t = (_mean(self._state, "d_acc_sum", s) + _mean(self._state, "d_rej_sum", s)) / 2
         return torch.where(self.warm(slots), t, torch.full_like(t, float("-inf")))
 
     # --- the draft-length interface ---------------------------------------------------------
