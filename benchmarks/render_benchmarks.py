@@ -971,6 +971,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "adasd-cold-start-decision": cold_start_decision("adasd_cold_start/tune"),
     "seed-claims-greedy-adasd-prior": complete_table("seed_claims/greedy_adasd_prior"),
     "seed-claims-adasd-prior": seed_claims("seed_claims/greedy_adasd_prior"),
+    "seed-claims-t07-adasd-prior": complete_table("seed_claims/t07_adasd_prior"),
     "serve-load-avx2-fused": serve_load("cpu_avx2/serve_load_fused.json", "cpu_avx2/serve_load_fused_humaneval1.json"),
     "serve-load-avx2-fused-targets": serve_load_targets("cpu_avx2/serve_load_fused.json",
                                                         "cpu_avx2/serve_load_fused_humaneval1.json"),
