@@ -26,10 +26,11 @@ Choices for the open points of methods.md section 1 (each a setting):
   ignored. With False they are counted as rejected too.
 - ``scope`` ("request" for ``adasd-stop``, "prior" for ``adasd``): statistics
   per request, reset at each ``generate`` call; "shared": one set of statistics
-  on the policy instance, updated by every row and kept across ``generate`` calls; "prior": per request, but each request
-  starts from the shared statistics' means worth ``max(n_min, 1)`` observations
-  of each kind (so it is warm from its first round once the shared statistics
-  are), and its own observations then outweigh them. Each method's default was
+  on the policy instance, updated by every row and kept across ``generate``
+  calls; "prior": per request, but each request starts from the shared
+  statistics' means worth ``max(n_min, 1)`` observations of each kind (so it is
+  warm from its first round once the shared statistics are), and its own
+  observations then outweigh them. Each method's default was
   chosen on tune prompts by a rule written before the run
   (benchmarks/results/adasd_cold_start/CHOICES.md): "prior" won for ``adasd``
   on all three tasks; for ``adasd-stop`` it won on HumanEval but lost on GSM8K.
@@ -68,6 +69,7 @@ def _mean(state: ScopedState, name: str, index: torch.Tensor) -> torch.Tensor:
 
 
 def _past_cold_start(state: ScopedState, index: torch.Tensor, need: int) -> torch.Tensor:
+    """[b] bool: at least ``need`` accepted and ``need`` rejected observations at ``index``."""
     return (state["n_acc"][index] >= need) & (state["n_rej"][index] >= need)
 
 
