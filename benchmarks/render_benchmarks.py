@@ -516,8 +516,10 @@ def prefill_cost(name: str) -> Callable[[], str]:
 
     def render() -> str:
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        int4 = (f"unpacks its weights from {data['dequantize_rows']} rows on" if "dequantize_rows" in data  # earlier code
+                else f"multiplies by its kept dequantized weights from {data['wide_rows']} rows on")
         out = [f"`{name}`: one prompt into an empty cache, median of {data['settings']['rounds']} interleaved rounds, "
-               f"{data['threads']} threads; the int4 draft unpacks its weights from {data['dequantize_rows']} rows on.\n",
+               f"{data['threads']} threads; the int4 draft {int4}.\n",
                "| prompt tokens | target bf16 ms | draft bf16 ms | draft int4 ms | int4 draft ÷ target | bf16 draft ÷ target |",
                "|---|---|---|---|---|---|"]
         for r in data["rows"]:
@@ -845,6 +847,27 @@ def complete_table(name: str) -> Callable[[], str]:
     return lambda: run_table(name, complete_only=True).rstrip("\n") + "\n"
 
 
+def cut_short(name: str, method: str, share: float = 0.1) -> Callable[[], str]:
+    """The generations of ``method`` in run ``name`` that ended (at EOS) with under ``share`` of the tokens
+    target-only made for the same example and repeat: what a lossy acceptance can do to an answer."""
+
+    def render() -> str:
+        _, records, _ = bench_run(name)
+        own = {(r["example_id"], r["repeat"]): r for r in records if r["method"] == "autoregressive"}
+        short = [(r, own[r["example_id"], r["repeat"]]) for r in records if r["method"] == method
+                 and (r["example_id"], r["repeat"]) in own and r["tokens"] < share * own[r["example_id"], r["repeat"]]["tokens"]]
+        out = [f"`{name}`: `{method}`'s generations with under {share:.0%} of target-only's tokens "
+               f"(same example and repeat): {len(short)} of {sum(r['method'] == method for r in records)}.\n",
+               "| example | repeat | tokens | target-only tokens | text | correct | target-only correct |", "|---|---|---|---|---|---|---|"]
+        for r, t in sorted(short, key=lambda x: (x[0]["repeat"], x[0]["example_id"])):
+            correct = [num(None) if x.get("score") is None else str(x["score"].get("correct")) for x in (r, t)]
+            text = r["text"].replace("|", "\\|").replace("\n", " ")
+            out.append(f"| {r['example_id']} | {r['repeat']} | {r['tokens']} | {t['tokens']} | `{text}` | {correct[0]} | {correct[1]} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def adasd_cold_start(*names: str) -> Callable[[], str]:
     """Per AdaSD method of each run and dataset: verified rejections per request and the share of requests that
     saw fewer than ``n_min`` of them, i.e. never left the cold start with per-request statistics (one rejection
@@ -970,8 +993,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "adasd-cold-start-tune": complete_table("adasd_cold_start/tune"),
     "adasd-cold-start-decision": cold_start_decision("adasd_cold_start/tune"),
     "seed-claims-greedy-adasd-prior": complete_table("seed_claims/greedy_adasd_prior"),
-    "seed-claims-adasd-prior": seed_claims("seed_claims/greedy_adasd_prior"),
+    "seed-claims-adasd-prior": seed_claims("seed_claims/greedy_adasd_prior", "seed_claims/t07_adasd_prior"),
     "seed-claims-t07-adasd-prior": complete_table("seed_claims/t07_adasd_prior"),
+    "seed-claims-t07-adasd-prior-short": cut_short("seed_claims/t07_adasd_prior", "adasd"),
     "serve-load-avx2-fused": serve_load("cpu_avx2/serve_load_fused.json", "cpu_avx2/serve_load_fused_humaneval1.json"),
     "serve-load-avx2-fused-targets": serve_load_targets("cpu_avx2/serve_load_fused.json",
                                                         "cpu_avx2/serve_load_fused_humaneval1.json"),
