@@ -5,8 +5,8 @@
 Why: under load the server keeps most rounds target-only, and a request the draft has not seen must be fed to it
 (its prompt and what was generated since) before the draft can propose for it. How that catch-up compares with
 the target's own prefill decides whether drafting can ever pay back at high batch sizes. Each model feeds one
-prompt of each length into an empty cache (``ModelRunner.forward``, the engine's path; the int4 draft unpacks its
-weights for a bf16 matmul from ``DEQUANTIZE_ROWS`` rows on), round-robin over ``--rounds`` rounds; the median is
+prompt of each length into an empty cache (``ModelRunner.forward``, the engine's path; the int4 draft multiplies by
+its kept dequantized weights from ``wide_rows()`` rows on), round-robin over ``--rounds`` rounds; the median is
 reported, and each draft's time as a fraction of the target's. Prints a table and writes JSON.
 """
 
@@ -24,7 +24,7 @@ import torch
 from specadapt.models import zoo
 from specadapt.models.hardware import machine
 from specadapt.models.loading import load_model
-from specadapt.models.quant import DEQUANTIZE_ROWS, quantize_model
+from specadapt.models.quant import quantize_model, wide_rows
 from specadapt.models.runner import ModelRunner
 
 OUT = Path(__file__).resolve().parent / "results" / "prefill_cost.json"
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{n:>7}" + "".join(f"{ms[m]:>16.1f}" for m in models)
               + f"{row['draft int4 / target']:>15.3f}{row['draft bf16 / target']:>15.3f}")
     payload = {"benchmark": "prefill_cost", "settings": {k: v for k, v in vars(args).items() if k != "out"},
-               "dequantize_rows": DEQUANTIZE_ROWS, "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "wide_rows": wide_rows(torch.bfloat16, torch.device("cpu")), "threads": torch.get_num_threads(), "torch": torch.__version__,
                "machine": machine(),
                "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -555,6 +555,25 @@ def width_cost(name: str) -> Callable[[], str]:
     return render
 
 
+def int4_rows(name: str) -> Callable[[], str]:
+    """benchmarks/int4_rows.py: an int4 layer by rows: torch's kernel, the layer itself, a bf16 layer."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        rows = sorted({r["rows"] for r in data["results"]})
+        out = [f"`{name}`: {data['settings']['threads']} threads, mean ms; int4 kernel / the int4 layer (its kept "
+               f"dequantized weight from {data['settings']['wide_rows']} rows on) / a bf16 layer.\n",
+               "| in × out | " + " | ".join(f"{r} row{'s' * (r > 1)}" for r in rows) + " |",
+               "|---|" + "---|" * len(rows)]
+        for k, n in dict.fromkeys((r["in"], r["out"]) for r in data["results"]):
+            cells = {r["rows"]: f"{r['int4_kernel_ms']:.2f} / {r['int4_layer_ms']:.2f} / {r['bf16_ms']:.2f}"
+                     for r in data["results"] if (r["in"], r["out"]) == (k, n)}
+            out.append(f"| {k} × {n} | " + " | ".join(cells[r] for r in rows) + " |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def bf16_rows(name: str) -> Callable[[], str]:
     """benchmarks/bf16_rows.py: a bf16 linear layer by rows, as torch runs it and in float32 from a weight copy."""
 
@@ -1005,6 +1024,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-time": serve_load_time("serve_load_fill.json", 8),
     "serve-load-time-before": serve_load_time("serve_load_lean.json", 8),
     "prefill-cost": prefill_cost("prefill_cost.json"),
+    "prefill-cost-wide": prefill_cost("prefill_cost_wide.json"),
+    "int4-rows-wide": int4_rows("int4_rows_wide.json"),
     "distill-real-pair": distill_real_pair("distill_real_pair"),
     "serve-load-history": serve_load("serve_load_int4.json", "serve_load_int4_humaneval1.json", "serve_load_prefill.json",
                                      "serve_load_lazy.json", "serve_load_grouped.json", "serve_load_lazy_humaneval1.json",

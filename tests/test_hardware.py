@@ -11,7 +11,7 @@ from specadapt import SpecDecoder
 from specadapt import cli
 from specadapt.errors import SpecAdaptError, SpecAdaptWarning
 from specadapt.models import hardware, loading
-from specadapt.models.quant import DEQUANTIZE_ROWS, Int4Linear, quantize_model
+from specadapt.models.quant import Int4Linear, quantize_model, wide_rows
 
 from conftest import save_tiny_checkpoint
 
@@ -157,9 +157,9 @@ def test_switched_layers_are_quantized_and_int4_prompts_multiply_in_float32(slow
     model = loading.load_model(str(checkpoints / "target"), "bfloat16", "cpu")
     switched = sum(type(m) is hardware.WideFloat32Linear for m in model.modules())
     assert quantize_model(model, "int4").layers == switched  # the head included
-    layer = next(m for m in model.modules() if isinstance(m, Int4Linear) and m.nibbles is not None)
-    x = torch.randn(DEQUANTIZE_ROWS, layer.in_features, dtype=torch.bfloat16)
-    expected = F.linear(x.float(), layer.dequantize().float()).bfloat16()
+    layer = next(m for m in model.modules() if isinstance(m, Int4Linear) and m.wide is not None)
+    x = torch.randn(wide_rows(torch.bfloat16, torch.device("cpu")), layer.in_features, dtype=torch.bfloat16)
+    expected = F.linear(x.float(), layer.wide.float()).bfloat16()
     with torch.inference_mode():
         assert torch.equal(layer(x), expected)
 

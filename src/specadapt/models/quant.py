@@ -16,10 +16,11 @@ Kernels are torch's own (no torchao needed; torchao 0.18's CPU int4 path,
 
 - int4: ``aten._convert_weight_to_int4pack_for_cpu`` + ``aten._weight_int4pack_mm_for_cpu``,
   asymmetric, one scale and zero per ``group_size`` consecutive inputs of an output row,
-  dequantized as ``(q - 8) * scale + zero`` with ``q`` in 0..15. The kernel is fast for a
-  few rows (decode steps) and slow for many (prefill), so a layer also keeps ``q`` as plain
-  nibbles (another 4 bits per weight; not the output head, which sees one row per request)
-  and, from ``DEQUANTIZE_ROWS`` rows on, unpacks the weight and runs a float matmul.
+  dequantized as ``(q - 8) * scale + zero`` with ``q`` in 0..15. The kernel is fast for one
+  to a few rows (decode steps) and slow for many (a batch's steps, prefill), so a layer also
+  keeps that dequantized weight in the compute dtype (another 16 bits per weight; not the
+  output head, which sees one row per request) and multiplies by it from ``wide_rows()``
+  rows on: the same weights, so the draft is one model whichever path a pass takes.
 - int8: ``aten._weight_int8pack_mm``, symmetric, one scale per output row (the
   kernel has no groups).
 
@@ -51,11 +52,14 @@ DEFAULT_GROUP_SIZE = 32
 _INT4_N_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu packs output rows in tiles of 16
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ROWS_PER_CHUNK = 4096
-# From this many input rows on (a prompt's prefill, a wide verification), an int4 layer unpacks its weight and
-# runs a float matmul: torch's CPU int4 kernel is built for a few rows (over 3x a bf16 matmul at 256 rows), and
-# unpacking costs ~2 ms per 4.4M weights, so the two break even near 128 rows (benchmarks/int4_rows.py,
-# results/int4_rows.json).
-DEQUANTIZE_ROWS = 128
+# From this many input rows on (a batch's draft steps, a prompt's prefill), an int4 layer multiplies by its kept
+# dequantized weight: torch's CPU int4 kernel is fastest up to 4 rows, but from 5 on it costs more than a bf16
+# matmul (about 1.2x at 5-8 rows, 3x at 256: benchmarks/int4_rows.py, results/int4_rows_wide.json).
+DEQUANTIZE_ROWS = 5
+# Where a bf16 product runs in float32 (a CPU without native bf16: models/hardware.py), the copy is converted per
+# call, a pass over the weight like the unpacking that 128 was measured against (~2 ms per 4.4M weights, with
+# native bf16); not re-measured on such a CPU.
+CONVERTED_ROWS = 128
 # torch's CPU int4 kernel is built for bf16 activations: with float32 ones it took 14-34x as long on an AVX2 machine,
 # at one row 4-6x the plain float32 layer (benchmarks/float32_rows.py, results/cpu_avx2/float32_rows.json). So a
 # float32 model's int4 layers keep bf16 scales and compute in bf16; they still take and return float32.
@@ -71,26 +75,19 @@ def _shape_only(out_features: int, in_features: int, dtype: torch.dtype) -> torc
 class Int4Linear(nn.Module):
     """``nn.Linear`` with group-wise asymmetric int4 weights (torch's CPU int4 kernel)."""
 
-    def __init__(self, packed: torch.Tensor, nibbles: torch.Tensor | None, scale_and_zero: torch.Tensor,
+    def __init__(self, packed: torch.Tensor, wide: torch.Tensor | None, scale_and_zero: torch.Tensor,
                  bias: torch.Tensor | None, in_features: int, out_features: int, group_size: int) -> None:
         super().__init__()
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.register_buffer("packed", packed)  # uint8 [N padded to 16, K / 2], the kernel's own layout
-        self.register_buffer("nibbles", nibbles)  # uint8 [N, K / 2]: the same q, inputs 2j and 2j + 1 in byte j; or None
+        self.register_buffer("wide", wide)  # [N, K]: the same weights dequantized, in the compute dtype; or None
         self.register_buffer("scale_and_zero", scale_and_zero)  # [K / group, N padded, 2], the dtype it computes in
         self.register_buffer("bias", bias)
-        if nibbles is None:
-            return
-        # For unpacking: per group, w = q * scale + low ([N, K / group, 1], contiguous: unpacking is then ~2 ms).
-        scale, zero = scale_and_zero[:, :out_features].float().transpose(0, 1).unbind(-1)
-        self.register_buffer("unpack_scale", scale.to(scale_and_zero.dtype).contiguous()[..., None], persistent=False)
-        self.register_buffer("unpack_low", (zero - 8 * scale).to(scale_and_zero.dtype).contiguous()[..., None],
-                             persistent=False)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int = DEFAULT_GROUP_SIZE, unpackable: bool = True) -> "Int4Linear":
-        """``unpackable``: also keep ``q`` as nibbles, for inputs of many rows (costs another 4 bits per weight;
-        an output head, which sees one row per request, goes without)."""
+    def from_linear(cls, linear: nn.Linear, group_size: int = DEFAULT_GROUP_SIZE, wide: bool = True) -> "Int4Linear":
+        """``wide``: also keep the dequantized weight, for inputs of many rows (another 16 bits per weight; an
+        output head, which sees one row per request, goes without)."""
         weight = linear.weight.detach()
         n, k = weight.shape
         _check_int4_group(group_size, k)
@@ -105,38 +102,31 @@ class Int4Linear(nn.Module):
             q[rows] = w.sub_(lo).div_(scale).round_().clamp_(0, 15).reshape(-1, k)
             sz[rows, :, :1], sz[rows, :, 1:] = scale, lo.add_(scale, alpha=8)  # (q - 8) * scale + zero == q * scale + lo
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-        nibbles = (q[:n, 0::2] | (q[:n, 1::2] << 4)).to(torch.uint8) if unpackable else None
-        scale_and_zero = sz.transpose(0, 1).contiguous().to(INT4_COMPUTE_DTYPE.get(weight.dtype, weight.dtype))
+        dtype = INT4_COMPUTE_DTYPE.get(weight.dtype, weight.dtype)
+        # The copy is built from the scales and zeros as the kernel holds them (rounded to its dtype).
+        kept = _dequantize(q[:n], sz[:n].to(dtype), group_size, dtype) if wide else None
+        scale_and_zero = sz.transpose(0, 1).contiguous().to(dtype)
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(packed, nibbles, scale_and_zero, bias, k, n, group_size)
+        return cls(packed, kept, scale_and_zero, bias, k, n, group_size)
 
     @property
     def weight(self) -> torch.Tensor:
         return _shape_only(self.out_features, self.in_features, self.scale_and_zero.dtype)
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The float weight this layer computes with [out, in] (fp32), for checks."""
+        """The float weight the kernel computes with [out, in] (fp32), for checks."""
         eye = torch.eye(self.in_features, dtype=torch.float32, device=self.packed.device)
         sz = self.scale_and_zero.float()
         return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, sz)[:, : self.out_features].t()
 
-    def dequantize(self) -> torch.Tensor:
-        """The weight [out, in] in the activations' dtype, unpacked from ``nibbles`` (a few ms per layer)."""
-        n, k, g = self.out_features, self.in_features, self.group_size
-        w = torch.empty((n, k), dtype=self.scale_and_zero.dtype, device=self.nibbles.device)
-        pairs = w.view(n, k // 2, 2)
-        pairs[..., 0], pairs[..., 1] = self.nibbles & 15, self.nibbles >> 4
-        w.view(n, k // g, g).mul_(self.unpack_scale).add_(self.unpack_low)  # = (q - 8) * scale + zero
-        return w
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features).to(self.scale_and_zero.dtype).contiguous()
-        if self.nibbles is not None and x2.shape[0] >= DEQUANTIZE_ROWS:  # many rows (a prompt): a float matmul wins
+        if self.wide is not None and x2.shape[0] >= wide_rows(x2.dtype, x2.device):
             if wants_float32_products(x2.dtype, x2.device):  # bf16 without native bf16: see models/hardware.py
-                y = nn.functional.linear(x2.float(), self.dequantize().float()).to(x2.dtype)
+                y = nn.functional.linear(x2.float(), self.wide.float()).to(x2.dtype)
             else:
-                y = nn.functional.linear(x2, self.dequantize())
+                y = nn.functional.linear(x2, self.wide)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scale_and_zero)
             if y.shape[-1] != self.out_features:
@@ -147,6 +137,23 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, bias={self.bias is not None}"
+
+
+def wide_rows(dtype: torch.dtype, device: torch.device) -> int:
+    """From how many input rows an int4 layer multiplies by its kept dequantized weight instead of the kernel."""
+    return CONVERTED_ROWS if wants_float32_products(dtype, device) else DEQUANTIZE_ROWS
+
+
+def _dequantize(q: torch.Tensor, scale_and_zero: torch.Tensor, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(q - 8) * scale + zero`` [N, K] in ``dtype``, from ``q`` [N, K] and per-group ``scale_and_zero`` [N, K / group, 2]."""
+    n, k = q.shape
+    out = torch.empty((n, k), dtype=dtype)
+    scale, zero = scale_and_zero.float().unbind(-1)
+    for start in range(0, n, _ROWS_PER_CHUNK):  # in slices, as for the packing
+        rows = slice(start, start + _ROWS_PER_CHUNK)
+        groups = q[rows].reshape(-1, k // group_size, group_size).float().sub_(8)
+        out[rows] = groups.mul_(scale[rows, :, None]).add_(zero[rows, :, None]).reshape(-1, k)
+    return out
 
 
 class Int8Linear(nn.Module):
@@ -319,7 +326,7 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None,
     heads = {id(head), id(getattr(head, "proj", None))}
     before = after = 0
     for name, linear in targets:
-        new = (Int4Linear.from_linear(linear, group, unpackable=id(linear) not in heads) if scheme == "int4"
+        new = (Int4Linear.from_linear(linear, group, wide=id(linear) not in heads) if scheme == "int4"
                else Int8Linear.from_linear(linear))
         before += linear.weight.numel() * linear.weight.element_size()
         after += sum(b.numel() * b.element_size() for n, b in new.named_buffers() if n != "bias")
