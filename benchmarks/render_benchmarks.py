@@ -1019,17 +1019,17 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-fused-targets": serve_load_targets("cpu_avx2/serve_load_fused.json",
                                                         "cpu_avx2/serve_load_fused_humaneval1.json"),
     "serve-round-costs-avx2-fused": serve_round_costs("cpu_avx2/serve_load_fused_humaneval1.json"),
-    "serve-load": serve_load("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
-    "serve-load-targets": serve_load_targets("serve_load_fill.json", "serve_load_lean_humaneval1.json"),
-    "serve-load-time": serve_load_time("serve_load_fill.json", 8),
-    "serve-load-time-before": serve_load_time("serve_load_lean.json", 8),
+    "serve-load": serve_load("serve_load_wide.json", "serve_load_wide_humaneval1.json"),
+    "serve-load-targets": serve_load_targets("serve_load_wide.json", "serve_load_wide_humaneval1.json"),
+    "serve-load-time": serve_load_time("serve_load_wide.json", 8),
+    "serve-load-time-before": serve_load_time("serve_load_fill.json", 8),
     "prefill-cost": prefill_cost("prefill_cost.json"),
     "prefill-cost-wide": prefill_cost("prefill_cost_wide.json"),
     "int4-rows-wide": int4_rows("int4_rows_wide.json"),
     "distill-real-pair": distill_real_pair("distill_real_pair"),
     "serve-load-history": serve_load("serve_load_int4.json", "serve_load_int4_humaneval1.json", "serve_load_prefill.json",
                                      "serve_load_lazy.json", "serve_load_grouped.json", "serve_load_lazy_humaneval1.json",
-                                     "serve_load_lean.json"),
+                                     "serve_load_lean.json", "serve_load_fill.json", "serve_load_lean_humaneval1.json"),
 }
 
 
