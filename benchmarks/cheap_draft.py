@@ -532,7 +532,8 @@ def targets_markdown(summary: dict, cheap: str = "int4", default_method: str = "
             if d:
                 rows.append(f"| {TITLES[ds]} | default method ≥ {t}× | `{default_method}@{cheap}` "
                             f"{_pm(d['speedup'], d.get('speedup_spread'))} | {_verdict(d['speedup'], d.get('speedup_spread'), t)} |")
-        for hf, target in ((f"hf-assisted@{summary.get('reference_draft') or 'bf16'}", VS_HF_DEFAULT_TARGETS.get(ds)),
+        reference = summary.get("reference_draft") or "bf16"
+        for hf, target in ((f"hf-assisted@{reference}", VS_HF_DEFAULT_TARGETS.get(ds) if reference != cheap else None),
                            (f"hf-assisted@{cheap}", VS_HF_SAME_DRAFT_TARGET if ds in VS_HF_DEFAULT_TARGETS else None)):
             if target is None or hf not in table:
                 continue

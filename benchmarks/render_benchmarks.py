@@ -462,13 +462,18 @@ def _cheap_draft_run(folder: Path | None = None):
     return module, settings, summary, rss
 
 
-def cheap_draft() -> str:
-    """benchmarks/cheap_draft.py's committed run: its tables (a placeholder line while no run is committed)."""
-    run = _cheap_draft_run()
-    if run is None:
-        return f"No committed results yet (`benchmarks/results/{CHEAP_DRAFT_RESULTS.name}/` does not exist).\n"
-    module, settings, summary, rss = run
-    return module.markdown(summary, settings, rss)
+def cheap_draft(folder: Path | None = None) -> Callable[[], str]:
+    """A committed run of benchmarks/cheap_draft.py (default ``CHEAP_DRAFT_RESULTS``): its tables (a placeholder
+    line while no run is committed)."""
+
+    def render() -> str:
+        run = _cheap_draft_run(folder)
+        if run is None:
+            return f"No committed results yet (`benchmarks/results/{(folder or CHEAP_DRAFT_RESULTS).name}/` does not exist).\n"
+        module, settings, summary, rss = run
+        return module.markdown(summary, settings, rss)
+
+    return render
 
 
 def cheap_draft_targets(folder: Path | None = None) -> Callable[[], str]:
@@ -983,7 +988,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "specdecpp-t07": runs_table("specdecpp_t07_bench"),
     "run-to-run-noise": run_to_run_noise,
     "noise-summary": noise_summary,
-    "cheap-draft": cheap_draft,
+    "cheap-draft": cheap_draft(),
     "cheap-draft-targets": cheap_draft_targets(),
     "cheap-draft-before-targets": cheap_draft_targets(CHEAP_DRAFT_BEFORE),
     "draft-step": draft_step("draft_cost_lean.json"),

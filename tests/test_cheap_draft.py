@@ -234,3 +234,14 @@ def test_a_run_cut_short_has_every_repeat_of_its_finished_prompts_and_reports_on
 def test_target_verdicts_respect_the_spread(cd):
     assert cd._verdict(4.0, 0.3, 3.5) == "met" and cd._verdict(1.85, 0.11, 1.8) == "met within spread"
     assert cd._verdict(1.13, 0.07, 1.15) == "missed" and cd._verdict(None, None, 1.0) == "–"
+
+
+def test_targets_of_a_run_with_only_the_cheap_draft_compare_it_with_hf_given_that_draft_alone(cd):
+    """A run with ``--drafts int4`` has no bf16 reference: the targets against HF with the bf16 draft are left out,
+    not judged against HF with the int4 one."""
+    methods = ["autoregressive", "fixed:4@int4", "hf-assisted@int4"]
+    records = [r for r in fixed_records() if r["method"] in methods]
+    text = cd.targets_markdown(cd.summarize(records, methods, ["int4"]))
+    assert "HF defaults) ≥ 1.15×" in text and "≥ 1.8×" not in text and "≥ 1.3×" not in text
+    with_bf16 = ["autoregressive", "fixed:4@bf16", "fixed:4@int4", "hf-assisted@bf16", "hf-assisted@int4"]
+    assert "`hf-assisted@bf16` (HF defaults) ≥ 1.8×" in cd.targets_markdown(cd.summarize(fixed_records(), with_bf16, ["bf16", "int4"]))
