@@ -991,6 +991,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft": cheap_draft(),
     "cheap-draft-targets": cheap_draft_targets(),
     "cheap-draft-before-targets": cheap_draft_targets(CHEAP_DRAFT_BEFORE),
+    "cheap-draft-wide-targets": cheap_draft_targets(RESULTS / "cheap_draft_wide"),
+    "cheap-draft-wide": cheap_draft(RESULTS / "cheap_draft_wide"),
     "draft-step": draft_step("draft_cost_lean.json"),
     "width-cost-avx2": width_cost("cpu_avx2/width_cost.json"),
     "width-cost-avx2-wide": width_cost("cpu_avx2/width_cost_wide.json"),
