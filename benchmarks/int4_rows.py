@@ -1,6 +1,6 @@
 """Int4 layer cost against the number of input rows: torch's CPU int4 kernel vs a bf16 matmul.
 
-    python benchmarks/int4_rows.py --threads 2 --out benchmarks/results/int4_rows_wide.json
+    python benchmarks/int4_rows.py --threads 2
 
 Why: the kernel (``aten._weight_int4pack_mm_for_cpu``) is built for decode steps (a few rows); a batch's steps
 feed several rows and a prompt's prefill hundreds. This times, on the two shapes of a Qwen2.5-0.5B MLP
@@ -20,7 +20,7 @@ import torch
 
 from specadapt.models.quant import Int4Linear, wide_rows
 
-OUT = Path(__file__).resolve().parent / "results" / "int4_rows.json"
+OUT = Path(__file__).resolve().parent / "results" / "int4_rows_wide.json"  # int4_rows.json: the earlier code
 
 
 def timed(fn, reps: int) -> float:

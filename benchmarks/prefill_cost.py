@@ -27,7 +27,7 @@ from specadapt.models.loading import load_model
 from specadapt.models.quant import quantize_model, wide_rows
 from specadapt.models.runner import ModelRunner
 
-OUT = Path(__file__).resolve().parent / "results" / "prefill_cost.json"
+OUT = Path(__file__).resolve().parent / "results" / "prefill_cost_wide.json"  # prefill_cost.json: the earlier code
 
 
 def prefill_s(model, tokens: torch.Tensor) -> float:
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{n:>7}" + "".join(f"{ms[m]:>16.1f}" for m in models)
               + f"{row['draft int4 / target']:>15.3f}{row['draft bf16 / target']:>15.3f}")
     payload = {"benchmark": "prefill_cost", "settings": {k: v for k, v in vars(args).items() if k != "out"},
-               "wide_rows": wide_rows(torch.bfloat16, torch.device("cpu")), "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "wide_rows": wide_rows(torch.bfloat16, torch.device("cpu")),
+               "threads": torch.get_num_threads(), "torch": torch.__version__,
                "machine": machine(),
                "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

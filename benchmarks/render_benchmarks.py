@@ -878,9 +878,9 @@ def cut_short(name: str, method: str, share: float = 0.1) -> Callable[[], str]:
     def render() -> str:
         _, records, _ = bench_run(name)
         own = {(r["example_id"], r["repeat"]): r for r in records if r["method"] == "autoregressive"}
-        short = [(r, own[r["example_id"], r["repeat"]]) for r in records
-                 if r["method"] == method and r["finish_reason"] == "eos" and (r["example_id"], r["repeat"]) in own
-                 and r["tokens"] < share * own[r["example_id"], r["repeat"]]["tokens"]]
+        pairs = [(r, own.get((r["example_id"], r["repeat"]))) for r in records
+                 if r["method"] == method and r["finish_reason"] == "eos"]
+        short = [(r, t) for r, t in pairs if t is not None and r["tokens"] < share * t["tokens"]]
         out = [f"`{name}`: `{method}`'s generations with under {share:.0%} of target-only's tokens "
                f"(same example and repeat): {len(short)} of {sum(r['method'] == method for r in records)}.\n",
                "| example | repeat | tokens | target-only tokens | text | correct | target-only correct |", "|---|---|---|---|---|---|---|"]
