@@ -9,6 +9,9 @@ Models: the target is loaded once; the draft once, and each draft variant is bui
 (``--drafts``: ``bf16`` = the loaded weights; ``int8`` / ``int4`` = :func:`specadapt.models.quant.quantize_model`
 on a copy; ``+vN`` = the head restricted to the N most frequent token ids first,
 :func:`specadapt.models.draft_vocab.restrict_vocabulary` with the shipped ranking, e.g. ``int4+v32768``).
+Other draft models, e.g. distilled ones, join the same run: ``--draft-models distilled=runs/x/draft`` loads that
+model too, and ``distilled:int4`` names its int4 variant (``--drafts int4,distilled:int4`` compares it with the
+stock draft, the first variant, in the column "vs same method, reference draft").
 Our engine and Hugging Face's ``generate(assistant_model=...)`` get the same module object per variant.
 
 Method labels (``--methods``; a label without ``@DRAFT`` that needs a draft is run with every ``--drafts``):
@@ -90,7 +93,7 @@ DEFAULT_DRAFTS = "bf16,int4"
 # MT-Bench fixed:2 (1-2), GSM8K fixed:4 of 4 and 6); none of it was chosen on the test split.
 DEFAULT_BEST_K = "humaneval=10,mt-bench=6,gsm8k=6"  # chosen on tune prompts with the int4 draft: results/tune_int4/CHOICES.md
 SCHEMES = ("bf16", "int8", "int4")
-DRAFT_NAME = re.compile(r"^(?P<scheme>bf16|int8|int4)(\+v(?P<vocab>\d+))?$")
+DRAFT_NAME = re.compile(r"^((?P<model>[A-Za-z][\w-]*):)?(?P<scheme>bf16|int8|int4)(\+v(?P<vocab>\d+))?$")
 HF_KEYS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
 SETTINGS_FILE, RECORDS_FILE, SUMMARY_FILE, RSS_FILE = "settings.json", "records.jsonl", "summary.json", "peak_rss.json"
 RESUMABLE = ("n", "time_limit")  # settings a resumed run may change
@@ -123,14 +126,36 @@ class Label:
 
 
 def parse_draft(name: str) -> tuple[str, int | None]:
-    """``"int4+v32768"`` -> ``("int4", 32768)``."""
+    """``"int4+v32768"`` -> ``("int4", 32768)``; ``"distilled:int4"`` -> ``("int4", None)`` (see :func:`draft_model_of`)."""
     m = DRAFT_NAME.match(name.strip())
     if not m:
-        raise SystemExit(f"unknown draft variant {name!r}: use bf16, int8 or int4, optionally +vN (e.g. int4+v32768).")
+        raise SystemExit(f"unknown draft variant {name!r}: use bf16, int8 or int4, optionally +vN (e.g. int4+v32768), "
+                         "optionally after NAME: for a model of --draft-models (e.g. distilled:int4).")
     vocab = int(m.group("vocab")) if m.group("vocab") else None
     if vocab is not None and vocab < 1:
         raise SystemExit(f"draft variant {name!r}: N in +vN must be >= 1.")
     return m.group("scheme"), vocab
+
+
+def draft_model_of(name: str) -> str | None:
+    """The ``--draft-models`` name a variant is built from (None: ``--draft``)."""
+    m = DRAFT_NAME.match(name.strip())
+    return m.group("model") if m else None
+
+
+def parse_draft_models(text: str) -> dict[str, str]:
+    """``"a=runs/x/draft,b=DIR"`` -> ``{"a": "runs/x/draft", "b": "DIR"}``."""
+    models: dict[str, str] = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, eq, path = item.partition("=")
+        name, path = name.strip(), path.strip()
+        if not eq or not path or not re.fullmatch(r"[A-Za-z][\w-]*", name) or name in SCHEMES:
+            raise SystemExit(f"--draft-models takes NAME=MODEL pairs (NAME: letters, digits, - or _; not bf16/int8/int4), "
+                             f"got {item!r}.")
+        if name in models:
+            raise SystemExit(f"--draft-models names {name!r} twice.")
+        models[name] = path
+    return models
 
 
 def parse_label(text: str) -> Label:
@@ -199,15 +224,17 @@ def parse_best_k(text: str) -> dict[str, int]:
 # ----------------------------------------------------------------------------
 
 
-def build_drafts(draft, tokenizer, names: list[str], group_size: int | None = None) -> dict:
-    """One module per variant name, each built once (bf16 is the loaded draft itself)."""
+def build_drafts(draft, tokenizer, names: list[str], group_size: int | None = None, others: dict | None = None) -> dict:
+    """One module per variant name, each built once (bf16 is the loaded draft itself); ``others``: the loaded
+    ``--draft-models`` by name, for variants ``NAME:SCHEME``."""
     from specadapt.models.draft_vocab import restrict_vocabulary, shipped_ranking
     from specadapt.models.quant import quantize_model
 
     out = {}
     for name in names:
         scheme, vocab = parse_draft(name)
-        model = draft if (scheme == "bf16" and vocab is None) else copy.deepcopy(draft)
+        base = draft if draft_model_of(name) is None else (others or {})[draft_model_of(name)]
+        model = base if (scheme == "bf16" and vocab is None) else copy.deepcopy(base)
         if vocab is not None:  # before quantizing: the smaller head is then quantized too
             restrict_vocabulary(model, tokenizer, vocab, shipped_ranking(tokenizer))
         if scheme != "bf16":
@@ -630,7 +657,9 @@ def rss_probe(args) -> None:
     target = load_model(args.target, args.dtype, args.device)
     draft = None
     if variant:
-        draft = build_drafts(load_model(args.draft, args.dtype, target.device), tokenizer, [variant], args.group_size)[variant]
+        source = args.draft if draft_model_of(variant) is None else parse_draft_models(args.draft_models)[draft_model_of(variant)]
+        model = load_model(source, args.dtype, target.device)
+        draft = build_drafts(model, tokenizer, [variant], args.group_size, {draft_model_of(variant): model})[variant]
     engine = SpeculativeEngine(target, draft, tokenizer, eos_token_ids(target, tokenizer))
     ids = tokenizer("def fibonacci(n):", add_special_tokens=True)["input_ids"]
     engine.generate([ids], make_method("fixed:4" if draft is not None else BASELINE), RequestConfig(max_new_tokens=16))
@@ -647,7 +676,7 @@ def measure_rss(args, drafts: list[str], out: Path, log) -> dict:
         if name in have:
             continue
         cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-probe", variant, "--target", args.target,
-               "--draft", args.draft, "--dtype", args.dtype, "--device", args.device]
+               "--draft", args.draft, "--draft-models", args.draft_models, "--dtype", args.dtype, "--device", args.device]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         if args.group_size:
@@ -686,6 +715,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="method labels (see the module docstring)")
     p.add_argument("--drafts", default=DEFAULT_DRAFTS, help="draft variants; the first is the reference")
+    p.add_argument("--draft-models", default="", help="more draft models, NAME=MODEL,...; variants NAME:int4 etc.")
     p.add_argument("--group-size", type=int, default=None, help="int4 group size (default 32)")
     p.add_argument("--best-k", default=DEFAULT_BEST_K, help="fixed:best / hf-assisted:best per dataset (tune split)")
     p.add_argument("--datasets", default=",".join(DATASETS))
@@ -721,6 +751,11 @@ def run_settings(args) -> dict:
     drafts = [d.strip() for d in args.drafts.split(",") if d.strip()]
     labels = expand_methods(args.methods, drafts)
     used = [d for d in drafts if any(lab.draft == d for lab in labels)]
+    draft_models = parse_draft_models(args.draft_models)
+    for d in used:
+        if draft_model_of(d) is not None and draft_model_of(d) not in draft_models:
+            raise SystemExit(f"draft variant {d!r} names model {draft_model_of(d)!r}, which --draft-models does not "
+                             f"give; add --draft-models {draft_model_of(d)}=MODEL.")
     best_k = parse_best_k(args.best_k)
     caps = parse_dataset_caps(args.dataset_max_new_tokens) if args.dataset_max_new_tokens else {}
     for name in (*caps,):
@@ -731,6 +766,7 @@ def run_settings(args) -> dict:
             lab.k_for(ds, best_k)  # fails early when --best-k lacks a dataset
     return {"target": args.target, "draft": args.draft, "dtype": args.dtype, "device": args.device,
             "threads": args.threads, "methods": [lab.label for lab in labels], "drafts": used, "group_size": args.group_size,
+            **({"draft_models": draft_models} if draft_models else {}),
             "best_k": {d: best_k[d] for d in datasets if d in best_k}, "datasets": datasets, "split": args.split,
             "n": args.n, "max_new_tokens": args.max_new_tokens, "dataset_max_new_tokens": caps,
             "gsm8k_shots": args.gsm8k_shots, "repeats": args.repeats, "temperature": args.temperature,
@@ -804,7 +840,8 @@ def command_line(argv) -> str:
 
 
 def run(args, argv=None, *, models=None, encode=None, log=print, console=None) -> dict:
-    """Run or resume the benchmark; return the summary. ``models`` = (target, tokenizer, base draft) and ``encode``
+    """Run or resume the benchmark; return the summary. ``models`` = (target, tokenizer, base draft[, {name: draft
+    model} for --draft-models]) and ``encode``
     (messages -> ids) skip loading, e.g. in tests."""
     import torch
     import transformers
@@ -831,9 +868,13 @@ def run(args, argv=None, *, models=None, encode=None, log=print, console=None) -
         tokenizer = load_tokenizer(args.target)
         target = load_model(args.target, args.dtype, args.device)
         base_draft = load_model(args.draft, args.dtype, target.device) if settings["drafts"] else None
+        others = {name: load_model(path, args.dtype, target.device)
+                  for name, path in settings.get("draft_models", {}).items()
+                  if any(draft_model_of(d) == name for d in settings["drafts"])}
     else:
-        target, tokenizer, base_draft = models
-    drafts = build_drafts(base_draft, tokenizer, settings["drafts"], args.group_size) if settings["drafts"] else {}
+        target, tokenizer, base_draft, *rest = models
+        others = rest[0] if rest else {}
+    drafts = build_drafts(base_draft, tokenizer, settings["drafts"], args.group_size, others) if settings["drafts"] else {}
     eos = eos_token_ids(target, tokenizer)
     log(f"loaded {args.target} + {len(drafts)} draft variant(s) ({', '.join(drafts)}) in {time.perf_counter() - t0:.1f} s, "
         f"{torch.get_num_threads()} threads")

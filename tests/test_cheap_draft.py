@@ -191,6 +191,36 @@ def test_run_resumes_and_stops_at_the_time_limit(cd, tiny, tmp_path):
         run(cd, tiny, out, "--temperature", "0.5")
 
 
+def test_other_draft_models_join_the_run_and_are_compared_with_the_stock_draft(cd, tiny, tmp_path):
+    target, tok, stock = tiny
+    other = tiny_llama(7)  # unrelated weights: it drafts other tokens than the stock draft
+    args = cd.parse_args(["--n", "1", "--repeats", "1", "--max-new-tokens", "6", "--datasets", "humaneval",
+                          "--methods", "autoregressive,fixed:3", "--drafts", "bf16,other:bf16,other:int8",
+                          "--draft-models", "other=runs/other/draft", "--dtype", "float32", "--no-rss",
+                          "--no-progress", "--out", str(tmp_path / "run")])
+    s = cd.run(args, [], models=(target, tok, stock, {"other": other}), encode=encode, log=lambda *_: None)
+    t = s["datasets"]["humaneval"]
+    assert set(t) == {"autoregressive", "fixed:3@bf16", "fixed:3@other:bf16", "fixed:3@other:int8"}
+    assert all(t[m]["identical_to_target_only"] == 1.0 for m in t if m != "autoregressive")
+    recs = [json.loads(x) for x in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    drafted = {r["method"]: (r["accepted"], r["drafted"]) for r in recs if r["method"] != "autoregressive"}
+    assert drafted["fixed:3@other:bf16"] != drafted["fixed:3@bf16"]  # a different model drafted
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())["settings"]
+    assert settings["draft_models"] == {"other": "runs/other/draft"}
+    assert cd.draft_model_of("other:int4+v32768") == "other" and cd.parse_draft("other:int4+v32768") == ("int4", 32768)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--drafts", "int4,other:int4"], "which --draft-models does not give"),
+    (["--drafts", "int4", "--draft-models", "int4=x"], "NAME=MODEL pairs"),
+    (["--drafts", "int4", "--draft-models", "a=x,a=y"], "twice"),
+    (["--drafts", "int4,9a:int4"], "unknown draft variant"),
+])
+def test_bad_draft_models_are_refused(cd, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        cd.run_settings(cd.parse_args(["--methods", "fixed:3", *extra]))
+
+
 # ----------------------------------------------------------------------------
 # the BENCHMARKS.md block
 # ----------------------------------------------------------------------------

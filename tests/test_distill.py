@@ -336,6 +336,24 @@ def test_end_to_end_adaspec_then_distillspec(tiny_setup):
     assert len(report["drafts"]) == 2 and (root / "eval" / "eval.md").exists()
 
 
+def test_several_data_sources_alternate(tmp_path):
+    from specadapt.distill.data import load_train_pairs
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"prompt": f"a{i}", "response": f"ra{i}"}) + "\n" for i in range(4)))
+    b.write_text("".join(json.dumps({"prompt": f"b{i}", "response": f"rb{i}"}) + "\n" for i in range(2)))
+    mixed = load_train_pairs(f"{a},{b}")
+    assert [p.prompt for p in mixed] == ["a0", "b0", "a1", "b1", "a2", "a3"]
+    assert [p.prompt for p in load_train_pairs(f"{a},{b}", 3)] == ["a0", "b0", "a1"]
+    gsm = load_train_pairs(f"gsm8k,{b}", 4)
+    assert [p.prompt for p in gsm[1::2]] == ["b0", "b1"] and "Natalia" in gsm[0].prompt  # the first GSM8K train problem
+    for spec in (f"{a},{a}", f"{a},,{b}"):
+        with pytest.raises(SpecAdaptError, match="list each source once"):
+            load_train_pairs(spec)
+    with pytest.raises(SpecAdaptError, match="'gsm8k-typo' not found"):
+        load_train_pairs(f"{a},gsm8k-typo")
+
+
 def test_distill_cli_and_bad_input(tiny_setup):
     from typer.testing import CliRunner
 

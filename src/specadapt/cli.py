@@ -331,7 +331,7 @@ def distill_command(
     *,
     target: str = typer.Option(..., help="Target model: built-in name, folder, .gguf file or Hub id."),
     draft_init: str = typer.Option(..., help="Draft start: a model of the same tokenizer, or shallow:N (the target's first N layers) / shallow:i,j,k."),
-    data: str = typer.Option(..., help="Training data: gsm8k, sharegpt, humaneval, or a .jsonl file with prompt/response."),
+    data: str = typer.Option(..., help="Training data: gsm8k, sharegpt, humaneval, a .jsonl file with prompt/response, or several, comma-separated (alternating)."),
     out: Path = typer.Option(..., help="Output folder: teacher_cache/, reference/ (adaspec), draft/, distill.json."),
     settings: dict,
     overwrite: bool = typer.Option(False, "--overwrite", help="Retrain finished stages (and rebuild a mismatching cache)."),

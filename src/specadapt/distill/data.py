@@ -22,6 +22,8 @@ Training sources (``--data`` of ``specadapt distill``):
 a ``.jsonl`` file
     One object per line with ``"prompt"`` and ``"response"`` strings (optional
     ``"chat"``: false for raw completion).
+several, comma-separated (``gsm8k,sharegpt``)
+    The sources' pairs alternate one by one.
 
 Evaluation prompts (``specadapt eval-draft --data``) are the benchmark's:
 ``gsm8k`` (test split), ``mt-bench``, ``spec-bench``, ``humaneval``, or a JSONL
@@ -34,6 +36,7 @@ the tokenizer's special tokens), then response tokens and EOS.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -105,7 +108,22 @@ def encode_pair(
 
 
 def load_train_pairs(spec: str, limit: int | None = None) -> list[Pair]:
-    """The (prompt, response) pairs of a training source, in the source's order (the first ``limit``)."""
+    """The (prompt, response) pairs of a training source, in the source's order (the first ``limit``).
+
+    ``spec`` may list several sources, ``gsm8k,sharegpt``: their pairs alternate one by one (the first ``limit``
+    of the mix), so a small ``limit`` still draws on every source."""
+    parts = [p.strip() for p in spec.split(",")]
+    if len(parts) > 1 and not Path(spec).expanduser().is_file():
+        if any(not p for p in parts) or len(set(parts)) != len(parts):
+            raise SpecAdaptError(f"--data {spec!r}: list each source once, separated by commas (e.g. gsm8k,sharegpt).")
+        per_source = None if limit is None else -(-limit // len(parts))
+        lists = [_load_source_pairs(p, per_source) for p in parts]
+        mixed = [pair for group in itertools.zip_longest(*lists) for pair in group if pair is not None]
+        return mixed[:limit] if limit else mixed
+    return _load_source_pairs(spec, limit)
+
+
+def _load_source_pairs(spec: str, limit: int | None) -> list[Pair]:
     from .. import sources
 
     if spec not in TRAIN_SOURCES:
