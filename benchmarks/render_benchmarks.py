@@ -757,22 +757,28 @@ def serve_round_costs(name: str) -> Callable[[], str]:
     return render
 
 
+def _distill_compute(root: Path) -> list[str]:
+    """Each stage's compute, from the ``<stage>_stage.json`` files copied out of a distill run."""
+    out = ["| stage | method | steps | sequences | answer tokens | loss-bearing tokens | wall s |", "|---|---|---|---|---|---|---|"]
+    for stage in ("reference", "draft"):
+        path = root / f"{stage}_stage.json"
+        if not path.exists():
+            continue
+        st = json.loads(path.read_text(encoding="utf-8"))
+        c = st["metrics"]["compute"]
+        method = "AdaSPEC (k = {})".format(st["settings"]["k"]) if st["selective"] else "DistillSpec (forward KL)"
+        out.append(f"| `{stage}` | {method} | {c['optimizer_steps']} | {c['sequences']} | {c['answer_tokens']} | "
+                   f"{c['loss_tokens']} | {c['wall_seconds']:.0f} |")
+    return out
+
+
 def distill_real_pair(folder: str) -> Callable[[], str]:
     """A distillation run on the real pair: each stage's compute (from its stage.json) and each draft's
     teacher-forced agreement with the target (from eval-draft's eval.json)."""
 
     def render() -> str:
         root = RESULTS / folder
-        out = ["| stage | method | steps | sequences | answer tokens | loss-bearing tokens | wall s |", "|---|---|---|---|---|---|---|"]
-        for stage in ("reference", "draft"):
-            path = root / f"{stage}_stage.json"
-            if not path.exists():
-                continue
-            st = json.loads(path.read_text(encoding="utf-8"))
-            c = st["metrics"]["compute"]
-            method = "AdaSPEC (k = {})".format(st["settings"]["k"]) if st["selective"] else "DistillSpec (forward KL)"
-            out.append(f"| `{stage}` | {method} | {c['optimizer_steps']} | {c['sequences']} | {c['answer_tokens']} | "
-                       f"{c['loss_tokens']} | {c['wall_seconds']:.0f} |")
+        out = _distill_compute(root)
         ev = json.loads((root / "eval.json").read_text(encoding="utf-8"))
         out += ["", f"Teacher-forced on {ev['prompts']} {ev['data']} test prompts, {ev['settings']['max_new_tokens']} "
                     "target tokens each (greedy):", "",
@@ -782,6 +788,31 @@ def distill_real_pair(folder: str) -> Callable[[], str]:
             tf = d["teacher_forced"]
             out.append(f"| `{name}` | {tf['positions']} | {tf['argmax_agreement']:.3f} | {tf['kl_target_draft']:.3f} | "
                        f"{tf['predicted']['4']['mean_accepted_length']:.2f} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
+def distill_run(folder: str, names: dict[str, str]) -> Callable[[], str]:
+    """A distillation run with one eval-draft report per dataset (``eval_<dataset>.json``): each stage's compute,
+    then per dataset and draft the teacher-forced agreement and KL, and the change against the first draft.
+    ``names``: draft as eval-draft recorded it -> the name shown."""
+
+    def render() -> str:
+        root = RESULTS / folder
+        out = _distill_compute(root)
+        out += ["", "| dataset | draft | positions | argmax agreement | vs stock | KL(target‖draft) | vs stock | "
+                    "predicted tokens per target call, K = 4 |", "|---|---|---|---|---|---|---|---|"]
+        for path in sorted(root.glob("eval_*.json")):
+            ev = json.loads(path.read_text(encoding="utf-8"))
+            forced = {names.get(k, k): d["teacher_forced"] for k, d in ev["drafts"].items()}
+            stock = next(iter(forced.values()))
+            for name, tf in forced.items():
+                agree, kl = tf["argmax_agreement"], tf["kl_target_draft"]
+                d_agree = "–" if tf is stock else f"{(agree - stock['argmax_agreement']) * 100:+.1f} pts"
+                d_kl = "–" if tf is stock else f"{kl / stock['kl_target_draft'] - 1:+.1%}"
+                out.append(f"| {ev['data']} | `{name}` | {tf['positions']} | {agree:.3f} | {d_agree} | {kl:.3f} | {d_kl} | "
+                           f"{tf['predicted']['4']['mean_accepted_length']:.2f} |")
         return "\n".join(out) + "\n"
 
     return render

@@ -69,6 +69,27 @@ def test_lora_merged_draft_is_base_plus_scaled_adapter_and_the_adapter_loads_ont
         torch.testing.assert_close(on_base(x).logits, merged_model(x).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_an_adapter_folder_loads_as_a_draft_merged_onto_its_base(tmp_path):
+    from specadapt.errors import SpecAdaptError
+    from specadapt.models.loading import load_model
+
+    target, _, _ = _lora_stage(tmp_path, "draft")
+    base_dir = tmp_path / "base"
+    shallow_copy(target, 1).save_pretrained(base_dir)
+    config_path = tmp_path / "draft" / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": str(base_dir)}))
+    from_adapter = load_model(str(tmp_path / "draft" / "adapter"), "float32", "cpu")
+    merged = load_model(str(tmp_path / "draft"), "float32", "cpu")
+    assert not any("lora" in name for name, _ in from_adapter.named_parameters())  # merged: a plain model
+    x = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(from_adapter(x).logits, merged(x).logits, rtol=1e-5, atol=1e-5)
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": None}))
+    with pytest.raises(SpecAdaptError, match="does not name its base model"):
+        load_model(str(tmp_path / "draft" / "adapter"), "float32", "cpu")
+
+
 def test_lora_with_gradient_checkpointing_trains_the_same_adapter(tmp_path):
     _lora_stage(tmp_path, "plain")
     _lora_stage(tmp_path, "checkpointed", gradient_checkpointing=True)

@@ -16,6 +16,7 @@ else fails at once with a message saying the machine may be offline.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Sequence
@@ -131,7 +132,8 @@ def _check_gguf(path: Path, spec: str) -> None:
 
 
 def resolve(spec: str) -> tuple[str, str | None]:
-    """Return (what to pass to from_pretrained, None), or (the path of a .gguf file, "gguf")."""
+    """Return (what to pass to from_pretrained, None), (the path of a .gguf file, "gguf"), or (a LoRA adapter's
+    folder, "adapter")."""
     if spec in zoo.ZOO:
         return str(zoo.ensure_model(spec)), None
     path = Path(os.path.expanduser(spec))
@@ -139,6 +141,8 @@ def resolve(spec: str) -> tuple[str, str | None]:
         _check_gguf(path, spec)
         return str(path), "gguf"
     if path.is_dir():
+        if not (path / "config.json").exists() and (path / "adapter_config.json").exists():
+            return str(path), "adapter"
         if not (path / "config.json").exists():
             raise SpecAdaptError(
                 f"{spec!r} is a folder but holds no config.json: not a Hugging Face checkpoint. "
@@ -158,6 +162,8 @@ def resolve(spec: str) -> tuple[str, str | None]:
 def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     where, kind = resolve(spec)
     online = True
+    if kind == "adapter" and not (Path(where) / "tokenizer_config.json").exists():
+        return load_tokenizer(adapter_base(Path(where)))
     if kind == "gguf":
         where = str(zoo.converted_gguf_tokenizer(Path(where)))  # converted once, keyed by the file's content
     elif not Path(where).exists():
@@ -169,19 +175,17 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
 
 
 def load_model(spec: str, dtype: str | torch.dtype = "bfloat16", device: str | torch.device = "auto") -> PreTrainedModel:
+    """A model by name, folder, .gguf file, Hub id, or LoRA adapter folder (the adapter merged into the model its
+    ``adapter_config.json`` names, e.g. ``specadapt distill``'s ``OUT/draft/adapter``), ready for the engine."""
     target_device = parse_device(device)  # a bad --device fails before the (slow) load
     torch_dtype = parse_dtype(dtype)
     where, kind = resolve(spec)
-    online = True
-    if kind == "gguf":
-        # Dequantized once into the cache (per content and dtype), not on every load.
-        where = str(zoo.converted_gguf_model(Path(where), torch_dtype))
-    elif not Path(where).exists():
-        online = _prepare_hub_load()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
-    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
-        raise SpecAdaptError(_load_failure(spec, "model", exc, online)) from None
+    if kind == "adapter":
+        from ..distill.lora import load_adapter
+
+        model = load_adapter(_from_pretrained(adapter_base(Path(where)), torch_dtype), where, merge=True)
+    else:
+        model = _from_pretrained(spec, torch_dtype)
     use_packed_attention(model)
     model = model.to(target_device).eval()
     if wants_float32_products(torch_dtype, target_device):  # prompts and wide blocks: see models/hardware.py
@@ -189,6 +193,37 @@ def load_model(spec: str, dtype: str | torch.dtype = "bfloat16", device: str | t
     elif torch_dtype == torch.float32 and target_device.type == "cpu":  # a few rows: see models/hardware.py
         use_transposed_float32_products(model)
     return model
+
+
+def _from_pretrained(spec: str, torch_dtype: torch.dtype) -> PreTrainedModel:
+    """The Hugging Face model ``spec`` names (not an adapter), as stored."""
+    where, kind = resolve(spec)
+    online = True
+    if kind == "adapter":
+        raise SpecAdaptError(f"{spec!r} is a LoRA adapter; an adapter's base must be a full model.")
+    if kind == "gguf":
+        # Dequantized once into the cache (per content and dtype), not on every load.
+        where = str(zoo.converted_gguf_model(Path(where), torch_dtype))
+    elif not Path(where).exists():
+        online = _prepare_hub_load()
+    try:
+        return AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
+        raise SpecAdaptError(_load_failure(spec, "model", exc, online)) from None
+
+
+def adapter_base(folder: Path) -> str:
+    """The model a LoRA adapter folder belongs on (``base_model_name_or_path`` of its ``adapter_config.json``)."""
+    try:
+        base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError) as exc:
+        raise SpecAdaptError(f"{folder}/adapter_config.json cannot be read ({exc}); is {folder} a LoRA adapter?") from None
+    if not base:
+        raise SpecAdaptError(
+            f"the LoRA adapter in {folder} does not name its base model (base_model_name_or_path is empty); "
+            "load the base with --draft and the adapter with specadapt.distill.lora.load_adapter, or set the field."
+        )
+    return str(base)
 
 
 def _load_failure(spec: str, what: str, exc: Exception, online: bool = True) -> str:
