@@ -818,6 +818,30 @@ def distill_run(folder: str, names: dict[str, str]) -> Callable[[], str]:
     return render
 
 
+def distill_log(folder: str) -> Callable[[], str]:
+    """The training logs of a distillation run's stages (``<stage>_log.json``, copies of each stage's
+    log_history.json): per logged step the divergence to the target and argmax agreement on the step's batch,
+    and for AdaSPEC the kept share and the loss gaps ΔL = D(P‖Q) − D(P‖R) (mean over all tokens, over kept ones)."""
+
+    def render() -> str:
+        root = RESULTS / folder
+        out = ["| stage | step | divergence (batch) | argmax agreement (batch) | kept | mean ΔL | mean ΔL, kept |",
+               "|---|---|---|---|---|---|---|"]
+        for stage in ("reference", "draft"):
+            path = root / f"{stage}_log.json"
+            if not path.exists():
+                continue
+            for row in json.loads(path.read_text(encoding="utf-8")):
+                if "divergence" not in row:
+                    continue
+                out.append(f"| `{stage}` | {row['step']} | {row['divergence']:.3f} | {row['agree']:.3f} | "
+                           f"{_cell(row.get('kept_fraction'), '{:.2f}')} | {_cell(row.get('delta_mean'))} | "
+                           f"{_cell(row.get('delta_kept_mean'))} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 # The seed papers' claims (benchmarks/results/seed_claims/CHOICES.md, frozen before the runs): per method, the
 # least gain over the best fixed K that the paper's claim needs ("faster" = beyond the spread, 0).
 CLAIMS = {"specdecpp": ("SpecDec++ +7–11% over the best fixed K", 0.07),
