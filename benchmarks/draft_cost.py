@@ -28,6 +28,13 @@ and whether the output ids equal target-only greedy's (bf16: the batched verific
 from a one-token pass, so a mismatch is numerics, not a lossy rule; the fp32 exactness tests are in
 tests/test_quant.py).
 
+On a GPU (``--device cuda``) only bf16 drafts exist (quantization is CPU-only) and the per-layer breakdown is
+skipped (hooks would time asynchronous launches); every timed block ends with a device synchronize.
+``--random-weights`` builds both models from their configs with random weights, on the device: timings only
+(a step's cost does not depend on the weights' values; acceptance does, so the engine runs and the head's
+coverage are skipped). It lets a machine that cannot receive the weights (a GPU box reached through a small
+transfer) time the pair's shapes: only config.json and the tokenizer files travel.
+
 ``--target-schemes int8,int4`` also times the target quantized so (``--target-quant``; its output is lossless
 w.r.t. that quantized target only) with the same breakdown, and reports each target's decode tokens/s (one
 token per step at ``--context``), the figure llama.cpp's ``tg`` reports.
@@ -98,12 +105,14 @@ class Stepper:
 
     def __init__(self, model: nn.Module, context: int, n: int, vocab: int, seed: int, forward: str = "hf-packed") -> None:
         self.model, self.n, self.vocab, self.forward = model, n, vocab, forward
+        self.device = model.device
         self.runner = ModelRunner(model, lean_steps=forward == "lean")
         self._prepare()
         self.runner.add_rows(1)
         g = torch.Generator().manual_seed(seed)
-        self.tokens = torch.randint(100, 30000, (64, 1, n), generator=g)
-        self.runner.forward(torch.randint(100, 30000, (1, context), generator=g))
+        self.tokens = torch.randint(100, 30000, (64, 1, n), generator=g).to(self.device)
+        self.keep = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.runner.forward(torch.randint(100, 30000, (1, context), generator=g).to(self.device))
         self.i = 0
         self.step()  # warm-up
 
@@ -112,14 +121,20 @@ class Stepper:
 
     def step(self) -> None:
         self.runner.forward(self.tokens[self.i % 64], keep=self.n)
-        self.runner.keep_tail(self.n, torch.zeros(1, dtype=torch.long))
+        self.runner.keep_tail(self.n, self.keep)
         self.i += 1
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def time_steps(self, k: int) -> float:
         self._prepare()
+        self.sync()
         t0 = time.perf_counter()
         for _ in range(k):
             self.step()
+        self.sync()
         return (time.perf_counter() - t0) / k
 
     def breakdown(self, k: int) -> dict:
@@ -130,6 +145,17 @@ class Stepper:
             timer.close()
         lin, head = timer.linear_s / k, timer.head_s / k
         return {"step_ms": total * 1e3, "linear_ms": lin * 1e3, "head_ms": head * 1e3, "rest_ms": (total - lin - head) * 1e3}
+
+
+def random_model(folder: str, dtype: str, device: str) -> nn.Module:
+    """The model ``folder``'s config.json describes, with seeded random weights (``--random-weights``)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    return model.eval()
 
 
 def draft_variants(draft: nn.Module, tokenizer, schemes: list[str], fr_size: int, group: int) -> dict[str, nn.Module]:
@@ -174,7 +200,8 @@ def per_step(args, target, variants: dict[str, nn.Module], vocab: int, targets: 
             steppers[f"{name} [{forward}]"] = Stepper(model, args.context, 1, vocab, 0, forward)
     per_round = max(1, args.steps // args.rounds)
     times: dict[str, list[float]] = {k: [] for k in steppers}
-    shares: dict[str, list[dict]] = {k: [] for k in steppers if "verify-8" not in k}
+    on_cpu = target.device.type == "cpu"  # the hooks time launches, not work, on a GPU
+    shares: dict[str, list[dict]] = {k: [] for k in steppers if "verify-8" not in k and on_cpu}
     with torch.inference_mode():
         for r in range(args.rounds):
             for name, s in steppers.items():
@@ -297,13 +324,16 @@ def main(argv=None) -> int:
     p.add_argument("--engine-variants", default="bf16 full,int4 full,int4 FR32768")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 drafts only there)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="both models from their configs with random weights: step timings only (see above)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "draft_cost.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     tokenizer = load_tokenizer(args.target)
-    target = load_model(args.target, "bfloat16", "cpu")
-    draft = load_model(args.draft, "bfloat16", "cpu")
+    load = random_model if args.random_weights else load_model
+    target, draft = (load(name, "bfloat16", args.device) for name in (args.target, args.draft))
     vocab = target.get_output_embeddings().weight.shape[0]
     t0 = time.perf_counter()
     variants = draft_variants(draft, tokenizer, args.schemes.split(","), args.fr_size, args.group_size)
@@ -318,9 +348,10 @@ def main(argv=None) -> int:
         b = row.get("breakdown_ms", {})
         print(f"{name:<38}{row['step_ms']:>9.1f}{row.get('c', float('nan')):>7.3f}{row.get('c_verify', float('nan')):>8.3f}"
               f"{b.get('linear', float('nan')):>9.1f}{b.get('head', float('nan')):>8.1f}{b.get('rest', float('nan')):>8.1f}{row.get('weights_MB', float('nan')):>8.0f}")
-    cover = coverage(tokenizer, args.fr_size)
-    print("\ncoverage of held-out text by a head of", args.fr_size, json.dumps(cover, indent=1))
-    engine = engine_runs(args, target, tokenizer, variants) if args.engine_prompts else None
+    cover = None if args.random_weights else coverage(tokenizer, args.fr_size)
+    if cover:
+        print("\ncoverage of held-out text by a head of", args.fr_size, json.dumps(cover, indent=1))
+    engine = engine_runs(args, target, tokenizer, variants) if args.engine_prompts and not args.random_weights else None
     if engine:
         print()
         for label, row in engine["results"].items():
@@ -334,6 +365,7 @@ def main(argv=None) -> int:
         "fr_head_coverage": cover,
         "engine": engine,
         "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_MB": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=1) + "\n")

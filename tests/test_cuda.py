@@ -1,4 +1,4 @@
-"""GPU checks: the engine, sampling and train-head on CUDA, with the tiny models of the CPU tests.
+"""GPU checks: the engine, sampling, train-head and distill on CUDA, with the tiny models of the CPU tests.
 
 They run only on a machine with a CUDA GPU (skipped elsewhere, CI included):
 ``python -m pytest -q tests/test_cuda.py`` there. Together they take well under a minute.
@@ -11,11 +11,15 @@ import test_engine_greedy as greedy_tests
 import test_train_head as head_tests
 import torch
 from conftest import hf_greedy, make_engine, perturbed_copy, tiny_llama
+from safetensors.torch import load_file
+from test_distill import fast_settings, tiny_setup  # noqa: F401  (tiny_setup is a fixture)
 
+from specadapt.distill.shallow import shallow_copy
+from specadapt.distill.train import run_distill
 from specadapt.engine import RequestConfig
-from specadapt.heads import AcceptanceHead, load_head, read_head_config, save_head
+from specadapt.heads import AcceptanceHead, load_head, read_head_config, save_head, train_head
 from specadapt.methods import make_method
-from specadapt.heads import train_head
+from specadapt.models.loading import load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -119,3 +123,52 @@ def test_train_head_on_cuda_gives_a_head_the_decoder_uses(settings, pair_dir, pr
     assert report["training"]["steps"] > 0 and report["training"]["curves"]["dev"]
     assert len(list((result.output / "data" / "labels").glob("*.safetensors"))) == 10
     assert_decodes_like_the_target_on_cuda(pair_dir, result.head_dir)
+
+
+# ---------------------------------------------------------------- distill on the GPU
+
+
+@pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])
+def test_distill_on_cuda_trains_what_the_cpu_trains(lora, tiny_setup):
+    """The same `specadapt distill` settings on the GPU and on the CPU: AdaSPEC's two stages (teacher cache,
+    reference, selective draft) see the same tokens and steps, keep the same tokens, and train the same (fp32, no
+    TF32)."""
+    root = tiny_setup
+    target, data = str(root / "target"), str(root / "data.jsonl")
+    summaries = {}
+    for device in ("cpu", "cuda"):
+        settings = fast_settings(device=device, lora_rank=lora, lora_alpha=8.0)
+        summaries[device] = run_distill(target, "shallow:1", data, root / device, settings, log=lambda m: None)
+    start = shallow_copy(load_model(target, "bfloat16", "cpu"), 1, torch.float32).state_dict()  # as distill makes it
+    for stage in ("reference", "draft"):
+        cpu, gpu = (summaries[d]["stages"][stage] for d in ("cpu", "cuda"))
+        for counts in (cpu["compute"], gpu["compute"]):
+            counts.pop("wall_seconds")
+        assert (cpu["compute"], cpu["steps"]) == (gpu["compute"], gpu["steps"]), stage
+        logs = [json.loads((root / d / stage / "log_history.json").read_text()) for d in ("cpu", "cuda")]
+        steps = [[h for h in log if "loss" in h] for log in logs]
+        assert [h.get("kept_fraction") for h in steps[0]] == [h.get("kept_fraction") for h in steps[1]], stage
+        noisy = lora and stage == "draft"  # see below: from its second step on, within a few percent
+        assert steps[1][0]["loss"] == pytest.approx(steps[0][0]["loss"], rel=1e-3), stage  # same start, same tokens
+        assert [h["loss"] for h in steps[1]] == pytest.approx([h["loss"] for h in steps[0]], rel=0.05 if noisy else 1e-3), stage
+        a, b = (load_file(root / d / stage / "model.safetensors") for d in ("cpu", "cuda"))
+        assert set(a) == set(b)
+        if not lora:
+            for name in a:
+                torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{stage} {name}: {m}")
+            continue
+        if stage == "draft":
+            # LoRA's B starts at 0, so Adam's first steps move each entry of B by about lr * sign(gradient); on this
+            # tiny pair the selective stage's gradients are small enough that entries at rounding-noise level flip
+            # sign between devices (measured on an H200: 4-10% of the change, 1.9% in the second step's loss).
+            continue
+        changed = 0
+        for name in a:  # what training changed: each adapted weight's change, GPU against CPU
+            cpu_delta, gpu_delta = a[name] - start[name], b[name] - start[name]
+            if cpu_delta.abs().max() == 0:
+                assert torch.equal(b[name], a[name]), name  # not adapted: untouched on both
+                continue
+            changed += 1
+            error = float((gpu_delta - cpu_delta).norm() / cpu_delta.norm())
+            assert error < 0.01, (stage, name, error)
+        assert changed == 7, stage  # q, k, v, o, gate, up, down of the one layer

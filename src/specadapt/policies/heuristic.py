@@ -31,7 +31,8 @@ class Heuristic(DraftLengthPolicy):
         self._k.begin(slots)
 
     def max_length(self, slots: torch.Tensor) -> torch.Tensor:
-        return self._k["k"][self._k.index(slots)].long()
+        index = self._k.index(slots)  # first: it moves the state to slots' device
+        return self._k["k"][index].long()
 
     def observe(self, outcome: RoundOutcome) -> None:
         index = self._k.index(outcome.slots)
