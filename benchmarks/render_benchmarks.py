@@ -493,6 +493,33 @@ def _cell(value: float | None, fmt: str = "{:.3f}") -> str:
     return "–" if value is None else fmt.format(value)
 
 
+def c_range(rows: dict) -> str:
+    """The spread of the engine's draft's c over a draft_cost.py run's rounds: 'min–max'."""
+    draft = next(k for k in rows if k.startswith("draft") and "[" not in k)
+    target = rows["target 1 token"]["rounds_ms"]
+    ratios = [d / t for d, t in zip(rows[draft]["rounds_ms"], target)]
+    return f"{draft}: {min(ratios):.2f}–{max(ratios):.2f}"
+
+
+def cuda_tests(name: str) -> Callable[[], str]:
+    """A ``pytest -rA tests/test_cuda.py`` log from a GPU machine: passed and failed tests, by test function."""
+
+    def render() -> str:
+        lines = (RESULTS / name).read_text(encoding="utf-8").splitlines()
+        counts: dict[str, dict[str, int]] = {}
+        for line in lines:
+            verdict, _, test = line.partition(" ")
+            if verdict in ("PASSED", "FAILED", "ERROR"):
+                function = test.split("::")[-1].split("[")[0]
+                counts.setdefault(function, {"PASSED": 0, "FAILED": 0, "ERROR": 0})[verdict] += 1
+        out = [f"`{name}` ({lines[0]}):\n", "| test | passed | failed |", "|---|---|---|"]
+        for function, c in counts.items():
+            out.append(f"| `{function}` | {c['PASSED']} | {c['FAILED'] + c['ERROR']} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def draft_step(name: str) -> Callable[[], str]:
     """benchmarks/draft_cost.py: each model's step (one token over a cache of its ``--context``) the way the engine
     runs it and the other ways it was timed, with c and where the time goes."""
@@ -500,8 +527,13 @@ def draft_step(name: str) -> Callable[[], str]:
     def render() -> str:
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
         st = data["settings"]
+        where = f"{st['threads']} threads"
+        if st.get("device", "cpu") != "cpu":
+            where = (f"on {st['device']} ({data['environment']['torch']}), synchronized after each timed block"
+                     + (", random weights (the pair's configs: timings only)" if st.get("random_weights") else ""))
         out = [f"`{name}`: {st['context']} tokens of context, {st['steps']} steps per draft in {st['rounds']} "
-               f"interleaved rounds (the target a third as many), {st['threads']} threads; median over rounds.\n",
+               f"interleaved rounds (the target a third as many), {where}; median over rounds "
+               f"(c per round: {c_range(data['per_step'])}).\n",
                "| model | forward | step ms | c | c vs verify-8 | linear ms | head ms | rest ms | weights MB |",
                "|---|---|---|---|---|---|---|---|---|"]
         for label, row in data["per_step"].items():
@@ -1050,6 +1082,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-wide-targets": cheap_draft_targets(RESULTS / "cheap_draft_wide"),
     "cheap-draft-wide": cheap_draft(RESULTS / "cheap_draft_wide"),
     "draft-step": draft_step("draft_cost_lean.json"),
+    "draft-step-cuda-h200": draft_step("cuda_h200/draft_cost.json"),
+    "cuda-tests-h200": cuda_tests("cuda_h200/test_cuda.log"),
     "width-cost-avx2": width_cost("cpu_avx2/width_cost.json"),
     "width-cost-avx2-wide": width_cost("cpu_avx2/width_cost_wide.json"),
     "bf16-rows-avx2": bf16_rows("cpu_avx2/bf16_rows.json"),
