@@ -30,22 +30,26 @@ class ScopedState:
         }
 
     def begin(self, slots: torch.Tensor) -> None:
-        """Fresh values for requests taking ``slots`` (a no-op when shared)."""
+        """Fresh values for requests taking ``slots`` (kept when shared); the state moves to ``slots``' device here,
+        so that ``state[name][state.index(slots)]`` indexes a tensor already on it."""
+        self._move_to(slots.device)
         if self.scope == "shared" or slots.numel() == 0:
             return
         size = int(slots.max()) + 1
         for k, v in self.values.items():
             if v.shape[0] < size:
                 v = torch.cat([v, v.new_zeros(size - v.shape[0])])
-            v[slots.to(v.device).long()] = float(self.initial[k])
+            v[slots.long()] = float(self.initial[k])
             self.values[k] = v
 
     def index(self, slots: torch.Tensor) -> torch.Tensor:
         """Where each request's values are (its slot, or 0 when shared); moves the state to ``slots``' device."""
-        some = next(iter(self.values.values()))
-        if some.device != slots.device:
-            self.values = {k: v.to(slots.device) for k, v in self.values.items()}
+        self._move_to(slots.device)
         return slots.long() if self.scope == "request" else torch.zeros_like(slots, dtype=torch.long)
+
+    def _move_to(self, device: torch.device) -> None:
+        if next(iter(self.values.values())).device != device:
+            self.values = {k: v.to(device) for k, v in self.values.items()}
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.values[name]
