@@ -874,6 +874,61 @@ def distill_log(folder: str) -> Callable[[], str]:
     return render
 
 
+# The distillation issue's targets: end-to-end gain of a distilled draft over the stock one, same method.
+DISTILL_TARGETS = {"gsm8k": 0.10, "mt-bench": 0.10, "humaneval": 0.0}
+# The distill_mix run's drafts, as eval-draft and cheap_draft.py recorded them -> the names shown.
+DISTILL_MIX_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-mix-512/reference": "DistillSpec",
+                     "runs/q-mix-512/draft": "AdaSPEC", "int4": "stock", "reference:int4": "DistillSpec",
+                     "adaspec:int4": "AdaSPEC"}
+
+
+def distill_targets(folder: str, speed: str, method: str, names: dict[str, str]) -> Callable[[], str]:
+    """The distillation issue's targets from a run: per dataset and distilled draft, ``method``'s end-to-end
+    gain over the stock draft (cheap_draft.py run ``speed``, first draft = stock) against the target (≥ +10% on
+    GSM8K and MT-Bench, no slower on HumanEval), and acceptance: AdaSPEC against DistillSpec, measured (the
+    timed run) and teacher-forced (``folder``'s eval_<dataset>.json). ``names``: variant or eval-draft name ->
+    the name shown; its first two distilled entries are DistillSpec then AdaSPEC."""
+
+    def render() -> str:
+        run = _cheap_draft_run(RESULTS / speed)
+        if run is None:
+            return "No committed results yet.\n"
+        _, settings, summary, _ = run
+        out = ["| dataset | draft | acceptance (timed) | argmax agreement (teacher-forced) | gain over stock | "
+               "target | verdict |", "|---|---|---|---|---|---|---|"]
+        for ds, table in summary["datasets"].items():
+            ev_path = RESULTS / folder / f"eval_{ds}.json"
+            forced = ({names.get(k, k): d["teacher_forced"]["argmax_agreement"]
+                       for k, d in json.loads(ev_path.read_text(encoding="utf-8"))["drafts"].items()}
+                      if ev_path.exists() else {})
+            for draft in settings["drafts"]:
+                label = f"{method}@{draft}"
+                if label not in table:
+                    continue
+                name = names.get(draft, draft)
+                cmp = summary["comparisons"][ds].get(label, {}).get("vs_reference_draft")
+                goal = DISTILL_TARGETS.get(ds)
+                if cmp is None or cmp["gain"] is None:
+                    gain, verdict = "– (stock)", ""
+                else:
+                    spread = cmp["spread"] or 0.0
+                    gain = f"{cmp['gain']:+.1%}" + (f" ± {cmp['spread']:.1%}" if cmp["spread"] is not None else "")
+                    if goal is None:
+                        verdict = ""
+                    elif cmp["gain"] - spread >= goal:
+                        verdict = "met"
+                    elif cmp["gain"] >= goal or (goal == 0 and cmp["gain"] + spread >= 0):
+                        verdict = "met within spread"
+                    else:
+                        verdict = "missed"
+                target = "–" if goal is None or cmp is None else ("no slower" if goal == 0 else f"≥ +{goal:.0%}")
+                out.append(f"| {ds} | `{name}` | {pct(table[label]['acceptance_rate'])} | "
+                           f"{_cell(forced.get(name))} | {gain} | {target} | {verdict} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 # The seed papers' claims (benchmarks/results/seed_claims/CHOICES.md, frozen before the runs): per method, the
 # least gain over the best fixed K that the paper's claim needs ("faster" = beyond the spread, 0).
 CLAIMS = {"specdecpp": ("SpecDec++ +7–11% over the best fixed K", 0.07),
@@ -1124,6 +1179,10 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "prefill-cost-wide": prefill_cost("prefill_cost_wide.json"),
     "int4-rows-wide": int4_rows("int4_rows_wide.json"),
     "distill-real-pair": distill_real_pair("distill_real_pair"),
+    "distill-mix": distill_run("distill_mix", DISTILL_MIX_NAMES),
+    "distill-mix-log": distill_log("distill_mix"),
+    "distill-mix-targets": distill_targets("distill_mix", "distill_mix_speed", "adaedl", DISTILL_MIX_NAMES),
+    "distill-mix-speed": cheap_draft(RESULTS / "distill_mix_speed"),
     "serve-load-history": serve_load("serve_load_int4.json", "serve_load_int4_humaneval1.json", "serve_load_prefill.json",
                                      "serve_load_lazy.json", "serve_load_grouped.json", "serve_load_lazy_humaneval1.json",
                                      "serve_load_lean.json", "serve_load_fill.json", "serve_load_lean_humaneval1.json"),
