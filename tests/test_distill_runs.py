@@ -184,7 +184,7 @@ def test_two_cpu_processes_under_accelerate_train_what_one_process_trains(tiny_s
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), str(ROOT / "tests" / "distill_launch.py"), target, data,
                str(root / "two")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     stages = json.loads((root / "two" / "distill.json").read_text())["stages"]
     assert stages["draft"]["processes"] == 2

@@ -123,6 +123,6 @@ def test_cli_bench_end_to_end(decoder, tmp_path):
     assert changed.returncode == 2 and "other settings" in changed.stderr and "Traceback" not in changed.stderr
 
     compared = subprocess.run([sys.executable, "-m", "specadapt", "bench", "--compare", str(out), str(out)],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=600)
     assert compared.returncode == 0, compared.stderr
     assert "fixed:3" in compared.stdout and "(+0.00)" in compared.stdout
