@@ -804,6 +804,21 @@ def _distill_compute(root: Path) -> list[str]:
     return out
 
 
+def _distill_budget(root: Path) -> list[str]:
+    """The run's data and memory, from its distill.json and (if sampled) rss.json."""
+    if not (root / "distill.json").exists():
+        return []
+    run = json.loads((root / "distill.json").read_text(encoding="utf-8"))
+    d, cache = run["data"], run["teacher_cache"]
+    text = (f"Data `{d['source']}`: {d['examples']} pairs ({d['skipped_too_long']} skipped as longer than "
+            f"{d['max_length']} tokens), {d['tokens']} tokens of which {d['answer_tokens']} answer tokens; teacher cache "
+            f"(top-{run['settings']['cache_top_k']} per position): {cache['bytes'] / 1e6:.0f} MB")
+    if (root / "rss.json").exists():
+        rss = json.loads((root / "rss.json").read_text(encoding="utf-8"))
+        text += f"; peak resident memory {rss['peak_rss_GB']:.1f} GiB (sampled every 60 s)"
+    return [text + ".", ""]
+
+
 def distill_real_pair(folder: str) -> Callable[[], str]:
     """A distillation run on the real pair: each stage's compute (from its stage.json) and each draft's
     teacher-forced agreement with the target (from eval-draft's eval.json)."""
@@ -832,7 +847,7 @@ def distill_run(folder: str, names: dict[str, str]) -> Callable[[], str]:
 
     def render() -> str:
         root = RESULTS / folder
-        out = _distill_compute(root)
+        out = _distill_budget(root) + _distill_compute(root)
         out += ["", "| dataset | draft | positions | argmax agreement | vs stock | KL(target‖draft) | vs stock | "
                     "predicted tokens per target call, K = 4 |", "|---|---|---|---|---|---|---|---|"]
         for path in sorted(root.glob("eval_*.json")):
