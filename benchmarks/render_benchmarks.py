@@ -842,14 +842,16 @@ def distill_real_pair(folder: str) -> Callable[[], str]:
 
 def distill_run(folder: str, names: dict[str, str]) -> Callable[[], str]:
     """A distillation run with one eval-draft report per dataset (``eval_<dataset>.json``): each stage's compute,
-    then per dataset and draft the teacher-forced agreement and KL, and the change against the first draft.
+    then per dataset and draft the teacher-forced agreement and KL, the change against the first draft, and the
+    mean entropies (nats) of the draft's and the target's distributions.
     ``names``: draft as eval-draft recorded it -> the name shown."""
 
     def render() -> str:
         root = RESULTS / folder
         out = _distill_budget(root) + _distill_compute(root)
         out += ["", "| dataset | draft | positions | argmax agreement | vs stock | KL(target‖draft) | vs stock | "
-                    "predicted tokens per target call, K = 4 |", "|---|---|---|---|---|---|---|---|"]
+                    "entropy, draft (target) | predicted tokens per target call, K = 4 |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for path in sorted(root.glob("eval_*.json")):
             ev = json.loads(path.read_text(encoding="utf-8"))
             forced = {names.get(k, k): d["teacher_forced"] for k, d in ev["drafts"].items()}
@@ -858,8 +860,9 @@ def distill_run(folder: str, names: dict[str, str]) -> Callable[[], str]:
                 agree, kl = tf["argmax_agreement"], tf["kl_target_draft"]
                 d_agree = "–" if tf is stock else f"{(agree - stock['argmax_agreement']) * 100:+.1f} pts"
                 d_kl = "–" if tf is stock else f"{kl / stock['kl_target_draft'] - 1:+.1%}"
+                entropy = "–" if "draft_entropy" not in tf else f"{tf['draft_entropy']:.3f} ({tf['target_entropy']:.3f})"
                 out.append(f"| {ev['data']} | `{name}` | {tf['positions']} | {agree:.3f} | {d_agree} | {kl:.3f} | {d_kl} | "
-                           f"{tf['predicted']['4']['mean_accepted_length']:.2f} |")
+                           f"{entropy} | {tf['predicted']['4']['mean_accepted_length']:.2f} |")
         return "\n".join(out) + "\n"
 
     return render

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from specadapt.distill.eval_draft import (
     evaluate_drafts,
     run_eval_draft,
     simulate_greedy_rounds,
+    teacher_forced,
 )
 
 PROMPTS = [EvalPrompt(f"p{i}", tuple(p)) for i, p in enumerate([[3, 9, 4], [10, 2], [7, 7, 1, 30, 5], [44]])]
@@ -45,6 +47,14 @@ def test_greedy_replay_predicts_real_speculative_decoding_exactly(models, tmp_pa
     same = report["drafts"]["self"]
     assert same["teacher_forced"]["expected_acceptance"] == 1.0 and same["teacher_forced"]["kl_target_draft"] < 1e-6
     assert same["speculative"]["3"]["acceptance_rate"] == 1.0
+    # entropies: the target's own equals itself as a draft; a uniform draft has log(vocab)
+    forced = {name: entry["teacher_forced"] for name, entry in report["drafts"].items()}
+    assert forced["self"]["draft_entropy"] == pytest.approx(forced["self"]["target_entropy"], rel=1e-5)
+    assert len({round(f["target_entropy"], 6) for f in forced.values()}) == 1 and forced["self"]["target_entropy"] > 0
+    flat = tiny_llama(6, init_range=0.3)
+    torch.nn.init.zeros_(flat.lm_head.weight)
+    uniform = teacher_forced(target, {"flat": flat}, [([5, 6], [7, 8, 9])], settings)["flat"]
+    assert uniform["draft_entropy"] == pytest.approx(math.log(flat.config.vocab_size), rel=1e-5)
     close_acc = report["drafts"]["close"]["teacher_forced"]["expected_acceptance"]
     assert close_acc > report["drafts"]["far"]["teacher_forced"]["expected_acceptance"]
     # outputs, and the target's responses reused by the next run

@@ -13,8 +13,10 @@ Two measurements on held-out prompts:
      that speculative sampling accepts the draft's token there; at temperature
      0 (one-hot p and q) it is the greedy argmax agreement;
    - ``acceptance_t1``: the same at temperature 1 without top-k/top-p (the
-     usual "alpha"), ``argmax_agreement``, and ``kl_target_draft`` = mean KL(p||q)
-     at temperature 1 (what distillation minimises);
+     usual "alpha"), ``argmax_agreement``, ``kl_target_draft`` = mean KL(p||q)
+     at temperature 1 (what distillation minimises), and ``draft_entropy`` /
+     ``target_entropy``: the mean entropy (nats, temperature 1) of q and of p
+     (entropy-based stopping rules such as AdaEDL's read the draft's);
    - ``predicted`` per K: at temperature 0 a replay of the engine's greedy
      rounds along the target's text (exact while the draft's proposals after a
      rejection do not end in EOS); at temperature > 0 the expected tokens per
@@ -133,7 +135,7 @@ def teacher_forced(
 ) -> dict[str, dict]:
     """Per draft: expected acceptance, alpha at T=1, argmax agreement, KL, and predicted tokens per round."""
     params = settings.sampling
-    acc = {name: {"positions": 0, "expected": 0.0, "alpha1": 0.0, "agree": 0.0, "kl": 0.0, "pred": {k: [0.0, 0, 0, 0] for k in settings.ks}} for name in drafts}
+    acc = {name: {"positions": 0, "expected": 0.0, "alpha1": 0.0, "agree": 0.0, "kl": 0.0, "h_draft": 0.0, "h_target": 0.0, "pred": {k: [0.0, 0, 0, 0] for k in settings.ks}} for name in drafts}
     for prompt, response in sequences:
         if not response:
             continue
@@ -151,6 +153,8 @@ def teacher_forced(
             a["alpha1"] += float(torch.minimum(lp1.exp(), lq1.exp()).sum(-1).sum())
             a["agree"] += float((tl.argmax(-1) == dl.argmax(-1)).float().sum())
             a["kl"] += float((lp1.exp() * (lp1 - lq1)).sum(-1).sum())
+            a["h_draft"] += float(-(lq1.exp() * lq1).sum(-1).sum())
+            a["h_target"] += float(-(lp1.exp() * lp1).sum(-1).sum())
             for k in settings.ks:
                 if params.greedy:
                     d, ac, r = simulate_greedy_rounds(response, dl.argmax(-1).tolist(), k, settings.max_new_tokens, eos_ids)
@@ -174,6 +178,8 @@ def teacher_forced(
             "acceptance_t1": a["alpha1"] / n,
             "argmax_agreement": a["agree"] / n,
             "kl_target_draft": a["kl"] / n,
+            "draft_entropy": a["h_draft"] / n,
+            "target_entropy": a["h_target"] / n,
             "predicted": predicted,
         }
     return out
@@ -370,17 +376,17 @@ def render_report(report: dict) -> str:
         "",
         "## Along the target's text (teacher forcing)",
         "",
-        "| draft | expected acceptance | alpha (T=1) | argmax agreement | KL(target‖draft) | "
+        "| draft | expected acceptance | alpha (T=1) | argmax agreement | KL(target‖draft) | draft entropy | "
         + " | ".join(f"predicted length K={k}" for k in s["ks"])
         + " |",
-        "|---|---|---|---|---|" + "---|" * len(s["ks"]),
+        "|---|---|---|---|---|---|" + "---|" * len(s["ks"]),
     ]
     for name, entry in report["drafts"].items():
         f = entry["teacher_forced"]
         pred = " | ".join(_fmt(f["predicted"][str(k)]["mean_accepted_length"], ".2f") for k in s["ks"])
         lines.append(
             f"| `{name}` | {_fmt(f['expected_acceptance'])} | {_fmt(f['acceptance_t1'])} | "
-            f"{_fmt(f['argmax_agreement'])} | {_fmt(f['kl_target_draft'])} | {pred} |"
+            f"{_fmt(f['argmax_agreement'])} | {_fmt(f['kl_target_draft'])} | {_fmt(f.get('draft_entropy'))} | {pred} |"
         )
     if any(entry["speculative"] for entry in report["drafts"].values()):
         lines += [
