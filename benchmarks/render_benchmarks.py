@@ -1201,6 +1201,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "distill-mix-log": distill_log("distill_mix"),
     "distill-mix-targets": distill_targets("distill_mix", "distill_mix_speed", "adaedl", DISTILL_MIX_NAMES),
     "distill-mix-speed": cheap_draft(RESULTS / "distill_mix_speed"),
+    "distill-mix-fixed-targets": distill_targets("distill_mix", "distill_mix_fixed", "fixed:best", DISTILL_MIX_NAMES),
+    "distill-mix-fixed": cheap_draft(RESULTS / "distill_mix_fixed"),
     "serve-load-history": serve_load("serve_load_int4.json", "serve_load_int4_humaneval1.json", "serve_load_prefill.json",
                                      "serve_load_lazy.json", "serve_load_grouped.json", "serve_load_lazy_humaneval1.json",
                                      "serve_load_lean.json", "serve_load_fill.json", "serve_load_lean_humaneval1.json"),
