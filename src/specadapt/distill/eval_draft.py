@@ -133,7 +133,8 @@ def teacher_forced(
     settings: EvalSettings,
     eos_ids: Sequence[int] = (),
 ) -> dict[str, dict]:
-    """Per draft: expected acceptance, alpha at T=1, argmax agreement, KL, and predicted tokens per round."""
+    """Per draft: expected acceptance, alpha at T=1, argmax agreement, KL, the entropies of q and p, and predicted
+    tokens per round."""
     params = settings.sampling
     acc = {name: {"positions": 0, "expected": 0.0, "alpha1": 0.0, "agree": 0.0, "kl": 0.0, "h_draft": 0.0, "h_target": 0.0, "pred": {k: [0.0, 0, 0, 0] for k in settings.ks}} for name in drafts}
     for prompt, response in sequences:
