@@ -905,13 +905,14 @@ def distill_targets(folder: str, speed: str, method: str, names: dict[str, str])
     gain over the stock draft (cheap_draft.py run ``speed``, first draft = stock) against the target (≥ +10% on
     GSM8K and MT-Bench, no slower on HumanEval), and acceptance: AdaSPEC against DistillSpec, measured (the
     timed run) and teacher-forced (``folder``'s eval_<dataset>.json). ``names``: variant or eval-draft name ->
-    the name shown; its first two distilled entries are DistillSpec then AdaSPEC."""
+    the name shown. Verdicts: the cheap-draft targets' rule for a gain to reach; for "no slower", the comparison's
+    win / tie / loss."""
 
     def render() -> str:
         run = _cheap_draft_run(RESULTS / speed)
         if run is None:
             return "No committed results yet.\n"
-        _, settings, summary, _ = run
+        module, settings, summary, _ = run
         out = ["| dataset | draft | acceptance (timed) | argmax agreement (teacher-forced) | gain over stock | "
                "target | verdict |", "|---|---|---|---|---|---|---|"]
         for ds, table in summary["datasets"].items():
@@ -923,25 +924,18 @@ def distill_targets(folder: str, speed: str, method: str, names: dict[str, str])
                 label = f"{method}@{draft}"
                 if label not in table:
                     continue
-                name = names.get(draft, draft)
                 cmp = summary["comparisons"][ds].get(label, {}).get("vs_reference_draft")
                 goal = DISTILL_TARGETS.get(ds)
-                if cmp is None or cmp["gain"] is None:
-                    gain, verdict = "– (stock)", ""
-                else:
-                    spread = cmp["spread"] or 0.0
+                gain, target, verdict = "– (stock)", "–", ""
+                if cmp is not None and cmp["gain"] is not None:
                     gain = f"{cmp['gain']:+.1%}" + (f" ± {cmp['spread']:.1%}" if cmp["spread"] is not None else "")
-                    if goal is None:
-                        verdict = ""
-                    elif cmp["gain"] - spread >= goal:
-                        verdict = "met"
-                    elif cmp["gain"] >= goal or (goal == 0 and cmp["gain"] + spread >= 0):
-                        verdict = "met within spread"
-                    else:
-                        verdict = "missed"
-                target = "–" if goal is None or cmp is None else ("no slower" if goal == 0 else f"≥ +{goal:.0%}")
-                out.append(f"| {ds} | `{name}` | {pct(table[label]['acceptance_rate'])} | "
-                           f"{_cell(forced.get(name))} | {gain} | {target} | {verdict} |")
+                    if goal == 0:  # "no slower": not a loss by the verdict rule (a tie is no measured difference)
+                        target = "no slower"
+                        verdict = {"loss": "missed", "tie": "met (tie)", "win": "met"}.get(cmp["verdict"], "")
+                    elif goal is not None:
+                        target, verdict = f"≥ +{goal:.0%}", module._verdict(cmp["gain"], cmp["spread"], goal)
+                out.append(f"| {ds} | `{names.get(draft, draft)}` | {pct(table[label]['acceptance_rate'])} | "
+                           f"{_cell(forced.get(names.get(draft, draft)))} | {gain} | {target} | {verdict} |")
         return "\n".join(out) + "\n"
 
     return render
