@@ -143,19 +143,22 @@ def teacher_forced(
         tl = _response_logits(target, prompt, response)
         p = process_logits(tl, params)
         lp1 = torch.log_softmax(tl, -1)
+        p1 = lp1.exp()
+        h_target = float(-(p1 * lp1).sum())  # the same for every draft
         for name, draft in drafts.items():
             dl = _response_logits(draft, prompt, response).to(tl.device)
             q = process_logits(dl, params)
             lq1 = torch.log_softmax(dl, -1)
+            q1 = lq1.exp()
             alpha = torch.minimum(p, q).sum(-1)
             a = acc[name]
             a["positions"] += len(response)
             a["expected"] += float(alpha.sum())
-            a["alpha1"] += float(torch.minimum(lp1.exp(), lq1.exp()).sum(-1).sum())
+            a["alpha1"] += float(torch.minimum(p1, q1).sum())
             a["agree"] += float((tl.argmax(-1) == dl.argmax(-1)).float().sum())
-            a["kl"] += float((lp1.exp() * (lp1 - lq1)).sum(-1).sum())
-            a["h_draft"] += float(-(lq1.exp() * lq1).sum(-1).sum())
-            a["h_target"] += float(-(lp1.exp() * lp1).sum(-1).sum())
+            a["kl"] += float((p1 * (lp1 - lq1)).sum())
+            a["h_draft"] += float(-(q1 * lq1).sum())
+            a["h_target"] += h_target
             for k in settings.ks:
                 if params.greedy:
                     d, ac, r = simulate_greedy_rounds(response, dl.argmax(-1).tolist(), k, settings.max_new_tokens, eos_ids)
