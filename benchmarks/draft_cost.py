@@ -12,10 +12,12 @@ the median over rounds of the mean step time is reported, and the minimum (the l
 draft step / target decode (1 token) and ``c_verify`` = draft step / verify-8, each the median of the ratios
 within a round; ``c_of_min`` = the ratio of the minima.
 
-Each draft runs the way the engine runs it (``lean``: specadapt's DecodeStep) and, with ``--forwards``, also
-through the transformers forward with specadapt's packed attention (``[hf-packed]``) and with transformers' own
-SDPA attention (``[hf-sdpa]``, the state before either existed; the target is timed that way too, and these
-rows' ``c`` is against it): the per-step overhead before and after.
+Each draft runs the way the engine runs it (specadapt's DecodeStep: ``lean`` on a CPU, replayed from a CUDA
+graph on a GPU, ``graphed``) and, with ``--forwards``, also through the transformers forward with specadapt's
+packed attention (``[hf-packed]``) and with transformers' own SDPA attention (``[hf-sdpa]``, the state before
+either existed; the target is timed that way too, and these rows' ``c`` is against it), and the other of
+``lean``/``graphed`` (with ``graphed`` the target's one-token step is also timed captured, and each draft's
+``c_graphed_target`` is against it): the per-step overhead before and after.
 
 Breakdown: in each round, after its clean steps, a variant runs half as many steps again with forward hooks on
 every linear layer (and the head) timing them; "rest" is the step time minus their sum (embedding, norms,
@@ -32,7 +34,7 @@ On a GPU (``--device cuda``) only bf16 drafts exist (quantization is CPU-only) a
 skipped (hooks would time asynchronous launches); every timed block ends with a device synchronize.
 ``--random-weights`` builds both models from their configs with random weights, on the device: timings only
 (a step's cost does not depend on the weights' values; acceptance does, so the engine runs and the head's
-coverage are skipped). It lets a machine that cannot receive the weights (a GPU box reached through a small
+coverage are skipped; ``--engine-repeats`` times the engine's draft and target per token instead). It lets a machine that cannot receive the weights (a GPU box reached through a small
 transfer) time the pair's shapes: only config.json and the tokenizer files travel.
 
 ``--target-schemes int8,int4`` also times the target quantized so (``--target-quant``; its output is lossless
@@ -61,6 +63,7 @@ from specadapt.models.draft_vocab import restrict_vocabulary, shipped_ranking
 from specadapt.models.loading import eos_token_ids, load_model, load_tokenizer
 from specadapt.models.quant import QUANT_LINEARS, quantize_model
 from specadapt.models.attention import NAME as PACKED
+from specadapt.models.graphed import GraphedRunner
 from specadapt.models.runner import ModelRunner
 
 
@@ -96,17 +99,23 @@ class LinearTimer:
             h.remove()
 
 
+def engine_draft_forward(device: str) -> str:
+    """How the engine runs a (Llama/Qwen2) draft on this device, as ``models.graphed.draft_runner`` picks."""
+    return "graphed" if device == "cuda" else "lean"
+
+
 class Stepper:
     """A model with a prefilled cache; ``step()`` runs one forward of ``n`` tokens and rolls it back.
 
-    ``forward``: how the model runs: ``lean`` (specadapt's DecodeStep, the engine's draft), ``hf-packed`` (the
+    ``forward``: how the model runs: ``lean`` (specadapt's DecodeStep, the engine's draft on a CPU), ``graphed``
+    (the same step replayed from a CUDA graph over fixed buffers, the engine's draft on a GPU), ``hf-packed`` (the
     transformers forward with specadapt's packed attention, the engine's target) or ``hf-sdpa`` (the transformers
     forward with its own SDPA attention, as before either existed)."""
 
     def __init__(self, model: nn.Module, context: int, n: int, vocab: int, seed: int, forward: str = "hf-packed") -> None:
         self.model, self.n, self.vocab, self.forward = model, n, vocab, forward
         self.device = model.device
-        self.runner = ModelRunner(model, lean_steps=forward == "lean")
+        self.runner = GraphedRunner(model) if forward == "graphed" else ModelRunner(model, lean_steps=forward == "lean")
         self._prepare()
         self.runner.add_rows(1)
         g = torch.Generator().manual_seed(seed)
@@ -194,8 +203,12 @@ def per_step(args, target, variants: dict[str, nn.Module], vocab: int, targets: 
         steppers["target verify-8 [hf-sdpa]"] = Stepper(target, args.context, 8, vocab, 0, "hf-sdpa")
     for name, model in (targets or {}).items():
         steppers[name] = Stepper(model, args.context, 1, vocab, 0)
+    if "graphed" in others:  # what capturing the target's decode step too would give
+        steppers["target 1 token [graphed]"] = Stepper(target, args.context, 1, vocab, 0, "graphed")
+    engine_draft = engine_draft_forward(target.device.type)
+    others = [f for f in others if f != engine_draft]
     for name, model in variants.items():
-        steppers[name] = Stepper(model, args.context, 1, vocab, 0, "lean")
+        steppers[name] = Stepper(model, args.context, 1, vocab, 0, engine_draft)
         for forward in others:
             steppers[f"{name} [{forward}]"] = Stepper(model, args.context, 1, vocab, 0, forward)
     per_round = max(1, args.steps // args.rounds)
@@ -225,6 +238,8 @@ def per_step(args, target, variants: dict[str, nn.Module], vocab: int, targets: 
             cv = [d / t for d, t in zip(times[name], verify)]
             row.update(c=round(median(c), 3), c_verify=round(median(cv), 3),
                        weights_MB=round(model_bytes(variants[name.split(" [")[0]]) / 2**20, 1))
+            if "target 1 token [graphed]" in times:  # against a target whose step is captured as well
+                row["c_graphed_target"] = round(median(d / t for d, t in zip(times[name], times["target 1 token [graphed]"])), 3)
             # The least disturbed round of each: on a shared machine the closest to an idle one.
             row.update(c_of_min=round(min(times[name]) / min(one), 3))
         row["min_ms"] = round(min(times[name]) * 1e3, 2)
@@ -289,6 +304,39 @@ def engine_runs(args, target, tokenizer, variants: dict[str, nn.Module]) -> dict
     return {"prompts": [e.id for e in examples], "max_new_tokens": args.max_new_tokens, "results": summary}
 
 
+def engine_timing(args, target, tokenizer, variants: dict[str, nn.Module]) -> dict:
+    """With random weights (``--random-weights``): the engine's own time per drafted token and per target round,
+    ``fixed:6`` greedy from a random prompt of ``--context`` tokens, no end-of-sequence: what a draft step costs
+    inside the loop (its sampling and bookkeeping included), against the target's rounds. Acceptance and speedup
+    mean nothing with random weights and are not reported."""
+    from specadapt.engine import RequestConfig, SpeculativeEngine
+    from specadapt.methods import make_method
+
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(100, 30000, (args.context,), generator=g).tolist()
+    config = RequestConfig(max_new_tokens=args.max_new_tokens)
+    engines = {"target only (autoregressive)": (SpeculativeEngine(target, None, tokenizer, []), "autoregressive")}
+    for name in args.engine_variants.split(","):
+        if f"draft {name}" in variants:
+            engines[f"fixed:6 + {name}"] = (SpeculativeEngine(target, variants[f"draft {name}"], tokenizer, []), "fixed:6")
+    times: dict[str, list[dict]] = {label: [] for label in engines}
+    for r in range(args.engine_repeats + 1):  # the first pass warms up (and captures the draft's graph)
+        for label, (engine, method) in engines.items():
+            t0 = time.perf_counter()
+            s = engine.generate([prompt], make_method(method), config)[0].stats
+            if r:
+                times[label].append({"tokens_per_s": s.generated_tokens / (time.perf_counter() - t0),
+                                     "draft_ms_per_token": 1e3 * s.draft_time_s / max(1, s.drafted),
+                                     "target_ms_per_round": 1e3 * s.target_time_s / s.rounds})
+    rows = {label: {k: round(median(x[k] for x in runs), 3) for k in runs[0]} for label, runs in times.items()}
+    one = rows["target only (autoregressive)"]["target_ms_per_round"]
+    for label, row in rows.items():
+        if label != "target only (autoregressive)":
+            row["c_in_engine"] = round(row["draft_ms_per_token"] / one, 3)
+    return {"prompt_tokens": args.context, "max_new_tokens": args.max_new_tokens, "repeats": args.engine_repeats,
+            "method": "fixed:6", "results": rows}
+
+
 def coverage(tokenizer, size: int) -> dict:
     """Share of tokens of held-out text whose id a head of ``size`` keeps: lowest ids vs the shipped ranking."""
     from specadapt.bench.datasets import load_dataset
@@ -316,13 +364,15 @@ def main(argv=None) -> int:
     p.add_argument("--fr-size", type=int, default=32768, help="frequency-ranked head size")
     p.add_argument("--group-size", type=int, default=32)
     p.add_argument("--forwards", default="hf-sdpa,hf-packed",
-                   help="also time each draft (and the target) run these other ways: hf-sdpa, hf-packed (see Stepper)")
+                   help="also time each draft (and the target) run these other ways: hf-sdpa, hf-packed, lean, graphed (see Stepper)")
     p.add_argument("--context", type=int, default=256, help="tokens in the KV cache")
     p.add_argument("--steps", type=int, default=240, help="timed draft steps per variant (target: a third)")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--engine-prompts", type=int, default=3, help="HumanEval prompts for the engine runs (0: skip)")
     p.add_argument("--engine-variants", default="bf16 full,int4 full,int4 FR32768")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--engine-repeats", type=int, default=0,
+                   help="with --random-weights: time the engine's draft and target per token this many times")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 drafts only there)")
     p.add_argument("--random-weights", action="store_true",
@@ -351,19 +401,27 @@ def main(argv=None) -> int:
     cover = None if args.random_weights else coverage(tokenizer, args.fr_size)
     if cover:
         print("\ncoverage of held-out text by a head of", args.fr_size, json.dumps(cover, indent=1))
-    engine = engine_runs(args, target, tokenizer, variants) if args.engine_prompts and not args.random_weights else None
-    if engine:
+    engine = timing = None
+    if args.engine_prompts and not args.random_weights:
+        engine = engine_runs(args, target, tokenizer, variants)
         print()
         for label, row in engine["results"].items():
             print(f"{label:<36}{row['tokens_per_s']:>8.2f} tok/s  x{row['speedup']:.2f}  identical {row['identical_to_target_greedy']}  prefix {row['common_prefix_tokens']}")
+    if args.engine_repeats and args.random_weights:
+        timing = engine_timing(args, target, tokenizer, variants)
+        print()
+        for label, row in timing["results"].items():
+            print(f"{label:<36}" + "  ".join(f"{k} {v}" for k, v in row.items()))
     payload = {
         "benchmark": "draft_cost",
         "settings": {k: v for k, v in vars(args).items() if k != "out"},  # where it was written is no setting
         "environment": machine(),
         "quantize_seconds_all_variants": round(build_s, 1),
+        "engine_draft_forward": engine_draft_forward(args.device),
         "per_step": steps,
         "fr_head_coverage": cover,
         "engine": engine,
+        "engine_timing": timing,
         "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_MB": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
     }

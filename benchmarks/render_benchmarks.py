@@ -536,13 +536,19 @@ def draft_step(name: str) -> Callable[[], str]:
                f"(c per round: {c_range(data['per_step'])}).\n",
                "| model | forward | step ms | c | c vs verify-8 | linear ms | head ms | rest ms | weights MB |",
                "|---|---|---|---|---|---|---|---|---|"]
+        # Records before models/graphed.py: the lean step on a CPU, transformers' forward (packed) on a GPU.
+        draft_forward = data.get("engine_draft_forward", "lean" if st.get("device", "cpu") == "cpu" else "hf-packed")
+        graphed_target = any("c_graphed_target" in row for row in data["per_step"].values())
+        if graphed_target:
+            out[-2] += " c vs graphed target |"
+            out[-1] += "---|"
         for label, row in data["per_step"].items():
             model, _, forward = label.partition(" [")
-            forward = forward.rstrip("]") or ("lean (engine)" if model.startswith("draft") else "hf-packed (engine)")
+            forward = forward.rstrip("]") or f"{draft_forward if model.startswith('draft') else 'hf-packed'} (engine)"
             b = row.get("breakdown_ms", {})
             out.append(f"| {model} | {forward} | {row['step_ms']:.1f} | {_cell(row.get('c'))} | {_cell(row.get('c_verify'))} | "
                        f"{_cell(b.get('linear'), '{:.1f}')} | {_cell(b.get('head'), '{:.1f}')} | {_cell(b.get('rest'), '{:.1f}')} | "
-                       f"{_cell(row.get('weights_MB'), '{:.0f}')} |")
+                       f"{_cell(row.get('weights_MB'), '{:.0f}')} |" + (f" {_cell(row.get('c_graphed_target'))} |" if graphed_target else ""))
         return "\n".join(out) + "\n"
 
     return render

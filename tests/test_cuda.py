@@ -11,6 +11,7 @@ import test_engine_greedy as greedy_tests
 import test_train_head as head_tests
 import torch
 from conftest import hf_greedy, make_engine, perturbed_copy, tiny_llama
+from test_decode_step import _calls, tiny_qwen2
 from safetensors.torch import load_file
 from test_distill import fast_settings, tiny_setup  # noqa: F401  (tiny_setup is a fixture)
 
@@ -19,6 +20,8 @@ from specadapt.distill.train import run_distill
 from specadapt.engine import RequestConfig
 from specadapt.heads import AcceptanceHead, load_head, read_head_config, save_head, train_head
 from specadapt.methods import make_method
+from specadapt.models import graphed
+from specadapt.models.graphed import GraphedRunner
 from specadapt.models.loading import load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -68,6 +71,57 @@ def test_greedy_equals_target_generate_on_cuda(method, draft_name, cuda_target, 
         assert_sane(r, 24)
     if draft_name == "close" and method != "autoregressive":
         assert sum(r.stats.accepted for r in results) > 0  # the verify-and-accept path ran on the GPU
+
+
+# ---------------------------------------------------------------- the draft's CUDA graph
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_llama(4, init_range=0.3), lambda: tiny_qwen2(4)], ids=["llama", "qwen2"])
+def test_graphed_draft_step_replays_what_the_lean_step_computes(make, monkeypatch):
+    """Captured one-token steps (and eager blocks into the same buffers, a cache outgrowing them) give the eager
+    lean step's logits and hidden states on the GPU."""
+    monkeypatch.setattr(graphed, "MIN_CAPACITY", 8)
+    model = make().to("cuda")
+    ref_logits, ref_hidden, real = _calls(model, lean=True)
+    runner = GraphedRunner(model, want_hidden=True)
+    logits, hidden, _ = _calls(model, lean=True, runner=runner)
+    assert runner.capture and runner.slab.graph is not None  # the steps were replayed from a graph
+    for a, b, h_a, h_b, ok in zip(ref_logits, logits, ref_hidden, hidden, real, strict=True):
+        torch.testing.assert_close(b[ok], a[ok], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(h_b[ok], h_a[ok], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["fixed:4", "adaedl"])
+def test_the_engine_replays_the_draft_graph_and_drafts_what_the_eager_step_drafts(method, cuda_target, cuda_drafts,
+                                                                                   monkeypatch):
+    """Requests joining a running batch on the GPU: the draft runs from CUDA graphs (new ones as the batch
+    changes), the outputs are the target's greedy ones, and drafted and accepted counts equal the eager step's."""
+    monkeypatch.setattr(graphed, "MIN_CAPACITY", 8)
+    runners = []
+
+    def run(capture: bool):
+        monkeypatch.setattr("specadapt.engine.draft_runner",
+                            lambda model, want_hidden=False: runners.append(GraphedRunner(model, want_hidden, capture))
+                            or runners[-1])
+        batch = make_engine(cuda_target, cuda_drafts["close"]).batch(make_method(method))
+        requests = [batch.add(PROMPTS[0], RequestConfig(max_new_tokens=24))]
+        for round_no in range(80):
+            if round_no in (1, 3):
+                requests.append(batch.add(PROMPTS[len(requests)], RequestConfig(max_new_tokens=12)))
+            batch.step()
+        assert batch.active == 0
+        return [(r.output, batch.result(r).stats.drafted, batch.result(r).stats.accepted) for r in requests]
+
+    graphs = run(True)
+    assert runners[-1].capture and runners[-1].slab.graph is not None
+    assert graphs == run(False)
+    for (output, drafted, accepted), prompt, n in zip(graphs, PROMPTS, (24, 12, 12)):
+        assert output == cuda_greedy(cuda_target, prompt, n) and drafted > 0
+
+
+def test_the_engine_picks_the_graphed_draft_runner_on_cuda(cuda_target, cuda_drafts):
+    batch = make_engine(cuda_target, cuda_drafts["close"]).batch(make_method("fixed:4"))
+    assert isinstance(batch.draft, GraphedRunner) and batch.draft.capture
 
 
 # ---------------------------------------------------------------- sampling

@@ -20,28 +20,29 @@ def tiny_qwen2(seed: int, **overrides) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(config).eval()
 
 
-def _calls(model, lean: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+def _calls(model, lean: bool, runner: ModelRunner | None = None) -> tuple[list[torch.Tensor], ...]:
     """Logits, hidden states and the real-slot masks of the runner's calls: a left-padded prompt (the
     transformers path in both runners), one-token steps, a block with a padded tail, a rejected tail (a hole)."""
     g = torch.Generator().manual_seed(0)
-    runner = ModelRunner(model, want_hidden=True, lean_steps=lean)
+    runner = runner or ModelRunner(model, want_hidden=True, lean_steps=lean)
+    on = model.device  # the inputs are drawn on the CPU, the same on any device
     runner.add_rows(2)
     prompt = torch.randint(0, 64, (2, 20), generator=g)
     valid = torch.ones_like(prompt)
     valid[0, :7] = 0
-    runner.forward(prompt, valid, keep=20)
+    runner.forward(prompt.to(on), valid.to(on), keep=20)
     calls = [(torch.randint(0, 64, (2, 1), generator=g), None) for _ in range(3)]
     padded = torch.ones((2, 6), dtype=torch.long)
     padded[1, :2] = 0  # row 1 feeds 4 tokens, left-padded
     calls.append((torch.randint(0, 64, (2, 6), generator=g), padded))
     logits, hidden, real = [], [], []
     for i, (tokens, ok) in enumerate(calls):
-        out, h = runner.forward(tokens, ok, keep=tokens.shape[1])
+        out, h = runner.forward(tokens.to(on), None if ok is None else ok.to(on), keep=tokens.shape[1])
         logits.append(out)
         hidden.append(h)
-        real.append(torch.ones(tokens.shape, dtype=torch.bool) if ok is None else ok.bool())
+        real.append(torch.ones(tokens.shape, dtype=torch.bool, device=on) if ok is None else ok.bool().to(on))
         if i == 1:
-            runner.keep_tail(1, torch.tensor([0, 1]))  # row 0's token rejected: a hole the next steps skip
+            runner.keep_tail(1, torch.tensor([0, 1], device=on))  # row 0's token rejected: a hole the next steps skip
     return logits, hidden, real
 
 

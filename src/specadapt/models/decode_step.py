@@ -15,6 +15,8 @@ anything else :meth:`DecodeStep.for_model` returns None and the runner keeps the
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -22,6 +24,11 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # Qwen2's is the same function
 
 from .attention import grouped_sdpa
+
+
+class KVStore(Protocol):
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store a block's keys and values [b, kv_heads, n, d] for ``layer``; return all of that layer's."""
 
 SUPPORTED = ("llama", "qwen2")
 MAX_TOKENS = 16  # blocks up to this long (draft steps, short verifications); prompts take the transformers path
@@ -46,7 +53,7 @@ class DecodeStep:
     @classmethod
     def for_model(cls, model: PreTrainedModel) -> "DecodeStep | None":
         config = model.config
-        if getattr(config, "model_type", None) not in SUPPORTED or model.device.type != "cpu":
+        if getattr(config, "model_type", None) not in SUPPORTED:
             return None
         if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
             return None  # sliding-window layers need their own mask
@@ -59,11 +66,18 @@ class DecodeStep:
         self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache, keep: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``mask`` [b, L]: the runner's 0/1 mask, the block's own columns last; ``positions`` [b, n]."""
+        return self.run(tokens, positions, self._attention_mask(mask, tokens.shape[1]), cache, keep)
+
+    def run(
+        self, tokens: torch.Tensor, positions: torch.Tensor, attend: torch.Tensor | None, cache: KVStore, keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step itself, given the boolean attention mask [b, 1, n, L] (or None: every slot) over the keys that
+        ``cache.update`` returns: the same code runs over a growing cache and, captured in a CUDA graph, over
+        fixed buffers (:mod:`specadapt.models.graphed`)."""
         base = self.model.model
         b, n = tokens.shape
         x = base.embed_tokens(tokens)
         cos, sin = base.rotary_emb(x, positions)  # [b, n, head_dim]
-        attend = self._attention_mask(mask, n)
         for i, layer in enumerate(base.layers):
             attn = layer.self_attn
             h = _rms_norm(x, layer.input_layernorm)

@@ -1,0 +1,90 @@
+"""The draft's CUDA-graph runner (models/graphed.py): its fixed-buffer steps compute what the lean step computes.
+
+On a CPU the same buffers and full-capacity one-token step run without capture; tests/test_cuda.py replays the
+captured graph on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_decode_step import _calls, tiny_qwen2
+
+import specadapt.engine
+from specadapt.engine import RequestConfig
+from specadapt.methods import make_method
+from specadapt.models import graphed
+from specadapt.models.graphed import GraphedRunner, capacity_for
+from specadapt.models.runner import ModelRunner
+
+from conftest import make_engine, tiny_llama
+from test_engine_greedy import MIXED, PROMPTS
+
+
+def test_capacity_is_a_power_of_two_past_the_minimum():
+    assert [capacity_for(n) for n in (1, 512, 513, 1024, 1025)] == [512, 512, 1024, 1024, 2048]
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_llama(4, init_range=0.3), lambda: tiny_qwen2(4)], ids=["llama", "qwen2"])
+def test_graphed_runner_computes_what_the_lean_runner_computes(make, monkeypatch):
+    """Prompt, one-token steps, a padded block, a rejected token: the same logits and hidden states, with the
+    capacity small enough that the cache outgrows its buffers on the way."""
+    monkeypatch.setattr(graphed, "MIN_CAPACITY", 8)
+    model = make()
+    ref_logits, ref_hidden, real = _calls(model, lean=True)
+    runner = GraphedRunner(model, want_hidden=True, capture=False)
+    logits, hidden, _ = _calls(model, lean=True, runner=runner)
+    assert runner.slab is not None and runner.slab.capacity == 32  # 20 prompt slots grew past 8 and 16
+    for a, b, h_a, h_b, ok in zip(ref_logits, logits, ref_hidden, hidden, real, strict=True):
+        torch.testing.assert_close(b[ok], a[ok], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(h_b[ok], h_a[ok], rtol=1e-5, atol=1e-5)
+    # The cache is a view of the buffers, as long as the mask.
+    layer = runner.cache.layers[0]
+    assert layer.keys.data_ptr() == runner.slab.keys[0].data_ptr() and layer.keys.shape[2] == runner.mask.shape[1]
+
+
+def test_one_token_steps_over_a_long_run_match(monkeypatch):
+    """Many one-token steps with rollbacks and a growing cache (3 + 40 - 16 slots: a capacity of 32): the fixed-buffer step's logits stay the lean
+    step's."""
+    monkeypatch.setattr(graphed, "MIN_CAPACITY", 4)
+    model = tiny_qwen2(7)
+    g = torch.Generator().manual_seed(1)
+    runners = [ModelRunner(model, lean_steps=True), GraphedRunner(model, capture=False)]
+    for r in runners:
+        r.add_rows(1)
+    prompt = torch.randint(0, 64, (1, 3), generator=g)
+    for r in runners:
+        r.forward(prompt, keep=3)
+    for i in range(40):
+        tokens = torch.randint(0, 64, (1, 1), generator=g)
+        a, b = (r.forward(tokens)[0] for r in runners)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        if i % 5 == 4:  # the last two steps rejected
+            for r in runners:
+                r.keep_tail(2, torch.tensor([0]))
+    assert runners[1].slab.capacity == 32 and runners[1].mask.shape == runners[0].mask.shape
+
+
+@pytest.mark.parametrize("method", ["fixed:4", "adaedl"])
+def test_the_engine_with_the_graphed_draft_drafts_what_it_drafts_without(target, close_draft, method, monkeypatch):
+    """Requests joining and leaving a running batch (new buffers each time the batch size changes, a capacity the
+    cache outgrows): the same outputs and the same drafted and accepted counts as with the lean draft runner."""
+    monkeypatch.setattr(graphed, "MIN_CAPACITY", 8)
+
+    def run():
+        engine = make_engine(target, close_draft)
+        batch = engine.batch(make_method(method))
+        requests = [batch.add(PROMPTS[0], RequestConfig(max_new_tokens=16))]
+        for round_no in range(60):
+            if round_no in (1, 3, 4):
+                k = len(requests)
+                requests.append(batch.add(PROMPTS[k], MIXED[k]))
+            batch.step()
+        assert batch.active == 0
+        return [(r.output, batch.result(r).stats.drafted, batch.result(r).stats.accepted) for r in requests]
+
+    lean = run()
+    made = []
+    monkeypatch.setattr(specadapt.engine, "draft_runner",
+                        lambda model, want_hidden=False: made.append(GraphedRunner(model, want_hidden, False)) or made[-1])
+    assert run() == lean
+    assert made and made[0].slab is not None
