@@ -12,12 +12,12 @@ the median over rounds of the mean step time is reported, and the minimum (the l
 draft step / target decode (1 token) and ``c_verify`` = draft step / verify-8, each the median of the ratios
 within a round; ``c_of_min`` = the ratio of the minima.
 
-Each draft runs the way the engine runs it (specadapt's DecodeStep: ``lean`` on a CPU, replayed from a CUDA
-graph on a GPU, ``graphed``) and, with ``--forwards``, also through the transformers forward with specadapt's
-packed attention (``[hf-packed]``) and with transformers' own SDPA attention (``[hf-sdpa]``, the state before
-either existed; the target is timed that way too, and these rows' ``c`` is against it), and the other of
-``lean``/``graphed`` (with ``graphed`` the target's one-token step is also timed captured, and each draft's
-``c_graphed_target`` is against it): the per-step overhead before and after.
+Each model runs the way the engine runs it (on a CPU the draft through specadapt's lean DecodeStep, the target
+through the transformers forward with specadapt's packed attention; on a GPU both replay CUDA graphs of the lean
+step, ``graphed``) and, with ``--forwards``, also the other ways: ``[hf-packed]``, ``[hf-sdpa]`` (transformers'
+own SDPA attention, the state before either existed), ``[lean]``, ``[graphed]``. The target is timed each of
+these ways too (except ``lean``), and a draft row's ``c`` is against the target run the same way where there is
+one, else against the engine's: the per-step overhead before and after.
 
 Breakdown: in each round, after its clean steps, a variant runs half as many steps again with forward hooks on
 every linear layer (and the head) timing them; "rest" is the step time minus their sum (embedding, norms,
@@ -99,17 +99,19 @@ class LinearTimer:
             h.remove()
 
 
-def engine_draft_forward(device: str) -> str:
-    """How the engine runs a (Llama/Qwen2) draft on this device, as ``models.graphed.draft_runner`` picks."""
-    return "graphed" if device == "cuda" else "lean"
+def engine_forward(device: str, role: str) -> str:
+    """How the engine runs a (Llama/Qwen2) ``role`` ('draft' or 'target') here, as ``models.graphed.make_runner``
+    picks."""
+    return "graphed" if device == "cuda" else "lean" if role == "draft" else "hf-packed"
 
 
 class Stepper:
     """A model with a prefilled cache; ``step()`` runs one forward of ``n`` tokens and rolls it back.
 
     ``forward``: how the model runs: ``lean`` (specadapt's DecodeStep, the engine's draft on a CPU), ``graphed``
-    (the same step replayed from a CUDA graph over fixed buffers, the engine's draft on a GPU), ``hf-packed`` (the
-    transformers forward with specadapt's packed attention, the engine's target) or ``hf-sdpa`` (the transformers
+    (the same step replayed from CUDA graphs over fixed buffers, the engine's draft and target on a GPU),
+    ``hf-packed`` (the transformers forward with specadapt's packed attention, the engine's target on a CPU) or
+    ``hf-sdpa`` (the transformers
     forward with its own SDPA attention, as before either existed)."""
 
     def __init__(self, model: nn.Module, context: int, n: int, vocab: int, seed: int, forward: str = "hf-packed") -> None:
@@ -194,23 +196,25 @@ def target_variants(target: nn.Module, schemes: list[str], group: int) -> dict[s
 
 
 def per_step(args, target, variants: dict[str, nn.Module], vocab: int, targets: dict[str, nn.Module] | None = None) -> dict:
-    """Each model the way the engine runs it (target: ``hf-packed``, draft: ``lean``), plus ``--forwards``'
-    other ways (a ``[forward]`` suffix): what the packed attention and the lean step each save."""
-    steppers = {"target 1 token": Stepper(target, args.context, 1, vocab, 0), "target verify-8": Stepper(target, args.context, 8, vocab, 0)}
+    """Each model the way the engine runs it (:func:`engine_forward`), plus ``--forwards``' other ways (a
+    ``[forward]`` suffix; the target too, except ``lean``): what the packed attention, the lean step and the CUDA
+    graphs each save."""
+    device = target.device.type
+    on_target, on_draft = engine_forward(device, "target"), engine_forward(device, "draft")
+    steppers = {"target 1 token": Stepper(target, args.context, 1, vocab, 0, on_target),
+                "target verify-8": Stepper(target, args.context, 8, vocab, 0, on_target)}
     others = [f for f in args.forwards.split(",") if f]
-    if "hf-sdpa" in others:
-        steppers["target 1 token [hf-sdpa]"] = Stepper(target, args.context, 1, vocab, 0, "hf-sdpa")
-        steppers["target verify-8 [hf-sdpa]"] = Stepper(target, args.context, 8, vocab, 0, "hf-sdpa")
+    for forward in others:
+        if forward not in (on_target, "lean"):
+            steppers[f"target 1 token [{forward}]"] = Stepper(target, args.context, 1, vocab, 0, forward)
+            steppers[f"target verify-8 [{forward}]"] = Stepper(target, args.context, 8, vocab, 0, forward)
     for name, model in (targets or {}).items():
         steppers[name] = Stepper(model, args.context, 1, vocab, 0)
-    if "graphed" in others:  # what capturing the target's decode step too would give
-        steppers["target 1 token [graphed]"] = Stepper(target, args.context, 1, vocab, 0, "graphed")
-    engine_draft = engine_draft_forward(target.device.type)
-    others = [f for f in others if f != engine_draft]
     for name, model in variants.items():
-        steppers[name] = Stepper(model, args.context, 1, vocab, 0, engine_draft)
+        steppers[name] = Stepper(model, args.context, 1, vocab, 0, on_draft)
         for forward in others:
-            steppers[f"{name} [{forward}]"] = Stepper(model, args.context, 1, vocab, 0, forward)
+            if forward != on_draft:
+                steppers[f"{name} [{forward}]"] = Stepper(model, args.context, 1, vocab, 0, forward)
     per_round = max(1, args.steps // args.rounds)
     times: dict[str, list[float]] = {k: [] for k in steppers}
     on_cpu = target.device.type == "cpu"  # the hooks time launches, not work, on a GPU
@@ -231,15 +235,15 @@ def per_step(args, target, variants: dict[str, nn.Module], vocab: int, targets: 
         row = {"step_ms": round(ms, 2), "rounds_ms": [round(t * 1e3, 2) for t in times[name]]}
         if name.startswith("draft"):
             # Ratios within a round, then their median: load that shifts between rounds cancels.
-            # Against the target run the same way (the state before the packed attention for [hf-sdpa]).
-            suffix = " [hf-sdpa]" if name.endswith("[hf-sdpa]") else ""
+            # Against the target run the same way where it was (the state before the packed attention for
+            # [hf-sdpa], before the CUDA graphs for [hf-packed] on a GPU), else the engine's.
+            suffix = name[name.index(" ["):] if " [" in name else ""
+            suffix = suffix if "target 1 token" + suffix in times else ""
             one, verify = times["target 1 token" + suffix], times["target verify-8" + suffix]
             c = [d / t for d, t in zip(times[name], one)]
             cv = [d / t for d, t in zip(times[name], verify)]
             row.update(c=round(median(c), 3), c_verify=round(median(cv), 3),
                        weights_MB=round(model_bytes(variants[name.split(" [")[0]]) / 2**20, 1))
-            if "target 1 token [graphed]" in times:  # against a target whose step is captured as well
-                row["c_graphed_target"] = round(median(d / t for d, t in zip(times[name], times["target 1 token [graphed]"])), 3)
             # The least disturbed round of each: on a shared machine the closest to an idle one.
             row.update(c_of_min=round(min(times[name]) / min(one), 3))
         row["min_ms"] = round(min(times[name]) * 1e3, 2)
@@ -307,34 +311,62 @@ def engine_runs(args, target, tokenizer, variants: dict[str, nn.Module]) -> dict
 def engine_timing(args, target, tokenizer, variants: dict[str, nn.Module]) -> dict:
     """With random weights (``--random-weights``): the engine's own time per drafted token and per target round,
     ``fixed:6`` greedy from a random prompt of ``--context`` tokens, no end-of-sequence: what a draft step costs
-    inside the loop (its sampling and bookkeeping included), against the target's rounds. Acceptance and speedup
-    mean nothing with random weights and are not reported."""
+    inside the loop (its sampling and bookkeeping included), against the target's rounds; and transformers'
+    ``generate`` on the same models, target-only and assisted with the same constant K (no confidence stopping).
+    Random drafts are almost never accepted, so every speculative run makes one token per round: tokens/s compare
+    the cost of a round, not speedups, which need real weights."""
     from specadapt.engine import RequestConfig, SpeculativeEngine
     from specadapt.methods import make_method
 
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(100, 30000, (args.context,), generator=g).tolist()
     config = RequestConfig(max_new_tokens=args.max_new_tokens)
-    engines = {"target only (autoregressive)": (SpeculativeEngine(target, None, tokenizer, []), "autoregressive")}
-    for name in args.engine_variants.split(","):
-        if f"draft {name}" in variants:
-            engines[f"fixed:6 + {name}"] = (SpeculativeEngine(target, variants[f"draft {name}"], tokenizer, []), "fixed:6")
-    times: dict[str, list[dict]] = {label: [] for label in engines}
-    for r in range(args.engine_repeats + 1):  # the first pass warms up (and captures the draft's graph)
-        for label, (engine, method) in engines.items():
+    runs = {"target only (autoregressive)": (SpeculativeEngine(target, None, tokenizer, []), "autoregressive")}
+    drafts = {name: variants[f"draft {name}"] for name in args.engine_variants.split(",") if f"draft {name}" in variants}
+    for name, draft in drafts.items():
+        runs[f"fixed:6 + {name}"] = (SpeculativeEngine(target, draft, tokenizer, []), "fixed:6")
+    runs["transformers generate (target only)"] = (None, None)
+    vocab = target.get_output_embeddings().weight.shape[0]
+    for name, draft in drafts.items():  # transformers' assistant must score the target's whole vocabulary
+        if draft.get_output_embeddings().weight.shape[0] == vocab:
+            runs[f"transformers assisted K=6 + {name}"] = (draft, None)
+    times: dict[str, list[dict]] = {label: [] for label in runs}
+    for r in range(args.engine_repeats + 1):  # the first pass warms up (and captures the graphs)
+        for label, (engine, method) in runs.items():
+            if method is None:
+                times[label].append(hf_generate(target, engine, prompt, args.max_new_tokens))
+                continue
             t0 = time.perf_counter()
             s = engine.generate([prompt], make_method(method), config)[0].stats
-            if r:
-                times[label].append({"tokens_per_s": s.generated_tokens / (time.perf_counter() - t0),
-                                     "draft_ms_per_token": 1e3 * s.draft_time_s / max(1, s.drafted),
-                                     "target_ms_per_round": 1e3 * s.target_time_s / s.rounds})
-    rows = {label: {k: round(median(x[k] for x in runs), 3) for k in runs[0]} for label, runs in times.items()}
+            row = {"tokens_per_s": s.generated_tokens / (time.perf_counter() - t0),
+                   "target_ms_per_round": 1e3 * s.target_time_s / s.rounds, "accepted": s.accepted}
+            if s.drafted:
+                row["draft_ms_per_token"] = 1e3 * s.draft_time_s / s.drafted
+            times[label].append(row)
+    rows = {label: {k: round(median(x[k] for x in runs[1:]), 3) for k in runs[0]} for label, runs in times.items()}
     one = rows["target only (autoregressive)"]["target_ms_per_round"]
-    for label, row in rows.items():
-        if label != "target only (autoregressive)":
+    for row in rows.values():
+        if "draft_ms_per_token" in row:
             row["c_in_engine"] = round(row["draft_ms_per_token"] / one, 3)
     return {"prompt_tokens": args.context, "max_new_tokens": args.max_new_tokens, "repeats": args.engine_repeats,
             "method": "fixed:6", "results": rows}
+
+
+def hf_generate(target: nn.Module, draft: nn.Module | None, prompt: list[int], n: int) -> dict:
+    """transformers' greedy ``generate`` for exactly ``n`` new tokens (no end-of-sequence), assisted by ``draft``
+    with a constant 6 tokens per round when given: its tokens/s."""
+    ids = torch.tensor([prompt], device=target.device)
+    kwargs = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    if draft is not None:
+        gc = draft.generation_config
+        gc.num_assistant_tokens, gc.num_assistant_tokens_schedule, gc.assistant_confidence_threshold = 6, "constant", 0.0
+        kwargs["assistant_model"] = draft
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = target.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    if target.device.type == "cuda":
+        torch.cuda.synchronize(target.device)
+    return {"tokens_per_s": (out.shape[1] - ids.shape[1]) / (time.perf_counter() - t0)}
 
 
 def coverage(tokenizer, size: int) -> dict:
@@ -417,7 +449,7 @@ def main(argv=None) -> int:
         "settings": {k: v for k, v in vars(args).items() if k != "out"},  # where it was written is no setting
         "environment": machine(),
         "quantize_seconds_all_variants": round(build_s, 1),
-        "engine_draft_forward": engine_draft_forward(args.device),
+        "engine_forward": {role: engine_forward(args.device, role) for role in ("target", "draft")},
         "per_step": steps,
         "fr_head_coverage": cover,
         "engine": engine,

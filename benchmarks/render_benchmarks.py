@@ -501,6 +501,25 @@ def c_range(rows: dict) -> str:
     return f"{draft}: {min(ratios):.2f}–{max(ratios):.2f}"
 
 
+def draft_depth(names: dict[int, str]) -> Callable[[], str]:
+    """benchmarks/draft_cost.py runs of one draft config cut to fewer layers (``{layers: record}``): the engine's
+    step of each against the target's, as the depth goes down."""
+
+    def render() -> str:
+        out = ["| draft layers | head | draft step ms | target 1 token ms | c | c vs verify-8 | weights MB | record |",
+               "|---|---|---|---|---|---|---|---|"]
+        for layers, name in names.items():
+            rows = json.loads((RESULTS / name).read_text(encoding="utf-8"))["per_step"]
+            for label, row in rows.items():
+                if label.startswith("draft") and "[" not in label:
+                    out.append(f"| {layers} | {label.split()[-1]} | {row['step_ms']:.1f} | "
+                               f"{rows['target 1 token']['step_ms']:.1f} | {row['c']:.3f} | {row['c_verify']:.3f} | "
+                               f"{row['weights_MB']:.0f} | `{name}` |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def cuda_tests(name: str) -> Callable[[], str]:
     """A ``pytest -rA tests/test_cuda.py`` log from a GPU machine: passed and failed tests, by test function."""
 
@@ -512,7 +531,8 @@ def cuda_tests(name: str) -> Callable[[], str]:
             if verdict in ("PASSED", "FAILED", "ERROR"):
                 function = test.split("::")[-1].split("[")[0]
                 counts.setdefault(function, {"PASSED": 0, "FAILED": 0, "ERROR": 0})[verdict] += 1
-        out = [f"`{name}` ({lines[0]}):\n", "| test | passed | failed |", "|---|---|---|"]
+        platform = next((line for line in lines if line.startswith("platform ")), lines[0])
+        out = [f"`{name}` ({platform}):\n", "| test | passed | failed |", "|---|---|---|"]
         for function, c in counts.items():
             out.append(f"| `{function}` | {c['PASSED']} | {c['FAILED'] + c['ERROR']} |")
         return "\n".join(out) + "\n"
@@ -536,19 +556,33 @@ def draft_step(name: str) -> Callable[[], str]:
                f"(c per round: {c_range(data['per_step'])}).\n",
                "| model | forward | step ms | c | c vs verify-8 | linear ms | head ms | rest ms | weights MB |",
                "|---|---|---|---|---|---|---|---|---|"]
-        # Records before models/graphed.py: the lean step on a CPU, transformers' forward (packed) on a GPU.
-        draft_forward = data.get("engine_draft_forward", "lean" if st.get("device", "cpu") == "cpu" else "hf-packed")
-        graphed_target = any("c_graphed_target" in row for row in data["per_step"].values())
-        if graphed_target:
-            out[-2] += " c vs graphed target |"
-            out[-1] += "---|"
+        # Records before models/graphed.py: the draft's lean step on a CPU, transformers' forward (packed) on a GPU.
+        engine = data.get("engine_forward") or {
+            "target": "hf-packed", "draft": "lean" if st.get("device", "cpu") == "cpu" else "hf-packed"}
         for label, row in data["per_step"].items():
             model, _, forward = label.partition(" [")
-            forward = forward.rstrip("]") or f"{draft_forward if model.startswith('draft') else 'hf-packed'} (engine)"
+            forward = forward.rstrip("]") or f"{engine['draft' if model.startswith('draft') else 'target']} (engine)"
             b = row.get("breakdown_ms", {})
             out.append(f"| {model} | {forward} | {row['step_ms']:.1f} | {_cell(row.get('c'))} | {_cell(row.get('c_verify'))} | "
                        f"{_cell(b.get('linear'), '{:.1f}')} | {_cell(b.get('head'), '{:.1f}')} | {_cell(b.get('rest'), '{:.1f}')} | "
-                       f"{_cell(row.get('weights_MB'), '{:.0f}')} |" + (f" {_cell(row.get('c_graphed_target'))} |" if graphed_target else ""))
+                       f"{_cell(row.get('weights_MB'), '{:.0f}')} |")
+        timing = data.get("engine_timing")
+        if timing:
+            out += [f"\nIn the engine (random weights: timings only, no acceptance): `{timing['method']}` greedy, "
+                    f"{timing['max_new_tokens']} tokens from a {timing['prompt_tokens']}-token prompt, median of "
+                    f"{timing['repeats']} runs after a warm-up.\n",
+                    "| run | tokens/s | draft ms per drafted token | target ms per round | c in the engine |",
+                    "|---|---|---|---|---|"]
+            res = timing["results"]
+            for label, row in res.items():
+                out.append(f"| {label} | {row['tokens_per_s']:.1f} | {_cell(row.get('draft_ms_per_token'), '{:.2f}')} | "
+                           f"{_cell(row.get('target_ms_per_round'), '{:.2f}')} | {_cell(row.get('c_in_engine'))} |")
+            ratios = [f"{ours} ÷ {theirs}: {res[ours]['tokens_per_s'] / res[theirs]['tokens_per_s']:.2f}×"
+                      for ours, theirs in [("target only (autoregressive)", "transformers generate (target only)")]
+                      + [(k, "transformers assisted K=6 + " + k.split(" + ")[1]) for k in res if k.startswith("fixed:6")]
+                      if ours in res and theirs in res]
+            if ratios:
+                out.append("\nSame models, same process: " + "; ".join(ratios) + ".")
         return "\n".join(out) + "\n"
 
     return render
@@ -1156,6 +1190,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-wide": cheap_draft(RESULTS / "cheap_draft_wide"),
     "draft-step": draft_step("draft_cost_lean.json"),
     "draft-step-cuda-h200": draft_step("cuda_h200/draft_cost.json"),
+    "draft-step-cuda-graphed-h200": draft_step("cuda_h200/draft_cost_graphed.json"),
+    "draft-depth-cuda-h200": draft_depth({24: "cuda_h200/draft_cost_graphed.json", 12: "cuda_h200/draft_cost_graphed_12layers.json",
+                                          6: "cuda_h200/draft_cost_graphed_6layers.json"}),
     "cuda-tests-h200": cuda_tests("cuda_h200/test_cuda.log"),
     "width-cost-avx2": width_cost("cpu_avx2/width_cost.json"),
     "width-cost-avx2-wide": width_cost("cpu_avx2/width_cost_wide.json"),

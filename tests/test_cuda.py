@@ -78,31 +78,34 @@ def test_greedy_equals_target_generate_on_cuda(method, draft_name, cuda_target, 
 
 @pytest.mark.parametrize("make", [lambda: tiny_llama(4, init_range=0.3), lambda: tiny_qwen2(4)], ids=["llama", "qwen2"])
 def test_graphed_draft_step_replays_what_the_lean_step_computes(make, monkeypatch):
-    """Captured one-token steps (and eager blocks into the same buffers, a cache outgrowing them) give the eager
-    lean step's logits and hidden states on the GPU."""
+    """Captured one-token steps and blocks (a cache outgrowing its buffers on the way) give the eager lean step's
+    logits and hidden states on the GPU."""
     monkeypatch.setattr(graphed, "MIN_CAPACITY", 8)
     model = make().to("cuda")
     ref_logits, ref_hidden, real = _calls(model, lean=True)
     runner = GraphedRunner(model, want_hidden=True)
     logits, hidden, _ = _calls(model, lean=True, runner=runner)
-    assert runner.capture and runner.slab.graph is not None  # the steps were replayed from a graph
+    assert runner.capture and len(runner.slab.blocks) == 2  # one-token steps and the 6-token block, each a graph
+    assert all(block.graph is not None for block in runner.slab.blocks.values())
     for a, b, h_a, h_b, ok in zip(ref_logits, logits, ref_hidden, hidden, real, strict=True):
         torch.testing.assert_close(b[ok], a[ok], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(h_b[ok], h_a[ok], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["fixed:4", "adaedl"])
-def test_the_engine_replays_the_draft_graph_and_drafts_what_the_eager_step_drafts(method, cuda_target, cuda_drafts,
-                                                                                   monkeypatch):
-    """Requests joining a running batch on the GPU: the draft runs from CUDA graphs (new ones as the batch
-    changes), the outputs are the target's greedy ones, and drafted and accepted counts equal the eager step's."""
+@pytest.mark.parametrize("method", ["fixed:4", "adaedl", "autoregressive"])
+def test_the_engine_replays_graphs_and_decodes_what_the_eager_steps_decode(method, cuda_target, cuda_drafts,
+                                                                           monkeypatch):
+    """Requests joining a running batch on the GPU: both models run from CUDA graphs (new ones as the batch
+    changes), the outputs are the target's greedy ones, and drafted and accepted counts equal the eager steps'."""
     monkeypatch.setattr(graphed, "MIN_CAPACITY", 8)
     runners = []
 
     def run(capture: bool):
-        monkeypatch.setattr("specadapt.engine.draft_runner",
-                            lambda model, want_hidden=False: runners.append(GraphedRunner(model, want_hidden, capture))
-                            or runners[-1])
+        def make(model, want_hidden=False, exact=False):
+            runners.append(GraphedRunner(model, want_hidden, capture))
+            return runners[-1]
+
+        monkeypatch.setattr("specadapt.engine.make_runner", make)
         batch = make_engine(cuda_target, cuda_drafts["close"]).batch(make_method(method))
         requests = [batch.add(PROMPTS[0], RequestConfig(max_new_tokens=24))]
         for round_no in range(80):
@@ -113,15 +116,15 @@ def test_the_engine_replays_the_draft_graph_and_drafts_what_the_eager_step_draft
         return [(r.output, batch.result(r).stats.drafted, batch.result(r).stats.accepted) for r in requests]
 
     graphs = run(True)
-    assert runners[-1].capture and runners[-1].slab.graph is not None
+    assert all(r.capture and any(b.graph is not None for b in r.slab.blocks.values()) for r in runners)
     assert graphs == run(False)
     for (output, drafted, accepted), prompt, n in zip(graphs, PROMPTS, (24, 12, 12)):
-        assert output == cuda_greedy(cuda_target, prompt, n) and drafted > 0
+        assert output == cuda_greedy(cuda_target, prompt, n) and (drafted > 0) == (method != "autoregressive")
 
 
-def test_the_engine_picks_the_graphed_draft_runner_on_cuda(cuda_target, cuda_drafts):
+def test_the_engine_picks_graphed_runners_on_cuda(cuda_target, cuda_drafts):
     batch = make_engine(cuda_target, cuda_drafts["close"]).batch(make_method("fixed:4"))
-    assert isinstance(batch.draft, GraphedRunner) and batch.draft.capture
+    assert all(isinstance(r, GraphedRunner) and r.capture for r in (batch.target, batch.draft))
 
 
 # ---------------------------------------------------------------- sampling

@@ -1,4 +1,4 @@
-"""The draft's CUDA-graph runner (models/graphed.py): its fixed-buffer steps compute what the lean step computes.
+"""The CUDA-graph runner (models/graphed.py): its fixed-buffer steps compute what the lean step computes.
 
 On a CPU the same buffers and full-capacity one-token step run without capture; tests/test_cuda.py replays the
 captured graph on a GPU."""
@@ -16,7 +16,7 @@ from specadapt.models import graphed
 from specadapt.models.graphed import GraphedRunner, capacity_for
 from specadapt.models.runner import ModelRunner
 
-from conftest import make_engine, tiny_llama
+from conftest import hf_greedy, make_engine, tiny_llama
 from test_engine_greedy import MIXED, PROMPTS
 
 
@@ -64,10 +64,11 @@ def test_one_token_steps_over_a_long_run_match(monkeypatch):
     assert runners[1].slab.capacity == 32 and runners[1].mask.shape == runners[0].mask.shape
 
 
-@pytest.mark.parametrize("method", ["fixed:4", "adaedl"])
-def test_the_engine_with_the_graphed_draft_drafts_what_it_drafts_without(target, close_draft, method, monkeypatch):
-    """Requests joining and leaving a running batch (new buffers each time the batch size changes, a capacity the
-    cache outgrows): the same outputs and the same drafted and accepted counts as with the lean draft runner."""
+@pytest.mark.parametrize("method", ["fixed:4", "adaedl", "autoregressive"])
+def test_the_engine_on_fixed_buffers_decodes_what_it_decodes_without(target, close_draft, method, monkeypatch):
+    """Both models on fixed buffers, requests joining and leaving a running batch (new buffers each time the batch
+    size changes, a capacity the cache outgrows): the target's greedy outputs, and the same drafted and accepted
+    counts as the engine's usual runners give."""
     monkeypatch.setattr(graphed, "MIN_CAPACITY", 8)
 
     def run():
@@ -82,9 +83,14 @@ def test_the_engine_with_the_graphed_draft_drafts_what_it_drafts_without(target,
         assert batch.active == 0
         return [(r.output, batch.result(r).stats.drafted, batch.result(r).stats.accepted) for r in requests]
 
-    lean = run()
+    usual = run()
     made = []
-    monkeypatch.setattr(specadapt.engine, "draft_runner",
-                        lambda model, want_hidden=False: made.append(GraphedRunner(model, want_hidden, False)) or made[-1])
-    assert run() == lean
-    assert made and made[0].slab is not None
+
+    def fixed_buffers(model, want_hidden=False, exact=False):
+        made.append(GraphedRunner(model, want_hidden, capture=False))
+        return made[-1]
+
+    monkeypatch.setattr(specadapt.engine, "make_runner", fixed_buffers)
+    assert run() == usual
+    assert usual[0][0] == hf_greedy(target, PROMPTS[0], 16)
+    assert made and all(r.slab is not None for r in made)  # both models' steps ran on the buffers

@@ -42,7 +42,7 @@ from .acceptance import AcceptanceRule, Proposal, Verdict
 from .errors import SpecAdaptError
 from .methods import Method
 from .models.quant import quantization_of
-from .models.graphed import draft_runner
+from .models.graphed import make_runner
 from .models.runner import ModelRunner, left_pad, share_one_pass
 from .policies.base import DraftBlock, DraftStep, draft_round, finish_round
 from .sampling import SamplingParams, process_logits, sample
@@ -206,12 +206,12 @@ class Batch:
         self.method = method
         self.policy = method.policy
         self.device = engine.device
-        self.target = ModelRunner(engine.target)
+        self.target = make_runner(engine.target, exact=True)
         self.draft: ModelRunner | None = None
         if method.needs_draft:
             if engine.draft is None:
                 raise SpecAdaptError(f"method {method.name!r} needs a draft model; load one or use 'autoregressive'.")
-            self.draft = draft_runner(engine.draft, want_hidden=self.policy.needs_hidden)
+            self.draft = make_runner(engine.draft, want_hidden=self.policy.needs_hidden)
         self.requests: list[Request] = []  # row i of both caches is requests[i] (once joined)
         self._joining: list[Request] = []  # added since the last round: no cache rows or policy state yet
         self._free_slots: list[int] = []  # slots of requests that left (a heap: the smallest is reused first)

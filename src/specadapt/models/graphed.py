@@ -1,19 +1,20 @@
-"""The draft's one-token step replayed from a CUDA graph: on a GPU, a step costs one launch, not hundreds.
+"""Steps of a few tokens replayed from CUDA graphs: on a GPU, a step costs one launch, not hundreds.
 
-On a GPU the draft's step is bound by the host that launches its kernels, not by the device: with random weights
+On a GPU a decoder's step is bound by the host that launches its kernels, not by the device: with random weights
 of the default pair's shapes on an H200, a step of the 0.5B draft took 25.0 ms and one of the 1.5B target 28.9 ms
 (c = 0.88; ``benchmarks/results/cuda_h200/draft_cost.json``), so speculation could not pay. A CUDA graph records a
 step's kernels once and replays them all in one call. The graph needs fixed shapes and addresses, so this runner
 keeps the KV cache in buffers of a fixed capacity (its DynamicCache's layers are views of their first slots: the
-rest of the runner, and the transformers forward for prompts, work on it unchanged), and the captured step writes
-the new token's keys and values at a slot held in a device tensor and attends over the whole capacity through a
-mask. Before each replay the token, its position, its slot and the mask are copied into the graph's input buffers.
+rest of the runner, and the transformers forward for prompts, work on it unchanged), and a captured step (the
+lean :class:`~specadapt.models.decode_step.DecodeStep`) writes its tokens' keys and values at slots held in a
+device tensor and attends over the whole capacity through a mask. Before each replay the tokens, their positions
+and slots, and the mask are copied into the graph's input buffers.
 
-Blocks of 2 to 16 tokens (the first draft step of a round, which feeds the tokens the draft has not seen) run the
-same code eagerly, into the same buffers; prompts take the transformers forward, and the next step copies what it
-appended into the buffers. A change of batch size or a cache that outgrows the capacity allocates new buffers and
-captures again. Without CUDA (``capture=False``) the same buffers and full-capacity step run eagerly: what the tests
-check on a CPU.
+Every block of up to 16 tokens (draft steps, the draft's catch-up, verifications) replays a graph, one per block
+width, captured the first time that width runs; prompts take the transformers forward, and the next step copies
+what it appended into the buffers. A change of batch size or a cache that outgrows the capacity allocates new
+buffers (and captures anew). Without CUDA (``capture=False``) the same buffers and full-capacity steps run
+eagerly: what the tests check on a CPU.
 """
 
 from __future__ import annotations
@@ -35,52 +36,45 @@ def capacity_for(length: int) -> int:
     return max(MIN_CAPACITY, 1 << (length - 1).bit_length())
 
 
-class _Writer:
-    """A :class:`~specadapt.models.decode_step.KVStore` over the buffers for an eager block at slots [start, start+n):
-    it returns views of the first start+n slots, so attention sees only the cache."""
-
-    def __init__(self, slab: "_Slab", start: int) -> None:
-        self.slab, self.start = slab, start
-
-    def update(self, keys: torch.Tensor, values: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.start + keys.shape[2]
-        k, v = self.slab.keys[layer], self.slab.values[layer]
-        k[:, :, self.start : end] = keys
-        v[:, :, self.start : end] = values
-        return k[:, :, :end], v[:, :, :end]
-
-
 class _SlotWriter:
-    """The captured step's store: writes the token at the slot in ``slot`` (a device tensor), returns all slots."""
+    """The captured step's store: writes the block at the slots in ``block.slots`` (a device tensor), returns all
+    slots (the mask hides the ones not in the cache)."""
 
-    def __init__(self, slab: "_Slab") -> None:
-        self.slab = slab
+    def __init__(self, slab: "_Slab", block: "_Block") -> None:
+        self.slab, self.block = slab, block
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.slab.keys[layer], self.slab.values[layer]
-        k.index_copy_(2, self.slab.slot, keys)
-        v.index_copy_(2, self.slab.slot, values)
+        k.index_copy_(2, self.block.slots, keys)
+        v.index_copy_(2, self.block.slots, values)
         return k, v
 
 
+class _Block:
+    """One block width's input buffers (tokens, positions, the slots it writes) and its captured graph."""
+
+    def __init__(self, rows: int, n: int, device: torch.device) -> None:
+        self.tokens = torch.zeros((rows, n), dtype=torch.long, device=device)
+        self.positions = torch.zeros((rows, n), dtype=torch.long, device=device)
+        self.slots = torch.zeros(n, dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
 class _Slab:
-    """Key/value buffers [b, kv_heads, capacity, d] per layer, the one-token step's input buffers, and its graph."""
+    """Key/value buffers [b, kv_heads, capacity, d] per layer, the mask over them, and a graph per block shape."""
 
     def __init__(self, step: DecodeStep, like: torch.Tensor, rows: int, capacity: int) -> None:
         self.step, self.rows, self.capacity = step, rows, capacity
-        layers = len(step.model.model.layers)
+        self.device = like.device
         shape = (rows, step.kv_heads, capacity, step.head_dim)
-        make = dict(dtype=like.dtype, device=like.device)
-        self.keys = [torch.zeros(shape, **make) for _ in range(layers)]
-        self.values = [torch.zeros(shape, **make) for _ in range(layers)]
-        device = like.device
-        self.tokens = torch.zeros((rows, 1), dtype=torch.long, device=device)
-        self.positions = torch.zeros((rows, 1), dtype=torch.long, device=device)
-        self.mask = torch.zeros((rows, capacity), dtype=torch.bool, device=device)
-        self.slot = torch.zeros(1, dtype=torch.long, device=device)
-        self.columns = torch.arange(capacity, device=device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.out: tuple[torch.Tensor, torch.Tensor] | None = None
+        layers = len(step.model.model.layers)
+        self.keys = [torch.zeros(shape, dtype=like.dtype, device=self.device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=like.dtype, device=self.device) for _ in range(layers)]
+        self.mask = torch.zeros((rows, capacity), dtype=torch.bool, device=self.device)
+        self.columns = torch.arange(capacity, device=self.device)
+        self.blocks: dict[tuple[int, int], _Block] = {}  # (width, logits kept) -> its buffers and graph
+        self.pool = None  # the graphs share one memory pool: they never run at once, and outputs are copied out
 
     def holds(self, cache, rows: int, length: int) -> bool:
         """Whether the cache's layers are views of these buffers' first ``length`` slots, for ``rows`` rows."""
@@ -105,39 +99,47 @@ class _Slab:
         for layer, k, v in zip(cache.layers, self.keys, self.values):
             layer.keys, layer.values = k[:, :, :length], v[:, :, :length]
 
-    def one_token(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, capture: bool):
-        """The one-token step at slot ``mask.shape[1] - 1``: logits [b, 1, V] (fp32) and hidden states [b, 1, H]."""
-        length = mask.shape[1]
-        self.tokens.copy_(tokens)
-        self.positions.copy_(positions)
+    def run(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, keep: int, capture: bool):
+        """The block ``tokens`` [b, n] at the last n of the ``mask.shape[1]`` slots: logits [b, keep, V] (fp32) and
+        hidden states [b, keep, H]."""
+        n, length = tokens.shape[1], mask.shape[1]
+        block = self.blocks.get((n, keep))
+        if block is None:
+            block = self.blocks[(n, keep)] = _Block(self.rows, n, self.device)
+        block.tokens.copy_(tokens)
+        block.positions.copy_(positions)
+        block.slots.copy_(self.columns[length - n : length])
         self.mask[:, length:] = False
         self.mask[:, :length] = mask.bool()
-        self.slot.fill_(length - 1)
         if not capture:
-            return self._body()
-        if self.graph is None:
-            self._capture()
-        self.graph.replay()
-        return self.out[0].clone(), self.out[1].clone()
+            return self._body(block, keep)
+        if block.graph is None:
+            self._capture(block, keep)
+        block.graph.replay()
+        return block.out[0].clone(), block.out[1].clone()
 
-    def _body(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # A token always sees its own slot (a hole's query then reads finite values nobody uses; see DecodeStep).
-        attend = (self.mask | (self.columns == self.slot))[:, None, None, :]
-        return self.step.run(self.tokens, self.positions, attend, _SlotWriter(self), 1)
+    def _body(self, block: _Block, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # Query i sees the real slots up to its own, and always its own (a hole's query then reads finite values
+        # nobody uses; see DecodeStep).
+        slots = block.slots[:, None]
+        attend = (self.mask[:, None, :] & (self.columns <= slots)) | (self.columns == slots)
+        return self.step.run(block.tokens, block.positions, attend[:, None], _SlotWriter(self, block), keep)
 
-    def _capture(self) -> None:
-        # Warm-up on a side stream first, as torch's CUDA-graph recipe asks; it writes the slot the replay rewrites.
+    def _capture(self, block: _Block, keep: int) -> None:
+        # Warm-up on a side stream first, as torch's CUDA-graph recipe asks; it writes the slots the replay rewrites.
         current = torch.cuda.current_stream()
         side = torch.cuda.Stream()
         side.wait_stream(current)
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._body()
+                self._body(block, keep)
         current.wait_stream(side)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.out = self._body()
-        self.graph = graph
+        with torch.cuda.graph(graph, pool=self.pool):
+            block.out = self._body(block, keep)
+        block.graph = graph
 
 
 class GraphedRunner(ModelRunner):
@@ -162,20 +164,15 @@ class GraphedRunner(ModelRunner):
         positions = (self.mask.cumsum(1) - 1).clamp_min(0)[:, -n:]
         length = held + n
         slab = self._slab_for(held, length)
-        if n == 1 and keep == 1:
-            try:
-                logits, hidden = slab.one_token(tokens, positions, self.mask, self.capture)
-            except RuntimeError as e:  # a model whose step cannot be captured (say, a host sync in a custom layer)
-                if not self.capture:
-                    raise
-                warnings.warn(f"the draft's step could not be captured in a CUDA graph ({e}); running it eagerly",
-                              stacklevel=2)
-                self.capture = False
-                slab.graph = None
-                logits, hidden = slab.one_token(tokens, positions, self.mask, False)
-        else:
-            attend = self.lean._attention_mask(self.mask, n)
-            logits, hidden = self.lean.run(tokens, positions, attend, _Writer(slab, held), keep)
+        try:
+            logits, hidden = slab.run(tokens, positions, self.mask, keep, self.capture)
+        except RuntimeError as e:  # a model whose step cannot be captured (say, a host sync in a custom layer)
+            if not self.capture:
+                raise
+            warnings.warn(f"a step of {type(self.model).__name__} could not be captured in a CUDA graph ({e}); "
+                          "running it eagerly", stacklevel=2)
+            self.capture = False
+            logits, hidden = slab.run(tokens, positions, self.mask, keep, False)
         slab.expose(self.cache, length)
         return logits, hidden if self.want_hidden else None
 
@@ -192,8 +189,10 @@ class GraphedRunner(ModelRunner):
         return slab
 
 
-def draft_runner(model: PreTrainedModel, want_hidden: bool = False) -> ModelRunner:
-    """The engine's runner for a draft: its steps CUDA-graphed on a GPU, the lean step elsewhere."""
+def make_runner(model: PreTrainedModel, want_hidden: bool = False, exact: bool = False) -> ModelRunner:
+    """The engine's runner for a model. On a GPU, its steps replay CUDA graphs where the architecture has a lean
+    step; on a CPU, the draft (``exact=False``) takes the lean step and the target (``exact=True``) transformers'
+    own forward, whose logits the lossless tests compare bit for bit."""
     if model.device.type == "cuda" and DecodeStep.for_model(model) is not None:
         return GraphedRunner(model, want_hidden=want_hidden)
-    return ModelRunner(model, want_hidden=want_hidden, lean_steps=True)
+    return ModelRunner(model, want_hidden=want_hidden, lean_steps=not exact)
