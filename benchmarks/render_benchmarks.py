@@ -520,6 +520,32 @@ def draft_depth(names: dict[int, str]) -> Callable[[], str]:
     return render
 
 
+def round_profile(names: list[str]) -> Callable[[], str]:
+    """benchmarks/round_profile.py records side by side: each named step's ms per round, and the host time per
+    CUDA graph launch from the profiler."""
+
+    def render() -> str:
+        data = {name: json.loads((RESULTS / name).read_text(encoding="utf-8")) for name in names}
+        methods = [d["settings"]["method"] for d in data.values()]
+        out = ["| step (synchronized) | " + " | ".join(f"{m}: ms per round" for m in methods) + " |",
+               "|---|" + "---|" * len(methods)]
+        for part in next(iter(data.values()))["parts"]:
+            cells = [f"{d['parts'][part]['ms_per_round']:.2f} ({d['parts'][part]['calls']} calls)" for d in data.values()]
+            out.append(f"| {part.strip()} | " + " | ".join(cells) + " |")
+        launches = []
+        for name, d in data.items():
+            op = next((o for o in d["profiled"]["top_ops_by_host_time"] if o["op"] == "cudaGraphLaunch"), None)
+            if op:
+                launches.append(f"{d['settings']['method']} {op['cpu_ms'] / op['calls']:.2f} ms ({op['calls']} launches)")
+        first = next(iter(data.values()))
+        head = (f"{', '.join(f'`{n}`' for n in names)}: {first['rounds']} rounds each, {first['settings']['context']}-token "
+                f"prompt, random weights; the runner's rows count both models' calls.\n")
+        tail = "\nHost time per CUDA graph launch (profiler, `cudaGraphLaunch`): " + "; ".join(launches) + "." if launches else ""
+        return head + "\n" + "\n".join(out) + "\n" + tail + ("\n" if tail else "")
+
+    return render
+
+
 def cuda_tests(name: str) -> Callable[[], str]:
     """A ``pytest -rA tests/test_cuda.py`` log from a GPU machine: passed and failed tests, by test function."""
 
@@ -1191,6 +1217,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "draft-step": draft_step("draft_cost_lean.json"),
     "draft-step-cuda-h200": draft_step("cuda_h200/draft_cost.json"),
     "draft-step-cuda-graphed-h200": draft_step("cuda_h200/draft_cost_graphed.json"),
+    "round-profile-cuda-h200": round_profile(["cuda_h200/round_profile_fixed.json",
+                                               "cuda_h200/round_profile_autoregressive.json"]),
     "draft-depth-cuda-h200": draft_depth({24: "cuda_h200/draft_cost_graphed.json", 12: "cuda_h200/draft_cost_graphed_12layers.json",
                                           6: "cuda_h200/draft_cost_graphed_6layers.json"}),
     "cuda-tests-h200": cuda_tests("cuda_h200/test_cuda.log"),
