@@ -64,6 +64,41 @@ def test_one_token_steps_over_a_long_run_match(monkeypatch):
     assert runners[1].slab.capacity == 32 and runners[1].mask.shape == runners[0].mask.shape
 
 
+def test_buffers_and_graphs_are_kept_per_batch_size(monkeypatch):
+    """Rows leave and join (2 -> 1 -> 2 rows): the 2-row buffers come back (with their graphs) and the steps keep
+    computing what the lean runner computes; only the last few batch sizes are kept."""
+    monkeypatch.setattr(graphed, "KEPT_BATCH_SIZES", 2)
+    model = tiny_qwen2(8)
+    g = torch.Generator().manual_seed(2)
+    runners = [ModelRunner(model, lean_steps=True), GraphedRunner(model, capture=False)]
+    graphed_runner = runners[1]
+
+    def step(rows: int) -> None:
+        tokens = torch.randint(0, 64, (rows, 1), generator=g)
+        a, b = (r.forward(tokens)[0] for r in runners)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+    for r in runners:
+        r.add_rows(2)
+        r.forward(torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(3)), keep=5)
+    step(2)
+    two = graphed_runner.slab
+    for r in runners:
+        r.select_rows(torch.tensor([1]))
+    step(1)
+    assert graphed_runner.slab.rows == 1
+    for r in runners:
+        r.add_rows(1)
+        r.fill_rows([1], [[4, 5, 6]])
+    step(2)
+    assert graphed_runner.slab is two and set(graphed_runner._slabs) == {1, 2}
+    for r in runners:
+        r.add_rows(1)
+        r.fill_rows([2], [[7, 8]])
+    step(3)
+    assert set(graphed_runner._slabs) == {2, 3}  # the least recently used size went
+
+
 @pytest.mark.parametrize("method", ["fixed:4", "adaedl", "autoregressive"])
 def test_the_engine_on_fixed_buffers_decodes_what_it_decodes_without(target, close_draft, method, monkeypatch):
     """Both models on fixed buffers, requests joining and leaving a running batch (new buffers each time the batch

@@ -12,8 +12,8 @@ and slots, and the mask are copied into the graph's input buffers.
 
 Every block of up to 16 tokens (draft steps, the draft's catch-up, verifications) replays a graph, one per block
 width, captured the first time that width runs; prompts take the transformers forward, and the next step copies
-what it appended into the buffers. A change of batch size or a cache that outgrows the capacity allocates new
-buffers (and captures anew). Without CUDA (``capture=False``) the same buffers and full-capacity steps run
+what it appended into the buffers. A cache that outgrows the capacity gets new buffers (and captures anew); a
+change of batch size switches to that size's buffers and graphs, kept for the last few sizes. Without CUDA (``capture=False``) the same buffers and full-capacity steps run
 eagerly: what the tests check on a CPU.
 """
 
@@ -29,6 +29,7 @@ from .decode_step import DecodeStep
 from .runner import ModelRunner
 
 MIN_CAPACITY = 512  # slots; the capacity doubles past it, so a long generation captures a few graphs, not many
+KEPT_BATCH_SIZES = 4  # buffers and graphs kept for this many batch sizes (see GraphedRunner._slab_for)
 
 
 def capacity_for(length: int) -> int:
@@ -148,7 +149,8 @@ class GraphedRunner(ModelRunner):
     def __init__(self, model: PreTrainedModel, want_hidden: bool = False, capture: bool | None = None) -> None:
         super().__init__(model, want_hidden=want_hidden, lean_steps=True)
         self.capture = model.device.type == "cuda" if capture is None else capture
-        self.slab: _Slab | None = None
+        self.slab: _Slab | None = None  # the buffers in use
+        self._slabs: dict[int, _Slab] = {}  # batch size -> its buffers and graphs
 
     @torch.inference_mode()
     def forward(
@@ -177,13 +179,20 @@ class GraphedRunner(ModelRunner):
         return logits, hidden if self.want_hidden else None
 
     def _slab_for(self, held: int, length: int) -> _Slab:
-        """Buffers that hold the cache's ``held`` slots with room for ``length``; new ones when the batch size
-        changed or the cache outgrew them, the cache copied in when something else (a prompt, a row change)
-        replaced its tensors."""
+        """Buffers that hold the cache's ``held`` slots with room for ``length``, the cache copied in when something
+        else (a prompt, a row change) replaced its tensors. One set per batch size is kept, with its graphs, for the
+        last :data:`KEPT_BATCH_SIZES` sizes: a server's batch size goes up and down as requests come and go, and
+        each return to a size would otherwise capture every graph again."""
         rows = self.mask.shape[0]
         slab = self.slab
         if slab is None or slab.rows != rows or slab.capacity < length:
-            slab = self.slab = _Slab(self.lean, self.cache.layers[0].keys, rows, capacity_for(length))
+            slab = self._slabs.pop(rows, None)
+            if slab is None or slab.capacity < length:
+                slab = _Slab(self.lean, self.cache.layers[0].keys, rows, capacity_for(length))
+            self._slabs[rows] = slab  # the most recently used last
+            while len(self._slabs) > KEPT_BATCH_SIZES:
+                self._slabs.pop(next(iter(self._slabs)))
+            self.slab = slab
         if not slab.holds(self.cache, rows, held):
             slab.load(self.cache, held)
         return slab
