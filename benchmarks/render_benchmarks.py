@@ -520,6 +520,28 @@ def draft_depth(names: dict[int, str]) -> Callable[[], str]:
     return render
 
 
+def compile_step(name: str) -> Callable[[], str]:
+    """benchmarks/compile_step.py: the draft's step eager and compiled, against the lean step in the same rounds."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        st, rows = data["settings"], data["per_step"]
+        out = [f"`{name}`: {st['context']} tokens of context, {st['rounds']} interleaved rounds of {st['steps']} steps, "
+               f"{st['threads']} threads, {_machine(data['environment'])}; median over rounds, the ratio's range over "
+               f"rounds in brackets.\n",
+               "| draft | step | ms | ÷ lean step | max logit difference from the lean step |", "|---|---|---|---|---|"]
+        for label, row in rows.items():
+            scheme, _, kind = label.partition(" ")
+            base = rows[f"{scheme} lean"]["rounds_ms"]
+            ratios = [a / b for a, b in zip(row["rounds_ms"], base)]
+            spread = "" if kind == "lean" else f" ({min(ratios):.2f}–{max(ratios):.2f})"
+            out.append(f"| {scheme} | {kind} | {row['step_ms']:.1f} | {row['vs_lean']:.3f}{spread} | "
+                       f"{row['max_logit_diff_vs_lean']:g} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def round_profile(names: list[str]) -> Callable[[], str]:
     """benchmarks/round_profile.py records side by side: each named step's ms per round, and the host time per
     CUDA graph launch from the profiler."""
@@ -1216,6 +1238,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-wide": cheap_draft(RESULTS / "cheap_draft_wide"),
     "draft-step": draft_step("draft_cost_lean.json"),
     "draft-step-cuda-h200": draft_step("cuda_h200/draft_cost.json"),
+    "compile-step": compile_step("compile_step.json"),
     "draft-step-cuda-graphed-h200": draft_step("cuda_h200/draft_cost_graphed.json"),
     "round-profile-cuda-h200": round_profile(["cuda_h200/round_profile_fixed.json",
                                                "cuda_h200/round_profile_autoregressive.json"]),
