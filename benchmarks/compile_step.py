@@ -14,13 +14,13 @@ their value first (``torch.compile`` cannot trace a cached function). Writes JSO
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from statistics import median
 
 import torch
 
+from specadapt.io import write_json_atomic
 from specadapt.models import graphed, hardware, quant, zoo
 from specadapt.models.graphed import GraphedRunner
 from specadapt.models.hardware import machine
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     payload = {"benchmark": "compile_step", "settings": {k: v for k, v in vars(args).items() if k != "out"},
                "environment": machine(), "warm_up_and_compile_s": round(warm_s, 1), "per_step": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    write_json_atomic(args.out, payload, indent=1)
     print(f"wrote {args.out}")
     return 0
 

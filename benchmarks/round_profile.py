@@ -14,7 +14,6 @@ Writes JSON (``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,13 +21,15 @@ from pathlib import Path
 import torch
 
 from draft_cost import random_model
+
+from specadapt import SpeculativeEngine
 from specadapt import engine as loop
 from specadapt.engine import Batch, RequestConfig
+from specadapt.io import write_json_atomic
+from specadapt.methods import make_method
 from specadapt.models import graphed
 from specadapt.models.hardware import machine
 from specadapt.models.loading import load_model, load_tokenizer
-from specadapt.methods import make_method
-from specadapt import SpeculativeEngine
 
 # (owner, attribute, label): what gets timed, outermost first.
 TIMED = [
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
                "drafted": stats.drafted, "accepted": stats.accepted, "parts": parts,
                "profiled": {"rounds": plain.rounds, "wall_s": round(wall, 3), "top_ops_by_host_time": ops}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    write_json_atomic(args.out, payload, indent=1)
     print(f"\nwrote {args.out}")
     return 0
 
