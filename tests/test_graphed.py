@@ -129,3 +129,31 @@ def test_the_engine_on_fixed_buffers_decodes_what_it_decodes_without(target, clo
     assert run() == usual
     assert usual[0][0] == hf_greedy(target, PROMPTS[0], 16)
     assert made and all(r.slab is not None for r in made)  # both models' steps ran on the buffers
+
+
+def test_a_step_that_cannot_be_captured_warns_once_and_runs_eagerly(monkeypatch):
+    """A model whose step fails to capture (say, a layer that syncs with the host) keeps working, eagerly, with one
+    warning; the steps compute what they compute without capture."""
+    model = tiny_qwen2(9)
+    attempts = []
+
+    def fail(self, block, keep):
+        attempts.append(keep)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graphed._Slab, "_capture", fail)
+    runners = [GraphedRunner(model, capture=False), GraphedRunner(model, capture=True)]
+    g = torch.Generator().manual_seed(4)
+    prompt = torch.randint(0, 64, (1, 6), generator=g)
+    for r in runners:
+        r.add_rows(1)
+        r.forward(prompt, keep=6)
+    with pytest.warns(UserWarning, match="could not be captured in a CUDA graph .*operation not permitted.*running it eagerly"):
+        tokens = torch.randint(0, 64, (1, 1), generator=g)
+        a, b = (r.forward(tokens)[0] for r in runners)
+    torch.testing.assert_close(b, a)
+    for _ in range(3):
+        tokens = torch.randint(0, 64, (1, 1), generator=g)
+        a, b = (r.forward(tokens)[0] for r in runners)
+        torch.testing.assert_close(b, a)
+    assert attempts == [1] and not runners[1].capture  # tried once, then eager for good

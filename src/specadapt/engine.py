@@ -41,8 +41,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .acceptance import AcceptanceRule, Proposal, Verdict
 from .errors import SpecAdaptError
 from .methods import Method
-from .models.quant import quantization_of
 from .models.graphed import make_runner
+from .models.quant import quantization_of
 from .models.runner import ModelRunner, left_pad, share_one_pass
 from .policies.base import DraftBlock, DraftStep, draft_round, finish_round
 from .sampling import SamplingParams, process_logits, sample

@@ -13,8 +13,12 @@ and slots, and the mask are copied into the graph's input buffers.
 Every block of up to 16 tokens (draft steps, the draft's catch-up, verifications) replays a graph, one per block
 width, captured the first time that width runs; prompts take the transformers forward, and the next step copies
 what it appended into the buffers. A cache that outgrows the capacity gets new buffers (and captures anew); a
-change of batch size switches to that size's buffers and graphs, kept for the last few sizes. Without CUDA (``capture=False``) the same buffers and full-capacity steps run
-eagerly: what the tests check on a CPU.
+change of batch size switches to that size's buffers and graphs, kept for the last few sizes. Without CUDA
+(``capture=False``) the same buffers and full-capacity steps run eagerly: what the tests check on a CPU.
+
+The target runs the lean step too on a GPU, so its logits are transformers' forward's up to float rounding, not
+to the bit (the CUDA tests check greedy output identical to transformers' ``generate`` in fp32). Buffers hold
+the full capacity for every kept batch size: for the default target at 8 rows and 2048 slots, about 0.5 GB.
 """
 
 from __future__ import annotations
@@ -144,7 +148,8 @@ class _Slab:
 
 
 class GraphedRunner(ModelRunner):
-    """A :class:`ModelRunner` for the draft on a GPU: its one-token steps replay a CUDA graph (see the module)."""
+    """A :class:`ModelRunner` whose blocks of up to 16 tokens run over fixed buffers, replaying CUDA graphs on a GPU
+    (``capture``; default: on CUDA); see the module."""
 
     def __init__(self, model: PreTrainedModel, want_hidden: bool = False, capture: bool | None = None) -> None:
         super().__init__(model, want_hidden=want_hidden, lean_steps=True)
@@ -201,7 +206,7 @@ class GraphedRunner(ModelRunner):
 def make_runner(model: PreTrainedModel, want_hidden: bool = False, exact: bool = False) -> ModelRunner:
     """The engine's runner for a model. On a GPU, its steps replay CUDA graphs where the architecture has a lean
     step; on a CPU, the draft (``exact=False``) takes the lean step and the target (``exact=True``) transformers'
-    own forward, whose logits the lossless tests compare bit for bit."""
+    own forward, so target-only output is transformers' to the bit."""
     if model.device.type == "cuda" and DecodeStep.for_model(model) is not None:
         return GraphedRunner(model, want_hidden=want_hidden)
     return ModelRunner(model, want_hidden=want_hidden, lean_steps=not exact)
