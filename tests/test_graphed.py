@@ -5,6 +5,8 @@ captured graph on a GPU."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 from test_decode_step import _calls, tiny_qwen2
@@ -157,3 +159,25 @@ def test_a_step_that_cannot_be_captured_warns_once_and_runs_eagerly(monkeypatch)
         a, b = (r.forward(tokens)[0] for r in runners)
         torch.testing.assert_close(b, a)
     assert attempts == [1] and not runners[1].capture  # tried once, then eager for good
+
+
+def test_a_models_buffers_and_graphs_go_to_its_next_runner_never_to_two_at_once():
+    """The engine starts a runner per batch: one started after another ended takes over its buffers (and graphs)
+    and computes what a fresh one computes; one started while another of the same model runs gets its own."""
+    model = tiny_qwen2(10)
+
+    def stepped(runner: ModelRunner) -> tuple[ModelRunner, torch.Tensor]:
+        runner.add_rows(1)
+        runner.forward(torch.tensor([[1, 2, 3]]), keep=3)
+        return runner, runner.forward(torch.tensor([[4]]))[0]
+
+    first, _ = stepped(GraphedRunner(model, capture=False))
+    second, _ = stepped(GraphedRunner(model, capture=False))
+    assert second.slab is not first.slab  # both alive: never shared
+    kept = second.slab
+    del second
+    gc.collect()
+    third, logits = stepped(GraphedRunner(model, capture=False))
+    assert third.slab is kept
+    torch.testing.assert_close(logits, stepped(ModelRunner(model, lean_steps=True))[1], rtol=1e-5, atol=1e-5)
+    assert stepped(GraphedRunner(model, capture=False))[0].slab not in (first.slab, kept)

@@ -13,7 +13,8 @@ and slots, and the mask are copied into the graph's input buffers.
 Every block of up to 16 tokens (draft steps, the draft's catch-up, verifications) replays a graph, one per block
 width, captured the first time that width runs; prompts take the transformers forward, and the next step copies
 what it appended into the buffers. A cache that outgrows the capacity gets new buffers (and captures anew); a
-change of batch size switches to that size's buffers and graphs, kept for the last few sizes. Without CUDA
+change of batch size switches to that size's buffers and graphs, kept for the last few sizes and handed on to
+the model's next runner (the next batch) when this one is done. Without CUDA
 (``capture=False``) the same buffers and full-capacity steps run eagerly: what the tests check on a CPU.
 
 The target runs the lean step too on a GPU, so its logits are transformers' forward's up to float rounding, not
@@ -24,6 +25,7 @@ the full capacity for every kept batch size: for the default target at 8 rows an
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import torch
 from transformers import PreTrainedModel
@@ -34,6 +36,18 @@ from .runner import ModelRunner
 
 MIN_CAPACITY = 512  # slots; the capacity doubles past it, so a long generation captures a few graphs, not many
 KEPT_BATCH_SIZES = 4  # buffers and graphs kept for this many batch sizes (see GraphedRunner._slab_for)
+
+
+# A model's buffers and graphs between runners: a runner takes them when it starts (a batch; the engine starts one
+# per generate call) and gives them back when it is collected, so later batches do not capture again. Two runners
+# of one model at once never share buffers: the second starts with none.
+_idle: "weakref.WeakKeyDictionary[PreTrainedModel, dict[int, _Slab]]" = weakref.WeakKeyDictionary()
+
+
+def _give_back(model_ref: "weakref.ref[PreTrainedModel]", slabs: "dict[int, _Slab]") -> None:
+    model = model_ref()
+    if model is not None and slabs:
+        _idle[model] = slabs
 
 
 def capacity_for(length: int) -> int:
@@ -155,7 +169,8 @@ class GraphedRunner(ModelRunner):
         super().__init__(model, want_hidden=want_hidden, lean_steps=True)
         self.capture = model.device.type == "cuda" if capture is None else capture
         self.slab: _Slab | None = None  # the buffers in use
-        self._slabs: dict[int, _Slab] = {}  # batch size -> its buffers and graphs
+        self._slabs: dict[int, _Slab] = _idle.pop(model, None) or {}  # batch size -> its buffers and graphs
+        weakref.finalize(self, _give_back, weakref.ref(model), self._slabs)
 
     @torch.inference_mode()
     def forward(
