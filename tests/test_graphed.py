@@ -39,15 +39,15 @@ def test_graphed_runner_computes_what_the_lean_runner_computes(make, monkeypatch
     for a, b, h_a, h_b, ok in zip(ref_logits, logits, ref_hidden, hidden, real, strict=True):
         torch.testing.assert_close(b[ok], a[ok], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(h_b[ok], h_a[ok], rtol=1e-5, atol=1e-5)
-    # The cache is a view of the buffers, as long as the mask.
-    layer = runner.cache.layers[0]
-    assert layer.keys.data_ptr() == runner.slab.keys[0].data_ptr() and layer.keys.shape[2] == runner.mask.shape[1]
 
 
 def test_one_token_steps_over_a_long_run_match(monkeypatch):
     """Many one-token steps with rollbacks and a growing cache (3 + 40 - 16 slots: a capacity of 32): the fixed-buffer step's logits stay the lean
     step's."""
     monkeypatch.setattr(graphed, "MIN_CAPACITY", 4)
+    loads = []
+    load = graphed._Slab.load
+    monkeypatch.setattr(graphed._Slab, "load", lambda self, cache, n: loads.append(self.capacity) or load(self, cache, n))
     model = tiny_qwen2(7)
     g = torch.Generator().manual_seed(1)
     runners = [ModelRunner(model, lean_steps=True), GraphedRunner(model, capture=False)]
@@ -64,6 +64,9 @@ def test_one_token_steps_over_a_long_run_match(monkeypatch):
             for r in runners:
                 r.keep_tail(2, torch.tensor([0]))
     assert runners[1].slab.capacity == 32 and runners[1].mask.shape == runners[0].mask.shape
+    assert loads == [4, 8, 16, 32]  # the cache is copied only into new buffers: steps and rollbacks copy nothing
+    runners[1].select_rows(torch.tensor([0]))  # reading the cache: its views are remade, as long as the mask
+    assert runners[1].cache.get_seq_length() == runners[1].mask.shape[1] == runners[0].mask.shape[1]
 
 
 def test_buffers_and_graphs_are_kept_per_batch_size(monkeypatch):

@@ -171,14 +171,42 @@ class GraphedRunner(ModelRunner):
         self.slab: _Slab | None = None  # the buffers in use
         self._slabs: dict[int, _Slab] = _idle.pop(model, None) or {}  # batch size -> its buffers and graphs
         weakref.finalize(self, _give_back, weakref.ref(model), self._slabs)
+        # The cache's length while its layers' views are out of date (None: they are current). Steps and rollbacks
+        # only move this; the views are remade when something reads the cache (a prompt, rows joining or leaving):
+        # remaking them for every layer at every step cost the host about as much as launching the step's graph.
+        self._length: int | None = None
+
+    def _expose(self) -> None:
+        if self._length is not None:
+            self.slab.expose(self.cache, self._length)
+            self._length = None
+
+    def add_rows(self, n: int) -> None:
+        self._expose()
+        super().add_rows(n)
+
+    def fill_rows(self, rows, seqs) -> None:
+        self._expose()
+        super().fill_rows(rows, seqs)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self._expose()
+        super().select_rows(rows)
+
+    def _crop(self, slots: int) -> None:
+        if self._length is None:
+            super()._crop(slots)
+        else:
+            self._length -= slots
 
     @torch.inference_mode()
     def forward(
         self, tokens: torch.Tensor, valid: torch.Tensor | None = None, keep: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         n = tokens.shape[1]
-        held = self.cache.get_seq_length()
+        held = self.cache.get_seq_length() if self._length is None else self._length
         if self.lean is None or n > LEAN_MAX_TOKENS or held == 0 or held != self.mask.shape[1]:
+            self._expose()
             return super().forward(tokens, valid, keep)  # a prompt: the transformers forward appends to the cache
         if valid is None:
             valid = torch.ones_like(tokens)
@@ -195,7 +223,7 @@ class GraphedRunner(ModelRunner):
                           "running it eagerly", stacklevel=2)
             self.capture = False
             logits, hidden = slab.run(tokens, positions, self.mask, keep, False)
-        slab.expose(self.cache, length)
+        self._length = length
         return logits, hidden if self.want_hidden else None
 
     def _slab_for(self, held: int, length: int) -> _Slab:
@@ -205,6 +233,9 @@ class GraphedRunner(ModelRunner):
         each return to a size would otherwise capture every graph again."""
         rows = self.mask.shape[0]
         slab = self.slab
+        if self._length is not None and slab.capacity >= length:
+            return slab  # the last step left the cache in these buffers, and only rollbacks came since
+        self._expose()
         if slab is None or slab.rows != rows or slab.capacity < length:
             slab = self._slabs.pop(rows, None)
             if slab is None or slab.capacity < length:

@@ -148,8 +148,11 @@ class ModelRunner:
         self.mask = torch.cat([self.mask[:, :-n_new], tail], dim=1)
         drop = n_new - int(keep.max()) if keep.numel() else n_new
         if drop > 0:
-            self.cache.crop(-drop)
+            self._crop(drop)
             self.mask = self.mask[:, :-drop]
+
+    def _crop(self, slots: int) -> None:
+        self.cache.crop(-slots)
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` (finished requests leave the batch), then drop leading all-hole columns."""
