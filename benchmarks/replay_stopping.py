@@ -15,6 +15,9 @@ measured lossless drafting generations (target-only ones too if it measured fewe
 measured speedup beside the model applied to the *measured* counts (the cost model's error), and replayed vs
 measured rounds (the replay's; in bf16 a speculative method's text can differ from target-only's a little).
 
+``--draft`` replays another draft over the same target outputs (a distilled draft against the stock one: the
+oracle bounds what any stopping rule could get from each).
+
 Writes ``replay.json`` (per dataset: cost model, per-method rows, every example's replayed counts) into the
 run folder, or ``--out``.
 """
@@ -57,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default: the built-in head)")
     p.add_argument("--datasets", default="", help="only these datasets (default: all of the run's)")
     p.add_argument("--out", type=Path, help="JSON output (default: RUN/replay.json)")
+    p.add_argument("--draft", default="", help="replay with this draft instead of the run's (a distilled one, say), "
+                   "quantized as the run's was; the cost model still comes from the run's generations, so it fits a draft "
+                   "of the same architecture and quantization")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     return p.parse_args(argv)
 
@@ -86,7 +92,7 @@ def main(argv=None) -> int:
     from specadapt.api import SpecDecoder
 
     # The run's own models: its draft's and target's quantization too (float for runs recorded before those existed).
-    decoder = SpecDecoder.from_pretrained(settings.target, settings.draft, dtype=settings.dtype, device=settings.device,
+    decoder = SpecDecoder.from_pretrained(settings.target, args.draft or settings.draft, dtype=settings.dtype, device=settings.device,
                                           draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size,
                                           target_quant=settings.target_quant, target_group_size=settings.target_group_size)
     by_key = {(r["dataset"], r["example_id"], r["method"]): r for r in records if r["repeat"] == 0}
@@ -120,7 +126,8 @@ def main(argv=None) -> int:
                                   if (example.dataset, example.id, m) in by_key}})
     summary = {ds: summarize(ds, data["examples"], records, measured) for ds, data in results.items()}
     out = args.out or args.run / "replay.json"
-    out.write_text(json.dumps({"run": str(args.run), "retokenised_length_mismatches": retokenised_off,
+    out.write_text(json.dumps({"run": str(args.run), "draft": args.draft or settings.draft,
+                               "retokenised_length_mismatches": retokenised_off,
                                "datasets": summary}, indent=1), encoding="utf-8")
     for ds, s in summary.items():
         print(format_table(ds, s))
