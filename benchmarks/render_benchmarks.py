@@ -542,6 +542,37 @@ def compile_step(name: str) -> Callable[[], str]:
     return render
 
 
+def draft_replay(names: dict[str, str]) -> Callable[[], str]:
+    """benchmarks/replay_stopping.py runs over the same target outputs with different drafts (``{draft label:
+    replay.json}``, the first the reference): per dataset, what the oracle (the best any stopping rule can do),
+    the default method and the best of its settings and of fixed K reach with each draft, modelled."""
+
+    def render() -> str:
+        data = {label: json.loads((RESULTS / name).read_text(encoding="utf-8")) for label, name in names.items()}
+        first = next(iter(data.values()))
+        ref_label = next(iter(names))
+        out = [", ".join(f"{label}: `{name}`" for label, name in names.items()) + "; modelled speedups over "
+               f"target-only (the run's cost model); ÷: against the {ref_label} draft on the same dataset.\n",
+               "| dataset (examples) | draft | oracle | ÷ | oracle's mean draft length | `adaedl` | ÷ | `adaedl` acceptance "
+               "| best `adaedl` setting | best fixed K |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
+        for ds, summary in first["datasets"].items():
+            ref = summary["methods"]
+            for label, d in data.items():
+                m = d["datasets"][ds]["methods"]
+                ada = {k: v["modelled_speedup"] for k, v in m.items() if k.startswith("adaedl")}
+                fixed = {k: v["modelled_speedup"] for k, v in m.items() if k.startswith("fixed:")}
+                best_ada, best_fixed = max(ada, key=ada.get), max(fixed, key=fixed.get)
+                o, a = m["oracle"]["modelled_speedup"], m["adaedl"]["modelled_speedup"]
+                out.append(f"| {ds} ({d['datasets'][ds]['examples']}) | {label} | {o:.2f}× | "
+                           f"{o / ref['oracle']['modelled_speedup']:.3f} | {m['oracle']['mean_draft_length']:.2f} | "
+                           f"{a:.2f}× | {a / ref['adaedl']['modelled_speedup']:.3f} | {m['adaedl']['acceptance_rate']:.1%} | "
+                           f"`{best_ada}` {ada[best_ada]:.2f}× | `{best_fixed}` {fixed[best_fixed]:.2f}× |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def round_profile(names: list[str]) -> Callable[[], str]:
     """benchmarks/round_profile.py records side by side: each named step's ms per round, and the host time per
     CUDA graph launch from the profiler."""
@@ -1239,6 +1270,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "draft-step": draft_step("draft_cost_lean.json"),
     "draft-step-cuda-h200": draft_step("cuda_h200/draft_cost.json"),
     "compile-step": compile_step("compile_step.json"),
+    "distill-mix-replay": draft_replay({"stock": "distill_mix_replay/stock.json",
+                                        "DistillSpec": "distill_mix_replay/distillspec.json",
+                                        "AdaSPEC": "distill_mix_replay/adaspec.json"}),
     "draft-step-cuda-graphed-h200": draft_step("cuda_h200/draft_cost_graphed.json"),
     "round-profile-cuda-h200": round_profile(["cuda_h200/round_profile_fixed.json",
                                                "cuda_h200/round_profile_autoregressive.json"]),
