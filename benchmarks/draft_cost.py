@@ -34,8 +34,9 @@ On a GPU (``--device cuda``) only bf16 drafts exist (quantization is CPU-only) a
 skipped (hooks would time asynchronous launches); every timed block ends with a device synchronize.
 ``--random-weights`` builds both models from their configs with random weights, on the device: timings only
 (a step's cost does not depend on the weights' values; acceptance does, so the engine runs and the head's
-coverage are skipped; ``--engine-repeats`` times the engine's draft and target per token instead). It lets a machine that cannot receive the weights (a GPU box reached through a small
-transfer) time the pair's shapes: only config.json and the tokenizer files travel.
+coverage are skipped; ``--engine-repeats`` times the engine's draft and target per token instead). It lets a
+machine that cannot receive the weights (a GPU box reached through a small transfer) time the pair's shapes:
+only config.json and the tokenizer files travel.
 
 ``--target-schemes int8,int4`` also times the target quantized so (``--target-quant``; its output is lossless
 w.r.t. that quantized target only) with the same breakdown, and reports each target's decode tokens/s (one
@@ -111,8 +112,7 @@ class Stepper:
     ``forward``: how the model runs: ``lean`` (specadapt's DecodeStep, the engine's draft on a CPU), ``graphed``
     (the same step replayed from CUDA graphs over fixed buffers, the engine's draft and target on a GPU),
     ``hf-packed`` (the transformers forward with specadapt's packed attention, the engine's target on a CPU) or
-    ``hf-sdpa`` (the transformers
-    forward with its own SDPA attention, as before either existed)."""
+    ``hf-sdpa`` (the transformers forward with its own SDPA attention, as before either existed)."""
 
     def __init__(self, model: nn.Module, context: int, n: int, vocab: int, seed: int, forward: str = "hf-packed") -> None:
         self.model, self.n, self.vocab, self.forward = model, n, vocab, forward
@@ -321,6 +321,7 @@ def engine_timing(args, target, tokenizer, variants: dict[str, nn.Module]) -> di
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(100, 30000, (args.context,), generator=g).tolist()
     config = RequestConfig(max_new_tokens=args.max_new_tokens)
+    # label -> (engine, method); transformers' rows: (the assistant draft or None, None)
     runs = {"target only (autoregressive)": (SpeculativeEngine(target, None, tokenizer, []), "autoregressive")}
     drafts = {name: variants[f"draft {name}"] for name in args.engine_variants.split(",") if f"draft {name}" in variants}
     for name, draft in drafts.items():
