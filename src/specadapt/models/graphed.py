@@ -208,10 +208,7 @@ class GraphedRunner(ModelRunner):
         if self.lean is None or n > LEAN_MAX_TOKENS or held == 0 or held != self.mask.shape[1]:
             self._expose()
             return super().forward(tokens, valid, keep)  # a prompt: the transformers forward appends to the cache
-        if valid is None:
-            valid = torch.ones_like(tokens)
-        self.mask = torch.cat([self.mask, valid.long()], dim=1)
-        positions = (self.mask.cumsum(1) - 1).clamp_min(0)[:, -n:]
+        positions = self._append(tokens, valid)
         length = held + n
         slab = self._slab_for(held, length)
         try:

@@ -116,10 +116,7 @@ class ModelRunner:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Append ``tokens`` [b, n] (``valid`` marks real ones) and return logits for the last ``keep``
         positions [b, keep, V] (fp32) and, if wanted, the last hidden states there [b, keep, H]."""
-        if valid is None:
-            valid = torch.ones_like(tokens)
-        self.mask = torch.cat([self.mask, valid.long()], dim=1)
-        positions = (self.mask.cumsum(1) - 1).clamp_min(0)[:, -tokens.shape[1] :]
+        positions = self._append(tokens, valid)
         if self.lean is not None and tokens.shape[1] <= LEAN_MAX_TOKENS:
             logits, hidden = self.lean(tokens, self.mask, positions, self.cache, keep)
             return logits, hidden if self.want_hidden else None
@@ -136,6 +133,14 @@ class ModelRunner:
         )
         hidden = out.hidden_states[-1][:, -keep:] if self.want_hidden else None
         return out.logits.float(), hidden
+
+    def _append(self, tokens: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Add the block's slots to the mask (``valid`` marks real tokens; None: all); returns their positions
+        [b, n], counted over each row's real slots."""
+        if valid is None:
+            valid = torch.ones_like(tokens)
+        self.mask = torch.cat([self.mask, valid.long()], dim=1)
+        return (self.mask.cumsum(1) - 1).clamp_min(0)[:, -tokens.shape[1] :]
 
     def keep_tail(self, n_new: int, keep: torch.Tensor) -> None:
         """Of the last ``n_new`` slots, row i keeps its first ``keep[i]``; the rest become holes.
