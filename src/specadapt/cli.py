@@ -16,6 +16,7 @@ from .api import DEFAULT_METHOD
 from .bench.runner import BenchSettings
 from .cli_options import with_settings
 from .distill.eval_draft import EvalSettings
+from .distill.responses import ResponseSettings
 from .distill.train import DistillSettings
 from .engine import RequestConfig
 from .errors import SpecAdaptError, SpecAdaptWarning
@@ -342,6 +343,45 @@ def distill_command(
     summary = run_distill(target, draft_init, data, out, DistillSettings(**settings), overwrite=overwrite,
                           log=lambda m: err.print(m, style="dim", markup=False, highlight=False))
     err.print(f"[green]draft saved[/green] in {summary['draft']}; next: {summary['next']}")
+
+
+@app.command("target-responses")
+@with_settings(ResponseSettings)
+def target_responses_command(
+    *,
+    target: str = typer.Option(..., help="Target model: built-in name, folder, .gguf file or Hub id."),
+    out: Path = typer.Option(..., help="The .jsonl file to write (an unfinished one of the same target is resumed)."),
+    settings: dict,
+    dtype: str = typer.Option("bfloat16", help="bfloat16, float32 or float16."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+) -> None:
+    """Write the target's greedy answers to the benchmark's train prompts: distillation data (distill --data OUT)."""
+    import torch
+    from tqdm import tqdm
+
+    from .api import SpecDecoder
+    from .distill.responses import write_target_responses
+
+    run_settings = ResponseSettings(**settings)
+    if out.suffix != ".jsonl":
+        raise SpecAdaptError(f"--out {str(out)!r}: give a .jsonl file name (distill --data reads .jsonl files).")
+    if run_settings.threads:
+        torch.set_num_threads(run_settings.threads)
+    decoder = SpecDecoder.from_pretrained(target, None, dtype=dtype, device=device, float32_copies=True)
+    with tqdm(unit="prompt", desc="target answers") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        summary = write_target_responses(decoder, target, out, run_settings, progress)
+    rate = summary["tokens_per_s"]
+    err.print(f"{summary['answered']} answer(s), {summary['tokens']} tokens"
+              + (f" at {rate:.1f} tokens/s" if rate else "") + f" appended to {out}"
+              + (f" ({summary['already']} there before)" if summary["already"] else "")
+              + (f"; {summary['skipped_long_prompts']} prompt(s) over --max-prompt-tokens skipped" if summary["skipped_long_prompts"] else ""))
+    if summary["remaining"]:
+        err.print(f"[yellow]{summary['remaining']} prompt(s) left (time limit): rerun the same command to resume.[/yellow]")
+    err.print(f"next: specadapt distill --target {target} --data {out} ...")
 
 
 @app.command("eval-draft")

@@ -24,8 +24,10 @@ Built-in sources
     split is recorded in the head's config.
 
 A user source is a path to a ``.jsonl`` file: one JSON object per line with a
-``prompt`` string and optionally ``response`` (string), ``id`` and ``chat``
-(boolean; default: use the chat template when the tokenizer has one).
+``prompt`` string and optionally ``response`` (string), ``id``, ``chat``
+(boolean; default: use the chat template when the tokenizer has one) and
+``finished`` (boolean, default true; false: the response was cut off, so
+distillation adds no end-of-turn token after it).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class PromptRecord:
     prompt: str
     response: str | None  # the data set's own response, if any
     chat: bool | None  # True: a chat turn; False: raw completion; None: chat if the tokenizer has a template
+    finished: bool = True  # False: the response was cut off (no end-of-turn token follows it)
 
 
 def is_builtin(name: str) -> bool:
@@ -228,7 +231,10 @@ def read_jsonl_prompts(path: Path) -> list[PromptRecord]:
         chat = row.get("chat")
         if chat is not None and not isinstance(chat, bool):
             raise SpecAdaptError(f"{path} line {n}: \"chat\" must be true or false when given.")
-        records.append(PromptRecord(str(row.get("id", f"{path.name}/{n}")), path.name, row["prompt"], response, chat))
+        finished = row.get("finished", True)
+        if not isinstance(finished, bool):
+            raise SpecAdaptError(f"{path} line {n}: \"finished\" must be true or false when given.")
+        records.append(PromptRecord(str(row.get("id", f"{path.name}/{n}")), path.name, row["prompt"], response, chat, finished))
     if not records:
         raise SpecAdaptError(f"prompt file {path} holds no prompts; add lines like {{\"prompt\": \"...\"}}.")
     return records

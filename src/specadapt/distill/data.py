@@ -21,7 +21,9 @@ Training sources (``--data`` of ``specadapt distill``):
     HumanEval/0..81 only.
 a ``.jsonl`` file
     One object per line with ``"prompt"`` and ``"response"`` strings (optional
-    ``"chat"``: false for raw completion).
+    ``"chat"``: false for raw completion; ``"finished"``: false for a cut-off
+    response). ``specadapt target-responses`` writes one from the target's own
+    answers (:mod:`specadapt.distill.responses`).
 several, comma-separated (``gsm8k,sharegpt``)
     The sources' pairs alternate one by one.
 
@@ -74,6 +76,7 @@ class Pair:
     prompt: str | list[dict]  # text, or chat messages ending with the user's turn
     response: str
     chat: bool | None = None  # None: chat if the tokenizer has a template
+    finished: bool = True  # False: a cut-off response, followed by no end-of-turn / EOS token
 
 
 def encode_pair(
@@ -88,7 +91,9 @@ def encode_pair(
         full_text = tokenizer.apply_chat_template(
             messages + [{"role": "assistant", "content": pair.response}], tokenize=False
         )
-        if full_text.startswith(prompt_text):
+        if not pair.finished:
+            suffix = pair.response
+        elif full_text.startswith(prompt_text):
             suffix = full_text[len(prompt_text) :]
             # Train up to the end-of-turn token the decoder stops at, not the template's trailing newline.
             if eos and eos in suffix:
@@ -99,7 +104,7 @@ def encode_pair(
     else:
         prompt_ids = list(tokenizer(plain_text(pair.prompt), add_special_tokens=True)["input_ids"])
         answer_ids = list(tokenizer(pair.response, add_special_tokens=False)["input_ids"])
-        if tokenizer.eos_token_id is not None:
+        if tokenizer.eos_token_id is not None and pair.finished:
             answer_ids.append(int(tokenizer.eos_token_id))
     if not prompt_ids or not answer_ids or len(prompt_ids) >= max_length:
         return None
@@ -145,7 +150,7 @@ def _load_source_pairs(spec: str, limit: int | None) -> list[Pair]:
             f"training data {spec!r}: {len(missing)} record(s) have no \"response\" (first: {missing[0]}); "
             "distillation trains on answer tokens, so give a response for every prompt."
         )
-    pairs = [Pair(r.prompt, r.response, r.chat) for r in records]
+    pairs = [Pair(r.prompt, r.response, r.chat, r.finished) for r in records]
     return pairs[:limit] if limit else pairs
 
 
