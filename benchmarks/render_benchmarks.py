@@ -1060,6 +1060,33 @@ def distill_targets(folder: str, speed: str, method: str, names: dict[str, str])
     return render
 
 
+# The distill_target run's drafts (trained on the target's own answers) -> the names shown.
+DISTILL_TARGET_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tr/reference": "DistillSpec",
+                        "runs/q-tr/draft": "AdaSPEC", "int4": "stock", "reference:int4": "DistillSpec",
+                        "adaspec:int4": "AdaSPEC"}
+
+
+def target_responses(path: str) -> Callable[[], str]:
+    """The training data ``specadapt target-responses`` wrote: per dataset, the prompts answered, the answer
+    tokens and the share of answers the target finished (the rest were cut at the length limit)."""
+
+    def render() -> str:
+        rows = [json.loads(line) for line in (RESULTS / path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        out = [f"`{path}`: the target's greedy answers, at most {rows[0]['max_new_tokens']} tokens each.", "",
+               "| dataset (train split) | prompts | answer tokens | mean tokens | finished |", "|---|---|---|---|---|"]
+        for ds in dict.fromkeys(r["dataset"] for r in rows):
+            mine = [r for r in rows if r["dataset"] == ds]
+            tokens = sum(r["tokens"] for r in mine)
+            out.append(f"| {ds} | {len(mine)} | {tokens} | {tokens / len(mine):.0f} | "
+                       f"{pct(sum(r['finished'] for r in mine) / len(mine), '.0%')} |")
+        tokens = sum(r["tokens"] for r in rows)
+        out.append(f"| all | {len(rows)} | {tokens} | {tokens / len(rows):.0f} | "
+                   f"{pct(sum(r['finished'] for r in rows) / len(rows), '.0%')} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 # The seed papers' claims (benchmarks/results/seed_claims/CHOICES.md, frozen before the runs): per method, the
 # least gain over the best fixed K that the paper's claim needs ("faster" = beyond the spread, 0).
 CLAIMS = {"specdecpp": ("SpecDec++ +7–11% over the best fixed K", 0.07),
@@ -1320,6 +1347,14 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "int4-rows-wide": int4_rows("int4_rows_wide.json"),
     "distill-real-pair": distill_real_pair("distill_real_pair"),
     "distill-mix": distill_run("distill_mix", DISTILL_MIX_NAMES),
+    "distill-target-data": target_responses("distill_target/responses.jsonl"),
+    "distill-target": distill_run("distill_target", DISTILL_TARGET_NAMES),
+    "distill-target-log": distill_log("distill_target"),
+    "distill-target-targets": distill_targets("distill_target", "distill_target_speed", "adaedl", DISTILL_TARGET_NAMES),
+    "distill-target-speed": cheap_draft(RESULTS / "distill_target_speed"),
+    "distill-target-replay": draft_replay({"stock": "distill_mix_replay/stock.json",
+                                           "DistillSpec": "distill_target_replay/distillspec.json",
+                                           "AdaSPEC": "distill_target_replay/adaspec.json"}),
     "distill-mix-log": distill_log("distill_mix"),
     "distill-mix-targets": distill_targets("distill_mix", "distill_mix_speed", "adaedl", DISTILL_MIX_NAMES),
     "distill-mix-speed": cheap_draft(RESULTS / "distill_mix_speed"),

@@ -96,10 +96,17 @@ def test_bad_settings_and_files(decoder, tmp_path):
         load_train_pairs(str(bad))
 
 
-def test_cli_refuses_an_output_that_is_not_jsonl(tmp_path):
+def test_cli_writes_answers_and_refuses_an_output_that_is_not_jsonl(tmp_path):
     from typer.testing import CliRunner
 
     from specadapt.cli import app
 
-    result = CliRunner().invoke(app, ["target-responses", "--target", "x", "--out", str(tmp_path / "a.json")])
+    save_tiny_checkpoint(tmp_path / "m", 0, WORDS)
+    out = tmp_path / "answers.jsonl"
+    args = ["target-responses", "--target", str(tmp_path / "m"), "--datasets", "gsm8k,spec-bench", "--limit", "3",
+            "--max-new-tokens", "2", "--dtype", "float32", "--device", "cpu", "--out"]
+    result = CliRunner().invoke(app, [*args, str(out)])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["dataset"] for line in out.read_text().splitlines()].count("gsm8k") == 2
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "a.json")])
     assert result.exit_code != 0 and "give a .jsonl file name" in str(result.exception or result.output)
