@@ -60,6 +60,17 @@ def test_answers_are_the_targets_greedy_output_and_a_rerun_resumes(decoder, tmp_
     assert [p.finished for p in pairs] == [json.loads(line)["finished"] for line in before.splitlines()]
 
 
+def test_a_users_prompt_file_mixes_with_a_dataset(decoder, tmp_path):
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text(json.dumps({"prompt": "the cat sat", "id": "a"}) + "\n" + json.dumps({"prompt": "on a mat", "chat": False}) + "\n")
+    prompts = train_prompts([str(mine), "gsm8k"], 3)
+    assert [(p.id, p.chat) for p in prompts] == [("a", None), ("gsm8k/200", None), ("mine.jsonl/2", False)]
+    out = tmp_path / "answers.jsonl"
+    write_target_responses(decoder, "tiny", out, ResponseSettings(datasets=[str(mine)], max_new_tokens=3))
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["mine.jsonl/2"]["response"] == decoder.generate("on a mat", method="autoregressive", max_new_tokens=3).text
+
+
 def test_a_time_limit_stops_before_the_next_batch(decoder, tmp_path):
     settings = ResponseSettings(datasets=["gsm8k"], limit=4, max_new_tokens=2, batch_size=2, time_limit=1e-9)
     summary = write_target_responses(decoder, "tiny", tmp_path / "a.jsonl", settings)
@@ -78,7 +89,8 @@ def test_a_cut_off_answer_gets_no_end_token(tmp_path):
 
 def test_bad_settings_and_files(decoder, tmp_path):
     for kwargs, message in [
-        ({"datasets": ["gsm9k"]}, "--datasets: unknown 'gsm9k'; use some of gsm8k, humaneval, spec-bench, mt-bench."),
+        ({"datasets": ["gsm9k"]}, "--datasets: unknown 'gsm9k'; use some of gsm8k, humaneval, spec-bench, mt-bench "
+                                  "or the path of an existing .jsonl file."),
         ({"batch_size": 0}, "--batch-size must be >= 1, got 0."),
         ({"limit": 0}, "--limit must be >= 1"),
         ({"time_limit": -1.0}, "--time-limit must be a positive number of minutes, got -1.0."),

@@ -3,8 +3,8 @@
 DistillSpec (Zhou et al., 2024) finds that a draft distilled on text the *target* generated agrees with it
 more than one distilled on a dataset's reference answers: at decoding time the draft has to predict the
 target's text, not a human's. This module writes the target's greedy answers to the ``train`` split of the
-benchmark's datasets (the same prompt format the benchmark reports on, never a test prompt) as a ``.jsonl``
-file that ``specadapt distill --data FILE`` trains on: one line per prompt, ``{"id", "prompt", "chat",
+benchmark's datasets (the same prompt format the benchmark reports on, never a test prompt), or to a user's
+own prompts (``.jsonl`` files, as ``--data`` of ``train-head`` reads them), as a ``.jsonl`` file that ``specadapt distill --data FILE`` trains on: one line per prompt, ``{"id", "prompt", "chat",
 "response", "finished"}``. ``finished`` is false for an answer cut at ``max_new_tokens`` or a stop string,
 so training adds no end-of-turn token the target never wrote.
 
@@ -32,8 +32,9 @@ class ResponseSettings:
     """What ``target-responses`` generates; validated on construction."""
 
     datasets: list[str] = field(default_factory=lambda: ["spec-bench", "humaneval", "gsm8k"], metadata={
-        "help": "Benchmark datasets whose train-split prompts are answered, alternating one by one "
-                f"({', '.join(RESPONSE_DATASETS)}; spec-bench's train split holds MT-Bench's; its math_reasoning rows, GSM8K test problems, are left out)."})
+        "help": "Prompts to answer, alternating one by one: benchmark datasets' train splits "
+                f"({', '.join(RESPONSE_DATASETS)}; spec-bench's holds MT-Bench's; its math_reasoning rows, GSM8K test "
+                "problems, are left out) or .jsonl files of your own prompts (\"prompt\", optional \"chat\")."})
     limit: int | None = field(default=None, metadata={"help": "Answer at most N prompts (of the alternating mix)."})
     max_new_tokens: int = field(default=256, metadata={"help": "Length limit of an answer."})
     max_prompt_tokens: int = field(default=384, metadata={
@@ -44,10 +45,10 @@ class ResponseSettings:
     threads: int | None = field(default=None, metadata={"help": "torch threads (default: torch's)."})
 
     def __post_init__(self) -> None:
-        unknown = [d for d in self.datasets if d not in RESPONSE_DATASETS]
+        unknown = [d for d in self.datasets if d not in RESPONSE_DATASETS and not _is_prompt_file(d)]
         if unknown or not self.datasets:
             raise SpecAdaptError(f"--datasets: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
-                                 f"use some of {', '.join(RESPONSE_DATASETS)}.")
+                                 f"use some of {', '.join(RESPONSE_DATASETS)} or the path of an existing .jsonl file.")
         for name in ("max_new_tokens", "max_prompt_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise SpecAdaptError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
@@ -57,20 +58,30 @@ class ResponseSettings:
             raise SpecAdaptError(f"--time-limit must be a positive number of minutes, got {self.time_limit}.")
 
 
+def _is_prompt_file(name: str) -> bool:
+    return name.endswith(".jsonl") and Path(name).expanduser().is_file()
+
+
 @dataclass(frozen=True)
 class _Prompt:
     id: str
     dataset: str
     text: str  # the user turn
     stop: tuple[str, ...]
+    chat: bool | None = None  # None: the chat template if the tokenizer has one
 
 
 def train_prompts(datasets: Sequence[str], limit: int | None = None) -> list[_Prompt]:
-    """The train-split prompts of ``datasets``, alternating one by one (the first ``limit`` of the mix)."""
+    """The prompts of ``datasets`` (train splits; a .jsonl file: all of it), alternating one by one (the first
+    ``limit`` of the mix)."""
     from ..bench.datasets import load_dataset
+    from ..sources import read_jsonl_prompts
 
     lists = []
     for name in datasets:
+        if name not in RESPONSE_DATASETS:  # the user's own prompts
+            lists.append([_Prompt(r.id, name, r.prompt, (), r.chat) for r in read_jsonl_prompts(Path(name).expanduser())])
+            continue
         rows = []
         for ex in load_dataset(name, None, "train"):
             if name == "spec-bench" and ex.category == "math_reasoning":
@@ -121,8 +132,9 @@ def write_target_responses(
     out = Path(out)
     done = _read_done(out, target_name, settings)
     prompts = [p for p in train_prompts(settings.datasets, settings.limit) if p.id not in done]
-    chat = has_chat_template(decoder.tokenizer)  # the benchmark's chat turns; plain text for a model without
-    ids = {p.id: decoder.encode(p.text, chat=chat) for p in prompts}
+    template = has_chat_template(decoder.tokenizer)  # the benchmark's chat turns; plain text for a model without
+    chat = {p.id: template if p.chat is None else p.chat for p in prompts}
+    ids = {p.id: decoder.encode(p.text, chat=chat[p.id]) for p in prompts}
     skipped = [p for p in prompts if len(ids[p.id]) > settings.max_prompt_tokens]
     todo = [p for p in prompts if len(ids[p.id]) <= settings.max_prompt_tokens]
     batches = []
@@ -149,7 +161,7 @@ def write_target_responses(
                 if not r.text.strip():  # nothing to train on (distill refuses empty answers); rare, redone on resume
                     empty += 1
                     continue
-                row = {"id": p.id, "dataset": p.dataset, "prompt": p.text, "chat": chat, "response": r.text,
+                row = {"id": p.id, "dataset": p.dataset, "prompt": p.text, "chat": chat[p.id], "response": r.text,
                        "finished": r.finish_reason == "eos", "tokens": len(r.token_ids),
                        "target": target_name, "max_new_tokens": settings.max_new_tokens}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
