@@ -336,6 +336,32 @@ def test_end_to_end_adaspec_then_distillspec(tiny_setup):
     assert len(report["drafts"]) == 2 and (root / "eval" / "eval.md").exists()
 
 
+def test_a_run_stopped_between_stages_has_the_record_of_the_finished_one(tiny_setup, monkeypatch):
+    import specadapt.distill.train as train
+
+    root = tiny_setup
+    target, data = str(root / "target"), str(root / "data.jsonl")
+    original = train.train_stage
+
+    def stop_at_the_draft(stage_dir, *args, selective=False, **kwargs):
+        if selective:
+            raise KeyboardInterrupt  # killed as stage 2 starts
+        return original(stage_dir, *args, selective=selective, **kwargs)
+
+    monkeypatch.setattr(train, "train_stage", stop_at_the_draft)
+    with pytest.raises(KeyboardInterrupt):
+        run_distill(target, "shallow:1", data, root / "ada", fast_settings(), log=lambda m: None)
+    record = json.loads((root / "ada" / "distill.json").read_text())
+    assert list(record["stages"]) == ["reference"] and record["stages"]["reference"]["steps"] == 2
+    assert record["compute"]["total"]["optimizer_steps"] == 2
+    # resumed: the reference is reused, its record kept, and the draft's added
+    monkeypatch.undo()
+    (root / "ada" / "distill.json").unlink()  # the reused reference's record comes from its own folder
+    run_distill(target, "shallow:1", data, root / "ada", fast_settings(), log=lambda m: None)
+    record = json.loads((root / "ada" / "distill.json").read_text())
+    assert list(record["stages"]) == ["reference", "draft"] and record["compute"]["total"]["optimizer_steps"] == 4
+
+
 def test_several_data_sources_alternate(tmp_path):
     from specadapt.distill.data import load_train_pairs
 

@@ -933,11 +933,30 @@ def run_distill(
     data_info = {**data_info, "hash": examples_fingerprint(examples)}
     info = {"target": target, "draft_init": draft_init, "data": data_info, "settings": asdict(settings)}
     stages: dict[str, dict] = {}
+
+    def record() -> dict:
+        """distill.json after each stage, so that a run stopped between stages has the record of what finished."""
+        summary = {
+            **info,
+            "teacher_cache": cache_info,
+            "reference": str(reference_dir) if adaspec else None,
+            "draft": str(draft_dir),
+            "stages": stages,
+            "next": f"specadapt eval-draft --target {target} --draft {draft_dir} --data gsm8k --out {out / 'eval'}",
+        }
+        if state.is_main_process:
+            previous = json.loads((out / "distill.json").read_text()) if (out / "distill.json").exists() else {}
+            summary["stages"] = {**previous.get("stages", {}), **stages}
+            summary["compute"] = compute_summary(summary["stages"], adaspec, external_reference=bool(settings.reference))
+            (out / "distill.json").write_text(json.dumps(summary, indent=2, default=str))
+        return summary
+
     reference = None
     if adaspec:
         if stage_finished(reference_dir) or settings.reference:
             if not settings.reference:
                 _check_reference(reference_dir, target, draft_init, data_info["hash"])
+                stages["reference"] = json.loads((reference_dir / STAGE_FILE).read_text())["metrics"]
             log(f"reusing the reference model in {reference_dir}")
         else:
             log("stage 1/2: reference model (forward-KL distillation on all answer tokens)")
@@ -947,6 +966,7 @@ def run_distill(
                 target=target_model, eos_token_ids=eos_ids, pad_id=pad_id, info={**info, **counts}, log=log,
             )
             del student
+        record()
         ref_dtype = "bfloat16" if settings.precision == "bf16" else "float32"
         reference = freeze(loading.load_model(str(reference_dir), ref_dtype, device))
         if reference.get_output_embeddings().weight.shape[0] != vocab:
@@ -957,19 +977,7 @@ def run_distill(
         draft_dir, student, examples, settings, selective=adaspec, tokenizer=tokenizer, cache=cache,
         target=target_model, reference=reference, eos_token_ids=eos_ids, pad_id=pad_id, info={**info, **counts}, log=log,
     )
-    summary = {
-        **info,
-        "teacher_cache": cache_info,
-        "reference": str(reference_dir) if adaspec else None,
-        "draft": str(draft_dir),
-        "stages": stages,
-        "next": f"specadapt eval-draft --target {target} --draft {draft_dir} --data gsm8k --out {out / 'eval'}",
-    }
-    if state.is_main_process:
-        previous = json.loads((out / "distill.json").read_text()) if (out / "distill.json").exists() else {}
-        summary["stages"] = {**previous.get("stages", {}), **stages}
-        summary["compute"] = compute_summary(summary["stages"], adaspec, external_reference=bool(settings.reference))
-        (out / "distill.json").write_text(json.dumps(summary, indent=2, default=str))
+    summary = record()
     return summary
 
 
