@@ -1066,13 +1066,19 @@ DISTILL_TARGET_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tr/refer
                         "adaspec:int4": "AdaSPEC"}
 
 
-def target_responses(path: str) -> Callable[[], str]:
-    """The training data ``specadapt target-responses`` wrote: per dataset, the prompts answered, the answer
-    tokens and the share of answers the target finished (the rest were cut at the length limit)."""
+def target_responses(path: str, run: str) -> Callable[[], str]:
+    """The training data ``specadapt target-responses`` wrote, as far as distillation run ``run`` used it (its
+    ``--max-examples``): per dataset, the prompts answered, the answer tokens and the share of answers the target
+    finished (the rest were cut at the length limit)."""
 
     def render() -> str:
         rows = [json.loads(line) for line in (RESULTS / path).read_text(encoding="utf-8").splitlines() if line.strip()]
-        out = [f"`{path}`: the target's greedy answers, at most {rows[0]['max_new_tokens']} tokens each.", "",
+        used = json.loads((RESULTS / run / "distill.json").read_text(encoding="utf-8"))["settings"]["max_examples"]
+        head = f"`{path}`: the target's greedy answers, at most {rows[0]['max_new_tokens']} tokens each"
+        if used is not None and used < len(rows):
+            head += f"; the first {used} of its {len(rows)} lines were trained on (below)"
+            rows = rows[:used]
+        out = [head + ".", "",
                "| dataset (train split) | prompts | answer tokens | mean tokens | finished |", "|---|---|---|---|---|"]
         for ds in dict.fromkeys(r["dataset"] for r in rows):
             mine = [r for r in rows if r["dataset"] == ds]
@@ -1347,6 +1353,13 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "int4-rows-wide": int4_rows("int4_rows_wide.json"),
     "distill-real-pair": distill_real_pair("distill_real_pair"),
     "distill-mix": distill_run("distill_mix", DISTILL_MIX_NAMES),
+    "distill-target-data": target_responses("distill_target/responses.jsonl", "distill_target"),
+    "distill-target": distill_run("distill_target", DISTILL_TARGET_NAMES),
+    "distill-target-log": distill_log("distill_target"),
+    "distill-target-targets": distill_targets("distill_target", "distill_target_speed", "adaedl", DISTILL_TARGET_NAMES),
+    "distill-target-speed": cheap_draft(RESULTS / "distill_target_speed"),
+    "distill-target-replay": draft_replay({"stock": "distill_mix_replay/stock.json",
+                                           "DistillSpec": "distill_target_replay/distillspec.json"}),
     "distill-mix-log": distill_log("distill_mix"),
     "distill-mix-targets": distill_targets("distill_mix", "distill_mix_speed", "adaedl", DISTILL_MIX_NAMES),
     "distill-mix-speed": cheap_draft(RESULTS / "distill_mix_speed"),
