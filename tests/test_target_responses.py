@@ -52,6 +52,10 @@ def test_answers_are_the_targets_greedy_output_and_a_rerun_resumes(decoder, tmp_
     summary = write_target_responses(decoder, "tiny", out, ResponseSettings(datasets=["gsm8k"], limit=7, max_new_tokens=4))
     assert (summary["answered"], summary["already"]) == (2, 5) and len(out.read_text().splitlines()) == 7
     before = out.read_text()
+    # a line cut off by a crash is dropped, and that prompt answered again
+    out.write_text(before + before.splitlines()[0][:20])
+    summary = write_target_responses(decoder, "tiny", out, ResponseSettings(datasets=["gsm8k"], limit=7, max_new_tokens=4))
+    assert (summary["answered"], summary["already"]) == (0, 7) and out.read_text() == before
     with pytest.raises(SpecAdaptError, match="holds answers of target 'tiny' with max_new_tokens 4"):
         write_target_responses(decoder, "tiny", out, ResponseSettings(datasets=["gsm8k"], limit=7, max_new_tokens=5))
     assert out.read_text() == before  # nothing written

@@ -79,27 +79,26 @@ class Pair:
     finished: bool = True  # False: a cut-off response, followed by no end-of-turn / EOS token
 
 
+def _finished_answer(tokenizer: PreTrainedTokenizerBase, messages: list[dict], response: str) -> str:
+    """The assistant turn as the chat template renders it, up to and including its end-of-turn token."""
+    eos = tokenizer.eos_token
+    prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    full_text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+    if not full_text.startswith(prompt_text):  # a template that rewrites earlier turns: response + EOS
+        return response + (eos or "")
+    suffix = full_text[len(prompt_text) :]
+    # Train up to the end-of-turn token the decoder stops at, not the template's trailing newline.
+    return suffix[: suffix.rindex(eos) + len(eos)] if eos and eos in suffix else suffix
+
+
 def encode_pair(
     tokenizer: PreTrainedTokenizerBase, pair: Pair, max_length: int
 ) -> TrainExample | None:
     """Tokenise one pair; None when the prompt alone leaves no room for an answer token."""
-    eos = tokenizer.eos_token
     if wants_chat(tokenizer, pair.chat):
         messages = as_messages(pair.prompt)
         prompt_ids = encode_chat(tokenizer, messages)
-        prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        full_text = tokenizer.apply_chat_template(
-            messages + [{"role": "assistant", "content": pair.response}], tokenize=False
-        )
-        if not pair.finished:
-            suffix = pair.response
-        elif full_text.startswith(prompt_text):
-            suffix = full_text[len(prompt_text) :]
-            # Train up to the end-of-turn token the decoder stops at, not the template's trailing newline.
-            if eos and eos in suffix:
-                suffix = suffix[: suffix.rindex(eos) + len(eos)]
-        else:  # a template that rewrites earlier turns: fall back to response + EOS
-            suffix = pair.response + (eos or "")
+        suffix = _finished_answer(tokenizer, messages, pair.response) if pair.finished else pair.response
         answer_ids = list(tokenizer(suffix, add_special_tokens=False)["input_ids"])
     else:
         prompt_ids = list(tokenizer(plain_text(pair.prompt), add_special_tokens=True)["input_ids"])

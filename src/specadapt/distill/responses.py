@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import SpecAdaptError
+from ..io import read_jsonl_tolerant
 
 # One user turn each (the benchmark's prompt format), so a line's prompt is that turn's text.
 RESPONSE_DATASETS = ("gsm8k", "humaneval", "spec-bench", "mt-bench")
@@ -95,26 +96,23 @@ def train_prompts(datasets: Sequence[str], limit: int | None = None) -> list[_Pr
 
 
 def _read_done(out: Path, target: str, settings: ResponseSettings) -> set[str]:
-    """Ids already answered in ``out``; an error if the file holds another target's or another length's answers."""
-    if not out.exists():
-        return set()
-    done = set()
-    for n, line in enumerate(out.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise SpecAdaptError(f"{out} line {n} is not JSON: not a file this command wrote; "
-                                 "give another --out (nothing is overwritten).") from None
-        made_by = (row.get("target"), row.get("max_new_tokens"))
+    """Ids already answered in ``out``; an error if the file holds anything but this target's answers of this
+    length limit. A last line cut off by a crash is dropped (only then is the file changed)."""
+    rows = read_jsonl_tolerant(out)
+    text = out.read_text(encoding="utf-8") if out.exists() else ""
+    for n, row in enumerate(rows, start=1):
+        made_by = (row.get("target"), row.get("max_new_tokens")) if isinstance(row, dict) else (None, None)
         if made_by != (target, settings.max_new_tokens):
             raise SpecAdaptError(
                 f"{out} holds answers of target {made_by[0]!r} with max_new_tokens {made_by[1]} (line {n}), "
                 f"not {target!r} with {settings.max_new_tokens}: give another --out (nothing is overwritten)."
             )
-        done.add(row["id"])
-    return done
+    if len(rows) < text.count("\n"):  # a complete line that is not JSON: not a cut-off last line
+        raise SpecAdaptError(f"{out} line {len(rows) + 1} is not JSON: not a file this command wrote; "
+                             "give another --out (nothing is overwritten).")
+    if not text.endswith("\n") and text:
+        read_jsonl_tolerant(out, repair=True)  # appending after half a line would spoil the next one too
+    return {row["id"] for row in rows}
 
 
 def write_target_responses(

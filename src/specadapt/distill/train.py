@@ -782,8 +782,9 @@ def _check_unfinished(stage_dir: Path, old: dict, key: str, run: dict, fields: d
 # ---------------------------------------------------------------- the whole run
 
 
-def _check_reference(reference_dir: Path, target: str, draft_init: str, data_hash: str) -> None:
-    """A reference left by an earlier run is reused only if it matches this run's target, init and data."""
+def _check_reference(reference_dir: Path, target: str, draft_init: str, data_hash: str) -> dict:
+    """A reference left by an earlier run is reused only if it matches this run's target, init and data; its
+    stage record."""
     record = json.loads((reference_dir / STAGE_FILE).read_text())
     was = {"target": record.get("target"), "draft init": record.get("draft_init"), "data": (record.get("data") or {}).get("hash")}
     now = {"target": target, "draft init": draft_init, "data": data_hash}
@@ -793,6 +794,7 @@ def _check_reference(reference_dir: Path, target: str, draft_init: str, data_has
             f"{reference_dir} was trained with another {' and '.join(differ)}; AdaSPEC needs a reference from the same "
             "starting point and data: pass --overwrite to retrain it, or choose another --out."
         )
+    return record
 
 
 # What distill writes in --out (see specadapt.io.OutputFolder): the only entries it ever deletes.
@@ -955,8 +957,7 @@ def run_distill(
     if adaspec:
         if stage_finished(reference_dir) or settings.reference:
             if not settings.reference:
-                _check_reference(reference_dir, target, draft_init, data_info["hash"])
-                stages["reference"] = json.loads((reference_dir / STAGE_FILE).read_text())["metrics"]
+                stages["reference"] = _check_reference(reference_dir, target, draft_init, data_info["hash"])["metrics"]
             log(f"reusing the reference model in {reference_dir}")
         else:
             log("stage 1/2: reference model (forward-KL distillation on all answer tokens)")
