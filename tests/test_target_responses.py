@@ -75,6 +75,26 @@ def test_a_users_prompt_file_mixes_with_a_dataset(decoder, tmp_path):
     assert rows["mine.jsonl/2"]["response"] == decoder.generate("on a mat", method="autoregressive", max_new_tokens=3).text
 
 
+def test_sharegpt_first_turns_are_chat_prompts(decoder, tmp_path, monkeypatch):
+    import io
+
+    from specadapt import sources
+
+    conversations = [{"id": "x", "conversations": [{"from": "human", "value": "the cat sat"}, {"from": "gpt", "value": "ok"}]},
+                     {"id": "y", "conversations": [{"from": "gpt", "value": "hello"}, {"from": "human", "value": "hi"}]},
+                     {"id": "z", "conversations": [{"from": "human", "value": "on a mat"}, {"from": "gpt", "value": "no"}]}]
+    monkeypatch.setattr(sources, "_sharegpt", lambda limit: sources.sharegpt_records(io.StringIO(json.dumps(conversations)), limit))
+    prompts = train_prompts(["sharegpt", "gsm8k"], 3)
+    assert [(p.id, p.dataset, p.text, p.chat) for p in prompts] == [
+        ("sharegpt/x", "sharegpt", "the cat sat", None), ("gsm8k/200", "gsm8k", prompts[1].text, None),
+        ("sharegpt/z", "sharegpt", "on a mat", None)]  # None: chat if the target has a template (this one has not)
+    out = tmp_path / "answers.jsonl"
+    write_target_responses(decoder, "tiny", out, ResponseSettings(datasets=["sharegpt"], max_new_tokens=3))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["id"], r["chat"]) for r in rows] == [("sharegpt/x", False), ("sharegpt/z", False)]
+    assert rows[0]["response"] == decoder.generate("the cat sat", method="autoregressive", max_new_tokens=3).text
+
+
 def test_a_time_limit_stops_before_the_next_batch(decoder, tmp_path):
     settings = ResponseSettings(datasets=["gsm8k"], limit=4, max_new_tokens=2, batch_size=2, time_limit=1e-9)
     summary = write_target_responses(decoder, "tiny", tmp_path / "a.jsonl", settings)
@@ -93,7 +113,7 @@ def test_a_cut_off_answer_gets_no_end_token(tmp_path):
 
 def test_bad_settings_and_files(decoder, tmp_path):
     for kwargs, message in [
-        ({"datasets": ["gsm9k"]}, "--datasets: unknown 'gsm9k'; use some of gsm8k, humaneval, spec-bench, mt-bench "
+        ({"datasets": ["gsm9k"]}, "--datasets: unknown 'gsm9k'; use some of gsm8k, humaneval, spec-bench, mt-bench, sharegpt "
                                   "or the path of an existing .jsonl file."),
         ({"batch_size": 0}, "--batch-size must be >= 1, got 0."),
         ({"limit": 0}, "--limit must be >= 1"),

@@ -24,8 +24,9 @@ from pathlib import Path
 from ..errors import SpecAdaptError
 from ..io import read_jsonl_tolerant
 
-# One user turn each (the benchmark's prompt format), so a line's prompt is that turn's text.
-RESPONSE_DATASETS = ("gsm8k", "humaneval", "spec-bench", "mt-bench")
+# One user turn each (the benchmark's prompt format), so a line's prompt is that turn's text; sharegpt: the first
+# human turn of ShareGPT conversations (chat like MT-Bench's, none of its questions).
+RESPONSE_DATASETS = ("gsm8k", "humaneval", "spec-bench", "mt-bench", "sharegpt")
 
 
 @dataclass
@@ -35,7 +36,8 @@ class ResponseSettings:
     datasets: list[str] = field(default_factory=lambda: ["spec-bench", "humaneval", "gsm8k"], metadata={
         "help": "Prompts to answer, alternating one by one: benchmark datasets' train splits "
                 f"({', '.join(RESPONSE_DATASETS)}; spec-bench's holds MT-Bench's; its math_reasoning rows, GSM8K test "
-                "problems, are left out) or .jsonl files of your own prompts (\"prompt\", optional \"chat\")."})
+                "problems, are left out; sharegpt: first turns of ShareGPT conversations, needs specadapt[train]) or "
+                ".jsonl files of your own prompts (\"prompt\", optional \"chat\")."})
     limit: int | None = field(default=None, metadata={"help": "Answer at most N prompts (of the alternating mix)."})
     max_new_tokens: int = field(default=256, metadata={"help": "Length limit of an answer."})
     max_prompt_tokens: int = field(default=384, metadata={
@@ -76,12 +78,15 @@ def train_prompts(datasets: Sequence[str], limit: int | None = None) -> list[_Pr
     """The prompts of ``datasets`` (train splits; a .jsonl file: all of it), alternating one by one (the first
     ``limit`` of the mix)."""
     from ..bench.datasets import load_dataset
-    from ..sources import read_jsonl_prompts
+    from ..sources import load_source, read_jsonl_prompts
 
     lists = []
     for name in datasets:
         if name not in RESPONSE_DATASETS:  # the user's own prompts
             lists.append([_Prompt(r.id, name, r.prompt, (), r.chat) for r in read_jsonl_prompts(Path(name).expanduser())])
+            continue
+        if name == "sharegpt":  # chat turns like the benchmark's: plain text for a model without a template
+            lists.append([_Prompt(r.id, name, r.prompt, ()) for r in load_source(name, limit)])
             continue
         rows = []
         for ex in load_dataset(name, None, "train"):
