@@ -1060,6 +1060,49 @@ def distill_targets(folder: str, speed: str, method: str, names: dict[str, str])
     return render
 
 
+def adaspec_vs_distillspec(folder: str, speed: str, method: str, names: dict[str, str]) -> Callable[[], str]:
+    """The issue's "AdaSPEC ≥ DistillSpec in acceptance on every task at equal compute": per dataset, ``method``'s
+    timed acceptance with each distilled draft (cheap_draft.py run ``speed``, variants ``reference:int4`` =
+    DistillSpec and ``adaspec:int4`` = AdaSPEC), on how many test prompts AdaSPEC's is at least DistillSpec's, the
+    teacher-forced argmax agreement (``folder``'s eval_<dataset>.json, bf16 drafts), and AdaSPEC's speed against
+    DistillSpec's with the usual spread and verdict. "met" when AdaSPEC's acceptance is at least DistillSpec's
+    both timed and teacher-forced. ``names``: eval-draft's draft -> the name shown (DistillSpec, AdaSPEC)."""
+    ref, ada = f"{method}@reference:int4", f"{method}@adaspec:int4"
+
+    def render() -> str:
+        run = _cheap_draft_run(RESULTS / speed)
+        if run is None:
+            return "No committed results yet.\n"
+        module, _, summary, _ = run
+        records = [json.loads(line) for line in (RESULTS / speed / "records.jsonl").read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
+        out = ["| dataset | acceptance (timed): DistillSpec → AdaSPEC | prompts with AdaSPEC ≥ DistillSpec | "
+               "argmax agreement (teacher-forced): DistillSpec → AdaSPEC | AdaSPEC ÷ DistillSpec speed | "
+               "AdaSPEC ≥ DistillSpec in acceptance |", "|---|---|---|---|---|---|"]
+        for ds, table in summary["datasets"].items():
+            if ref not in table or ada not in table:
+                continue
+            per_prompt = {}  # example -> method -> [accepted, drafted] over the repeats
+            for r in records:
+                if r["dataset"] == ds and r["method"] in (ref, ada):
+                    acc = per_prompt.setdefault(r["example_id"], {}).setdefault(r["method"], [0, 0])
+                    acc[0], acc[1] = acc[0] + r["accepted"], acc[1] + r["drafted"]
+            at_least = sum(v[ada][0] / v[ada][1] >= v[ref][0] / v[ref][1] for v in per_prompt.values())
+            forced = {names.get(k, k): d["teacher_forced"]["argmax_agreement"] for k, d in
+                      json.loads((RESULTS / folder / f"eval_{ds}.json").read_text(encoding="utf-8"))["drafts"].items()}
+            agree = (forced["DistillSpec"], forced["AdaSPEC"])
+            timed = (table[ref]["acceptance_rate"], table[ada]["acceptance_rate"])
+            cmp = module.compare(table[ada], table[ref], ref)
+            gain = f"{cmp['gain'] + 1:.3f}" + (f" ± {cmp['spread']:.3f} ({cmp['verdict']})" if cmp["spread"] is not None else "")
+            met = "met" if timed[1] >= timed[0] and agree[1] >= agree[0] else "missed"
+            out.append(f"| {ds} | {pct(timed[0])} → {pct(timed[1])} ({(timed[1] - timed[0]) * 100:+.1f} pts) | "
+                       f"{at_least} of {len(per_prompt)} | {agree[0]:.3f} → {agree[1]:.3f} "
+                       f"({(agree[1] - agree[0]) * 100:+.1f} pts) | {gain} | {met} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 # The distill_target run's drafts (trained on the target's own answers) -> the names shown.
 DISTILL_TARGET_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tr/reference": "DistillSpec",
                         "runs/q-tr/draft": "AdaSPEC", "int4": "stock", "reference:int4": "DistillSpec",
@@ -1361,6 +1404,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "distill-target-replay": draft_replay({"stock": "distill_mix_replay/stock.json",
                                            "DistillSpec": "distill_target_replay/distillspec.json"}),
     "distill-mix-log": distill_log("distill_mix"),
+    "distill-mix-adaspec": adaspec_vs_distillspec("distill_mix", "distill_mix_speed", "adaedl", DISTILL_MIX_NAMES),
+    "distill-mix-fixed-adaspec": adaspec_vs_distillspec("distill_mix", "distill_mix_fixed", "fixed:best",
+                                                        DISTILL_MIX_NAMES),
     "distill-mix-targets": distill_targets("distill_mix", "distill_mix_speed", "adaedl", DISTILL_MIX_NAMES),
     "distill-mix-speed": cheap_draft(RESULTS / "distill_mix_speed"),
     "distill-mix-fixed-targets": distill_targets("distill_mix", "distill_mix_fixed", "fixed:best", DISTILL_MIX_NAMES),
