@@ -362,6 +362,30 @@ def test_a_run_stopped_between_stages_has_the_record_of_the_finished_one(tiny_se
     assert list(record["stages"]) == ["reference", "draft"] and record["compute"]["total"]["optimizer_steps"] == 4
 
 
+def test_a_time_limit_stops_resumably_and_the_sittings_train_what_one_run_trains(tiny_setup):
+    from safetensors.torch import load_file
+
+    root = tiny_setup
+    target, data = str(root / "target"), str(root / "data.jsonl")
+    settings = {"cache_batch_tokens": 48, "save_steps": 1}
+    run_distill(target, "shallow:1", data, root / "whole", fast_settings(**settings), log=lambda m: None)
+    stops = []
+    for _ in range(30):  # every sitting ends after its first cache batch or optimizer step
+        summary = run_distill(target, "shallow:1", data, root / "split", fast_settings(**settings, time_limit=1e-9),
+                              log=lambda m: None)
+        if "stopped" not in summary:
+            break
+        stops.append((summary["stopped"]["stage"], summary["stopped"].get("steps")))
+    cache_stops = stops.count(("teacher cache", None))
+    assert cache_stops >= 2 and stops == [("teacher cache", None)] * cache_stops + [("reference", 1), ("draft", 1)]
+    record = json.loads((root / "split" / "distill.json").read_text())
+    assert list(record["stages"]) == ["reference", "draft"] and record["compute"]["total"]["optimizer_steps"] == 4
+    for stage in ("reference", "draft"):
+        a, b = (load_file(root / run / stage / "model.safetensors") for run in ("whole", "split"))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=f"{stage}: {key}")
+
+
 def test_several_data_sources_alternate(tmp_path):
     from specadapt.distill.data import load_train_pairs
 
@@ -394,6 +418,14 @@ def test_distill_cli_and_bad_input(tiny_setup):
     ])
     assert result.exit_code == 0, result.output
     assert stage_finished(root / "cli" / "draft")
+    stopped = CliRunner().invoke(app, [
+        "distill", "--target", target, "--draft-init", "shallow:1", "--data", data, "--out", str(root / "cli-stop"),
+        "--method", "distillspec", "--max-steps", "2", "--batch-size", "2", "--micro-batch-size", "2",
+        "--precision", "fp32", "--device", "cpu", "--no-progress", "--cache-top-k", "4", "--time-limit", "1e-9",
+    ])
+    assert stopped.exit_code == 0, stopped.output
+    assert "stopped by --time-limit in the draft after step 1 of 2; rerun the same command to resume." in stopped.output
+    assert not stage_finished(root / "cli-stop" / "draft")
 
     save_tiny_checkpoint(root / "other", 1, ["completely", "different", "words"])
     bad = [

@@ -54,6 +54,10 @@ def test_lora_settings():
     _refused("--lora-rank must be an integer >= 0 (0 = full fine-tuning), got -1.", DistillSettings, lora_rank=-1)
 
 
+def test_time_limit_must_be_positive():
+    _refused("--time-limit must be a positive number of minutes, got 0.0.", DistillSettings, time_limit=0.0)
+
+
 def test_lora_targets_that_name_no_layer(tiny_setup):
     pytest.importorskip("peft")
     root = tiny_setup

@@ -342,6 +342,11 @@ def distill_command(
 
     summary = run_distill(target, draft_init, data, out, DistillSettings(**settings), overwrite=overwrite,
                           log=lambda m: err.print(m, style="dim", markup=False, highlight=False))
+    stopped = summary.get("stopped")
+    if stopped:
+        where = stopped["stage"] + (f" after step {stopped['steps']} of {stopped['max_steps']}" if "steps" in stopped else "")
+        err.print(f"[yellow]stopped by --time-limit[/yellow] in the {where}; rerun the same command to resume.")
+        return
     err.print(f"[green]draft saved[/green] in {summary['draft']}; next: {summary['next']}")
 
 

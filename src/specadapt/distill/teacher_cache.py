@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -225,8 +225,10 @@ def build_cache(
     *,
     batch_tokens: int = 2048,
     progress: bool = True,
-) -> TeacherCache:
-    """Compute and store the target's top-k distributions for every answer position; resumes an interrupted build."""
+    stop: Callable[[], bool] | None = None,
+) -> TeacherCache | None:
+    """Compute and store the target's top-k distributions for every answer position; resumes an interrupted build.
+    ``stop``: asked after each batch; when it holds, what is written is kept for a resume and None is returned."""
     path = Path(path)
     k = int(key["top_k"])
     vocab = int(target.get_output_embeddings().weight.shape[0])
@@ -265,6 +267,7 @@ def build_cache(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(batches), initial=done, desc="target logits → cache", unit="batch")
+    stopping = False
     for b in range(done, len(batches)):
         rows = [examples[i] for i in batches[b]]
         width = max(len(e.input_ids) for e in rows)
@@ -287,14 +290,21 @@ def build_cache(
             logp[lo:hi] = top_logp.cpu().numpy().astype(np.float16)
             rest[lo:hi] = rest_logp.cpu().numpy()
         del logits
-        if (b + 1) % 16 == 0 or b + 1 == len(batches):
+        stopping = stop is not None and b + 1 < len(batches) and stop()
+        if (b + 1) % 16 == 0 or b + 1 == len(batches) or stopping:
             for arr in (ids, logp, rest):
                 arr.flush()
             progress_file.write_text(json.dumps({"key": key, "batch_tokens": batch_tokens, "batches_done": b + 1}))
         if bar is not None:
             bar.update(1)
+        if stopping:
+            break
     if bar is not None:
         bar.close()
+    if stopping:
+        del ids, logp, rest
+        target.train(was_training)
+        return None
     for arr in (ids, logp, rest):
         arr.flush()
     del ids, logp, rest

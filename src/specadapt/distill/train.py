@@ -87,6 +87,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -268,6 +269,9 @@ class DistillSettings:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
     progress: bool = field(default=True, metadata={
         "help": "No progress bars.", "flag": "--no-progress", "negated": True})
+    time_limit: float | None = field(default=None, metadata={
+        "help": "Minutes: stop after the first cache batch or optimizer step past this, with a checkpoint "
+                "(rerun the same command to resume)."})
 
 
     def __post_init__(self) -> None:
@@ -317,12 +321,15 @@ class DistillSettings:
                 raise SpecAdaptError(f"--lora-alpha must be > 0, got {self.lora_alpha}.")
             if not self.lora_targets:
                 raise SpecAdaptError(f"--lora-targets is empty; name linear layers, e.g. {','.join(DEFAULT_LORA_TARGETS)}.")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise SpecAdaptError(f"--time-limit must be a positive number of minutes, got {self.time_limit}.")
         if self.method == "distillspec" and self.reference:
             raise SpecAdaptError("--reference is for --method adaspec (DistillSpec trains no reference); drop it.")
 
     def stage_fields(self, stage: str) -> dict:
         """The settings a stage's result depends on."""
-        ignored = {"progress", "save_steps", "logging_steps", "keep_checkpoints", "device", "deepspeed", "cache_batch_tokens", "teacher_cache"}
+        ignored = {"progress", "save_steps", "logging_steps", "keep_checkpoints", "device", "deepspeed", "cache_batch_tokens",
+                   "teacher_cache", "time_limit"}
         if not stage.endswith("/selective"):  # settings only the selective stage reads
             ignored |= {"k", "normalize", "match_kept_tokens", "reference", "method"}
         if not self.lora_rank:  # unused without LoRA (and absent from runs made before LoRA existed)
@@ -409,6 +416,24 @@ def freeze(model: PreTrainedModel) -> PreTrainedModel:
 
 
 # ---------------------------------------------------------------- the trainer
+
+
+class StopWhen(TrainerCallback):
+    """Ends training after the optimizer step at which ``stop()`` first holds, with a checkpoint of that step
+    (``--time-limit``: the stage resumes from it)."""
+
+    def __init__(self, stop: Callable[[], bool]) -> None:
+        self.stop, self.stopped = stop, False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            return control
+        stop = torch.tensor([int(self.stop())], device=args.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(stop, 0)  # process 0's clock decides, so every process stops at one step
+        if stop.item():
+            self.stopped = control.should_save = control.should_training_stop = True
+        return control
 
 
 class DistillTrainer(Trainer):
@@ -696,8 +721,12 @@ def train_stage(
     pad_id: int = 0,
     info: dict | None = None,
     log: Callable[[str], None] = print,
+    stop: Callable[[], bool] | None = None,
 ) -> dict:
-    """Train one stage into ``stage_dir`` (resuming its checkpoints), save it as a normal HF folder, return metrics."""
+    """Train one stage into ``stage_dir`` (resuming its checkpoints), save it as a normal HF folder, return metrics.
+
+    ``stop``: asked after each optimizer step; when it holds, the stage ends there with a checkpoint and the
+    result is ``{"stopped": True, "steps": ..., "max_steps": ...}`` (nothing saved as finished)."""
     stage_dir = Path(stage_dir)
     stage = stage_dir.name + ("/selective" if selective else "")
     key = settings.stage_key(stage)
@@ -729,9 +758,18 @@ def train_stage(
     )
     if last:
         trainer.restore_counts(last)
+    stopper = StopWhen(stop) if stop is not None else None
+    if stopper is not None:
+        trainer.add_callback(stopper)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
     elapsed = time.perf_counter() - started
+    if stopper is not None and stopper.stopped:
+        steps = {"stopped": True, "steps": trainer.state.global_step, "max_steps": trainer.state.max_steps}
+        trainer.accelerator.wait_for_everyone()
+        del trainer
+        gc.collect()
+        return steps
     compute = trainer.compute_totals()
     lora = is_lora(trainer.model)
     if lora:  # the adapter and the merged draft; the Trainer alone would save only the adapter
@@ -852,13 +890,18 @@ def run_distill(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """``specadapt distill``: build (or reuse) the teacher cache, train the stage(s), write ``out/distill.json``."""
+    """``specadapt distill``: build (or reuse) the teacher cache, train the stage(s), write ``out/distill.json``.
+
+    With ``settings.time_limit`` the run may end early, resumable: the summary then has ``"stopped"`` (what was
+    under way, how far it got) and only the stages that finished."""
     from ..models import loading
     from .data import build_train_examples, examples_fingerprint
     from .shallow import parse_draft_init, set_trainable, shallow_copy
     from .teacher_cache import build_cache, cache_key, remove_cache
 
     settings = settings or DistillSettings()
+    deadline = None if settings.time_limit is None else time.monotonic() + 60 * settings.time_limit
+    stop = None if deadline is None else (lambda: time.monotonic() > deadline)
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise SpecAdaptError(f"--out {out} is a file; give a folder for the distillation outputs.")
@@ -923,13 +966,14 @@ def run_distill(
                 if not overwrite:
                     raise
                 remove_cache(cache_dir)  # only a cache whose manifest proves it built it
-            if cache is None:
+            if cache is None and state.is_main_process:
                 log(f"computing target distributions for {len(examples)} examples → {cache_dir}")
-                cache = build_cache(
-                    cache_dir, target_model, examples, key, batch_tokens=settings.cache_batch_tokens, progress=settings.progress
-                )
-            else:
+                cache = build_cache(cache_dir, target_model, examples, key, batch_tokens=settings.cache_batch_tokens,
+                                    progress=settings.progress, stop=stop)
+            elif cache is not None:
                 log(f"reusing the teacher cache in {cache_dir}")
+        if cache is None:  # stopped by the time limit (other processes: the main process stopped building it)
+            return {"stopped": {"stage": "teacher cache", "path": str(cache_dir)}, "draft": str(out / "draft")}
         cache_info = {"path": str(cache_dir), **{k: v for k, v in cache.meta.items() if k != "key"}}
 
     data_info = {**data_info, "hash": examples_fingerprint(examples)}
@@ -962,11 +1006,14 @@ def run_distill(
         else:
             log("stage 1/2: reference model (forward-KL distillation on all answer tokens)")
             student, counts = make_student()
-            stages["reference"] = train_stage(
+            metrics = train_stage(
                 reference_dir, student, examples, settings, selective=False, tokenizer=tokenizer, cache=cache,
-                target=target_model, eos_token_ids=eos_ids, pad_id=pad_id, info={**info, **counts}, log=log,
+                target=target_model, eos_token_ids=eos_ids, pad_id=pad_id, info={**info, **counts}, log=log, stop=stop,
             )
             del student
+            if metrics.get("stopped"):
+                return {**record(), "stopped": {"stage": "reference", **metrics}}
+            stages["reference"] = metrics
         record()
         ref_dtype = "bfloat16" if settings.precision == "bf16" else "float32"
         reference = freeze(loading.load_model(str(reference_dir), ref_dtype, device))
@@ -974,12 +1021,15 @@ def run_distill(
             raise SpecAdaptError(f"reference {reference_dir} has another vocabulary than the target; give a reference of the target's vocabulary.")
     log("stage 2/2: draft (selective AdaSPEC distillation)" if adaspec else "draft (DistillSpec distillation)")
     student, counts = make_student()
-    stages["draft"] = train_stage(
+    metrics = train_stage(
         draft_dir, student, examples, settings, selective=adaspec, tokenizer=tokenizer, cache=cache,
         target=target_model, reference=reference, eos_token_ids=eos_ids, pad_id=pad_id, info={**info, **counts}, log=log,
+        stop=stop,
     )
-    summary = record()
-    return summary
+    if metrics.get("stopped"):
+        return {**record(), "stopped": {"stage": "draft", **metrics}}
+    stages["draft"] = metrics
+    return record()
 
 
 __all__ = [
