@@ -75,7 +75,7 @@ def test_a_users_prompt_file_mixes_with_a_dataset(decoder, tmp_path):
     assert rows["mine.jsonl/2"]["response"] == decoder.generate("on a mat", method="autoregressive", max_new_tokens=3).text
 
 
-def test_sharegpt_first_turns_are_chat_prompts(decoder, tmp_path, monkeypatch):
+def test_sharegpt_first_turns_are_prompts_in_the_benchmarks_chat_format(decoder, tmp_path, monkeypatch):
     import io
 
     from specadapt import sources
