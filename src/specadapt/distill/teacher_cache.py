@@ -301,14 +301,12 @@ def build_cache(
             break
     if bar is not None:
         bar.close()
-    if stopping:
-        del ids, logp, rest
-        target.train(was_training)
-        return None
     for arr in (ids, logp, rest):
         arr.flush()
     del ids, logp, rest
     target.train(was_training)
+    if stopping:
+        return None  # progress.json says how far it got
     nbytes = sum((path / f).stat().st_size for f in ("topk_ids.npy", "topk_logp.npy", "rest_logp.npy", "offsets.npy"))
     meta = {"key": key, "examples": len(examples), "positions": total, "bytes": nbytes}
     (path / "meta.json").write_text(json.dumps(meta, indent=2))

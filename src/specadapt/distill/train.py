@@ -973,7 +973,7 @@ def run_distill(
             elif cache is not None:
                 log(f"reusing the teacher cache in {cache_dir}")
         if cache is None:  # stopped by the time limit (other processes: the main process stopped building it)
-            return {"stopped": {"stage": "teacher cache", "path": str(cache_dir)}, "draft": str(out / "draft")}
+            return {"stopped": {"stage": "teacher cache", "path": str(cache_dir)}}
         cache_info = {"path": str(cache_dir), **{k: v for k, v in cache.meta.items() if k != "key"}}
 
     data_info = {**data_info, "hash": examples_fingerprint(examples)}
