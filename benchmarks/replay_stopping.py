@@ -126,6 +126,7 @@ def main(argv=None) -> int:
                                   if (example.dataset, example.id, m) in by_key}})
     summary = {ds: summarize(ds, data["examples"], records, measured) for ds, data in results.items()}
     out = args.out or args.run / "replay.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"run": str(args.run), "draft": args.draft or settings.draft,
                                "retokenised_length_mismatches": retokenised_off,
                                "datasets": summary}, indent=1), encoding="utf-8")

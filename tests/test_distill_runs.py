@@ -166,36 +166,57 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _launch_two(root: Path, out: str, *extra: str) -> list[dict]:
+    """tests/distill_launch.py in two gloo processes (``extra``: its optional arguments); each process's summary."""
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("this torch build has no gloo backend for CPU process groups")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), str(ROOT / "tests" / "distill_launch.py"),
+               str(root / "target"), str(root / "data.jsonl"), str(root / out), *extra]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the two processes did not end within 300 s: one waits for the other (stopped at different steps?)")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("SUMMARY ")]
+
+
+def _assert_same_draft(root: Path, one: str, two: str) -> None:
+    """The two-process run ``two`` trained what the one-process run ``one`` trained, on the same compute."""
+    stages = json.loads((root / two / "distill.json").read_text())["stages"]
+    assert stages["draft"]["processes"] == 2
+    single = json.loads((root / one / "distill.json").read_text())["stages"]["draft"]
+    assert single["processes"] == 1
+    same = ("sequences", "tokens_seen", "answer_tokens", "loss_tokens", "optimizer_steps")
+    assert {k: stages["draft"]["compute"][k] for k in same} == {k: single["compute"][k] for k in same}
+    a, b = load_file(root / one / "draft" / "model.safetensors"), load_file(root / two / "draft" / "model.safetensors")
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_two_cpu_processes_under_accelerate_train_what_one_process_trains(tiny_setup):
     """``accelerate launch --cpu --num_processes 2`` starts a single process on a machine without MPI (its CPU
     launcher hands multi-process runs to mpirun), so the two gloo processes are started the way GPUs are
-    (``--multi_gpu``: torchrun underneath); distill joins them as one CPU group (PartialState(cpu=True))."""
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("this torch build has no gloo backend for CPU process groups")
+    (``--multi_gpu``: torchrun underneath); distill joins them as one CPU group (PartialState(cpu=True)).
+    Then the same with a time limit that process 0 passes at once and the other never: both processes stop
+    after one optimizer step (process 0's clock decides), and the second sitting resumes to the same weights."""
     from distill_launch import SETTINGS
 
     from specadapt.distill.train import DistillSettings
 
     root = tiny_setup
-    target, data = str(root / "target"), str(root / "data.jsonl")
-    run_distill(target, "shallow:1", data, root / "one", DistillSettings(**SETTINGS), log=lambda m: None)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), str(ROOT / "tests" / "distill_launch.py"), target, data,
-               str(root / "two")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    stages = json.loads((root / "two" / "distill.json").read_text())["stages"]
-    assert stages["draft"]["processes"] == 2
-    one = json.loads((root / "one" / "distill.json").read_text())["stages"]["draft"]
-    assert one["processes"] == 1
-    same = ("sequences", "tokens_seen", "answer_tokens", "loss_tokens", "optimizer_steps")
-    assert {k: stages["draft"]["compute"][k] for k in same} == {k: one["compute"][k] for k in same}
-    a, b = load_file(root / "one" / "draft" / "model.safetensors"), load_file(root / "two" / "draft" / "model.safetensors")
-    assert set(a) == set(b)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    run_distill(str(root / "target"), "shallow:1", str(root / "data.jsonl"), root / "one", DistillSettings(**SETTINGS),
+                log=lambda m: None)
+    assert _launch_two(root, "two") == [{"stopped": None}] * 2
+    _assert_same_draft(root, "one", "two")
+    first = _launch_two(root, "split", "1e-9", "1e9")  # both processes stop after the same step
+    assert first == [{"stopped": {"stage": "draft", "stopped": True, "steps": 1, "max_steps": 2}}] * 2
+    assert not (root / "split" / "draft" / "model.safetensors").exists()
+    assert _launch_two(root, "split", "1e-9", "1e9") == [{"stopped": None}] * 2
+    _assert_same_draft(root, "one", "split")
 
 
 def test_cli_adaspec_with_lora_saves_adapters_for_both_stages(tiny_setup):
