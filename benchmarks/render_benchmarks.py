@@ -1022,11 +1022,11 @@ DISTILL_MIX_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-mix-512/ref
                      "adaspec:int4": "AdaSPEC"}
 
 
-def distill_targets(folder: str, speed: str, method: str, names: dict[str, str]) -> Callable[[], str]:
+def distill_targets(folders: str | tuple[str, ...], speed: str, method: str, names: dict[str, str]) -> Callable[[], str]:
     """The distillation issue's targets from a run: per dataset and distilled draft, ``method``'s end-to-end
     gain over the stock draft (cheap_draft.py run ``speed``, first draft = stock) against the target (≥ +10% on
     GSM8K and MT-Bench, no slower on HumanEval), and acceptance: AdaSPEC against DistillSpec, measured (the
-    timed run) and teacher-forced (``folder``'s eval_<dataset>.json). ``names``: variant or eval-draft name ->
+    timed run) and teacher-forced (eval_<dataset>.json of ``folders``). ``names``: variant or eval-draft name ->
     the name shown. Verdicts: the cheap-draft targets' rule for a gain to reach; for "no slower", the comparison's
     win / tie / loss."""
 
@@ -1038,10 +1038,7 @@ def distill_targets(folder: str, speed: str, method: str, names: dict[str, str])
         out = ["| dataset | draft | acceptance (timed) | argmax agreement (teacher-forced) | gain over stock | "
                "target | verdict |", "|---|---|---|---|---|---|---|"]
         for ds, table in summary["datasets"].items():
-            ev_path = RESULTS / folder / f"eval_{ds}.json"
-            forced = ({names.get(k, k): d["teacher_forced"]["argmax_agreement"]
-                       for k, d in json.loads(ev_path.read_text(encoding="utf-8"))["drafts"].items()}
-                      if ev_path.exists() else {})
+            forced = _teacher_forced(folders, ds, names)
             for draft in settings["drafts"]:
                 label = f"{method}@{draft}"
                 if label not in table:
@@ -1063,14 +1060,29 @@ def distill_targets(folder: str, speed: str, method: str, names: dict[str, str])
     return render
 
 
-def adaspec_vs_distillspec(folder: str, speed: str, method: str, names: dict[str, str]) -> Callable[[], str]:
-    """The issue's "AdaSPEC ≥ DistillSpec in acceptance on every task at equal compute": per dataset, ``method``'s
-    timed acceptance with each distilled draft (cheap_draft.py run ``speed``, variants ``reference:int4`` =
-    DistillSpec and ``adaspec:int4`` = AdaSPEC), on how many test prompts AdaSPEC's is at least DistillSpec's, the
-    teacher-forced argmax agreement (``folder``'s eval_<dataset>.json, bf16 drafts), and AdaSPEC's speed against
-    DistillSpec's with the usual spread and verdict. "met" when AdaSPEC's acceptance is at least DistillSpec's
-    both timed and teacher-forced, to the 0.1 points shown. ``names``: eval-draft's draft -> the name shown (DistillSpec, AdaSPEC)."""
-    ref, ada = f"{method}@reference:int4", f"{method}@adaspec:int4"
+def _teacher_forced(folders: str | tuple[str, ...], ds: str, names: dict[str, str]) -> dict[str, float]:
+    """Argmax agreement per shown draft name on dataset ``ds``, from the eval_<ds>.json of each of ``folders``
+    (runs evaluated on the same test prompts and target tokens)."""
+    forced = {}
+    for folder in (folders,) if isinstance(folders, str) else folders:
+        path = RESULTS / folder / f"eval_{ds}.json"
+        if path.exists():
+            for k, d in json.loads(path.read_text(encoding="utf-8"))["drafts"].items():
+                forced.setdefault(names.get(k, k), d["teacher_forced"]["argmax_agreement"])
+    return forced
+
+
+def draft_vs_draft(folders: str | tuple[str, ...], speed: str, method: str, names: dict[str, str],
+                   base: str = "reference:int4", new: str = "adaspec:int4") -> Callable[[], str]:
+    """Two distilled drafts at the same method, ``new`` against ``base`` (cheap_draft.py variants of run
+    ``speed``; by default AdaSPEC against DistillSpec, the issue's "AdaSPEC ≥ DistillSpec in acceptance on every
+    task at equal compute"): per dataset, ``method``'s timed acceptance with each, on how many test prompts
+    ``new``'s is at least ``base``'s, the teacher-forced argmax agreement (eval_<dataset>.json of ``folders``, bf16
+    drafts), and ``new``'s speed against ``base``'s with the usual spread and verdict. "met" when ``new``'s
+    acceptance is at least ``base``'s both timed and teacher-forced, to the 0.1 points shown. ``names``: variant
+    or eval-draft name -> the name shown."""
+    ref, ada = f"{method}@{base}", f"{method}@{new}"
+    a, b = names[base], names[new]
 
     def render() -> str:
         run = _cheap_draft_run(RESULTS / speed)
@@ -1079,9 +1091,9 @@ def adaspec_vs_distillspec(folder: str, speed: str, method: str, names: dict[str
         module, _, summary, _ = run
         records = [json.loads(line) for line in (RESULTS / speed / "records.jsonl").read_text(encoding="utf-8").splitlines()
                    if line.strip()]
-        out = ["| dataset | acceptance (timed): DistillSpec → AdaSPEC | prompts with AdaSPEC ≥ DistillSpec | "
-               "argmax agreement (teacher-forced): DistillSpec → AdaSPEC | AdaSPEC ÷ DistillSpec speed | "
-               "AdaSPEC ≥ DistillSpec in acceptance |", "|---|---|---|---|---|---|"]
+        out = [f"| dataset | acceptance (timed): {a} → {b} | prompts with {b} ≥ {a} | "
+               f"argmax agreement (teacher-forced): {a} → {b} | {b} ÷ {a} speed | "
+               f"{b} ≥ {a} in acceptance |", "|---|---|---|---|---|---|"]
         for ds, table in summary["datasets"].items():
             if ref not in table or ada not in table:
                 continue
@@ -1091,9 +1103,8 @@ def adaspec_vs_distillspec(folder: str, speed: str, method: str, names: dict[str
                     acc = per_prompt.setdefault(r["example_id"], {}).setdefault(r["method"], [0, 0])
                     acc[0], acc[1] = acc[0] + r["accepted"], acc[1] + r["drafted"]
             at_least = sum(v[ada][0] / v[ada][1] >= v[ref][0] / v[ref][1] for v in per_prompt.values())
-            forced = {names.get(k, k): d["teacher_forced"]["argmax_agreement"] for k, d in
-                      json.loads((RESULTS / folder / f"eval_{ds}.json").read_text(encoding="utf-8"))["drafts"].items()}
-            agree = (forced["DistillSpec"], forced["AdaSPEC"])
+            forced = _teacher_forced(folders, ds, names)
+            agree = (forced[a], forced[b])
             timed = (table[ref]["acceptance_rate"], table[ada]["acceptance_rate"])
             cmp = module.compare(table[ada], table[ref], ref)
             gain = f"{cmp['gain'] + 1:.3f}" + (f" ± {cmp['spread']:.3f} ({cmp['verdict']})" if cmp["spread"] is not None else "")
@@ -1410,12 +1421,12 @@ BLOCKS: dict[str, Callable[[], str]] = {
                                            "AdaSPEC": "distill_target_replay/adaspec.json"}),
     "distill-target3-targets": distill_targets("distill_target", "distill_target_speed3", "adaedl",
                                                DISTILL_TARGET_NAMES),
-    "distill-target3-adaspec": adaspec_vs_distillspec("distill_target", "distill_target_speed3", "adaedl",
+    "distill-target3-adaspec": draft_vs_draft("distill_target", "distill_target_speed3", "adaedl",
                                                       DISTILL_TARGET_NAMES),
     "distill-target3-speed": cheap_draft(RESULTS / "distill_target_speed3"),
     "distill-mix-log": distill_log("distill_mix"),
-    "distill-mix-adaspec": adaspec_vs_distillspec("distill_mix", "distill_mix_speed", "adaedl", DISTILL_MIX_NAMES),
-    "distill-mix-fixed-adaspec": adaspec_vs_distillspec("distill_mix", "distill_mix_fixed", "fixed:best",
+    "distill-mix-adaspec": draft_vs_draft("distill_mix", "distill_mix_speed", "adaedl", DISTILL_MIX_NAMES),
+    "distill-mix-fixed-adaspec": draft_vs_draft("distill_mix", "distill_mix_fixed", "fixed:best",
                                                         DISTILL_MIX_NAMES),
     "distill-mix-targets": distill_targets("distill_mix", "distill_mix_speed", "adaedl", DISTILL_MIX_NAMES),
     "distill-mix-speed": cheap_draft(RESULTS / "distill_mix_speed"),
