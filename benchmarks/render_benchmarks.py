@@ -1124,16 +1124,28 @@ DISTILL_TARGET_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tr/refer
                         "adaspec:int4": "AdaSPEC"}
 
 
-def target_responses(path: str, run: str) -> Callable[[], str]:
-    """The training data ``specadapt target-responses`` wrote, as far as distillation run ``run`` used it (its
-    ``--max-examples``): per dataset, the prompts answered, the answer tokens and the share of answers the target
-    finished (the rest were cut at the length limit)."""
+# The fourth run's DistillSpec draft (the target's answers + its answers to ShareGPT first turns), beside the
+# third run's (the target's answers only) and the stock draft -> the names shown.
+DISTILL_TARGET4_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tr4/reference": "DistillSpec + ShareGPT",
+                         "runs/q-tr/reference": "DistillSpec", "int4": "stock", "ds4:int4": "DistillSpec + ShareGPT",
+                         "ds3:int4": "DistillSpec"}
+
+
+def target_responses(paths: str | tuple[str, ...], run: str) -> Callable[[], str]:
+    """The training data ``specadapt target-responses`` wrote (one file or several), as far as distillation run
+    ``run`` used it (its ``--max-examples``): per dataset, the prompts answered, the answer tokens and the share of
+    answers the target finished (the rest were cut at the length limit)."""
+    paths = (paths,) if isinstance(paths, str) else paths
 
     def render() -> str:
-        rows = [json.loads(line) for line in (RESULTS / path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for path in paths for line in (RESULTS / path).read_text(encoding="utf-8").splitlines()
+                if line.strip()]
         used = json.loads((RESULTS / run / "distill.json").read_text(encoding="utf-8"))["settings"]["max_examples"]
-        head = f"`{path}`: the target's greedy answers, at most {rows[0]['max_new_tokens']} tokens each"
+        limits = sorted({r["max_new_tokens"] for r in rows})
+        head = (f"{' + '.join(f'`{p}`' for p in paths)}: the target's greedy answers, at most "
+                f"{' or '.join(map(str, limits))} tokens each")
         if used is not None and used < len(rows):
+            assert len(paths) == 1, "--max-examples over several files: count per file"
             head += f"; the first {used} of its {len(rows)} lines were trained on (below)"
             rows = rows[:used]
         out = [head + ".", "",
@@ -1424,6 +1436,18 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "distill-target3-adaspec": draft_vs_draft("distill_target", "distill_target_speed3", "adaedl",
                                                       DISTILL_TARGET_NAMES),
     "distill-target3-speed": cheap_draft(RESULTS / "distill_target_speed3"),
+    "distill-target4-data": target_responses(("distill_target/responses.jsonl",
+                                              "distill_target4/sharegpt_responses.jsonl"), "distill_target4"),
+    "distill-target4": distill_run("distill_target4", DISTILL_TARGET4_NAMES),
+    "distill-target4-log": distill_log("distill_target4"),
+    "distill-target4-targets": distill_targets(("distill_target4", "distill_target"), "distill_target4_speed", "adaedl",
+                                               DISTILL_TARGET4_NAMES),
+    "distill-target4-vs3": draft_vs_draft(("distill_target4", "distill_target"), "distill_target4_speed", "adaedl",
+                                          DISTILL_TARGET4_NAMES, base="ds3:int4", new="ds4:int4"),
+    "distill-target4-speed": cheap_draft(RESULTS / "distill_target4_speed"),
+    "distill-target4-replay": draft_replay({"stock": "distill_mix_replay/stock.json",
+                                            "DistillSpec": "distill_target_replay/distillspec.json",
+                                            "DistillSpec + ShareGPT": "distill_target4_replay/distillspec.json"}),
     "distill-mix-log": distill_log("distill_mix"),
     "distill-mix-adaspec": draft_vs_draft("distill_mix", "distill_mix_speed", "adaedl", DISTILL_MIX_NAMES),
     "distill-mix-fixed-adaspec": draft_vs_draft("distill_mix", "distill_mix_fixed", "fixed:best",
