@@ -908,6 +908,9 @@ def serve_round_costs(name: str) -> Callable[[], str]:
     return render
 
 
+DIVERGENCE_NAMES = {"fkl": "forward KL", "rkl": "reverse KL", "jsd": "JSD", "tvd": "total variation"}
+
+
 def _distill_compute(root: Path) -> list[str]:
     """Each stage's compute, from the ``<stage>_stage.json`` files copied out of a distill run."""
     out = ["| stage | method | steps | sequences | answer tokens | loss-bearing tokens | wall s |", "|---|---|---|---|---|---|---|"]
@@ -917,7 +920,8 @@ def _distill_compute(root: Path) -> list[str]:
             continue
         st = json.loads(path.read_text(encoding="utf-8"))
         c = st["metrics"]["compute"]
-        method = "AdaSPEC (k = {})".format(st["settings"]["k"]) if st["selective"] else "DistillSpec (forward KL)"
+        divergence = DIVERGENCE_NAMES[st["settings"]["divergence"]]
+        method = "AdaSPEC (k = {}, {})".format(st["settings"]["k"], divergence) if st["selective"] else f"DistillSpec ({divergence})"
         out.append(f"| `{stage}` | {method} | {c['optimizer_steps']} | {c['sequences']} | {c['answer_tokens']} | "
                    f"{c['loss_tokens']} | {c['wall_seconds']:.0f} |")
     return out
