@@ -1135,6 +1135,10 @@ DISTILL_TARGET4_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tr4/ref
                          "ds3:int4": "DistillSpec"}
 
 
+# DistillSpec with total variation distance on the third run's data and cache -> the names shown.
+DISTILL_TVD_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tvd/draft": "DistillSpec (TVD)"}
+
+
 def target_responses(paths: str | tuple[str, ...], run: str) -> Callable[[], str]:
     """The training data ``specadapt target-responses`` wrote (one file or several), as far as distillation run
     ``run`` used it (its ``--max-examples``): per dataset, the prompts answered, the answer tokens and the share of
@@ -1452,6 +1456,10 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "distill-target4-replay": draft_replay({"stock": "distill_mix_replay/stock.json",
                                             "DistillSpec": "distill_target_replay/distillspec.json",
                                             "DistillSpec + ShareGPT": "distill_target4_replay/distillspec.json"}),
+    "distill-tvd": distill_run("distill_tvd", DISTILL_TVD_NAMES),
+    "distill-tvd-replay": draft_replay({"stock": "distill_mix_replay/stock.json",
+                                        "DistillSpec": "distill_target_replay/distillspec.json",
+                                        "DistillSpec (TVD)": "distill_tvd_replay/tvd.json"}),
     "distill-mix-log": distill_log("distill_mix"),
     "distill-mix-adaspec": draft_vs_draft("distill_mix", "distill_mix_speed", "adaedl", DISTILL_MIX_NAMES),
     "distill-mix-fixed-adaspec": draft_vs_draft("distill_mix", "distill_mix_fixed", "fixed:best",
