@@ -128,3 +128,37 @@ def test_run_eval_draft_from_folders_and_bad_input(tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "cli" / "eval.json").read_text())
     assert set(saved["drafts"]["shallow:1"]["speculative"]) == {"2", "3"}
+
+
+def test_an_earlier_evaluations_target_responses_are_reused_or_refused_by_name(tmp_path):
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
+    save_tiny_checkpoint(tmp_path / "target", 0, words)
+    (tmp_path / "prompts.jsonl").write_text("\n".join(json.dumps({"prompt": p}) for p in ["the cat", "a dog ran"]) + "\n")
+    args = (str(tmp_path / "target"), ["shallow:1"], str(tmp_path / "prompts.jsonl"))
+    kw = dict(num_prompts=2, dtype="float32", device="cpu")
+    settings = EvalSettings(max_new_tokens=5, speculative=False)
+    first = run_eval_draft(*args, tmp_path / "first", settings, **kw, log=lambda m: None)
+    logs = []
+    again = run_eval_draft(*args, tmp_path / "again", settings, **kw, responses_from=tmp_path / "first", log=logs.append)
+    assert not first["target_only"]["from_cache"] and again["target_only"]["from_cache"]
+    assert f"reusing the target's responses from {tmp_path / 'first' / 'target_responses.json'}" in logs
+    assert not any(m.startswith("target-only decoding") for m in logs)
+    assert (tmp_path / "again" / "target_responses.json").read_text() == (tmp_path / "first" / "target_responses.json").read_text()
+    assert again["drafts"] == first["drafts"]
+    with pytest.raises(SpecAdaptError, match=r"holds the target's responses for other max_new_tokens; give the folder"):
+        run_eval_draft(*args, tmp_path / "longer", EvalSettings(max_new_tokens=6, speculative=False), **kw,
+                       responses_from=tmp_path / "first" / "target_responses.json", log=lambda m: None)
+    with pytest.raises(SpecAdaptError, match=r"--target-responses .*nowhere: no target_responses.json there"):
+        run_eval_draft(*args, tmp_path / "x", settings, **kw, responses_from=tmp_path / "nowhere", log=lambda m: None)
+
+    from typer.testing import CliRunner
+
+    from specadapt.cli import app
+
+    result = CliRunner().invoke(app, [
+        "eval-draft", "--target", args[0], "--draft", "shallow:1", "--data", args[2], "--out", str(tmp_path / "cli"),
+        "--num-prompts", "2", "--max-new-tokens", "5", "--no-speculative", "--dtype", "float32", "--device", "cpu",
+        "--target-responses", str(tmp_path / "first"),
+    ])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "cli" / "eval.json").read_text())["target_only"]["from_cache"] is True

@@ -402,13 +402,17 @@ def eval_draft_command(
     dtype: str = typer.Option("bfloat16", help="bfloat16, float32 or float16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier eval.json and eval.md in --out."),
+    target_responses: Optional[Path] = typer.Option(
+        None, help="Reuse the target-only run of an earlier evaluation (its --out folder or target_responses.json; "
+                   "same target, data and settings) instead of decoding the prompts again."),
 ) -> None:
     """Measure a draft's acceptance against a target: along the target's text, and in real speculative decoding."""
     from .distill.eval_draft import run_eval_draft
 
     report = run_eval_draft(
         target, draft, data, out, EvalSettings(**settings), num_prompts=num_prompts, dtype=dtype, device=device,
-        overwrite=overwrite, log=lambda m: err.print(m, style="dim", markup=False, highlight=False),
+        overwrite=overwrite, responses_from=target_responses,
+        log=lambda m: err.print(m, style="dim", markup=False, highlight=False),
     )
 
     def cell(value: float | None, spec: str = ".3f") -> str:

@@ -264,12 +264,37 @@ def _responses_key(target: PreTrainedModel, prompts: Sequence[EvalPrompt], setti
     }
 
 
+def responses_file(source: str | Path) -> Path:
+    """The target-responses file ``--target-responses`` names: the file, or an earlier evaluation's folder."""
+    path = Path(source).expanduser()
+    path = path / RESPONSES_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise SpecAdaptError(f"--target-responses {source}: no {RESPONSES_FILE} there; give an earlier eval-draft "
+                             f"--out folder or its {RESPONSES_FILE}.")
+    return path
+
+
 def target_responses(
-    engine: SpeculativeEngine, prompts: Sequence[EvalPrompt], settings: EvalSettings, out: Path | None, log: Callable[[str], None]
+    engine: SpeculativeEngine, prompts: Sequence[EvalPrompt], settings: EvalSettings, out: Path | None,
+    log: Callable[[str], None], source: Path | None = None,
 ) -> dict:
-    """The target-only run (responses + baseline timing), from ``out/target_responses.json`` when it matches."""
+    """The target-only run (responses + baseline timing), from ``out/target_responses.json`` when it matches, or
+    from ``source`` (another evaluation's file), which must match; either way it is (re)written to ``out``."""
     key = _responses_key(engine.target, prompts, settings)
     path = out / RESPONSES_FILE if out is not None else None
+    if source is not None:
+        cached = json.loads(source.read_text())
+        differ = sorted(k for k in key if cached.get("key", {}).get(k) != key[k])
+        if differ:
+            raise SpecAdaptError(
+                f"--target-responses {source} holds the target's responses for other {', '.join(differ)}; give the "
+                "folder of an evaluation with the same target, --data, --num-prompts and generation settings, or "
+                "drop --target-responses to decode them again."
+            )
+        log(f"reusing the target's responses from {source}")
+        if path is not None and path.resolve() != source.resolve():
+            path.write_text(json.dumps(cached))
+        return {**cached["run"], "from_cache": True}
     if path is not None and path.exists():
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
@@ -294,22 +319,25 @@ def evaluate_drafts(
     out: str | Path | None = None,
     meta: dict | None = None,
     overwrite: bool = False,
+    responses_from: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Evaluate every draft against ``target`` on ``prompts``; writes eval.json / eval.md when ``out`` is given
-    (an earlier evaluation there is replaced only with ``overwrite``)."""
+    (an earlier evaluation there is replaced only with ``overwrite``). ``responses_from``: an earlier evaluation's
+    folder or target_responses.json whose target-only run (same target, prompts and settings) is reused."""
     settings = settings or EvalSettings()
     if not prompts:
         raise SpecAdaptError("no evaluation prompts; give a data set with at least one prompt.")
     if not drafts:
         raise SpecAdaptError("no draft to evaluate; give at least one --draft.")
     out_dir = Path(out).expanduser() if out is not None else None
+    source = responses_file(responses_from) if responses_from is not None else None
     if out_dir is not None:
         folder = check_output(out_dir, overwrite)
         folder.claim(files=OUTPUT_FILES)
     target.eval()
     base_engine = SpeculativeEngine(target, None, tokenizer, eos_ids)
-    base = target_responses(base_engine, prompts, settings, out_dir, log)
+    base = target_responses(base_engine, prompts, settings, out_dir, log, source)
     baseline_tps = base["generated"] / base["time_s"] if base["time_s"] > 0 else None
     sequences = [(p.input_ids, o["token_ids"]) for p, o in zip(prompts, base["outputs"])]
     log(f"teacher-forced acceptance of {len(drafts)} draft(s) along {sum(len(r) for _, r in sequences)} target tokens")
@@ -430,15 +458,19 @@ def run_eval_draft(
     dtype: str = "bfloat16",
     device: str = "auto",
     overwrite: bool = False,
+    responses_from: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """``specadapt eval-draft``: load the target and the drafts (folders, names or ``shallow:N``), evaluate, write."""
+    """``specadapt eval-draft``: load the target and the drafts (folders, names or ``shallow:N``), evaluate, write.
+    ``responses_from``: reuse an earlier evaluation's target-only run (its folder or target_responses.json)."""
     from ..models import loading
     from .data import load_eval_prompts
     from .shallow import parse_draft_init, shallow_copy
 
     settings = settings or EvalSettings()
     check_output(Path(out).expanduser(), overwrite)  # before any model is loaded
+    if responses_from is not None:
+        responses_file(responses_from)
     loading.parse_dtype(dtype)
     loading.parse_device(device)
     if not drafts:
@@ -470,4 +502,4 @@ def run_eval_draft(
     eos_ids = loading.eos_token_ids(target_model, tokenizer)
     meta = {"target": target, "data": data, "dtype": dtype, "device": str(target_model.device)}
     return evaluate_drafts(target_model, tokenizer, models, prompts, settings, eos_ids=eos_ids, out=out, meta=meta,
-                           overwrite=overwrite, log=log)
+                           overwrite=overwrite, responses_from=responses_from, log=log)
