@@ -148,6 +148,9 @@ def test_an_earlier_evaluations_target_responses_are_reused_or_refused_by_name(t
     with pytest.raises(SpecAdaptError, match=r"holds the target's responses for other max_new_tokens; give the folder"):
         run_eval_draft(*args, tmp_path / "longer", EvalSettings(max_new_tokens=6, speculative=False), **kw,
                        responses_from=tmp_path / "first" / "target_responses.json", log=lambda m: None)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SpecAdaptError, match=r"bad.json is not a target_responses.json that eval-draft wrote"):
+        run_eval_draft(*args, tmp_path / "x", settings, **kw, responses_from=tmp_path / "bad.json", log=lambda m: None)
     with pytest.raises(SpecAdaptError, match=r"--target-responses .*nowhere: no target_responses.json there"):
         run_eval_draft(*args, tmp_path / "x", settings, **kw, responses_from=tmp_path / "nowhere", log=lambda m: None)
 

@@ -283,7 +283,11 @@ def target_responses(
     key = _responses_key(engine.target, prompts, settings)
     path = out / RESPONSES_FILE if out is not None else None
     if source is not None:
-        cached = json.loads(source.read_text())
+        try:
+            cached = json.loads(source.read_text())
+            cached["run"]["outputs"]
+        except (ValueError, KeyError, TypeError):
+            raise SpecAdaptError(f"--target-responses {source} is not a {RESPONSES_FILE} that eval-draft wrote.") from None
         differ = sorted(k for k in key if cached.get("key", {}).get(k) != key[k])
         if differ:
             raise SpecAdaptError(
