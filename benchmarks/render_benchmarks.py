@@ -1128,11 +1128,12 @@ DISTILL_TARGET_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tr/refer
                         "adaspec:int4": "AdaSPEC"}
 
 
-# The fourth run's DistillSpec draft (the target's answers + its answers to ShareGPT first turns), beside the
-# third run's (the target's answers only) and the stock draft -> the names shown.
+# The fourth run's drafts (the target's answers + its answers to ShareGPT first turns), the third run's
+# DistillSpec draft (the target's answers only) and the stock draft -> the names shown.
 DISTILL_TARGET4_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tr4/reference": "DistillSpec + ShareGPT",
-                         "runs/q-tr/reference": "DistillSpec", "int4": "stock", "ds4:int4": "DistillSpec + ShareGPT",
-                         "ds3:int4": "DistillSpec"}
+                         "runs/q-tr4/draft": "AdaSPEC + ShareGPT", "runs/q-tr/reference": "DistillSpec", "int4": "stock",
+                         "ds4:int4": "DistillSpec + ShareGPT", "ds3:int4": "DistillSpec",
+                         "reference:int4": "DistillSpec + ShareGPT", "adaspec:int4": "AdaSPEC + ShareGPT"}
 
 
 # DistillSpec with total variation distance on the third run's data and cache -> the names shown.
@@ -1455,7 +1456,13 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "distill-target4-speed": cheap_draft(RESULTS / "distill_target4_speed"),
     "distill-target4-replay": draft_replay({"stock": "distill_mix_replay/stock.json",
                                             "DistillSpec": "distill_target_replay/distillspec.json",
-                                            "DistillSpec + ShareGPT": "distill_target4_replay/distillspec.json"}),
+                                            "DistillSpec + ShareGPT": "distill_target4_replay/distillspec.json",
+                                            "AdaSPEC + ShareGPT": "distill_target4_replay/adaspec.json"}),
+    "distill-target4-adaspec": draft_vs_draft("distill_target4", "distill_target4_speed2", "adaedl",
+                                              DISTILL_TARGET4_NAMES),
+    "distill-target4-targets2": distill_targets("distill_target4", "distill_target4_speed2", "adaedl",
+                                                DISTILL_TARGET4_NAMES),
+    "distill-target4-speed2": cheap_draft(RESULTS / "distill_target4_speed2"),
     "distill-tvd": distill_run("distill_tvd", DISTILL_TVD_NAMES),
     "distill-tvd-replay": draft_replay({"stock": "distill_mix_replay/stock.json",
                                         "DistillSpec": "distill_target_replay/distillspec.json",
