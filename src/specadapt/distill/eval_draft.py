@@ -285,9 +285,10 @@ def target_responses(
     if source is not None:
         try:
             cached = json.loads(source.read_text())
-            cached["run"]["outputs"]
-        except (ValueError, KeyError, TypeError):
-            raise SpecAdaptError(f"--target-responses {source} is not a {RESPONSES_FILE} that eval-draft wrote.") from None
+        except ValueError:
+            cached = None
+        if not isinstance(cached, dict) or not isinstance(cached.get("run"), dict) or "outputs" not in cached["run"]:
+            raise SpecAdaptError(f"--target-responses {source} is not a {RESPONSES_FILE} that eval-draft wrote.")
         differ = sorted(k for k in key if cached.get("key", {}).get(k) != key[k])
         if differ:
             raise SpecAdaptError(
