@@ -13,10 +13,11 @@ from typing import Any
 from .errors import SpecAdaptError
 
 
-def write_json_atomic(path: Path, obj: Any, indent: int = 2) -> None:
-    """Write ``obj`` as JSON via a temporary file and a rename: a crash never leaves half a file behind."""
+def write_json_atomic(path: Path, obj: Any, indent: int | None = 2, default: Any = None) -> None:
+    """Write ``obj`` as JSON via a temporary file and a rename: a crash, or a process reading it meanwhile,
+    never sees half a file. One writer per path (the temporary file's name is fixed)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(obj, indent=indent, default=default) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 

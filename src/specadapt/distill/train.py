@@ -94,7 +94,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..errors import SpecAdaptError
-from ..io import OutputFolder
+from ..io import OutputFolder, write_json_atomic
 from .data import TrainExample
 from .lora import DEFAULT_TARGETS as DEFAULT_LORA_TARGETS
 from .lora import ADAPTER_DIR, apply_lora, is_lora, save_lora_stage
@@ -504,7 +504,7 @@ class DistillTrainer(Trainer):
         if self.is_world_process_zero():
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / COUNTS_FILE).write_text(json.dumps({**totals, "policy_rng": self._policy_rng.getstate()}))
+            write_json_atomic(folder / COUNTS_FILE, {**totals, "policy_rng": self._policy_rng.getstate()}, None)
         super()._save_checkpoint(model, trial)
 
     def _get_train_sampler(self, train_dataset=None):
@@ -739,7 +739,8 @@ def train_stage(
         _check_unfinished(stage_dir, old, key, run, settings.stage_fields(stage))
         last = get_last_checkpoint(str(stage_dir / "checkpoints"))
     stage_dir.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(json.dumps({"key": key, "run": run, "settings": settings.stage_fields(stage)}, default=str))
+    if _process_state(settings).is_main_process:  # every process read it above; one writer, and never half a file
+        write_json_atomic(key_file, {"key": key, "run": run, "settings": settings.stage_fields(stage)}, None, default=str)
     if last:
         log(f"resuming {stage_dir.name} from {last}")
     args = training_arguments(stage_dir, settings, selective)
@@ -791,8 +792,8 @@ def train_stage(
     }
     if trainer.is_world_process_zero():
         record = {"finished": True, "stage": stage_dir.name, "selective": selective, "metrics": metrics, **(info or {})}
-        (stage_dir / STAGE_FILE).write_text(json.dumps(record, indent=2, default=str))
-        (stage_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        write_json_atomic(stage_dir / STAGE_FILE, record, default=str)
+        write_json_atomic(stage_dir / "log_history.json", trainer.state.log_history, 1)
         if not settings.keep_checkpoints:
             shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()  # other processes load this stage's output next
@@ -994,7 +995,7 @@ def run_distill(
             previous = json.loads((out / "distill.json").read_text()) if (out / "distill.json").exists() else {}
             summary["stages"] = {**previous.get("stages", {}), **stages}
             summary["compute"] = compute_summary(summary["stages"], adaspec, external_reference=bool(settings.reference))
-            (out / "distill.json").write_text(json.dumps(summary, indent=2, default=str))
+            write_json_atomic(out / "distill.json", summary, default=str)
         return summary
 
     reference = None
