@@ -188,8 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default=zoo.DEFAULT_TARGET)
     parser.add_argument("--draft", default=zoo.DEFAULT_DRAFT)
-    parser.add_argument("--methods", default=f"autoregressive,{DEFAULT_METHOD}", help="comma-separated method strings; METHOD@RULE sets that server's load rule "
-                        "(auto, static, off), METHOD@auto:uncalibrated an auto rule without the startup calibration")
+    parser.add_argument("--methods", default=f"autoregressive,{DEFAULT_METHOD}", help="comma-separated method strings")
     parser.add_argument("--concurrency", default="1,2,4,8", help="comma-separated client counts")
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--datasets", default="mt-bench,humaneval", help="prompts from these, alternating")
@@ -231,22 +230,17 @@ def main(argv: list[str] | None = None) -> None:
                                           draft_quant=args.draft_quant, float32_copies=args.float32_copies)
     compile_fused_products(decoder.target, decoder.draft)
     prompts = load_prompts(max(levels) * args.requests_per_client, args.datasets.split(","), args.split)
-    rows, startup_s = [], {}
+    rows = []
     with contextlib.ExitStack() as stack:
         servers = {}
         for method in methods:  # one server per method, all up for the whole run, so cells can interleave
             name, _, rule = method.partition("@")
-            rule, _, variant = rule.partition(":")  # e.g. adaedl@auto:uncalibrated
-            if variant not in ("", "uncalibrated"):
-                parser.error(f"unknown load-rule variant {variant!r} in {method!r} (known: uncalibrated)")
             settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant, method=name,
                                      model_name="bench", max_batch_size=max(levels), max_queue=max(levels),
                                      spec_load=rule or args.spec_load, spec_max_batch=args.spec_max_batch,
-                                     spec_load_k=args.spec_load_k, calibrate=variant != "uncalibrated",
+                                     spec_load_k=args.spec_load_k,
                                      **({} if args.spec_auto_margin is None else {"spec_auto_margin": args.spec_auto_margin}))
-            started = time.perf_counter()
             servers[method] = stack.enter_context(Server(create_app(decoder, settings)))
-            startup_s[method] = round(time.perf_counter() - started, 2)  # with the load rule's calibration
             run_cell(servers[method].url, "bench", prompts[:1], 1, 1, 8, args.time_limit)  # warm-up
         # Concurrency by concurrency, the methods side by side in an order rotated per cell, so slow drift of
         # the machine's speed spreads over them instead of favouring whichever ran first.
@@ -281,7 +275,6 @@ def main(argv: list[str] | None = None) -> None:
     settings = {k: v for k, v in vars(args).items() if k != "out"}  # where it was written is no setting
     settings["prompts"] = f"{args.datasets} ({args.split} split), alternating, chat, greedy"
     settings.update(decoder.engine.draft_quant)  # what "auto" resolved to
-    settings["startup_s"] = startup_s
     args.out.write_text(json.dumps({"settings": settings, "machine": machine(), "rows": rows, "ratios": ratios}, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
 

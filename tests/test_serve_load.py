@@ -6,16 +6,13 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from specadapt import SpecDecoder
 from specadapt.engine import RequestConfig, RoundRecord
 from specadapt.errors import SpecAdaptError
 from specadapt.methods import make_method
 from specadapt.serve import ServeSettings
-from specadapt.serve.load import (
-    MAX_PROBE_GAP, AcceptanceModel, AutoLoad, CostCurve, NoLoad, StaticLoad, calibration_sizes,
-)
+from specadapt.serve.load import MAX_PROBE_GAP, AcceptanceModel, AutoLoad, CostCurve, NoLoad, StaticLoad
 from specadapt.serve.scheduler import Job, Scheduler
 
 from conftest import perturbed_copy, save_tiny_checkpoint
@@ -362,30 +359,6 @@ def test_the_load_rule_sees_a_joining_prompt_already_prefilled(decoder):
     record = spy.records[joined]
     assert record.target_width <= 2 and record.draft_width <= 2 and record.prefill_s > 0
     assert all(r.prefill_s == 0 for i, r in enumerate(spy.records) if i != joined)
-
-
-def test_calibration_measures_each_batch_size_before_serving_so_the_rule_need_not_probe(decoder):
-    # Fake costs: a flat target (1 s) and a draft step of 0.3 s per row. Drafting pays alone; at 5 rows it loses.
-    timing = lambda r: (0.3 * r.rows * r.K, 1.0)  # noqa: E731
-    method = make_method("adaedl:scope=shared")  # one lambda for all requests: made-up rounds must not move it
-    rule = AutoLoad(timing=timing)
-    scheduler = Scheduler(decoder.engine, method, max_batch_size=5, load_rule=rule)
-    assert scheduler.calibrate(decoder.encode("w1 w2 w3 w4 w5 w6")) is True
-    assert sorted(rule.draft_step) == [1, 2, 3, 4, 5]
-    assert rule.step_cost(5) == pytest.approx(1.5)
-    assert not rule.acceptance  # made-up text says nothing about real requests' acceptance
-    assert method.policy.threshold(torch.tensor([0])).item() == 0.5 and scheduler.rounds == 0
-    # Once real rounds have shown the acceptance, the decisions need no probe round at any batch size.
-    for n in (3, 3, 1):
-        rule.observe(record(1, 3, n))
-    assert rule.decide(rows(1), bound=3) is None and rule.decide(rows(5), bound=3) == 0 and rule.probes == 0
-    # Without calibration, batch 5 would first be probed (drafting one token at a loss) to learn its step's cost.
-    learner = trained(lambda x: 1.0, lambda b: 0.3 * b, batches=(1,))
-    assert learner.decide(rows(5), bound=3) == 1 and learner.probes == 1
-    # Rules that learn nothing, and target-only methods, have nothing to measure.
-    assert not Scheduler(decoder.engine, make_method("fixed:3"), load_rule=NoLoad()).calibrate([5, 6])
-    assert not Scheduler(decoder.engine, make_method("autoregressive"), load_rule=AutoLoad()).calibrate([5, 6])
-    assert calibration_sizes(3) == [1, 2, 3] and calibration_sizes(20) == [*range(1, 9), 16, 20]
 
 
 def test_serve_load_ratio_is_pooled_over_repeats_with_each_repeat_kept():

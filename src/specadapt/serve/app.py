@@ -25,7 +25,6 @@ from ..engine import RequestConfig
 from ..errors import SpecAdaptError
 from ..methods import Method, make_method
 from ..text import has_chat_template
-from .load import CALIBRATION_TEXT, CALIBRATION_TOKENS
 from .metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from .protocol import (
     FINISH_REASONS, UNSUPPORTED, APIError, ChatCompletionRequest, CompletionRequest, ResponseIds, SamplingRequest, usage,
@@ -109,9 +108,6 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
     metrics = ServeMetrics(name)
     scheduler = Scheduler(decoder.engine, method, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
                           load_rule=settings.load_rule(), metrics=metrics)
-    if settings.calibrate:
-        prompt = list(decoder.tokenizer(CALIBRATION_TEXT)["input_ids"][:CALIBRATION_TOKENS])
-        scheduler.calibrate(prompt)
     context = decoder.context_window
     vocab = decoder.target.get_input_embeddings().num_embeddings
     # Handlers tokenise on the event loop while the worker decodes (stop strings, results) on its thread. A Rust

@@ -7,8 +7,6 @@ are imported only when the command runs.
 
 from __future__ import annotations
 
-import contextlib
-
 from ..cli_options import with_settings
 from .settings import ServeSettings
 
@@ -40,10 +38,7 @@ def serve_command(*, settings: dict) -> None:
     with err.status("compiling bf16 kernels for this CPU"):
         compile_fused_products(decoder.target, decoder.draft)  # before any request, not during the first ones
     prometheus_client.disable_created_metrics()  # no *_created series (as vLLM); this process is only the server
-    measure = settings.calibrate and settings.spec_load == "auto" and chosen.needs_draft
-    with err.status("measuring round costs at each batch size for the load rule (--no-calibrate skips it)") if measure \
-            else contextlib.nullcontext():
-        app = create_app(decoder, settings, chosen)
+    app = create_app(decoder, settings, chosen)
     quantized = f", {settings.target_quant} target" if settings.target_quant != "none" else ""
     err.print(f"serving [bold]{settings.served_name}[/bold] ({chosen.spec or chosen.name}{quantized}) on "
               f"http://{settings.host}:{settings.port}/v1", highlight=False)

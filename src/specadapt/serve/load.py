@@ -25,7 +25,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-from ..engine import Request, RequestConfig, RoundRecord, SpeculativeEngine
+from ..engine import Request, RoundRecord
 from ..methods import Method, MethodEntry
 from ..policies.base import MAX_DRAFT_TOKENS, DraftLengthPolicy, DraftStep, RoundOutcome
 
@@ -305,12 +305,6 @@ class AutoLoad:
         self.timing = timing or (lambda record: (record.draft_s, record.target_s))
 
     def observe(self, record: RoundRecord) -> None:
-        self.book_costs(record)
-        self.acceptance.add(record.drafted, record.accepted)
-
-    def book_costs(self, record: RoundRecord) -> None:
-        """What the round cost, without what it says about acceptance (:func:`calibrate`'s rounds decode a
-        made-up prompt, whose acceptance says nothing about real requests)."""
         self.rounds += 1
         draft_s, target_s = self.timing(record)
         self.target.add(record.rows * (record.target_width + record.K), target_s, self.rounds)
@@ -323,6 +317,7 @@ class AutoLoad:
         if record.draft_fill_tokens and self.target:
             ratio = record.draft_fill_s / self.target(record.draft_fill_tokens)
             self.fill_ratio = ratio if self.fill_ratio is None else self.fill_ratio + FILL_WEIGHT * (ratio - self.fill_ratio)
+        self.acceptance.add(record.drafted, record.accepted)
 
     def summary(self) -> dict:
         """What the rule has learned (for a benchmark's record): the draft step's seconds per batch size, the
@@ -424,54 +419,6 @@ class AutoLoad:
         self.probing.discard(B)
         self.probe_gap.pop(B, None)
         return None if best == K_max else best
-
-
-# What calibration decodes: the costs depend on the number of tokens, not on which (a prompt of real text, so that
-# a tokenizer of any vocabulary gives some).
-CALIBRATION_TEXT = ("Speculative decoding lets a small draft model propose several tokens that the large target model "
-                    "then checks in one pass; every accepted token saves a pass of the target, every rejected one costs "
-                    "the draft's time. Whether that pays depends on how many requests share each pass.")
-CALIBRATION_TOKENS = 32  # longer prompts would mostly lengthen the prefills, which the rule does not need
-CALIBRATION_ROUNDS = 3  # plain rounds per batch size of each kind (target-only, drafting), after one that feeds prompts
-
-
-def calibration_sizes(max_batch: int) -> list[int]:
-    """The batch sizes :func:`calibrate` measures: each one up to 8 (where drafting goes from paying to losing on
-    a CPU), then powers of two and ``max_batch`` (in between, the rule interpolates along the target's curve)."""
-    powers = {1 << i for i in range(max_batch.bit_length())}
-    return sorted({b for b in (*range(1, 9), *powers, max_batch) if 1 <= b <= max_batch})
-
-
-def calibrate(rule: AutoLoad, engine: SpeculativeEngine, method: Method, cap: LoadCap, prompt: Sequence[int],
-              sizes: Sequence[int], rounds: int = CALIBRATION_ROUNDS, draft_k: int = 2,
-              on_size: Callable[[int], None] | None = None) -> None:
-    """Measure, before the first request, the costs ``rule`` would otherwise learn from live rounds, where the first
-    rounds at a batch size it has not seen pay for the lesson (it drafts on an estimate of the draft's step there).
-
-    For each B in ``sizes``, a batch of B copies of ``prompt`` (greedy, no end of sequence) runs ``rounds`` + 1
-    target-only rounds (the first also feeds the prompts) and ``rounds`` + 1 rounds drafting at most ``draft_k``
-    tokens (the first also feeds the draft the prompts, so it is no draft step's cost). ``method``/``cap``: a copy of the
-    server's capped method, whose policy state the made-up requests may change. Only costs are booked
-    (:meth:`AutoLoad.book_costs`): acceptance comes from real requests. The estimates age like any others."""
-    config = RequestConfig(max_new_tokens=4 * (rounds + 1) * (draft_k + 1), eos_token_ids=())
-
-    def run(B: int, caps: list[int], book: bool) -> None:
-        batch = engine.batch(method)
-        for i in range(B):
-            batch.add(prompt, config, seed=i)
-        for k in caps:
-            cap.cap = k
-            batch.step()
-            if book and batch.last_round is not None:
-                rule.book_costs(batch.last_round)
-
-    # A model's first calls (kernel selection, allocations) cost several steady ones: run them unbooked.
-    run(1, [0, draft_k, draft_k], book=False)
-    for B in sizes:
-        if on_size is not None:
-            on_size(B)
-        run(B, [0] * (rounds + 1) + [draft_k] * (rounds + 1), book=True)
-    cap.cap = None
 
 
 def make_load_rule(spec_load: str, *, spec_max_batch: int = 8, spec_load_k: int = 0, spec_auto_margin: float = 0.05,

@@ -23,7 +23,6 @@ target-only methods.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import threading
@@ -35,7 +34,7 @@ from typing import Any, Callable
 
 from ..engine import GenerationResult, Request, RequestConfig, RoundRecord, SpeculativeEngine
 from ..methods import Method
-from .load import AutoLoad, LoadCap, LoadRule, calibrate, calibration_sizes, load_capped  # noqa: F401  (LoadCap: re-exported)
+from .load import AutoLoad, LoadCap, LoadRule, load_capped  # noqa: F401  (LoadCap: re-exported)
 from .metrics import ServeMetrics
 
 log = logging.getLogger("specadapt.serve")
@@ -146,19 +145,6 @@ class Scheduler:
             else:
                 self._cancels.append(job)
                 self._cond.notify_all()
-
-    def calibrate(self, prompt: list[int], on_size: Callable[[int], None] | None = None) -> bool:
-        """Before :meth:`start`: let the load rule measure its costs at every batch size it will meet on made-up
-        requests (:func:`~.load.calibrate`), on a copy of the method. False if the rule learns no costs (or the
-        method drafts nothing) and there was nothing to measure."""
-        if self.alive:
-            raise RuntimeError("calibrate() runs before the worker starts: both would use the models at once.")
-        if not (self.method.needs_draft and isinstance(self.load_rule, AutoLoad)):
-            return False
-        method = copy.deepcopy(self.method)  # the made-up requests must not move the real policy's state
-        calibrate(self.load_rule, self.engine, method, method.policy, prompt,
-                  calibration_sizes(self.max_batch_size), on_size=on_size)
-        return True
 
     # --- the worker thread -------------------------------------------------------------------------
 

@@ -51,11 +51,6 @@ class ServeSettings:
         "warm-up) cannot switch drafting off for good; each probe that confirms the loss doubles the wait there "
         "(up to 8 times this); cost estimates fade with a half-life of a quarter of this. "
         "0 = never probe.")})
-    calibrate: bool = field(default=True, metadata={
-        "help": ("--spec-load auto: before serving, measure the draft's and the target's costs at every batch size on "
-                 "made-up requests (seconds at startup), so the rule does not learn them by drafting at a loss on the "
-                 "first real ones."),
-        "flag": "--no-calibrate", "negated": True})
     retry_after_s: int = field(default=1, metadata={"help": "Seconds a client is told to wait (Retry-After) when the queue is full."})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level: critical, error, warning, info, debug."})
 
