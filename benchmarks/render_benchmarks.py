@@ -711,6 +711,30 @@ def width_cost(name: str) -> Callable[[], str]:
     return render
 
 
+def batch_draft_step(*names: str) -> Callable[[], str]:
+    """benchmarks/batch_draft_step.py: a whole draft's step by batch size, per quantization (and the int4 draft
+    with its kernel at every batch size), with c against the target's step at the same batch size."""
+
+    def render() -> str:
+        out = []
+        for name in names:
+            data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+            st, rows = data["settings"], data["rows"]
+            batches = sorted({r["batch"] for r in rows})
+            out += [f"`{name}`: {_machine(data['machine'])}, {st['threads']} threads; {st['context']} tokens of context "
+                    f"per row; median of {st['rounds']} interleaved rounds; ms per step (c); the int4 draft as the engine "
+                    f"ran it then multiplied by its kept bf16 weights from {st['dequantize_rows']} rows on.\n",
+                    "| model | " + " | ".join(f"B = {b}" for b in batches) + " |", "|---|" + "---|" * len(batches)]
+            for model in dict.fromkeys(r["model"] for r in rows):
+                cells = {r["batch"]: f"{r['step_ms']:.1f}" + (f" ({r['c']:.2f})" if "c" in r else "")
+                         for r in rows if r["model"] == model}
+                out.append(f"| {model} | " + " | ".join(cells[b] for b in batches) + " |")
+            out.append("")
+        return "\n".join(out)
+
+    return render
+
+
 def int4_rows(name: str) -> Callable[[], str]:
     """benchmarks/int4_rows.py: an int4 layer by rows: torch's kernel, the layer itself, a bf16 layer."""
 
@@ -1427,9 +1451,14 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-targets": serve_load_targets("serve_load_wide.json", "serve_load_wide_humaneval1.json"),
     "serve-load-time": serve_load_time("serve_load_wide.json", 8),
     "serve-load-time-before": serve_load_time("serve_load_fill.json", 8),
+    "serve-load-kernel": serve_load("serve_load_kernel.json", "serve_load_kernel_humaneval1.json"),
+    "serve-load-kernel-targets": serve_load_targets("serve_load_kernel.json", "serve_load_kernel_humaneval1.json"),
+    "serve-load-kernel-time": serve_load_time("serve_load_kernel.json", 8),
+    "serve-load-calibrated-time": serve_load_time("serve_load_calibrated.json", 8),
     "prefill-cost": prefill_cost("prefill_cost.json"),
     "prefill-cost-wide": prefill_cost("prefill_cost_wide.json"),
     "int4-rows-wide": int4_rows("int4_rows_wide.json"),
+    "batch-draft-step": batch_draft_step("batch_draft_step.json", "batch_draft_step_wide.json"),
     "distill-real-pair": distill_real_pair("distill_real_pair"),
     "distill-mix": distill_run("distill_mix", DISTILL_MIX_NAMES),
     "distill-target-data": target_responses("distill_target/responses.jsonl", "distill_target"),

@@ -17,7 +17,7 @@ Kernels are torch's own (no torchao needed; torchao 0.18's CPU int4 path,
 - int4: ``aten._convert_weight_to_int4pack_for_cpu`` + ``aten._weight_int4pack_mm_for_cpu``,
   asymmetric, one scale and zero per ``group_size`` consecutive inputs of an output row,
   dequantized as ``(q - 8) * scale + zero`` with ``q`` in 0..15. The kernel is fast for one
-  to a few rows (decode steps) and slow for many (a batch's steps, prefill), so a layer also
+  to a few rows (decode steps, a batch's steps) and slow for many (prefill), so a layer also
   keeps that dequantized weight in the compute dtype (another 16 bits per weight; not the
   output head, which sees one row per request) and multiplies by it from ``wide_rows()``
   rows on: the same weights, so the draft is one model whichever path a pass takes.
@@ -52,10 +52,13 @@ DEFAULT_GROUP_SIZE = 32
 _INT4_N_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu packs output rows in tiles of 16
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ROWS_PER_CHUNK = 4096
-# From this many input rows on (a batch's draft steps, a prompt's prefill), an int4 layer multiplies by its kept
-# dequantized weight: torch's CPU int4 kernel is fastest up to 4 rows, but from 5 on it costs more than a bf16
-# matmul (about 1.2x at 5-8 rows, 3x at 256: benchmarks/int4_rows.py, results/int4_rows_wide.json).
-DEQUANTIZE_ROWS = 5
+# From this many input rows on (a prompt's prefill, a catch-up), an int4 layer multiplies by its kept dequantized
+# weight. On one layer, whose weight stays in the CPU's caches between calls, torch's int4 kernel loses to a bf16
+# matmul from 5 rows on (results/int4_rows_wide.json); in the whole draft, whose weights stream from memory every
+# step, the kernel reads a quarter of the bytes and wins up to 16 rows (a draft step at 8 rows: 34 ms against 53 ms,
+# at 16: 65 against 76), ties at 24 and loses from 32 on (benchmarks/batch_draft_step.py,
+# results/batch_draft_step*.json). The switch sits between 16 and 24.
+DEQUANTIZE_ROWS = 20
 # Where a bf16 product runs in float32 (a CPU without native bf16: models/hardware.py), the copy is converted per
 # call, a pass over the weight like the unpacking that 128 was measured against (~2 ms per 4.4M weights, with
 # native bf16); not re-measured on such a CPU.
