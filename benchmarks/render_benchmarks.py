@@ -1455,6 +1455,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-kernel-targets": serve_load_targets("serve_load_kernel.json", "serve_load_kernel_humaneval1.json"),
     "serve-load-kernel-time": serve_load_time("serve_load_kernel.json", 8),
     "serve-load-calibrated-time": serve_load_time("serve_load_calibrated.json", 8),
+    "serve-load-kernel-long8": serve_load("serve_load_kernel_long8.json"),
+    "serve-load-kernel-long8-time": serve_load_time("serve_load_kernel_long8.json", 8),
     "prefill-cost": prefill_cost("prefill_cost.json"),
     "prefill-cost-wide": prefill_cost("prefill_cost_wide.json"),
     "int4-rows-wide": int4_rows("int4_rows_wide.json"),
