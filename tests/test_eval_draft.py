@@ -67,6 +67,12 @@ def test_greedy_replay_predicts_real_speculative_decoding_exactly(models, tmp_pa
     assert again["target_only"]["from_cache"] is True
     assert again["drafts"]["close"]["teacher_forced"]["expected_acceptance"] == pytest.approx(close_acc)
     assert again["drafts"]["close"]["speculative"] == {}
+    # a responses file cut short (a crash before its writes were atomic) is decoded again, not a traceback
+    responses = tmp_path / "target_responses.json"
+    responses.write_text(responses.read_text()[:40])
+    third = evaluate_drafts(target, IdTokenizer(), {"close": close}, PROMPTS, EvalSettings(max_new_tokens=20, ks=(3,), speculative=False),
+                            out=tmp_path, overwrite=True, log=lambda m: None)
+    assert third["target_only"]["from_cache"] is False and json.loads(responses.read_text())["run"]["outputs"]
 
 
 def test_sampled_acceptance_and_prediction(models):

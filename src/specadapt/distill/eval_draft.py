@@ -48,7 +48,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..engine import RequestConfig, SpeculativeEngine
 from ..errors import SpecAdaptError
-from ..io import OutputFolder
+from ..io import OutputFolder, write_json_atomic
 from ..methods import make_method
 from ..sampling import process_logits
 from .data import EvalPrompt
@@ -298,18 +298,21 @@ def target_responses(
             )
         log(f"reusing the target's responses from {source}")
         if path is not None and path.resolve() != source.resolve():
-            path.write_text(json.dumps(cached))
+            write_json_atomic(path, cached, indent=None)
         return {**cached["run"], "from_cache": True}
     if path is not None and path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
+        try:
+            cached = json.loads(path.read_text())
+        except ValueError:  # cut short by a crash before writes were atomic: decode again
+            cached = {}
+        if isinstance(cached, dict) and cached.get("key") == key:
             log(f"reusing the target's responses from {path}")
             return {**cached["run"], "from_cache": True}
     log(f"target-only decoding of {len(prompts)} prompts")
     run = _run(engine, prompts, "autoregressive", settings)
     run["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     if path is not None:
-        path.write_text(json.dumps({"key": key, "run": run}))
+        write_json_atomic(path, {"key": key, "run": run}, indent=None)
     return {**run, "from_cache": False}
 
 
@@ -373,7 +376,7 @@ def evaluate_drafts(
         "drafts": results,
     }
     if out_dir is not None:
-        (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
+        write_json_atomic(out_dir / "eval.json", report)
         (out_dir / "eval.md").write_text(render_report(report))
     return report
 

@@ -54,7 +54,7 @@ from numpy.lib.format import open_memmap
 from transformers import PreTrainedModel
 
 from ..errors import SpecAdaptError
-from ..io import OutputFolder
+from ..io import OutputFolder, write_json_atomic
 from .data import TrainExample
 
 CACHE_FORMAT = 1
@@ -294,7 +294,7 @@ def build_cache(
         if (b + 1) % 16 == 0 or b + 1 == len(batches) or stopping:
             for arr in (ids, logp, rest):
                 arr.flush()
-            progress_file.write_text(json.dumps({"key": key, "batch_tokens": batch_tokens, "batches_done": b + 1}))
+            write_json_atomic(progress_file, {"key": key, "batch_tokens": batch_tokens, "batches_done": b + 1}, indent=None)
         if bar is not None:
             bar.update(1)
         if stopping:
@@ -309,6 +309,6 @@ def build_cache(
         return None  # progress.json says how far it got
     nbytes = sum((path / f).stat().st_size for f in ("topk_ids.npy", "topk_logp.npy", "rest_logp.npy", "offsets.npy"))
     meta = {"key": key, "examples": len(examples), "positions": total, "bytes": nbytes}
-    (path / "meta.json").write_text(json.dumps(meta, indent=2))
+    write_json_atomic(path / "meta.json", meta)
     (path / MARKER).write_text("")
     return TeacherCache(path)

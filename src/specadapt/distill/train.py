@@ -504,7 +504,7 @@ class DistillTrainer(Trainer):
         if self.is_world_process_zero():
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
             folder.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(folder / COUNTS_FILE, {**totals, "policy_rng": self._policy_rng.getstate()}, None)
+            write_json_atomic(folder / COUNTS_FILE, {**totals, "policy_rng": self._policy_rng.getstate()}, indent=None)
         super()._save_checkpoint(model, trial)
 
     def _get_train_sampler(self, train_dataset=None):
@@ -740,7 +740,7 @@ def train_stage(
         last = get_last_checkpoint(str(stage_dir / "checkpoints"))
     stage_dir.mkdir(parents=True, exist_ok=True)
     if _process_state(settings).is_main_process:  # every process read it above; one writer, and never half a file
-        write_json_atomic(key_file, {"key": key, "run": run, "settings": settings.stage_fields(stage)}, None, default=str)
+        write_json_atomic(key_file, {"key": key, "run": run, "settings": settings.stage_fields(stage)}, indent=None, default=str)
     if last:
         log(f"resuming {stage_dir.name} from {last}")
     args = training_arguments(stage_dir, settings, selective)
@@ -793,7 +793,7 @@ def train_stage(
     if trainer.is_world_process_zero():
         record = {"finished": True, "stage": stage_dir.name, "selective": selective, "metrics": metrics, **(info or {})}
         write_json_atomic(stage_dir / STAGE_FILE, record, default=str)
-        write_json_atomic(stage_dir / "log_history.json", trainer.state.log_history, 1)
+        write_json_atomic(stage_dir / "log_history.json", trainer.state.log_history, indent=1)
         if not settings.keep_checkpoints:
             shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()  # other processes load this stage's output next
