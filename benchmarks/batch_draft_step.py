@@ -14,7 +14,8 @@ Each variant prefills ``--context`` random tokens per row once; a timed step fee
 specadapt's ``ModelRunner`` (the draft's lean step, the target's transformers forward with packed attention, as
 the engine runs them) and rolls the cache back. All (variant, B) cells are timed round-robin over ``--rounds``
 rounds; the median over rounds is reported and ``c`` is the median of the per-round ratios to the target at the
-same B. Writes JSON (``--out``).
+same B. ``--model target`` times the target's own int4 variants the same way (``--target-quant int4``: a
+verification of K + 1 tokens is K + 1 rows). Writes JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from specadapt.models.quant import quantize_model
 from specadapt.models.runner import ModelRunner
 
 OUT = Path(__file__).resolve().parent / "results" / "batch_draft_step.json"
-KERNEL = "draft int4, kernel at every B"
 
 
 class BatchStepper:
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default=zoo.DEFAULT_TARGET)
     parser.add_argument("--draft", default=zoo.DEFAULT_DRAFT)
+    parser.add_argument("--model", choices=["draft", "target"], default="draft", help="whose quantized variants to time")
     parser.add_argument("--batches", default="1,2,4,5,6,8")
     parser.add_argument("--context", type=int, default=192, help="tokens per row in the cache")
     parser.add_argument("--steps", type=int, default=6, help="steps per cell and round (the target: a third)")
@@ -80,22 +81,24 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     target = load_model(args.target, "bfloat16", "cpu")
-    draft = load_model(args.draft, "bfloat16", "cpu")
-    variants = {"draft bf16": draft}
-    for scheme in ("int8", "int4"):
-        variants[f"draft {scheme}"] = copy.deepcopy(draft)
-        quantize_model(variants[f"draft {scheme}"], scheme)
+    role = args.model
+    base = load_model(args.draft, "bfloat16", "cpu") if role == "draft" else target
+    variants = {f"{role} bf16": base} if role == "draft" else {}
+    for scheme in ("int8", "int4") if role == "draft" else ("int4",):
+        variants[f"{role} {scheme}"] = copy.deepcopy(base)
+        quantize_model(variants[f"{role} {scheme}"], scheme, role=role)
     compile_fused_products(target, *variants.values())
-    variants[KERNEL] = variants["draft int4"]  # the same model; its steps run with the switch turned off
+    kernel = f"{role} int4, kernel at every B"
+    variants[kernel] = variants[f"{role} int4"]  # the same model; its steps run with the switch turned off
     cells = {("target", B): BatchStepper(target, B, args.context, False, B) for B in batches}
     for name, model in variants.items():
         for B in batches:
-            cells[(name, B)] = BatchStepper(model, B, args.context, True, B)
+            cells[(name, B)] = BatchStepper(model, B, args.context, role == "draft", B)  # as the engine runs each
     times: dict[tuple[str, int], list[float]] = {cell: [] for cell in cells}
     switch = quant.DEQUANTIZE_ROWS
     for r in range(args.rounds):
         for (name, B), stepper in cells.items():
-            quant.DEQUANTIZE_ROWS = 10**9 if name == KERNEL else switch
+            quant.DEQUANTIZE_ROWS = 10**9 if name == kernel else switch
             try:
                 times[(name, B)].append(stepper.time_steps(max(1, args.steps // 3) if name == "target" else args.steps))
             finally:

@@ -722,8 +722,9 @@ def batch_draft_step(*names: str) -> Callable[[], str]:
             st, rows = data["settings"], data["rows"]
             batches = sorted({r["batch"] for r in rows})
             out += [f"`{name}`: {_machine(data['machine'])}, {st['threads']} threads; {st['context']} tokens of context "
-                    f"per row; median of {st['rounds']} interleaved rounds; ms per step (c); the int4 draft as the engine "
-                    f"ran it then multiplied by its kept bf16 weights from {st['dequantize_rows']} rows on.\n",
+                    f"per row; median of {st['rounds']} interleaved rounds; ms per step (÷ the bf16 target's at the same B); "
+                    f"the int4 {st.get('model', 'draft')} as the engine ran it then multiplied by its kept bf16 weights "
+                    f"from {st['dequantize_rows']} rows on.\n",
                     "| model | " + " | ".join(f"B = {b}" for b in batches) + " |", "|---|" + "---|" * len(batches)]
             for model in dict.fromkeys(r["model"] for r in rows):
                 cells = {r["batch"]: f"{r['step_ms']:.1f}" + (f" ({r['c']:.2f})" if "c" in r else "")
@@ -1461,6 +1462,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "prefill-cost-wide": prefill_cost("prefill_cost_wide.json"),
     "int4-rows-wide": int4_rows("int4_rows_wide.json"),
     "batch-draft-step": batch_draft_step("batch_draft_step.json", "batch_draft_step_wide.json"),
+    "batch-target-int4-step": batch_draft_step("batch_target_int4_step.json"),
     "distill-real-pair": distill_real_pair("distill_real_pair"),
     "distill-mix": distill_run("distill_mix", DISTILL_MIX_NAMES),
     "distill-target-data": target_responses("distill_target/responses.jsonl", "distill_target"),
