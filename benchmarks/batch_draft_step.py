@@ -46,10 +46,12 @@ class BatchStepper:
         self.runner = ModelRunner(model, lean_steps=lean)
         self.runner.add_rows(rows)
         g = torch.Generator().manual_seed(seed)
-        self.tokens = torch.randint(100, 30000, (16, rows, 1), generator=g)
+        vocab = model.get_input_embeddings().num_embeddings
+        low, high = min(100, vocab // 2), min(30000, vocab)  # ordinary tokens of a real vocabulary (any of a tiny one)
+        self.tokens = torch.randint(low, high, (16, rows, 1), generator=g)
         self.keep = torch.zeros(rows, dtype=torch.long)
         with torch.inference_mode():
-            self.runner.forward(torch.randint(100, 30000, (rows, context), generator=g))
+            self.runner.forward(torch.randint(low, high, (rows, context), generator=g))
         self.i = 0
         self.time_steps(1)  # warm-up
 

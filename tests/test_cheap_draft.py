@@ -275,3 +275,21 @@ def test_targets_of_a_run_with_only_the_cheap_draft_compare_it_with_hf_given_tha
     assert "HF defaults) ≥ 1.15×" in text and "≥ 1.8×" not in text and "≥ 1.3×" not in text
     with_bf16 = ["autoregressive", "fixed:4@bf16", "fixed:4@int4", "hf-assisted@bf16", "hf-assisted@int4"]
     assert "`hf-assisted@bf16` (HF defaults) ≥ 1.8×" in cd.targets_markdown(cd.summarize(fixed_records(), with_bf16, ["bf16", "int4"]))
+
+
+def test_batch_draft_step_times_every_variant_by_batch_size_and_restores_the_switch(tmp_path):
+    from conftest import save_tiny_checkpoint
+    from specadapt.models import quant
+
+    words = [f"w{i}" for i in range(62)]
+    save_tiny_checkpoint(tmp_path / "target", 0, words)
+    save_tiny_checkpoint(tmp_path / "draft", 1, words)
+    switch = quant.DEQUANTIZE_ROWS
+    out = tmp_path / "steps.json"
+    load("batch_draft_step").main(["--target", str(tmp_path / "target"), "--draft", str(tmp_path / "draft"),
+                                   "--batches", "1,5", "--context", "8", "--steps", "1", "--rounds", "2", "--out", str(out)])
+    data = json.loads(out.read_text())
+    models = ["target", "draft bf16", "draft int8", "draft int4", "draft int4, kernel at every B"]
+    assert [(r["model"], r["batch"]) for r in data["rows"]] == [(m, b) for m in models for b in (1, 5)]
+    assert all(len(r["rounds_ms"]) == 2 and (r["model"] == "target") == ("c" not in r) for r in data["rows"])
+    assert data["settings"]["dequantize_rows"] == switch and quant.DEQUANTIZE_ROWS == switch  # put back after each cell
