@@ -736,6 +736,26 @@ def batch_draft_step(*names: str) -> Callable[[], str]:
     return render
 
 
+def draft_context(name: str) -> Callable[[], str]:
+    """benchmarks/draft_context.py: teacher-forced agreement of the draft with the target's greedy answers when the
+    draft sees only the last W prompt tokens, per dataset (answer-token weighted)."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        st = data["settings"]
+        windows = [int(w) for w in st["windows"].split(",")]
+        out = [f"`{name}`: {st['n']} {st['split']} prompts per dataset, the target's greedy answers of up to "
+               f"{st['max_new_tokens']} tokens; share of answer tokens the draft's argmax predicts.\n",
+               "| dataset | mean prompt tokens | " + " | ".join("whole prompt" if not w else f"last {w}" for w in windows) + " |",
+               "|---|---|" + "---|" * len(windows)]
+        for dataset, row in data["summary"].items():
+            out.append(f"| {dataset} | {row['mean_prompt_tokens']:.0f} | "
+                       + " | ".join(f"{row[f'agree_{w}']:.3f}" for w in windows) + " |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def int4_rows(name: str) -> Callable[[], str]:
     """benchmarks/int4_rows.py: an int4 layer by rows: torch's kernel, the layer itself, a bf16 layer."""
 
@@ -1458,6 +1478,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-calibrated-time": serve_load_time("serve_load_calibrated.json", 8),
     "serve-load-kernel-long8": serve_load("serve_load_kernel_long8.json"),
     "serve-load-kernel-long8-time": serve_load_time("serve_load_kernel_long8.json", 8),
+    "draft-context": draft_context("draft_context.json"),
     "prefill-cost": prefill_cost("prefill_cost.json"),
     "prefill-cost-wide": prefill_cost("prefill_cost_wide.json"),
     "int4-rows-wide": int4_rows("int4_rows_wide.json"),
