@@ -10,8 +10,8 @@ chosen on single layers (``int4_rows.py``), whose weights stay in the CPU's cach
 every step streams all of the draft's weights from memory, where 4-bit weights read a quarter of the bytes. This
 measures the choice where it matters.
 
-Each variant prefills ``--context`` random tokens per row once; a timed step feeds one token per row through
-specadapt's ``ModelRunner`` (the draft's lean step, the target's transformers forward with packed attention, as
+Each variant prefills ``--context`` random tokens per row once; a timed step (draft_cost.py's ``Stepper``) feeds
+one token per row through specadapt's ``ModelRunner`` (the draft's lean step, the target's transformers forward with packed attention, as
 the engine runs them) and rolls the cache back. All (variant, B) cells are timed round-robin over ``--rounds``
 rounds; the median over rounds is reported and ``c`` is the median of the per-round ratios to the target at the
 same B. ``--model target`` times the target's own int4 variants the same way (``--target-quant int4``: a
@@ -28,43 +28,13 @@ from statistics import median
 
 import torch
 
+from draft_cost import Stepper  # the same timed, rolled-back step (benchmarks/ is on the path of a script run)
 from specadapt.models import quant, zoo
-from specadapt.models.attention import NAME as PACKED
 from specadapt.models.hardware import compile_fused_products, machine
 from specadapt.models.loading import load_model
 from specadapt.models.quant import quantize_model
-from specadapt.models.runner import ModelRunner
 
 OUT = Path(__file__).resolve().parent / "results" / "batch_draft_step.json"
-
-
-class BatchStepper:
-    """``rows`` rows with a prefilled cache; :meth:`time_steps` times steps of one token per row, each rolled back."""
-
-    def __init__(self, model, rows: int, context: int, lean: bool, seed: int) -> None:
-        model.set_attn_implementation(PACKED)
-        self.runner = ModelRunner(model, lean_steps=lean)
-        self.runner.add_rows(rows)
-        g = torch.Generator().manual_seed(seed)
-        vocab = model.get_input_embeddings().num_embeddings
-        low, high = min(100, vocab // 2), min(30000, vocab)  # ordinary tokens of a real vocabulary (any of a tiny one)
-        self.tokens = torch.randint(low, high, (16, rows, 1), generator=g)
-        self.keep = torch.zeros(rows, dtype=torch.long)
-        with torch.inference_mode():
-            self.runner.forward(torch.randint(low, high, (rows, context), generator=g))
-        self.i = 0
-        self.time_steps(1)  # warm-up
-
-    @torch.inference_mode()
-    def time_steps(self, k: int) -> float:
-        import time
-
-        t0 = time.perf_counter()
-        for _ in range(k):
-            self.runner.forward(self.tokens[self.i % 16])
-            self.runner.keep_tail(1, self.keep)
-            self.i += 1
-        return (time.perf_counter() - t0) / k
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,10 +62,11 @@ def main(argv: list[str] | None = None) -> None:
     compile_fused_products(target, *variants.values())
     kernel = f"{role} int4, kernel at every B"
     variants[kernel] = variants[f"{role} int4"]  # the same model; its steps run with the switch turned off
-    cells = {("target", B): BatchStepper(target, B, args.context, False, B) for B in batches}
+    vocab = target.get_input_embeddings().num_embeddings
+    cells = {("target", B): Stepper(target, args.context, 1, vocab, B, rows=B) for B in batches}
     for name, model in variants.items():
-        for B in batches:
-            cells[(name, B)] = BatchStepper(model, B, args.context, role == "draft", B)  # as the engine runs each
+        for B in batches:  # as the engine runs each: the draft's lean step, the target's transformers forward
+            cells[(name, B)] = Stepper(model, args.context, 1, vocab, B, "lean" if role == "draft" else "hf-packed", rows=B)
     times: dict[tuple[str, int], list[float]] = {cell: [] for cell in cells}
     switch = quant.DEQUANTIZE_ROWS
     for r in range(args.rounds):

@@ -107,23 +107,26 @@ def engine_forward(device: str, role: str) -> str:
 
 
 class Stepper:
-    """A model with a prefilled cache; ``step()`` runs one forward of ``n`` tokens and rolls it back.
+    """A model with a prefilled cache of ``rows`` rows; ``step()`` runs one forward of ``n`` tokens per row and rolls
+    it back.
 
     ``forward``: how the model runs: ``lean`` (specadapt's DecodeStep, the engine's draft on a CPU), ``graphed``
     (the same step replayed from CUDA graphs over fixed buffers, the engine's draft and target on a GPU),
     ``hf-packed`` (the transformers forward with specadapt's packed attention, the engine's target on a CPU) or
     ``hf-sdpa`` (the transformers forward with its own SDPA attention, as before either existed)."""
 
-    def __init__(self, model: nn.Module, context: int, n: int, vocab: int, seed: int, forward: str = "hf-packed") -> None:
+    def __init__(self, model: nn.Module, context: int, n: int, vocab: int, seed: int, forward: str = "hf-packed",
+                 rows: int = 1) -> None:
         self.model, self.n, self.vocab, self.forward = model, n, vocab, forward
         self.device = model.device
         self.runner = GraphedRunner(model) if forward == "graphed" else ModelRunner(model, lean_steps=forward == "lean")
         self._prepare()
-        self.runner.add_rows(1)
+        self.runner.add_rows(rows)
         g = torch.Generator().manual_seed(seed)
-        self.tokens = torch.randint(100, 30000, (64, 1, n), generator=g).to(self.device)
-        self.keep = torch.zeros(1, dtype=torch.long, device=self.device)
-        self.runner.forward(torch.randint(100, 30000, (1, context), generator=g).to(self.device))
+        low, high = min(100, vocab // 2), min(30000, vocab)  # ordinary tokens of a real vocabulary (any of a tiny one)
+        self.tokens = torch.randint(low, high, (64, rows, n), generator=g).to(self.device)
+        self.keep = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.runner.forward(torch.randint(low, high, (rows, context), generator=g).to(self.device))
         self.i = 0
         self.step()  # warm-up
 

@@ -277,9 +277,11 @@ def test_targets_of_a_run_with_only_the_cheap_draft_compare_it_with_hf_given_tha
     assert "`hf-assisted@bf16` (HF defaults) ≥ 1.8×" in cd.targets_markdown(cd.summarize(fixed_records(), with_bf16, ["bf16", "int4"]))
 
 
-def test_batch_draft_step_times_every_variant_by_batch_size_and_restores_the_switch(tmp_path):
+def test_batch_draft_step_times_every_variant_by_batch_size_and_restores_the_switch(tmp_path, monkeypatch):
     from conftest import save_tiny_checkpoint
     from specadapt.models import quant
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports draft_cost's Stepper, as when run as a script
 
     words = [f"w{i}" for i in range(62)]
     save_tiny_checkpoint(tmp_path / "target", 0, words)
