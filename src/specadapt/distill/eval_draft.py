@@ -48,7 +48,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..engine import RequestConfig, SpeculativeEngine
 from ..errors import SpecAdaptError
-from ..io import OutputFolder, write_json_atomic
+from ..io import OutputFolder, read_json, write_json_atomic
 from ..methods import make_method
 from ..sampling import process_logits
 from .data import EvalPrompt
@@ -274,6 +274,16 @@ def responses_file(source: str | Path) -> Path:
     return path
 
 
+def _saved_responses(path: Path) -> dict | None:
+    """What a target_responses.json holds; None if it is not one (unreadable, cut short by a crash, another shape)."""
+    try:
+        saved = read_json(path)
+    except ValueError:
+        return None
+    is_one = isinstance(saved, dict) and isinstance(saved.get("run"), dict) and "outputs" in saved["run"]
+    return saved if is_one else None
+
+
 def target_responses(
     engine: SpeculativeEngine, prompts: Sequence[EvalPrompt], settings: EvalSettings, out: Path | None,
     log: Callable[[str], None], source: Path | None = None,
@@ -283,11 +293,8 @@ def target_responses(
     key = _responses_key(engine.target, prompts, settings)
     path = out / RESPONSES_FILE if out is not None else None
     if source is not None:
-        try:
-            cached = json.loads(source.read_text())
-        except ValueError:
-            cached = None
-        if not isinstance(cached, dict) or not isinstance(cached.get("run"), dict) or "outputs" not in cached["run"]:
+        cached = _saved_responses(source)
+        if cached is None:
             raise SpecAdaptError(f"--target-responses {source} is not a {RESPONSES_FILE} that eval-draft wrote.")
         differ = sorted(k for k in key if cached.get("key", {}).get(k) != key[k])
         if differ:
@@ -301,11 +308,8 @@ def target_responses(
             write_json_atomic(path, cached, indent=None)
         return {**cached["run"], "from_cache": True}
     if path is not None and path.exists():
-        try:
-            cached = json.loads(path.read_text())
-        except ValueError:  # cut short by a crash before writes were atomic: decode again
-            cached = {}
-        if isinstance(cached, dict) and cached.get("key") == key:
+        cached = _saved_responses(path)  # None (e.g. cut short by a crash before writes were atomic): decode again
+        if cached is not None and cached.get("key") == key:
             log(f"reusing the target's responses from {path}")
             return {**cached["run"], "from_cache": True}
     log(f"target-only decoding of {len(prompts)} prompts")
