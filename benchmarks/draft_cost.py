@@ -54,6 +54,7 @@ import resource
 import time
 from pathlib import Path
 from statistics import median
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -74,13 +75,14 @@ def model_bytes(model: nn.Module) -> int:
 
 
 class LinearTimer:
-    """Times every linear layer (float or quantized) with forward hooks; the head separately."""
+    """Times every linear layer (float or quantized) with forward hooks; the head separately. ``extra``: layers the
+    model runs outside its module tree (the lean step's fused projections)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, extra: Sequence[nn.Module] = ()) -> None:
         self.linear_s = self.head_s = 0.0
         head = model.get_output_embeddings()
         self.handles = []
-        for module in model.modules():
+        for module in [*model.modules(), *extra]:
             if isinstance(module, (nn.Linear, *QUANT_LINEARS)):
                 is_head = module is head or module is getattr(head, "proj", None)
                 self.handles.append(module.register_forward_pre_hook(self._pre))
@@ -152,7 +154,8 @@ class Stepper:
         return (time.perf_counter() - t0) / k
 
     def breakdown(self, k: int) -> dict:
-        timer = LinearTimer(self.model)
+        lean = getattr(self.runner, "lean", None)
+        timer = LinearTimer(self.model, lean.fused_layers() if lean is not None else ())
         try:
             total = self.time_steps(k)
         finally:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from specadapt.models.decode_step import DecodeStep
-from specadapt.models.quant import quantize_model
+from specadapt.models.quant import DEQUANTIZE_ROWS, Int4Linear, fuse_int4, quantize_model
 from specadapt.models.runner import ModelRunner
 
 from conftest import tiny_llama
@@ -73,3 +74,56 @@ def test_unsupported_architectures_keep_the_transformers_forward():
     assert DecodeStep.for_model(sliding) is None
     assert ModelRunner(gpt2, lean_steps=True).lean is None
     assert DecodeStep.for_model(tiny_qwen2(0)) is not None
+
+
+def tiny_qwen2_tiles(seed: int) -> Qwen2ForCausalLM:
+    """Projections whose output widths fill the int4 kernel's packing tiles, as the real draft's do: they fuse."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=64, hidden_size=128, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3)
+    return Qwen2ForCausalLM(config).eval()
+
+
+def test_fused_projections_compute_what_the_parts_compute():
+    parts_in = [nn.Linear(128, n, bias=True) for n in (128, 64, 64)]
+    parts = [Int4Linear.from_linear(m, 32) for m in parts_in]
+    xs = [torch.randn(rows, 128) for rows in (1, 3, DEQUANTIZE_ROWS)]  # the last through the kept copies
+    before = [torch.cat([p(x) for p in parts], -1) for x in xs]
+    fused = fuse_int4(parts)
+    assert fused is not None and fused.out_features == 256
+    for x, want in zip(xs, before):
+        assert torch.equal(fused(x), want)
+        assert torch.equal(torch.cat([p(x) for p in parts], -1), want)  # the parts, now views, still compute the same
+    base = fused.packed.untyped_storage().data_ptr()
+    assert all(p.packed.untyped_storage().data_ptr() == base for p in parts)  # one copy of the weights
+    assert all(p.wide.untyped_storage().data_ptr() == fused.wide.untyped_storage().data_ptr() for p in parts)
+
+
+def test_projections_that_cannot_share_a_call_are_not_fused():
+    def int4(n: int, k: int = 128) -> Int4Linear:
+        return Int4Linear.from_linear(nn.Linear(k, n), 32)
+
+    assert fuse_int4([int4(32), int4(128)]) is None  # 32 rows, half a packing tile, before another part
+    assert fuse_int4([int4(128), int4(32)]) is not None  # a part that ends the tiles may fill its last one partly
+    assert fuse_int4([int4(128), int4(128, k=256)]) is None  # different inputs
+    assert fuse_int4([int4(128), nn.Linear(128, 128)]) is None  # not int4
+    assert fuse_int4([int4(128)]) is None
+
+
+def test_lean_step_with_fused_projections_equals_the_unfused_one():
+    model = tiny_qwen2_tiles(6)
+    quantize_model(model, "int4", 32)
+    unfused, _, real = _calls(model, lean=True, runner=_runner(model, fused=False))
+    fused, _, _ = _calls(model, lean=True, runner=_runner(model, fused=True))
+    ref, _, _ = _calls(model, lean=False)  # the transformers forward, calling the parts
+    for a, b, r, ok in zip(unfused, fused, ref, real, strict=True):
+        assert torch.equal(b[ok], a[ok])
+        torch.testing.assert_close(b[ok], r[ok], rtol=1e-4, atol=1e-4)
+
+
+def _runner(model, fused: bool) -> ModelRunner:
+    runner = ModelRunner(model, want_hidden=True, lean_steps=True)
+    assert len(runner.lean.fused_layers()) == 4  # q/k/v and gate/up of each of the 2 layers
+    if not fused:
+        runner.lean.fused = [(None, None)] * len(runner.lean.fused)
+    return runner

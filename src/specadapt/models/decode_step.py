@@ -15,6 +15,7 @@ anything else :meth:`DecodeStep.for_model` returns None and the runner keeps the
 
 from __future__ import annotations
 
+import weakref
 from typing import Protocol
 
 import torch
@@ -24,6 +25,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # Qwen2's is the same function
 
 from .attention import grouped_sdpa
+from .quant import Int4Linear, fuse_int4
 
 
 class KVStore(Protocol):
@@ -31,6 +33,9 @@ class KVStore(Protocol):
         """Store a block's keys and values [b, kv_heads, n, d] for ``layer``; return all of that layer's."""
 
 SUPPORTED = ("llama", "qwen2")
+# A decoder layer -> its fused int4 projections (q/k/v, gate/up; None where not fused): built once per model, since
+# a runner (and its DecodeStep) is made per batch, and the parts then share the fused layers' weights.
+_FUSED: "weakref.WeakKeyDictionary[nn.Module, tuple[Int4Linear | None, Int4Linear | None]]" = weakref.WeakKeyDictionary()
 MAX_TOKENS = 16  # blocks up to this long (draft steps, short verifications); prompts take the transformers path
 
 
@@ -49,6 +54,7 @@ class DecodeStep:
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.fused = [_fused_projections(layer) for layer in model.model.layers]
 
     @classmethod
     def for_model(cls, model: PreTrainedModel) -> "DecodeStep | None":
@@ -78,21 +84,33 @@ class DecodeStep:
         b, n = tokens.shape
         x = base.embed_tokens(tokens)
         cos, sin = base.rotary_emb(x, positions)  # [b, n, head_dim]
-        for i, layer in enumerate(base.layers):
+        for i, (layer, (qkv, gate_up)) in enumerate(zip(base.layers, self.fused)):
             attn = layer.self_attn
             h = _rms_norm(x, layer.input_layernorm)
-            q = attn.q_proj(h).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+            if qkv is not None:
+                q, k, v = qkv(h).split((attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features), -1)
+            else:
+                q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            q = q.view(b, n, self.heads, self.head_dim).transpose(1, 2)
+            k = k.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             k, v = cache.update(k, v, i)
             o = grouped_sdpa(q, k, v, attend, attn.scaling)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(b, n, -1))
             h = _rms_norm(x, layer.post_attention_layernorm)
             mlp = layer.mlp
-            x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+            if gate_up is not None:
+                gate, up = gate_up(h).split((mlp.gate_proj.out_features, mlp.up_proj.out_features), -1)
+            else:
+                gate, up = mlp.gate_proj(h), mlp.up_proj(h)
+            x = x + mlp.down_proj(mlp.act_fn(gate) * up)
         hidden = _rms_norm(x[:, -keep:], base.norm)
         return self.model.lm_head(hidden).float(), hidden
+
+    def fused_layers(self) -> list[Int4Linear]:
+        """The fused projections this step calls instead of the parts (for timing hooks)."""
+        return [m for pair in self.fused for m in pair if m is not None]
 
     def _attention_mask(self, mask: torch.Tensor, n: int) -> torch.Tensor | None:
         """Boolean [b, 1, n, L]: query i of the block sees the row's real slots up to its own, and always its own
@@ -106,3 +124,11 @@ class DecodeStep:
         block &= torch.ones((n, n), dtype=torch.bool, device=mask.device).tril()
         block |= torch.eye(n, dtype=torch.bool, device=mask.device)
         return seen
+
+
+def _fused_projections(layer: nn.Module) -> tuple[Int4Linear | None, Int4Linear | None]:
+    """The layer's q/k/v and gate/up projections as one int4 layer each (:func:`fuse_int4`), made once."""
+    if layer not in _FUSED:
+        attn, mlp = layer.self_attn, layer.mlp
+        _FUSED[layer] = (fuse_int4([attn.q_proj, attn.k_proj, attn.v_proj]), fuse_int4([mlp.gate_proj, mlp.up_proj]))
+    return _FUSED[layer]
