@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import DynamicCache, PreTrainedModel
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # Qwen2's is the same function
 
 from .attention import grouped_sdpa
 from .quant import Int4Linear, fuse_int4
@@ -42,6 +41,12 @@ MAX_TOKENS = 16  # blocks up to this long (draft steps, short verifications); pr
 def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     # As transformers' Llama/Qwen2 RMSNorm: normalise in fp32, back to the input's dtype, then scale.
     return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # transformers' apply_rotary_pos_emb, op for op, on [b, n, heads, d] with cos/sin [b, n, 1, d].
+    x1, x2 = x.chunk(2, -1)
+    return x * cos + torch.cat((-x2, x1), -1) * sin
 
 
 class DecodeStep:
@@ -83,18 +88,19 @@ class DecodeStep:
         base = self.model.model
         b, n = tokens.shape
         x = base.embed_tokens(tokens)
-        cos, sin = base.rotary_emb(x, positions)  # [b, n, head_dim]
+        cos, sin = (t.unsqueeze(2) for t in base.rotary_emb(x, positions))  # [b, n, 1, head_dim]
+        H, KV, d = self.heads, self.kv_heads, self.head_dim
         for i, (layer, (qkv, gate_up)) in enumerate(zip(base.layers, self.fused)):
             attn = layer.self_attn
             h = _rms_norm(x, layer.input_layernorm)
             if qkv is not None:
-                q, k, v = qkv(h).split((attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features), -1)
+                heads = qkv(h).view(b, n, H + 2 * KV, d)
+                qk, v = heads[:, :, : H + KV], heads[:, :, H + KV :]
             else:
-                q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-            q = q.view(b, n, self.heads, self.head_dim).transpose(1, 2)
-            k = k.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+                qk = torch.cat([attn.q_proj(h).view(b, n, H, d), attn.k_proj(h).view(b, n, KV, d)], 2)
+                v = attn.v_proj(h).view(b, n, KV, d)
+            qk = _rotate(qk, cos, sin)  # the queries' and keys' heads in one pass
+            q, k, v = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), v.transpose(1, 2)
             k, v = cache.update(k, v, i)
             o = grouped_sdpa(q, k, v, attend, attn.scaling)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(b, n, -1))
