@@ -736,6 +736,28 @@ def batch_draft_step(*names: str) -> Callable[[], str]:
     return render
 
 
+def fused_step(name: str) -> Callable[[], str]:
+    """benchmarks/fused_step.py: the int4 draft's lean step with fused q/k/v and gate/up projections against the
+    same step calling the parts, alternating per round, by block shape; c against the target's step."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        st = data["settings"]
+        out = [f"`{name}`: {_machine(data['environment'])}, {st['threads']} threads; {st['context']} tokens of context "
+               f"per row; {st['rounds']} rounds of {st['steps']} steps each way, alternating; median over rounds (the "
+               "ratio's range over rounds in brackets); c against the target's step over the same block.\n",
+               "| rows × tokens | fused ms | parts ms | fused ÷ parts | c fused | c parts | max logit difference |",
+               "|---|---|---|---|---|---|---|"]
+        for row in data["results"].values():
+            lo, hi = row["ratio_range"]
+            out.append(f"| {row['rows']} × {row['tokens']} | {row['fused_ms']:.2f} | {row['parts_ms']:.2f} | "
+                       f"{row['ratio']:.3f} ({lo:.3f}–{hi:.3f}) | {row['c_fused']:.3f} | {row['c_parts']:.3f} | "
+                       f"{row['max_logit_difference']:g} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def draft_context(name: str) -> Callable[[], str]:
     """benchmarks/draft_context.py: teacher-forced agreement of the draft with the target's greedy answers when the
     draft sees only the last W prompt tokens, per dataset (answer-token weighted)."""
@@ -1427,6 +1449,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "draft-step": draft_step("draft_cost_lean.json"),
     "draft-step-cuda-h200": draft_step("cuda_h200/draft_cost.json"),
     "compile-step": compile_step("compile_step.json"),
+    "fused-step": fused_step("fused_step.json"),
     "distill-mix-replay": draft_replay({"stock": "distill_mix_replay/stock.json",
                                         "DistillSpec": "distill_mix_replay/distillspec.json",
                                         "AdaSPEC": "distill_mix_replay/adaspec.json"}),
