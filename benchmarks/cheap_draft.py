@@ -224,9 +224,13 @@ def parse_best_k(text: str) -> dict[str, int]:
 # ----------------------------------------------------------------------------
 
 
-def build_drafts(draft, tokenizer, names: list[str], group_size: int | None = None, others: dict | None = None) -> dict:
+def build_drafts(draft, tokenizer, names: list[str], group_size: int | None = None, others: dict | None = None,
+                 in_place: bool = False) -> dict:
     """One module per variant name, each built once (bf16 is the loaded draft itself); ``others``: the loaded
-    ``--draft-models`` by name, for variants ``NAME:SCHEME``."""
+    ``--draft-models`` by name, for variants ``NAME:SCHEME``. ``in_place``: one variant, built on the loaded model
+    itself, as a user's load quantizes it (no copy: the peak-RSS probe)."""
+    if in_place and len(names) != 1:
+        raise ValueError("in_place builds one variant")
     from specadapt.models.draft_vocab import restrict_vocabulary, shipped_ranking
     from specadapt.models.quant import quantize_model
 
@@ -234,7 +238,7 @@ def build_drafts(draft, tokenizer, names: list[str], group_size: int | None = No
     for name in names:
         scheme, vocab = parse_draft(name)
         base = draft if draft_model_of(name) is None else (others or {})[draft_model_of(name)]
-        model = base if (scheme == "bf16" and vocab is None) else copy.deepcopy(base)
+        model = base if in_place or (scheme == "bf16" and vocab is None) else copy.deepcopy(base)
         if vocab is not None:  # before quantizing: the smaller head is then quantized too
             restrict_vocabulary(model, tokenizer, vocab, shipped_ranking(tokenizer))
         if scheme != "bf16":
@@ -659,7 +663,8 @@ def rss_probe(args) -> None:
     if variant:
         source = args.draft if draft_model_of(variant) is None else parse_draft_models(args.draft_models)[draft_model_of(variant)]
         model = load_model(source, args.dtype, target.device)
-        draft = build_drafts(model, tokenizer, [variant], args.group_size, {draft_model_of(variant): model})[variant]
+        draft = build_drafts(model, tokenizer, [variant], args.group_size, {draft_model_of(variant): model}, in_place=True)[variant]
+        del model  # the same module as draft now: the float weights it replaced are not kept
     engine = SpeculativeEngine(target, draft, tokenizer, eos_token_ids(target, tokenizer))
     ids = tokenizer("def fibonacci(n):", add_special_tokens=True)["input_ids"]
     engine.generate([ids], make_method("fixed:4" if draft is not None else BASELINE), RequestConfig(max_new_tokens=16))

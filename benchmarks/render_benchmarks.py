@@ -758,6 +758,28 @@ def fused_step(name: str) -> Callable[[], str]:
     return render
 
 
+def lean_vs_packed(*names: str) -> Callable[[], str]:
+    """benchmarks/draft_cost.py runs: each draft's lean step (the engine's) against the transformers forward with
+    packed attention in the same rounds, per file, with the target's one-token step there (for c)."""
+
+    def render() -> str:
+        out = ["| file | draft | lean step ms | rest ms | hf-packed ms | lean ÷ hf-packed | target 1 token ms | c |",
+               "|---|---|---|---|---|---|---|---|"]
+        for name in names:
+            steps = json.loads((RESULTS / name).read_text(encoding="utf-8"))["per_step"]
+            for label, row in steps.items():
+                packed = steps.get(f"{label} [hf-packed]")
+                if not label.startswith("draft") or "[" in label or packed is None:
+                    continue
+                out.append(f"| `{name}` | {label.removeprefix('draft ')} | {row['step_ms']:.1f} | "
+                           f"{row['breakdown_ms']['rest']:.1f} | {packed['step_ms']:.1f} | "
+                           f"{row['step_ms'] / packed['step_ms']:.3f} | {steps['target 1 token']['step_ms']:.1f} | "
+                           f"{row['c']:.3f} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def draft_context(name: str) -> Callable[[], str]:
     """benchmarks/draft_context.py: teacher-forced agreement of the draft with the target's greedy answers when the
     draft sees only the last W prompt tokens, per dataset (answer-token weighted)."""
@@ -1450,6 +1472,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "draft-step-cuda-h200": draft_step("cuda_h200/draft_cost.json"),
     "compile-step": compile_step("compile_step.json"),
     "fused-step": fused_step("fused_step.json"),
+    "draft-step-fused": draft_step("draft_cost_fused.json"),
+    "lean-vs-packed": lean_vs_packed("draft_cost_lean.json", "draft_cost_fused.json"),
     "distill-mix-replay": draft_replay({"stock": "distill_mix_replay/stock.json",
                                         "DistillSpec": "distill_mix_replay/distillspec.json",
                                         "AdaSPEC": "distill_mix_replay/adaspec.json"}),

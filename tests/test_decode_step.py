@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from specadapt.models.decode_step import DecodeStep
-from specadapt.models.quant import DEQUANTIZE_ROWS, Int4Linear, fuse_int4, quantize_model
+from specadapt.models.quant import DEQUANTIZE_ROWS, SIBLINGS, Int4Linear, fused_layer, quantize_model
 from specadapt.models.runner import ModelRunner
 
 from conftest import tiny_llama
@@ -84,30 +86,38 @@ def tiny_qwen2_tiles(seed: int) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(config).eval()
 
 
-def test_fused_projections_compute_what_the_parts_compute():
-    parts_in = [nn.Linear(128, n, bias=True) for n in (128, 64, 64)]
-    parts = [Int4Linear.from_linear(m, 32) for m in parts_in]
+def test_quantization_fuses_sibling_projections_into_one_layer_the_parts_slice():
+    model = tiny_qwen2_tiles(7)
+    floats = copy.deepcopy(model)
+    report = quantize_model(model, "int4", 32)
+    assert report.layers == 2 * 7 + 1  # every linear layer and the head, as without fusion
     xs = [torch.randn(rows, 128) for rows in (1, 3, DEQUANTIZE_ROWS)]  # the last through the kept copies
-    before = [torch.cat([p(x) for p in parts], -1) for x in xs]
-    fused = fuse_int4(parts)
-    assert fused is not None and fused.out_features == 256
-    for x, want in zip(xs, before):
-        assert torch.equal(fused(x), want)
-        assert torch.equal(torch.cat([p(x) for p in parts], -1), want)  # the parts, now views, still compute the same
-    base = fused.packed.untyped_storage().data_ptr()
-    assert all(p.packed.untyped_storage().data_ptr() == base for p in parts)  # one copy of the weights
-    assert all(p.wide.untyped_storage().data_ptr() == fused.wide.untyped_storage().data_ptr() for p in parts)
+    for layer, plain in zip(model.model.layers, floats.model.layers, strict=True):
+        for parent, alone, names in ((layer.self_attn, plain.self_attn, SIBLINGS[0]), (layer.mlp, plain.mlp, SIBLINGS[1])):
+            fused = fused_layer(parent)
+            parts = [getattr(parent, n) for n in names]
+            assert fused is not None and fused.out_features == sum(p.out_features for p in parts)
+            for x in xs:
+                # Quantized on its own, each projection computes exactly what its slice of the fused layer does.
+                want = torch.cat([Int4Linear.from_linear(getattr(alone, n), 32)(x) for n in names], -1)
+                assert torch.equal(fused(x), want)
+                assert torch.equal(torch.cat([p(x) for p in parts], -1), want)
+            for name in ("packed", "wide", "bias"):  # one copy of the weights: the parts hold views
+                if getattr(fused, name) is None:  # an MLP's projections have no bias
+                    assert all(getattr(p, name) is None for p in parts)
+                    continue
+                storage = getattr(fused, name).untyped_storage().data_ptr()
+                assert all(getattr(p, name).untyped_storage().data_ptr() == storage for p in parts)
 
 
-def test_projections_that_cannot_share_a_call_are_not_fused():
-    def int4(n: int, k: int = 128) -> Int4Linear:
-        return Int4Linear.from_linear(nn.Linear(k, n), 32)
-
-    assert fuse_int4([int4(32), int4(128)]) is None  # 32 rows, half a packing tile, before another part
-    assert fuse_int4([int4(128), int4(32)]) is not None  # a part that ends the tiles may fill its last one partly
-    assert fuse_int4([int4(128), int4(128, k=256)]) is None  # different inputs
-    assert fuse_int4([int4(128), nn.Linear(128, 128)]) is None  # not int4
-    assert fuse_int4([int4(128)]) is None
+def test_projections_that_cannot_share_a_kernel_call_stay_apart():
+    model = tiny_qwen2(5)  # k/v projections 32 outputs wide: half a packing tile, with v after k
+    quantize_model(model, "int4", 32)
+    assert all(fused_layer(layer.self_attn) is None and fused_layer(layer.mlp) is None for layer in model.model.layers)
+    assert not ModelRunner(model, lean_steps=True).lean.fused_layers()
+    int8 = tiny_qwen2_tiles(5)
+    quantize_model(int8, "int8")
+    assert fused_layer(int8.model.layers[0].self_attn) is None  # int8 layers are not fused
 
 
 def test_lean_step_with_fused_projections_equals_the_unfused_one():

@@ -36,8 +36,8 @@ this project's machines, so quantizing a model on a GPU raises a clear error.
 from __future__ import annotations
 
 import functools
+import weakref
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -93,7 +93,12 @@ class Int4Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear, group_size: int = DEFAULT_GROUP_SIZE, wide: bool = True) -> "Int4Linear":
         """``wide``: also keep the dequantized weight, for inputs of many rows (another 16 bits per weight; an
         output head, which sees one row per request, goes without)."""
-        weight = linear.weight.detach()
+        return cls.from_weight(linear.weight.detach(), linear.bias, group_size, wide)
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, group_size: int = DEFAULT_GROUP_SIZE,
+                    wide: bool = True) -> "Int4Linear":
+        """The layer ``x @ weight.T + bias`` with ``weight`` [out, in] quantized (see :meth:`from_linear`)."""
         n, k = weight.shape
         _check_int4_group(group_size, k)
         pad = -n % _INT4_N_MULTIPLE  # zero rows, sliced off after the matmul
@@ -111,8 +116,17 @@ class Int4Linear(nn.Module):
         # The copy is built from the scales and zeros as the kernel holds them (rounded to its dtype).
         kept = _dequantize(q[:n], sz[:n].to(dtype), group_size, dtype) if wide else None
         scale_and_zero = sz.transpose(0, 1).contiguous().to(dtype)
-        bias = None if linear.bias is None else linear.bias.detach().clone()
+        bias = None if bias is None else bias.detach().clone()
         return cls(packed, kept, scale_and_zero, bias, k, n, group_size)
+
+    def rows(self, start: int, stop: int) -> "Int4Linear":
+        """A layer computing this one's outputs ``start:stop``, reading row slices of its weights (views: only the
+        scales are copied). Valid where ``start`` sits on a boundary of the kernel's packing tiles (see
+        :func:`_packs_side_by_side`)."""
+        bias = None if self.bias is None else self.bias[start:stop]
+        wide = None if self.wide is None else self.wide[start:stop]
+        return Int4Linear(self.packed[start:stop], wide, self.scale_and_zero[:, start:stop].contiguous(), bias,
+                          self.in_features, stop - start, self.group_size)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -144,50 +158,12 @@ class Int4Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, bias={self.bias is not None}"
 
 
-def fuse_int4(parts: Sequence[nn.Module]) -> Int4Linear | None:
-    """One int4 layer computing ``parts`` (int4 layers fed the same input) side by side, outputs concatenated in
-    order; None where they cannot share a kernel call (not all int4, or different inputs, group sizes, dtypes,
-    kept copies or biases, or a part whose packed rows are padded).
-
-    A one-token step of a small draft spends much of a projection's time on the call, not the weights (the 0.5B
-    draft's key and value projections are 128 outputs wide): one call for q/k/v and one for gate/up cut its step
-    by about a tenth (``benchmarks/fused_step.py``). The parts then read their weights from row slices of the
-    fused layer's (views: no second copy but the scales), so the transformers forward, which calls the parts,
-    computes with the very same weights."""
-    if len(parts) < 2 or not all(type(p) is Int4Linear for p in parts):
-        return None
-    first = parts[0]
-    same = all(
-        p.in_features == first.in_features and p.group_size == first.group_size
-        and p.scale_and_zero.dtype == first.scale_and_zero.dtype and p.packed.device == first.packed.device
-        and (p.wide is None) == (first.wide is None) and (p.bias is None) == (first.bias is None)
-        and p.packed.shape[0] == p.out_features  # no padding rows between the parts' outputs
-        for p in parts
-    )
-    if not same or not _packs_side_by_side(first.in_features, tuple(p.out_features for p in parts)):
-        return None
-    def joined(name: str, dim: int = 0) -> torch.Tensor | None:
-        return None if getattr(first, name) is None else torch.cat([getattr(p, name) for p in parts], dim)
-
-    fused = Int4Linear(joined("packed"), joined("wide"), joined("scale_and_zero", 1), joined("bias"),
-                       first.in_features, sum(p.out_features for p in parts), first.group_size)
-    start = 0
-    for p in parts:
-        rows = slice(start, start + p.out_features)
-        p.packed = fused.packed[rows]
-        if fused.wide is not None:
-            p.wide = fused.wide[rows]
-        if fused.bias is not None:
-            p.bias = fused.bias[rows]
-        start = rows.stop
-    return fused
-
-
 @functools.lru_cache(maxsize=None)
 def _packs_side_by_side(in_features: int, outs: tuple[int, ...]) -> bool:
-    """Whether the kernel's packing of weights with ``outs`` output rows stacked equals the parts' packings stacked.
-    It packs output rows in tiles (of 64 here), so this holds where every part fills whole tiles (the 0.5B draft's
-    896/128/128 and 4864/4864), not for a part of 32; checked on random values rather than assumed."""
+    """Whether the kernel's packing of weights with ``outs`` output rows stacked equals the parts' packings stacked,
+    so that row slices of the one are the others. It packs output rows in tiles (of 64 here), so this holds where
+    every part but the last fills whole tiles (the 0.5B draft's 896/128/128 and 4864/4864), not after a part of
+    32; checked on random values rather than assumed."""
     g = torch.Generator().manual_seed(0)
     parts = [torch.randint(0, 16, (n, in_features), dtype=torch.int32, generator=g) for n in outs]
     packed = [torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1) for q in [torch.cat(parts), *parts]]
@@ -330,6 +306,51 @@ def group_size_help(role: str) -> str:
     return f"Group size of --{role}-quant int4: {DEFAULT_GROUP_SIZE} (default), {sizes}."
 
 
+# Projections of a Llama-family layer that read the same input: quantized as one int4 layer each group, so a
+# decode step can make one kernel call for them (:func:`fused_layer`).
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+_FUSED: "weakref.WeakKeyDictionary[nn.Module, Int4Linear]" = weakref.WeakKeyDictionary()
+
+
+def fused_layer(parent: nn.Module) -> Int4Linear | None:
+    """The int4 layer that computes ``parent``'s sibling projections side by side (q/k/v of an attention module,
+    gate/up of an MLP), outputs concatenated in :data:`SIBLINGS` order; None where :func:`quantize_model` did not
+    fuse them.
+
+    A one-token step of a small draft spends much of a projection's time on the call, not the weights (the 0.5B
+    draft's key and value projections are 128 outputs wide): one call for q/k/v and one for gate/up cut its step
+    by about a tenth (``benchmarks/fused_step.py``). The projections themselves read row slices of this layer's
+    weights, so the transformers forward, which calls them, computes with the very same weights and no copy is
+    kept twice."""
+    return _FUSED.get(parent)
+
+
+def _fuse_siblings(model: nn.Module, targets: list[tuple[str, nn.Linear]], group: int) -> set[str]:
+    """Quantize each group of sibling projections (:data:`SIBLINGS`) as one int4 layer and put its row slices in
+    their places; returns the names of the layers done so."""
+    by_name = dict(targets)
+    done: set[str] = set()
+    for parent_name, parent in model.named_modules():
+        for names in SIBLINGS:
+            full = [f"{parent_name}.{n}" if parent_name else n for n in names]
+            parts = [by_name.get(n) for n in full]
+            if any(p is None for p in parts):
+                continue
+            same_input = len({(p.in_features, p.weight.dtype, p.bias is None) for p in parts}) == 1
+            outs = tuple(p.out_features for p in parts)
+            if not same_input or any(n % _INT4_N_MULTIPLE for n in outs) or not _packs_side_by_side(parts[0].in_features, outs):
+                continue
+            bias = None if parts[0].bias is None else torch.cat([p.bias.detach() for p in parts])
+            fused = Int4Linear.from_weight(torch.cat([p.weight.detach() for p in parts]), bias, group)
+            start = 0
+            for name, part in zip(names, parts):
+                setattr(parent, name, fused.rows(start, start + part.out_features))
+                start += part.out_features
+            _FUSED[parent] = fused
+            done.update(full)
+    return done
+
+
 def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return [(name, m) for name, m in model.named_modules() if type(m) in (nn.Linear, Float32Linear, WideFloat32Linear)]
 
@@ -380,14 +401,20 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None,
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     heads = {id(head), id(getattr(head, "proj", None))}
     before = after = 0
+    fused = _fuse_siblings(model, targets, group) if scheme == "int4" else set()
     for name, linear in targets:
+        before += linear.weight.numel() * linear.weight.element_size()
+        if name in fused:  # its weights are counted with the fused layer's; its scales are its own
+            after += model.get_submodule(name).scale_and_zero.nbytes
+            continue
         new = (Int4Linear.from_linear(linear, group, wide=id(linear) not in heads) if scheme == "int4"
                else Int8Linear.from_linear(linear))
-        before += linear.weight.numel() * linear.weight.element_size()
         after += sum(b.numel() * b.element_size() for n, b in new.named_buffers() if n != "bias")
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_word_embeddings", False):
         config.tie_word_embeddings = False  # the head no longer shares the embedding's float weight
+    for parent in {id(m): m for m in model.modules() if m in _FUSED}.values():
+        after += sum(b.numel() * b.element_size() for n, b in _FUSED[parent].named_buffers() if n != "bias")
     return QuantReport(scheme, group, len(targets), before, after)
