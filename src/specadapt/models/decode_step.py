@@ -7,9 +7,10 @@ through every layer, output capturing, attention dispatch, norms as many small o
 modules (projections, embedding, rotary, output head) in the same order, so its logits are the same up to float
 rounding, but builds the mask once per step, computes each RMSNorm as one fused op and runs grouped-query
 attention packed (:mod:`specadapt.models.attention`): 17.8 ms, 5.3 ms of it outside the linear layers
-(``benchmarks/draft_cost.py``, ``results/draft_cost_lean.json``). It also calls one int4 layer for q/k/v and one for
-gate/up where quantization fused them (:func:`~specadapt.models.quant.fused_layer`) and rotates queries and keys in one pass: 0.85
-of the transformers forward's step in the same rounds, against 0.94 without (``results/draft_cost_fused.json``).
+(``benchmarks/draft_cost.py``, ``results/draft_cost_lean.json``). It also calls one int4 layer for q/k/v and one
+for gate/up where quantization fused them (:func:`~specadapt.models.quant.fused_layer`) and rotates queries and
+keys in one pass: 0.85 of the transformers forward's step in the same rounds, against 0.94 without
+(``results/draft_cost_fused.json``).
 
 Only for architectures whose layer is exactly what this code does (Llama, Qwen2 without sliding windows); for
 anything else :meth:`DecodeStep.for_model` returns None and the runner keeps the transformers forward.
@@ -129,4 +130,3 @@ class DecodeStep:
         block &= torch.ones((n, n), dtype=torch.bool, device=mask.device).tril()
         block |= torch.eye(n, dtype=torch.bool, device=mask.device)
         return seen
-
