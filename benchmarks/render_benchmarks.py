@@ -489,6 +489,31 @@ def cheap_draft_targets(folder: Path | None = None) -> Callable[[], str]:
     return render
 
 
+def cheap_draft_time(*folders: str, methods: tuple[str, ...] = ("adaedl", "specdecpp")) -> Callable[[], str]:
+    """Where our methods' generations spent their time in cheap_draft.py runs, per dataset: the engine's draft and
+    target seconds (summed over the records) as shares of the generations' time, and the draft's ms per drafted
+    token (prefill included)."""
+
+    def render() -> str:
+        out = ["| run | dataset | method | generations | draft share | target share | draft ms per drafted token |",
+               "|---|---|---|---|---|---|---|"]
+        for folder in folders:
+            records = [json.loads(line) for line in (RESULTS / folder / "records.jsonl").read_text(encoding="utf-8").splitlines()
+                       if line.strip()]
+            for dataset in dict.fromkeys(r["dataset"] for r in records):
+                for method in methods:
+                    rows = [r for r in records if r["dataset"] == dataset and r["base"] == method and r["kind"] == "ours"]
+                    if not rows:
+                        continue
+                    draft, target, total = (sum(r[k] for r in rows) for k in ("draft_time_s", "target_time_s", "total_time_s"))
+                    drafted = sum(r["drafted"] for r in rows)
+                    out.append(f"| `{folder}` | {dataset} | `{method}` | {len(rows)} | {draft / total:.3f} | "
+                               f"{target / total:.3f} | {1e3 * draft / drafted:.1f} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def _cell(value: float | None, fmt: str = "{:.3f}") -> str:
     return "–" if value is None else fmt.format(value)
 
@@ -1468,6 +1493,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-before-targets": cheap_draft_targets(CHEAP_DRAFT_BEFORE),
     "cheap-draft-wide-targets": cheap_draft_targets(RESULTS / "cheap_draft_wide"),
     "cheap-draft-wide": cheap_draft(RESULTS / "cheap_draft_wide"),
+    "cheap-draft-fused-targets": cheap_draft_targets(RESULTS / "cheap_draft_fused"),
+    "cheap-draft-fused": cheap_draft(RESULTS / "cheap_draft_fused"),
+    "cheap-draft-time": cheap_draft_time("cheap_draft_wide", "cheap_draft_fused"),
     "draft-step": draft_step("draft_cost_lean.json"),
     "draft-step-cuda-h200": draft_step("cuda_h200/draft_cost.json"),
     "compile-step": compile_step("compile_step.json"),
