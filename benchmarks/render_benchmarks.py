@@ -514,6 +514,31 @@ def cheap_draft_time(*folders: str, methods: tuple[str, ...] = ("adaedl", "specd
     return render
 
 
+def hf_passes(name: str) -> Callable[[], str]:
+    """benchmarks/hf_passes.py: per dataset and method, target passes and draft calls per generated token and what
+    each cost, ours (engine statistics for the lean draft steps) against HF assisted generation (forward hooks)."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        st = data["settings"]
+        out = [f"`{name}`: {st['n']} {st['split']} examples per dataset, greedy, at most {st['max_new_tokens']} new "
+               f"tokens, one generation per method and example; ms per generated token split into the target's "
+               "passes, the draft's calls and the rest.\n",
+               "| dataset | method | tok/s | target passes | tokens per pass | ms per pass | draft calls per token | "
+               "ms per draft call | target ms per token | draft ms per token | other ms per token |",
+               "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for row in data["summary"].values():
+            per_token = 1e3 / row["tok_s"]
+            out.append(f"| {row['dataset']} | `{row['method']}` | {row['tok_s']:.2f} | {row['target_passes']} | "
+                       f"{row['tokens_per_target_pass']:.2f} | {row['target_ms_per_pass']:.1f} | "
+                       f"{row['draft_calls_per_token']:.2f} | {row['draft_ms_per_call']:.1f} | "
+                       f"{per_token * row['target_share']:.1f} | {per_token * row['draft_share']:.1f} | "
+                       f"{per_token * row['other_share']:.1f} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def _cell(value: float | None, fmt: str = "{:.3f}") -> str:
     return "–" if value is None else fmt.format(value)
 
@@ -1496,6 +1521,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-fused-targets": cheap_draft_targets(RESULTS / "cheap_draft_fused"),
     "cheap-draft-fused": cheap_draft(RESULTS / "cheap_draft_fused"),
     "cheap-draft-time": cheap_draft_time("cheap_draft_wide", "cheap_draft_fused"),
+    "hf-passes": hf_passes("hf_passes.json"),
     "draft-step": draft_step("draft_cost_lean.json"),
     "draft-step-cuda-h200": draft_step("cuda_h200/draft_cost.json"),
     "compile-step": compile_step("compile_step.json"),
