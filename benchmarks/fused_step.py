@@ -2,8 +2,8 @@
 
     python benchmarks/fused_step.py --threads 2
 
-The lean step (``models/decode_step.py``) calls one int4 layer for q/k/v and one for gate/up (``fuse_int4``) where
-the parts fill the kernel's packing tiles, as the default draft's do. A one-token step of the 0.5B draft spends much
+The lean step (``models/decode_step.py``) calls one int4 layer for q/k/v and one for gate/up (``quant.fused_layer``)
+where quantization could fuse them, as it does the default draft's. A one-token step of the 0.5B draft spends much
 of a small projection's time on the call itself: its key and value projections are 128 outputs wide. Here the same
 runner (draft_cost.py's ``Stepper``: a prefilled cache, one timed block per row, rolled back) runs its step with
 the fused layers and with the parts, alternating per round, at each batch size and block length; the target is

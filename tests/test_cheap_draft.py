@@ -295,3 +295,17 @@ def test_batch_draft_step_times_every_variant_by_batch_size_and_restores_the_swi
     assert [(r["model"], r["batch"]) for r in data["rows"]] == [(m, b) for m in models for b in (1, 5)]
     assert all(len(r["rounds_ms"]) == 2 and (r["model"] == "target") == ("c" not in r) for r in data["rows"])
     assert data["settings"]["dequantize_rows"] == switch and quant.DEQUANTIZE_ROWS == switch  # put back after each cell
+
+
+def test_a_variant_built_in_place_is_the_loaded_model_quantized(cd):
+    """The peak-RSS probe quantizes the loaded draft itself, as a user's load does: no float copy stays alive."""
+    from specadapt.models.quant import Int4Linear
+
+    model = tiny_llama(3)
+    built = cd.build_drafts(model, IdTokenizer(), ["int4"], in_place=True)
+    assert built["int4"] is model
+    assert isinstance(model.lm_head, Int4Linear)
+    copied = cd.build_drafts(tiny_llama(3), IdTokenizer(), ["int4", "int8"])  # a run's variants: copies
+    assert copied["int4"] is not copied["int8"]
+    with pytest.raises(ValueError, match="in_place builds one variant"):
+        cd.build_drafts(tiny_llama(3), IdTokenizer(), ["int4", "int8"], in_place=True)

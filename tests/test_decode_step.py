@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from specadapt.models.decode_step import DecodeStep
