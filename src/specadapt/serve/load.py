@@ -245,12 +245,8 @@ class AutoLoad:
     - ``cost(K) = T(B * (w_t + s)) + s * D(B) + catch_up / rounds`` for K > 0: the target pass over the drafts too,
       s draft steps, and the draft catching up on tokens it skipped in target-only rounds (a pass over
       ``B * w_d`` positions, priced as ``D(B) * T(B * w_d) / T(B)``; plus, for each request that joined while
-      the batch was target-only, a pass over its n unseen tokens alone, ``f * T(n)``, counted B times) spread over
-      the rounds the requests have left (``room / E(K)``), so a request near its end is not switched back to
-      drafting. A joining prompt counts B times because under load it is not the last: while B requests run,
-      about B of them join over one request's life, each paying its fill for the batch to go on drafting, so
-      over that life the batch pays B fills (``serve_load_fused.json``, 8 clients: rounds that drafted gained
-      about what feeding the joining prompts cost). Only if a
+      the batch was target-only, a pass over its n unseen tokens alone, ``f * T(n)``) spread over the rounds the
+      requests have left (``room / E(K)``), so a request near its end is not switched back to drafting. Only if a
       plain round at this batch size would draft, though: otherwise later rounds keep the batch target-only, and
       this round alone must pay for feeding the draft (a prompt's first round would otherwise feed the draft its
       prompt for one round's worth of drafts);
@@ -352,10 +348,9 @@ class AutoLoad:
         rates = [B / self.target(B * w_t)]
         step = self.step_cost(B, low)
         catch_up = step * max(0.0, self.target(B * w_d) / self.target(B) - 1) if w_d > PLAIN_WIDTH else 0.0
-        # Each unseen prompt is fed in a pass of its own, f times the target's pass over it; B times, for the
-        # prompts that will join as this batch's requests end (see the class docstring).
+        # Each unseen prompt is fed in a pass of its own, f times the target's pass over it.
         fill = self.fill_ratio if self.fill_ratio is not None else self.step_cost(1) / self.target(1)
-        catch_up += B * fill * sum(self.target(n) for n in unfed)
+        catch_up += fill * sum(self.target(n) for n in unfed)
         # Feeding the draft is paid back over the rounds that go on drafting; if plain rounds at this batch size
         # would not draft (a costly verification, a slow draft), this round alone has to pay for it.
         later = catch_up > 0 and self._by_rate(self.rates(B, 1, 1, room, K_max, (), low)) > 0
