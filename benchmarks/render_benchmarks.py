@@ -1579,6 +1579,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-joins8": serve_load("serve_load_joins8.json"),
     "serve-load-joins8-time": serve_load_time("serve_load_joins8.json", 8),
     "serve-load-joins-long8": serve_load("serve_load_joins_long8.json"),
+    "serve-load-ownroom": serve_load("serve_load_ownroom.json"),
+    "serve-load-ownroom-long8": serve_load("serve_load_ownroom_long8.json"),
     "serve-load-joins-long8-time": serve_load_time("serve_load_joins_long8.json", 8),
     "serve-load-fused": serve_load("serve_load_fused.json", "serve_load_fused_humaneval1.json"),
     "serve-load-fused-targets": serve_load_targets("serve_load_fused.json", "serve_load_fused_humaneval1.json"),
