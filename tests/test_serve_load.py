@@ -106,7 +106,7 @@ def test_auto_rule_drafts_in_a_round_over_fresh_prompts_only_if_plain_rounds_wou
 
     slow = rule(0.6)  # a draft step of 0.6 target steps: plain rounds do not draft
     assert slow.decide(rows(1), bound=3) == 0
-    rates = slow.rates(1, 60, 0, 100, 3, [(60, 100)])
+    rates = slow.rates(1, 60, 0, 100, 3, [60])
     assert max(rates[1:]) > 1.5 * rates[0]  # what a comparison of this round's rates alone would choose
     assert slow.decide(fresh, bound=3) == 0  # but it would feed the draft 60 tokens for ~2 more tokens
     fast = rule(0.05)  # a cheap draft: plain rounds draft, so feed it now
@@ -373,19 +373,3 @@ def test_serve_load_ratio_is_pooled_over_repeats_with_each_repeat_kept():
         ("autoregressive", 4, 0, 10.0), ("adaedl", 4, 0, 9.0)]]
     ratios = serve_load.throughput_ratios(rows, ["autoregressive", "adaedl"])
     assert ratios == {"adaedl": {1: {"ratio": 17 / 10, "per_repeat": [2.0, 1.5]}, 4: {"ratio": 0.9, "per_repeat": [0.9]}}}
-
-
-def test_auto_rule_prices_a_joining_prompt_once_per_request_running_beside_it():
-    """Under load a joining prompt is not the last: about B more join over a request's life, each fed to the draft
-    for the batch to go on drafting. So a fill that one request would pay back alone keeps a batch of 8, whose
-    drafting gains less per request, target-only (serve_load_fused.json, 8 clients)."""
-    rule = trained(lambda x: 1.0 + 0.01 * x, lambda b: 0.05)
-    rule.observe(RoundRecord(1, 0, 0, 1, 0.0, 0.0, [0], [0], prefill_s=5.0, draft_fill_tokens=400, draft_fill_s=5.0))
-    assert rule.fill_ratio == pytest.approx(1.0)  # feeding the draft a prompt costs the target's pass over it
-    def joining(B: int) -> list:
-        batch = rows(B, room=32)
-        batch[-1].draft_unfed, batch[-1].draft_pending = True, [0] * 400
-        return batch
-    assert rule.decide(rows(8, room=32), bound=3) is None  # fed rows: drafting pays at batch 8
-    assert rule.decide(joining(1), bound=3) is None  # alone, the request pays its fill back
-    assert rule.decide(joining(8), bound=3) == 0  # in a batch of 8: eight such fills over its life do not

@@ -244,11 +244,9 @@ class AutoLoad:
     - ``cost(0) = T(B * w_t)``: a target-only round (no draft pass at all);
     - ``cost(K) = T(B * (w_t + s)) + s * D(B) + catch_up / rounds`` for K > 0: the target pass over the drafts too,
       s draft steps, and the draft catching up on tokens it skipped in target-only rounds (a pass over
-      ``B * w_d`` positions, priced as ``D(B) * T(B * w_d) / T(B)``, spread over the rounds the requests have
-      left (``room / E(K)``), so a request near its end is not switched back to drafting; plus, for each request
-      that joined while the batch was target-only, a pass over its n unseen tokens alone, ``f * T(n)``, counted
-      B times and spread over that request's own rounds: under load a joining prompt is not the last, about B
-      more join over one request's life, each fed for the batch to go on drafting). Only if a
+      ``B * w_d`` positions, priced as ``D(B) * T(B * w_d) / T(B)``; plus, for each request that joined while
+      the batch was target-only, a pass over its n unseen tokens alone, ``f * T(n)``) spread over the rounds the
+      requests have left (``room / E(K)``), so a request near its end is not switched back to drafting. Only if a
       plain round at this batch size would draft, though: otherwise later rounds keep the batch target-only, and
       this round alone must pay for feeding the draft (a prompt's first round would otherwise feed the draft its
       prompt for one round's worth of drafts);
@@ -343,30 +341,27 @@ class AutoLoad:
         scale = self.target(B) / self.target(near)
         return self.draft_step[near](1) * (max(scale, B / near) if B > near and not low else scale)
 
-    def rates(self, B: int, w_t: int, w_d: int, room: float, K_max: int, unfed: Sequence[tuple[int, int]] = (),
+    def rates(self, B: int, w_t: int, w_d: int, room: float, K_max: int, unfed: Sequence[int] = (),
               low: bool = False) -> list[float]:
-        """Expected tokens per second for caps 0..K_max (``unfed``: (length, room) of each request whose prompt the
-        draft has yet to see; ``low``: with the lowest plausible draft-step cost of an unmeasured batch size)."""
+        """Expected tokens per second for caps 0..K_max (``unfed``: lengths of prompts the draft has yet to see;
+        ``low``: with the lowest plausible draft-step cost of an unmeasured batch size)."""
         rates = [B / self.target(B * w_t)]
         step = self.step_cost(B, low)
         catch_up = step * max(0.0, self.target(B * w_d) / self.target(B) - 1) if w_d > PLAIN_WIDTH else 0.0
-        # Each unseen prompt is fed in a pass of its own, f times the target's pass over it; B times, for the
-        # prompts that will join as this batch's requests end (see the class docstring).
+        # Each unseen prompt is fed in a pass of its own, f times the target's pass over it.
         fill = self.fill_ratio if self.fill_ratio is not None else self.step_cost(1) / self.target(1)
-        fills = [(B * fill * self.target(n), r) for n, r in unfed]
+        catch_up += fill * sum(self.target(n) for n in unfed)
         # Feeding the draft is paid back over the rounds that go on drafting; if plain rounds at this batch size
         # would not draft (a costly verification, a slow draft), this round alone has to pay for it.
-        later = (catch_up > 0 or bool(fills)) and self._by_rate(self.rates(B, 1, 1, room, K_max, (), low)) > 0
+        later = catch_up > 0 and self._by_rate(self.rates(B, 1, 1, room, K_max, (), low)) > 0
         E, steps = self.acceptance.curves(K_max, B)
         for K in range(1, K_max + 1):
-            def spread(over: float) -> float:
-                return max(1.0, over / E[K]) if later else 1.0
-            paid = catch_up / spread(room) + sum(cost / spread(r) for cost, r in fills)
-            cost = self.target(B * (w_t + steps[K])) + steps[K] * step + paid
+            spread = max(1.0, room / E[K]) if later else 1.0
+            cost = self.target(B * (w_t + steps[K])) + steps[K] * step + catch_up / spread
             rates.append(B * E[K] / cost)
         return rates
 
-    def best_cap(self, B: int, w_t: int, w_d: int, room: float, K_max: int, unfed: Sequence[tuple[int, int]] = (),
+    def best_cap(self, B: int, w_t: int, w_d: int, room: float, K_max: int, unfed: Sequence[int] = (),
                  low: bool = False) -> int:
         """The cap worth most this round (0: target-only). A round that feeds the target one token per row is
         judged by its tokens per second: the best cap must beat target-only by ``margin``. A round that also feeds
@@ -404,7 +399,7 @@ class AutoLoad:
         if K_max <= 0:
             return None
         w_t = max(len(r.target_pending) for r in rows)
-        unfed = [(len(r.draft_pending), r.room) for r in rows if r.draft_unfed]  # fed apart (Batch), not padded
+        unfed = [len(r.draft_pending) for r in rows if r.draft_unfed]  # fed apart (Batch), not padded
         w_d = max((len(r.draft_pending) for r in rows if not r.draft_unfed), default=0)
         room = sum(r.room for r in rows) / len(rows)
         B = len(rows)
@@ -413,7 +408,7 @@ class AutoLoad:
             if B not in self.draft_step and self.best_cap(B, w_t, w_d, room, K_max, unfed, low=True):
                 self.probes += 1  # unmeasured, and a cheap enough step would make drafting pay: measure it
                 return 1
-            if self.probe_due(B, max([w_d, *(n for n, _ in unfed)])):  # a probe would also feed the unseen prompts
+            if self.probe_due(B, max([w_d, *unfed])):  # a probe would also feed the unseen prompts
                 self.probes += 1
                 self.probing.add(B)
                 return 1
