@@ -154,7 +154,7 @@ class Stepper:
         return (time.perf_counter() - t0) / k
 
     def breakdown(self, k: int) -> dict:
-        lean = getattr(self.runner, "lean", None)
+        lean = self.runner.lean  # None where the model runs the transformers forward
         timer = LinearTimer(self.model, lean.fused_layers() if lean is not None else ())
         try:
             total = self.time_steps(k)

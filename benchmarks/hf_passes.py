@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     prompts = load_prompts(settings, args.n, lambda messages: encode_chat(tokenizer, messages, args.target))
     labels = [parse_label(m) for m in args.methods.split(",")]
     timers = {"target": CallTimer(target), "draft": CallTimer(drafts["int4"])}
-    runner.run(labels[0], args.datasets.split(",")[0], prompts[args.datasets.split(",")[0]][0]["ids"], 8)  # warm-up
+    first = settings["datasets"][0]
+    runner.run(labels[0], first, prompts[first][0]["ids"], 8)  # warm-up
     for t in timers.values():
         t.take()
     records = []
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                 "target_share": target_s / wall, "draft_share": draft_s / wall, "other_share": 1 - (target_s + draft_s) / wall,
             }
     print(json.dumps(summary, indent=1))
-    payload = {"benchmark": "hf_passes", "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"},
+    payload = {"benchmark": "hf_passes", "settings": {k: v for k, v in vars(args).items() if k != "out"},
                "environment": machine(), "summary": summary, "records": records}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=1) + "\n")

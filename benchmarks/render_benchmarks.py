@@ -42,13 +42,18 @@ DATASET_TITLES = {"humaneval": "HumanEval", "gsm8k": "GSM8K", "mt-bench": "MT-Be
 # ----------------------------------------------------------------------------
 
 
+def read_records(folder: Path) -> list[dict]:
+    """The generations a run folder's ``records.jsonl`` holds, one dict a line."""
+    return [json.loads(line) for line in (folder / "records.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+
+
 @lru_cache(maxsize=None)
 def bench_run(name: str) -> tuple[dict, list[dict], dict]:
     """(settings.json, records, summary recomputed from the records) of a ``specadapt bench`` run."""
     folder = RESULTS / name
     run = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
-    records = [json.loads(line) for line in (folder / "records.jsonl").read_text(encoding="utf-8").splitlines()
-               if line.strip()]
+    records = read_records(folder)
     summary = report.summarize(records, run["settings"]["methods"], run.get("methods"), text_agreement=False)
     return run, records, summary
 
@@ -449,8 +454,7 @@ def _cheap_draft_run(folder: Path | None = None):
         sys.modules["cheap_draft"] = module  # its dataclasses look their module up
         spec.loader.exec_module(module)
     settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))["settings"]
-    records = [json.loads(line) for line in (folder / "records.jsonl").read_text(encoding="utf-8").splitlines()
-               if line.strip()]
+    records = read_records(folder)
     used = module.complete_examples(records, settings["methods"], settings.get("repeats", 1))
     summary = module.summarize(used, settings["methods"], settings["drafts"])
     if all(k in settings for k in ("datasets", "n", "repeats")):
@@ -498,8 +502,7 @@ def cheap_draft_time(*folders: str, methods: tuple[str, ...] = ("adaedl", "specd
         out = ["| run | dataset | method | generations | draft share | target share | draft ms per drafted token |",
                "|---|---|---|---|---|---|---|"]
         for folder in folders:
-            records = [json.loads(line) for line in (RESULTS / folder / "records.jsonl").read_text(encoding="utf-8").splitlines()
-                       if line.strip()]
+            records = read_records(RESULTS / folder)
             for dataset in dict.fromkeys(r["dataset"] for r in records):
                 for method in methods:
                     rows = [r for r in records if r["dataset"] == dataset and r["base"] == method and r["kind"] == "ours"]
@@ -1232,8 +1235,7 @@ def draft_vs_draft(folders: str | tuple[str, ...], speed: str, method: str, name
         if run is None:
             return "No committed results yet.\n"
         module, _, summary, _ = run
-        records = [json.loads(line) for line in (RESULTS / speed / "records.jsonl").read_text(encoding="utf-8").splitlines()
-                   if line.strip()]
+        records = read_records(RESULTS / speed)
         out = [f"| dataset | acceptance (timed): {a} → {b} | prompts with {b} ≥ {a} | "
                f"argmax agreement (teacher-forced): {a} → {b} | {b} ÷ {a} speed | "
                f"{b} ≥ {a} in acceptance |", "|---|---|---|---|---|---|"]

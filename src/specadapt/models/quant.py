@@ -325,11 +325,12 @@ def fused_layer(parent: nn.Module) -> Int4Linear | None:
     return _FUSED.get(parent)
 
 
-def _fuse_siblings(model: nn.Module, targets: list[tuple[str, nn.Linear]], group: int) -> set[str]:
+def _fuse_siblings(model: nn.Module, targets: list[tuple[str, nn.Linear]], group: int) -> tuple[set[str], list[Int4Linear]]:
     """Quantize each group of sibling projections (:data:`SIBLINGS`) as one int4 layer and put its row slices in
-    their places; returns the names of the layers done so."""
+    their places; returns the names of the layers done so and the fused layers."""
     by_name = dict(targets)
     done: set[str] = set()
+    layers: list[Int4Linear] = []
     for parent_name, parent in model.named_modules():
         for names in SIBLINGS:
             full = [f"{parent_name}.{n}" if parent_name else n for n in names]
@@ -347,8 +348,9 @@ def _fuse_siblings(model: nn.Module, targets: list[tuple[str, nn.Linear]], group
                 setattr(parent, name, fused.rows(start, start + part.out_features))
                 start += part.out_features
             _FUSED[parent] = fused
+            layers.append(fused)
             done.update(full)
-    return done
+    return done, layers
 
 
 def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -401,7 +403,7 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None,
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     heads = {id(head), id(getattr(head, "proj", None))}
     before = after = 0
-    fused = _fuse_siblings(model, targets, group) if scheme == "int4" else set()
+    fused, fused_layers = _fuse_siblings(model, targets, group) if scheme == "int4" else (set(), [])
     for name, linear in targets:
         before += linear.weight.numel() * linear.weight.element_size()
         if name in fused:  # its weights are counted with the fused layer's; its scales are its own
@@ -415,6 +417,5 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None,
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_word_embeddings", False):
         config.tie_word_embeddings = False  # the head no longer shares the embedding's float weight
-    for parent in {id(m): m for m in model.modules() if m in _FUSED}.values():
-        after += sum(b.numel() * b.element_size() for n, b in _FUSED[parent].named_buffers() if n != "bias")
+    after += sum(b.numel() * b.element_size() for layer in fused_layers for n, b in layer.named_buffers() if n != "bias")
     return QuantReport(scheme, group, len(targets), before, after)
