@@ -63,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--draft", default="", help="replay with this draft instead of the run's (a distilled one, say), "
                    "quantized as the run's was; the cost model still comes from the run's generations, so it fits a draft "
                    "of the same architecture and quantization")
+    p.add_argument("--costs", type=Path, help="fit the cost model on this `specadapt bench` folder's generations instead "
+                   "of RUN's (a run timed with newer code, same pair and datasets); the modelled speedups keep RUN's "
+                   "target-only seconds as their base, so they compare methods with each other, not across runs")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     return p.parse_args(argv)
 
@@ -124,10 +127,17 @@ def main(argv=None) -> int:
                      "replayed": {k: counts(v.to_dict()) for k, v in replayed.items()},
                      "measured": {m: by_key[(example.dataset, example.id, m)] for m in measured
                                   if (example.dataset, example.id, m) in by_key}})
-    summary = {ds: summarize(ds, data["examples"], records, measured) for ds, data in results.items()}
+    if args.costs:
+        cost_run = json.loads((args.costs / "settings.json").read_text(encoding="utf-8"))
+        cost_records = read_records(args.costs)
+        cost_measured = [m for m in cost_run["settings"]["methods"] if m != BASELINE and cost_run["methods"][m]["lossless"]]
+    else:
+        cost_records, cost_measured = records, measured
+    summary = {ds: summarize(ds, data["examples"], cost_records, cost_measured) for ds, data in results.items()}
     out = args.out or args.run / "replay.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"run": str(args.run), "draft": args.draft or settings.draft,
+                               "costs_from": str(args.costs or args.run),
                                "retokenised_length_mismatches": retokenised_off,
                                "datasets": summary}, indent=1), encoding="utf-8")
     for ds, s in summary.items():

@@ -1,0 +1,93 @@
+"""Marginal-value stopping: draft one more token only while it is expected to pay for itself.
+
+Speculative decoding maximises a long-run rate: tokens per unit of cost, a round costing one target pass plus
+``cost`` per drafted token (a draft step and the extra verified position, in target passes). By the standard
+argument for such renewal processes, a round should go on drafting while the next token's expected yield
+exceeds what its cost buys at the rate the request already achieves:
+
+    draft token k + 1  iff  S_k * a_next  >=  cost * R
+
+- ``S_k``: the probability that tokens 1..k are all accepted, the product of their predicted acceptances;
+- ``a_next``: the predicted acceptance of the token not yet drafted, taken as the last token's (a draft's
+  confidence runs in stretches);
+- ``R``: the request's recent tokens per unit cost (accepted + 1 per round, over 1 + cost * drafted), so an
+  easy request (code) drafts on at a lower survival than a hard one (chat), and ``cost`` sets how much a
+  token must be worth: a cheap draft (low ``cost``) drafts longer.
+
+A token's acceptance is predicted from the draft's probability of it, calibrated online: acceptance counts per
+probability bin (shared by all requests, older rounds fading), starting from the draft's own probability.
+Verification is the standard lossless rule, so the method is lossless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..methods import register_method
+from ._scoped import ScopedState
+from .base import DraftLengthPolicy, DraftStep, RoundOutcome, check_draft_length
+
+BINS = 20  # calibration bins over the draft's probability of its token
+PRIOR = 2.0  # pseudo-counts per bin at the draft's own probability (the bin's centre)
+TABLE_DECAY = 0.995  # per round: the calibration follows the recent ~200 rounds
+RATE_DECAY = 0.8  # per round of a request: its rate follows its recent ~5 rounds
+
+
+@register_method("marginal", summary="draft while the next token's expected yield exceeds its cost at the request's rate (lossless)")
+@dataclass
+class MarginalStop(DraftLengthPolicy):
+    # A drafted token's cost in target passes (draft step + one more verified position). 0.15: the default pair on
+    # CPU with the int4 draft, fitted on tune prompts (benchmarks/results/tune_fused; replay_marginal.json).
+    cost: float = 0.15
+    max_k: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.cost <= 1.0:
+            raise ValueError(f"cost must be in (0, 1] (a drafted token's cost in target passes), got {self.cost!r}")
+        check_draft_length("max_k", self.max_k)
+        centres = (torch.arange(BINS, dtype=torch.float64) + 0.5) / BINS
+        self._tried = torch.zeros(BINS, dtype=torch.float64)
+        self._accepted = torch.zeros(BINS, dtype=torch.float64)
+        self._prior = centres * PRIOR
+        self._rate = ScopedState("request", {"tokens": 1.0, "cost": 1.0})  # start at the target-only rate
+        self._survival: torch.Tensor | None = None  # [b] S_k of the round being drafted
+
+    def begin(self, slots: torch.Tensor) -> None:
+        self._rate.begin(slots)
+
+    def max_length(self, slots: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(slots, self.max_k)
+
+    def acceptance(self, token_probs: torch.Tensor) -> torch.Tensor:
+        """Predicted acceptance of tokens the draft gave these probabilities (float64, same shape)."""
+        if self._tried.device != token_probs.device:
+            self._tried, self._accepted, self._prior = (t.to(token_probs.device) for t in (self._tried, self._accepted, self._prior))
+        bins = (token_probs.double() * BINS).long().clamp(0, BINS - 1)
+        return (self._accepted[bins] + self._prior[bins]) / (self._tried[bins] + PRIOR)
+
+    def should_stop(self, step: DraftStep) -> torch.Tensor:
+        a = self.acceptance(step.token_probs)
+        self._survival = a if step.position == 1 or self._survival is None else self._survival * a
+        index = self._rate.index(step.slots)
+        rate = self._rate["tokens"][index] / self._rate["cost"][index]
+        return self._survival * a < self.cost * rate  # a: the next token's acceptance, predicted as this one's
+
+    def observe(self, outcome: RoundOutcome) -> None:
+        K = outcome.block.K
+        if K == 0:
+            return
+        probs = torch.stack([s.token_probs for s in outcome.steps], 1)  # [b, K]
+        n, m = outcome.accepted, outcome.drafted
+        position = torch.arange(K, device=n.device)[None, :]
+        judged = position < torch.minimum(m, n + 1)[:, None]  # drafted, and every token before it accepted
+        accepted = position < n[:, None]
+        bins = (probs.double() * BINS).long().clamp(0, BINS - 1)
+        self.acceptance(probs)  # keeps the table on the tokens' device
+        self._tried.mul_(TABLE_DECAY).index_add_(0, bins[judged], torch.ones_like(bins[judged], dtype=torch.float64))
+        self._accepted.mul_(TABLE_DECAY).index_add_(0, bins[accepted], torch.ones_like(bins[accepted], dtype=torch.float64))
+        index = self._rate.index(outcome.slots)
+        for name, amount in (("tokens", n + 1), ("cost", 1 + self.cost * m)):
+            values = self._rate[name]
+            values[index] = RATE_DECAY * values[index] + amount.double()
