@@ -493,6 +493,32 @@ def cheap_draft_targets(folder: Path | None = None) -> Callable[[], str]:
     return render
 
 
+def cheap_draft_versus(folder: Path, mine: str, reference: str, tune: Path | None = None) -> Callable[[], str]:
+    """One method against another in a cheap_draft.py run, per dataset (speedup ratio, its spread over repeats,
+    verdict), beside the same two on tune prompts (``tune``: a `specadapt bench` folder's summary.json)."""
+
+    def render() -> str:
+        module, _, summary, _ = _cheap_draft_run(folder)
+        tuned = json.loads((tune / "summary.json").read_text(encoding="utf-8")) if tune else {}
+        head = f"| dataset | `{mine}` ÷ `{reference}`, test (per repeat) | verdict | tokens per round | draft length |"
+        out = [head + (" tune (timed) |" if tune else ""), "|---|---|---|---|---|" + ("---|" if tune else "")]
+        for ds, table in summary["datasets"].items():
+            a, b = table[mine], table[reference]
+            c = module.compare(a, b, reference)
+            per = ", ".join(f"{a['speedup_per_repeat'][r] / b['speedup_per_repeat'][r]:.3f}" for r in a["speedup_per_repeat"])
+            row = (f"| {module.TITLES.get(ds, ds)} | {1 + c['gain']:.3f} ± {c['spread']:.3f} ({per}) | {c['verdict']} | "
+                   f"{a['mean_accepted_length']:.2f} vs {b['mean_accepted_length']:.2f} | "
+                   f"{a['mean_draft_length']:.2f} vs {b['mean_draft_length']:.2f} |")
+            if tune:
+                m = {name: x["speedup"] for name, x in tuned["datasets"].get(ds, {}).items()}
+                base_mine, base_ref = mine.split("@")[0], reference.split("@")[0]
+                row += f" {m[base_mine] / m[base_ref]:.3f} |" if base_mine in m and base_ref in m else " – |"
+            out.append(row)
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def cheap_draft_time(*folders: str, methods: tuple[str, ...] = ("adaedl", "specdecpp")) -> Callable[[], str]:
     """Where our methods' generations spent their time in cheap_draft.py runs, per dataset: the engine's draft and
     target seconds (summed over the records) as shares of the generations' time, and the draft's ms per drafted
@@ -1523,6 +1549,11 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-fused-targets": cheap_draft_targets(RESULTS / "cheap_draft_fused"),
     "cheap-draft-fused": cheap_draft(RESULTS / "cheap_draft_fused"),
     "cheap-draft-time": cheap_draft_time("cheap_draft_wide", "cheap_draft_fused"),
+    "cheap-draft-marginal-targets": cheap_draft_targets(RESULTS / "cheap_draft_marginal"),
+    "cheap-draft-marginal": cheap_draft(RESULTS / "cheap_draft_marginal"),
+    "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",
+                                                         tune=RESULTS / "tune_marginal" / "timed"),
+    "cheap-draft-marginal-time": cheap_draft_time("cheap_draft_marginal", methods=("adaedl", "marginal", "specdecpp")),
     "hf-passes": hf_passes("hf_passes.json"),
     "draft-step": draft_step("draft_cost_lean.json"),
     "draft-step-cuda-h200": draft_step("cuda_h200/draft_cost.json"),
