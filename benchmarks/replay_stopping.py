@@ -70,20 +70,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def measured_run(folder: Path) -> tuple[list[dict], list[str]]:
+    """A `specadapt bench` folder's records and the lossless drafting methods it measured."""
+    try:
+        run = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        sys.exit(f"error: {folder} holds no settings.json; pass a `specadapt bench` output folder.")
+    methods = [m for m in run["settings"]["methods"] if m != BASELINE and run["methods"][m]["lossless"]]
+    return read_records(folder), methods
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        run = json.loads((args.run / "settings.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        sys.exit(f"error: {args.run} holds no settings.json; pass a `specadapt bench` output folder.")
+    records, measured = measured_run(args.run)
+    cost_records, cost_measured = measured_run(args.costs) if args.costs else (records, measured)
     settings = load_settings(args.run)  # its --dataset-file paths are relative to the run folder
     if settings.temperature != 0:
         sys.exit("error: replay needs a greedy run (temperature 0): only then is every lossless method's output "
                  "the target's own.")
     if args.threads:
         torch.set_num_threads(args.threads)
-    records = read_records(args.run)
-    measured = [m for m in settings.methods if m != BASELINE and run["methods"][m]["lossless"]]
     try:
         extra = [m for m in parse_methods(args.methods) if m != BASELINE] if args.methods.strip() else []
         labels = list(dict.fromkeys(measured + (sweep(args.head) if not args.no_sweep else []) + extra))
@@ -127,12 +133,6 @@ def main(argv=None) -> int:
                      "replayed": {k: counts(v.to_dict()) for k, v in replayed.items()},
                      "measured": {m: by_key[(example.dataset, example.id, m)] for m in measured
                                   if (example.dataset, example.id, m) in by_key}})
-    if args.costs:
-        cost_run = json.loads((args.costs / "settings.json").read_text(encoding="utf-8"))
-        cost_records = read_records(args.costs)
-        cost_measured = [m for m in cost_run["settings"]["methods"] if m != BASELINE and cost_run["methods"][m]["lossless"]]
-    else:
-        cost_records, cost_measured = records, measured
     summary = {ds: summarize(ds, data["examples"], cost_records, cost_measured) for ds, data in results.items()}
     out = args.out or args.run / "replay.json"
     out.parent.mkdir(parents=True, exist_ok=True)

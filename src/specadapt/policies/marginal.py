@@ -39,7 +39,7 @@ RATE_DECAY = 0.8  # per round of a request: its rate follows its recent ~5 round
 @dataclass
 class MarginalStop(DraftLengthPolicy):
     # A drafted token's cost in target passes (draft step + one more verified position). 0.15: the default pair on
-    # CPU with the int4 draft, fitted on tune prompts (benchmarks/results/tune_fused; replay_marginal.json).
+    # CPU with the int4 draft, fitted on tune prompts (benchmarks/results/tune_marginal/CHOICES.md).
     cost: float = 0.15
     max_k: int = 32
 
@@ -60,11 +60,15 @@ class MarginalStop(DraftLengthPolicy):
     def max_length(self, slots: torch.Tensor) -> torch.Tensor:
         return torch.full_like(slots, self.max_k)
 
-    def acceptance(self, token_probs: torch.Tensor) -> torch.Tensor:
-        """Predicted acceptance of tokens the draft gave these probabilities (float64, same shape)."""
+    def _bins(self, token_probs: torch.Tensor) -> torch.Tensor:
+        """Each probability's calibration bin (and the table moved to the probabilities' device)."""
         if self._tried.device != token_probs.device:
             self._tried, self._accepted, self._prior = (t.to(token_probs.device) for t in (self._tried, self._accepted, self._prior))
-        bins = (token_probs.double() * BINS).long().clamp(0, BINS - 1)
+        return (token_probs.double() * BINS).long().clamp(0, BINS - 1)
+
+    def acceptance(self, token_probs: torch.Tensor) -> torch.Tensor:
+        """Predicted acceptance of tokens the draft gave these probabilities (float64, same shape)."""
+        bins = self._bins(token_probs)
         return (self._accepted[bins] + self._prior[bins]) / (self._tried[bins] + PRIOR)
 
     def should_stop(self, step: DraftStep) -> torch.Tensor:
@@ -83,10 +87,9 @@ class MarginalStop(DraftLengthPolicy):
         position = torch.arange(K, device=n.device)[None, :]
         judged = position < torch.minimum(m, n + 1)[:, None]  # drafted, and every token before it accepted
         accepted = position < n[:, None]
-        bins = (probs.double() * BINS).long().clamp(0, BINS - 1)
-        self.acceptance(probs)  # keeps the table on the tokens' device
-        self._tried.mul_(TABLE_DECAY).index_add_(0, bins[judged], torch.ones_like(bins[judged], dtype=torch.float64))
-        self._accepted.mul_(TABLE_DECAY).index_add_(0, bins[accepted], torch.ones_like(bins[accepted], dtype=torch.float64))
+        bins = self._bins(probs)
+        for table, counted in ((self._tried, judged), (self._accepted, accepted)):
+            table.mul_(TABLE_DECAY).index_add_(0, bins[counted], torch.ones(int(counted.sum()), dtype=torch.float64, device=bins.device))
         index = self._rate.index(outcome.slots)
         for name, amount in (("tokens", n + 1), ("cost", 1 + self.cost * m)):
             values = self._rate[name]
