@@ -1186,6 +1186,24 @@ def distill_log(folder: str) -> Callable[[], str]:
     return render
 
 
+def distill_logs_side_by_side(logs: dict[str, str]) -> Callable[[], str]:
+    """Training logs of several stages (name -> ``<folder>/<stage>_log.json``) side by side at the steps they all
+    logged: the divergence to the target over all answer tokens of the step's batch, and argmax agreement."""
+
+    def render() -> str:
+        rows = {name: {r["step"]: r for r in json.loads((RESULTS / path).read_text(encoding="utf-8")) if "divergence" in r}
+                for name, path in logs.items()}
+        steps = sorted(set.intersection(*(set(r) for r in rows.values())))
+        out = ["| step | " + " | ".join(f"{name}: divergence (agreement)" for name in logs) + " |",
+               "|---|" + "---|" * len(logs)]
+        for step in steps:
+            out.append(f"| {step} | " + " | ".join(f"{rows[n][step]['divergence']:.3f} ({rows[n][step]['agree']:.3f})"
+                                                  for n in logs) + " |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 # The distillation issue's targets: end-to-end gain of a distilled draft over the stock one, same method.
 DISTILL_TARGETS = {"gsm8k": 0.10, "mt-bench": 0.10, "humaneval": 0.0}
 # The distill_mix run's drafts, as eval-draft and cheap_draft.py recorded them -> the names shown.
@@ -1297,6 +1315,9 @@ DISTILL_TARGET_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tr/refer
 
 # The fourth run's drafts (the target's answers + its answers to ShareGPT first turns), the third run's
 # DistillSpec draft (the target's answers only) and the stock draft -> the names shown.
+# The AdaSPEC k = 0.2 run beside the fourth run's drafts (eval-draft's names -> the names shown).
+DISTILL_K02_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tr4/reference": "DistillSpec + ShareGPT",
+                     "runs/q-tr4/draft": "AdaSPEC k = 0.4", "runs/q-k02/draft": "AdaSPEC k = 0.2"}
 DISTILL_TARGET4_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tr4/reference": "DistillSpec + ShareGPT",
                          "runs/q-tr4/draft": "AdaSPEC + ShareGPT", "runs/q-tr/reference": "DistillSpec", "int4": "stock",
                          "ds4:int4": "DistillSpec + ShareGPT", "ds3:int4": "DistillSpec",
@@ -1649,6 +1670,10 @@ BLOCKS: dict[str, Callable[[], str]] = {
                                               "distill_target4/sharegpt_responses.jsonl"), "distill_target4"),
     "distill-target4": distill_run("distill_target4", DISTILL_TARGET4_NAMES),
     "distill-target4-log": distill_log("distill_target4"),
+    "distill-k02": distill_run("distill_k02", DISTILL_K02_NAMES),
+    "distill-k02-log": distill_logs_side_by_side({"DistillSpec": "distill_target4/reference_log.json",
+                                                  "AdaSPEC k = 0.4": "distill_target4/draft_log.json",
+                                                  "AdaSPEC k = 0.2": "distill_k02/draft_log.json"}),
     "distill-target4-targets": distill_targets(("distill_target4", "distill_target"), "distill_target4_speed", "adaedl",
                                                DISTILL_TARGET4_NAMES),
     "distill-target4-vs3": draft_vs_draft(("distill_target4", "distill_target"), "distill_target4_speed", "adaedl",
