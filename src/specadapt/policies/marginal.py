@@ -35,7 +35,8 @@ TABLE_DECAY = 0.995  # per round: the calibration follows the recent ~200 rounds
 RATE_DECAY = 0.8  # per round of a request: its rate follows its recent ~5 rounds
 
 
-@register_method("marginal", summary="draft while the next token's expected yield exceeds its cost at the request's rate (lossless)")
+@register_method("marginal",
+                 summary="draft while the next token's expected yield exceeds its cost at the request's rate (lossless)")
 @dataclass
 class MarginalStop(DraftLengthPolicy):
     # A drafted token's cost in target passes (draft step + one more verified position). 0.15: the default pair on
@@ -63,7 +64,8 @@ class MarginalStop(DraftLengthPolicy):
     def _bins(self, token_probs: torch.Tensor) -> torch.Tensor:
         """Each probability's calibration bin (and the table moved to the probabilities' device)."""
         if self._tried.device != token_probs.device:
-            self._tried, self._accepted, self._prior = (t.to(token_probs.device) for t in (self._tried, self._accepted, self._prior))
+            device = token_probs.device
+            self._tried, self._accepted, self._prior = (t.to(device) for t in (self._tried, self._accepted, self._prior))
         return (token_probs.double() * BINS).long().clamp(0, BINS - 1)
 
     def acceptance(self, token_probs: torch.Tensor) -> torch.Tensor:
@@ -89,7 +91,8 @@ class MarginalStop(DraftLengthPolicy):
         accepted = position < n[:, None]
         bins = self._bins(probs)
         for table, counted in ((self._tried, judged), (self._accepted, accepted)):
-            table.mul_(TABLE_DECAY).index_add_(0, bins[counted], torch.ones(int(counted.sum()), dtype=torch.float64, device=bins.device))
+            ones = torch.ones(int(counted.sum()), dtype=torch.float64, device=bins.device)
+            table.mul_(TABLE_DECAY).index_add_(0, bins[counted], ones)
         index = self._rate.index(outcome.slots)
         for name, amount in (("tokens", n + 1), ("cost", 1 + self.cost * m)):
             values = self._rate[name]
