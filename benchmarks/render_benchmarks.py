@@ -1162,6 +1162,12 @@ def distill_run(folder: str, names: dict[str, str]) -> Callable[[], str]:
     return render
 
 
+def _logged_steps(path: Path) -> list[dict]:
+    """A distill stage's logged rows (``<stage>_log.json``, a copy of its log_history.json) that carry the step's
+    divergence (the others are Trainer summaries)."""
+    return [row for row in json.loads(path.read_text(encoding="utf-8")) if "divergence" in row]
+
+
 def distill_log(folder: str) -> Callable[[], str]:
     """The training logs of a distillation run's stages (``<stage>_log.json``, copies of each stage's
     log_history.json): per logged step the divergence to the target and argmax agreement on the step's batch,
@@ -1175,9 +1181,7 @@ def distill_log(folder: str) -> Callable[[], str]:
             path = root / f"{stage}_log.json"
             if not path.exists():
                 continue
-            for row in json.loads(path.read_text(encoding="utf-8")):
-                if "divergence" not in row:
-                    continue
+            for row in _logged_steps(path):
                 out.append(f"| `{stage}` | {row['step']} | {row['divergence']:.3f} | {row['agree']:.3f} | "
                            f"{_cell(row.get('kept_fraction'), '{:.2f}')} | {_cell(row.get('delta_mean'))} | "
                            f"{_cell(row.get('delta_kept_mean'))} |")
@@ -1191,8 +1195,7 @@ def distill_logs_side_by_side(logs: dict[str, str]) -> Callable[[], str]:
     logged: the divergence to the target over all answer tokens of the step's batch, and argmax agreement."""
 
     def render() -> str:
-        rows = {name: {r["step"]: r for r in json.loads((RESULTS / path).read_text(encoding="utf-8")) if "divergence" in r}
-                for name, path in logs.items()}
+        rows = {name: {r["step"]: r for r in _logged_steps(RESULTS / path)} for name, path in logs.items()}
         steps = sorted(set.intersection(*(set(r) for r in rows.values())))
         out = ["| step | " + " | ".join(f"{name}: divergence (agreement)" for name in logs) + " |",
                "|---|" + "---|" * len(logs)]
@@ -1313,11 +1316,11 @@ DISTILL_TARGET_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tr/refer
                         "adaspec:int4": "AdaSPEC"}
 
 
-# The fourth run's drafts (the target's answers + its answers to ShareGPT first turns), the third run's
-# DistillSpec draft (the target's answers only) and the stock draft -> the names shown.
 # The AdaSPEC k = 0.2 run beside the fourth run's drafts (eval-draft's names -> the names shown).
 DISTILL_K02_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tr4/reference": "DistillSpec + ShareGPT",
                      "runs/q-tr4/draft": "AdaSPEC k = 0.4", "runs/q-k02/draft": "AdaSPEC k = 0.2"}
+# The fourth run's drafts (the target's answers + its answers to ShareGPT first turns), the third run's
+# DistillSpec draft (the target's answers only) and the stock draft -> the names shown.
 DISTILL_TARGET4_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-tr4/reference": "DistillSpec + ShareGPT",
                          "runs/q-tr4/draft": "AdaSPEC + ShareGPT", "runs/q-tr/reference": "DistillSpec", "int4": "stock",
                          "ds4:int4": "DistillSpec + ShareGPT", "ds3:int4": "DistillSpec",

@@ -90,9 +90,8 @@ class MarginalStop(DraftLengthPolicy):
         judged = position < torch.minimum(m, n + 1)[:, None]  # drafted, and every token before it accepted
         accepted = position < n[:, None]
         bins = self._bins(probs)
-        for table, counted in ((self._tried, judged), (self._accepted, accepted)):
-            ones = torch.ones(int(counted.sum()), dtype=torch.float64, device=bins.device)
-            table.mul_(TABLE_DECAY).index_add_(0, bins[counted], ones)
+        for table, counted in ((self._tried, judged), (self._accepted, accepted)):  # weights, not a mask: no host sync
+            table.mul_(TABLE_DECAY).index_add_(0, bins.flatten(), counted.flatten().double())
         index = self._rate.index(outcome.slots)
         for name, amount in (("tokens", n + 1), ("cost", 1 + self.cost * m)):
             values = self._rate[name]
