@@ -27,7 +27,7 @@ Method labels (``--methods``; a label without ``@DRAFT`` that needs a draft is r
   generation config for that call only.
 
 Protocol: greedy by default (``--temperature``), batch 1, chat template, no stop strings (every generation runs
-to EOS or its token cap, for our engine and HF alike). Prompts: the first ``--n`` examples of the ``--split``
+to EOS or its token cap, for our engine and HF alike). Prompts: the first ``--n`` examples (after ``--skip``) of the ``--split``
 split (default ``test``: no choice was made on it) of HumanEval, MT-Bench (first turn) and GSM8K (zero-shot chat
 unless ``--gsm8k-shots``). Prompt by prompt, each prompt's repeats back to back, the datasets alternate prompt by
 prompt, and for each prompt and repeat every method runs once in an order rotated by its place in the run (kept
@@ -588,7 +588,9 @@ def markdown(summary: dict, settings: dict, rss: dict | None) -> str:
     for ds, table in summary["datasets"].items():
         n = max(e["examples"] for e in table.values())
         reps = max(len(e["speedup_per_repeat"]) for e in table.values())
-        lines += [f"**{TITLES.get(ds, ds)}** ({n} examples of the `{settings['split']}` split; at most "
+        skip = settings.get("skip", 0)
+        which = f"examples {skip + 1}–{skip + n}" if skip else f"{n} examples"
+        lines += [f"**{TITLES.get(ds, ds)}** ({which} of the `{settings['split']}` split; at most "
                   f"{caps.get(ds, settings['max_new_tokens'])} new tokens; {reps} repeat(s))", "",
                   "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary, ds)]
@@ -726,6 +728,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=10, help="first N prompts of the split per dataset")
+    p.add_argument("--skip", type=int, default=0, help="start after the split's first SKIP prompts (prompts no earlier "
+                   "run measured)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--dataset-max-new-tokens", default="", help="per-dataset caps, e.g. 'mt-bench=128,gsm8k=256'")
     p.add_argument("--gsm8k-shots", type=int, default=0)
@@ -740,6 +744,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.n < 1 or args.repeats < 1 or args.max_new_tokens < 1:
         p.error("--n, --repeats and --max-new-tokens must be >= 1")
+    if args.skip < 0:
+        p.error("--skip must be >= 0")
     return args
 
 
@@ -773,7 +779,7 @@ def run_settings(args) -> dict:
             "threads": args.threads, "methods": [lab.label for lab in labels], "drafts": used, "group_size": args.group_size,
             **({"draft_models": draft_models} if draft_models else {}),
             "best_k": {d: best_k[d] for d in datasets if d in best_k}, "datasets": datasets, "split": args.split,
-            "n": args.n, "max_new_tokens": args.max_new_tokens, "dataset_max_new_tokens": caps,
+            "n": args.n, **({"skip": args.skip} if args.skip else {}), "max_new_tokens": args.max_new_tokens, "dataset_max_new_tokens": caps,
             "gsm8k_shots": args.gsm8k_shots, "repeats": args.repeats, "temperature": args.temperature,
             "stop_strings": False, "chat_template": True, "batch_size": 1, "warmup_tokens": WARMUP_TOKENS}
 
@@ -799,9 +805,9 @@ def prepare_out(out: Path, settings: dict, overwrite: bool) -> list[dict]:
 def load_prompts(settings: dict, n: int, encode) -> dict[str, list[dict]]:
     from specadapt.bench.datasets import load_dataset
 
-    prompts = {}
+    prompts, skip = {}, settings.get("skip", 0)
     for ds in settings["datasets"]:
-        examples = load_dataset(ds, n, settings["split"], gsm8k_shots=settings["gsm8k_shots"])
+        examples = load_dataset(ds, skip + n, settings["split"], gsm8k_shots=settings["gsm8k_shots"])[skip:]
         prompts[ds] = [{"dataset": ds, "id": e.id, "index": e.index, "split": e.split, "category": e.category,
                         "ids": encode(e.messages)} for e in examples]
     return prompts

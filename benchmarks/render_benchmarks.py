@@ -652,6 +652,34 @@ def draft_replay(names: dict[str, str]) -> Callable[[], str]:
     return render
 
 
+def draft_choice(reference: str, candidates: dict[str, str]) -> Callable[[], str]:
+    """Which distilled draft to ship, from replays on tune prompts (``{draft label: replay.json}`` against the
+    ``reference`` replay of the stock draft): the default method's modelled speedup ÷ the stock draft's per dataset,
+    and their geometric mean, the choice's criterion (one number that weighs every task alike)."""
+
+    def render() -> str:
+        ref = json.loads((RESULTS / reference).read_text(encoding="utf-8"))["datasets"]
+        datasets = list(ref)
+        rows, means = [], {}
+        for label, name in candidates.items():
+            d = json.loads((RESULTS / name).read_text(encoding="utf-8"))["datasets"]
+            ratios = [d[ds]["methods"]["adaedl"]["modelled_speedup"] / ref[ds]["methods"]["adaedl"]["modelled_speedup"]
+                      for ds in datasets]
+            means[label] = math.prod(ratios) ** (1 / len(ratios))
+            rows.append((label, name, ratios))
+        chosen = max(means, key=means.get)
+        out = [f"Replays on tune prompts (stock draft: `{reference}`); `adaedl`'s modelled speedup with each draft ÷ "
+               "with the stock draft.\n",
+               "| draft | replay | " + " | ".join(datasets) + " | geometric mean | |",
+               "|---|---|" + "---|" * len(datasets) + "---|---|"]
+        for label, name, ratios in sorted(rows, key=lambda r: -means[r[0]]):
+            out.append(f"| {label} | `{name}` | " + " | ".join(f"{r:.3f}" for r in ratios) +
+                       f" | {means[label]:.3f} | {'**chosen**' if label == chosen else ''} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def round_profile(names: list[str]) -> Callable[[], str]:
     """benchmarks/round_profile.py records side by side: each named step's ms per round, and the host time per
     CUDA graph launch from the profiler."""
@@ -1545,6 +1573,17 @@ def cold_start_decision(name: str) -> Callable[[], str]:
     return render
 
 
+# Every distilled draft replayed on the tune prompts: the candidates for the draft that ships (its label: its run).
+SHIPPED_DRAFT_CANDIDATES = {
+    "DistillSpec, reference answers (second run)": "distill_mix_replay/distillspec.json",
+    "AdaSPEC, reference answers (second run)": "distill_mix_replay/adaspec.json",
+    "DistillSpec (third run)": "distill_target_replay/distillspec.json",
+    "AdaSPEC (third run)": "distill_target_replay/adaspec.json",
+    "DistillSpec + ShareGPT (fourth run)": "distill_target4_replay/distillspec.json",
+    "AdaSPEC + ShareGPT (fourth run)": "distill_target4_replay/adaspec.json",
+    "DistillSpec, TVD": "distill_tvd_replay/tvd.json",
+}
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "resumed-runs": resumed_runs,
     "engine-humaneval": engine_table("humaneval"),
@@ -1691,6 +1730,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "distill-target4-targets2": distill_targets("distill_target4", "distill_target4_speed2", "adaedl",
                                                 DISTILL_TARGET4_NAMES),
     "distill-target4-speed2": cheap_draft(RESULTS / "distill_target4_speed2"),
+    "shipped-draft-choice": draft_choice("distill_mix_replay/stock.json", SHIPPED_DRAFT_CANDIDATES),
     "distill-tvd": distill_run("distill_tvd", DISTILL_TVD_NAMES),
     "distill-tvd-replay": draft_replay({"stock": "distill_mix_replay/stock.json",
                                         "DistillSpec": "distill_target_replay/distillspec.json",

@@ -45,8 +45,10 @@ def setup(
     from .models import zoo
 
     for name in models or [zoo.DEFAULT_TARGET, zoo.DEFAULT_DRAFT]:
+        if name in zoo.SHIPPED_DRAFTS:  # its adapter ships with the package; its base is what to fetch
+            name = zoo.SHIPPED_DRAFTS[name].base
         if name not in zoo.ZOO:
-            raise SpecAdaptError(f"unknown built-in model {name!r}; known: {', '.join(zoo.ZOO)}.")
+            raise SpecAdaptError(f"unknown built-in model {name!r}; known: {', '.join(zoo.builtin_names())}.")
         if force:
             zoo.remove_model(name)
         path = zoo.ensure_model(name)
@@ -62,6 +64,9 @@ def list_models() -> None:
     for name, entry in zoo.ZOO.items():
         role = "default target" if name == zoo.DEFAULT_TARGET else "default draft" if name == zoo.DEFAULT_DRAFT else ""
         table.add_row(name, role, "yes" if zoo.is_available(name) else "no", entry.description)
+    for name, draft in zoo.SHIPPED_DRAFTS.items():
+        table.add_row(name, f"draft (LoRA on {draft.base})", "yes" if zoo.is_available(draft.base) else "no",
+                      draft.description)
     Console().print(table)
 
 

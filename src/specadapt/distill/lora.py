@@ -12,6 +12,7 @@ is saved twice:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,7 @@ def _peft():
     try:
         import peft
     except ImportError:
-        raise SpecAdaptError("--lora-rank needs the peft package: pip install 'specadapt[train]' (or pip install peft).") from None
+        raise SpecAdaptError("LoRA adapters need the peft package: pip install peft.") from None
     return peft
 
 
@@ -96,4 +97,50 @@ def load_adapter(base: PreTrainedModel, adapter_dir: str | Path, merge: bool = F
     return model.merge_and_unload() if merge else model
 
 
-__all__ = ["ADAPTER_DIR", "DEFAULT_TARGETS", "apply_lora", "is_lora", "load_adapter", "save_lora_stage"]
+# The adapter config fields that define a plain LoRA adapter (newer peft versions write many more, all at their
+# defaults for specadapt's adapters, which older versions refuse as unknown).
+PORTABLE_CONFIG = ("peft_type", "task_type", "base_model_name_or_path", "r", "lora_alpha", "lora_dropout",
+                   "target_modules", "bias", "fan_in_fan_out", "use_rslora", "use_dora", "modules_to_save",
+                   "layers_to_transform", "rank_pattern", "alpha_pattern", "inference_mode")
+
+
+def export_adapter(src: str | Path, dst: str | Path, base: str | None = None, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Copy the adapter in ``src`` to a new folder ``dst`` in a form to hand out: its tensors in ``dtype`` (half the
+    bytes of the float32 ones training writes), its config naming ``base`` (a built-in name, not a path of the
+    machine it trained on; default: the base it names), and no generated model card (peft's names that path)."""
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    weights = src / "adapter_model.safetensors"
+    if not (src / "adapter_config.json").exists() or not weights.exists():
+        raise SpecAdaptError(f"{src} holds no saved LoRA adapter (adapter_config.json + adapter_model.safetensors).")
+    if dst.exists() and any(dst.iterdir()):
+        raise SpecAdaptError(f"{dst} exists and is not empty; give a new folder (nothing is overwritten).")
+    full = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
+    config = {k: full[k] for k in PORTABLE_CONFIG if k in full}  # what the adapter is, readable by older peft too
+    if base is not None:
+        config["base_model_name_or_path"] = base
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(dst / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (dst / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return dst
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Export a LoRA adapter (e.g. OUT/draft/adapter of specadapt distill) "
+                                "in bf16, naming its base, into a new folder.")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--base", default=None, help="the base model to name (e.g. a built-in name)")
+    args = p.parse_args(argv)
+    print(export_adapter(args.src, args.dst, args.base))
+
+
+__all__ = ["ADAPTER_DIR", "DEFAULT_TARGETS", "apply_lora", "export_adapter", "is_lora", "load_adapter", "save_lora_stage"]
+
+
+if __name__ == "__main__":
+    main()

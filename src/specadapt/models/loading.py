@@ -136,6 +136,8 @@ def resolve(spec: str) -> tuple[str, str | None]:
     folder, "adapter")."""
     if spec in zoo.ZOO:
         return str(zoo.ensure_model(spec)), None
+    if spec in zoo.SHIPPED_DRAFTS:
+        return str(zoo.shipped_draft_dir(spec)), "adapter"
     path = Path(os.path.expanduser(spec))
     if path.is_file() and path.suffix == ".gguf":
         _check_gguf(path, spec)
@@ -154,7 +156,7 @@ def resolve(spec: str) -> tuple[str, str | None]:
     if _looks_like_path(spec):
         raise SpecAdaptError(
             f"model path {spec!r} does not exist. Give an existing checkpoint folder, a .gguf file, a Hugging Face id, "
-            f"or a built-in model: {', '.join(zoo.ZOO)}."
+            f"or a built-in model: {', '.join(zoo.builtin_names())}."
         )
     return spec, None  # a Hub id
 
@@ -237,13 +239,13 @@ def _load_failure(spec: str, what: str, exc: Exception, online: bool = True) -> 
         hint = "Check that the folder is a complete Hugging Face checkpoint (config, weights, tokenizer)."
     elif not online:
         hint = (
-            f"It is not a built-in model ({', '.join(zoo.ZOO)}), an existing folder or .gguf file, nor in the local "
+            f"It is not a built-in model ({', '.join(zoo.builtin_names())}), an existing folder or .gguf file, nor in the local "
             "Hugging Face cache, and the Hub cannot be reached (this machine may be offline, or HF_HUB_OFFLINE=1 "
             "is set): check the spelling, or give a local folder or .gguf file."
         )
     else:
         hint = (
-            f"It is not a built-in model ({', '.join(zoo.ZOO)}), an existing folder or .gguf file, "
+            f"It is not a built-in model ({', '.join(zoo.builtin_names())}), an existing folder or .gguf file, "
             "and could not be loaded as a Hugging Face Hub id (check the spelling; this machine may be offline)."
         )
     return f"could not load {what} {spec!r}: {text}. {hint}"

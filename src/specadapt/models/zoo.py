@@ -41,6 +41,10 @@ from ..errors import SpecAdaptError
 __all__ = [
     "ZooModel",
     "ZOO",
+    "ShippedDraft",
+    "SHIPPED_DRAFTS",
+    "shipped_draft_dir",
+    "builtin_names",
     "DEFAULT_TARGET",
     "DEFAULT_DRAFT",
     "DEFAULT_DRAFT_QUANT",
@@ -113,6 +117,43 @@ ZOO: dict[str, ZooModel] = {
         ),
     )
 }
+
+
+
+@dataclass(frozen=True)
+class ShippedDraft:
+    """A draft that ships inside the package as a LoRA adapter (``data/drafts/<name>/``) for a zoo model: loading it
+    by name merges the adapter onto that base."""
+
+    name: str
+    base: str
+    description: str
+
+
+SHIPPED_DRAFTS: dict[str, ShippedDraft] = {
+    d.name: d
+    for d in (
+        ShippedDraft(
+            name="qwen2.5-coder-0.5b-instruct-adaspec",
+            base="qwen2.5-coder-0.5b-instruct",
+            description="the default draft distilled for the default target (AdaSPEC, LoRA rank 16, on the target's "
+                        "answers to train prompts): faster on code and math, slower on chat (BENCHMARKS.md)",
+        ),
+    )
+}
+
+
+def builtin_names() -> list[str]:
+    """Every name a model option accepts without a path: the zoo's models and the shipped drafts."""
+    return [*ZOO, *SHIPPED_DRAFTS]
+
+
+def shipped_draft_dir(name: str) -> Path:
+    """The package folder holding a shipped draft's adapter."""
+    from importlib import resources
+
+    return Path(str(resources.files("specadapt").joinpath("data", "drafts", SHIPPED_DRAFTS[name].name)))
+
 
 DEFAULT_TARGET = "qwen2.5-coder-1.5b-instruct"
 DEFAULT_DRAFT = "qwen2.5-coder-0.5b-instruct"
