@@ -680,6 +680,36 @@ def draft_choice(reference: str, candidates: dict[str, str]) -> Callable[[], str
     return render
 
 
+def tree_value(name: str) -> Callable[[], str]:
+    """benchmarks/tree_value.py: per dataset, the draft's top-1 / top-2 agreement along the target's output and the
+    best chain and tree shapes under the measured costs; then those costs."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        out = [f"`{name}`: {data['run']}'s target-only outputs; modelled speedups over target-only (decode only, "
+               "no prefill); shapes (K, D, m): a chain of K, plus a branch of m tokens at each depth below D.\n",
+               "| dataset (examples, positions) | top-1 agreement | top-2 right where top-1 is wrong | best chain: K, "
+               "speedup, tokens per round | best tree: (K, D, m), speedup, tokens per round, rounds a branch won | "
+               "tree ÷ chain |", "|---|---|---|---|---|---|"]
+        for ds, d in data["datasets"].items():
+            chain, tree = d["shapes"][d["best_chain"]], d["shapes"][d["best_tree"]]
+            out.append(f"| {ds} ({d['examples']}, {d['positions']}) | {d['top1_agreement']:.3f} | "
+                       f"{d['top2_given_top1_wrong']:.3f} | {d['best_chain'].split(',')[0]}, {chain['speedup']:.2f}×, "
+                       f"{chain['tokens_per_round']:.2f} | ({d['best_tree'].replace(',', ', ')}), {tree['speedup']:.2f}×, "
+                       f"{tree['tokens_per_round']:.2f}, {tree['branch_wins']} of {tree['rounds']} | "
+                       f"{d['tree_over_chain']:.3f} |")
+        costs = data["costs_s"]
+        widths = sorted(costs["target"], key=int)
+        out += ["", "Measured costs (ms, median of the timing rounds; the draft's step feeds n tokens in one row):", "",
+                "| n tokens | " + " | ".join(widths) + " |", "|---|" + "---|" * len(widths),
+                "| target forward | " + " | ".join(f"{costs['target'][w] * 1e3:.0f}" for w in widths) + " |",
+                "| draft step | " + " | ".join(f"{costs['draft'][w] * 1e3:.1f}" if w in costs["draft"] else "–"
+                                             for w in widths) + " |"]
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def round_profile(names: list[str]) -> Callable[[], str]:
     """benchmarks/round_profile.py records side by side: each named step's ms per round, and the host time per
     CUDA graph launch from the profiler."""

@@ -59,7 +59,6 @@ def test_time_limit_must_be_positive():
 
 
 def test_lora_targets_that_name_no_layer(tiny_setup):
-    pytest.importorskip("peft")
     root = tiny_setup
     _refused("--lora-targets qkv name no linear layer of this draft; its linear layers are: down_proj, gate_proj, "
              "k_proj, lm_head, o_proj, q_proj, up_proj, v_proj. Pick from those.",

@@ -16,11 +16,9 @@ from conftest import crash_at_checkpoint, tiny_llama
 from safetensors.torch import load_file
 from test_distill import _examples, fast_settings, tiny_setup  # noqa: F401  (tiny_setup is a fixture)
 
+from specadapt.distill.lora import apply_lora, load_adapter
 from specadapt.distill.shallow import shallow_copy
 from specadapt.distill.train import COUNTS, run_distill, stage_finished, train_stage
-
-peft = pytest.importorskip("peft", reason="the LoRA path needs peft (pip install 'specadapt[train]')")
-from specadapt.distill.lora import apply_lora, load_adapter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
