@@ -127,3 +127,19 @@ def test_loading_the_shipped_draft_by_name_gives_the_stock_draft_plus_the_adapte
             name = f"model.layers.{layer}.{module}.weight"
             assert torch.equal(draft.state_dict()[name], stock.state_dict()[name] + delta), name
     assert torch.equal(draft.state_dict()["model.norm.weight"], stock.state_dict()["model.norm.weight"])
+
+
+@pytest.mark.skipif(not (zoo.is_available("qwen2.5-coder-0.5b-instruct") and zoo.is_available("qwen2.5-coder-1.5b-instruct")),
+                    reason="needs the default pair prepared (specadapt setup)")
+def test_the_shipped_draft_decodes_losslessly_in_float32():
+    from specadapt import SpecDecoder
+
+    decoder = SpecDecoder.from_pretrained(draft=NAME, dtype="float32", device="cpu")
+    prompts = ["Write a Python function that returns the n-th Fibonacci number.",
+               "Explain in two sentences why the sky is blue."]
+    for prompt in prompts:
+        ids = torch.tensor([decoder.encode(prompt, chat=True)])
+        own = decoder.target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+        result = decoder.generate(prompt, method="adaedl", max_new_tokens=24, chat=True)
+        assert result.token_ids == own[0, ids.shape[1]:].tolist()
+        assert result.stats.accepted > 0
