@@ -710,6 +710,28 @@ def tree_value(name: str) -> Callable[[], str]:
     return render
 
 
+def miss_anatomy(name: str, labels: dict[str, str]) -> Callable[[], str]:
+    """benchmarks/miss_anatomy.py: per dataset and draft, the draft's agreement with the target's greedy token in
+    buckets of the target's own probability of that token, and each bucket's share of positions and of misses."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        first = next(iter(next(iter(data["datasets"].values()))["drafts"].values()))["buckets"]
+        spans = [f"p {b['p_from']:.2f}–{b['p_to']:.2f}" for b in first]
+        out = [f"`{name}`: {data['run']}'s target-only outputs; p = the target's probability of its own greedy "
+               "token; per bucket: share of positions / the draft's agreement there / share of the draft's misses.\n",
+               "| dataset (positions) | draft | agreement | " + " | ".join(spans) + " |",
+               "|---|---|---|" + "---|" * len(spans)]
+        for ds, d in data["datasets"].items():
+            for draft, row in d["drafts"].items():
+                cells = [f"{b['share']:.0%} / {b['agreement']:.3f} / {b['share_of_misses']:.0%}" for b in row["buckets"]]
+                out.append(f"| {ds} ({d['positions']}) | {labels.get(draft, draft)} | {row['agreement']:.3f} | "
+                           + " | ".join(cells) + " |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def round_profile(names: list[str]) -> Callable[[], str]:
     """benchmarks/round_profile.py records side by side: each named step's ms per round, and the host time per
     CUDA graph launch from the profiler."""
@@ -1765,6 +1787,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "shipped-draft-targets": distill_targets("distill_target", "shipped_draft", "adaedl", DISTILL_TARGET_NAMES),
     "shipped-draft-marginal": cheap_draft_versus(RESULTS / "shipped_draft", "marginal@adaspec:int4", "marginal@int4"),
     "shipped-draft": cheap_draft(RESULTS / "shipped_draft"),
+    "miss-anatomy": miss_anatomy("miss_anatomy.json", {"qwen2.5-coder-0.5b-instruct": "stock",
+                                                       "qwen2.5-coder-0.5b-instruct-adaspec": "shipped (AdaSPEC)"}),
     "distill-tvd": distill_run("distill_tvd", DISTILL_TVD_NAMES),
     "distill-tvd-replay": draft_replay({"stock": "distill_mix_replay/stock.json",
                                         "DistillSpec": "distill_target_replay/distillspec.json",
