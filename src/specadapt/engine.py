@@ -36,13 +36,16 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .acceptance import AcceptanceRule, Proposal, Verdict
 from .errors import SpecAdaptError
 from .methods import Method
+from .models.draft_vocab import output_width
 from .models.graphed import make_runner
 from .models.quant import quantization_of
+from .lookup import lookup_next
 from .models.runner import ModelRunner, left_pad, share_one_pass
 from .policies.base import DraftBlock, DraftStep, draft_round, finish_round
 from .sampling import SamplingParams, process_logits, sample
@@ -212,6 +215,7 @@ class Batch:
             if engine.draft is None:
                 raise SpecAdaptError(f"method {method.name!r} needs a draft model; load one or use 'autoregressive'.")
             self.draft = make_runner(engine.draft, want_hidden=self.policy.needs_hidden)
+            self._vocab = output_width(engine.draft)  # a looked-up token's point mass has the draft's width
         self.requests: list[Request] = []  # row i of both caches is requests[i] (once joined)
         self._joining: list[Request] = []  # added since the last round: no cache rows or policy state yet
         self._free_slots: list[int] = []  # slots of requests that left (a heap: the smallest is reused first)
@@ -298,7 +302,7 @@ class Batch:
             return []
         slots = torch.tensor([r.slot for r in self.requests], device=self.device)
         t0, prefill = time.perf_counter(), self._prefill_s
-        block, fed_draft = self._draft(slots)
+        block, fed_draft, fed_block = self._draft(slots)
         _sync(self.device)
         t1 = time.perf_counter()
         target_logits, fed_target = self._verify(block)
@@ -307,7 +311,7 @@ class Batch:
         verdict = self._accept(slots, block, target_logits)
         finish_round(self.policy, slots, block, verdict.num_accepted, verdict.accepted_mask, verdict.token_scores)
         draft_s = t1 - t0 - (self._prefill_s - prefill)  # feeding the draft a joined prompt is prefill, not drafting
-        return self._commit(block, verdict, fed_draft, fed_target, draft_s, t2 - t1)
+        return self._commit(block, verdict, fed_draft, fed_block, fed_target, draft_s, t2 - t1)
 
     def _groups(self) -> list[tuple[SamplingParams, torch.Tensor | slice]]:
         """Rows with equal sampling parameters, as an index (a plain slice when all rows agree)."""
@@ -318,25 +322,41 @@ class Batch:
             return [(next(iter(rows)), slice(None))]
         return [(params, torch.tensor(idx, device=self.device)) for params, idx in rows.items()]
 
-    def _draft(self, slots: torch.Tensor) -> tuple[DraftBlock, int]:
-        """Propose each request's draft tokens; returns the block and how many pending tokens the draft was fed."""
+    def _draft(self, slots: torch.Tensor) -> tuple[DraftBlock, int, int]:
+        """Propose each request's draft tokens; returns the block, how many pending tokens the draft model was fed
+        (0: it did not run) and how many of the block's tokens it was fed (all but the last, unless prompt lookup
+        proposed the last ones)."""
         room = [r.room - 1 for r in self.requests]  # a request's last token is the target's, never a draft
         if self.draft is None or max(room) <= 0:
-            return DraftBlock([], torch.zeros_like(slots)), 0
+            return DraftBlock([], torch.zeros_like(slots)), 0, 0
         # Built at the first proposal only: a round whose bound is 0 for every row (a target-only round under a
         # load cap) does no drafting work at all, not even padding the tokens the draft has yet to see.
-        fed = 0
-        groups = eos = None
+        fed = fed_block = 0
+        groups = None
+        eos = self._eos_table()
+        unfed: list[torch.Tensor] = []  # the block's tokens the draft model has not been fed yet ([b] each)
+        texts = [r.prompt + r.output for r in self.requests] if self.method.lookup else []
 
         def propose(k: int, previous: DraftStep | None, drafting: torch.Tensor):
-            nonlocal fed, groups, eos
-            if previous is None:  # the first forward also feeds the pending tokens (the whole prompt at first)
+            nonlocal fed, fed_block, groups
+            if previous is not None:
+                unfed.append(previous.tokens)
+                for text, token in zip(texts, previous.tokens.tolist()):
+                    text.append(token)
+            if texts and (looked_up := self._look_up(texts, drafting)) is not None:
+                return looked_up, F.one_hot(looked_up, self._vocab).float(), None
+            if not fed:  # the model's first forward also feeds the pending tokens (the whole prompt at first)
                 self._fill_draft()
                 ids, valid = left_pad([r.draft_pending for r in self.requests], self.device)
-                fed, groups, eos = ids.shape[1], self._groups(), self._eos_table()
+                fed, groups = ids.shape[1], self._groups()
+                if unfed:
+                    ids = torch.cat([ids, torch.stack(unfed, 1)], 1)
+                    valid = torch.cat([valid, torch.ones_like(ids[:, fed:])], 1)
                 logits, hidden = self.draft.forward(ids, valid)
             else:
-                logits, hidden = self.draft.forward(previous.tokens[:, None])
+                logits, hidden = self.draft.forward(torch.stack(unfed, 1))
+            fed_block += len(unfed)
+            unfed.clear()
             tokens, probs = self._choose(logits[:, -1], drafting, groups)
             return tokens, probs, hidden[:, -1] if hidden is not None else None
 
@@ -345,7 +365,17 @@ class Batch:
         check = self.device.type != "cuda" or self.policy.stops_early
         limit = torch.tensor(room, device=self.device)
         block = draft_round(self.policy, slots, limit, propose, lambda t: (t[:, None] == eos).any(1), check)
-        return block, fed if block.K else 0
+        return block, fed if block.K else 0, fed_block
+
+    def _look_up(self, texts: list[list[int]], drafting: torch.Tensor) -> torch.Tensor | None:
+        """Prompt lookup's token for every row ([b]; stopped rows get 0), or None unless every drafting row has one."""
+        tokens = []
+        for text, active in zip(texts, drafting.tolist()):
+            token = lookup_next(text, self.method.lookup) if active else 0
+            if token is None:
+                return None
+            tokens.append(token)
+        return torch.tensor(tokens, device=self.device)
 
     def _fill_draft(self) -> None:
         """Feed the draft, apart from the other rows, the requests it has seen nothing of (they joined a running
@@ -443,13 +473,14 @@ class Batch:
         return self._rules[params]
 
     def _commit(
-        self, block: DraftBlock, verdict: Verdict, fed_draft: int, fed_target: int, draft_s: float, target_s: float
+        self, block: DraftBlock, verdict: Verdict, fed_draft: int, fed_block: int, fed_target: int, draft_s: float,
+        target_s: float,
     ) -> list[Request]:
         """Append accepted tokens + the emitted one, roll back rejected drafts, let finished requests leave."""
         K, n = block.K, verdict.num_accepted
         self.target.keep_tail(fed_target + K, fed_target + n)
-        if fed_draft:
-            self.draft.keep_tail(fed_draft + K - 1, fed_draft + n.clamp_max(K - 1))
+        if fed_draft:  # the model was fed the pending tokens and the block's first fed_block tokens
+            self.draft.keep_tail(fed_draft + fed_block, fed_draft + n.clamp_max(fed_block))
         n_list, next_list, lens = n.tolist(), verdict.next_token.tolist(), block.lens.tolist()
         drafted = block.tokens.tolist()
         self.last_round = RoundRecord(len(self.requests), K, fed_draft, fed_target, draft_s, target_s, lens, n_list,
@@ -470,10 +501,10 @@ class Batch:
                 continue
             keep.append(j)
             r.target_pending = [next_list[j]]
-            if fed_draft:
-                r.draft_pending = ([drafted[j][K - 1]] if n_list[j] == K else []) + [next_list[j]]
-            else:  # the draft did not run this round: it still has to see everything
-                r.draft_pending.append(next_list[j])
+            if fed_draft:  # accepted tokens it was not fed (the last drafted one; looked-up ones), then the next
+                r.draft_pending = drafted[j][fed_block : n_list[j]] + [next_list[j]]
+            else:  # the draft model did not run this round: it still has to see everything
+                r.draft_pending += drafted[j][: n_list[j]] + [next_list[j]]
         if finished:
             self._keep_rows(keep)
         return finished

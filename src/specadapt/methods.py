@@ -2,7 +2,8 @@
 
 Policies register themselves with ``@register_method``; the CLI, the Python API
 and the benchmark all list and build methods from this one registry. A method
-string is ``name`` or ``name:value`` (first setting) or ``name:key=value,key=value``.
+string is ``name`` or ``name:value`` (first setting) or ``name:key=value,key=value``, optionally followed by
+``+lookup`` or ``+lookup=N``: prompt lookup proposes tokens beside the draft model (:mod:`specadapt.lookup`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Method:
     entry: MethodEntry
     policy: "DraftLengthPolicy"
     spec: str = field(default="")
+    lookup: int = 0  # prompt lookup's match length (0: off): a looked-up token takes the place of a draft step
 
     @property
     def name(self) -> str:
@@ -84,6 +86,7 @@ class Method:
         return {
             "method": self.name,
             "policy_settings": self.policy.settings(),
+            **({"prompt_lookup": self.lookup} if self.lookup else {}),
             "acceptance": rule.name,
             "acceptance_settings": rule.settings(),
             "lossless": rule.lossless,
@@ -118,6 +121,8 @@ def make_method(spec: "str | Method", **settings: Any) -> Method:
     """
     if isinstance(spec, Method):
         return spec
+    spec, *extras = spec.strip().split("+")
+    lookup = _parse_lookup(extras, spec)
     methods = available_methods()
     name, _, arg_text = spec.strip().partition(":")
     if name not in methods:
@@ -151,4 +156,24 @@ def make_method(spec: "str | Method", **settings: Any) -> Method:
     except (ValueError, TypeError) as exc:
         raise SpecAdaptError(f"method {spec!r}: {exc}") from None
     canonical = name + (":" + ",".join(f"{k}={v}" for k, v in parsed.items()) if parsed else "")
-    return Method(entry, policy, canonical)
+    if lookup:
+        if not entry.needs_draft or policy.needs_hidden:
+            raise SpecAdaptError(
+                f"method {name!r} cannot take +lookup: " + ("it drafts nothing." if not entry.needs_draft else
+                "its policy reads the draft model's hidden state after every token, which a looked-up token has "
+                "not got; use another method (adaedl, marginal, fixed:K, ...) with +lookup."))
+        canonical += f"+lookup={lookup}"
+    return Method(entry, policy, canonical, lookup)
+
+
+def _parse_lookup(extras: list[str], spec: str) -> int:
+    """``["lookup"]`` -> the default match length, ``["lookup=N"]`` -> N, ``[]`` -> 0 (off)."""
+    from .lookup import DEFAULT_NGRAM
+
+    if not extras:
+        return 0
+    key, eq, value = extras[0].strip().partition("=")
+    if len(extras) > 1 or key != "lookup" or (eq and not (value.strip().isdigit() and int(value) >= 1)):
+        raise SpecAdaptError(f"method {spec + '+' + '+'.join(extras)!r}: after the method only +lookup or "
+                             "+lookup=N (N >= 1, the match length) may follow.")
+    return int(value) if eq else DEFAULT_NGRAM

@@ -97,6 +97,9 @@ def _check(method: Method, traj: Trajectory) -> None:
             f"method {name!r} is lossy: its output leaves the target's greedy path, "
             "so it cannot be replayed on it; measure it with `specadapt bench`."
         )
+    if method.lookup:
+        raise SpecAdaptError(f"method {name!r} uses prompt lookup, which a replay does not model; measure it with "
+                             "`specadapt bench`.")
     if method.policy.reads_scores:
         raise SpecAdaptError(f"method {name!r} reads its acceptance rule's {', '.join(method.policy.reads_scores)}, "
                              "which a replay does not have.")

@@ -83,7 +83,7 @@ def load_capped(method: Method) -> tuple[Method, LoadCap]:
     entry = method.entry
     wrapped = MethodEntry(entry.name, entry.policy_cls, entry.summary, entry.needs_draft,
                           make_rule=lambda params, _policy: method.rule(params))
-    return Method(wrapped, cap, method.spec), cap
+    return Method(wrapped, cap, method.spec, method.lookup), cap
 
 
 class LoadRule(Protocol):
