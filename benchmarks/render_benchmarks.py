@@ -732,6 +732,24 @@ def miss_anatomy(name: str, labels: dict[str, str]) -> Callable[[], str]:
     return render
 
 
+def lookup_coverage(name: str) -> Callable[[], str]:
+    """benchmarks/lookup_coverage.py: per dataset and match length, prompt lookup's coverage / right / precision."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        ngrams = [str(n) for n in data["ngrams"]]
+        out = [f"`{name}`: along {data['run']}'s target-only outputs; per match length n: coverage (positions with a "
+               "proposal) / right (positions whose proposal is the target's token) / precision.\n",
+               "| dataset (examples, positions) | " + " | ".join(f"n = {n}" for n in ngrams) + " |",
+               "|---|" + "---|" * len(ngrams)]
+        for ds, d in data["datasets"].items():
+            cells = [f"{r['coverage']:.1%} / {r['right']:.1%} / {r['precision']:.1%}" for r in (d["ngrams"][n] for n in ngrams)]
+            out.append(f"| {ds} ({d['examples']}, {d['positions']}) | " + " | ".join(cells) + " |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def round_profile(names: list[str]) -> Callable[[], str]:
     """benchmarks/round_profile.py records side by side: each named step's ms per round, and the host time per
     CUDA graph launch from the profiler."""
