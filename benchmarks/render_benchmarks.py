@@ -1685,6 +1685,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-marginal-targets": cheap_draft_targets(RESULTS / "cheap_draft_marginal"),
     "cheap-draft-marginal": cheap_draft(RESULTS / "cheap_draft_marginal"),
     "tree-value": tree_value("tree_value.json"),
+    "lookup-coverage": lookup_coverage("lookup_coverage.json"),
+    "tune-lookup": runs_table("tune_lookup", "tune_lookup2"),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",
                                                          tune=RESULTS / "tune_marginal" / "timed"),
     "cheap-draft-marginal-time": cheap_draft_time("cheap_draft_marginal", methods=("adaedl", "marginal", "specdecpp")),

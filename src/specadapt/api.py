@@ -26,7 +26,7 @@ from .text import as_messages, encode_chat
 
 # The fastest lossless method of those replayed on tune prompts with the default (int4) draft that needs no
 # trained head, so it works for any pair (benchmarks/results/tune_int4/replay.json, CHOICES.md there).
-DEFAULT_METHOD = "adaedl"
+DEFAULT_METHOD = "adaedl+lookup"  # chosen on tune prompts: benchmarks/results/tune_lookup/CHOICES.md
 
 
 def _ranking(spec: str, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor | None:

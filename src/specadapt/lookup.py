@@ -2,7 +2,7 @@
 
 Code answers repeat their prompt (a function's signature and docstring, the names it uses), so along the
 target's own output the token after an earlier occurrence of the last few tokens is very often the next one:
-on HumanEval tune prompts 96% of the proposals of a 5-token match are the target's token and 78% of the
+on HumanEval tune prompts 99% of the proposals of a 12-token match are the target's token and 72% of the
 positions have one (BENCHMARKS.md, "Prompt lookup beside the draft"). Such a token costs no draft step. The
 engine proposes it in place of the draft model's token wherever every drafting row has one, and feeds the
 draft model the looked-up tokens in its next forward; the proposal is a point mass, so verification stays
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-DEFAULT_NGRAM = 5  # "+lookup" alone: the match length chosen on tune prompts
+DEFAULT_NGRAM = 12  # "+lookup" alone: the match length chosen on tune prompts (benchmarks/results/tune_lookup/CHOICES.md)
 
 
 def lookup_next(tokens: Sequence[int], n: int) -> int | None:
