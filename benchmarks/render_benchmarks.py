@@ -480,22 +480,24 @@ def cheap_draft(folder: Path | None = None) -> Callable[[], str]:
     return render
 
 
-def cheap_draft_targets(folder: Path | None = None) -> Callable[[], str]:
-    """The cheap-draft issue's targets, met or missed, from a run."""
+def cheap_draft_targets(folder: Path | None = None, default_method: str = "adaedl") -> Callable[[], str]:
+    """The cheap-draft issue's targets, met or missed, from a run (``default_method``: the default when it ran)."""
 
     def render() -> str:
         run = _cheap_draft_run(folder)
         if run is None:
             return "No committed results yet.\n"
         module, _, summary, _ = run
-        return module.targets_markdown(summary)
+        return module.targets_markdown(summary, default_method=default_method)
 
     return render
 
 
-def cheap_draft_versus(folder: Path, mine: str, reference: str, tune: Path | None = None) -> Callable[[], str]:
+def cheap_draft_versus(folder: Path, mine: str, reference: str, tune: Path | None = None,
+                       tune_mine: str | None = None) -> Callable[[], str]:
     """One method against another in a cheap_draft.py run, per dataset (speedup ratio, its spread over repeats,
-    verdict), beside the same two on tune prompts (``tune``: a `specadapt bench` folder's summary.json)."""
+    verdict), beside the same two on tune prompts (``tune``: a `specadapt bench` folder's summary.json, where
+    ``mine`` is labelled ``tune_mine`` if given)."""
 
     def render() -> str:
         module, _, summary, _ = _cheap_draft_run(folder)
@@ -511,7 +513,7 @@ def cheap_draft_versus(folder: Path, mine: str, reference: str, tune: Path | Non
                    f"{a['mean_draft_length']:.2f} vs {b['mean_draft_length']:.2f} |")
             if tune:
                 m = {name: x["speedup"] for name, x in tuned["datasets"].get(ds, {}).items()}
-                base_mine, base_ref = mine.split("@")[0], reference.split("@")[0]
+                base_mine, base_ref = tune_mine or mine.split("@")[0], reference.split("@")[0]
                 row += f" {m[base_mine] / m[base_ref]:.3f} |" if base_mine in m and base_ref in m else " – |"
             out.append(row)
         return "\n".join(out) + "\n"
@@ -1687,6 +1689,11 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "tree-value": tree_value("tree_value.json"),
     "lookup-coverage": lookup_coverage("lookup_coverage.json"),
     "tune-lookup": runs_table("tune_lookup", "tune_lookup2"),
+    "cheap-draft-lookup-targets": cheap_draft_targets(RESULTS / "cheap_draft_lookup", default_method="adaedl+lookup"),
+    "cheap-draft-lookup-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_lookup", "adaedl+lookup@int4", "adaedl@int4",
+                                                       tune=RESULTS / "tune_lookup2", tune_mine="adaedl+lookup=12"),
+    "cheap-draft-lookup-time": cheap_draft_time("cheap_draft_lookup", methods=("adaedl", "adaedl+lookup", "specdecpp")),
+    "cheap-draft-lookup": cheap_draft(RESULTS / "cheap_draft_lookup"),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",
                                                          tune=RESULTS / "tune_marginal" / "timed"),
     "cheap-draft-marginal-time": cheap_draft_time("cheap_draft_marginal", methods=("adaedl", "marginal", "specdecpp")),

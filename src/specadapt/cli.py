@@ -83,6 +83,10 @@ def methods() -> None:
         settings = ", ".join(f"{f.name}={f.default}" for f in fields if f.init)
         table.add_row(name, settings or "-", entry.summary)
     Console().print(table)
+    from .lookup import DEFAULT_NGRAM
+
+    Console().print(f"Append +lookup (or +lookup=N) to a drafting method but specdecpp for prompt lookup beside the draft "
+                    f"model (match length N, default {DEFAULT_NGRAM}), e.g. adaedl+lookup.")
 
 
 @app.command()
