@@ -17,4 +17,6 @@ if __name__ == "__main__":
     time_limit = (limits[0] if os.environ.get("RANK", "0") == "0" else limits[-1]) if limits else None
     summary = run_distill(target, "shallow:1", data, out, DistillSettings(**SETTINGS, time_limit=time_limit),
                           log=lambda m: None)
-    print("SUMMARY " + json.dumps({"stopped": summary.get("stopped")}))
+    # One write of the whole line: the two processes share the pipe, and print() writes the line break apart.
+    sys.stdout.write("SUMMARY " + json.dumps({"stopped": summary.get("stopped")}) + "\n")
+    sys.stdout.flush()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -178,7 +179,9 @@ def _launch_two(root: Path, out: str, *extra: str) -> list[dict]:
     except subprocess.TimeoutExpired:
         pytest.fail("the two processes did not end within 300 s: one waits for the other (stopped at different steps?)")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("SUMMARY ")]
+    # The processes share stdout: find each summary wherever it landed, not only at a line's start.
+    decoder = json.JSONDecoder()
+    return [decoder.raw_decode(done.stdout, m.end())[0] for m in re.finditer("SUMMARY ", done.stdout)]
 
 
 def _assert_same_draft(root: Path, one: str, two: str) -> None:

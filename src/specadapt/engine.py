@@ -41,11 +41,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .acceptance import AcceptanceRule, Proposal, Verdict
 from .errors import SpecAdaptError
+from .lookup import lookup_next
 from .methods import Method
 from .models.draft_vocab import output_width
 from .models.graphed import make_runner
 from .models.quant import quantization_of
-from .lookup import lookup_next
 from .models.runner import ModelRunner, left_pad, share_one_pass
 from .policies.base import DraftBlock, DraftStep, draft_round, finish_round
 from .sampling import SamplingParams, process_logits, sample
