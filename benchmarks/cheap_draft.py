@@ -26,13 +26,13 @@ Method labels (``--methods``; a label without ``@DRAFT`` that needs a draft is r
   (``num_assistant_tokens_schedule="constant"``, ``assistant_confidence_threshold=0``), set on the draft's
   generation config for that call only.
 
-Protocol: greedy by default (``--temperature``), batch 1, chat template, no stop strings (every generation runs
-to EOS or its token cap, for our engine and HF alike). Prompts: the first ``--n`` examples (after ``--skip``) of the ``--split``
-split (default ``test``: no choice was made on it) of HumanEval, MT-Bench (first turn) and GSM8K (zero-shot chat
-unless ``--gsm8k-shots``). Prompt by prompt, each prompt's repeats back to back, the datasets alternate prompt by
-prompt, and for each prompt and repeat every method runs once in an order rotated by its place in the run (kept
-across resumes). The summary uses only examples measured by every method in every repeat (a run cut short by
-``--time-limit`` reports the prompts it finished). One warm-up generation per method first (not recorded).
+Protocol: greedy by default (``--temperature``), batch 1, chat template, no stop strings (every generation runs to
+EOS or its token cap, for our engine and HF alike). Prompts: the first ``--n`` examples (after ``--skip``) of the
+``--split`` split (default ``test``: no choice was made on it) of HumanEval, MT-Bench (first turn) and GSM8K
+(zero-shot chat unless ``--gsm8k-shots``). Prompt by prompt, each prompt's repeats back to back, the datasets
+alternate prompt by prompt, and for each prompt and repeat every method runs once in an order rotated by its place
+in the run (kept across resumes). The summary uses only examples measured by every method in every repeat (a run cut
+short by ``--time-limit`` reports the prompts it finished). One warm-up generation per method first (not recorded).
 
 Output (``--out``, default ``benchmarks/results/cheap_draft/``): ``settings.json`` (no path of this machine),
 ``records.jsonl`` (one line per generation, appended as it finishes: running the same command again resumes;
@@ -779,7 +779,8 @@ def run_settings(args) -> dict:
             "threads": args.threads, "methods": [lab.label for lab in labels], "drafts": used, "group_size": args.group_size,
             **({"draft_models": draft_models} if draft_models else {}),
             "best_k": {d: best_k[d] for d in datasets if d in best_k}, "datasets": datasets, "split": args.split,
-            "n": args.n, **({"skip": args.skip} if args.skip else {}), "max_new_tokens": args.max_new_tokens, "dataset_max_new_tokens": caps,
+            "n": args.n, **({"skip": args.skip} if args.skip else {}),  # absent when 0: older runs still resume
+            "max_new_tokens": args.max_new_tokens, "dataset_max_new_tokens": caps,
             "gsm8k_shots": args.gsm8k_shots, "repeats": args.repeats, "temperature": args.temperature,
             "stop_strings": False, "chat_template": True, "batch_size": 1, "warmup_tokens": WARMUP_TOKENS}
 

@@ -119,7 +119,6 @@ ZOO: dict[str, ZooModel] = {
 }
 
 
-
 @dataclass(frozen=True)
 class ShippedDraft:
     """A draft that ships inside the package as a LoRA adapter (``data/drafts/<name>/``) for a zoo model: loading it
