@@ -136,7 +136,7 @@ SHIPPED_DRAFTS: dict[str, ShippedDraft] = {
             name="qwen2.5-coder-0.5b-instruct-adaspec",
             base="qwen2.5-coder-0.5b-instruct",
             description="the default draft distilled for the default target (AdaSPEC, LoRA rank 16, on the target's "
-                        "answers to train prompts): faster on code and math, slower on chat (BENCHMARKS.md)",
+                        "answers to train prompts): faster than it on code and math, about even on chat (BENCHMARKS.md)",
         ),
     )
 }
