@@ -332,13 +332,14 @@ class Batch:
         # Built at the first proposal only: a round whose bound is 0 for every row (a target-only round under a
         # load cap) does no drafting work at all, not even padding the tokens the draft has yet to see.
         fed = fed_block = 0
-        groups = None
-        eos = self._eos_table()
+        groups = eos = None
         unfed: list[torch.Tensor] = []  # the block's tokens the draft model has not been fed yet ([b] each)
         texts = [r.prompt + r.output for r in self.requests] if self.method.lookup else []
 
         def propose(k: int, previous: DraftStep | None, drafting: torch.Tensor):
-            nonlocal fed, fed_block, groups
+            nonlocal fed, fed_block, groups, eos
+            if eos is None:
+                eos = self._eos_table()
             if previous is not None:
                 unfed.append(previous.tokens)
                 for text, token in zip(texts, previous.tokens.tolist()):
