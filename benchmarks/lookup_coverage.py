@@ -11,12 +11,11 @@ proposal is the target's token, *precision* right ÷ coverage. No model runs. Wr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from specadapt.bench.report import BASELINE
-from specadapt.bench.runner import load_examples, load_settings, read_records
+from specadapt.bench.runner import load_settings, target_outputs
+from specadapt.io import write_json_atomic
 from specadapt.lookup import lookup_next
 from specadapt.models.loading import load_tokenizer
 from specadapt.text import as_messages, encode_chat
@@ -44,14 +43,8 @@ def main(argv=None) -> int:
     settings = load_settings(args.run)
     ngrams = [int(x) for x in args.ngrams.split(",")]
     tokenizer = load_tokenizer(settings.target)
-    records = {(r["dataset"], r["example_id"]): r for r in read_records(args.run)
-               if r["method"] == BASELINE and r["repeat"] == 0}
     totals: dict[str, dict] = {}
-    for example in load_examples(settings):
-        record = records.get((example.dataset, example.id))
-        if record is None:
-            continue
-        output = tokenizer.encode(record["text"], add_special_tokens=False)
+    for example, _, output in target_outputs(args.run, settings, tokenizer):
         prompt = encode_chat(tokenizer, as_messages(example.messages), settings.target)
         d = totals.setdefault(example.dataset, {"examples": 0, "positions": 0, **{str(n): [0, 0] for n in ngrams}})
         d["examples"] += 1
@@ -68,7 +61,7 @@ def main(argv=None) -> int:
         print(ds, "  ".join(f"n={n}: coverage {r['coverage']:.1%}, right {r['right']:.1%}, precision {r['precision']:.1%}"
                             for n, r in rows.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_json_atomic(args.out, result, indent=1)
     print(f"wrote {args.out}")
     return 0
 

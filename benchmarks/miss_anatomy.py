@@ -15,15 +15,14 @@ draft's misses. Writes JSON (``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from specadapt.bench.report import BASELINE
-from specadapt.bench.runner import load_examples, load_settings, read_records
+from specadapt.bench.runner import load_settings, target_outputs
+from specadapt.io import write_json_atomic
 from specadapt.models.loading import load_model
 from specadapt.models.quant import quantize_model, resolve_scheme
 
@@ -70,17 +69,9 @@ def main(argv=None) -> int:
         if scheme != "none":
             quantize_model(model, scheme, settings.draft_group_size if scheme == "int4" else None)
         drafts[name] = model
-    records = {(r["dataset"], r["example_id"]): r for r in read_records(args.run)
-               if r["method"] == BASELINE and r["repeat"] == 0}
-    examples = [e for e in load_examples(settings) if (e.dataset, e.id) in records]
-    eos = decoder.engine.eos_token_ids
-    eos_id = decoder.tokenizer.eos_token_id if decoder.tokenizer.eos_token_id in eos else eos[0]
     data: dict[str, dict] = {}
-    for example in tqdm(examples, desc="teacher-forced", unit="example"):
-        base = records[(example.dataset, example.id)]
-        out_ids = decoder.tokenizer.encode(base["text"], add_special_tokens=False)
-        if base["finish_reason"] == "eos":
-            out_ids.append(eos_id)
+    outputs = target_outputs(args.run, settings, decoder.tokenizer, decoder.engine.eos_token_ids)
+    for example, _, out_ids in tqdm(outputs, desc="teacher-forced", unit="example"):
         ids = torch.tensor([decoder.encode(example.messages) + out_ids[:-1]])
         y = torch.tensor(out_ids)
         d = data.setdefault(example.dataset, {"p_target": [], "agree": {name: [] for name in drafts}})
@@ -101,7 +92,7 @@ def main(argv=None) -> int:
                               f"{b['share_of_misses']:.0%} of misses" for b in row["buckets"])
             print(f"{ds} / {name}: agreement {row['agreement']:.3f}; {cells}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_json_atomic(args.out, result, indent=1)
     print(f"wrote {args.out}")
     return 0
 

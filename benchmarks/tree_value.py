@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from bisect import bisect_left
 from pathlib import Path
@@ -34,8 +33,9 @@ import torch
 from tqdm import tqdm
 
 from draft_cost import Stepper  # the same timed, rolled-back step (benchmarks/ is on the path of a script run)
-from specadapt.bench.report import BASELINE
-from specadapt.bench.runner import load_examples, load_settings, read_records
+from specadapt.bench.replay import make_trajectory
+from specadapt.bench.runner import load_settings, target_outputs
+from specadapt.io import write_json_atomic
 from specadapt.models.hardware import compile_fused_products, machine
 
 OUT = Path(__file__).resolve().parent / "results" / "tree_value.json"
@@ -132,22 +132,13 @@ def main(argv=None) -> int:
 
     decoder = SpecDecoder.from_pretrained(settings.target, settings.draft, dtype=settings.dtype, device="cpu",
                                           draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size)
-    records = {(r["dataset"], r["example_id"]): r for r in read_records(args.run)
-               if r["method"] == BASELINE and r["repeat"] == 0}
-    examples = [e for e in load_examples(settings) if (e.dataset, e.id) in records]
-    eos = decoder.engine.eos_token_ids
-    eos_id = decoder.tokenizer.eos_token_id if decoder.tokenizer.eos_token_id in eos else eos[0]
+    outputs = target_outputs(args.run, settings, decoder.tokenizer, decoder.engine.eos_token_ids)
     along: dict[str, list[tuple[list[bool], list[bool]]]] = {}
-    for example in tqdm(examples, desc="teacher-forced", unit="example"):
-        base = records[(example.dataset, example.id)]
-        out_ids = decoder.tokenizer.encode(base["text"], add_special_tokens=False)
-        if base["finish_reason"] == "eos":
-            out_ids.append(eos_id)
-        prompt = decoder.encode(example.messages)
-        ids = torch.tensor([prompt + out_ids[:-1]])
+    for example, _, out_ids in tqdm(outputs, desc="teacher-forced", unit="example"):
         with torch.inference_mode():
-            logits = decoder.draft(input_ids=ids, logits_to_keep=len(out_ids)).logits[0]
-        top = logits.topk(2, dim=-1).indices
+            traj = make_trajectory(decoder.draft, decoder.encode(example.messages), out_ids,
+                                   settings.max_new_tokens_for(example.dataset), want_hidden=False)
+        top = traj.draft_logits.topk(2, dim=-1).indices
         y = torch.tensor(out_ids)
         along.setdefault(example.dataset, []).append(((top[:, 0] == y).tolist(), (top[:, 1] == y).tolist()))
 
@@ -181,7 +172,7 @@ def main(argv=None) -> int:
               f"tokens/round); best tree (K, D, m)=({tree}) {rows[tree]['speedup']:.2f}× "
               f"({rows[tree]['tokens_per_round']:.2f}); tree ÷ chain {rows[tree]['speedup'] / rows[chain]['speedup']:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_json_atomic(args.out, result, indent=1)
     print(f"wrote {args.out}")
     return 0
 

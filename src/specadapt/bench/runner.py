@@ -342,6 +342,25 @@ def read_records(out: Path) -> list[dict]:
     return read_jsonl_tolerant(Path(out) / RECORDS_FILE)
 
 
+def target_outputs(out: Path, settings: "BenchSettings", tokenizer, eos_ids: Iterable[int] = ()) -> list[tuple[Example, dict, list[int]]]:
+    """A greedy run's examples that have a target-only record (repeat 0), each with that record and its output
+    re-tokenised; where it ended at EOS, one of ``eos_ids`` is appended (the tokenizer's own when it is one), so the
+    ids are what the target emitted (none appended without ``eos_ids``)."""
+    eos_ids = list(eos_ids)
+    eos_id = (tokenizer.eos_token_id if tokenizer.eos_token_id in eos_ids else eos_ids[0]) if eos_ids else None
+    records = {(r["dataset"], r["example_id"]): r for r in read_records(out) if r["method"] == BASELINE and r["repeat"] == 0}
+    found = []
+    for example in load_examples(settings):
+        record = records.get((example.dataset, example.id))
+        if record is None:
+            continue
+        ids = tokenizer.encode(record["text"], add_special_tokens=False)
+        if eos_id is not None and record["finish_reason"] == "eos":
+            ids.append(eos_id)
+        found.append((example, record, ids))
+    return found
+
+
 def environment(decoder) -> dict:
     """Versions and hardware, recorded with every result."""
     import torch
