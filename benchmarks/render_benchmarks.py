@@ -734,6 +734,21 @@ def miss_anatomy(name: str, labels: dict[str, str]) -> Callable[[], str]:
     return render
 
 
+def fr_coverage(name: str) -> Callable[[], str]:
+    """benchmarks/draft_cost.py: the share of held-out prompts' tokens a frequency-ranked head of its --fr-size keeps,
+    against keeping the lowest ids."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        out = [f"`{name}`: tokens of the prompts kept by a head of {data['settings']['fr_size']} ids.\n",
+               "| text | tokens | the most frequent ids | the lowest ids |", "|---|---|---|---|"]
+        for text, row in data["fr_head_coverage"].items():
+            out.append(f"| {text} | {row['tokens']} | {row['frequency_ranked']:.2%} | {row['lowest_ids']:.2%} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def lookup_coverage(name: str) -> Callable[[], str]:
     """benchmarks/lookup_coverage.py: per dataset and match length, prompt lookup's coverage / right / precision."""
 
@@ -1729,6 +1744,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
                                                          "cpu_avx2/serve_load_copies_humaneval1.json"),
     "serve-round-costs-avx2-copies": serve_round_costs("cpu_avx2/serve_load_copies_humaneval1.json"),
     "draft-step-avx2": draft_step("cpu_avx2/draft_cost.json"),
+    "draft-step-avx2-fr65536": draft_step("cpu_avx2/draft_cost_fr65536.json"),
+    "fr-coverage-avx2-fr65536": fr_coverage("cpu_avx2/draft_cost_fr65536.json"),
     "width-cost-avx2-fused": width_cost("cpu_avx2/width_cost_fused.json"),
     "seed-claims": seed_claims("seed_claims/greedy", "seed_claims/t07"),
     "seed-claims-greedy": complete_table("seed_claims/greedy"),
@@ -1745,6 +1762,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-fused-targets": serve_load_targets("cpu_avx2/serve_load_fused.json",
                                                         "cpu_avx2/serve_load_fused_humaneval1.json"),
     "serve-round-costs-avx2-fused": serve_round_costs("cpu_avx2/serve_load_fused_humaneval1.json"),
+    "serve-load-avx2-lookup-humaneval1": serve_load("cpu_avx2/serve_load_lookup_humaneval1.json"),
     "serve-load": serve_load("serve_load_wide.json", "serve_load_wide_humaneval1.json"),
     "serve-load-targets": serve_load_targets("serve_load_wide.json", "serve_load_wide_humaneval1.json"),
     "serve-load-time": serve_load_time("serve_load_wide.json", 8),

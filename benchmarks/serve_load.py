@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="--spec-load auto: gain drafting must promise (default: the server's)")
     parser.add_argument("--draft-quant", default=zoo.DEFAULT_DRAFT_QUANT,
                         help="the draft's quantization (serve_load.json and serve_load_spec_max_batch1.json: none)")
+    parser.add_argument("--draft-vocab", default=zoo.DEFAULT_DRAFT_VOCAB,
+                        help="the draft's output head: full or N token ids")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--no-float32-copies", dest="float32_copies", action="store_false",
                         help="a bf16 target on a CPU without native bf16 keeps no float32 copy of its weights")
@@ -227,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     levels = [int(c) for c in args.concurrency.split(",")]
     decoder = SpecDecoder.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device,
-                                          draft_quant=args.draft_quant, float32_copies=args.float32_copies)
+                                          draft_quant=args.draft_quant, draft_vocab=args.draft_vocab,
+                                          float32_copies=args.float32_copies)
     compile_fused_products(decoder.target, decoder.draft)
     prompts = load_prompts(max(levels) * args.requests_per_client, args.datasets.split(","), args.split)
     rows = []
@@ -235,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
         servers = {}
         for method in methods:  # one server per method, all up for the whole run, so cells can interleave
             name, _, rule = method.partition("@")
-            settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant, method=name,
+            settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant,
+                                     draft_vocab=args.draft_vocab, method=name,
                                      model_name="bench", max_batch_size=max(levels), max_queue=max(levels),
                                      spec_load=rule or args.spec_load, spec_max_batch=args.spec_max_batch,
                                      spec_load_k=args.spec_load_k,

@@ -13,7 +13,9 @@ from specadapt.errors import SpecAdaptError
 from specadapt.models.draft_vocab import (
     RANKING_FORMAT,
     SubsetHead,
+    check_draft_vocab,
     default_corpus,
+    head_ids,
     kept_ids,
     output_width,
     rank_tokens,
@@ -106,3 +108,19 @@ def test_default_corpus_reads_train_data_and_stdlib_source():
     texts = list(default_corpus(stdlib_bytes=1, sharegpt_records=2))
     assert texts[0].startswith("Natalia sold clips")  # GSM8K train, first question
     assert any("def " in t or "import " in t for t in texts[-1:])  # then Python source from the standard library
+
+
+def test_draft_vocab_setting_is_full_or_a_count():
+    assert [check_draft_vocab(v) for v in ("full", None, 500, "65536", " 12 ")] == ["full", "full", 500, 65536, 12]
+    for bad in (0, -3, "0", "half", "auto", 1.5, True):
+        with pytest.raises(SpecAdaptError, match=r"draft_vocab must be 'full' \(the whole vocabulary\) or a number of token ids >= 1"):
+            check_draft_vocab(bad)
+
+
+def test_head_ids_counts_a_subset_heads_kept_ids(target):
+    draft = copy.deepcopy(target)
+    assert head_ids(draft) == 64
+    restrict_vocabulary(draft, WordTokenizer(WORDS), 20)
+    assert head_ids(draft) == 20 and output_width(draft) == 64  # the 20 lowest ids, special ones among them; logits stay 64 wide
+    restrict_vocabulary(draft := copy.deepcopy(target), WordTokenizer(WORDS), 20, torch.arange(63, 10, -1))
+    assert head_ids(draft) == 22  # the 20 highest ids plus the two special ones

@@ -111,7 +111,7 @@ def test_bad_dtype_device_and_draft_vocab(checkpoints):
         SpecDecoder.from_pretrained(str(checkpoints / "target"), None, dtype="int3")
     with pytest.raises(SpecAdaptError, match="unknown device"):
         SpecDecoder.from_pretrained(str(checkpoints / "target"), None, device="tpu9")
-    with pytest.raises(SpecAdaptError, match="draft_vocab must be >= 1"):
+    with pytest.raises(SpecAdaptError, match=r"draft_vocab must be 'full' \(the whole vocabulary\) or a number of token ids >= 1, got 0"):
         SpecDecoder.from_pretrained(str(checkpoints / "target"), str(checkpoints / "draft"), draft_vocab=0, device="cpu")
 
 

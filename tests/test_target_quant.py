@@ -168,9 +168,11 @@ def prompts_file(tmp_path):
 # --- the draft's quantization default: one constant --------------------------------------------
 
 
-def test_every_draft_quant_default_reads_the_one_constant():
-    """Flipping zoo.DEFAULT_DRAFT_QUANT (e.g. to "int4") must change the API, generate, bench and serve together:
-    each default is that constant, by value and in the source (no copy of "none" that a flip would miss)."""
+@pytest.mark.parametrize("name, constant", [("draft_quant", "DEFAULT_DRAFT_QUANT"), ("draft_vocab", "DEFAULT_DRAFT_VOCAB")])
+def test_every_draft_default_reads_the_one_constant(name, constant):
+    """Flipping zoo.DEFAULT_DRAFT_QUANT (e.g. to "int4") or zoo.DEFAULT_DRAFT_VOCAB must change the API, generate,
+    bench and serve together: each default is that constant, by value and in the source (no copy of "none" that a
+    flip would miss)."""
     import inspect
     import re
 
@@ -179,9 +181,9 @@ def test_every_draft_quant_default_reads_the_one_constant():
     from specadapt import cli
 
     generate = {p.name: p for p in typer.main.get_command(cli.app).commands["generate"].params}
-    defaults = [inspect.signature(SpecDecoder.from_pretrained).parameters["draft_quant"].default,
-                BenchSettings(datasets=["gsm8k"]).draft_quant, ServeSettings().draft_quant, generate["draft_quant"].default]
-    assert defaults == [zoo.DEFAULT_DRAFT_QUANT] * 4
+    defaults = [inspect.signature(SpecDecoder.from_pretrained).parameters[name].default,
+                getattr(BenchSettings(datasets=["gsm8k"]), name), getattr(ServeSettings(), name), generate[name].default]
+    assert defaults == [getattr(zoo, constant)] * 4
     for source in (inspect.getsource(SpecDecoder.from_pretrained), inspect.getsource(BenchSettings),
                    inspect.getsource(ServeSettings), inspect.getsource(inspect.unwrap(cli.generate))):
-        assert re.search(r"draft_quant: str = (field\(default=|typer\.Option\()?(zoo\.)?DEFAULT_DRAFT_QUANT\b", source)
+        assert re.search(rf"{name}: [A-Za-z |]+ = (field\(default=|typer\.Option\()?(zoo\.)?{constant}\b", source)

@@ -19,7 +19,7 @@ from .engine import RequestConfig, GenerationResult, SpeculativeEngine
 from .errors import SpecAdaptError, SpecAdaptWarning
 from .methods import Method, make_method
 from .models import loading, zoo
-from .models.draft_vocab import output_width, read_ranking, restrict_vocabulary, shipped_ranking
+from .models.draft_vocab import FULL, check_draft_vocab, output_width, read_ranking, restrict_vocabulary, shipped_ranking
 from .models.hardware import float32_copies_fit, keep_float32_copies, slow_bf16_warning, wants_float32_products
 from .models.quant import check_scheme, quantize_model, resolve_scheme
 from .text import as_messages, encode_chat
@@ -67,7 +67,7 @@ class SpecDecoder:
         *,
         dtype: str | torch.dtype = "bfloat16",
         device: str | torch.device = "auto",
-        draft_vocab: int | None = None,
+        draft_vocab: int | str | None = zoo.DEFAULT_DRAFT_VOCAB,
         draft_vocab_ranking: str = "frequency",
         draft_quant: str = zoo.DEFAULT_DRAFT_QUANT,
         draft_group_size: int | None = None,
@@ -80,7 +80,7 @@ class SpecDecoder:
         Cheaper drafts, all lossless (the verifier uses the exact distribution the draft sampled from):
         ``draft_vocab``: restrict the draft's output head to that many token ids plus the special tokens,
         the most frequent ones by ``draft_vocab_ranking`` ("frequency": the ranking shipped for the
-        tokenizer, else the lowest ids; "lowest"; or a ranking file); None keeps the full vocabulary.
+        tokenizer, else the lowest ids; "lowest"; or a ranking file); "full" (or None) keeps the full vocabulary.
         ``draft_quant``: weight-only quantization of the draft's linear layers ("none", "int8", "int4";
         ``draft_group_size`` for int4, default 32; CPU), or "auto": int4 on CPU, none on a GPU. See :mod:`specadapt.models.draft_vocab` and
         :mod:`specadapt.models.quant`.
@@ -96,8 +96,7 @@ class SpecDecoder:
         if float32_copies not in ("auto", True, False):
             raise SpecAdaptError(f"float32_copies must be 'auto', True or False, got {float32_copies!r}.")
         check_scheme(target_quant, target_group_size, "target")
-        if draft_vocab is not None and draft_vocab < 1:
-            raise SpecAdaptError(f"draft_vocab must be >= 1 (or None for the full vocabulary), got {draft_vocab}.")
+        draft_vocab = check_draft_vocab(draft_vocab)
         tokenizer = loading.load_tokenizer(target)
         if draft is not None:
             loading.check_same_tokenizer(tokenizer, loading.load_tokenizer(draft), (target, draft))
@@ -113,7 +112,7 @@ class SpecDecoder:
         slow = slow_bf16_warning(target_model.dtype, target_model.device) if plain else None
         if draft_model is not None and slow:
             warnings.warn(slow, SpecAdaptWarning, stacklevel=2)
-        if draft_model is not None and draft_vocab is not None:  # before quantizing: the smaller head is quantized
+        if draft_model is not None and draft_vocab != FULL:  # before quantizing: the smaller head is quantized
             restrict_vocabulary(draft_model, tokenizer, draft_vocab, _ranking(draft_vocab_ranking, tokenizer))
         draft_quant = resolve_scheme(draft_quant, target_model.device)
         if draft_model is not None and draft_quant != "none":

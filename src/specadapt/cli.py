@@ -22,9 +22,10 @@ from .engine import RequestConfig
 from .errors import SpecAdaptError, SpecAdaptWarning
 from .heads.config import TrainHeadConfig
 from .heads.tune import TuneSettings
+from .models.draft_vocab import draft_vocab_help
 from .models.hardware import FLOAT32_COPIES_HELP
 from .models.quant import group_size_help, quant_help
-from .models.zoo import DEFAULT_DRAFT_QUANT
+from .models.zoo import DEFAULT_DRAFT_QUANT, DEFAULT_DRAFT_VOCAB
 
 # The sampling options' help, for the settings dataclasses that take them from RequestConfig.
 app = typer.Typer(
@@ -106,7 +107,7 @@ def generate(
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt with the model's chat template."),
     dtype: str = typer.Option("bfloat16", help="bfloat16, float32 or float16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-    draft_vocab: Optional[int] = typer.Option(None, help="Restrict the draft's output head to this many most common token ids (faster drafting, still lossless)."),
+    draft_vocab: str = typer.Option(DEFAULT_DRAFT_VOCAB, help=draft_vocab_help()),
     draft_vocab_ranking: str = typer.Option("frequency", help="Which ids --draft-vocab keeps: frequency (the ranking shipped for the tokenizer), lowest, or a ranking file."),
     draft_quant: str = typer.Option(DEFAULT_DRAFT_QUANT, help=quant_help("draft")),
     draft_group_size: Optional[int] = typer.Option(None, help=group_size_help("draft")),
@@ -119,12 +120,14 @@ def generate(
     from .api import SpecDecoder
     from .methods import make_method
     from .models import zoo
+    from .models.draft_vocab import check_draft_vocab
     from .models.loading import parse_device, parse_dtype
     from .models.quant import check_scheme
 
     RequestConfig(**settings)  # fail fast on bad settings
     check_scheme(draft_quant, draft_group_size, "draft")
     check_scheme(target_quant, target_group_size, "target")
+    draft_vocab = check_draft_vocab(draft_vocab)
     parse_dtype(dtype)
     parse_device(device)
     chosen = make_method(method, **({"head": head} if head else {}))

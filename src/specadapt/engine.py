@@ -43,7 +43,7 @@ from .acceptance import AcceptanceRule, Proposal, Verdict
 from .errors import SpecAdaptError
 from .lookup import lookup_next
 from .methods import Method
-from .models.draft_vocab import output_width
+from .models.draft_vocab import head_ids, output_width
 from .models.graphed import make_runner
 from .models.quant import quantization_of
 from .models.runner import ModelRunner, left_pad, share_one_pass
@@ -166,9 +166,10 @@ class SpeculativeEngine:
         # result says which one it is lossless with respect to.
         scheme, group = quantization_of(target)
         self.target_quant = {"target_quant": scheme, "target_group_size": group}
-        # The draft's quantization changes speed only, but a measurement must say which draft it timed.
+        # The draft's quantization and head change speed only, but a measurement must say which draft it timed.
         scheme, group = quantization_of(draft) if draft is not None else ("none", None)
-        self.draft_quant = {"draft_quant": scheme, "draft_group_size": group}
+        self.draft_quant = {"draft_quant": scheme, "draft_group_size": group,
+                            "draft_head_ids": head_ids(draft) if draft is not None else None}
 
     def batch(self, method: Method) -> "Batch":
         """An empty batch running ``method``; add requests, then call ``step()`` until it is empty."""

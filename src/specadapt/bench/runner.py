@@ -54,6 +54,7 @@ from typing import Callable, Iterable
 from ..errors import SpecAdaptError
 from ..io import OutputFolder, read_json, read_jsonl_tolerant, write_json_atomic
 from ..models import zoo
+from ..models.draft_vocab import check_draft_vocab, draft_vocab_help
 from ..models.hardware import FLOAT32_COPIES_HELP
 from ..models.quant import check_scheme, group_size_help, quant_help
 from .datasets import DATASET_NAMES, Example, load_dataset, load_dataset_file
@@ -130,6 +131,7 @@ class BenchSettings:
         "help": "Seconds allowed to run one HumanEval solution.", "flag": "--exec-timeout"})
     draft_quant: str = field(default=zoo.DEFAULT_DRAFT_QUANT, metadata={"help": quant_help("draft")})
     draft_group_size: int | None = field(default=None, metadata={"help": group_size_help("draft")})
+    draft_vocab: int | str = field(default=zoo.DEFAULT_DRAFT_VOCAB, metadata={"help": draft_vocab_help(), "parse": check_draft_vocab})
     # A quantized target is another model: the report says its results are lossless w.r.t. it.
     target_quant: str = field(default="none", metadata={"help": quant_help("target")})
     target_group_size: int | None = field(default=None, metadata={"help": group_size_help("target")})
@@ -169,6 +171,7 @@ class BenchSettings:
 
         RequestConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p)  # validates sampling
         check_scheme(self.draft_quant, self.draft_group_size, "draft")
+        self.draft_vocab = check_draft_vocab(self.draft_vocab)
         check_scheme(self.target_quant, self.target_group_size, "target")
 
     def max_new_tokens_for(self, dataset: str) -> int:
@@ -367,6 +370,7 @@ def environment(decoder) -> dict:
     import transformers
 
     from .. import __version__
+    from ..models.draft_vocab import head_ids
     from ..models.hardware import has_float32_copies, machine
 
     device = decoder.target.device
@@ -381,6 +385,7 @@ def environment(decoder) -> dict:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "dtype": str(decoder.target.dtype).replace("torch.", ""),
         "target_float32_copies": has_float32_copies(decoder.target),
+        "draft_head_ids": head_ids(decoder.draft) if decoder.draft is not None else None,
     }
 
 
@@ -609,6 +614,7 @@ def _load_decoder(settings: BenchSettings, log: Callable[[str], None]):
     t0 = time.perf_counter()
     decoder = SpecDecoder.from_pretrained(settings.target, draft, dtype=settings.dtype, device=settings.device,
                                           draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size,
+                                          draft_vocab=settings.draft_vocab,
                                           target_quant=settings.target_quant, target_group_size=settings.target_group_size,
                                           float32_copies="auto" if settings.float32_copies else False)
     compile_fused_products(decoder.target, decoder.draft)  # not inside a timed generation

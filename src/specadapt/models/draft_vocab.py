@@ -42,7 +42,7 @@ from ..errors import SpecAdaptError
 
 RANKING_FORMAT = "specadapt-token-ranking-v1"
 SHIPPED_RANKINGS = ("qwen2.5.safetensors",)  # under specadapt/data/token_ranking/
-DEFAULT_DRAFT_VOCAB = 32768
+FULL = "full"  # the draft_vocab setting that keeps the whole head
 
 
 class SubsetHead(nn.Module):
@@ -73,6 +73,30 @@ class SubsetHead(nn.Module):
         logits = self.proj(hidden)
         out = logits.new_full((*hidden.shape[:-1], self.vocab_size), float("-inf"))
         return out.index_copy_(-1, self.ids, logits)
+
+
+def check_draft_vocab(value: int | str | None) -> int | str:
+    """A draft vocabulary setting, normalised: "full" (also None) or a number of token ids >= 1 (an int, or its
+    digits as a command line gives them)."""
+    if value is None or value == FULL:
+        return FULL
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpecAdaptError(f"draft_vocab must be {FULL!r} (the whole vocabulary) or a number of token ids >= 1, got {value!r}.")
+    return value
+
+
+def draft_vocab_help() -> str:
+    """The help text of ``--draft-vocab`` (one text for every command)."""
+    return (f"The draft's output head: {FULL}, or N to keep only the N most frequent token ids (plus the special "
+            "ones): cheaper draft steps, still lossless.")
+
+
+def head_ids(model: PreTrainedModel) -> int:
+    """How many token ids the model's output head can emit (a :class:`SubsetHead`'s kept ids)."""
+    head = model.get_output_embeddings()
+    return len(head.ids) if isinstance(head, SubsetHead) else output_width(model)
 
 
 def output_width(model: PreTrainedModel) -> int:

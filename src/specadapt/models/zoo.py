@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_TARGET",
     "DEFAULT_DRAFT",
     "DEFAULT_DRAFT_QUANT",
+    "DEFAULT_DRAFT_VOCAB",
     "cache_dir",
     "model_dir",
     "gguf_path",
@@ -161,6 +162,10 @@ DEFAULT_DRAFT = "qwen2.5-coder-0.5b-instruct"
 # "auto" = int4 on CPU (a draft step at ~0.14 of a target step instead of ~0.38: benchmarks/results/
 # draft_cost*.json, chosen on tune prompts), none on a GPU, where no quantized kernels are wired yet.
 DEFAULT_DRAFT_QUANT = "auto"
+# The draft's output head by default (specadapt.models.draft_vocab: "full" or a number of token ids), read the same
+# way. A 65536-id head is 8% cheaper a step on an AVX2 CPU and drops under 1% of the target's tokens, about a 2%
+# gain end to end, below what a run can tell apart (BENCHMARKS.md, "A frequency-ranked head of 65536"), so: full.
+DEFAULT_DRAFT_VOCAB = "full"
 
 
 # ----------------------------------------------------------------------------

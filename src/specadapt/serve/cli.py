@@ -33,6 +33,7 @@ def serve_command(*, settings: dict) -> None:
     with err.status(f"loading {settings.target}" + (f" + {draft_name}" if draft_name else "")):
         decoder = SpecDecoder.from_pretrained(settings.target, draft_name, dtype=settings.dtype, device=settings.device,
                                               draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size,
+                                              draft_vocab=settings.draft_vocab,
                                               target_quant=settings.target_quant, target_group_size=settings.target_group_size,
                                               float32_copies=settings.float32_copies)  # True: batches are blocks too
     with err.status("compiling bf16 kernels for this CPU"):

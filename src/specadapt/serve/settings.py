@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from ..api import DEFAULT_METHOD
 from ..errors import SpecAdaptError
 from ..models import zoo
+from ..models.draft_vocab import check_draft_vocab, draft_vocab_help
 from ..models.hardware import FLOAT32_COPIES_HELP
 from ..models.quant import check_scheme, group_size_help, quant_help
 from .load import LOAD_RULES, LoadRule, make_load_rule
@@ -21,6 +22,7 @@ class ServeSettings:
     method: str = field(default=DEFAULT_METHOD, metadata={"help": "Decoding method for every request, e.g. fixed:4, heuristic, autoregressive (see `specadapt methods`)."})
     draft_quant: str = field(default=zoo.DEFAULT_DRAFT_QUANT, metadata={"help": quant_help("draft")})
     draft_group_size: int | None = field(default=None, metadata={"help": group_size_help("draft")})
+    draft_vocab: int | str = field(default=zoo.DEFAULT_DRAFT_VOCAB, metadata={"help": draft_vocab_help(), "parse": check_draft_vocab})
     target_quant: str = field(default="none", metadata={"help": quant_help("target")})
     target_group_size: int | None = field(default=None, metadata={"help": group_size_help("target")})
     float32_copies: bool = field(default=True, metadata={
@@ -64,6 +66,7 @@ class ServeSettings:
             if getattr(self, name) < 0:
                 raise SpecAdaptError(f"{name} must be >= 0, got {getattr(self, name)}.")
         check_scheme(self.draft_quant, self.draft_group_size, "draft")
+        self.draft_vocab = check_draft_vocab(self.draft_vocab)
         check_scheme(self.target_quant, self.target_group_size, "target")
         if self.spec_load not in LOAD_RULES:
             raise SpecAdaptError(f"spec_load must be one of {', '.join(LOAD_RULES)}, got {self.spec_load!r}.")
