@@ -18,7 +18,9 @@ p50/p95 over the cell's requests; acceptance and mean accepted length pooled fro
 The server's load rule is ``--spec-load`` (default ``auto``, as ``specadapt serve``); a method string may
 name its own after ``@``, so one run compares them, e.g. ``--methods autoregressive,fixed:4@auto,fixed:4@off``
 (``off``: raw speculation, which shows where it stops paying; ``static`` uses ``--spec-max-batch`` and
-``--spec-load-k``).
+``--spec-load-k``). A label ending in ``/fused`` serves that method with ``--fused-first-round`` (a request's first
+round drafts too; every run before ``cpu_avx2/serve_load_first_token*.json`` served so), e.g.
+``--methods autoregressive,adaedl+lookup,adaedl+lookup/fused``.
 """
 
 from __future__ import annotations
@@ -237,9 +239,10 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.ExitStack() as stack:
         servers = {}
         for method in methods:  # one server per method, all up for the whole run, so cells can interleave
-            name, _, rule = method.partition("@")
+            spec, _, first = method.partition("/")
+            name, _, rule = spec.partition("@")
             settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant,
-                                     draft_vocab=args.draft_vocab, method=name,
+                                     draft_vocab=args.draft_vocab, method=name, early_first_token=first != "fused",
                                      model_name="bench", max_batch_size=max(levels), max_queue=max(levels),
                                      spec_load=rule or args.spec_load, spec_max_batch=args.spec_max_batch,
                                      spec_load_k=args.spec_load_k,

@@ -175,6 +175,27 @@ def test_requests_joining_a_running_batch_equal_each_alone(target, close_draft, 
     assert late.slot == 0 and late.output == hf_greedy(target, PROMPTS[0], 2)  # slots of finished requests are reused
 
 
+@pytest.mark.parametrize("method", ["fixed:4", "adaedl+lookup"])
+def test_early_first_token_emits_the_prefills_token_before_any_draft(target, close_draft, method):
+    """With ``early_first_token`` (the server's default) a request's first round drafts nothing for it: its first
+    token comes from the prompt's prefill alone, the draft has not been fed yet, and the output is unchanged."""
+    engine = make_engine(target, close_draft)
+    batch = engine.batch(make_method(method), early_first_token=True)
+    first = batch.add(PROMPTS[2], RequestConfig(max_new_tokens=24))
+    batch.step()
+    assert first.output == hf_greedy(target, PROMPTS[2], 1) and first.stats.drafted == 0
+    assert batch.last_round.K == 0 and batch.draft.unfed_rows() == [0]  # the draft did not run
+    batch.step()
+    assert batch.last_round.K > 0 and batch.last_round.drafted == [batch.last_round.K] and len(first.output) > 2
+    joining = batch.add(PROMPTS[0], RequestConfig(max_new_tokens=10))
+    batch.step()  # the running request drafts; the one that joined gets its first token without drafts
+    assert batch.last_round.K > 0 and batch.last_round.drafted[1] == 0 and len(joining.output) == 1
+    while batch.active:
+        batch.step()
+    assert first.output == hf_greedy(target, PROMPTS[2], 24) and joining.output == hf_greedy(target, PROMPTS[0], 10)
+    assert joining.stats.drafted > 0
+
+
 def test_cancelled_requests_leave_and_the_rest_go_on(target, close_draft):
     engine = make_engine(target, close_draft)
     batch = engine.batch(make_method("fixed:3"))

@@ -171,9 +171,13 @@ class SpeculativeEngine:
         self.draft_quant = {"draft_quant": scheme, "draft_group_size": group,
                             "draft_head_ids": head_ids(draft) if draft is not None else None}
 
-    def batch(self, method: Method) -> "Batch":
-        """An empty batch running ``method``; add requests, then call ``step()`` until it is empty."""
-        return Batch(self, method)
+    def batch(self, method: Method, early_first_token: bool = False) -> "Batch":
+        """An empty batch running ``method``; add requests, then call ``step()`` until it is empty.
+
+        ``early_first_token``: a request's first round drafts nothing for it, so its first token comes with its
+        prompt's prefill, as in target-only decoding, not after the draft's prefill and a block of drafts (a
+        server's time to first token; it costs one round without drafting per request)."""
+        return Batch(self, method, early_first_token)
 
     def generate(
         self,
@@ -205,9 +209,10 @@ class SpeculativeEngine:
 class Batch:
     """The requests running one method together, and the two models' caches (one row per request)."""
 
-    def __init__(self, engine: SpeculativeEngine, method: Method) -> None:
+    def __init__(self, engine: SpeculativeEngine, method: Method, early_first_token: bool = False) -> None:
         self.engine = engine
         self.method = method
+        self.early_first_token = early_first_token
         self.policy = method.policy
         self.device = engine.device
         self.target = make_runner(engine.target, exact=True)
@@ -327,7 +332,8 @@ class Batch:
         """Propose each request's draft tokens; returns the block, how many pending tokens the draft model was fed
         (0: it did not run) and how many of the block's tokens it was fed (all but the last, unless prompt lookup
         proposed the last ones)."""
-        room = [r.room - 1 for r in self.requests]  # a request's last token is the target's, never a draft
+        # A request's last token is the target's, never a draft; so is its first, with early_first_token.
+        room = [0 if self.early_first_token and not r.output else r.room - 1 for r in self.requests]
         if self.draft is None or max(room) <= 0:
             return DraftBlock([], torch.zeros_like(slots)), 0, 0
         # Built at the first proposal only: a round whose bound is 0 for every row (a target-only round under a

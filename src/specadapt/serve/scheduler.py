@@ -74,13 +74,15 @@ class JobResult:
 
 class Scheduler:
     def __init__(self, engine: SpeculativeEngine, method: Method, *, max_batch_size: int = 8, max_queue: int = 64,
-                 load_rule: LoadRule | None = None, metrics: ServeMetrics | None = None) -> None:
+                 load_rule: LoadRule | None = None, metrics: ServeMetrics | None = None,
+                 early_first_token: bool = False) -> None:
         self.engine = engine
+        self.early_first_token = early_first_token  # see SpeculativeEngine.batch
         self.method, self.cap = load_capped(method)
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.load_rule = load_rule if load_rule is not None else AutoLoad()
         self.metrics = metrics
-        self.batch = engine.batch(self.method)
+        self.batch = engine.batch(self.method, self.early_first_token)
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._running: dict[int, Job] = {}  # by job id, in join order
@@ -165,7 +167,7 @@ class Scheduler:
                 log.error("the worker loop failed:\n%s", traceback.format_exc())
                 with self._cond:
                     self._fail_all(500, "the server failed while running this request; the request was ended.")
-                    self.batch = self.engine.batch(self.method)
+                    self.batch = self.engine.batch(self.method, self.early_first_token)
                     self._publish_load()
         with self._cond:
             self._fail_all(503, "the server is shutting down.", waiting=True)
@@ -259,7 +261,7 @@ class Scheduler:
             for job in joined or list(self._running.values()):
                 del self._running[job.id]
                 self._fail(job, 500, message)
-            self.batch = self.engine.batch(self.method)
+            self.batch = self.engine.batch(self.method, self.early_first_token)
             for job in list(self._running.values()):
                 try:
                     self._resume(job)

@@ -53,6 +53,11 @@ class ServeSettings:
         "warm-up) cannot switch drafting off for good; each probe that confirms the loss doubles the wait there "
         "(up to 8 times this); cost estimates fade with a half-life of a quarter of this. "
         "0 = never probe.")})
+    early_first_token: bool = field(default=True, metadata={
+        "help": "Draft in a request's first round too. By default that round drafts nothing for it, so its first "
+                "token comes with its prompt's prefill, as without a draft; this switch saves that round and makes the "
+                "first token wait for the draft's prefill and a block of drafts.",
+        "flag": "--fused-first-round", "negated": True})
     retry_after_s: int = field(default=1, metadata={"help": "Seconds a client is told to wait (Retry-After) when the queue is full."})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level: critical, error, warning, info, debug."})
 
