@@ -1764,6 +1764,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-round-costs-avx2-fused": serve_round_costs("cpu_avx2/serve_load_fused_humaneval1.json"),
     "serve-load-avx2-lookup-humaneval1": serve_load("cpu_avx2/serve_load_lookup_humaneval1.json"),
     "serve-load-avx2-lookup": serve_load("cpu_avx2/serve_load_lookup.json"),
+    "serve-load-avx2-first-token-humaneval1": serve_load("cpu_avx2/serve_load_first_token_humaneval1.json"),
     "serve-load-avx2-lookup-targets": serve_load_targets("cpu_avx2/serve_load_lookup.json",
                                                          "cpu_avx2/serve_load_lookup_humaneval1.json"),
     "serve-load": serve_load("serve_load_wide.json", "serve_load_wide_humaneval1.json"),

@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "out"}  # where it was written is no setting
     settings["prompts"] = f"{args.datasets} ({args.split} split), alternating, chat, greedy"
-    settings.update(decoder.engine.draft_quant)  # what "auto" resolved to
+    settings.update(decoder.engine.draft_setup)  # what "auto" resolved to, and the head it kept
     args.out.write_text(json.dumps({"settings": settings, "machine": machine(), "rows": rows, "ratios": ratios}, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
 

@@ -291,3 +291,4 @@ def test_decoder_loads_an_int4_frequency_ranked_draft_and_refuses_bad_settings_b
     assert any(isinstance(m, Int4Linear) for m in dec.draft.modules())
     fast = dec.generate("w1 w2 w3", method="fixed:4", max_new_tokens=12)
     assert fast.token_ids == dec.generate("w1 w2 w3", method="autoregressive", max_new_tokens=12).token_ids
+    assert (fast.settings["draft_quant"], fast.settings["draft_head_ids"]) == ("int4", 40)  # the draft that ran

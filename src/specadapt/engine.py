@@ -168,7 +168,7 @@ class SpeculativeEngine:
         self.target_quant = {"target_quant": scheme, "target_group_size": group}
         # The draft's quantization and head change speed only, but a measurement must say which draft it timed.
         scheme, group = quantization_of(draft) if draft is not None else ("none", None)
-        self.draft_quant = {"draft_quant": scheme, "draft_group_size": group,
+        self.draft_setup = {"draft_quant": scheme, "draft_group_size": group,
                             "draft_head_ids": head_ids(draft) if draft is not None else None}
 
     def batch(self, method: Method, early_first_token: bool = False) -> "Batch":
@@ -294,7 +294,7 @@ class Batch:
 
     def result(self, request: Request) -> GenerationResult:
         text = self.engine.tokenizer.decode(request.output, skip_special_tokens=True)
-        settings = {**self.method.describe(request.config.sampling), **self.engine.target_quant, **self.engine.draft_quant}
+        settings = {**self.method.describe(request.config.sampling), **self.engine.target_quant, **self.engine.draft_setup}
         return GenerationResult(request.output, text, request.finish_reason or "length", request.stats, request.seed, settings)
 
     # --- one round -------------------------------------------------------------------------------
