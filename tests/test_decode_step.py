@@ -9,7 +9,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from specadapt.models.decode_step import DecodeStep
-from specadapt.models.quant import DEQUANTIZE_ROWS, SIBLINGS, Int4Linear, fused_layer, quantize_model
+from specadapt.models.quant import DEQUANTIZE_ROWS, SIBLINGS, Int4Linear, _packs_side_by_side, fused_layer, quantize_model
 from specadapt.models.runner import ModelRunner
 
 from conftest import tiny_llama
@@ -17,8 +17,9 @@ from conftest import tiny_llama
 
 def tiny_qwen2(seed: int, **overrides) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3, **overrides)
+    config = Qwen2Config(**{**dict(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                   initializer_range=0.3), **overrides})
     return Qwen2ForCausalLM(config).eval()
 
 
@@ -110,10 +111,14 @@ def test_quantization_fuses_sibling_projections_into_one_layer_the_parts_slice()
 
 
 def test_projections_that_cannot_share_a_kernel_call_stay_apart():
-    model = tiny_qwen2(5)  # k/v projections 32 outputs wide: half a packing tile, with v after k
+    # k 16 outputs wide, then v: part of a packing tile (32 or 64 rows, by CPU) with a part after it. gate/up are
+    # 96 wide: whole tiles of 32 (AVX2) but not of 64 (AVX512), so they fuse where the kernel's packing allows.
+    model = tiny_qwen2(5, num_key_value_heads=1)
     quantize_model(model, "int4", 32)
-    assert all(fused_layer(layer.self_attn) is None and fused_layer(layer.mlp) is None for layer in model.model.layers)
-    assert not ModelRunner(model, lean_steps=True).lean.fused_layers()
+    mlp_fuses = _packs_side_by_side(64, (96, 96))
+    assert all(fused_layer(layer.self_attn) is None for layer in model.model.layers)
+    assert all((fused_layer(layer.mlp) is not None) == mlp_fuses for layer in model.model.layers)
+    assert len(ModelRunner(model, lean_steps=True).lean.fused_layers()) == (2 if mlp_fuses else 0)
     int8 = tiny_qwen2_tiles(5)
     quantize_model(int8, "int8")
     assert fused_layer(int8.model.layers[0].self_attn) is None  # int8 layers are not fused

@@ -285,3 +285,13 @@ def test_compiling_ahead_runs_every_chunk_size_for_every_weight_shape_once(monke
     assert sorted(seen) == sorted((rows, shape) for rows in sizes for shape in ((48, 32), (32, 48)))
     hardware.use_fused_products(model, False)
     assert hardware.compile_fused_products(model) == 0
+
+
+def test_the_float32_scratch_buffer_first_made_under_inference_mode_is_writable_outside_it():
+    """A bf16 layer's wide product may first run under inference_mode (decoding) and later under no_grad (a
+    distillation teacher's forward in the same process): the shared buffer must take both."""
+    weight = torch.randn(3, 7, dtype=torch.bfloat16)  # a shape no other test uses: its buffer is made here
+    with torch.inference_mode():
+        assert torch.equal(hardware.float32_weight(weight), weight.float())
+    with torch.no_grad():
+        assert torch.equal(hardware.float32_weight(weight * 2), (weight * 2).float())

@@ -115,7 +115,10 @@ def float32_weight(weight: torch.Tensor) -> torch.Tensor:
     buffers = _scratch.__dict__.setdefault("buffers", {})
     key = (tuple(weight.shape), weight.device)
     if key not in buffers:
-        buffers[key] = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
+        # A normal tensor, even when first asked for under inference_mode: an inference tensor could not be
+        # written outside it (a later no_grad forward, e.g. a distillation teacher's, would fail).
+        with torch.inference_mode(False):
+            buffers[key] = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
     return buffers[key].copy_(weight)
 
 
