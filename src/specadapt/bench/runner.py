@@ -370,7 +370,6 @@ def environment(decoder) -> dict:
     import transformers
 
     from .. import __version__
-    from ..models.draft_vocab import head_ids
     from ..models.hardware import has_float32_copies, machine
 
     device = decoder.target.device
@@ -385,7 +384,7 @@ def environment(decoder) -> dict:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "dtype": str(decoder.target.dtype).replace("torch.", ""),
         "target_float32_copies": has_float32_copies(decoder.target),
-        "draft_head_ids": head_ids(decoder.draft) if decoder.draft is not None else None,
+        "draft_head_ids": decoder.engine.draft_setup["draft_head_ids"],
     }
 
 

@@ -77,12 +77,12 @@ class Scheduler:
                  load_rule: LoadRule | None = None, metrics: ServeMetrics | None = None,
                  early_first_token: bool = False) -> None:
         self.engine = engine
-        self.early_first_token = early_first_token  # see SpeculativeEngine.batch
         self.method, self.cap = load_capped(method)
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.load_rule = load_rule if load_rule is not None else AutoLoad()
         self.metrics = metrics
-        self.batch = engine.batch(self.method, self.early_first_token)
+        self._new_batch = lambda: engine.batch(self.method, early_first_token)  # see SpeculativeEngine.batch
+        self.batch = self._new_batch()
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._running: dict[int, Job] = {}  # by job id, in join order
@@ -167,7 +167,7 @@ class Scheduler:
                 log.error("the worker loop failed:\n%s", traceback.format_exc())
                 with self._cond:
                     self._fail_all(500, "the server failed while running this request; the request was ended.")
-                    self.batch = self.engine.batch(self.method, self.early_first_token)
+                    self.batch = self._new_batch()
                     self._publish_load()
         with self._cond:
             self._fail_all(503, "the server is shutting down.", waiting=True)
@@ -261,7 +261,7 @@ class Scheduler:
             for job in joined or list(self._running.values()):
                 del self._running[job.id]
                 self._fail(job, 500, message)
-            self.batch = self.engine.batch(self.method, self.early_first_token)
+            self.batch = self._new_batch()
             for job in list(self._running.values()):
                 try:
                     self._resume(job)
