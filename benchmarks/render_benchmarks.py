@@ -1161,6 +1161,42 @@ def serve_load_time(name: str, clients: int) -> Callable[[], str]:
     return render
 
 
+def serve_scaling(name: str, method: str = "autoregressive") -> Callable[[], str]:
+    """How ``method``'s throughput in a serve_load.py run scales with the clients, and what prompts cost in it: per
+    concurrency (means over repeats), seconds in rounds that fed the target a prompt (a fresh batch's first round)
+    plus the prefill of prompts joining a running batch, seconds in the other rounds, their target seconds per
+    round, throughput ÷ one client's, with the prompts' time and without it, and the first rounds' target seconds
+    per position fed (padding included)."""
+
+    def render() -> str:
+        rows = [r for r in json.loads((RESULTS / name).read_text(encoding="utf-8"))["rows"] if r["method"] == method]
+        by: dict[int, list[dict]] = {}
+        for r in rows:
+            log = [x for x in r["round_log"] if x]  # rows, K, draft w, target w, draft s, target s, prefill s, accepted
+            prompt = sum(x[6] + (x[4] + x[5] if x[3] > 1 else 0) for x in log)
+            steps = [x for x in log if x[3] == 1 and x[6] == 0]
+            firsts = [x for x in log if x[3] > 1]  # a fresh batch's first round: seconds per position fed
+            by.setdefault(r["concurrency"], []).append({"wall": r["wall_s"], "tokens": r["output_tokens"], "prompt": prompt,
+                                         "per_token": sum(x[5] for x in firsts) / sum(x[0] * x[3] for x in firsts),
+                                         "rest": r["wall_s"] - prompt, "round": mean(x[5] for x in steps) if steps else math.nan,
+                                         "batch": mean(x[0] for x in steps) if steps else math.nan})
+        cells = {c: {k: mean(m[k] for m in ms) for k in ms[0]} for c, ms in sorted(by.items())}
+        one = cells.get(1)
+        lines = [f"| clients | wall s | prompts s (share) | other rounds s | their mean batch | target s per round | "
+                 f"tok/s | ÷ 1 client | without prompts: tok/s | ÷ 1 client | first rounds: ms per prompt token |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c, m in cells.items():
+            rate, bare = m["tokens"] / m["wall"], m["tokens"] / m["rest"]
+            ratio = f"{rate / (one['tokens'] / one['wall']):.2f}" if one else "–"
+            bare_ratio = f"{bare / (one['tokens'] / one['rest']):.2f}" if one else "–"
+            lines.append(f"| {c} | {m['wall']:.1f} | {m['prompt']:.1f} ({m['prompt'] / m['wall']:.0%}) | {m['rest']:.1f} | "
+                         f"{m['batch']:.2f} | {m['round']:.3f} | {rate:.2f} | {ratio} | {bare:.2f} | {bare_ratio} | "
+                         f"{1000 * m['per_token']:.1f} |")
+        return f"`{name}`, `{method}` (means over {len(rows) // max(1, len(cells))} repeat(s)):\n\n" + "\n".join(lines) + "\n"
+
+    return render
+
+
 def serve_round_costs(name: str) -> Callable[[], str]:
     """What a serve_load.py run's rounds cost, from the rounds it logged (those without prefill): per method and
     repeat, target seconds of a one-token round (target-only), the cap the speculative server used most, its rounds'
@@ -1765,6 +1801,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-lookup-humaneval1": serve_load("cpu_avx2/serve_load_lookup_humaneval1.json"),
     "serve-load-avx2-lookup": serve_load("cpu_avx2/serve_load_lookup.json"),
     "serve-load-avx2-first-token-humaneval1": serve_load("cpu_avx2/serve_load_first_token_humaneval1.json"),
+    "serve-scaling-avx2-lookup": serve_scaling("cpu_avx2/serve_load_lookup.json"),
+    "serve-scaling-fused": serve_scaling("serve_load_fused.json"),
     "serve-load-avx2-lookup-targets": serve_load_targets("cpu_avx2/serve_load_lookup.json",
                                                          "cpu_avx2/serve_load_lookup_humaneval1.json"),
     "serve-load": serve_load("serve_load_wide.json", "serve_load_wide_humaneval1.json"),
