@@ -5,7 +5,8 @@ assisted generation given the very same draft objects, in one process.
     python benchmarks/cheap_draft.py --n 1 --repeats 1 --max-new-tokens 16 --no-rss \\
         --methods autoregressive,fixed:best,hf-assisted --drafts bf16,int4 --out /tmp/cheap   # a quick look
 
-Models: the target is loaded once; the draft once, and each draft variant is built once from it
+Models: the target is loaded once (on a CPU without native bf16 it keeps float32 copies of its weights, as
+``specadapt generate`` does for a pair; ``--no-float32-copies``: not); the draft once, and each draft variant is built once from it
 (``--drafts``: ``bf16`` = the loaded weights; ``int8`` / ``int4`` = :func:`specadapt.models.quant.quantize_model`
 on a copy; ``+vN`` = the head restricted to the N most frequent token ids first,
 :func:`specadapt.models.draft_vocab.restrict_vocabulary` with the shipped ranking, e.g. ``int4+v32768``).
@@ -650,6 +651,7 @@ def rss_probe(args) -> None:
     import torch
 
     from specadapt import RequestConfig, SpeculativeEngine, make_method
+    from specadapt.models.hardware import keep_float32_copies_where_they_pay
     from specadapt.models.loading import eos_token_ids, load_model, load_tokenizer
 
     import transformers
@@ -661,6 +663,8 @@ def rss_probe(args) -> None:
     variant = None if args.rss_probe == "target-only" else args.rss_probe
     tokenizer = load_tokenizer(args.target)
     target = load_model(args.target, args.dtype, args.device)
+    if variant and args.float32_copies:
+        keep_float32_copies_where_they_pay(target)
     draft = None
     if variant:
         source = args.draft if draft_model_of(variant) is None else parse_draft_models(args.draft_models)[draft_model_of(variant)]
@@ -688,6 +692,8 @@ def measure_rss(args, drafts: list[str], out: Path, log) -> dict:
             cmd += ["--threads", str(args.threads)]
         if args.group_size:
             cmd += ["--group-size", str(args.group_size)]
+        if not args.float32_copies:
+            cmd.append("--no-float32-copies")
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
         if proc.returncode != 0:
@@ -736,6 +742,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--time-limit", type=float, default=None, help="seconds; start no generation after it")
+    p.add_argument("--no-float32-copies", dest="float32_copies", action="store_false",
+                   help="on a CPU without native bf16, no float32 copy of the target's weights (kept by default, as "
+                        "specadapt generate keeps one for a pair; HF assisted generation uses the same target)")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     p.add_argument("--overwrite", action="store_true", help="start again in --out (deletes its records)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -780,6 +789,7 @@ def run_settings(args) -> dict:
             **({"draft_models": draft_models} if draft_models else {}),
             "best_k": {d: best_k[d] for d in datasets if d in best_k}, "datasets": datasets, "split": args.split,
             "n": args.n, **({"skip": args.skip} if args.skip else {}),  # absent when 0: older runs still resume
+            **({} if args.float32_copies else {"float32_copies": False}),  # absent by default: likewise
             "max_new_tokens": args.max_new_tokens, "dataset_max_new_tokens": caps,
             "gsm8k_shots": args.gsm8k_shots, "repeats": args.repeats, "temperature": args.temperature,
             "stop_strings": False, "chat_template": True, "batch_size": 1, "warmup_tokens": WARMUP_TOKENS}
@@ -820,10 +830,11 @@ def environment(target) -> dict:
     import torch
     import transformers
 
-    from specadapt.models.hardware import machine
+    from specadapt.models.hardware import has_float32_copies, machine
 
     env = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "python": platform.python_version(),
-           "transformers": transformers.__version__, **machine(), "device": str(target.device), "dtype": str(target.dtype).replace("torch.", "")}
+           "transformers": transformers.__version__, **machine(), "device": str(target.device), "dtype": str(target.dtype).replace("torch.", ""),
+           "target_float32_copies": has_float32_copies(target)}
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=10)
@@ -872,6 +883,7 @@ def run(args, argv=None, *, models=None, encode=None, log=print, console=None) -
 
     rss = measure_rss(args, settings["drafts"], out, log) if not args.no_rss and models is None else None
 
+    from specadapt.models.hardware import keep_float32_copies_where_they_pay
     from specadapt.models.loading import eos_token_ids, load_model, load_tokenizer
     from specadapt.text import encode_chat
 
@@ -879,6 +891,8 @@ def run(args, argv=None, *, models=None, encode=None, log=print, console=None) -
     if models is None:
         tokenizer = load_tokenizer(args.target)
         target = load_model(args.target, args.dtype, args.device)
+        if args.float32_copies and settings["drafts"]:
+            keep_float32_copies_where_they_pay(target)
         base_draft = load_model(args.draft, args.dtype, target.device) if settings["drafts"] else None
         others = {name: load_model(path, args.dtype, target.device)
                   for name, path in settings.get("draft_models", {}).items()

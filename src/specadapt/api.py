@@ -20,7 +20,7 @@ from .errors import SpecAdaptError, SpecAdaptWarning
 from .methods import Method, make_method
 from .models import loading, zoo
 from .models.draft_vocab import FULL, check_draft_vocab, output_width, read_ranking, restrict_vocabulary, shipped_ranking
-from .models.hardware import float32_copies_fit, keep_float32_copies, slow_bf16_warning, wants_float32_products
+from .models.hardware import keep_float32_copies_where_they_pay, slow_bf16_warning
 from .models.quant import check_scheme, quantize_model, resolve_scheme
 from .text import as_messages, encode_chat
 
@@ -104,9 +104,8 @@ class SpecDecoder:
         copied = False
         if target_quant != "none":
             quantize_model(target_model, target_quant, target_group_size, "target")
-        elif ((float32_copies is True or (float32_copies == "auto" and draft is not None))
-              and wants_float32_products(target_model.dtype, target_model.device) and float32_copies_fit(target_model)):
-            copied = keep_float32_copies(target_model) > 0  # verification blocks: see models/hardware.py
+        elif float32_copies is True or (float32_copies == "auto" and draft is not None):
+            copied = keep_float32_copies_where_they_pay(target_model)  # verification blocks: see models/hardware.py
         draft_model = loading.load_model(draft, dtype, target_model.device) if draft is not None else None
         plain = target_quant == "none" and not copied
         slow = slow_bf16_warning(target_model.dtype, target_model.device) if plain else None

@@ -334,6 +334,14 @@ def float32_copies_fit(model: nn.Module) -> bool:
     return available is None or 2 * needed <= available
 
 
+def keep_float32_copies_where_they_pay(model: nn.Module) -> bool:
+    """:func:`keep_float32_copies` where the CPU lacks native bf16 and the memory fits (a speculative pair's target);
+    returns whether ``model`` has them now."""
+    if wants_float32_products(model.dtype, model.device) and float32_copies_fit(model):
+        return keep_float32_copies(model) > 0
+    return False
+
+
 def use_transposed_float32_products(model: nn.Module, on: bool = True) -> int:
     """Switch a float32 model's plain ``nn.Linear`` layers, the output head included, to :class:`Float32Linear`
     if :func:`transposed_products_win` on this CPU (``on=False``: back); returns how many were switched."""
