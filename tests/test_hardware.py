@@ -234,9 +234,25 @@ def test_a_few_rows_take_one_fused_pass_and_accumulate_in_float32(bias, shape):
     assert torch.equal(one, F.linear(x.reshape(-1, 32)[:1], layer.weight, layer.bias))  # one row: bf16 as before
 
 
+def test_a_pairs_many_weight_shapes_all_get_compiled_kernels():
+    """Dynamo treats a layer's weight (a parameter) as of static shape and recompiles a function for each new one,
+    at most 8 times; one function for every shape spent that on a target and a bf16 draft, and the shapes after
+    the eighth ran uncompiled (the whole weight converted to float32 per call). Nine shapes, each compiled."""
+    import torch._dynamo.utils as dynamo_utils
+
+    layers = [_wide_linear(n, k, fused=True) for n, k in
+              [(16, 16), (24, 16), (40, 16), (16, 56), (8, 8), (32, 8), (8, 24), (48, 24), (24, 40)]]
+    before = dynamo_utils.counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        for layer in layers:
+            x = torch.randn(2, layer.in_features, dtype=torch.bfloat16)
+            assert _within_bf16_rounding(layer(x), F.linear(x.float(), layer.weight.float(), layer.bias.float()))
+    assert dynamo_utils.counters["stats"]["unique_graphs"] - before == len(layers)
+
+
 def test_fused_blocks_split_into_near_equal_chunks(monkeypatch):
     seen = []
-    monkeypatch.setattr(hardware, "_kernel", lambda rows: lambda part, weight: seen.append(rows) or part @ weight.float().t())
+    monkeypatch.setattr(hardware, "_kernel", lambda rows, shape: lambda part, weight: seen.append(rows) or part @ weight.float().t())
     layer = _wide_linear(fused=True)
     for rows in (2, 8, 9, 15, hardware.FUSED_ROWS):
         seen.clear()
@@ -259,7 +275,7 @@ def test_without_a_compiler_the_fused_pass_warns_once_and_torch_computes_the_blo
     def broken(part, weight):
         raise RuntimeError("no C++ compiler found\nmore detail")
 
-    monkeypatch.setattr(hardware, "_kernel", lambda rows: broken)
+    monkeypatch.setattr(hardware, "_kernel", lambda rows, shape: broken)
     monkeypatch.setitem(hardware._fused, "failed", None)
     layer = _wide_linear(fused=True)
     x = torch.randn(4, 32, dtype=torch.bfloat16)
@@ -275,7 +291,7 @@ def test_without_a_compiler_the_fused_pass_warns_once_and_torch_computes_the_blo
 
 def test_compiling_ahead_runs_every_chunk_size_for_every_weight_shape_once(monkeypatch):
     seen = []
-    monkeypatch.setattr(hardware, "_kernel", lambda rows: lambda part, weight: seen.append((rows, tuple(weight.shape)))
+    monkeypatch.setattr(hardware, "_kernel", lambda rows, shape: lambda part, weight: seen.append((rows, tuple(weight.shape)))
                         or part @ weight.float().t())
     model = nn.Sequential(nn.Linear(32, 48), nn.Linear(48, 32), nn.Linear(32, 48)).to(torch.bfloat16)  # two shapes
     assert hardware.compile_fused_products(model) == 0  # not switched: nothing multiplies fused

@@ -172,17 +172,19 @@ def _rows_at_once(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.stack([(w * x[i]).sum(-1) for i in range(x.shape[0])])
 
 
-_fused: dict = {"kernels": {}, "failed": None}  # chunk size -> its compiled _rows_at_once; why compiling failed
+_fused: dict = {"kernels": {}, "failed": None}  # (rows, weight shape) -> its compiled _rows_at_once; why compiling failed
 
 
-def _kernel(rows: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The compiled :func:`_rows_at_once` for chunks of ``rows`` rows, for weights of any shape. A function of its
-    own per chunk size: dynamo's budget of recompilations is per function, and each size takes a few (square
-    weights, long reductions)."""
-    if rows not in _fused["kernels"]:
-        code = _rows_at_once.__code__.replace(co_name=f"_rows_at_once_{rows}")
-        _fused["kernels"][rows] = torch.compile(types.FunctionType(code, globals()), dynamic=True)
-    return _fused["kernels"][rows]
+def _kernel(rows: int, shape: tuple[int, int]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The compiled :func:`_rows_at_once` for chunks of ``rows`` rows and weights of this ``shape``: a function of
+    its own for each, compiled for that shape alone. Dynamo's budget of recompilations (8) is per function, and
+    one function for every shape spent it on a pair's two models (a target and a bf16 draft have about ten weight
+    shapes): past it, dynamo ran the function uncompiled, converting the whole weight to float32 on every call."""
+    key = (rows, *shape)
+    if key not in _fused["kernels"]:
+        code = _rows_at_once.__code__.replace(co_name=f"_rows_at_once_{rows}_{shape[0]}x{shape[1]}")
+        _fused["kernels"][key] = torch.compile(types.FunctionType(code, globals()), dynamic=False)
+    return _fused["kernels"][key]
 
 
 def fused_bf16_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
@@ -195,7 +197,7 @@ def fused_bf16_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     chunks = -(-rows.shape[0] // FUSED_CHUNK)
     sizes = [rows.shape[0] // chunks + (i < rows.shape[0] % chunks) for i in range(chunks)]
     try:
-        y = torch.cat([_kernel(len(part))(part, weight) for part in rows.split(sizes)])
+        y = torch.cat([_kernel(len(part), tuple(weight.shape))(part, weight) for part in rows.split(sizes)])
     except Exception as exc:  # a compiler missing or failing: torch's own paths still compute the same products
         _fused["failed"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         warnings.warn(f"torch.compile could not build the fused bf16 product ({_fused['failed']}), so blocks of a "
