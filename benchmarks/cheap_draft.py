@@ -883,7 +883,7 @@ def run(args, argv=None, *, models=None, encode=None, log=print, console=None) -
 
     rss = measure_rss(args, settings["drafts"], out, log) if not args.no_rss and models is None else None
 
-    from specadapt.models.hardware import keep_float32_copies_where_they_pay
+    from specadapt.models.hardware import compile_fused_products, keep_float32_copies_where_they_pay
     from specadapt.models.loading import eos_token_ids, load_model, load_tokenizer
     from specadapt.text import encode_chat
 
@@ -901,6 +901,7 @@ def run(args, argv=None, *, models=None, encode=None, log=print, console=None) -
         target, tokenizer, base_draft, *rest = models
         others = rest[0] if rest else {}
     drafts = build_drafts(base_draft, tokenizer, settings["drafts"], args.group_size, others) if settings["drafts"] else {}
+    compile_fused_products(target, *drafts.values())  # on a CPU without native bf16: not inside a timed generation
     eos = eos_token_ids(target, tokenizer)
     log(f"loaded {args.target} + {len(drafts)} draft variant(s) ({', '.join(drafts)}) in {time.perf_counter() - t0:.1f} s, "
         f"{torch.get_num_threads()} threads")
