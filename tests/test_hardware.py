@@ -234,12 +234,13 @@ def test_a_few_rows_take_one_fused_pass_and_accumulate_in_float32(bias, shape):
     assert torch.equal(one, F.linear(x.reshape(-1, 32)[:1], layer.weight, layer.bias))  # one row: bf16 as before
 
 
-def test_a_pairs_many_weight_shapes_all_get_compiled_kernels():
+def test_a_pairs_many_weight_shapes_all_get_compiled_kernels(monkeypatch):
     """Dynamo treats a layer's weight (a parameter) as of static shape and recompiles a function for each new one,
     at most 8 times; one function for every shape spent that on a target and a bf16 draft, and the shapes after
     the eighth ran uncompiled (the whole weight converted to float32 per call). Nine shapes, each compiled."""
     import torch._dynamo.utils as dynamo_utils
 
+    monkeypatch.setitem(hardware._fused, "kernels", {})  # none compiled yet, whatever ran before in this process
     layers = [_wide_linear(n, k, fused=True) for n, k in
               [(16, 16), (24, 16), (40, 16), (16, 56), (8, 8), (32, 8), (8, 24), (48, 24), (24, 40)]]
     before = dynamo_utils.counters["stats"]["unique_graphs"]
