@@ -1181,14 +1181,14 @@ def serve_scaling(name: str, method: str = "autoregressive") -> Callable[[], str
                                          "rest": r["wall_s"] - prompt, "round": mean(x[5] for x in steps) if steps else math.nan,
                                          "batch": mean(x[0] for x in steps) if steps else math.nan})
         cells = {c: {k: mean(m[k] for m in ms) for k in ms[0]} for c, ms in sorted(by.items())}
-        one = cells.get(1)
+        one = cells.get(1)  # its rates, with and without the prompts' time
+        base = (one["tokens"] / one["wall"], one["tokens"] / one["rest"]) if one else None
         lines = [f"| clients | wall s | prompts s (share) | other rounds s | their mean batch | target s per round | "
                  f"tok/s | ÷ 1 client | without prompts: tok/s | ÷ 1 client | first rounds: ms per prompt token |",
                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for c, m in cells.items():
             rate, bare = m["tokens"] / m["wall"], m["tokens"] / m["rest"]
-            ratio = f"{rate / (one['tokens'] / one['wall']):.2f}" if one else "–"
-            bare_ratio = f"{bare / (one['tokens'] / one['rest']):.2f}" if one else "–"
+            ratio, bare_ratio = (f"{rate / base[0]:.2f}", f"{bare / base[1]:.2f}") if base else ("–", "–")
             lines.append(f"| {c} | {m['wall']:.1f} | {m['prompt']:.1f} ({m['prompt'] / m['wall']:.0%}) | {m['rest']:.1f} | "
                          f"{m['batch']:.2f} | {m['round']:.3f} | {rate:.2f} | {ratio} | {bare:.2f} | {bare_ratio} | "
                          f"{1000 * m['per_token']:.1f} |")
