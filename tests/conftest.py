@@ -105,13 +105,15 @@ def save_tiny_checkpoint(path, seed: int, words: list[str]) -> None:
     tokenizer.save_pretrained(path)
 
 
-def play_round(policy, slots, probs, accepted, limit=None, tokens=None, hidden=None, token_scores=None, clip=False):
+def play_round(policy, slots, probs, accepted, limit=None, tokens=None, hidden=None, token_scores=None, clip=False,
+               cost=None):
     """One round of ``policy`` through the engine's round protocol, with scripted drafts.
 
     Step k proposes ``tokens[:, k-1]`` (default 0) drawn from ``probs[:, k-1]`` [b, K, V] (and ``hidden[:, k-1]``);
     row i drafts at most ``limit[i]`` (default K) tokens, fewer where the policy stops it; ``accepted`` goes to
     ``observe`` (``clip``: at most what each row drafted), with ``token_scores(block)`` as the acceptance rule's
-    per-token scores when given. Returns the :class:`DraftBlock` (its ``lens`` say where each row stopped)."""
+    per-token scores when given, and ``cost(block)`` as the round's measured :class:`RoundCost`. Returns the
+    :class:`DraftBlock` (its ``lens`` say where each row stopped)."""
     b, K = probs.shape[:2]
     tokens = torch.zeros((b, K), dtype=torch.long) if tokens is None else tokens
     limit = torch.full((b,), K) if limit is None else torch.as_tensor(limit)
@@ -125,7 +127,8 @@ def play_round(policy, slots, probs, accepted, limit=None, tokens=None, hidden=N
         accepted = torch.minimum(accepted, block.lens)
     assert bool((accepted <= block.lens).all()), f"the script accepts more than was drafted ({block.lens.tolist()})"
     scores = token_scores(block) if token_scores is not None else None
-    finish_round(policy, slots, block, accepted, torch.arange(block.K)[None, :] < accepted[:, None], scores)
+    finish_round(policy, slots, block, accepted, torch.arange(block.K)[None, :] < accepted[:, None], scores,
+                 cost(block) if cost is not None else None)
     return block
 
 

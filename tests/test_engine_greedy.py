@@ -15,6 +15,7 @@ POLICIES = [
     "autoregressive", "fixed:1", "fixed:4", "fixed:7", "heuristic", "confidence:threshold=0.05", "confidence:threshold=0.9",
     "dynamic-confidence", "dynamic-confidence:min_each=2", "adaedl", "adaedl:lambda_init=0.9,lr=0.5",
     "adasd-stop", "adasd-stop:n_min=1,scope=shared", "adasd-stop:n_min=1,scope=prior", "marginal", "marginal:cost=0.02",
+    "marginal:cost=auto",
 ]
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [42]]
 

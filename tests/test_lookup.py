@@ -56,6 +56,7 @@ PROMPTS = [[3, 4, 5, 6, 3, 4, 5, 6, 3, 4], [9, 10, 9, 10, 9], [11, 12, 13, 14, 1
 
 
 @pytest.mark.parametrize("method", ["fixed:1+lookup=1", "fixed:4+lookup=2", "adaedl+lookup=2", "marginal+lookup=1",
+                                    "marginal:cost=auto+lookup=2",
                                     "heuristic+lookup=3"])
 @pytest.mark.parametrize("draft_name", ["close_draft", "random_draft"])
 def test_greedy_with_lookup_equals_target_generate(method, draft_name, target, request, lookups):

@@ -7,9 +7,12 @@ import torch
 
 from specadapt.errors import SpecAdaptError
 from specadapt.methods import make_method
-from specadapt.policies.marginal import BINS, PRIOR
+from specadapt.bench.replay import Trajectory, replay
+from specadapt.engine import RequestConfig
+from specadapt.policies import RoundCost
+from specadapt.policies.marginal import AUTO_PRIOR, BINS, PRIOR, CostFit
 
-from conftest import play_round
+from conftest import make_engine, play_round
 from test_losslessness import ALPHA, SAMPLING, run_checks
 
 
@@ -87,6 +90,82 @@ def test_rate_is_per_request():
 def test_bad_settings(spec):
     with pytest.raises(SpecAdaptError):
         make_method(spec)
+
+
+def test_a_cost_that_is_neither_a_number_nor_auto_is_named():
+    with pytest.raises(SpecAdaptError) as err:
+        make_method("marginal:cost=cheap")
+    assert str(err.value) == ("method 'marginal:cost=cheap': cost must be a number in (0, 1] (a drafted token's cost "
+                              "in target passes) or 'auto' (measured), got 'cheap'")
+
+
+def test_cost_fit_recovers_the_price_of_a_draft_step():
+    # Rounds cost 0.4 s plus 0.12 s per draft step: a step is 0.3 of a round without drafts.
+    fit = CostFit(AUTO_PRIOR)
+    for i in range(60):
+        K = 1 + i % 12
+        fit.add(K, 0.4 + 0.12 * K)
+    assert fit.cost() == pytest.approx(0.3, rel=0.05)  # the prior (0.15) still weighs a few rounds' worth
+    # Rounds at another price take over as the old ones fade (by 0.98 a round: 2% of their weight after 200 rounds).
+    for i in range(400):
+        K = 1 + i % 12
+        fit.add(K, 0.2 + 0.01 * K)
+    assert fit.cost() == pytest.approx(0.05, rel=0.05)
+
+
+def test_cost_fit_without_spread_in_the_draft_length_keeps_the_prior():
+    fit = CostFit(AUTO_PRIOR)
+    assert fit.cost() == AUTO_PRIOR
+    for _ in range(30):
+        fit.add(4, 0.7)  # always 4 steps: a and b cannot be told apart
+    assert fit.cost() == pytest.approx(AUTO_PRIOR)
+
+
+def seconds(a: float, b: float):
+    """A round's measured cost as the engine hands it: a + b * K seconds, the draft's share b * K."""
+    return lambda block: RoundCost(b * block.K, a, 1)
+
+
+def test_auto_cost_drafts_shorter_where_draft_steps_are_dear():
+    lens = {}
+    for name, b in (("cheap", 0.02), ("dear", 0.3)):  # per step, against a 1 s round without drafts
+        policy = make_method("marginal:cost=auto").policy
+        rows = torch.arange(1)
+        policy.begin(rows)
+        for i in range(60):  # rounds of varied length, every token accepted, so the fit sees K spread
+            limit = [1 + i % 8]
+            play_round(policy, rows, confident(0.97, 8), accepted=limit, limit=limit, cost=seconds(1.0, b))
+        assert policy.token_cost == pytest.approx(b, rel=0.1)  # shrunk a little towards the prior (0.15)
+        assert policy.settings()["measured_cost"] == policy.token_cost
+        lens[name] = int(play_round(policy, rows, confident(0.72, 32), accepted=[0], clip=True).lens[0])
+    assert lens["cheap"] > lens["dear"] >= 1, lens
+
+
+def test_auto_cost_ignores_a_prompts_round():
+    # The first round feeds the target the whole prompt: its seconds are no draft step's price.
+    policy = make_method("marginal:cost=auto").policy
+    rows = torch.arange(1)
+    policy.begin(rows)
+    play_round(policy, rows, confident(0.97, 4), accepted=[4], cost=lambda block: RoundCost(0.1, 30.0, 200))
+    assert policy.token_cost == AUTO_PRIOR
+
+
+def test_replay_refuses_a_measured_cost():
+    with pytest.raises(SpecAdaptError) as err:
+        replay(make_method("marginal:cost=auto"), Trajectory(3, [5, 6], torch.zeros(2, 8), None, 2))
+    assert str(err.value) == ("method 'marginal:cost=auto' prices its drafts from the rounds' measured seconds, which "
+                              "a replay does not have; give it a fixed cost (e.g. marginal:cost=0.15) or measure it "
+                              "with `specadapt bench`.")
+
+
+def test_engine_hands_each_round_its_measured_cost(target, close_draft):
+    method = make_method("marginal:cost=auto")
+    seen = []
+    observe = method.policy.observe
+    method.policy.observe = lambda outcome: (seen.append(outcome.cost), observe(outcome))
+    make_engine(target, close_draft).generate([[1, 2, 3, 4, 5]], method, RequestConfig(max_new_tokens=12))
+    assert seen[0].target_width == 5 and all(c.target_width == 1 for c in seen[1:])
+    assert all(c.draft_s > 0 and c.target_s > 0 for c in seen)
 
 
 def test_lossless_monte_carlo(pair):

@@ -47,7 +47,7 @@ from .models.draft_vocab import head_ids, output_width
 from .models.graphed import make_runner
 from .models.quant import quantization_of
 from .models.runner import ModelRunner, left_pad, share_one_pass
-from .policies.base import DraftBlock, DraftStep, draft_round, finish_round
+from .policies.base import DraftBlock, DraftStep, RoundCost, draft_round, finish_round
 from .sampling import SamplingParams, process_logits, sample
 from .stats import RequestStats
 
@@ -315,8 +315,9 @@ class Batch:
         _sync(self.device)
         t2 = time.perf_counter()
         verdict = self._accept(slots, block, target_logits)
-        finish_round(self.policy, slots, block, verdict.num_accepted, verdict.accepted_mask, verdict.token_scores)
         draft_s = t1 - t0 - (self._prefill_s - prefill)  # feeding the draft a joined prompt is prefill, not drafting
+        finish_round(self.policy, slots, block, verdict.num_accepted, verdict.accepted_mask, verdict.token_scores,
+                     RoundCost(draft_s, t2 - t1, fed_target))
         return self._commit(block, verdict, fed_draft, fed_block, fed_target, draft_s, t2 - t1)
 
     def _groups(self) -> list[tuple[SamplingParams, torch.Tensor | slice]]:

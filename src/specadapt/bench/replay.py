@@ -103,6 +103,9 @@ def _check(method: Method, traj: Trajectory) -> None:
     if method.policy.reads_scores:
         raise SpecAdaptError(f"method {name!r} reads its acceptance rule's {', '.join(method.policy.reads_scores)}, "
                              "which a replay does not have.")
+    if method.policy.reads_cost:
+        raise SpecAdaptError(f"method {name!r} prices its drafts from the rounds' measured seconds, which a replay does "
+                             "not have; give it a fixed cost (e.g. marginal:cost=0.15) or measure it with `specadapt bench`.")
     if method.policy.needs_hidden and traj.draft_hidden is None:
         raise SpecAdaptError("this policy needs the draft's hidden states: build the trajectory with want_hidden=True.")
 

@@ -82,6 +82,15 @@ class DraftBlock:
         return torch.stack([s.probs for s in self.steps], 1) if self.steps else None
 
 
+@dataclass(frozen=True)
+class RoundCost:
+    """What one round cost, measured by the engine (a policy that prices its drafts reads it)."""
+
+    draft_s: float  # the draft's steps (prompt lookups included), without prefill of joining prompts
+    target_s: float  # the target's pass over its pending tokens and the drafts
+    target_width: int  # tokens per row the target was fed before the drafts: 1 in a round after the first
+
+
 @dataclass
 class RoundOutcome:
     """What verification decided for one round, given to ``observe``."""
@@ -92,6 +101,7 @@ class RoundOutcome:
     accepted_mask: torch.Tensor  # [b, K] bool, per-token decisions (False past the first rejection)
     # [b, K] per-token values the acceptance rule computed (its Verdict's token_scores, e.g. "js_distance")
     token_scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    cost: RoundCost | None = None  # None where nothing was timed (an offline replay)
 
     @property
     def steps(self) -> list[DraftStep]:
@@ -116,6 +126,11 @@ class DraftLengthPolicy(ABC):
     needs_hidden: ClassVar[bool] = False
     # Names of the acceptance rule's token_scores that observe() reads (a replay, which has no rule, refuses such policies).
     reads_scores: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def reads_cost(self) -> bool:
+        """Whether ``observe`` needs the round's measured cost (a replay, which times nothing, refuses such policies)."""
+        return False
 
     @property
     def stops_early(self) -> bool:
@@ -190,8 +205,9 @@ def finish_round(
     accepted: torch.Tensor,
     accepted_mask: torch.Tensor,
     token_scores: dict[str, torch.Tensor] | None = None,
+    cost: RoundCost | None = None,
 ) -> None:
-    """Tell the policy what verification decided (nothing to tell when no row drafted)."""
+    """Tell the policy what verification decided and what the round cost (nothing to tell when no row drafted)."""
     if block.K:
-        policy.observe(RoundOutcome(slots, block, accepted, accepted_mask, token_scores or {}))
+        policy.observe(RoundOutcome(slots, block, accepted, accepted_mask, token_scores or {}, cost))
 

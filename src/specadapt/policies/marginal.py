@@ -17,6 +17,12 @@ exceeds what its cost buys at the rate the request already achieves:
 A token's acceptance is predicted from the draft's probability of it, calibrated online: acceptance counts per
 probability bin (shared by all requests, older rounds fading), starting from the draft's own probability.
 Verification is the standard lossless rule, so the method is lossless.
+
+``cost=auto`` measures the cost instead of taking it as a setting: the engine hands each round's seconds to the
+policy, which fits round seconds = a + b * K over recent rounds (K: the round's draft steps) and drafts with
+cost = b / a. That is the fit the fixed default came from (a timed tune run on one CPU), made online, so the
+rule follows the machine it runs on: a CPU without native bf16 prices a draft token at two or three times an
+AVX512 CPU's (``BENCHMARKS.md``, section on AVX2).
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ BINS = 20  # calibration bins over the draft's probability of its token
 PRIOR = 2.0  # pseudo-counts per bin at the draft's own probability (the bin's centre)
 TABLE_DECAY = 0.995  # per round: the calibration follows the recent ~200 rounds
 RATE_DECAY = 0.8  # per round of a request: its rate follows its recent ~5 rounds
+COST_DECAY = 0.98  # per round: cost=auto's fit follows the recent ~50 rounds
+COST_PRIOR = 2.0  # cost=auto: the prior cost's weight, as two rounds one draft step apart (data soon outweigh it)
+COST_RANGE = (0.01, 1.0)  # cost=auto: a fitted cost outside this is noise (a drafted token is never dearer than a round)
+AUTO_PRIOR = 0.15  # cost=auto: the cost until rounds have been measured (the default pair on AVX512, as fitted)
 
 
 @register_method("marginal",
@@ -40,13 +50,24 @@ RATE_DECAY = 0.8  # per round of a request: its rate follows its recent ~5 round
 @dataclass
 class MarginalStop(DraftLengthPolicy):
     # A drafted token's cost in target passes (draft step + one more verified position). 0.15: the default pair on
-    # CPU with the int4 draft, fitted on tune prompts (benchmarks/results/tune_marginal/CHOICES.md).
-    cost: float = 0.15
+    # CPU with the int4 draft, fitted on tune prompts (benchmarks/results/tune_marginal/CHOICES.md). "auto": measured
+    # online from the rounds' seconds (see the module docstring).
+    cost: float | str = 0.15
     max_k: int = 32
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.cost <= 1.0:
-            raise ValueError(f"cost must be in (0, 1] (a drafted token's cost in target passes), got {self.cost!r}")
+        self._fit = None
+        if self.cost == "auto":
+            self._fit = CostFit(AUTO_PRIOR)
+        else:
+            try:
+                self.cost = float(self.cost)
+            except (TypeError, ValueError):
+                raise ValueError(f"cost must be a number in (0, 1] (a drafted token's cost in target passes) or "
+                                 f"'auto' (measured), got {self.cost!r}") from None
+            if not 0.0 < self.cost <= 1.0:
+                raise ValueError(f"cost must be in (0, 1] (a drafted token's cost in target passes) or 'auto' "
+                                 f"(measured), got {self.cost!r}")
         check_draft_length("max_k", self.max_k)
         centres = (torch.arange(BINS, dtype=torch.float64) + 0.5) / BINS
         self._tried = torch.zeros(BINS, dtype=torch.float64)
@@ -54,6 +75,18 @@ class MarginalStop(DraftLengthPolicy):
         self._prior = centres * PRIOR
         self._rate = ScopedState("request", {"tokens": 1.0, "cost": 1.0})  # start at the target-only rate
         self._survival: torch.Tensor | None = None  # [b] S_k of the round being drafted
+
+    @property
+    def reads_cost(self) -> bool:
+        return self._fit is not None
+
+    @property
+    def token_cost(self) -> float:
+        """A drafted token's cost in target passes: the setting, or with ``cost=auto`` the current fit."""
+        return self._fit.cost() if self._fit is not None else self.cost
+
+    def settings(self) -> dict:
+        return {**super().settings(), **({"measured_cost": self.token_cost} if self._fit is not None else {})}
 
     def begin(self, slots: torch.Tensor) -> None:
         self._rate.begin(slots)
@@ -78,7 +111,7 @@ class MarginalStop(DraftLengthPolicy):
         self._survival = a if step.position == 1 or self._survival is None else self._survival * a
         index = self._rate.index(step.slots)
         rate = self._rate["tokens"][index] / self._rate["cost"][index]
-        return self._survival * a < self.cost * rate  # a: the next token's acceptance, predicted as this one's
+        return self._survival * a < self.token_cost * rate  # a: the next token's acceptance, predicted as this one's
 
     def observe(self, outcome: RoundOutcome) -> None:
         K = outcome.block.K
@@ -92,7 +125,37 @@ class MarginalStop(DraftLengthPolicy):
         bins = self._bins(probs)
         for table, counted in ((self._tried, judged), (self._accepted, accepted)):  # weights, not a mask: no host sync
             table.mul_(TABLE_DECAY).index_add_(0, bins.flatten(), counted.flatten().double())
+        if self._fit is not None and outcome.cost is not None and outcome.cost.target_width == 1:  # not a prompt's round
+            self._fit.add(K, outcome.cost.draft_s + outcome.cost.target_s)
         index = self._rate.index(outcome.slots)
-        for name, amount in (("tokens", n + 1), ("cost", 1 + self.cost * m)):
+        for name, amount in (("tokens", n + 1), ("cost", 1 + self.token_cost * m)):
             values = self._rate[name]
             values[index] = RATE_DECAY * values[index] + amount.double()
+
+
+class CostFit:
+    """Round seconds = a + b * K (K: the round's draft steps), least squares over recent rounds (older ones fading
+    by ``COST_DECAY`` a round), shrunk towards ``b = prior * a`` with the weight of ``COST_PRIOR`` rounds one step
+    apart; ``cost() = b / a``, a drafted token's cost in target passes. Without spread in K the data cannot tell a
+    from b, and the prior decides; the more K varies, the more the data does."""
+
+    def __init__(self, prior: float) -> None:
+        self.prior = prior
+        self.n = self.k = self.y = self.kk = self.ky = 0.0  # decayed sums: rounds, K, seconds, K^2, K * seconds
+
+    def add(self, K: int, seconds: float) -> None:
+        d = COST_DECAY
+        self.n, self.k, self.y = d * self.n + 1, d * self.k + K, d * self.y + seconds
+        self.kk, self.ky = d * self.kk + K * K, d * self.ky + K * seconds
+
+    def cost(self) -> float:
+        if not self.n:
+            return self.prior
+        mk, my = self.k / self.n, self.y / self.n
+        sxx, sxy = self.kk - self.n * mk * mk, self.ky - self.n * mk * my  # spread of K, and with the seconds
+        # The prior b = prior * a with a = my - b * mk, solved for b along with the data's normal equation.
+        b = (sxy + COST_PRIOR * self.prior * my) / (sxx + COST_PRIOR * (1 + self.prior * mk))
+        a = my - b * mk
+        if a <= 0:  # the data say a round costs nothing without drafts: too little of it to tell
+            return self.prior
+        return min(max(b / a, COST_RANGE[0]), COST_RANGE[1])

@@ -56,6 +56,10 @@ class LoadCap(DraftLengthPolicy):
     def stops_early(self) -> bool:
         return self.inner.stops_early
 
+    @property
+    def reads_cost(self) -> bool:
+        return self.inner.reads_cost
+
     def begin(self, slots: torch.Tensor) -> None:
         self.inner.begin(slots)
 
