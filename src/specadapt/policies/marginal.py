@@ -27,6 +27,7 @@ AVX512 CPU's (``BENCHMARKS.md``, section on AVX2).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +40,8 @@ BINS = 20  # calibration bins over the draft's probability of its token
 PRIOR = 2.0  # pseudo-counts per bin at the draft's own probability (the bin's centre)
 TABLE_DECAY = 0.995  # per round: the calibration follows the recent ~200 rounds
 RATE_DECAY = 0.8  # per round of a request: its rate follows its recent ~5 rounds
-COST_DECAY = 0.98  # per round: cost=auto's fit follows the recent ~50 rounds
+COST_WINDOW = 48  # cost=auto: the fit reads the last 48 rounds
+COST_SPIKE = 1.5  # cost=auto: a round this many times its estimate is a spike, left out of the fit
 COST_PRIOR = 2.0  # cost=auto: the prior cost's weight, as two rounds one draft step apart (data soon outweigh it)
 COST_RANGE = (0.01, 1.0)  # cost=auto: a fitted cost outside this is noise (a drafted token is never dearer than a round)
 AUTO_PRIOR = 0.15  # cost=auto: the cost until rounds have been measured (the default pair on AVX512, as fitted)
@@ -83,7 +85,7 @@ class MarginalStop(DraftLengthPolicy):
     @property
     def token_cost(self) -> float:
         """A drafted token's cost in target passes: the setting, or with ``cost=auto`` the current fit."""
-        return self._fit.cost() if self._fit is not None else self.cost
+        return self._fit.cost() if self._fit is not None else self.cost  # type: ignore[return-value]
 
     def settings(self) -> dict:
         return {**super().settings(), **({"measured_cost": self.token_cost} if self._fit is not None else {})}
@@ -134,28 +136,35 @@ class MarginalStop(DraftLengthPolicy):
 
 
 class CostFit:
-    """Round seconds = a + b * K (K: the round's draft steps), least squares over recent rounds (older ones fading
-    by ``COST_DECAY`` a round), shrunk towards ``b = prior * a`` with the weight of ``COST_PRIOR`` rounds one step
-    apart; ``cost() = b / a``, a drafted token's cost in target passes. Without spread in K the data cannot tell a
-    from b, and the prior decides; the more K varies, the more the data does."""
+    """Round seconds = a + b * K (K: the round's draft steps), least squares over the last ``COST_WINDOW`` rounds,
+    shrunk towards ``b = prior * a`` with the weight of ``COST_PRIOR`` rounds one step apart; ``cost() = b / a``,
+    a drafted token's cost in target passes. Without spread in K the data cannot tell a from b, and the prior
+    decides; the more K varies, the more the data do.
+
+    A round's time is noisy upwards only (another process, a kernel compiled on a width's first use: seconds
+    where a round takes a fraction of one), so rounds more than ``COST_SPIKE`` times the first fit's estimate
+    are left out of a second fit, which is the one used."""
 
     def __init__(self, prior: float) -> None:
         self.prior = prior
-        self.n = self.k = self.y = self.kk = self.ky = 0.0  # decayed sums: rounds, K, seconds, K^2, K * seconds
+        self.rounds: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)  # (K, seconds)
+        self._cost = prior
 
     def add(self, K: int, seconds: float) -> None:
-        d = COST_DECAY
-        self.n, self.k, self.y = d * self.n + 1, d * self.k + K, d * self.y + seconds
-        self.kk, self.ky = d * self.kk + K * K, d * self.ky + K * seconds
+        self.rounds.append((K, seconds))
+        a, b = self._line(self.rounds)
+        kept = [(k, y) for k, y in self.rounds if y <= COST_SPIKE * (a + b * k)]
+        a, b = self._line(kept)
+        self._cost = self.prior if a <= 0 else min(max(b / a, COST_RANGE[0]), COST_RANGE[1])
 
     def cost(self) -> float:
-        if not self.n:
-            return self.prior
-        mk, my = self.k / self.n, self.y / self.n
-        sxx, sxy = self.kk - self.n * mk * mk, self.ky - self.n * mk * my  # spread of K, and with the seconds
-        # The prior b = prior * a with a = my - b * mk, solved for b along with the data's normal equation.
+        return self._cost
+
+    def _line(self, rounds) -> tuple[float, float]:
+        """Intercept and slope, with the prior as pseudo-data: b = prior * a, solved with the normal equation."""
+        n = len(rounds)
+        mk, my = sum(k for k, _ in rounds) / n, sum(y for _, y in rounds) / n
+        sxx = sum((k - mk) ** 2 for k, _ in rounds)
+        sxy = sum((k - mk) * (y - my) for k, y in rounds)
         b = (sxy + COST_PRIOR * self.prior * my) / (sxx + COST_PRIOR * (1 + self.prior * mk))
-        a = my - b * mk
-        if a <= 0:  # the data say a round costs nothing without drafts: too little of it to tell
-            return self.prior
-        return min(max(b / a, COST_RANGE[0]), COST_RANGE[1])
+        return my - b * mk, b
