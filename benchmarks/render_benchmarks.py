@@ -1804,6 +1804,13 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-avx2-targets": cheap_draft_targets(RESULTS / "cpu_avx2" / "cheap_draft", default_method="adaedl+lookup"),
     "cheap-draft-avx2-time": cheap_draft_time("cpu_avx2/cheap_draft", methods=("adaedl+lookup",)),
     "cheap-draft-avx2": cheap_draft(RESULTS / "cpu_avx2" / "cheap_draft"),
+    "cheap-draft-avx2-auto": cheap_draft(RESULTS / "cpu_avx2" / "cheap_draft_auto"),
+    "cheap-draft-avx2-auto-vs-adaedl": cheap_draft_versus(RESULTS / "cpu_avx2" / "cheap_draft_auto",
+                                                          "marginal:cost=auto+lookup@int4", "adaedl+lookup@int4"),
+    "cheap-draft-avx2-fixed-vs-adaedl": cheap_draft_versus(RESULTS / "cpu_avx2" / "cheap_draft_auto",
+                                                           "marginal+lookup@int4", "adaedl+lookup@int4"),
+    "cheap-draft-avx2-auto-time": cheap_draft_time("cpu_avx2/cheap_draft_auto", methods=(
+        "adaedl+lookup", "marginal+lookup", "marginal:cost=auto+lookup")),
     "serve-scaling-avx2-lookup": serve_scaling("cpu_avx2/serve_load_lookup.json"),
     "serve-scaling-fused": serve_scaling("serve_load_fused.json"),
     "serve-load-avx2-lookup-targets": serve_load_targets("cpu_avx2/serve_load_lookup.json",

@@ -210,6 +210,16 @@ def test_other_draft_models_join_the_run_and_are_compared_with_the_stock_draft(c
     assert cd.draft_model_of("other:int4+v32768") == "other" and cd.parse_draft("other:int4+v32768") == ("int4", 32768)
 
 
+def test_a_policy_that_measures_its_price_records_it(cd, tiny, tmp_path):
+    args = cd.parse_args(["--n", "1", "--repeats", "1", "--max-new-tokens", "12", "--datasets", "humaneval",
+                          "--methods", "autoregressive,marginal:cost=auto,marginal", "--drafts", "bf16",
+                          "--dtype", "float32", "--no-rss", "--no-progress", "--out", str(tmp_path / "run")])
+    cd.run(args, [], models=tiny, encode=encode, log=lambda *_: None)
+    recs = {r["method"]: r for r in map(json.loads, (tmp_path / "run" / "records.jsonl").read_text().splitlines())}
+    assert 0.01 <= recs["marginal:cost=auto@bf16"]["measured_cost"] <= 1.0
+    assert "measured_cost" not in recs["marginal@bf16"] and "measured_cost" not in recs["autoregressive"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--drafts", "int4,other:int4"], "which --draft-models does not give"),
     (["--drafts", "int4", "--draft-models", "int4=x"], "NAME=MODEL pairs"),

@@ -22,7 +22,9 @@ Verification is the standard lossless rule, so the method is lossless.
 policy, which fits round seconds = a + b * K over recent rounds (K: the round's draft steps) and drafts with
 cost = b / a. That is the fit the fixed default came from (a timed tune run on one CPU), made online, so the
 rule follows the machine it runs on: a CPU without native bf16 prices a draft token at two or three times an
-AVX512 CPU's (``BENCHMARKS.md``, section on AVX2).
+AVX512 CPU's (``BENCHMARKS.md``, section on AVX2). Draft lengths then depend on measured time, so two runs
+may draft differently; the output is the target's all the same (greedy: token-identical in float32; in bf16 a
+near-tie can fall either way with the verification's width, as for any change of draft length).
 """
 
 from __future__ import annotations
