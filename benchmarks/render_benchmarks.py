@@ -1809,6 +1809,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
                                                           "marginal:cost=auto+lookup@int4", "adaedl+lookup@int4"),
     "cheap-draft-avx2-fixed-vs-adaedl": cheap_draft_versus(RESULTS / "cpu_avx2" / "cheap_draft_auto",
                                                            "marginal+lookup@int4", "adaedl+lookup@int4"),
+    "cheap-draft-avx2-auto-vs-fixed": cheap_draft_versus(RESULTS / "cpu_avx2" / "cheap_draft_auto",
+                                                         "marginal:cost=auto+lookup@int4", "marginal+lookup@int4"),
     "cheap-draft-avx2-auto-time": cheap_draft_time("cpu_avx2/cheap_draft_auto", methods=(
         "adaedl+lookup", "marginal+lookup", "marginal:cost=auto+lookup")),
     "serve-scaling-avx2-lookup": serve_scaling("cpu_avx2/serve_load_lookup.json"),
