@@ -545,6 +545,48 @@ def cheap_draft_time(*folders: str, methods: tuple[str, ...] = ("adaedl", "specd
     return render
 
 
+def price_fit(name: str) -> Callable[[], str]:
+    """benchmarks/price_fit.py: per generation of one `marginal:cost=auto` policy, its rounds, their mean draft
+    length and draft seconds per draft step, the policy's price at the generation's end (its window spans the
+    generations before), and the line a + b * K fitted to that generation's rounds alone."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        st = data["settings"]
+        out = [f"`{name}`: `{st['method']}`, one policy instance through {st['split']} prompts in this order, at most "
+               f"{st['max_new_tokens']} new tokens; {_machine(data['machine'])}, {st['threads']} threads.\n",
+               "| # | prompt | rounds | mean K | draft ms per draft step | price at the end | its rounds alone: a s | b s | b / a |",
+               "|---|---|---|---|---|---|---|---|---|"]
+        for i, g in enumerate(data["generations"], 1):
+            rounds = g["rounds"]  # [K, draft s, target s]
+            K = sum(r[0] for r in rounds)
+            out.append(f"| {i} | {g['id']} | {len(rounds)} | {K / len(rounds):.1f} | {1e3 * sum(r[1] for r in rounds) / K:.0f} | "
+                       f"{g['price_at_end']:.3f} | {g['alone']['a']:.3f} | {g['alone']['b']:.3f} | {g['alone']['price']:.3f} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
+def cheap_draft_prices(folder: str) -> Callable[[], str]:
+    """The price per draft token a `cost=auto` policy had measured at the end of each generation of a
+    cheap_draft.py run (its records' ``measured_cost``), in the run's order, with the generation's speedup
+    over target-only on the same prompt and repeat."""
+
+    def render() -> str:
+        records = read_records(RESULTS / folder)
+        base = {(r["example_id"], r["repeat"]): r["tokens_per_s"] for r in records if r["method"] == "autoregressive"}
+        out = ["| # | prompt | method | rounds | drafted | price at the end | ÷ target-only |", "|---|---|---|---|---|---|---|"]
+        priced = [r for r in records if "measured_cost" in r]
+        for i, r in enumerate(priced, 1):
+            ref = base.get((r["example_id"], r["repeat"]))
+            ratio = f"{r['tokens_per_s'] / ref:.2f}" if ref else "–"
+            out.append(f"| {i} | {r['example_id']} | `{r['method']}` | {r['rounds']} | {r['drafted']} | "
+                       f"{r['measured_cost']:.3f} | {ratio} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def hf_passes(name: str) -> Callable[[], str]:
     """benchmarks/hf_passes.py: per dataset and method, target passes and draft calls per generated token and what
     each cost, ours (engine statistics for the lean draft steps) against HF assisted generation (forward hooks)."""
@@ -1811,6 +1853,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
                                                            "marginal+lookup@int4", "adaedl+lookup@int4"),
     "cheap-draft-avx2-auto-vs-fixed": cheap_draft_versus(RESULTS / "cpu_avx2" / "cheap_draft_auto",
                                                          "marginal:cost=auto+lookup@int4", "marginal+lookup@int4"),
+    "price-fit-avx2": price_fit("cpu_avx2/price_fit.json"),
+    "cheap-draft-avx2-price": cheap_draft_prices("cpu_avx2/cheap_draft_auto_price"),
     "cheap-draft-avx2-auto-time": cheap_draft_time("cpu_avx2/cheap_draft_auto", methods=(
         "adaedl+lookup", "marginal+lookup", "marginal:cost=auto+lookup")),
     "serve-scaling-avx2-lookup": serve_scaling("cpu_avx2/serve_load_lookup.json"),
