@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         start, t0 = len(rounds), time.perf_counter()
         result = decoder.generate(example.messages, method=method, max_new_tokens=args.max_new_tokens)
         mine = rounds[start:]
-        a, b = CostFit(AUTO_PRIOR)._line([(K, d + t) for K, d, t in mine])
+        a, b = CostFit(AUTO_PRIOR).line([(K, d + t) for K, d, t in mine])
         rows.append({"dataset": name, "id": example.id, "tokens": len(result.token_ids), "wall_s": time.perf_counter() - t0,
                      "price_at_end": method.policy.token_cost, "alone": {"a": a, "b": b, "price": b / a},
                      "rounds": [list(r) for r in mine]})

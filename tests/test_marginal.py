@@ -10,7 +10,7 @@ from specadapt.methods import make_method
 from specadapt.bench.replay import Trajectory, replay
 from specadapt.engine import RequestConfig
 from specadapt.policies import RoundCost
-from specadapt.policies.marginal import AUTO_PRIOR, BINS, COST_WINDOW, PRIOR, CostFit
+from specadapt.policies.marginal import AUTO_PRIOR, BINS, COST_RANGE, COST_WINDOW, PRIOR, CostFit
 
 from conftest import make_engine, play_round
 from test_losslessness import ALPHA, SAMPLING, run_checks
@@ -123,6 +123,13 @@ def test_cost_fit_leaves_out_spikes():
             clean.add(K, 0.4 + 0.12 * K)
     assert spiked.cost() == pytest.approx(clean.cost())
     assert clean.cost() == pytest.approx(0.3, rel=0.1)  # ten rounds: the prior (0.15) still weighs a little
+
+
+def test_cost_fit_of_rounds_that_cost_nothing_without_drafts_keeps_a_price_in_range():
+    fit = CostFit(AUTO_PRIOR)
+    for K, seconds in ((1, 0.01), (10, 10.0), (20, 30.0)):  # the line's intercept is negative: no price to read
+        fit.add(K, seconds)
+        assert COST_RANGE[0] <= fit.cost() <= COST_RANGE[1]
 
 
 def test_cost_fit_without_spread_in_the_draft_length_keeps_the_prior():

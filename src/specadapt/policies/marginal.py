@@ -21,8 +21,10 @@ Verification is the standard lossless rule, so the method is lossless.
 ``cost=auto`` measures the cost instead of taking it as a setting: the engine hands each round's seconds to the
 policy, which fits round seconds = a + b * K over recent rounds (K: the round's draft steps) and drafts with
 cost = b / a. That is the fit the fixed default came from (a timed tune run on one CPU), made online, so the
-rule follows the machine it runs on: a CPU without native bf16 prices a draft token at two or three times an
-AVX512 CPU's (``BENCHMARKS.md``, section on AVX2). Draft lengths then depend on measured time, so two runs
+rule follows the machine it runs on: on a CPU without native bf16 a draft-model token measured two to six times
+the AVX512 CPU's 0.15 (``BENCHMARKS.md``, "A measured price per draft token"). One term prices both kinds of
+drafted token, so with ``+lookup`` a stretch of looked-up tokens (no draft forward) lowers the price for as long
+as its rounds stay in the window. Draft lengths then depend on measured time, so two runs
 may draft differently; the output is the target's all the same (greedy: token-identical in float32; in bf16 a
 near-tie can fall either way with the verification's width, as for any change of draft length).
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -154,16 +157,17 @@ class CostFit:
 
     def add(self, K: int, seconds: float) -> None:
         self.rounds.append((K, seconds))
-        a, b = self._line(self.rounds)
+        a, b = self.line(self.rounds)
         kept = [(k, y) for k, y in self.rounds if y <= COST_SPIKE * (a + b * k)]
-        a, b = self._line(kept)
+        a, b = self.line(kept or self.rounds)
         self._cost = self.prior if a <= 0 else min(max(b / a, COST_RANGE[0]), COST_RANGE[1])
 
     def cost(self) -> float:
         return self._cost
 
-    def _line(self, rounds) -> tuple[float, float]:
-        """Intercept and slope, with the prior as pseudo-data: b = prior * a, solved with the normal equation."""
+    def line(self, rounds: Sequence[tuple[int, float]]) -> tuple[float, float]:
+        """Intercept a and slope b of (K, seconds) ``rounds``, with the prior as pseudo-data: b = prior * a, solved
+        with the normal equation."""
         n = len(rounds)
         mk, my = sum(k for k, _ in rounds) / n, sum(y for _, y in rounds) / n
         sxx = sum((k - mk) ** 2 for k, _ in rounds)
