@@ -315,10 +315,10 @@ class Batch:
         _sync(self.device)
         t2 = time.perf_counter()
         verdict = self._accept(slots, block, target_logits)
-        draft_s = t1 - t0 - (self._prefill_s - prefill)  # feeding the draft a joined prompt is prefill, not drafting
+        draft_s, target_s = t1 - t0 - (self._prefill_s - prefill), t2 - t1  # a joined prompt's feed is prefill
         finish_round(self.policy, slots, block, verdict.num_accepted, verdict.accepted_mask, verdict.token_scores,
-                     RoundCost(draft_s, t2 - t1, fed_target))
-        return self._commit(block, verdict, fed_draft, fed_block, fed_target, draft_s, t2 - t1)
+                     RoundCost(draft_s, target_s, fed_target))
+        return self._commit(block, verdict, fed_draft, fed_block, fed_target, draft_s, target_s)
 
     def _groups(self) -> list[tuple[SamplingParams, torch.Tensor | slice]]:
         """Rows with equal sampling parameters, as an index (a plain slice when all rows agree)."""

@@ -31,6 +31,7 @@ near-tie can fall either way with the verification's width, as for any change of
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
@@ -63,18 +64,16 @@ class MarginalStop(DraftLengthPolicy):
     max_k: int = 32
 
     def __post_init__(self) -> None:
-        self._fit = None
-        if self.cost == "auto":
-            self._fit = CostFit(AUTO_PRIOR)
-        else:
+        self._fit = CostFit(AUTO_PRIOR) if self.cost == "auto" else None
+        if self._fit is None:
+            given = self.cost
             try:
-                self.cost = float(self.cost)
+                self.cost = float(given)
             except (TypeError, ValueError):
-                raise ValueError(f"cost must be a number in (0, 1] (a drafted token's cost in target passes) or "
-                                 f"'auto' (measured), got {self.cost!r}") from None
+                self.cost = math.nan  # fails the range check below, with the value as given
             if not 0.0 < self.cost <= 1.0:
-                raise ValueError(f"cost must be in (0, 1] (a drafted token's cost in target passes) or 'auto' "
-                                 f"(measured), got {self.cost!r}")
+                raise ValueError(f"cost must be a number in (0, 1] (a drafted token's cost in target passes) or "
+                                 f"'auto' (measured), got {given!r}")
         check_draft_length("max_k", self.max_k)
         centres = (torch.arange(BINS, dtype=torch.float64) + 0.5) / BINS
         self._tried = torch.zeros(BINS, dtype=torch.float64)
