@@ -278,11 +278,12 @@ class Runner:
         for name, model in drafts.items():
             self.engines[name] = SpeculativeEngine(target, model, tokenizer, eos)
         self.methods: dict[tuple[str, str], object] = {}  # one instance per label (and resolved K)
-        self.measured_cost: float | None = None  # the last generation's price per draft token, if its policy measures one
+        # the last generation's measured prices (marginal:cost=auto: "measured_cost", "measured_lookup_cost"), if any
+        self.measured: dict[str, float] = {}
 
     def run(self, lab: Label, dataset: str, ids: list[int], max_new_tokens: int) -> tuple[list[int], float, str, object]:
         """(tokens, wall seconds, finish reason, RequestStats or None)."""
-        self.measured_cost = None
+        self.measured = {}
         if lab.kind == "hf":
             return self._hf(lab, dataset, ids, max_new_tokens)
         from specadapt import RequestConfig, make_method
@@ -295,7 +296,7 @@ class Runner:
         t0 = time.perf_counter()
         result = engine.generate([ids], self.methods[key], config)[0]
         wall = time.perf_counter() - t0
-        self.measured_cost = result.settings.get("policy_settings", {}).get("measured_cost")  # marginal:cost=auto
+        self.measured = {k: v for k, v in result.settings.get("policy_settings", {}).items() if k.startswith("measured_")}
         return list(result.token_ids), wall, result.finish_reason, result.stats
 
     def _hf(self, lab: Label, dataset: str, ids: list[int], max_new_tokens: int):
@@ -969,8 +970,7 @@ def run(args, argv=None, *, models=None, encode=None, log=print, console=None) -
                 tokens, wall, finish_reason, stats = runner.run(lab, ds, prompt["ids"], cap(settings, ds))
                 rec = make_record(prompt, lab, lab.k_for(ds, best_k), repeat, position, prompt["ids"], tokens, wall,
                                   finish_reason, stats, session)
-                if runner.measured_cost is not None:
-                    rec["measured_cost"] = runner.measured_cost
+                rec.update(runner.measured)
                 sink.write(json.dumps(rec) + "\n")
                 sink.flush()
                 records.append(rec)

@@ -1,13 +1,14 @@
 """What `marginal:cost=auto` measures: one policy instance through a sequence of prompts, every round's seconds.
 
-`marginal:cost=auto` fits round seconds = a + b * K over its last rounds (K: the round's draft steps) and drafts
-with cost = b / a. This runs the default pair with that method on prompts of several datasets in turn (one
-policy instance, as in a session of requests or a benchmark run) and writes, per generation, each round's K,
-draft and target seconds, the policy's price at the generation's end (its window may span the generations
-before), and the same line fitted to that generation's rounds alone. Prompt lookup makes some draft steps free
-(a looked-up token costs no draft forward), so a round's seconds grow less with K where lookup proposes much.
+`marginal:cost=auto` fits round seconds over its last rounds and drafts with the price the fit gives: with
+``terms=1`` one line a + b * K (K: the round's draft steps), every drafted token at b / a; with ``terms=3`` (the
+default) a + b * F + d * K + c * C (F: draft-model forwards, C: tokens the draft caught up on), a draft-model
+token at (b + d) / a and a looked-up one at (d + c) / a. This runs the default pair with one such method on
+prompts of several datasets in turn (one policy instance, as in a session of requests or a benchmark run) and
+writes, per generation, each round's K, draft and target seconds, F and C, the policy's prices at the
+generation's end (its window may span the generations before), and both fits of that generation's rounds alone.
 
-    python benchmarks/price_fit.py --threads 2 --out benchmarks/results/cpu_avx2/price_fit.json
+    python benchmarks/price_fit.py --threads 2 --out benchmarks/results/cpu_avx2/price_fit_terms.json
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from specadapt.io import write_json_atomic
     from specadapt.methods import make_method
     from specadapt.models.hardware import compile_fused_products, machine
-    from specadapt.policies.marginal import AUTO_PRIOR, CostFit
+    from specadapt.policies.marginal import AUTO_PRIOR, TERM_PRIORS, CostFit
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -53,12 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     method = make_method(args.method)
     if not method.policy.reads_cost:
         parser.error(f"{args.method!r} does not measure its price (use marginal:cost=auto, with or without +lookup)")
-    rounds: list[tuple[int, float, float]] = []
+    rounds: list[tuple[int, float, float, int, int]] = []  # K, draft s, target s, F, C
     observe = method.policy.observe
 
     def record(outcome) -> None:  # every round the policy reads (a prompt's first round it leaves out)
         if outcome.cost is not None and outcome.cost.target_width == 1:
-            rounds.append((outcome.block.K, outcome.cost.draft_s, outcome.cost.target_s))
+            forwards = sum(not s.looked_up for s in outcome.steps)
+            rounds.append((outcome.block.K, outcome.cost.draft_s, outcome.cost.target_s, forwards,
+                           max(outcome.cost.draft_fed - forwards, 0)))
         observe(outcome)
 
     method.policy.observe = record
@@ -68,12 +71,21 @@ def main(argv: list[str] | None = None) -> int:
         start, t0 = len(rounds), time.perf_counter()
         result = decoder.generate(example.messages, method=method, max_new_tokens=args.max_new_tokens)
         mine = rounds[start:]
-        a, b = CostFit(AUTO_PRIOR).line([(K, d + t) for K, d, t in mine])
+        one, three = CostFit((AUTO_PRIOR,)), CostFit(TERM_PRIORS)
+        for K, d, t, F, C in mine:
+            one.add((K,), d + t)
+            three.add((F, K, C), d + t)
+        alone = {"terms1": {"a": one.a, "b": one.b.tolist(), "price": one.price((1,))},
+                 "terms3": {"a": three.a, "b": three.b.tolist(), "price": three.price((1, 1, 0)),
+                            "lookup_price": three.price((0, 1, 1))}}
+        policy = method.policy
         rows.append({"dataset": name, "id": example.id, "tokens": len(result.token_ids), "wall_s": time.perf_counter() - t0,
-                     "price_at_end": method.policy.token_cost, "alone": {"a": a, "b": b, "price": b / a},
+                     "price_at_end": policy.token_cost, "lookup_price_at_end": policy.lookup_cost, "alone": alone,
                      "rounds": [list(r) for r in mine]})
-        print(f"{example.id}: {len(mine)} rounds, price at the end {method.policy.token_cost:.3f}, "
-              f"its rounds alone {b / a:.3f} (a = {a:.3f} s, b = {b:.3f} s)", flush=True)
+        print(f"{example.id}: {len(mine)} rounds ({sum(F == 0 for _, _, _, F, _ in mine)} looked up alone), prices at "
+              f"the end {policy.token_cost:.3f} (lookup {policy.lookup_cost:.3f}); its rounds alone: one term "
+              f"{alone['terms1']['price']:.3f}, three terms {alone['terms3']['price']:.3f} "
+              f"(lookup {alone['terms3']['lookup_price']:.3f})", flush=True)
     write_json_atomic(args.out, {"settings": {**vars(args), "out": None, "command": "python benchmarks/price_fit.py"},
                                  "machine": machine(), "generations": rows})
     print(f"wrote {args.out}")

@@ -567,6 +567,32 @@ def price_fit(name: str) -> Callable[[], str]:
     return render
 
 
+def price_fit_terms(name: str) -> Callable[[], str]:
+    """benchmarks/price_fit.py with F and C recorded: per generation of one `marginal:cost=auto` policy, its rounds
+    (and how many were prompt lookup's alone), the prices at the generation's end (draft-model token, looked-up
+    token), and each fit of that generation's rounds alone: one term (b / a) and three terms ((b + d) / a for a
+    draft-model token, (d + c) / a for a looked-up one)."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        st = data["settings"]
+        out = [f"`{name}`: `{st['method']}`, one policy instance through {st['split']} prompts in this order, at most "
+               f"{st['max_new_tokens']} new tokens; {_machine(data['machine'])}, {st['threads']} threads.\n",
+               "| # | prompt | rounds | of them lookup alone | mean K | price at the end: draft token | looked-up token "
+               "| its rounds alone, one term | three terms: draft token | looked-up token |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
+        for i, g in enumerate(data["generations"], 1):
+            rounds = g["rounds"]  # [K, draft s, target s, F, C]
+            alone = g["alone"]
+            out.append(f"| {i} | {g['id']} | {len(rounds)} | {sum(r[3] == 0 for r in rounds)} | "
+                       f"{sum(r[0] for r in rounds) / len(rounds):.1f} | {g['price_at_end']:.3f} | "
+                       f"{g['lookup_price_at_end']:.3f} | {alone['terms1']['price']:.3f} | {alone['terms3']['price']:.3f} | "
+                       f"{alone['terms3']['lookup_price']:.3f} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def cheap_draft_prices(folder: str) -> Callable[[], str]:
     """The price per draft token a `cost=auto` policy had measured at the end of each generation of a
     cheap_draft.py run (its records' ``measured_cost``), in the run's order, with the generation's speedup
@@ -575,13 +601,16 @@ def cheap_draft_prices(folder: str) -> Callable[[], str]:
     def render() -> str:
         records = read_records(RESULTS / folder)
         base = {(r["example_id"], r["repeat"]): r["tokens_per_s"] for r in records if r["method"] == "autoregressive"}
-        out = ["| # | prompt | method | rounds | drafted | price at the end | ÷ target-only |", "|---|---|---|---|---|---|---|"]
         priced = [r for r in records if "measured_cost" in r]
+        lookup = any("measured_lookup_cost" in r for r in priced)  # three-term fits price a looked-up token too
+        out = ["| # | prompt | method | rounds | drafted | price at the end |" + (" looked-up token |" if lookup else "")
+               + " ÷ target-only |", "|---|---|---|---|---|---|" + ("---|" if lookup else "") + "---|"]
         for i, r in enumerate(priced, 1):
             ref = base.get((r["example_id"], r["repeat"]))
             ratio = f"{r['tokens_per_s'] / ref:.2f}" if ref else "–"
+            second = f" {r['measured_lookup_cost']:.3f} |" if "measured_lookup_cost" in r else " – |" if lookup else ""
             out.append(f"| {i} | {r['example_id']} | `{r['method']}` | {r['rounds']} | {r['drafted']} | "
-                       f"{r['measured_cost']:.3f} | {ratio} |")
+                       f"{r['measured_cost']:.3f} |{second} {ratio} |")
         return "\n".join(out) + "\n"
 
     return render
@@ -1855,6 +1884,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-avx2-auto-vs-fixed": cheap_draft_versus(RESULTS / "cpu_avx2" / "cheap_draft_auto",
                                                          "marginal:cost=auto+lookup@int4", "marginal+lookup@int4"),
     "price-fit-avx2": price_fit("cpu_avx2/price_fit.json"),
+    "price-fit-terms-avx2": price_fit_terms("cpu_avx2/price_fit_terms.json"),
     "cheap-draft-avx2-price": cheap_draft_prices("cpu_avx2/cheap_draft_auto_price"),
     "cheap-draft-avx2-auto-time": cheap_draft_time("cpu_avx2/cheap_draft_auto", methods=(
         "adaedl+lookup", "marginal+lookup", "marginal:cost=auto+lookup")),

@@ -106,20 +106,21 @@ def save_tiny_checkpoint(path, seed: int, words: list[str]) -> None:
 
 
 def play_round(policy, slots, probs, accepted, limit=None, tokens=None, hidden=None, token_scores=None, clip=False,
-               cost=None):
+               cost=None, looked_up=()):
     """One round of ``policy`` through the engine's round protocol, with scripted drafts.
 
     Step k proposes ``tokens[:, k-1]`` (default 0) drawn from ``probs[:, k-1]`` [b, K, V] (and ``hidden[:, k-1]``);
     row i drafts at most ``limit[i]`` (default K) tokens, fewer where the policy stops it; ``accepted`` goes to
     ``observe`` (``clip``: at most what each row drafted), with ``token_scores(block)`` as the acceptance rule's
-    per-token scores when given, and ``cost(block)`` as the round's measured :class:`RoundCost`. Returns the
+    per-token scores when given, and ``cost(block)`` as the round's measured :class:`RoundCost`; the steps
+    numbered in ``looked_up`` are prompt lookup's (no draft forward). Returns the
     :class:`DraftBlock` (its ``lens`` say where each row stopped)."""
     b, K = probs.shape[:2]
     tokens = torch.zeros((b, K), dtype=torch.long) if tokens is None else tokens
     limit = torch.full((b,), K) if limit is None else torch.as_tensor(limit)
 
     def propose(k, previous, drafting):
-        return tokens[:, k - 1], probs[:, k - 1], None if hidden is None else hidden[:, k - 1]
+        return tokens[:, k - 1], probs[:, k - 1], None if hidden is None else hidden[:, k - 1], k in looked_up
 
     block = draft_round(policy, slots, limit, propose)
     accepted = torch.as_tensor(accepted)

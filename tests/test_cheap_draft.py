@@ -217,7 +217,8 @@ def test_a_policy_that_measures_its_price_records_it(cd, tiny, tmp_path):
     cd.run(args, [], models=tiny, encode=encode, log=lambda *_: None)
     recs = {r["method"]: r for r in map(json.loads, (tmp_path / "run" / "records.jsonl").read_text().splitlines())}
     assert 0.01 <= recs["marginal:cost=auto@bf16"]["measured_cost"] <= 1.0
-    assert "measured_cost" not in recs["marginal@bf16"] and "measured_cost" not in recs["autoregressive"]
+    assert 0.01 <= recs["marginal:cost=auto@bf16"]["measured_lookup_cost"] <= 1.0
+    assert not any(k.startswith("measured") for m in ("marginal@bf16", "autoregressive") for k in recs[m])
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -87,6 +87,23 @@ def test_lookup_tokens_cost_no_draft_forward(target, monkeypatch):
     assert len(calls) < plain_calls
 
 
+def test_the_engine_marks_looked_up_steps_and_counts_what_the_draft_was_fed(target, close_draft):
+    """A looked-up step is flagged and its proposal is a point mass; the draft model is fed one token per forward
+    plus what it has not seen, so after an accepted stretch of lookups it catches up in one wide forward."""
+    method = make_method("marginal:cost=auto+lookup=2")
+    seen = []
+    observe = method.policy.observe
+    method.policy.observe = lambda outcome: (seen.append(outcome), observe(outcome))
+    make_engine(target, close_draft).generate(PROMPTS[:1], method, RequestConfig(max_new_tokens=30))
+    steps = [s for o in seen for s in o.steps]
+    assert any(s.looked_up for s in steps) and not all(s.looked_up for s in steps)
+    assert all(bool((s.probs.max(-1).values == 1).all()) for s in steps if s.looked_up)
+    forwards = [sum(not s.looked_up for s in o.steps) for o in seen]
+    fed = [o.cost.draft_fed for o in seen]
+    assert all(f >= n for f, n in zip(fed, forwards)) and all(f == 0 for f, n in zip(fed, forwards) if n == 0)
+    assert any(f > n + 1 for f, n in zip(fed[1:], forwards[1:]) if n), (fed, forwards)  # a catch-up
+
+
 @pytest.mark.parametrize("sampling", ["t1.0", "t1.3-topp0.8"])
 @pytest.mark.parametrize("method_name", ["fixed:3+lookup=1", "adaedl+lookup=1"])
 def test_sampling_with_lookup_emits_the_targets_distribution(pair, method_name, sampling, monkeypatch, lookups):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from specadapt.methods import make_method
 from specadapt.bench.replay import Trajectory, replay
 from specadapt.engine import RequestConfig
 from specadapt.policies import RoundCost
-from specadapt.policies.marginal import AUTO_PRIOR, BINS, COST_RANGE, COST_WINDOW, PRIOR, CostFit
+from specadapt.policies.marginal import AUTO_PRIOR, BINS, COST_RANGE, COST_WINDOW, PRIOR, TERM_PRIORS, CostFit
 
 from conftest import make_engine, play_round
 from test_losslessness import ALPHA, SAMPLING, run_checks
@@ -101,43 +103,72 @@ def test_a_cost_that_is_neither_a_number_nor_auto_is_named():
 
 def test_cost_fit_recovers_the_price_of_a_draft_step():
     # Rounds cost 0.4 s plus 0.12 s per draft step: a step is 0.3 of a round without drafts.
-    fit = CostFit(AUTO_PRIOR)
+    fit = CostFit((AUTO_PRIOR,))
     for i in range(COST_WINDOW):
         K = 1 + i % 12
-        fit.add(K, 0.4 + 0.12 * K)
-    assert fit.cost() == pytest.approx(0.3, rel=0.05)  # the prior (0.15) still weighs two rounds' worth
+        fit.add((K,), 0.4 + 0.12 * K)
+    assert fit.price((1,)) == pytest.approx(0.3, rel=0.05)  # the prior (0.15) still weighs two rounds' worth
     # A window of rounds at another price replaces the old ones.
     for i in range(COST_WINDOW):
         K = 1 + i % 12
-        fit.add(K, 0.2 + 0.01 * K)
-    assert fit.cost() == pytest.approx(0.05, rel=0.05)
+        fit.add((K,), 0.2 + 0.01 * K)
+    assert fit.price((1,)) == pytest.approx(0.05, rel=0.05)
 
 
 def test_cost_fit_leaves_out_spikes():
     # A kernel compiled on a width's first use makes its round take seconds; timing noise only ever adds.
-    spiked, clean = CostFit(AUTO_PRIOR), CostFit(AUTO_PRIOR)
+    spiked, clean = CostFit((AUTO_PRIOR,)), CostFit((AUTO_PRIOR,))
     for i in range(12):
         K = 1 + i % 6
-        spiked.add(K, 0.4 + 0.12 * K + (4.0 if i in (1, 7) else 0.0))
+        spiked.add((K,), 0.4 + 0.12 * K + (4.0 if i in (1, 7) else 0.0))
         if i not in (1, 7):
-            clean.add(K, 0.4 + 0.12 * K)
-    assert spiked.cost() == pytest.approx(clean.cost())
-    assert clean.cost() == pytest.approx(0.3, rel=0.1)  # ten rounds: the prior (0.15) still weighs a little
+            clean.add((K,), 0.4 + 0.12 * K)
+    assert spiked.price((1,)) == pytest.approx(clean.price((1,)))
+    assert clean.price((1,)) == pytest.approx(0.3, rel=0.1)  # ten rounds: the prior (0.15) still weighs a little
 
 
 def test_cost_fit_of_rounds_that_cost_nothing_without_drafts_keeps_a_price_in_range():
-    fit = CostFit(AUTO_PRIOR)
+    fit = CostFit((AUTO_PRIOR,))
     for K, seconds in ((1, 0.01), (10, 10.0), (20, 30.0)):  # the line's intercept is negative: no price to read
-        fit.add(K, seconds)
-        assert COST_RANGE[0] <= fit.cost() <= COST_RANGE[1]
+        fit.add((K,), seconds)
+        assert COST_RANGE[0] <= fit.price((1,)) <= COST_RANGE[1]
 
 
 def test_cost_fit_without_spread_in_the_draft_length_keeps_the_prior():
-    fit = CostFit(AUTO_PRIOR)
-    assert fit.cost() == AUTO_PRIOR
+    fit = CostFit((AUTO_PRIOR,))
+    assert fit.price((1,)) == AUTO_PRIOR
     for _ in range(30):
-        fit.add(4, 0.7)  # always 4 steps: a and b cannot be told apart
-    assert fit.cost() == pytest.approx(AUTO_PRIOR)
+        fit.add((4,), 0.7)  # always 4 steps: a and b cannot be told apart
+    assert fit.price((1,)) == pytest.approx(AUTO_PRIOR)
+
+
+def test_cost_fit_prices_draft_forwards_verified_width_and_catch_up_apart():
+    # 0.4 s a round, 0.1 s a draft forward, 0.08 s a verified position, 0.02 s a caught-up token: a draft-model
+    # token costs (0.1 + 0.08) / 0.4 = 0.45 target passes, a looked-up one (0.08 + 0.02) / 0.4 = 0.25.
+    fit = CostFit(TERM_PRIORS)
+    assert fit.price((1, 1, 0)) == pytest.approx(sum(TERM_PRIORS[:2]))  # unmeasured: the priors
+    for i in range(COST_WINDOW):
+        K = 1 + i % 7
+        F, C = ((K, i % 2), (0, 0), (1, 3 * K))[i % 3]  # drafted; looked up; caught up on the last lookups
+        fit.add((F, K, C), 0.4 + 0.1 * F + 0.08 * K + 0.02 * C)
+    assert fit.price((1, 1, 0)) == pytest.approx(0.45, rel=0.05)
+    assert fit.price((0, 1, 1)) == pytest.approx(0.25, rel=0.05)
+
+
+def test_cost_fit_of_draft_rounds_alone_prices_a_draft_token_whatever_the_split():
+    # Without lookups F = K: the data give b + d, the priors split it; a draft-model token's price is the data's.
+    fit = CostFit(TERM_PRIORS)
+    for i in range(COST_WINDOW):
+        K = 1 + i % 6
+        fit.add((K, K, i % 2), 0.3 + 0.15 * K)
+    assert fit.price((1, 1, 0)) == pytest.approx(0.5, rel=0.05)
+
+
+def test_a_terms_setting_other_than_1_or_3_is_named():
+    with pytest.raises(SpecAdaptError) as err:
+        make_method("marginal:cost=auto,terms=2")
+    assert str(err.value) == ("method 'marginal:cost=auto,terms=2': terms must be 1 (one price per drafted token) or 3 "
+                              "(draft forwards, verified width and catch-up priced apart), got 2")
 
 
 def seconds(a: float, b: float):
@@ -160,13 +191,57 @@ def test_auto_cost_drafts_shorter_where_draft_steps_are_dear():
     assert lens["cheap"] > lens["dear"] >= 1, lens
 
 
+def lookup_rounds(seconds_per_round):
+    """A round's measured cost for ``play_round``: looked-up steps cost only their verified position (0.05 s),
+    draft-model steps 0.3 s more, over a 1 s round."""
+    def cost(block):
+        forwards = sum(not s.looked_up for s in block.steps)
+        return RoundCost(0.3 * forwards, seconds_per_round + 0.05 * block.K, 1, forwards)
+    return cost
+
+
+def test_three_terms_keep_the_draft_price_through_a_stretch_of_lookups():
+    # One line over the draft steps takes the cheap looked-up rounds for cheap draft steps; three terms do not.
+    prices = {}
+    for terms in (1, 3):
+        policy = make_method(f"marginal:cost=auto,terms={terms}").policy
+        rows = torch.arange(1)
+        policy.begin(rows)
+        for i in range(60):
+            K = 1 + i % 8
+            looked_up = range(1, K + 1) if i % 2 else ()  # every other round is prompt lookup's alone
+            play_round(policy, rows, confident(0.97, 8), accepted=[K], limit=[K], clip=True, cost=lookup_rounds(1.0),
+                       looked_up=looked_up)
+        prices[terms] = (policy.token_cost, policy.lookup_cost)
+    assert prices[3][0] == pytest.approx(0.35, rel=0.1) and prices[3][1] == pytest.approx(0.05, rel=0.2)
+    assert prices[1][0] == prices[1][1] < 0.25  # one price, pulled halfway down by the looked-up rounds
+    assert policy.settings()["measured_lookup_cost"] == policy.lookup_cost
+
+
+def test_looked_up_tokens_are_priced_as_looked_up_when_deciding_to_stop():
+    lens = {}
+    for terms in (1, 3):
+        policy = make_method(f"marginal:cost=auto,terms={terms}").policy
+        rows = torch.arange(1)
+        policy.begin(rows)
+        for i in range(60):
+            K = 1 + i % 8
+            play_round(policy, rows, confident(0.97, 8), accepted=[K], limit=[K], clip=True, cost=lookup_rounds(1.0),
+                       looked_up=range(1, K + 1) if i % 2 else ())
+        # the same state, the same probabilities: proposed by the draft model, or by prompt lookup
+        lens[terms] = [int(play_round(copy.deepcopy(policy), rows, confident(0.85, 32), accepted=[0], clip=True,
+                                      looked_up=looked_up).lens[0]) for looked_up in ((), range(1, 33))]
+    assert lens[1][0] == lens[1][1]  # one price: the kind of token does not matter
+    assert lens[3][1] > lens[3][0] >= 1, lens  # a looked-up token is cheaper, so lookup drafts on further
+
+
 def test_auto_cost_ignores_a_prompts_round():
     # The first round feeds the target the whole prompt: its seconds are no draft step's price.
     policy = make_method("marginal:cost=auto").policy
     rows = torch.arange(1)
     policy.begin(rows)
     play_round(policy, rows, confident(0.97, 4), accepted=[4], cost=lambda block: RoundCost(0.1, 30.0, 200))
-    assert policy.token_cost == AUTO_PRIOR
+    assert policy.token_cost == pytest.approx(AUTO_PRIOR)
 
 
 def test_replay_refuses_a_measured_cost():

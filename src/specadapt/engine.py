@@ -317,7 +317,7 @@ class Batch:
         verdict = self._accept(slots, block, target_logits)
         draft_s, target_s = t1 - t0 - (self._prefill_s - prefill), t2 - t1  # a joined prompt's feed is prefill
         finish_round(self.policy, slots, block, verdict.num_accepted, verdict.accepted_mask, verdict.token_scores,
-                     RoundCost(draft_s, target_s, fed_target))
+                     RoundCost(draft_s, target_s, fed_target, fed_draft + fed_block))
         return self._commit(block, verdict, fed_draft, fed_block, fed_target, draft_s, target_s)
 
     def _groups(self) -> list[tuple[SamplingParams, torch.Tensor | slice]]:
@@ -353,7 +353,7 @@ class Batch:
                 for text, token in zip(texts, previous.tokens.tolist()):
                     text.append(token)
             if texts and (looked_up := self._look_up(texts, drafting)) is not None:
-                return looked_up, F.one_hot(looked_up, self._vocab).float(), None
+                return looked_up, F.one_hot(looked_up, self._vocab).float(), None, True
             if not fed:  # the model's first forward also feeds the pending tokens (the whole prompt at first)
                 self._fill_draft()
                 ids, valid = left_pad([r.draft_pending for r in self.requests], self.device)
@@ -367,7 +367,7 @@ class Batch:
             fed_block += len(unfed)
             unfed.clear()
             tokens, probs = self._choose(logits[:, -1], drafting, groups)
-            return tokens, probs, hidden[:, -1] if hidden is not None else None
+            return tokens, probs, hidden[:, -1] if hidden is not None else None, False
 
         # On GPU, asking "has every row stopped?" after each token is a host sync; skip it when only
         # the round's bound can stop a row (rows that stopped at EOS are masked out either way).

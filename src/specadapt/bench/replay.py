@@ -139,7 +139,7 @@ def replay(method: Method, traj: Trajectory) -> RequestStats:
                 diverged = r + accepted
                 logits, hidden = traj.row(diverged, i - diverged)
                 token = int(logits.argmax())
-            return torch.tensor([token]), logits.softmax(-1)[None], None if hidden is None else hidden[None]
+            return torch.tensor([token]), logits.softmax(-1)[None], None if hidden is None else hidden[None], False
 
         limit = torch.tensor([traj.max_new_tokens - r - 1])
         block = draft_round(policy, slots, limit, propose, lambda t: torch.tensor([int(t[0]) in traj.eos]))

@@ -46,6 +46,7 @@ class DraftStep:
     hidden: torch.Tensor | None  # [b, H] draft's last hidden state at the previous input position (one-step lag)
     slots: torch.Tensor  # [b] the requests' state slots
     drafting: torch.Tensor  # [b] bool: rows that had not stopped before this step
+    looked_up: bool = False  # prompt lookup proposed this step's tokens (no draft forward ran; ``probs`` one-hot)
 
     @property
     def token_probs(self) -> torch.Tensor:
@@ -89,6 +90,9 @@ class RoundCost:
     draft_s: float  # the draft's steps (prompt lookups included), without prefill of joining prompts
     target_s: float  # the target's pass over its pending tokens and the drafts
     target_width: int  # tokens per row the target was fed before the drafts: 1 in a round after the first
+    # tokens per row the draft model was fed in the round, all its forwards together: one per forward, plus the
+    # accepted tokens it had not seen (looked-up tokens catch up here, in the draft's next forward)
+    draft_fed: int = 0
 
 
 @dataclass
@@ -156,8 +160,10 @@ class DraftLengthPolicy(ABC):
         return asdict(self)
 
 
-# propose(k, previous step or None, rows still drafting) -> (tokens, probs, hidden) of step k, or None to end the round.
-Proposer = Callable[[int, "DraftStep | None", torch.Tensor], "tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None"]
+# propose(k, previous step or None, rows still drafting) -> (tokens, probs, hidden, looked_up) of step k, or None to
+# end the round.
+Proposer = Callable[[int, "DraftStep | None", torch.Tensor],
+                    "tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool] | None"]
 
 
 def draft_round(
@@ -184,9 +190,9 @@ def draft_round(
         proposal = propose(k, steps[-1] if steps else None, drafting)
         if proposal is None:
             break
-        tokens, probs, hidden = proposal
+        tokens, probs, hidden, looked_up = proposal
         tokens = torch.where(drafting, tokens, 0)
-        step = DraftStep(k, tokens, probs, hidden, slots, drafting)
+        step = DraftStep(k, tokens, probs, hidden, slots, drafting, looked_up)
         steps.append(step)
         lens += drafting.long()
         stop = policy.should_stop(step) | (k >= caps)

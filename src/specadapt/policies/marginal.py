@@ -19,13 +19,17 @@ probability bin (shared by all requests, older rounds fading), starting from the
 Verification is the standard lossless rule, so the method is lossless.
 
 ``cost=auto`` measures the cost instead of taking it as a setting: the engine hands each round's seconds to the
-policy, which fits round seconds = a + b * K over recent rounds (K: the round's draft steps) and drafts with
-cost = b / a. That is the fit the fixed default came from (a timed tune run on one CPU), made online, so the
-rule follows the machine it runs on: on a CPU without native bf16 a draft-model token measured two to six times
-the AVX512 CPU's 0.15 (``BENCHMARKS.md``, "A measured price per draft token"). One term prices both kinds of
-drafted token, so with ``+lookup`` a stretch of looked-up tokens (no draft forward) lowers the price for as long
-as its rounds stay in the window. Draft lengths then depend on measured time, so two runs
-may draft differently; the output is the target's all the same (greedy: token-identical in float32; in bf16 a
+policy, which fits them by least squares over recent rounds and prices a drafted token from the fit. With
+``terms=3`` (the default) round seconds = a + b * F + d * K + c * C, where F is the round's draft-model forwards,
+K its drafted tokens (the target verifies K + 1 positions) and C the tokens the draft model caught up on (the
+accepted tokens it had not seen, looked-up ones above all). A token the draft model proposed costs
+(b + d) / a target passes; a looked-up token costs no forward, but its verified position and its later catch-up,
+(d + c) / a. The rule prices the next token as the kind of the last one (lookups come in stretches). With
+``terms=1`` the fit is round seconds = a + b * K and every drafted token costs b / a, as first shipped: on a CPU
+without native bf16 a draft-model token measured two to six times the AVX512 CPU's 0.15, and a stretch of
+looked-up tokens pulled that one price down to 0.01-0.03 for as long as its rounds stayed in the window
+(``BENCHMARKS.md``, "A measured price per draft token"). Draft lengths depend on measured time, so two runs may
+draft differently; the output is the target's all the same (greedy: token-identical in float32; in bf16 a
 near-tie can fall either way with the verification's width, as for any change of draft length).
 """
 
@@ -50,7 +54,11 @@ COST_WINDOW = 48  # cost=auto: the fit reads the last 48 rounds
 COST_SPIKE = 1.5  # cost=auto: a round this many times its estimate is a spike, left out of the fit
 COST_PRIOR = 2.0  # cost=auto: the prior cost's weight, as two rounds one draft step apart (data soon outweigh it)
 COST_RANGE = (0.01, 1.0)  # cost=auto: a fitted cost outside this is noise (a drafted token is never dearer than a round)
-AUTO_PRIOR = 0.15  # cost=auto: the cost until rounds have been measured (the default pair on AVX512, as fitted)
+AUTO_PRIOR = 0.15  # cost=auto, terms=1: the cost until rounds have been measured (the default pair on AVX512, as fitted)
+# cost=auto, terms=3: each term's prior, in target passes. A draft forward 0.13 and a verified position 0.02 (the
+# default pair on AVX512: the int4 draft's step 40 ms, the target's pass 302 ms, and 285 ms when it verifies 8, so
+# width is nearly free), adding up to AUTO_PRIOR; a caught-up token 0.01 (a wide forward of the draft: cheap per token).
+TERM_PRIORS = (0.13, 0.02, 0.01)
 
 
 @register_method("marginal",
@@ -62,10 +70,18 @@ class MarginalStop(DraftLengthPolicy):
     # online from the rounds' seconds (see the module docstring).
     cost: float | str = 0.15
     max_k: int = 32
+    # cost=auto: 3 prices draft-model and looked-up tokens apart (forwards, verified width, catch-up), 1 prices every
+    # drafted token alike (one line over the draft steps). See the module docstring.
+    terms: int = 3
 
     def __post_init__(self) -> None:
-        self._fit = CostFit(AUTO_PRIOR) if self.cost == "auto" else None
-        if self._fit is None:
+        if self.terms not in (1, 3):
+            raise ValueError(f"terms must be 1 (one price per drafted token) or 3 (draft forwards, verified width and "
+                             f"catch-up priced apart), got {self.terms!r}")
+        self._fit = None
+        if self.cost == "auto":
+            self._fit = CostFit((AUTO_PRIOR,) if self.terms == 1 else TERM_PRIORS)
+        else:
             given = self.cost
             try:
                 self.cost = float(given)
@@ -88,11 +104,25 @@ class MarginalStop(DraftLengthPolicy):
 
     @property
     def token_cost(self) -> float:
-        """A drafted token's cost in target passes: the setting, or with ``cost=auto`` the current fit."""
-        return self._fit.cost() if self._fit is not None else self.cost  # type: ignore[return-value]
+        """A draft-model token's cost in target passes: the setting, or with ``cost=auto`` the current fit."""
+        if self._fit is None:
+            return self.cost  # type: ignore[return-value]
+        return self._fit.price((1,) if self.terms == 1 else (1, 1, 0))
+
+    @property
+    def lookup_cost(self) -> float:
+        """A looked-up token's cost in target passes (with ``terms=1`` or a fixed cost: the same as a drafted one)."""
+        if self._fit is None or self.terms == 1:
+            return self.token_cost
+        return self._fit.price((0, 1, 1))
 
     def settings(self) -> dict:
-        return {**super().settings(), **({"measured_cost": self.token_cost} if self._fit is not None else {})}
+        measured = {}
+        if self._fit is not None:
+            measured = {"measured_cost": self.token_cost}
+            if self.terms == 3:
+                measured["measured_lookup_cost"] = self.lookup_cost
+        return {**super().settings(), **measured}
 
     def begin(self, slots: torch.Tensor) -> None:
         self._rate.begin(slots)
@@ -117,7 +147,8 @@ class MarginalStop(DraftLengthPolicy):
         self._survival = a if step.position == 1 or self._survival is None else self._survival * a
         index = self._rate.index(step.slots)
         rate = self._rate["tokens"][index] / self._rate["cost"][index]
-        return self._survival * a < self.token_cost * rate  # a: the next token's acceptance, predicted as this one's
+        price = self.lookup_cost if step.looked_up else self.token_cost  # the next token's kind, as this one's
+        return self._survival * a < price * rate  # a: the next token's acceptance, predicted as this one's
 
     def observe(self, outcome: RoundOutcome) -> None:
         K = outcome.block.K
@@ -131,45 +162,58 @@ class MarginalStop(DraftLengthPolicy):
         bins = self._bins(probs)
         for table, counted in ((self._tried, judged), (self._accepted, accepted)):  # weights, not a mask: no host sync
             table.mul_(TABLE_DECAY).index_add_(0, bins.flatten(), counted.flatten().double())
-        if self._fit is not None and outcome.cost is not None and outcome.cost.target_width == 1:  # not a prompt's round
-            self._fit.add(K, outcome.cost.draft_s + outcome.cost.target_s)
+        forwards = sum(not s.looked_up for s in outcome.steps)
+        cost = outcome.cost
+        if self._fit is not None and cost is not None and cost.target_width == 1:  # not a prompt's round
+            terms = (K,) if self.terms == 1 else (forwards, K, max(cost.draft_fed - forwards, 0))
+            self._fit.add(terms, cost.draft_s + cost.target_s)
+        looked_up = sum((s.drafting.long() for s in outcome.steps if s.looked_up), torch.zeros_like(m))
+        spent = 1 + self.token_cost * (m - looked_up) + self.lookup_cost * looked_up
         index = self._rate.index(outcome.slots)
-        for name, amount in (("tokens", n + 1), ("cost", 1 + self.token_cost * m)):
+        for name, amount in (("tokens", n + 1), ("cost", spent)):
             values = self._rate[name]
             values[index] = RATE_DECAY * values[index] + amount.double()
 
 
 class CostFit:
-    """Round seconds = a + b * K (K: the round's draft steps), least squares over the last ``COST_WINDOW`` rounds,
-    shrunk towards ``b = prior * a`` with the weight of ``COST_PRIOR`` rounds one step apart; ``cost() = b / a``,
-    a drafted token's cost in target passes. Without spread in K the data cannot tell a from b, and the prior
-    decides; the more K varies, the more the data do.
+    """Round seconds = a + sum_j b_j * x_j (x: a round's terms, e.g. its draft steps), least squares over the last
+    ``COST_WINDOW`` rounds, each slope shrunk towards ``b_j = prior_j * a`` with the weight of ``COST_PRIOR``
+    rounds one unit apart. ``price(w)`` = sum_j w_j * b_j / a: what w_j of each term cost in target passes. Without
+    spread in a term the data cannot tell its slope from the intercept (or from a term that moves with it), and
+    the prior decides; the more the terms vary, the more the data do.
 
     A round's time is noisy upwards only (another process, a kernel compiled on a width's first use: seconds
     where a round takes a fraction of one), so rounds more than ``COST_SPIKE`` times the first fit's estimate
     are left out of a second fit, which is the one used."""
 
-    def __init__(self, prior: float) -> None:
-        self.prior = prior
-        self.rounds: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)  # (K, seconds)
-        self._cost = prior
+    def __init__(self, priors: Sequence[float]) -> None:
+        self.priors = torch.tensor(priors, dtype=torch.float64)
+        self.rounds: deque[tuple[tuple[float, ...], float]] = deque(maxlen=COST_WINDOW)  # (terms, seconds)
+        self.a, self.b = 1.0, self.priors.clone()  # until a round is measured: the priors
 
-    def add(self, K: int, seconds: float) -> None:
-        self.rounds.append((K, seconds))
+    def add(self, terms: Sequence[float], seconds: float) -> None:
+        self.rounds.append((tuple(map(float, terms)), float(seconds)))
         a, b = self.line(self.rounds)
-        kept = [(k, y) for k, y in self.rounds if y <= COST_SPIKE * (a + b * k)]
-        a, b = self.line(kept or self.rounds)
-        self._cost = self.prior if a <= 0 else min(max(b / a, COST_RANGE[0]), COST_RANGE[1])
+        kept = [(x, y) for x, y in self.rounds if y <= COST_SPIKE * (a + float(b @ torch.tensor(x, dtype=torch.float64)))]
+        self.a, self.b = self.line(kept or self.rounds)
 
-    def cost(self) -> float:
-        return self._cost
+    def price(self, weights: Sequence[float]) -> float:
+        if self.a <= 0:  # no fixed cost to measure against: the priors
+            return float(self.priors @ torch.tensor(weights, dtype=torch.float64))
+        relative = float(self.b @ torch.tensor(weights, dtype=torch.float64)) / self.a
+        return min(max(relative, COST_RANGE[0]), COST_RANGE[1])
 
-    def line(self, rounds: Sequence[tuple[int, float]]) -> tuple[float, float]:
-        """Intercept a and slope b of (K, seconds) ``rounds``, with the prior as pseudo-data: b = prior * a, solved
-        with the normal equation."""
-        n = len(rounds)
-        mk, my = sum(k for k, _ in rounds) / n, sum(y for _, y in rounds) / n
-        sxx = sum((k - mk) ** 2 for k, _ in rounds)
-        sxy = sum((k - mk) * (y - my) for k, y in rounds)
-        b = (sxy + COST_PRIOR * self.prior * my) / (sxx + COST_PRIOR * (1 + self.prior * mk))
-        return my - b * mk, b
+    def line(self, rounds: Sequence[tuple[Sequence[float], float]]) -> tuple[float, torch.Tensor]:
+        """Intercept a and slopes b of (terms, seconds) ``rounds``, with the prior as pseudo-data: the centred
+        normal equations plus ``COST_PRIOR`` times b_j - prior_j * a = 0, where a = mean(y) - mean(x) . b."""
+        x = torch.tensor([t for t, _ in rounds], dtype=torch.float64)  # [n, J]
+        y = torch.tensor([s for _, s in rounds], dtype=torch.float64)
+        mx, my = x.mean(0), y.mean()
+        xc = x - mx
+        p = self.priors
+        lhs = xc.T @ xc + COST_PRIOR * (torch.eye(len(p), dtype=torch.float64) + p[:, None] * mx[None, :])
+        try:
+            b = torch.linalg.solve(lhs, xc.T @ (y - my) + COST_PRIOR * p * my)
+        except torch.linalg.LinAlgError:  # degenerate rounds: no fixed cost to read, so price() keeps the priors
+            return 0.0, p.clone()
+        return float(my - mx @ b), b
