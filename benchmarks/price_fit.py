@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         for K, d, t, F, C in mine:
             one.add((K,), d + t)
             three.add((F, K, C), d + t)
-        alone = {"terms1": {"a": one.a, "b": one.b.tolist(), "price": one.price((1,))},
-                 "terms3": {"a": three.a, "b": three.b.tolist(), "price": three.price((1, 1, 0)),
+        alone = {"terms1": {"a": one.a, "b": list(one.b), "price": one.price((1,))},
+                 "terms3": {"a": three.a, "b": list(three.b), "price": three.price((1, 1, 0)),
                             "lookup_price": three.price((0, 1, 1))}}
         policy = method.policy
         rows.append({"dataset": name, "id": example.id, "tokens": len(result.token_ids), "wall_s": time.perf_counter() - t0,

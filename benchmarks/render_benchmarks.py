@@ -1885,6 +1885,17 @@ BLOCKS: dict[str, Callable[[], str]] = {
                                                          "marginal:cost=auto+lookup@int4", "marginal+lookup@int4"),
     "price-fit-avx2": price_fit("cpu_avx2/price_fit.json"),
     "price-fit-terms-avx2": price_fit_terms("cpu_avx2/price_fit_terms.json"),
+    "cheap-draft-avx2-terms": cheap_draft(RESULTS / "cpu_avx2" / "cheap_draft_terms"),
+    "cheap-draft-avx2-terms-vs-one": cheap_draft_versus(RESULTS / "cpu_avx2" / "cheap_draft_terms",
+                                                        "marginal:cost=auto+lookup@int4",
+                                                        "marginal:cost=auto,terms=1+lookup@int4"),
+    "cheap-draft-avx2-terms-vs-adaedl": cheap_draft_versus(RESULTS / "cpu_avx2" / "cheap_draft_terms",
+                                                           "marginal:cost=auto+lookup@int4", "adaedl+lookup@int4"),
+    "cheap-draft-avx2-one-vs-adaedl": cheap_draft_versus(RESULTS / "cpu_avx2" / "cheap_draft_terms",
+                                                         "marginal:cost=auto,terms=1+lookup@int4", "adaedl+lookup@int4"),
+    "cheap-draft-avx2-terms-price": cheap_draft_prices("cpu_avx2/cheap_draft_terms"),
+    "cheap-draft-avx2-terms-time": cheap_draft_time("cpu_avx2/cheap_draft_terms", methods=(
+        "adaedl+lookup", "marginal:cost=auto,terms=1+lookup", "marginal:cost=auto+lookup")),
     "cheap-draft-avx2-price": cheap_draft_prices("cpu_avx2/cheap_draft_auto_price"),
     "cheap-draft-avx2-auto-time": cheap_draft_time("cpu_avx2/cheap_draft_auto", methods=(
         "adaedl+lookup", "marginal+lookup", "marginal:cost=auto+lookup")),

@@ -185,12 +185,13 @@ def throughput_ratios(rows: list[dict], methods: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     from specadapt.api import DEFAULT_METHOD
+    from specadapt.bench.runner import split_methods
     from specadapt.models import zoo
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default=zoo.DEFAULT_TARGET)
     parser.add_argument("--draft", default=zoo.DEFAULT_DRAFT)
-    parser.add_argument("--methods", default=f"autoregressive,{DEFAULT_METHOD}", help="comma-separated method strings")
+    parser.add_argument("--methods", default=f"autoregressive,{DEFAULT_METHOD}", help="comma-separated method strings (semicolons where a method's settings hold commas)")
     parser.add_argument("--concurrency", default="1,2,4,8", help="comma-separated client counts")
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--datasets", default="mt-bench,humaneval", help="prompts from these, alternating")
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     from specadapt.serve import ServeSettings, create_app
 
     hf_logging.disable_progress_bar()
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = split_methods(args.methods)
     levels = [int(c) for c in args.concurrency.split(",")]
     decoder = SpecDecoder.from_pretrained(args.target, args.draft, dtype=args.dtype, device=args.device,
                                           draft_quant=args.draft_quant, draft_vocab=args.draft_vocab,

@@ -36,6 +36,7 @@ near-tie can fall either way with the verification's width, as for any change of
 from __future__ import annotations
 
 import math
+import operator
 from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
@@ -187,33 +188,33 @@ class CostFit:
     are left out of a second fit, which is the one used."""
 
     def __init__(self, priors: Sequence[float]) -> None:
-        self.priors = torch.tensor(priors, dtype=torch.float64)
+        self.priors = tuple(priors)
         self.rounds: deque[tuple[tuple[float, ...], float]] = deque(maxlen=COST_WINDOW)  # (terms, seconds)
-        self.a, self.b = 1.0, self.priors.clone()  # until a round is measured: the priors
+        self.a, self.b = 1.0, self.priors  # until a round is measured: the priors
 
     def add(self, terms: Sequence[float], seconds: float) -> None:
         self.rounds.append((tuple(map(float, terms)), float(seconds)))
         a, b = self.line(self.rounds)
-        kept = [(x, y) for x, y in self.rounds if y <= COST_SPIKE * (a + float(b @ torch.tensor(x, dtype=torch.float64)))]
+        kept = [(x, y) for x, y in self.rounds if y <= COST_SPIKE * (a + sum(map(operator.mul, b, x)))]
         self.a, self.b = self.line(kept or self.rounds)
 
     def price(self, weights: Sequence[float]) -> float:
         if self.a <= 0:  # no fixed cost to measure against: the priors
-            return float(self.priors @ torch.tensor(weights, dtype=torch.float64))
-        relative = float(self.b @ torch.tensor(weights, dtype=torch.float64)) / self.a
+            return sum(map(operator.mul, self.priors, weights))
+        relative = sum(map(operator.mul, self.b, weights)) / self.a
         return min(max(relative, COST_RANGE[0]), COST_RANGE[1])
 
-    def line(self, rounds: Sequence[tuple[Sequence[float], float]]) -> tuple[float, torch.Tensor]:
+    def line(self, rounds: Sequence[tuple[Sequence[float], float]]) -> tuple[float, tuple[float, ...]]:
         """Intercept a and slopes b of (terms, seconds) ``rounds``, with the prior as pseudo-data: the centred
         normal equations plus ``COST_PRIOR`` times b_j - prior_j * a = 0, where a = mean(y) - mean(x) . b."""
         x = torch.tensor([t for t, _ in rounds], dtype=torch.float64)  # [n, J]
         y = torch.tensor([s for _, s in rounds], dtype=torch.float64)
         mx, my = x.mean(0), y.mean()
         xc = x - mx
-        p = self.priors
+        p = torch.tensor(self.priors, dtype=torch.float64)
         lhs = xc.T @ xc + COST_PRIOR * (torch.eye(len(p), dtype=torch.float64) + p[:, None] * mx[None, :])
         try:
             b = torch.linalg.solve(lhs, xc.T @ (y - my) + COST_PRIOR * p * my)
         except torch.linalg.LinAlgError:  # degenerate rounds: no fixed cost to read, so price() keeps the priors
-            return 0.0, p.clone()
-        return float(my - mx @ b), b
+            return 0.0, self.priors
+        return float(my - mx @ b), tuple(b.tolist())
