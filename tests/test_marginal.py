@@ -172,8 +172,9 @@ def test_a_terms_setting_other_than_1_or_3_is_named():
 
 
 def seconds(a: float, b: float):
-    """A round's measured cost as the engine hands it: a + b * K seconds, the draft's share b * K."""
-    return lambda block: RoundCost(b * block.K, a, 1)
+    """A round's measured cost as the engine hands it: a + b * K seconds, the draft's share b * K (a forward per
+    token, each fed one token)."""
+    return lambda block: RoundCost(b * block.K, a, 1, block.K)
 
 
 def test_auto_cost_drafts_shorter_where_draft_steps_are_dear():
@@ -240,7 +241,7 @@ def test_auto_cost_ignores_a_prompts_round():
     policy = make_method("marginal:cost=auto").policy
     rows = torch.arange(1)
     policy.begin(rows)
-    play_round(policy, rows, confident(0.97, 4), accepted=[4], cost=lambda block: RoundCost(0.1, 30.0, 200))
+    play_round(policy, rows, confident(0.97, 4), accepted=[4], cost=lambda block: RoundCost(0.1, 30.0, 200, 203))
     assert policy.token_cost == pytest.approx(AUTO_PRIOR)
 
 

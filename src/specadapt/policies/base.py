@@ -92,7 +92,7 @@ class RoundCost:
     target_width: int  # tokens per row the target was fed before the drafts: 1 in a round after the first
     # tokens per row the draft model was fed in the round, all its forwards together: one per forward, plus the
     # accepted tokens it had not seen (looked-up tokens catch up here, in the draft's next forward)
-    draft_fed: int = 0
+    draft_fed: int
 
 
 @dataclass
