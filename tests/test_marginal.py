@@ -192,46 +192,40 @@ def test_auto_cost_drafts_shorter_where_draft_steps_are_dear():
     assert lens["cheap"] > lens["dear"] >= 1, lens
 
 
-def lookup_rounds(seconds_per_round):
-    """A round's measured cost for ``play_round``: looked-up steps cost only their verified position (0.05 s),
-    draft-model steps 0.3 s more, over a 1 s round."""
-    def cost(block):
-        forwards = sum(not s.looked_up for s in block.steps)
-        return RoundCost(0.3 * forwards, seconds_per_round + 0.05 * block.K, 1, forwards)
-    return cost
+def lookup_cost(block):
+    """A round's measured cost for ``play_round``: 1 s, plus 0.05 s per verified position and 0.3 s per draft-model
+    forward (a looked-up step has none)."""
+    forwards = sum(not s.looked_up for s in block.steps)
+    return RoundCost(0.3 * forwards, 1.0 + 0.05 * block.K, 1, forwards)
+
+
+def mixed_policy(terms: int):
+    """A `marginal:cost=auto` policy after 60 rounds of 1-8 accepted tokens, every other round prompt lookup's alone."""
+    policy = make_method(f"marginal:cost=auto,terms={terms}").policy
+    rows = torch.arange(1)
+    policy.begin(rows)
+    for i in range(60):
+        K = 1 + i % 8
+        play_round(policy, rows, confident(0.97, 8), accepted=[K], limit=[K], clip=True, cost=lookup_cost,
+                   looked_up=range(1, K + 1) if i % 2 else ())
+    return policy
 
 
 def test_three_terms_keep_the_draft_price_through_a_stretch_of_lookups():
     # One line over the draft steps takes the cheap looked-up rounds for cheap draft steps; three terms do not.
-    prices = {}
-    for terms in (1, 3):
-        policy = make_method(f"marginal:cost=auto,terms={terms}").policy
-        rows = torch.arange(1)
-        policy.begin(rows)
-        for i in range(60):
-            K = 1 + i % 8
-            looked_up = range(1, K + 1) if i % 2 else ()  # every other round is prompt lookup's alone
-            play_round(policy, rows, confident(0.97, 8), accepted=[K], limit=[K], clip=True, cost=lookup_rounds(1.0),
-                       looked_up=looked_up)
-        prices[terms] = (policy.token_cost, policy.lookup_cost)
-    assert prices[3][0] == pytest.approx(0.35, rel=0.1) and prices[3][1] == pytest.approx(0.05, rel=0.2)
-    assert prices[1][0] == prices[1][1] < 0.25  # one price, pulled halfway down by the looked-up rounds
-    assert policy.settings()["measured_lookup_cost"] == policy.lookup_cost
+    one, three = mixed_policy(1), mixed_policy(3)
+    assert three.token_cost == pytest.approx(0.35, rel=0.1) and three.lookup_cost == pytest.approx(0.05, rel=0.2)
+    assert one.token_cost == one.lookup_cost < 0.1  # one price, pulled down by the looked-up rounds
+    assert three.settings()["measured_lookup_cost"] == three.lookup_cost
 
 
 def test_looked_up_tokens_are_priced_as_looked_up_when_deciding_to_stop():
     lens = {}
     for terms in (1, 3):
-        policy = make_method(f"marginal:cost=auto,terms={terms}").policy
-        rows = torch.arange(1)
-        policy.begin(rows)
-        for i in range(60):
-            K = 1 + i % 8
-            play_round(policy, rows, confident(0.97, 8), accepted=[K], limit=[K], clip=True, cost=lookup_rounds(1.0),
-                       looked_up=range(1, K + 1) if i % 2 else ())
+        policy = mixed_policy(terms)
         # the same state, the same probabilities: proposed by the draft model, or by prompt lookup
-        lens[terms] = [int(play_round(copy.deepcopy(policy), rows, confident(0.85, 32), accepted=[0], clip=True,
-                                      looked_up=looked_up).lens[0]) for looked_up in ((), range(1, 33))]
+        lens[terms] = [int(play_round(copy.deepcopy(policy), torch.arange(1), confident(0.85, 32), accepted=[0],
+                                      clip=True, looked_up=looked_up).lens[0]) for looked_up in ((), range(1, 33))]
     assert lens[1][0] == lens[1][1]  # one price: the kind of token does not matter
     assert lens[3][1] > lens[3][0] >= 1, lens  # a looked-up token is cheaper, so lookup drafts on further
 
