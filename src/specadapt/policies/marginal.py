@@ -27,8 +27,9 @@ accepted tokens it had not seen, looked-up ones above all). A token the draft mo
 (d + c) / a. The rule prices the next token as the kind of the last one (lookups come in stretches). With
 ``terms=1`` the fit is round seconds = a + b * K and every drafted token costs b / a, as first shipped: on a CPU
 without native bf16 a draft-model token measured two to six times the AVX512 CPU's 0.15, and a stretch of
-looked-up tokens pulled that one price down to 0.01-0.03 for as long as its rounds stayed in the window
-(``BENCHMARKS.md``, "A measured price per draft token"). Draft lengths depend on measured time, so two runs may
+looked-up tokens pulled that one price down (to as little as 0.01) for as long as its rounds stayed in the
+window, and three terms drafted faster (``BENCHMARKS.md``, "A measured price per draft token" and "Draft-model and
+looked-up tokens priced apart"). Draft lengths depend on measured time, so two runs may
 draft differently; the output is the target's all the same (greedy: token-identical in float32; in bf16 a
 near-tie can fall either way with the verification's width, as for any change of draft length).
 """
