@@ -1872,6 +1872,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-lookup-humaneval1": serve_load("cpu_avx2/serve_load_lookup_humaneval1.json"),
     "serve-load-avx2-auto-humaneval1": serve_load("cpu_avx2/serve_load_auto_humaneval1.json"),
     "serve-load-avx2-terms-mixed1": serve_load("cpu_avx2/serve_load_terms_mixed1.json"),
+    "serve-load-avx2-terms-mixed1-off": serve_load("cpu_avx2/serve_load_terms_mixed1_off.json"),
     "serve-load-avx2-lookup": serve_load("cpu_avx2/serve_load_lookup.json"),
     "serve-load-avx2-first-token-humaneval1": serve_load("cpu_avx2/serve_load_first_token_humaneval1.json"),
     "cheap-draft-avx2-targets": cheap_draft_targets(RESULTS / "cpu_avx2" / "cheap_draft", default_method="adaedl+lookup"),
