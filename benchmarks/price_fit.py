@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from specadapt.io import write_json_atomic
     from specadapt.methods import make_method
     from specadapt.models.hardware import compile_fused_products, machine
-    from specadapt.policies.marginal import AUTO_PRIOR, TERM_PRIORS, CostFit
+    from specadapt.policies.marginal import PRICING, CostFit, round_terms
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,9 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(outcome) -> None:  # every round the policy reads (a prompt's first round it leaves out)
         if outcome.cost is not None and outcome.cost.target_width == 1:
-            forwards = sum(not s.looked_up for s in outcome.steps)
-            rounds.append((outcome.block.K, outcome.cost.draft_s, outcome.cost.target_s, forwards,
-                           max(outcome.cost.draft_fed - forwards, 0)))
+            F, K, C = round_terms(outcome)
+            rounds.append((K, outcome.cost.draft_s, outcome.cost.target_s, F, C))
         observe(outcome)
 
     method.policy.observe = record
@@ -71,13 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         start, t0 = len(rounds), time.perf_counter()
         result = decoder.generate(example.messages, method=method, max_new_tokens=args.max_new_tokens)
         mine = rounds[start:]
-        one, three = CostFit((AUTO_PRIOR,)), CostFit(TERM_PRIORS)
+        (priors1, draft1, _), (priors3, draft3, lookup3) = PRICING[1], PRICING[3]
+        one, three = CostFit(priors1), CostFit(priors3)
         for K, d, t, F, C in mine:
             one.add((K,), d + t)
             three.add((F, K, C), d + t)
-        alone = {"terms1": {"a": one.a, "b": list(one.b), "price": one.price((1,))},
-                 "terms3": {"a": three.a, "b": list(three.b), "price": three.price((1, 1, 0)),
-                            "lookup_price": three.price((0, 1, 1))}}
+        alone = {"terms1": {"a": one.a, "b": list(one.b), "price": one.price(draft1)},
+                 "terms3": {"a": three.a, "b": list(three.b), "price": three.price(draft3),
+                            "lookup_price": three.price(lookup3)}}
         policy = method.policy
         rows.append({"dataset": name, "id": example.id, "tokens": len(result.token_ids), "wall_s": time.perf_counter() - t0,
                      "price_at_end": policy.token_cost, "lookup_price_at_end": policy.lookup_cost, "alone": alone,

@@ -545,6 +545,12 @@ def cheap_draft_time(*folders: str, methods: tuple[str, ...] = ("adaedl", "specd
     return render
 
 
+def _price_fit_caption(name: str, data: dict) -> str:
+    st = data["settings"]
+    return (f"`{name}`: `{st['method']}`, one policy instance through {st['split']} prompts in this order, at most "
+            f"{st['max_new_tokens']} new tokens; {_machine(data['machine'])}, {st['threads']} threads.\n")
+
+
 def price_fit(name: str) -> Callable[[], str]:
     """benchmarks/price_fit.py: per generation of one `marginal:cost=auto` policy, its rounds, their mean draft
     length and draft seconds per draft step, the policy's price at the generation's end (its window spans the
@@ -552,9 +558,7 @@ def price_fit(name: str) -> Callable[[], str]:
 
     def render() -> str:
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
-        st = data["settings"]
-        out = [f"`{name}`: `{st['method']}`, one policy instance through {st['split']} prompts in this order, at most "
-               f"{st['max_new_tokens']} new tokens; {_machine(data['machine'])}, {st['threads']} threads.\n",
+        out = [_price_fit_caption(name, data),
                "| # | prompt | rounds | mean K | draft ms per draft step | price at the end | its rounds alone: a s | b s | b / a |",
                "|---|---|---|---|---|---|---|---|---|"]
         for i, g in enumerate(data["generations"], 1):
@@ -575,9 +579,7 @@ def price_fit_terms(name: str) -> Callable[[], str]:
 
     def render() -> str:
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
-        st = data["settings"]
-        out = [f"`{name}`: `{st['method']}`, one policy instance through {st['split']} prompts in this order, at most "
-               f"{st['max_new_tokens']} new tokens; {_machine(data['machine'])}, {st['threads']} threads.\n",
+        out = [_price_fit_caption(name, data),
                "| # | prompt | rounds | of them lookup alone | mean K | price at the end: draft token | looked-up token "
                "| its rounds alone, one term | three terms: draft token | looked-up token |",
                "|---|---|---|---|---|---|---|---|---|---|"]

@@ -61,6 +61,9 @@ AUTO_PRIOR = 0.15  # cost=auto, terms=1: the cost until rounds have been measure
 # default pair on AVX512: the int4 draft's step 40 ms, the target's pass 302 ms, and 285 ms when it verifies 8, so
 # width is nearly free), adding up to AUTO_PRIOR; a caught-up token 0.01 (a wide forward of the draft: cheap per token).
 TERM_PRIORS = (0.13, 0.02, 0.01)
+# cost=auto, per `terms`: the fit's priors, and the weights of its terms (terms=1: K; terms=3: F, K, C; see
+# round_terms) that price a draft-model token and a looked-up one.
+PRICING = {1: ((AUTO_PRIOR,), (1,), (1,)), 3: (TERM_PRIORS, (1, 1, 0), (0, 1, 1))}
 
 
 @register_method("marginal",
@@ -77,12 +80,12 @@ class MarginalStop(DraftLengthPolicy):
     terms: int = 3
 
     def __post_init__(self) -> None:
-        if self.terms not in (1, 3):
+        if self.terms not in PRICING:
             raise ValueError(f"terms must be 1 (one price per drafted token) or 3 (draft forwards, verified width and "
                              f"catch-up priced apart), got {self.terms!r}")
         self._fit = None
         if self.cost == "auto":
-            self._fit = CostFit((AUTO_PRIOR,) if self.terms == 1 else TERM_PRIORS)
+            self._fit = CostFit(PRICING[self.terms][0])
         else:
             given = self.cost
             try:
@@ -109,14 +112,14 @@ class MarginalStop(DraftLengthPolicy):
         """A draft-model token's cost in target passes: the setting, or with ``cost=auto`` the current fit."""
         if self._fit is None:
             return self.cost  # type: ignore[return-value]
-        return self._fit.price((1,) if self.terms == 1 else (1, 1, 0))
+        return self._fit.price(PRICING[self.terms][1])
 
     @property
     def lookup_cost(self) -> float:
         """A looked-up token's cost in target passes (with ``terms=1`` or a fixed cost: the same as a drafted one)."""
-        if self._fit is None or self.terms == 1:
-            return self.token_cost
-        return self._fit.price((0, 1, 1))
+        if self._fit is None:
+            return self.cost  # type: ignore[return-value]
+        return self._fit.price(PRICING[self.terms][2])
 
     def settings(self) -> dict:
         measured = {}
@@ -164,17 +167,23 @@ class MarginalStop(DraftLengthPolicy):
         bins = self._bins(probs)
         for table, counted in ((self._tried, judged), (self._accepted, accepted)):  # weights, not a mask: no host sync
             table.mul_(TABLE_DECAY).index_add_(0, bins.flatten(), counted.flatten().double())
-        forwards = sum(not s.looked_up for s in outcome.steps)
         cost = outcome.cost
         if self._fit is not None and cost is not None and cost.target_width == 1:  # not a prompt's round
-            terms = (K,) if self.terms == 1 else (forwards, K, max(cost.draft_fed - forwards, 0))
-            self._fit.add(terms, cost.draft_s + cost.target_s)
+            terms = round_terms(outcome)
+            self._fit.add(terms if self.terms == 3 else (K,), cost.draft_s + cost.target_s)
         looked_up = sum((s.drafting.long() for s in outcome.steps if s.looked_up), torch.zeros_like(m))
         spent = 1 + self.token_cost * (m - looked_up) + self.lookup_cost * looked_up
         index = self._rate.index(outcome.slots)
         for name, amount in (("tokens", n + 1), ("cost", spent)):
             values = self._rate[name]
             values[index] = RATE_DECAY * values[index] + amount.double()
+
+
+def round_terms(outcome: RoundOutcome) -> tuple[int, int, int]:
+    """A timed round's terms for the three-term fit: draft-model forwards F, drafted tokens K (verified positions)
+    and tokens the draft model caught up on C (fed beyond one per forward: accepted tokens it had not seen)."""
+    forwards = sum(not s.looked_up for s in outcome.steps)
+    return forwards, outcome.block.K, max(outcome.cost.draft_fed - forwards, 0)
 
 
 class CostFit:
