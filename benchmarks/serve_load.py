@@ -18,7 +18,8 @@ p50/p95 over the cell's requests; acceptance and mean accepted length pooled fro
 The server's load rule is ``--spec-load`` (default ``auto``, as ``specadapt serve``); a method string may
 name its own after ``@``, so one run compares them, e.g. ``--methods autoregressive,fixed:4@auto,fixed:4@off``
 (``off``: raw speculation, which shows where it stops paying; ``static`` uses ``--spec-max-batch`` and
-``--spec-load-k``). A label ending in ``/fused`` serves that method with ``--fused-first-round`` (a request's first
+``--spec-load-k``; ``auto-always-cap``: ``auto`` with ``--spec-auto-always-cap``, capping a lone request whose
+policy prices its own drafts too). A label ending in ``/fused`` serves that method with ``--fused-first-round`` (a request's first
 round drafts too; every run before ``cpu_avx2/serve_load_first_token*.json`` served so), e.g.
 ``--methods autoregressive,adaedl+lookup,adaedl+lookup/fused``.
 """
@@ -160,11 +161,11 @@ def load_record(scheduler, rounds: int) -> dict:
     return record
 
 
-def load_prompts(n: int, datasets: list[str], split: str) -> list[list[dict]]:
-    """``n`` chat prompts from ``split`` of ``datasets``, alternating between them."""
+def load_prompts(n: int, datasets: list[str], split: str, skip: int = 0) -> list[list[dict]]:
+    """``n`` chat prompts from ``split`` of ``datasets`` (each from its prompt ``skip + 1`` on), alternating between them."""
     from specadapt.bench.datasets import load_dataset
 
-    per = [load_dataset(name, n, split) for name in datasets]
+    per = [load_dataset(name, skip + n, split)[skip:] for name in datasets]
     return [ex.messages for group in zip(*per) for ex in group][:n]
 
 
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--datasets", default="mt-bench,humaneval", help="prompts from these, alternating")
     parser.add_argument("--split", default="test", help="split of --datasets (test: no choice was made on it)")
+    parser.add_argument("--skip", type=int, default=0, help="start after each dataset's first SKIP prompts of --split "
+                        "(prompts no earlier run reported on)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds over every (concurrency, method) cell; the ratio's spread is across them")
     parser.add_argument("--max-tokens", type=int, default=128)
@@ -235,17 +238,19 @@ def main(argv: list[str] | None = None) -> None:
                                           draft_quant=args.draft_quant, draft_vocab=args.draft_vocab,
                                           float32_copies=args.float32_copies)
     compile_fused_products(decoder.target, decoder.draft)
-    prompts = load_prompts(max(levels) * args.requests_per_client, args.datasets.split(","), args.split)
+    prompts = load_prompts(max(levels) * args.requests_per_client, args.datasets.split(","), args.split, args.skip)
     rows = []
     with contextlib.ExitStack() as stack:
         servers = {}
         for method in methods:  # one server per method, all up for the whole run, so cells can interleave
             spec, _, first = method.partition("/")
             name, _, rule = spec.partition("@")
+            rule, always_cap = (rule or args.spec_load), rule == "auto-always-cap"
             settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant,
                                      draft_vocab=args.draft_vocab, method=name, early_first_token=first != "fused",
                                      model_name="bench", max_batch_size=max(levels), max_queue=max(levels),
-                                     spec_load=rule or args.spec_load, spec_max_batch=args.spec_max_batch,
+                                     spec_load="auto" if always_cap else rule, spec_auto_defer=not always_cap,
+                                     spec_max_batch=args.spec_max_batch,
                                      spec_load_k=args.spec_load_k,
                                      **({} if args.spec_auto_margin is None else {"spec_auto_margin": args.spec_auto_margin}))
             servers[method] = stack.enter_context(Server(create_app(decoder, settings)))
@@ -281,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
                                         if len(r["per_repeat"]) > 1 else "") for c, r in by_c.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "out"}  # where it was written is no setting
-    settings["prompts"] = f"{args.datasets} ({args.split} split), alternating, chat, greedy"
+    first = f", from each one's prompt {args.skip + 1}" if args.skip else ""
+    settings["prompts"] = f"{args.datasets} ({args.split} split{first}), alternating, chat, greedy"
     settings.update(decoder.engine.draft_setup)  # what "auto" resolved to, and the head it kept
     args.out.write_text(json.dumps({"settings": settings, "machine": machine(), "rows": rows, "ratios": ratios}, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)

@@ -57,6 +57,20 @@ def test_auto_rule_picks_the_cap_in_between_when_later_positions_rarely_pay():
     assert rule.decide(rows(1), bound=3) == 2
 
 
+def test_auto_rule_leaves_a_lone_request_to_a_policy_that_prices_its_own_drafts_but_not_a_batch():
+    # The same costs and acceptance as the test above (the rule's best cap: 2 of the policy's 3).
+    rule = trained(lambda x: 1.0 + 0.05 * x, lambda b: 0.1, accepted=(3, 2, 2, 1, 1, 1, 1, 1, 1, 0))
+    assert rule.decide(rows(1), bound=3, priced=True) is None  # marginal:cost=auto alone: its own length
+    assert rule.decide(rows(1), bound=3) == 2  # any other policy: capped
+    assert rule.decide(rows(2), bound=3, priced=True) == 1  # a batch (dearer: cap 1): a row's steps hold up the others
+    rule.defer = False  # --spec-auto-always-cap
+    assert rule.decide(rows(1), bound=3, priced=True) == 2
+    # Drafting loses at any length: the rule keeps the lone request target-only, priced or not.
+    rule = trained(lambda x: 0.1 * x, lambda b: 0.05)
+    assert rule.decide(rows(1), bound=3, priced=True) == 0
+    assert ServeSettings().load_rule().defer and not ServeSettings(spec_auto_defer=False).load_rule().defer
+
+
 def test_auto_rule_target_only_when_drafting_costs_more_than_it_saves_at_any_batch():
     rule = trained(lambda x: 0.1 * x, lambda b: 0.05)  # cost per position constant: a rejected draft is pure loss
     assert [rule.decide(rows(B), bound=3) for B in (1, 2, 4, 8)] == [0, 0, 0, 0]
@@ -332,7 +346,7 @@ def test_the_load_rule_sees_a_joining_prompt_already_prefilled(decoder):
             self.seen: list[tuple[int, int, list[bool]]] = []  # rows, widest target_pending, draft_unfed per row
             self.records: list[RoundRecord] = []
 
-        def decide(self, rows, bound):
+        def decide(self, rows, bound, priced=False):
             self.seen.append((len(rows), max(len(r.target_pending) for r in rows), [r.draft_unfed for r in rows]))
             return None
 
@@ -373,3 +387,21 @@ def test_serve_load_ratio_is_pooled_over_repeats_with_each_repeat_kept():
         ("autoregressive", 4, 0, 10.0), ("adaedl", 4, 0, 9.0)]]
     ratios = serve_load.throughput_ratios(rows, ["autoregressive", "adaedl"])
     assert ratios == {"adaedl": {1: {"ratio": 17 / 10, "per_repeat": [2.0, 1.5]}, 4: {"ratio": 0.9, "per_repeat": [0.9]}}}
+
+
+def test_the_scheduler_tells_the_rule_whether_the_policy_prices_its_own_drafts(decoder):
+    seen = {}
+
+    class Spy(NoLoad):
+        def decide(self, rows, bound, priced=False):
+            seen.setdefault(method, set()).add(priced)
+            return None
+
+    for method in ("marginal:cost=auto", "marginal", "fixed:3"):
+        scheduler = Scheduler(decoder.engine, make_method(method), max_batch_size=2, load_rule=Spy())
+        done = threading.Event()
+        scheduler.submit(Job(decoder.encode("w1 w2"), RequestConfig(6), lambda kind, _p: kind in ("done", "error") and done.set()))
+        scheduler.start()
+        assert done.wait(60)
+        scheduler.stop()
+    assert seen == {"marginal:cost=auto": {True}, "marginal": {False}, "fixed:3": {False}}

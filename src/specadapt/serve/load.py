@@ -91,8 +91,9 @@ def load_capped(method: Method) -> tuple[Method, LoadCap]:
 
 
 class LoadRule(Protocol):
-    def decide(self, rows: Sequence[Request], bound: int | None) -> int | None:
-        """The draft-length cap for the next round over ``rows`` (``bound``: the policy's last largest bound)."""
+    def decide(self, rows: Sequence[Request], bound: int | None, priced: bool = False) -> int | None:
+        """The draft-length cap for the next round over ``rows`` (``bound``: the policy's last largest bound;
+        ``priced``: the policy measures its rounds' cost and prices each drafted token itself)."""
 
     def observe(self, record: RoundRecord) -> None:
         """What the round just run did and cost."""
@@ -101,7 +102,7 @@ class LoadRule(Protocol):
 class NoLoad:
     """Never caps: every round drafts what the method's policy asks for."""
 
-    def decide(self, rows: Sequence[Request], bound: int | None) -> int | None:
+    def decide(self, rows: Sequence[Request], bound: int | None, priced: bool = False) -> int | None:
         return None
 
     def observe(self, record: RoundRecord) -> None:
@@ -114,7 +115,7 @@ class StaticLoad(NoLoad):
     def __init__(self, max_batch: int, load_k: int = 0) -> None:
         self.max_batch, self.load_k = max_batch, load_k
 
-    def decide(self, rows: Sequence[Request], bound: int | None) -> int | None:
+    def decide(self, rows: Sequence[Request], bound: int | None, priced: bool = False) -> int | None:
         return self.load_k if len(rows) > self.max_batch else None
 
 
@@ -271,6 +272,15 @@ class AutoLoad:
     by the seconds it saves instead (:meth:`best_cap`). Until both a draft step and the target have been measured the
     rule does not cap (the method runs as it is, which measures them).
 
+    A lone request whose policy prices its own drafts (``priced``: ``marginal:cost=auto``, which fits each round's
+    seconds and drafts a token only while its predicted acceptance pays for it) is not capped when drafting wins
+    (``defer``, the default): the rule's model prices an average token at an average acceptance, the policy each
+    token at its own, from the same rounds' costs, so where the two agree on what a round costs (one request) the
+    policy's choice is the finer one. The rule still decides whether to draft at all (a policy drafts at least one
+    token) and still caps a batch, where a row's draft steps hold up the others, which no row's policy prices.
+    With the rule capping such a request too, three-term ``cost=auto`` served a lone client at 1.40x target-only
+    against 1.54x uncapped (AVX2, ``BENCHMARKS.md``).
+
     Exploration: a batch size kept target-only measures no draft step, so one bad measurement (a step slowed by a
     transient load spike, a first call's warm-up) would keep drafting off there for good. So estimates age (a
     :class:`CostCurve` with a half-life of ``probe_every / 4`` rounds), and when the rule would pick 0 at a batch
@@ -292,8 +302,10 @@ class AutoLoad:
     """
 
     def __init__(self, margin: float = 0.05, window: int = 100,
-                 timing: Callable[[RoundRecord], tuple[float, float]] | None = None, probe_every: int = 32) -> None:
+                 timing: Callable[[RoundRecord], tuple[float, float]] | None = None, probe_every: int = 32,
+                 defer: bool = True) -> None:
         self.margin = margin
+        self.defer = defer
         self.probe_every = probe_every
         self.half_life = probe_every / 4 if probe_every else None
         self.target = CostCurve(half_life=self.half_life)
@@ -396,7 +408,7 @@ class AutoLoad:
         since = self.measured_at.get(B, self.first_measured)
         return since is not None and self.rounds - since >= self.probe_gap.get(B, self.probe_every)
 
-    def decide(self, rows: Sequence[Request], bound: int | None) -> int | None:
+    def decide(self, rows: Sequence[Request], bound: int | None, priced: bool = False) -> int | None:
         if not rows or bound is None or not (self.target and self.draft_step and self.acceptance):
             return None
         K_max = min(bound, max(r.room for r in rows) - 1)
@@ -422,13 +434,15 @@ class AutoLoad:
             return 0
         self.probing.discard(B)
         self.probe_gap.pop(B, None)
+        if priced and B == 1 and self.defer:  # a lone request: its policy's prices are fitted on these very rounds
+            return None
         return None if best == K_max else best
 
 
 def make_load_rule(spec_load: str, *, spec_max_batch: int = 8, spec_load_k: int = 0, spec_auto_margin: float = 0.05,
-                   spec_auto_window: int = 100, spec_auto_probe_every: int = 32) -> LoadRule:
+                   spec_auto_window: int = 100, spec_auto_probe_every: int = 32, spec_auto_defer: bool = True) -> LoadRule:
     if spec_load == "auto":
-        return AutoLoad(spec_auto_margin, spec_auto_window, probe_every=spec_auto_probe_every)
+        return AutoLoad(spec_auto_margin, spec_auto_window, probe_every=spec_auto_probe_every, defer=spec_auto_defer)
     if spec_load == "static":
         return StaticLoad(spec_max_batch, spec_load_k)
     if spec_load == "off":

@@ -244,7 +244,7 @@ class Scheduler:
             return None
         rows = [job.request for job in self._running.values()]
         try:
-            return self.load_rule.decide(rows, self.cap.last_bound())
+            return self.load_rule.decide(rows, self.cap.last_bound(), priced=self.cap.reads_cost)
         except Exception:  # a cap only saves time: a rule that fails must not fail the requests
             log.error("the load rule failed; this round runs uncapped:\n%s", traceback.format_exc())
             return None

@@ -53,6 +53,11 @@ class ServeSettings:
         "warm-up) cannot switch drafting off for good; each probe that confirms the loss doubles the wait there "
         "(up to 8 times this); cost estimates fade with a half-life of a quarter of this. "
         "0 = never probe.")})
+    spec_auto_defer: bool = field(default=True, metadata={
+        "help": "--spec-load auto: while a single request runs under a method whose policy measures and prices its own "
+                "drafts (marginal:cost=auto), the rule only decides whether to draft and the policy how far. This "
+                "switch makes the rule cap such rounds too.",
+        "flag": "--spec-auto-always-cap", "negated": True})
     early_first_token: bool = field(default=True, metadata={
         "help": "Draft in a request's first round too. By default that round drafts nothing for it, so its first "
                 "token comes with its prompt's prefill, as without a draft; this switch saves that round and makes the "
@@ -86,7 +91,7 @@ class ServeSettings:
         """A fresh load rule as these settings describe it (one per server: it learns that server's costs)."""
         return make_load_rule(self.spec_load, spec_max_batch=self.spec_max_batch, spec_load_k=self.spec_load_k,
                               spec_auto_margin=self.spec_auto_margin, spec_auto_window=self.spec_auto_window,
-                              spec_auto_probe_every=self.spec_auto_probe_every)
+                              spec_auto_probe_every=self.spec_auto_probe_every, spec_auto_defer=self.spec_auto_defer)
 
     @property
     def served_name(self) -> str:
