@@ -1132,9 +1132,10 @@ def float32_rows(name: str) -> Callable[[], str]:
     return render
 
 
-def serve_load(*names: str) -> Callable[[], str]:
+def serve_load(*names: str, capped: bool = False) -> Callable[[], str]:
     """benchmarks/serve_load.py runs: per file, throughput, TTFT and TPOT per method and concurrency (mean over
-    repeats) and each method's throughput ÷ autoregressive's, pooled over repeats and per repeat."""
+    repeats) and each method's throughput ÷ autoregressive's, pooled over repeats and per repeat; ``capped``: also
+    the share of rounds whose draft length the load rule bounded (a cap above 0)."""
 
     def render() -> str:
         out = []
@@ -1146,8 +1147,8 @@ def serve_load(*names: str) -> Callable[[], str]:
                        f"`{st.get('spec_load', 'static')}`, {st.get('repeats', 1)} repeat(s).\n")
             logged = all("caps_by_batch" in r for r in rows)  # newer runs record the load rule's caps
             out.append("| method | clients | tok/s (per repeat) | TTFT p50 s | TPOT p50 s | ÷ autoregressive (per repeat) |"
-                       + (" drafting rounds |" if logged else ""))
-            out.append("|---|---|---|---|---|---|" + ("---|" if logged else ""))
+                       + (" drafting rounds |" if logged else "") + (" of them capped |" if logged and capped else ""))
+            out.append("|---|---|---|---|---|---|" + ("---|" if logged else "") + ("---|" if logged and capped else ""))
             ratios = data.get("ratios", {})
             cells = dict.fromkeys((r["method"], r["concurrency"]) for r in rows)
             for method, c in sorted(cells, key=lambda mc: (mc[1], mc[0] != "autoregressive", mc[0])):
@@ -1164,6 +1165,9 @@ def serve_load(*names: str) -> Callable[[], str]:
                     drafting = total - sum(c.get("0", 0) for c in caps)
                     line += " –" if method == "autoregressive" or not total else f" {drafting / total:.0%} of {total}"
                     line += " |"
+                    if capped:
+                        bounded = sum(n for c in caps for cap, n in c.items() if cap not in ("0", "none"))
+                        line += " – |" if method == "autoregressive" or not drafting else f" {bounded / drafting:.0%} |"
                 out.append(line)
             out.append("")
         return "\n".join(out)
@@ -1875,6 +1879,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-auto-humaneval1": serve_load("cpu_avx2/serve_load_auto_humaneval1.json"),
     "serve-load-avx2-terms-mixed1": serve_load("cpu_avx2/serve_load_terms_mixed1.json"),
     "serve-load-avx2-terms-mixed1-off": serve_load("cpu_avx2/serve_load_terms_mixed1_off.json"),
+    "serve-load-avx2-defer-tune": serve_load("cpu_avx2/serve_load_defer_tune.json", capped=True),
     "serve-load-avx2-lookup": serve_load("cpu_avx2/serve_load_lookup.json"),
     "serve-load-avx2-first-token-humaneval1": serve_load("cpu_avx2/serve_load_first_token_humaneval1.json"),
     "cheap-draft-avx2-targets": cheap_draft_targets(RESULTS / "cpu_avx2" / "cheap_draft", default_method="adaedl+lookup"),

@@ -18,8 +18,8 @@ p50/p95 over the cell's requests; acceptance and mean accepted length pooled fro
 The server's load rule is ``--spec-load`` (default ``auto``, as ``specadapt serve``); a method string may
 name its own after ``@``, so one run compares them, e.g. ``--methods autoregressive,fixed:4@auto,fixed:4@off``
 (``off``: raw speculation, which shows where it stops paying; ``static`` uses ``--spec-max-batch`` and
-``--spec-load-k``; ``auto-always-cap``: ``auto`` with ``--spec-auto-always-cap``, capping a lone request whose
-policy prices its own drafts too). A label ending in ``/fused`` serves that method with ``--fused-first-round`` (a request's first
+``--spec-load-k``; ``auto-defer``: ``auto`` with ``--spec-auto-defer``, leaving a lone request's draft length
+to a policy that prices its own drafts). A label ending in ``/fused`` serves that method with ``--fused-first-round`` (a request's first
 round drafts too; every run before ``cpu_avx2/serve_load_first_token*.json`` served so), e.g.
 ``--methods autoregressive,adaedl+lookup,adaedl+lookup/fused``.
 """
@@ -245,11 +245,11 @@ def main(argv: list[str] | None = None) -> None:
         for method in methods:  # one server per method, all up for the whole run, so cells can interleave
             spec, _, first = method.partition("/")
             name, _, rule = spec.partition("@")
-            rule, always_cap = (rule or args.spec_load), rule == "auto-always-cap"
+            rule, defer = (rule or args.spec_load), rule == "auto-defer"
             settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant,
                                      draft_vocab=args.draft_vocab, method=name, early_first_token=first != "fused",
                                      model_name="bench", max_batch_size=max(levels), max_queue=max(levels),
-                                     spec_load="auto" if always_cap else rule, spec_auto_defer=not always_cap,
+                                     spec_load="auto" if defer else rule, spec_auto_defer=defer,
                                      spec_max_batch=args.spec_max_batch,
                                      spec_load_k=args.spec_load_k,
                                      **({} if args.spec_auto_margin is None else {"spec_auto_margin": args.spec_auto_margin}))

@@ -57,18 +57,19 @@ def test_auto_rule_picks_the_cap_in_between_when_later_positions_rarely_pay():
     assert rule.decide(rows(1), bound=3) == 2
 
 
-def test_auto_rule_leaves_a_lone_request_to_a_policy_that_prices_its_own_drafts_but_not_a_batch():
+def test_auto_rule_can_leave_a_lone_request_to_a_policy_that_prices_its_own_drafts_but_not_a_batch():
     # The same costs and acceptance as the test above (the rule's best cap: 2 of the policy's 3).
     rule = trained(lambda x: 1.0 + 0.05 * x, lambda b: 0.1, accepted=(3, 2, 2, 1, 1, 1, 1, 1, 1, 0))
+    assert rule.decide(rows(1), bound=3, priced=True) == 2  # by default the rule caps it as any other
+    rule.defer = True  # --spec-auto-defer
     assert rule.decide(rows(1), bound=3, priced=True) is None  # marginal:cost=auto alone: its own length
-    assert rule.decide(rows(1), bound=3) == 2  # any other policy: capped
+    assert rule.decide(rows(1), bound=3) == 2  # a policy that does not price its drafts: capped
     assert rule.decide(rows(2), bound=3, priced=True) == 1  # a batch (dearer: cap 1): a row's steps hold up the others
-    rule.defer = False  # --spec-auto-always-cap
-    assert rule.decide(rows(1), bound=3, priced=True) == 2
     # Drafting loses at any length: the rule keeps the lone request target-only, priced or not.
     rule = trained(lambda x: 0.1 * x, lambda b: 0.05)
+    rule.defer = True
     assert rule.decide(rows(1), bound=3, priced=True) == 0
-    assert ServeSettings().load_rule().defer and not ServeSettings(spec_auto_defer=False).load_rule().defer
+    assert not ServeSettings().load_rule().defer and ServeSettings(spec_auto_defer=True).load_rule().defer
 
 
 def test_auto_rule_target_only_when_drafting_costs_more_than_it_saves_at_any_batch():

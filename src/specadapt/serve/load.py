@@ -272,14 +272,14 @@ class AutoLoad:
     by the seconds it saves instead (:meth:`best_cap`). Until both a draft step and the target have been measured the
     rule does not cap (the method runs as it is, which measures them).
 
-    A lone request whose policy prices its own drafts (``priced``: ``marginal:cost=auto``, which fits each round's
-    seconds and drafts a token only while its predicted acceptance pays for it) is not capped when drafting wins
-    (``defer``, the default): the rule's model prices an average token at an average acceptance, the policy each
-    token at its own, from the same rounds' costs, so where the two agree on what a round costs (one request) the
-    policy's choice is the finer one. The rule still decides whether to draft at all (a policy drafts at least one
-    token) and still caps a batch, where a row's draft steps hold up the others, which no row's policy prices.
-    With the rule capping such a request too, three-term ``cost=auto`` served a lone client at 1.40x target-only
-    against 1.54x uncapped (AVX2, ``BENCHMARKS.md``).
+    With ``defer`` (``--spec-auto-defer``), a lone request whose policy prices its own drafts (``priced``:
+    ``marginal:cost=auto``, which fits each round's seconds and drafts a token only while its predicted acceptance
+    pays for it) is not capped when drafting wins: the rule's model prices an average token at an average
+    acceptance, the policy each token at its own, from the same rounds' costs. The rule still decides whether to
+    draft at all (a policy drafts at least one token) and still caps a batch, where a row's draft steps hold up the
+    others, which no row's policy prices. Not the default: side by side on tune prompts at one client (AVX2) the
+    policy's longer drafts (5.9-6.2 accepted per round against 4.1-4.3) gave the same throughput as the rule's
+    cap, 1.53x against 1.54x target-only (``BENCHMARKS.md``).
 
     Exploration: a batch size kept target-only measures no draft step, so one bad measurement (a step slowed by a
     transient load spike, a first call's warm-up) would keep drafting off there for good. So estimates age (a
@@ -303,7 +303,7 @@ class AutoLoad:
 
     def __init__(self, margin: float = 0.05, window: int = 100,
                  timing: Callable[[RoundRecord], tuple[float, float]] | None = None, probe_every: int = 32,
-                 defer: bool = True) -> None:
+                 defer: bool = False) -> None:
         self.margin = margin
         self.defer = defer
         self.probe_every = probe_every
@@ -440,7 +440,7 @@ class AutoLoad:
 
 
 def make_load_rule(spec_load: str, *, spec_max_batch: int = 8, spec_load_k: int = 0, spec_auto_margin: float = 0.05,
-                   spec_auto_window: int = 100, spec_auto_probe_every: int = 32, spec_auto_defer: bool = True) -> LoadRule:
+                   spec_auto_window: int = 100, spec_auto_probe_every: int = 32, spec_auto_defer: bool = False) -> LoadRule:
     if spec_load == "auto":
         return AutoLoad(spec_auto_margin, spec_auto_window, probe_every=spec_auto_probe_every, defer=spec_auto_defer)
     if spec_load == "static":

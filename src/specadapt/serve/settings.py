@@ -53,11 +53,10 @@ class ServeSettings:
         "warm-up) cannot switch drafting off for good; each probe that confirms the loss doubles the wait there "
         "(up to 8 times this); cost estimates fade with a half-life of a quarter of this. "
         "0 = never probe.")})
-    spec_auto_defer: bool = field(default=True, metadata={
+    spec_auto_defer: bool = field(default=False, metadata={
         "help": "--spec-load auto: while a single request runs under a method whose policy measures and prices its own "
-                "drafts (marginal:cost=auto), the rule only decides whether to draft and the policy how far. This "
-                "switch makes the rule cap such rounds too.",
-        "flag": "--spec-auto-always-cap", "negated": True})
+                "drafts (marginal:cost=auto), the rule only decides whether to draft and leaves how far to the policy "
+                "(measured: no faster than the rule's cap on tune prompts; BENCHMARKS.md)."})
     early_first_token: bool = field(default=True, metadata={
         "help": "Draft in a request's first round too. By default that round drafts nothing for it, so its first "
                 "token comes with its prompt's prefill, as without a draft; this switch saves that round and makes the "
