@@ -1213,21 +1213,22 @@ def serve_load_targets(name: str, humaneval: str) -> Callable[[], str]:
     return render
 
 
-def serve_load_time(name: str, clients: int) -> Callable[[], str]:
+def serve_load_time(name: str, clients: int, min_batch: int = 6) -> Callable[[], str]:
     """Where a serve_load.py run's time went at ``clients`` clients, from the rounds it logged: seconds in the
     draft, the target and prefill (prompts joining a running batch, both models), and tokens per second of the
-    rounds without prefill, drafting vs target-only, by batch size."""
+    rounds without prefill at batch sizes of ``min_batch`` or more, drafting vs target-only."""
 
     def render() -> str:
         rows = [r for r in json.loads((RESULTS / name).read_text(encoding="utf-8"))["rows"] if r["concurrency"] == clients]
-        lines = ["| method | repeat | draft s | target s | prefill s | wall s | tok/s of rounds at batch ≥ 6: drafting (rounds) | target-only (rounds) |",
+        lines = [f"| method | repeat | draft s | target s | prefill s | wall s | tok/s of rounds at batch ≥ {min_batch}: "
+                 "drafting (rounds) | target-only (rounds) |",
                  "|---|---|---|---|---|---|---|---|"]
         for r in sorted(rows, key=lambda r: (r.get("repeat", 0), r["method"])):
             log = [x for x in r["round_log"] if x]
             draft, target, prefill = (sum(x[i] for x in log) for i in (4, 5, 6))
 
             def rate(sel):  # rows, K, draft width, target width, draft s, target s, prefill s, accepted
-                chosen = [x for x in log if x[0] >= 6 and x[6] == 0 and sel(x)]
+                chosen = [x for x in log if x[0] >= min_batch and x[6] == 0 and sel(x)]
                 seconds = sum(x[4] + x[5] for x in chosen)
                 return "–" if not seconds else f"{sum(x[0] + x[7] for x in chosen) / seconds:.1f} ({len(chosen)})"
 
@@ -1880,6 +1881,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-terms-mixed1": serve_load("cpu_avx2/serve_load_terms_mixed1.json"),
     "serve-load-avx2-terms-mixed1-off": serve_load("cpu_avx2/serve_load_terms_mixed1_off.json"),
     "serve-load-avx2-defer-tune": serve_load("cpu_avx2/serve_load_defer_tune.json", capped=True),
+    "serve-load-avx2-terms-mixed2": serve_load("cpu_avx2/serve_load_terms_mixed2.json", capped=True),
+    "serve-load-avx2-terms-mixed2-time": serve_load_time("cpu_avx2/serve_load_terms_mixed2.json", 2, min_batch=2),
     "serve-load-avx2-lookup": serve_load("cpu_avx2/serve_load_lookup.json"),
     "serve-load-avx2-first-token-humaneval1": serve_load("cpu_avx2/serve_load_first_token_humaneval1.json"),
     "cheap-draft-avx2-targets": cheap_draft_targets(RESULTS / "cpu_avx2" / "cheap_draft", default_method="adaedl+lookup"),
