@@ -278,8 +278,8 @@ class AutoLoad:
     acceptance, the policy each token at its own, from the same rounds' costs. The rule still decides whether to
     draft at all (a policy drafts at least one token) and still caps a batch, where a row's draft steps hold up the
     others, which no row's policy prices. Not the default: side by side on tune prompts at one client (AVX2) the
-    policy's longer drafts (5.9-6.2 accepted per round against 4.1-4.3) gave the same throughput as the rule's
-    cap, 1.53x against 1.54x target-only (``BENCHMARKS.md``).
+    policy's longer rounds (about 6 tokens each against about 4 under the cap) gave the same throughput as the
+    rule's cap, 1.53x against 1.54x target-only (``BENCHMARKS.md``).
 
     Exploration: a batch size kept target-only measures no draft step, so one bad measurement (a step slowed by a
     transient load spike, a first call's warm-up) would keep drafting off there for good. So estimates age (a
