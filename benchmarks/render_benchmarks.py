@@ -1885,6 +1885,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-terms-mixed2-time": serve_load_time("cpu_avx2/serve_load_terms_mixed2.json", 2, min_batch=2),
     "serve-load-avx2-off2-tune": serve_load("cpu_avx2/serve_load_off2_tune.json", capped=True),
     "serve-load-avx2-off2-tune-time": serve_load_time("cpu_avx2/serve_load_off2_tune.json", 2, min_batch=2),
+    "serve-load-avx2-terms-mixed4": serve_load("cpu_avx2/serve_load_terms_mixed4.json", capped=True),
+    "serve-load-avx2-terms-mixed4-time": serve_load_time("cpu_avx2/serve_load_terms_mixed4.json", 4, min_batch=4),
     "serve-load-avx2-lookup": serve_load("cpu_avx2/serve_load_lookup.json"),
     "serve-load-avx2-lookup-time4": serve_load_time("cpu_avx2/serve_load_lookup.json", 4, min_batch=4),
     "serve-load-avx2-first-token-humaneval1": serve_load("cpu_avx2/serve_load_first_token_humaneval1.json"),
