@@ -1135,7 +1135,8 @@ def float32_rows(name: str) -> Callable[[], str]:
 def serve_load(*names: str, capped: bool = False) -> Callable[[], str]:
     """benchmarks/serve_load.py runs: per file, throughput, TTFT and TPOT per method and concurrency (mean over
     repeats) and each method's throughput ÷ autoregressive's, pooled over repeats and per repeat; ``capped``: also
-    the share of rounds whose draft length the load rule bounded (a cap above 0)."""
+    the share of rounds whose draft length the load rule bounded (a cap above 0), and per repeat the rounds, the
+    acceptance and the tokens per round."""
 
     def render() -> str:
         out = []
@@ -1147,8 +1148,10 @@ def serve_load(*names: str, capped: bool = False) -> Callable[[], str]:
                        f"`{st.get('spec_load', 'static')}`, {st.get('repeats', 1)} repeat(s).\n")
             logged = all("caps_by_batch" in r for r in rows)  # newer runs record the load rule's caps
             out.append("| method | clients | tok/s (per repeat) | TTFT p50 s | TPOT p50 s | ÷ autoregressive (per repeat) |"
-                       + (" drafting rounds |" if logged else "") + (" of them capped |" if logged and capped else ""))
-            out.append("|---|---|---|---|---|---|" + ("---|" if logged else "") + ("---|" if logged and capped else ""))
+                       + (" drafting rounds |" if logged else "")
+                       + (" of them capped | rounds (per repeat) | acceptance / tokens per round (per repeat) |"
+                          if logged and capped else ""))
+            out.append("|---|---|---|---|---|---|" + ("---|" if logged else "") + ("---|---|---|" if logged and capped else ""))
             ratios = data.get("ratios", {})
             cells = dict.fromkeys((r["method"], r["concurrency"]) for r in rows)
             for method, c in sorted(cells, key=lambda mc: (mc[1], mc[0] != "autoregressive", mc[0])):
@@ -1168,6 +1171,10 @@ def serve_load(*names: str, capped: bool = False) -> Callable[[], str]:
                     if capped:
                         bounded = sum(n for c in caps for cap, n in c.items() if cap not in ("0", "none"))
                         line += " – |" if method == "autoregressive" or not drafting else f" {bounded / drafting:.0%} |"
+                        line += f" {', '.join(str(r['rounds']) for r in mine)} |"
+                        line += " – |" if method == "autoregressive" else " " + ", ".join(
+                            "–" if r.get("acceptance_rate") is None  # a repeat without a drafting round
+                            else f"{r['acceptance_rate']:.0%} / {r['mean_accepted_length']:.2f}" for r in mine) + " |"
                 out.append(line)
             out.append("")
         return "\n".join(out)

@@ -169,8 +169,7 @@ class MarginalStop(DraftLengthPolicy):
             table.mul_(TABLE_DECAY).index_add_(0, bins.flatten(), counted.flatten().double())
         cost = outcome.cost
         if self._fit is not None and cost is not None and cost.target_width == 1:  # not a prompt's round
-            terms = round_terms(outcome)
-            self._fit.add(terms if self.terms == 3 else (K,), cost.draft_s + cost.target_s)
+            self._fit.add(round_terms(outcome) if self.terms == 3 else (K,), cost.draft_s + cost.target_s)
         looked_up = sum((s.drafting.long() for s in outcome.steps if s.looked_up), torch.zeros_like(m))
         spent = 1 + self.token_cost * (m - looked_up) + self.lookup_cost * looked_up
         index = self._rate.index(outcome.slots)
