@@ -5,7 +5,7 @@
         --concurrency 1,2 --requests-per-client 2 --max-tokens 16 --dtype float32 --device cpu   # a quick check
 
 The server runs in this process (uvicorn in a thread, loopback only, a free port), one app per method on
-the same loaded models, all up for the whole run. Clients are threads using the official ``openai`` client,
+the same loaded models, all up for the whole run (``--fresh-servers``: started afresh for each repeat). Clients are threads using the official ``openai`` client,
 each sending ``--requests-per-client`` streaming chat requests one after another (prompts of ``--datasets``
 from ``--split``, default MT-Bench and HumanEval test prompts, alternating, greedy,
 ``stream_options.include_usage``). A cell stops issuing requests after ``--time-limit`` seconds. Cells run
@@ -19,7 +19,9 @@ The server's load rule is ``--spec-load`` (default ``auto``, as ``specadapt serv
 name its own after ``@``, so one run compares them, e.g. ``--methods autoregressive,fixed:4@auto,fixed:4@off``
 (``off``: raw speculation, which shows where it stops paying; ``static`` uses ``--spec-max-batch`` and
 ``--spec-load-k``; ``auto-defer``: ``auto`` with ``--spec-auto-defer``, leaving a lone request's draft length
-to a policy that prices its own drafts). A label ending in ``/fused`` serves that method with ``--fused-first-round`` (a request's first
+to a policy that prices its own drafts; ``auto-cold``: ``auto`` without the server's warm-up, ``--warmup-tokens 0``,
+as every run before ``cpu_avx2/serve_load_warmup4.json`` served). Every server also gets one 8-token request
+before its cells. A label ending in ``/fused`` serves that method with ``--fused-first-round`` (a request's first
 round drafts too; every run before ``cpu_avx2/serve_load_first_token*.json`` served so), e.g.
 ``--methods autoregressive,adaedl+lookup,adaedl+lookup/fused``.
 """
@@ -201,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
                         "(prompts no earlier run reported on)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds over every (concurrency, method) cell; the ratio's spread is across them")
+    parser.add_argument("--fresh-servers", action="store_true",
+                        help="start every method's server afresh for each repeat (what a newly started server does)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per cell before clients stop issuing requests")
     parser.add_argument("--spec-load", default="auto", choices=["auto", "static", "off"],
@@ -240,24 +244,33 @@ def main(argv: list[str] | None = None) -> None:
     compile_fused_products(decoder.target, decoder.draft)
     prompts = load_prompts(max(levels) * args.requests_per_client, args.datasets.split(","), args.split, args.skip)
     rows = []
-    with contextlib.ExitStack() as stack:
+
+    def start_servers(stack: contextlib.ExitStack) -> dict:
         servers = {}
-        for method in methods:  # one server per method, all up for the whole run, so cells can interleave
+        for method in methods:  # one server per method, all up at once, so cells can interleave
             spec, _, first = method.partition("/")
             name, _, rule = spec.partition("@")
-            rule, defer = (rule or args.spec_load), rule == "auto-defer"
+            rule = rule or args.spec_load
+            defer, cold = rule == "auto-defer", rule == "auto-cold"
             settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant,
                                      draft_vocab=args.draft_vocab, method=name, early_first_token=first != "fused",
                                      model_name="bench", max_batch_size=max(levels), max_queue=max(levels),
-                                     spec_load="auto" if defer else rule, spec_auto_defer=defer,
-                                     spec_max_batch=args.spec_max_batch,
-                                     spec_load_k=args.spec_load_k,
+                                     spec_load="auto" if defer or cold else rule, spec_auto_defer=defer,
+                                     spec_max_batch=args.spec_max_batch, spec_load_k=args.spec_load_k,
+                                     **({"warmup_tokens": 0} if cold else {}),
                                      **({} if args.spec_auto_margin is None else {"spec_auto_margin": args.spec_auto_margin}))
             servers[method] = stack.enter_context(Server(create_app(decoder, settings)))
             run_cell(servers[method].url, "bench", prompts[:1], 1, 1, 8, args.time_limit)  # warm-up
-        # Concurrency by concurrency, the methods side by side in an order rotated per cell, so slow drift of
-        # the machine's speed spreads over them instead of favouring whichever ran first.
+        return servers
+
+    with contextlib.ExitStack() as stack:
+        servers = start_servers(stack)
         for repeat in range(args.repeats):
+            if args.fresh_servers and repeat:  # each repeat on servers that have served nothing but the warm-ups
+                stack.close()
+                servers = start_servers(stack)
+            # Concurrency by concurrency, the methods side by side in an order rotated per cell, so slow drift of
+            # the machine's speed spreads over them instead of favouring whichever ran first.
             for i, c in enumerate(levels):
                 shift = (repeat * len(levels) + i) % len(methods)
                 for method in methods[shift:] + methods[:shift]:

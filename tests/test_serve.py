@@ -20,7 +20,7 @@ from specadapt import SpecDecoder
 from specadapt.engine import RequestConfig
 from specadapt.methods import make_method
 from specadapt.serve import ServeSettings, create_app
-from specadapt.serve.scheduler import Job
+from specadapt.serve.scheduler import WARMUP_DRAFT, Job
 
 from conftest import perturbed_copy, save_tiny_checkpoint
 
@@ -469,10 +469,11 @@ def test_a_failing_round_fails_only_the_request_that_joined_it(decoder):
         result, text = reference(decoder, decoder.encode("w1 w2"), 60)
         assert len(result.token_ids) == 60
         good: dict = {}
+        start = scheduler.rounds  # the warm-up's rounds came before
         runner = threading.Thread(target=lambda: good.update(httpx.post(app.state.url + "/v1/completions", timeout=60, json={
             "model": NAME, "prompt": "w1 w2", "max_tokens": 60, "temperature": 0}).json()))
         runner.start()
-        wait_until(lambda: scheduler.rounds >= 2)
+        wait_until(lambda: scheduler.rounds >= start + 2)
         events, done = [], threading.Event()
 
         def on_event(kind, payload):
@@ -497,6 +498,25 @@ def test_a_failing_round_fails_only_the_request_that_joined_it(decoder):
         response = client(app).completions.create(model=NAME, prompt="w2 w3", max_tokens=8, temperature=0)
         assert response.choices[0].text == reference(decoder, decoder.encode("w2 w3"), 8)[1]
         assert httpx.get(app.state.url + "/health").json() == {"status": "ok", "running": 0, "waiting": 0}
+
+
+def test_the_warm_up_measures_the_load_rule_before_traffic_and_is_not_counted(decoder):
+    with live_server(decoder, spec_load="auto", warmup_tokens=12) as app:
+        scheduler, rule = app.state.scheduler, app.state.scheduler.load_rule
+        records, sizes = list(scheduler.records), list(scheduler.batch_sizes)  # the warm-up's: nobody has sent anything
+        response = client(app).completions.create(model=NAME, prompt="w1 w2", max_tokens=5, temperature=0)
+        with httpx.Client() as http:
+            metrics = scrape(http, app.state.url)
+    assert sum(r.K for r in records) > 0 and max(r.K for r in records) <= WARMUP_DRAFT
+    assert set(sizes) == {1, 2}  # the second warm-up request joined the first
+    # A draft step alone and in a batch of two, and the draft's pass over the joining prompt, measured:
+    assert set(rule.draft_step) == {1, 2} and rule.fill_ratio is not None
+    spec = extra(response.usage)["spec_decode"]  # /metrics counts the one client request only
+    assert metrics[("specadapt:generation_tokens_total", ())] == response.usage.completion_tokens == 5
+    assert metrics[("specadapt:spec_decode_num_draft_tokens_total", ())] == spec["num_draft_tokens"]
+    assert metrics[("specadapt:e2e_request_latency_seconds_count", ())] == 1
+    with live_server(decoder, warmup_tokens=0) as app:
+        assert app.state.scheduler.rounds == 0
 
 
 def test_models_and_health(server):

@@ -34,6 +34,7 @@ from .settings import ServeSettings
 from .text import TextAssembler
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (chat defaults to the rest of the context)
+WARMUP_PROMPT = "Count from one to twenty in words, separated by commas."
 
 
 class BodyLimit:
@@ -122,6 +123,11 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         scheduler.start()
+        if settings.warmup_tokens:  # before the server listens: clients never wait behind it
+            prompt = decoder.encode(WARMUP_PROMPT, chat=has_chat_template(tokenizer))
+            room = context - len(prompt) if context is not None else settings.warmup_tokens
+            if min(room, settings.warmup_tokens) > 0:
+                await asyncio.to_thread(scheduler.warm_up, prompt, min(room, settings.warmup_tokens))
         try:
             yield
         finally:

@@ -39,6 +39,7 @@ from .metrics import ServeMetrics
 
 log = logging.getLogger("specadapt.serve")
 HISTORY = 10_000  # admissions and rounds kept in Scheduler.joins / batch_sizes
+WARMUP_DRAFT = 4  # warm-up rounds draft at most this many tokens: a short request then spans several plain rounds
 
 
 class QueueFull(Exception):
@@ -62,6 +63,26 @@ class Job:
     first_token_at: float | None = None
     load_capped_rounds: int = 0
     done: bool = False
+    internal: bool = False  # the server's own warm-up request: not counted in /metrics
+
+
+@dataclass(eq=False)
+class _InternalJob(Job):
+    """A request of the server's own (the warm-up): a thread waits on ``finished``."""
+
+    on_event: Callable[[str, Any], None] | None = None  # type: ignore[assignment]  (its own handle)
+    internal: bool = True
+    finished: threading.Event = field(default_factory=threading.Event)
+    failure: str | None = None
+
+    def __post_init__(self) -> None:
+        self.on_event = self.handle
+
+    def handle(self, kind: str, payload: Any) -> None:
+        if kind == "error":
+            self.failure = payload[1]
+        if kind in ("done", "error"):
+            self.finished.set()
 
 
 @dataclass
@@ -122,6 +143,38 @@ class Scheduler:
     @property
     def waiting(self) -> int:
         return len(self._waiting)
+
+    def warm_up(self, prompt: list[int], max_tokens: int, timeout: float = 600.0) -> bool:
+        """Decode two short greedy requests of the server's own (after :meth:`start`, before traffic), the second
+        joining the first after two rounds, and wait for them. A kernel's first calls are slow, and the load rule
+        would otherwise decide the first burst of requests blind: until it has measured a draft step it does not
+        cap, so a fresh server's first round over several new requests drafts and feeds the draft every waiting
+        prompt (measured: a tenth of the throughput lost at four clients on a CPU without native bf16,
+        BENCHMARKS.md). Warm-up rounds draft ``WARMUP_DRAFT`` tokens whatever the rule says, so they measure a
+        draft step alone and in a batch of two even where every draft is accepted, and the joining request's
+        prompt is fed to the draft apart, which measures what feeding the draft a prompt costs. Not counted in
+        /metrics. Returns whether both finished within ``timeout`` (a failure is logged; the server serves on)."""
+        deadline = time.monotonic() + timeout
+        first = self._submit_internal(prompt, max_tokens)
+        while not first.done and (first.joined_round is None or self.rounds < first.joined_round + 2):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        jobs = [first, self._submit_internal(prompt, max(2, max_tokens // 2))]
+        for job in jobs:
+            if not job.finished.wait(max(0.0, deadline - time.monotonic())):
+                self.cancel(job)
+                log.warning("the warm-up did not finish within %.0f s; serving without it.", timeout)
+                return False
+            if job.failure:
+                log.warning("the warm-up failed (%s); serving without it.", job.failure)
+                return False
+        return True
+
+    def _submit_internal(self, prompt: list[int], max_tokens: int) -> _InternalJob:
+        job = _InternalJob(list(prompt), RequestConfig(max_new_tokens=max_tokens))
+        self.submit(job)
+        return job
 
     def submit(self, job: Job) -> None:
         """Queue a request; raises :class:`QueueFull` when every row is taken and the queue is full."""
@@ -242,6 +295,8 @@ class Scheduler:
         """The load rule's draft-length cap for this round (None: none; target-only methods are never capped)."""
         if not self.method.needs_draft:
             return None
+        if any(job.internal for job in self._running.values()):  # the warm-up drafts, to measure what drafting costs
+            return WARMUP_DRAFT
         rows = [job.request for job in self._running.values()]
         try:
             return self.load_rule.decide(rows, self.cap.last_bound(), priced=self.cap.reads_cost)
@@ -290,7 +345,7 @@ class Scheduler:
 
     def _record(self, job: Job, reason: str, now: float | None = None) -> None:
         job.done = True
-        if self.metrics is None or job.request is None:
+        if self.metrics is None or job.request is None or job.internal:
             return
         now = now if now is not None else time.perf_counter()
         stats = job.request.stats

@@ -57,6 +57,10 @@ class ServeSettings:
         "help": "--spec-load auto: while a single request runs under a method whose policy measures and prices its own "
                 "drafts (marginal:cost=auto), the rule only decides whether to draft and leaves how far to the policy "
                 "(measured: no faster than the rule's cap on tune prompts; BENCHMARKS.md)."})
+    warmup_tokens: int = field(default=32, metadata={"help": (
+        "Before taking traffic, the server decodes a short request of its own with this many tokens (not counted in "
+        "/metrics): the kernels' slow first calls are done, and --spec-load auto has measured the draft's and the "
+        "target's costs before the first burst of requests instead of letting it draft blind. 0 = no warm-up.")})
     early_first_token: bool = field(default=True, metadata={
         "help": "Draft in a request's first round too. By default that round drafts nothing for it, so its first "
                 "token comes with its prompt's prefill, as without a draft; this switch saves that round and makes the "
@@ -71,7 +75,7 @@ class ServeSettings:
         for name in ("max_batch_size", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise SpecAdaptError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("max_queue", "spec_max_batch", "spec_load_k", "retry_after_s"):
+        for name in ("max_queue", "spec_max_batch", "spec_load_k", "retry_after_s", "warmup_tokens"):
             if getattr(self, name) < 0:
                 raise SpecAdaptError(f"{name} must be >= 0, got {getattr(self, name)}.")
         check_scheme(self.draft_quant, self.draft_group_size, "draft")
