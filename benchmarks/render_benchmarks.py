@@ -1145,7 +1145,8 @@ def serve_load(*names: str, capped: bool = False) -> Callable[[], str]:
             st, rows = data["settings"], data["rows"]
             out.append(f"`{name}`: {st.get('prompts', 'prompts not recorded')}; {st['requests_per_client']} requests per "
                        f"client, {st['max_tokens']} tokens, draft {st.get('draft_quant', 'none')}, load rule "
-                       f"`{st.get('spec_load', 'static')}`, {st.get('repeats', 1)} repeat(s).\n")
+                       f"`{st.get('spec_load', 'static')}`, {st.get('repeats', 1)} repeat(s)"
+                       + (", each on servers started afresh" if st.get("fresh_servers") else "") + ".\n")
             logged = all("caps_by_batch" in r for r in rows)  # newer runs record the load rule's caps
             out.append("| method | clients | tok/s (per repeat) | TTFT p50 s | TPOT p50 s | ÷ autoregressive (per repeat) |"
                        + (" drafting rounds |" if logged else "")
@@ -1894,6 +1895,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-off2-tune-time": serve_load_time("cpu_avx2/serve_load_off2_tune.json", 2, min_batch=2),
     "serve-load-avx2-terms-mixed4": serve_load("cpu_avx2/serve_load_terms_mixed4.json", capped=True),
     "serve-load-avx2-terms-mixed4-time": serve_load_time("cpu_avx2/serve_load_terms_mixed4.json", 4, min_batch=4),
+    "serve-load-avx2-warmup4-tune": serve_load("cpu_avx2/serve_load_warmup4_tune.json", capped=True),
+    "serve-load-avx2-warmup4-tune-time": serve_load_time("cpu_avx2/serve_load_warmup4_tune.json", 4, min_batch=3),
     "serve-load-avx2-lookup": serve_load("cpu_avx2/serve_load_lookup.json"),
     "serve-load-avx2-lookup-time4": serve_load_time("cpu_avx2/serve_load_lookup.json", 4, min_batch=4),
     "serve-load-avx2-first-token-humaneval1": serve_load("cpu_avx2/serve_load_first_token_humaneval1.json"),
