@@ -1897,6 +1897,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-terms-mixed4-time": serve_load_time("cpu_avx2/serve_load_terms_mixed4.json", 4, min_batch=4),
     "serve-load-avx2-warmup4-tune": serve_load("cpu_avx2/serve_load_warmup4_tune.json", capped=True),
     "serve-load-avx2-warmup4-tune-time": serve_load_time("cpu_avx2/serve_load_warmup4_tune.json", 4, min_batch=3),
+    "serve-load-avx2-warmup4": serve_load("cpu_avx2/serve_load_warmup4.json", capped=True),
+    "serve-load-avx2-warmup4-time": serve_load_time("cpu_avx2/serve_load_warmup4.json", 4, min_batch=3),
     "serve-load-avx2-lookup": serve_load("cpu_avx2/serve_load_lookup.json"),
     "serve-load-avx2-lookup-time4": serve_load_time("cpu_avx2/serve_load_lookup.json", 4, min_batch=4),
     "serve-load-avx2-first-token-humaneval1": serve_load("cpu_avx2/serve_load_first_token_humaneval1.json"),
