@@ -22,7 +22,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 from statistics import mean, stdev
-from typing import Callable
+from typing import Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
@@ -1283,6 +1283,24 @@ def serve_scaling(name: str, method: str = "autoregressive") -> Callable[[], str
     return render
 
 
+def serve_rule_widths(name: str, widths: Sequence[int]) -> Callable[[], str]:
+    """What an ``auto`` load rule had learned of the target's pass by a serve_load.py cell's end: per method and
+    repeat, its running average of the seconds for a pass over each of ``widths`` positions ("–": never measured)."""
+
+    def render() -> str:
+        rows = [r for r in json.loads((RESULTS / name).read_text(encoding="utf-8"))["rows"]
+                if r.get("load_rule", {}).get("target_s")]  # a target-only server's rule measures nothing
+        lines = ["| method | repeat | " + " | ".join(f"{w} positions" for w in widths) + " |",
+                 "|---|---|" + "---|" * len(widths)]
+        for r in sorted(rows, key=lambda r: (r["method"], r.get("repeat", 0))):
+            seen = r["load_rule"]["target_s"]
+            lines.append(f"| `{r['method']}` | {r.get('repeat', 0)} | "
+                         + " | ".join(f"{seen[str(w)]:.2f}" if str(w) in seen else "–" for w in widths) + " |")
+        return "\n".join(lines) + "\n"
+
+    return render
+
+
 def serve_round_costs(name: str) -> Callable[[], str]:
     """What a serve_load.py run's rounds cost, from the rounds it logged (those without prefill): per method and
     repeat, target seconds of a one-token round (target-only), the cap the speculative server used most, its rounds'
@@ -1899,6 +1917,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-warmup4-tune-time": serve_load_time("cpu_avx2/serve_load_warmup4_tune.json", 4, min_batch=3),
     "serve-load-avx2-warmup4": serve_load("cpu_avx2/serve_load_warmup4.json", capped=True),
     "serve-load-avx2-warmup4-time": serve_load_time("cpu_avx2/serve_load_warmup4.json", 4, min_batch=3),
+    "serve-load-avx2-warmup1": serve_load("cpu_avx2/serve_load_warmup1.json", capped=True),
+    "serve-load-avx2-warmup1-rounds": serve_round_costs("cpu_avx2/serve_load_warmup1.json"),
+    "serve-load-avx2-warmup1-widths": serve_rule_widths("cpu_avx2/serve_load_warmup1.json", (9, 10, 13, 14, 16, 24, 27, 29, 33)),
     "serve-load-avx2-lookup": serve_load("cpu_avx2/serve_load_lookup.json"),
     "serve-load-avx2-lookup-time4": serve_load_time("cpu_avx2/serve_load_lookup.json", 4, min_batch=4),
     "serve-load-avx2-first-token-humaneval1": serve_load("cpu_avx2/serve_load_first_token_humaneval1.json"),
