@@ -1283,6 +1283,28 @@ def serve_scaling(name: str, method: str = "autoregressive") -> Callable[[], str
     return render
 
 
+def row_padding(name: str) -> Callable[[], str]:
+    """benchmarks/row_padding.py: ms of a float32 ``weight @ x.T`` pass over the target's layer shapes, per row
+    count, as is and padded to a multiple of 8 rows, and which the library multiplies (``padded_rows``)."""
+
+    def render() -> str:
+        from specadapt.models.hardware import PAD_FROM, PAD_TO
+
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        m = data["machine"]
+        lines = [f"`{name}`: {m['cpu']} ({m['cpu_capability']}, native bf16: {'yes' if m['native_bf16'] else 'no'}), "
+                 f"{data['settings']['threads']} threads, shapes {data['settings']['shapes']}; median of "
+                 f"{data['settings']['rounds']} interleaved rounds.\n",
+                 "| rows | as is, ms | padded, ms (to) | padded ÷ as is | the library |", "|---|---|---|---|---|"]
+        for r in data["rows"]:
+            chosen = "padded" if PAD_FROM <= r["rows"] <= PAD_TO and r["padded_to"] != r["rows"] else "as is"
+            lines.append(f"| {r['rows']} | {r['as_is_ms']:.1f} | {r['padded_ms']:.1f} ({r['padded_to']}) | "
+                         f"{r['padded_ms'] / r['as_is_ms']:.2f} | {chosen} |")
+        return "\n".join(lines) + "\n"
+
+    return render
+
+
 def serve_rule_widths(name: str, widths: Sequence[int]) -> Callable[[], str]:
     """What an ``auto`` load rule had learned of the target's pass by a serve_load.py cell's end: per method and
     repeat, its running average of the seconds for a pass over each of ``widths`` positions ("–": never measured)."""
@@ -1919,6 +1941,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-warmup4-time": serve_load_time("cpu_avx2/serve_load_warmup4.json", 4, min_batch=3),
     "serve-load-avx2-warmup1": serve_load("cpu_avx2/serve_load_warmup1.json", capped=True),
     "serve-load-avx2-warmup1-rounds": serve_round_costs("cpu_avx2/serve_load_warmup1.json"),
+    "row-padding-avx2": row_padding("cpu_avx2/row_padding.json"),
     "serve-load-avx2-warmup1-widths": serve_rule_widths("cpu_avx2/serve_load_warmup1.json", (9, 10, 13, 14, 16, 24, 27, 29, 33)),
     "serve-load-avx2-lookup": serve_load("cpu_avx2/serve_load_lookup.json"),
     "serve-load-avx2-lookup-time4": serve_load_time("cpu_avx2/serve_load_lookup.json", 4, min_batch=4),

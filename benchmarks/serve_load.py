@@ -19,8 +19,9 @@ The server's load rule is ``--spec-load`` (default ``auto``, as ``specadapt serv
 name its own after ``@``, so one run compares them, e.g. ``--methods autoregressive,fixed:4@auto,fixed:4@off``
 (``off``: raw speculation, which shows where it stops paying; ``static`` uses ``--spec-max-batch`` and
 ``--spec-load-k``; ``auto-defer``: ``auto`` with ``--spec-auto-defer``, leaving a lone request's draft length
-to a policy that prices its own drafts; ``auto-cold``: ``auto`` without the server's warm-up, ``--warmup-tokens 0``,
-as every run before ``cpu_avx2/serve_load_warmup4.json`` served). Every server also gets one 8-token request
+to a policy that prices its own drafts; ``auto-cold``: ``auto`` without the server's warm-up, ``--warmup-tokens 0``
+(the default since ``cpu_avx2/serve_load_warmup1.json``; the bare label in that run and the two before it meant
+``--warmup-tokens 32``); ``auto-warm``: ``auto`` with ``--warmup-tokens 32``). Every server also gets one 8-token request
 before its cells. A label ending in ``/fused`` serves that method with ``--fused-first-round`` (a request's first
 round drafts too; every run before ``cpu_avx2/serve_load_first_token*.json`` served so), e.g.
 ``--methods autoregressive,adaedl+lookup,adaedl+lookup/fused``.
@@ -251,13 +252,13 @@ def main(argv: list[str] | None = None) -> None:
             spec, _, first = method.partition("/")
             name, _, rule = spec.partition("@")
             rule = rule or args.spec_load
-            defer, cold = rule == "auto-defer", rule == "auto-cold"
+            defer, warmup = rule == "auto-defer", {"auto-cold": 0, "auto-warm": 32}.get(rule)
             settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant,
                                      draft_vocab=args.draft_vocab, method=name, early_first_token=first != "fused",
                                      model_name="bench", max_batch_size=max(levels), max_queue=max(levels),
-                                     spec_load="auto" if defer or cold else rule, spec_auto_defer=defer,
+                                     spec_load="auto" if defer or warmup is not None else rule, spec_auto_defer=defer,
                                      spec_max_batch=args.spec_max_batch, spec_load_k=args.spec_load_k,
-                                     **({"warmup_tokens": 0} if cold else {}),
+                                     **({} if warmup is None else {"warmup_tokens": warmup}),
                                      **({} if args.spec_auto_margin is None else {"spec_auto_margin": args.spec_auto_margin}))
             servers[method] = stack.enter_context(Server(create_app(decoder, settings)))
             run_cell(servers[method].url, "bench", prompts[:1], 1, 1, 8, args.time_limit)  # warm-up

@@ -153,6 +153,25 @@ def test_a_float32_block_of_several_rows_computes_f_linear_in_the_faster_layout(
     assert x.grad is not None and layer.weight.grad is not None
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_blocks_of_12_to_32_rows_multiply_padded_to_a_multiple_of_8_rows_without_native_bf16(native, monkeypatch):
+    monkeypatch.setattr(hardware, "native_bf16", lambda: native)
+    monkeypatch.setattr(hardware, "transposed_products_win", lambda: True)
+    expected = {8: 8, 11: 11, 12: 16, 13: 16, 16: 16, 17: 24, 31: 32, 32: 32, 33: 33}
+    assert {n: hardware.padded_rows(n) for n in expected} == (dict(zip(expected, expected)) if native else expected)
+    seen = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: seen.append(b.shape[1]) or mm(a, b))
+    torch.manual_seed(0)
+    weight, bias = torch.randn(48, 32), torch.randn(48)
+    for shape in [(13, 32), (2, 7, 32), (5, 32)]:
+        x = torch.randn(*shape)
+        y = hardware.float32_product(x, weight, bias)
+        assert y.shape == (*shape[:-1], 48) and y.is_contiguous()
+        torch.testing.assert_close(y, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+    assert seen == ([13, 14, 5] if native else [16, 16, 5])  # the padded rows were multiplied, and cut off after
+
+
 def test_switched_layers_are_quantized_and_int4_prompts_multiply_in_float32(slow_bf16, checkpoints):
     model = loading.load_model(str(checkpoints / "target"), "bfloat16", "cpu")
     switched = sum(type(m) is hardware.WideFloat32Linear for m in model.modules())
