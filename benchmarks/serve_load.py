@@ -20,8 +20,9 @@ name its own after ``@``, so one run compares them, e.g. ``--methods autoregress
 (``off``: raw speculation, which shows where it stops paying; ``static`` uses ``--spec-max-batch`` and
 ``--spec-load-k``; ``auto-defer``: ``auto`` with ``--spec-auto-defer``, leaving a lone request's draft length
 to a policy that prices its own drafts; ``auto-cold``: ``auto`` without the server's warm-up, ``--warmup-tokens 0``
-(the default since ``cpu_avx2/serve_load_warmup1.json``; the bare label in that run and the two before it meant
-``--warmup-tokens 32``); ``auto-warm``: ``auto`` with ``--warmup-tokens 32``). Every server also gets one 8-token request
+(the default in ``cpu_avx2/serve_load_pad1_tune.json``, whose bare label means it; in the others since
+``cpu_avx2/serve_load_warmup4_tune.json`` the bare label means ``--warmup-tokens 32``); ``auto-warm``: ``auto``
+with ``--warmup-tokens 32``). Every server also gets one 8-token request
 before its cells. A label ending in ``/fused`` serves that method with ``--fused-first-round`` (a request's first
 round drafts too; every run before ``cpu_avx2/serve_load_first_token*.json`` served so), e.g.
 ``--methods autoregressive,adaedl+lookup,adaedl+lookup/fused``.

