@@ -1942,6 +1942,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-warmup1": serve_load("cpu_avx2/serve_load_warmup1.json", capped=True),
     "serve-load-avx2-warmup1-rounds": serve_round_costs("cpu_avx2/serve_load_warmup1.json"),
     "row-padding-avx2": row_padding("cpu_avx2/row_padding.json"),
+    "serve-load-avx2-pad1": serve_load("cpu_avx2/serve_load_pad1.json", capped=True),
     "serve-load-avx2-pad1-tune": serve_load("cpu_avx2/serve_load_pad1_tune.json", capped=True),
     "serve-load-avx2-pad1-tune-rounds": serve_round_costs("cpu_avx2/serve_load_pad1_tune.json"),
     "serve-load-avx2-pad1-tune-widths": serve_rule_widths("cpu_avx2/serve_load_pad1_tune.json", (9, 10, 13, 14, 16, 24, 27, 29, 33)),

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import logging
 import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -33,6 +34,7 @@ from .scheduler import Job, JobResult, QueueFull, Scheduler
 from .settings import ServeSettings
 from .text import TextAssembler
 
+log = logging.getLogger("specadapt.serve")
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (chat defaults to the rest of the context)
 WARMUP_PROMPT = "Count from one to twenty in words, separated by commas."
 
@@ -124,9 +126,13 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         scheduler.start()
         if settings.warmup_tokens:  # before the server listens: clients never wait behind it
-            prompt = decoder.encode(WARMUP_PROMPT, chat=has_chat_template(tokenizer))
+            try:
+                prompt = decoder.encode(WARMUP_PROMPT, chat=has_chat_template(tokenizer))
+            except Exception as exc:  # noqa: BLE001  (an odd tokenizer or template: serve without the warm-up)
+                log.warning("no warm-up: its prompt could not be encoded (%s).", exc)
+                prompt = []
             room = context - len(prompt) if context is not None else settings.warmup_tokens
-            if min(room, settings.warmup_tokens) > 0:
+            if prompt and min(room, settings.warmup_tokens) > 0:
                 await asyncio.to_thread(scheduler.warm_up, prompt, min(room, settings.warmup_tokens))
         try:
             yield
