@@ -1288,7 +1288,7 @@ def row_padding(name: str) -> Callable[[], str]:
     count, as is and padded to a multiple of 8 rows, and which the library multiplies (``padded_rows``)."""
 
     def render() -> str:
-        from specadapt.models.hardware import PAD_FROM, PAD_TO
+        from specadapt.models.hardware import padded_rows
 
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
         m = data["machine"]
@@ -1297,7 +1297,7 @@ def row_padding(name: str) -> Callable[[], str]:
                  f"{data['settings']['rounds']} interleaved rounds.\n",
                  "| rows | as is, ms | padded, ms (to) | padded ÷ as is | the library |", "|---|---|---|---|---|"]
         for r in data["rows"]:
-            chosen = "padded" if PAD_FROM <= r["rows"] <= PAD_TO and r["padded_to"] != r["rows"] else "as is"
+            chosen = "as is" if padded_rows(r["rows"], m["native_bf16"]) == r["rows"] else "padded"
             lines.append(f"| {r['rows']} | {r['as_is_ms']:.1f} | {r['padded_ms']:.1f} ({r['padded_to']}) | "
                          f"{r['padded_ms'] / r['as_is_ms']:.2f} | {chosen} |")
         return "\n".join(lines) + "\n"

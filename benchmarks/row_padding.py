@@ -28,6 +28,7 @@ OUT = HERE / "results" / "row_padding.json"
 def main(argv: list[str] | None = None) -> None:
     from specadapt.models import zoo
     from specadapt.models.hardware import machine
+    from specadapt.models.loading import resolve
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", default=zoo.DEFAULT_TARGET, help="whose layer shapes (its config.json only)")
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(zoo.model_dir(args.target) if args.target in zoo.builtin_names() else args.target)
+    config = AutoConfig.from_pretrained(resolve(args.target)[0])
     hidden, inter = config.hidden_size, config.intermediate_size
     kv = config.num_key_value_heads * (hidden // config.num_attention_heads)
     weights = [torch.randn(o, i) for o, i in ((hidden, hidden), (kv, hidden), (inter, hidden), (hidden, inter))]

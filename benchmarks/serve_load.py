@@ -5,8 +5,9 @@
         --concurrency 1,2 --requests-per-client 2 --max-tokens 16 --dtype float32 --device cpu   # a quick check
 
 The server runs in this process (uvicorn in a thread, loopback only, a free port), one app per method on
-the same loaded models, all up for the whole run (``--fresh-servers``: started afresh for each repeat). Clients are threads using the official ``openai`` client,
-each sending ``--requests-per-client`` streaming chat requests one after another (prompts of ``--datasets``
+the same loaded models, all up for the whole run (``--fresh-servers``: started afresh for each repeat). Clients
+are threads using the official ``openai`` client, each sending ``--requests-per-client`` streaming chat requests
+one after another (prompts of ``--datasets``
 from ``--split``, default MT-Bench and HumanEval test prompts, alternating, greedy,
 ``stream_options.include_usage``). A cell stops issuing requests after ``--time-limit`` seconds. Cells run
 concurrency by concurrency with the methods side by side in a rotated order, ``--repeats`` times; the
@@ -22,9 +23,8 @@ name its own after ``@``, so one run compares them, e.g. ``--methods autoregress
 to a policy that prices its own drafts; ``auto-cold``: ``auto`` without the server's warm-up, ``--warmup-tokens 0``
 (the default in ``cpu_avx2/serve_load_pad1_tune.json``, whose bare label means it; in the others since
 ``cpu_avx2/serve_load_warmup4_tune.json`` the bare label means ``--warmup-tokens 32``); ``auto-warm``: ``auto``
-with ``--warmup-tokens 32``). Every server also gets one 8-token request
-before its cells. A label ending in ``/fused`` serves that method with ``--fused-first-round`` (a request's first
-round drafts too; every run before ``cpu_avx2/serve_load_first_token*.json`` served so), e.g.
+with ``--warmup-tokens 32``). Every server also gets one 8-token request before its cells. A label ending in
+``/fused`` serves that method with ``--fused-first-round`` (a request's first round drafts too; every run before ``cpu_avx2/serve_load_first_token*.json`` served so), e.g.
 ``--methods autoregressive,adaedl+lookup,adaedl+lookup/fused``.
 """
 

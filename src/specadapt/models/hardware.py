@@ -146,13 +146,13 @@ def transposed_products_win() -> bool:
         return fastest(lambda: torch.mm(weight, x.t())) < 0.8 * fastest(lambda: F.linear(x, weight))
 
 
-def padded_rows(rows: int) -> int:
+def padded_rows(rows: int, native: bool | None = None) -> int:
     """How many rows ``weight @ x.T`` should multiply for ``rows`` rows: on a CPU without native bf16 its cost is a
     sawtooth in the rows, a multiple of 8 the cheapest (over the default target's layer shapes: 13 rows 33.1 ms,
     16 rows 22.7 ms; ``benchmarks/results/cpu_avx2/row_padding.json``), so blocks of ``PAD_FROM`` to ``PAD_TO`` rows
     are padded with zero rows to the next multiple of ``PAD_ROWS`` (AVX2's 8 floats a register) there; a CPU with
-    native bf16 is left as it is (not measured)."""
-    if not PAD_FROM <= rows <= PAD_TO or native_bf16():
+    native bf16 is left as it is (not measured). ``native``: that CPU's property (default: this one's)."""
+    if not PAD_FROM <= rows <= PAD_TO or (native_bf16() if native is None else native):
         return rows
     return -(-rows // PAD_ROWS) * PAD_ROWS
 

@@ -131,9 +131,9 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
             except Exception as exc:  # noqa: BLE001  (an odd tokenizer or template: serve without the warm-up)
                 log.warning("no warm-up: its prompt could not be encoded (%s).", exc)
                 prompt = []
-            room = context - len(prompt) if context is not None else settings.warmup_tokens
-            if prompt and min(room, settings.warmup_tokens) > 0:
-                await asyncio.to_thread(scheduler.warm_up, prompt, min(room, settings.warmup_tokens))
+            tokens = settings.warmup_tokens if context is None else min(settings.warmup_tokens, context - len(prompt))
+            if prompt and tokens > 0:
+                await asyncio.to_thread(scheduler.warm_up, prompt, tokens)
         try:
             yield
         finally:
