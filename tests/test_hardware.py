@@ -159,6 +159,11 @@ def test_blocks_of_12_to_32_rows_multiply_padded_to_a_multiple_of_8_rows_without
     monkeypatch.setattr(hardware, "transposed_products_win", lambda: True)
     expected = {8: 8, 11: 11, 12: 16, 13: 16, 16: 16, 17: 24, 31: 32, 32: 32, 33: 33}
     assert {n: hardware.padded_rows(n) for n in expected} == (dict(zip(expected, expected)) if native else expected)
+    hardware.use_row_padding(False)
+    try:
+        assert {n: hardware.padded_rows(n) for n in expected} == dict(zip(expected, expected))
+    finally:
+        hardware.use_row_padding(True)
     seen = []
     mm = torch.mm
     monkeypatch.setattr(torch, "mm", lambda a, b: seen.append(b.shape[1]) or mm(a, b))

@@ -60,6 +60,7 @@ FUSED_ROWS = 16
 
 # ``weight @ x.T`` of 12 to 32 rows multiplies them padded to a multiple of 8 rows (:func:`padded_rows`).
 PAD_ROWS, PAD_FROM, PAD_TO = 8, 12, 32
+_row_padding = {"on": True}  # :func:`use_row_padding` (benchmarks switch it off to measure what it buys)
 
 
 @cache
@@ -151,10 +152,16 @@ def padded_rows(rows: int, native: bool | None = None) -> int:
     sawtooth in the rows, a multiple of 8 the cheapest (over the default target's layer shapes: 13 rows 33.1 ms,
     16 rows 22.7 ms; ``benchmarks/results/cpu_avx2/row_padding.json``), so blocks of ``PAD_FROM`` to ``PAD_TO`` rows
     are padded with zero rows to the next multiple of ``PAD_ROWS`` (AVX2's 8 floats a register) there; a CPU with
-    native bf16 is left as it is (not measured). ``native``: that CPU's property (default: this one's)."""
-    if not PAD_FROM <= rows <= PAD_TO or (native_bf16() if native is None else native):
+    native bf16 is left as it is (not measured). ``native``: that CPU's property (default: this one's). Off for the
+    whole process after ``use_row_padding(False)``."""
+    if not (_row_padding["on"] and PAD_FROM <= rows <= PAD_TO) or (native_bf16() if native is None else native):
         return rows
     return -(-rows // PAD_ROWS) * PAD_ROWS
+
+
+def use_row_padding(on: bool = True) -> None:
+    """Switch :func:`padded_rows` on (the default) or off for this process (``benchmarks/copies_ab.py`` compares)."""
+    _row_padding["on"] = on
 
 
 def float32_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
