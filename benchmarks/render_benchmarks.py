@@ -183,7 +183,8 @@ def copies_runs(*names: str) -> Callable[[], str]:
 
 def copies_ab(name: str) -> Callable[[], str]:
     """benchmarks/copies_ab.py: one process, every (method, setting) cell on the same examples; a setting is float32
-    copies of the target's weights or not, and (runs from the fused pass on) fused blocks or not."""
+    copies of the target's weights or not, and (runs from the fused pass and the row padding on) fused blocks and
+    padded rows or not."""
 
     def render() -> str:
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
@@ -192,20 +193,23 @@ def copies_ab(name: str) -> Callable[[], str]:
         for r in data["records"]:
             ids.setdefault(r["dataset"], set()).add(r["example_id"])
         where = "; ".join(f"{DATASET_TITLES.get(ds, ds)}: {describe_examples(ds, i)}" for ds, i in ids.items())
-        fused = "fused" in data["summary"][0]
-        reference = "without copies" if not fused else f"in the setting `{st['settings'].split(',')[0]}`"
+        columns = [(flag, title) for flag, title in
+                   (("copies", "target's float32 copies"), ("fused", "fused blocks"), ("padded", "padded rows"))
+                   if flag in data["summary"][0]]
+        reference = ("without copies" if len(columns) == 1
+                     else f"in the setting `{st['settings'].split(',')[0]}`")
         yes = lambda flag: "yes" if flag else "no"  # noqa: E731
         lines = [f"`{name}`: {_machine(data['machine'])}, {st['threads']} threads; {where}; {st['repeats']} repeats, "
                  f"at most {st['max_new_tokens']} new tokens. Ratio: mean over examples of tokens/s ÷ target-only "
                  f"{reference} on the same example and repeat; ± the sample standard deviation over repeats.\n",
-                 "| dataset | method | target's float32 copies |" + (" fused blocks |" if fused else "")
-                 + f" tok/s | ÷ target-only {reference} (per repeat) |",
-                 "|---|---|---|---|---|" + ("---|" if fused else "")]
+                 "| dataset | method | " + " | ".join(title for _, title in columns)
+                 + f" | tok/s | ÷ target-only {reference} (per repeat) |",
+                 "|---|---|" + "---|" * len(columns) + "---|---|"]
         for row in data["summary"]:
             per = ", ".join(f"{x:.2f}" for x in row["ratio_per_repeat"])
             lines.append(f"| {DATASET_TITLES.get(row['dataset'], row['dataset'])} | `{row['method']}` | "
-                         f"{yes(row['copies'])} |" + (f" {yes(row['fused'])} |" if fused else "")
-                         + f" {row['tokens_per_s']:.2f} | {row['ratio']:.2f} ± {row['ratio_spread']:.2f} ({per}) |")
+                         + " | ".join(yes(row[flag]) for flag, _ in columns)
+                         + f" | {row['tokens_per_s']:.2f} | {row['ratio']:.2f} ± {row['ratio_spread']:.2f} ({per}) |")
         return "\n".join(lines) + "\n"
 
     return render

@@ -566,7 +566,8 @@ def test_serve_command_loads_the_pair_and_runs_the_app(decoder, monkeypatch):
     assert result.exit_code == 0, result.output
     assert loaded == [(("t", "d"), {"dtype": "float32", "device": "auto", "draft_quant": zoo.DEFAULT_DRAFT_QUANT,
                                     "draft_group_size": None, "draft_vocab": zoo.DEFAULT_DRAFT_VOCAB,
-                                    "target_quant": "none", "target_group_size": None, "float32_copies": True})]
+                                    "draft_vocab_ranking": "frequency", "target_quant": "none",
+                                    "target_group_size": None, "float32_copies": True})]
     assert (ran["host"], ran["port"]) == ("127.0.0.1", 9001)
     state = ran["app"].state
     assert (state.settings.max_batch_size, state.settings.spec_max_batch, state.settings.served_name) == (3, 2, "t")

@@ -22,10 +22,7 @@ from .engine import RequestConfig
 from .errors import SpecAdaptError, SpecAdaptWarning
 from .heads.config import TrainHeadConfig
 from .heads.tune import TuneSettings
-from .models.draft_vocab import draft_vocab_help
-from .models.hardware import FLOAT32_COPIES_HELP
-from .models.quant import group_size_help, quant_help
-from .models.zoo import DEFAULT_DRAFT_QUANT, DEFAULT_DRAFT_VOCAB
+from .models.settings import ModelSettings
 
 # The sampling options' help, for the settings dataclasses that take them from RequestConfig.
 app = typer.Typer(
@@ -91,45 +88,26 @@ def methods() -> None:
 
 
 @app.command()
-@with_settings(RequestConfig)
+@with_settings(RequestConfig, ModelSettings)
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="The prompt text (or use --prompt-file)."),
     *,
     prompt_file: Optional[str] = typer.Option(
         None, "--prompt-file", help="Read the prompt from this UTF-8 file ('-' for standard input): for prompts too "
         "long for the command line (its final line break is dropped)."),
-    target: Optional[str] = typer.Option(None, help="Target model: built-in name, folder, .gguf file or Hub id."),
-    draft: Optional[str] = typer.Option(None, help="Draft model (same tokenizer as the target)."),
     method: str = typer.Option(DEFAULT_METHOD, help="Decoding method, e.g. autoregressive, fixed:4, heuristic (see `specadapt methods`)."),
     head: Optional[str] = typer.Option(None, help="Acceptance-head folder (or built-in head name) for --method specdecpp; default: the head shipped for the default pair."),
-    settings: dict,
+    settings: tuple[dict, dict],
     stop: Optional[list[str]] = typer.Option(None, help="Stop string (repeatable)."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt with the model's chat template."),
-    dtype: str = typer.Option("bfloat16", help="bfloat16, float32 or float16."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-    draft_vocab: str = typer.Option(DEFAULT_DRAFT_VOCAB, help=draft_vocab_help()),
-    draft_vocab_ranking: str = typer.Option("frequency", help="Which ids --draft-vocab keeps: frequency (the ranking shipped for the tokenizer), lowest, or a ranking file."),
-    draft_quant: str = typer.Option(DEFAULT_DRAFT_QUANT, help=quant_help("draft")),
-    draft_group_size: Optional[int] = typer.Option(None, help=group_size_help("draft")),
-    target_quant: str = typer.Option("none", help=quant_help("target")),
-    target_group_size: Optional[int] = typer.Option(None, help=group_size_help("target")),
-    no_float32_copies: bool = typer.Option(False, "--no-float32-copies", help=FLOAT32_COPIES_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:
     """Generate a completion with speculative decoding, streaming it to the terminal."""
-    from .api import SpecDecoder
     from .methods import make_method
-    from .models import zoo
-    from .models.draft_vocab import check_draft_vocab
-    from .models.loading import parse_device, parse_dtype
-    from .models.quant import check_scheme
 
-    RequestConfig(**settings)  # fail fast on bad settings
-    check_scheme(draft_quant, draft_group_size, "draft")
-    check_scheme(target_quant, target_group_size, "target")
-    draft_vocab = check_draft_vocab(draft_vocab)
-    parse_dtype(dtype)
-    parse_device(device)
+    request, models = settings
+    RequestConfig(**request)  # fail fast on bad settings
+    models = ModelSettings(**models)
     chosen = make_method(method, **({"head": head} if head else {}))
     prompt = read_prompt(prompt, prompt_file)
     if not prompt.strip():
@@ -137,13 +115,9 @@ def generate(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our spinner says what is loading
-    target = target or zoo.DEFAULT_TARGET
-    draft_name = (draft or zoo.DEFAULT_DRAFT) if chosen.needs_draft else None
-    with err.status(f"loading {target}" + (f" + {draft_name}" if draft_name else "")):
-        decoder = SpecDecoder.from_pretrained(target, draft_name, dtype=dtype, device=device, draft_vocab=draft_vocab,
-                                              draft_vocab_ranking=draft_vocab_ranking, draft_quant=draft_quant,
-                                              draft_group_size=draft_group_size, target_quant=target_quant,
-                                              target_group_size=target_group_size, float32_copies=False if no_float32_copies else "auto")
+    draft_name = models.draft if chosen.needs_draft else None
+    with err.status(f"loading {models.target}" + (f" + {draft_name}" if draft_name else "")):
+        decoder = models.load(chosen.needs_draft)
 
     streamed: list[int] = []
     shown = ""
@@ -160,7 +134,7 @@ def generate(
     result = decoder.generate(
         prompt,
         method=chosen,
-        **settings,
+        **request,
         stop=stop or (),
         chat=chat,
         on_tokens=None if as_json else on_tokens,
@@ -176,7 +150,7 @@ def generate(
                     "finish_reason": result.finish_reason,
                     "seed": result.seed,
                     "settings": result.settings,
-                    "target": target,
+                    "target": models.target,
                     "draft": draft_name,
                     "stats": result.stats.to_dict(),
                 }
@@ -187,8 +161,8 @@ def generate(
     s = result.stats
     acc = f"{s.acceptance_rate:.2f}" if s.acceptance_rate is not None else "-"
     label = "lossless" if result.lossless else "LOSSY"
-    if target_quant != "none":  # never to be read as lossless w.r.t. the float target
-        label += f" w.r.t. the {target_quant} target"
+    if models.target_quant != "none":  # never to be read as lossless w.r.t. the float target
+        label += f" w.r.t. the {models.target_quant} target"
     err.print(
         f"[dim]{chosen.spec} ({label}): {s.generated_tokens} tokens, "
         f"{s.tokens_per_second or 0:.1f} tok/s, acceptance {acc}, mean accepted length "

@@ -36,15 +36,18 @@ def comma_list(text: str, option: str = "", kind: type = str, example: str = "")
         raise SpecAdaptError(f"{option} must be comma-separated {noun}, e.g. {example}; got {text!r}.") from None
 
 
-def with_settings(cls: type, *, help: Mapping[str, str] | None = None) -> Callable:
-    """Decorate a typer command: its parameter ``settings`` becomes one option per field of the dataclass ``cls``
-    with help text (the field's metadata, or ``help[name]`` for a dataclass whose fields carry none), and receives
-    ``{field name: value}`` with every value converted to the field's type."""
+def with_settings(*classes: type, help: Mapping[str, str] | None = None) -> Callable:
+    """Decorate a typer command: its parameter ``settings`` becomes one option per field of the dataclass(es)
+    ``classes`` with help text (the field's metadata, or ``help[name]`` for a dataclass whose fields carry none),
+    and receives ``{field name: value}`` with every value converted to the field's type: one such dict for one
+    class, a tuple of them (in the order of ``classes``) for several."""
     help = dict(help or {})
-    hints = typing.get_type_hints(cls)
-    chosen = [f for f in dataclasses.fields(cls)
-              if f.init and (f.metadata.get("help") or f.name in help)]
-    options = [_option(f, hints[f.name], help.get(f.name) or f.metadata["help"]) for f in chosen]
+    chosen = []  # (class index, field, type hint)
+    for i, cls in enumerate(classes):
+        hints = typing.get_type_hints(cls)
+        chosen += [(i, f, hints[f.name]) for f in dataclasses.fields(cls)
+                   if f.init and (f.metadata.get("help") or f.name in help)]
+    options = [_option(f, hint, help.get(f.name) or f.metadata["help"]) for _, f, hint in chosen]
 
     def decorate(command: Callable) -> Callable:
         own_hints = typing.get_type_hints(command)  # resolved in the command's own module
@@ -55,8 +58,10 @@ def with_settings(cls: type, *, help: Mapping[str, str] | None = None) -> Callab
 
         @functools.wraps(command)
         def run(**kwargs: Any) -> Any:
-            values = {f.name: _convert(f, hints[f.name], kwargs.pop(f.name)) for f in chosen}
-            return command(**kwargs, **{SETTINGS_PARAMETER: values})
+            values: list[dict] = [{} for _ in classes]
+            for i, f, hint in chosen:
+                values[i][f.name] = _convert(f, hint, kwargs.pop(f.name))
+            return command(**kwargs, **{SETTINGS_PARAMETER: values[0] if len(classes) == 1 else tuple(values)})
 
         run.__signature__ = inspect.Signature(parameters)  # what typer reads
         run.__annotations__ = {p.name: p.annotation for p in parameters}

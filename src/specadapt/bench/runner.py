@@ -53,10 +53,7 @@ from typing import Callable, Iterable
 
 from ..errors import SpecAdaptError
 from ..io import OutputFolder, read_json, read_jsonl_tolerant, write_json_atomic
-from ..models import zoo
-from ..models.draft_vocab import check_draft_vocab, draft_vocab_help
-from ..models.hardware import FLOAT32_COPIES_HELP
-from ..models.quant import check_scheme, group_size_help, quant_help
+from ..models.settings import ModelSettings
 from .datasets import DATASET_NAMES, Example, load_dataset, load_dataset_file
 from .splits import ALL, check_split
 from .report import BASELINE, summarize, write_report
@@ -91,14 +88,12 @@ def split_methods(text: str) -> list[str]:
 
 
 @dataclass
-class BenchSettings:
+class BenchSettings(ModelSettings):
     """Everything that defines a run; resuming requires the same values, except ``limit``
     (a larger one extends the run, a smaller one reports on the first examples).
 
     The metadata's help texts are the ``specadapt bench`` options' (:mod:`specadapt.cli_options`)."""
 
-    target: str = field(default=zoo.DEFAULT_TARGET, metadata={"help": "Target model: built-in name, folder, .gguf file or Hub id."})
-    draft: str | None = field(default=zoo.DEFAULT_DRAFT, metadata={"help": "Draft model (same tokenizer as the target)."})
     methods: list[str] = field(
         default_factory=lambda: ["autoregressive", "fixed:4", "heuristic", "adaedl", "adasd-stop", "adasd"],
         metadata={"help": "Methods, comma-separated (use ';' if a method's settings contain commas); autoregressive is "
@@ -124,19 +119,9 @@ class BenchSettings:
     warmup: int = field(default=1, metadata={"help": "Untimed warm-up generations per method."})
     seed: int = field(default=0, metadata={"help": "Sampling seed (repeat r uses seed + r)."})
     gsm8k_shots: int = field(default=0, metadata={"help": "GSM8K prompt: 0 = zero-shot chat, 8 = 8-shot."})
-    dtype: str = field(default="bfloat16", metadata={"help": "bfloat16, float32 or float16."})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
     exec_timeout_s: float = field(default=10.0, metadata={
         "help": "Seconds allowed to run one HumanEval solution.", "flag": "--exec-timeout"})
-    draft_quant: str = field(default=zoo.DEFAULT_DRAFT_QUANT, metadata={"help": quant_help("draft")})
-    draft_group_size: int | None = field(default=None, metadata={"help": group_size_help("draft")})
-    draft_vocab: int | str = field(default=zoo.DEFAULT_DRAFT_VOCAB, metadata={"help": draft_vocab_help(), "parse": check_draft_vocab})
-    # A quantized target is another model: the report says its results are lossless w.r.t. it.
-    target_quant: str = field(default="none", metadata={"help": quant_help("target")})
-    target_group_size: int | None = field(default=None, metadata={"help": group_size_help("target")})
-    float32_copies: bool = field(default=True, metadata={
-        "help": FLOAT32_COPIES_HELP, "flag": "--no-float32-copies", "negated": True})
     split: str = field(default="test", metadata={
         "help": "Split of the built-in datasets: test (the default, what results report), tune, train, or all "
                 "(every example, as runs before splits did); --dataset-file prompts are used whole."})
@@ -170,9 +155,7 @@ class BenchSettings:
         from ..engine import RequestConfig
 
         RequestConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p)  # validates sampling
-        check_scheme(self.draft_quant, self.draft_group_size, "draft")
-        self.draft_vocab = check_draft_vocab(self.draft_vocab)
-        check_scheme(self.target_quant, self.target_group_size, "target")
+        super().__post_init__()
 
     def max_new_tokens_for(self, dataset: str) -> int:
         return self.dataset_max_new_tokens.get(dataset, self.max_new_tokens)
@@ -603,7 +586,6 @@ def _load_decoder(settings: BenchSettings, log: Callable[[str], None]):
     import torch
     from transformers.utils import logging as hf_logging
 
-    from ..api import SpecDecoder
     from ..models.hardware import compile_fused_products
 
     if settings.threads:
@@ -611,11 +593,7 @@ def _load_decoder(settings: BenchSettings, log: Callable[[str], None]):
     hf_logging.disable_progress_bar()
     draft = settings.draft if settings.needs_draft else None
     t0 = time.perf_counter()
-    decoder = SpecDecoder.from_pretrained(settings.target, draft, dtype=settings.dtype, device=settings.device,
-                                          draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size,
-                                          draft_vocab=settings.draft_vocab,
-                                          target_quant=settings.target_quant, target_group_size=settings.target_group_size,
-                                          float32_copies="auto" if settings.float32_copies else False)
+    decoder = settings.load(settings.needs_draft)
     compile_fused_products(decoder.target, decoder.draft)  # not inside a timed generation
     log(f"loaded {settings.target}" + (f" + {draft}" if draft else "") + f" in {time.perf_counter() - t0:.1f} s "
         f"({settings.dtype}, {decoder.target.device}, {torch.get_num_threads()} threads)")

@@ -21,7 +21,6 @@ def serve_command(*, settings: dict) -> None:
     from rich.console import Console
     from transformers.utils import logging as hf_logging
 
-    from ..api import SpecDecoder
     from ..models.hardware import compile_fused_products
     from ..methods import make_method
     from .app import create_app
@@ -31,11 +30,7 @@ def serve_command(*, settings: dict) -> None:
     hf_logging.disable_progress_bar()
     draft_name = settings.draft if chosen.needs_draft else None
     with err.status(f"loading {settings.target}" + (f" + {draft_name}" if draft_name else "")):
-        decoder = SpecDecoder.from_pretrained(settings.target, draft_name, dtype=settings.dtype, device=settings.device,
-                                              draft_quant=settings.draft_quant, draft_group_size=settings.draft_group_size,
-                                              draft_vocab=settings.draft_vocab,
-                                              target_quant=settings.target_quant, target_group_size=settings.target_group_size,
-                                              float32_copies=settings.float32_copies)  # True: batches are blocks too
+        decoder = settings.load(chosen.needs_draft, copies=True)  # True: batches are blocks too
     with err.status("compiling bf16 kernels for this CPU"):
         compile_fused_products(decoder.target, decoder.draft)  # before any request, not during the first ones
     prometheus_client.disable_created_metrics()  # no *_created series (as vLLM); this process is only the server

@@ -1,4 +1,5 @@
-"""Every option of the server, its default and its help text, in one place (the CLI reads them from here)."""
+"""Every option of the server, its default and its help text, in one place (the CLI reads them from here); the
+model options are :class:`~specadapt.models.settings.ModelSettings`', shared with ``generate`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -6,29 +7,15 @@ from dataclasses import dataclass, field, fields
 
 from ..api import DEFAULT_METHOD
 from ..errors import SpecAdaptError
-from ..models import zoo
-from ..models.draft_vocab import check_draft_vocab, draft_vocab_help
-from ..models.hardware import FLOAT32_COPIES_HELP
-from ..models.quant import check_scheme, group_size_help, quant_help
+from ..models.settings import ModelSettings
 from .load import LOAD_RULES, LoadRule, make_load_rule
 
 
 @dataclass
-class ServeSettings:
+class ServeSettings(ModelSettings):
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (127.0.0.1: this machine only)."})
     port: int = field(default=8000, metadata={"help": "TCP port to listen on."})
-    target: str = field(default=zoo.DEFAULT_TARGET, metadata={"help": "Target model: built-in name, folder, .gguf file or Hub id."})
-    draft: str = field(default=zoo.DEFAULT_DRAFT, metadata={"help": "Draft model (same tokenizer as the target); unused by target-only methods."})
     method: str = field(default=DEFAULT_METHOD, metadata={"help": "Decoding method for every request, e.g. fixed:4, heuristic, autoregressive (see `specadapt methods`)."})
-    draft_quant: str = field(default=zoo.DEFAULT_DRAFT_QUANT, metadata={"help": quant_help("draft")})
-    draft_group_size: int | None = field(default=None, metadata={"help": group_size_help("draft")})
-    draft_vocab: int | str = field(default=zoo.DEFAULT_DRAFT_VOCAB, metadata={"help": draft_vocab_help(), "parse": check_draft_vocab})
-    target_quant: str = field(default="none", metadata={"help": quant_help("target")})
-    target_group_size: int | None = field(default=None, metadata={"help": group_size_help("target")})
-    float32_copies: bool = field(default=True, metadata={
-        "help": FLOAT32_COPIES_HELP, "flag": "--no-float32-copies", "negated": True})
-    dtype: str = field(default="bfloat16", metadata={"help": "bfloat16, float32 or float16."})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
     model_name: str = field(default="", metadata={"help": "Model id clients send and /v1/models lists (default: the target's name)."})
     max_batch_size: int = field(default=8, metadata={"help": "Most requests decoded together; more wait in the queue."})
     max_queue: int = field(default=64, metadata={"help": "Most requests waiting for a batch row; beyond that the server answers 503 with Retry-After."})
@@ -79,9 +66,7 @@ class ServeSettings:
         for name in ("max_queue", "spec_max_batch", "spec_load_k", "retry_after_s", "warmup_tokens"):
             if getattr(self, name) < 0:
                 raise SpecAdaptError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        check_scheme(self.draft_quant, self.draft_group_size, "draft")
-        self.draft_vocab = check_draft_vocab(self.draft_vocab)
-        check_scheme(self.target_quant, self.target_group_size, "target")
+        super().__post_init__()
         if self.spec_load not in LOAD_RULES:
             raise SpecAdaptError(f"spec_load must be one of {', '.join(LOAD_RULES)}, got {self.spec_load!r}.")
         if not 0 <= self.spec_auto_margin < 1:
