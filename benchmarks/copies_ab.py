@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
                 wall = time.perf_counter() - start
                 records.append({"dataset": example.dataset, "example_id": example.id, "repeat": repeat,
                                 "method": method, "copies": copies, "fused": fused, "padded": padded,
-                                "tokens": len(result.token_ids), "wall_s": wall, "tokens_per_s": len(result.token_ids) / wall})
+                                "tokens": len(result.token_ids), "wall_s": wall, "tokens_per_s": len(result.token_ids) / wall,
+                                # where the time went, and the draft lengths (rounds reaching draft position i + 1)
+                                **{k: getattr(result.stats, k) for k in ("rounds", "drafted", "accepted", "target_time_s",
+                                                                         "draft_time_s", "position_reached")}})
                 print(f"{example.id} r{repeat} {method} {setting_name(setting)}: {records[-1]['tokens_per_s']:.2f} tok/s",
                       flush=True)
     use_row_padding(True)

@@ -1309,6 +1309,26 @@ def row_padding(name: str) -> Callable[[], str]:
     return render
 
 
+def padding_rounds(name: str, method: str) -> Callable[[], str]:
+    """benchmarks/copies_ab.py records with the engine's stats: per setting of ``method``, its rounds, mean draft
+    length, and the target's and the draft's seconds per round."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        lines = ["| setting | generations | tokens | rounds | mean draft length | target s per round | draft s per round |",
+                 "|---|---|---|---|---|---|---|"]
+        for padded in (True, False):
+            mine = [r for r in data["records"] if r["method"] == method and r.get("padded", False) == padded]
+            rounds = sum(r["rounds"] for r in mine)
+            lines.append(f"| {'padded' if padded else 'not padded'} | {len(mine)} | {sum(r['tokens'] for r in mine)} | "
+                         f"{rounds} | {sum(r['drafted'] for r in mine) / rounds:.2f} | "
+                         f"{sum(r['target_time_s'] for r in mine) / rounds:.3f} | "
+                         f"{sum(r['draft_time_s'] for r in mine) / rounds:.3f} |")
+        return "\n".join(lines) + "\n"
+
+    return render
+
+
 def serve_rule_widths(name: str, widths: Sequence[int]) -> Callable[[], str]:
     """What an ``auto`` load rule had learned of the target's pass by a serve_load.py cell's end: per method and
     repeat, its running average of the seconds for a pass over each of ``widths`` positions ("–": never measured)."""
@@ -1946,6 +1966,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-warmup1": serve_load("cpu_avx2/serve_load_warmup1.json", capped=True),
     "serve-load-avx2-warmup1-rounds": serve_round_costs("cpu_avx2/serve_load_warmup1.json"),
     "row-padding-avx2": row_padding("cpu_avx2/row_padding.json"),
+    "padding-ab-avx2": copies_ab("cpu_avx2/padding_ab_humaneval.json"),
+    "padding-ab-avx2-rounds": padding_rounds("cpu_avx2/padding_ab_humaneval_stats.json", "adaedl+lookup"),
     "serve-load-avx2-pad1": serve_load("cpu_avx2/serve_load_pad1.json", capped=True),
     "serve-load-avx2-pad1-tune": serve_load("cpu_avx2/serve_load_pad1_tune.json", capped=True),
     "serve-load-avx2-pad1-tune-rounds": serve_round_costs("cpu_avx2/serve_load_pad1_tune.json"),

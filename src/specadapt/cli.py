@@ -105,9 +105,9 @@ def generate(
     """Generate a completion with speculative decoding, streaming it to the terminal."""
     from .methods import make_method
 
-    request, models = settings
+    request, model_options = settings
     RequestConfig(**request)  # fail fast on bad settings
-    models = ModelSettings(**models)
+    models = ModelSettings(**model_options)
     chosen = make_method(method, **({"head": head} if head else {}))
     prompt = read_prompt(prompt, prompt_file)
     if not prompt.strip():
