@@ -5,7 +5,7 @@ and repeat.
 
     python benchmarks/copies_ab.py --settings plain,copies --out benchmarks/results/cpu_avx2/copies_ab.json
     python benchmarks/copies_ab.py --settings copies+fused+padded,copies+fused --methods autoregressive,adaedl+lookup \
-        --out benchmarks/results/cpu_avx2/padding_ab.json
+        --datasets humaneval --skip 12 --limit 4 --out benchmarks/results/cpu_avx2/padding_ab_humaneval.json
 
 Two ``specadapt bench`` runs (one with ``--no-float32-copies``) compare speedups each against its own target-only,
 but their absolute speeds come from different processes, which on this machine differ by more than the effect.
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
                 records.append({"dataset": example.dataset, "example_id": example.id, "repeat": repeat,
                                 "method": method, "copies": copies, "fused": fused, "padded": padded,
                                 "tokens": len(result.token_ids), "wall_s": wall, "tokens_per_s": len(result.token_ids) / wall,
-                                # where the time went, and the draft lengths (rounds reaching draft position i + 1)
+                                # where the time went; position_reached[i]: rounds that verified draft position i + 1
                                 **{k: getattr(result.stats, k) for k in ("rounds", "drafted", "accepted", "target_time_s",
                                                                          "draft_time_s", "position_reached")}})
                 print(f"{example.id} r{repeat} {method} {setting_name(setting)}: {records[-1]['tokens_per_s']:.2f} tok/s",

@@ -1187,10 +1187,10 @@ def serve_load(*names: str, capped: bool = False) -> Callable[[], str]:
     return render
 
 
-def serve_load_targets(name: str, humaneval: str) -> Callable[[], str]:
-    """The server issue's targets from a serve_load.py run and its HumanEval one-client run: met (even the lowest
-    repeat reaches it), met within spread (the pooled value does, not every repeat), missed within spread (the
-    pooled value does not, some repeat does) or missed."""
+def serve_load_targets(name: str, humaneval: str | None = None) -> Callable[[], str]:
+    """The server issue's targets from a serve_load.py run and (if given) its HumanEval one-client run: met (even the
+    lowest repeat reaches it), met within spread (the pooled value does, not every repeat), missed within spread
+    (the pooled value does not, some repeat does) or missed."""
 
     def verdict(pooled: float, repeats: list[float], target: float) -> str:
         if pooled < target:
@@ -1215,7 +1215,7 @@ def serve_load_targets(name: str, humaneval: str) -> Callable[[], str]:
             for c, cell in by_c.items():
                 lines.append(f"| `{method}` ÷ target-only at {c} client(s) ≥ 1 | {cell['ratio']:.2f} "
                              f"({', '.join(f'{v:.2f}' for v in cell['per_repeat'])}) | {verdict(cell['ratio'], cell['per_repeat'], 1.0)} |")
-        he = json.loads((RESULTS / humaneval).read_text(encoding="utf-8"))["ratios"]
+        he = json.loads((RESULTS / humaneval).read_text(encoding="utf-8"))["ratios"] if humaneval else {}
         for method, by_c in he.items():
             cell = by_c["1"]
             lines.append(f"| `{method}` ÷ target-only, HumanEval, 1 client ≥ 1.5 | {cell['ratio']:.2f} "
@@ -1961,6 +1961,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-terms-mixed4-time": serve_load_time("cpu_avx2/serve_load_terms_mixed4.json", 4, min_batch=4),
     "serve-load-avx2-warmup4-tune": serve_load("cpu_avx2/serve_load_warmup4_tune.json", capped=True),
     "serve-load-avx2-warmup4-tune-time": serve_load_time("cpu_avx2/serve_load_warmup4_tune.json", 4, min_batch=3),
+    "serve-load-avx2-sweep": serve_load("cpu_avx2/serve_load_sweep.json", capped=True),
+    "serve-load-avx2-sweep-targets": serve_load_targets("cpu_avx2/serve_load_sweep.json"),
     "serve-load-avx2-warmup4": serve_load("cpu_avx2/serve_load_warmup4.json", capped=True),
     "serve-load-avx2-warmup4-time": serve_load_time("cpu_avx2/serve_load_warmup4.json", 4, min_batch=3),
     "serve-load-avx2-warmup1": serve_load("cpu_avx2/serve_load_warmup1.json", capped=True),
