@@ -546,6 +546,32 @@ def test_cli_defaults_come_from_the_settings():
     assert settings.early_first_token and "--fused-first-round" in out  # the first token comes with the prefill
 
 
+def test_generate_and_bench_hand_the_same_model_options_to_the_loader(decoder, monkeypatch):
+    """generate, bench and serve share one ModelSettings; float32 copies on means "auto" (pairs, where memory allows)
+    for generate and bench, True for a server (its batches are blocks of several rows too: the test above)."""
+    from typer.testing import CliRunner
+
+    from specadapt.api import SpecDecoder as Decoder
+    from specadapt.bench.runner import BenchSettings, _load_decoder
+    from specadapt.cli import app
+    from specadapt.errors import SpecAdaptError
+
+    loaded = []
+    monkeypatch.setattr(Decoder, "from_pretrained", classmethod(lambda cls, *a, **k: loaded.append((a, k)) or decoder))
+    options = {"target": "t", "draft": "d", "dtype": "float32", "device": "cpu", "draft_quant": "int8",
+               "draft_vocab": "1000", "draft_vocab_ranking": "lowest"}
+    flags = [x for key, value in options.items() for x in ("--" + key.replace("_", "-"), value)]
+    result = CliRunner().invoke(app, ["generate", "w1 w2", "--method", "fixed:2", "--max-new-tokens", "2", *flags,
+                                      "--no-float32-copies"])
+    assert result.exit_code == 0, result.output
+    _load_decoder(BenchSettings(**options, methods=["fixed:2"]), log=lambda _: None)
+    expected = {"dtype": "float32", "device": "cpu", "draft_quant": "int8", "draft_group_size": None, "draft_vocab": 1000,
+                "draft_vocab_ranking": "lowest", "target_quant": "none", "target_group_size": None}
+    assert loaded == [(("t", "d"), {**expected, "float32_copies": False}), (("t", "d"), {**expected, "float32_copies": "auto"})]
+    with pytest.raises(SpecAdaptError, match=r"^unknown device 'meta'; use auto, cpu, cuda or cuda:N\.$"):
+        ServeSettings(device="meta")  # refused with the settings, before any model is loaded
+
+
 def test_serve_command_loads_the_pair_and_runs_the_app(decoder, monkeypatch):
     import prometheus_client
     import uvicorn
