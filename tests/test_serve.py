@@ -568,8 +568,11 @@ def test_generate_and_bench_hand_the_same_model_options_to_the_loader(decoder, m
     expected = {"dtype": "float32", "device": "cpu", "draft_quant": "int8", "draft_group_size": None, "draft_vocab": 1000,
                 "draft_vocab_ranking": "lowest", "target_quant": "none", "target_group_size": None}
     assert loaded == [(("t", "d"), {**expected, "float32_copies": False}), (("t", "d"), {**expected, "float32_copies": "auto"})]
+    with pytest.raises(SpecAdaptError, match=r"^unknown dtype 'float64'; use one of: bfloat16, float32, float16\.$"):
+        ServeSettings(dtype="float64")  # refused with the settings, before any model is loaded
+    assert BenchSettings(device="cuda:7").device == "cuda:7"  # a recorded run may name another machine's device
     with pytest.raises(SpecAdaptError, match=r"^unknown device 'meta'; use auto, cpu, cuda or cuda:N\.$"):
-        ServeSettings(device="meta")  # refused with the settings, before any model is loaded
+        ServeSettings(device="meta").check_device()
 
 
 def test_serve_command_loads_the_pair_and_runs_the_app(decoder, monkeypatch):

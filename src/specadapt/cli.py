@@ -108,6 +108,7 @@ def generate(
     request, model_options = settings
     RequestConfig(**request)  # fail fast on bad settings
     models = ModelSettings(**model_options)
+    models.check_device()
     chosen = make_method(method, **({"head": head} if head else {}))
     prompt = read_prompt(prompt, prompt_file)
     if not prompt.strip():
@@ -241,10 +242,7 @@ def bench(
     run_settings = BenchSettings(**{**settings, "methods": _with_head(settings["methods"], head), "limit": settings["limit"] or None})
     if time_limit is not None and time_limit <= 0:
         raise SpecAdaptError(f"--time-limit must be a positive number of minutes, got {time_limit}.")
-    from .models.loading import parse_device, parse_dtype
-
-    parse_dtype(run_settings.dtype)  # both before the output folder is touched
-    parse_device(run_settings.device)
+    run_settings.check_device()  # before the output folder is touched
     summary = run_bench(run_settings, out, overwrite=overwrite, progress=not no_progress, log=err.print,
                         time_limit_s=None if time_limit is None else time_limit * 60)
     quantized = f" ({run_settings.target_quant} target)" if run_settings.target_quant != "none" else ""

@@ -38,11 +38,15 @@ class ModelSettings:
         "help": FLOAT32_COPIES_HELP, "flag": "--no-float32-copies", "negated": True})
 
     def __post_init__(self) -> None:
-        """Refuse bad values before any model is loaded."""
+        """Refuse bad values before any model is loaded. The device is checked apart (:meth:`check_device`): a
+        recorded run's settings may name a device of another machine, and still describe that run."""
         check_scheme(self.draft_quant, self.draft_group_size, "draft")
         check_scheme(self.target_quant, self.target_group_size, "target")
         self.draft_vocab = check_draft_vocab(self.draft_vocab)
         parse_dtype(self.dtype)
+
+    def check_device(self) -> None:
+        """Refuse a device this machine does not have, or that is not supported, before anything slow starts."""
         parse_device(self.device)
 
     def load(self, needs_draft: bool = True, copies: Literal["auto", True] = "auto") -> SpecDecoder:

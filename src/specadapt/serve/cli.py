@@ -26,6 +26,7 @@ def serve_command(*, settings: dict) -> None:
     from .app import create_app
 
     chosen = make_method(settings.method)  # fail fast on a bad method string, before loading models
+    settings.check_device()
     err = Console(stderr=True)
     hf_logging.disable_progress_bar()
     draft_name = settings.draft if chosen.needs_draft else None
