@@ -172,18 +172,22 @@ def prompts_file(tmp_path):
 def test_every_draft_default_reads_the_one_constant(name, constant):
     """Flipping zoo.DEFAULT_DRAFT_QUANT (e.g. to "int4") or zoo.DEFAULT_DRAFT_VOCAB must change the API, generate,
     bench and serve together: each default is that constant, by value and in the source (no copy of "none" that a
-    flip would miss)."""
+    flip would miss). generate, bench and serve take it from one ModelSettings, which none of them redefines."""
     import inspect
     import re
 
     import typer
 
     from specadapt import cli
+    from specadapt.models.settings import ModelSettings
 
     generate = {p.name: p for p in typer.main.get_command(cli.app).commands["generate"].params}
     defaults = [inspect.signature(SpecDecoder.from_pretrained).parameters[name].default,
                 getattr(BenchSettings(datasets=["gsm8k"]), name), getattr(ServeSettings(), name), generate[name].default]
     assert defaults == [getattr(zoo, constant)] * 4
-    for source in (inspect.getsource(SpecDecoder.from_pretrained), inspect.getsource(BenchSettings),
-                   inspect.getsource(ServeSettings), inspect.getsource(inspect.unwrap(cli.generate))):
+    for source in (inspect.getsource(SpecDecoder.from_pretrained), inspect.getsource(ModelSettings)):
         assert re.search(rf"{name}: [A-Za-z |]+ = (field\(default=|typer\.Option\()?(zoo\.)?{constant}\b", source)
+    assert issubclass(BenchSettings, ModelSettings) and issubclass(ServeSettings, ModelSettings)
+    for source in (inspect.getsource(BenchSettings), inspect.getsource(ServeSettings),
+                   inspect.getsource(inspect.unwrap(cli.generate))):
+        assert f"{name}:" not in source  # no field or option of its own
