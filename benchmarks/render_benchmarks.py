@@ -1857,6 +1857,8 @@ SHIPPED_DRAFT_CANDIDATES = {
     "DistillSpec, TVD": "distill_tvd_replay/tvd.json",
 }
 
+RULE_WIDTHS = (9, 10, 13, 14, 16, 24, 27, 29, 33)  # target pass widths the one-client AVX2 runs compare
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "resumed-runs": resumed_runs,
     "engine-humaneval": engine_table("humaneval"),
@@ -1973,8 +1975,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-avx2-pad1": serve_load("cpu_avx2/serve_load_pad1.json", capped=True),
     "serve-load-avx2-pad1-tune": serve_load("cpu_avx2/serve_load_pad1_tune.json", capped=True),
     "serve-load-avx2-pad1-tune-rounds": serve_round_costs("cpu_avx2/serve_load_pad1_tune.json"),
-    "serve-load-avx2-pad1-tune-widths": serve_rule_widths("cpu_avx2/serve_load_pad1_tune.json", (9, 10, 13, 14, 16, 24, 27, 29, 33)),
-    "serve-load-avx2-warmup1-widths": serve_rule_widths("cpu_avx2/serve_load_warmup1.json", (9, 10, 13, 14, 16, 24, 27, 29, 33)),
+    "serve-load-avx2-pad1-tune-widths": serve_rule_widths("cpu_avx2/serve_load_pad1_tune.json", RULE_WIDTHS),
+    "serve-load-avx2-warmup1-widths": serve_rule_widths("cpu_avx2/serve_load_warmup1.json", RULE_WIDTHS),
     "serve-load-avx2-lookup": serve_load("cpu_avx2/serve_load_lookup.json"),
     "serve-load-avx2-lookup-time4": serve_load_time("cpu_avx2/serve_load_lookup.json", 4, min_batch=4),
     "serve-load-avx2-first-token-humaneval1": serve_load("cpu_avx2/serve_load_first_token_humaneval1.json"),

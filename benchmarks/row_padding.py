@@ -27,7 +27,7 @@ OUT = HERE / "results" / "row_padding.json"
 
 def main(argv: list[str] | None = None) -> None:
     from specadapt.models import zoo
-    from specadapt.models.hardware import machine
+    from specadapt.models.hardware import PAD_ROWS, machine
     from specadapt.models.loading import resolve
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -46,19 +46,20 @@ def main(argv: list[str] | None = None) -> None:
     weights = [torch.randn(o, i) for o, i in ((hidden, hidden), (kv, hidden), (inter, hidden), (hidden, inter))]
     first, last = (int(v) for v in args.rows.split("-"))
     counts = list(range(first, last + 1))
+    padded_to = {n: -(-n // PAD_ROWS) * PAD_ROWS for n in counts}  # every count, the library's range or not
     times: dict[tuple[int, bool], list[float]] = {(n, pad): [] for n in counts for pad in (False, True)}
     with torch.inference_mode():
         for r in range(args.rounds):
             for n in counts:
                 for pad in ((False, True) if r % 2 == 0 else (True, False)):
-                    m = -(-n // 8) * 8 if pad else n
+                    m = padded_to[n] if pad else n
                     xs = [torch.randn(m, w.shape[1]) for w in weights]
                     start = time.perf_counter()
                     for w, x in zip(weights, xs):
                         torch.mm(w, x.t())
                     times[(n, pad)].append(time.perf_counter() - start)
     rows = [{"rows": n, "as_is_ms": 1000 * median(times[(n, False)]), "padded_ms": 1000 * median(times[(n, True)]),
-             "padded_to": -(-n // 8) * 8} for n in counts]
+             "padded_to": padded_to[n]} for n in counts]
     print(f"{'rows':>5} {'as is ms':>9} {'padded ms':>10} {'padded to':>10}")
     for row in rows:
         print(f"{row['rows']:>5} {row['as_is_ms']:>9.1f} {row['padded_ms']:>10.1f} {row['padded_to']:>10}")

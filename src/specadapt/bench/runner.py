@@ -591,9 +591,10 @@ def _load_decoder(settings: BenchSettings, log: Callable[[str], None]):
     if settings.threads:
         torch.set_num_threads(settings.threads)
     hf_logging.disable_progress_bar()
-    draft = settings.draft if settings.needs_draft else None
+    needs_draft = settings.needs_draft
+    draft = settings.draft if needs_draft else None
     t0 = time.perf_counter()
-    decoder = settings.load(settings.needs_draft)
+    decoder = settings.load(needs_draft)
     compile_fused_products(decoder.target, decoder.draft)  # not inside a timed generation
     log(f"loaded {settings.target}" + (f" + {draft}" if draft else "") + f" in {time.perf_counter() - t0:.1f} s "
         f"({settings.dtype}, {decoder.target.device}, {torch.get_num_threads()} threads)")
