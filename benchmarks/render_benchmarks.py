@@ -504,9 +504,10 @@ def cheap_draft_versus(folder: Path, mine: str, reference: str, tune: Path | Non
     ``mine`` is labelled ``tune_mine`` if given)."""
 
     def render() -> str:
-        module, _, summary, _ = _cheap_draft_run(folder)
+        module, settings, summary, _ = _cheap_draft_run(folder)
         tuned = json.loads((tune / "summary.json").read_text(encoding="utf-8")) if tune else {}
-        head = f"| dataset | `{mine}` ÷ `{reference}`, test (per repeat) | verdict | tokens per round | draft length |"
+        split = settings.get("split", "test")
+        head = f"| dataset | `{mine}` ÷ `{reference}`, {split} (per repeat) | verdict | tokens per round | draft length |"
         out = [head + (" tune (timed) |" if tune else ""), "|---|---|---|---|---|" + ("---|" if tune else "")]
         for ds, table in summary["datasets"].items():
             a, b = table[mine], table[reference]
@@ -1251,6 +1252,39 @@ def serve_load_time(name: str, clients: int, min_batch: int = 6) -> Callable[[],
     return render
 
 
+def serve_load_rule(name: str, batch: int) -> Callable[[], str]:
+    """What the load rule of a serve_load.py run saw at ``batch`` rows, per server: its rounds at that batch size
+    without prefill (drafting / target-only) and their seconds per round, the rule's final estimate of a target-only
+    round there (its own measurement of such rounds, ``target_only_s``, where it kept one; else its cost curve's
+    point at ``batch`` positions, which other shapes also feed), and the probe and recheck rounds it chose."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        lines = [f"| method | repeat | rounds at {batch} rows: drafting / target-only | s per round: drafting / "
+                 f"target-only | rule's estimate of a target-only round at {batch} rows (from) | probes | rechecks |",
+                 "|---|---|---|---|---|---|---|"]
+
+        def mean(xs: list[float]) -> str:
+            return f"{sum(xs) / len(xs):.3f}" if xs else "–"
+
+        for r in sorted(data["rows"], key=lambda r: (r.get("repeat", 0), r["method"])):
+            if r["concurrency"] < batch:
+                continue
+            log = [x for x in r["round_log"] if x and x[0] == batch and x[6] == 0]  # rows, K, .., draft s, target s, prefill s
+            drafting = [x[4] + x[5] for x in log if x[1] > 0]
+            plain = [x[5] for x in log if x[1] == 0 and x[3] == 1]
+            rule = r.get("load_rule") or {}
+            own, curve = rule.get("target_only_s", {}), rule.get("target_s", {})
+            estimate = (f"{own[str(batch)]:.3f} (its target-only rounds)" if str(batch) in own else
+                        f"{curve[str(batch)]:.3f} (the curve at {batch} positions)" if str(batch) in curve else "–")
+            lines.append(f"| `{r['method']}` | {r.get('repeat', 0)} | {len(drafting)} / {len(plain)} | "
+                         f"{mean(drafting)} / {mean(plain)} | {estimate if curve else '–'} | "
+                         f"{rule.get('probes', '–') if curve else '–'} | {rule.get('rechecks', '–') if curve else '–'} |")
+        return "\n".join(lines) + "\n"
+
+    return render
+
+
 def serve_scaling(name: str, method: str = "autoregressive") -> Callable[[], str]:
     """How ``method``'s throughput in a serve_load.py run scales with the clients, and what prompts cost in it: per
     concurrency (means over repeats), seconds in rounds that fed the target a prompt (a fresh batch's first round)
@@ -1897,6 +1931,13 @@ BLOCKS: dict[str, Callable[[], str]] = {
                                                        tune=RESULTS / "tune_lookup2", tune_mine="adaedl+lookup=12"),
     "cheap-draft-lookup-time": cheap_draft_time("cheap_draft_lookup", methods=("adaedl", "adaedl+lookup", "specdecpp")),
     "cheap-draft-lookup": cheap_draft(RESULTS / "cheap_draft_lookup"),
+    "cheap-draft-mtbench-train-targets": cheap_draft_targets(RESULTS / "cheap_draft_mtbench_train",
+                                                             default_method="adaedl+lookup"),
+    "cheap-draft-mtbench-train-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_mtbench_train", "adaedl+lookup@int4",
+                                                              "adaedl@int4"),
+    "cheap-draft-mtbench-train-marginal": cheap_draft_versus(RESULTS / "cheap_draft_mtbench_train",
+                                                             "marginal:cost=auto@int4", "adaedl@int4"),
+    "cheap-draft-mtbench-train": cheap_draft(RESULTS / "cheap_draft_mtbench_train"),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",
                                                          tune=RESULTS / "tune_marginal" / "timed"),
     "cheap-draft-marginal-time": cheap_draft_time("cheap_draft_marginal", methods=("adaedl", "marginal", "specdecpp")),
@@ -2023,6 +2064,10 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-ownroom": serve_load("serve_load_ownroom.json"),
     "serve-load-ownroom-long8": serve_load("serve_load_ownroom_long8.json"),
     "serve-load-joins-long8-time": serve_load_time("serve_load_joins_long8.json", 8),
+    "serve-load-sweep": serve_load("serve_load_sweep.json", "serve_load_sweep_humaneval1.json", capped=True),
+    "serve-load-sweep-targets": serve_load_targets("serve_load_sweep.json", "serve_load_sweep_humaneval1.json"),
+    "serve-load-sweep-time": serve_load_time("serve_load_sweep.json", 8),
+    "serve-load-sweep-rule": serve_load_rule("serve_load_sweep.json", 8),
     "serve-load-fused": serve_load("serve_load_fused.json", "serve_load_fused_humaneval1.json"),
     "serve-load-fused-targets": serve_load_targets("serve_load_fused.json", "serve_load_fused_humaneval1.json"),
     "serve-load-fused-time": serve_load_time("serve_load_fused.json", 8),

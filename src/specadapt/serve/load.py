@@ -260,6 +260,9 @@ class AutoLoad:
       prompt several times over: the int4 draft's step costs about a tenth of the target's, its prefill about
       half (``benchmarks/results/prefill_cost.json``);
     - ``T(x)``: the target pass over x positions (:class:`CostCurve`, fed by every round, prefill rounds included);
+      a plain target-only round at batch B, ``cost(0)`` above, is priced by its own measurements where it has any
+      (``T0(B)``): positions fed as B rows of one token cost what they cost, not what the curve's point at x = B,
+      measured on other shapes (say B / 2 rows verifying two tokens each), says;
       ``D(B)``: one draft step at batch B, booked only from plain rounds, whose first draft forward feeds at most
       ``PLAIN_WIDTH`` pending tokens per row (a round that also catches up or prefills many pending tokens is not
       the cost of a step, and is not booked); an unmeasured B is scaled from the nearest measured one along ``T``,
@@ -297,8 +300,19 @@ class AutoLoad:
     they were (about a twentieth on a CPU without native bf16), and a newcomer's prompt is no backlog to probe
     with. The cost is at most about two one-token drafting rounds every ``probe_every`` rounds, and falls from
     there; ``probe_every=0`` never probes (and nothing ages).
-    ``probes`` counts the probe rounds chosen. ``timing(record) -> (draft_s, target_s)`` replaces the measured
-    seconds (tests inject a cost model; the default reads the round's own timings).
+
+    The other way round, a batch size kept drafting measures no target-only round, so drafting there would rest
+    for good on a target-only cost that is stale or was never measured (a warm-up's rounds all draft; the curve's
+    point at B positions may come from other shapes): in one server the cost of 8 rows of one token, read off
+    rounds of 2 rows verifying 4 tokens and 4 rows verifying 2, came out well above what such rounds cost, and the
+    rule drafted at a loss through a whole burst (``BENCHMARKS.md``, "Today's defaults on an AVX512 CPU"). So where
+    the rule would draft in a plain round but ``T0(B)`` is unmeasured or ``recheck_gap`` rounds old
+    (``probe_every`` at first), it runs one target-only round (a recheck) and decides on its measurement. Each
+    recheck after which drafting still wins doubles that gap (up to ``MAX_PROBE_GAP * probe_every``; a recheck
+    that turns drafting off resets it), so where drafting clearly pays a recheck costs about one target pass in
+    every few hundred rounds. ``probes`` and ``rechecks`` count the probe and recheck rounds chosen.
+    ``timing(record) -> (draft_s, target_s)`` replaces the measured seconds (tests inject a cost model; the
+    default reads the round's own timings).
     """
 
     def __init__(self, margin: float = 0.05, window: int = 100,
@@ -317,6 +331,10 @@ class AutoLoad:
         self.probe_gap: dict[int, int] = {}  # batch size -> rounds between its probes, if not probe_every
         self.probing: set[int] = set()  # batch sizes whose last decision was a probe not yet judged
         self.fill_ratio: float | None = None  # f: the draft's catch-up pass over the target's, over the same tokens
+        self.target_only: dict[int, CostCurve] = {}  # batch size -> its plain target-only round (T0, one point)
+        self.rechecks = 0
+        self.recheck_gap: dict[int, int] = {}  # batch size -> rounds between its rechecks, if not probe_every
+        self.rechecking: set[int] = set()  # batch sizes whose last decision was a recheck not yet judged
         self.acceptance = AcceptanceModel(window)
         self.timing = timing or (lambda record: (record.draft_s, record.target_s))
 
@@ -324,6 +342,9 @@ class AutoLoad:
         self.rounds += 1
         draft_s, target_s = self.timing(record)
         self.target.add(record.rows * (record.target_width + record.K), target_s, self.rounds)
+        if not record.K and record.target_width == 1:  # a plain target-only round (a joiner's prefill is booked apart)
+            curve = self.target_only.setdefault(record.rows, CostCurve(half_life=self.half_life))
+            curve.add(1, target_s, self.rounds)
         if record.K and record.draft_width <= PLAIN_WIDTH:  # a plain round: K steps of one or two tokens
             curve = self.draft_step.setdefault(record.rows, CostCurve(half_life=self.half_life))
             curve.add(1, draft_s / record.K, self.rounds)
@@ -344,6 +365,9 @@ class AutoLoad:
             "expected_tokens": {K: self.acceptance.expected_tokens(K) for K in (1, 2, 4, 8, 16)} if self.acceptance else {},
             "probes": self.probes,
             "probe_gap": dict(sorted(self.probe_gap.items())),
+            "target_only_s": {B: curve(1) for B, curve in sorted(self.target_only.items())},
+            "rechecks": self.rechecks,
+            "recheck_gap": dict(sorted(self.recheck_gap.items())),
             "draft_fill_ratio": self.fill_ratio,
         }
 
@@ -361,7 +385,8 @@ class AutoLoad:
               low: bool = False) -> list[float]:
         """Expected tokens per second for caps 0..K_max (``unfed``: lengths of prompts the draft has yet to see;
         ``low``: with the lowest plausible draft-step cost of an unmeasured batch size)."""
-        rates = [B / self.target(B * w_t)]
+        plain = self.target_only.get(B) if w_t == 1 else None
+        rates = [B / (plain(1) if plain else self.target(B * w_t))]
         step = self.step_cost(B, low)
         catch_up = step * max(0.0, self.target(B * w_d) / self.target(B) - 1) if w_d > PLAIN_WIDTH else 0.0
         # Each unseen prompt is fed in a pass of its own, f times the target's pass over it.
@@ -408,6 +433,15 @@ class AutoLoad:
         since = self.measured_at.get(B, self.first_measured)
         return since is not None and self.rounds - since >= self.probe_gap.get(B, self.probe_every)
 
+    def recheck_due(self, B: int) -> bool:
+        """Whether a plain round the rule would draft at batch size B should run target-only instead, to measure
+        ``T0(B)``: never measured, or measured ``gap`` or more rounds ago."""
+        if not self.probe_every:
+            return False
+        if B not in self.target_only:
+            return True
+        return self.rounds - self.target_only[B].points[1][2] >= self.recheck_gap.get(B, self.probe_every)
+
     def decide(self, rows: Sequence[Request], bound: int | None, priced: bool = False) -> int | None:
         if not rows or bound is None or not (self.target and self.draft_step and self.acceptance):
             return None
@@ -421,6 +455,9 @@ class AutoLoad:
         B = len(rows)
         best = self.best_cap(B, w_t, w_d, room, K_max, unfed)
         if not best:
+            if B in self.rechecking:  # a recheck showed drafting losing here: the first pace once it wins again
+                self.rechecking.discard(B)
+                self.recheck_gap.pop(B, None)
             if B not in self.draft_step and self.best_cap(B, w_t, w_d, room, K_max, unfed, low=True):
                 self.probes += 1  # unmeasured, and a cheap enough step would make drafting pay: measure it
                 return 1
@@ -434,6 +471,13 @@ class AutoLoad:
             return 0
         self.probing.discard(B)
         self.probe_gap.pop(B, None)
+        if w_t == 1 and self.recheck_due(B):  # drafting rests on a target-only cost not measured lately: measure it
+            self.rechecks += 1
+            self.rechecking.add(B)
+            return 0
+        if B in self.rechecking:  # the recheck measured, and drafting still wins: recheck less often here
+            self.rechecking.discard(B)
+            self.recheck_gap[B] = min(2 * self.recheck_gap.get(B, self.probe_every), MAX_PROBE_GAP * self.probe_every)
         if priced and B == 1 and self.defer:  # a lone request: its policy's prices are fitted on these very rounds
             return None
         return None if best == K_max else best
