@@ -1261,8 +1261,9 @@ def serve_load_rule(name: str, batch: int) -> Callable[[], str]:
     def render() -> str:
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
         lines = [f"| method | repeat | rounds at {batch} rows: drafting / target-only | s per round: drafting / "
-                 f"target-only | rule's estimate of a target-only round at {batch} rows (from) | probes | rechecks |",
-                 "|---|---|---|---|---|---|---|"]
+                 f"target-only | rule's estimate of a target-only round at {batch} rows (from) | probes | rechecks | "
+                 "f: the draft's prefill ÷ the target's |",
+                 "|---|---|---|---|---|---|---|---|"]
 
         def mean(xs: list[float]) -> str:
             return f"{sum(xs) / len(xs):.3f}" if xs else "–"
@@ -1279,7 +1280,8 @@ def serve_load_rule(name: str, batch: int) -> Callable[[], str]:
                         f"{curve[str(batch)]:.3f} (the curve at {batch} positions)" if str(batch) in curve else "–")
             lines.append(f"| `{r['method']}` | {r.get('repeat', 0)} | {len(drafting)} / {len(plain)} | "
                          f"{mean(drafting)} / {mean(plain)} | {estimate if curve else '–'} | "
-                         f"{rule.get('probes', '–') if curve else '–'} | {rule.get('rechecks', '–') if curve else '–'} |")
+                         f"{rule.get('probes', '–') if curve else '–'} | {rule.get('rechecks', '–') if curve else '–'} | "
+                         f"{f'{f:.2f}' if (f := rule.get('draft_fill_ratio')) is not None else '–'} |")
         return "\n".join(lines) + "\n"
 
     return render
@@ -2068,6 +2070,10 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-sweep-targets": serve_load_targets("serve_load_sweep.json", "serve_load_sweep_humaneval1.json"),
     "serve-load-sweep-time": serve_load_time("serve_load_sweep.json", 8),
     "serve-load-sweep-rule": serve_load_rule("serve_load_sweep.json", 8),
+    "serve-load-recheck": serve_load("serve_load_recheck.json", "serve_load_recheck_humaneval1.json", capped=True),
+    "serve-load-recheck-targets": serve_load_targets("serve_load_recheck.json", "serve_load_recheck_humaneval1.json"),
+    "serve-load-recheck-time": serve_load_time("serve_load_recheck.json", 8),
+    "serve-load-recheck-rule": serve_load_rule("serve_load_recheck.json", 8),
     "serve-load-fused": serve_load("serve_load_fused.json", "serve_load_fused_humaneval1.json"),
     "serve-load-fused-targets": serve_load_targets("serve_load_fused.json", "serve_load_fused_humaneval1.json"),
     "serve-load-fused-time": serve_load_time("serve_load_fused.json", 8),

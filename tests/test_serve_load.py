@@ -143,6 +143,35 @@ def test_auto_rule_prices_feeding_the_draft_a_prompt_as_measured():
     assert rule.decide(joined, bound=3) == 0
 
 
+def test_auto_rule_charges_each_drafted_token_its_share_of_the_drafts_prefill():
+    """8 rows: a target-only round costs 0.25 s (32 tok/s); drafting one token (every draft accepted) 0.32 s of target
+    and 0.12 s of draft for 2 tokens a row (36.4 tok/s, 14% more). But every request that joins a drafting server
+    has its prompt read by the draft: 100-token prompts whose fill costs 0.4 of the target's pass over them (about
+    1.05 s), over answers of 64 tokens, add about 0.0066 s to each token, more than drafting saves (0.0039):
+    target-only, even in rounds where no prompt joins. Over answers of 1000 tokens it drafts again."""
+    rule = AutoLoad(timing=lambda r: (r.K * 0.12, 0.25 if not r.K else 0.32 * r.rows * (r.target_width + r.K) / 16))
+    for _ in range(3):
+        rule.observe(record(8, 1, 1))
+        rule.observe(record(8, 0, 0))
+    assert rule.decide(rows(8), bound=1) is None and rule.fill_share() == 0.0  # no joiner seen yet: drafts
+    prompt = rule.target(100)
+    rule.observe(RoundRecord(8, 0, 0, 1, 0.0, 0.0, [0] * 8, [0] * 8, prefill_s=1.5, draft_fill_tokens=100,
+                             draft_fill_s=0.4 * prompt))
+    assert rule.fill_ratio == pytest.approx(0.4)
+    joiner = rows(8, room=64)
+    joiner[0].draft_unfed, joiner[0].draft_pending = True, [0] * 100
+    assert rule.decide(joiner, bound=1) == 0
+    assert rule.fill_share() == pytest.approx(0.4 * prompt / 64) and rule.summary()["fill_share_s"] == rule.fill_share()
+    assert rule.decide(rows(8), bound=1) == 0  # all fed: still target-only, the next joiner's prompt is coming
+    rates = rule.rates(8, 1, 1, 64.0, 1)
+    assert rates[1] * (1 / 16 * 0.44 + 0.4 * prompt / 64) == pytest.approx(1.0, rel=0.01)  # tokens at 0.44 s / 16 + share
+    joiner = rows(8, room=1000)
+    joiner[0].draft_unfed, joiner[0].draft_pending = True, [0] * 100
+    for _ in range(20):  # the running means move to the new answers
+        rule.decide(joiner, bound=1)
+    assert rule.decide(rows(8), bound=1) is None
+
+
 def test_auto_rule_does_not_catch_the_draft_up_for_a_request_about_to_end():
     rule = trained(lambda x: 1.0 if x <= 4 else x / 4, lambda b: 0.05)
     assert rule.decide(rows(1, room=2000, draft_behind=400), bound=3) is None  # paid back over the rest

@@ -255,6 +255,13 @@ class AutoLoad:
       plain round at this batch size would draft, though: otherwise later rounds keep the batch target-only, and
       this round alone must pay for feeding the draft (a prompt's first round would otherwise feed the draft its
       prompt for one round's worth of drafts);
+    - every token a drafting round makes also carries its share of the draft's prefill, ``f * T(n) / L`` (n, L:
+      the running means of the prompt lengths and answer budgets of the requests seen joining), even in rounds where
+      no prompt joins: a server that drafts at this batch size feeds the draft every prompt that arrives, and the
+      prompt is the draft's to read whatever the batch size, while its tokens' saving shrinks as the batch grows (at
+      8 requests on AVX512, drafting made its rounds 5-8% faster and its servers lost 9-11% on the draft's prefill
+      of the joining prompts, ``BENCHMARKS.md``, "Today's defaults on an AVX512 CPU"). It leaves the best cap
+      unchanged (a cost per token) and only decides whether drafting beats target-only;
     - ``f``: what feeding the draft a prompt costs against the target's pass over it, measured on the draft's
       catch-up passes (running average); until one is measured, ``D(1) / T(1)``. That step ratio underprices a
       prompt several times over: the int4 draft's step costs about a tenth of the target's, its prefill about
@@ -331,6 +338,8 @@ class AutoLoad:
         self.probe_gap: dict[int, int] = {}  # batch size -> rounds between its probes, if not probe_every
         self.probing: set[int] = set()  # batch sizes whose last decision was a probe not yet judged
         self.fill_ratio: float | None = None  # f: the draft's catch-up pass over the target's, over the same tokens
+        self.prompt_len: float | None = None  # n: running mean length of the prompts seen joining (draft unfed)
+        self.answer_len: float | None = None  # L: running mean of their answer budgets (room) when they joined
         self.target_only: dict[int, CostCurve] = {}  # batch size -> its plain target-only round (T0, one point)
         self.rechecks = 0
         self.recheck_gap: dict[int, int] = {}  # batch size -> rounds between its rechecks, if not probe_every
@@ -369,6 +378,7 @@ class AutoLoad:
             "rechecks": self.rechecks,
             "recheck_gap": dict(sorted(self.recheck_gap.items())),
             "draft_fill_ratio": self.fill_ratio,
+            "fill_share_s": self.fill_share() if self.target else None,
         }
 
     def step_cost(self, B: int, low: bool = False) -> float:
@@ -390,8 +400,9 @@ class AutoLoad:
         step = self.step_cost(B, low)
         catch_up = step * max(0.0, self.target(B * w_d) / self.target(B) - 1) if w_d > PLAIN_WIDTH else 0.0
         # Each unseen prompt is fed in a pass of its own, f times the target's pass over it.
-        fill = self.fill_ratio if self.fill_ratio is not None else self.step_cost(1) / self.target(1)
+        fill = self.fill_ratio_or_guess()
         catch_up += fill * sum(self.target(n) for n in unfed)
+        share = self.fill_share()
         # Feeding the draft is paid back over the rounds that go on drafting; if plain rounds at this batch size
         # would not draft (a costly verification, a slow draft), this round alone has to pay for it.
         later = catch_up > 0 and self._by_rate(self.rates(B, 1, 1, room, K_max, (), low)) > 0
@@ -399,8 +410,19 @@ class AutoLoad:
         for K in range(1, K_max + 1):
             spread = max(1.0, room / E[K]) if later else 1.0
             cost = self.target(B * (w_t + steps[K])) + steps[K] * step + catch_up / spread
-            rates.append(B * E[K] / cost)
+            rates.append(B * E[K] / (cost + B * E[K] * share))
         return rates
+
+    def fill_ratio_or_guess(self) -> float:
+        """``f``: measured, or until then a draft step's cost against the target's."""
+        return self.fill_ratio if self.fill_ratio is not None else self.step_cost(1) / self.target(1)
+
+    def fill_share(self) -> float:
+        """Seconds of the draft's prefill per token a drafting server makes: ``f * T(n) / L`` (0 before a joining
+        prompt has been seen)."""
+        if self.prompt_len is None or self.answer_len is None:
+            return 0.0
+        return self.fill_ratio_or_guess() * self.target(round(self.prompt_len)) / max(1.0, self.answer_len)
 
     def best_cap(self, B: int, w_t: int, w_d: int, room: float, K_max: int, unfed: Sequence[int] = (),
                  low: bool = False) -> int:
@@ -443,6 +465,11 @@ class AutoLoad:
         return self.rounds - self.target_only[B].points[1][2] >= self.recheck_gap.get(B, self.probe_every)
 
     def decide(self, rows: Sequence[Request], bound: int | None, priced: bool = False) -> int | None:
+        for r in rows:
+            if r.draft_unfed:  # a joiner (seen again while it waits: its lengths weigh a little more)
+                n, L = len(r.draft_pending), r.room
+                self.prompt_len = n if self.prompt_len is None else self.prompt_len + FILL_WEIGHT * (n - self.prompt_len)
+                self.answer_len = L if self.answer_len is None else self.answer_len + FILL_WEIGHT * (L - self.answer_len)
         if not rows or bound is None or not (self.target and self.draft_step and self.acceptance):
             return None
         K_max = min(bound, max(r.room for r in rows) - 1)
