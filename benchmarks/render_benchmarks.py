@@ -1262,8 +1262,8 @@ def serve_load_rule(name: str, batch: int) -> Callable[[], str]:
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
         lines = [f"| method | repeat | rounds at {batch} rows: drafting / target-only | s per round: drafting / "
                  f"target-only | rule's estimate of a target-only round at {batch} rows (from) | probes | rechecks | "
-                 "f: the draft's prefill ÷ the target's |",
-                 "|---|---|---|---|---|---|---|---|"]
+                 "f: the draft's prefill ÷ the target's | its share per drafted token, s |",
+                 "|---|---|---|---|---|---|---|---|---|"]
 
         def mean(xs: list[float]) -> str:
             return f"{sum(xs) / len(xs):.3f}" if xs else "–"
@@ -1281,7 +1281,8 @@ def serve_load_rule(name: str, batch: int) -> Callable[[], str]:
             lines.append(f"| `{r['method']}` | {r.get('repeat', 0)} | {len(drafting)} / {len(plain)} | "
                          f"{mean(drafting)} / {mean(plain)} | {estimate if curve else '–'} | "
                          f"{rule.get('probes', '–') if curve else '–'} | {rule.get('rechecks', '–') if curve else '–'} | "
-                         f"{f'{f:.2f}' if (f := rule.get('draft_fill_ratio')) is not None else '–'} |")
+                         f"{f'{f:.2f}' if (f := rule.get('draft_fill_ratio')) is not None else '–'} | "
+                         f"{f'{x:.4f}' if (x := rule.get('fill_share_s')) is not None else '–'} |")
         return "\n".join(lines) + "\n"
 
     return render
@@ -2074,6 +2075,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-recheck-targets": serve_load_targets("serve_load_recheck.json", "serve_load_recheck_humaneval1.json"),
     "serve-load-recheck-time": serve_load_time("serve_load_recheck.json", 8),
     "serve-load-recheck-rule": serve_load_rule("serve_load_recheck.json", 8),
+    "serve-load-fillshare": serve_load("serve_load_fillshare.json", capped=True),
+    "serve-load-fillshare-targets": serve_load_targets("serve_load_fillshare.json"),
+    "serve-load-fillshare-rule": serve_load_rule("serve_load_fillshare.json", 4),
     "serve-load-fused": serve_load("serve_load_fused.json", "serve_load_fused_humaneval1.json"),
     "serve-load-fused-targets": serve_load_targets("serve_load_fused.json", "serve_load_fused_humaneval1.json"),
     "serve-load-fused-time": serve_load_time("serve_load_fused.json", 8),

@@ -104,7 +104,8 @@ def test_auto_rule_prices_feeding_the_draft_prompts_it_has_not_seen():
     assert rule.decide(joined, bound=3) is None
     joined[0].draft_unfed, joined[0].draft_pending = True, [0] * 400  # a 400-token prompt the draft never saw
     assert rule.decide(joined, bound=3) == 0  # feeding it costs more than drafting saves in 4 tokens
-    joined[0].room = 2000
+    joined = rows(1, room=2000)  # a request with a longer answer ahead
+    joined[0].draft_unfed, joined[0].draft_pending = True, [0] * 400
     assert rule.decide(joined, bound=3) is None  # paid back over the rest
 
 
@@ -165,9 +166,16 @@ def test_auto_rule_charges_each_drafted_token_its_share_of_the_drafts_prefill():
     assert rule.decide(rows(8), bound=1) == 0  # all fed: still target-only, the next joiner's prompt is coming
     rates = rule.rates(8, 1, 1, 64.0, 1)
     assert rates[1] * (1 / 16 * 0.44 + 0.4 * prompt / 64) == pytest.approx(1.0, rel=0.01)  # tokens at 0.44 s / 16 + share
-    joiner = rows(8, room=1000)
-    joiner[0].draft_unfed, joiner[0].draft_pending = True, [0] * 100
-    for _ in range(20):  # the running means move to the new answers
+    joiner = rows(8, room=64)  # the next one: kept target-only, it waits unfed while its room shrinks, counted once
+    waiting = joiner[0]
+    waiting.draft_unfed, waiting.draft_pending = True, [0] * 100
+    for room in range(64, 0, -1):
+        waiting.room = room
+        assert rule.decide(joiner, bound=1) == 0
+    assert rule.answer_len == 64 and rule.fill_share() == pytest.approx(0.4 * prompt / 64)
+    for _ in range(20):  # the running means move to new requests' answers
+        joiner = rows(8, room=1000)
+        joiner[0].draft_unfed, joiner[0].draft_pending = True, [0] * 100
         rule.decide(joiner, bound=1)
     assert rule.decide(rows(8), bound=1) is None
 

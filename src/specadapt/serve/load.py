@@ -340,6 +340,7 @@ class AutoLoad:
         self.fill_ratio: float | None = None  # f: the draft's catch-up pass over the target's, over the same tokens
         self.prompt_len: float | None = None  # n: running mean length of the prompts seen joining (draft unfed)
         self.answer_len: float | None = None  # L: running mean of their answer budgets (room) when they joined
+        self.unfed_seen: set[int] = set()  # ids of the rows that were waiting unfed at the last decision
         self.target_only: dict[int, CostCurve] = {}  # batch size -> its plain target-only round (T0, one point)
         self.rechecks = 0
         self.recheck_gap: dict[int, int] = {}  # batch size -> rounds between its rechecks, if not probe_every
@@ -465,11 +466,13 @@ class AutoLoad:
         return self.rounds - self.target_only[B].points[1][2] >= self.recheck_gap.get(B, self.probe_every)
 
     def decide(self, rows: Sequence[Request], bound: int | None, priced: bool = False) -> int | None:
-        for r in rows:
-            if r.draft_unfed:  # a joiner (seen again while it waits: its lengths weigh a little more)
+        waiting = {id(r) for r in rows if r.draft_unfed}
+        for r in rows:  # a joiner, counted once: while the batch stays target-only it waits unfed, its room shrinking
+            if r.draft_unfed and id(r) not in self.unfed_seen:
                 n, L = len(r.draft_pending), r.room
                 self.prompt_len = n if self.prompt_len is None else self.prompt_len + FILL_WEIGHT * (n - self.prompt_len)
                 self.answer_len = L if self.answer_len is None else self.answer_len + FILL_WEIGHT * (L - self.answer_len)
+        self.unfed_seen = waiting
         if not rows or bound is None or not (self.target and self.draft_step and self.acceptance):
             return None
         K_max = min(bound, max(r.room for r in rows) - 1)
