@@ -1253,7 +1253,7 @@ def serve_load_time(name: str, clients: int, min_batch: int = 6) -> Callable[[],
 
 
 def serve_load_rule(name: str, batch: int) -> Callable[[], str]:
-    """What the load rule of a serve_load.py run saw at ``batch`` rows, per server: its rounds at that batch size
+    """What the load rule of a serve_load.py run saw at ``batch`` rows in its cells of ``batch`` clients, per server: its rounds at that batch size
     without prefill (drafting / target-only) and their seconds per round, the rule's final estimate of a target-only
     round there (its own measurement of such rounds, ``target_only_s``, where it kept one; else its cost curve's
     point at ``batch`` positions, which other shapes also feed), and the probe and recheck rounds it chose."""
@@ -1269,7 +1269,7 @@ def serve_load_rule(name: str, batch: int) -> Callable[[], str]:
             return f"{sum(xs) / len(xs):.3f}" if xs else "–"
 
         for r in sorted(data["rows"], key=lambda r: (r.get("repeat", 0), r["method"])):
-            if r["concurrency"] < batch:
+            if r["concurrency"] != batch:  # the cell with as many clients as rows
                 continue
             log = [x for x in r["round_log"] if x and x[0] == batch and x[6] == 0]  # rows, K, .., draft s, target s, prefill s
             drafting = [x[4] + x[5] for x in log if x[1] > 0]
@@ -2078,6 +2078,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-fillshare": serve_load("serve_load_fillshare.json", capped=True),
     "serve-load-fillshare-targets": serve_load_targets("serve_load_fillshare.json"),
     "serve-load-fillshare-rule": serve_load_rule("serve_load_fillshare.json", 4),
+    "serve-load-fillshare-rule8": serve_load_rule("serve_load_fillshare.json", 8),
+    "serve-load-fillshare-fixed": serve_load("serve_load_fillshare_fixed.json", capped=True),
+    "serve-load-fillshare-fixed-time4": serve_load_time("serve_load_fillshare_fixed.json", 4, min_batch=4),
     "serve-load-fused": serve_load("serve_load_fused.json", "serve_load_fused_humaneval1.json"),
     "serve-load-fused-targets": serve_load_targets("serve_load_fused.json", "serve_load_fused_humaneval1.json"),
     "serve-load-fused-time": serve_load_time("serve_load_fused.json", 8),
