@@ -35,7 +35,6 @@ def trained(target, step, accepted=(3, 3, 1), K=3, batches=(1, 2, 4, 8)) -> Auto
     for B in batches:
         for n in accepted:
             rule.observe(record(B, K, n))
-    for B in batches:  # a target-only round at each size last: no cost the rule drafts on is due a recheck yet
         rule.observe(record(B, 0, 0))
     return rule
 
@@ -90,9 +89,7 @@ def test_auto_rule_assumes_an_unmeasured_batch_size_costs_a_draft_step_at_least_
     assert rule.step_cost(8) == pytest.approx(2.4) and rule.decide(rows(8), bound=3) == 0 and rule.probes == 1
     cheap = trained(lambda x: 1.0, lambda b: 0.3, batches=(1,))
     cheap.decide(rows(8), bound=3)
-    cheap.observe(record(8, 1, 1))  # here it costs what it did alone: drafting, once a target-only round at 8
-    assert cheap.decide(rows(8), bound=3) == 0 and cheap.rechecks == 1  # has measured what drafting is up against
-    cheap.observe(record(8, 0, 0))
+    cheap.observe(record(8, 1, 1))  # here it costs what it did alone: drafting
     assert cheap.decide(rows(8), bound=3) is None
     costly = trained(lambda x: 1.0, lambda b: 3.0, batches=(1,))  # loses even alone: no probe at 8 either
     assert costly.decide(rows(1), bound=3) == 0 and costly.decide(rows(8), bound=3) == 0 and costly.probes == 0
@@ -104,8 +101,7 @@ def test_auto_rule_prices_feeding_the_draft_prompts_it_has_not_seen():
     assert rule.decide(joined, bound=3) is None
     joined[0].draft_unfed, joined[0].draft_pending = True, [0] * 400  # a 400-token prompt the draft never saw
     assert rule.decide(joined, bound=3) == 0  # feeding it costs more than drafting saves in 4 tokens
-    joined = rows(1, room=2000)  # a request with a longer answer ahead
-    joined[0].draft_unfed, joined[0].draft_pending = True, [0] * 400
+    joined[0].room = 2000
     assert rule.decide(joined, bound=3) is None  # paid back over the rest
 
 
@@ -142,42 +138,6 @@ def test_auto_rule_prices_feeding_the_draft_a_prompt_as_measured():
     rule.observe(RoundRecord(1, 0, 0, 1, 0.0, 0.0, [0], [0], prefill_s=50.0, draft_fill_tokens=400, draft_fill_s=50.0))
     assert rule.fill_ratio == pytest.approx(0.5) and rule.summary()["draft_fill_ratio"] == pytest.approx(0.5)
     assert rule.decide(joined, bound=3) == 0
-
-
-def test_auto_rule_charges_each_drafted_token_its_share_of_the_drafts_prefill():
-    """8 rows: a target-only round costs 0.25 s (32 tok/s); drafting one token (every draft accepted) 0.32 s of target
-    and 0.12 s of draft for 2 tokens a row (36.4 tok/s, 14% more). But every request that joins a drafting server
-    has its prompt read by the draft: 100-token prompts whose fill costs 0.4 of the target's pass over them (about
-    1.05 s), over answers of 64 tokens, add about 0.0066 s to each token, more than drafting saves (0.0039):
-    target-only, even in rounds where no prompt joins. Over answers of 1000 tokens it drafts again."""
-    rule = AutoLoad(timing=lambda r: (r.K * 0.12, 0.25 if not r.K else 0.32 * r.rows * (r.target_width + r.K) / 16))
-    for _ in range(3):
-        rule.observe(record(8, 1, 1))
-        rule.observe(record(8, 0, 0))
-    assert rule.decide(rows(8), bound=1) is None and rule.fill_share() == 0.0  # no joiner seen yet: drafts
-    prompt = rule.target(100)
-    rule.observe(RoundRecord(8, 0, 0, 1, 0.0, 0.0, [0] * 8, [0] * 8, prefill_s=1.5, draft_fill_tokens=100,
-                             draft_fill_s=0.4 * prompt))
-    assert rule.fill_ratio == pytest.approx(0.4)
-    joiner = rows(8, room=64)
-    joiner[0].draft_unfed, joiner[0].draft_pending = True, [0] * 100
-    assert rule.decide(joiner, bound=1) == 0
-    assert rule.fill_share() == pytest.approx(0.4 * prompt / 64) and rule.summary()["fill_share_s"] == rule.fill_share()
-    assert rule.decide(rows(8), bound=1) == 0  # all fed: still target-only, the next joiner's prompt is coming
-    rates = rule.rates(8, 1, 1, 64.0, 1)
-    assert rates[1] * (1 / 16 * 0.44 + 0.4 * prompt / 64) == pytest.approx(1.0, rel=0.01)  # tokens at 0.44 s / 16 + share
-    joiner = rows(8, room=64)  # the next one: kept target-only, it waits unfed while its room shrinks, counted once
-    waiting = joiner[0]
-    waiting.draft_unfed, waiting.draft_pending = True, [0] * 100
-    for room in range(64, 0, -1):
-        waiting.room = room
-        assert rule.decide(joiner, bound=1) == 0
-    assert rule.answer_len == 64 and rule.fill_share() == pytest.approx(0.4 * prompt / 64)
-    for _ in range(20):  # the running means move to new requests' answers
-        joiner = rows(8, room=1000)
-        joiner[0].draft_unfed, joiner[0].draft_pending = True, [0] * 100
-        rule.decide(joiner, bound=1)
-    assert rule.decide(rows(8), bound=1) is None
 
 
 def test_auto_rule_does_not_catch_the_draft_up_for_a_request_about_to_end():
@@ -246,11 +206,7 @@ def test_auto_rule_does_not_probe_while_drafting_when_the_draft_is_far_behind_or
     N = rule.probe_every
     for _ in range(3 * N):  # many rounds at 4 requests: the estimate at 1 request grows stale
         rule.observe(record(4, 0, 0))
-    # Drafting is on at 1 request: no probe (a drafting round measures its step), but its target-only cost there is
-    # 3N rounds old, so one target-only round re-measures it first.
-    assert rule.decide(rows(1), bound=3) == 0 and rule.rechecks == 1 and rule.probes == 0
-    rule.observe(record(1, 0, 0))
-    assert rule.decide(rows(1), bound=3) is None
+    assert rule.decide(rows(1), bound=3) is None and rule.probes == 0  # drafting is on: no probe (it measures itself)
     rule = trained(flat_then_linear, lambda b: 0.05)
     measured = rule.measured_at[4]
     for _ in range(N - 1 - (rule.rounds - measured)):
@@ -279,54 +235,13 @@ def test_auto_rule_does_not_probe_while_drafting_when_the_draft_is_far_behind_or
     cheap = AutoLoad(timing=lambda r: (r.K * 0.05, 1.0))  # drafting pays at any size: a drafting round resets it
     cheap.observe(record(4, 3, 2))
     cheap.probe_gap[4] = 4 * N
-    assert cheap.decide(rows(4), bound=3) == 0 and 4 not in cheap.probe_gap  # a recheck first: no target-only round yet
-    cheap.observe(record(4, 0, 0))
-    assert cheap.decide(rows(4), bound=3) == 2  # (position 3 was never accepted)
+    assert cheap.decide(rows(4), bound=3) == 2 and 4 not in cheap.probe_gap  # (position 3 was never accepted)
     never = AutoLoad(probe_every=0, timing=rule.timing)  # 0: never probes
     for B in (1, 4):
         never.observe(record(B, 3, 2))
     for _ in range(3 * N):
         never.observe(record(4, 0, 0))
     assert never.decide(rows(4, draft_behind=2), bound=3) == 0 and never.probes == 0
-
-
-def test_auto_rule_rechecks_the_target_only_cost_it_drafts_against_and_stops_drafting_when_it_was_stale():
-    """8 rows: a target-only round really costs 0.24 s (33.3 tok/s), a round verifying 2 tokens a row 0.36 s and a
-    draft step 0.12 s, so drafting one token (every draft accepted) makes 33.3 tok/s too: target-only. The one
-    target-only round measured at 8 was slow (0.30 s: 26.7 tok/s), so the rule drafts; while it drafts nothing
-    re-measures that cost, until a recheck: one target-only round, after which it stops drafting."""
-    costs = {"plain": 0.30}
-    def target(r):
-        return costs["plain"] if not r.K and r.target_width == 1 else 0.36 * r.rows * (r.target_width + r.K) / 16
-    rule = AutoLoad(timing=lambda r: (r.K * 0.12, target(r)))
-    N = rule.probe_every
-    for _ in range(3):
-        rule.observe(record(8, 1, 1))
-    rule.observe(record(8, 0, 0))  # the slow one
-    costs["plain"] = 0.24
-    caps = []
-    for _ in range(N + 3):
-        caps.append(rule.decide(rows(8), bound=1))
-        K = 1 if caps[-1] is None else caps[-1]
-        rule.observe(record(8, K, K))
-    # drafting (uncapped: the bound is 1) until the target-only cost is N rounds old, then a recheck, then target-only
-    assert caps[:N] == [None] * N and caps[N:] == [0, 0, 0] and rule.rechecks == 1 and rule.probes == 0
-    assert rule.summary()["target_only_s"][8] == pytest.approx(0.24, abs=0.005) and 8 not in rule.recheck_gap
-    # Where drafting clearly pays (one request), each recheck that confirms it doubles the rounds until the next.
-    rule = trained(lambda x: 1.0 if x <= 4 else x / 4, lambda b: 0.05, batches=(1,))
-    caps = []
-    for _ in range(16 * N):
-        caps.append(rule.decide(rows(1), bound=3))
-        K = 3 if caps[-1] is None else caps[-1]
-        rule.observe(record(1, K, min(K, 2)))
-    rechecks = [i for i, cap in enumerate(caps) if cap == 0]
-    assert rechecks[0] == N and [b - a for a, b in zip(rechecks, rechecks[1:])] == [2 * N + 1, 4 * N + 1, 8 * N + 1]
-    assert rule.recheck_gap[1] == MAX_PROBE_GAP * N and rule.rechecks == 4
-    never = trained(lambda x: 1.0 if x <= 4 else x / 4, lambda b: 0.05, batches=(1,))
-    never.probe_every = 0  # 0: never rechecks either
-    for _ in range(3 * N):
-        never.observe(record(1, 2, 2))
-    assert never.decide(rows(1), bound=3) != 0 and never.rechecks == 0
 
 
 def test_the_rule_counts_on_requests_stopping_their_own_drafts_while_the_batch_runs_the_longest():

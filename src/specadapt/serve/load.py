@@ -255,21 +255,11 @@ class AutoLoad:
       plain round at this batch size would draft, though: otherwise later rounds keep the batch target-only, and
       this round alone must pay for feeding the draft (a prompt's first round would otherwise feed the draft its
       prompt for one round's worth of drafts);
-    - every token a drafting round makes also carries its share of the draft's prefill, ``f * T(n) / L`` (n, L:
-      the running means of the prompt lengths and answer budgets of the requests seen joining), even in rounds where
-      no prompt joins: a server that drafts at this batch size feeds the draft every prompt that arrives, and the
-      prompt is the draft's to read whatever the batch size, while its tokens' saving shrinks as the batch grows (at
-      8 requests on AVX512, drafting made its rounds 5-8% faster and its servers lost 9-11% on the draft's prefill
-      of the joining prompts, ``BENCHMARKS.md``, "Today's defaults on an AVX512 CPU"). It leaves the best cap
-      unchanged (a cost per token) and only decides whether drafting beats target-only;
     - ``f``: what feeding the draft a prompt costs against the target's pass over it, measured on the draft's
       catch-up passes (running average); until one is measured, ``D(1) / T(1)``. That step ratio underprices a
       prompt several times over: the int4 draft's step costs about a tenth of the target's, its prefill about
       half (``benchmarks/results/prefill_cost.json``);
     - ``T(x)``: the target pass over x positions (:class:`CostCurve`, fed by every round, prefill rounds included);
-      a plain target-only round at batch B, ``cost(0)`` above, is priced by its own measurements where it has any
-      (``T0(B)``): positions fed as B rows of one token cost what they cost, not what the curve's point at x = B,
-      measured on other shapes (say B / 2 rows verifying two tokens each), says;
       ``D(B)``: one draft step at batch B, booked only from plain rounds, whose first draft forward feeds at most
       ``PLAIN_WIDTH`` pending tokens per row (a round that also catches up or prefills many pending tokens is not
       the cost of a step, and is not booked); an unmeasured B is scaled from the nearest measured one along ``T``,
@@ -307,19 +297,8 @@ class AutoLoad:
     they were (about a twentieth on a CPU without native bf16), and a newcomer's prompt is no backlog to probe
     with. The cost is at most about two one-token drafting rounds every ``probe_every`` rounds, and falls from
     there; ``probe_every=0`` never probes (and nothing ages).
-
-    The other way round, a batch size kept drafting measures no target-only round, so drafting there would rest
-    for good on a target-only cost that is stale or was never measured (a warm-up's rounds all draft; the curve's
-    point at B positions may come from other shapes): in one server the cost of 8 rows of one token, read off
-    rounds of 2 rows verifying 4 tokens and 4 rows verifying 2, came out well above what such rounds cost, and the
-    rule drafted at a loss through a whole burst (``BENCHMARKS.md``, "Today's defaults on an AVX512 CPU"). So where
-    the rule would draft in a plain round but ``T0(B)`` is unmeasured or ``recheck_gap`` rounds old
-    (``probe_every`` at first), it runs one target-only round (a recheck) and decides on its measurement. Each
-    recheck after which drafting still wins doubles that gap (up to ``MAX_PROBE_GAP * probe_every``; a recheck
-    that turns drafting off resets it), so where drafting clearly pays a recheck costs about one target pass in
-    every few hundred rounds. ``probes`` and ``rechecks`` count the probe and recheck rounds chosen.
-    ``timing(record) -> (draft_s, target_s)`` replaces the measured seconds (tests inject a cost model; the
-    default reads the round's own timings).
+    ``probes`` counts the probe rounds chosen. ``timing(record) -> (draft_s, target_s)`` replaces the measured
+    seconds (tests inject a cost model; the default reads the round's own timings).
     """
 
     def __init__(self, margin: float = 0.05, window: int = 100,
@@ -338,13 +317,6 @@ class AutoLoad:
         self.probe_gap: dict[int, int] = {}  # batch size -> rounds between its probes, if not probe_every
         self.probing: set[int] = set()  # batch sizes whose last decision was a probe not yet judged
         self.fill_ratio: float | None = None  # f: the draft's catch-up pass over the target's, over the same tokens
-        self.prompt_len: float | None = None  # n: running mean length of the prompts seen joining (draft unfed)
-        self.answer_len: float | None = None  # L: running mean of their answer budgets (room) when they joined
-        self.unfed_seen: set[int] = set()  # ids of the rows that were waiting unfed at the last decision
-        self.target_only: dict[int, CostCurve] = {}  # batch size -> its plain target-only round (T0, one point)
-        self.rechecks = 0
-        self.recheck_gap: dict[int, int] = {}  # batch size -> rounds between its rechecks, if not probe_every
-        self.rechecking: set[int] = set()  # batch sizes whose last decision was a recheck not yet judged
         self.acceptance = AcceptanceModel(window)
         self.timing = timing or (lambda record: (record.draft_s, record.target_s))
 
@@ -352,9 +324,6 @@ class AutoLoad:
         self.rounds += 1
         draft_s, target_s = self.timing(record)
         self.target.add(record.rows * (record.target_width + record.K), target_s, self.rounds)
-        if not record.K and record.target_width == 1:  # a plain target-only round (a joiner's prefill is booked apart)
-            curve = self.target_only.setdefault(record.rows, CostCurve(half_life=self.half_life))
-            curve.add(1, target_s, self.rounds)
         if record.K and record.draft_width <= PLAIN_WIDTH:  # a plain round: K steps of one or two tokens
             curve = self.draft_step.setdefault(record.rows, CostCurve(half_life=self.half_life))
             curve.add(1, draft_s / record.K, self.rounds)
@@ -375,11 +344,7 @@ class AutoLoad:
             "expected_tokens": {K: self.acceptance.expected_tokens(K) for K in (1, 2, 4, 8, 16)} if self.acceptance else {},
             "probes": self.probes,
             "probe_gap": dict(sorted(self.probe_gap.items())),
-            "target_only_s": {B: curve(1) for B, curve in sorted(self.target_only.items())},
-            "rechecks": self.rechecks,
-            "recheck_gap": dict(sorted(self.recheck_gap.items())),
             "draft_fill_ratio": self.fill_ratio,
-            "fill_share_s": self.fill_share() if self.target else None,
         }
 
     def step_cost(self, B: int, low: bool = False) -> float:
@@ -396,14 +361,12 @@ class AutoLoad:
               low: bool = False) -> list[float]:
         """Expected tokens per second for caps 0..K_max (``unfed``: lengths of prompts the draft has yet to see;
         ``low``: with the lowest plausible draft-step cost of an unmeasured batch size)."""
-        plain = self.target_only.get(B) if w_t == 1 else None
-        rates = [B / (plain(1) if plain else self.target(B * w_t))]
+        rates = [B / self.target(B * w_t)]
         step = self.step_cost(B, low)
         catch_up = step * max(0.0, self.target(B * w_d) / self.target(B) - 1) if w_d > PLAIN_WIDTH else 0.0
         # Each unseen prompt is fed in a pass of its own, f times the target's pass over it.
-        fill = self.fill_ratio_or_guess()
+        fill = self.fill_ratio if self.fill_ratio is not None else self.step_cost(1) / self.target(1)
         catch_up += fill * sum(self.target(n) for n in unfed)
-        share = self.fill_share()
         # Feeding the draft is paid back over the rounds that go on drafting; if plain rounds at this batch size
         # would not draft (a costly verification, a slow draft), this round alone has to pay for it.
         later = catch_up > 0 and self._by_rate(self.rates(B, 1, 1, room, K_max, (), low)) > 0
@@ -411,19 +374,8 @@ class AutoLoad:
         for K in range(1, K_max + 1):
             spread = max(1.0, room / E[K]) if later else 1.0
             cost = self.target(B * (w_t + steps[K])) + steps[K] * step + catch_up / spread
-            rates.append(B * E[K] / (cost + B * E[K] * share))
+            rates.append(B * E[K] / cost)
         return rates
-
-    def fill_ratio_or_guess(self) -> float:
-        """``f``: measured, or until then a draft step's cost against the target's."""
-        return self.fill_ratio if self.fill_ratio is not None else self.step_cost(1) / self.target(1)
-
-    def fill_share(self) -> float:
-        """Seconds of the draft's prefill per token a drafting server makes: ``f * T(n) / L`` (0 before a joining
-        prompt has been seen)."""
-        if self.prompt_len is None or self.answer_len is None:
-            return 0.0
-        return self.fill_ratio_or_guess() * self.target(round(self.prompt_len)) / max(1.0, self.answer_len)
 
     def best_cap(self, B: int, w_t: int, w_d: int, room: float, K_max: int, unfed: Sequence[int] = (),
                  low: bool = False) -> int:
@@ -456,23 +408,7 @@ class AutoLoad:
         since = self.measured_at.get(B, self.first_measured)
         return since is not None and self.rounds - since >= self.probe_gap.get(B, self.probe_every)
 
-    def recheck_due(self, B: int) -> bool:
-        """Whether a plain round the rule would draft at batch size B should run target-only instead, to measure
-        ``T0(B)``: never measured, or measured ``gap`` or more rounds ago."""
-        if not self.probe_every:
-            return False
-        if B not in self.target_only:
-            return True
-        return self.rounds - self.target_only[B].points[1][2] >= self.recheck_gap.get(B, self.probe_every)
-
     def decide(self, rows: Sequence[Request], bound: int | None, priced: bool = False) -> int | None:
-        waiting = {id(r) for r in rows if r.draft_unfed}
-        for r in rows:  # a joiner, counted once: while the batch stays target-only it waits unfed, its room shrinking
-            if r.draft_unfed and id(r) not in self.unfed_seen:
-                n, L = len(r.draft_pending), r.room
-                self.prompt_len = n if self.prompt_len is None else self.prompt_len + FILL_WEIGHT * (n - self.prompt_len)
-                self.answer_len = L if self.answer_len is None else self.answer_len + FILL_WEIGHT * (L - self.answer_len)
-        self.unfed_seen = waiting
         if not rows or bound is None or not (self.target and self.draft_step and self.acceptance):
             return None
         K_max = min(bound, max(r.room for r in rows) - 1)
@@ -485,9 +421,6 @@ class AutoLoad:
         B = len(rows)
         best = self.best_cap(B, w_t, w_d, room, K_max, unfed)
         if not best:
-            if B in self.rechecking:  # a recheck showed drafting losing here: the first pace once it wins again
-                self.rechecking.discard(B)
-                self.recheck_gap.pop(B, None)
             if B not in self.draft_step and self.best_cap(B, w_t, w_d, room, K_max, unfed, low=True):
                 self.probes += 1  # unmeasured, and a cheap enough step would make drafting pay: measure it
                 return 1
@@ -501,13 +434,6 @@ class AutoLoad:
             return 0
         self.probing.discard(B)
         self.probe_gap.pop(B, None)
-        if w_t == 1 and self.recheck_due(B):  # drafting rests on a target-only cost not measured lately: measure it
-            self.rechecks += 1
-            self.rechecking.add(B)
-            return 0
-        if B in self.rechecking:  # the recheck measured, and drafting still wins: recheck less often here
-            self.rechecking.discard(B)
-            self.recheck_gap[B] = min(2 * self.recheck_gap.get(B, self.probe_every), MAX_PROBE_GAP * self.probe_every)
         if priced and B == 1 and self.defer:  # a lone request: its policy's prices are fitted on these very rounds
             return None
         return None if best == K_max else best

@@ -15,8 +15,7 @@ it, and :class:`~.load.LoadCap` (wrapping the method's policy) applies it; the p
 within the cap. The default (``spec_load="auto"``, :class:`~.load.AutoLoad`) measures the round costs
 online and picks the cap that maximises expected tokens per second for the current batch size, 0 (a
 target-only round) when drafting loses, with a one-token probe round now and then where it has kept a batch
-size target-only for ``spec_auto_probe_every`` rounds (so a stale estimate is re-measured), and likewise a
-target-only round now and then where it drafts on a target-only cost that old; ``"static"``
+size target-only for ``spec_auto_probe_every`` rounds (so a stale estimate is re-measured); ``"static"``
 caps at ``spec_load_k`` above ``spec_max_batch`` requests. A cap only shortens drafts, so outputs do not
 change (the draft catches up on tokens it skipped the next time it drafts). Rules do not apply to
 target-only methods.

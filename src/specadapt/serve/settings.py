@@ -38,10 +38,8 @@ class ServeSettings(ModelSettings):
         "--spec-load auto: a batch size kept target-only gets a probe round (a one-token draft) once its draft-step "
         "cost is this many rounds old and the draft is not far behind, so one bad measurement (a load spike, a "
         "warm-up) cannot switch drafting off for good; each probe that confirms the loss doubles the wait there "
-        "(up to 8 times this); cost estimates fade with a half-life of a quarter of this. Likewise a batch size "
-        "kept drafting gets a target-only round (a recheck) once its target-only cost is this many rounds old (or "
-        "was never measured), each recheck that confirms drafting doubling the wait there. "
-        "0 = never probe or recheck.")})
+        "(up to 8 times this); cost estimates fade with a half-life of a quarter of this. "
+        "0 = never probe.")})
     spec_auto_defer: bool = field(default=False, metadata={
         "help": "--spec-load auto: while a single request runs under a method whose policy measures and prices its own "
                 "drafts (marginal:cost=auto), the rule only decides whether to draft and leaves how far to the policy "
