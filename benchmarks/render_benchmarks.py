@@ -1253,10 +1253,12 @@ def serve_load_time(name: str, clients: int, min_batch: int = 6) -> Callable[[],
 
 
 def serve_load_rule(name: str, batch: int) -> Callable[[], str]:
-    """What the load rule of a serve_load.py run saw at ``batch`` rows in its cells of ``batch`` clients, per server: its rounds at that batch size
-    without prefill (drafting / target-only) and their seconds per round, the rule's final estimate of a target-only
-    round there (its own measurement of such rounds, ``target_only_s``, where it kept one; else its cost curve's
-    point at ``batch`` positions, which other shapes also feed), and the probe and recheck rounds it chose."""
+    """What the load rule of a serve_load.py run saw at ``batch`` rows, in its cells of as many clients, per server:
+    its rounds at that batch size without prefill (drafting / target-only) and their seconds per round, the rule's
+    final estimate of a target-only round there (its own measurement of such rounds, ``target_only_s``, where it
+    kept one; else its cost curve's point at ``batch`` positions, which other shapes also feed), the probe and
+    recheck rounds it chose, and what it learned of the draft's prefill (``f``, and its share per drafted token
+    where it charged one). A target-only server has no rule: dashes."""
 
     def render() -> str:
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
@@ -1269,7 +1271,7 @@ def serve_load_rule(name: str, batch: int) -> Callable[[], str]:
             return f"{sum(xs) / len(xs):.3f}" if xs else "–"
 
         for r in sorted(data["rows"], key=lambda r: (r.get("repeat", 0), r["method"])):
-            if r["concurrency"] != batch:  # the cell with as many clients as rows
+            if r["concurrency"] != batch:
                 continue
             log = [x for x in r["round_log"] if x and x[0] == batch and x[6] == 0]  # rows, K, .., draft s, target s, prefill s
             drafting = [x[4] + x[5] for x in log if x[1] > 0]
@@ -1278,11 +1280,11 @@ def serve_load_rule(name: str, batch: int) -> Callable[[], str]:
             own, curve = rule.get("target_only_s", {}), rule.get("target_s", {})
             estimate = (f"{own[str(batch)]:.3f} (its target-only rounds)" if str(batch) in own else
                         f"{curve[str(batch)]:.3f} (the curve at {batch} positions)" if str(batch) in curve else "–")
+            f, share = rule.get("draft_fill_ratio"), rule.get("fill_share_s")
+            learned = [estimate, rule.get("probes", "–"), rule.get("rechecks", "–")] if curve else ["–"] * 3
             lines.append(f"| `{r['method']}` | {r.get('repeat', 0)} | {len(drafting)} / {len(plain)} | "
-                         f"{mean(drafting)} / {mean(plain)} | {estimate if curve else '–'} | "
-                         f"{rule.get('probes', '–') if curve else '–'} | {rule.get('rechecks', '–') if curve else '–'} | "
-                         f"{f'{f:.2f}' if (f := rule.get('draft_fill_ratio')) is not None else '–'} | "
-                         f"{f'{x:.4f}' if (x := rule.get('fill_share_s')) is not None else '–'} |")
+                         f"{mean(drafting)} / {mean(plain)} | {' | '.join(map(str, learned))} | "
+                         f"{'–' if f is None else f'{f:.2f}'} | {'–' if share is None else f'{share:.4f}'} |")
         return "\n".join(lines) + "\n"
 
     return render
