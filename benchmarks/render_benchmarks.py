@@ -2083,6 +2083,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-fillshare-rule8": serve_load_rule("serve_load_fillshare.json", 8),
     "serve-load-fillshare-fixed": serve_load("serve_load_fillshare_fixed.json", capped=True),
     "serve-load-fillshare-fixed-time4": serve_load_time("serve_load_fillshare_fixed.json", 4, min_batch=4),
+    "serve-load-fillshare-fixed-time8": serve_load_time("serve_load_fillshare_fixed.json", 8),
     "serve-load-fused": serve_load("serve_load_fused.json", "serve_load_fused_humaneval1.json"),
     "serve-load-fused-targets": serve_load_targets("serve_load_fused.json", "serve_load_fused_humaneval1.json"),
     "serve-load-fused-time": serve_load_time("serve_load_fused.json", 8),
