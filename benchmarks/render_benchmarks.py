@@ -494,6 +494,7 @@ def cheap_draft_targets(folder: Path | None = None, default_method: str = "adaed
         module, _, summary, _ = run
         return module.targets_markdown(summary, default_method=default_method)
 
+    render.source = lambda: folder or CHEAP_DRAFT_RESULTS  # for targets_index
     return render
 
 
@@ -523,6 +524,30 @@ def cheap_draft_versus(folder: Path, mine: str, reference: str, tune: Path | Non
             out.append(row)
         return "\n".join(out) + "\n"
 
+    return render
+
+
+def cheap_draft_frozen(folder: Path, frozen: str, others: Sequence[str], reference: str = "hf-assisted@int4",
+                       target: float = 1.15) -> Callable[[], str]:
+    """The cheap-draft issue's target against ``reference`` in a run that tests a method chosen before it
+    (``frozen``), with ``others`` run beside it: per dataset and method, the speedup ratio, its spread over repeats
+    and each repeat's ratio, and the cheap-draft targets' verdict."""
+
+    def render() -> str:
+        module, _, summary, _ = _cheap_draft_run(folder)
+        out = ["| dataset | target | measured (per repeat) | verdict |", "|---|---|---|---|"]
+        for ds, table in summary["datasets"].items():
+            for method in (frozen, *others):
+                a, b = table[method], table[reference]
+                c = module.compare(a, b, reference)
+                per = ", ".join(f"{a['speedup_per_repeat'][r] / b['speedup_per_repeat'][r]:.3f}" for r in a["speedup_per_repeat"])
+                role = " (frozen before the run)" if method == frozen else ""
+                out.append(f"| {module.TITLES.get(ds, ds)} | `{method}`{role} ÷ `{reference}` ≥ {target}× | "
+                           f"{1 + c['gain']:.3f} ± {c['spread']:.3f} ({per}) | "
+                           f"{module._verdict(1 + c['gain'], c['spread'], target)} |")
+        return "\n".join(out) + "\n"
+
+    render.source = lambda: folder  # for targets_index
     return render
 
 
@@ -1223,6 +1248,7 @@ def serve_load_targets(name: str, humaneval: str | None = None) -> Callable[[], 
                          f"({', '.join(f'{v:.2f}' for v in cell['per_repeat'])}) | {verdict(cell['ratio'], cell['per_repeat'], 1.5)} |")
         return "\n".join(lines) + "\n"
 
+    render.source = lambda: RESULTS / name  # for targets_index
     return render
 
 
@@ -1590,6 +1616,7 @@ def distill_targets(folders: str | tuple[str, ...], speed: str, method: str, nam
                            f"{_cell(forced.get(names.get(draft, draft)))} | {gain} | {target} | {verdict} |")
         return "\n".join(out) + "\n"
 
+    render.source = lambda: RESULTS / speed  # for targets_index
     return render
 
 
@@ -1943,6 +1970,11 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-mtbench-train-marginal": cheap_draft_versus(RESULTS / "cheap_draft_mtbench_train",
                                                              "marginal:cost=auto@int4", "adaedl@int4"),
     "cheap-draft-mtbench-train": cheap_draft(RESULTS / "cheap_draft_mtbench_train"),
+    "cheap-draft-mtbench-train2-targets": cheap_draft_frozen(RESULTS / "cheap_draft_mtbench_train2", "specdecpp@int4",
+                                                            ("marginal:cost=auto@int4", "adaedl+lookup@int4")),
+    "cheap-draft-mtbench-train2": cheap_draft(RESULTS / "cheap_draft_mtbench_train2"),
+    "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
+                                                       methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",
                                                          tune=RESULTS / "tune_marginal" / "timed"),
     "cheap-draft-marginal-time": cheap_draft_time("cheap_draft_marginal", methods=("adaedl", "marginal", "specdecpp")),
@@ -2160,6 +2192,70 @@ BLOCKS: dict[str, Callable[[], str]] = {
 }
 
 
+# Which issue a block of targets measures, by the start of its name.
+TARGET_ISSUES = {"cheap-draft": "Cheap drafts", "serve-load": "`specadapt serve`", "distill": "AdaSPEC on the real pair",
+                 "shipped-draft": "AdaSPEC on the real pair"}
+VERDICTS = ("met", "met (tie)", "met within spread", "missed within spread", "missed")
+
+
+def _table_rows(body: str) -> tuple[list[str], list[list[str]]]:
+    """The header cells and data rows of the first markdown table in ``body``."""
+    lines = [line for line in body.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    return (cells[0], [row for row in cells[2:]]) if len(cells) > 2 else ([], [])
+
+
+def _headings(text: str) -> list[tuple[int, str]]:
+    """(offset, title) of every section and subsection heading of ``text``."""
+    return [(m.start(), m.group(1)) for m in re.finditer(r"^#{2,3} (.+)$", text, re.M)]
+
+
+def _run_context(source: Path) -> tuple[str, str]:
+    """(machine, prompts) of a committed run: a cheap_draft.py folder or a serve_load.py file."""
+    if source.is_dir():
+        recorded = json.loads((source / "settings.json").read_text(encoding="utf-8"))
+        machine, settings = recorded.get("environment", {}), recorded["settings"]
+        first = settings.get("skip", 0) + 1
+        prompts = (f"{', '.join(DATASET_TITLES.get(d, d) for d in settings['datasets'])}: {settings['split']} "
+                   f"{first}–{first + settings['n'] - 1}, {settings['repeats']} repeats")
+    else:
+        data = json.loads(source.read_text(encoding="utf-8"))
+        machine, settings = data.get("machine") or {}, data["settings"]
+        prompts = (f"{settings['datasets']}: {settings.get('split', 'test')} from {settings.get('skip', 0) + 1}, "
+                   f"{settings.get('repeats', 1)} repeats")
+    return (_machine(machine) if "cpu_capability" in machine else "not recorded"), prompts
+
+
+def targets_index(text: str) -> str:
+    """Every block of issue targets in the document, in its order: the run it reads, its machine and prompts, how
+    many of its targets were met or missed, and which were missed (the label cells before the measured value, then
+    the value)."""
+    heads = _headings(text)
+    rows = ["| issue | under the heading | block | machine | prompts | verdicts | missed (measured) |",
+            "|---|---|---|---|---|---|---|"]
+    for m in BLOCK.finditer(text):
+        name = m.group("name")
+        issue = next((v for k, v in TARGET_ISSUES.items() if name.startswith(k)), None)
+        if issue is None or not name.endswith(("-targets", "-targets2")):
+            continue
+        header, cells = _table_rows(BLOCKS[name]())
+        verdict = header.index("verdict")
+        counts = {v: sum(1 for row in cells if row[verdict] == v) for v in VERDICTS}
+        value = next(i for i, h in enumerate(header)
+                     if h in ("measured", "measured (per repeat)", "value (per repeat)", "gain over stock"))
+        labels = [i for i, h in enumerate(header) if h in ("dataset", "draft", "target") and i != verdict]
+        missed = [" ".join(row[i] for i in labels) + f" ({row[value]})" for row in cells if row[verdict].startswith("missed")]
+        where = next((h for offset, h in reversed(heads) if offset < m.start()), "")
+        machine, prompts = _run_context(BLOCKS[name].source())
+        rows.append(f"| {issue} | {where} | `{name}` | {machine} | {prompts} | "
+                    + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" | {'; '.join(missed) or '–'} |")
+    return "\n".join(rows) + "\n"
+
+
+# Blocks written from the document itself (its other blocks, where they sit).
+DOCUMENT_BLOCKS: dict[str, Callable[[str], str]] = {"targets-index": targets_index}
+
+
 # ----------------------------------------------------------------------------
 # rewriting and checking the document
 # ----------------------------------------------------------------------------
@@ -2171,10 +2267,10 @@ def render(text: str) -> tuple[str, list[str]]:
 
     def fill(match: re.Match) -> str:
         name = match.group("name")
-        if name not in BLOCKS:
+        if name not in BLOCKS and name not in DOCUMENT_BLOCKS:
             raise SystemExit(f"BENCHMARKS.md has a generated block {name!r} that this script does not know; "
-                             f"known: {', '.join(BLOCKS)}.")
-        body = BLOCKS[name]()
+                             f"known: {', '.join([*BLOCKS, *DOCUMENT_BLOCKS])}.")
+        body = DOCUMENT_BLOCKS[name](text) if name in DOCUMENT_BLOCKS else BLOCKS[name]()
         if body != match.group("body"):
             changed.append(name)
         return match.group(1) + body + match.group(4)
@@ -2189,18 +2285,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = args.file.read_text(encoding="utf-8")
     new, changed = render(text)
-    missing = [n for n in BLOCKS if f"<!-- generated:{n} -->" not in text]
+    missing = [n for n in [*BLOCKS, *DOCUMENT_BLOCKS] if f"<!-- generated:{n} -->" not in text]
     if args.check:
         if changed or missing:
             print(f"{args.file}: generated blocks differ from the records: {', '.join(changed) or '-'}"
                   + (f"; missing blocks: {', '.join(missing)}" if missing else "")
                   + ". Run python benchmarks/render_benchmarks.py.", file=sys.stderr)
             return 1
-        print(f"{args.file}: {len(BLOCKS)} generated blocks match the committed records.")
+        print(f"{args.file}: {len(BLOCKS) + len(DOCUMENT_BLOCKS)} generated blocks match the committed records.")
         return 0
     if new != text:
         args.file.write_text(new, encoding="utf-8")
-    print(f"{args.file}: rewrote {len(changed)} of {len(BLOCKS)} blocks" + (f" ({', '.join(changed)})" if changed else "")
+    print(f"{args.file}: rewrote {len(changed)} of {len(BLOCKS) + len(DOCUMENT_BLOCKS)} blocks" + (f" ({', '.join(changed)})" if changed else "")
           + (f"; not in the document: {', '.join(missing)}" if missing else ""))
     return 0
 

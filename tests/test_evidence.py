@@ -203,6 +203,21 @@ def test_check_fails_when_a_block_is_missing(renderer, tmp_path, capsys):
     assert "missing blocks: h01-check" in capsys.readouterr().err
 
 
+def test_the_targets_index_lists_each_block_of_targets_with_its_run_and_its_misses(renderer):
+    doc = ("## Server\n\n### Today's defaults\n\n<!-- generated:serve-load-sweep-targets -->\n"
+           "<!-- /generated:serve-load-sweep-targets -->\n\n### Distillation\n\n"
+           "<!-- generated:shipped-draft-targets -->\n<!-- /generated:shipped-draft-targets -->\n"
+           "<!-- generated:serve-load-sweep -->\n<!-- /generated:serve-load-sweep -->\n")  # not a block of targets
+    rows = renderer.targets_index(doc).splitlines()[2:]
+    assert rows == [
+        "| `specadapt serve` | Today's defaults | `serve-load-sweep-targets` | AMD EPYC (AVX512, native bf16: yes) | "
+        "gsm8k: test from 60, 3 repeats | 5 met, 1 missed within spread | "
+        "`adaedl+lookup` ÷ target-only at 8 client(s) ≥ 1 (0.99 (1.02, 1.06, 0.89)) |",
+        "| AdaSPEC on the real pair | Distillation | `shipped-draft-targets` | AMD EPYC (AVX512, native bf16: yes) | "
+        "HumanEval, MT-Bench, GSM8K: test 7–12, 2 repeats | 1 met, 2 missed | "
+        "mt-bench `AdaSPEC` ≥ +10% (+2.0% ± 1.4%); gsm8k `AdaSPEC` ≥ +10% (+5.7% ± 2.6%) |"]
+
+
 def test_seed_claims_are_judged_on_complete_examples_by_the_frozen_rule(renderer):
     records = stored({"autoregressive": [2.0, 2.0], "fixed:6": [3.0, 3.0], "fixed:10": [3.2, 3.4],
                       "specdecpp": [3.6, 3.7], "adaedl": [3.3, 3.4], "adasd": [3.7, 3.8]})
