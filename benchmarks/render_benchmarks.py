@@ -1674,6 +1674,7 @@ def draft_vs_draft(folders: str | tuple[str, ...], speed: str, method: str, name
                        f"({(agree[1] - agree[0]) * 100:+.1f} pts) | {gain} | {met} |")
         return "\n".join(out) + "\n"
 
+    render.source = lambda: RESULTS / speed  # for targets_index
     return render
 
 
@@ -2229,22 +2230,30 @@ def _run_context(source: Path) -> tuple[str, str]:
 def targets_index(text: str) -> str:
     """Every block of issue targets in the document, in its order: the run it reads, its machine and prompts, how
     many of its targets were met or missed, and which were missed (the label cells before the measured value, then
-    the value)."""
+    the value). Blocks of targets: ``*-targets`` (a verdict column) and the distillation issue's ``*-adaspec``
+    (AdaSPEC against DistillSpec in acceptance, the last column)."""
     heads = _headings(text)
     rows = ["| issue | under the heading | block | machine | prompts | verdicts | missed (measured) |",
             "|---|---|---|---|---|---|---|"]
     for m in BLOCK.finditer(text):
         name = m.group("name")
         issue = next((v for k, v in TARGET_ISSUES.items() if name.startswith(k)), None)
-        if issue is None or not name.endswith(("-targets", "-targets2")):
+        if issue is None or not name.endswith(("-targets", "-targets2", "-adaspec")):
             continue
         header, cells = _table_rows(BLOCKS[name]())
-        verdict = header.index("verdict")
+        if name.endswith("-adaspec"):  # the target is the last column's title; measured: timed, then teacher-forced
+            verdict = len(header) - 1
+            values = [i for i, h in enumerate(header) if h.startswith(("acceptance (timed)", "argmax agreement"))]
+            missed = [f"{row[0]} {header[verdict]} ({'; '.join(row[i] for i in values)})"
+                      for row in cells if row[verdict].startswith("missed")]
+        else:
+            verdict = header.index("verdict")
+            value = next(i for i, h in enumerate(header)
+                         if h in ("measured", "measured (per repeat)", "value (per repeat)", "gain over stock"))
+            labels = [i for i, h in enumerate(header) if h in ("dataset", "draft", "target") and i != verdict]
+            missed = [" ".join(row[i] for i in labels) + f" ({row[value]})"
+                      for row in cells if row[verdict].startswith("missed")]
         counts = {v: sum(1 for row in cells if row[verdict] == v) for v in VERDICTS}
-        value = next(i for i, h in enumerate(header)
-                     if h in ("measured", "measured (per repeat)", "value (per repeat)", "gain over stock"))
-        labels = [i for i, h in enumerate(header) if h in ("dataset", "draft", "target") and i != verdict]
-        missed = [" ".join(row[i] for i in labels) + f" ({row[value]})" for row in cells if row[verdict].startswith("missed")]
         where = next((h for offset, h in reversed(heads) if offset < m.start()), "")
         machine, prompts = _run_context(BLOCKS[name].source())
         rows.append(f"| {issue} | {where} | `{name}` | {machine} | {prompts} | "
