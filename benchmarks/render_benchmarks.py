@@ -2207,8 +2207,8 @@ def _table_rows(body: str) -> tuple[list[str], list[list[str]]]:
 
 
 def _headings(text: str) -> list[tuple[int, str]]:
-    """(offset, title) of every section and subsection heading of ``text``."""
-    return [(m.start(), m.group(1)) for m in re.finditer(r"^#{2,3} (.+)$", text, re.M)]
+    """(offset, title) of every heading of ``text`` below its title."""
+    return [(m.start(), m.group(1)) for m in re.finditer(r"^#{2,4} (.+)$", text, re.M)]
 
 
 def _run_context(source: Path) -> tuple[str, str]:
