@@ -1913,6 +1913,69 @@ def cold_start_decision(name: str) -> Callable[[], str]:
     return render
 
 
+def _serve_load_indices(settings: dict) -> dict[str, list[int]]:
+    """Dataset -> the indices within its split that a serve_load.py run sent (its ``load_prompts``: the most clients
+    times the requests per client, alternating between the datasets from each one's prompt ``skip + 1``)."""
+    names = settings["datasets"].split(",") if isinstance(settings["datasets"], str) else list(settings["datasets"])
+    levels = settings["concurrency"]
+    levels = [int(c) for c in levels.split(",")] if isinstance(levels, str) else [int(c) for c in levels]
+    n, skip = max(levels) * settings["requests_per_client"], settings.get("skip", 0)
+    order = [(name, skip + i) for i in range(n) for name in names][:n]
+    return {name: sorted(i for d, i in order if d == name) for name in names}
+
+
+def prompt_ledger() -> str:
+    """Which prompts of each dataset's splits the committed runs measured (the ``records.jsonl`` of bench and
+    cheap_draft.py runs; results files whose settings name a split and a count: serve_load.py, copies_ab.py,
+    hf_passes.py, ...; eval-draft reports), and where each split's unused prompts begin."""
+    from specadapt.bench.splits import SPLITS, split_range
+
+    used: dict[tuple[str, str], dict[int, set[str]]] = {}
+
+    def note(dataset: str, absolute: int, run: str) -> None:
+        split = next(s for s in SPLITS if absolute in split_range(dataset, s))
+        used.setdefault((dataset, split), {}).setdefault(absolute - split_range(dataset, split).start, set()).add(run)
+
+    for path in sorted(RESULTS.rglob("records.jsonl")):
+        run = str(path.parent.relative_to(RESULTS))
+        for r in read_records(path.parent):
+            dataset = "mt-bench" if r["dataset"] == "mtbench" else r["dataset"]
+            note(dataset, dataset_order(dataset)[r["example_id"]], run)
+    for path in sorted(RESULTS.rglob("*.json")):  # runs whose settings name their prompts rather than list them
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            continue
+        run = str(path.relative_to(RESULTS))
+        if path.name.startswith("eval_") and "prompts" in data:  # eval-draft: the first prompts of the test split
+            for i in range(data["prompts"]):
+                note(data["data"], split_range(data["data"], "test")[i], run)
+            continue
+        settings = data.get("settings") if isinstance(data.get("settings"), dict) else data
+        if (path.parent / "records.jsonl").exists() or not {"datasets", "split"} <= settings.keys():
+            continue  # counted from its records; or no split named (runs from before the splits: tune prompts)
+        if "requests_per_client" in settings:
+            indices = _serve_load_indices(settings)
+        elif "limit" in settings or "n" in settings:
+            names = settings["datasets"].split(",") if isinstance(settings["datasets"], str) else settings["datasets"]
+            count, skip = settings.get("limit") or settings.get("n"), settings.get("skip", 0)
+            indices = {name: list(range(skip, skip + count)) for name in names}
+        else:
+            continue
+        for dataset, positions in indices.items():
+            for i in positions:
+                note(dataset, split_range(dataset, settings["split"])[i], run)
+    rows = ["| dataset | split | prompts | measured by committed runs (1-based, within the split) | runs | first unused |",
+            "|---|---|---|---|---|---|"]
+    for (dataset, split), by_index in sorted(used.items()):
+        size = len(split_range(dataset, split))
+        first = next((i + 1 for i in range(size) if i not in by_index), None)
+        indices = sorted(i + 1 for i in by_index)
+        runs = len(set().union(*by_index.values()))
+        rows.append(f"| {DATASET_TITLES.get(dataset, dataset)} | {split} | {size} | {report._ranges(indices)} | {runs} | "
+                    f"{first if first is not None else 'none: every prompt measured'} |")
+    return "\n".join(rows) + "\n"
+
+
 # Every distilled draft replayed on the tune prompts: the candidates for the draft that ships (its label: its run).
 SHIPPED_DRAFT_CANDIDATES = {
     "DistillSpec, reference answers (second run)": "distill_mix_replay/distillspec.json",
@@ -1927,6 +1990,7 @@ SHIPPED_DRAFT_CANDIDATES = {
 RULE_WIDTHS = (9, 10, 13, 14, 16, 24, 27, 29, 33)  # target pass widths the one-client AVX2 runs compare
 
 BLOCKS: dict[str, Callable[[], str]] = {
+    "prompt-ledger": prompt_ledger,
     "resumed-runs": resumed_runs,
     "engine-humaneval": engine_table("humaneval"),
     "engine-mtbench": engine_table("mtbench"),

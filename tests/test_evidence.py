@@ -222,6 +222,20 @@ def test_the_targets_index_lists_each_block_of_targets_with_its_run_and_its_miss
         "acceptance (62.4% → 64.5% (+2.0 pts); 0.760 → 0.756 (-0.4 pts)) |"]
 
 
+def test_the_prompt_ledger_counts_records_and_the_prompts_a_run_names(renderer, tmp_path, monkeypatch):
+    import json
+
+    (tmp_path / "run_a").mkdir()
+    rows = [{"dataset": "gsm8k", "example_id": "gsm8k/1119"}, {"dataset": "mt-bench", "example_id": "mt_bench/81"}]
+    (tmp_path / "run_a" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    settings = {"datasets": "gsm8k", "split": "test", "skip": 4, "concurrency": "1,2", "requests_per_client": 2}
+    (tmp_path / "serve_load_x.json").write_text(json.dumps({"settings": settings, "rows": []}), encoding="utf-8")
+    monkeypatch.setattr(renderer, "RESULTS", tmp_path)
+    assert renderer.prompt_ledger().splitlines()[2:] == [
+        "| GSM8K | test | 200 | 1, 5–8 | 2 | 2 |",  # gsm8k/1119 opens the test split; the server sent 2 × 2 from the 5th
+        "| MT-Bench | tune | 32 | 1 | 1 | 2 |"]
+
+
 def test_seed_claims_are_judged_on_complete_examples_by_the_frozen_rule(renderer):
     records = stored({"autoregressive": [2.0, 2.0], "fixed:6": [3.0, 3.0], "fixed:10": [3.2, 3.4],
                       "specdecpp": [3.6, 3.7], "adaedl": [3.3, 3.4], "adasd": [3.7, 3.8]})
