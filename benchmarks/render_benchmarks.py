@@ -1913,13 +1913,16 @@ def cold_start_decision(name: str) -> Callable[[], str]:
     return render
 
 
+def _listed(value: str | Sequence) -> list:
+    """A setting that is a comma-separated string in some results files and a list in others, as a list."""
+    return value.split(",") if isinstance(value, str) else list(value)
+
+
 def _serve_load_indices(settings: dict) -> dict[str, list[int]]:
     """Dataset -> the indices within its split that a serve_load.py run sent (its ``load_prompts``: the most clients
     times the requests per client, alternating between the datasets from each one's prompt ``skip + 1``)."""
-    names = settings["datasets"].split(",") if isinstance(settings["datasets"], str) else list(settings["datasets"])
-    levels = settings["concurrency"]
-    levels = [int(c) for c in levels.split(",")] if isinstance(levels, str) else [int(c) for c in levels]
-    n, skip = max(levels) * settings["requests_per_client"], settings.get("skip", 0)
+    names = _listed(settings["datasets"])
+    n, skip = max(int(c) for c in _listed(settings["concurrency"])) * settings["requests_per_client"], settings.get("skip", 0)
     order = [(name, skip + i) for i in range(n) for name in names][:n]
     return {name: sorted(i for d, i in order if d == name) for name in names}
 
@@ -1956,9 +1959,8 @@ def prompt_ledger() -> str:
         if "requests_per_client" in settings:
             indices = _serve_load_indices(settings)
         elif "limit" in settings or "n" in settings:
-            names = settings["datasets"].split(",") if isinstance(settings["datasets"], str) else settings["datasets"]
             count, skip = settings.get("limit") or settings.get("n"), settings.get("skip", 0)
-            indices = {name: list(range(skip, skip + count)) for name in names}
+            indices = {name: list(range(skip, skip + count)) for name in _listed(settings["datasets"])}
         else:
             continue
         for dataset, positions in indices.items():
@@ -2264,10 +2266,10 @@ VERDICTS = ("met", "met (tie)", "met within spread", "missed within spread", "mi
 
 
 def _table_rows(body: str) -> tuple[list[str], list[list[str]]]:
-    """The header cells and data rows of the first markdown table in ``body``."""
+    """The header cells and data rows of the markdown table in ``body`` (a block of targets holds one)."""
     lines = [line for line in body.splitlines() if line.startswith("|")]
     cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
-    return (cells[0], [row for row in cells[2:]]) if len(cells) > 2 else ([], [])
+    return (cells[0], cells[2:]) if len(cells) > 2 else ([], [])
 
 
 def _headings(text: str) -> list[tuple[int, str]]:
