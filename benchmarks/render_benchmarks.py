@@ -964,6 +964,35 @@ def draft_step(name: str) -> Callable[[], str]:
     return render
 
 
+def llama_cpp_compare(name: str) -> Callable[[], str]:
+    """benchmarks/llama_cpp_compare.py: target-only decode of llama.cpp and specadapt's targets from the same GGUF
+    file, per engine: ms per token after the first (median over generations, and per repeat), tokens/s, its ratio to
+    llama.cpp's, prefill tokens/s, and how many greedy tokens equal the bf16 target's before the first difference."""
+    weights = {"llama.cpp": "the GGUF's Q4_K_M blocks", "bf16": "those values in bf16",
+               "int8": "bf16 → int8, a scale per row", "int4": "bf16 → int4, a scale and zero per 32"}
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        st, summary = data["settings"], data["summary"]
+        ref = summary.get("llama.cpp", {}).get("decode_tokens_per_s")
+        out = [f"`{name}`: `{st['gguf']}`, {_machine(data['machine'])}, {st['threads']} threads, llama-cpp-python "
+               f"{data['llama_cpp_python']}; {st['n']} {st['split']} prompts per dataset ({st['datasets']}), "
+               f"{st['new_tokens']} new tokens, {st['repeats']} repeats.\n",
+               "| engine | weights | decode ms per token (per repeat) | tokens/s | ÷ llama.cpp | prefill tokens/s | "
+               "greedy tokens equal to bf16's before the first difference (median of generations) |",
+               "|---|---|---|---|---|---|---|"]
+        for engine, row in summary.items():
+            per = ", ".join(f"{v:.1f}" for v in row["decode_ms_per_repeat"].values())
+            same = row["tokens_equal_to_bf16_before_first_difference"]
+            out.append(f"| {'llama.cpp' if engine == 'llama.cpp' else f'specadapt {engine}'} | {weights[engine]} | "
+                       f"{row['decode_ms_per_token']:.1f} ({per}) | {row['decode_tokens_per_s']:.2f} | "
+                       f"{_cell(row['decode_tokens_per_s'] / ref if ref else None, '{:.2f}')} | "
+                       f"{row['prefill_tokens_per_s']:.0f} | {median(same):.0f} of {st['new_tokens']} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def prefill_cost(name: str) -> Callable[[], str]:
     """benchmarks/prefill_cost.py: feeding one prompt to each model, and each draft's time over the target's."""
 
@@ -2284,7 +2313,8 @@ def _run_context(source: Path) -> tuple[str, str]:
         machine, settings = recorded.get("environment", {}), recorded["settings"]
         first = settings.get("skip", 0) + 1
         prompts = (f"{', '.join(DATASET_TITLES.get(d, d) for d in settings['datasets'])}: {settings['split']} "
-                   f"{first}–{first + settings['n'] - 1}, {settings['repeats']} repeats")
+                   f"{first}–{first + settings['n'] - 1}, {settings['repeats']} repeats"
+                   if {"datasets", "split", "n", "repeats"} <= settings.keys() else "not recorded")
     else:
         data = json.loads(source.read_text(encoding="utf-8"))
         machine, settings = data.get("machine") or {}, data["settings"]
