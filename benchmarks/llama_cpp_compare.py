@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from specadapt.bench.datasets import load_dataset
-from specadapt.engine import RequestConfig
+from specadapt.engine import RequestConfig, SpeculativeEngine
 from specadapt.errors import SpecAdaptError
 from specadapt.io import write_json_atomic
 from specadapt.methods import make_method
@@ -76,16 +76,15 @@ class Specadapt:
     """specadapt's engine, target only (the method ``autoregressive``); per-token timing through ``on_tokens``."""
 
     def __init__(self, target, tokenizer) -> None:
-        from specadapt.api import SpecDecoder
-
-        self.decoder = SpecDecoder(target, tokenizer)
+        self.engine = SpeculativeEngine(target, None, tokenizer, [])  # no end of sequence: every run is N tokens
         self.method = make_method("autoregressive")
 
     def generate(self, ids: list[int], new_tokens: int) -> tuple[list[int], float, float]:
         config = RequestConfig(max_new_tokens=new_tokens, eos_token_ids=())
         stamps: list[float] = []
         start = time.perf_counter()
-        result = self.decoder.engine.generate([ids], self.method, config, lambda row, tokens: stamps.append(time.perf_counter()))[0]
+        stamp = lambda row, tokens: stamps.append(time.perf_counter())  # noqa: E731  (after each round's tokens)
+        result = self.engine.generate([ids], self.method, config, stamp)[0]
         end = time.perf_counter()
         if len(result.token_ids) != new_tokens:
             raise SpecAdaptError(f"expected {new_tokens} tokens, got {len(result.token_ids)}")

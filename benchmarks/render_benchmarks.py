@@ -21,7 +21,7 @@ import re
 import sys
 from functools import lru_cache
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean, median, stdev
 from typing import Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -2076,6 +2076,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-marginal-time": cheap_draft_time("cheap_draft_marginal", methods=("adaedl", "marginal", "specdecpp")),
     "hf-passes": hf_passes("hf_passes.json"),
     "draft-step": draft_step("draft_cost_lean.json"),
+    "llama-cpp-compare": llama_cpp_compare("llama_cpp_compare.json"),
+    "draft-step-target-quant": draft_step("draft_cost_target_quant.json"),
     "draft-step-cuda-h200": draft_step("cuda_h200/draft_cost.json"),
     "compile-step": compile_step("compile_step.json"),
     "fused-step": fused_step("fused_step.json"),
