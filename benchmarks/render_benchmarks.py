@@ -987,7 +987,8 @@ def llama_cpp_compare(name: str) -> Callable[[], str]:
             out.append(f"| {'llama.cpp' if engine == 'llama.cpp' else f'specadapt {engine}'} | {weights[engine]} | "
                        f"{row['decode_ms_per_token']:.1f} ({per}) | {row['decode_tokens_per_s']:.2f} | "
                        f"{_cell(row['decode_tokens_per_s'] / ref if ref else None, '{:.2f}')} | "
-                       f"{row['prefill_tokens_per_s']:.0f} | {median(same):.0f} of {st['new_tokens']} |")
+                       f"{row['prefill_tokens_per_s']:.0f} | "
+                       + (f"{median(same):.0f} of {st['new_tokens']} |" if same else "– (no bf16 run) |"))
         return "\n".join(out) + "\n"
 
     return render
@@ -2077,6 +2078,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "hf-passes": hf_passes("hf_passes.json"),
     "draft-step": draft_step("draft_cost_lean.json"),
     "llama-cpp-compare": llama_cpp_compare("llama_cpp_compare.json"),
+    "llama-cpp-compare-int4": llama_cpp_compare("llama_cpp_compare_int4.json"),
     "draft-step-target-quant": draft_step("draft_cost_target_quant.json"),
     "draft-step-cuda-h200": draft_step("cuda_h200/draft_cost.json"),
     "compile-step": compile_step("compile_step.json"),
