@@ -3,17 +3,23 @@ apart; without llama-cpp-python the script says how to get it."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import IdTokenizer, hf_greedy, tiny_llama
-from test_cheap_draft import load
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "llama_cpp_compare.py"
 
 
 @pytest.fixture(scope="module")
 def lc():
-    return load("llama_cpp_compare")
+    spec = importlib.util.spec_from_file_location("llama_cpp_compare", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_specadapt_side_decodes_the_asked_tokens_greedily_past_end_of_sequence(lc):
