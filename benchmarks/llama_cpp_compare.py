@@ -47,14 +47,14 @@ class LlamaCpp:
 
     def __init__(self, gguf: Path, threads: int, context: int) -> None:
         try:
-            from llama_cpp import Llama
+            import llama_cpp
         except ImportError as exc:
             raise SystemExit("llama-cpp-python is not installed: pip install llama-cpp-python (it builds llama.cpp "
                              "from source, a few minutes).") from exc
-        self.llm = Llama(model_path=str(gguf), n_ctx=context, n_threads=threads, n_threads_batch=threads,
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=context, n_threads=threads, n_threads_batch=threads,
                          n_batch=512, verbose=False)
         self.vocab = self.llm.n_vocab()
-        self.version = __import__("llama_cpp").__version__
+        self.version = llama_cpp.__version__
 
     def _argmax(self) -> int:
         return int(np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.vocab,)).argmax())
@@ -92,6 +92,7 @@ class Specadapt:
 
 
 def prompts(datasets: list[str], n: int, split: str, tokenizer, name: str) -> list[dict]:
+    """The first ``n`` prompts of ``split`` of each dataset, as token ids under the chat template."""
     out = []
     for ds in datasets:
         for e in load_dataset(ds, n, split):
