@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     zoo.ensure_model(args.target)
     gguf = zoo.gguf_path(args.target)
     tokenizer = load_tokenizer(args.target)
-    target = load_model(args.target, "bfloat16", "cpu")
+    target = load_model(args.target, "bfloat16", "cpu") if set(engines) - {"llama.cpp"} else None
     runners = {}
     for name in engines:
         if name == "llama.cpp":
