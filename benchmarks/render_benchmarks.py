@@ -2079,6 +2079,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "draft-step": draft_step("draft_cost_lean.json"),
     "llama-cpp-compare": llama_cpp_compare("llama_cpp_compare.json"),
     "llama-cpp-compare-int4": llama_cpp_compare("llama_cpp_compare_int4.json"),
+    "llama-cpp-compare-alone-llama": llama_cpp_compare("llama_cpp_compare_alone_llama.json"),
+    "llama-cpp-compare-alone-int4": llama_cpp_compare("llama_cpp_compare_alone_int4.json"),
     "draft-step-target-quant": draft_step("draft_cost_target_quant.json"),
     "draft-step-cuda-h200": draft_step("cuda_h200/draft_cost.json"),
     "compile-step": compile_step("compile_step.json"),
