@@ -441,22 +441,28 @@ CHEAP_DRAFT_RESULTS = RESULTS / "cheap_draft_lean"  # with the packed attention 
 CHEAP_DRAFT_BEFORE = RESULTS / "cheap_draft"  # the first run, before them
 
 
+def _benchmark_module(name: str):
+    """benchmarks/``name``.py as a module (loaded once), for the code that wrote its results."""
+    import importlib.util
+
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # its dataclasses look their module up
+        spec.loader.exec_module(module)
+    return module
+
+
 def _cheap_draft_run(folder: Path | None = None):
     """A committed run of benchmarks/cheap_draft.py: (that script as a module, settings, summary, peak RSS), its
     summary recomputed from records.jsonl by the script's own code over the examples every method finished in
     every repeat; None while no run is committed. ``folder``: default ``CHEAP_DRAFT_RESULTS``, looked up at call
     time (tests point it elsewhere)."""
-    import importlib.util
-
     folder = folder or CHEAP_DRAFT_RESULTS
     if not (folder / "records.jsonl").exists():
         return None
-    module = sys.modules.get("cheap_draft")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("cheap_draft", ROOT / "benchmarks" / "cheap_draft.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["cheap_draft"] = module  # its dataclasses look their module up
-        spec.loader.exec_module(module)
+    module = _benchmark_module("cheap_draft")
     settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))["settings"]
     records = read_records(folder)
     used = module.complete_examples(records, settings["methods"], settings.get("repeats", 1))
@@ -498,6 +504,11 @@ def cheap_draft_targets(folder: Path | None = None, default_method: str = "adaed
     return render
 
 
+def _repeat_ratios(a: dict, b: dict) -> str:
+    """Entry ``a``'s speedup ÷ entry ``b``'s in each repeat of a cheap_draft.py summary: '1.101, 1.115'."""
+    return ", ".join(f"{a['speedup_per_repeat'][r] / b['speedup_per_repeat'][r]:.3f}" for r in a["speedup_per_repeat"])
+
+
 def cheap_draft_versus(folder: Path, mine: str, reference: str, tune: Path | None = None,
                        tune_mine: str | None = None) -> Callable[[], str]:
     """One method against another in a cheap_draft.py run, per dataset (speedup ratio, its spread over repeats,
@@ -513,7 +524,7 @@ def cheap_draft_versus(folder: Path, mine: str, reference: str, tune: Path | Non
         for ds, table in summary["datasets"].items():
             a, b = table[mine], table[reference]
             c = module.compare(a, b, reference)
-            per = ", ".join(f"{a['speedup_per_repeat'][r] / b['speedup_per_repeat'][r]:.3f}" for r in a["speedup_per_repeat"])
+            per = _repeat_ratios(a, b)
             row = (f"| {module.TITLES.get(ds, ds)} | {1 + c['gain']:.3f} ± {c['spread']:.3f} ({per}) | {c['verdict']} | "
                    f"{a['mean_accepted_length']:.2f} vs {b['mean_accepted_length']:.2f} | "
                    f"{a['mean_draft_length']:.2f} vs {b['mean_draft_length']:.2f} |")
@@ -540,7 +551,7 @@ def cheap_draft_frozen(folder: Path, frozen: str, others: Sequence[str], referen
             for method in (frozen, *others):
                 a, b = table[method], table[reference]
                 c = module.compare(a, b, reference)
-                per = ", ".join(f"{a['speedup_per_repeat'][r] / b['speedup_per_repeat'][r]:.3f}" for r in a["speedup_per_repeat"])
+                per = _repeat_ratios(a, b)
                 role = " (frozen before the run)" if method == frozen else ""
                 out.append(f"| {module.TITLES.get(ds, ds)} | `{method}`{role} ÷ `{reference}` ≥ {target}× | "
                            f"{1 + c['gain']:.3f} ± {c['spread']:.3f} ({per}) | "
@@ -1323,8 +1334,8 @@ def serve_load_rule(name: str, batch: int) -> Callable[[], str]:
                  "f: the draft's prefill ÷ the target's | its share per drafted token, s |",
                  "|---|---|---|---|---|---|---|---|---|"]
 
-        def mean(xs: list[float]) -> str:
-            return f"{sum(xs) / len(xs):.3f}" if xs else "–"
+        def avg(xs: list[float]) -> str:
+            return f"{mean(xs):.3f}" if xs else "–"
 
         for r in sorted(data["rows"], key=lambda r: (r.get("repeat", 0), r["method"])):
             if r["concurrency"] != batch:
@@ -1339,7 +1350,7 @@ def serve_load_rule(name: str, batch: int) -> Callable[[], str]:
             f, share = rule.get("draft_fill_ratio"), rule.get("fill_share_s")
             learned = [estimate, rule.get("probes", "–"), rule.get("rechecks", "–")] if curve else ["–"] * 3
             lines.append(f"| `{r['method']}` | {r.get('repeat', 0)} | {len(drafting)} / {len(plain)} | "
-                         f"{mean(drafting)} / {mean(plain)} | {' | '.join(map(str, learned))} | "
+                         f"{avg(drafting)} / {avg(plain)} | {' | '.join(map(str, learned))} | "
                          f"{'–' if f is None else f'{f:.2f}'} | {'–' if share is None else f'{share:.4f}'} |")
         return "\n".join(lines) + "\n"
 
@@ -1949,11 +1960,11 @@ def _listed(value: str | Sequence) -> list:
 
 
 def _serve_load_indices(settings: dict) -> dict[str, list[int]]:
-    """Dataset -> the indices within its split that a serve_load.py run sent (its ``load_prompts``: the most clients
-    times the requests per client, alternating between the datasets from each one's prompt ``skip + 1``)."""
+    """Dataset -> the indices within its split that a serve_load.py run sent (the script's own prompt order for its
+    most clients times its requests per client)."""
     names = _listed(settings["datasets"])
-    n, skip = max(int(c) for c in _listed(settings["concurrency"])) * settings["requests_per_client"], settings.get("skip", 0)
-    order = [(name, skip + i) for i in range(n) for name in names][:n]
+    n = max(int(c) for c in _listed(settings["concurrency"])) * settings["requests_per_client"]
+    order = _benchmark_module("serve_load").prompt_order(n, names, settings.get("skip", 0))
     return {name: sorted(i for d, i in order if d == name) for name in names}
 
 

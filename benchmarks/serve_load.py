@@ -165,12 +165,21 @@ def load_record(scheduler, rounds: int) -> dict:
     return record
 
 
+def prompt_order(n: int, datasets: list[str], skip: int = 0, available: int | None = None) -> list[tuple[str, int]]:
+    """(dataset, index within its split) of the prompts :func:`load_prompts` sends, in order: alternating between
+    ``datasets``, each from its prompt ``skip + 1`` on, ``n`` in all, or fewer where the shortest split has only
+    ``available`` prompts from there on."""
+    groups = n if available is None else min(n, available)
+    return [(name, skip + i) for i in range(groups) for name in datasets][:n]
+
+
 def load_prompts(n: int, datasets: list[str], split: str, skip: int = 0) -> list[list[dict]]:
     """``n`` chat prompts from ``split`` of ``datasets`` (each from its prompt ``skip + 1`` on), alternating between them."""
     from specadapt.bench.datasets import load_dataset
 
-    per = [load_dataset(name, skip + n, split)[skip:] for name in datasets]
-    return [ex.messages for group in zip(*per) for ex in group][:n]
+    examples = {name: load_dataset(name, skip + n, split) for name in datasets}
+    available = min(max(0, len(e) - skip) for e in examples.values())
+    return [examples[name][i].messages for name, i in prompt_order(n, datasets, skip, available)]
 
 
 def throughput_ratios(rows: list[dict], methods: list[str]) -> dict:
