@@ -550,19 +550,22 @@ def _pm(value: float | None, spread: float | None, suffix: str = "×") -> str:
     return f"{value:.2f}{suffix}" + (f" ± {spread:.2f}" if spread is not None else "")
 
 
-def targets_markdown(summary: dict, cheap: str = "int4", default_method: str = "adaedl") -> str:
+def targets_markdown(summary: dict, cheap: str = "int4", default_method: str = "adaedl",
+                     frozen: dict[str, str] | None = None) -> str:
     """The issue's targets against this run: the best of our methods with the cheap draft (chosen here, on the
-    reported prompts: an optimistic pick), the default method (chosen on tune prompts), HF assisted, and c."""
+    reported prompts: an optimistic pick), the default method (chosen on tune prompts), HF assisted, and c.
+    ``frozen``: dataset -> the method chosen for it before the run, which then stands in for the best one."""
     rows = ["| dataset | target | measured | verdict |", "|---|---|---|---|"]
     for ds, table in summary["datasets"].items():
         ours = {m: e for m, e in table.items() if m.endswith(f"@{cheap}") and not m.startswith("hf-")}
         if not ours:
             continue
-        best = max(ours, key=lambda m: ours[m]["speedup"] or 0)
+        best = (frozen or {}).get(ds) or max(ours, key=lambda m: ours[m]["speedup"] or 0)
         b = ours[best]
+        pick = "frozen method" if frozen and ds in frozen else "best"
         if ds in SPEEDUP_TARGETS:
             t = SPEEDUP_TARGETS[ds]
-            rows.append(f"| {TITLES[ds]} | best speedup ≥ {t}× | `{best}` {_pm(b['speedup'], b.get('speedup_spread'))} | "
+            rows.append(f"| {TITLES[ds]} | {pick} speedup ≥ {t}× | `{best}` {_pm(b['speedup'], b.get('speedup_spread'))} | "
                         f"{_verdict(b['speedup'], b.get('speedup_spread'), t)} |")
             d = table.get(f"{default_method}@{cheap}")
             if d:

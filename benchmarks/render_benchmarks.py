@@ -439,6 +439,8 @@ def resumed_runs() -> str:
 
 CHEAP_DRAFT_RESULTS = RESULTS / "cheap_draft_lean"  # with the packed attention and the lean draft step
 CHEAP_DRAFT_BEFORE = RESULTS / "cheap_draft"  # the first run, before them
+# The method per dataset frozen before the last fresh test prompts were run (BENCHMARKS.md, "cheap_draft_final").
+CHEAP_DRAFT_FINAL_FROZEN = {"humaneval": "adaedl+lookup@int4", "mt-bench": "specdecpp@int4", "gsm8k": "specdecpp@int4"}
 
 
 def _benchmark_module(name: str):
@@ -490,15 +492,17 @@ def cheap_draft(folder: Path | None = None) -> Callable[[], str]:
     return render
 
 
-def cheap_draft_targets(folder: Path | None = None, default_method: str = "adaedl") -> Callable[[], str]:
-    """The cheap-draft issue's targets, met or missed, from a run (``default_method``: the default when it ran)."""
+def cheap_draft_targets(folder: Path | None = None, default_method: str = "adaedl",
+                        frozen: dict[str, str] | None = None) -> Callable[[], str]:
+    """The cheap-draft issue's targets, met or missed, from a run (``default_method``: the default when it ran;
+    ``frozen``: dataset -> the method chosen for it before the run, judged instead of the run's best)."""
 
     def render() -> str:
         run = _cheap_draft_run(folder)
         if run is None:
             return "No committed results yet.\n"
         module, _, summary, _ = run
-        return module.targets_markdown(summary, default_method=default_method)
+        return module.targets_markdown(summary, default_method=default_method, frozen=frozen)
 
     render.source = lambda: folder or CHEAP_DRAFT_RESULTS  # for targets_index
     return render
@@ -2081,6 +2085,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-mtbench-train2-targets": cheap_draft_frozen(RESULTS / "cheap_draft_mtbench_train2", "specdecpp@int4",
                                                             ("marginal:cost=auto@int4", "adaedl+lookup@int4")),
     "cheap-draft-mtbench-train2": cheap_draft(RESULTS / "cheap_draft_mtbench_train2"),
+    "cheap-draft-final-targets": cheap_draft_targets(RESULTS / "cheap_draft_final", default_method="adaedl+lookup",
+                                                     frozen=CHEAP_DRAFT_FINAL_FROZEN),
+    "cheap-draft-final": cheap_draft(RESULTS / "cheap_draft_final"),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",
@@ -2354,6 +2361,8 @@ def targets_index(text: str) -> str:
         if issue is None or not name.endswith(("-targets", "-targets2", "-adaspec")):
             continue
         header, cells = _table_rows(BLOCKS[name]())
+        if not header:  # a run announced (its prediction committed) whose results are not in yet
+            continue
         if name.endswith("-adaspec"):  # the target is the last column's title; measured: timed, then teacher-forced
             verdict = len(header) - 1
             values = [i for i, h in enumerate(header) if h.startswith(("acceptance (timed)", "argmax agreement"))]

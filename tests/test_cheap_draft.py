@@ -288,6 +288,17 @@ def test_targets_of_a_run_with_only_the_cheap_draft_compare_it_with_hf_given_tha
     assert "`hf-assisted@bf16` (HF defaults) ≥ 1.8×" in cd.targets_markdown(cd.summarize(fixed_records(), with_bf16, ["bf16", "int4"]))
 
 
+def test_targets_judge_a_method_frozen_before_the_run_instead_of_the_runs_best(cd):
+    """With ``frozen``, the method chosen beforehand is judged (speedup and against HF), not the best of the run."""
+    methods = ["autoregressive", "fixed:4@bf16", "fixed:4@int4", "fixed:2@int4", "hf-assisted@bf16", "hf-assisted@int4"]
+    records = fixed_records() + [rec("fixed:2@int4", ex, r, 30.0, draft="int4", k=2) for r in (0, 1) for ex in "ab"]
+    best = cd.targets_markdown(cd.summarize(records, methods, ["bf16", "int4"]))
+    assert "| HumanEval | best speedup ≥ 3.5× | `fixed:2@int4` 3.00× ± 0.00 | missed |" in best
+    frozen = cd.targets_markdown(cd.summarize(records, methods, ["bf16", "int4"]), frozen={"humaneval": "fixed:4@int4"})
+    assert "| HumanEval | frozen method speedup ≥ 3.5× | `fixed:4@int4` 2.20× ± 0.28 | missed |" in frozen
+    assert "`fixed:4@int4` ÷ `hf-assisted@bf16` (HF defaults) ≥ 1.8×" in frozen and "fixed:2@int4" not in frozen
+
+
 def test_batch_draft_step_times_every_variant_by_batch_size_and_restores_the_switch(tmp_path, monkeypatch):
     from conftest import save_tiny_checkpoint
     from specadapt.models import quant
