@@ -536,11 +536,12 @@ C_TARGET = 0.12
 
 
 def _verdict(value: float | None, spread: float | None, target: float) -> str:
-    """met: even value − spread reaches the target; within spread: the value does but not its lower end; missed."""
+    """met: even value − spread reaches the target; met within spread: the value does but not its lower end;
+    missed within spread: the value does not but value + spread does; missed: not even value + spread."""
     if value is None:
         return "–"
     if value < target:
-        return "missed"
+        return "missed" if spread is None or value + spread < target else "missed within spread"
     return "met" if spread is None or value - spread >= target else "met within spread"
 
 

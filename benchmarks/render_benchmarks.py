@@ -542,27 +542,51 @@ def cheap_draft_versus(folder: Path, mine: str, reference: str, tune: Path | Non
     return render
 
 
-def cheap_draft_frozen(folder: Path, frozen: str, others: Sequence[str], reference: str = "hf-assisted@int4",
-                       target: float = 1.15) -> Callable[[], str]:
+def cheap_draft_frozen(folder: Path, frozen: str | dict[str, str], others: Sequence[str],
+                       reference: str = "hf-assisted@int4", target: float = 1.15) -> Callable[[], str]:
     """The cheap-draft issue's target against ``reference`` in a run that tests a method chosen before it
-    (``frozen``), with ``others`` run beside it: per dataset and method, the speedup ratio, its spread over repeats
-    and each repeat's ratio, and the cheap-draft targets' verdict."""
+    (``frozen``; or dataset -> method, the datasets to report), with ``others`` run beside it: per dataset and
+    method, the speedup ratio, its spread over repeats and each repeat's ratio, and the cheap-draft targets'
+    verdict."""
 
     def render() -> str:
         module, _, summary, _ = _cheap_draft_run(folder)
+        picks = frozen if isinstance(frozen, dict) else dict.fromkeys(summary["datasets"], frozen)
         out = ["| dataset | target | measured (per repeat) | verdict |", "|---|---|---|---|"]
         for ds, table in summary["datasets"].items():
-            for method in (frozen, *others):
+            if ds not in picks:
+                continue
+            for method in (picks[ds], *(m for m in others if m != picks[ds])):
                 a, b = table[method], table[reference]
                 c = module.compare(a, b, reference)
                 per = _repeat_ratios(a, b)
-                role = " (frozen before the run)" if method == frozen else ""
+                role = " (frozen before the run)" if method == picks[ds] else ""
                 out.append(f"| {module.TITLES.get(ds, ds)} | `{method}`{role} ÷ `{reference}` ≥ {target}× | "
                            f"{1 + c['gain']:.3f} ± {c['spread']:.3f} ({per}) | "
                            f"{module._verdict(1 + c['gain'], c['spread'], target)} |")
         return "\n".join(out) + "\n"
 
     render.source = lambda: folder  # for targets_index
+    return render
+
+
+def cheap_draft_per_prompt(folder: Path, methods: Sequence[str], reference: str = "hf-assisted@int4") -> Callable[[], str]:
+    """Per prompt of a cheap_draft.py run: each of ``methods``' mean tokens/s over repeats ÷ ``reference``'s (how much
+    a prompt's own answer moves a ratio that the run's summary pools)."""
+
+    def render() -> str:
+        module, settings, _, _ = _cheap_draft_run(folder)
+        speeds: dict[tuple[str, str, str], list[float]] = {}
+        for r in read_records(folder):
+            speeds.setdefault((r["dataset"], r["example_id"], r["method"]), []).append(r["tokens_per_s"])
+        out = ["| dataset | prompt | " + " | ".join(f"`{m}` ÷ `{reference}`" for m in methods) + " |",
+               "|---|---|" + "---|" * len(methods)]
+        for ds in settings["datasets"]:
+            for ex in dict.fromkeys(k[1] for k in speeds if k[0] == ds):
+                ratios = [mean(speeds[(ds, ex, m)]) / mean(speeds[(ds, ex, reference)]) for m in methods]
+                out.append(f"| {module.TITLES.get(ds, ds)} | {ex} | " + " | ".join(f"{v:.3f}" for v in ratios) + " |")
+        return "\n".join(out) + "\n"
+
     return render
 
 
@@ -2087,7 +2111,12 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-mtbench-train2": cheap_draft(RESULTS / "cheap_draft_mtbench_train2"),
     "cheap-draft-final-targets": cheap_draft_targets(RESULTS / "cheap_draft_final", default_method="adaedl+lookup",
                                                      frozen=CHEAP_DRAFT_FINAL_FROZEN),
+    "cheap-draft-final-vs-hf": cheap_draft_frozen(
+        RESULTS / "cheap_draft_final", {ds: CHEAP_DRAFT_FINAL_FROZEN[ds] for ds in ("humaneval", "mt-bench")},
+        ["adaedl+lookup@int4"]),
     "cheap-draft-final": cheap_draft(RESULTS / "cheap_draft_final"),
+    "cheap-draft-final-per-prompt": cheap_draft_per_prompt(RESULTS / "cheap_draft_final",
+                                                           ["specdecpp@int4", "adaedl+lookup@int4"]),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",
@@ -2225,6 +2254,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-sweep-targets": serve_load_targets("serve_load_sweep.json", "serve_load_sweep_humaneval1.json"),
     "serve-load-sweep-time": serve_load_time("serve_load_sweep.json", 8),
     "serve-load-sweep-rule": serve_load_rule("serve_load_sweep.json", 8),
+    "serve-load-final-targets": serve_load_targets("serve_load_final.json", "serve_load_final_humaneval1.json"),
+    "serve-load-final": serve_load("serve_load_final.json", "serve_load_final_humaneval1.json", capped=True),
+    "serve-load-final-time": serve_load_time("serve_load_final.json", 8),
     "serve-load-recheck": serve_load("serve_load_recheck.json", "serve_load_recheck_humaneval1.json", capped=True),
     "serve-load-recheck-targets": serve_load_targets("serve_load_recheck.json", "serve_load_recheck_humaneval1.json"),
     "serve-load-recheck-time": serve_load_time("serve_load_recheck.json", 8),

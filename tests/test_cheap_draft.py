@@ -274,7 +274,8 @@ def test_a_run_cut_short_has_every_repeat_of_its_finished_prompts_and_reports_on
 
 def test_target_verdicts_respect_the_spread(cd):
     assert cd._verdict(4.0, 0.3, 3.5) == "met" and cd._verdict(1.85, 0.11, 1.8) == "met within spread"
-    assert cd._verdict(1.13, 0.07, 1.15) == "missed" and cd._verdict(None, None, 1.0) == "–"
+    assert cd._verdict(1.13, 0.01, 1.15) == "missed" and cd._verdict(None, None, 1.0) == "–"
+    assert cd._verdict(1.13, 0.07, 1.15) == "missed within spread" and cd._verdict(1.13, None, 1.15) == "missed"
 
 
 def test_targets_of_a_run_with_only_the_cheap_draft_compare_it_with_hf_given_that_draft_alone(cd):
