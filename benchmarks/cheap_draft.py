@@ -545,10 +545,12 @@ def _verdict(value: float | None, spread: float | None, target: float) -> str:
     return "met" if spread is None or value - spread >= target else "met within spread"
 
 
-def _pm(value: float | None, spread: float | None, suffix: str = "×") -> str:
+def _pm(value: float | None, spread: float | None, suffix: str = "×", target: float | None = None) -> str:
+    """``value ± spread`` to 2 decimals, or 3 where 2 would round a miss of ``target`` up to it."""
     if value is None:
         return "–"
-    return f"{value:.2f}{suffix}" + (f" ± {spread:.2f}" if spread is not None else "")
+    d = 3 if target is not None and value < target <= round(value, 2) else 2
+    return f"{value:.{d}f}{suffix}" + (f" ± {spread:.{d}f}" if spread is not None else "")
 
 
 def targets_markdown(summary: dict, cheap: str = "int4", default_method: str = "adaedl",
@@ -566,12 +568,12 @@ def targets_markdown(summary: dict, cheap: str = "int4", default_method: str = "
         pick = "frozen method" if frozen and ds in frozen else "best"
         if ds in SPEEDUP_TARGETS:
             t = SPEEDUP_TARGETS[ds]
-            rows.append(f"| {TITLES[ds]} | {pick} speedup ≥ {t}× | `{best}` {_pm(b['speedup'], b.get('speedup_spread'))} | "
+            rows.append(f"| {TITLES[ds]} | {pick} speedup ≥ {t}× | `{best}` {_pm(b['speedup'], b.get('speedup_spread'), target=t)} | "
                         f"{_verdict(b['speedup'], b.get('speedup_spread'), t)} |")
             d = table.get(f"{default_method}@{cheap}")
             if d:
                 rows.append(f"| {TITLES[ds]} | default method ≥ {t}× | `{default_method}@{cheap}` "
-                            f"{_pm(d['speedup'], d.get('speedup_spread'))} | {_verdict(d['speedup'], d.get('speedup_spread'), t)} |")
+                            f"{_pm(d['speedup'], d.get('speedup_spread'), target=t)} | {_verdict(d['speedup'], d.get('speedup_spread'), t)} |")
         reference = summary.get("reference_draft") or "bf16"
         for hf, target in ((f"hf-assisted@{reference}", VS_HF_DEFAULT_TARGETS.get(ds) if reference != cheap else None),
                            (f"hf-assisted@{cheap}", VS_HF_SAME_DRAFT_TARGET if ds in VS_HF_DEFAULT_TARGETS else None)):
@@ -579,7 +581,7 @@ def targets_markdown(summary: dict, cheap: str = "int4", default_method: str = "
                 continue
             c = compare(b, table[hf], hf)
             ratio = 1 + c["gain"] if c["gain"] is not None else None
-            rows.append(f"| {TITLES[ds]} | `{best}` ÷ `{hf}` (HF defaults) ≥ {target}× | {_pm(ratio, c['spread'])} | "
+            rows.append(f"| {TITLES[ds]} | `{best}` ÷ `{hf}` (HF defaults) ≥ {target}× | {_pm(ratio, c['spread'], target=target)} | "
                         f"{_verdict(ratio, c['spread'], target)} |")
     c = (summary.get("c") or {}).get(cheap, {}).get("c")
     if c is not None:

@@ -276,6 +276,9 @@ def test_target_verdicts_respect_the_spread(cd):
     assert cd._verdict(4.0, 0.3, 3.5) == "met" and cd._verdict(1.85, 0.11, 1.8) == "met within spread"
     assert cd._verdict(1.13, 0.01, 1.15) == "missed" and cd._verdict(None, None, 1.0) == "–"
     assert cd._verdict(1.13, 0.07, 1.15) == "missed within spread" and cd._verdict(1.13, None, 1.15) == "missed"
+    # Shown to 3 decimals only where 2 would round a miss up to the target.
+    assert cd._pm(1.1491, 0.049, target=1.15) == "1.149× ± 0.049" and cd._pm(1.1491, 0.049) == "1.15× ± 0.05"
+    assert cd._pm(1.143, 0.049, target=1.15) == "1.14× ± 0.05"
 
 
 def test_targets_of_a_run_with_only_the_cheap_draft_compare_it_with_hf_given_that_draft_alone(cd):
