@@ -563,9 +563,10 @@ def targets_markdown(summary: dict, cheap: str = "int4", default_method: str = "
         ours = {m: e for m, e in table.items() if m.endswith(f"@{cheap}") and not m.startswith("hf-")}
         if not ours:
             continue
-        best = (frozen or {}).get(ds) or max(ours, key=lambda m: ours[m]["speedup"] or 0)
+        chosen = (frozen or {}).get(ds)
+        best = chosen or max(ours, key=lambda m: ours[m]["speedup"] or 0)
         b = ours[best]
-        pick = "frozen method" if frozen and ds in frozen else "best"
+        pick = "frozen method" if chosen else "best"
         if ds in SPEEDUP_TARGETS:
             t = SPEEDUP_TARGETS[ds]
             rows.append(f"| {TITLES[ds]} | {pick} speedup ≥ {t}× | `{best}` {_pm(b['speedup'], b.get('speedup_spread'), target=t)} | "
