@@ -601,3 +601,9 @@ def test_serve_command_loads_the_pair_and_runs_the_app(decoder, monkeypatch):
     state = ran["app"].state
     assert (state.settings.max_batch_size, state.settings.spec_max_batch, state.settings.served_name) == (3, 2, "t")
     assert state.scheduler.method.spec == "fixed:k=2" and state.scheduler.max_batch_size == 3
+    try:  # --head, as generate's: the served specdecpp reads the given head
+        result = CliRunner().invoke(app, ["serve", "--method", "specdecpp:threshold=0.5", "--head", zoo.DEFAULT_DRAFT])
+    finally:
+        prometheus_client.enable_created_metrics()
+    assert result.exit_code == 0, result.output
+    assert ran["app"].state.scheduler.method.spec == f"specdecpp:head={zoo.DEFAULT_DRAFT},threshold=0.5"  # the shipped head, by name

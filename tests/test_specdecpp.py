@@ -424,3 +424,23 @@ def test_threshold_defaults_to_the_one_recorded_in_the_head(head_dir):
         make_method(spec(head_dir(probe_head(), max_k=3), min_k=4))
     with pytest.raises(SpecAdaptError, match="threshold must be in"):
         make_method(spec(head_dir(probe_head(), threshold=1.5)))
+
+
+def test_head_option_reaches_specdecpp_and_is_refused_elsewhere(tmp_path):
+    """--head (generate, bench, serve) adds head=... to a specdecpp method that names none; generate and serve run one
+    method, so a head given for another method, or given twice, is an error there, not silently dropped."""
+    from specadapt.methods import with_head
+    from specadapt.serve.settings import ServeSettings
+
+    assert with_head("specdecpp", "h") == "specdecpp:head=h"
+    assert with_head("specdecpp:threshold=0.3", "h") == "specdecpp:head=h,threshold=0.3"
+    assert with_head("specdecpp:head=mine", "h") == "specdecpp:head=mine"  # bench: the method's own head wins
+    assert with_head("fixed:4", "h") == "fixed:4" and with_head("specdecpp", None) == "specdecpp"
+    with pytest.raises(SpecAdaptError, match=r"^--head is the acceptance head of specdecpp, which method 'fixed:4' "
+                                             r"does not read: drop --head, or use --method specdecpp\.$"):
+        ServeSettings(method="fixed:4", head="h").make_method()
+    with pytest.raises(SpecAdaptError, match=r"names its head already; give it once"):
+        ServeSettings(method="specdecpp:head=a", head="b").make_method()
+    save_head(probe_head(), tmp_path / "head", extra={"threshold": 0.4})
+    policy = ServeSettings(method="specdecpp", head=str(tmp_path / "head")).make_method().policy
+    assert policy.head == str(tmp_path / "head") and policy.threshold == 0.4  # the folder's tuned threshold

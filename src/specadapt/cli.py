@@ -22,6 +22,7 @@ from .engine import RequestConfig
 from .errors import SpecAdaptError, SpecAdaptWarning
 from .heads.config import TrainHeadConfig
 from .heads.tune import TuneSettings
+from .methods import HEAD_HELP, with_head
 from .models.settings import ModelSettings
 
 # The sampling options' help, for the settings dataclasses that take them from RequestConfig.
@@ -96,7 +97,7 @@ def generate(
         None, "--prompt-file", help="Read the prompt from this UTF-8 file ('-' for standard input): for prompts too "
         "long for the command line (its final line break is dropped)."),
     method: str = typer.Option(DEFAULT_METHOD, help="Decoding method, e.g. autoregressive, fixed:4, heuristic (see `specadapt methods`)."),
-    head: Optional[str] = typer.Option(None, help="Acceptance-head folder (or built-in head name) for --method specdecpp; default: the head shipped for the default pair."),
+    head: Optional[str] = typer.Option(None, help=HEAD_HELP),
     settings: tuple[dict, dict],
     stop: Optional[list[str]] = typer.Option(None, help="Stop string (repeatable)."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt with the model's chat template."),
@@ -109,7 +110,7 @@ def generate(
     RequestConfig(**request)  # fail fast on bad settings
     models = ModelSettings(**model_options)
     models.check_device()
-    chosen = make_method(method, **({"head": head} if head else {}))
+    chosen = make_method(with_head(method, head, only_specdecpp=True))
     prompt = read_prompt(prompt, prompt_file)
     if not prompt.strip():
         raise SpecAdaptError("the prompt is empty; give some text to continue.")
@@ -197,26 +198,13 @@ def read_prompt(prompt: Optional[str], prompt_file: Optional[str]) -> str:
     return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
 
 
-def _with_head(labels: list[str], head: Optional[str]) -> list[str]:
-    """Give ``--head`` to every specdecpp method that names no head of its own."""
-    if head is None:
-        return labels
-    out = []
-    for label in labels:
-        name, _, rest = label.partition(":")
-        if name == "specdecpp" and "head=" not in rest:
-            label = f"specdecpp:head={head}" + (f",{rest}" if rest else "")
-        out.append(label)
-    return out
-
-
 @app.command()
 @with_settings(BenchSettings)
 def bench(
     *,
     out: Optional[Path] = typer.Option(None, help="Output folder (resumed if it holds an unfinished run with the same settings)."),
     settings: dict,
-    head: Optional[str] = typer.Option(None, help="Acceptance-head folder for specdecpp methods that name none (default: the head shipped for the default pair)."),
+    head: Optional[str] = typer.Option(None, help=HEAD_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
     compare: Optional[tuple[Path, Path]] = typer.Option(None, help="Compare two finished runs: --compare RUN_A RUN_B."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
@@ -239,7 +227,7 @@ def bench(
         return
     if out is None:
         raise SpecAdaptError("give an output folder with --out (or two runs with --compare A B).")
-    run_settings = BenchSettings(**{**settings, "methods": _with_head(settings["methods"], head), "limit": settings["limit"] or None})
+    run_settings = BenchSettings(**{**settings, "methods": [with_head(m, head) for m in settings["methods"]], "limit": settings["limit"] or None})
     if time_limit is not None and time_limit <= 0:
         raise SpecAdaptError(f"--time-limit must be a positive number of minutes, got {time_limit}.")
     run_settings.check_device()  # before the output folder is touched

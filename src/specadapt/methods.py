@@ -166,6 +166,29 @@ def make_method(spec: "str | Method", **settings: Any) -> Method:
     return Method(entry, policy, canonical, lookup)
 
 
+HEAD_HELP = ("Acceptance-head folder (or built-in head name) for specdecpp methods that name none of their own "
+             "(specdecpp:head=...); default: the head shipped for the default pair.")
+
+
+def with_head(label: str, head: str | None, only_specdecpp: bool = False) -> str:
+    """``label`` with ``head=HEAD`` added where it is a specdecpp method naming no head of its own (``--head``).
+    ``only_specdecpp``: a ``head`` given for another method is an error, not ignored (one method, as ``generate``
+    and ``serve`` take, rather than ``bench``'s list)."""
+    if not head:
+        return label
+    name, _, rest = label.strip().partition(":")
+    if name != "specdecpp":
+        if only_specdecpp:
+            raise SpecAdaptError(f"--head is the acceptance head of specdecpp, which method {label!r} does not read: "
+                                 "drop --head, or use --method specdecpp.")
+        return label
+    if "head=" in rest:
+        if only_specdecpp:
+            raise SpecAdaptError(f"method {label!r} names its head already; give it once, in the method or in --head.")
+        return label
+    return f"specdecpp:head={head}" + (f",{rest}" if rest else "")
+
+
 def _parse_lookup(extras: list[str], spec: str) -> int:
     """``["lookup"]`` -> the default match length, ``["lookup=N"]`` -> N, ``[]`` -> 0 (off)."""
     from .lookup import DEFAULT_NGRAM

@@ -22,10 +22,9 @@ def serve_command(*, settings: dict) -> None:
     from transformers.utils import logging as hf_logging
 
     from ..models.hardware import compile_fused_products
-    from ..methods import make_method
     from .app import create_app
 
-    chosen = make_method(settings.method)  # fail fast on a bad method string, before loading models
+    chosen = settings.make_method()  # fail fast on a bad method string, before loading models
     settings.check_device()
     err = Console(stderr=True)
     hf_logging.disable_progress_bar()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 
 from ..api import DEFAULT_METHOD
 from ..errors import SpecAdaptError
+from ..methods import HEAD_HELP, Method, make_method, with_head
 from ..models.settings import ModelSettings
 from .load import LOAD_RULES, LoadRule, make_load_rule
 
@@ -16,6 +17,7 @@ class ServeSettings(ModelSettings):
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (127.0.0.1: this machine only)."})
     port: int = field(default=8000, metadata={"help": "TCP port to listen on."})
     method: str = field(default=DEFAULT_METHOD, metadata={"help": "Decoding method for every request, e.g. fixed:4, heuristic, autoregressive (see `specadapt methods`)."})
+    head: str = field(default="", metadata={"help": HEAD_HELP})
     model_name: str = field(default="", metadata={"help": "Model id clients send and /v1/models lists (default: the target's name)."})
     max_batch_size: int = field(default=8, metadata={"help": "Most requests decoded together; more wait in the queue."})
     max_queue: int = field(default=64, metadata={"help": "Most requests waiting for a batch row; beyond that the server answers 503 with Retry-After."})
@@ -75,6 +77,10 @@ class ServeSettings(ModelSettings):
             raise SpecAdaptError(f"spec_auto_window must be >= 1, got {self.spec_auto_window}.")
         if self.spec_auto_probe_every < 0:
             raise SpecAdaptError(f"spec_auto_probe_every must be >= 0 (0: never probe), got {self.spec_auto_probe_every}.")
+
+    def make_method(self) -> Method:
+        """The method every request runs: ``method``, given ``head`` where one is set (a clear error for a bad one)."""
+        return make_method(with_head(self.method, self.head, only_specdecpp=True))
 
     def load_rule(self) -> "LoadRule":
         """A fresh load rule as these settings describe it (one per server: it learns that server's costs)."""
