@@ -572,7 +572,7 @@ def cheap_draft_frozen(folder: Path, frozen: str | dict[str, str], others: Seque
 
 def cheap_draft_per_prompt(folder: Path, methods: Sequence[str], reference: str = "hf-assisted@int4") -> Callable[[], str]:
     """Per prompt of a cheap_draft.py run: each of ``methods``' mean tokens/s over repeats ÷ ``reference``'s (how much
-    a prompt's own answer moves a ratio that the run's summary pools)."""
+    a prompt's own answer moves a ratio that the run's summary pools), and the two tokens/s."""
 
     def render() -> str:
         module, settings, _, _ = _cheap_draft_run(folder)
@@ -583,8 +583,42 @@ def cheap_draft_per_prompt(folder: Path, methods: Sequence[str], reference: str 
                "|---|---|" + "---|" * len(methods)]
         for ds in settings["datasets"]:
             for ex in dict.fromkeys(k[1] for k in speeds if k[0] == ds):
-                ratios = [mean(speeds[(ds, ex, m)]) / mean(speeds[(ds, ex, reference)]) for m in methods]
-                out.append(f"| {module.TITLES.get(ds, ds)} | {ex} | " + " | ".join(f"{v:.3f}" for v in ratios) + " |")
+                ref = mean(speeds[(ds, ex, reference)])
+                cells = [f"{mean(speeds[(ds, ex, m)]) / ref:.3f} ({mean(speeds[(ds, ex, m)]):.2f} vs {ref:.2f} tok/s)"
+                         for m in methods]
+                out.append(f"| {module.TITLES.get(ds, ds)} | {ex} | " + " | ".join(cells) + " |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
+def cheap_draft_by_time(folder: Path, methods: dict[str, str],
+                        references: Sequence[str] = ("autoregressive", "hf-assisted@bf16", "hf-assisted@int4")) -> Callable[[], str]:
+    """Per dataset, its method (``methods``: dataset -> method) against each of ``references`` by two definitions:
+    this file's (the mean over the prompts and repeats of per-prompt tokens/s, one ÷ the other: a fast prompt weighs
+    more) and by total time (all tokens ÷ all seconds of the generations: every second weighs the same), the latter
+    also per repeat; over the prompts every method finished in every repeat."""
+
+    def render() -> str:
+        module, settings, _, _ = _cheap_draft_run(folder)
+        records = module.complete_examples(read_records(folder), settings["methods"], settings.get("repeats", 1))
+        out = ["| dataset | method | ÷ | mean of per-prompt tokens/s | by total time (per repeat) |", "|---|---|---|---|---|"]
+        for ds, method in methods.items():
+            rows = [r for r in records if r["dataset"] == ds]
+            repeats = sorted({r["repeat"] for r in rows})
+
+            def of(name: str, repeat: int | None = None) -> list[dict]:
+                return [r for r in rows if r["method"] == name and repeat in (None, r["repeat"])]
+
+            def by_time(name: str, repeat: int | None = None) -> float:
+                got = of(name, repeat)
+                return sum(r["tokens"] for r in got) / sum(r["wall_s"] for r in got)
+
+            for ref in references:
+                by_speed = mean(r["tokens_per_s"] for r in of(method)) / mean(r["tokens_per_s"] for r in of(ref))
+                per = ", ".join(f"{by_time(method, k) / by_time(ref, k):.3f}" for k in repeats)
+                out.append(f"| {module.TITLES.get(ds, ds)} | `{method}` | `{ref}` | {by_speed:.3f} | "
+                           f"{by_time(method) / by_time(ref):.3f} ({per}) |")
         return "\n".join(out) + "\n"
 
     return render
@@ -2117,6 +2151,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-final": cheap_draft(RESULTS / "cheap_draft_final"),
     "cheap-draft-final-per-prompt": cheap_draft_per_prompt(RESULTS / "cheap_draft_final",
                                                            ["specdecpp@int4", "adaedl+lookup@int4"]),
+    "cheap-draft-final-by-time": cheap_draft_by_time(RESULTS / "cheap_draft_final", CHEAP_DRAFT_FINAL_FROZEN),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",

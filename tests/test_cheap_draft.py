@@ -335,3 +335,23 @@ def test_a_variant_built_in_place_is_the_loaded_model_quantized(cd):
     assert copied["int4"] is not copied["int8"]
     with pytest.raises(ValueError, match="in_place builds one variant"):
         cd.build_drafts(tiny_llama(3), IdTokenizer(), ["int4", "int8"], in_place=True)
+
+
+def test_ratios_by_total_time_weigh_every_second_alike(cd, tmp_path):
+    """The by-time block divides all tokens by all seconds, beside the file's mean of per-prompt tokens/s: a prompt
+    run fast (a: 40 tok/s against 10) lifts the mean of speeds (2.5x) more than it saves time (1.6x)."""
+    renderer = load("render_benchmarks")
+    methods = ["autoregressive", "fixed:4@int4"]
+    seconds = {("autoregressive", "a"): 1.0, ("autoregressive", "b"): 1.0, ("fixed:4@int4", "a"): 0.25, ("fixed:4@int4", "b"): 1.0}
+    records = []
+    for repeat in (0, 1):
+        for (method, ex), wall in seconds.items():
+            r = rec(method, ex, repeat, 10 / wall, tokens=tuple(range(10)), draft=method.partition("@")[2] or None)
+            records.append({**r, "wall_s": wall})
+    folder = tmp_path / "run"
+    folder.mkdir()
+    settings = {"methods": methods, "drafts": ["int4"], "repeats": 2}
+    (folder / "settings.json").write_text(json.dumps({"settings": settings}), encoding="utf-8")
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    table = renderer.cheap_draft_by_time(folder, {"humaneval": "fixed:4@int4"}, references=("autoregressive",))()
+    assert "| HumanEval | `fixed:4@int4` | `autoregressive` | 2.500 | 1.600 (1.600, 1.600) |" in table
