@@ -1180,6 +1180,33 @@ def lean_vs_packed(*names: str) -> Callable[[], str]:
     return render
 
 
+def top_p_cost(name: str) -> Callable[[], str]:
+    """benchmarks/top_p_cost.py: sampled decoding with top-p by a full sort against the nucleus looked for among the
+    most likely tokens first, per sampling setting and method (summary recomputed from the records)."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        st, m = data["settings"], data["machine"]
+        sets = " / ".join(f"≤ {k}" for k in data["candidates"]) + " / more"
+        out = [f"`{name}`: {st['n']} {st['split']} prompts per dataset from its prompt {int(st['skip']) + 1} "
+               f"({st['datasets']}), {st['max_new_tokens']} new tokens, {st['repeats']} repeat(s), the variants "
+               f"interleaved; {_machine(m)}, {m['torch_threads']} threads. \"nucleus\": time choosing the tokens top-p "
+               f"keeps, per row of logits and as a share of the generations' time; \"found\": rows whose nucleus "
+               f"held {sets} tokens.\n",
+               "| sampling | method | tok/s, full sort | tok/s, candidates | ÷ (per repeat) | nucleus ms per row | "
+               "nucleus share of time | found | identical outputs |", "|---|---|---|---|---|---|---|---|---|"]
+        for row in _benchmark_module("top_p_cost").summarize(data["records"]):
+            tps, ms, share = row["tokens_per_s"], row["nucleus_ms_per_row"], row["nucleus_share_of_time"]
+            per = ", ".join(f"{x:.3f}" for x in row["ratio_per_repeat"])
+            out.append(f"| {row['sampling']} | `{row['method']}` | {tps['sort']:.2f} | {tps['candidates']:.2f} | "
+                       f"{row['ratio']:.3f} ({per}) | {ms['sort']:.2f} → {ms['candidates']:.2f} | "
+                       f"{share['sort']:.1%} → {share['candidates']:.1%} | {' / '.join(map(str, row['found']))} | "
+                       f"{row['identical']}/{row['generations']} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def draft_context(name: str) -> Callable[[], str]:
     """benchmarks/draft_context.py: teacher-forced agreement of the draft with the target's greedy answers when the
     draft sees only the last W prompt tokens, per dataset (answer-token weighted)."""

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from specadapt.errors import SpecAdaptError
-from specadapt.sampling import SamplingParams, entropy, js_distance, process_logits
+from specadapt.sampling import NUCLEUS_CANDIDATES, SamplingParams, entropy, js_distance, outside_nucleus, process_logits
 
 
 def test_greedy_is_one_hot_argmax():
@@ -24,6 +24,27 @@ def test_top_k_and_top_p_support():
     assert (process_logits(logits, SamplingParams(1.0, top_p=0.7)) > 0).sum() == 2
     # the most likely token always survives
     assert process_logits(logits, SamplingParams(1.0, top_p=0.01)).tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nucleus_from_candidates_equals_a_full_sort(seed):
+    """Top-p looks for the nucleus among the most likely tokens first; on a real vocabulary's width, with nuclei
+    inside the first candidate set, inside the second and beyond both (a full sort), it drops exactly the tokens a
+    full sort drops."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = 151936
+    scales = torch.tensor([6.0, 1.5, 0.05, 4.0])[:, None]  # peaked, broad, nearly flat, in between
+    probs = (torch.randn(4, vocab, generator=g) * scales).softmax(-1)
+    values, order = probs.sort(-1, descending=True)  # the definition: mass strictly before a token reaches top_p
+    for top_p in (0.5, 0.9, 0.95):
+        drop_sorted = values.cumsum(-1) - values >= top_p
+        expected = drop_sorted.scatter(-1, order, drop_sorted)
+        got = outside_nucleus(probs, top_p)
+        assert torch.equal(got, expected)
+        if top_p == 0.9:
+            sizes = (~got).sum(-1).tolist()
+            assert sizes[0] < NUCLEUS_CANDIDATES[0] < sizes[3] < NUCLEUS_CANDIDATES[1] < sizes[1] < sizes[2]
+    assert torch.equal(outside_nucleus(probs[0], 0.9), outside_nucleus(probs, 0.9)[0])  # one row, no batch dimension
 
 
 def test_temperature_scales_logits():

@@ -15,6 +15,8 @@ from .errors import SpecAdaptError
 
 
 MIN_TEMPERATURE = 1e-6  # below this, logits / temperature overflows fp32 for ordinary logits
+# Top-p looks for the nucleus among this many most likely tokens first (then more, then all): see outside_nucleus.
+NUCLEUS_CANDIDATES = (256, 4096)
 
 
 @dataclass(frozen=True)
@@ -61,15 +63,36 @@ def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        sorted_probs = sorted_logits.softmax(-1)
-        # Drop a token when the mass strictly before it already reaches top_p;
-        # the most likely token is always kept.
-        mass_before = sorted_probs.cumsum(-1) - sorted_probs
-        drop_sorted = mass_before >= params.top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        logits = logits.masked_fill(outside_nucleus(logits.softmax(-1), params.top_p), float("-inf"))
     return logits.softmax(-1)
+
+
+def outside_nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The tokens top-p drops from ``probs`` [..., V] (bool, same shape): in order of probability, a token is dropped
+    when the mass strictly before it already reaches ``top_p`` (the most likely token is always kept).
+
+    The nucleus is looked for among the ``NUCLEUS_CANDIDATES`` most likely tokens first, and a row goes on to a
+    larger candidate set, then a full sort, only where the candidates' mass falls short of ``top_p`` (every token
+    past them has at least their mass before it, so none of them is kept otherwise). The result is a full sort's.
+    On a CPU a full sort of a 152K vocabulary per row costs about half a draft step of the default pair, and it ran
+    on every draft step and every verified position (BENCHMARKS.md, ``benchmarks/top_p_cost.py``)."""
+    flat = probs.reshape(-1, probs.shape[-1])
+    vocab = flat.shape[-1]
+    drop, rows = None, None  # rows: those still to be decided (None: all)
+    for k in [k for k in NUCLEUS_CANDIDATES if k < vocab] + [vocab]:
+        part = flat if rows is None else flat[rows]
+        values, order = part.topk(k, dim=-1) if k < vocab else part.sort(dim=-1, descending=True)
+        mass = values.cumsum(-1)  # a full sort's first k sums: the same values added in the same order
+        decided = torch.ones_like(part, dtype=torch.bool).scatter_(-1, order, mass - values >= top_p)
+        if rows is None:
+            drop = decided
+        else:
+            drop[rows] = decided
+        short = mass[:, -1] < top_p  # rows whose nucleus goes beyond these k tokens: decided again, with more
+        if k == vocab or not short.any():
+            break
+        rows = (torch.arange(len(flat), device=flat.device) if rows is None else rows)[short]
+    return drop.reshape(probs.shape)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
