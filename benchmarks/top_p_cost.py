@@ -119,16 +119,17 @@ def main(argv: list[str] | None = None) -> None:
                for ex in load_dataset(name, args.skip + args.n, args.split)[args.skip:]]
     decoder.generate("def f(x):", method=methods[-1], max_new_tokens=8, temperature=0.7, top_p=0.9, seed=0)  # warm-up
     records: list[dict] = []
-    turn = 0
     for repeat in range(args.repeats):
         for p, (name, ex) in enumerate(prompts):
             ids = decoder.encode(ex.messages, chat=True)
             for temperature, top_p in settings:
                 for method in methods:
                     outputs = {}
-                    order = VARIANTS if turn % 2 == 0 else VARIANTS[::-1]
-                    turn += 1
-                    for variant in order:
+                    # Which variant goes first alternates over prompts and repeats, for every setting and method alike
+                    # (top_p_cost.json's run alternated over the (setting, method) pairs instead: with two methods,
+                    # target-only always ran the full sort first and the default method always the candidates).
+                    order = VARIANTS if (p + repeat) % 2 == 0 else VARIANTS[::-1]
+                    for position, variant in enumerate(order):
                         config = RequestConfig(args.max_new_tokens, temperature, top_p=top_p, seed=args.seed + p)
                         with Timed(sampling, variant) as timer:
                             t0 = time.perf_counter()
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
                         outputs[variant] = result.token_ids
                         records.append({
                             "dataset": name, "example_id": ex.id, "sampling": f"t{temperature}-p{top_p}",
-                            "method": method, "variant": variant, "repeat": repeat, "tokens": len(result.token_ids),
+                            "method": method, "variant": variant, "repeat": repeat, "order": position,
+                            "tokens": len(result.token_ids),
                             "wall_s": wall, "tokens_per_s": len(result.token_ids) / wall, "nucleus_s": timer.seconds,
                             "nucleus_calls": timer.calls, "nucleus_rows": timer.rows, "found": timer.found,
                         })
