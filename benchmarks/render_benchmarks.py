@@ -2180,6 +2180,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
                                                            ["specdecpp@int4", "adaedl+lookup@int4"]),
     "cheap-draft-final-by-time": cheap_draft_by_time(RESULTS / "cheap_draft_final", CHEAP_DRAFT_FINAL_FROZEN),
     "top-p-cost": top_p_cost("top_p_cost.json"),
+    "top-p-cost-rotated": top_p_cost("top_p_cost_rotated.json"),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",

@@ -355,3 +355,24 @@ def test_ratios_by_total_time_weigh_every_second_alike(cd, tmp_path):
     (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     table = renderer.cheap_draft_by_time(folder, {"humaneval": "fixed:4@int4"}, references=("autoregressive",))()
     assert "| HumanEval | `fixed:4@int4` | `autoregressive` | 2.500 | 1.600 (1.600, 1.600) |" in table
+
+
+def test_top_p_cost_summary_pairs_the_variants_and_counts_identical_outputs():
+    """benchmarks/top_p_cost.py's summary, as BENCHMARKS.md renders it: per sampling setting and method, each variant's
+    mean tokens/s, their ratio per repeat, ms per row choosing the nucleus, and the pairs whose tokens were identical."""
+    tp = load("top_p_cost")
+    records = []
+    for repeat, (sort_tps, cand_tps) in enumerate([(10.0, 12.0), (10.0, 11.0)]):
+        for variant, tps in (("sort", sort_tps), ("candidates", cand_tps)):
+            records.append({"sampling": "t0.7-p0.9", "method": "adaedl", "variant": variant, "repeat": repeat,
+                            "tokens_per_s": tps, "wall_s": 10.0, "nucleus_s": 1.0 if variant == "sort" else 0.1,
+                            "nucleus_rows": 100, "found": [90, 10, 0], "identical": repeat == 0})
+    (row,) = tp.summarize(records)
+    assert row["tokens_per_s"] == {"sort": 10.0, "candidates": 11.5} and row["ratio"] == pytest.approx(1.15)
+    assert row["ratio_per_repeat"] == pytest.approx([1.2, 1.1]) and row["found"] == [180, 20, 0] and row["identical"] == 1
+    assert row["nucleus_ms_per_row"] == pytest.approx({"sort": 10.0, "candidates": 1.0})
+    assert row["nucleus_share_of_time"] == pytest.approx({"sort": 0.1, "candidates": 0.01})
+    import torch
+
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    assert tp.full_sort_nucleus(probs, 0.75).tolist() == [[False, False, True, True]]  # the reference it replaced
