@@ -101,8 +101,9 @@ def _sse(obj: Any) -> str:
 
 
 def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, method: Method | str | None = None) -> FastAPI:
-    """An app serving ``decoder`` with ``method`` (default: ``settings.method``, with ``settings.head``). The worker thread starts and
-    stops with the app (its lifespan); ``app.state`` holds ``scheduler``, ``metrics`` and ``settings``."""
+    """An app serving ``decoder`` with ``method`` (default: ``settings.method``, with ``settings.head``). The worker
+    thread starts and stops with the app (its lifespan); ``app.state`` holds ``scheduler``, ``metrics`` and
+    ``settings``."""
     settings = settings or ServeSettings()
     method = make_method(method) if method is not None else settings.make_method()
     if method.needs_draft and decoder.draft is None:
