@@ -584,8 +584,8 @@ def cheap_draft_per_prompt(folder: Path, methods: Sequence[str], reference: str 
         for ds in settings["datasets"]:
             for ex in dict.fromkeys(k[1] for k in speeds if k[0] == ds):
                 ref = mean(speeds[(ds, ex, reference)])
-                cells = [f"{mean(speeds[(ds, ex, m)]) / ref:.3f} ({mean(speeds[(ds, ex, m)]):.2f} vs {ref:.2f} tok/s)"
-                         for m in methods]
+                cells = [f"{tps / ref:.3f} ({tps:.2f} vs {ref:.2f} tok/s)"
+                         for tps in (mean(speeds[(ds, ex, m)]) for m in methods)]
                 out.append(f"| {module.TITLES.get(ds, ds)} | {ex} | " + " | ".join(cells) + " |")
         return "\n".join(out) + "\n"
 

@@ -51,7 +51,9 @@ class Timed:
         flat = probs.reshape(-1, probs.shape[-1])
         self.calls += 1
         self.rows += flat.shape[0]
-        if self.variant == "candidates":  # untimed: which candidate set held each row's nucleus
+        # Which candidate set held each row's nucleus: outside nucleus_s but inside the generation's wall time, a bias
+        # against the candidates' tokens/s (one sum over each row per call; not timed apart).
+        if self.variant == "candidates":
             kept = (~drop.reshape(flat.shape)).sum(-1).tolist()
             for n in kept:
                 self.found[next((i for i, k in enumerate(self.sampling.NUCLEUS_CANDIDATES) if n <= k),

@@ -71,15 +71,18 @@ def outside_nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """The tokens top-p drops from ``probs`` [..., V] (bool, same shape): in order of probability, a token is dropped
     when the mass strictly before it already reaches ``top_p`` (the most likely token is always kept).
 
-    The nucleus is looked for among the ``NUCLEUS_CANDIDATES`` most likely tokens first, and a row goes on to a
-    larger candidate set, then a full sort, only where the candidates' mass falls short of ``top_p`` (every token
+    On a CPU the nucleus is looked for among the ``NUCLEUS_CANDIDATES`` most likely tokens first, and a row goes on
+    to a larger candidate set, then a full sort, only where the candidates' mass falls short of ``top_p`` (every token
     past them has at least their mass before it, so none of them is kept otherwise). The result is a full sort's.
     It runs on every draft step and every verified position; on this project's CPU a full sort of the 152K
     vocabulary took 7-9 ms a row and this 0.4-0.6 ms (BENCHMARKS.md, ``benchmarks/top_p_cost.py``)."""
     flat = probs.reshape(-1, probs.shape[-1])
     vocab = flat.shape[-1]
+    # Only on a CPU: on a GPU the sort is one kernel call, while asking which rows fell short would make the host wait
+    # for the device on every call (the engine avoids such syncs there; neither way was timed on a GPU).
+    candidates = [k for k in NUCLEUS_CANDIDATES if k < vocab] if flat.device.type == "cpu" else []
     drop, rows = None, None  # rows: those still to be decided (None: all)
-    for k in [k for k in NUCLEUS_CANDIDATES if k < vocab] + [vocab]:
+    for k in candidates + [vocab]:
         part = flat if rows is None else flat[rows]
         values, order = part.topk(k, dim=-1) if k < vocab else part.sort(dim=-1, descending=True)
         mass = values.cumsum(-1)  # a full sort's first k sums: the same values added in the same order
