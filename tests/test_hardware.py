@@ -121,14 +121,16 @@ def test_switching_keeps_the_parameters_and_switches_back():
 def test_load_model_switches_layers_by_what_this_cpu_multiplies_fast(native, transposed, monkeypatch, checkpoints):
     monkeypatch.setattr(hardware, "native_bf16", lambda: native)
     monkeypatch.setattr(hardware, "transposed_products_win", lambda: transposed)
+    monkeypatch.setattr(hardware, "paired_rows_win", lambda: native)  # the probe asks native_bf16 first
+    monkeypatch.setattr(hardware, "PAIRED_MIN_ELEMENTS", 1)  # the tiny model's layers are all small
     models = {dtype: loading.load_model(str(checkpoints / "target"), dtype, "cpu") for dtype in ("bfloat16", "float32")}
     kinds = {dtype: {type(m) for m in model.modules() if isinstance(m, nn.Linear) and m is not model.lm_head}
              for dtype, model in models.items()}
     assert kinds["float32"] == ({hardware.Float32Linear} if transposed else {nn.Linear})
     assert type(models["float32"].lm_head) is (hardware.Float32Linear if transposed else nn.Linear)  # no copy: the head too
-    assert kinds["bfloat16"] == ({nn.Linear} if native else {hardware.WideFloat32Linear})
+    assert kinds["bfloat16"] == ({hardware.PairedRowLinear} if native else {hardware.WideFloat32Linear})
     head = models["bfloat16"].lm_head
-    assert type(head) is (nn.Linear if native else hardware.WideFloat32Linear)
+    assert type(head) is (hardware.PairedRowLinear if native else hardware.WideFloat32Linear)
     assert native or head.convert is False  # fused blocks, but no per-call float32 copy: that would take a GB
 
 
@@ -186,6 +188,58 @@ def test_switched_layers_are_quantized_and_int4_prompts_multiply_in_float32(slow
     expected = F.linear(x.float(), layer.wide.float()).bfloat16()
     with torch.inference_mode():
         assert torch.equal(layer(x), expected)
+
+
+# --- one bf16 row as two (CPUs with native bf16) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_bf16_row_is_multiplied_as_two_and_other_products_as_before(bias):
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 48, bias=bias).to(torch.bfloat16)
+    layer.__class__ = hardware.PairedRowLinear
+    with torch.inference_mode():
+        for shape in [(32,), (1, 32), (1, 1, 32)]:
+            x = torch.randn(shape, dtype=torch.bfloat16)
+            y = layer(x)
+            assert y.shape == (*shape[:-1], 48)
+            assert torch.equal(y.reshape(-1), F.linear(x.reshape(1, 32).repeat(2, 1), layer.weight, layer.bias)[0])
+        x = torch.randn(2, 3, 32, dtype=torch.bfloat16)  # several rows: torch's own product
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    x = torch.randn(1, 32, dtype=torch.bfloat16, requires_grad=True)  # with autograd: torch's own path
+    layer(x).float().sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+
+
+@pytest.mark.parametrize("wins", [True, False])
+def test_only_large_layers_are_paired_and_only_where_the_probe_says_it_pays(wins, monkeypatch):
+    monkeypatch.setattr(hardware, "paired_rows_win", lambda: wins)
+    monkeypatch.setattr(hardware, "PAIRED_MIN_ELEMENTS", 64 * 32)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)).to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert hardware.use_paired_rows(model) == (1 if wins else 0)
+    assert type(model[0]) is (hardware.PairedRowLinear if wins else nn.Linear) and type(model[2]) is nn.Linear
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert hardware.use_paired_rows(model, probe=False) == (0 if wins else 1)  # a benchmark measures both
+    assert hardware.use_paired_rows(model, on=False) == 1 and type(model[0]) is nn.Linear
+
+
+def test_the_probe_pairs_nothing_without_native_bf16(slow_bf16):
+    hardware.paired_rows_win.cache_clear()
+    try:
+        assert hardware.paired_rows_win() is False  # returns before timing anything
+    finally:
+        hardware.paired_rows_win.cache_clear()
+
+
+def test_paired_layers_are_quantized_like_plain_ones(monkeypatch, checkpoints):
+    monkeypatch.setattr(hardware, "native_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "paired_rows_win", lambda: True)
+    monkeypatch.setattr(hardware, "PAIRED_MIN_ELEMENTS", 1)
+    model = loading.load_model(str(checkpoints / "target"), "bfloat16", "cpu")
+    paired = sum(type(m) is hardware.PairedRowLinear for m in model.modules())
+    assert paired > 0 and quantize_model(model, "int4").layers == paired
+    assert not any(isinstance(m, hardware.PairedRowLinear) for m in model.modules())
 
 
 # --- float32 copies of a bf16 target's weights ------------------------------------------------------------------

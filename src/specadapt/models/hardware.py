@@ -20,6 +20,12 @@ A speculative pair's target goes further where memory allows: it keeps a float32
 bf16 ones (:func:`keep_float32_copies`, twice the bf16 weight memory), so its one-token steps stream bf16 weights
 and its verification blocks and batches of ``COPY_ROWS`` or more rows multiply in float32 with nothing copied per
 call (``width_cost_copies.json``).
+
+On a CPU with native bf16 the one quirk left is the other way round: torch's product of *one* bf16 row by a large
+weight (a matrix-vector kernel) is slower than that of two rows. Where :func:`paired_rows_win` measures that, a
+bf16 model's large layers (:class:`PairedRowLinear`) run one-row products as two-row ones and keep the first
+row: every one-token step (target-only decoding, a bf16 draft's steps) gets cheaper, and its logits are computed
+by the kernel that computes verification blocks (``benchmarks/results/one_row_cost.json``).
 """
 
 from __future__ import annotations
@@ -60,6 +66,14 @@ FUSED_ROWS = 16
 
 # ``weight @ x.T`` of 12 to 32 rows multiplies them padded to a multiple of 8 rows (:func:`padded_rows`).
 PAD_ROWS, PAD_FROM, PAD_TO = 8, 12, 32
+
+# One-row bf16 products run as two-row ones (:class:`PairedRowLinear`) for weights of at least this many elements:
+# on the AVX512-BF16 machine measured, over all 28 layers of the default target, the 8960x1536 and 1536x8960 layers
+# and the output head gained 3-11%, 1536x1536 ones 0-6%, and the 256x1536 ones lost 25% (too small to be
+# bound by streaming their weight).
+PAIRED_MIN_ELEMENTS = 1 << 21
+PAIRED_PROBE_SHAPE = (2048, 8192)  # the probe's weight: 32 MB in bf16, more than a cache holds
+PAIRED_WINS_BELOW = 0.95  # pair where two rows take at most this share of one row's time (the probe is noisy)
 _row_padding = {"on": True}  # :func:`use_row_padding` (benchmarks switch it off to measure what it buys)
 
 
@@ -91,6 +105,7 @@ def machine() -> dict:
     only in speed (see the module docstring)."""
     return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": native_bf16(), "transposed_float32_products": transposed_products_win(),
+            "paired_bf16_rows": paired_rows_win(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
@@ -145,6 +160,54 @@ def transposed_products_win() -> bool:
 
     with torch.inference_mode():
         return fastest(lambda: torch.mm(weight, x.t())) < 0.8 * fastest(lambda: F.linear(x, weight))
+
+
+@cache
+def paired_rows_win() -> bool:
+    """Whether this CPU multiplies one bf16 row by a large weight more slowly than two rows (the AVX512-BF16
+    machines measured here: torch's matrix-vector path for one row, its matrix-matrix kernel for two). Timed once
+    per process (about 40 ms), only where the CPU has native bf16: without it two-row bf16 products are the slow
+    ones (see the module docstring)."""
+    if not native_bf16():
+        return False
+    weight = torch.randn(*PAIRED_PROBE_SHAPE, dtype=torch.bfloat16)
+    row = torch.randn(1, PAIRED_PROBE_SHAPE[1], dtype=torch.bfloat16)
+    one, two = [], []
+    with torch.inference_mode():
+        for _ in range(9):  # alternating, so that a burst of noise hits both
+            start = time.perf_counter()
+            F.linear(row, weight)
+            one.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            F.linear(row.repeat(2, 1), weight)
+            two.append(time.perf_counter() - start)
+    return min(two) <= PAIRED_WINS_BELOW * min(one)
+
+
+class PairedRowLinear(nn.Linear):
+    """``nn.Linear`` (same parameters, same checkpoint) whose bf16 product of a single row runs as a product of two
+    (the row twice; the first result kept), the faster kernel where :func:`paired_rows_win`. Only without
+    autograd: training keeps torch's own path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.bfloat16 or x.numel() != self.in_features or torch.is_grad_enabled():
+            return super().forward(x)
+        rows = x.reshape(1, -1).repeat(2, 1)
+        return F.linear(rows, self.weight, self.bias)[:1].view(*x.shape[:-1], self.out_features)
+
+
+def use_paired_rows(model: nn.Module, on: bool = True, probe: bool = True) -> int:
+    """Switch a bf16 model's plain ``nn.Linear`` layers of at least ``PAIRED_MIN_ELEMENTS`` weights, the output head
+    included, to :class:`PairedRowLinear` if :func:`paired_rows_win` on this CPU (``probe=False``: whatever it says,
+    for a benchmark that measures both; ``on=False``: back); returns how many were switched."""
+    if not on:
+        return _switch(model, PairedRowLinear, nn.Linear, head=True)
+    if probe and not paired_rows_win():
+        return 0
+    layers = [m for m in model.modules() if type(m) is nn.Linear and m.weight.numel() >= PAIRED_MIN_ELEMENTS]
+    for m in layers:
+        m.__class__ = PairedRowLinear
+    return len(layers)
 
 
 def padded_rows(rows: int, native: bool | None = None) -> int:

@@ -29,7 +29,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from ..errors import SpecAdaptError
 from . import zoo
 from .attention import use_packed_attention
-from .hardware import use_float32_for_wide_products, use_transposed_float32_products, wants_float32_products
+from .hardware import (use_float32_for_wide_products, use_paired_rows, use_transposed_float32_products,
+                       wants_float32_products)
 
 DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -194,6 +195,8 @@ def load_model(spec: str, dtype: str | torch.dtype = "bfloat16", device: str | t
         use_float32_for_wide_products(model)
     elif torch_dtype == torch.float32 and target_device.type == "cpu":  # a few rows: see models/hardware.py
         use_transposed_float32_products(model)
+    elif torch_dtype == torch.bfloat16 and target_device.type == "cpu":  # one row: see models/hardware.py
+        use_paired_rows(model)
     return model
 
 

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecAdaptError
-from .hardware import Float32Linear, WideFloat32Linear, wants_float32_products
+from .hardware import Float32Linear, PairedRowLinear, WideFloat32Linear, wants_float32_products
 
 SCHEMES = ("none", "int8", "int4")
 # "auto": int4 where this module's kernels run (CPU), no quantization elsewhere (no GPU kernels yet), so the
@@ -354,7 +354,7 @@ def _fuse_siblings(model: nn.Module, targets: list[tuple[str, nn.Linear]], group
 
 
 def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    return [(name, m) for name, m in model.named_modules() if type(m) in (nn.Linear, Float32Linear, WideFloat32Linear)]
+    return [(name, m) for name, m in model.named_modules() if type(m) in (nn.Linear, Float32Linear, PairedRowLinear, WideFloat32Linear)]
 
 
 def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None, role: str = "draft") -> QuantReport:
