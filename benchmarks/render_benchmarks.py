@@ -1207,6 +1207,36 @@ def top_p_cost(name: str) -> Callable[[], str]:
     return render
 
 
+def one_row_cost(name: str) -> Callable[[], str]:
+    """benchmarks/one_row_cost.py: one-token forward passes and greedy generations with torch's one-row bf16 product
+    against the row multiplied as two (summary recomputed from the records)."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        st, m = data["settings"], data["machine"]
+        out = [f"`{name}`: {_machine(m)}, {m['torch_threads']} threads; the probe of this process said pairing "
+               f"{'pays' if m['paired_bf16_rows'] else 'does not pay'} (both variants measured regardless). Forward "
+               f"passes over {st['context']} cached tokens, median of {st['passes']} per cell:
+",
+               "| model | one token, one row (ms) | one token, paired (ms) | paired ÷ one row | two tokens (ms) |",
+               "|---|---|---|---|---|"]
+        for model, cells in data["forwards"].items():
+            out.append(f"| {model} | {1e3 * cells['one_1']:.1f} | {1e3 * cells['paired_1']:.1f} | "
+                       f"{cells['paired_1'] / cells['one_1']:.3f} | {1e3 * cells['one_2']:.1f} |")
+        out += ["", f"Greedy generations: {st['n']} {st['split']} prompts per dataset from its prompt "
+                f"{int(st['skip']) + 1} ({st['datasets']}), {st['max_new_tokens']} new tokens, {st['repeats']} "
+                "repeat(s), the variants interleaved.
+",
+                "| method | tok/s, one row | tok/s, paired | ÷ (per repeat) | identical outputs |", "|---|---|---|---|---|"]
+        for row in _benchmark_module("one_row_cost").summarize(data["records"]):
+            tps, per = row["tokens_per_s"], ", ".join(f"{x:.3f}" for x in row["ratio_per_repeat"])
+            out.append(f"| `{row['method']}` | {tps['one']:.2f} | {tps['paired']:.2f} | {row['ratio']:.3f} ({per}) | "
+                       f"{row['identical']}/{row['generations']} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def draft_context(name: str) -> Callable[[], str]:
     """benchmarks/draft_context.py: teacher-forced agreement of the draft with the target's greedy answers when the
     draft sees only the last W prompt tokens, per dataset (answer-token weighted)."""
@@ -2181,6 +2211,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-final-by-time": cheap_draft_by_time(RESULTS / "cheap_draft_final", CHEAP_DRAFT_FINAL_FROZEN),
     "top-p-cost": top_p_cost("top_p_cost.json"),
     "top-p-cost-rotated": top_p_cost("top_p_cost_rotated.json"),
+    "one-row-cost": one_row_cost("one_row_cost.json"),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",

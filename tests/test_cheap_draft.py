@@ -376,3 +376,19 @@ def test_top_p_cost_summary_pairs_the_variants_and_counts_identical_outputs():
 
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     assert tp.full_sort_nucleus(probs, 0.75).tolist() == [[False, False, True, True]]  # the reference it replaced
+
+
+def test_one_row_cost_summary_pairs_the_variants_per_method_and_repeat():
+    """benchmarks/one_row_cost.py's summary, as BENCHMARKS.md renders it: per method, each variant's mean tokens/s,
+    paired ÷ one row overall and per repeat, and the pairs whose tokens were identical."""
+    orc = load("one_row_cost")
+    records = []
+    for method, rates in (("autoregressive", [(4.0, 4.4), (4.0, 4.2)]), ("adaedl", [(10.0, 10.0), (10.0, 9.0)])):
+        for repeat, (one, paired) in enumerate(rates):
+            for variant, tps in (("one", one), ("paired", paired)):
+                records.append({"method": method, "variant": variant, "repeat": repeat, "tokens_per_s": tps,
+                                "identical": method == "adaedl" or repeat == 1})
+    target_only, default = orc.summarize(records)
+    assert target_only["method"] == "autoregressive" and target_only["ratio"] == pytest.approx(1.075)
+    assert target_only["ratio_per_repeat"] == pytest.approx([1.1, 1.05]) and target_only["identical"] == 1
+    assert default["tokens_per_s"] == {"one": 10.0, "paired": 9.5} and default["identical"] == 2
