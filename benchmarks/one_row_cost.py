@@ -32,17 +32,21 @@ OUT = Path(__file__).resolve().parent / "results" / "one_row_cost.json"
 VARIANTS = ("one", "paired")
 
 
-def switch(models, variant: str) -> None:
+def switch(models, variant: str) -> int:
+    """Every model in ``variant``; returns how many layers are paired."""
     from specadapt.models.hardware import use_paired_rows
 
+    paired = 0
     for model in models:
         use_paired_rows(model, on=False)
         if variant == "paired":
-            use_paired_rows(model, probe=False)
+            paired += use_paired_rows(model, probe=False)
+    return paired
 
 
 def time_passes(model, context: int, passes: int) -> dict[str, float]:
-    """Median seconds of a one-token pass in each variant and of a two-token pass, over ``context`` cached tokens."""
+    """Median seconds of a one-token pass in each variant and of a two-token pass, over ``context`` cached tokens;
+    ``paired_layers``: how many of the model's layers the paired variant switches."""
     from transformers import DynamicCache
 
     cache, vocab = DynamicCache(), model.config.vocab_size
@@ -59,11 +63,12 @@ def time_passes(model, context: int, passes: int) -> dict[str, float]:
                 if i:  # the first sweep warms up
                     times[f"{variant}_{n}"].append(time.perf_counter() - start)
                 cache.crop(-n)
-    return {cell: median(ts) for cell, ts in times.items()}
+    return {**{cell: median(ts) for cell, ts in times.items()}, "paired_layers": switch([model], "paired")}
 
 
 def summarize(records: list[dict]) -> list[dict]:
-    """Per method: mean tokens/s of each variant, paired ÷ one overall and per repeat, identical outputs."""
+    """Per method: mean tokens/s of each variant, paired ÷ one overall, per repeat and per pair of generations (the
+    same prompt in the same repeat), identical outputs."""
     rows = []
     for method in dict.fromkeys(r["method"] for r in records):
         mine = [r for r in records if r["method"] == method]
@@ -73,8 +78,10 @@ def summarize(records: list[dict]) -> list[dict]:
             of = {v: mean(r["tokens_per_s"] for r in mine if r["variant"] == v and r["repeat"] == k) for v in VARIANTS}
             per_repeat.append(of["paired"] / of["one"])
         paired = [r for r in mine if r["variant"] == "paired"]
+        one = {(r["repeat"], r["example_id"]): r["tokens_per_s"] for r in mine if r["variant"] == "one"}
+        per_pair = [r["tokens_per_s"] / one[r["repeat"], r["example_id"]] for r in paired]
         rows.append({"method": method, "generations": len(paired), "tokens_per_s": tps,
-                     "ratio": tps["paired"] / tps["one"], "ratio_per_repeat": per_repeat,
+                     "ratio": tps["paired"] / tps["one"], "ratio_per_repeat": per_repeat, "ratio_per_pair": per_pair,
                      "identical": sum(r["identical"] for r in paired)})
     return rows
 
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     from specadapt.io import write_json_atomic
     from specadapt.methods import make_method
     from specadapt.models import zoo
-    from specadapt.models.hardware import PAIRED_MIN_ELEMENTS, machine
+    from specadapt.models.hardware import PAIRED_MIN_ELEMENTS, PAIRED_MIN_IN_FEATURES, machine
     from specadapt.models.loading import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -146,7 +153,6 @@ def main(argv: list[str] | None = None) -> None:
                 last = {r["variant"]: r for r in records[-2:]}
                 print(f"r{repeat} {ex.id} {method}: {last['one']['tokens_per_s']:.2f} -> "
                       f"{last['paired']['tokens_per_s']:.2f} tok/s, identical {same}", flush=True)
-    switch(models, "one")
     summary = summarize(records)
     print(f"{'method':<16} {'one tok/s':>9} {'paired tok/s':>12} {'ratio':>6}  per repeat  identical")
     for s in summary:
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{s['ratio']:>6.3f}  {', '.join(f'{r:.3f}' for r in s['ratio_per_repeat'])}  "
               f"{s['identical']}/{s['generations']}")
     write_json_atomic(args.out, {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                                 "paired_min_elements": PAIRED_MIN_ELEMENTS, "machine": machine(),
+                                 "paired_min_elements": PAIRED_MIN_ELEMENTS, "paired_min_in_features": PAIRED_MIN_IN_FEATURES,
+                                 "paired_layers": switch(models, "paired"), "machine": machine(),
                                  "forwards": forwards, "summary": summary, "records": records})
     print(f"wrote {args.out}")
 

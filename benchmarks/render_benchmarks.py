@@ -1216,21 +1216,22 @@ def one_row_cost(name: str) -> Callable[[], str]:
         st, m = data["settings"], data["machine"]
         out = [f"`{name}`: {_machine(m)}, {m['torch_threads']} threads; the probe of this process said pairing "
                f"{'pays' if m['paired_bf16_rows'] else 'does not pay'} (both variants measured regardless). Forward "
-               f"passes over {st['context']} cached tokens, median of {st['passes']} per cell:
-",
-               "| model | one token, one row (ms) | one token, paired (ms) | paired ÷ one row | two tokens (ms) |",
-               "|---|---|---|---|---|"]
+               f"passes over {st['context']} cached tokens, median of {st['passes']} per cell:\n",
+               "| model | layers paired | one token, one row (ms) | one token, paired (ms) | paired ÷ one row | "
+               "two tokens (ms) |", "|---|---|---|---|---|---|"]
         for model, cells in data["forwards"].items():
-            out.append(f"| {model} | {1e3 * cells['one_1']:.1f} | {1e3 * cells['paired_1']:.1f} | "
-                       f"{cells['paired_1'] / cells['one_1']:.3f} | {1e3 * cells['one_2']:.1f} |")
+            out.append(f"| {model} | {cells.get('paired_layers', '–')} | {1e3 * cells['one_1']:.1f} | "
+                       f"{1e3 * cells['paired_1']:.1f} | {cells['paired_1'] / cells['one_1']:.3f} | "
+                       f"{1e3 * cells['one_2']:.1f} |")
         out += ["", f"Greedy generations: {st['n']} {st['split']} prompts per dataset from its prompt "
                 f"{int(st['skip']) + 1} ({st['datasets']}), {st['max_new_tokens']} new tokens, {st['repeats']} "
-                "repeat(s), the variants interleaved.
-",
-                "| method | tok/s, one row | tok/s, paired | ÷ (per repeat) | identical outputs |", "|---|---|---|---|---|"]
+                "repeat(s), the variants interleaved.\n",
+                "| method | tok/s, one row | tok/s, paired | ÷ (per repeat) | ÷ per pair: lowest–highest, pairs above 1 | "
+                "identical outputs |", "|---|---|---|---|---|---|"]
         for row in _benchmark_module("one_row_cost").summarize(data["records"]):
-            tps, per = row["tokens_per_s"], ", ".join(f"{x:.3f}" for x in row["ratio_per_repeat"])
+            tps, per, pairs = row["tokens_per_s"], ", ".join(f"{x:.3f}" for x in row["ratio_per_repeat"]), row["ratio_per_pair"]
             out.append(f"| `{row['method']}` | {tps['one']:.2f} | {tps['paired']:.2f} | {row['ratio']:.3f} ({per}) | "
+                       f"{min(pairs):.3f}–{max(pairs):.3f}, {sum(x > 1 for x in pairs)} of {len(pairs)} | "
                        f"{row['identical']}/{row['generations']} |")
         return "\n".join(out) + "\n"
 
@@ -2212,6 +2213,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "top-p-cost": top_p_cost("top_p_cost.json"),
     "top-p-cost-rotated": top_p_cost("top_p_cost_rotated.json"),
     "one-row-cost": one_row_cost("one_row_cost.json"),
+    "one-row-cost-final": one_row_cost("one_row_cost_final.json"),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",

@@ -386,9 +386,10 @@ def test_one_row_cost_summary_pairs_the_variants_per_method_and_repeat():
     for method, rates in (("autoregressive", [(4.0, 4.4), (4.0, 4.2)]), ("adaedl", [(10.0, 10.0), (10.0, 9.0)])):
         for repeat, (one, paired) in enumerate(rates):
             for variant, tps in (("one", one), ("paired", paired)):
-                records.append({"method": method, "variant": variant, "repeat": repeat, "tokens_per_s": tps,
-                                "identical": method == "adaedl" or repeat == 1})
+                records.append({"method": method, "variant": variant, "repeat": repeat, "example_id": "p",
+                                "tokens_per_s": tps, "identical": method == "adaedl" or repeat == 1})
     target_only, default = orc.summarize(records)
     assert target_only["method"] == "autoregressive" and target_only["ratio"] == pytest.approx(1.075)
     assert target_only["ratio_per_repeat"] == pytest.approx([1.1, 1.05]) and target_only["identical"] == 1
     assert default["tokens_per_s"] == {"one": 10.0, "paired": 9.5} and default["identical"] == 2
+    assert default["ratio_per_pair"] == pytest.approx([1.0, 0.9])

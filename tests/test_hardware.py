@@ -123,6 +123,7 @@ def test_load_model_switches_layers_by_what_this_cpu_multiplies_fast(native, tra
     monkeypatch.setattr(hardware, "transposed_products_win", lambda: transposed)
     monkeypatch.setattr(hardware, "paired_rows_win", lambda: native)  # the probe asks native_bf16 first
     monkeypatch.setattr(hardware, "PAIRED_MIN_ELEMENTS", 1)  # the tiny model's layers are all small
+    monkeypatch.setattr(hardware, "PAIRED_MIN_IN_FEATURES", 1)
     models = {dtype: loading.load_model(str(checkpoints / "target"), dtype, "cpu") for dtype in ("bfloat16", "float32")}
     kinds = {dtype: {type(m) for m in model.modules() if isinstance(m, nn.Linear) and m is not model.lm_head}
              for dtype, model in models.items()}
@@ -215,10 +216,13 @@ def test_one_bf16_row_is_multiplied_as_two_and_other_products_as_before(bias):
 def test_only_large_layers_are_paired_and_only_where_the_probe_says_it_pays(wins, monkeypatch):
     monkeypatch.setattr(hardware, "paired_rows_win", lambda: wins)
     monkeypatch.setattr(hardware, "PAIRED_MIN_ELEMENTS", 64 * 32)
-    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)).to(torch.bfloat16)
+    monkeypatch.setattr(hardware, "PAIRED_MIN_IN_FEATURES", 32)
+    # large enough; too few weights; too few inputs
+    model = nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 8), nn.Linear(16, 256)).to(torch.bfloat16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert hardware.use_paired_rows(model) == (1 if wins else 0)
-    assert type(model[0]) is (hardware.PairedRowLinear if wins else nn.Linear) and type(model[2]) is nn.Linear
+    assert type(model[0]) is (hardware.PairedRowLinear if wins else nn.Linear)
+    assert type(model[1]) is nn.Linear and type(model[2]) is nn.Linear
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert hardware.use_paired_rows(model, probe=False) == (0 if wins else 1)  # a benchmark measures both
     assert hardware.use_paired_rows(model, on=False) == 1 and type(model[0]) is nn.Linear
@@ -236,6 +240,7 @@ def test_paired_layers_are_quantized_like_plain_ones(monkeypatch, checkpoints):
     monkeypatch.setattr(hardware, "native_bf16", lambda: True)
     monkeypatch.setattr(hardware, "paired_rows_win", lambda: True)
     monkeypatch.setattr(hardware, "PAIRED_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(hardware, "PAIRED_MIN_IN_FEATURES", 1)
     model = loading.load_model(str(checkpoints / "target"), "bfloat16", "cpu")
     paired = sum(type(m) is hardware.PairedRowLinear for m in model.modules())
     assert paired > 0 and quantize_model(model, "int4").layers == paired

@@ -67,11 +67,12 @@ FUSED_ROWS = 16
 # ``weight @ x.T`` of 12 to 32 rows multiplies them padded to a multiple of 8 rows (:func:`padded_rows`).
 PAD_ROWS, PAD_FROM, PAD_TO = 8, 12, 32
 
-# One-row bf16 products run as two-row ones (:class:`PairedRowLinear`) for weights of at least this many elements:
-# on the AVX512-BF16 machine measured, over all 28 layers of the default target, the 8960x1536 and 1536x8960 layers
-# and the output head gained 3-11%, 1536x1536 ones 0-6%, and the 256x1536 ones lost 25% (too small to be
-# bound by streaming their weight).
-PAIRED_MIN_ELEMENTS = 1 << 21
+# One-row bf16 products run as two-row ones (:class:`PairedRowLinear`) for weights of at least this many inputs
+# and elements. On the AVX512-BF16 machine measured (each layer kind over all layers of the model, twice): the
+# default target's 8960x1536 and 1536x8960 layers and its output head gained 4-11%, its 1536x1536 ones -8% to +6%,
+# its 256x1536 ones lost 20-30%; of the 0.5B draft (inputs of 896) the larger layers lost up to 8%, the head 4-8%.
+PAIRED_MIN_IN_FEATURES = 1024
+PAIRED_MIN_ELEMENTS = 1 << 22
 PAIRED_PROBE_SHAPE = (2048, 8192)  # the probe's weight: 32 MB in bf16, more than a cache holds
 PAIRED_WINS_BELOW = 0.95  # pair where two rows take at most this share of one row's time (the probe is noisy)
 _row_padding = {"on": True}  # :func:`use_row_padding` (benchmarks switch it off to measure what it buys)
@@ -197,14 +198,15 @@ class PairedRowLinear(nn.Linear):
 
 
 def use_paired_rows(model: nn.Module, on: bool = True, probe: bool = True) -> int:
-    """Switch a bf16 model's plain ``nn.Linear`` layers of at least ``PAIRED_MIN_ELEMENTS`` weights, the output head
-    included, to :class:`PairedRowLinear` if :func:`paired_rows_win` on this CPU (``probe=False``: whatever it says,
+    """Switch a bf16 model's plain ``nn.Linear`` layers of at least ``PAIRED_MIN_IN_FEATURES`` inputs and
+    ``PAIRED_MIN_ELEMENTS`` weights, the output head included, to :class:`PairedRowLinear` if :func:`paired_rows_win` on this CPU (``probe=False``: whatever it says,
     for a benchmark that measures both; ``on=False``: back); returns how many were switched."""
     if not on:
         return _switch(model, PairedRowLinear, nn.Linear, head=True)
     if probe and not paired_rows_win():
         return 0
-    layers = [m for m in model.modules() if type(m) is nn.Linear and m.weight.numel() >= PAIRED_MIN_ELEMENTS]
+    layers = [m for m in model.modules() if type(m) is nn.Linear and m.in_features >= PAIRED_MIN_IN_FEATURES
+              and m.weight.numel() >= PAIRED_MIN_ELEMENTS]
     for m in layers:
         m.__class__ = PairedRowLinear
     return len(layers)
