@@ -7,8 +7,9 @@ On the AVX512-BF16 machines measured here a forward over one token cost more tha
 ``tree_value.json``): torch multiplies a single bf16 row by a weight with a matrix-vector kernel that is slower than
 its matrix-matrix kernel for two rows. Target-only decoding is all one-token steps, so the baseline every speedup
 is divided by paid that. ``one`` is torch's own path (every layer a plain ``nn.Linear``), ``paired`` the layers
-that :func:`~specadapt.models.hardware.use_paired_rows` switches (whatever the process's probe said, so both are
-measured on any CPU).
+that :func:`~specadapt.models.hardware.use_paired_rows` switches (on any CPU, so both are measured wherever it
+runs; ``machine.paired_bf16_rows`` says which one the package picks there: a timing probe in the first two runs,
+the CPU's kind since).
 
 1. Forward passes: the target and the bf16 draft, a context of ``--context`` random tokens cached, a pass over one
    token in each variant and over two tokens (``one``), interleaved in alternating order, ``--passes`` each; medians.
@@ -17,6 +18,10 @@ measured on any CPU).
    ``--split``, both variants per prompt in an order that alternates over prompts and repeats; tokens/s, and
    whether the two variants' outputs are identical (bf16: a different kernel rounds differently, so near-ties may
    flip; float32 models are never switched). Writes JSON.
+
+``--layers`` times instead each kind of linear layer of both models (all of a model's layers of that kind in a
+row, one row against the row paired, random inputs, ``--passes`` sweeps alternating, medians): what the rule of
+which layers to pair (``PAIRED_MIN_IN_FEATURES``, ``PAIRED_MIN_ELEMENTS``) rests on.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ def switch(models, variant: str) -> int:
     for model in models:
         use_paired_rows(model, on=False)
         if variant == "paired":
-            paired += use_paired_rows(model, probe=False)
+            paired += use_paired_rows(model, anywhere=True)
     return paired
 
 
@@ -64,6 +69,34 @@ def time_passes(model, context: int, passes: int) -> dict[str, float]:
                     times[f"{variant}_{n}"].append(time.perf_counter() - start)
                 cache.crop(-n)
     return {**{cell: median(ts) for cell, ts in times.items()}, "paired_layers": switch([model], "paired")}
+
+
+def time_layer_kinds(model, passes: int) -> dict[str, dict]:
+    """Per kind of linear layer (its name's last part): its shape, how many, and the median seconds of one bf16 row
+    through all of them with torch's product and paired."""
+    from torch.nn import functional as F
+
+    kinds: dict[str, list] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            kinds.setdefault(name.rsplit(".", 1)[-1], []).append(module)
+    out = {}
+    with torch.inference_mode():
+        for kind, layers in kinds.items():
+            row = torch.randn(1, layers[0].in_features, dtype=torch.bfloat16)
+            cells = {"one": lambda m: F.linear(row, m.weight, m.bias),
+                     "paired": lambda m: F.linear(row.repeat(2, 1), m.weight, m.bias)}
+            times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            for i in range(passes + 1):
+                for variant in VARIANTS if i % 2 else VARIANTS[::-1]:
+                    start = time.perf_counter()
+                    for layer in layers:
+                        cells[variant](layer)
+                    if i:
+                        times[variant].append(time.perf_counter() - start)
+            out[kind] = {"shape": list(layers[0].weight.shape), "layers": len(layers),
+                         **{v: median(ts) for v, ts in times.items()}}
+    return out
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -107,11 +140,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--context", type=int, default=300, help="cached tokens behind the timed forward passes")
     parser.add_argument("--passes", type=int, default=40, help="timed forward passes per cell")
+    parser.add_argument("--layers", action="store_true", help="time each kind of linear layer instead (see above)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+
+    if args.layers:
+        kinds = {}
+        for name in (zoo.DEFAULT_TARGET, zoo.DEFAULT_DRAFT):
+            kinds[name] = time_layer_kinds(load_model(name, "bfloat16", "cpu"), args.passes)
+            for kind, cell in kinds[name].items():
+                print(f"{name} {kind} {cell['shape']} x{cell['layers']}: {1e3 * cell['one']:.1f} -> "
+                      f"{1e3 * cell['paired']:.1f} ms", flush=True)
+        write_json_atomic(args.out, {"settings": {"passes": args.passes, "threads": args.threads}, "machine": machine(),
+                                     "layer_kinds": kinds})
+        print(f"wrote {args.out}")
+        return
 
     forwards = {}
     for name in (zoo.DEFAULT_TARGET, zoo.DEFAULT_DRAFT):

@@ -1214,8 +1214,9 @@ def one_row_cost(name: str) -> Callable[[], str]:
     def render() -> str:
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
         st, m = data["settings"], data["machine"]
-        out = [f"`{name}`: {_machine(m)}, {m['torch_threads']} threads; the probe of this process said pairing "
-               f"{'pays' if m['paired_bf16_rows'] else 'does not pay'} (both variants measured regardless). Forward "
+        out = [f"`{name}`: {_machine(m)}, {m['torch_threads']} threads; the package's own rule in this process "
+               f"(a timing probe in the first two runs): pair {'yes' if m['paired_bf16_rows'] else 'no'} (both "
+               "variants measured regardless). Forward "
                f"passes over {st['context']} cached tokens, median of {st['passes']} per cell:\n",
                "| model | layers paired | one token, one row (ms) | one token, paired (ms) | paired ÷ one row | "
                "two tokens (ms) |", "|---|---|---|---|---|---|"]
@@ -1233,6 +1234,30 @@ def one_row_cost(name: str) -> Callable[[], str]:
             out.append(f"| `{row['method']}` | {tps['one']:.2f} | {tps['paired']:.2f} | {row['ratio']:.3f} ({per}) | "
                        f"{min(pairs):.3f}–{max(pairs):.3f}, {sum(x > 1 for x in pairs)} of {len(pairs)} | "
                        f"{row['identical']}/{row['generations']} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
+def one_row_layers(name: str) -> Callable[[], str]:
+    """benchmarks/one_row_cost.py --layers: each kind of linear layer, one bf16 row against the row paired, and
+    whether the shipped rule pairs it."""
+
+    def render() -> str:
+        from specadapt.models.hardware import PAIRED_MIN_ELEMENTS, PAIRED_MIN_IN_FEATURES
+
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        m = data["machine"]
+        out = [f"`{name}`: {_machine(m)}, {m['torch_threads']} threads; all of a model's layers of a kind in a row, "
+               f"one random bf16 row, median of {data['settings']['passes']} sweeps per variant, alternating.\n",
+               "| model | layer | shape (out × in) | layers | one row (ms) | paired (ms) | paired ÷ one row | paired as shipped |",
+               "|---|---|---|---|---|---|---|---|"]
+        for model, kinds in data["layer_kinds"].items():
+            for kind, cell in kinds.items():
+                rows, cols = cell["shape"]
+                ships = cols >= PAIRED_MIN_IN_FEATURES and rows * cols >= PAIRED_MIN_ELEMENTS
+                out.append(f"| {model} | {kind} | {rows} × {cols} | {cell['layers']} | {1e3 * cell['one']:.1f} | "
+                           f"{1e3 * cell['paired']:.1f} | {cell['paired'] / cell['one']:.3f} | {'yes' if ships else 'no'} |")
         return "\n".join(out) + "\n"
 
     return render
@@ -2214,6 +2239,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "top-p-cost-rotated": top_p_cost("top_p_cost_rotated.json"),
     "one-row-cost": one_row_cost("one_row_cost.json"),
     "one-row-cost-final": one_row_cost("one_row_cost_final.json"),
+    "one-row-layers": one_row_layers("one_row_layers.json"),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",

@@ -121,7 +121,7 @@ def test_switching_keeps_the_parameters_and_switches_back():
 def test_load_model_switches_layers_by_what_this_cpu_multiplies_fast(native, transposed, monkeypatch, checkpoints):
     monkeypatch.setattr(hardware, "native_bf16", lambda: native)
     monkeypatch.setattr(hardware, "transposed_products_win", lambda: transposed)
-    monkeypatch.setattr(hardware, "paired_rows_win", lambda: native)  # the probe asks native_bf16 first
+    monkeypatch.setattr(hardware, "pairs_one_rows", lambda: native)
     monkeypatch.setattr(hardware, "PAIRED_MIN_ELEMENTS", 1)  # the tiny model's layers are all small
     monkeypatch.setattr(hardware, "PAIRED_MIN_IN_FEATURES", 1)
     models = {dtype: loading.load_model(str(checkpoints / "target"), dtype, "cpu") for dtype in ("bfloat16", "float32")}
@@ -213,8 +213,8 @@ def test_one_bf16_row_is_multiplied_as_two_and_other_products_as_before(bias):
 
 
 @pytest.mark.parametrize("wins", [True, False])
-def test_only_large_layers_are_paired_and_only_where_the_probe_says_it_pays(wins, monkeypatch):
-    monkeypatch.setattr(hardware, "paired_rows_win", lambda: wins)
+def test_only_large_layers_are_paired_and_only_on_the_cpus_where_it_pays(wins, monkeypatch):
+    monkeypatch.setattr(hardware, "pairs_one_rows", lambda: wins)
     monkeypatch.setattr(hardware, "PAIRED_MIN_ELEMENTS", 64 * 32)
     monkeypatch.setattr(hardware, "PAIRED_MIN_IN_FEATURES", 32)
     # large enough; too few weights; too few inputs
@@ -224,21 +224,24 @@ def test_only_large_layers_are_paired_and_only_where_the_probe_says_it_pays(wins
     assert type(model[0]) is (hardware.PairedRowLinear if wins else nn.Linear)
     assert type(model[1]) is nn.Linear and type(model[2]) is nn.Linear
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
-    assert hardware.use_paired_rows(model, probe=False) == (0 if wins else 1)  # a benchmark measures both
+    assert hardware.use_paired_rows(model, anywhere=True) == (0 if wins else 1)  # a benchmark measures both
     assert hardware.use_paired_rows(model, on=False) == 1 and type(model[0]) is nn.Linear
 
 
-def test_the_probe_pairs_nothing_without_native_bf16(slow_bf16):
-    hardware.paired_rows_win.cache_clear()
+@pytest.mark.parametrize("native, amx, pairs", [(False, False, False), (True, True, False), (True, False, True)])
+def test_one_rows_are_paired_on_cpus_with_native_bf16_and_no_amx(native, amx, pairs, monkeypatch):
+    monkeypatch.setattr(hardware, "native_bf16", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    hardware.pairs_one_rows.cache_clear()
     try:
-        assert hardware.paired_rows_win() is False  # returns before timing anything
+        assert hardware.pairs_one_rows() is pairs
     finally:
-        hardware.paired_rows_win.cache_clear()
+        hardware.pairs_one_rows.cache_clear()
 
 
 def test_paired_layers_are_quantized_like_plain_ones(monkeypatch, checkpoints):
     monkeypatch.setattr(hardware, "native_bf16", lambda: True)
-    monkeypatch.setattr(hardware, "paired_rows_win", lambda: True)
+    monkeypatch.setattr(hardware, "pairs_one_rows", lambda: True)
     monkeypatch.setattr(hardware, "PAIRED_MIN_ELEMENTS", 1)
     monkeypatch.setattr(hardware, "PAIRED_MIN_IN_FEATURES", 1)
     model = loading.load_model(str(checkpoints / "target"), "bfloat16", "cpu")

@@ -22,9 +22,8 @@ and its verification blocks and batches of ``COPY_ROWS`` or more rows multiply i
 call (``width_cost_copies.json``).
 
 On a CPU with native bf16 the one quirk left is the other way round: torch's product of *one* bf16 row by a large
-weight (a matrix-vector kernel) is slower than that of two rows. Where :func:`paired_rows_win` measures that, a
-bf16 model's large layers (:class:`PairedRowLinear`) run one-row products as two-row ones and keep the first
-row: every one-token step (target-only decoding, a bf16 draft's steps) gets cheaper, and its logits are computed
+weight (a matrix-vector kernel) is slower than that of two rows. On such a CPU (:func:`pairs_one_rows`), a bf16
+model's large layers (:class:`PairedRowLinear`) run one-row products as two-row ones and keep the first row: every one-token step (target-only decoding, a bf16 draft's steps) gets cheaper, and its logits are computed
 by the kernel that computes verification blocks (``benchmarks/results/one_row_cost.json``).
 """
 
@@ -68,13 +67,10 @@ FUSED_ROWS = 16
 PAD_ROWS, PAD_FROM, PAD_TO = 8, 12, 32
 
 # One-row bf16 products run as two-row ones (:class:`PairedRowLinear`) for weights of at least this many inputs
-# and elements. On the AVX512-BF16 machine measured (each layer kind over all layers of the model, twice): the
-# default target's 8960x1536 and 1536x8960 layers and its output head gained 4-11%, its 1536x1536 ones -8% to +6%,
-# its 256x1536 ones lost 20-30%; of the 0.5B draft (inputs of 896) the larger layers lost up to 8%, the head 4-8%.
+# and elements: on the AVX512-BF16 machine measured, the default target's MLP layers and output head gained, its
+# attention projections did not, nor did the 0.5B draft's layers of 896 inputs (benchmarks/results/one_row_layers.json).
 PAIRED_MIN_IN_FEATURES = 1024
 PAIRED_MIN_ELEMENTS = 1 << 22
-PAIRED_PROBE_SHAPE = (2048, 8192)  # the probe's weight: 32 MB in bf16, more than a cache holds
-PAIRED_WINS_BELOW = 0.95  # pair where two rows take at most this share of one row's time (the probe is noisy)
 _row_padding = {"on": True}  # :func:`use_row_padding` (benchmarks switch it off to measure what it buys)
 
 
@@ -106,7 +102,7 @@ def machine() -> dict:
     only in speed (see the module docstring)."""
     return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": native_bf16(), "transposed_float32_products": transposed_products_win(),
-            "paired_bf16_rows": paired_rows_win(),
+            "paired_bf16_rows": pairs_one_rows(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
@@ -164,30 +160,18 @@ def transposed_products_win() -> bool:
 
 
 @cache
-def paired_rows_win() -> bool:
-    """Whether this CPU multiplies one bf16 row by a large weight more slowly than two rows (the AVX512-BF16
-    machines measured here: torch's matrix-vector path for one row, its matrix-matrix kernel for two). Timed once
-    per process (about 40 ms), only where the CPU has native bf16: without it two-row bf16 products are the slow
-    ones (see the module docstring)."""
-    if not native_bf16():
-        return False
-    weight = torch.randn(*PAIRED_PROBE_SHAPE, dtype=torch.bfloat16)
-    row = torch.randn(1, PAIRED_PROBE_SHAPE[1], dtype=torch.bfloat16)
-    one, two = [], []
-    with torch.inference_mode():
-        for _ in range(9):  # alternating, so that a burst of noise hits both
-            start = time.perf_counter()
-            F.linear(row, weight)
-            one.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            F.linear(row.repeat(2, 1), weight)
-            two.append(time.perf_counter() - start)
-    return min(two) <= PAIRED_WINS_BELOW * min(one)
+def pairs_one_rows() -> bool:
+    """Whether a bf16 model's one-row products run as two-row ones here: on CPUs with AVX512-BF16 and no AMX, the
+    kind measured (``benchmarks/results/one_row_cost*.json``). Decided by the CPU's kind, not timed per process: a
+    timing probe (tried first) answered no beside a model's load on a machine where fresh processes answered yes,
+    and a speed that depends on such a toss is worse than either choice. CPUs with AMX (not measured) and CPUs
+    without native bf16 (where two-row bf16 products are the slow ones) keep torch's path."""
+    return native_bf16() and not torch.cpu._is_amx_tile_supported()
 
 
 class PairedRowLinear(nn.Linear):
     """``nn.Linear`` (same parameters, same checkpoint) whose bf16 product of a single row runs as a product of two
-    (the row twice; the first result kept), the faster kernel where :func:`paired_rows_win`. Only without
+    (the row twice; the first result kept), the faster kernel where :func:`pairs_one_rows`. Only without
     autograd: training keeps torch's own path."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,13 +181,14 @@ class PairedRowLinear(nn.Linear):
         return F.linear(rows, self.weight, self.bias)[:1].view(*x.shape[:-1], self.out_features)
 
 
-def use_paired_rows(model: nn.Module, on: bool = True, probe: bool = True) -> int:
+def use_paired_rows(model: nn.Module, on: bool = True, anywhere: bool = False) -> int:
     """Switch a bf16 model's plain ``nn.Linear`` layers of at least ``PAIRED_MIN_IN_FEATURES`` inputs and
-    ``PAIRED_MIN_ELEMENTS`` weights, the output head included, to :class:`PairedRowLinear` if :func:`paired_rows_win` on this CPU (``probe=False``: whatever it says,
-    for a benchmark that measures both; ``on=False``: back); returns how many were switched."""
+    ``PAIRED_MIN_ELEMENTS`` weights, the output head included, to :class:`PairedRowLinear` where
+    :func:`pairs_one_rows` (``anywhere=True``: on any CPU, for a benchmark that measures both; ``on=False``: back);
+    returns how many were switched."""
     if not on:
         return _switch(model, PairedRowLinear, nn.Linear, head=True)
-    if probe and not paired_rows_win():
+    if not (anywhere or pairs_one_rows()):
         return 0
     layers = [m for m in model.modules() if type(m) is nn.Linear and m.in_features >= PAIRED_MIN_IN_FEATURES
               and m.weight.numel() >= PAIRED_MIN_ELEMENTS]
