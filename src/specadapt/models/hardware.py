@@ -23,8 +23,8 @@ call (``width_cost_copies.json``).
 
 On a CPU with native bf16 the one quirk left is the other way round: torch's product of *one* bf16 row by a large
 weight (a matrix-vector kernel) is slower than that of two rows. On such a CPU (:func:`pairs_one_rows`), a bf16
-model's large layers (:class:`PairedRowLinear`) run one-row products as two-row ones and keep the first row: every one-token step (target-only decoding, a bf16 draft's steps) gets cheaper, and its logits are computed
-by the kernel that computes verification blocks (``benchmarks/results/one_row_cost.json``).
+model's large layers (:class:`PairedRowLinear`) run one-row products as two-row ones and keep the first row, which
+makes the target's one-token steps, all that target-only decoding runs, cheaper (``one_row_cost_final.json``).
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def pairs_one_rows() -> bool:
     timing probe (tried first) answered no beside a model's load on a machine where fresh processes answered yes,
     and a speed that depends on such a toss is worse than either choice. CPUs with AMX (not measured) and CPUs
     without native bf16 (where two-row bf16 products are the slow ones) keep torch's path."""
-    return native_bf16() and not torch.cpu._is_amx_tile_supported()
+    return native_bf16() and not getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
 class PairedRowLinear(nn.Linear):

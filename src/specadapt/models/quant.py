@@ -354,7 +354,8 @@ def _fuse_siblings(model: nn.Module, targets: list[tuple[str, nn.Linear]], group
 
 
 def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    return [(name, m) for name, m in model.named_modules() if type(m) in (nn.Linear, Float32Linear, PairedRowLinear, WideFloat32Linear)]
+    plain = (nn.Linear, Float32Linear, PairedRowLinear, WideFloat32Linear)  # the same parameters, other products
+    return [(name, m) for name, m in model.named_modules() if type(m) in plain]
 
 
 def quantize_model(model: nn.Module, scheme: str, group_size: int | None = None, role: str = "draft") -> QuantReport:
