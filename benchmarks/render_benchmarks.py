@@ -1229,11 +1229,18 @@ def one_row_cost(name: str) -> Callable[[], str]:
                 "repeat(s), the variants interleaved.\n",
                 "| method | tok/s, one row | tok/s, paired | ÷ (per repeat) | ÷ per pair: lowest–highest, pairs above 1 | "
                 "identical outputs |", "|---|---|---|---|---|---|"]
-        for row in _benchmark_module("one_row_cost").summarize(data["records"]):
+        summary = _benchmark_module("one_row_cost").summarize(data["records"])
+        for row in summary:
             tps, per, pairs = row["tokens_per_s"], ", ".join(f"{x:.3f}" for x in row["ratio_per_repeat"]), row["ratio_per_pair"]
             out.append(f"| `{row['method']}` | {tps['one']:.2f} | {tps['paired']:.2f} | {row['ratio']:.3f} ({per}) | "
                        f"{min(pairs):.3f}–{max(pairs):.3f}, {sum(x > 1 for x in pairs)} of {len(pairs)} | "
                        f"{row['identical']}/{row['generations']} |")
+        base = next((r for r in summary if r["method"] == "autoregressive"), None)
+        for row in summary if base is not None else ():
+            if row is not base:
+                speedup = {v: row["tokens_per_s"][v] / base["tokens_per_s"][v] for v in ("one", "paired")}
+                out.append(f"\n`{row['method']}` ÷ target-only, both in the same variant: {speedup['one']:.2f}× with "
+                           f"one-row products, {speedup['paired']:.2f}× paired.")
         return "\n".join(out) + "\n"
 
     return render
