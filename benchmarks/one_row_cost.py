@@ -99,23 +99,24 @@ def time_layer_kinds(model, passes: int) -> dict[str, dict]:
     return out
 
 
-def summarize(records: list[dict]) -> list[dict]:
-    """Per method: mean tokens/s of each variant, paired ÷ one overall, per repeat and per pair of generations (the
-    same prompt in the same repeat), identical outputs."""
+def summarize(records: list[dict], variants: tuple[str, str] = VARIANTS) -> list[dict]:
+    """Per method: mean tokens/s of each of the two ``variants``, the second's ÷ the first's overall, per repeat and
+    per pair of generations (the same prompt in the same repeat), and the pairs with identical outputs."""
+    base, other = variants
     rows = []
     for method in dict.fromkeys(r["method"] for r in records):
         mine = [r for r in records if r["method"] == method]
-        tps = {v: mean(r["tokens_per_s"] for r in mine if r["variant"] == v) for v in VARIANTS}
+        tps = {v: mean(r["tokens_per_s"] for r in mine if r["variant"] == v) for v in variants}
         per_repeat = []
         for k in sorted({r["repeat"] for r in mine}):
-            of = {v: mean(r["tokens_per_s"] for r in mine if r["variant"] == v and r["repeat"] == k) for v in VARIANTS}
-            per_repeat.append(of["paired"] / of["one"])
-        paired = [r for r in mine if r["variant"] == "paired"]
-        one = {(r["repeat"], r["example_id"]): r["tokens_per_s"] for r in mine if r["variant"] == "one"}
-        per_pair = [r["tokens_per_s"] / one[r["repeat"], r["example_id"]] for r in paired]
-        rows.append({"method": method, "generations": len(paired), "tokens_per_s": tps,
-                     "ratio": tps["paired"] / tps["one"], "ratio_per_repeat": per_repeat, "ratio_per_pair": per_pair,
-                     "identical": sum(r["identical"] for r in paired)})
+            of = {v: mean(r["tokens_per_s"] for r in mine if r["variant"] == v and r["repeat"] == k) for v in variants}
+            per_repeat.append(of[other] / of[base])
+        others = [r for r in mine if r["variant"] == other]
+        first = {(r["repeat"], r["example_id"]): r["tokens_per_s"] for r in mine if r["variant"] == base}
+        per_pair = [r["tokens_per_s"] / first[r["repeat"], r["example_id"]] for r in others]
+        rows.append({"method": method, "generations": len(others), "tokens_per_s": tps,
+                     "ratio": tps[other] / tps[base], "ratio_per_repeat": per_repeat, "ratio_per_pair": per_pair,
+                     "identical": sum(r["identical"] for r in others)})
     return rows
 
 

@@ -1270,6 +1270,29 @@ def one_row_layers(name: str) -> Callable[[], str]:
     return render
 
 
+def target_only_check(name: str) -> Callable[[], str]:
+    """benchmarks/target_only_check.py: specadapt's target-only decoding against transformers' greedy generate."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        st, m, variants = data["settings"], data["machine"], _benchmark_module("target_only_check").VARIANTS
+        (row,) = _benchmark_module("one_row_cost").summarize(data["records"], variants)
+        tps, pairs = row["tokens_per_s"], row["ratio_per_pair"]
+        per = ", ".join(f"{x:.3f}" for x in row["ratio_per_repeat"])
+        return "\n".join([
+            f"`{name}`: {_machine(m)}, {m['torch_threads']} threads, one-token products paired: "
+            f"{'yes' if m['paired_bf16_rows'] else 'no'}; {st['n']} {st['split']} prompts per dataset from its prompt "
+            f"{int(st['skip']) + 1} ({st['datasets']}), {st['max_new_tokens']} new tokens, {st['repeats']} repeat(s), "
+            "greedy, the variants interleaved.\n",
+            "| tok/s, transformers' `generate` | tok/s, specadapt `autoregressive` | ÷ (per repeat) | "
+            "÷ per pair: lowest–highest, pairs above 1 | identical outputs |", "|---|---|---|---|---|",
+            f"| {tps[variants[0]]:.2f} | {tps[variants[1]]:.2f} | {row['ratio']:.3f} ({per}) | "
+            f"{min(pairs):.3f}–{max(pairs):.3f}, {sum(x > 1 for x in pairs)} of {len(pairs)} | "
+            f"{row['identical']}/{row['generations']} |"]) + "\n"
+
+    return render
+
+
 def draft_context(name: str) -> Callable[[], str]:
     """benchmarks/draft_context.py: teacher-forced agreement of the draft with the target's greedy answers when the
     draft sees only the last W prompt tokens, per dataset (answer-token weighted)."""
@@ -2247,6 +2270,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "one-row-cost": one_row_cost("one_row_cost.json"),
     "one-row-cost-final": one_row_cost("one_row_cost_final.json"),
     "one-row-layers": one_row_layers("one_row_layers.json"),
+    "target-only-check": target_only_check("target_only_check.json"),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",

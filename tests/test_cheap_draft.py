@@ -393,3 +393,13 @@ def test_one_row_cost_summary_pairs_the_variants_per_method_and_repeat():
     assert target_only["ratio_per_repeat"] == pytest.approx([1.1, 1.05]) and target_only["identical"] == 1
     assert default["tokens_per_s"] == {"one": 10.0, "paired": 9.5} and default["identical"] == 2
     assert default["ratio_per_pair"] == pytest.approx([1.0, 0.9])
+
+
+def test_the_pair_summary_takes_other_variants_and_divides_the_second_by_the_first():
+    """benchmarks/target_only_check.py's summary: engine ÷ hf-generate, through one_row_cost.summarize."""
+    orc, check = load("one_row_cost"), load("target_only_check")
+    records = [{"method": "autoregressive", "variant": v, "repeat": 0, "example_id": "p", "tokens_per_s": tps,
+                "identical": True} for v, tps in zip(check.VARIANTS, (4.0, 4.2))]
+    (row,) = orc.summarize(records, check.VARIANTS)
+    assert check.VARIANTS == ("hf-generate", "engine") and row["ratio"] == pytest.approx(1.05)
+    assert row["ratio_per_pair"] == pytest.approx([1.05]) and row["identical"] == 1 and row["generations"] == 1
