@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     from specadapt.api import DEFAULT_METHOD
     from specadapt.bench.datasets import load_dataset
     from specadapt.engine import RequestConfig
-    from specadapt.io import write_json_atomic
+    from specadapt.io import recorded_args, write_json_atomic
     from specadapt.methods import make_method
     from specadapt.models import zoo
     from specadapt.models.hardware import PAIRED_MIN_ELEMENTS, PAIRED_MIN_IN_FEATURES, machine
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{s['method']:<16} {s['tokens_per_s']['one']:>9.2f} {s['tokens_per_s']['paired']:>12.2f} "
               f"{s['ratio']:>6.3f}  {', '.join(f'{r:.3f}' for r in s['ratio_per_repeat'])}  "
               f"{s['identical']}/{s['generations']}")
-    write_json_atomic(args.out, {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    write_json_atomic(args.out, {"settings": recorded_args(args),
                                  "paired_min_elements": PAIRED_MIN_ELEMENTS, "paired_min_in_features": PAIRED_MIN_IN_FEATURES,
                                  "paired_layers": switch(models, "paired"), "machine": machine(),
                                  "forwards": forwards, "summary": summary, "records": records})

@@ -1207,6 +1207,13 @@ def top_p_cost(name: str) -> Callable[[], str]:
     return render
 
 
+def _pair_cells(row: dict) -> str:
+    """The ratio columns of a row of ``one_row_cost.summarize``: overall (per repeat), per pair, identical outputs."""
+    per, pairs = ", ".join(f"{x:.3f}" for x in row["ratio_per_repeat"]), row["ratio_per_pair"]
+    return (f"{row['ratio']:.3f} ({per}) | {min(pairs):.3f}–{max(pairs):.3f}, {sum(x > 1 for x in pairs)} of "
+            f"{len(pairs)} | {row['identical']}/{row['generations']}")
+
+
 def one_row_cost(name: str) -> Callable[[], str]:
     """benchmarks/one_row_cost.py: one-token forward passes and greedy generations with torch's one-row bf16 product
     against the row multiplied as two (summary recomputed from the records)."""
@@ -1231,10 +1238,8 @@ def one_row_cost(name: str) -> Callable[[], str]:
                 "identical outputs |", "|---|---|---|---|---|---|"]
         summary = _benchmark_module("one_row_cost").summarize(data["records"])
         for row in summary:
-            tps, per, pairs = row["tokens_per_s"], ", ".join(f"{x:.3f}" for x in row["ratio_per_repeat"]), row["ratio_per_pair"]
-            out.append(f"| `{row['method']}` | {tps['one']:.2f} | {tps['paired']:.2f} | {row['ratio']:.3f} ({per}) | "
-                       f"{min(pairs):.3f}–{max(pairs):.3f}, {sum(x > 1 for x in pairs)} of {len(pairs)} | "
-                       f"{row['identical']}/{row['generations']} |")
+            out.append(f"| `{row['method']}` | {row['tokens_per_s']['one']:.2f} | {row['tokens_per_s']['paired']:.2f} | "
+                       f"{_pair_cells(row)} |")
         base = next((r for r in summary if r["method"] == "autoregressive"), None)
         for row in summary if base is not None else ():
             if row is not base:
@@ -1277,8 +1282,6 @@ def target_only_check(name: str) -> Callable[[], str]:
         data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
         st, m, variants = data["settings"], data["machine"], _benchmark_module("target_only_check").VARIANTS
         (row,) = _benchmark_module("one_row_cost").summarize(data["records"], variants)
-        tps, pairs = row["tokens_per_s"], row["ratio_per_pair"]
-        per = ", ".join(f"{x:.3f}" for x in row["ratio_per_repeat"])
         return "\n".join([
             f"`{name}`: {_machine(m)}, {m['torch_threads']} threads, one-token products paired: "
             f"{'yes' if m['paired_bf16_rows'] else 'no'}; {st['n']} {st['split']} prompts per dataset from its prompt "
@@ -1286,9 +1289,8 @@ def target_only_check(name: str) -> Callable[[], str]:
             "greedy, the variants interleaved.\n",
             "| tok/s, transformers' `generate` | tok/s, specadapt `autoregressive` | ÷ (per repeat) | "
             "÷ per pair: lowest–highest, pairs above 1 | identical outputs |", "|---|---|---|---|---|",
-            f"| {tps[variants[0]]:.2f} | {tps[variants[1]]:.2f} | {row['ratio']:.3f} ({per}) | "
-            f"{min(pairs):.3f}–{max(pairs):.3f}, {sum(x > 1 for x in pairs)} of {len(pairs)} | "
-            f"{row['identical']}/{row['generations']} |"]) + "\n"
+            f"| {row['tokens_per_s'][variants[0]]:.2f} | {row['tokens_per_s'][variants[1]]:.2f} | {_pair_cells(row)} |"
+        ]) + "\n"
 
     return render
 

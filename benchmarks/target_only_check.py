@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     from specadapt import SpecDecoder
     from specadapt.bench.datasets import load_dataset
     from specadapt.engine import RequestConfig
-    from specadapt.io import write_json_atomic
+    from specadapt.io import recorded_args, write_json_atomic
     from specadapt.methods import make_method
     from specadapt.models.hardware import machine
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     (row,) = summarize(records, VARIANTS)
     print(f"engine ÷ hf-generate {row['ratio']:.3f} ({', '.join(f'{r:.3f}' for r in row['ratio_per_repeat'])}), "
           f"identical {row['identical']}/{row['generations']}")
-    write_json_atomic(args.out, {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    write_json_atomic(args.out, {"settings": recorded_args(args),
                                  "machine": machine(), "summary": [row], "records": records})
     print(f"wrote {args.out}")
 

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     from specadapt.api import DEFAULT_METHOD
     from specadapt.bench.datasets import load_dataset
     from specadapt.engine import RequestConfig
-    from specadapt.io import write_json_atomic
+    from specadapt.io import recorded_args, write_json_atomic
     from specadapt.methods import make_method
     from specadapt.models.hardware import machine
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{s['sampling']:<12} {s['method']:<16} {s['tokens_per_s']['sort']:>10.2f} "
               f"{s['tokens_per_s']['candidates']:>11.2f} {s['ratio']:>6.3f} {s['nucleus_ms_per_row']['sort']:>11.2f} "
               f"{s['nucleus_ms_per_row']['candidates']:>12.2f} {s['identical']}/{s['generations']}")
-    write_json_atomic(args.out, {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    write_json_atomic(args.out, {"settings": recorded_args(args),
                                  "candidates": list(sampling.NUCLEUS_CANDIDATES), "machine": machine(),
                                  "summary": summary, "records": records})
     print(f"wrote {args.out}")

@@ -669,3 +669,14 @@ def test_parse_device_checks_the_cuda_index(monkeypatch):
     with pytest.raises(SpecAdaptError) as exc:
         parse_device("cuda:2")
     assert str(exc.value) == "device 'cuda:2' asked for, but this machine has 2 CUDA GPU(s) (cuda:0 to cuda:1)."
+
+
+def test_recorded_args_keep_no_machine_paths(tmp_path, monkeypatch):
+    """What benchmark scripts write into committed results: paths relative to where they ran, or only a name."""
+    import argparse
+
+    from specadapt.io import recorded_args
+
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(out=tmp_path / "results" / "x.json", data=Path("/elsewhere/data.jsonl"), n=2, split="tune")
+    assert recorded_args(args) == {"out": str(Path("results") / "x.json"), "data": "data.jsonl", "n": 2, "split": "tune"}

@@ -21,6 +21,20 @@ def write_json_atomic(path: Path, obj: Any, indent: int | None = 2, default: Any
     os.replace(tmp, path)
 
 
+def recorded_args(args: Any) -> dict:
+    """A script's parsed arguments as a results file records them: a path inside the working directory relative
+    to it, any other path by its name alone, so that no machine's paths go into a committed file."""
+    here = Path.cwd().resolve()
+
+    def portable(value: Any) -> Any:
+        if not isinstance(value, Path):
+            return value
+        full = value.resolve()
+        return str(full.relative_to(here)) if full.is_relative_to(here) else value.name
+
+    return {key: portable(value) for key, value in vars(args).items()}
+
+
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
