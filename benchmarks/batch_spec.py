@@ -1,0 +1,153 @@
+"""Does any draft length pay at batch size B on this CPU? The engine alone (no server, no load rule), B prompts
+decoded together, target-only against fixed draft lengths and adaptive methods, in one process.
+
+    python benchmarks/batch_spec.py --threads 2
+
+Why: the server at 8 clients ties target-only at best (``serve_load_final.json``: 0.97), because its load rule
+keeps most rounds at 8 rows target-only, and the rounds it drafts there make tokens no faster than target-only
+ones. That leaves open whether a fixed, short draft would pay at 8 rows if the rule let it (a rule's mistake) or
+whether no draft length does on this CPU (the verification's cost at 8 rows). This measures it without the
+server: no HTTP, no clients sharing the two cores, no joining prompts, no rule.
+
+For each batch size in ``--batches`` and each repeat, every method in ``--methods`` decodes the same B prompts
+(``--skip``+1.. of ``--dataset``'s ``--split``, chat-formatted, greedy, ``--max-new-tokens`` each) as one batch
+(``engine.batch``: a fresh batch's prompts are prefilled in its first round); methods in an order rotated per
+repeat and batch size, after a warm-up batch per method. Per round: rows, draft steps, seconds (``step()``'s wall
+time), tokens emitted. Reported: tokens/s over the whole batch (prefill included), and over its steady rounds
+(after the first, at all B rows: the server's rounds at a full batch), each ÷ target-only's at the same B and
+repeat; the outputs' identity with target-only's (bf16: a different pass shape may round a near-tie the other
+way). Writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from statistics import mean, stdev
+
+import torch
+
+OUT = Path(__file__).resolve().parent / "results" / "batch_spec.json"
+BASE = "autoregressive"
+
+
+def run_batch(engine, method, prompts: list[list[int]], max_new_tokens: int) -> dict:
+    """Decode ``prompts`` as one batch; the per-round log and every request's output."""
+    from specadapt.engine import RequestConfig
+
+    batch = engine.batch(method)
+    requests = [batch.add(ids, RequestConfig(max_new_tokens), seed=0) for ids in prompts]
+    rounds = []
+    start = time.perf_counter()
+    while batch.active:
+        before = sum(len(r.output) for r in requests)
+        t0 = time.perf_counter()
+        batch.step()
+        seconds = time.perf_counter() - t0
+        rec = batch.last_round
+        rounds.append({"rows": rec.rows, "K": rec.K, "seconds": seconds, "draft_s": rec.draft_s,
+                       "target_s": rec.target_s, "prefill_s": rec.prefill_s,
+                       "tokens": sum(len(r.output) for r in requests) - before,
+                       "drafted": sum(rec.drafted), "accepted": sum(rec.accepted)})
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "rounds": rounds, "outputs": [list(r.output) for r in requests]}
+
+
+def steady(rounds: list[dict], B: int) -> tuple[int, float]:
+    """Tokens and seconds of the rounds after the first in which all B rows ran."""
+    kept = [r for r in rounds[1:] if r["rows"] == B]
+    return sum(r["tokens"] for r in kept), sum(r["seconds"] for r in kept)
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """Per (batch size, method): tokens/s overall and steady, each ÷ target-only's per repeat (mean and spread),
+    draft steps per steady round, acceptance, outputs identical to target-only's."""
+    rows = []
+    for B in dict.fromkeys(r["batch"] for r in records):
+        at = [r for r in records if r["batch"] == B]
+        base = {r["repeat"]: r for r in at if r["method"] == BASE}
+        for method in dict.fromkeys(r["method"] for r in at):
+            mine = [r for r in at if r["method"] == method]
+            row = {"batch": B, "method": method, "repeats": len(mine)}
+            for key in ("tokens_per_s", "steady_tokens_per_s"):
+                row[key] = mean(r[key] for r in mine)
+                ratios = [r[key] / base[r["repeat"]][key] for r in mine]
+                row[key.replace("tokens_per_s", "ratio")] = mean(ratios)
+                row[key.replace("tokens_per_s", "ratio_per_repeat")] = ratios
+                row[key.replace("tokens_per_s", "ratio_spread")] = stdev(ratios) if len(ratios) > 1 else None
+            kept = [x for r in mine for x in r["rounds"][1:] if x["rows"] == B]
+            row["steady_rounds"] = len(kept)
+            row["steps_per_round"] = mean(x["K"] for x in kept) if kept else 0.0
+            row["seconds_per_round"] = mean(x["seconds"] for x in kept) if kept else None
+            drafted = sum(x["drafted"] for r in mine for x in r["rounds"])
+            row["acceptance"] = sum(x["accepted"] for r in mine for x in r["rounds"]) / drafted if drafted else None
+            row["identical"] = sum(r["identical"] for r in mine)
+            row["outputs"] = sum(len(r["outputs"]) for r in mine)
+            rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    from specadapt import SpecDecoder
+    from specadapt.bench.datasets import load_dataset
+    from specadapt.io import recorded_args, write_json_atomic
+    from specadapt.methods import make_method
+    from specadapt.models.hardware import machine
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="gsm8k")
+    parser.add_argument("--split", default="tune")
+    parser.add_argument("--skip", type=int, default=26, help="start after the first SKIP prompts of --split")
+    parser.add_argument("--batches", default="4,8")
+    parser.add_argument("--methods", default=f"{BASE},fixed:1,fixed:2,fixed:3,adaedl,adaedl+lookup")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",")]
+    names = args.methods.split(",")
+    if names[0] != BASE:
+        parser.error(f"--methods must start with {BASE} (every ratio is against it)")
+
+    decoder = SpecDecoder.from_pretrained()
+    engine = decoder.engine
+    examples = load_dataset(args.dataset, args.skip + max(batches), args.split)[args.skip:]
+    prompts = [decoder.encode(ex.messages, chat=True) for ex in examples]
+    warm = [decoder.encode("def f(x):")] * 2
+    for name in names:
+        run_batch(engine, make_method(name), warm, 8)
+
+    records: list[dict] = []
+    for repeat in range(args.repeats):
+        for b, B in enumerate(batches):
+            shift = (repeat * len(batches) + b) % len(names)
+            order = names[shift:] + names[:shift]
+            outputs: dict[str, list] = {}
+            for position, name in enumerate(order):
+                run = run_batch(engine, make_method(name), prompts[:B], args.max_new_tokens)
+                tokens = sum(map(len, run["outputs"]))
+                st_tokens, st_seconds = steady(run["rounds"], B)
+                outputs[name] = run["outputs"]
+                records.append({"batch": B, "method": name, "repeat": repeat, "order": position,
+                                "tokens": tokens, "tokens_per_s": tokens / run["wall_s"],
+                                "steady_tokens_per_s": st_tokens / st_seconds if st_seconds else 0.0, **run})
+                print(f"r{repeat} B={B} {name}: {tokens / run['wall_s']:.2f} tok/s, steady "
+                      f"{records[-1]['steady_tokens_per_s']:.2f} ({len(run['rounds'])} rounds)", flush=True)
+            for r in records[-len(names):]:
+                r["identical"] = sum(a == b for a, b in zip(r["outputs"], outputs[BASE]))
+    summary = summarize(records)
+    for row in summary:
+        print(f"B={row['batch']} {row['method']}: ÷ {BASE} {row['ratio']:.3f} overall, {row['steady_ratio']:.3f} steady "
+              f"({', '.join(f'{x:.3f}' for x in row['steady_ratio_per_repeat'])}), {row['steps_per_round']:.2f} steps "
+              f"per round, identical {row['identical']}/{row['outputs']}")
+    write_json_atomic(args.out, {"settings": recorded_args(args), "machine": machine(), "prompts":
+                                 [ex.id for ex in examples], "summary": summary, "records": records})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
