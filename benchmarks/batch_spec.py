@@ -32,11 +32,14 @@ OUT = Path(__file__).resolve().parent / "results" / "batch_spec.json"
 BASE = "autoregressive"
 
 
-def run_batch(engine, method, prompts: list[list[int]], max_new_tokens: int) -> dict:
-    """Decode ``prompts`` as one batch; the per-round log and every request's output."""
+def run_batch(engine, name: str, prompts: list[list[int]], max_new_tokens: int) -> dict:
+    """Decode ``prompts`` as one batch with the method ``name`` (``METHOD/noride``: greedy rows do not ride on past
+    their policy's stop, ``SpeculativeEngine.batch``); the per-round log and every request's output."""
     from specadapt.engine import RequestConfig
+    from specadapt.methods import make_method
 
-    batch = engine.batch(method)
+    spec, _, variant = name.partition("/")
+    batch = engine.batch(make_method(spec), ride=variant != "noride")
     requests = [batch.add(ids, RequestConfig(max_new_tokens), seed=0) for ids in prompts]
     rounds = []
     start = time.perf_counter()
@@ -60,14 +63,14 @@ def steady(rounds: list[dict], B: int) -> tuple[int, float]:
     return sum(r["tokens"] for r in kept), sum(r["seconds"] for r in kept)
 
 
-def summarize(records: list[dict]) -> list[dict]:
-    """Per (batch size, method): tokens/s overall and steady, each ÷ target-only's per repeat (mean and spread),
-    draft steps per steady round, acceptance, outputs identical to target-only's."""
+def summarize(records: list[dict], methods: list[str]) -> list[dict]:
+    """Per (batch size, method, in the order of ``methods``): tokens/s overall and steady, each ÷ target-only's per
+    repeat (mean and spread), draft steps per steady round, acceptance, outputs identical to target-only's."""
     rows = []
     for B in dict.fromkeys(r["batch"] for r in records):
         at = [r for r in records if r["batch"] == B]
         base = {r["repeat"]: r for r in at if r["method"] == BASE}
-        for method in dict.fromkeys(r["method"] for r in at):
+        for method in methods:
             mine = [r for r in at if r["method"] == method]
             row = {"batch": B, "method": method, "repeats": len(mine)}
             for key in ("tokens_per_s", "steady_tokens_per_s"):
@@ -92,7 +95,6 @@ def main(argv: list[str] | None = None) -> None:
     from specadapt import SpecDecoder
     from specadapt.bench.datasets import load_dataset
     from specadapt.io import recorded_args, write_json_atomic
-    from specadapt.methods import make_method
     from specadapt.models.hardware import machine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="tune")
     parser.add_argument("--skip", type=int, default=26, help="start after the first SKIP prompts of --split")
     parser.add_argument("--batches", default="4,8")
-    parser.add_argument("--methods", default=f"{BASE},fixed:1,fixed:2,fixed:3,adaedl,adaedl+lookup")
+    parser.add_argument("--methods", default=f"{BASE},fixed:1,fixed:2,fixed:3,adaedl,adaedl+lookup",
+                        help="comma-separated; METHOD/noride runs METHOD without riding (SpeculativeEngine.batch)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = [decoder.encode(ex.messages, chat=True) for ex in examples]
     warm = [decoder.encode("def f(x):")] * 2
     for name in names:
-        run_batch(engine, make_method(name), warm, 8)
+        run_batch(engine, name, warm, 8)
 
     records: list[dict] = []
     for repeat in range(args.repeats):
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             order = names[shift:] + names[:shift]
             outputs: dict[str, list] = {}
             for position, name in enumerate(order):
-                run = run_batch(engine, make_method(name), prompts[:B], args.max_new_tokens)
+                run = run_batch(engine, name, prompts[:B], args.max_new_tokens)
                 tokens = sum(map(len, run["outputs"]))
                 st_tokens, st_seconds = steady(run["rounds"], B)
                 outputs[name] = run["outputs"]
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"{records[-1]['steady_tokens_per_s']:.2f} ({len(run['rounds'])} rounds)", flush=True)
             for r in records[-len(names):]:
                 r["identical"] = sum(a == b for a, b in zip(r["outputs"], outputs[BASE]))
-    summary = summarize(records)
+    summary = summarize(records, names)
     for row in summary:
         print(f"B={row['batch']} {row['method']}: ÷ {BASE} {row['ratio']:.3f} overall, {row['steady_ratio']:.3f} steady "
               f"({', '.join(f'{x:.3f}' for x in row['steady_ratio_per_repeat'])}), {row['steps_per_round']:.2f} steps "

@@ -1295,6 +1295,37 @@ def target_only_check(name: str) -> Callable[[], str]:
     return render
 
 
+def batch_spec(name: str) -> Callable[[], str]:
+    """benchmarks/batch_spec.py: B prompts decoded as one batch by the engine, each method against target-only at the
+    same batch size (summary recomputed from the records)."""
+
+    def render() -> str:
+        data = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+        st, m = data["settings"], data["machine"]
+        rows = _benchmark_module("batch_spec").summarize(data["records"], st["methods"].split(","))
+        out = [f"`{name}`: {_machine(m)}, {m['torch_threads']} threads; {st['dataset']} {st['split']} prompts from its "
+               f"prompt {int(st['skip']) + 1}, chat, greedy, {st['max_new_tokens']} new tokens each, decoded B at a "
+               f"time as one batch, {st['repeats']} repeat(s), methods in rotated order. Steady rounds: after the "
+               "first, all B rows running.\n",
+               "| B | method | tok/s, whole batch | ÷ target-only (per repeat) | tok/s, steady rounds | "
+               "÷ target-only (per repeat) | draft steps per steady round | s per steady round | acceptance | "
+               "identical to target-only |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["method"] == "autoregressive":
+                ratios = "– | "
+                steady = "– |"
+            else:
+                ratios = f"{r['ratio']:.3f} ({', '.join(f'{x:.3f}' for x in r['ratio_per_repeat'])}) | "
+                steady = f"{r['steady_ratio']:.3f} ({', '.join(f'{x:.3f}' for x in r['steady_ratio_per_repeat'])}) |"
+            acceptance = f"{100 * r['acceptance']:.1f}%" if r["acceptance"] is not None else "–"
+            out.append(f"| {r['batch']} | `{r['method']}` | {r['tokens_per_s']:.2f} | {ratios}"
+                       f"{r['steady_tokens_per_s']:.2f} | {steady} {r['steps_per_round']:.2f} | "
+                       f"{r['seconds_per_round']:.3f} | {acceptance} | {r['identical']}/{r['outputs']} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def draft_context(name: str) -> Callable[[], str]:
     """benchmarks/draft_context.py: teacher-forced agreement of the draft with the target's greedy answers when the
     draft sees only the last W prompt tokens, per dataset (answer-token weighted)."""
@@ -2273,6 +2304,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "one-row-cost-final": one_row_cost("one_row_cost_final.json"),
     "one-row-layers": one_row_layers("one_row_layers.json"),
     "target-only-check": target_only_check("target_only_check.json"),
+    "batch-spec": batch_spec("batch_spec.json"),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",
