@@ -65,7 +65,7 @@ def steady(rounds: list[dict], B: int) -> tuple[int, float]:
 
 def summarize(records: list[dict], methods: list[str]) -> list[dict]:
     """Per (batch size, method, in the order of ``methods``): tokens/s overall and steady, each ÷ target-only's per
-    repeat (mean and spread), draft steps per steady round, acceptance, outputs identical to target-only's."""
+    repeat (mean and spread), draft steps and tokens per row per steady round, acceptance, outputs identical to target-only's."""
     rows = []
     for B in dict.fromkeys(r["batch"] for r in records):
         at = [r for r in records if r["batch"] == B]
@@ -82,6 +82,7 @@ def summarize(records: list[dict], methods: list[str]) -> list[dict]:
             kept = [x for r in mine for x in r["rounds"][1:] if x["rows"] == B]
             row["steady_rounds"] = len(kept)
             row["steps_per_round"] = mean(x["K"] for x in kept) if kept else 0.0
+            row["tokens_per_row_round"] = sum(x["tokens"] for x in kept) / (B * len(kept)) if kept else 0.0
             row["seconds_per_round"] = mean(x["seconds"] for x in kept) if kept else None
             drafted = sum(x["drafted"] for r in mine for x in r["rounds"])
             row["acceptance"] = sum(x["accepted"] for r in mine for x in r["rounds"]) / drafted if drafted else None

@@ -1308,8 +1308,8 @@ def batch_spec(name: str) -> Callable[[], str]:
                f"time as one batch, {st['repeats']} repeat(s), methods in rotated order. Steady rounds: after the "
                "first, all B rows running.\n",
                "| B | method | tok/s, whole batch | ÷ target-only (per repeat) | tok/s, steady rounds | "
-               "÷ target-only (per repeat) | draft steps per steady round | s per steady round | acceptance | "
-               "identical to target-only |", "|---|---|---|---|---|---|---|---|---|---|"]
+               "÷ target-only (per repeat) | draft steps per steady round | tokens per row and steady round | "
+               "s per steady round | acceptance | identical to target-only |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if r["method"] == "autoregressive":
                 ratios = "– | "
@@ -1319,7 +1319,7 @@ def batch_spec(name: str) -> Callable[[], str]:
                 steady = f"{r['steady_ratio']:.3f} ({', '.join(f'{x:.3f}' for x in r['steady_ratio_per_repeat'])}) |"
             acceptance = f"{100 * r['acceptance']:.1f}%" if r["acceptance"] is not None else "–"
             out.append(f"| {r['batch']} | `{r['method']}` | {r['tokens_per_s']:.2f} | {ratios}"
-                       f"{r['steady_tokens_per_s']:.2f} | {steady} {r['steps_per_round']:.2f} | "
+                       f"{r['steady_tokens_per_s']:.2f} | {steady} {r['steps_per_round']:.2f} | {r['tokens_per_row_round']:.2f} | "
                        f"{r['seconds_per_round']:.3f} | {acceptance} | {r['identical']}/{r['outputs']} |")
         return "\n".join(out) + "\n"
 
