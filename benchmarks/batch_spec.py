@@ -30,25 +30,40 @@ import torch
 
 OUT = Path(__file__).resolve().parent / "results" / "batch_spec.json"
 BASE = "autoregressive"
+KEPT_RULES: dict = {}  # label -> its load rule, for METHOD/auto-kept
 
 
 def run_batch(engine, name: str, prompts: list[list[int]], max_new_tokens: int) -> dict:
-    """Decode ``prompts`` as one batch with the method ``name`` (``METHOD/noride``: greedy rows do not ride on past
-    their policy's stop, ``SpeculativeEngine.batch``); the per-round log and every request's output."""
+    """Decode ``prompts`` as one batch with the method ``name`` (``METHOD/auto``: under the server's load rule, a
+    fresh one; ``METHOD/auto-kept``: under one rule kept over the label's every batch); the per-round log and every
+    request's output. (``batch_spec_ride.json`` measured riding, commit 3e6feed, since reverted: its
+    ``METHOD/noride`` ran without it.)"""
     from specadapt.engine import RequestConfig
     from specadapt.methods import make_method
 
     spec, _, variant = name.partition("/")
-    batch = engine.batch(make_method(spec), ride=variant != "noride")
+    method, cap, rule = make_method(spec), None, None
+    if variant.startswith("auto"):  # the server's load rule, as its scheduler applies it
+        from specadapt.serve.load import AutoLoad, load_capped
+
+        method, cap = load_capped(method)
+        # auto-kept: one rule for the label's every batch (the warm-up's included), as a long-lived decoder would keep
+        rule = KEPT_RULES.setdefault(name, AutoLoad()) if variant == "auto-kept" else AutoLoad()
+    batch = engine.batch(method)
     requests = [batch.add(ids, RequestConfig(max_new_tokens), seed=0) for ids in prompts]
     rounds = []
     start = time.perf_counter()
     while batch.active:
         before = sum(len(r.output) for r in requests)
         t0 = time.perf_counter()
+        if rule is not None:
+            batch.admit()
+            cap.cap = rule.decide(batch.requests, cap.last_bound(), priced=cap.reads_cost)
         batch.step()
         seconds = time.perf_counter() - t0
         rec = batch.last_round
+        if rule is not None:
+            rule.observe(rec)
         rounds.append({"rows": rec.rows, "K": rec.K, "seconds": seconds, "draft_s": rec.draft_s,
                        "target_s": rec.target_s, "prefill_s": rec.prefill_s,
                        "tokens": sum(len(r.output) for r in requests) - before,
@@ -104,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip", type=int, default=26, help="start after the first SKIP prompts of --split")
     parser.add_argument("--batches", default="4,8")
     parser.add_argument("--methods", default=f"{BASE},fixed:1,fixed:2,fixed:3,adaedl,adaedl+lookup",
-                        help="comma-separated; METHOD/noride runs METHOD without riding (SpeculativeEngine.batch)")
+                        help="comma-separated; METHOD/auto runs METHOD under the server's load rule (AutoLoad), fresh for each "
+                        "batch, METHOD/auto-kept under one such rule kept over all of the label's batches")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)

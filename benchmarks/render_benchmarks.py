@@ -2305,6 +2305,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "one-row-layers": one_row_layers("one_row_layers.json"),
     "target-only-check": target_only_check("target_only_check.json"),
     "batch-spec": batch_spec("batch_spec.json"),
+    "batch-spec-ride": batch_spec("batch_spec_ride.json"),
+    "serve-load-ride-tune": serve_load("serve_load_ride_tune.json", capped=True),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",

@@ -25,9 +25,8 @@ to a policy that prices its own drafts; ``auto-cold``: ``auto`` without the serv
 ``cpu_avx2/serve_load_warmup4_tune.json`` the bare label means ``--warmup-tokens 32``); ``auto-warm``: ``auto``
 with ``--warmup-tokens 32``). Every server also gets one 8-token request before its cells. A label ending in
 ``/fused`` serves that method with ``--fused-first-round`` (a request's first round drafts too; every run before ``cpu_avx2/serve_load_first_token*.json`` served so), e.g.
-``--methods autoregressive,adaedl+lookup,adaedl+lookup/fused``. A label ending in ``/noride`` serves it with
-``--no-ride`` (greedy requests do not ride on past their policy's stop; every run before ``serve_load_ride*.json``
-served so).
+``--methods autoregressive,adaedl+lookup,adaedl+lookup/fused``. (``serve_load_ride_tune.json`` measured riding,
+commit 3e6feed, since reverted: its ``/noride`` label served without it.)
 """
 
 from __future__ import annotations
@@ -266,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
             rule = rule or args.spec_load
             defer, warmup = rule == "auto-defer", {"auto-cold": 0, "auto-warm": 32}.get(rule)
             settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant,
-                                     draft_vocab=args.draft_vocab, method=name, early_first_token=first != "fused", ride=first != "noride",
+                                     draft_vocab=args.draft_vocab, method=name, early_first_token=first != "fused",
                                      model_name="bench", max_batch_size=max(levels), max_queue=max(levels),
                                      spec_load="auto" if defer or warmup is not None else rule, spec_auto_defer=defer,
                                      spec_max_batch=args.spec_max_batch, spec_load_k=args.spec_load_k,

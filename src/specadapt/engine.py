@@ -171,18 +171,13 @@ class SpeculativeEngine:
         self.draft_setup = {"draft_quant": scheme, "draft_group_size": group,
                             "draft_head_ids": head_ids(draft) if draft is not None else None}
 
-    def batch(self, method: Method, early_first_token: bool = False, ride: bool = True) -> "Batch":
+    def batch(self, method: Method, early_first_token: bool = False) -> "Batch":
         """An empty batch running ``method``; add requests, then call ``step()`` until it is empty.
 
         ``early_first_token``: a request's first round drafts nothing for it, so its first token comes with its
         prompt's prefill, as in target-only decoding, not after the draft's prefill and a block of drafts (a
-        server's time to first token; it costs one round without drafting per request).
-
-        ``ride``: a greedy request verified losslessly goes on drafting after its policy stops it, while another
-        request of the batch still drafts (``draft_round``): those draft steps and verified positions are paid
-        for anyway. Its output stays the target's greedy output; a sampled request never rides, so which sample
-        a seed gives does not depend on the batch it runs in."""
-        return Batch(self, method, early_first_token, ride)
+        server's time to first token; it costs one round without drafting per request)."""
+        return Batch(self, method, early_first_token)
 
     def generate(
         self,
@@ -214,12 +209,10 @@ class SpeculativeEngine:
 class Batch:
     """The requests running one method together, and the two models' caches (one row per request)."""
 
-    def __init__(self, engine: SpeculativeEngine, method: Method, early_first_token: bool = False,
-                 ride: bool = True) -> None:
+    def __init__(self, engine: SpeculativeEngine, method: Method, early_first_token: bool = False) -> None:
         self.engine = engine
         self.method = method
         self.early_first_token = early_first_token
-        self.ride = ride
         self.policy = method.policy
         self.device = engine.device
         self.target = make_runner(engine.target, exact=True)
@@ -380,16 +373,8 @@ class Batch:
         # the round's bound can stop a row (rows that stopped at EOS are masked out either way).
         check = self.device.type != "cuda" or self.policy.stops_early
         limit = torch.tensor(room, device=self.device)
-        block = draft_round(self.policy, slots, limit, propose, lambda t: (t[:, None] == eos).any(1), check,
-                            self._riders())
+        block = draft_round(self.policy, slots, limit, propose, lambda t: (t[:, None] == eos).any(1), check)
         return block, fed if block.K else 0, fed_block
-
-    def _riders(self) -> torch.Tensor | None:
-        """Rows that may draft on past their policy's stop (see ``SpeculativeEngine.batch``), or None."""
-        if not self.ride or len(self.requests) < 2:
-            return None
-        rows = [r.config.sampling.greedy and self._rule(r.config.sampling).lossless for r in self.requests]
-        return torch.tensor(rows, device=self.device) if any(rows) else None
 
     def _look_up(self, texts: list[list[int]], drafting: torch.Tensor) -> torch.Tensor | None:
         """Prompt lookup's token for every row ([b]; stopped rows get 0), or None unless every drafting row has one."""

@@ -65,8 +65,6 @@ class DraftBlock:
 
     steps: list[DraftStep]
     lens: torch.Tensor  # [b] long, tokens each row drafted (<= K)
-    # [b] long, the policy's own lengths where rows rode on past them (draft_round's ``ride``); None: ``lens``
-    own_lens: torch.Tensor | None = None
 
     @property
     def K(self) -> int:
@@ -175,7 +173,6 @@ def draft_round(
     propose: Proposer,
     is_eos: Callable[[torch.Tensor], torch.Tensor] | None = None,
     check_every_step: bool = True,
-    ride: torch.Tensor | None = None,
 ) -> DraftBlock:
     """Draft one round: ask the policy for its bounds, then propose tokens until every row has stopped.
 
@@ -183,41 +180,28 @@ def draft_round(
     ``MAX_DRAFT_TOKENS`` and ``limit``), or after an EOS token. ``check_every_step=False`` skips the
     "has every row stopped?" test (a host sync on GPU) and drafts up to the largest bound instead;
     the block's lengths are the same either way.
-
-    ``ride`` ([b] bool): rows that go on drafting after their policy stops them, for as long as another row still
-    drafts, up to ``limit`` or an EOS token. In a batch every draft step runs all rows and the verification covers
-    every row up to the longest draft, so their extra tokens cost nothing and some are accepted. Prompt lookup
-    proposes for the policy's rows only, so a looked-up step ends every ride. The policy sees its own decisions
-    only: a step's ``drafting`` is its rows, and the block's ``own_lens`` its lengths (``finish_round`` tells it those).
     """
     caps = torch.minimum(policy.max_length(slots).clamp(0, MAX_DRAFT_TOKENS), limit)
     lens = torch.zeros_like(slots, dtype=torch.long)
-    own = torch.zeros_like(lens)
     steps: list[DraftStep] = []
     longest = int(caps.max()) if caps.numel() else 0
     drafting = caps > 0
-    riding = torch.zeros_like(drafting)
     for k in range(1, longest + 1):
         proposal = propose(k, steps[-1] if steps else None, drafting)
         if proposal is None:
             break
         tokens, probs, hidden, looked_up = proposal
-        if looked_up:
-            riding = torch.zeros_like(riding)
-        kept = drafting | riding
-        tokens = torch.where(kept, tokens, 0)
+        tokens = torch.where(drafting, tokens, 0)
         step = DraftStep(k, tokens, probs, hidden, slots, drafting, looked_up)
         steps.append(step)
-        lens += kept.long()
-        own += drafting.long()
+        lens += drafting.long()
         stop = policy.should_stop(step) | (k >= caps)
-        eos = is_eos(tokens) if is_eos is not None else torch.zeros_like(drafting)
-        if ride is not None:  # rows the policy stops now start riding; EOS and the request's room end a ride
-            riding = (riding | (drafting & stop)) & ride & ~eos & (k < limit)
-        drafting = drafting & ~(stop | eos)
+        if is_eos is not None:
+            stop |= is_eos(tokens)
+        drafting = drafting & ~stop
         if check_every_step and not bool(drafting.any()):
             break
-    return DraftBlock(steps, lens, own if ride is not None and bool((own != lens).any()) else None)
+    return DraftBlock(steps, lens)
 
 
 def finish_round(
@@ -229,14 +213,7 @@ def finish_round(
     token_scores: dict[str, torch.Tensor] | None = None,
     cost: RoundCost | None = None,
 ) -> None:
-    """Tell the policy what verification decided and what the round cost (nothing to tell when no row drafted).
-    Where rows rode on past the policy's stop (``draft_round``'s ``ride``), it is told of its own drafts only."""
-    if not block.K:
-        return
-    if block.own_lens is not None:
-        own = block.own_lens
-        block = DraftBlock(block.steps, own)
-        accepted = torch.minimum(accepted, own)
-        accepted_mask = accepted_mask & (torch.arange(block.K, device=own.device) < own[:, None])
-    policy.observe(RoundOutcome(slots, block, accepted, accepted_mask, token_scores or {}, cost))
+    """Tell the policy what verification decided and what the round cost (nothing to tell when no row drafted)."""
+    if block.K:
+        policy.observe(RoundOutcome(slots, block, accepted, accepted_mask, token_scores or {}, cost))
 

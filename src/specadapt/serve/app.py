@@ -111,8 +111,7 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
     name = settings.served_name
     metrics = ServeMetrics(name)
     scheduler = Scheduler(decoder.engine, method, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
-                          load_rule=settings.load_rule(), metrics=metrics, early_first_token=settings.early_first_token,
-                          ride=settings.ride)
+                          load_rule=settings.load_rule(), metrics=metrics, early_first_token=settings.early_first_token)
     context = decoder.context_window
     vocab = decoder.target.get_input_embeddings().num_embeddings
     # Handlers tokenise on the event loop while the worker decodes (stop strings, results) on its thread. A Rust

@@ -96,13 +96,13 @@ class JobResult:
 class Scheduler:
     def __init__(self, engine: SpeculativeEngine, method: Method, *, max_batch_size: int = 8, max_queue: int = 64,
                  load_rule: LoadRule | None = None, metrics: ServeMetrics | None = None,
-                 early_first_token: bool = False, ride: bool = True) -> None:
+                 early_first_token: bool = False) -> None:
         self.engine = engine
         self.method, self.cap = load_capped(method)
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.load_rule = load_rule if load_rule is not None else AutoLoad()
         self.metrics = metrics
-        self._new_batch = lambda: engine.batch(self.method, early_first_token, ride)  # see SpeculativeEngine.batch
+        self._new_batch = lambda: engine.batch(self.method, early_first_token)  # see SpeculativeEngine.batch
         self.batch = self._new_batch()
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()

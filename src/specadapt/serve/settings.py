@@ -56,12 +56,6 @@ class ServeSettings(ModelSettings):
                 "token comes with its prompt's prefill, as without a draft; this switch saves that round and makes the "
                 "first token wait for the draft's prefill and a block of drafts.",
         "flag": "--fused-first-round", "negated": True})
-    ride: bool = field(default=True, metadata={
-        "help": "In a round where several requests draft, a greedy request goes on drafting after its method stops "
-                "it while another request still drafts: the batch's draft steps and verification run to the longest "
-                "draft anyway, so its extra tokens are free and some are accepted (outputs unchanged; sampled "
-                "requests never do). This switch turns that off.",
-        "flag": "--no-ride", "negated": True})
     retry_after_s: int = field(default=1, metadata={"help": "Seconds a client is told to wait (Retry-After) when the queue is full."})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level: critical, error, warning, info, debug."})
 
