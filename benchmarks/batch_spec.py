@@ -43,8 +43,10 @@ def run_batch(engine, name: str, prompts: list[list[int]], max_new_tokens: int) 
 
     spec, _, variant = name.partition("/")
     method, cap, rule = make_method(spec), None, None
+    if variant in ("engine", "engine-fresh"):
+        return run_generate(engine, name, method, prompts, max_new_tokens)
     if variant.startswith("auto"):  # the server's load rule, as its scheduler applies it
-        from specadapt.serve.load import AutoLoad, load_capped
+        from specadapt.load import AutoLoad, load_capped
 
         method, cap = load_capped(method)
         # auto-kept: one rule for the label's every batch (the warm-up's included), as a long-lived decoder would keep
@@ -70,6 +72,43 @@ def run_batch(engine, name: str, prompts: list[list[int]], max_new_tokens: int) 
                        "drafted": sum(rec.drafted), "accepted": sum(rec.accepted)})
     wall = time.perf_counter() - start
     return {"wall_s": wall, "rounds": rounds, "outputs": [list(r.output) for r in requests]}
+
+
+class Timed:
+    """A load rule that times the rounds it is told of for the benchmark and otherwise defers to ``inner``."""
+
+    def __init__(self, inner, outputs: list[list[int]]) -> None:
+        self.inner, self.outputs, self.rounds = inner, outputs, []
+        self.last, self.emitted = time.perf_counter(), 0
+
+    @property
+    def ready(self) -> bool:
+        return self.inner.ready
+
+    def decide(self, rows, bound, priced=False):
+        return self.inner.decide(rows, bound, priced)
+
+    def observe(self, rec) -> None:
+        self.inner.observe(rec)
+        now, emitted = time.perf_counter(), sum(map(len, self.outputs))
+        self.rounds.append({"rows": rec.rows, "K": rec.K, "seconds": now - self.last, "draft_s": rec.draft_s,
+                            "target_s": rec.target_s, "prefill_s": rec.prefill_s, "tokens": emitted - self.emitted,
+                            "drafted": sum(rec.drafted), "accepted": sum(rec.accepted)})
+        self.last, self.emitted = now, emitted
+
+
+def run_generate(engine, name: str, method, prompts: list[list[int]], max_new_tokens: int) -> dict:
+    """The batch through ``engine.generate``, the library's own path, under the engine's load rule for the method
+    (``/engine``: the one it keeps, calibrated by earlier batches; ``/engine-fresh``: a new one), timed per round."""
+    from specadapt.engine import RequestConfig
+    from specadapt.load import AutoLoad
+
+    outputs: list[list[int]] = [[] for _ in prompts]
+    inner = AutoLoad() if name.endswith("/engine-fresh") else engine._load_rule(method)
+    rule = Timed(inner, outputs)
+    start = time.perf_counter()
+    engine.generate(prompts, method, RequestConfig(max_new_tokens), lambda i, ids: outputs[i].extend(ids), rule)
+    return {"wall_s": time.perf_counter() - start, "rounds": rule.rounds, "outputs": outputs}
 
 
 def steady(rounds: list[dict], B: int) -> tuple[int, float]:
@@ -119,8 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip", type=int, default=26, help="start after the first SKIP prompts of --split")
     parser.add_argument("--batches", default="4,8")
     parser.add_argument("--methods", default=f"{BASE},fixed:1,fixed:2,fixed:3,adaedl,adaedl+lookup",
-                        help="comma-separated; METHOD/auto runs METHOD under the server's load rule (AutoLoad), fresh for each "
-                        "batch, METHOD/auto-kept under one such rule kept over all of the label's batches")
+                        help="comma-separated; METHOD/engine runs METHOD through engine.generate (under the load rule the "
+                        "engine keeps for it), METHOD/engine-fresh the same under a new rule for each batch; METHOD/auto "
+                        "and METHOD/auto-kept ran the rule in this script's own loop before the engine had it")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)

@@ -2306,6 +2306,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "target-only-check": target_only_check("target_only_check.json"),
     "batch-spec": batch_spec("batch_spec.json"),
     "batch-spec-ride": batch_spec("batch_spec_ride.json"),
+    "batch-spec-auto": batch_spec("batch_spec_auto.json"),
     "serve-load-ride-tune": serve_load("serve_load_ride_tune.json", capped=True),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),

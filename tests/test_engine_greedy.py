@@ -6,7 +6,7 @@ import torch
 from specadapt.engine import RequestConfig
 from specadapt.methods import make_method
 from specadapt.models.runner import ModelRunner
-from specadapt.serve.load import load_capped
+from specadapt.load import load_capped
 
 from conftest import hf_greedy, make_engine
 
@@ -42,7 +42,7 @@ def test_partially_agreeing_pair_rejects_and_accepts(target, close_draft):
 def test_draft_equal_target_accepts_everything(k, target):
     n_rounds = 4
     results = make_engine(target, target).generate(
-        PROMPTS, make_method(f"fixed:{k}"), RequestConfig(max_new_tokens=(k + 1) * n_rounds)
+        PROMPTS, make_method(f"fixed:{k}"), RequestConfig(max_new_tokens=(k + 1) * n_rounds), load_rule="off"
     )
     for r in results:
         assert r.stats.acceptance_rate == 1.0
@@ -98,7 +98,7 @@ def test_stop_string_inside_drafted_block(target):
 def test_batch_equals_single_with_finished_rows_leaving(target, close_draft):
     engine = make_engine(target, close_draft, eos=[hf_greedy(target, PROMPTS[1], 8)[3]])
     config = RequestConfig(max_new_tokens=20)
-    batch = engine.generate(PROMPTS, make_method("heuristic"), config)
+    batch = engine.generate(PROMPTS, make_method("heuristic"), config, load_rule="off")  # the policy's own K
     assert batch[1].finish_reason == "eos"  # a row finishing early leaves the batch
     for prompt, r in zip(PROMPTS, batch):
         single = engine.generate([prompt], make_method("heuristic"), config)[0]

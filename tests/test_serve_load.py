@@ -12,7 +12,7 @@ from specadapt.engine import RequestConfig, RoundRecord
 from specadapt.errors import SpecAdaptError
 from specadapt.methods import make_method
 from specadapt.serve import ServeSettings
-from specadapt.serve.load import MAX_PROBE_GAP, AcceptanceModel, AutoLoad, CostCurve, NoLoad, StaticLoad
+from specadapt.load import MAX_PROBE_GAP, AcceptanceModel, AutoLoad, CostCurve, NoLoad, StaticLoad
 from specadapt.serve.scheduler import Job, Scheduler
 
 from conftest import perturbed_copy, save_tiny_checkpoint

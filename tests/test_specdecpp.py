@@ -238,7 +238,8 @@ def test_engine_with_a_no_lag_head_is_lossless(head_input, target, head_dir):
 def test_engine_always_accept_head_drafts_max_k(target, head_dir):
     max_k, rounds = 6, 4
     results = make_engine(target, target).generate(
-        PROMPTS, make_method(spec(head_dir(constant_head(True)), max_k=max_k)), RequestConfig(max_new_tokens=(max_k + 1) * rounds)
+        PROMPTS, make_method(spec(head_dir(constant_head(True)), max_k=max_k)), RequestConfig(max_new_tokens=(max_k + 1) * rounds),
+        load_rule="off",  # the head's own lengths, uncapped
     )
     for r in results:
         assert r.stats.mean_draft_length == max_k
@@ -249,7 +250,8 @@ def test_engine_always_accept_head_drafts_max_k(target, head_dir):
 def test_engine_always_reject_head_drafts_min_k(target, head_dir, min_k):
     rounds = 4
     method = make_method(spec(head_dir(constant_head(False)), min_k=min_k))
-    results = make_engine(target, target).generate(PROMPTS, method, RequestConfig(max_new_tokens=(min_k + 1) * rounds))
+    results = make_engine(target, target).generate(PROMPTS, method, RequestConfig(max_new_tokens=(min_k + 1) * rounds),
+                                                   load_rule="off")
     for r in results:
         assert r.stats.mean_draft_length == min_k
         assert r.stats.acceptance_rate == 1.0 and r.stats.rounds == rounds
@@ -260,7 +262,7 @@ def test_engine_always_reject_head_drafts_min_k(target, head_dir, min_k):
 def test_greedy_equals_target_generate(target, draft_name, request, head_dir):
     draft = request.getfixturevalue(draft_name)
     method = make_method(spec(head_dir(random_head(7, accept_bias=2.0)), threshold=0.5, max_k=8))
-    results = make_engine(target, draft).generate(PROMPTS, method, RequestConfig(max_new_tokens=24))
+    results = make_engine(target, draft).generate(PROMPTS, method, RequestConfig(max_new_tokens=24), load_rule="off")
     for prompt, r in zip(PROMPTS, results):
         assert r.token_ids == hf_greedy(target, prompt, 24)
     # the head really decides: rounds stop strictly between min_k and max_k

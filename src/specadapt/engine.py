@@ -33,7 +33,7 @@ import heapq
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,9 @@ from .models.runner import ModelRunner, left_pad, share_one_pass
 from .policies.base import DraftBlock, DraftStep, RoundCost, draft_round, finish_round
 from .sampling import SamplingParams, process_logits, sample
 from .stats import RequestStats
+
+if TYPE_CHECKING:
+    from .load import LoadRule
 
 
 MAX_SEED = 2**63 - 2**20  # request i of a batch uses seed + i: leave room below torch's int64 limit
@@ -170,6 +173,7 @@ class SpeculativeEngine:
         scheme, group = quantization_of(draft) if draft is not None else ("none", None)
         self.draft_setup = {"draft_quant": scheme, "draft_group_size": group,
                             "draft_head_ids": head_ids(draft) if draft is not None else None}
+        self._load_rules: dict[tuple[str, int], LoadRule] = {}  # method -> the rule its batches run under
 
     def batch(self, method: Method, early_first_token: bool = False) -> "Batch":
         """An empty batch running ``method``; add requests, then call ``step()`` until it is empty.
@@ -185,25 +189,65 @@ class SpeculativeEngine:
         method: Method,
         config: RequestConfig | Sequence[RequestConfig],
         on_tokens: Callable[[int, list[int]], None] | None = None,
+        load_rule: "LoadRule | str" = "auto",
     ) -> list[GenerationResult]:
         """Generate for tokenised prompts, batched; ``on_tokens(i, ids)`` streams each round's new tokens.
 
-        One ``config`` for all prompts gives prompt i the seed ``config.seed + i``; a list gives each its own."""
+        One ``config`` for all prompts gives prompt i the seed ``config.seed + i``; a list gives each its own.
+
+        Several greedy prompts run under a load rule, as the server's requests do: a batch's round lasts until its
+        last row stops drafting and every row pays for every draft step and verified position, so left to
+        themselves adaptive policies make long rounds that cost more than they yield (``BENCHMARKS.md``, "Does any
+        draft length pay at 8 rows?"). The rule caps each round's draft length at what pays for the batch's size
+        (``"auto"``: a :class:`specadapt.load.AutoLoad` kept on this engine per method, so it learns this machine's
+        costs once; until it has measured them a round drafts at most ``WARMUP_DRAFT``; or a rule object given;
+        ``"off"``: the policy's own lengths, as for one prompt). As in the server, a request's first round under a
+        rule only prefills. A greedy output is the target's whatever the draft lengths. A batch with a sampled
+        request runs uncapped: which sample a seed gives depends on the draft lengths, and a rule's depend on
+        measured time."""
         if not prompts:
             raise SpecAdaptError("no prompts given.")
         configs = [config] * len(prompts) if isinstance(config, RequestConfig) else list(config)
         if len(configs) != len(prompts):
             raise SpecAdaptError(f"got {len(configs)} request configs for {len(prompts)} prompts.")
+        from .load import WARMUP_DRAFT, load_capped  # load.py builds on this module's types
+
+        if isinstance(load_rule, str) and load_rule not in ("auto", "off"):
+            raise SpecAdaptError(f"load_rule must be 'auto', 'off' or a load rule object, got {load_rule!r}.")
+        rule = cap = None
+        if len(prompts) > 1 and method.needs_draft and all(c.sampling.greedy for c in configs) and load_rule != "off":
+            rule = self._load_rule(method) if load_rule == "auto" else load_rule
+            method, cap = load_capped(method)
         base_seed = secrets.randbelow(2**31 - len(prompts))
-        batch = self.batch(method)
+        # Under a rule, as in the server, a request's first round only prefills: that round feeds every prompt and
+        # ran uncapped for a rule that priced it (32 draft steps over 8 fresh prompts, twice target-only's round).
+        batch = self.batch(method, early_first_token=rule is not None)
         requests = []
         for i, (prompt, cfg) in enumerate(zip(prompts, configs)):
             seed = base_seed + i if cfg.seed is None else cfg.seed + (i if cfg is config else 0)
             stream = (lambda ids, i=i: on_tokens(i, ids)) if on_tokens is not None else None
             requests.append(batch.add(prompt, cfg, seed=seed, on_tokens=stream))
         while batch.active:
+            if rule is None:
+                batch.step()
+                continue
+            batch.admit()  # prompts first: the rule prices the round as it will run
+            cap.cap = rule.decide(batch.requests, cap.last_bound(), cap.reads_cost) if rule.ready else WARMUP_DRAFT
+            batch.last_round = None
             batch.step()
-        return [batch.result(r) for r in requests]
+            if batch.last_round is not None:
+                rule.observe(batch.last_round)
+        results = [batch.result(r) for r in requests]
+        if rule is not None:
+            for result in results:
+                result.settings["load_rule"] = type(rule).__name__
+        return results
+
+    def _load_rule(self, method: Method) -> "LoadRule":
+        """The load rule kept for ``method`` (its costs and acceptance, learned over this engine's batches)."""
+        from .load import AutoLoad
+
+        return self._load_rules.setdefault((method.spec or method.name, method.lookup), AutoLoad())
 
 
 class Batch:

@@ -10,9 +10,9 @@ running batch at this round, each with its own sampling parameters and limits), 
 hand out finished results. A round that raises fails the requests that joined in it (or, if none
 did, every request in it); the others resume in a rebuilt batch, and the worker carries on.
 
-Load rule (:mod:`.load`): before each round a rule picks a cap on the draft length for the requests in
-it, and :class:`~.load.LoadCap` (wrapping the method's policy) applies it; the policy still decides
-within the cap. The default (``spec_load="auto"``, :class:`~.load.AutoLoad`) measures the round costs
+Load rule (:mod:`specadapt.load`): before each round a rule picks a cap on the draft length for the requests
+in it, and :class:`~specadapt.load.LoadCap` (wrapping the method's policy) applies it; the policy still decides
+within the cap. The default (``spec_load="auto"``, :class:`~specadapt.load.AutoLoad`) measures the round costs
 online and picks the cap that maximises expected tokens per second for the current batch size, 0 (a
 target-only round) when drafting loses, with a one-token probe round now and then where it has kept a batch
 size target-only for ``spec_auto_probe_every`` rounds (so a stale estimate is re-measured); ``"static"``
@@ -34,12 +34,11 @@ from typing import Any, Callable
 
 from ..engine import GenerationResult, Request, RequestConfig, RoundRecord, SpeculativeEngine
 from ..methods import Method
-from .load import AutoLoad, LoadCap, LoadRule, load_capped  # noqa: F401  (LoadCap: re-exported)
+from ..load import WARMUP_DRAFT, AutoLoad, LoadCap, LoadRule, load_capped  # noqa: F401  (re-exported)
 from .metrics import ServeMetrics
 
 log = logging.getLogger("specadapt.serve")
 HISTORY = 10_000  # admissions and rounds kept in Scheduler.joins / batch_sizes
-WARMUP_DRAFT = 4  # warm-up rounds draft at most this many tokens: a short request then spans several plain rounds
 
 
 class QueueFull(Exception):

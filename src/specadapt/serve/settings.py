@@ -9,7 +9,7 @@ from ..api import DEFAULT_METHOD
 from ..errors import SpecAdaptError
 from ..methods import HEAD_HELP, Method, make_method, with_head
 from ..models.settings import ModelSettings
-from .load import LOAD_RULES, LoadRule, make_load_rule
+from ..load import LOAD_RULES, LoadRule, make_load_rule
 
 
 @dataclass

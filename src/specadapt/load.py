@@ -25,11 +25,12 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-from ..engine import Request, RoundRecord
-from ..methods import Method, MethodEntry
-from ..policies.base import MAX_DRAFT_TOKENS, DraftLengthPolicy, DraftStep, RoundOutcome
+from .engine import Request, RoundRecord
+from .methods import Method, MethodEntry
+from .policies.base import MAX_DRAFT_TOKENS, DraftLengthPolicy, DraftStep, RoundOutcome
 
 LOAD_RULES = ("auto", "static", "off")
+WARMUP_DRAFT = 4  # rounds a rule has not measured yet draft at most this many tokens (the server's warm-up's too)
 FILL_WEIGHT = 0.3  # a new measurement's weight in the running average of the draft's fill cost
 MAX_PROBE_GAP = 8  # probes where drafting keeps losing grow rarer, down to one every 8 * probe_every rounds
 PLAIN_WIDTH = 2  # a draft's first forward in a plain round feeds one or two pending tokens (more: it catches up)
@@ -91,6 +92,10 @@ def load_capped(method: Method) -> tuple[Method, LoadCap]:
 
 
 class LoadRule(Protocol):
+    @property
+    def ready(self) -> bool:
+        """Whether the rule can decide yet (a rule that learns costs online has measured them)."""
+
     def decide(self, rows: Sequence[Request], bound: int | None, priced: bool = False) -> int | None:
         """The draft-length cap for the next round over ``rows`` (``bound``: the policy's last largest bound;
         ``priced``: the policy measures its rounds' cost and prices each drafted token itself)."""
@@ -101,6 +106,8 @@ class LoadRule(Protocol):
 
 class NoLoad:
     """Never caps: every round drafts what the method's policy asks for."""
+
+    ready = True
 
     def decide(self, rows: Sequence[Request], bound: int | None, priced: bool = False) -> int | None:
         return None
@@ -408,8 +415,14 @@ class AutoLoad:
         since = self.measured_at.get(B, self.first_measured)
         return since is not None and self.rounds - since >= self.probe_gap.get(B, self.probe_every)
 
+    @property
+    def ready(self) -> bool:
+        """Whether the rule has measured a draft step, the target and the method's acceptance (until then it does
+        not cap)."""
+        return bool(self.target and self.draft_step and self.acceptance)
+
     def decide(self, rows: Sequence[Request], bound: int | None, priced: bool = False) -> int | None:
-        if not rows or bound is None or not (self.target and self.draft_step and self.acceptance):
+        if not rows or bound is None or not self.ready:
             return None
         K_max = min(bound, max(r.room for r in rows) - 1)
         if K_max <= 0:
