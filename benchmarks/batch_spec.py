@@ -30,7 +30,7 @@ import torch
 
 OUT = Path(__file__).resolve().parent / "results" / "batch_spec.json"
 BASE = "autoregressive"
-KEPT_RULES: dict = {}  # label -> its load rule, for METHOD/auto-kept
+KEPT_RULES: dict = {}  # label -> its load rule, for METHOD/auto-kept and METHOD/engine
 
 
 def run_batch(engine, name: str, prompts: list[list[int]], max_new_tokens: int) -> dict:
@@ -98,13 +98,14 @@ class Timed:
 
 
 def run_generate(engine, name: str, method, prompts: list[list[int]], max_new_tokens: int) -> dict:
-    """The batch through ``engine.generate``, the library's own path, under the engine's load rule for the method
-    (``/engine``: the one it keeps, calibrated by earlier batches; ``/engine-fresh``: a new one), timed per round."""
+    """The batch through ``engine.generate``, the library's own path, timed per round, under a load rule:
+    ``/engine-fresh`` a new one, as ``generate`` makes; ``/engine`` one kept over the label's every batch (the
+    warm-up's included), as the first version of ``generate`` kept one per method on the engine."""
     from specadapt.engine import RequestConfig
     from specadapt.load import AutoLoad
 
     outputs: list[list[int]] = [[] for _ in prompts]
-    inner = AutoLoad() if name.endswith("/engine-fresh") else engine._load_rule(method)
+    inner = AutoLoad() if name.endswith("/engine-fresh") else KEPT_RULES.setdefault(name, AutoLoad())
     rule = Timed(inner, outputs)
     start = time.perf_counter()
     engine.generate(prompts, method, RequestConfig(max_new_tokens), lambda i, ids: outputs[i].extend(ids), rule)
@@ -158,9 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip", type=int, default=26, help="start after the first SKIP prompts of --split")
     parser.add_argument("--batches", default="4,8")
     parser.add_argument("--methods", default=f"{BASE},fixed:1,fixed:2,fixed:3,adaedl,adaedl+lookup",
-                        help="comma-separated; METHOD/engine runs METHOD through engine.generate (under the load rule the "
-                        "engine keeps for it), METHOD/engine-fresh the same under a new rule for each batch; METHOD/auto "
-                        "and METHOD/auto-kept ran the rule in this script's own loop before the engine had it")
+                        help="comma-separated; METHOD/engine-fresh runs METHOD through engine.generate as it ships (a new "
+                        "load rule per batch), METHOD/engine the same under one rule kept over the label's batches; "
+                        "METHOD/auto and METHOD/auto-kept ran the rule in this script's own loop before the engine had it")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)

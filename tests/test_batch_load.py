@@ -58,17 +58,11 @@ def test_a_rule_that_has_measured_nothing_lets_a_round_draft_at_most_the_warm_up
     assert rule.ready
 
 
-def test_the_engine_keeps_one_rule_per_method_across_calls(target, close_draft):
-    engine = make_engine(target, close_draft)
-    config = RequestConfig(max_new_tokens=12)
-    engine.generate(PROMPTS, make_method("adaedl"), config)
-    (rule,) = engine._load_rules.values()
-    rounds = rule.rounds
-    assert rounds > 0 and rule.ready
-    engine.generate(PROMPTS, make_method("adaedl"), config)
-    assert list(engine._load_rules.values()) == [rule] and rule.rounds > rounds
-    engine.generate(PROMPTS, make_method("fixed:3"), config)
-    assert len(engine._load_rules) == 2  # another method's acceptance is another's to learn
+def test_a_batch_runs_under_a_fresh_auto_rule_by_default(target, close_draft):
+    results = make_engine(target, close_draft).generate(PROMPTS, make_method("adaedl"), RequestConfig(max_new_tokens=12))
+    for prompt, result in zip(PROMPTS, results):
+        assert result.token_ids == hf_greedy(target, prompt, 12)
+        assert result.settings["load_rule"] == "AutoLoad"
 
 
 def test_sampled_batches_single_prompts_and_target_only_run_without_a_rule(target, close_draft):

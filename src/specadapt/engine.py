@@ -173,7 +173,6 @@ class SpeculativeEngine:
         scheme, group = quantization_of(draft) if draft is not None else ("none", None)
         self.draft_setup = {"draft_quant": scheme, "draft_group_size": group,
                             "draft_head_ids": head_ids(draft) if draft is not None else None}
-        self._load_rules: dict[tuple[str, int], LoadRule] = {}  # method -> the rule its batches run under
 
     def batch(self, method: Method, early_first_token: bool = False) -> "Batch":
         """An empty batch running ``method``; add requests, then call ``step()`` until it is empty.
@@ -199,10 +198,10 @@ class SpeculativeEngine:
         last row stops drafting and every row pays for every draft step and verified position, so left to
         themselves adaptive policies make long rounds that cost more than they yield (``BENCHMARKS.md``, "Does any
         draft length pay at 8 rows?"). The rule caps each round's draft length at what pays for the batch's size
-        (``"auto"``: a :class:`specadapt.load.AutoLoad` kept on this engine per method, so it learns this machine's
-        costs once; until it has measured them a round drafts at most ``WARMUP_DRAFT``; or a rule object given;
-        ``"off"``: the policy's own lengths, as for one prompt). As in the server, a request's first round under a
-        rule only prefills. A greedy output is the target's whatever the draft lengths. A batch with a sampled
+        (``"auto"``: a fresh :class:`specadapt.load.AutoLoad`, which lets a round draft at most ``WARMUP_DRAFT``
+        until it has measured a draft step; or a rule object given; ``"off"``: the policy's own lengths, as for one
+        prompt). A rule kept from earlier batches did worse: the round that feeds the draft every prompt is one it
+        priced wrong (``BENCHMARKS.md``). As in the server, a request's first round under a rule only prefills. A greedy output is the target's whatever the draft lengths. A batch with a sampled
         request runs uncapped: which sample a seed gives depends on the draft lengths, and a rule's depend on
         measured time."""
         if not prompts:
@@ -210,13 +209,13 @@ class SpeculativeEngine:
         configs = [config] * len(prompts) if isinstance(config, RequestConfig) else list(config)
         if len(configs) != len(prompts):
             raise SpecAdaptError(f"got {len(configs)} request configs for {len(prompts)} prompts.")
-        from .load import WARMUP_DRAFT, load_capped  # load.py builds on this module's types
+        from .load import WARMUP_DRAFT, AutoLoad, load_capped  # load.py builds on this module's types
 
         if isinstance(load_rule, str) and load_rule not in ("auto", "off"):
             raise SpecAdaptError(f"load_rule must be 'auto', 'off' or a load rule object, got {load_rule!r}.")
         rule = cap = None
         if len(prompts) > 1 and method.needs_draft and all(c.sampling.greedy for c in configs) and load_rule != "off":
-            rule = self._load_rule(method) if load_rule == "auto" else load_rule
+            rule = AutoLoad() if load_rule == "auto" else load_rule
             method, cap = load_capped(method)
         base_seed = secrets.randbelow(2**31 - len(prompts))
         # Under a rule, as in the server, a request's first round only prefills: that round feeds every prompt and
@@ -242,12 +241,6 @@ class SpeculativeEngine:
             for result in results:
                 result.settings["load_rule"] = type(rule).__name__
         return results
-
-    def _load_rule(self, method: Method) -> "LoadRule":
-        """The load rule kept for ``method`` (its costs and acceptance, learned over this engine's batches)."""
-        from .load import AutoLoad
-
-        return self._load_rules.setdefault((method.spec or method.name, method.lookup), AutoLoad())
 
 
 class Batch:
