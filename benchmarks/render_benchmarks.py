@@ -2308,6 +2308,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "batch-spec-ride": batch_spec("batch_spec_ride.json"),
     "batch-spec-auto": batch_spec("batch_spec_auto.json"),
     "batch-spec-engine": batch_spec("batch_spec_engine.json"),
+    "batch-spec-check": batch_spec("batch_spec_check.json"),
     "serve-load-ride-tune": serve_load("serve_load_ride_tune.json", capped=True),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
