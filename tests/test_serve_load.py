@@ -12,7 +12,7 @@ from specadapt.engine import RequestConfig, RoundRecord
 from specadapt.errors import SpecAdaptError
 from specadapt.methods import make_method
 from specadapt.serve import ServeSettings
-from specadapt.load import MAX_PROBE_GAP, AcceptanceModel, AutoLoad, CostCurve, NoLoad, StaticLoad
+from specadapt.load import MAX_DRAFT_TOKENS, MAX_PROBE_GAP, AcceptanceModel, AutoLoad, CostCurve, NoLoad, StaticLoad
 from specadapt.serve.scheduler import Job, Scheduler
 
 from conftest import perturbed_copy, save_tiny_checkpoint
@@ -47,6 +47,15 @@ def test_auto_rule_drafts_at_small_batches_and_stops_when_target_cost_per_token_
     assert rule.decide(rows(8), bound=3) == 0
     rates = rule.rates(1, 1, 1, 100.0, 3)
     assert rates[3] > rates[0] * 1.05
+
+
+def test_auto_rule_decides_without_the_policys_bound_too():
+    # A batch whose rounds so far only prefilled has no bound from its policy yet; a measured rule still caps it
+    # (it used to answer None, and the round drafted as far as the policy went: 32 steps over 8 rows).
+    rule = trained(lambda x: 1.0 if x <= 4 else x / 4, lambda b: 0.05)
+    assert rule.decide(rows(8), bound=None) == 0
+    assert rule.decide(rows(1), bound=None) == 3  # alone it drafts: 3 of the lengths up to 64 (the pass grows past 4)
+    assert AutoLoad().decide(rows(8), bound=None) is None  # nothing measured yet: no cap (the engine caps such rounds)
 
 
 def test_auto_rule_picks_the_cap_in_between_when_later_positions_rarely_pay():
@@ -155,7 +164,8 @@ def test_auto_rule_does_not_cap_before_it_has_measured_drafting():
     assert rule.decide(rows(4), bound=3) is None
     rule.observe(record(4, 3, 2))
     assert rule.decide(rows(4), bound=3) is not None or rule.draft_step  # now it decides
-    assert rule.decide(rows(4), bound=None) is None  # the policy's bound is unknown: no cap
+    # the policy's bound unknown: the rule decides over every length a round may draft
+    assert rule.decide(rows(4), bound=None) == rule.decide(rows(4), bound=MAX_DRAFT_TOKENS) == 2
 
 
 def flat_then_linear(x: int) -> float:

@@ -422,9 +422,11 @@ class AutoLoad:
         return bool(self.target and self.draft_step and self.acceptance)
 
     def decide(self, rows: Sequence[Request], bound: int | None, priced: bool = False) -> int | None:
-        if not rows or bound is None or not self.ready:
+        if not rows or not self.ready:
             return None
-        K_max = min(bound, max(r.room for r in rows) - 1)
+        # No bound yet (the policy has not drafted since the batch began, e.g. after rounds that only prefilled):
+        # decide over every length a round may draft. Deciding nothing here let such a round draft uncapped.
+        K_max = min(MAX_DRAFT_TOKENS if bound is None else bound, max(r.room for r in rows) - 1)
         if K_max <= 0:
             return None
         w_t = max(len(r.target_pending) for r in rows)
