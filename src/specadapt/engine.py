@@ -199,9 +199,9 @@ class SpeculativeEngine:
         themselves adaptive policies make long rounds that cost more than they yield (``BENCHMARKS.md``, "Does any
         draft length pay at 8 rows?"). The rule caps each round's draft length at what pays for the batch's size
         (``"auto"``: a fresh :class:`specadapt.load.AutoLoad`, which lets a round draft at most ``WARMUP_DRAFT``
-        until it has measured a draft step; or a rule object given; ``"off"``: the policy's own lengths, as for one
-        prompt). A rule kept from earlier batches did worse: the round that feeds the draft every prompt is one it
-        priced wrong (``BENCHMARKS.md``). As in the server, a request's first round under a rule only prefills. A greedy output is the target's whatever the draft lengths. A batch with a sampled
+        until it has measured a draft step, measured faster than one kept over earlier batches; a rule object; or
+        ``"off"``: the policy's own lengths, as for one prompt). As in the server, a request's first round under a
+        rule only prefills. A greedy output is the target's whatever the draft lengths. A batch with a sampled
         request runs uncapped: which sample a seed gives depends on the draft lengths, and a rule's depend on
         measured time."""
         if not prompts:

@@ -1,4 +1,5 @@
-"""Load rules: how many tokens a round may draft, given how many requests run (the server's draft-length cap).
+"""Load rules: how many tokens a round may draft, given how many requests run (the draft-length cap of the
+server's rounds and of ``SpeculativeEngine.generate``'s greedy batches).
 
 Speculation trades draft passes, and verification of tokens that may be rejected, for fewer target passes.
 At batch size 1 a target pass over K + 1 tokens costs about as much as over one, so drafting pays; as the
