@@ -2179,7 +2179,7 @@ def _serve_load_indices(settings: dict) -> dict[str, list[int]]:
 def prompt_ledger() -> str:
     """Which prompts of each dataset's splits the committed runs measured (the ``records.jsonl`` of bench and
     cheap_draft.py runs; results files whose settings name a split and a count: serve_load.py, copies_ab.py,
-    hf_passes.py, ...; eval-draft reports), and where each split's unused prompts begin."""
+    hf_passes.py, ...; batch_spec.py's, which list their prompts' ids; eval-draft reports), and where each split's unused prompts begin."""
     from specadapt.bench.splits import SPLITS, split_range
 
     used: dict[tuple[str, str], dict[int, set[str]]] = {}
@@ -2203,6 +2203,10 @@ def prompt_ledger() -> str:
                 note(data["data"], split_range(data["data"], "test")[i], run)
             continue
         settings = data.get("settings") if isinstance(data.get("settings"), dict) else data
+        if isinstance(data.get("prompts"), list) and "dataset" in settings:  # batch_spec.py: its prompts' ids
+            for example_id in data["prompts"]:
+                note(settings["dataset"], dataset_order(settings["dataset"])[example_id], run)
+            continue
         if (path.parent / "records.jsonl").exists() or not {"datasets", "split"} <= settings.keys():
             continue  # counted from its records; or no split named (runs from before the splits: tune prompts)
         if "requests_per_client" in settings:
