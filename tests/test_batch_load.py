@@ -14,8 +14,10 @@ PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19],
 class Recording:
     """A load rule that always answers ``cap`` and records what it is asked and told."""
 
-    def __init__(self, cap: int | None, ready: bool = True) -> None:
-        self.cap, self.ready, self.asked, self.seen = cap, ready, [], []
+    ready = True
+
+    def __init__(self, cap: int | None) -> None:
+        self.cap, self.asked, self.seen = cap, [], []
 
     def decide(self, rows, bound, priced=False):
         self.asked.append(len(rows))
