@@ -190,11 +190,8 @@ def use_paired_rows(model: nn.Module, on: bool = True, anywhere: bool = False) -
         return _switch(model, PairedRowLinear, nn.Linear, head=True)
     if not (anywhere or pairs_one_rows()):
         return 0
-    layers = [m for m in model.modules() if type(m) is nn.Linear and m.in_features >= PAIRED_MIN_IN_FEATURES
-              and m.weight.numel() >= PAIRED_MIN_ELEMENTS]
-    for m in layers:
-        m.__class__ = PairedRowLinear
-    return len(layers)
+    return _switch(model, nn.Linear, PairedRowLinear, head=True,
+                   where=lambda m: m.in_features >= PAIRED_MIN_IN_FEATURES and m.weight.numel() >= PAIRED_MIN_ELEMENTS)
 
 
 def padded_rows(rows: int, native: bool | None = None) -> int:
@@ -333,10 +330,12 @@ class WideFloat32Linear(nn.Linear):
         return float32_product(x.float(), weight, None if self.bias is None else self.bias.float()).to(x.dtype)
 
 
-def _switch(model: nn.Module, old: type, new: type, head: bool) -> int:
-    """Turn ``model``'s layers of exactly type ``old`` into ``new`` (the output head too if ``head``)."""
+def _switch(model: nn.Module, old: type, new: type, head: bool,
+            where: Callable[[nn.Module], bool] = lambda m: True) -> int:
+    """Turn ``model``'s layers of exactly type ``old`` for which ``where`` holds into ``new`` (the output head too
+    if ``head``)."""
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    layers = [m for m in model.modules() if type(m) is old and (head or m is not out)]
+    layers = [m for m in model.modules() if type(m) is old and (head or m is not out) and where(m)]
     for m in layers:
         m.__class__ = new
     return len(layers)
