@@ -33,6 +33,12 @@ BASE = "autoregressive"
 KEPT_RULES: dict = {}  # label -> its load rule, for METHOD/auto-kept and METHOD/engine
 
 
+def round_entry(rec, seconds: float, tokens: int) -> dict:
+    """One round of a run's log: what the engine's ``RoundRecord`` says, its wall time and the tokens it emitted."""
+    return {"rows": rec.rows, "K": rec.K, "seconds": seconds, "draft_s": rec.draft_s, "target_s": rec.target_s,
+            "prefill_s": rec.prefill_s, "tokens": tokens, "drafted": sum(rec.drafted), "accepted": sum(rec.accepted)}
+
+
 def run_batch(engine, name: str, prompts: list[list[int]], max_new_tokens: int) -> dict:
     """Decode ``prompts`` as one batch with the method ``name`` (``METHOD/auto``: under the server's load rule, a
     fresh one; ``METHOD/auto-kept``: under one rule kept over the label's every batch); the per-round log and every
@@ -66,10 +72,7 @@ def run_batch(engine, name: str, prompts: list[list[int]], max_new_tokens: int) 
         rec = batch.last_round
         if rule is not None:
             rule.observe(rec)
-        rounds.append({"rows": rec.rows, "K": rec.K, "seconds": seconds, "draft_s": rec.draft_s,
-                       "target_s": rec.target_s, "prefill_s": rec.prefill_s,
-                       "tokens": sum(len(r.output) for r in requests) - before,
-                       "drafted": sum(rec.drafted), "accepted": sum(rec.accepted)})
+        rounds.append(round_entry(rec, seconds, sum(len(r.output) for r in requests) - before))
     wall = time.perf_counter() - start
     return {"wall_s": wall, "rounds": rounds, "outputs": [list(r.output) for r in requests]}
 
@@ -91,9 +94,7 @@ class Timed:
     def observe(self, rec) -> None:
         self.inner.observe(rec)
         now, emitted = time.perf_counter(), sum(map(len, self.outputs))
-        self.rounds.append({"rows": rec.rows, "K": rec.K, "seconds": now - self.last, "draft_s": rec.draft_s,
-                            "target_s": rec.target_s, "prefill_s": rec.prefill_s, "tokens": emitted - self.emitted,
-                            "drafted": sum(rec.drafted), "accepted": sum(rec.accepted)})
+        self.rounds.append(round_entry(rec, now - self.last, emitted - self.emitted))
         self.last, self.emitted = now, emitted
 
 
