@@ -1318,9 +1318,13 @@ def batch_spec(name: str) -> Callable[[], str]:
                 ratios = f"{r['ratio']:.3f} ({', '.join(f'{x:.3f}' for x in r['ratio_per_repeat'])}) | "
                 steady = f"{r['steady_ratio']:.3f} ({', '.join(f'{x:.3f}' for x in r['steady_ratio_per_repeat'])}) |"
             acceptance = f"{100 * r['acceptance']:.1f}%" if r["acceptance"] is not None else "–"
-            out.append(f"| {r['batch']} | `{r['method']}` | {r['tokens_per_s']:.2f} | {ratios}"
-                       f"{r['steady_tokens_per_s']:.2f} | {steady} {r['steps_per_round']:.2f} | {r['tokens_per_row_round']:.2f} | "
-                       f"{r['seconds_per_round']:.3f} | {acceptance} | {r['identical']}/{r['outputs']} |")
+            if r["steady_rounds"]:
+                rounds = (f"{r['steady_tokens_per_s']:.2f} | {steady} {r['steps_per_round']:.2f} | "
+                          f"{r['tokens_per_row_round']:.2f} | {r['seconds_per_round']:.3f}")
+            else:  # one prompt through generate: no load rule, so no round was logged
+                rounds = "– | – | – | – | –"
+            out.append(f"| {r['batch']} | `{r['method']}` | {r['tokens_per_s']:.2f} | {ratios}{rounds} | {acceptance} | "
+                       f"{r['identical']}/{r['outputs']} |")
         return "\n".join(out) + "\n"
 
     return render
@@ -2313,6 +2317,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "batch-spec-auto": batch_spec("batch_spec_auto.json"),
     "batch-spec-engine": batch_spec("batch_spec_engine.json"),
     "batch-spec-check": batch_spec("batch_spec_check.json"),
+    "batch-spec-window": batch_spec("batch_spec_window.json"),
     "serve-load-ride-tune": serve_load("serve_load_ride_tune.json", capped=True),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
