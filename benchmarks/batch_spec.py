@@ -41,19 +41,10 @@ def round_entry(rec, seconds: float, tokens: int) -> dict:
 
 def run_batch(engine, name: str, prompts: list[list[int]], max_new_tokens: int) -> dict:
     """Decode ``prompts`` as one batch with the method ``name`` (``METHOD/auto``: under the server's load rule, a
-    fresh one; ``METHOD/auto-kept``: under one rule kept over the label's every batch; a ``~W`` ending: the draft
-    reads each prompt's first and last ``W`` tokens, ``engine.draft_context``); the per-round log and every
+    fresh one; ``METHOD/auto-kept``: under one rule kept over the label's every batch); the per-round log and every
     request's output. (``batch_spec_ride.json`` measured riding, commit 3e6feed, since reverted: its
-    ``METHOD/noride`` ran without it.)"""
-    label, _, context = name.partition("~")
-    engine.draft_context = int(context) if context else None
-    try:
-        return _run_batch(engine, label, prompts, max_new_tokens)
-    finally:
-        engine.draft_context = None
-
-
-def _run_batch(engine, name: str, prompts: list[list[int]], max_new_tokens: int) -> dict:
+    ``METHOD/noride`` ran without it. ``batch_spec_window.json`` measured a draft reading a window of each prompt,
+    commit b043fdd, since reverted: a ``~W`` ending.)"""
     from specadapt.engine import RequestConfig
     from specadapt.methods import make_method
 

@@ -3,13 +3,12 @@
 import pytest
 import torch
 
-from specadapt.engine import DRAFT_SINK, RequestConfig, SpeculativeEngine, draft_view
-from specadapt.errors import SpecAdaptError
+from specadapt.engine import RequestConfig
 from specadapt.methods import make_method
 from specadapt.models.runner import ModelRunner
 from specadapt.load import load_capped
 
-from conftest import IdTokenizer, hf_greedy, make_engine
+from conftest import hf_greedy, make_engine
 
 # Every lossless draft-length policy (SpecDec++ needs a head: tests/test_specdecpp.py).
 POLICIES = [
@@ -353,57 +352,3 @@ def test_a_draft_that_has_seen_none_of_the_running_requests_is_fed_apart_too(tar
     while batch.active:
         batch.step()
     assert late[0].output == hf_greedy(target, PROMPTS[2] * 2, 8) and late[1].output == hf_greedy(target, PROMPTS[1], 8)
-
-
-def test_draft_view_keeps_the_first_tokens_and_the_last_window():
-    prompt = list(range(100, 120))
-    assert draft_view(prompt, None) == prompt
-    assert draft_view(prompt, 16) == prompt  # 4 + 16 tokens: nothing to leave out
-    assert draft_view(prompt, 5) == [100, 101, 102, 103, 115, 116, 117, 118, 119]
-    assert draft_view(prompt, 1) == prompt[:DRAFT_SINK] + [119]
-
-
-WINDOWED = list(range(10, 40))  # 30 tokens: a draft_context of 3 leaves out 23 of them
-
-
-def test_a_draft_reading_a_window_is_fed_the_window_alone(target, close_draft):
-    """With ``draft_context`` the draft is fed each prompt's first 4 and last W tokens, whether the prompt is fed in
-    the round (a fresh batch) or apart (joining a running one)."""
-    engine = SpeculativeEngine(target, close_draft, IdTokenizer(), [], draft_context=3)
-    fed = []
-    hook = close_draft.model.embed_tokens.register_forward_pre_hook(lambda e, args: fed.append(tuple(args[0].shape)))
-    try:
-        batch = engine.batch(make_method("fixed:4"))
-        batch.add(WINDOWED, RequestConfig(max_new_tokens=20))
-        batch.step()
-        assert fed[0] == (1, 4 + 3)  # the window, fed with the round's first draft step
-        fed.clear()
-        batch.add(WINDOWED[::-1] + WINDOWED, RequestConfig(max_new_tokens=12))
-        batch.step()
-        assert fed[0] == (1, 4 + 3 - 1)  # fed apart: the window but its last token, which the round feeds
-        assert batch.last_round.draft_fill_tokens == 6
-    finally:
-        hook.remove()
-
-
-@pytest.mark.parametrize("method", ["fixed:4", "adaedl", "adaedl+lookup"])
-def test_a_draft_reading_a_window_leaves_the_output_unchanged(target, close_draft, method):
-    engine = SpeculativeEngine(target, close_draft, IdTokenizer(), [], draft_context=3)
-    batch = engine.batch(make_method(method))
-    first = batch.add(WINDOWED, RequestConfig(max_new_tokens=20))
-    batch.step()
-    joined = batch.add(WINDOWED[::-1] + WINDOWED, RequestConfig(max_new_tokens=12))
-    while batch.active:
-        batch.step()
-    assert first.output == hf_greedy(target, WINDOWED, 20)
-    assert joined.output == hf_greedy(target, WINDOWED[::-1] + WINDOWED, 12)
-    prompts = [WINDOWED, PROMPTS[0], WINDOWED[5:]]
-    results = engine.generate(prompts, make_method(method), RequestConfig(max_new_tokens=16))
-    for prompt, result in zip(prompts, results):
-        assert result.token_ids == hf_greedy(target, prompt, 16) and result.settings["draft_context"] == 3
-
-
-def test_a_draft_context_below_one_token_is_refused(target, close_draft):
-    with pytest.raises(SpecAdaptError, match=r"^draft_context must be at least 1 token \(or None for the whole "
-                                             r"prompt\), got 0\.$"):
-        SpeculativeEngine(target, close_draft, IdTokenizer(), [], draft_context=0)

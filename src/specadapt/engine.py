@@ -132,7 +132,6 @@ class Request:
     stats: RequestStats = field(default_factory=RequestStats)
     target_pending: list[int] = field(default_factory=list)  # tokens the target has not been fed yet
     draft_pending: list[int] = field(default_factory=list)  # tokens the draft has not been fed yet
-    draft_prompt: list[int] = field(default_factory=list)  # the prompt as the draft reads it (its context window)
     finish_reason: str | None = None  # "eos" | "stop" | "length" | "cancelled"; None while running
     started: float = field(default_factory=time.perf_counter)
 
@@ -143,19 +142,7 @@ class Request:
     @property
     def draft_unfed(self) -> bool:
         """The draft has seen nothing of this request yet (it joined a running batch and was not drafted for)."""
-        return len(self.draft_pending) == len(self.draft_prompt) + len(self.output)
-
-
-DRAFT_SINK = 4  # a windowed prompt keeps its first tokens: attention leans on them (StreamingLLM's "sinks")
-
-
-def draft_view(prompt: list[int], context: int | None) -> list[int]:
-    """The prompt as the draft reads it: whole, or with ``context`` set, its first ``DRAFT_SINK`` tokens and its
-    last ``context``. A shorter prompt costs the draft less prefill, and its drafts are still verified by the
-    target, so the output is unchanged: only how many drafts are accepted moves."""
-    if context is None or len(prompt) <= DRAFT_SINK + context:
-        return prompt
-    return prompt[:DRAFT_SINK] + prompt[len(prompt) - context:]
+        return len(self.draft_pending) == len(self.prompt) + len(self.output)
 
 
 def _sync(device: torch.device) -> None:
@@ -172,14 +159,7 @@ class SpeculativeEngine:
         draft: PreTrainedModel | None,
         tokenizer: PreTrainedTokenizerBase,
         eos_token_ids: Sequence[int] = (),
-        draft_context: int | None = None,
     ) -> None:
-        """``draft_context``: the draft reads each prompt's first ``DRAFT_SINK`` and last ``draft_context`` tokens
-        only (None: all of it); see :func:`draft_view`."""
-        if draft_context is not None and draft_context < 1:
-            raise SpecAdaptError(
-                f"draft_context must be at least 1 token (or None for the whole prompt), got {draft_context}.")
-        self.draft_context = draft_context
         self.target = target
         self.draft = draft
         self.tokenizer = tokenizer
@@ -191,13 +171,8 @@ class SpeculativeEngine:
         self.target_quant = {"target_quant": scheme, "target_group_size": group}
         # The draft's quantization and head change speed only, but a measurement must say which draft it timed.
         scheme, group = quantization_of(draft) if draft is not None else ("none", None)
-        self._draft_model_setup = {"draft_quant": scheme, "draft_group_size": group,
-                                   "draft_head_ids": head_ids(draft) if draft is not None else None}
-
-    @property
-    def draft_setup(self) -> dict:
-        """What a measurement must say of the draft it timed: its quantization, head and prompt window."""
-        return {**self._draft_model_setup, "draft_context": self.draft_context}
+        self.draft_setup = {"draft_quant": scheme, "draft_group_size": group,
+                            "draft_head_ids": head_ids(draft) if draft is not None else None}
 
     def batch(self, method: Method, early_first_token: bool = False) -> "Batch":
         """An empty batch running ``method``; add requests, then call ``step()`` until it is empty.
@@ -311,11 +286,10 @@ class Batch:
         else:
             slot, self._next_slot = self._next_slot, self._next_slot + 1
         eos = config.eos_token_ids if config.eos_token_ids is not None else self.engine.eos_token_ids
-        view = draft_view(list(prompt), self.engine.draft_context)
         request = Request(
             list(prompt), config, seed, slot, torch.Generator(device=self.device).manual_seed(seed), frozenset(eos),
             on_tokens, stats=RequestStats(prompt_tokens=len(prompt)),
-            target_pending=list(prompt), draft_pending=list(view), draft_prompt=view,
+            target_pending=list(prompt), draft_pending=list(prompt),
         )
         self._joining.append(request)
         return request
