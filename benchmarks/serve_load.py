@@ -25,7 +25,8 @@ to a policy that prices its own drafts; ``auto-cold``: ``auto`` without the serv
 ``cpu_avx2/serve_load_warmup4_tune.json`` the bare label means ``--warmup-tokens 32``); ``auto-warm``: ``auto``
 with ``--warmup-tokens 32``). Every server also gets one 8-token request before its cells. A label ending in
 ``/fused`` serves that method with ``--fused-first-round`` (a request's first round drafts too; every run before ``cpu_avx2/serve_load_first_token*.json`` served so), e.g.
-``--methods autoregressive,adaedl+lookup,adaedl+lookup/fused``. (``serve_load_ride_tune.json`` measured riding,
+``--methods autoregressive,adaedl+lookup,adaedl+lookup/fused``; one ending in ``/prefix`` serves it with a prefix
+cache of ``--prefix-cache-tokens`` (the others with none; both: ``/fused/prefix``). (``serve_load_ride_tune.json`` measured riding,
 commit 3e6feed, since reverted: its ``/noride`` label served without it.)
 """
 
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the draft's quantization (serve_load.json and serve_load_spec_max_batch1.json: none)")
     parser.add_argument("--draft-vocab", default=zoo.DEFAULT_DRAFT_VOCAB,
                         help="the draft's output head: full or N token ids")
+    parser.add_argument("--prefix-cache-tokens", type=int, default=4096,
+                        help="the prefix cache of the servers whose label has /prefix (the others keep none)")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--no-float32-copies", dest="float32_copies", action="store_false",
                         help="a bf16 target on a CPU without native bf16 keeps no float32 copy of its weights")
@@ -260,12 +263,13 @@ def main(argv: list[str] | None = None) -> None:
     def start_servers(stack: contextlib.ExitStack) -> dict:
         servers = {}
         for method in methods:  # one server per method, all up at once, so cells can interleave
-            spec, _, first = method.partition("/")
+            spec, *flags = method.split("/")
             name, _, rule = spec.partition("@")
             rule = rule or args.spec_load
             defer, warmup = rule == "auto-defer", {"auto-cold": 0, "auto-warm": 32}.get(rule)
             settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant,
-                                     draft_vocab=args.draft_vocab, method=name, early_first_token=first != "fused",
+                                     draft_vocab=args.draft_vocab, method=name, early_first_token="fused" not in flags,
+                                     prefix_cache_tokens=args.prefix_cache_tokens if "prefix" in flags else 0,
                                      model_name="bench", max_batch_size=max(levels), max_queue=max(levels),
                                      spec_load="auto" if defer or warmup is not None else rule, spec_auto_defer=defer,
                                      spec_max_batch=args.spec_max_batch, spec_load_k=args.spec_load_k,
@@ -288,9 +292,14 @@ def main(argv: list[str] | None = None) -> None:
                 for method in methods[shift:] + methods[:shift]:
                     scheduler = servers[method].app.state.scheduler
                     before = scheduler.rounds
+                    stores = {name: store for name, store in scheduler.engine.prefixes.items() if store is not None}
+                    for store in stores.values():  # cells repeat prompts: a cell reuses only its own prompts' prefixes
+                        store.clear()
                     row = {"method": method, "repeat": repeat, **run_cell(
                         servers[method].url, "bench", prompts, c, args.requests_per_client, args.max_tokens,
                         args.time_limit), **load_record(scheduler, scheduler.rounds - before)}
+                    if stores:
+                        row["prefix_reused_tokens"] = {name: store.reused_tokens for name, store in stores.items()}
                     rows.append(row)
                     print(f"{method:>16} x{c} (repeat {repeat}): {row['output_tokens_per_s']:.1f} tok/s", file=sys.stderr)
 

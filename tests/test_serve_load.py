@@ -25,7 +25,8 @@ def record(rows: int, K: int, accepted: int, target_width: int = 1, draft_width:
 
 
 def rows(B: int, room: int = 100, draft_behind: int = 1) -> list:
-    return [SimpleNamespace(room=room, target_pending=[0], draft_pending=[0] * draft_behind, draft_unfed=False)
+    return [SimpleNamespace(room=room, target_pending=[0], draft_pending=[0] * draft_behind, draft_unfed=False,
+                            draft_reused=0)
             for _ in range(B)]
 
 
@@ -121,7 +122,7 @@ def test_auto_rule_drafts_in_a_round_over_fresh_prompts_only_if_plain_rounds_wou
     and little more per position beyond (a CPU without native bf16, wide blocks in float32)."""
     def avx2_like(x: int) -> float:
         return 1.0 + 0.4 * (x - 1) if x <= 16 else 7.0 + 0.05 * x
-    fresh = [SimpleNamespace(room=100, target_pending=[0] * 60, draft_pending=[0] * 60, draft_unfed=True)]
+    fresh = [SimpleNamespace(room=100, target_pending=[0] * 60, draft_pending=[0] * 60, draft_unfed=True, draft_reused=0)]
     def rule(step: float) -> AutoLoad:
         rule = trained(avx2_like, lambda b: step, batches=(1,))
         for width in (60, 64):  # prompts seen before

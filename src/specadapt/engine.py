@@ -45,6 +45,7 @@ from .lookup import lookup_next
 from .methods import Method
 from .models.draft_vocab import head_ids, output_width
 from .models.graphed import make_runner
+from .models.prefix import PrefixStore
 from .models.quant import quantization_of
 from .models.runner import ModelRunner, left_pad, share_one_pass
 from .policies.base import DraftBlock, DraftStep, RoundCost, draft_round, finish_round
@@ -132,6 +133,7 @@ class Request:
     stats: RequestStats = field(default_factory=RequestStats)
     target_pending: list[int] = field(default_factory=list)  # tokens the target has not been fed yet
     draft_pending: list[int] = field(default_factory=list)  # tokens the draft has not been fed yet
+    draft_reused: int = 0  # of the prompt, tokens the draft's prefix cache held when the request joined
     finish_reason: str | None = None  # "eos" | "stop" | "length" | "cancelled"; None while running
     started: float = field(default_factory=time.perf_counter)
 
@@ -159,7 +161,9 @@ class SpeculativeEngine:
         draft: PreTrainedModel | None,
         tokenizer: PreTrainedTokenizerBase,
         eos_token_ids: Sequence[int] = (),
+        prefix_cache_tokens: int = 0,
     ) -> None:
+        """``prefix_cache_tokens``: see :meth:`keep_prefixes`."""
         self.target = target
         self.draft = draft
         self.tokenizer = tokenizer
@@ -173,6 +177,16 @@ class SpeculativeEngine:
         scheme, group = quantization_of(draft) if draft is not None else ("none", None)
         self.draft_setup = {"draft_quant": scheme, "draft_group_size": group,
                             "draft_head_ids": head_ids(draft) if draft is not None else None}
+        self.keep_prefixes(prefix_cache_tokens)
+
+    def keep_prefixes(self, max_tokens: int) -> None:
+        """Keep up to ``max_tokens`` tokens of recently fed prompts per model (0: none, the default), so that a prompt
+        starting as an earlier one did (a chat template's system turn, a task's instruction) feeds the models only
+        the rest; the batches this engine runs from now on share the stores. See :mod:`specadapt.models.prefix`."""
+        if max_tokens < 0:
+            raise SpecAdaptError(f"the prefix cache must hold >= 0 tokens (0: none), got {max_tokens}.")
+        self.prefixes = {name: PrefixStore(max_tokens) if max_tokens and model is not None else None
+                         for name, model in (("target", self.target), ("draft", self.draft))}
 
     def batch(self, method: Method, early_first_token: bool = False) -> "Batch":
         """An empty batch running ``method``; add requests, then call ``step()`` until it is empty.
@@ -252,12 +266,12 @@ class Batch:
         self.early_first_token = early_first_token
         self.policy = method.policy
         self.device = engine.device
-        self.target = make_runner(engine.target, exact=True)
+        self.target = make_runner(engine.target, exact=True, prefixes=engine.prefixes["target"])
         self.draft: ModelRunner | None = None
         if method.needs_draft:
             if engine.draft is None:
                 raise SpecAdaptError(f"method {method.name!r} needs a draft model; load one or use 'autoregressive'.")
-            self.draft = make_runner(engine.draft, want_hidden=self.policy.needs_hidden)
+            self.draft = make_runner(engine.draft, want_hidden=self.policy.needs_hidden, prefixes=engine.prefixes["draft"])
             self._vocab = output_width(engine.draft)  # a looked-up token's point mass has the draft's width
         self.requests: list[Request] = []  # row i of both caches is requests[i] (once joined)
         self._joining: list[Request] = []  # added since the last round: no cache rows or policy state yet
@@ -324,9 +338,12 @@ class Batch:
             self.draft.add_rows(len(joining))
         running = len(self.requests)
         self.requests += joining
-        if running or not share_one_pass([len(r.target_pending) for r in joining]):
-            # prefill the target apart, so no row is padded to a much longer prompt's length
+        if running or self.target.prefixes is not None or not share_one_pass([len(r.target_pending) for r in joining]):
+            # prefill the target apart, so no row is padded to a much longer prompt's length (and prefixes are kept)
             self._feed_apart(self.target, list(range(running, len(self.requests))))
+        if self.draft is not None:  # what feeding the draft will cost, for a caller that prices it (a load rule)
+            for r in joining:
+                r.draft_reused = self.draft.reusable(r.draft_pending[:-1])
         self.policy.begin(torch.tensor([r.slot for r in joining], device=self.device))
 
     def result(self, request: Request) -> GenerationResult:
@@ -431,7 +448,8 @@ class Batch:
         if not unfed:
             return
         # A fresh batch's prompts of similar lengths are fed in the round instead.
-        if self.draft.mask.shape[1] > 0 or not share_one_pass([len(self.requests[j].draft_pending) for j in unfed]):
+        if (self.draft.mask.shape[1] > 0 or self.draft.prefixes is not None
+                or not share_one_pass([len(self.requests[j].draft_pending) for j in unfed])):
             self._feed_apart(self.draft, unfed)
 
     def _feed_apart(self, runner: ModelRunner, rows: list[int]) -> None:

@@ -431,7 +431,8 @@ class AutoLoad:
         if K_max <= 0:
             return None
         w_t = max(len(r.target_pending) for r in rows)
-        unfed = [len(r.draft_pending) for r in rows if r.draft_unfed]  # fed apart (Batch), not padded
+        # fed apart (Batch), not padded, and only from where the draft's prefix cache stops
+        unfed = [len(r.draft_pending) - r.draft_reused for r in rows if r.draft_unfed]
         w_d = max((len(r.draft_pending) for r in rows if not r.draft_unfed), default=0)
         room = sum(r.room for r in rows) / len(rows)
         B = len(rows)

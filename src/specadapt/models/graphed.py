@@ -32,6 +32,7 @@ from transformers import PreTrainedModel
 
 from .decode_step import MAX_TOKENS as LEAN_MAX_TOKENS
 from .decode_step import DecodeStep
+from .prefix import PrefixStore
 from .runner import ModelRunner
 
 MIN_CAPACITY = 512  # slots; the capacity doubles past it, so a long generation captures a few graphs, not many
@@ -165,8 +166,9 @@ class GraphedRunner(ModelRunner):
     """A :class:`ModelRunner` whose blocks of up to 16 tokens run over fixed buffers, replaying CUDA graphs on a GPU
     (``capture``; default: on CUDA); see the module."""
 
-    def __init__(self, model: PreTrainedModel, want_hidden: bool = False, capture: bool | None = None) -> None:
-        super().__init__(model, want_hidden=want_hidden, lean_steps=True)
+    def __init__(self, model: PreTrainedModel, want_hidden: bool = False, capture: bool | None = None,
+                 prefixes: PrefixStore | None = None) -> None:
+        super().__init__(model, want_hidden=want_hidden, lean_steps=True, prefixes=prefixes)
         self.capture = model.device.type == "cuda" if capture is None else capture
         self.slab: _Slab | None = None  # the buffers in use
         self._slabs: dict[int, _Slab] = _idle.pop(model, None) or {}  # batch size -> its buffers and graphs
@@ -246,10 +248,12 @@ class GraphedRunner(ModelRunner):
         return slab
 
 
-def make_runner(model: PreTrainedModel, want_hidden: bool = False, exact: bool = False) -> ModelRunner:
+def make_runner(model: PreTrainedModel, want_hidden: bool = False, exact: bool = False,
+                prefixes: PrefixStore | None = None) -> ModelRunner:
     """The engine's runner for a model. On a GPU, its steps replay CUDA graphs where the architecture has a lean
     step; on a CPU, the draft (``exact=False``) takes the lean step and the target (``exact=True``) transformers'
-    own forward, so target-only output is transformers' to the bit."""
+    own forward, so target-only output is transformers' to the bit (a prompt whose prefix came from ``prefixes``
+    was fed in two passes: the same values up to rounding)."""
     if model.device.type == "cuda" and DecodeStep.for_model(model) is not None:
-        return GraphedRunner(model, want_hidden=want_hidden)
-    return ModelRunner(model, want_hidden=want_hidden, lean_steps=not exact)
+        return GraphedRunner(model, want_hidden=want_hidden, prefixes=prefixes)
+    return ModelRunner(model, want_hidden=want_hidden, lean_steps=not exact, prefixes=prefixes)

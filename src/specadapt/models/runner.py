@@ -16,6 +16,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from .decode_step import MAX_TOKENS as LEAN_MAX_TOKENS
 from .decode_step import DecodeStep
+from .prefix import PrefixStore
 
 
 def left_pad(seqs: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,11 +55,14 @@ def share_one_pass(lengths: Sequence[int]) -> bool:
 
 
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel, want_hidden: bool = False, lean_steps: bool = False) -> None:
+    def __init__(self, model: PreTrainedModel, want_hidden: bool = False, lean_steps: bool = False,
+                 prefixes: PrefixStore | None = None) -> None:
         """``lean_steps``: run blocks of a few tokens through :class:`DecodeStep` where the architecture has one
-        (the draft: its logits only need to be the ones it samples from, not bit-equal to transformers')."""
+        (the draft: its logits only need to be the ones it samples from, not bit-equal to transformers').
+        ``prefixes``: where :meth:`fill_rows` finds the cache of prefixes fed before, and keeps what it feeds."""
         self.model = model
         self.want_hidden = want_hidden
+        self.prefixes = prefixes
         self.lean = DecodeStep.for_model(model) if lean_steps else None
         self.device = model.device
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
@@ -76,24 +80,36 @@ class ModelRunner:
             return list(range(self.mask.shape[0]))
         return torch.nonzero(~self.mask.bool().any(1)).flatten().tolist()
 
+    def reusable(self, seq: Sequence[int]) -> int:
+        """How many of ``seq``'s first tokens :meth:`fill_rows` would copy from the prefix store instead of feeding
+        (it feeds at least one)."""
+        return self.prefixes.match(seq, len(seq) - 1) if self.prefixes is not None and len(seq) > 1 else 0
+
     def fill_rows(self, rows: Sequence[int], seqs: Sequence[Sequence[int]]) -> None:
         """Feed ``seqs[i]`` to the unfed row ``rows[i]``, in forwards over these rows alone.
 
         A prompt joining a running batch: fed as part of a round's forward, a prompt of L tokens would cost every
-        row L positions. The sequences go in groups of similar length (:func:`length_groups`), placed flush with
-        the cache's end (the rows' history before them stays holes), so the cache grows only where a sequence is
-        longer than the cache already is."""
-        for group in length_groups([len(s) for s in seqs]):
-            self._fill_group([rows[j] for j in group], [seqs[j] for j in group])
+        row L positions. The sequences go in groups of similar length to feed (:func:`length_groups`), placed flush
+        with the cache's end (the rows' history before them stays holes), so the cache grows only where a sequence
+        is longer than the cache already is. With a prefix store, the longest prefix it holds is copied, not fed."""
+        skip = [self.reusable(s) for s in seqs]
+        for group in length_groups([len(s) - n for s, n in zip(seqs, skip)]):
+            self._fill_group([rows[j] for j in group], [seqs[j] for j in group], [skip[j] for j in group])
 
     @torch.inference_mode()
-    def _fill_group(self, rows: Sequence[int], seqs: Sequence[Sequence[int]]) -> None:
-        width = max((len(s) for s in seqs), default=0)
-        if width == 0:
+    def _fill_group(self, rows: Sequence[int], seqs: Sequence[Sequence[int]], skip: Sequence[int]) -> None:
+        if max((len(s) for s in seqs), default=0) == 0:
             return
         fresh = ModelRunner(self.model)  # the group's own pass, into a cache of its own
         fresh.add_rows(len(seqs))
-        fresh.forward(*left_pad(seqs, self.device))
+        if any(skip):
+            fresh._start_from_prefixes([self.prefixes.get(s, n) if n else None for s, n in zip(seqs, skip)], skip)
+        fresh.forward(*left_pad([s[n:] for s, n in zip(seqs, skip)], self.device))
+        if self.prefixes is not None:
+            for i, s in enumerate(seqs):
+                slots = fresh.mask[i].nonzero().flatten()  # the row's tokens, in order: the prefix, then the rest
+                self.prefixes.put(s, [(layer.keys[i][:, slots], layer.values[i][:, slots]) for layer in fresh.cache.layers])
+        width = fresh.mask.shape[1]
         if self.mask.shape[1] < width:  # holes in front of every row, so the new sequences fit
             grow = width - self.mask.shape[1]
             self.mask = torch.cat([self.mask.new_zeros((self.mask.shape[0], grow)), self.mask], 1)
@@ -109,6 +125,24 @@ class ModelRunner:
         for layer, new in zip(self.cache.layers, fresh.cache.layers):
             layer.keys[index, :, -width:] = new.keys
             layer.values[index, :, -width:] = new.values
+
+    def _start_from_prefixes(self, stored: list[list[tuple[torch.Tensor, torch.Tensor]] | None], lengths: list[int]) -> None:
+        """Begin this (empty) runner's rows with stored prefixes (row i: ``lengths[i]`` tokens, right-aligned;
+        holes in front of shorter ones, and the whole row for a row without one)."""
+        width = max(lengths)
+        like = next(layers for layers in stored if layers is not None)
+        self.mask = self.mask.new_zeros((len(lengths), width))
+        data = []
+        for li, (k0, v0) in enumerate(like):
+            keys = k0.new_zeros((len(lengths), k0.shape[0], width, k0.shape[2]))
+            values = v0.new_zeros((len(lengths), v0.shape[0], width, v0.shape[2]))
+            for i, layers in enumerate(stored):
+                if layers is not None:
+                    keys[i, :, width - lengths[i]:], values[i, :, width - lengths[i]:] = layers[li]
+            data.append((keys, values))
+        for i, n in enumerate(lengths):
+            self.mask[i, width - n:] = 1
+        self.cache = DynamicCache(data, config=self.model.config)
 
     @torch.inference_mode()
     def forward(

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..api import SpecDecoder
-from ..engine import RequestConfig
+from ..engine import RequestConfig, SpeculativeEngine
 from ..errors import SpecAdaptError
 from ..methods import Method, make_method
 from ..text import has_chat_template
@@ -110,7 +110,10 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
         raise SpecAdaptError(f"method {method.name!r} needs a draft model; load one or use 'autoregressive'.")
     name = settings.served_name
     metrics = ServeMetrics(name)
-    scheduler = Scheduler(decoder.engine, method, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
+    # The server's own engine over the decoder's models: its prefix cache holds this server's prompts only.
+    engine = SpeculativeEngine(decoder.target, decoder.draft, decoder.tokenizer, decoder.engine.eos_token_ids,
+                               prefix_cache_tokens=settings.prefix_cache_tokens)
+    scheduler = Scheduler(engine, method, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
                           load_rule=settings.load_rule(), metrics=metrics, early_first_token=settings.early_first_token)
     context = decoder.context_window
     vocab = decoder.target.get_input_embeddings().num_embeddings

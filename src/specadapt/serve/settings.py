@@ -56,6 +56,10 @@ class ServeSettings(ModelSettings):
                 "token comes with its prompt's prefill, as without a draft; this switch saves that round and makes the "
                 "first token wait for the draft's prefill and a block of drafts.",
         "flag": "--fused-first-round", "negated": True})
+    prefix_cache_tokens: int = field(default=0, metadata={"help": (
+        "Keep the models' cache of up to this many tokens of recent prompts, so a prompt that starts as an earlier "
+        "one did (the chat template's system turn, a shared instruction) is fed only from where they part "
+        "(0 = off).")})
     retry_after_s: int = field(default=1, metadata={"help": "Seconds a client is told to wait (Retry-After) when the queue is full."})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level: critical, error, warning, info, debug."})
 
@@ -65,7 +69,7 @@ class ServeSettings(ModelSettings):
         for name in ("max_batch_size", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise SpecAdaptError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("max_queue", "spec_max_batch", "spec_load_k", "retry_after_s", "warmup_tokens"):
+        for name in ("max_queue", "spec_max_batch", "spec_load_k", "retry_after_s", "warmup_tokens", "prefix_cache_tokens"):
             if getattr(self, name) < 0:
                 raise SpecAdaptError(f"{name} must be >= 0, got {getattr(self, name)}.")
         super().__post_init__()
