@@ -1440,6 +1440,7 @@ def serve_load(*names: str, capped: bool = False) -> Callable[[], str]:
             cells = dict.fromkeys((r["method"], r["concurrency"]) for r in rows)
             for method, c in sorted(cells, key=lambda mc: (mc[1], mc[0] != "autoregressive", mc[0])):
                 mine = [r for r in rows if r["method"] == method and r["concurrency"] == c]
+                alone = method.split("/")[0] == "autoregressive"  # a target-only server (/noprefix and all)
                 tps = ", ".join(f"{r['output_tokens_per_s']:.2f}" for r in mine)
                 ttft = mean(r["ttft_p50_s"] for r in mine if r["ttft_p50_s"] is not None)
                 tpot = mean(r["tpot_p50_s"] for r in mine if r["tpot_p50_s"] is not None)
@@ -1450,18 +1451,37 @@ def serve_load(*names: str, capped: bool = False) -> Callable[[], str]:
                     caps = [counts for r in mine for counts in r["caps_by_batch"].values()]
                     total = sum(sum(c.values()) for c in caps)
                     drafting = total - sum(c.get("0", 0) for c in caps)
-                    line += " –" if method == "autoregressive" or not total else f" {drafting / total:.0%} of {total}"
+                    line += " –" if alone or not total else f" {drafting / total:.0%} of {total}"
                     line += " |"
                     if capped:
                         bounded = sum(n for c in caps for cap, n in c.items() if cap not in ("0", "none"))
-                        line += " – |" if method == "autoregressive" or not drafting else f" {bounded / drafting:.0%} |"
+                        line += " – |" if alone or not drafting else f" {bounded / drafting:.0%} |"
                         line += f" {', '.join(str(r['rounds']) for r in mine)} |"
-                        line += " – |" if method == "autoregressive" else " " + ", ".join(
+                        line += " – |" if alone else " " + ", ".join(
                             "–" if r.get("acceptance_rate") is None  # a repeat without a drafting round
                             else f"{r['acceptance_rate']:.0%} / {r['mean_accepted_length']:.2f}" for r in mine) + " |"
                 out.append(line)
             out.append("")
         return "\n".join(out)
+
+    return render
+
+
+def serve_load_vs(name: str, pairs: list[tuple[str, str]]) -> Callable[[], str]:
+    """A serve_load.py run's throughput of one server ÷ another's (not only ÷ autoregressive's), per client count:
+    pooled over repeats (ratio of the summed rates) and per repeat."""
+
+    def render() -> str:
+        rows = json.loads((RESULTS / name).read_text(encoding="utf-8"))["rows"]
+        rate = {(r["method"], r["concurrency"], r.get("repeat", 0)): r["output_tokens_per_s"] for r in rows}
+        lines = ["| server | ÷ server | clients | throughput ratio (per repeat) |", "|---|---|---|---|"]
+        for num, den in pairs:
+            for c in dict.fromkeys(r["concurrency"] for r in rows):
+                repeats = sorted(k for m, cc, k in rate if m == num and cc == c and (den, c, k) in rate)
+                per = [rate[(num, c, k)] / rate[(den, c, k)] for k in repeats]
+                pooled = sum(rate[(num, c, k)] for k in repeats) / sum(rate[(den, c, k)] for k in repeats)
+                lines.append(f"| `{num}` | `{den}` | {c} | {pooled:.2f} ({', '.join(f'{v:.2f}' for v in per)}) |")
+        return "\n".join(lines) + "\n"
 
     return render
 
@@ -2319,6 +2339,11 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "batch-spec-check": batch_spec("batch_spec_check.json"),
     "batch-spec-window": batch_spec("batch_spec_window.json"),
     "serve-load-ride-tune": serve_load("serve_load_ride_tune.json", capped=True),
+    "serve-load-prefix-tune": serve_load("serve_load_prefix_tune.json", capped=True),
+    "serve-load-prefix-tune-vs": serve_load_vs("serve_load_prefix_tune.json", [
+        ("autoregressive/prefix", "autoregressive"), ("adaedl+lookup/prefix", "adaedl+lookup"),
+        ("adaedl+lookup/prefix", "autoregressive/prefix")]),
+    "serve-load-prefix-tune-time": serve_load_time("serve_load_prefix_tune.json", 8),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",

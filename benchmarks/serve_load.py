@@ -25,8 +25,9 @@ to a policy that prices its own drafts; ``auto-cold``: ``auto`` without the serv
 ``cpu_avx2/serve_load_warmup4_tune.json`` the bare label means ``--warmup-tokens 32``); ``auto-warm``: ``auto``
 with ``--warmup-tokens 32``). Every server also gets one 8-token request before its cells. A label ending in
 ``/fused`` serves that method with ``--fused-first-round`` (a request's first round drafts too; every run before ``cpu_avx2/serve_load_first_token*.json`` served so), e.g.
-``--methods autoregressive,adaedl+lookup,adaedl+lookup/fused``; one ending in ``/prefix`` serves it with a prefix
-cache of ``--prefix-cache-tokens`` (the others with none; both: ``/fused/prefix``). (``serve_load_ride_tune.json`` measured riding,
+``--methods autoregressive,adaedl+lookup,adaedl+lookup/fused``; one ending in ``/noprefix`` serves it without a
+prefix cache (both: ``/fused/noprefix``). (In ``serve_load_prefix_tune.json``, from before the server kept one by
+default, a bare label served without one and ``/prefix`` with 4096 tokens.) (``serve_load_ride_tune.json`` measured riding,
 commit 3e6feed, since reverted: its ``/noride`` label served without it.)
 """
 
@@ -230,8 +231,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the draft's quantization (serve_load.json and serve_load_spec_max_batch1.json: none)")
     parser.add_argument("--draft-vocab", default=zoo.DEFAULT_DRAFT_VOCAB,
                         help="the draft's output head: full or N token ids")
-    parser.add_argument("--prefix-cache-tokens", type=int, default=4096,
-                        help="the prefix cache of the servers whose label has /prefix (the others keep none)")
+    parser.add_argument("--prefix-cache-tokens", type=int, default=None,
+                        help="the servers' prefix cache (default: the server's; a label ending in /noprefix keeps none)")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--no-float32-copies", dest="float32_copies", action="store_false",
                         help="a bf16 target on a CPU without native bf16 keeps no float32 copy of its weights")
@@ -260,6 +261,11 @@ def main(argv: list[str] | None = None) -> None:
     prompts = load_prompts(max(levels) * args.requests_per_client, args.datasets.split(","), args.split, args.skip)
     rows = []
 
+    def prefix_cache(flags: list[str]) -> dict:
+        if "noprefix" in flags:
+            return {"prefix_cache_tokens": 0}
+        return {} if args.prefix_cache_tokens is None else {"prefix_cache_tokens": args.prefix_cache_tokens}
+
     def start_servers(stack: contextlib.ExitStack) -> dict:
         servers = {}
         for method in methods:  # one server per method, all up at once, so cells can interleave
@@ -269,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
             defer, warmup = rule == "auto-defer", {"auto-cold": 0, "auto-warm": 32}.get(rule)
             settings = ServeSettings(target=args.target, draft=args.draft, draft_quant=args.draft_quant,
                                      draft_vocab=args.draft_vocab, method=name, early_first_token="fused" not in flags,
-                                     prefix_cache_tokens=args.prefix_cache_tokens if "prefix" in flags else 0,
+                                     **prefix_cache(flags),
                                      model_name="bench", max_batch_size=max(levels), max_queue=max(levels),
                                      spec_load="auto" if defer or warmup is not None else rule, spec_auto_defer=defer,
                                      spec_max_batch=args.spec_max_batch, spec_load_k=args.spec_load_k,

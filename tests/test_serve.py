@@ -519,6 +519,23 @@ def test_the_warm_up_measures_the_load_rule_before_traffic_and_is_not_counted(de
         assert app.state.scheduler.rounds == 0
 
 
+def test_a_prompt_starting_as_an_earlier_one_did_is_fed_from_where_they_part(decoder):
+    """The server's prefix cache (on by default): the second request's shared system turn is copied, not fed, for
+    both models, and both answers are what each gets alone."""
+    system = {"role": "system", "content": " ".join(WORDS[10:30])}
+    asks = [[system, {"role": "user", "content": "w1 w2"}], [system, {"role": "user", "content": "w3 w4 w5"}]]
+    ids = [decoder.encode(m) for m in asks]
+    shared = next(i for i, (a, b) in enumerate(zip(*ids)) if a != b)
+    with live_server(decoder, warmup_tokens=0) as app:
+        api = client(app)
+        for messages, prompt in zip(asks, ids):
+            _, text = reference(decoder, prompt, 8)
+            answer = api.chat.completions.create(model=NAME, messages=messages, max_tokens=8, temperature=0)
+            assert answer.choices[0].message.content == text
+        stores = app.state.scheduler.engine.prefixes
+        assert stores["target"].reused_tokens == stores["draft"].reused_tokens == shared // 8 * 8 > 0
+
+
 def test_models_and_health(server):
     models = client(server).models.list()
     assert [m.id for m in models.data] == [NAME]

@@ -458,11 +458,11 @@ class Batch:
         draft = runner is self.draft
         seqs = [(self.requests[j].draft_pending if draft else self.requests[j].target_pending)[:-1] for j in rows]
         t0 = time.perf_counter()
-        runner.fill_rows(rows, seqs)
+        fed = runner.fill_rows(rows, seqs)
         _sync(self.device)
         spent = time.perf_counter() - t0
         if draft:
-            self._draft_fill = (self._draft_fill[0] + sum(map(len, seqs)), self._draft_fill[1] + spent)
+            self._draft_fill = (self._draft_fill[0] + fed, self._draft_fill[1] + spent)
         for j in rows:
             r = self.requests[j]
             if draft:

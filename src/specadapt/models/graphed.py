@@ -187,9 +187,9 @@ class GraphedRunner(ModelRunner):
         self._expose()
         super().add_rows(n)
 
-    def fill_rows(self, rows, seqs) -> None:
+    def fill_rows(self, rows, seqs) -> int:
         self._expose()
-        super().fill_rows(rows, seqs)
+        return super().fill_rows(rows, seqs)
 
     def select_rows(self, rows: torch.Tensor) -> None:
         self._expose()
