@@ -1511,6 +1511,8 @@ def serve_load_targets(name: str, humaneval: str | None = None) -> Callable[[], 
         lines.append(f"| target-only, 4 clients ÷ 1 client ≥ 2.5 | {pooled:.2f} ({', '.join(f'{v:.2f}' for v in scaling)}) "
                      f"| {verdict(pooled, scaling, 2.5)} |")
         for method, by_c in ratios.items():
+            if method.split("/")[0] == "autoregressive":  # target-only served another way (/noprefix): no target
+                continue
             for c, cell in by_c.items():
                 lines.append(f"| `{method}` ÷ target-only at {c} client(s) ≥ 1 | {cell['ratio']:.2f} "
                              f"({', '.join(f'{v:.2f}' for v in cell['per_repeat'])}) | {verdict(cell['ratio'], cell['per_repeat'], 1.0)} |")
@@ -2344,6 +2346,11 @@ BLOCKS: dict[str, Callable[[], str]] = {
         ("autoregressive/prefix", "autoregressive"), ("adaedl+lookup/prefix", "adaedl+lookup"),
         ("adaedl+lookup/prefix", "autoregressive/prefix")]),
     "serve-load-prefix-tune-time": serve_load_time("serve_load_prefix_tune.json", 8),
+    "serve-load-prefix-check-targets": serve_load_targets("serve_load_prefix_check.json"),
+    "serve-load-prefix-check": serve_load("serve_load_prefix_check.json", capped=True),
+    "serve-load-prefix-check-vs": serve_load_vs("serve_load_prefix_check.json", [
+        ("autoregressive", "autoregressive/noprefix")]),
+    "serve-load-prefix-check-time": serve_load_time("serve_load_prefix_check.json", 8),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",
