@@ -126,8 +126,8 @@ def test_the_engine_on_fixed_buffers_decodes_what_it_decodes_without(target, clo
     usual = run()
     made = []
 
-    def fixed_buffers(model, want_hidden=False, exact=False):
-        made.append(GraphedRunner(model, want_hidden, capture=False))
+    def fixed_buffers(model, want_hidden=False, exact=False, prefixes=None):
+        made.append(GraphedRunner(model, want_hidden, capture=False, prefixes=prefixes))
         return made[-1]
 
     monkeypatch.setattr(specadapt.engine, "make_runner", fixed_buffers)

@@ -329,7 +329,8 @@ class Batch:
         Joining a running batch, a prompt is fed to the target now, in a pass of its own; the draft sees it only
         when it next drafts for the request (then also in a pass of its own), so rounds kept target-only under
         load spend nothing on it. A fresh batch's prompts are fed in its first round, unless their lengths differ
-        so much that one pass would be mostly padding: then they are fed the same way, in groups."""
+        so much that one pass would be mostly padding, or a prefix cache keeps what is fed: then they are fed the
+        same way, in groups."""
         if not self._joining:
             return
         joining, self._joining = self._joining, []
@@ -442,8 +443,8 @@ class Batch:
 
     def _fill_draft(self) -> None:
         """Feed the draft, apart from the other rows, the requests it has seen nothing of (they joined a running
-        batch, or a fresh batch's prompts differ much in length); the draft's cache is otherwise padded to their
-        length."""
+        batch, a fresh batch's prompts differ much in length, or a prefix cache keeps what is fed); the draft's
+        cache is otherwise padded to their length."""
         unfed = self.draft.unfed_rows()
         if not unfed:
             return
