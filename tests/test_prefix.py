@@ -55,7 +55,7 @@ def test_a_row_started_from_a_stored_prefix_computes_what_the_prompt_fed_alone_c
     store = PrefixStore(max_tokens=256)
     first = ModelRunner(target, prefixes=store)
     first.add_rows(1)
-    assert first.fill_rows([0], [PROMPTS[0]]) == len(PROMPTS[0])  # nothing stored yet: all of it fed
+    assert first.fill_rows([0], [PROMPTS[0]]) == [0]  # nothing stored yet: nothing copied
     prompt = PROMPTS[2]
     alone = ModelRunner(target)
     alone.add_rows(1)
@@ -64,7 +64,7 @@ def test_a_row_started_from_a_stored_prefix_computes_what_the_prompt_fed_alone_c
     runner = ModelRunner(target, prefixes=store)
     runner.add_rows(2)
     assert runner.reusable(prompt) == 24
-    assert runner.fill_rows([1, 0], [prompt, [1, 2, 3]]) == len(prompt) - 24 + 3
+    assert runner.fill_rows([1, 0], [prompt, [1, 2, 3]]) == [24, 0]
     assert int(runner.mask[1].sum()) == len(prompt)  # the copied prefix and the fed rest, nothing else
     logits, _ = runner.forward(torch.tensor([[5], [7]]))
     torch.testing.assert_close(logits[1], expected[0], rtol=1e-4, atol=1e-4)
@@ -76,10 +76,12 @@ def test_prompts_fed_from_stored_prefixes_give_the_targets_greedy_output(target,
     for prompt in PROMPTS:  # one after another, as a server's requests
         assert engine.generate([prompt], make_method(method), RequestConfig(max_new_tokens=12))[0].token_ids == \
             hf_greedy(target, prompt, 12)
-    reused = engine.prefixes["target"].reused_tokens
-    assert reused == 24 + 24 + 16  # every prompt after the first: its whole blocks of SHARED (the last one's 20: 16)
+    assert engine.prefixes["target"].reused_tokens == 24 + 24 + 16  # every prompt after the first: its whole
+    # blocks of SHARED (the last one's 20: 16)
     results = engine.generate(PROMPTS, make_method(method), RequestConfig(max_new_tokens=12))  # and together
     assert [r.token_ids for r in results] == [hf_greedy(target, p, 12) for p in PROMPTS]
+    # each was fed before: all its whole blocks are stored but the last token's (only PROMPTS[2] has one past 24)
+    assert [r.stats.cached_prompt_tokens for r in results] == [24, 24, 32, 16]
     batch = engine.batch(make_method(method), early_first_token=True)  # and joining a running batch
     running = batch.add(PROMPTS[2][::-1], RequestConfig(max_new_tokens=20))
     batch.step()

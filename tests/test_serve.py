@@ -526,14 +526,20 @@ def test_a_prompt_starting_as_an_earlier_one_did_is_fed_from_where_they_part(dec
     asks = [[system, {"role": "user", "content": "w1 w2"}], [system, {"role": "user", "content": "w3 w4 w5"}]]
     ids = [decoder.encode(m) for m in asks]
     shared = next(i for i, (a, b) in enumerate(zip(*ids)) if a != b)
+    copied = shared // 8 * 8
     with live_server(decoder, warmup_tokens=0) as app:
         api = client(app)
-        for messages, prompt in zip(asks, ids):
+        for messages, prompt, cached in zip(asks, ids, [0, copied]):
             _, text = reference(decoder, prompt, 8)
             answer = api.chat.completions.create(model=NAME, messages=messages, max_tokens=8, temperature=0)
             assert answer.choices[0].message.content == text
+            assert answer.usage.prompt_tokens_details.cached_tokens == cached  # OpenAI's field for it
         stores = app.state.scheduler.engine.prefixes
-        assert stores["target"].reused_tokens == stores["draft"].reused_tokens == shared // 8 * 8 > 0
+        assert stores["target"].reused_tokens == stores["draft"].reused_tokens == copied > 0
+        metrics = {s.name: s.value for f in text_string_to_metric_families(httpx.get(app.state.url + "/metrics").text)
+                   for s in f.samples}
+        assert metrics["specadapt:prefix_cache_hits_total"] == copied
+        assert metrics["specadapt:prefix_cache_queries_total"] == sum(map(len, ids))
 
 
 def test_models_and_health(server):

@@ -459,12 +459,13 @@ class Batch:
         draft = runner is self.draft
         seqs = [(self.requests[j].draft_pending if draft else self.requests[j].target_pending)[:-1] for j in rows]
         t0 = time.perf_counter()
-        fed = runner.fill_rows(rows, seqs)
+        copied = runner.fill_rows(rows, seqs)
         _sync(self.device)
         spent = time.perf_counter() - t0
         if draft:
+            fed = sum(map(len, seqs)) - sum(copied)
             self._draft_fill = (self._draft_fill[0] + fed, self._draft_fill[1] + spent)
-        for j in rows:
+        for j, n in zip(rows, copied):
             r = self.requests[j]
             if draft:
                 r.draft_pending = r.draft_pending[-1:]
@@ -472,6 +473,7 @@ class Batch:
             else:
                 r.target_pending = r.target_pending[-1:]
                 r.stats.target_time_s += spent
+                r.stats.cached_prompt_tokens += n
         self._prefill_s += spent
 
     def _choose(self, logits: torch.Tensor, drafting: torch.Tensor, groups) -> tuple[torch.Tensor, torch.Tensor]:

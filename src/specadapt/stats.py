@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 @dataclass
 class RequestStats:
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of them, tokens the target's prefix cache held (copied, not fed)
     generated_tokens: int = 0
     rounds: int = 0  # target forward passes after the prompt
     drafted: int = 0
@@ -49,7 +50,7 @@ class RequestStats:
 
     def add(self, other: RequestStats) -> None:
         """Pool another request's counts and times into this one (per-position counts included)."""
-        for name in ("prompt_tokens", "generated_tokens", "rounds", "drafted", "accepted",
+        for name in ("prompt_tokens", "cached_prompt_tokens", "generated_tokens", "rounds", "drafted", "accepted",
                      "draft_time_s", "target_time_s", "total_time_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for mine, theirs in ((self.position_reached, other.position_reached),
@@ -89,6 +90,7 @@ class RequestStats:
     def to_dict(self) -> dict:
         return {
             "prompt_tokens": self.prompt_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
             "generated_tokens": self.generated_tokens,
             "rounds": self.rounds,
             "drafted": self.drafted,

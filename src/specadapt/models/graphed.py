@@ -187,7 +187,7 @@ class GraphedRunner(ModelRunner):
         self._expose()
         super().add_rows(n)
 
-    def fill_rows(self, rows, seqs) -> int:
+    def fill_rows(self, rows, seqs) -> list[int]:
         self._expose()
         return super().fill_rows(rows, seqs)
 

@@ -85,18 +85,18 @@ class ModelRunner:
         (it feeds at least one)."""
         return self.prefixes.match(seq, len(seq) - 1) if self.prefixes is not None and len(seq) > 1 else 0
 
-    def fill_rows(self, rows: Sequence[int], seqs: Sequence[Sequence[int]]) -> int:
+    def fill_rows(self, rows: Sequence[int], seqs: Sequence[Sequence[int]]) -> list[int]:
         """Feed ``seqs[i]`` to the unfed row ``rows[i]``, in forwards over these rows alone.
 
         A prompt joining a running batch: fed as part of a round's forward, a prompt of L tokens would cost every
         row L positions. The sequences go in groups of similar length to feed (:func:`length_groups`), placed flush
         with the cache's end (the rows' history before them stays holes), so the cache grows only where a sequence
         is longer than the cache already is. With a prefix store, the longest prefix it holds is copied, not fed.
-        Returns the tokens fed."""
+        Returns how many tokens of each sequence were copied."""
         skip = [self.reusable(s) for s in seqs]
         for group in length_groups([len(s) - n for s, n in zip(seqs, skip)]):
             self._fill_group([rows[j] for j in group], [seqs[j] for j in group], [skip[j] for j in group])
-        return sum(len(s) for s in seqs) - sum(skip)
+        return skip
 
     @torch.inference_mode()
     def _fill_group(self, rows: Sequence[int], seqs: Sequence[Sequence[int]], skip: Sequence[int]) -> None:

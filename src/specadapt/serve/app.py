@@ -109,7 +109,7 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
     if method.needs_draft and decoder.draft is None:
         raise SpecAdaptError(f"method {method.name!r} needs a draft model; load one or use 'autoregressive'.")
     name = settings.served_name
-    metrics = ServeMetrics(name)
+    metrics = ServeMetrics(name, prefix_cache=settings.prefix_cache_tokens > 0)
     # The server's own engine over the decoder's models: its prefix cache holds this server's prompts only.
     engine = SpeculativeEngine(decoder.target, decoder.draft, decoder.tokenizer, decoder.engine.eos_token_ids,
                                prefix_cache_tokens=settings.prefix_cache_tokens)

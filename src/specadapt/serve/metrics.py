@@ -19,9 +19,10 @@ TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.
 
 
 class ServeMetrics:
-    def __init__(self, model_name: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, model_name: str, registry: CollectorRegistry | None = None, prefix_cache: bool = False) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.model_name = model_name
+        self.prefix_cache = prefix_cache  # whether prompts are looked up in one (queries count only then)
         r, m = self.registry, ["model_name"]
 
         def counter(name: str, doc: str, labels: list[str] = m) -> Counter:
@@ -36,6 +37,9 @@ class ServeMetrics:
         self.load_capped_rounds = counter(
             "spec_decode_load_capped_rounds", "Request-rounds whose drafting the load rule capped (--spec-load).")
         self.prompt_tokens = counter("prompt_tokens", "Prompt tokens processed.")
+        # vLLM's names: their ratio is the prefix cache's hit rate, in tokens
+        self.prefix_cache_queries = counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.")
+        self.prefix_cache_hits = counter("prefix_cache_hits", "Prompt tokens the prefix cache held (copied, not fed).")
         self.generation_tokens = counter("generation_tokens", "Tokens generated.")
         self.request_success = counter("request_success", "Requests finished, by finish reason.", m + ["finished_reason"])
         self.request_rejected = counter(
@@ -61,6 +65,9 @@ class ServeMetrics:
             self.accepted_per_pos.labels(name, str(position)).inc(n)
         self.load_capped_rounds.labels(name).inc(load_capped_rounds)
         self.prompt_tokens.labels(name).inc(stats.prompt_tokens)
+        if self.prefix_cache:
+            self.prefix_cache_queries.labels(name).inc(stats.prompt_tokens)
+            self.prefix_cache_hits.labels(name).inc(stats.cached_prompt_tokens)
         self.generation_tokens.labels(name).inc(stats.generated_tokens)
         self.request_success.labels(name, finish_reason).inc()
 

@@ -122,6 +122,7 @@ def usage(result: GenerationResult, load_capped_rounds: int) -> dict:
         "prompt_tokens": s.prompt_tokens,
         "completion_tokens": s.generated_tokens,
         "total_tokens": s.prompt_tokens + s.generated_tokens,
+        "prompt_tokens_details": {"cached_tokens": s.cached_prompt_tokens},  # OpenAI's field: the prefix cache's part
         "spec_decode": spec_decode_usage(s, result.settings.get("method", ""), load_capped_rounds),
     }
 
