@@ -185,12 +185,12 @@ def load_prompts(n: int, datasets: list[str], split: str, skip: int = 0) -> list
     return [examples[name][i].messages for name, i in prompt_order(n, datasets, skip, available)]
 
 
-def throughput_ratios(rows: list[dict], methods: list[str]) -> dict:
-    """Per method and concurrency: its output tokens/s ÷ autoregressive's, pooled over repeats (ratio of the
-    summed rates) and per repeat (the spread)."""
-    base = {(r["concurrency"], r.get("repeat", 0)): r["output_tokens_per_s"] for r in rows if r["method"] == "autoregressive"}
+def throughput_ratios(rows: list[dict], methods: list[str], against: str = "autoregressive") -> dict:
+    """Per method and concurrency: its output tokens/s ÷ that of the server ``against``, pooled over repeats (ratio
+    of the summed rates) and per repeat (the spread)."""
+    base = {(r["concurrency"], r.get("repeat", 0)): r["output_tokens_per_s"] for r in rows if r["method"] == against}
     out: dict = {}
-    for method in (m for m in methods if m != "autoregressive"):
+    for method in (m for m in methods if m != against):
         mine = [r for r in rows if r["method"] == method and base.get((r["concurrency"], r.get("repeat", 0)))]
         for c in dict.fromkeys(r["concurrency"] for r in mine):
             cell = [r for r in mine if r["concurrency"] == c]

@@ -50,7 +50,8 @@ class PrefixStore:
         return [(k[:, :n], v[:, :n]) for k, v in self._entries[key]]
 
     def put(self, seq: Sequence[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Keep ``seq``'s keys and values (per layer, ``[kv_heads, len(seq), head_dim]``), its whole blocks only."""
+        """Keep ``seq``'s keys and values (per layer, ``[kv_heads, len(seq), head_dim]``), its whole blocks only.
+        The store keeps views of the tensors it is given: give it copies, not views of a live cache."""
         n = min(len(seq) // BLOCK * BLOCK, self.max_tokens // BLOCK * BLOCK)
         if n == 0:
             return
@@ -58,7 +59,7 @@ class PrefixStore:
         if key in self._entries:
             self._entries.move_to_end(key)
             return
-        self._entries[key] = [(k[:, :n].clone(), v[:, :n].clone()) for k, v in layers]
+        self._entries[key] = [(k[:, :n], v[:, :n]) for k, v in layers]
         self._tokens += n
         for end in range(BLOCK, n + 1, BLOCK):
             self._index[key[:end]] = key  # the newest entry holding a prefix serves it

@@ -109,7 +109,8 @@ class ModelRunner:
         fresh.forward(*left_pad([s[n:] for s, n in zip(seqs, skip)], self.device))
         if self.prefixes is not None:
             for i, s in enumerate(seqs):
-                slots = fresh.mask[i].nonzero().flatten()  # the row's tokens, in order: the prefix, then the rest
+                # the row's tokens, in order (the prefix, then the rest); indexing by them copies
+                slots = fresh.mask[i].nonzero().flatten()
                 self.prefixes.put(s, [(layer.keys[i][:, slots], layer.values[i][:, slots]) for layer in fresh.cache.layers])
         width = fresh.mask.shape[1]
         if self.mask.shape[1] < width:  # holes in front of every row, so the new sequences fit
