@@ -1330,6 +1330,26 @@ def batch_spec(name: str) -> Callable[[], str]:
     return render
 
 
+def batch_spec_prefill(name: str, batch: int) -> Callable[[], str]:
+    """Where a batch_spec.py run's batches of ``batch`` prompts spent their time, per method and repeat: the whole
+    batch, its rounds, and the first two rounds split into prefill (prompts fed apart), draft and target seconds
+    (a prompt fed in the round counts as that model's time)."""
+
+    def render() -> str:
+        records = json.loads((RESULTS / name).read_text(encoding="utf-8"))["records"]
+        lines = ["| method | repeat | wall s | rounds | round 1: prefill / draft / target s | "
+                 "round 2: prefill / draft / target s | draft s, all rounds | acceptance |", "|---|---|---|---|---|---|---|---|"]
+        for r in sorted((r for r in records if r["batch"] == batch), key=lambda r: (r["method"], r["repeat"])):
+            first = [f"{x['prefill_s']:.2f} / {x['draft_s']:.2f} / {x['target_s']:.2f}" for x in r["rounds"][:2]]
+            drafted = sum(x["drafted"] for x in r["rounds"])
+            accepted = f"{sum(x['accepted'] for x in r['rounds']) / drafted:.1%}" if drafted else "–"
+            lines.append(f"| `{r['method']}` | {r['repeat']} | {r['wall_s']:.2f} | {len(r['rounds'])} | {first[0]} | "
+                         f"{first[1]} | {sum(x['draft_s'] for x in r['rounds']):.2f} | {accepted} |")
+        return "\n".join(lines) + "\n"
+
+    return render
+
+
 def draft_context(name: str) -> Callable[[], str]:
     """benchmarks/draft_context.py: teacher-forced agreement of the draft with the target's greedy answers when the
     draft sees only the last W prompt tokens, per dataset (answer-token weighted)."""
@@ -1473,14 +1493,12 @@ def serve_load_vs(name: str, pairs: list[tuple[str, str]]) -> Callable[[], str]:
 
     def render() -> str:
         rows = json.loads((RESULTS / name).read_text(encoding="utf-8"))["rows"]
-        rate = {(r["method"], r["concurrency"], r.get("repeat", 0)): r["output_tokens_per_s"] for r in rows}
+        ratios = _benchmark_module("serve_load").throughput_ratios
         lines = ["| server | ÷ server | clients | throughput ratio (per repeat) |", "|---|---|---|---|"]
         for num, den in pairs:
-            for c in dict.fromkeys(r["concurrency"] for r in rows):
-                repeats = sorted(k for m, cc, k in rate if m == num and cc == c and (den, c, k) in rate)
-                per = [rate[(num, c, k)] / rate[(den, c, k)] for k in repeats]
-                pooled = sum(rate[(num, c, k)] for k in repeats) / sum(rate[(den, c, k)] for k in repeats)
-                lines.append(f"| `{num}` | `{den}` | {c} | {pooled:.2f} ({', '.join(f'{v:.2f}' for v in per)}) |")
+            for c, cell in ratios(rows, [num], against=den)[num].items():
+                lines.append(f"| `{num}` | `{den}` | {c} | {cell['ratio']:.2f} "
+                             f"({', '.join(f'{v:.2f}' for v in cell['per_repeat'])}) |")
         return "\n".join(lines) + "\n"
 
     return render
@@ -2340,6 +2358,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "batch-spec-engine": batch_spec("batch_spec_engine.json"),
     "batch-spec-check": batch_spec("batch_spec_check.json"),
     "batch-spec-window": batch_spec("batch_spec_window.json"),
+    "batch-spec-window-prefill": batch_spec_prefill("batch_spec_window.json", 8),
     "serve-load-ride-tune": serve_load("serve_load_ride_tune.json", capped=True),
     "serve-load-prefix-tune": serve_load("serve_load_prefix_tune.json", capped=True),
     "serve-load-prefix-tune-vs": serve_load_vs("serve_load_prefix_tune.json", [

@@ -59,8 +59,8 @@ class ServeSettings(ModelSettings):
     prefix_cache_tokens: int = field(default=4096, metadata={"help": (
         "Keep the models' cache of up to this many tokens of recent prompts (about 40 KB a token for the default "
         "pair), so a prompt that starts as an earlier one did (the chat template's system turn, a shared "
-        "instruction) is fed only from where they part; 0 = off. Measured on tune prompts: target-only 1.13x the "
-        "throughput at 4 and 8 clients, time to first token down a third (BENCHMARKS.md).")})
+        "instruction) is fed only from where they part; 0 = off. Measured on unused GSM8K test prompts: target-only "
+        "1.12x the throughput at 8 clients, time to first token 7.3 -> 4.9 s, no difference at 1-4 (BENCHMARKS.md).")})
     retry_after_s: int = field(default=1, metadata={"help": "Seconds a client is told to wait (Retry-After) when the queue is full."})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level: critical, error, warning, info, debug."})
 
