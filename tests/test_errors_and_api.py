@@ -182,3 +182,14 @@ def test_cli_json_on_tiny_checkpoints(checkpoints):
     record = json.loads(out.stdout)
     assert record["lossless"] is True and len(record["token_ids"]) <= 9
     assert record["stats"]["generated_tokens"] == len(record["token_ids"])
+    assert "logprobs" not in record  # only on request
+
+    out = run_cli("generate", "w1 w2", "--target", str(checkpoints / "target"), "--draft", str(checkpoints / "draft"),
+                  "--method", "fixed:3", "--max-new-tokens", "9", "--json", "--logprobs", "2", "--dtype", "float32")
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert [e["token_id"] for e in record["logprobs"]] == record["token_ids"]
+    assert all(len(e["top"]) == 2 and e["top"][0][0] == e["token_id"] and e["top"][0][1] == e["logprob"]
+               for e in record["logprobs"])  # greedy: each token is its position's most likely
+    out = run_cli("generate", "w1", "--logprobs", "2")
+    assert out.returncode == 2 and "--logprobs are reported in the --json output; add --json." in out.stderr

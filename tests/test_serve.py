@@ -87,10 +87,10 @@ def server(decoder):
         yield app
 
 
-def reference(decoder, prompt_ids, max_tokens, temperature=0.0, top_k=0, top_p=1.0, seed=None, stop=()):
+def reference(decoder, prompt_ids, max_tokens, temperature=0.0, top_k=0, top_p=1.0, seed=None, stop=(), logprobs=None):
     """What the engine gives this request alone, served as the server does (its first token with the prefill), and
     the text the API must return for it."""
-    config = RequestConfig(max_tokens, temperature, top_k, top_p, seed, tuple(stop))
+    config = RequestConfig(max_tokens, temperature, top_k, top_p, seed, tuple(stop), logprobs=logprobs)
     batch = decoder.engine.batch(make_method(METHOD), early_first_token=True)
     request = batch.add(prompt_ids, config)
     while batch.active:
@@ -162,6 +162,61 @@ def test_completions_and_chat_streamed_and_not_equal_generate_alone(server, deco
     # Without include_usage no chunk carries usage (as in OpenAI's API).
     chunks = list(api.completions.create(model=NAME, prompt=prompt, max_tokens=3, temperature=0, stream=True))
     assert all(c.usage is None for c in chunks)
+
+
+def assert_same_tree(got, want) -> None:
+    """Equal JSON-like values, floats within 1e-5 (the server's prefix cache copies K/V that alone were computed)."""
+    if isinstance(want, float):
+        assert got == pytest.approx(want, abs=1e-5)
+    elif isinstance(want, (list, dict)):
+        assert type(got) is type(want) and len(got) == len(want)
+        pairs = zip(got, want) if isinstance(want, list) else ((got[k], v) for k, v in want.items())
+        for a, b in pairs:
+            assert_same_tree(a, b)
+    else:
+        assert got == want
+
+
+def test_logprobs_are_the_targets_in_openais_shapes_streamed_or_not(server, decoder):
+    api, tok = client(server), decoder.tokenizer
+    prompt = "w3 w9 w4 w11"
+    full, _ = reference(decoder, decoder.encode(prompt), 30)
+    stop = tok.decode(full.token_ids[6:8])  # held back while streaming, then cut: its tokens still get logprobs
+    result, text = reference(decoder, decoder.encode(prompt), 30, stop=[stop], logprobs=3)
+    n = len(result.token_ids)
+    assert result.finish_reason == "stop" and len(result.logprobs) == n
+    legacy = {"tokens": [tok.decode([e.token_id]) for e in result.logprobs],
+              "token_logprobs": [e.logprob for e in result.logprobs],
+              "top_logprobs": [{tok.decode([i]): lp for i, lp in e.top} for e in result.logprobs],
+              "text_offset": [len(tok.decode(result.token_ids[:i], skip_special_tokens=True)) for i in range(n)]}
+    plain = api.completions.create(model=NAME, prompt=prompt, max_tokens=30, temperature=0, stop=[stop], logprobs=3)
+    assert plain.choices[0].text == text
+    assert_same_tree(plain.choices[0].logprobs.model_dump(), legacy)
+    joined: dict = {key: [] for key in legacy}
+    pieces = []
+    for chunk in api.completions.create(model=NAME, prompt=prompt, max_tokens=30, temperature=0, stop=[stop],
+                                        logprobs=3, stream=True):
+        pieces.append(chunk.choices[0].text)
+        if chunk.choices[0].logprobs is not None:
+            for key, values in chunk.choices[0].logprobs.model_dump().items():
+                joined[key] += values
+    assert "".join(pieces) == text
+    assert_same_tree(joined, plain.choices[0].logprobs.model_dump())
+
+    messages = [{"role": "user", "content": "w5 w6 w7"}]
+    result, text = reference(decoder, decoder.encode(messages), 10, logprobs=2)
+    piece = lambda i, lp: {"token": tok.decode([i]), "logprob": lp, "bytes": list(tok.decode([i]).encode())}
+    content = [{**piece(e.token_id, e.logprob), "top_logprobs": [piece(i, lp) for i, lp in e.top]} for e in result.logprobs]
+    assert [c["top_logprobs"][0]["token"] for c in content] == [c["token"] for c in content]  # greedy: the top one
+    chat = api.chat.completions.create(model=NAME, messages=messages, max_tokens=10, temperature=0, logprobs=True,
+                                       top_logprobs=2)
+    assert chat.choices[0].message.content == text
+    assert_same_tree(chat.choices[0].logprobs.model_dump()["content"], content)
+    streamed = [c for chunk in api.chat.completions.create(model=NAME, messages=messages, max_tokens=10, temperature=0,
+                                                             logprobs=True, top_logprobs=2, stream=True)
+                if chunk.choices and chunk.choices[0].logprobs for c in chunk.choices[0].logprobs.model_dump()["content"]]
+    assert_same_tree(streamed, chat.choices[0].logprobs.model_dump()["content"])
+    assert api.chat.completions.create(model=NAME, messages=messages, max_tokens=3).choices[0].logprobs is None
 
 
 def test_streaming_with_a_stop_string_sends_exactly_the_text_before_it(server, decoder):
@@ -331,7 +386,8 @@ BAD = [
     ({"prompt": "w1", "stop": ["w2", ""]}, 400, "stop", "stop strings must be non-empty text."),
     ({"prompt": "w1", "n": 2}, 400, "n",
      "n=2: this server returns one choice per request (only n=1 is supported); send separate requests instead."),
-    ({"prompt": "w1", "logprobs": 2}, 400, "logprobs", "logprobs is not supported by this server; leave it out."),
+    ({"prompt": "w1", "echo": True}, 400, "echo", "echo is not supported by this server; leave it out."),
+    ({"prompt": "w1", "logprobs": 21}, 400, "logprobs", "logprobs must be between 0 and 20, got 21."),
     ({"prompt": "w1", "max_tokens": "lots"}, 400, "max_tokens",
      "max_tokens: Input should be a valid integer, unable to parse string as an integer."),
     ({"max_tokens": 3}, 400, "prompt", "prompt: Field required."),
@@ -346,6 +402,10 @@ BAD_CHAT = [
      "messages[0]: only text content is supported."),
     ({"messages": [{"role": "user", "content": "w1"}], "max_completion_tokens": 0}, 400, "max_tokens",
      "max_tokens must be at least 1, got 0."),
+    ({"messages": [{"role": "user", "content": "w1"}], "top_logprobs": 2}, 400, "top_logprobs",
+     "top_logprobs needs logprobs: true."),
+    ({"messages": [{"role": "user", "content": "w1"}], "logprobs": True, "top_logprobs": -1}, 400, "top_logprobs",
+     "top_logprobs must be between 0 and 20, got -1."),
 ]
 
 

@@ -153,13 +153,16 @@ class SpecDecoder:
         stop: Sequence[str] = (),
         chat: bool = False,
         on_tokens: Callable[[int, list[int]], None] | None = None,
+        logprobs: int | None = None,
     ) -> GenerationResult | list[GenerationResult]:
         """Generate for one prompt (returns one result) or a batch of prompts (returns a list).
 
         A prompt is text (tokenised here; ``chat`` applies the chat template), a list of token ids, or a
         list of chat messages (``{"role": ..., "content": ...}``, always through the chat template).
+        ``logprobs``: each result's ``logprobs`` holds every generated token's log-probability under the target and
+        this many most likely alternatives (:mod:`specadapt.logprobs`).
         Safe to call from several threads: calls run one at a time."""
-        config = RequestConfig(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
+        config = RequestConfig(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop), logprobs=logprobs)
         single = _is_one_prompt(prompt)
         prompts = [prompt] if single else list(prompt)
         if not prompts:

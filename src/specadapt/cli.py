@@ -108,6 +108,8 @@ def generate(
 
     request, model_options = settings
     RequestConfig(**request)  # fail fast on bad settings
+    if request.get("logprobs") is not None and not as_json:
+        raise SpecAdaptError("--logprobs are reported in the --json output; add --json.")
     models = ModelSettings(**model_options)
     models.check_device()
     chosen = make_method(with_head(method, head, only_specdecpp=True))
@@ -155,6 +157,7 @@ def generate(
                     "target": models.target,
                     "draft": draft_name,
                     "stats": result.stats.to_dict(),
+                    **({"logprobs": [e.to_dict() for e in result.logprobs]} if result.logprobs is not None else {}),
                 }
             )
         )

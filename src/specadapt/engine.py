@@ -41,6 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .acceptance import AcceptanceRule, Proposal, Verdict
 from .errors import SpecAdaptError
+from .logprobs import MAX_TOP_LOGPROBS, TokenLogprob, check_logprobs, score_tokens
 from .lookup import lookup_next
 from .methods import Method
 from .models.draft_vocab import head_ids, output_width
@@ -70,6 +71,9 @@ class RequestConfig:
     seed: int | None = field(default=None, metadata={"help": "Random seed for sampling (default: a random one, recorded)."})
     stop_strings: Sequence[str] = ()
     eos_token_ids: Sequence[int] | None = None  # None: the model's own
+    logprobs: int | None = field(default=None, metadata={
+        "help": "Report each generated token's log-probability under the target, and this many most likely "
+                f"alternatives (0-{MAX_TOP_LOGPROBS}); off by default."})
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -78,6 +82,7 @@ class RequestConfig:
             self.stop_strings = (self.stop_strings,)
         if any(not isinstance(s, str) or not s for s in self.stop_strings):
             raise SpecAdaptError("stop strings must be non-empty text.")
+        check_logprobs(self.logprobs)
         if self.seed is not None and (type(self.seed) is not int or not 0 <= self.seed < MAX_SEED):
             raise SpecAdaptError(f"seed must be an integer in [0, {MAX_SEED - 1}] (or None for a random one), got {self.seed!r}.")
         self.sampling  # validates temperature / top-k / top-p
@@ -95,6 +100,7 @@ class GenerationResult:
     stats: RequestStats
     seed: int
     settings: dict = field(default_factory=dict)  # the method, its settings and acceptance rule; both models' quantization
+    logprobs: list[TokenLogprob] | None = None  # one per generated token, if the request asked (RequestConfig.logprobs)
 
     @property
     def lossless(self) -> bool:
@@ -134,6 +140,7 @@ class Request:
     target_pending: list[int] = field(default_factory=list)  # tokens the target has not been fed yet
     draft_pending: list[int] = field(default_factory=list)  # tokens the draft has not been fed yet
     draft_reused: int = 0  # of the prompt, tokens the draft's prefix cache held when the request joined
+    logprobs: list[TokenLogprob] | None = None  # one per output token, if the request asked for them
     finish_reason: str | None = None  # "eos" | "stop" | "length" | "cancelled"; None while running
     started: float = field(default_factory=time.perf_counter)
 
@@ -304,6 +311,7 @@ class Batch:
             list(prompt), config, seed, slot, torch.Generator(device=self.device).manual_seed(seed), frozenset(eos),
             on_tokens, stats=RequestStats(prompt_tokens=len(prompt)),
             target_pending=list(prompt), draft_pending=list(prompt),
+            logprobs=None if config.logprobs is None else [],
         )
         self._joining.append(request)
         return request
@@ -350,7 +358,8 @@ class Batch:
     def result(self, request: Request) -> GenerationResult:
         text = self.engine.tokenizer.decode(request.output, skip_special_tokens=True)
         settings = {**self.method.describe(request.config.sampling), **self.engine.target_quant, **self.engine.draft_setup}
-        return GenerationResult(request.output, text, request.finish_reason or "length", request.stats, request.seed, settings)
+        return GenerationResult(request.output, text, request.finish_reason or "length", request.stats, request.seed, settings,
+                                request.logprobs)
 
     # --- one round -------------------------------------------------------------------------------
 
@@ -370,10 +379,11 @@ class Batch:
         _sync(self.device)
         t2 = time.perf_counter()
         verdict = self._accept(slots, block, target_logits)
+        scored = self._score(block, verdict, target_logits)
         draft_s, target_s = t1 - t0 - (self._prefill_s - prefill), t2 - t1  # a joined prompt's feed is prefill
         finish_round(self.policy, slots, block, verdict.num_accepted, verdict.accepted_mask, verdict.token_scores,
                      RoundCost(draft_s, target_s, fed_target, fed_draft + fed_block))
-        return self._commit(block, verdict, fed_draft, fed_block, fed_target, draft_s, target_s)
+        return self._commit(block, verdict, scored, fed_draft, fed_block, fed_target, draft_s, target_s)
 
     def _groups(self) -> list[tuple[SamplingParams, torch.Tensor | slice]]:
         """Rows with equal sampling parameters, as an index (a plain slice when all rows agree)."""
@@ -534,14 +544,25 @@ class Batch:
                 values[idx] = verdict.token_scores[name]  # the method pairs the policy with a rule that computes it
         return Verdict(n, next_token, mask, scores)
 
+    def _score(self, block: DraftBlock, verdict: Verdict, target_logits: torch.Tensor) -> list[list[TokenLogprob] | None]:
+        """Per row that asked for them, the log-probabilities of the tokens this round emits (its accepted drafts,
+        then the next token) under the target, from the verification's logits at their positions."""
+        if all(r.logprobs is None for r in self.requests):
+            return [None] * len(self.requests)
+        n, nxt = verdict.num_accepted.tolist(), verdict.next_token.tolist()
+        drafted = block.tokens.tolist()
+        return [None if r.logprobs is None else score_tokens(target_logits[j], drafted[j][: n[j]] + [nxt[j]],
+                                                             r.config.logprobs)
+                for j, r in enumerate(self.requests)]
+
     def _rule(self, params: SamplingParams) -> AcceptanceRule:
         if params not in self._rules:
             self._rules[params] = self.method.rule(params)
         return self._rules[params]
 
     def _commit(
-        self, block: DraftBlock, verdict: Verdict, fed_draft: int, fed_block: int, fed_target: int, draft_s: float,
-        target_s: float,
+        self, block: DraftBlock, verdict: Verdict, scored: list[list[TokenLogprob] | None], fed_draft: int,
+        fed_block: int, fed_target: int, draft_s: float, target_s: float,
     ) -> list[Request]:
         """Append accepted tokens + the emitted one, roll back rejected drafts, let finished requests leave."""
         K, n = block.K, verdict.num_accepted
@@ -557,6 +578,8 @@ class Batch:
         for j, r in enumerate(self.requests):
             new, r.finish_reason = self._truncate(r, drafted[j][: n_list[j]] + [next_list[j]])
             r.output.extend(new)
+            if r.logprobs is not None:
+                r.logprobs.extend(scored[j][: len(new)])
             r.stats.record_round(lens[j], n_list[j], len(new))
             r.stats.draft_time_s += draft_s
             r.stats.target_time_s += target_s

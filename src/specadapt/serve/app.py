@@ -24,11 +24,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..api import SpecDecoder
 from ..engine import RequestConfig, SpeculativeEngine
 from ..errors import SpecAdaptError
+from ..logprobs import MAX_TOP_LOGPROBS
 from ..methods import Method, make_method
 from ..text import has_chat_template
 from .metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from .protocol import (
-    FINISH_REASONS, UNSUPPORTED, APIError, ChatCompletionRequest, CompletionRequest, ResponseIds, SamplingRequest, usage,
+    FINISH_REASONS, UNSUPPORTED, APIError, ChatCompletionRequest, CompletionRequest, LogprobsFormat, ResponseIds,
+    SamplingRequest, usage,
 )
 from .scheduler import Job, JobResult, QueueFull, Scheduler
 from .settings import ServeSettings
@@ -193,6 +195,19 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
                                 f"tokens; shorten it.", param=param, code="context_length_exceeded")
         return ids
 
+    def requested_logprobs(body: SamplingRequest) -> int | None:
+        """How many alternatives per token the request wants logprobs for (None: no logprobs)."""
+        if isinstance(body, ChatCompletionRequest):
+            if body.top_logprobs is not None and not body.logprobs:
+                raise APIError(400, "top_logprobs needs logprobs: true.", param="top_logprobs", code="invalid_value")
+            param, value = "top_logprobs", (body.top_logprobs or 0) if body.logprobs else None
+        else:
+            param, value = "logprobs", body.logprobs
+        if value is not None and not 0 <= value <= MAX_TOP_LOGPROBS:
+            raise APIError(400, f"{param} must be between 0 and {MAX_TOP_LOGPROBS}, got {value}.", param=param,
+                           code="invalid_value")
+        return value
+
     def request_config(body: SamplingRequest, prompt_len: int, max_tokens: int | None, default_max: int | None) -> RequestConfig:
         room = context - prompt_len if context is not None else None
         if max_tokens is None:
@@ -211,7 +226,8 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
         temperature = 1.0 if body.temperature is None else body.temperature
         top_p = 1.0 if body.top_p is None else body.top_p
         try:
-            return RequestConfig(max_tokens, temperature, top_k, top_p, body.seed, tuple(stop))
+            return RequestConfig(max_tokens, temperature, top_k, top_p, body.seed, tuple(stop),
+                                 logprobs=requested_logprobs(body))
         except SpecAdaptError as exc:
             message = str(exc)
             param = next((p for p in ("temperature", "top_k", "top_p", "stop", "seed") if message.startswith(p)), None)
@@ -300,6 +316,8 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
         job, events = submit(prompt, config)
         ids = ResponseIds(chat, name)
         text = TextAssembler(tokenizer, config.stop_strings)
+        # Logprobs cover every generated token, as token_ids do (the last ones may hold a stop string the text cuts).
+        logprobs = None if config.logprobs is None else LogprobsFormat(tokenizer, chat, config.logprobs)
         if not body.stream:
             outcome = await wait_for_result(request, job, events)
             if outcome is None:
@@ -308,25 +326,29 @@ def create_app(decoder: SpecDecoder, settings: ServeSettings | None = None, meth
             reason = FINISH_REASONS.get(outcome.result.finish_reason, outcome.result.finish_reason)
             token_ids = list(outcome.result.token_ids) if body.return_token_ids else None
             return JSONResponse(ids.response(text.final_text(), reason, usage(outcome.result, outcome.load_capped_rounds),
-                                             token_ids))
+                                             token_ids, logprobs and logprobs(outcome.result.logprobs)))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         async def stream() -> AsyncIterator[str]:
             finished = False
+            scored: list = []  # logprobs of tokens whose text is not sent yet
             try:
                 if chat:
                     yield _sse(ids.chunk(role=True))
                 while True:
                     kind, payload = await events.get()
                     if kind == "tokens":
-                        delta = text.add(payload)
+                        new, entries = payload
+                        delta = text.add(new)
+                        scored += entries or []
                         if delta:
-                            yield _sse(ids.chunk(delta))
+                            yield _sse(ids.chunk(delta, logprobs=logprobs and logprobs(scored)))
+                            scored = []
                     elif kind == "done":
                         finished = True
                         delta = text.finish()
-                        if delta:
-                            yield _sse(ids.chunk(delta))
+                        if delta or scored:
+                            yield _sse(ids.chunk(delta, logprobs=logprobs and logprobs(scored)))
                         reason = FINISH_REASONS.get(payload.result.finish_reason, payload.result.finish_reason)
                         # With return_token_ids, the finishing chunk carries all generated ids (text is sent in pieces).
                         token_ids = list(payload.result.token_ids) if body.return_token_ids else None

@@ -1,6 +1,6 @@
 """The OpenAI wire format: request models (pydantic), response builders and the error shape.
 
-Fields the OpenAI API defines but this server cannot honour (penalties, logprobs, tools, ...) are
+Fields the OpenAI API defines but this server cannot honour (penalties, echo, tools, ...) are
 refused with a 400 naming the field rather than silently ignored; unknown extra fields are ignored
 (clients send vendor extensions freely).
 """
@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from ..engine import GenerationResult
+from ..logprobs import TokenLogprob
 from ..stats import RequestStats
 
 
@@ -64,8 +65,6 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (None, 0, 0.0),
     "presence_penalty": (None, 0, 0.0),
     "repetition_penalty": (None, 1, 1.0),
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
     "echo": (None, False),
     "best_of": (None, 1),
     "logit_bias": (None, {}),
@@ -78,6 +77,7 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
 
 class CompletionRequest(SamplingRequest):
     prompt: str | list[int] | list[str] | list[list[int]]
+    logprobs: int | None = None  # the legacy API's: the chosen token's and this many alternatives' logprobs
 
 
 class ContentPart(BaseModel):
@@ -95,6 +95,8 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None  # the newer name of max_tokens
+    logprobs: bool | None = None
+    top_logprobs: int | None = None  # alternatives per token, with logprobs: true
 
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
@@ -127,6 +129,38 @@ def usage(result: GenerationResult, load_capped_rounds: int) -> dict:
     }
 
 
+class LogprobsFormat:
+    """Generated tokens' logprobs in OpenAI's shapes: chat's ``{"content": [{"token", "logprob", "bytes",
+    "top_logprobs"}]}``, completions' ``{"tokens", "token_logprobs", "top_logprobs", "text_offset"}``. A token's text
+    is its own decoding (a piece of a multi-byte character decodes to U+FFFD); ``text_offset`` counts characters of
+    the completion's text before it. Called once per response, or once per streamed chunk in order: the chunks'
+    lists join to the whole response's."""
+
+    def __init__(self, tokenizer, chat: bool, top: int) -> None:
+        self.tokenizer, self.chat, self.top = tokenizer, chat, top
+        self.ids: list[int] = []  # tokens formatted so far (for text offsets)
+
+    def _piece(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def __call__(self, entries: list[TokenLogprob]) -> dict:
+        if self.chat:
+            def one(token_id: int, logprob: float) -> dict:
+                piece = self._piece(token_id)
+                return {"token": piece, "logprob": logprob, "bytes": list(piece.encode("utf-8"))}
+
+            content = [{**one(e.token_id, e.logprob), "top_logprobs": [one(i, lp) for i, lp in e.top]} for e in entries]
+            self.ids += [e.token_id for e in entries]
+            return {"content": content, "refusal": None}
+        offsets = []
+        for e in entries:
+            offsets.append(len(self.tokenizer.decode(self.ids, skip_special_tokens=True)))
+            self.ids.append(e.token_id)
+        return {"tokens": [self._piece(e.token_id) for e in entries], "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": [{self._piece(i): lp for i, lp in e.top} for e in entries] if self.top else None,
+                "text_offset": offsets}
+
+
 class ResponseIds:
     """The id, creation time and model every response and chunk of one request carries."""
 
@@ -135,12 +169,13 @@ class ResponseIds:
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
-    def response(self, text: str, finish_reason: str | None, usage: dict, token_ids: list[int] | None = None) -> dict:
+    def response(self, text: str, finish_reason: str | None, usage: dict, token_ids: list[int] | None = None,
+                 logprobs: dict | None = None) -> dict:
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                       "finish_reason": finish_reason}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
         if token_ids is not None:
             choice["token_ids"] = token_ids
         obj: Literal["chat.completion", "text_completion"] = "chat.completion" if self.chat else "text_completion"
@@ -148,14 +183,15 @@ class ResponseIds:
                 "usage": usage}
 
     def chunk(self, text: str | None = None, finish_reason: str | None = None, role: bool = False,
-              usage: dict | None = None, no_choices: bool = False, token_ids: list[int] | None = None) -> dict:
+              usage: dict | None = None, no_choices: bool = False, token_ids: list[int] | None = None,
+              logprobs: dict | None = None) -> dict:
         if no_choices:
             choices: list[dict] = []
         elif self.chat:
             delta: dict = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
-            choices = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+            choices = [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
         else:
-            choices = [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}]
+            choices = [{"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}]
         if token_ids is not None and choices:
             choices[0]["token_ids"] = token_ids
         obj = "chat.completion.chunk" if self.chat else "text_completion"

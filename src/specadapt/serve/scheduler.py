@@ -48,7 +48,8 @@ class QueueFull(Exception):
 @dataclass(eq=False)  # compared by identity
 class Job:
     """One request as the worker sees it. ``on_event(kind, payload)`` is called on the worker thread with
-    ``("tokens", ids)``, then ``("done", JobResult)`` or ``("error", (status, message))``."""
+    ``("tokens", (ids, logprobs))`` (``logprobs``: those tokens' :class:`~specadapt.logprobs.TokenLogprob` entries, or None when the
+    request asked for none), then ``("done", JobResult)`` or ``("error", (status, message))``."""
 
     prompt: list[int]
     config: RequestConfig
@@ -256,8 +257,9 @@ class Scheduler:
         # Runs inside Batch.step: it must never raise, or the round would be left half committed.
         if job.first_token_at is None:
             job.first_token_at = time.perf_counter()
+        scored = job.request.logprobs  # the engine has added this round's entries
         try:
-            job.on_event("tokens", ids)
+            job.on_event("tokens", (ids, None if scored is None else scored[len(scored) - len(ids):]))
         except Exception:  # the handler's event loop is gone: treat it as a disconnect
             with self._cond:
                 self._cancels.append(job)
@@ -330,8 +332,8 @@ class Scheduler:
         (a sampled request's generator may have advanced in the failed round)."""
         old = job.request
         new = self.batch.add(old.prompt + old.output, old.config, seed=old.seed, on_tokens=old.on_tokens)
-        new.prompt, new.output, new.stats, new.generator, new.started = (
-            old.prompt, old.output, old.stats, old.generator, old.started)
+        new.prompt, new.output, new.stats, new.generator, new.started, new.logprobs = (
+            old.prompt, old.output, old.stats, old.generator, old.started, old.logprobs)
         job.request = new
 
     def _finish(self, job: Job) -> None:
