@@ -58,6 +58,18 @@ def test_greedy_matches_target_generate(decoder, method):
     assert all(0.05 < r < 1.0 for r in rates), rates  # a real, partially agreeing pair
 
 
+def test_logprobs_are_the_targets_own(decoder):
+    """Speculative decoding reports, token for token, the log-probabilities target-only decoding reports (fp32)."""
+    spec = decoder.generate(PROMPTS, method="adaedl", max_new_tokens=24, chat=True, logprobs=5)
+    alone = decoder.generate(PROMPTS, method="autoregressive", max_new_tokens=24, chat=True, logprobs=5)
+    assert sum(r.stats.accepted for r in spec) > 0
+    for s, a in zip(spec, alone):
+        assert s.token_ids == a.token_ids == [e.token_id for e in s.logprobs]
+        torch.testing.assert_close(torch.tensor([e.logprob for e in s.logprobs]),
+                                   torch.tensor([e.logprob for e in a.logprobs]), atol=1e-4, rtol=0)
+        assert [[i for i, _ in e.top] for e in s.logprobs] == [[i for i, _ in e.top] for e in a.logprobs]
+
+
 def test_restricted_draft_vocabulary_stays_lossless(decoder):
     draft = shallow_draft(decoder.target, 24)
     kept = restrict_vocabulary(draft, decoder.tokenizer, 8000)
