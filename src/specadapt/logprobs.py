@@ -37,8 +37,8 @@ class TokenLogprob:
 def check_logprobs(value: int | None) -> None:
     """``None`` (off) or how many alternatives to report per token, 0 to ``MAX_TOP_LOGPROBS``."""
     if value is not None and (type(value) is not int or not 0 <= value <= MAX_TOP_LOGPROBS):
-        raise SpecAdaptError(f"logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}] (the most likely alternatives to "
-                         f"report per token; 0: the chosen token's only) or None, got {value!r}.")
+        raise SpecAdaptError(f"logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}] (the most likely alternatives "
+                             f"to report per token; 0: the chosen token's only) or None, got {value!r}.")
 
 
 def score_tokens(logits: torch.Tensor, tokens: Sequence[int], top: int) -> list[TokenLogprob]:
