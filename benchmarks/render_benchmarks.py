@@ -2372,6 +2372,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-prefix-check-time": serve_load_time("serve_load_prefix_check.json", 8),
     "serve-load-fixed-tune": serve_load("serve_load_fixed_tune.json", capped=True),
     "serve-load-fixed-tune-time": serve_load_time("serve_load_fixed_tune.json", 8),
+    "serve-load-long-tune": serve_load("serve_load_long_tune.json", capped=True),
+    "serve-load-long-tune-time": serve_load_time("serve_load_long_tune.json", 8),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",

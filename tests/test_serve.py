@@ -570,7 +570,7 @@ def test_the_warm_up_measures_the_load_rule_before_traffic_and_is_not_counted(de
     assert sum(r.K for r in records) > 0 and max(r.K for r in records) <= WARMUP_DRAFT
     assert set(sizes) == {1, 2}  # the second warm-up request joined the first
     # A draft step alone and in a batch of two, and the draft's pass over the joining prompt, measured:
-    assert set(rule.draft_step) == {1, 2} and rule.fill_ratio is not None
+    assert set(rule.draft_step) == {1, 2} and rule.fill_per_token is not None
     spec = extra(response.usage)["spec_decode"]  # /metrics counts the one client request only
     assert metrics[("specadapt:generation_tokens_total", ())] == response.usage.completion_tokens == 5
     assert metrics[("specadapt:spec_decode_num_draft_tokens_total", ())] == spec["num_draft_tokens"]

@@ -140,14 +140,28 @@ def test_auto_rule_drafts_in_a_round_over_fresh_prompts_only_if_plain_rounds_wou
 
 def test_auto_rule_prices_feeding_the_draft_a_prompt_as_measured():
     """Until a draft catch-up is measured, a prompt is priced like draft steps (here 0.05 of the target's pass);
-    once a fill of 400 tokens took half the target's pass over them, the same request stays target-only."""
+    once a fill took 0.125 s a token (half the target's pass over 400 tokens), the same request stays target-only."""
     rule = trained(lambda x: 1.0 if x <= 4 else x / 4, lambda b: 0.05)
     joined = rows(1, room=20)
     joined[0].draft_unfed, joined[0].draft_pending = True, [0] * 400
-    assert rule.fill_ratio is None and rule.decide(joined, bound=3) is None
+    assert rule.fill_per_token is None and rule.decide(joined, bound=3) is None
     rule.observe(RoundRecord(1, 0, 0, 1, 0.0, 0.0, [0], [0], prefill_s=50.0, draft_fill_tokens=400, draft_fill_s=50.0))
-    assert rule.fill_ratio == pytest.approx(0.5) and rule.summary()["draft_fill_ratio"] == pytest.approx(0.5)
+    assert rule.fill_per_token == pytest.approx(0.125) and rule.summary()["draft_fill_s_per_token"] == pytest.approx(0.125)
     assert rule.decide(joined, bound=3) == 0
+
+
+def test_auto_rule_prices_a_prompt_by_its_tokens_not_by_the_targets_extrapolated_curve():
+    """The target's curve is learned on rounds of a few positions; a measured fill prices a prompt per token, so
+    however steeply the curve would extrapolate to the prompt's length, the price stays what fills cost."""
+    def steep(x: int) -> float:  # flat up to 8 positions, then steeper and steeper
+        return 1.0 if x <= 8 else 1.0 + 0.01 * (x - 8) ** 2
+    rule = trained(steep, lambda b: 0.05)
+    rule.observe(RoundRecord(1, 0, 0, 1, 0.0, 0.0, [0], [0], prefill_s=0.5, draft_fill_tokens=100, draft_fill_s=0.5))
+    joined = rows(1, room=400)
+    joined[0].draft_unfed, joined[0].draft_pending = True, [0] * 400
+    unfed_price = rule.rates(1, 1, 0, 400, 3, [400])[1]
+    assert unfed_price == pytest.approx(rule.rates(1, 1, 0, 400, 3, [])[1], rel=0.05)  # 2 s over ~100 rounds
+    assert rule.decide(joined, bound=3) is None
 
 
 def test_auto_rule_does_not_catch_the_draft_up_for_a_request_about_to_end():

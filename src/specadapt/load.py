@@ -32,7 +32,7 @@ from .policies.base import MAX_DRAFT_TOKENS, DraftLengthPolicy, DraftStep, Round
 
 LOAD_RULES = ("auto", "static", "off")
 WARMUP_DRAFT = 4  # rounds a rule has not measured yet draft at most this many tokens (the server's warm-up's too)
-FILL_WEIGHT = 0.3  # a new measurement's weight in the running average of the draft's fill cost
+FILL_WEIGHT = 0.3  # a new measurement's weight in the running average of the draft's fill cost per token
 MAX_PROBE_GAP = 8  # probes where drafting keeps losing grow rarer, down to one every 8 * probe_every rounds
 PLAIN_WIDTH = 2  # a draft's first forward in a plain round feeds one or two pending tokens (more: it catches up)
 
@@ -258,15 +258,18 @@ class AutoLoad:
     - ``cost(K) = T(B * (w_t + s)) + s * D(B) + catch_up / rounds`` for K > 0: the target pass over the drafts too,
       s draft steps, and the draft catching up on tokens it skipped in target-only rounds (a pass over
       ``B * w_d`` positions, priced as ``D(B) * T(B * w_d) / T(B)``; plus, for each request that joined while
-      the batch was target-only, a pass over its n unseen tokens alone, ``f * T(n)``) spread over the rounds the
+      the batch was target-only, a pass over its n unseen tokens alone, ``f * n``) spread over the rounds the
       requests have left (``room / E(K)``), so a request near its end is not switched back to drafting. Only if a
       plain round at this batch size would draft, though: otherwise later rounds keep the batch target-only, and
       this round alone must pay for feeding the draft (a prompt's first round would otherwise feed the draft its
       prompt for one round's worth of drafts);
-    - ``f``: what feeding the draft a prompt costs against the target's pass over it, measured on the draft's
-      catch-up passes (running average); until one is measured, ``D(1) / T(1)``. That step ratio underprices a
-      prompt several times over: the int4 draft's step costs about a tenth of the target's, its prefill about
-      half (``benchmarks/results/prefill_cost.json``);
+    - ``f``: seconds per token of feeding the draft prompts apart, measured on its fill passes (running average);
+      until one is measured, a prompt of n tokens is priced as ``T(n) * D(1) / T(1)``, which underprices it several
+      times over (the int4 draft's step costs about a tenth of the target's, its prefill about half:
+      ``benchmarks/results/prefill_cost.json``). It used to be a ratio to ``T(n)``, but ``T`` is learned from rounds
+      of a few to a few dozen positions and only extrapolated to a prompt's hundreds, so the price of the same
+      prompt moved with that extrapolation; at 8 clients with 256-token answers one wave of requests was kept
+      target-only throughout and the next drafted (``serve_load_long_tune.json``; ``BENCHMARKS.md``);
     - ``T(x)``: the target pass over x positions (:class:`CostCurve`, fed by every round, prefill rounds included);
       ``D(B)``: one draft step at batch B, booked only from plain rounds, whose first draft forward feeds at most
       ``PLAIN_WIDTH`` pending tokens per row (a round that also catches up or prefills many pending tokens is not
@@ -324,7 +327,7 @@ class AutoLoad:
         self.probes = 0
         self.probe_gap: dict[int, int] = {}  # batch size -> rounds between its probes, if not probe_every
         self.probing: set[int] = set()  # batch sizes whose last decision was a probe not yet judged
-        self.fill_ratio: float | None = None  # f: the draft's catch-up pass over the target's, over the same tokens
+        self.fill_per_token: float | None = None  # f: seconds per token of the draft's fill passes
         self.acceptance = AcceptanceModel(window)
         self.timing = timing or (lambda record: (record.draft_s, record.target_s))
 
@@ -338,9 +341,10 @@ class AutoLoad:
             self.measured_at[record.rows] = self.rounds
             if self.first_measured is None:
                 self.first_measured = self.rounds
-        if record.draft_fill_tokens and self.target:
-            ratio = record.draft_fill_s / self.target(record.draft_fill_tokens)
-            self.fill_ratio = ratio if self.fill_ratio is None else self.fill_ratio + FILL_WEIGHT * (ratio - self.fill_ratio)
+        if record.draft_fill_tokens:
+            per = record.draft_fill_s / record.draft_fill_tokens
+            f = self.fill_per_token
+            self.fill_per_token = per if f is None else f + FILL_WEIGHT * (per - f)
         self.acceptance.add(record.drafted, record.accepted)
 
     def summary(self) -> dict:
@@ -352,7 +356,7 @@ class AutoLoad:
             "expected_tokens": {K: self.acceptance.expected_tokens(K) for K in (1, 2, 4, 8, 16)} if self.acceptance else {},
             "probes": self.probes,
             "probe_gap": dict(sorted(self.probe_gap.items())),
-            "draft_fill_ratio": self.fill_ratio,
+            "draft_fill_s_per_token": self.fill_per_token,
         }
 
     def step_cost(self, B: int, low: bool = False) -> float:
@@ -372,9 +376,12 @@ class AutoLoad:
         rates = [B / self.target(B * w_t)]
         step = self.step_cost(B, low)
         catch_up = step * max(0.0, self.target(B * w_d) / self.target(B) - 1) if w_d > PLAIN_WIDTH else 0.0
-        # Each unseen prompt is fed in a pass of its own, f times the target's pass over it.
-        fill = self.fill_ratio if self.fill_ratio is not None else self.step_cost(1) / self.target(1)
-        catch_up += fill * sum(self.target(n) for n in unfed)
+        # Each unseen prompt is fed in a pass of its own: f per token, or before f is measured the target's pass
+        # over it scaled as the draft's step is to the target's.
+        if self.fill_per_token is not None:
+            catch_up += self.fill_per_token * sum(unfed)
+        else:
+            catch_up += self.step_cost(1) / self.target(1) * sum(self.target(n) for n in unfed)
         # Feeding the draft is paid back over the rounds that go on drafting; if plain rounds at this batch size
         # would not draft (a costly verification, a slow draft), this round alone has to pay for it.
         later = catch_up > 0 and self._by_rate(self.rates(B, 1, 1, room, K_max, (), low)) > 0
