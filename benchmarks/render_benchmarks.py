@@ -2374,6 +2374,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-fixed-tune-time": serve_load_time("serve_load_fixed_tune.json", 8),
     "serve-load-long-tune": serve_load("serve_load_long_tune.json", capped=True),
     "serve-load-long-tune-time": serve_load_time("serve_load_long_tune.json", 8),
+    "serve-load-long-tune2": serve_load("serve_load_long_tune2.json", capped=True),
+    "serve-load-long-tune2-time": serve_load_time("serve_load_long_tune2.json", 8),
     "cheap-draft-mtbench-train-time": cheap_draft_time("cheap_draft_mtbench_train", "cheap_draft_mtbench_train2",
                                                        methods=("adaedl+lookup", "marginal:cost=auto", "specdecpp")),
     "cheap-draft-marginal-vs-adaedl": cheap_draft_versus(RESULTS / "cheap_draft_marginal", "marginal@int4", "adaedl@int4",

@@ -164,6 +164,32 @@ def test_auto_rule_prices_a_prompt_by_its_tokens_not_by_the_targets_extrapolated
     assert rule.decide(joined, bound=3) is None
 
 
+def test_auto_rule_prices_later_draft_steps_apart_from_the_first_forward():
+    """At 8 rows a round's first draft forward feeds two tokens a row and costs several later steps. Booked as one
+    step, a round of three looks 3 x 0.3 s and the rule keeps one token a round; with the first forward and the
+    later steps measured apart (the later ones at 4 rows, scaled to 8 by the first forwards' ratio), three pay."""
+    def target(x: int) -> float:  # an 8-row pass over one token a row costs 1 s, each further token a row 0.25 s
+        return 1.0 + 0.25 * max(0, x - 8) / 8
+
+    def trained_rule(timed: bool) -> AutoLoad:
+        rule = AutoLoad(timing=lambda r: (r.draft_s, target(r.rows * (r.target_width + r.K))))
+        for _ in range(5):
+            for B, K, first, later in ((4, 3, 0.15, 0.025), (8, 1, 0.3, 0.0)):
+                rule.observe(RoundRecord(B, K, 2, 1, first + later * (K - 1), 0.0, [K] * B, [K] * B,
+                                         draft_first_s=first if timed else 0.0))
+            for width in (1, 2, 3, 4):  # target passes over 8 to 32 positions
+                rule.observe(RoundRecord(8, 0, 0, width, 0.0, 0.0, [0] * 8, [0] * 8))
+        rule.acceptance = AcceptanceModel()  # per position: 0.8, then 0.75, 0.75 (E = 1.8, 2.4, 2.85 tokens a row)
+        rule.acceptance.add([3] * 40, [0] * 8 + [1] * 8 + [2] * 6 + [3] * 18)
+        return rule
+
+    untimed, timed = trained_rule(False), trained_rule(True)
+    assert untimed.draft_cost(8, 3) == pytest.approx(0.9) and timed.draft_cost(8, 3) == pytest.approx(0.4)
+    assert untimed.decide(rows(8), bound=3) == 1  # 14.4 tokens in 1.55 s; three: 22.8 in 1.75 + 0.9 s
+    assert timed.decide(rows(8), bound=3) is None  # three, the policy's bound: 22.8 tokens in 1.75 + 0.4 s
+    assert timed.summary()["draft_later_s"] == {4: pytest.approx(0.025)}
+
+
 def test_auto_rule_does_not_catch_the_draft_up_for_a_request_about_to_end():
     rule = trained(lambda x: 1.0 if x <= 4 else x / 4, lambda b: 0.05)
     assert rule.decide(rows(1, room=2000, draft_behind=400), bound=3) is None  # paid back over the rest

@@ -122,6 +122,7 @@ class RoundRecord:
     prefill_s: float = 0.0  # prefill of joining prompts: the target's before the round, the draft's in it (apart)
     draft_fill_tokens: int = 0  # of those, the tokens fed to the draft apart (a catch-up) ...
     draft_fill_s: float = 0.0  # ... and the seconds they took
+    draft_first_s: float = 0.0  # of draft_s, the draft model's first forward (its pending tokens); 0: not timed (GPU)
 
 
 @dataclass
@@ -288,6 +289,7 @@ class Batch:
         self.last_round: RoundRecord | None = None
         self._prefill_s = 0.0  # prefill of joining prompts since the last round
         self._draft_fill = (0, 0.0)  # of it, the draft's: tokens fed apart, seconds
+        self._draft_first_s = 0.0  # this round's first draft forward (a load rule prices later steps apart from it)
 
     # --- requests joining and leaving ------------------------------------------------------------
 
@@ -426,7 +428,10 @@ class Batch:
                 if unfed:
                     ids = torch.cat([ids, torch.stack(unfed, 1)], 1)
                     valid = torch.cat([valid, torch.ones_like(ids[:, fed:])], 1)
+                start = time.perf_counter()
                 logits, hidden = self.draft.forward(ids, valid)
+                if self.device.type == "cpu":  # on a GPU the call returns before the work is done: not timed
+                    self._draft_first_s = time.perf_counter() - start
             else:
                 logits, hidden = self.draft.forward(torch.stack(unfed, 1))
             fed_block += len(unfed)
@@ -572,8 +577,8 @@ class Batch:
         n_list, next_list, lens = n.tolist(), verdict.next_token.tolist(), block.lens.tolist()
         drafted = block.tokens.tolist()
         self.last_round = RoundRecord(len(self.requests), K, fed_draft, fed_target, draft_s, target_s, lens, n_list,
-                                      self._prefill_s, *self._draft_fill)
-        self._prefill_s, self._draft_fill = 0.0, (0, 0.0)
+                                      self._prefill_s, *self._draft_fill, self._draft_first_s if fed_draft else 0.0)
+        self._prefill_s, self._draft_fill, self._draft_first_s = 0.0, (0, 0.0), 0.0
         keep, finished = [], []
         for j, r in enumerate(self.requests):
             new, r.finish_reason = self._truncate(r, drafted[j][: n_list[j]] + [next_list[j]])

@@ -321,6 +321,10 @@ class AutoLoad:
         self.half_life = probe_every / 4 if probe_every else None
         self.target = CostCurve(half_life=self.half_life)
         self.draft_step: dict[int, CostCurve] = {}  # batch size -> a one-point curve (its running average)
+        # Of a plain round's draft seconds, the first forward's (it feeds each row's one or two pending tokens) and each
+        # later step's (one token a row): batch size -> a one-point curve each (see draft_cost).
+        self.draft_first: dict[int, CostCurve] = {}
+        self.draft_later: dict[int, CostCurve] = {}
         self.measured_at: dict[int, int] = {}  # batch size -> round of its last plain draft-step measurement
         self.first_measured: int | None = None  # round of the first plain draft-step measurement at any size
         self.rounds = 0  # rounds observed (the clock estimates age by)
@@ -338,6 +342,10 @@ class AutoLoad:
         if record.K and record.draft_width <= PLAIN_WIDTH:  # a plain round: K steps of one or two tokens
             curve = self.draft_step.setdefault(record.rows, CostCurve(half_life=self.half_life))
             curve.add(1, draft_s / record.K, self.rounds)
+            if 0 < record.draft_first_s <= draft_s:
+                self._book(self.draft_first, record.rows, record.draft_first_s)
+                if record.K > 1:
+                    self._book(self.draft_later, record.rows, (draft_s - record.draft_first_s) / (record.K - 1))
             self.measured_at[record.rows] = self.rounds
             if self.first_measured is None:
                 self.first_measured = self.rounds
@@ -347,11 +355,16 @@ class AutoLoad:
             self.fill_per_token = per if f is None else f + FILL_WEIGHT * (per - f)
         self.acceptance.add(record.drafted, record.accepted)
 
+    def _book(self, curves: dict[int, CostCurve], B: int, seconds: float) -> None:
+        curves.setdefault(B, CostCurve(half_life=self.half_life)).add(1, seconds, self.rounds)
+
     def summary(self) -> dict:
         """What the rule has learned (for a benchmark's record): the draft step's seconds per batch size, the
         target pass's seconds per position count, expected tokens per round for a few caps, probes run."""
         return {
             "draft_step_s": {B: curve(1) for B, curve in sorted(self.draft_step.items())},
+            "draft_first_s": {B: curve(1) for B, curve in sorted(self.draft_first.items())},
+            "draft_later_s": {B: curve(1) for B, curve in sorted(self.draft_later.items())},
             "target_s": {x: point[0] for x, point in sorted(self.target.points.items())},
             "expected_tokens": {K: self.acceptance.expected_tokens(K) for K in (1, 2, 4, 8, 16)} if self.acceptance else {},
             "probes": self.probes,
@@ -368,6 +381,26 @@ class AutoLoad:
         near = min(self.draft_step, key=lambda b: (abs(b - B), b))
         scale = self.target(B) / self.target(near)
         return self.draft_step[near](1) * (max(scale, B / near) if B > near and not low else scale)
+
+    def draft_cost(self, B: int, steps: float, low: bool = False) -> float:
+        """Seconds of a round's ``steps`` draft steps at batch size B: the first forward, which feeds each row its
+        one or two pending tokens, plus the later one-token steps, where both were measured; at a batch size whose
+        later steps were not (its rounds drafted one token), they are the first forward's cost times the ratio
+        measured at the nearest batch size that has both. A first forward over two tokens a row costs about two
+        later steps once a batch fills the int4 kernel's tiles of four rows (its cost grows with the rows from four
+        on: ``benchmarks/results/int4_rows_wide.json``), so pricing every step like the one step of one-token rounds
+        kept batches of 8 at one token a round, where rounds of two or three made more (``BENCHMARKS.md``, "The rule
+        pricing prompts per token"). Without those timings (a GPU), ``steps`` times :meth:`step_cost`."""
+        both = [b for b in self.draft_later if b in self.draft_first]
+        if B not in self.draft_first or not both:
+            return steps * self.step_cost(B, low)
+        first = self.draft_first[B](1)
+        if B in self.draft_later:
+            later = self.draft_later[B](1)
+        else:
+            near = min(both, key=lambda b: (abs(b - B), b))
+            later = first * self.draft_later[near](1) / self.draft_first[near](1)
+        return first + later * max(0.0, steps - 1)
 
     def rates(self, B: int, w_t: int, w_d: int, room: float, K_max: int, unfed: Sequence[int] = (),
               low: bool = False) -> list[float]:
@@ -388,7 +421,7 @@ class AutoLoad:
         E, steps = self.acceptance.curves(K_max, B)
         for K in range(1, K_max + 1):
             spread = max(1.0, room / E[K]) if later else 1.0
-            cost = self.target(B * (w_t + steps[K])) + steps[K] * step + catch_up / spread
+            cost = self.target(B * (w_t + steps[K])) + self.draft_cost(B, steps[K], low) + catch_up / spread
             rates.append(B * E[K] / cost)
         return rates
 
