@@ -381,11 +381,10 @@ class Batch:
         _sync(self.device)
         t2 = time.perf_counter()
         verdict = self._accept(slots, block, target_logits)
-        scored = self._score(block, verdict, target_logits)
         draft_s, target_s = t1 - t0 - (self._prefill_s - prefill), t2 - t1  # a joined prompt's feed is prefill
         finish_round(self.policy, slots, block, verdict.num_accepted, verdict.accepted_mask, verdict.token_scores,
                      RoundCost(draft_s, target_s, fed_target, fed_draft + fed_block))
-        return self._commit(block, verdict, scored, fed_draft, fed_block, fed_target, draft_s, target_s)
+        return self._commit(block, verdict, target_logits, fed_draft, fed_block, fed_target, draft_s, target_s)
 
     def _groups(self) -> list[tuple[SamplingParams, torch.Tensor | slice]]:
         """Rows with equal sampling parameters, as an index (a plain slice when all rows agree)."""
@@ -549,27 +548,17 @@ class Batch:
                 values[idx] = verdict.token_scores[name]  # the method pairs the policy with a rule that computes it
         return Verdict(n, next_token, mask, scores)
 
-    def _score(self, block: DraftBlock, verdict: Verdict, target_logits: torch.Tensor) -> list[list[TokenLogprob] | None]:
-        """Per row that asked for them, the log-probabilities of the tokens this round emits (its accepted drafts,
-        then the next token) under the target, from the verification's logits at their positions."""
-        if all(r.logprobs is None for r in self.requests):
-            return [None] * len(self.requests)
-        n, nxt = verdict.num_accepted.tolist(), verdict.next_token.tolist()
-        drafted = block.tokens.tolist()
-        return [None if r.logprobs is None else score_tokens(target_logits[j], drafted[j][: n[j]] + [nxt[j]],
-                                                             r.config.logprobs)
-                for j, r in enumerate(self.requests)]
-
     def _rule(self, params: SamplingParams) -> AcceptanceRule:
         if params not in self._rules:
             self._rules[params] = self.method.rule(params)
         return self._rules[params]
 
     def _commit(
-        self, block: DraftBlock, verdict: Verdict, scored: list[list[TokenLogprob] | None], fed_draft: int,
-        fed_block: int, fed_target: int, draft_s: float, target_s: float,
+        self, block: DraftBlock, verdict: Verdict, target_logits: torch.Tensor, fed_draft: int, fed_block: int,
+        fed_target: int, draft_s: float, target_s: float,
     ) -> list[Request]:
-        """Append accepted tokens + the emitted one, roll back rejected drafts, let finished requests leave."""
+        """Append accepted tokens + the emitted one (and, where asked, their logprobs from the verification's
+        logits at their positions), roll back rejected drafts, let finished requests leave."""
         K, n = block.K, verdict.num_accepted
         self.target.keep_tail(fed_target + K, fed_target + n)
         if fed_draft:  # the model was fed the pending tokens and the block's first fed_block tokens
@@ -577,14 +566,14 @@ class Batch:
         n_list, next_list, lens = n.tolist(), verdict.next_token.tolist(), block.lens.tolist()
         drafted = block.tokens.tolist()
         self.last_round = RoundRecord(len(self.requests), K, fed_draft, fed_target, draft_s, target_s, lens, n_list,
-                                      self._prefill_s, *self._draft_fill, self._draft_first_s if fed_draft else 0.0)
+                                      self._prefill_s, *self._draft_fill, self._draft_first_s)
         self._prefill_s, self._draft_fill, self._draft_first_s = 0.0, (0, 0.0), 0.0
         keep, finished = [], []
         for j, r in enumerate(self.requests):
             new, r.finish_reason = self._truncate(r, drafted[j][: n_list[j]] + [next_list[j]])
             r.output.extend(new)
             if r.logprobs is not None:
-                r.logprobs.extend(scored[j][: len(new)])
+                r.logprobs.extend(score_tokens(target_logits[j], new, r.config.logprobs))
             r.stats.record_round(lens[j], n_list[j], len(new))
             r.stats.draft_time_s += draft_s
             r.stats.target_time_s += target_s
