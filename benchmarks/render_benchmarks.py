@@ -1571,6 +1571,24 @@ def serve_load_time(name: str, clients: int, min_batch: int = 6) -> Callable[[],
     return render
 
 
+def serve_load_draft_steps(name: str, batch: int) -> Callable[[], str]:
+    """What the load rule of a serve_load.py run measured of the draft at ``batch`` rows, in its cells of as many
+    clients, per server and repeat: a round's first forward and its later steps apart, and the average step."""
+
+    def render() -> str:
+        rows = [r for r in json.loads((RESULTS / name).read_text(encoding="utf-8"))["rows"]
+                if r["concurrency"] == batch and (r.get("load_rule") or {}).get("draft_step_s")]
+        lines = [f"| method | repeat | first forward s at {batch} rows | later step s | average step s |", "|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r.get("repeat", 0), r["method"])):
+            rule = r["load_rule"]
+            cells = [rule.get(key, {}).get(str(batch)) for key in ("draft_first_s", "draft_later_s", "draft_step_s")]
+            lines.append(f"| `{r['method']}` | {r.get('repeat', 0)} | "
+                         + " | ".join("–" if v is None else f"{v:.3f}" for v in cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    return render
+
+
 def serve_load_rule(name: str, batch: int) -> Callable[[], str]:
     """What the load rule of a serve_load.py run saw at ``batch`` rows, in its cells of as many clients, per server:
     its rounds at that batch size without prefill (drafting / target-only) and their seconds per round, the rule's
@@ -2378,6 +2396,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "serve-load-long-tune2-time": serve_load_time("serve_load_long_tune2.json", 8),
     "serve-load-long-tune3": serve_load("serve_load_long_tune3.json", capped=True),
     "serve-load-long-tune3-time": serve_load_time("serve_load_long_tune3.json", 8),
+    "serve-load-long-tune3-steps": serve_load_draft_steps("serve_load_long_tune3.json", 8),
     "serve-load-short-tune": serve_load("serve_load_short_tune.json", capped=True),
     "serve-load-long-check-targets": serve_load_targets("serve_load_long_check.json"),
     "serve-load-long-check": serve_load("serve_load_long_check.json", capped=True),
