@@ -34,6 +34,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "BENCHMARKS.md"
 BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 DATASET_TITLES = {"humaneval": "HumanEval", "gsm8k": "GSM8K", "mt-bench": "MT-Bench", "mtbench": "MT-Bench",
+                  "mt-bench-turn2": "MT-Bench, second turns",
                   "spec-bench": "Spec-Bench"}
 
 

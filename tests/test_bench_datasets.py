@@ -21,7 +21,8 @@ from specadapt.bench.datasets import (
 )
 
 
-@pytest.mark.parametrize(("name", "count"), [("humaneval", 164), ("gsm8k", 1319), ("mt-bench", 80), ("spec-bench", 480)])
+@pytest.mark.parametrize(("name", "count"), [("humaneval", 164), ("gsm8k", 1319), ("mt-bench", 80),
+                                                  ("mt-bench-turn2", 80), ("spec-bench", 480)])
 def test_counts_and_unique_ids(name, count):
     examples = load_dataset(name)
     assert len(examples) == count
@@ -42,9 +43,28 @@ def test_limit_takes_the_first_examples_in_order():
 
 
 def test_unknown_dataset_lists_known_names():
-    with pytest.raises(SpecAdaptError, match=r"unknown dataset 'gsm9k'. Known datasets: humaneval, gsm8k, mt-bench, spec-bench"):
+    with pytest.raises(SpecAdaptError, match=r"unknown dataset 'gsm9k'. Known datasets: humaneval, gsm8k, mt-bench, mt-bench-turn2, spec-bench"):
         load_dataset("gsm9k")
     assert len(load_dataset("MT_Bench", 2)) == 2  # case and "_" vs "-" do not matter
+
+
+def test_mt_bench_second_turns_follow_the_default_targets_shipped_first_answer():
+    first_turns = load_dataset("mt-bench")
+    rows = {r["question_id"]: r for r in map(json.loads, resources.files("specadapt").joinpath(
+        "data", "spec_bench_questions.jsonl").read_text(encoding="utf-8").splitlines())}
+    answers = [json.loads(line) for line in resources.files("specadapt").joinpath(
+        "data", "mt_bench_turn1_answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted(a["question_id"] for a in answers) == sorted(int(e.id.split("/")[1]) for e in first_turns)
+    assert {(a["target"], a["max_new_tokens"]) for a in answers} == {("qwen2.5-coder-1.5b-instruct", 256)}
+    by_id = {a["question_id"]: a["answer"] for a in answers}
+    for first, second in zip(first_turns, load_dataset("mt-bench-turn2")):
+        qid = int(first.id.split("/")[1])
+        assert second.id == f"{first.id}/turn2" and (second.index, second.split, second.category) == (
+            first.index, first.split, first.category)
+        assert second.messages == [*first.messages, {"role": "assistant", "content": by_id[qid]},
+                                   {"role": "user", "content": rows[qid]["turns"][1]}]
+        assert by_id[qid].strip() and second.task == "none" and second.stop == ()
+    assert load_dataset("mt-bench-turn2", 1, "test")[0].id == load_dataset("mt-bench", 1, "test")[0].id + "/turn2"
 
 
 def test_humaneval_prompt_and_reference():
@@ -118,14 +138,14 @@ def _data_text(name: str) -> str:
 
 def test_data_comes_from_the_installed_package():
     package = Path(str(resources.files("specadapt")))
-    for name in ("gsm8k_test.jsonl", "gsm8k_train.jsonl", "spec_bench_questions.jsonl"):
+    for name in ("gsm8k_test.jsonl", "gsm8k_train.jsonl", "mt_bench_turn1_answers.jsonl", "spec_bench_questions.jsonl"):
         path = Path(str(datasets._data_file(name)))
         assert path.is_file() and path.parent == package / "data"
     assert len(_data_text("gsm8k_test.jsonl").splitlines()) == 1319
     assert len(_data_text("spec_bench_questions.jsonl").splitlines()) == 480
-    # Every third-party file shipped is the one named, with its license.
+    # Every data file shipped is the one named, with its license.
     shipped = sorted(p.name for p in (package / "data").iterdir() if p.is_file() and not p.name.startswith("LICENSE"))
-    assert shipped == ["gsm8k_test.jsonl", "gsm8k_train.jsonl", "spec_bench_questions.jsonl"]
+    assert shipped == ["gsm8k_test.jsonl", "gsm8k_train.jsonl", "mt_bench_turn1_answers.jsonl", "spec_bench_questions.jsonl"]
     licenses = _data_text("LICENSE.md")
     assert all(f"`{name}`" in licenses for name in shipped)
 

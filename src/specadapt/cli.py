@@ -370,7 +370,7 @@ def eval_draft_command(
     *,
     target: str = typer.Option(..., help="Target model: built-in name, folder, .gguf file or Hub id."),
     draft: list[str] = typer.Option(..., help="Draft to evaluate (repeatable): a folder, a model name, or shallow:N."),
-    data: str = typer.Option("gsm8k", help="Held-out prompts: gsm8k (test), mt-bench, spec-bench, humaneval, or a .jsonl file."),
+    data: str = typer.Option("gsm8k", help="Held-out prompts (test splits): gsm8k, mt-bench, mt-bench-turn2, spec-bench, humaneval, or a .jsonl file."),
     out: Path = typer.Option(..., help="Output folder: eval.json, eval.md, target_responses.json."),
     num_prompts: int = typer.Option(50, help="First N prompts of the data."),
     settings: dict,

@@ -17,6 +17,14 @@ Built in (files shipped in ``specadapt/data``, or, for HumanEval, in the
 - ``mt-bench``: the 80 MT-Bench questions (first turn), category = MT-Bench category,
   taken round-robin over the 8 categories (81, 91, 101, ...) so that any ``limit``
   covers all of them.
+- ``mt-bench-turn2``: the same 80 questions' second turns, in the same order and
+  splits, as Spec-Bench runs MT-Bench (both turns): the first question, an answer
+  to it, then the follow-up ("Rewrite your previous response...").
+  A follow-up refers to the model's own first answer, so the answer is fixed
+  and shipped (``data/mt_bench_turn1_answers.jsonl``): the default target's greedy
+  answer (Qwen2.5-Coder-1.5B-Instruct, bf16, at most 256 tokens, written by
+  ``benchmarks/mt_bench_turn1.py``). Every method then sees the same prompt;
+  with another target the first answer is still the default target's.
 - ``spec-bench``: all 480 Spec-Bench questions (first turn), round-robin over the
   six subtasks for the same reason, category =
   the subtask (``mt_bench``, ``translation``, ``summarization``, ``qa``,
@@ -32,8 +40,7 @@ ranges and why); ``load_dataset(name, limit, split=...)`` takes the first
 ``limit`` examples of one. Each :class:`Example` carries its ``index`` in the
 dataset's full order and its ``split``.
 
-Only first turns are used: a second MT-Bench question refers to the model's
-own first answer, so it cannot be a fixed prompt.
+Other datasets use first turns only.
 
 A user's own JSONL is read by :func:`load_dataset_file`.
 """
@@ -56,8 +63,9 @@ from .splits import ALL, SPLITS, check_split, split_range
 class Example:
     """One benchmark prompt and what scoring it needs."""
 
-    dataset: str  # "humaneval" | "gsm8k" | "mt-bench" | "spec-bench" | "file"
-    id: str  # unique within the dataset: "HumanEval/0", "gsm8k/12", "mt_bench/81", "spec-bench/translation/161"
+    dataset: str  # "humaneval" | "gsm8k" | "mt-bench" | "mt-bench-turn2" | "spec-bench" | "file"
+    # unique within the dataset: "HumanEval/0", "gsm8k/12", "mt_bench/81", "mt_bench/81/turn2", "spec-bench/qa/161"
+    id: str
     messages: list[dict]  # chat messages, the last one from the user
     category: str | None  # Spec-Bench subtask / MT-Bench category / None
     task: str  # scoring kind: "humaneval" | "gsm8k" | "none"
@@ -67,7 +75,7 @@ class Example:
     split: str | None = None  # "train" | "tune" | "test" for built-in datasets
 
 
-DATASET_NAMES: tuple[str, ...] = ("humaneval", "gsm8k", "mt-bench", "spec-bench")
+DATASET_NAMES: tuple[str, ...] = ("humaneval", "gsm8k", "mt-bench", "mt-bench-turn2", "spec-bench")
 TASKS: tuple[str, ...] = ("humaneval", "gsm8k", "none")
 
 HUMANEVAL_TEMPLATE = "Complete the following Python function:\n```python\n{prompt}\n```"
@@ -83,6 +91,7 @@ MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "ex
 _GSM8K_TEST = "gsm8k_test.jsonl"
 _GSM8K_SHOTS = "gsm8k_train.jsonl"
 _SPEC_BENCH = "spec_bench_questions.jsonl"
+_MT_BENCH_TURN1_ANSWERS = "mt_bench_turn1_answers.jsonl"
 _CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")
 
 
@@ -191,6 +200,20 @@ def _mt_bench() -> list[Example]:
     ]
 
 
+def _mt_bench_turn2() -> list[Example]:
+    answers = {row["question_id"]: row["answer"] for row in _packaged_rows(_MT_BENCH_TURN1_ANSWERS)}
+    examples = []
+    for row in _mt_bench_rows(_packaged_rows(_SPEC_BENCH)):
+        if row["question_id"] not in answers:
+            raise SpecAdaptError(f"specadapt/data/{_MT_BENCH_TURN1_ANSWERS} has no answer to MT-Bench question "
+                                 f"{row['question_id']}; reinstall specadapt.")
+        first, follow_up = row["turns"][:2]
+        messages = _user(first) + [{"role": "assistant", "content": answers[row["question_id"]]}] + _user(follow_up)
+        examples.append(Example(dataset="mt-bench-turn2", id=f"mt_bench/{row['question_id']}/turn2",
+                                messages=messages, category=row["category"], task="none", reference={}))
+    return examples
+
+
 def _spec_bench() -> list[Example]:
     rows = _packaged_rows(_SPEC_BENCH)
     # Its mt_bench rows take mt-bench's order, so that an MT-Bench question falls in the same split in both datasets.
@@ -241,6 +264,8 @@ def load_dataset(name: str, limit: int | None = None, split: str = ALL, *, gsm8k
         examples = _gsm8k(gsm8k_shots)
     elif key == "mt-bench":
         examples = _mt_bench()
+    elif key == "mt-bench-turn2":
+        examples = _mt_bench_turn2()
     elif key == "spec-bench":
         examples = _spec_bench()
     else:

@@ -101,7 +101,7 @@ class BenchSettings(ModelSettings):
     )
     datasets: list[str] = field(
         default_factory=lambda: ["humaneval", "gsm8k", "mt-bench"],
-        metadata={"help": "Built-in datasets: humaneval, gsm8k, mt-bench, spec-bench (comma-separated; '' for none)."},
+        metadata={"help": f"Built-in datasets: {', '.join(DATASET_NAMES)} (comma-separated; '' for none)."},
     )
     dataset_files: list[str] = field(default_factory=list, metadata={
         "help": "A JSONL of your own prompts (repeatable): 'prompt' or 'messages' per line.", "flag": "--dataset-file",

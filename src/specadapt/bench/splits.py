@@ -23,7 +23,9 @@ Why these ranges (earlier work used these prompts for choices):
 - ``mt-bench`` (80; index i is category i mod 8, its (i // 8)-th question):
   earlier runs reported indices 0–15 and tuned on 16–23. Test = the last 24
   (56–79: the 8th–10th question of every category), tune = 0–31 (the used ones
-  and the next 8), train = 32–55.
+  and the next 8), train = 32–55. ``mt-bench-turn2`` (the same questions'
+  second turns, added after every first-turn test prompt had been used) has
+  the same ranges, so a question's two turns share a split.
 - ``gsm8k`` (1319 test problems; the heads and the few-shot turns come from
   GSM8K *train*, a different file): earlier runs reported 0–15. Test = the last
   200 (1119–1318), tune = 0–199, train = 200–1118.
@@ -52,6 +54,7 @@ _RANGES: dict[str, dict[str, tuple[int, int]]] = {
     "humaneval": {"tune": (0, 42), "test": (42, 82), "train": (82, 164)},
     "gsm8k": {"tune": (0, 200), "train": (200, 1119), "test": (1119, 1319)},
     "mt-bench": {"tune": (0, 32), "train": (32, 56), "test": (56, 80)},
+    "mt-bench-turn2": {"tune": (0, 32), "train": (32, 56), "test": (56, 80)},  # mt-bench's questions, same splits
     "spec-bench": {"tune": (0, 192), "train": (192, 336), "test": (336, 480)},
 }
 DATASET_SIZES: dict[str, int] = {name: max(stop for _, stop in r.values()) for name, r in _RANGES.items()}

@@ -49,7 +49,7 @@ from ..errors import SpecAdaptError
 from ..text import as_messages, encode_chat, encode_prompt, plain_text, wants_chat
 
 TRAIN_SOURCES = ("gsm8k", "sharegpt", "humaneval")
-EVAL_SOURCES = ("gsm8k", "mt-bench", "spec-bench", "humaneval")
+EVAL_SOURCES = ("gsm8k", "mt-bench", "mt-bench-turn2", "spec-bench", "humaneval")
 
 
 @dataclass(frozen=True)
