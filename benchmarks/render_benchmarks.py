@@ -625,6 +625,27 @@ def cheap_draft_by_time(folder: Path, methods: dict[str, str],
     return render
 
 
+def cheap_draft_choice(folder: Path, candidates: Sequence[str], default: str, reference: str = "hf-assisted@int4",
+                       tie: float = 0.02) -> Callable[[], str]:
+    """A choice between ``candidates`` made on a run (tune prompts), by the rule written before it: the highest
+    speedup ÷ ``reference``'s wins, except that ``default`` wins when it is within ``tie`` of the best."""
+
+    def render() -> str:
+        module, settings, summary, _ = _cheap_draft_run(folder)
+        out = [f"| dataset | candidate | tok/s | speedup | ÷ `{reference}` | chosen |", "|---|---|---|---|---|---|"]
+        for ds, table in summary["datasets"].items():
+            ratio = {m: table[m]["speedup"] / table[reference]["speedup"] for m in candidates}
+            best = max(candidates, key=ratio.get)
+            pick = default if ratio[default] >= ratio[best] * (1 - tie) else best
+            for m in candidates:
+                e = table[m]
+                out.append(f"| {module.TITLES.get(ds, ds)} | `{m}` | {e['tokens_per_s']:.2f} | {e['speedup']:.2f}× | "
+                           f"{ratio[m]:.3f} | {'**chosen**' if m == pick else ''} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def cheap_draft_time(*folders: str, methods: tuple[str, ...] = ("adaedl", "specdecpp")) -> Callable[[], str]:
     """Where our methods' generations spent their time in cheap_draft.py runs, per dataset: the engine's draft and
     target seconds (summed over the records) as shares of the generations' time, and the draft's ms per drafted
@@ -2365,6 +2386,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-final-per-prompt": cheap_draft_per_prompt(RESULTS / "cheap_draft_final",
                                                            ["specdecpp@int4", "adaedl+lookup@int4"]),
     "cheap-draft-final-by-time": cheap_draft_by_time(RESULTS / "cheap_draft_final", CHEAP_DRAFT_FINAL_FROZEN),
+    "cheap-draft-turn2-tune-choice": cheap_draft_choice(RESULTS / "cheap_draft_turn2_tune",
+                                                        ["adaedl+lookup@int4", "specdecpp@int4"], "adaedl+lookup@int4"),
+    "cheap-draft-turn2-tune": cheap_draft(RESULTS / "cheap_draft_turn2_tune"),
     "top-p-cost": top_p_cost("top_p_cost.json"),
     "top-p-cost-rotated": top_p_cost("top_p_cost_rotated.json"),
     "one-row-cost": one_row_cost("one_row_cost.json"),

@@ -210,6 +210,24 @@ def test_other_draft_models_join_the_run_and_are_compared_with_the_stock_draft(c
     assert cd.draft_model_of("other:int4+v32768") == "other" and cd.parse_draft("other:int4+v32768") == ("int4", 32768)
 
 
+def test_mt_bench_second_turns_run_from_their_whole_conversation(cd, tiny, tmp_path):
+    seen = []
+
+    def encode_all(messages):
+        seen.append([m["role"] for m in messages])
+        return encode([{"content": " ".join(m["content"][:8] for m in messages)}])
+
+    args = cd.parse_args(["--n", "1", "--repeats", "1", "--max-new-tokens", "6", "--datasets", "mt-bench-turn2",
+                          "--methods", "autoregressive,adaedl+lookup", "--drafts", "bf16", "--dtype", "float32",
+                          "--no-rss", "--no-progress", "--out", str(tmp_path / "run")])
+    s = cd.run(args, [], models=tiny, encode=encode_all, log=lambda *_: None)
+    assert seen == [["user", "assistant", "user"]]
+    assert s["datasets"]["mt-bench-turn2"]["adaedl+lookup@bf16"]["identical_to_target_only"] == 1.0
+    assert "MT-Bench, second turns" in cd.markdown(s, json.loads((tmp_path / "run" / "settings.json").read_text())["settings"], None)
+    with pytest.raises(SystemExit, match="--datasets: use some of humaneval, mt-bench, gsm8k, mt-bench-turn2"):
+        cd.run_settings(cd.parse_args(["--datasets", "mt-bench-3"]))
+
+
 def test_a_policy_that_measures_its_price_records_it(cd, tiny, tmp_path):
     args = cd.parse_args(["--n", "1", "--repeats", "1", "--max-new-tokens", "12", "--datasets", "humaneval",
                           "--methods", "autoregressive,marginal:cost=auto,marginal", "--drafts", "bf16",
