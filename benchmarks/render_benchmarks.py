@@ -442,6 +442,8 @@ CHEAP_DRAFT_RESULTS = RESULTS / "cheap_draft_lean"  # with the packed attention 
 CHEAP_DRAFT_BEFORE = RESULTS / "cheap_draft"  # the first run, before them
 # The method per dataset frozen before the last fresh test prompts were run (BENCHMARKS.md, "cheap_draft_final").
 CHEAP_DRAFT_FINAL_FROZEN = {"humaneval": "adaedl+lookup@int4", "mt-bench": "specdecpp@int4", "gsm8k": "specdecpp@int4"}
+# MT-Bench's second turns: chosen on their tune prompts (block cheap-draft-turn2-tune-choice) before the test run.
+CHEAP_DRAFT_TURN2_FROZEN = {"mt-bench-turn2": "adaedl+lookup@int4"}
 
 
 def _benchmark_module(name: str):
@@ -1907,7 +1909,7 @@ def distill_logs_side_by_side(logs: dict[str, str]) -> Callable[[], str]:
 
 
 # The distillation issue's targets: end-to-end gain of a distilled draft over the stock one, same method.
-DISTILL_TARGETS = {"gsm8k": 0.10, "mt-bench": 0.10, "humaneval": 0.0}
+DISTILL_TARGETS = {"gsm8k": 0.10, "mt-bench": 0.10, "mt-bench-turn2": 0.10, "humaneval": 0.0}
 # The distill_mix run's drafts, as eval-draft and cheap_draft.py recorded them -> the names shown.
 DISTILL_MIX_NAMES = {"qwen2.5-coder-0.5b-instruct": "stock", "runs/q-mix-512/reference": "DistillSpec",
                      "runs/q-mix-512/draft": "AdaSPEC", "int4": "stock", "reference:int4": "DistillSpec",
@@ -2389,6 +2391,15 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-turn2-tune-choice": cheap_draft_choice(RESULTS / "cheap_draft_turn2_tune",
                                                         ["adaedl+lookup@int4", "specdecpp@int4"], "adaedl+lookup@int4"),
     "cheap-draft-turn2-tune": cheap_draft(RESULTS / "cheap_draft_turn2_tune"),
+    "cheap-draft-turn2-targets": cheap_draft_targets(RESULTS / "cheap_draft_turn2", default_method="adaedl+lookup",
+                                                     frozen=CHEAP_DRAFT_TURN2_FROZEN),
+    "cheap-draft-turn2-vs-hf": cheap_draft_frozen(RESULTS / "cheap_draft_turn2", CHEAP_DRAFT_TURN2_FROZEN,
+                                                  ["specdecpp@int4"]),
+    "cheap-draft-turn2-by-time": cheap_draft_by_time(RESULTS / "cheap_draft_turn2", CHEAP_DRAFT_TURN2_FROZEN,
+                                                     ("autoregressive", "hf-assisted@int4")),
+    "cheap-draft-turn2-per-prompt": cheap_draft_per_prompt(RESULTS / "cheap_draft_turn2",
+                                                           ["adaedl+lookup@int4", "specdecpp@int4"]),
+    "cheap-draft-turn2": cheap_draft(RESULTS / "cheap_draft_turn2"),
     "top-p-cost": top_p_cost("top_p_cost.json"),
     "top-p-cost-rotated": top_p_cost("top_p_cost_rotated.json"),
     "one-row-cost": one_row_cost("one_row_cost.json"),
@@ -2633,6 +2644,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "shipped-draft-targets": distill_targets("distill_target", "shipped_draft", "adaedl", DISTILL_TARGET_NAMES),
     "shipped-draft-marginal": cheap_draft_versus(RESULTS / "shipped_draft", "marginal@adaspec:int4", "marginal@int4"),
     "shipped-draft": cheap_draft(RESULTS / "shipped_draft"),
+    "shipped-draft-turn2-targets": distill_targets((), "shipped_draft_turn2", "adaedl+lookup", DISTILL_TARGET_NAMES),
+    "shipped-draft-turn2": cheap_draft(RESULTS / "shipped_draft_turn2"),
     "miss-anatomy": miss_anatomy("miss_anatomy.json", {"qwen2.5-coder-0.5b-instruct": "stock",
                                                        "qwen2.5-coder-0.5b-instruct-adaspec": "shipped (AdaSPEC)"}),
     "distill-tvd": distill_run("distill_tvd", DISTILL_TVD_NAMES),
