@@ -648,6 +648,24 @@ def cheap_draft_choice(folder: Path, candidates: Sequence[str], default: str, re
     return render
 
 
+def cheap_draft_prompt_lengths(*folders: str) -> Callable[[], str]:
+    """Per cheap_draft.py run and dataset: how many prompts and their mean length in tokens, beside the run's
+    measured c (whose draft step counts each generation's prefill of its prompt)."""
+
+    def render() -> str:
+        out = ["| run | dataset | prompts | mean prompt tokens | c (int4 draft, run-wide) |", "|---|---|---|---|---|"]
+        for folder in folders:
+            module, _, summary, _ = _cheap_draft_run(RESULTS / folder)
+            records = read_records(RESULTS / folder)
+            for ds in dict.fromkeys(r["dataset"] for r in records):
+                lengths = {r["example_id"]: r["prompt_tokens"] for r in records if r["dataset"] == ds}
+                out.append(f"| `{folder}` | {module.TITLES.get(ds, ds)} | {len(lengths)} | "
+                           f"{mean(lengths.values()):.0f} | {summary['c']['int4']['c']:.3f} |")
+        return "\n".join(out) + "\n"
+
+    return render
+
+
 def cheap_draft_time(*folders: str, methods: tuple[str, ...] = ("adaedl", "specdecpp")) -> Callable[[], str]:
     """Where our methods' generations spent their time in cheap_draft.py runs, per dataset: the engine's draft and
     target seconds (summed over the records) as shares of the generations' time, and the draft's ms per drafted
@@ -2400,6 +2418,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cheap-draft-turn2-per-prompt": cheap_draft_per_prompt(RESULTS / "cheap_draft_turn2",
                                                            ["adaedl+lookup@int4", "specdecpp@int4"]),
     "cheap-draft-turn2": cheap_draft(RESULTS / "cheap_draft_turn2"),
+    "cheap-draft-turn2-prompt-lengths": cheap_draft_prompt_lengths("cheap_draft_final", "cheap_draft_turn2"),
     "top-p-cost": top_p_cost("top_p_cost.json"),
     "top-p-cost-rotated": top_p_cost("top_p_cost_rotated.json"),
     "one-row-cost": one_row_cost("one_row_cost.json"),
