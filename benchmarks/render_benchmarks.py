@@ -2665,6 +2665,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "shipped-draft": cheap_draft(RESULTS / "shipped_draft"),
     "shipped-draft-turn2-targets": distill_targets((), "shipped_draft_turn2", "adaedl+lookup", DISTILL_TARGET_NAMES),
     "shipped-draft-turn2": cheap_draft(RESULTS / "shipped_draft_turn2"),
+    "shipped-draft-gsm8k-targets": distill_targets((), "shipped_draft_gsm8k", "adaedl+lookup", DISTILL_TARGET_NAMES),
+    "shipped-draft-gsm8k": cheap_draft(RESULTS / "shipped_draft_gsm8k"),
     "miss-anatomy": miss_anatomy("miss_anatomy.json", {"qwen2.5-coder-0.5b-instruct": "stock",
                                                        "qwen2.5-coder-0.5b-instruct-adaspec": "shipped (AdaSPEC)"}),
     "distill-tvd": distill_run("distill_tvd", DISTILL_TVD_NAMES),
