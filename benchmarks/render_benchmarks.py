@@ -636,7 +636,7 @@ def cheap_draft_choice(folder: Path, candidates: Sequence[str], default: str, re
         module, settings, summary, _ = _cheap_draft_run(folder)
         out = [f"| dataset | candidate | tok/s | speedup | ÷ `{reference}` | chosen |", "|---|---|---|---|---|---|"]
         for ds, table in summary["datasets"].items():
-            ratio = {m: table[m]["speedup"] / table[reference]["speedup"] for m in candidates}
+            ratio = {m: 1 + module.compare(table[m], table[reference], reference)["gain"] for m in candidates}
             best = max(candidates, key=ratio.get)
             pick = default if ratio[default] >= ratio[best] * (1 - tie) else best
             for m in candidates:
